@@ -1,0 +1,514 @@
+//! `AveClient`: discovery, Ave's JWKS, and the JSON token endpoint.
+//!
+//! Ave's token endpoint accepts only a JSON body with the client secret inside
+//! (no form encoding, no HTTP Basic), and its error bodies are not always
+//! RFC 6749-shaped: schema failures carry `error` as an object
+//! (`../shared/ave-protocol.md` §1.2, §6). Failures are logged by status and
+//! error code only; bodies, codes and tokens never reach a log line.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::DecodingKey;
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::Issuer;
+use crate::secret::Secret;
+
+/// How long discovery and JWKS documents are trusted before a re-fetch.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// Bodies larger than this from Ave are refused unread.
+const MAX_BODY: usize = 256 * 1024;
+
+/// Ave's OpenID provider metadata (the fields avemint uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderMetadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+}
+
+/// The parts of Ave's token response avemint keeps. Tokens are secrets from the moment they are parsed.
+#[derive(Deserialize)]
+pub struct TokenResponse {
+    pub access_token: Secret<String>,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    pub expires_in: u64,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub user: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub access_token_jwt: Option<Secret<String>>,
+    #[serde(default)]
+    pub id_token: Option<Secret<String>>,
+    #[serde(default)]
+    pub refresh_token: Option<Secret<String>>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("expires_in", &self.expires_in)
+            .field("has_id_token", &self.id_token.is_some())
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call to Ave failed. Never carries a token, code or secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AveError {
+    /// Ave answered with an OAuth error (`invalid_grant`, `invalid_client`, …).
+    #[error("Ave rejected the request: HTTP {status}, error `{code}`")]
+    OAuth { status: u16, code: String },
+    /// Ave is rate limiting this client.
+    #[error("Ave is rate limiting this client (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Ave answered 5xx or another unexpected status.
+    #[error("Ave answered HTTP {status}")]
+    Server { status: u16 },
+    /// No usable answer: timeout, connection refused, TLS failure.
+    #[error("Ave could not be reached: {0}")]
+    Transport(String),
+    /// Ave answered, but not with what the protocol promises.
+    #[error("Ave's response was not understood: {0}")]
+    Malformed(String),
+    /// Discovery's `issuer` differs from the configured one.
+    #[error("discovery issuer `{found}` does not equal the configured issuer `{expected}`")]
+    IssuerMismatch { expected: String, found: String },
+}
+
+impl AveError {
+    /// True for failures worth retrying later (the request may not have reached Ave).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            AveError::RateLimited { .. } | AveError::Server { .. } | AveError::Transport(_)
+        )
+    }
+}
+
+fn transport(e: reqwest::Error) -> AveError {
+    // reqwest's Display can include the URL; Ave's URLs carry no secrets, but
+    // keep only the kind to be safe and brief.
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body read failed"
+    } else {
+        "request failed"
+    };
+    AveError::Transport(kind.to_owned())
+}
+
+/// One RSA public key from Ave's JWKS.
+struct Jwk {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Ave's key set, selected by `kid`.
+pub struct KeySet {
+    keys: Vec<Jwk>,
+}
+
+impl KeySet {
+    /// The key for `kid`; without a `kid`, the only key if there is exactly one.
+    pub fn find(&self, kid: Option<&str>) -> Option<&DecodingKey> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).map(|k| &k.key),
+            None if self.keys.len() == 1 => self.keys.first().map(|k| &k.key),
+            None => None,
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, AveError> {
+        #[derive(Deserialize)]
+        struct Doc {
+            keys: Vec<HashMap<String, Value>>,
+        }
+        let doc: Doc = serde_json::from_slice(body).map_err(|_| AveError::Malformed("JWKS is not a key set".into()))?;
+        let keys = doc
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let s = |name: &str| k.get(name).and_then(Value::as_str);
+                // Only RSA signing keys for RS256; anything else is ignored.
+                if s("kty") != Some("RSA")
+                    || s("use").is_some_and(|u| u != "sig")
+                    || s("alg").is_some_and(|a| a != "RS256")
+                {
+                    return None;
+                }
+                let key = DecodingKey::from_rsa_components(s("n")?, s("e")?).ok()?;
+                Some(Jwk {
+                    kid: s("kid").map(str::to_owned),
+                    key,
+                })
+            })
+            .collect::<Vec<_>>();
+        if keys.is_empty() {
+            return Err(AveError::Malformed("JWKS holds no RS256 signing key".into()));
+        }
+        Ok(Self { keys })
+    }
+}
+
+/// Tunables with sensible defaults; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// The least time between two JWKS re-fetches caused by an unknown `kid`.
+    pub jwks_refetch_cooldown: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            jwks_refetch_cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A confidential client of one Ave application.
+pub struct AveClient {
+    http: reqwest::Client,
+    issuer: Issuer,
+    client_id: String,
+    client_secret: Secret<String>,
+    metadata: Cache<(), Arc<ProviderMetadata>>,
+    jwks: Cache<(), Arc<KeySet>>,
+    last_forced_refetch: Mutex<Option<Instant>>,
+    options: ClientOptions,
+}
+
+/// The JSON body of a token request (camelCase, as Ave's schema names it).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest<'a> {
+    grant_type: &'a str,
+    client_id: &'a str,
+    client_secret: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_uri: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code_verifier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+}
+
+impl AveClient {
+    /// Builds a client; nothing is fetched until first use.
+    pub fn new(
+        issuer: Issuer,
+        client_id: String,
+        client_secret: Secret<String>,
+        options: ClientOptions,
+    ) -> Result<Self, AveError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("avemint/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .build()
+            .map_err(|_| AveError::Transport("HTTP client could not be built".into()))?;
+        Ok(Self {
+            http,
+            issuer,
+            client_id,
+            client_secret,
+            metadata: Cache::builder().time_to_live(METADATA_TTL).max_capacity(1).build(),
+            jwks: Cache::builder().time_to_live(JWKS_TTL).max_capacity(1).build(),
+            last_forced_refetch: Mutex::new(None),
+            options,
+        })
+    }
+
+    /// The configured issuer.
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    /// The registered client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Ave's provider metadata, from cache or `{issuer}/.well-known/openid-configuration`.
+    pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
+        self.metadata
+            .try_get_with((), self.fetch_metadata())
+            .await
+            .map_err(|e: Arc<AveError>| clone_error(&e))
+    }
+
+    async fn fetch_metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
+        let body = self.get_json(&self.issuer.discovery_url()).await?;
+        let meta: ProviderMetadata = serde_json::from_slice(&body)
+            .map_err(|_| AveError::Malformed("discovery document lacks required fields".into()))?;
+        if meta.issuer != self.issuer.as_str() {
+            return Err(AveError::IssuerMismatch {
+                expected: self.issuer.as_str().to_owned(),
+                found: meta.issuer,
+            });
+        }
+        for (name, url) in [
+            ("authorization_endpoint", &meta.authorization_endpoint),
+            ("token_endpoint", &meta.token_endpoint),
+            ("jwks_uri", &meta.jwks_uri),
+        ] {
+            let ok = url::Url::parse(url)
+                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u)));
+            if !ok {
+                return Err(AveError::Malformed(format!("discovery `{name}` is not an https URL")));
+            }
+        }
+        Ok(Arc::new(meta))
+    }
+
+    /// Ave's current key set (cached).
+    pub async fn key_set(&self) -> Result<Arc<KeySet>, AveError> {
+        self.jwks
+            .try_get_with((), self.fetch_jwks())
+            .await
+            .map_err(|e: Arc<AveError>| clone_error(&e))
+    }
+
+    /// Re-fetches the key set because a token named an unknown `kid`; at most
+    /// once per cooldown, so random kids cannot make avemint hammer Ave.
+    /// Returns `None` when the cooldown forbids a fetch.
+    pub async fn refetch_key_set(&self) -> Result<Option<Arc<KeySet>>, AveError> {
+        {
+            let mut last = self.last_forced_refetch.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.options.jwks_refetch_cooldown) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
+        }
+        self.jwks.invalidate(&()).await;
+        self.key_set().await.map(Some)
+    }
+
+    async fn fetch_jwks(&self) -> Result<Arc<KeySet>, AveError> {
+        let meta = self.metadata().await?;
+        let body = self.get_json(&meta.jwks_uri).await?;
+        KeySet::parse(&body).map(Arc::new)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Vec<u8>, AveError> {
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            tracing::warn!(status, "Ave metadata request failed");
+            return Err(if status >= 500 {
+                AveError::Server { status }
+            } else {
+                AveError::Malformed(format!("HTTP {status}"))
+            });
+        }
+        read_limited(resp).await
+    }
+
+    /// Exchanges an authorization code (with the PKCE verifier and the client secret).
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        code_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<TokenResponse, AveError> {
+        let body = TokenRequest {
+            grant_type: "authorization_code",
+            client_id: &self.client_id,
+            client_secret: self.client_secret.expose(),
+            code: Some(code),
+            redirect_uri: Some(redirect_uri),
+            code_verifier: Some(code_verifier),
+            refresh_token: None,
+        };
+        self.token_request(&body, "authorization_code").await
+    }
+
+    /// Uses a refresh token. Ave rotates it on every use: the caller must store
+    /// the new one before anything else, and must never send this one again.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, AveError> {
+        let body = TokenRequest {
+            grant_type: "refresh_token",
+            client_id: &self.client_id,
+            client_secret: self.client_secret.expose(),
+            code: None,
+            redirect_uri: None,
+            code_verifier: None,
+            refresh_token: Some(refresh_token),
+        };
+        self.token_request(&body, "refresh_token").await
+    }
+
+    async fn token_request(&self, body: &TokenRequest<'_>, grant: &'static str) -> Result<TokenResponse, AveError> {
+        let meta = self.metadata().await?;
+        let started = Instant::now();
+        let resp = self
+            .http
+            .post(&meta.token_endpoint)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let err = transport(e);
+                tracing::warn!(grant, error = %err, "Ave token request failed");
+                err
+            })?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = read_limited(resp).await?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if status == 200 {
+            let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
+                tracing::warn!(grant, status, elapsed_ms, "Ave token response is not a token response");
+                AveError::Malformed("token response lacks required fields".into())
+            })?;
+            tracing::debug!(grant, status, elapsed_ms, "Ave token request succeeded");
+            return Ok(parsed);
+        }
+        let err = classify_error(status, &bytes, retry_after);
+        match &err {
+            AveError::OAuth { code, .. } => {
+                tracing::warn!(grant, status, error_code = %code, elapsed_ms, "Ave token request rejected")
+            }
+            _ => tracing::warn!(grant, status, elapsed_ms, "Ave token request failed"),
+        }
+        Err(err)
+    }
+}
+
+async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, AveError> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(AveError::Malformed("response too large".into()));
+    }
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if bytes.len() > MAX_BODY {
+        return Err(AveError::Malformed("response too large".into()));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Turns a non-200 token-endpoint answer into an `AveError`.
+///
+/// `error` may be an RFC 6749 code string, a human sentence (rate limiting),
+/// or a zod error object (schema failure); only short code-like strings are
+/// kept as codes.
+pub fn classify_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> AveError {
+    if status == 429 {
+        return AveError::RateLimited { retry_after };
+    }
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let code = match parsed.as_ref().and_then(|v| v.get("error")) {
+        Some(Value::String(s)) if is_error_code(s) => Some(s.clone()),
+        Some(Value::Object(_)) => Some("invalid_request".to_owned()),
+        _ => None,
+    };
+    match code {
+        Some(code) if (400..500).contains(&status) => AveError::OAuth { status, code },
+        _ if status >= 500 => AveError::Server { status },
+        _ => AveError::Malformed(format!("HTTP {status} without an OAuth error code")),
+    }
+}
+
+fn is_error_code(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+fn clone_error(e: &AveError) -> AveError {
+    match e {
+        AveError::OAuth { status, code } => AveError::OAuth {
+            status: *status,
+            code: code.clone(),
+        },
+        AveError::RateLimited { retry_after } => AveError::RateLimited {
+            retry_after: *retry_after,
+        },
+        AveError::Server { status } => AveError::Server { status: *status },
+        AveError::Transport(s) => AveError::Transport(s.clone()),
+        AveError::Malformed(s) => AveError::Malformed(s.clone()),
+        AveError::IssuerMismatch { expected, found } => AveError::IssuerMismatch {
+            expected: expected.clone(),
+            found: found.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_ave_error_shapes() {
+        let oauth = classify_error(
+            400,
+            br#"{"error":"invalid_grant","error_description":"Refresh token revoked"}"#,
+            None,
+        );
+        assert!(matches!(oauth, AveError::OAuth { status: 400, ref code } if code == "invalid_grant"));
+        let zod = classify_error(
+            400,
+            br#"{"success":false,"error":{"name":"ZodError","message":"[]"}}"#,
+            None,
+        );
+        assert!(matches!(zod, AveError::OAuth { ref code, .. } if code == "invalid_request"));
+        let limited = classify_error(
+            429,
+            br#"{"error":"Too many attempts. Try again shortly."}"#,
+            Some(Duration::from_secs(7)),
+        );
+        assert!(matches!(limited, AveError::RateLimited { retry_after: Some(d) } if d.as_secs() == 7));
+        assert!(matches!(
+            classify_error(500, b"{\"error\":\"Internal Server Error\"}", None),
+            AveError::Server { status: 500 }
+        ));
+        assert!(matches!(
+            classify_error(503, b"<html>", None),
+            AveError::Server { status: 503 }
+        ));
+        assert!(matches!(
+            classify_error(404, b"{\"error\":\"Not Found\"}", None),
+            AveError::Malformed(_)
+        ));
+        assert!(classify_error(502, b"", None).is_transient());
+    }
+
+    #[test]
+    fn error_messages_carry_no_body_text() {
+        let e = classify_error(
+            400,
+            br#"{"error":"invalid_grant","error_description":"rt_0123 secret"}"#,
+            None,
+        );
+        assert!(!e.to_string().contains("rt_0123"));
+    }
+}

@@ -1,0 +1,686 @@
+//! Settings: read once from a TOML file and the environment (the environment
+//! wins), validated into typed values, and never read again from anywhere else.
+//!
+//! Every problem found is reported, one line each, without echoing a secret.
+//! Public names (environment variables and file keys) are documented in the
+//! README and must stay stable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use url::{Host, Url};
+
+use crate::mint::claims::ClaimTemplate;
+use crate::secret::Secret;
+
+/// Default Ave issuer (production).
+pub const DEFAULT_ISSUER: &str = "https://aveid.net";
+/// Default scopes requested from Ave.
+pub const DEFAULT_SCOPES: &str = "openid profile email offline_access";
+
+/// The validated configuration of one avemint process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ave: AveSettings,
+    pub public_url: PublicUrl,
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub session_keys: SessionKeys,
+    pub keys_dir: PathBuf,
+    pub token: TokenSettings,
+    pub session: SessionSettings,
+}
+
+/// The registered Ave application and how to reach Ave.
+#[derive(Debug, Clone)]
+pub struct AveSettings {
+    pub client_id: String,
+    pub client_secret: Secret<String>,
+    pub issuer: Issuer,
+    pub scopes: String,
+}
+
+/// App-JWT minting.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub ttl: Duration,
+    pub audience: String,
+    pub claims: ClaimTemplate,
+}
+
+/// Session lifetimes.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// A session unused for this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, however active.
+    pub lifetime: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(7 * 24 * 3600),
+            lifetime: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Where browsers reach avemint: an `https` origin (or `http` on loopback), no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    /// Parses an origin such as `https://app.example.com` (a trailing `/` is allowed).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = parse_web_url(raw)?;
+        if url.path() != "/" {
+            return Err(
+                "must be an origin without a path (avemint's cookies use the __Host- prefix, which needs Path=/)"
+                    .into(),
+            );
+        }
+        Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
+    }
+
+    /// The origin without a trailing slash, e.g. `https://app.example.com`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `{public_url}/auth/callback`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/auth/callback", self.0)
+    }
+
+    /// True when the public URL is https (browsers then require it for everything).
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Ave's issuer identifier, compared exactly with discovery and id_tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer(String);
+
+impl Issuer {
+    /// Parses an `https` URL (or `http` on loopback); a trailing `/` is dropped.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = parse_web_url(raw)?;
+        Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
+    }
+
+    /// The issuer string, e.g. `https://aveid.net`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.0)
+    }
+}
+
+/// The session store's location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file (`sqlite://path` or `sqlite:path`); `sqlite::memory:` for a throw-away store.
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    /// Parses a database URL; only SQLite is built in so far.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("sqlite:") {
+            Ok(Self::Sqlite(raw.to_owned()))
+        } else {
+            Err("must start with `sqlite:` (for example `sqlite://avemint.db`)".into())
+        }
+    }
+}
+
+/// Keys encrypting stored tokens: the first encrypts, all decrypt.
+#[derive(Clone)]
+pub struct SessionKeys(Vec<Secret<[u8; 32]>>);
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKeys({} keys, [redacted])", self.0.len())
+    }
+}
+
+impl SessionKeys {
+    /// Parses comma-separated base64 (standard or URL-safe, padding optional) 32-byte keys.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, part) in raw.split(',').map(str::trim).enumerate() {
+            if part.is_empty() {
+                return Err(format!("key #{} is empty", i + 1));
+            }
+            let decoded = decode_any_base64(part).ok_or_else(|| format!("key #{} is not valid base64", i + 1))?;
+            let key: [u8; 32] = decoded
+                .as_slice()
+                .try_into()
+                .map_err(|_| format!("key #{} decodes to {} bytes; 32 are needed", i + 1, decoded.len()))?;
+            keys.push(Secret::new(key));
+        }
+        if keys.is_empty() {
+            return Err("no key given".into());
+        }
+        Ok(Self(keys))
+    }
+
+    /// Builds from raw keys (demo mode and tests).
+    pub fn from_keys(keys: Vec<[u8; 32]>) -> Self {
+        Self(keys.into_iter().map(Secret::new).collect())
+    }
+
+    /// The keys, the encrypting one first.
+    pub fn keys(&self) -> &[Secret<[u8; 32]>] {
+        &self.0
+    }
+}
+
+fn decode_any_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(s).ok())
+}
+
+/// `http` is allowed only for loopback hosts; no query, fragment or user-info.
+fn parse_web_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| format!("is not a valid URL ({e})"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => return Err("must use https (http is accepted only for loopback hosts)".into()),
+        _ => return Err("must be an https URL".into()),
+    }
+    if url.host().is_none() {
+        return Err("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain user-info".into());
+    }
+    Ok(url)
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1`.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The TOML file's shape. Keys mirror the environment variables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    issuer: Option<String>,
+    scopes: Option<String>,
+    public_url: Option<String>,
+    listen: Option<String>,
+    database_url: Option<String>,
+    session_keys: Option<Vec<String>>,
+    session_keys_file: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
+    token_ttl: Option<u64>,
+    token_audience: Option<String>,
+    token_claims: Option<toml::Table>,
+    session_idle_timeout: Option<u64>,
+    session_lifetime: Option<u64>,
+}
+
+/// All problems found while loading settings, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Reads environment variables; injected so tests need not touch the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A value and where it came from, for error messages.
+struct Sourced {
+    value: String,
+    origin: String,
+}
+
+struct Loader<'a> {
+    env: &'a dyn Env,
+    errors: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn pick(&self, env_name: &str, file_key: &str, file_value: Option<String>) -> Option<Sourced> {
+        if let Some(v) = self.env.var(env_name) {
+            return Some(Sourced {
+                value: v,
+                origin: env_name.to_owned(),
+            });
+        }
+        file_value.map(|v| Sourced {
+            value: v,
+            origin: format!("config file `{file_key}`"),
+        })
+    }
+
+    /// A secret from `NAME`, `NAME_FILE`, or the file's `key` / `key_file`.
+    fn secret(
+        &mut self,
+        env_name: &str,
+        file_key: &str,
+        file_value: Option<String>,
+        file_path: Option<PathBuf>,
+    ) -> Option<Sourced> {
+        let file_env = format!("{env_name}_FILE");
+        if let Some(v) = self.env.var(env_name) {
+            return Some(Sourced {
+                value: v,
+                origin: env_name.to_owned(),
+            });
+        }
+        let path = self
+            .env
+            .var(&file_env)
+            .map(|p| (PathBuf::from(p), file_env.clone()))
+            .or_else(|| file_path.map(|p| (p, format!("config file `{file_key}_file`"))));
+        if let Some((path, origin)) = path {
+            return match std::fs::read_to_string(&path) {
+                Ok(v) => Some(Sourced {
+                    value: v.trim().to_owned(),
+                    origin,
+                }),
+                Err(e) => {
+                    self.errors
+                        .push(format!("{origin}: cannot read {}: {}", path.display(), e.kind()));
+                    None
+                }
+            };
+        }
+        file_value.map(|v| Sourced {
+            value: v,
+            origin: format!("config file `{file_key}`"),
+        })
+    }
+
+    fn require(&mut self, v: Option<Sourced>, env_name: &str) -> Option<Sourced> {
+        if v.is_none() {
+            self.errors.push(format!("{env_name} is required"));
+        }
+        v
+    }
+
+    fn check<T>(&mut self, v: Option<Sourced>, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let v = v?;
+        match parse(&v.value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.errors.push(format!("{}: {e}", v.origin));
+                None
+            }
+        }
+    }
+
+    fn seconds(
+        &mut self,
+        env_name: &str,
+        file_key: &str,
+        file_value: Option<u64>,
+        default: u64,
+        max: u64,
+    ) -> Option<Duration> {
+        let v = self
+            .pick(env_name, file_key, file_value.map(|n| n.to_string()))
+            .unwrap_or(Sourced {
+                value: default.to_string(),
+                origin: env_name.to_owned(),
+            });
+        self.check(Some(v), |s| match s.trim().parse::<u64>() {
+            Ok(n) if n >= 1 && n <= max => Ok(Duration::from_secs(n)),
+            _ => Err(format!("must be a whole number of seconds from 1 to {max}")),
+        })
+    }
+}
+
+impl Settings {
+    /// Loads settings for `avemint serve` from an optional TOML file and the environment.
+    pub fn load(config_path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
+        let path = config_path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("AVEMINT_CONFIG").map(PathBuf::from));
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    ConfigErrors(vec![format!("config file {}: cannot read: {}", p.display(), e.kind())])
+                })?;
+                toml::from_str::<FileSettings>(&text)
+                    .map_err(|e| ConfigErrors(vec![format!("config file {}: {}", p.display(), e.message())]))?
+            }
+            None => FileSettings::default(),
+        };
+        let mut l = Loader {
+            env,
+            errors: Vec::new(),
+        };
+
+        let client_id = l.pick("AVE_CLIENT_ID", "client_id", file.client_id);
+        let client_id = l.require(client_id, "AVE_CLIENT_ID");
+        let client_id = l.check(client_id, |s| non_empty(s).map(str::to_owned));
+        let secret = l.secret(
+            "AVE_CLIENT_SECRET",
+            "client_secret",
+            file.client_secret,
+            file.client_secret_file,
+        );
+        let secret = l.require(secret, "AVE_CLIENT_SECRET");
+        let client_secret = l.check(secret, |s| non_empty(s).map(|s| Secret::new(s.to_owned())));
+        let issuer = l.pick("AVE_ISSUER", "issuer", file.issuer).unwrap_or(Sourced {
+            value: DEFAULT_ISSUER.into(),
+            origin: "AVE_ISSUER".into(),
+        });
+        let issuer = l.check(Some(issuer), Issuer::parse);
+        let scopes = l.pick("AVEMINT_SCOPES", "scopes", file.scopes).unwrap_or(Sourced {
+            value: DEFAULT_SCOPES.into(),
+            origin: "AVEMINT_SCOPES".into(),
+        });
+        let scopes = l.check(Some(scopes), parse_scopes);
+        let public_url = l.pick("AVEMINT_PUBLIC_URL", "public_url", file.public_url);
+        let public_url = l.require(public_url, "AVEMINT_PUBLIC_URL");
+        let public_url = l.check(public_url, PublicUrl::parse);
+        let listen = l.pick("AVEMINT_LISTEN", "listen", file.listen).unwrap_or(Sourced {
+            value: "127.0.0.1:8080".into(),
+            origin: "AVEMINT_LISTEN".into(),
+        });
+        let listen = l.check(Some(listen), |s| {
+            s.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| "must be an address and port such as 127.0.0.1:8080".to_owned())
+        });
+        let database_url = l
+            .pick("AVEMINT_DATABASE_URL", "database_url", file.database_url)
+            .unwrap_or(Sourced {
+                value: "sqlite://avemint.db".into(),
+                origin: "AVEMINT_DATABASE_URL".into(),
+            });
+        let database_url = l.check(Some(database_url), DatabaseUrl::parse);
+        let keys = l.secret(
+            "AVEMINT_SESSION_KEYS",
+            "session_keys",
+            file.session_keys.map(|v| v.join(",")),
+            file.session_keys_file,
+        );
+        let keys = l.require(keys, "AVEMINT_SESSION_KEYS");
+        let session_keys = l.check(keys, SessionKeys::parse);
+        let keys_dir = l
+            .pick(
+                "AVEMINT_KEYS_DIR",
+                "keys_dir",
+                file.keys_dir.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map(|s| PathBuf::from(s.value))
+            .unwrap_or_else(|| PathBuf::from("keys"));
+        let ttl = l.seconds("AVEMINT_TOKEN_TTL", "token_ttl", file.token_ttl, 300, 86_400);
+        let audience = l.pick("AVEMINT_TOKEN_AUDIENCE", "token_audience", file.token_audience);
+        let audience = match audience {
+            Some(a) => l.check(Some(a), |s| non_empty(s).map(str::to_owned)),
+            None => public_url.as_ref().map(|p| p.as_str().to_owned()),
+        };
+        let claims = match l.env.var("AVEMINT_TOKEN_CLAIMS") {
+            Some(text) => l.check(
+                Some(Sourced {
+                    value: text,
+                    origin: "AVEMINT_TOKEN_CLAIMS".into(),
+                }),
+                |s| ClaimTemplate::parse_json(s).map_err(|e| e.to_string()),
+            ),
+            None => match file.token_claims {
+                Some(table) => {
+                    let value = serde_json::to_value(table).unwrap_or(serde_json::Value::Null);
+                    match ClaimTemplate::from_value(value) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            l.errors.push(format!("config file `token_claims`: {e}"));
+                            None
+                        }
+                    }
+                }
+                None => Some(ClaimTemplate::default()),
+            },
+        };
+        let idle = l.seconds(
+            "AVEMINT_SESSION_IDLE_TIMEOUT",
+            "session_idle_timeout",
+            file.session_idle_timeout,
+            7 * 86_400,
+            366 * 86_400,
+        );
+        let lifetime = l.seconds(
+            "AVEMINT_SESSION_LIFETIME",
+            "session_lifetime",
+            file.session_lifetime,
+            30 * 86_400,
+            366 * 86_400,
+        );
+
+        match (
+            client_id,
+            client_secret,
+            issuer,
+            scopes,
+            public_url,
+            listen,
+            database_url,
+            session_keys,
+            ttl,
+            audience,
+            claims,
+            idle,
+            lifetime,
+        ) {
+            (
+                Some(client_id),
+                Some(client_secret),
+                Some(issuer),
+                Some(scopes),
+                Some(public_url),
+                Some(listen),
+                Some(database_url),
+                Some(session_keys),
+                Some(ttl),
+                Some(audience),
+                Some(claims),
+                Some(idle_timeout),
+                Some(lifetime),
+            ) if l.errors.is_empty() => Ok(Settings {
+                ave: AveSettings {
+                    client_id,
+                    client_secret,
+                    issuer,
+                    scopes,
+                },
+                public_url,
+                listen,
+                database_url,
+                session_keys,
+                keys_dir,
+                token: TokenSettings { ttl, audience, claims },
+                session: SessionSettings { idle_timeout, lifetime },
+            }),
+            _ => Err(ConfigErrors(l.errors)),
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Result<&str, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(t)
+    }
+}
+
+fn parse_scopes(s: &str) -> Result<String, String> {
+    let scopes: Vec<&str> = s.split_whitespace().collect();
+    if !scopes.contains(&"openid") {
+        return Err("must include `openid` (avemint needs Ave's id_token)".into());
+    }
+    if let Some(bad) = scopes.iter().find(|s| s.starts_with("e2ee:")) {
+        return Err(format!(
+            "`{bad}` delivers keys in the URL fragment, which a server-side client never sees"
+        ));
+    }
+    Ok(scopes.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn minimal() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("AVE_CLIENT_ID", "app_1"),
+            ("AVE_CLIENT_SECRET", "s3cret-value"),
+            ("AVEMINT_PUBLIC_URL", "https://app.example.com/"),
+            ("AVEMINT_SESSION_KEYS", KEY),
+        ]
+    }
+
+    #[test]
+    fn minimal_env_gives_documented_defaults() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.ave.issuer.as_str(), "https://aveid.net");
+        assert_eq!(s.public_url.as_str(), "https://app.example.com");
+        assert_eq!(s.public_url.redirect_uri(), "https://app.example.com/auth/callback");
+        assert_eq!(s.listen, "127.0.0.1:8080".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(s.token.ttl, Duration::from_secs(300));
+        assert_eq!(s.token.audience, "https://app.example.com");
+        assert_eq!(s.ave.scopes, DEFAULT_SCOPES);
+        assert_eq!(s.database_url, DatabaseUrl::Sqlite("sqlite://avemint.db".into()));
+        assert_eq!(s.keys_dir, PathBuf::from("keys"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_once_and_secrets_are_not_echoed() {
+        let e = Settings::load(
+            None,
+            &env(&[
+                ("AVE_CLIENT_SECRET", "   "),
+                ("AVEMINT_PUBLIC_URL", "http://example.com"),
+                ("AVEMINT_SESSION_KEYS", "c2hvcnQtc2VjcmV0LWtleQ=="),
+                ("AVEMINT_TOKEN_TTL", "zero"),
+                ("AVEMINT_TOKEN_CLAIMS", r#"{"sub":"x"}"#),
+                ("AVE_ISSUER", "ftp://aveid.net"),
+            ]),
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        assert_eq!(e.0.len(), 7, "{text}");
+        for needle in [
+            "AVE_CLIENT_ID",
+            "AVE_CLIENT_SECRET",
+            "AVEMINT_PUBLIC_URL",
+            "AVEMINT_SESSION_KEYS",
+            "AVEMINT_TOKEN_TTL",
+            "AVEMINT_TOKEN_CLAIMS",
+            "AVE_ISSUER",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert!(!text.contains("c2hvcnQtc2VjcmV0LWtleQ"));
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_file_secrets_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret_path = dir.path().join("secret");
+        std::fs::write(&secret_path, "from-file\n").expect("write");
+        let cfg = dir.path().join("avemint.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "client_id = \"file-id\"\npublic_url = \"http://127.0.0.1:9000\"\nsession_keys = [\"{KEY}\"]\ntoken_ttl = 60\n[token_claims]\nplan = \"pro\"\n"
+            ),
+        )
+        .expect("write");
+        let e = env(&[
+            ("AVE_CLIENT_ID", "env-id"),
+            ("AVE_CLIENT_SECRET_FILE", secret_path.to_str().expect("utf8")),
+        ]);
+        let s = Settings::load(Some(&cfg), &e).expect("valid");
+        assert_eq!(s.ave.client_id, "env-id");
+        assert_eq!(s.ave.client_secret.expose(), "from-file");
+        assert_eq!(s.token.ttl, Duration::from_secs(60));
+        assert!(!s.token.claims.is_empty());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("avemint.toml");
+        std::fs::write(&cfg, "clientid = \"typo\"\n").expect("write");
+        let e = Settings::load(Some(&cfg), &env(&[])).expect_err("invalid");
+        assert!(e.to_string().contains("clientid"), "{e}");
+    }
+
+    #[test]
+    fn public_url_rules() {
+        assert!(PublicUrl::parse("http://localhost:8080").is_ok());
+        assert!(PublicUrl::parse("http://127.0.0.1:8080/").is_ok());
+        assert!(PublicUrl::parse("http://[::1]:8080").is_ok());
+        assert!(PublicUrl::parse("http://example.com").is_err());
+        assert!(PublicUrl::parse("https://example.com/app").is_err());
+        assert!(PublicUrl::parse("https://user@example.com").is_err());
+        assert!(PublicUrl::parse("https://example.com/?q").is_err());
+    }
+
+    #[test]
+    fn scopes_must_include_openid() {
+        assert!(parse_scopes("profile email").is_err());
+        assert_eq!(parse_scopes(" openid  email ").as_deref(), Ok("openid email"));
+    }
+}

@@ -1,0 +1,293 @@
+//! `/auth/*`: the browser-facing sign-in, session and token endpoints.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem::web::cookie::CookieJar;
+use poem_openapi::param::{Header, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
+
+use super::cookies;
+use super::errors::ApiError;
+use super::return_path::ReturnPath;
+use super::{ApiTags, AppState, now};
+use crate::ave::AveError;
+use crate::mint::Subject;
+use crate::session::{Session, StoreError};
+use crate::signin::{self, Callback, SignInError};
+
+/// The auth endpoints.
+pub struct AuthApi;
+
+/// Redirect to Ave's sign-in page.
+#[derive(ApiResponse)]
+pub enum LoginResponse {
+    /// Redirect to Ave's authorization endpoint. Sets the `__Host-avemint-login` cookie.
+    #[oai(status = 302)]
+    Redirect(#[oai(header = "Location")] String),
+}
+
+/// The end of a sign-in.
+#[derive(ApiResponse)]
+pub enum CallbackResponse {
+    /// Signed in: redirect to the return path. Sets the `__Host-avemint` session cookie and expires the login cookie.
+    #[oai(status = 302)]
+    Redirect(#[oai(header = "Location")] String),
+}
+
+/// An app JWT for the signed-in user.
+#[derive(Object)]
+pub struct TokenBody {
+    /// The signed app JWT (ES256, header `typ: at+jwt`).
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Lifetime in seconds.
+    pub expires_in: u64,
+}
+
+/// The signed-in user's profile; no tokens.
+#[derive(Object)]
+pub struct SessionBody {
+    /// Ave's subject identifier (identity UUID).
+    pub sub: String,
+    /// Display name (`profile` scope).
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// Ave handle (`profile` scope).
+    #[oai(skip_serializing_if_is_none)]
+    pub preferred_username: Option<String>,
+    /// Verified email (`email` scope).
+    #[oai(skip_serializing_if_is_none)]
+    pub email: Option<String>,
+    /// Avatar URL (`profile` scope).
+    #[oai(skip_serializing_if_is_none)]
+    pub picture: Option<String>,
+    /// When the session ends unless renewed by activity (unix seconds).
+    pub expires_at: i64,
+}
+
+/// Logout result.
+#[derive(ApiResponse)]
+pub enum LogoutResponse {
+    /// Signed out; the session cookie is expired.
+    #[oai(status = 204)]
+    Done,
+}
+
+fn require_csrf(csrf: &Header<Option<String>>) -> Result<(), ApiError> {
+    match csrf.0.as_deref() {
+        Some("1") => Ok(()),
+        _ => Err(ApiError::csrf()),
+    }
+}
+
+fn store_unavailable(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "session store failure");
+    ApiError::unavailable("the session store is unavailable", 5)
+}
+
+fn ave_unavailable(e: &AveError) -> ApiError {
+    match e {
+        AveError::RateLimited { retry_after } => ApiError::unavailable(
+            "Ave is busy; try again shortly",
+            retry_after.map_or(10, |d| d.as_secs().max(1)),
+        ),
+        e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
+        _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        let description = e.to_string();
+        match e {
+            SignInError::MissingParameter(_)
+            | SignInError::MalformedParameter(_)
+            | SignInError::StateMismatch
+            | SignInError::StateReplayed
+            | SignInError::ProviderError => ApiError::invalid_request(description),
+            SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
+            SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
+            SignInError::IdToken(crate::ave::IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
+            SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
+            SignInError::NoIdToken => ApiError::bad_gateway(description),
+            SignInError::Ave(ref ave) => ave_unavailable(ave),
+        }
+    }
+}
+
+async fn current_session(state: &AppState, jar: &CookieJar) -> Result<Session, ApiError> {
+    let id = cookies::session_id(jar).ok_or_else(ApiError::login_required)?;
+    state
+        .sessions
+        .load(&id.key(), now())
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(ApiError::login_required)
+}
+
+#[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Start signing in with Ave.
+    ///
+    /// Redirects to Ave with `state`, `nonce` and a PKCE S256 challenge, which are
+    /// kept in a short-lived encrypted `__Host-avemint-login` cookie. `return_to`
+    /// must be a same-origin relative path; anything else becomes `/`.
+    #[oai(path = "/login", method = "get")]
+    async fn login(
+        &self,
+        state: Data<&Arc<AppState>>,
+        jar: &CookieJar,
+        /// Where to go after signing in: a path on this origin, e.g. `/app`.
+        return_to: Query<Option<String>>,
+    ) -> Result<LoginResponse, ApiError> {
+        let return_to = ReturnPath::parse(return_to.0.as_deref());
+        let started = signin::start(&state.ave, &state.redirect_uri, &state.scopes, return_to, now())
+            .await
+            .map_err(|e| ave_unavailable(&e))?;
+        cookies::set_login(jar, &state.login_sealer, &started.pending);
+        Ok(LoginResponse::Redirect(started.authorize_url))
+    }
+
+    /// Finish signing in (Ave redirects the browser here).
+    ///
+    /// Checks `state` against this browser's login cookie (single use), exchanges
+    /// the code with the client secret and PKCE verifier, validates the id_token,
+    /// stores the session and sets the `__Host-avemint` cookie. Any failure
+    /// leaves no session and no session cookie.
+    #[oai(path = "/callback", method = "get")]
+    async fn callback(
+        &self,
+        state: Data<&Arc<AppState>>,
+        jar: &CookieJar,
+        /// The authorization code.
+        code: Query<Option<String>>,
+        /// The state sent to Ave.
+        #[oai(name = "state")]
+        state_param: Query<Option<String>>,
+        /// Set by Ave instead of `code` when the user declined (`access_denied`).
+        error: Query<Option<String>>,
+    ) -> Result<CallbackResponse, ApiError> {
+        let t = now();
+        // The login cookie is single use whatever happens next.
+        let pending = cookies::login(jar, &state.login_sealer, t);
+        cookies::clear_login(jar);
+        let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
+        let callback = Callback {
+            code: code.0.as_deref(),
+            state: state_param.0.as_deref(),
+            error: error.0.as_deref(),
+        };
+        signin::check_state(&pending, &callback)?;
+        let first_use = state
+            .sessions
+            .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL_SECS)
+            .await
+            .map_err(store_unavailable)?;
+        if !first_use {
+            return Err(SignInError::StateReplayed.into());
+        }
+        let data = signin::finish(
+            &state.ave,
+            &pending,
+            callback.code,
+            &state.redirect_uri,
+            &state.scopes,
+            t,
+        )
+        .await?;
+        // A session cookie planted or left before this sign-in is never promoted: its row goes.
+        if let Some(old) = cookies::session_id(jar) {
+            state.sessions.delete(&old.key()).await.map_err(store_unavailable)?;
+        }
+        let id = state.sessions.create(&data, t).await.map_err(store_unavailable)?;
+        cookies::set_session(jar, &id, state.session_cookie_max_age);
+        tracing::info!(sid = data.sid.as_str(), "signed in");
+        Ok(CallbackResponse::Redirect(pending.return_to.as_str().to_owned()))
+    }
+
+    /// Mint a short-lived app JWT for the signed-in user.
+    ///
+    /// Requires `X-CSRF: 1`. Without a valid session: 401 `login_required`
+    /// (never a redirect).
+    #[oai(path = "/token", method = "post")]
+    async fn token(
+        &self,
+        state: Data<&Arc<AppState>>,
+        jar: &CookieJar,
+        /// Must be `1`: proves the request came from script on an allowed page.
+        #[oai(name = "X-CSRF")]
+        csrf: Header<Option<String>>,
+    ) -> Result<Json<TokenBody>, ApiError> {
+        require_csrf(&csrf)?;
+        let session = current_session(&state, jar).await?;
+        let data = &session.data;
+        let minted = state
+            .minter
+            .mint(
+                &Subject {
+                    sub: &data.sub,
+                    sid: data.sid.as_str(),
+                    id_token: &data.id_token_claims,
+                    user: data.user.as_ref(),
+                },
+                now().max(0) as u64,
+            )
+            .map_err(|_| ApiError::unavailable("token signing failed", 1))?;
+        Ok(Json(TokenBody {
+            access_token: minted.token,
+            token_type: "Bearer".into(),
+            expires_in: minted.expires_in,
+        }))
+    }
+
+    /// The signed-in user's profile and session expiry (no tokens).
+    ///
+    /// Requires `X-CSRF: 1`.
+    #[oai(path = "/session", method = "get")]
+    async fn session(
+        &self,
+        state: Data<&Arc<AppState>>,
+        jar: &CookieJar,
+        /// Must be `1`.
+        #[oai(name = "X-CSRF")]
+        csrf: Header<Option<String>>,
+    ) -> Result<Json<SessionBody>, ApiError> {
+        require_csrf(&csrf)?;
+        let session = current_session(&state, jar).await?;
+        let claims = &session.data.id_token_claims;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        Ok(Json(SessionBody {
+            sub: session.data.sub.clone(),
+            name: text("name"),
+            preferred_username: text("preferred_username"),
+            email: text("email"),
+            picture: text("picture"),
+            expires_at: session.expires_at(),
+        }))
+    }
+
+    /// Sign out: deletes the session and expires the cookie.
+    ///
+    /// Requires `X-CSRF: 1`. Ave has no revocation or end-session endpoint, so
+    /// Ave's own tokens simply stop being used; they expire on Ave's schedule.
+    #[oai(path = "/logout", method = "post")]
+    async fn logout(
+        &self,
+        state: Data<&Arc<AppState>>,
+        jar: &CookieJar,
+        /// Must be `1`.
+        #[oai(name = "X-CSRF")]
+        csrf: Header<Option<String>>,
+    ) -> Result<LogoutResponse, ApiError> {
+        require_csrf(&csrf)?;
+        if let Some(id) = cookies::session_id(jar) {
+            state.sessions.delete(&id.key()).await.map_err(store_unavailable)?;
+        }
+        cookies::clear_session(jar);
+        Ok(LogoutResponse::Done)
+    }
+}

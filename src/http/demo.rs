@@ -1,0 +1,102 @@
+//! The demo page: only mounted by `avemint demo`, never by `avemint serve`.
+//!
+//! A small page that shows the session user, fetches an app JWT with
+//! `fetch('/auth/token', {method:'POST', headers:{'X-CSRF':'1'}})` and shows
+//! its decoded claims, under a banner that says this is a demo.
+
+use poem::http::header;
+use poem::{Response, Route, handler};
+
+const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>avemint demo</title>
+<link rel="stylesheet" href="/demo.css">
+<script type="module" src="/demo.js"></script>
+</head>
+<body>
+<div class="banner" id="demo-banner">DEMO MODE: signed in against a local Ave emulator, not the real Ave. Do not use in production.</div>
+<main>
+<h1>avemint</h1>
+<section id="signed-out" hidden>
+<p>You are not signed in.</p>
+<p><a class="button" id="sign-in" href="/auth/login?return_to=/">Sign in with Ave</a></p>
+</section>
+<section id="signed-in" hidden>
+<p>Signed in as <strong id="user-name"></strong> <span id="user-email"></span></p>
+<p><button id="get-token" type="button">Get an app JWT</button> <button id="sign-out" type="button">Sign out</button></p>
+<h2>App JWT claims</h2>
+<pre id="claims">(none yet)</pre>
+</section>
+<p id="error" class="error" hidden></p>
+<p class="links"><a href="/docs">API docs</a> · <a href="/.well-known/jwks.json">JWKS</a> · <a href="/.well-known/openid-configuration">discovery</a></p>
+</main>
+</body>
+</html>
+"#;
+
+const SCRIPT: &str = r#"const $ = (id) => document.getElementById(id);
+function showError(text) { const e = $('error'); e.textContent = text; e.hidden = false; }
+function decodeClaims(jwt) {
+  const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+  const padded = part + '='.repeat((4 - part.length % 4) % 4);
+  const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+  return JSON.parse(new TextDecoder().decode(bytes));
+}
+async function load() {
+  const r = await fetch('/auth/session', { headers: { 'X-CSRF': '1' } });
+  if (r.status === 401) { $('signed-out').hidden = false; return; }
+  if (!r.ok) { showError('session check failed: HTTP ' + r.status); return; }
+  const s = await r.json();
+  $('user-name').textContent = s.name || s.preferred_username || s.sub;
+  $('user-email').textContent = s.email ? '(' + s.email + ')' : '';
+  $('signed-in').hidden = false;
+}
+async function getToken() {
+  const r = await fetch('/auth/token', { method: 'POST', headers: { 'X-CSRF': '1' } });
+  const body = await r.json();
+  if (!r.ok) { showError(body.error + ': ' + body.error_description); return; }
+  $('claims').textContent = JSON.stringify(decodeClaims(body.access_token), null, 2);
+}
+async function signOut() {
+  await fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1' } });
+  location.reload();
+}
+$('get-token').addEventListener('click', getToken);
+$('sign-out').addEventListener('click', signOut);
+load().catch((e) => showError(String(e)));
+"#;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}\
+.banner{background:#b91c1c;color:#fff;padding:.6em 1em;font-weight:600;text-align:center}\
+main{max-width:46em;margin:2em auto;padding:0 1em}\
+.button,button{display:inline-block;background:#1d4ed8;color:#fff;border:0;border-radius:.3em;padding:.5em 1em;text-decoration:none;font:inherit;cursor:pointer}\
+pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto}.error{color:#b91c1c}.links{margin-top:3em;font-size:.9em}";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+}
+
+#[handler]
+fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+#[handler]
+fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+#[handler]
+fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// Adds the demo page to the routes.
+pub fn mount(route: Route) -> Route {
+    route.at("/", page).at("/demo.js", script).at("/demo.css", style)
+}

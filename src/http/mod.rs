@@ -1,0 +1,123 @@
+//! The HTTP API (poem-openapi): routes, shared state, error mapping and
+//! response headers. Nothing below this module knows HTTP.
+
+pub mod auth;
+pub mod cookies;
+pub mod demo;
+pub mod errors;
+pub mod ops;
+pub mod return_path;
+pub mod well_known;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poem::http::HeaderValue;
+use poem::http::header;
+use poem::middleware::CookieJarManager;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::ave::AveClient;
+use crate::config::PublicUrl;
+use crate::mint::Minter;
+use crate::session::{Sealer, Sessions};
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub ave: AveClient,
+    pub sessions: Sessions,
+    pub minter: Minter,
+    pub login_sealer: Sealer,
+    pub public_url: PublicUrl,
+    pub redirect_uri: String,
+    pub scopes: String,
+    pub session_cookie_max_age: Duration,
+}
+
+/// OpenAPI tags.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Sign-in, session and app-JWT endpoints used by the browser.
+    Auth,
+    /// Keys and metadata for downstream verifiers.
+    WellKnown,
+    /// Health and readiness.
+    Ops,
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+type Apis = (auth::AuthApi, well_known::WellKnownApi, ops::OpsApi);
+
+/// The OpenAPI service (also used by `avemint openapi`; needs no running state).
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (auth::AuthApi, well_known::WellKnownApi, ops::OpsApi),
+        "avemint",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Backend-for-frontend sign-in with Ave plus an app-JWT issuer. Every JSON error is \
+             `{error, error_description}`. Endpoints under /auth that change or reveal state require the header \
+             `X-CSRF: 1`. Cookies: `__Host-avemint` (session) and `__Host-avemint-login` (pending sign-in), both \
+             HttpOnly, Secure, SameSite=Lax, Path=/.",
+    )
+}
+
+/// The OpenAPI document as YAML (what `openapi/openapi.yaml` holds).
+pub fn openapi_yaml() -> String {
+    openapi_service().spec_yaml()
+}
+
+/// Builds the whole HTTP application.
+pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint {
+    let api = openapi_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let mut route = Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs);
+    if demo {
+        route = demo::mount(route);
+    }
+    route
+        .with(CookieJarManager::new())
+        .data(state)
+        .catch_all_error(errors::catch_all)
+        .around(|ep, req| async move { Ok(respond(ep, req).await) })
+}
+
+/// Adds security headers and logs one line per request (path only: queries carry codes).
+async fn respond<E: Endpoint>(ep: Arc<E>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => errors::catch_all(e).await,
+    };
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if path.starts_with("/auth/") {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    }
+    let is_html = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html && !path.starts_with("/docs") {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    tracing::info!(%method, path = %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}

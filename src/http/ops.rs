@@ -1,0 +1,73 @@
+//! `/healthz` and `/readyz`: liveness and readiness for orchestrators.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::{ApiTags, AppState};
+
+/// The operational endpoints.
+pub struct OpsApi;
+
+/// Health status.
+#[derive(Object)]
+pub struct Health {
+    /// `ok`, or `unavailable`.
+    pub status: String,
+    /// Ave's discovery document is loaded.
+    #[oai(skip_serializing_if_is_none)]
+    pub ave_discovery: Option<bool>,
+    /// Ave's JWKS is loaded.
+    #[oai(skip_serializing_if_is_none)]
+    pub ave_jwks: Option<bool>,
+    /// The session store answers.
+    #[oai(skip_serializing_if_is_none)]
+    pub store: Option<bool>,
+}
+
+/// Readiness.
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Ready to serve sign-ins.
+    #[oai(status = 200)]
+    Ready(Json<Health>),
+    /// Not ready yet (or not any more).
+    #[oai(status = 503)]
+    NotReady(Json<Health>),
+}
+
+#[OpenApi(tag = "ApiTags::Ops")]
+impl OpsApi {
+    /// Liveness: the process answers.
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+            ave_discovery: None,
+            ave_jwks: None,
+            store: None,
+        })
+    }
+
+    /// Readiness: Ave's discovery and JWKS are loaded and the store answers.
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
+        let discovery = state.ave.metadata().await.is_ok();
+        let jwks = discovery && state.ave.key_set().await.is_ok();
+        let store = state.sessions.ping().await.is_ok();
+        let ok = discovery && jwks && store;
+        let health = Health {
+            status: if ok { "ok" } else { "unavailable" }.into(),
+            ave_discovery: Some(discovery),
+            ave_jwks: Some(jwks),
+            store: Some(store),
+        };
+        if ok {
+            ReadyResponse::Ready(Json(health))
+        } else {
+            ReadyResponse::NotReady(Json(health))
+        }
+    }
+}

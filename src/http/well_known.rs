@@ -1,0 +1,134 @@
+//! `/.well-known/*`: what downstream APIs need to verify app JWTs.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::{ApiTags, AppState};
+
+/// The well-known endpoints.
+pub struct WellKnownApi;
+
+/// How long verifiers may cache the JWKS and discovery documents.
+pub const CACHE_CONTROL: &str = "public, max-age=300";
+
+/// One public key (RFC 7517). Never carries a private member.
+#[derive(Object)]
+pub struct PublicJwk {
+    /// Key type, e.g. `EC`.
+    pub kty: String,
+    /// Curve, for EC and OKP keys.
+    #[oai(skip_serializing_if_is_none)]
+    pub crv: Option<String>,
+    /// Public x coordinate (EC, OKP).
+    #[oai(skip_serializing_if_is_none)]
+    pub x: Option<String>,
+    /// Public y coordinate (EC).
+    #[oai(skip_serializing_if_is_none)]
+    pub y: Option<String>,
+    /// RSA modulus.
+    #[oai(skip_serializing_if_is_none)]
+    pub n: Option<String>,
+    /// RSA exponent.
+    #[oai(skip_serializing_if_is_none)]
+    pub e: Option<String>,
+    /// The JWS algorithm this key signs with.
+    pub alg: String,
+    /// Always `sig`.
+    #[oai(rename = "use")]
+    pub use_: String,
+    /// The key id (RFC 7638 thumbprint); app JWTs name it in their header.
+    pub kid: String,
+}
+
+/// A JWK set.
+#[derive(Object)]
+pub struct JwkSet {
+    pub keys: Vec<PublicJwk>,
+}
+
+/// Discovery metadata for verifiers of app JWTs.
+#[derive(Object)]
+pub struct Discovery {
+    /// The `iss` of every app JWT (the public URL).
+    pub issuer: String,
+    /// Where the signing keys are published.
+    pub jwks_uri: String,
+    /// Algorithms of the published keys.
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// Always `["public"]`.
+    pub subject_types_supported: Vec<String>,
+    /// Always `["code"]` (avemint signs users in with the code flow).
+    pub response_types_supported: Vec<String>,
+}
+
+/// JWKS response.
+#[derive(ApiResponse)]
+pub enum JwksResponse {
+    /// The public keys.
+    #[oai(status = 200)]
+    Ok(Json<JwkSet>, #[oai(header = "Cache-Control")] String),
+}
+
+/// Discovery response.
+#[derive(ApiResponse)]
+pub enum DiscoveryResponse {
+    /// The metadata.
+    #[oai(status = 200)]
+    Ok(Json<Discovery>, #[oai(header = "Cache-Control")] String),
+}
+
+fn field(v: &serde_json::Value, name: &str) -> Option<String> {
+    v.get(name).and_then(serde_json::Value::as_str).map(str::to_owned)
+}
+
+#[OpenApi(prefix_path = "/.well-known", tag = "ApiTags::WellKnown")]
+impl WellKnownApi {
+    /// avemint's public signing keys (JWKS, RFC 7517).
+    #[oai(path = "/jwks.json", method = "get")]
+    async fn jwks(&self, state: Data<&Arc<AppState>>) -> JwksResponse {
+        let keys = state.minter.keys().jwks()["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .map(|k| PublicJwk {
+                        kty: field(k, "kty").unwrap_or_default(),
+                        crv: field(k, "crv"),
+                        x: field(k, "x"),
+                        y: field(k, "y"),
+                        n: field(k, "n"),
+                        e: field(k, "e"),
+                        alg: field(k, "alg").unwrap_or_default(),
+                        use_: "sig".into(),
+                        kid: field(k, "kid").unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        JwksResponse::Ok(Json(JwkSet { keys }), CACHE_CONTROL.into())
+    }
+
+    /// OpenID-style discovery metadata for verifiers of app JWTs.
+    #[oai(path = "/openid-configuration", method = "get")]
+    async fn openid_configuration(&self, state: Data<&Arc<AppState>>) -> DiscoveryResponse {
+        let issuer = state.public_url.as_str().to_owned();
+        DiscoveryResponse::Ok(
+            Json(Discovery {
+                jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+                issuer,
+                id_token_signing_alg_values_supported: state
+                    .minter
+                    .keys()
+                    .algorithms()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                subject_types_supported: vec!["public".into()],
+                response_types_supported: vec!["code".into()],
+            }),
+            CACHE_CONTROL.into(),
+        )
+    }
+}

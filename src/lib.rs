@@ -1,0 +1,16 @@
+//! avemint: sign single-page apps in with Ave (OpenID Connect) the safe way.
+//!
+//! A confidential OAuth client ("backend for frontend") that keeps Ave's tokens
+//! server-side, encrypted at rest, and mints short-lived app JWTs that
+//! downstream APIs verify against the JWKS avemint publishes.
+
+pub mod ave;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod mint;
+pub mod secret;
+pub mod session;
+pub mod signin;
+pub mod startup;
+pub mod telemetry;

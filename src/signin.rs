@@ -1,0 +1,232 @@
+//! The authorization-code flow with PKCE, from "Sign in" to a stored session.
+//!
+//! `start` makes the Ave sign-in URL and the pending-login secrets (state,
+//! nonce, S256 verifier); `finish` checks the callback against them, exchanges
+//! the code and validates the id_token. HTTP concerns (cookies, redirects,
+//! status codes) stay in `http`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value};
+
+use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
+use crate::ave::{AveClient, AveError, IdTokenError};
+use crate::http::cookies::PendingLogin;
+use crate::http::return_path::ReturnPath;
+use crate::secret::{Secret, random_bytes};
+use crate::session::{AveTokens, SessionData, SessionHandle};
+
+/// Longest `code` or `state` accepted from the callback query.
+pub const MAX_PARAM_LEN: usize = 512;
+
+/// Why a sign-in could not be completed. Messages never contain a code, token or state.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("the callback lacks `{0}`")]
+    MissingParameter(&'static str),
+    #[error("the callback parameter `{0}` is malformed")]
+    MalformedParameter(&'static str),
+    #[error("state does not match the sign-in started in this browser")]
+    StateMismatch,
+    #[error("this sign-in was already completed; start again")]
+    StateReplayed,
+    #[error("the user declined to sign in at Ave")]
+    AccessDenied,
+    #[error("Ave reported an error instead of a code")]
+    ProviderError,
+    #[error("Ave rejected the authorization code (`{0}`)")]
+    CodeRejected(String),
+    #[error("Ave returned no id_token")]
+    NoIdToken,
+    #[error(transparent)]
+    IdToken(#[from] IdTokenError),
+    #[error(transparent)]
+    Ave(#[from] AveError),
+}
+
+/// What `start` produces: where to send the browser and what to remember.
+pub struct Started {
+    pub authorize_url: String,
+    pub pending: PendingLogin,
+}
+
+fn random_token() -> Secret<String> {
+    Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// The S256 code challenge of a verifier (RFC 7636 §4.2).
+pub fn s256_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+/// Begins a sign-in: fresh state, nonce and PKCE verifier.
+pub async fn start(
+    ave: &AveClient,
+    redirect_uri: &str,
+    scopes: &str,
+    return_to: ReturnPath,
+    now: i64,
+) -> Result<Started, AveError> {
+    let meta = ave.metadata().await?;
+    let pending = PendingLogin {
+        state: random_token(),
+        nonce: random_token(),
+        // 32 random bytes give a 43-character verifier, the RFC 7636 minimum length.
+        verifier: random_token(),
+        return_to,
+        started_at: now,
+    };
+    let mut url = url::Url::parse(&meta.authorization_endpoint)
+        .map_err(|_| AveError::Malformed("authorization_endpoint".into()))?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", ave.client_id())
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("scope", scopes)
+        .append_pair("state", pending.state.expose())
+        .append_pair("nonce", pending.nonce.expose())
+        .append_pair("code_challenge", &s256_challenge(pending.verifier.expose()))
+        .append_pair("code_challenge_method", "S256");
+    Ok(Started {
+        authorize_url: url.into(),
+        pending,
+    })
+}
+
+/// The callback's query, as received.
+pub struct Callback<'a> {
+    pub code: Option<&'a str>,
+    pub state: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// Checks `state` against the pending sign-in (before anything else is done).
+pub fn check_state(pending: &PendingLogin, callback: &Callback<'_>) -> Result<(), SignInError> {
+    let state = callback.state.ok_or(SignInError::MissingParameter("state"))?;
+    if state.len() > MAX_PARAM_LEN {
+        return Err(SignInError::MalformedParameter("state"));
+    }
+    if !constant_time_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
+        return Err(SignInError::StateMismatch);
+    }
+    match callback.error {
+        Some("access_denied") => Err(SignInError::AccessDenied),
+        Some(_) => Err(SignInError::ProviderError),
+        None => Ok(()),
+    }
+}
+
+/// Exchanges the code and validates the id_token; returns the new session's data.
+/// The caller has already checked and consumed `state`.
+pub async fn finish(
+    ave: &AveClient,
+    pending: &PendingLogin,
+    code: Option<&str>,
+    redirect_uri: &str,
+    scopes: &str,
+    now: i64,
+) -> Result<SessionData, SignInError> {
+    let code = code.ok_or(SignInError::MissingParameter("code"))?;
+    if code.is_empty() || code.len() > MAX_PARAM_LEN {
+        return Err(SignInError::MalformedParameter("code"));
+    }
+    let resp = ave
+        .exchange_code(code, pending.verifier.expose(), redirect_uri)
+        .await
+        .map_err(|e| match e {
+            AveError::OAuth { code, .. } => SignInError::CodeRejected(code),
+            other => SignInError::Ave(other),
+        })?;
+    let id_token = resp.id_token.ok_or(SignInError::NoIdToken)?;
+    let validated = id_token::validate(
+        ave,
+        id_token.expose(),
+        NonceCheck::Expect(pending.nonce.expose()),
+        now.max(0) as u64,
+    )
+    .await?;
+    let sub = validated.sub().to_owned();
+    let expires_in = resp.expires_in.min(i64::MAX as u64 / 2) as i64;
+    Ok(SessionData {
+        sid: SessionHandle::generate(),
+        sub,
+        scope: resp.scope.unwrap_or_else(|| scopes.to_owned()),
+        tokens: AveTokens {
+            access_token: resp.access_token,
+            access_token_jwt: resp.access_token_jwt,
+            id_token,
+            refresh_token: resp.refresh_token,
+            access_expires_at: now + expires_in,
+        },
+        id_token_claims: profile_claims(validated.into_claims()),
+        user: resp.user,
+    })
+}
+
+/// Drops the protocol claims of an id_token, keeping what describes the user.
+fn profile_claims(mut claims: Map<String, Value>) -> Map<String, Value> {
+    for c in [
+        "nonce",
+        "aud",
+        "azp",
+        "iat",
+        "exp",
+        "nbf",
+        "auth_time",
+        "at_hash",
+        "c_hash",
+    ] {
+        claims.remove(c);
+    }
+    claims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s256_is_base64url_sha256_without_padding() {
+        // Expected value computed independently: base64url(sha256(verifier)), '=' stripped (Python hashlib).
+        assert_eq!(
+            s256_challenge("dBjftJeZ4CVP-mJ92IgqUaH0bMDZ4dGcY5Hli6sUqU8"),
+            "ZTkRZeoKVZ5eiQfw4gX00KR6c2Fkt6dTciXXRXzwZ14"
+        );
+    }
+
+    #[test]
+    fn state_checks() {
+        let pending = PendingLogin {
+            state: Secret::new("abc".into()),
+            nonce: Secret::new("n".into()),
+            verifier: Secret::new("v".into()),
+            return_to: ReturnPath::default(),
+            started_at: 0,
+        };
+        let cb = |state, error| Callback {
+            code: Some("c"),
+            state,
+            error,
+        };
+        assert!(check_state(&pending, &cb(Some("abc"), None)).is_ok());
+        assert!(matches!(
+            check_state(&pending, &cb(None, None)),
+            Err(SignInError::MissingParameter("state"))
+        ));
+        assert!(matches!(
+            check_state(&pending, &cb(Some("abd"), None)),
+            Err(SignInError::StateMismatch)
+        ));
+        assert!(matches!(
+            check_state(&pending, &cb(Some("abc"), Some("access_denied"))),
+            Err(SignInError::AccessDenied)
+        ));
+        assert!(matches!(
+            check_state(&pending, &cb(Some("xyz"), Some("access_denied"))),
+            Err(SignInError::StateMismatch)
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! Building and running the application from `Settings`.
+//!
+//! `Application::build` wires the store, the Ave client, the key ring and the
+//! routes onto a bound listener; `run_until` serves until the shutdown future
+//! resolves, then lets in-flight requests finish (bounded). Tests and the demo
+//! use the same path as `serve`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+
+use crate::ave::{AveClient, ClientOptions};
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::mint::{KeyError, KeyRing, Minter};
+use crate::session::{Purpose, Sealer, Sessions, StoreError};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How often expired sessions are swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Ave(String),
+}
+
+/// Which routes to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `avemint serve`: the real thing.
+    Serve,
+    /// `avemint demo`: adds the demo page. Only the `demo` command builds this.
+    Demo,
+}
+
+/// A built application bound to its listener.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    mode: Mode,
+}
+
+impl Application {
+    /// Binds `settings.listen` and builds the application.
+    pub async fn build(settings: Settings, mode: Mode) -> Result<Self, StartupError> {
+        let addr = settings.listen;
+        let acceptor = TcpListener::bind(addr)
+            .into_acceptor()
+            .await
+            .map_err(|e| StartupError::Bind {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        Self::with_acceptor(settings, mode, acceptor, ClientOptions::default()).await
+    }
+
+    /// Builds on an already bound listener (tests bind port 0 first to learn the URL).
+    pub async fn with_listener(
+        settings: Settings,
+        mode: Mode,
+        listener: std::net::TcpListener,
+        options: ClientOptions,
+    ) -> Result<Self, StartupError> {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let bind_err = |e: std::io::Error| StartupError::Bind {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let acceptor = TcpAcceptor::from_std(listener).map_err(bind_err)?;
+        Self::with_acceptor(settings, mode, acceptor, options).await
+    }
+
+    async fn with_acceptor(
+        settings: Settings,
+        mode: Mode,
+        acceptor: TcpAcceptor,
+        options: ClientOptions,
+    ) -> Result<Self, StartupError> {
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| StartupError::Bind {
+                addr: settings.listen.to_string(),
+                reason: "no local address".into(),
+            })?;
+        let sessions = Sessions::open(&settings.database_url, &settings.session_keys, settings.session.clone()).await?;
+        let keys = Arc::new(KeyRing::load_or_generate(&settings.keys_dir)?);
+        let ave = AveClient::new(
+            settings.ave.issuer.clone(),
+            settings.ave.client_id.clone(),
+            settings.ave.client_secret.clone(),
+            options,
+        )
+        .map_err(|e| StartupError::Ave(e.to_string()))?;
+        let minter = Minter::new(
+            keys,
+            settings.public_url.as_str().to_owned(),
+            settings.token.audience.clone(),
+            settings.ave.client_id.clone(),
+            settings.token.ttl,
+            settings.token.claims.clone(),
+        );
+        let state = Arc::new(AppState {
+            ave,
+            sessions,
+            minter,
+            login_sealer: Sealer::new(&settings.session_keys, Purpose::LoginCookie),
+            redirect_uri: settings.public_url.redirect_uri(),
+            public_url: settings.public_url.clone(),
+            scopes: settings.ave.scopes.clone(),
+            session_cookie_max_age: settings.session.lifetime,
+        });
+        Ok(Self {
+            acceptor,
+            addr,
+            state,
+            mode,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let background = tokio::spawn(background_tasks(self.state.clone()));
+        let app = http::routes(self.state, self.mode == Mode::Demo);
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
+            .await;
+        background.abort();
+        result
+    }
+}
+
+/// Loads Ave's discovery and JWKS (retrying with back-off until they load) and sweeps expired sessions.
+async fn background_tasks(state: Arc<AppState>) {
+    let warm = {
+        let state = state.clone();
+        async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match state.ave.key_set().await {
+                    Ok(_) => {
+                        tracing::info!(issuer = state.ave.issuer().as_str(), "Ave discovery and JWKS loaded");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Ave discovery or JWKS not loaded yet")
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let sweep = async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            match state.sessions.sweep(http::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
+                Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+            }
+        }
+    };
+    tokio::join!(warm, sweep);
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

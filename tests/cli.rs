@@ -1,0 +1,156 @@
+//! The `avemint` binary: `openapi` matches the committed document, bad
+//! configuration fails fast with one line per problem, SIGTERM exits 0.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_avemint");
+
+#[test]
+fn committed_openapi_document_equals_avemint_openapi() {
+    let out = Command::new(BIN).arg("openapi").output().expect("runs");
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).expect("utf8");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml")).expect("committed file");
+    assert!(
+        generated == committed,
+        "openapi/openapi.yaml is stale: run `cargo run -- openapi > openapi/openapi.yaml`"
+    );
+    for path in [
+        "/auth/login",
+        "/auth/callback",
+        "/auth/token",
+        "/auth/session",
+        "/auth/logout",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(generated.contains(&format!("{path}:")), "{path} documented");
+    }
+}
+
+fn serve_with(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("runs")
+}
+
+#[test]
+fn invalid_configuration_exits_non_zero_with_one_line_per_problem_and_no_secret() {
+    let out = serve_with(&[
+        ("AVE_CLIENT_SECRET", "super-secret-value-123"),
+        ("AVEMINT_PUBLIC_URL", "http://app.example.com"),
+        ("AVEMINT_SESSION_KEYS", "bm90LTMyLWJ5dGVz"),
+        ("AVEMINT_TOKEN_TTL", "-5"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<_> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(problems.len(), 4, "{err}");
+    for name in [
+        "AVE_CLIENT_ID",
+        "AVEMINT_PUBLIC_URL",
+        "AVEMINT_SESSION_KEYS",
+        "AVEMINT_TOKEN_TTL",
+    ] {
+        assert!(problems.iter().any(|l| l.contains(name)), "{name} in {err}");
+    }
+    assert!(!err.contains("super-secret-value-123") && !err.contains("bm90LTMyLWJ5dGVz"));
+}
+
+#[test]
+fn a_config_file_is_read_and_the_environment_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("avemint.toml");
+    std::fs::write(&cfg, "client_id = \"app_x\"\ntoken_ttl = 0\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().expect("utf8"), "serve"])
+        .env_clear()
+        .env("AVEMINT_TOKEN_TTL", "60")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("AVE_CLIENT_ID"), "client id came from the file: {err}");
+    assert!(!err.contains("TOKEN_TTL"), "the environment's valid TTL won: {err}");
+    assert!(err.contains("AVE_CLIENT_SECRET"));
+}
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let emulator = avemint::ave::emulator::Emulator::start(Default::default())
+        .await
+        .expect("emulator");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .env(
+            "AVEMINT_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "serve became ready");
+    let jwks: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("serve did not exit after SIGTERM")
+    });
+    assert!(exited.success(), "exit status {exited:?}");
+}
