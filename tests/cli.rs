@@ -135,6 +135,12 @@ async fn serve_stops_cleanly_on_sigterm() {
         .await
         .expect("json");
     assert_eq!(jwks["keys"][0]["kty"], "EC");
+    let root = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .expect("root");
+    assert_eq!(root.status(), 404, "no demo page in serve");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

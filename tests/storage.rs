@@ -22,7 +22,7 @@ async fn no_raw_token_or_cookie_is_in_the_database_files() {
     );
     let db = app.db_path.clone();
     let users = app.emulator.users().to_vec();
-    app.stop().await;
+    let _dir = app.stop().await;
 
     let mut bytes = Vec::new();
     for suffix in ["", "-wal", "-shm", "-journal"] {

@@ -5,7 +5,7 @@
 //! its decoded claims, under a banner that says this is a demo.
 
 use poem::http::header;
-use poem::{Response, Route, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">
@@ -81,22 +81,14 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .body(body)
 }
 
-#[handler]
-fn page() -> Response {
-    asset("text/html; charset=utf-8", PAGE)
-}
-
-#[handler]
-fn script() -> Response {
-    asset("text/javascript; charset=utf-8", SCRIPT)
-}
-
-#[handler]
-fn style() -> Response {
-    asset("text/css; charset=utf-8", STYLE)
-}
-
-/// Adds the demo page to the routes.
-pub fn mount(route: Route) -> Route {
-    route.at("/", page).at("/demo.js", script).at("/demo.css", style)
+/// Serves the demo page and its assets, and passes every other request on to `inner`.
+pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
+    inner.around(|ep, req| async move {
+        Ok(match req.uri().path() {
+            "/" => asset("text/html; charset=utf-8", PAGE),
+            "/demo.js" => asset("text/javascript; charset=utf-8", SCRIPT),
+            "/demo.css" => asset("text/css; charset=utf-8", STYLE),
+            _ => ep.call(req).await?.into_response(),
+        })
+    })
 }

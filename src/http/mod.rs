@@ -74,17 +74,20 @@ pub fn openapi_yaml() -> String {
 }
 
 /// Builds the whole HTTP application.
-pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint {
+pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let api = openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    let mut route = Route::new()
-        .nest("/", api)
+    let route = Route::new()
         .at("/openapi.json", spec)
-        .nest("/docs", docs);
-    if demo {
-        route = demo::mount(route);
-    }
+        .nest("/docs", docs)
+        .nest("/", api);
+    // The demo page shares `/` with the API's nest, so it is answered in front of the router.
+    let route = if demo {
+        demo::in_front_of(route).map_to_response().boxed()
+    } else {
+        route.map_to_response().boxed()
+    };
     route
         .with(CookieJarManager::new())
         .data(state)

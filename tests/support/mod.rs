@@ -122,14 +122,17 @@ impl TestApp {
         panic!("avemint did not become ready");
     }
 
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Stops the server gracefully and waits for it; returns the temporary
+    /// directory (database, keys) so a test can inspect it afterwards.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.expect("join").expect("server exits cleanly");
         }
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self._dir, placeholder)
     }
 
     pub fn url(&self, path: &str) -> String {

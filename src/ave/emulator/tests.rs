@@ -875,7 +875,7 @@ async fn concurrent_refreshes_kill_the_family() {
         other => panic!("expected exactly one winner, got {other:?}"),
     };
     assert_eq!(loser["error"], "invalid_grant");
-    eprintln!("LOSER {}", loser["error_description"]);
+
     let description = str_field(&loser, "error_description");
     assert!(
         description == "Refresh token was already used" || description == "Refresh token revoked",

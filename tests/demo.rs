@@ -1,0 +1,156 @@
+//! `avemint demo` as a newcomer runs it: the binary, its built-in emulator, the
+//! emulator's sign-in page and the demo page, driven like a browser.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use support::{Browser, SESSION_COOKIE, location, verify_with};
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of `name="…"` hidden inputs in the first form on the page.
+fn form_fields(html: &str) -> Vec<(String, String)> {
+    let form = html
+        .split("<form")
+        .nth(1)
+        .expect("a form")
+        .split("</form>")
+        .next()
+        .expect("form end");
+    form.split("<input")
+        .skip(1)
+        .filter_map(|input| {
+            let attr = |name: &str| {
+                let start = input.find(&format!("{name}=\""))? + name.len() + 2;
+                let end = input[start..].find('"')? + start;
+                Some(html_unescape(&input[start..end]))
+            };
+            Some((attr("name")?, attr("value").unwrap_or_default()))
+        })
+        .collect()
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn the_demo_runs_the_whole_flow_from_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Child(child);
+    let mut banner = String::new();
+    let mut base = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(url) = line.trim().strip_prefix("Open:") {
+            base = Some(url.trim().trim_end_matches('/').to_owned());
+            break;
+        }
+    }
+    let base = base.expect("the demo prints the URL to open");
+    assert!(banner.contains("DEMO"), "{banner}");
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http.get(format!("{base}/")).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("frame-ancestors 'none'")
+    );
+    let page = page.text().await.expect("html");
+    assert!(page.contains("DEMO MODE"));
+    let script = http
+        .get(format!("{base}/demo.js"))
+        .send()
+        .await
+        .expect("js")
+        .text()
+        .await
+        .expect("text");
+    assert!(script.contains("fetch('/auth/token', { method: 'POST', headers: { 'X-CSRF': '1' } })"));
+
+    // Sign in through the emulator's page, as a person would.
+    let mut browser = Browser::default();
+    let resp = browser.send(http.get(format!("{base}/auth/login?return_to=/"))).await;
+    assert_eq!(resp.status(), 302);
+    let signin_url = location(&resp);
+    let signin = http.get(&signin_url).send().await.expect("signin page");
+    assert_eq!(signin.status(), 200);
+    let html = signin.text().await.expect("html");
+    assert!(html.contains("Sign in as"), "{html}");
+    let fields = form_fields(&html);
+    assert!(
+        fields.iter().any(|(k, v)| k == "decision" && v == "approve"),
+        "{fields:?}"
+    );
+    let origin = url::Url::parse(&signin_url)
+        .expect("url")
+        .origin()
+        .ascii_serialization();
+    let resp = http
+        .post(format!("{origin}/signin/decide"))
+        .form(&fields)
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(resp.status(), 302);
+    let resp = browser.send(http.get(location(&resp))).await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(location(&resp), "/");
+    assert!(browser.get(SESSION_COOKIE).is_some());
+
+    let session: serde_json::Value = browser
+        .send(http.get(format!("{base}/auth/session")).header("X-CSRF", "1"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(session["name"].is_string(), "{session}");
+    let token: serde_json::Value = browser
+        .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let jwks: serde_json::Value = http
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let data = verify_with(&jwks, token["access_token"].as_str().expect("token"), &base, &base);
+    assert_eq!(data.claims["demo"], true);
+    assert_eq!(data.claims["sub"], session["sub"]);
+    drop(child);
+}
