@@ -34,6 +34,34 @@ pub struct Settings {
     pub keys_dir: PathBuf,
     pub token: TokenSettings,
     pub session: SessionSettings,
+    pub renewal: RenewalSettings,
+}
+
+/// Silent renewal of Ave's tokens.
+#[derive(Debug, Clone)]
+pub struct RenewalSettings {
+    /// Refresh when Ave's access token expires within this margin.
+    pub skew: Duration,
+    /// Token-endpoint calls this process may make per minute (Ave allows 180
+    /// per client id, shared by every instance).
+    pub token_budget_per_minute: u32,
+    /// How long a decrypted session may be served from memory; bounds how
+    /// late another instance notices a logout.
+    pub session_cache_ttl: Duration,
+    /// How long a request waits for a slow refresh before it is answered from
+    /// the current access token (or with 503); the refresh itself goes on.
+    pub wait: Duration,
+}
+
+impl Default for RenewalSettings {
+    fn default() -> Self {
+        Self {
+            skew: Duration::from_secs(60),
+            token_budget_per_minute: 180,
+            session_cache_ttl: Duration::from_millis(500),
+            wait: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The registered Ave application and how to reach Ave.
@@ -133,19 +161,35 @@ impl Issuer {
 }
 
 /// The session store's location.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// An SQLite file (`sqlite://path` or `sqlite:path`); `sqlite::memory:` for a throw-away store.
     Sqlite(String),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`), shared by many instances.
+    Postgres(Secret<String>),
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(u) => write!(f, "Sqlite({u:?})"),
+            // A PostgreSQL URL may carry a password.
+            Self::Postgres(_) => f.write_str("Postgres([redacted])"),
+        }
+    }
 }
 
 impl DatabaseUrl {
-    /// Parses a database URL; only SQLite is built in so far.
+    /// Parses a database URL.
     pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
         if raw.starts_with("sqlite:") {
             Ok(Self::Sqlite(raw.to_owned()))
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Url::parse(raw).map_err(|_| "is not a valid PostgreSQL URL".to_owned())?;
+            Ok(Self::Postgres(Secret::new(raw.to_owned())))
         } else {
-            Err("must start with `sqlite:` (for example `sqlite://avemint.db`)".into())
+            Err("must start with `sqlite:` (e.g. `sqlite://avemint.db`) or `postgres://`".into())
         }
     }
 }
@@ -250,6 +294,9 @@ struct FileSettings {
     token_claims: Option<toml::Table>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
+    refresh_skew: Option<u64>,
+    ave_token_budget: Option<u64>,
+    session_cache_ttl_ms: Option<u64>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -500,6 +547,43 @@ impl Settings {
             366 * 86_400,
         );
 
+        let skew = l.pick(
+            "AVEMINT_REFRESH_SKEW",
+            "refresh_skew",
+            file.refresh_skew.map(|n| n.to_string()),
+        );
+        let skew = match skew {
+            Some(v) => l.check(Some(v), |s| bounded(s, 0, 3600).map(Duration::from_secs)),
+            None => Some(RenewalSettings::default().skew),
+        };
+        let budget = l.pick(
+            "AVEMINT_AVE_TOKEN_BUDGET",
+            "ave_token_budget",
+            file.ave_token_budget.map(|n| n.to_string()),
+        );
+        let budget = match budget {
+            Some(v) => l.check(Some(v), |s| bounded(s, 1, 10_000).map(|n| n as u32)),
+            None => Some(RenewalSettings::default().token_budget_per_minute),
+        };
+        let cache_ttl = l.pick(
+            "AVEMINT_SESSION_CACHE_TTL_MS",
+            "session_cache_ttl_ms",
+            file.session_cache_ttl_ms.map(|n| n.to_string()),
+        );
+        let cache_ttl = match cache_ttl {
+            Some(v) => l.check(Some(v), |s| bounded(s, 0, 1000).map(Duration::from_millis)),
+            None => Some(RenewalSettings::default().session_cache_ttl),
+        };
+        let renewal = match (skew, budget, cache_ttl) {
+            (Some(skew), Some(token_budget_per_minute), Some(session_cache_ttl)) => Some(RenewalSettings {
+                skew,
+                token_budget_per_minute,
+                session_cache_ttl,
+                ..RenewalSettings::default()
+            }),
+            _ => None,
+        };
+
         match (
             client_id,
             client_secret,
@@ -514,6 +598,7 @@ impl Settings {
             claims,
             idle,
             lifetime,
+            renewal,
         ) {
             (
                 Some(client_id),
@@ -529,6 +614,7 @@ impl Settings {
                 Some(claims),
                 Some(idle_timeout),
                 Some(lifetime),
+                Some(renewal),
             ) if l.errors.is_empty() => Ok(Settings {
                 ave: AveSettings {
                     client_id,
@@ -543,9 +629,17 @@ impl Settings {
                 keys_dir,
                 token: TokenSettings { ttl, audience, claims },
                 session: SessionSettings { idle_timeout, lifetime },
+                renewal,
             }),
             _ => Err(ConfigErrors(l.errors)),
         }
+    }
+}
+
+fn bounded(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
     }
 }
 

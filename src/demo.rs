@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use crate::ave::ClientOptions;
 use crate::ave::emulator::{Emulator, EmulatorConfig};
 use crate::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
+    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys, SessionSettings,
+    Settings, TokenSettings,
 };
 use crate::mint::claims::ClaimTemplate;
 use crate::secret::{Secret, random_bytes};
@@ -71,16 +72,23 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
             claims: ClaimTemplate::parse_json(DEMO_CLAIMS).map_err(|e| DemoError::Emulator(e.to_string()))?,
         },
         session: SessionSettings::default(),
+        renewal: RenewalSettings::default(),
         public_url: public_url.clone(),
     };
     let app = Application::with_listener(settings, Mode::Demo, listener, ClientOptions::default()).await?;
-    println!();
-    println!("  avemint DEMO MODE: a built-in Ave emulator stands in for Ave. Not for production.");
-    println!("  Ave emulator:  {}", emulator.base_url());
-    println!("  Open:          {public_url}/");
-    println!("  API docs:      {public_url}/docs");
-    println!("  Stop with Ctrl-C.");
-    println!();
+    // A closed stdout (a pipe whose reader left) must not take the demo down: write errors are ignored.
+    let banner = format!(
+        "\n  avemint DEMO MODE: a built-in Ave emulator stands in for Ave. Not for production.\n  \
+         Ave emulator:  {}\n  Open:          {public_url}/\n  API docs:      {public_url}/docs\n  \
+         Stop with Ctrl-C.\n\n",
+        emulator.base_url()
+    );
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+    }
     app.run_until(shutdown_signal())
         .await
         .map_err(|e| DemoError::Startup(StartupError::Ave(e.to_string())))?;

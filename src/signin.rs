@@ -7,7 +7,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Map, Value};
 
 use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
 use crate::ave::{AveClient, AveError, IdTokenError};
@@ -161,27 +160,9 @@ pub async fn finish(
             refresh_token: resp.refresh_token,
             access_expires_at: now + expires_in,
         },
-        id_token_claims: profile_claims(validated.into_claims()),
+        id_token_claims: validated.into_profile_claims(),
         user: resp.user,
     })
-}
-
-/// Drops the protocol claims of an id_token, keeping what describes the user.
-fn profile_claims(mut claims: Map<String, Value>) -> Map<String, Value> {
-    for c in [
-        "nonce",
-        "aud",
-        "azp",
-        "iat",
-        "exp",
-        "nbf",
-        "auth_time",
-        "at_hash",
-        "c_hash",
-    ] {
-        claims.remove(c);
-    }
-    claims
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::mint::{KeyError, KeyRing, Minter};
-use crate::session::{Purpose, Sealer, Sessions, StoreError};
+use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -99,8 +99,22 @@ impl Application {
                 addr: settings.listen.to_string(),
                 reason: "no local address".into(),
             })?;
-        let sessions = Sessions::open(&settings.database_url, &settings.session_keys, settings.session.clone()).await?;
+        let sessions = Arc::new(
+            Sessions::open(
+                &settings.database_url,
+                &settings.session_keys,
+                settings.session.clone(),
+                settings.renewal.session_cache_ttl,
+            )
+            .await?,
+        );
         let keys = Arc::new(KeyRing::load_or_generate(&settings.keys_dir)?);
+        let options = ClientOptions {
+            token_budget_per_minute: settings.renewal.token_budget_per_minute,
+            ..options
+        };
+        let lock_wait = options.request_timeout + Duration::from_secs(5);
+        let wait = settings.renewal.wait;
         let ave = AveClient::new(
             settings.ave.issuer.clone(),
             settings.ave.client_id.clone(),
@@ -108,6 +122,13 @@ impl Application {
             options,
         )
         .map_err(|e| StartupError::Ave(e.to_string()))?;
+        let ave = Arc::new(ave);
+        tracing::info!(
+            budget_per_minute = ave.token_budget_per_minute(),
+            refresh_skew_secs = settings.renewal.skew.as_secs(),
+            "Ave token-endpoint budget"
+        );
+        let renewer = Renewer::new(ave.clone(), sessions.clone(), settings.renewal.skew, lock_wait, wait);
         let minter = Minter::new(
             keys,
             settings.public_url.as_str().to_owned(),
@@ -119,6 +140,7 @@ impl Application {
         let state = Arc::new(AppState {
             ave,
             sessions,
+            renewer,
             minter,
             login_sealer: Sealer::new(&settings.session_keys, Purpose::LoginCookie),
             redirect_uri: settings.public_url.redirect_uri(),

@@ -69,6 +69,7 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
         &app.settings.database_url,
         &app.settings.session_keys,
         app.settings.session.clone(),
+        std::time::Duration::ZERO,
     )
     .await
     .expect("open");
@@ -81,6 +82,7 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
         &app.settings.database_url,
         &avemint::config::SessionKeys::from_keys(vec![[1; 32]]),
         app.settings.session.clone(),
+        std::time::Duration::ZERO,
     )
     .await
     .expect("open");

@@ -122,3 +122,35 @@ async fn errors_are_json_everywhere() {
     assert_eq!(error_code(resp).await, "invalid_request");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_reports_the_checks_and_the_token_budget() {
+    let app = TestApp::spawn().await;
+    let ready: serde_json::Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["status"], "ok");
+    assert_eq!(ready["ave_discovery"], true);
+    assert_eq!(ready["ave_jwks"], true);
+    assert_eq!(ready["store"], true);
+    assert_eq!(ready["ave_token_budget_per_minute"], 180);
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert!(spec["paths"]["/auth/token"].is_object());
+    let docs = app.http.get(app.url("/docs")).send().await.expect("req");
+    assert_eq!(docs.status(), 200);
+    app.stop().await;
+}

@@ -15,6 +15,7 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::budget::TokenBudget;
 use crate::config::Issuer;
 use crate::secret::Secret;
 
@@ -76,9 +77,15 @@ pub enum AveError {
     /// Ave answered 5xx or another unexpected status.
     #[error("Ave answered HTTP {status}")]
     Server { status: u16 },
-    /// No usable answer: timeout, connection refused, TLS failure.
+    /// The request never reached Ave (connection refused, DNS, TLS, connect
+    /// timeout), or this process's own token budget was exhausted.
     #[error("Ave could not be reached: {0}")]
     Transport(String),
+    /// The request may have reached Ave, but no usable answer came back
+    /// (timeout after sending, broken or unreadable response). Ave may have
+    /// acted on it: a refresh token sent this way must be treated as spent.
+    #[error("Ave's answer was lost: {0}")]
+    LostResponse(String),
     /// Ave answered, but not with what the protocol promises.
     #[error("Ave's response was not understood: {0}")]
     Malformed(String),
@@ -172,6 +179,11 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// The least time between two JWKS re-fetches caused by an unknown `kid`.
     pub jwks_refetch_cooldown: Duration,
+    /// Token-endpoint calls per minute this process may make.
+    pub token_budget_per_minute: u32,
+    /// How long a refresh may wait for Ave's answer before it counts as lost
+    /// (the refresh token is then treated as spent, never re-sent).
+    pub refresh_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -180,6 +192,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             jwks_refetch_cooldown: Duration::from_secs(5),
+            token_budget_per_minute: 180,
+            refresh_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -193,6 +207,7 @@ pub struct AveClient {
     metadata: Cache<(), Arc<ProviderMetadata>>,
     jwks: Cache<(), Arc<KeySet>>,
     last_forced_refetch: Mutex<Option<Instant>>,
+    budget: TokenBudget,
     options: ClientOptions,
 }
 
@@ -236,6 +251,7 @@ impl AveClient {
             metadata: Cache::builder().time_to_live(METADATA_TTL).max_capacity(1).build(),
             jwks: Cache::builder().time_to_live(JWKS_TTL).max_capacity(1).build(),
             last_forced_refetch: Mutex::new(None),
+            budget: TokenBudget::new(options.token_budget_per_minute, options.request_timeout),
             options,
         })
     }
@@ -347,7 +363,8 @@ impl AveClient {
             code_verifier: Some(code_verifier),
             refresh_token: None,
         };
-        self.token_request(&body, "authorization_code").await
+        self.token_request(&body, "authorization_code", self.options.request_timeout)
+            .await
     }
 
     /// Uses a refresh token. Ave rotates it on every use: the caller must store
@@ -362,20 +379,42 @@ impl AveClient {
             code_verifier: None,
             refresh_token: Some(refresh_token),
         };
-        self.token_request(&body, "refresh_token").await
+        self.token_request(&body, "refresh_token", self.options.refresh_timeout)
+            .await
     }
 
-    async fn token_request(&self, body: &TokenRequest<'_>, grant: &'static str) -> Result<TokenResponse, AveError> {
+    async fn token_request(
+        &self,
+        body: &TokenRequest<'_>,
+        grant: &'static str,
+        timeout: Duration,
+    ) -> Result<TokenResponse, AveError> {
         let meta = self.metadata().await?;
+        if let Err(wait) = self.budget.acquire().await {
+            tracing::warn!(
+                grant,
+                budget = self.budget.per_minute(),
+                "token-endpoint budget exhausted; not calling Ave"
+            );
+            return Err(AveError::RateLimited {
+                retry_after: Some(wait),
+            });
+        }
         let started = Instant::now();
         let resp = self
             .http
             .post(&meta.token_endpoint)
+            .timeout(timeout)
             .json(body)
             .send()
             .await
             .map_err(|e| {
-                let err = transport(e);
+                // Only a failure to connect proves the request never reached Ave.
+                let err = if e.is_connect() {
+                    transport(e)
+                } else {
+                    AveError::LostResponse(transport(e).to_string())
+                };
                 tracing::warn!(grant, error = %err, "Ave token request failed");
                 err
             })?;
@@ -386,12 +425,16 @@ impl AveClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = read_limited(resp).await?;
+        let bytes = read_limited(resp).await.map_err(|e| {
+            tracing::warn!(grant, status, "Ave token response could not be read");
+            AveError::LostResponse(e.to_string())
+        })?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if status == 200 {
             let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
                 tracing::warn!(grant, status, elapsed_ms, "Ave token response is not a token response");
-                AveError::Malformed("token response lacks required fields".into())
+                // Ave answered 200, so it acted on the request: the outcome is lost.
+                AveError::LostResponse("token response lacks required fields".into())
             })?;
             tracing::debug!(grant, status, elapsed_ms, "Ave token request succeeded");
             return Ok(parsed);
@@ -404,6 +447,11 @@ impl AveClient {
             _ => tracing::warn!(grant, status, elapsed_ms, "Ave token request failed"),
         }
         Err(err)
+    }
+
+    /// The token-endpoint calls per minute this process allows itself.
+    pub fn token_budget_per_minute(&self) -> u32 {
+        self.budget.per_minute()
     }
 }
 
@@ -455,6 +503,7 @@ fn clone_error(e: &AveError) -> AveError {
         },
         AveError::Server { status } => AveError::Server { status: *status },
         AveError::Transport(s) => AveError::Transport(s.clone()),
+        AveError::LostResponse(s) => AveError::LostResponse(s.clone()),
         AveError::Malformed(s) => AveError::Malformed(s.clone()),
         AveError::IssuerMismatch { expected, found } => AveError::IssuerMismatch {
             expected: expected.clone(),

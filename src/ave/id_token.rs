@@ -42,6 +42,26 @@ impl ValidatedIdToken {
     pub fn into_claims(self) -> Map<String, Value> {
         self.claims
     }
+
+    /// Consumes the token, keeping the claims that describe the user (the
+    /// protocol claims `nonce`, `aud`, `azp`, `iat`, `exp`, … are dropped).
+    pub fn into_profile_claims(self) -> Map<String, Value> {
+        let mut claims = self.claims;
+        for c in [
+            "nonce",
+            "aud",
+            "azp",
+            "iat",
+            "exp",
+            "nbf",
+            "auth_time",
+            "at_hash",
+            "c_hash",
+        ] {
+            claims.remove(c);
+        }
+        claims
+    }
 }
 
 /// What the caller expects of this particular token.

@@ -4,6 +4,7 @@
 //! `id_token` validates what Ave signs, and `emulator` is the local Ave that
 //! `avemint demo` and the tests run against.
 
+pub mod budget;
 pub mod client;
 pub mod emulator;
 pub mod id_token;

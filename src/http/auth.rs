@@ -15,7 +15,7 @@ use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
 use crate::mint::Subject;
-use crate::session::{Session, StoreError};
+use crate::session::{RenewError, Session, StoreError};
 use crate::signin::{self, Callback, SignInError};
 
 /// The auth endpoints.
@@ -119,14 +119,26 @@ impl From<SignInError> for ApiError {
     }
 }
 
-async fn current_session(state: &AppState, jar: &CookieJar) -> Result<Session, ApiError> {
+async fn current_session(state: &AppState, jar: &CookieJar) -> Result<Arc<Session>, ApiError> {
     let id = cookies::session_id(jar).ok_or_else(ApiError::login_required)?;
     state
         .sessions
-        .load(&id.key(), now())
+        .get(&id.key(), now())
         .await
         .map_err(store_unavailable)?
         .ok_or_else(ApiError::login_required)
+}
+
+impl From<RenewError> for ApiError {
+    fn from(e: RenewError) -> Self {
+        match e {
+            RenewError::LoginRequired => ApiError::login_required(),
+            RenewError::Unavailable { reason, retry_after } => {
+                ApiError::unavailable(reason, retry_after.as_secs().max(1))
+            }
+            RenewError::Rejected(reason) => ApiError::bad_gateway(reason),
+        }
+    }
 }
 
 #[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
@@ -224,6 +236,11 @@ impl AuthApi {
     ) -> Result<Json<TokenBody>, ApiError> {
         require_csrf(&csrf)?;
         let session = current_session(&state, jar).await?;
+        let session = state.renewer.fresh(session).await.inspect_err(|e| {
+            if matches!(e, RenewError::LoginRequired) {
+                cookies::clear_session(jar);
+            }
+        })?;
         let data = &session.data;
         let minted = state
             .minter

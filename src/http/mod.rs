@@ -21,12 +21,13 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::ave::AveClient;
 use crate::config::PublicUrl;
 use crate::mint::Minter;
-use crate::session::{Sealer, Sessions};
+use crate::session::{Renewer, Sealer, Sessions};
 
 /// Everything a request handler may use.
 pub struct AppState {
-    pub ave: AveClient,
-    pub sessions: Sessions,
+    pub ave: Arc<AveClient>,
+    pub sessions: Arc<Sessions>,
+    pub renewer: Arc<Renewer>,
     pub minter: Minter,
     pub login_sealer: Sealer,
     pub public_url: PublicUrl,

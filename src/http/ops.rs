@@ -25,6 +25,10 @@ pub struct Health {
     /// The session store answers.
     #[oai(skip_serializing_if_is_none)]
     pub store: Option<bool>,
+    /// Calls per minute this instance allows itself at Ave's token endpoint
+    /// (Ave allows 180 per client id, shared by all instances).
+    #[oai(skip_serializing_if_is_none)]
+    pub ave_token_budget_per_minute: Option<u32>,
 }
 
 /// Readiness.
@@ -48,6 +52,7 @@ impl OpsApi {
             ave_discovery: None,
             ave_jwks: None,
             store: None,
+            ave_token_budget_per_minute: None,
         })
     }
 
@@ -63,6 +68,7 @@ impl OpsApi {
             ave_discovery: Some(discovery),
             ave_jwks: Some(jwks),
             store: Some(store),
+            ave_token_budget_per_minute: Some(state.ave.token_budget_per_minute()),
         };
         if ok {
             ReadyResponse::Ready(Json(health))

@@ -2,9 +2,12 @@
 //!
 //! `Sessions` is the one door to the store: it seals `SessionData` before a
 //! backend sees it, opens it on the way back, and applies the idle timeout and
-//! absolute lifetime. Backends (`sqlite`, later PostgreSQL) store bytes only.
+//! absolute lifetime, and keeps a short-lived in-process cache. Backends
+//! (`sqlite`, `postgres`) store bytes only; `renew` refreshes Ave's tokens.
 
 pub mod id;
+pub mod postgres;
+pub mod renew;
 pub mod sealer;
 pub mod sqlite;
 pub mod store;
@@ -12,18 +15,22 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{DatabaseUrl, SessionKeys, SessionSettings};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
+pub use renew::{RenewError, Renewer};
 pub use sealer::{Purpose, Sealer};
-pub use store::{SessionStore, StoreError, StoredSession, SweepCutoffs};
+pub use store::{RefreshLock, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Idle-time bookkeeping is written at most this often per session, so the
 /// hot path is not a write per request.
 const TOUCH_INTERVAL_SECS: i64 = 60;
+/// Most sessions kept decrypted in memory at once.
+const CACHE_CAPACITY: u64 = 100_000;
 
 /// Ave's tokens for one session. Only ever serialized to be sealed.
 #[derive(Serialize, Deserialize)]
@@ -58,6 +65,8 @@ pub struct Session {
     pub version: i64,
     pub created_at: i64,
     pub last_seen_at: i64,
+    /// Set while (or if) a refresh token was sent to Ave with no outcome stored yet.
+    pub refresh_started_at: Option<i64>,
     pub data: SessionData,
     lifetime: Duration,
     idle_timeout: Duration,
@@ -68,6 +77,31 @@ impl Session {
     pub fn expires_at(&self) -> i64 {
         (self.created_at + self.lifetime.as_secs() as i64).min(self.last_seen_at + self.idle_timeout.as_secs() as i64)
     }
+
+    /// True when the session is past its idle timeout or absolute lifetime.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at() <= now
+    }
+
+    /// True when Ave's access token expires within `skew` of `now`.
+    pub fn needs_refresh(&self, now: i64, skew: Duration) -> bool {
+        self.data.tokens.access_expires_at - skew.as_secs() as i64 <= now
+    }
+
+    /// True while Ave's access token is still valid.
+    pub fn access_valid(&self, now: i64) -> bool {
+        self.data.tokens.access_expires_at > now
+    }
+}
+
+/// Why a load through the cache found nothing (never cached, so a missing
+/// row is looked up again next time).
+#[derive(Debug, thiserror::Error)]
+enum LoadMiss {
+    #[error("no such session")]
+    Absent,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The session service.
@@ -75,23 +109,90 @@ pub struct Sessions {
     store: Arc<dyn SessionStore>,
     sealer: Sealer,
     settings: SessionSettings,
+    /// Decrypted sessions, served for at most the cache TTL (bounded
+    /// staleness: another instance's logout is seen within that time).
+    cache: Option<Cache<SessionKey, Arc<Session>>>,
 }
 
 impl Sessions {
-    /// Opens the configured backend.
-    pub async fn open(url: &DatabaseUrl, keys: &SessionKeys, settings: SessionSettings) -> Result<Self, StoreError> {
+    /// Opens the configured backend. A zero `cache_ttl` disables the cache.
+    pub async fn open(
+        url: &DatabaseUrl,
+        keys: &SessionKeys,
+        settings: SessionSettings,
+        cache_ttl: Duration,
+    ) -> Result<Self, StoreError> {
         let store: Arc<dyn SessionStore> = match url {
             DatabaseUrl::Sqlite(u) => Arc::new(sqlite::SqliteStore::connect(u).await?),
+            DatabaseUrl::Postgres(u) => Arc::new(postgres::PostgresStore::connect(u.expose()).await?),
         };
-        Ok(Self::with_store(store, keys, settings))
+        Ok(Self::with_store(store, keys, settings, cache_ttl))
     }
 
-    /// Wraps an already opened backend.
-    pub fn with_store(store: Arc<dyn SessionStore>, keys: &SessionKeys, settings: SessionSettings) -> Self {
+    /// Wraps an already opened backend. A zero `cache_ttl` disables the cache.
+    pub fn with_store(
+        store: Arc<dyn SessionStore>,
+        keys: &SessionKeys,
+        settings: SessionSettings,
+        cache_ttl: Duration,
+    ) -> Self {
+        let cache = (!cache_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .time_to_live(cache_ttl)
+                .max_capacity(CACHE_CAPACITY)
+                .build()
+        });
         Self {
             store,
             sealer: Sealer::new(keys, Purpose::SessionStore),
             settings,
+            cache,
+        }
+    }
+
+    /// The backend (renewal takes its locks and markers there).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// A live session, from the in-process cache when fresh enough.
+    pub async fn get(&self, key: &SessionKey, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.load(key, now).await?.map(Arc::new));
+        };
+        let loaded = cache
+            .try_get_with(*key, async {
+                match self.load(key, now).await {
+                    Ok(Some(s)) => Ok(Arc::new(s)),
+                    Ok(None) => Err(LoadMiss::Absent),
+                    Err(e) => Err(LoadMiss::Store(e)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(s) if s.is_expired(now) => {
+                cache.invalidate(key).await;
+                Ok(None)
+            }
+            Ok(s) => Ok(Some(s)),
+            Err(e) => match e.as_ref() {
+                LoadMiss::Absent => Ok(None),
+                LoadMiss::Store(e) => Err(StoreError::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    /// Puts a session this process just wrote into the cache.
+    pub async fn remember(&self, session: Arc<Session>) {
+        if let Some(cache) = &self.cache {
+            cache.insert(session.key, session).await;
+        }
+    }
+
+    /// Drops a session from the cache.
+    pub async fn forget(&self, key: &SessionKey) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key).await;
         }
     }
 
@@ -113,14 +214,15 @@ impl Sessions {
             created_at: now,
             last_seen_at: now,
             access_expires_at: data.tokens.access_expires_at,
+            refresh_started_at: None,
         };
         self.store.insert(&row).await?;
         Ok(id)
     }
 
-    /// Loads a live session. Expired sessions are deleted and reported as absent;
-    /// rows that cannot be opened (unknown key, tampering) are reported as
-    /// absent and left alone.
+    /// Loads a live session from the store, bypassing the cache. Expired
+    /// sessions are deleted and reported as absent; rows that cannot be opened
+    /// (unknown key, tampering) are reported as absent and left alone.
     pub async fn load(&self, key: &SessionKey, now: i64) -> Result<Option<Session>, StoreError> {
         let Some(row) = self.store.get(key).await? else {
             return Ok(None);
@@ -152,22 +254,43 @@ impl Sessions {
             version: row.version,
             created_at: row.created_at,
             last_seen_at,
+            refresh_started_at: row.refresh_started_at,
             data,
             lifetime,
             idle_timeout: idle,
         }))
     }
 
-    /// Swaps a session's data if nobody else did since `session` was read.
-    pub async fn replace(&self, session: &Session, data: &SessionData) -> Result<bool, StoreError> {
-        let sealed = self.seal(&session.key, data)?;
-        self.store
+    /// Swaps a session's data (clearing any refresh marker) if nobody else did
+    /// since `session` was read. Returns the stored result, or `None` if the
+    /// row's version moved on (or the row is gone).
+    pub async fn replace(&self, session: &Session, data: SessionData) -> Result<Option<Arc<Session>>, StoreError> {
+        let sealed = self.seal(&session.key, &data)?;
+        let swapped = self
+            .store
             .replace(&session.key, session.version, &sealed, data.tokens.access_expires_at)
-            .await
+            .await?;
+        if !swapped {
+            self.forget(&session.key).await;
+            return Ok(None);
+        }
+        let updated = Arc::new(Session {
+            key: session.key,
+            version: session.version + 1,
+            created_at: session.created_at,
+            last_seen_at: session.last_seen_at,
+            refresh_started_at: None,
+            data,
+            lifetime: session.lifetime,
+            idle_timeout: session.idle_timeout,
+        });
+        self.remember(updated.clone()).await;
+        Ok(Some(updated))
     }
 
-    /// Deletes a session (logout).
+    /// Deletes a session (logout, or a session Ave ended).
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.forget(key).await;
         self.store.delete(key).await
     }
 

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::id::SessionKey;
-use super::store::{SessionStore, StoreError, StoredSession, SweepCutoffs};
+use super::store::{ProcessLocal, RefreshLock, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
@@ -86,7 +86,8 @@ impl SessionStore for SqliteStore {
 
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
         let row = sqlx::query(
-            "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at FROM sessions WHERE key_hash = ?",
+            "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at \
+             FROM sessions WHERE key_hash = ?",
         )
         .bind(key.as_bytes().as_slice())
         .fetch_optional(&self.pool)
@@ -100,6 +101,7 @@ impl SessionStore for SqliteStore {
                 created_at: r.try_get("created_at").map_err(unavailable)?,
                 last_seen_at: r.try_get("last_seen_at").map_err(unavailable)?,
                 access_expires_at: r.try_get("access_expires_at").map_err(unavailable)?,
+                refresh_started_at: r.try_get("refresh_started_at").map_err(unavailable)?,
             })
         })
         .transpose()
@@ -113,7 +115,8 @@ impl SessionStore for SqliteStore {
         access_expires_at: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE sessions SET sealed = ?, access_expires_at = ?, version = version + 1 WHERE key_hash = ? AND version = ?",
+            "UPDATE sessions SET sealed = ?, access_expires_at = ?, version = version + 1, refresh_started_at = NULL \
+             WHERE key_hash = ? AND version = ?",
         )
         .bind(sealed)
         .bind(access_expires_at)
@@ -123,6 +126,35 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn begin_refresh(&self, key: &SessionKey, expected_version: i64, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET refresh_started_at = ? WHERE key_hash = ? AND version = ? AND refresh_started_at IS NULL",
+        )
+        .bind(now)
+        .bind(key.as_bytes().as_slice())
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET refresh_started_at = NULL WHERE key_hash = ? AND version = ?")
+            .bind(key.as_bytes().as_slice())
+            .bind(expected_version)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn lock_refresh(&self, _key: &SessionKey, _wait: Duration) -> Result<Box<dyn RefreshLock>, StoreError> {
+        // The embedded store serves one instance; its in-process single-flight
+        // serialises refreshes, and the refresh marker guards the rest.
+        Ok(Box::new(ProcessLocal))
     }
 
     async fn touch(&self, key: &SessionKey, now: i64) -> Result<(), StoreError> {
@@ -189,6 +221,7 @@ mod tests {
             created_at: now,
             last_seen_at: now,
             access_expires_at: now + 3600,
+            refresh_started_at: None,
         }
     }
 
@@ -210,6 +243,23 @@ mod tests {
         assert_eq!(
             (got.version, got.sealed.as_slice(), got.access_expires_at),
             (1, b"new".as_slice(), 5000)
+        );
+        assert!(s.begin_refresh(&r.key, 1, 1500).await.expect("marker"));
+        assert!(
+            !s.begin_refresh(&r.key, 1, 1501).await.expect("marker"),
+            "one marker holder"
+        );
+        assert_eq!(
+            s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
+            Some(1500)
+        );
+        s.abort_refresh(&r.key, 1).await.expect("abort");
+        assert!(s.begin_refresh(&r.key, 1, 1502).await.expect("marker"));
+        assert!(s.replace(&r.key, 1, b"newer", 7000).await.expect("cas"));
+        assert_eq!(
+            s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
+            None,
+            "replace clears the marker"
         );
         s.touch(&r.key, 2000).await.expect("touch");
         s.insert(&row(2, 0, 10)).await.expect("insert old");

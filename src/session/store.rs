@@ -3,6 +3,14 @@
 //! Backends see only ciphertext and timestamps; sealing happens above them in
 //! `Sessions`. Token swaps are compare-and-swap on `version`, so a renewal that
 //! raced another one can never overwrite a newer refresh token.
+//!
+//! Renewal across instances uses two mechanisms (see `renew`):
+//! - `lock_refresh` serialises refreshers of one session (PostgreSQL: a
+//!   session-level advisory lock, released by the server if the holder's
+//!   connection dies, so it cannot expire under a live refresh);
+//! - the `refresh_started_at` marker is committed before a refresh token is
+//!   sent to Ave and cleared with the outcome. A refresher that finds it set
+//!   knows an earlier attempt's outcome is unknown and never re-sends that token.
 
 use async_trait::async_trait;
 
@@ -17,6 +25,7 @@ pub struct StoredSession {
     pub created_at: i64,
     pub last_seen_at: i64,
     pub access_expires_at: i64,
+    pub refresh_started_at: Option<i64>,
 }
 
 /// A backend failure. Carries no row data.
@@ -26,6 +35,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("session store migration failed: {0}")]
     Migration(String),
+    #[error("timed out waiting for another instance's refresh of this session")]
+    LockTimeout,
 }
 
 /// Cut-offs for `sweep`: rows created before `created_before` or last seen
@@ -37,6 +48,23 @@ pub struct SweepCutoffs {
     pub seen_before: i64,
 }
 
+/// A held per-session refresh lock. Release it explicitly; dropping it
+/// unreleased (a cancelled task) still frees it, possibly by closing a connection.
+#[async_trait]
+pub trait RefreshLock: Send {
+    /// Releases the lock.
+    async fn release(self: Box<Self>);
+}
+
+/// A lock that serialises nothing beyond the process (the embedded backend:
+/// one instance, whose in-process single-flight already serialises).
+pub struct ProcessLocal;
+
+#[async_trait]
+impl RefreshLock for ProcessLocal {
+    async fn release(self: Box<Self>) {}
+}
+
 /// A session store backend.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -44,8 +72,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn insert(&self, row: &StoredSession) -> Result<(), StoreError>;
     /// Reads a session.
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError>;
-    /// Replaces the sealed data if the row still has `expected_version`;
-    /// returns false (and changes nothing) otherwise.
+    /// Replaces the sealed data and clears the refresh marker, if the row still
+    /// has `expected_version`; returns false (and changes nothing) otherwise.
     async fn replace(
         &self,
         key: &SessionKey,
@@ -53,6 +81,18 @@ pub trait SessionStore: Send + Sync + 'static {
         sealed: &[u8],
         access_expires_at: i64,
     ) -> Result<bool, StoreError>;
+    /// Sets the refresh marker if the row has `expected_version` and no marker;
+    /// true if this caller set it (and may now send the refresh token).
+    async fn begin_refresh(&self, key: &SessionKey, expected_version: i64, now: i64) -> Result<bool, StoreError>;
+    /// Clears the refresh marker without changing the data (the refresh token
+    /// provably did not reach Ave, or Ave refused it before using it).
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64) -> Result<(), StoreError>;
+    /// Waits (at most `wait`) for the per-session refresh lock.
+    async fn lock_refresh(
+        &self,
+        key: &SessionKey,
+        wait: std::time::Duration,
+    ) -> Result<Box<dyn RefreshLock>, StoreError>;
     /// Records activity (idle timeout).
     async fn touch(&self, key: &SessionKey, now: i64) -> Result<(), StoreError>;
     /// Deletes a session; true if a row was removed.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use avemint::ave::ClientOptions;
 use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
+    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys, SessionSettings,
+    Settings, TokenSettings,
 };
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
@@ -38,8 +39,14 @@ pub struct TestApp {
 pub struct Options {
     pub claims: Option<&'static str>,
     pub emulator: Option<EmulatorConfig>,
+    /// Use this emulator instead of starting one (a second instance of the same deployment).
+    pub shared_emulator: Option<Emulator>,
     pub token_ttl: Option<u64>,
     pub refetch_cooldown: Option<Duration>,
+    /// Use this store (e.g. a PostgreSQL schema shared by two instances).
+    pub database_url: Option<DatabaseUrl>,
+    pub renewal: Option<RenewalSettings>,
+    pub client: Option<ClientOptions>,
 }
 
 impl TestApp {
@@ -53,12 +60,15 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let address = format!("http://{addr}");
         let public_url = PublicUrl::parse(&address).expect("public url");
-        let emulator = Emulator::start(EmulatorConfig {
-            redirect_uris: vec![public_url.redirect_uri()],
-            ..opts.emulator.unwrap_or_default()
-        })
-        .await
-        .expect("emulator starts");
+        let emulator = match opts.shared_emulator {
+            Some(e) => e,
+            None => Emulator::start(EmulatorConfig {
+                redirect_uris: vec![public_url.redirect_uri()],
+                ..opts.emulator.unwrap_or_default()
+            })
+            .await
+            .expect("emulator starts"),
+        };
         let db_path = dir.path().join("avemint.db");
         let keys_dir = dir.path().join("keys");
         let settings = Settings {
@@ -70,7 +80,9 @@ impl TestApp {
             },
             public_url: public_url.clone(),
             listen: addr,
-            database_url: DatabaseUrl::Sqlite(format!("sqlite://{}", db_path.display())),
+            database_url: opts
+                .database_url
+                .unwrap_or_else(|| DatabaseUrl::Sqlite(format!("sqlite://{}", db_path.display()))),
             session_keys: SessionKeys::from_keys(vec![[42; 32]]),
             keys_dir: keys_dir.clone(),
             token: TokenSettings {
@@ -79,10 +91,11 @@ impl TestApp {
                 claims: ClaimTemplate::parse_json(opts.claims.unwrap_or("{}")).expect("claims"),
             },
             session: SessionSettings::default(),
+            renewal: opts.renewal.unwrap_or_default(),
         };
         let options = ClientOptions {
             jwks_refetch_cooldown: opts.refetch_cooldown.unwrap_or(Duration::from_secs(5)),
-            ..ClientOptions::default()
+            ..opts.client.unwrap_or_default()
         };
         let app = Application::with_listener(settings.clone(), Mode::Serve, listener, options)
             .await
@@ -263,6 +276,39 @@ impl Browser {
     }
 }
 
+/// A PostgreSQL URL for one fresh, empty schema, from `AVEMINT_TEST_DATABASE_URL`.
+/// Without it the test is skipped with a message, except under `CI=true`, where it fails.
+pub async fn postgres_schema(test: &str) -> Option<DatabaseUrl> {
+    let Ok(base) = std::env::var("AVEMINT_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "AVEMINT_TEST_DATABASE_URL must be set under CI (PostgreSQL tests cannot be skipped there)"
+        );
+        eprintln!("skipped {test}: set AVEMINT_TEST_DATABASE_URL to run the PostgreSQL tests");
+        return None;
+    };
+    let schema = format!("avemint_test_{}", hex(&rand_bytes()));
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable at AVEMINT_TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .expect("create schema");
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    Some(DatabaseUrl::parse(&url).expect("postgres url"))
+}
+
+fn rand_bytes() -> [u8; 8] {
+    avemint::secret::random_bytes::<8>()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Reads an `{error, error_description}` body and returns the code.
 pub async fn error_code(resp: reqwest::Response) -> String {
     let body: Value = resp.json().await.expect("JSON error body");
@@ -271,4 +317,88 @@ pub async fn error_code(resp: reqwest::Response) -> String {
         "error_description present: {body}"
     );
     body["error"].as_str().expect("error code").to_owned()
+}
+
+/// Signs a browser in at any avemint base URL (auto-approving at the emulator as its first user).
+pub async fn sign_in_at(http: &reqwest::Client, emulator: &Emulator, base: &str, browser: &mut Browser) {
+    let resp = browser.send(http.get(format!("{base}/auth/login"))).await;
+    assert_eq!(resp.status(), 302, "login redirects");
+    emulator.set_auto_approve(Some(emulator.users()[0].id.clone()));
+    let resp = http.get(location(&resp)).send().await.expect("ave signin");
+    assert_eq!(resp.status(), 302, "emulator approves");
+    let resp = browser.send(http.get(location(&resp))).await;
+    assert_eq!(resp.status(), 302, "callback succeeds");
+    assert!(browser.get(SESSION_COOKIE).is_some());
+}
+
+/// An `avemint serve` child process, killed on drop.
+pub struct ServeProcess {
+    pub base: String,
+    pub child: std::process::Child,
+}
+
+impl ServeProcess {
+    /// Starts `avemint serve` against `emulator` with the given store and extra environment, and waits until ready.
+    pub async fn start(
+        emulator: &Emulator,
+        database_url: &str,
+        keys_dir: &std::path::Path,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("AVE_CLIENT_ID", emulator.client_id())
+            .env("AVE_CLIENT_SECRET", emulator.client_secret())
+            .env("AVE_ISSUER", emulator.issuer())
+            .env("AVEMINT_PUBLIC_URL", &base)
+            .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+            .env("AVEMINT_DATABASE_URL", database_url)
+            .env("AVEMINT_KEYS_DIR", keys_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("avemint serve starts");
+        let process = Self { base, child };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("{}/readyz", process.base)).send().await
+                && r.status() == 200
+            {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("avemint serve did not become ready");
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The database URL string of a `DatabaseUrl`, for a child process's environment.
+pub fn database_url_string(url: &DatabaseUrl) -> String {
+    match url {
+        DatabaseUrl::Sqlite(u) => u.clone(),
+        DatabaseUrl::Postgres(u) => u.expose().clone(),
+    }
 }

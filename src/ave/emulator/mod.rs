@@ -278,6 +278,10 @@ pub enum TokenFailure {
     },
     /// Sleep this long, then answer normally.
     Delay(Duration),
+    /// Process the request normally (rotating a refresh token, say), then
+    /// sleep this long before answering: a client that gives up or dies in
+    /// between has lost the response although Ave acted on it.
+    DelayAfterProcessing(Duration),
     /// 200 with `Content-Type: application/json` and an HTML body.
     MalformedBody,
 }
@@ -595,6 +599,24 @@ impl Emulator {
     /// How many refresh-token families have been flagged for reuse (revoked).
     pub fn refresh_families_revoked(&self) -> usize {
         self.shared.lock().flagged_families.len()
+    }
+
+    /// Flags every refresh-token family, as reuse detection would: the next
+    /// refresh with any of them gets `invalid_grant` "Refresh token revoked".
+    pub fn revoke_all_refresh_families(&self) {
+        let mut state = self.shared.lock();
+        let families: Vec<u64> = state.refresh_tokens.values().map(|r| r.family_id).collect();
+        state.flagged_families.extend(families);
+    }
+
+    /// How many refresh-grant requests were answered 200.
+    pub fn successful_refreshes(&self) -> usize {
+        self.shared
+            .lock()
+            .token_requests
+            .iter()
+            .filter(|r| r.grant_type.as_deref() == Some("refresh_token") && r.status == 200)
+            .count()
     }
 
     /// Stops the server gracefully (waiting at most about two seconds for

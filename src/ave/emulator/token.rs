@@ -183,6 +183,16 @@ pub(super) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {
             tokio::time::sleep(delay).await;
             process(shared, parsed, &meta).await
         }
+        Some(TokenFailure::DelayAfterProcessing(delay)) => {
+            let reply = process(shared, parsed, &meta).await;
+            // Record now: the client may be gone before the answer is sent.
+            let mut early = record.clone();
+            early.status = reply.response.status().as_u16();
+            early.error = reply.error.clone();
+            shared.lock().token_requests.push(early);
+            tokio::time::sleep(delay).await;
+            return with_cors(reply.response);
+        }
         Some(failure) => injected_failure(shared, failure),
         None => process(shared, parsed, &meta).await,
     };
@@ -270,7 +280,7 @@ fn injected_failure(shared: &Shared, failure: TokenFailure) -> Reply {
             error: None,
         },
         // Handled by the caller (sleep, then answer normally).
-        TokenFailure::Delay(_) => Reply::internal(),
+        TokenFailure::Delay(_) | TokenFailure::DelayAfterProcessing(_) => Reply::internal(),
     }
 }
 

@@ -1,0 +1,508 @@
+//! Silent renewal: single-flight in a process, row-locked across instances,
+//! a refresh token never sent twice, `invalid_grant` ends the session, and
+//! transient failures lose nothing. Runs against SQLite and PostgreSQL
+//! (`AVEMINT_TEST_DATABASE_URL`).
+
+mod support;
+
+use std::time::Duration;
+
+use avemint::ave::ClientOptions;
+use avemint::ave::emulator::{Emulator, EmulatorConfig, TokenFailure};
+use avemint::config::{DatabaseUrl, RenewalSettings};
+use futures_util::future::join_all;
+use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, error_code, sign_in_at};
+
+/// Ave access tokens live this long in these tests.
+const ACCESS_TTL: u64 = 2;
+
+fn short_lived_emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        access_token_ttl: Duration::from_secs(ACCESS_TTL),
+        ..EmulatorConfig::default()
+    }
+}
+
+fn renewal(skew: u64) -> RenewalSettings {
+    RenewalSettings {
+        skew: Duration::from_secs(skew),
+        ..RenewalSettings::default()
+    }
+}
+
+async fn spawn(db: Option<DatabaseUrl>, renewal: RenewalSettings, client: ClientOptions) -> TestApp {
+    TestApp::spawn_with(Options {
+        emulator: Some(short_lived_emulator()),
+        database_url: db,
+        renewal: Some(renewal),
+        client: Some(client),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn wait_for_access_expiry() {
+    tokio::time::sleep(Duration::from_millis(ACCESS_TTL * 1000 + 1100)).await;
+}
+
+fn refresh_calls(emulator: &Emulator) -> usize {
+    emulator
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count()
+}
+
+async fn concurrent_tokens(app: &TestApp, browser: &Browser, n: usize) -> Vec<u16> {
+    join_all((0..n).map(|_| {
+        let mut b = browser.clone();
+        async move { app.post_token(&mut b, true).await.status().as_u16() }
+    }))
+    .await
+}
+
+async fn fifty_concurrent_requests_share_one_refresh(db: Option<DatabaseUrl>) {
+    let app = spawn(db, renewal(0), ClientOptions::default()).await;
+    let browser = app.signed_in_browser().await;
+    wait_for_access_expiry().await;
+    let statuses = concurrent_tokens(&app, &browser, 50).await;
+    assert!(statuses.iter().all(|s| *s == 200), "all 50 succeed: {statuses:?}");
+    assert_eq!(refresh_calls(&app.emulator), 1, "exactly one refresh reached Ave");
+    assert_eq!(app.emulator.successful_refreshes(), 1);
+    assert_eq!(
+        app.emulator.refresh_families_revoked(),
+        0,
+        "no refresh token was reused"
+    );
+    eprintln!(
+        "measured: 50 concurrent requests -> {} refresh call(s)",
+        refresh_calls(&app.emulator)
+    );
+    // The renewed session keeps working without another refresh.
+    let mut b = browser.clone();
+    assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+    assert_eq!(refresh_calls(&app.emulator), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_fifty_concurrent_requests_share_one_refresh() {
+    fifty_concurrent_requests_share_one_refresh(None).await;
+}
+
+#[tokio::test]
+async fn postgres_fifty_concurrent_requests_share_one_refresh() {
+    let Some(db) = support::postgres_schema("postgres_fifty_concurrent_requests_share_one_refresh").await else {
+        return;
+    };
+    fifty_concurrent_requests_share_one_refresh(Some(db)).await;
+}
+
+#[tokio::test]
+async fn postgres_two_processes_refresh_once_and_never_reuse_a_token() {
+    let Some(db) = support::postgres_schema("postgres_two_processes_refresh_once_and_never_reuse_a_token").await else {
+        return;
+    };
+    let emulator = Emulator::start(short_lived_emulator()).await.expect("emulator");
+    let keys = tempfile::tempdir().expect("keys dir");
+    let url = database_url_string(&db);
+    let env = [("AVEMINT_REFRESH_SKEW", "0")];
+    let a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browser = Browser::default();
+    sign_in_at(&http, &emulator, &a.base, &mut browser).await;
+    wait_for_access_expiry().await;
+
+    let statuses = join_all((0..50).map(|i| {
+        let base = if i % 2 == 0 { a.base.clone() } else { b.base.clone() };
+        let mut br = browser.clone();
+        let http = http.clone();
+        async move {
+            br.send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+                .await
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "all succeed on both instances: {statuses:?}"
+    );
+    assert_eq!(refresh_calls(&emulator), 1, "one refresh across both processes");
+    assert_eq!(
+        emulator.refresh_families_revoked(),
+        0,
+        "Ave never saw a reused refresh token"
+    );
+    eprintln!(
+        "measured: 50 requests over 2 processes -> {} refresh call(s)",
+        refresh_calls(&emulator)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_refresh_is_still_a_single_refresh() {
+    let app = spawn(None, renewal(0), ClientOptions::default()).await;
+    let browser = app.signed_in_browser().await;
+    wait_for_access_expiry().await;
+    app.emulator
+        .set_token_failure(Some(TokenFailure::Delay(Duration::from_secs(2))));
+    let statuses = concurrent_tokens(&app, &browser, 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(refresh_calls(&app.emulator), 1);
+    app.stop().await;
+}
+
+async fn invalid_grant_ends_the_session(db: Option<DatabaseUrl>) {
+    let app = spawn(db, renewal(0), ClientOptions::default()).await;
+    let mut browser = app.signed_in_browser().await;
+    let id = avemint::session::SessionId::parse(browser.get(SESSION_COOKIE).expect("cookie")).expect("id");
+    wait_for_access_expiry().await;
+    app.emulator.revoke_all_refresh_families();
+    let resp = app.post_token(&mut browser, true).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(error_code(resp).await, "login_required");
+    assert_eq!(refresh_calls(&app.emulator), 1);
+    let sessions = avemint::session::Sessions::open(
+        &app.settings.database_url,
+        &app.settings.session_keys,
+        app.settings.session.clone(),
+        Duration::ZERO,
+    )
+    .await
+    .expect("open");
+    assert!(
+        sessions.store().get(&id.key()).await.expect("get").is_none(),
+        "session row gone"
+    );
+    // No retry, ever: the old cookie gets 401 without another call to Ave.
+    let mut old = Browser::default();
+    old.cookies
+        .insert(SESSION_COOKIE.into(), id.to_cookie_value().expose().clone());
+    assert_eq!(app.post_token(&mut old, true).await.status(), 401);
+    assert_eq!(refresh_calls(&app.emulator), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_invalid_grant_ends_the_session() {
+    invalid_grant_ends_the_session(None).await;
+}
+
+#[tokio::test]
+async fn postgres_invalid_grant_ends_the_session() {
+    let Some(db) = support::postgres_schema("postgres_invalid_grant_ends_the_session").await else {
+        return;
+    };
+    invalid_grant_ends_the_session(Some(db)).await;
+}
+
+#[tokio::test]
+async fn transient_failures_lose_nothing_and_recovery_uses_the_rotated_token() {
+    let app = spawn(None, renewal(0), ClientOptions::default()).await;
+    let mut browser = app.signed_in_browser().await;
+    wait_for_access_expiry().await;
+    for (failure, retry_after) in [
+        (TokenFailure::Status(500), None),
+        (TokenFailure::Status(503), None),
+        (TokenFailure::RateLimited { retry_after_secs: 7 }, Some("7")),
+    ] {
+        app.emulator.set_token_failure(Some(failure));
+        let resp = app.post_token(&mut browser, true).await;
+        assert_eq!(resp.status(), 503, "{failure:?}");
+        let header = resp
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        if let Some(expected) = retry_after {
+            assert_eq!(header, expected);
+        }
+        assert_eq!(error_code(resp).await, "temporarily_unavailable");
+    }
+    app.emulator.set_token_failure(None);
+    assert_eq!(app.post_token(&mut browser, true).await.status(), 200, "recovered");
+    assert_eq!(app.emulator.successful_refreshes(), 1);
+    assert_eq!(
+        app.emulator.refresh_families_revoked(),
+        0,
+        "failed attempts did not burn the token"
+    );
+    // The rotated token works for the next renewal too.
+    wait_for_access_expiry().await;
+    assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
+    assert_eq!(app.emulator.successful_refreshes(), 2);
+    assert_eq!(app.emulator.refresh_families_revoked(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn while_the_access_token_is_valid_a_failed_refresh_still_mints() {
+    // Skew larger than the access lifetime: every request wants a refresh, but the token is valid.
+    let app = spawn(None, renewal(60), ClientOptions::default()).await;
+    let mut browser = app.signed_in_browser().await;
+    app.emulator.set_token_failure(Some(TokenFailure::Status(500)));
+    assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
+    app.emulator
+        .set_token_failure(Some(TokenFailure::RateLimited { retry_after_secs: 3 }));
+    assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_stored_when_it_arrives_instead_of_being_retried() {
+    let app = spawn(
+        None,
+        RenewalSettings {
+            wait: Duration::from_millis(300),
+            ..renewal(0)
+        },
+        ClientOptions::default(),
+    )
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    wait_for_access_expiry().await;
+    app.emulator
+        .set_token_failure(Some(TokenFailure::Delay(Duration::from_secs(2))));
+    let resp = app.post_token(&mut browser, true).await;
+    assert_eq!(resp.status(), 503, "the request stops waiting; the refresh goes on");
+    assert!(resp.headers().contains_key("retry-after"));
+    app.emulator.set_token_failure(None);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.post_token(&mut browser, true).await.status(),
+        200,
+        "the late answer was stored"
+    );
+    assert_eq!(refresh_calls(&app.emulator), 1, "nothing was re-sent");
+    assert_eq!(app.emulator.refresh_families_revoked(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_never_leads_to_resending_the_refresh_token() {
+    let app = spawn(
+        None,
+        renewal(0),
+        ClientOptions {
+            refresh_timeout: Duration::from_millis(700),
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    wait_for_access_expiry().await;
+    // Ave rotates the token, but its answer comes after avemint gave up.
+    app.emulator
+        .set_token_failure(Some(TokenFailure::DelayAfterProcessing(Duration::from_secs(2))));
+    let resp = app.post_token(&mut browser, true).await;
+    assert_eq!(resp.status(), 401, "the spent token cannot renew an expired session");
+    assert_eq!(error_code(resp).await, "login_required");
+    app.emulator.set_token_failure(None);
+    assert_eq!(app.post_token(&mut browser, true).await.status(), 401);
+    assert_eq!(
+        refresh_calls(&app.emulator),
+        1,
+        "the old refresh token was never sent again"
+    );
+    assert_eq!(app.emulator.refresh_families_revoked(), 0);
+    app.stop().await;
+}
+
+async fn a_crash_mid_refresh_ends_the_session_cleanly(db: DatabaseUrl) {
+    let emulator = Emulator::start(short_lived_emulator()).await.expect("emulator");
+    let keys = tempfile::tempdir().expect("keys dir");
+    let url = database_url_string(&db);
+    let env = [("AVEMINT_REFRESH_SKEW", "0")];
+    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browser = Browser::default();
+    sign_in_at(&http, &emulator, &a.base, &mut browser).await;
+    wait_for_access_expiry().await;
+
+    // Ave acts on the refresh and then holds its answer; the process dies before storing anything.
+    emulator.set_token_failure(Some(TokenFailure::DelayAfterProcessing(Duration::from_secs(30))));
+    let pending = {
+        let mut br = browser.clone();
+        let http = http.clone();
+        let base = a.base.clone();
+        tokio::spawn(async move {
+            br.send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+                .await
+        })
+    };
+    for _ in 0..100 {
+        if emulator.successful_refreshes() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(emulator.successful_refreshes(), 1, "Ave rotated the token");
+    a.kill();
+    pending.abort();
+    emulator.set_token_failure(None);
+
+    let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let resp = browser
+        .send(http.post(format!("{}/auth/token", b.base)).header("X-CSRF", "1"))
+        .await;
+    assert_eq!(resp.status(), 401, "the next request ends the session");
+    assert_eq!(error_code(resp).await, "login_required");
+    let resp = browser
+        .send(http.post(format!("{}/auth/token", b.base)).header("X-CSRF", "1"))
+        .await;
+    assert_eq!(resp.status(), 401, "and stays ended, without loops");
+    assert_eq!(
+        refresh_calls(&emulator),
+        1,
+        "the possibly rotated token was never re-sent"
+    );
+    assert_eq!(emulator.refresh_families_revoked(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_a_crash_mid_refresh_ends_the_session_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("crash.db").display()));
+    a_crash_mid_refresh_ends_the_session_cleanly(db).await;
+}
+
+#[tokio::test]
+async fn postgres_a_crash_mid_refresh_ends_the_session_cleanly() {
+    let Some(db) = support::postgres_schema("postgres_a_crash_mid_refresh_ends_the_session_cleanly").await else {
+        return;
+    };
+    a_crash_mid_refresh_ends_the_session_cleanly(db).await;
+}
+
+#[tokio::test]
+async fn postgres_logout_on_one_instance_is_refused_by_the_other_within_a_second() {
+    let Some(db) = support::postgres_schema("postgres_logout_on_one_instance").await else {
+        return;
+    };
+    let a = TestApp::spawn_with(Options {
+        database_url: Some(db.clone()),
+        ..Options::default()
+    })
+    .await;
+    let b = TestApp::spawn_with(Options {
+        database_url: Some(db),
+        shared_emulator: Some(a.emulator.clone()),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = a.signed_in_browser().await;
+    // Instance B serves the session (and caches it).
+    for _ in 0..3 {
+        assert_eq!(b.post_token(&mut browser, true).await.status(), 200);
+    }
+    let resp = browser
+        .send(a.http.post(a.url("/auth/logout")).header("X-CSRF", "1"))
+        .await;
+    assert_eq!(resp.status(), 204);
+    let mut stolen = Browser::default();
+    let logged_out_at = std::time::Instant::now();
+    // The cookie value from before logout, replayed against B.
+    stolen.cookies = browser.cookies.clone();
+    stolen
+        .cookies
+        .insert(SESSION_COOKIE.into(), browser_cookie_before(&browser));
+    loop {
+        let status = b.post_token(&mut stolen.clone(), true).await.status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            logged_out_at.elapsed() < Duration::from_secs(1),
+            "B still minted after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "measured: B refused {:?} after the logout on A",
+        logged_out_at.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The session cookie value the browser held before logout expired it.
+fn browser_cookie_before(browser: &Browser) -> String {
+    browser
+        .set_cookies
+        .iter()
+        .filter_map(|c| c.strip_prefix(&format!("{SESSION_COOKIE}=")))
+        .map(|rest| rest.split(';').next().unwrap_or_default().to_owned())
+        .rfind(|v| !v.is_empty())
+        .expect("a session cookie was set")
+}
+
+#[tokio::test]
+async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
+    use avemint::config::SessionSettings;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("s.db").display()));
+    let keys = avemint::config::SessionKeys::from_keys(vec![[3; 32]]);
+    let settings = SessionSettings {
+        idle_timeout: Duration::from_secs(100),
+        lifetime: Duration::from_secs(1000),
+    };
+    let sessions = avemint::session::Sessions::open(&url, &keys, settings, Duration::ZERO)
+        .await
+        .expect("open");
+    let data = || avemint::session::SessionData {
+        sid: avemint::session::SessionHandle::generate(),
+        sub: "u".into(),
+        scope: "openid".into(),
+        tokens: avemint::session::AveTokens {
+            access_token: avemint::secret::Secret::new("a".into()),
+            access_token_jwt: None,
+            id_token: avemint::secret::Secret::new("i".into()),
+            refresh_token: None,
+            access_expires_at: 10_000,
+        },
+        id_token_claims: Default::default(),
+        user: None,
+    };
+    let idle = sessions.create(&data(), 0).await.expect("create");
+    // Activity is recorded at most once a minute.
+    assert!(sessions.load(&idle.key(), 70).await.expect("load").is_some());
+    assert!(
+        sessions.load(&idle.key(), 165).await.expect("load").is_some(),
+        "active at 70, so alive at 165"
+    );
+    assert!(
+        sessions.load(&idle.key(), 266).await.expect("load").is_none(),
+        "idle for over 100 s"
+    );
+    assert!(
+        sessions.store().get(&idle.key()).await.expect("get").is_none(),
+        "the expired row is deleted"
+    );
+    let old = sessions.create(&data(), 0).await.expect("create");
+    for t in (60..1000).step_by(60) {
+        assert!(
+            sessions.load(&old.key(), t).await.expect("load").is_some(),
+            "active at {t}"
+        );
+    }
+    assert!(
+        sessions.load(&old.key(), 1001).await.expect("load").is_none(),
+        "past the absolute lifetime"
+    );
+    let swept_one = sessions.create(&data(), 0).await.expect("create");
+    assert_eq!(sessions.sweep(500).await.expect("sweep"), 1);
+    assert!(sessions.store().get(&swept_one.key()).await.expect("get").is_none());
+}
