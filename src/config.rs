@@ -16,6 +16,8 @@ use serde::Deserialize;
 use url::{Host, Url};
 
 use crate::mint::claims::ClaimTemplate;
+use crate::mint::hook::{FailurePolicy, HookSpec};
+use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
 
 /// Default Ave issuer (production).
@@ -46,12 +48,22 @@ pub struct AveSettings {
 }
 
 /// App-JWT minting.
+///
+/// `ttl`, `audience` and `claims` describe the default profile (with
+/// `[[profiles]]` in the file they are copied from the default one); `profiles`
+/// is the file's complete list, empty in env-only deployments.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
     pub ttl: Duration,
     pub audience: String,
     pub claims: ClaimTemplate,
+    pub profiles: Vec<ProfileSpec>,
+    /// Minting fails (500 `server_error`) rather than hand out a longer token.
+    pub max_token_bytes: usize,
 }
+
+/// Default `max_token_bytes`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
 
 /// Session lifetimes.
 #[derive(Debug, Clone)]
@@ -248,8 +260,35 @@ struct FileSettings {
     token_ttl: Option<u64>,
     token_audience: Option<String>,
     token_claims: Option<toml::Table>,
+    max_token_bytes: Option<u64>,
+    profiles: Option<Vec<FileProfile>>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
+}
+
+/// One `[[profiles]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    name: String,
+    audience: String,
+    ttl: Option<u64>,
+    #[serde(default)]
+    default: bool,
+    claims: Option<toml::Table>,
+    hook: Option<FileHook>,
+}
+
+/// A `[profiles.hook]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHook {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+    cache_ttl: Option<u64>,
+    on_failure: Option<String>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -380,6 +419,164 @@ impl Loader<'_> {
     }
 }
 
+/// The `[[profiles]]` section: each profile checked, then the set as a whole.
+impl Loader<'_> {
+    fn claims_table(&mut self, origin: &str, table: toml::Table) -> Option<ClaimTemplate> {
+        let value = serde_json::to_value(table).unwrap_or(serde_json::Value::Null);
+        match ClaimTemplate::from_value(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.errors.push(format!("{origin}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `env_default` holds the `AVEMINT_TOKEN_*` values that were set in the
+    /// environment: they override the default profile (the environment wins).
+    fn profiles(
+        &mut self,
+        list: Vec<FileProfile>,
+        flat_in_file: &[(&str, bool)],
+        env_default: (Option<Duration>, Option<String>, Option<ClaimTemplate>),
+    ) -> Vec<ProfileSpec> {
+        for (key, present) in flat_in_file {
+            if *present {
+                self.errors.push(format!(
+                    "config file `{key}`: cannot be combined with [[profiles]]; set it on the default profile"
+                ));
+            }
+        }
+        let single = list.len() == 1;
+        let mut out = Vec::with_capacity(list.len());
+        for p in list {
+            let origin = format!("config file profile `{}`", p.name);
+            let before = self.errors.len();
+            if let Err(e) = profiles::parse_name(&p.name) {
+                self.errors.push(format!("{origin}: `name` {e}"));
+            }
+            if non_empty(&p.audience).is_err() {
+                self.errors.push(format!("{origin}: `audience` must not be empty"));
+            }
+            let ttl = match p.ttl.unwrap_or(300) {
+                n @ 1..=86_400 => Duration::from_secs(n),
+                _ => {
+                    self.errors
+                        .push(format!("{origin}: `ttl` must be a whole number of seconds from 1 to 86400"));
+                    Duration::ZERO
+                }
+            };
+            let claims = match p.claims {
+                Some(table) => self.claims_table(&format!("{origin}: `claims`"), table),
+                None => Some(ClaimTemplate::default()),
+            };
+            let hook = p.hook.map(|h| self.hook(&origin, h));
+            if let (Some(claims), true) = (claims, self.errors.len() == before) {
+                out.push(ProfileSpec {
+                    name: p.name,
+                    audience: p.audience.trim().to_owned(),
+                    ttl,
+                    claims,
+                    default: p.default || single,
+                    hook: hook.flatten(),
+                });
+            }
+        }
+        if let Some(d) = out.iter_mut().find(|p| p.default) {
+            let (ttl, audience, claims) = env_default;
+            d.ttl = ttl.unwrap_or(d.ttl);
+            d.audience = audience.unwrap_or_else(|| d.audience.clone());
+            d.claims = claims.unwrap_or_else(|| d.claims.clone());
+        }
+        self.errors
+            .extend(profiles::validate(&out).into_iter().map(|e| format!("config file {e}")));
+        out
+    }
+
+    fn hook(&mut self, origin: &str, h: FileHook) -> Option<HookSpec> {
+        let origin = format!("{origin}: `hook`");
+        let before = self.errors.len();
+        let url = parse_web_url(&h.url)
+            .map_err(|e| self.errors.push(format!("{origin}: `url` {e}")))
+            .ok();
+        let secret = match (h.secret, h.secret_file) {
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map(|v| v.trim().to_owned())
+                .map_err(|e| {
+                    self.errors
+                        .push(format!("{origin}: `secret_file` cannot read {}: {}", path.display(), e.kind()))
+                })
+                .ok(),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: set exactly one of `secret` and `secret_file`"));
+                None
+            }
+        };
+        if secret.as_ref().is_some_and(|s| s.len() < 32) {
+            self.errors.push(format!(
+                "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        let timeout = match h.timeout_ms.unwrap_or(2000) {
+            n @ 1..=60_000 => Duration::from_millis(n),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: `timeout_ms` must be from 1 to 60000"));
+                Duration::ZERO
+            }
+        };
+        let cache_ttl = match h.cache_ttl.unwrap_or(60) {
+            n @ 0..=86_400 => Duration::from_secs(n),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: `cache_ttl` must be from 0 to 86400 seconds"));
+                Duration::ZERO
+            }
+        };
+        let on_failure = FailurePolicy::parse(h.on_failure.as_deref().unwrap_or("deny"))
+            .map_err(|e| self.errors.push(format!("{origin}: `on_failure` {e}")))
+            .ok();
+        match (url, secret, on_failure) {
+            (Some(url), Some(secret), Some(on_failure)) if self.errors.len() == before => Some(HookSpec {
+                url,
+                secret: Secret::new(secret),
+                timeout,
+                cache_ttl,
+                on_failure,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The token settings; with profiles, the flat fields mirror the default profile.
+fn token_settings(
+    ttl: Duration,
+    audience: String,
+    claims: ClaimTemplate,
+    profiles: Vec<ProfileSpec>,
+    max_token_bytes: usize,
+) -> TokenSettings {
+    match profiles.iter().find(|p| p.default) {
+        Some(d) => TokenSettings {
+            ttl: d.ttl,
+            audience: d.audience.clone(),
+            claims: d.claims.clone(),
+            profiles,
+            max_token_bytes,
+        },
+        None => TokenSettings {
+            ttl,
+            audience,
+            claims,
+            profiles,
+            max_token_bytes,
+        },
+    }
+}
+
 impl Settings {
     /// Loads settings for `avemint serve` from an optional TOML file and the environment.
     pub fn load(config_path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
@@ -457,6 +654,11 @@ impl Settings {
             )
             .map(|s| PathBuf::from(s.value))
             .unwrap_or_else(|| PathBuf::from("keys"));
+        let flat_in_file = [
+            ("token_ttl", file.token_ttl.is_some()),
+            ("token_audience", file.token_audience.is_some()),
+            ("token_claims", file.token_claims.is_some()),
+        ];
         let ttl = l.seconds("AVEMINT_TOKEN_TTL", "token_ttl", file.token_ttl, 300, 86_400);
         let audience = l.pick("AVEMINT_TOKEN_AUDIENCE", "token_audience", file.token_audience);
         let audience = match audience {
@@ -472,18 +674,35 @@ impl Settings {
                 |s| ClaimTemplate::parse_json(s).map_err(|e| e.to_string()),
             ),
             None => match file.token_claims {
-                Some(table) => {
-                    let value = serde_json::to_value(table).unwrap_or(serde_json::Value::Null);
-                    match ClaimTemplate::from_value(value) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            l.errors.push(format!("config file `token_claims`: {e}"));
-                            None
-                        }
-                    }
-                }
+                Some(table) => l.claims_table("config file `token_claims`", table),
                 None => Some(ClaimTemplate::default()),
             },
+        };
+        let max_token_bytes = l
+            .pick(
+                "AVEMINT_TOKEN_MAX_BYTES",
+                "max_token_bytes",
+                file.max_token_bytes.map(|n| n.to_string()),
+            )
+            .unwrap_or(Sourced {
+                value: DEFAULT_MAX_TOKEN_BYTES.to_string(),
+                origin: "AVEMINT_TOKEN_MAX_BYTES".into(),
+            });
+        let max_token_bytes = l.check(Some(max_token_bytes), |s| match s.trim().parse::<usize>() {
+            Ok(n) if (512..=65_536).contains(&n) => Ok(n),
+            _ => Err("must be a whole number of bytes from 512 to 65536".into()),
+        });
+        let profiles = match file.profiles {
+            Some(list) => {
+                let set = |name: &str| env.var(name).is_some();
+                let env_default = (
+                    ttl.filter(|_| set("AVEMINT_TOKEN_TTL")),
+                    audience.clone().filter(|_| set("AVEMINT_TOKEN_AUDIENCE")),
+                    claims.clone().filter(|_| set("AVEMINT_TOKEN_CLAIMS")),
+                );
+                l.profiles(list, &flat_in_file, env_default)
+            }
+            None => Vec::new(),
         };
         let idle = l.seconds(
             "AVEMINT_SESSION_IDLE_TIMEOUT",
@@ -514,6 +733,7 @@ impl Settings {
             claims,
             idle,
             lifetime,
+            max_token_bytes,
         ) {
             (
                 Some(client_id),
@@ -529,7 +749,9 @@ impl Settings {
                 Some(claims),
                 Some(idle_timeout),
                 Some(lifetime),
+                Some(max_token_bytes),
             ) if l.errors.is_empty() => Ok(Settings {
+                token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
                     client_id,
                     client_secret,
@@ -541,7 +763,6 @@ impl Settings {
                 database_url,
                 session_keys,
                 keys_dir,
-                token: TokenSettings { ttl, audience, claims },
                 session: SessionSettings { idle_timeout, lifetime },
             }),
             _ => Err(ConfigErrors(l.errors)),
