@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::cookies;
 use super::errors::ApiError;
+use super::optional_json::OptionalJson;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
@@ -264,7 +265,7 @@ impl AuthApi {
         /// Must be `1`: proves the request came from script on an allowed page.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
-        body: Json<Option<TokenRequest>>,
+        body: OptionalJson<TokenRequest>,
     ) -> Result<Json<TokenBody>, ApiError> {
         require_csrf(&csrf)?;
         let target = body.0.as_ref();
