@@ -447,7 +447,8 @@ impl Loader<'_> {
                 ));
             }
         }
-        let single = list.len() == 1;
+        let count = list.len();
+        let single = count == 1;
         let mut out = Vec::with_capacity(list.len());
         for p in list {
             let origin = format!("config file profile `{}`", p.name);
@@ -488,8 +489,12 @@ impl Loader<'_> {
             d.audience = audience.unwrap_or_else(|| d.audience.clone());
             d.claims = claims.unwrap_or_else(|| d.claims.clone());
         }
-        self.errors
-            .extend(profiles::validate(&out).into_iter().map(|e| format!("config file {e}")));
+        // The set as a whole is checked only when every profile parsed, so one
+        // mistake is one line.
+        if out.len() == count {
+            self.errors
+                .extend(profiles::validate(&out).into_iter().map(|e| format!("config file {e}")));
+        }
         out
     }
 

@@ -52,6 +52,10 @@ pub fn parse_name(raw: &str) -> Result<String, String> {
 /// Problems with a set of profiles as a whole, one line each.
 pub fn validate(profiles: &[ProfileSpec]) -> Vec<String> {
     let mut errors = Vec::new();
+    if profiles.is_empty() {
+        errors.push("profiles: the list is empty; add a profile or remove `profiles`".into());
+        return errors;
+    }
     for (i, p) in profiles.iter().enumerate() {
         if profiles[..i].iter().any(|q| q.name == p.name) {
             errors.push(format!("profile `{}`: the name is used by another profile", p.name));
@@ -224,6 +228,7 @@ mod tests {
     #[test]
     fn duplicates_and_defaults_are_checked() {
         assert!(validate(&[spec("a", "x", false)]).is_empty());
+        assert_eq!(validate(&[]).len(), 1);
         assert!(validate(&[spec("a", "x", true), spec("b", "y", false)]).is_empty());
         let e = validate(&[spec("a", "x", true), spec("a", "y", false)]);
         assert!(e.len() == 1 && e[0].contains("name"), "{e:?}");
