@@ -462,8 +462,9 @@ impl Loader<'_> {
             let ttl = match p.ttl.unwrap_or(300) {
                 n @ 1..=86_400 => Duration::from_secs(n),
                 _ => {
-                    self.errors
-                        .push(format!("{origin}: `ttl` must be a whole number of seconds from 1 to 86400"));
+                    self.errors.push(format!(
+                        "{origin}: `ttl` must be a whole number of seconds from 1 to 86400"
+                    ));
                     Duration::ZERO
                 }
             };
@@ -509,8 +510,11 @@ impl Loader<'_> {
             (None, Some(path)) => std::fs::read_to_string(&path)
                 .map(|v| v.trim().to_owned())
                 .map_err(|e| {
-                    self.errors
-                        .push(format!("{origin}: `secret_file` cannot read {}: {}", path.display(), e.kind()))
+                    self.errors.push(format!(
+                        "{origin}: `secret_file` cannot read {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
                 })
                 .ok(),
             _ => {
@@ -891,6 +895,103 @@ mod tests {
         std::fs::write(&cfg, "clientid = \"typo\"\n").expect("write");
         let e = Settings::load(Some(&cfg), &env(&[])).expect_err("invalid");
         assert!(e.to_string().contains("clientid"), "{e}");
+    }
+
+    fn load_file(toml: &str, extra_env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("avemint.toml");
+        std::fs::write(&cfg, toml).expect("write");
+        let mut pairs = minimal();
+        pairs.extend_from_slice(extra_env);
+        Settings::load(Some(&cfg), &env(&pairs))
+    }
+
+    const TWO: &str = "[[profiles]]\nname = \"web\"\naudience = \"https://web\"\nttl = 600\ndefault = true\n[profiles.claims]\nplan = \"pro\"\n[[profiles]]\nname = \"orders\"\naudience = \"orders-api\"\n[profiles.hook]\nurl = \"https://hooks.example.com/roles\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+
+    #[test]
+    fn profiles_load_with_defaults_and_the_flat_fields_mirror_the_default() {
+        let s = load_file(TWO, &[]).expect("valid");
+        let t = &s.token;
+        assert_eq!(t.profiles.len(), 2);
+        assert_eq!((t.audience.as_str(), t.ttl), ("https://web", Duration::from_secs(600)));
+        assert!(!t.claims.is_empty());
+        assert_eq!(t.max_token_bytes, DEFAULT_MAX_TOKEN_BYTES);
+        let orders = &t.profiles[1];
+        assert!(!orders.default);
+        assert_eq!(orders.ttl, Duration::from_secs(300));
+        let hook = orders.hook.as_ref().expect("hook");
+        assert_eq!(hook.url.as_str(), "https://hooks.example.com/roles");
+        assert_eq!(hook.timeout, Duration::from_millis(2000));
+        assert_eq!(hook.cache_ttl, Duration::from_secs(60));
+        assert_eq!(hook.on_failure, FailurePolicy::Deny);
+        // A single profile is the default without saying so.
+        let one = load_file("[[profiles]]\nname = \"a\"\naudience = \"x\"\n", &[]).expect("valid");
+        assert!(one.token.profiles[0].default);
+        assert_eq!(one.token.audience, "x");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_default_profile() {
+        let s = load_file(
+            TWO,
+            &[
+                ("AVEMINT_TOKEN_TTL", "30"),
+                ("AVEMINT_TOKEN_AUDIENCE", "https://env"),
+                ("AVEMINT_TOKEN_CLAIMS", "{}"),
+                ("AVEMINT_TOKEN_MAX_BYTES", "2048"),
+            ],
+        )
+        .expect("valid");
+        let web = &s.token.profiles[0];
+        assert_eq!(
+            (web.audience.as_str(), web.ttl),
+            ("https://env", Duration::from_secs(30))
+        );
+        assert!(web.claims.is_empty());
+        assert_eq!(s.token.profiles[1].audience, "orders-api", "other profiles unchanged");
+        assert_eq!(s.token.audience, "https://env");
+        assert_eq!(s.token.max_token_bytes, 2048);
+        // An override that collides with another profile's audience is refused.
+        let e = load_file(TWO, &[("AVEMINT_TOKEN_AUDIENCE", "orders-api")]).expect_err("duplicate");
+        assert!(e.to_string().contains("already the audience"), "{e}");
+    }
+
+    #[test]
+    fn bad_profiles_and_hooks_are_refused_one_line_each() {
+        let hook = |extra: &str| {
+            format!(
+                "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"https://h.example/x\"\n{extra}\n"
+            )
+        };
+        for (toml, needle) in [
+            (format!("token_ttl = 60\n{TWO}"), "`token_ttl`: cannot be combined"),
+            (format!("token_audience = \"y\"\n{TWO}"), "`token_audience`: cannot be combined"),
+            ("profiles = []\n".to_owned(), "the list is empty"),
+            ("[[profiles]]\nname = \"has space\"\naudience = \"x\"\n".to_owned(), "`name`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \" \"\n".to_owned(), "`audience`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \"x\"\nttl = 0\n".to_owned(), "`ttl`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\naud = \"y\"\n".to_owned(), "`aud`"),
+            (hook(""), "exactly one of `secret` and `secret_file`"),
+            (hook("secret = \"short\""), "at least 32"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\nsecret_file = \"/x\""), "exactly one"),
+            (hook("secret_file = \"/nonexistent/avemint-secret\""), "cannot read"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\non_failure = \"retry\""), "`on_failure`"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\ntimeout_ms = 0"), "`timeout_ms`"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\ncache_ttl = 100000"), "`cache_ttl`"),
+            (
+                "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"http://hooks.example.com\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n".to_owned(),
+                "https",
+            ),
+            ("max_token_bytes = 100\n".to_owned(), "max_token_bytes"),
+        ] {
+            let e = load_file(&toml, &[]).expect_err(&toml);
+            assert_eq!(e.0.len(), 1, "one line for {toml}: {e}");
+            assert!(e.to_string().contains(needle), "{needle} in {e}");
+            assert!(!e.to_string().contains("0123456789abcdef"), "no secret echoed: {e}");
+        }
+        // http is fine for loopback hooks.
+        let ok = "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        assert!(load_file(ok, &[]).is_ok());
     }
 
     #[test]

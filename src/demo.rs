@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::ave::ClientOptions;
 use crate::ave::emulator::{Emulator, EmulatorConfig};
 use crate::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
-    DEFAULT_MAX_TOKEN_BYTES,
+    AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings,
+    Settings, TokenSettings,
 };
 use crate::mint::claims::ClaimTemplate;
 use crate::secret::{Secret, random_bytes};

@@ -111,15 +111,13 @@ impl Endpoint for HookEndpoint {
         *self.log.calls.lock().expect("lock").entry(path.clone()).or_default() += 1;
         if !signature_ok(&req, &body) {
             self.log.bad_signatures.fetch_add(1, Ordering::SeqCst);
-            return Ok(Response::builder().status(poem::http::StatusCode::UNAUTHORIZED).finish());
+            return Ok(Response::builder()
+                .status(poem::http::StatusCode::UNAUTHORIZED)
+                .finish());
         }
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         self.log.bodies.lock().expect("lock").push(parsed);
-        let json = |v: Value| {
-            Response::builder()
-                .content_type("application/json")
-                .body(v.to_string())
-        };
+        let json = |v: Value| Response::builder().content_type("application/json").body(v.to_string());
         Ok(match path.as_str() {
             "/roles" => json(json!({"roles": ["orders:read", "orders:write"]})),
             "/sneaky" => json(json!({
@@ -197,7 +195,10 @@ async fn two_profiles_with_different_audiences_and_ttls() {
     let (token, expires_in) = token_of(app.post_token(&mut b, true).await).await;
     assert_eq!(expires_in, 300);
     let web = app.verify_for(&token, "https://app.example.com").await.claims;
-    assert_eq!(web["exp"].as_u64().expect("exp") - web["iat"].as_u64().expect("iat"), 300);
+    assert_eq!(
+        web["exp"].as_u64().expect("exp") - web["iat"].as_u64().expect("iat"),
+        300
+    );
     assert_eq!(web["email"].as_str(), user.email.as_deref());
     assert_eq!(web["user_handle"], user.handle);
     assert_eq!(web["flags"], json!({"beta": true, "level": 3}));
@@ -217,14 +218,20 @@ async fn two_profiles_with_different_audiences_and_ttls() {
         assert_eq!(expires_in, 60, "{body}");
         let orders = app.verify_for(&token, "orders-api").await.claims;
         assert_eq!(orders["aud"], "orders-api");
-        assert_eq!(orders["exp"].as_u64().expect("exp") - orders["iat"].as_u64().expect("iat"), 60);
+        assert_eq!(
+            orders["exp"].as_u64().expect("exp") - orders["iat"].as_u64().expect("iat"),
+            60
+        );
         assert_eq!(orders["handle"], user.handle);
         assert_eq!(orders["scopes"], json!(["orders:read"]));
         assert!(orders.get("email").is_none(), "claims are per profile");
     }
     // `{}` is the default profile too.
     let (token, _) = token_of(app.post_token_json(&mut b, &json!({})).await).await;
-    assert_eq!(app.verify_for(&token, "https://app.example.com").await.claims["aud"], "https://app.example.com");
+    assert_eq!(
+        app.verify_for(&token, "https://app.example.com").await.claims["aud"],
+        "https://app.example.com"
+    );
     app.stop().await;
 }
 
@@ -371,7 +378,11 @@ async fn the_hook_merges_claims_signed_and_cached_per_session_and_profile() {
     let claims = app.verify_for(&token, "orders-api").await.claims;
     assert_eq!(claims["roles"], json!(["admin"]), "merged from the hook");
     assert_eq!(claims["tier"], "gold", "the hook's value wins over the claim map");
-    assert_eq!(claims["email"].as_str(), user.email.as_deref(), "a null from the hook changes nothing");
+    assert_eq!(
+        claims["email"].as_str(),
+        user.email.as_deref(),
+        "a null from the hook changes nothing"
+    );
     assert_eq!(claims["sub"], user.id, "registered claims stay avemint's");
     assert_eq!(claims["aud"], "orders-api");
     assert!(claims["exp"].as_u64().expect("exp") > 1);
@@ -390,7 +401,10 @@ async fn the_hook_merges_claims_signed_and_cached_per_session_and_profile() {
     // Another session calls again.
     let mut other = app.signed_in_browser().await;
     let (token, _) = token_of(app.post_token_json(&mut other, &json!({"profile": "orders"})).await).await;
-    assert_eq!(app.verify_for(&token, "orders-api").await.claims["roles"], json!(["admin"]));
+    assert_eq!(
+        app.verify_for(&token, "orders-api").await.claims["roles"],
+        json!(["admin"])
+    );
     assert_eq!(hook.calls("/sneaky"), 2);
     // A profile without a hook never calls it; `cache_ttl = 0` calls every time.
     token_of(app.post_token(&mut b, true).await).await;
@@ -418,15 +432,27 @@ async fn hook_timeouts_and_non_json_follow_the_profile_policy() {
         assert!(resp.headers().get("retry-after").is_some());
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["error"], "temporarily_unavailable");
-        assert!(!body.to_string().contains("proxy error"), "the hook's answer is not echoed");
-        assert!(started.elapsed() < Duration::from_millis(1200), "{profile}: the timeout applies");
+        assert!(
+            !body.to_string().contains("proxy error"),
+            "the hook's answer is not echoed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "{profile}: the timeout applies"
+        );
     }
     for profile in ["slow-omit", "garbage-omit"] {
         let started = std::time::Instant::now();
         let (token, _) = token_of(app.post_token_json(&mut b, &json!({"profile": profile})).await).await;
-        assert!(started.elapsed() < Duration::from_millis(1200), "{profile}: the timeout applies");
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "{profile}: the timeout applies"
+        );
         let claims = app.verify_for(&token, profile).await.claims;
-        assert!(claims.get("roles").is_none(), "{profile}: minted without the hook's claims");
+        assert!(
+            claims.get("roles").is_none(),
+            "{profile}: minted without the hook's claims"
+        );
         assert_eq!(claims["tier"], "standard", "{profile}: the claim map still applies");
     }
     // Failures are not cached: the next token asks the hook again.
@@ -465,7 +491,10 @@ blob = "{big}"
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"], "server_error");
     let description = body["error_description"].as_str().expect("description");
-    assert!(description.contains("1024") && description.contains("`big`"), "{description}");
+    assert!(
+        description.contains("1024") && description.contains("`big`"),
+        "{description}"
+    );
     assert!(!description.contains("xxxx"));
     app.stop().await;
 }
@@ -473,14 +502,32 @@ blob = "{big}"
 #[test]
 fn registered_claim_overrides_and_bad_profiles_are_refused_at_start_up() {
     let e = token_settings_from_toml("", &[("AVEMINT_TOKEN_CLAIMS", r#"{"sub":"admin"}"#)]).expect_err("refused");
-    assert!(e.to_string().contains("AVEMINT_TOKEN_CLAIMS") && e.to_string().contains("`sub`"), "{e}");
+    assert!(
+        e.to_string().contains("AVEMINT_TOKEN_CLAIMS") && e.to_string().contains("`sub`"),
+        "{e}"
+    );
     for (toml, needle) in [
-        ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\nsub = \"admin\"\n", "`sub`"),
-        ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\nclient_id = \"{user.id}\"\n", "`client_id`"),
-        ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[[profiles]]\nname = \"a\"\naudience = \"y\"\ndefault = true\n", "name"),
-        ("[[profiles]]\nname = \"a\"\naudience = \"x\"\ndefault = true\n[[profiles]]\nname = \"b\"\naudience = \"x\"\n", "audience"),
+        (
+            "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\nsub = \"admin\"\n",
+            "`sub`",
+        ),
+        (
+            "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\nclient_id = \"{user.id}\"\n",
+            "`client_id`",
+        ),
+        (
+            "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[[profiles]]\nname = \"a\"\naudience = \"y\"\ndefault = true\n",
+            "name",
+        ),
+        (
+            "[[profiles]]\nname = \"a\"\naudience = \"x\"\ndefault = true\n[[profiles]]\nname = \"b\"\naudience = \"x\"\n",
+            "audience",
+        ),
         ("[[profiles]]\nname = \"a\"\naudience = \"x\"\nscope = \"y\"\n", "scope"),
-        ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"https://h.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nretries = 3\n", "retries"),
+        (
+            "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"https://h.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nretries = 3\n",
+            "retries",
+        ),
     ] {
         let e = token_settings_from_toml(toml, &[]).expect_err(toml);
         assert!(e.to_string().contains(needle), "{needle} in {e}");

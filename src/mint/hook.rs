@@ -155,7 +155,12 @@ impl Hook {
         }
     }
 
-    async fn call(&self, sub: &str, claims: &Map<String, Value>, audience: &str) -> Result<Map<String, Value>, HookError> {
+    async fn call(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+        audience: &str,
+    ) -> Result<Map<String, Value>, HookError> {
         let body = serde_json::to_vec(&HookRequest { sub, claims, audience }).map_err(|_| HookError::Encode)?;
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         let signature = signature(&self.key, timestamp, &body);

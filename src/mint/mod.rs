@@ -95,10 +95,7 @@ impl Minter {
         let mut claims = Map::new();
         profile.claims.render_into(subject.id_token, subject.user, &mut claims);
         if let Some(hook) = &profile.hook {
-            match hook
-                .enrich(subject.sid, subject.sub, &claims, &profile.audience)
-                .await
-            {
+            match hook.enrich(subject.sid, subject.sub, &claims, &profile.audience).await {
                 Ok(extra) => {
                     let refused = hook::merge(&extra, &mut claims);
                     if !refused.is_empty() {

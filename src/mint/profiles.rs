@@ -156,10 +156,20 @@ impl Profiles {
     /// must agree) or neither (the default). Never falls back to another profile.
     pub fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
         let by_name = profile
-            .map(|n| self.list.iter().find(|p| p.name == n).ok_or(SelectError::UnknownProfile))
+            .map(|n| {
+                self.list
+                    .iter()
+                    .find(|p| p.name == n)
+                    .ok_or(SelectError::UnknownProfile)
+            })
             .transpose()?;
         let by_audience = audience
-            .map(|a| self.list.iter().find(|p| p.audience == a).ok_or(SelectError::UnknownAudience))
+            .map(|a| {
+                self.list
+                    .iter()
+                    .find(|p| p.audience == a)
+                    .ok_or(SelectError::UnknownAudience)
+            })
             .transpose()?;
         match (by_name, by_audience) {
             (Some(p), Some(q)) if p.name != q.name => Err(SelectError::Inconsistent(p.name.clone())),
@@ -198,16 +208,25 @@ mod tests {
     fn env_only_settings_make_one_default_profile() {
         let p = Profiles::build(&settings(vec![])).expect("builds");
         let d = p.default_profile();
-        assert_eq!((d.name.as_str(), d.audience.as_str()), ("default", "https://flat.example"));
+        assert_eq!(
+            (d.name.as_str(), d.audience.as_str()),
+            ("default", "https://flat.example")
+        );
         assert_eq!(d.ttl, Duration::from_secs(300));
-        assert_eq!(p.select(None, Some("https://flat.example")).map(|p| &p.name), Ok(&d.name));
+        assert_eq!(
+            p.select(None, Some("https://flat.example")).map(|p| &p.name),
+            Ok(&d.name)
+        );
         assert_eq!(p.select(Some("default"), None).map(|p| &p.name), Ok(&d.name));
     }
 
     #[test]
     fn selection_by_name_audience_both_or_neither_never_falls_back() {
-        let p = Profiles::build(&settings(vec![spec("web", "https://web", false), spec("orders", "orders-api", true)]))
-            .expect("builds");
+        let p = Profiles::build(&settings(vec![
+            spec("web", "https://web", false),
+            spec("orders", "orders-api", true),
+        ]))
+        .expect("builds");
         let name = |r: Result<&Profile, SelectError>| r.map(|p| p.name.clone());
         assert_eq!(name(p.select(None, None)), Ok("orders".into()));
         assert_eq!(name(p.select(Some("web"), None)), Ok("web".into()));
@@ -219,7 +238,10 @@ mod tests {
             name(p.select(Some("web"), Some("orders-api"))),
             Err(SelectError::Inconsistent("web".into()))
         );
-        assert!(p.select(Some("web"), Some("unknown")).is_err_and(|e| e.is_invalid_target()));
+        assert!(
+            p.select(Some("web"), Some("unknown"))
+                .is_err_and(|e| e.is_invalid_target())
+        );
         // Names and audiences are matched exactly.
         assert!(p.select(None, Some("https://web/")).is_err());
         assert!(p.select(Some("WEB"), None).is_err());

@@ -9,8 +9,8 @@ use std::time::Duration;
 use avemint::ave::ClientOptions;
 use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
-    AveSettings, ConfigErrors, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
-    DEFAULT_MAX_TOKEN_BYTES,
+    AveSettings, ConfigErrors, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys,
+    SessionSettings, Settings, TokenSettings,
 };
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
