@@ -260,6 +260,30 @@ mod tests {
         assert_eq!(validate(&[spec("a", "x", true), spec("b", "y", true)]).len(), 1);
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, the token is for exactly what it asked, or none.
+        #[test]
+        fn selection_never_gives_another_audience_or_name(
+            profile in proptest::option::of("[a-c]{0,2}"),
+            audience in proptest::option::of("aud-[a-c]{0,2}"),
+        ) {
+            let p = Profiles::build(&settings(vec![
+                spec("a", "aud-a", true),
+                spec("b", "aud-b", false),
+                spec("c", "aud-cc", false),
+            ]))
+            .expect("builds");
+            match p.select(profile.as_deref(), audience.as_deref()) {
+                Ok(chosen) => {
+                    if let Some(n) = &profile { proptest::prop_assert_eq!(&chosen.name, n); }
+                    if let Some(a) = &audience { proptest::prop_assert_eq!(&chosen.audience, a); }
+                    if profile.is_none() && audience.is_none() { proptest::prop_assert_eq!(chosen.name.as_str(), "a"); }
+                }
+                Err(e) => proptest::prop_assert!(profile.is_some() || audience.is_some(), "{e}"),
+            }
+        }
+    }
+
     #[test]
     fn profile_names() {
         assert!(parse_name("orders-api.v2_x").is_ok());
