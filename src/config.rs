@@ -568,21 +568,16 @@ fn token_settings(
     profiles: Vec<ProfileSpec>,
     max_token_bytes: usize,
 ) -> TokenSettings {
-    match profiles.iter().find(|p| p.default) {
-        Some(d) => TokenSettings {
-            ttl: d.ttl,
-            audience: d.audience.clone(),
-            claims: d.claims.clone(),
-            profiles,
-            max_token_bytes,
-        },
-        None => TokenSettings {
-            ttl,
-            audience,
-            claims,
-            profiles,
-            max_token_bytes,
-        },
+    let (ttl, audience, claims) = match profiles.iter().find(|p| p.default) {
+        Some(d) => (d.ttl, d.audience.clone(), d.claims.clone()),
+        None => (ttl, audience, claims),
+    };
+    TokenSettings {
+        ttl,
+        audience,
+        claims,
+        profiles,
+        max_token_bytes,
     }
 }
 
