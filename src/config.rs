@@ -16,6 +16,8 @@ use serde::Deserialize;
 use url::{Host, Url};
 
 use crate::mint::claims::ClaimTemplate;
+use crate::mint::hook::{FailurePolicy, HookSpec};
+use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
 
 /// Default Ave issuer (production).
@@ -74,12 +76,22 @@ pub struct AveSettings {
 }
 
 /// App-JWT minting.
+///
+/// `ttl`, `audience` and `claims` describe the default profile (with
+/// `[[profiles]]` in the file they are copied from the default one); `profiles`
+/// is the file's complete list, empty in env-only deployments.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
     pub ttl: Duration,
     pub audience: String,
     pub claims: ClaimTemplate,
+    pub profiles: Vec<ProfileSpec>,
+    /// Minting fails (500 `server_error`) rather than hand out a longer token.
+    pub max_token_bytes: usize,
 }
+
+/// Default `max_token_bytes`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
 
 /// Session lifetimes.
 #[derive(Debug, Clone)]
@@ -292,11 +304,38 @@ struct FileSettings {
     token_ttl: Option<u64>,
     token_audience: Option<String>,
     token_claims: Option<toml::Table>,
+    max_token_bytes: Option<u64>,
+    profiles: Option<Vec<FileProfile>>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
+}
+
+/// One `[[profiles]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProfile {
+    name: String,
+    audience: String,
+    ttl: Option<u64>,
+    #[serde(default)]
+    default: bool,
+    claims: Option<toml::Table>,
+    hook: Option<FileHook>,
+}
+
+/// A `[profiles.hook]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHook {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+    cache_ttl: Option<u64>,
+    on_failure: Option<String>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -427,6 +466,168 @@ impl Loader<'_> {
     }
 }
 
+/// The `[[profiles]]` section: each profile checked, then the set as a whole.
+impl Loader<'_> {
+    fn claims_table(&mut self, origin: &str, table: toml::Table) -> Option<ClaimTemplate> {
+        let value = serde_json::to_value(table).unwrap_or(serde_json::Value::Null);
+        match ClaimTemplate::from_value(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.errors.push(format!("{origin}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `env_default` holds the `AVEMINT_TOKEN_*` values that were set in the
+    /// environment: they override the default profile (the environment wins).
+    fn profiles(
+        &mut self,
+        list: Vec<FileProfile>,
+        flat_in_file: &[(&str, bool)],
+        env_default: (Option<Duration>, Option<String>, Option<ClaimTemplate>),
+    ) -> Vec<ProfileSpec> {
+        for (key, present) in flat_in_file {
+            if *present {
+                self.errors.push(format!(
+                    "config file `{key}`: cannot be combined with [[profiles]]; set it on the default profile"
+                ));
+            }
+        }
+        let count = list.len();
+        let single = count == 1;
+        let mut out = Vec::with_capacity(list.len());
+        for p in list {
+            let origin = format!("config file profile `{}`", p.name);
+            let before = self.errors.len();
+            if let Err(e) = profiles::parse_name(&p.name) {
+                self.errors.push(format!("{origin}: `name` {e}"));
+            }
+            if non_empty(&p.audience).is_err() {
+                self.errors.push(format!("{origin}: `audience` must not be empty"));
+            }
+            let ttl = match p.ttl.unwrap_or(300) {
+                n @ 1..=86_400 => Duration::from_secs(n),
+                _ => {
+                    self.errors.push(format!(
+                        "{origin}: `ttl` must be a whole number of seconds from 1 to 86400"
+                    ));
+                    Duration::ZERO
+                }
+            };
+            let claims = match p.claims {
+                Some(table) => self.claims_table(&format!("{origin}: `claims`"), table),
+                None => Some(ClaimTemplate::default()),
+            };
+            let hook = p.hook.map(|h| self.hook(&origin, h));
+            if let (Some(claims), true) = (claims, self.errors.len() == before) {
+                out.push(ProfileSpec {
+                    name: p.name,
+                    audience: p.audience.trim().to_owned(),
+                    ttl,
+                    claims,
+                    default: p.default || single,
+                    hook: hook.flatten(),
+                });
+            }
+        }
+        if let Some(d) = out.iter_mut().find(|p| p.default) {
+            let (ttl, audience, claims) = env_default;
+            d.ttl = ttl.unwrap_or(d.ttl);
+            d.audience = audience.unwrap_or_else(|| d.audience.clone());
+            d.claims = claims.unwrap_or_else(|| d.claims.clone());
+        }
+        // The set as a whole is checked only when every profile parsed, so one
+        // mistake is one line.
+        if out.len() == count {
+            self.errors
+                .extend(profiles::validate(&out).into_iter().map(|e| format!("config file {e}")));
+        }
+        out
+    }
+
+    fn hook(&mut self, origin: &str, h: FileHook) -> Option<HookSpec> {
+        let origin = format!("{origin}: `hook`");
+        let before = self.errors.len();
+        let url = parse_web_url(&h.url)
+            .map_err(|e| self.errors.push(format!("{origin}: `url` {e}")))
+            .ok();
+        let secret = match (h.secret, h.secret_file) {
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map(|v| v.trim().to_owned())
+                .map_err(|e| {
+                    self.errors.push(format!(
+                        "{origin}: `secret_file` cannot read {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
+                })
+                .ok(),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: set exactly one of `secret` and `secret_file`"));
+                None
+            }
+        };
+        if secret.as_ref().is_some_and(|s| s.len() < 32) {
+            self.errors.push(format!(
+                "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        let timeout = match h.timeout_ms.unwrap_or(2000) {
+            n @ 1..=60_000 => Duration::from_millis(n),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: `timeout_ms` must be from 1 to 60000"));
+                Duration::ZERO
+            }
+        };
+        let cache_ttl = match h.cache_ttl.unwrap_or(60) {
+            n @ 0..=86_400 => Duration::from_secs(n),
+            _ => {
+                self.errors
+                    .push(format!("{origin}: `cache_ttl` must be from 0 to 86400 seconds"));
+                Duration::ZERO
+            }
+        };
+        let on_failure = FailurePolicy::parse(h.on_failure.as_deref().unwrap_or("deny"))
+            .map_err(|e| self.errors.push(format!("{origin}: `on_failure` {e}")))
+            .ok();
+        match (url, secret, on_failure) {
+            (Some(url), Some(secret), Some(on_failure)) if self.errors.len() == before => Some(HookSpec {
+                url,
+                secret: Secret::new(secret),
+                timeout,
+                cache_ttl,
+                on_failure,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The token settings; with profiles, the flat fields mirror the default profile.
+fn token_settings(
+    ttl: Duration,
+    audience: String,
+    claims: ClaimTemplate,
+    profiles: Vec<ProfileSpec>,
+    max_token_bytes: usize,
+) -> TokenSettings {
+    let (ttl, audience, claims) = match profiles.iter().find(|p| p.default) {
+        Some(d) => (d.ttl, d.audience.clone(), d.claims.clone()),
+        None => (ttl, audience, claims),
+    };
+    TokenSettings {
+        ttl,
+        audience,
+        claims,
+        profiles,
+        max_token_bytes,
+    }
+}
+
 impl Settings {
     /// Loads settings for `avemint serve` from an optional TOML file and the environment.
     pub fn load(config_path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
@@ -504,6 +705,11 @@ impl Settings {
             )
             .map(|s| PathBuf::from(s.value))
             .unwrap_or_else(|| PathBuf::from("keys"));
+        let flat_in_file = [
+            ("token_ttl", file.token_ttl.is_some()),
+            ("token_audience", file.token_audience.is_some()),
+            ("token_claims", file.token_claims.is_some()),
+        ];
         let ttl = l.seconds("AVEMINT_TOKEN_TTL", "token_ttl", file.token_ttl, 300, 86_400);
         let audience = l.pick("AVEMINT_TOKEN_AUDIENCE", "token_audience", file.token_audience);
         let audience = match audience {
@@ -519,18 +725,35 @@ impl Settings {
                 |s| ClaimTemplate::parse_json(s).map_err(|e| e.to_string()),
             ),
             None => match file.token_claims {
-                Some(table) => {
-                    let value = serde_json::to_value(table).unwrap_or(serde_json::Value::Null);
-                    match ClaimTemplate::from_value(value) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            l.errors.push(format!("config file `token_claims`: {e}"));
-                            None
-                        }
-                    }
-                }
+                Some(table) => l.claims_table("config file `token_claims`", table),
                 None => Some(ClaimTemplate::default()),
             },
+        };
+        let max_token_bytes = l
+            .pick(
+                "AVEMINT_TOKEN_MAX_BYTES",
+                "max_token_bytes",
+                file.max_token_bytes.map(|n| n.to_string()),
+            )
+            .unwrap_or(Sourced {
+                value: DEFAULT_MAX_TOKEN_BYTES.to_string(),
+                origin: "AVEMINT_TOKEN_MAX_BYTES".into(),
+            });
+        let max_token_bytes = l.check(Some(max_token_bytes), |s| match s.trim().parse::<usize>() {
+            Ok(n) if (512..=65_536).contains(&n) => Ok(n),
+            _ => Err("must be a whole number of bytes from 512 to 65536".into()),
+        });
+        let profiles = match file.profiles {
+            Some(list) => {
+                let set = |name: &str| env.var(name).is_some();
+                let env_default = (
+                    ttl.filter(|_| set("AVEMINT_TOKEN_TTL")),
+                    audience.clone().filter(|_| set("AVEMINT_TOKEN_AUDIENCE")),
+                    claims.clone().filter(|_| set("AVEMINT_TOKEN_CLAIMS")),
+                );
+                l.profiles(list, &flat_in_file, env_default)
+            }
+            None => Vec::new(),
         };
         let idle = l.seconds(
             "AVEMINT_SESSION_IDLE_TIMEOUT",
@@ -599,6 +822,7 @@ impl Settings {
             idle,
             lifetime,
             renewal,
+            max_token_bytes,
         ) {
             (
                 Some(client_id),
@@ -615,7 +839,9 @@ impl Settings {
                 Some(idle_timeout),
                 Some(lifetime),
                 Some(renewal),
+                Some(max_token_bytes),
             ) if l.errors.is_empty() => Ok(Settings {
+                token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
                     client_id,
                     client_secret,
@@ -627,7 +853,6 @@ impl Settings {
                 database_url,
                 session_keys,
                 keys_dir,
-                token: TokenSettings { ttl, audience, claims },
                 session: SessionSettings { idle_timeout, lifetime },
                 renewal,
             }),
@@ -759,6 +984,103 @@ mod tests {
         std::fs::write(&cfg, "clientid = \"typo\"\n").expect("write");
         let e = Settings::load(Some(&cfg), &env(&[])).expect_err("invalid");
         assert!(e.to_string().contains("clientid"), "{e}");
+    }
+
+    fn load_file(toml: &str, extra_env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("avemint.toml");
+        std::fs::write(&cfg, toml).expect("write");
+        let mut pairs = minimal();
+        pairs.extend_from_slice(extra_env);
+        Settings::load(Some(&cfg), &env(&pairs))
+    }
+
+    const TWO: &str = "[[profiles]]\nname = \"web\"\naudience = \"https://web\"\nttl = 600\ndefault = true\n[profiles.claims]\nplan = \"pro\"\n[[profiles]]\nname = \"orders\"\naudience = \"orders-api\"\n[profiles.hook]\nurl = \"https://hooks.example.com/roles\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+
+    #[test]
+    fn profiles_load_with_defaults_and_the_flat_fields_mirror_the_default() {
+        let s = load_file(TWO, &[]).expect("valid");
+        let t = &s.token;
+        assert_eq!(t.profiles.len(), 2);
+        assert_eq!((t.audience.as_str(), t.ttl), ("https://web", Duration::from_secs(600)));
+        assert!(!t.claims.is_empty());
+        assert_eq!(t.max_token_bytes, DEFAULT_MAX_TOKEN_BYTES);
+        let orders = &t.profiles[1];
+        assert!(!orders.default);
+        assert_eq!(orders.ttl, Duration::from_secs(300));
+        let hook = orders.hook.as_ref().expect("hook");
+        assert_eq!(hook.url.as_str(), "https://hooks.example.com/roles");
+        assert_eq!(hook.timeout, Duration::from_millis(2000));
+        assert_eq!(hook.cache_ttl, Duration::from_secs(60));
+        assert_eq!(hook.on_failure, FailurePolicy::Deny);
+        // A single profile is the default without saying so.
+        let one = load_file("[[profiles]]\nname = \"a\"\naudience = \"x\"\n", &[]).expect("valid");
+        assert!(one.token.profiles[0].default);
+        assert_eq!(one.token.audience, "x");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_default_profile() {
+        let s = load_file(
+            TWO,
+            &[
+                ("AVEMINT_TOKEN_TTL", "30"),
+                ("AVEMINT_TOKEN_AUDIENCE", "https://env"),
+                ("AVEMINT_TOKEN_CLAIMS", "{}"),
+                ("AVEMINT_TOKEN_MAX_BYTES", "2048"),
+            ],
+        )
+        .expect("valid");
+        let web = &s.token.profiles[0];
+        assert_eq!(
+            (web.audience.as_str(), web.ttl),
+            ("https://env", Duration::from_secs(30))
+        );
+        assert!(web.claims.is_empty());
+        assert_eq!(s.token.profiles[1].audience, "orders-api", "other profiles unchanged");
+        assert_eq!(s.token.audience, "https://env");
+        assert_eq!(s.token.max_token_bytes, 2048);
+        // An override that collides with another profile's audience is refused.
+        let e = load_file(TWO, &[("AVEMINT_TOKEN_AUDIENCE", "orders-api")]).expect_err("duplicate");
+        assert!(e.to_string().contains("already the audience"), "{e}");
+    }
+
+    #[test]
+    fn bad_profiles_and_hooks_are_refused_one_line_each() {
+        let hook = |extra: &str| {
+            format!(
+                "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"https://h.example/x\"\n{extra}\n"
+            )
+        };
+        for (toml, needle) in [
+            (format!("token_ttl = 60\n{TWO}"), "`token_ttl`: cannot be combined"),
+            (format!("token_audience = \"y\"\n{TWO}"), "`token_audience`: cannot be combined"),
+            ("profiles = []\n".to_owned(), "the list is empty"),
+            ("[[profiles]]\nname = \"has space\"\naudience = \"x\"\n".to_owned(), "`name`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \" \"\n".to_owned(), "`audience`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \"x\"\nttl = 0\n".to_owned(), "`ttl`"),
+            ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\naud = \"y\"\n".to_owned(), "`aud`"),
+            (hook(""), "exactly one of `secret` and `secret_file`"),
+            (hook("secret = \"short\""), "at least 32"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\nsecret_file = \"/x\""), "exactly one"),
+            (hook("secret_file = \"/nonexistent/avemint-secret\""), "cannot read"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\non_failure = \"retry\""), "`on_failure`"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\ntimeout_ms = 0"), "`timeout_ms`"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\ncache_ttl = 100000"), "`cache_ttl`"),
+            (
+                "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"http://hooks.example.com\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n".to_owned(),
+                "https",
+            ),
+            ("max_token_bytes = 100\n".to_owned(), "max_token_bytes"),
+        ] {
+            let e = load_file(&toml, &[]).expect_err(&toml);
+            assert_eq!(e.0.len(), 1, "one line for {toml}: {e}");
+            assert!(e.to_string().contains(needle), "{needle} in {e}");
+            assert!(!e.to_string().contains("0123456789abcdef"), "no secret echoed: {e}");
+        }
+        // http is fine for loopback hooks.
+        let ok = "[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.hook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        assert!(load_file(ok, &[]).is_ok());
     }
 
     #[test]

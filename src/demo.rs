@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::ave::ClientOptions;
 use crate::ave::emulator::{Emulator, EmulatorConfig};
 use crate::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys, SessionSettings,
-    Settings, TokenSettings,
+    AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
+    SessionSettings, Settings, TokenSettings,
 };
 use crate::mint::claims::ClaimTemplate;
 use crate::secret::{Secret, random_bytes};
@@ -70,6 +70,8 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
             ttl: std::time::Duration::from_secs(300),
             audience: public_url.as_str().to_owned(),
             claims: ClaimTemplate::parse_json(DEMO_CLAIMS).map_err(|e| DemoError::Emulator(e.to_string()))?,
+            profiles: Vec::new(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         },
         session: SessionSettings::default(),
         renewal: RenewalSettings::default(),

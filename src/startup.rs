@@ -16,7 +16,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::mint::{KeyError, KeyRing, Minter};
+use crate::mint::{KeyError, KeyRing, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -35,6 +35,8 @@ pub enum StartupError {
     Keys(#[from] KeyError),
     #[error("{0}")]
     Ave(String),
+    #[error("claims hook: {0}")]
+    Hook(String),
 }
 
 /// Which routes to mount.
@@ -129,13 +131,13 @@ impl Application {
             "Ave token-endpoint budget"
         );
         let renewer = Renewer::new(ave.clone(), sessions.clone(), settings.renewal.skew, lock_wait, wait);
+        let profiles = Profiles::build(&settings.token).map_err(|e| StartupError::Hook(e.to_string()))?;
         let minter = Minter::new(
             keys,
             settings.public_url.as_str().to_owned(),
-            settings.token.audience.clone(),
             settings.ave.client_id.clone(),
-            settings.token.ttl,
-            settings.token.claims.clone(),
+            profiles,
+            settings.token.max_token_bytes,
         );
         let state = Arc::new(AppState {
             ave,

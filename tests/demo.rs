@@ -62,7 +62,8 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
     let child = Child(child);
     let mut banner = String::new();
     let mut base = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.expect("line");
         banner.push_str(&line);
         banner.push('\n');
@@ -71,6 +72,8 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
             break;
         }
     }
+    // Keep reading: the demo prints more after the URL, and a closed pipe would kill it.
+    std::thread::spawn(move || lines.for_each(drop));
     let base = base.expect("the demo prints the URL to open");
     assert!(banner.contains("DEMO"), "{banner}");
 

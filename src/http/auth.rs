@@ -11,10 +11,12 @@ use serde_json::Value;
 
 use super::cookies;
 use super::errors::ApiError;
+use super::optional_json::OptionalJson;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
-use crate::mint::Subject;
+use crate::mint::profiles::SelectError;
+use crate::mint::{MintError, Subject};
 use crate::session::{RenewError, Session, StoreError};
 use crate::signin::{self, Callback, SignInError};
 
@@ -46,6 +48,16 @@ pub struct TokenBody {
     pub token_type: String,
     /// Lifetime in seconds.
     pub expires_in: u64,
+}
+
+/// Which app JWT to mint. Send one of the two, or no body for the default profile.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The audience (downstream API) the token is for, exactly as configured in a profile.
+    pub audience: Option<String>,
+    /// The name of a configured token profile.
+    pub profile: Option<String>,
 }
 
 /// The signed-in user's profile; no tokens.
@@ -115,6 +127,32 @@ impl From<SignInError> for ApiError {
             SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
             SignInError::NoIdToken => ApiError::bad_gateway(description),
             SignInError::Ave(ref ave) => ave_unavailable(ave),
+        }
+    }
+}
+
+impl From<SelectError> for ApiError {
+    fn from(e: SelectError) -> Self {
+        if e.is_invalid_target() {
+            ApiError::bad_request("invalid_target", e.to_string())
+        } else {
+            ApiError::invalid_request(e.to_string())
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::Keys(_) => ApiError::unavailable("token signing failed", 1),
+            MintError::Hook { profile, .. } => ApiError::unavailable(
+                format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
+                5,
+            ),
+            e @ MintError::TooLarge { .. } => {
+                tracing::error!(error = %e, "app JWT over the size limit; reduce the profile's claims or raise max_token_bytes");
+                ApiError::internal(e.to_string())
+            }
         }
     }
 }
@@ -224,7 +262,13 @@ impl AuthApi {
     /// Mint a short-lived app JWT for the signed-in user.
     ///
     /// Requires `X-CSRF: 1`. Without a valid session: 401 `login_required`
-    /// (never a redirect).
+    /// (never a redirect). The optional JSON body picks the token profile by
+    /// `audience` or `profile`; no body (or `{}`) mints the default profile. An
+    /// unknown audience or profile is 400 `invalid_target` (never a token for
+    /// something else); both given but naming different profiles is 400
+    /// `invalid_request`. A failing claims hook whose policy is `deny` is 503
+    /// `temporarily_unavailable`; a token over the configured size limit is 500
+    /// `server_error`.
     #[oai(path = "/token", method = "post")]
     async fn token(
         &self,
@@ -233,8 +277,18 @@ impl AuthApi {
         /// Must be `1`: proves the request came from script on an allowed page.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
+        body: OptionalJson<TokenRequest>,
     ) -> Result<Json<TokenBody>, ApiError> {
         require_csrf(&csrf)?;
+        let target = body.0.as_ref();
+        let profile = state
+            .minter
+            .profiles()
+            .select(
+                target.and_then(|t| t.profile.as_deref()),
+                target.and_then(|t| t.audience.as_deref()),
+            )
+            .map_err(ApiError::from)?;
         let session = current_session(&state, jar).await?;
         let session = state.renewer.fresh(session).await.inspect_err(|e| {
             if matches!(e, RenewError::LoginRequired) {
@@ -245,6 +299,7 @@ impl AuthApi {
         let minted = state
             .minter
             .mint(
+                profile,
                 &Subject {
                     sub: &data.sub,
                     sid: data.sid.as_str(),
@@ -253,7 +308,8 @@ impl AuthApi {
                 },
                 now().max(0) as u64,
             )
-            .map_err(|_| ApiError::unavailable("token signing failed", 1))?;
+            .await
+            .map_err(ApiError::from)?;
         Ok(Json(TokenBody {
             access_token: minted.token,
             token_type: "Bearer".into(),

@@ -21,7 +21,8 @@ pub struct ErrorBody {
 #[derive(Debug, ApiResponse)]
 #[oai(bad_request_handler = "bad_request")]
 pub enum ApiError {
-    /// The request is malformed or failed a check (`invalid_request`, `invalid_grant`, `invalid_token`).
+    /// The request is malformed or failed a check (`invalid_request`, `invalid_grant`, `invalid_token`), or
+    /// names an audience or token profile that is not configured (`invalid_target`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No valid session (`login_required`).
@@ -30,10 +31,13 @@ pub enum ApiError {
     /// Refused: missing CSRF header (`invalid_request`) or sign-in declined at Ave (`access_denied`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
+    /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
     /// Ave answered with something avemint cannot use (`server_error`).
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
-    /// Ave or the session store is unreachable right now (`temporarily_unavailable`).
+    /// Ave, the session store or a claims hook is unreachable right now (`temporarily_unavailable`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
 }
@@ -69,6 +73,11 @@ impl ApiError {
     /// 403: the `X-CSRF: 1` header is missing.
     pub fn csrf() -> Self {
         Self::forbidden("invalid_request", "this endpoint requires the header `X-CSRF: 1`")
+    }
+
+    /// 500 `server_error`.
+    pub fn internal(description: impl Into<String>) -> Self {
+        Self::Internal(body("server_error", description))
     }
 
     /// 502 `server_error`.

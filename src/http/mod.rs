@@ -6,6 +6,7 @@ pub mod cookies;
 pub mod demo;
 pub mod errors;
 pub mod ops;
+pub mod optional_json;
 pub mod return_path;
 pub mod well_known;
 

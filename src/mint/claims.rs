@@ -4,7 +4,9 @@
 //! that is exactly `"{id_token.NAME}"` (a claim of the validated Ave id_token) or
 //! `"{user.NAME}"` (a field of Ave's `user` object from sign-in). A reference whose
 //! source is absent or JSON `null` is omitted from the token, never rendered as
-//! `"null"`. Registered claims cannot be set by configuration.
+//! `"null"`. The map's key is the claim's name in the token, so references
+//! rename (`{"handle": "{user.handle}"}`). Registered claims cannot be set by
+//! configuration. Token profiles (`profiles`) each carry one template.
 
 use serde_json::{Map, Value};
 
@@ -185,6 +187,25 @@ mod tests {
             ClaimTemplate::parse_json(r#"{"x":"{session.id}"}"#),
             Err(ClaimTemplateError::UnknownReference { .. })
         ));
+    }
+
+    #[test]
+    fn keys_rename_and_one_source_can_feed_several_claims() {
+        let t = ClaimTemplate::parse_json(
+            r#"{"login":"{user.handle}","handle":"{user.handle}","avatar":"{user.avatarUrl}","mail":"{id_token.email}"}"#,
+        )
+        .expect("valid");
+        let user = obj(json!({"handle":"ada","avatarUrl":null}));
+        let mut out = Map::new();
+        t.render_into(&obj(json!({"email":"a@example.com"})), Some(&user), &mut out);
+        assert_eq!(
+            Value::Object(out),
+            json!({"login":"ada","handle":"ada","mail":"a@example.com"})
+        );
+        // Without Ave's `user` object, `{user.*}` references are simply absent.
+        let mut out = Map::new();
+        t.render_into(&Map::new(), None, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! Minting app JWTs: avemint's own short-lived tokens for downstream APIs.
 //!
 //! `KeyRing` holds the signing keys and the JWKS; `claims` renders configured
-//! claims; `Minter` puts registered and configured claims together and signs.
+//! claims; `profiles` says which tokens exist (audience, lifetime, claims,
+//! hook); `hook` asks an operator's service for extra claims; `Minter` puts
+//! registered, configured and hook claims together for a profile and signs.
 
 pub mod claims;
+pub mod hook;
 pub mod keys;
+pub mod profiles;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use crate::secret::random_bytes;
-use claims::ClaimTemplate;
+use hook::{FailurePolicy, HookError};
 pub use keys::{KeyError, KeyRing};
+pub use profiles::{Profile, Profiles};
 
 /// The identity a token is minted for: what a session knows about its user.
 pub struct Subject<'a> {
@@ -35,14 +39,27 @@ pub struct MintedToken {
     pub expires_in: u64,
 }
 
-/// Signs app JWTs with the configured issuer, audience, lifetime and claims.
+/// Why no token was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The profile's hook failed and its policy is `deny`.
+    #[error("the claims hook of profile `{profile}` failed: {source}")]
+    Hook { profile: String, source: HookError },
+    /// The signed token is over the configured size limit.
+    #[error("the token of profile `{profile}` would be {size} bytes, over the limit of {limit}")]
+    TooLarge { profile: String, size: usize, limit: usize },
+}
+
+/// Signs app JWTs for a profile: registered claims, the profile's claim map
+/// and its hook's claims.
 pub struct Minter {
     keys: Arc<KeyRing>,
     issuer: String,
-    audience: String,
     client_id: String,
-    ttl: Duration,
-    claims: ClaimTemplate,
+    profiles: Profiles,
+    max_token_bytes: usize,
 }
 
 impl Minter {
@@ -50,18 +67,16 @@ impl Minter {
     pub fn new(
         keys: Arc<KeyRing>,
         issuer: String,
-        audience: String,
         client_id: String,
-        ttl: Duration,
-        claims: ClaimTemplate,
+        profiles: Profiles,
+        max_token_bytes: usize,
     ) -> Self {
         Self {
             keys,
             issuer,
-            audience,
             client_id,
-            ttl,
-            claims,
+            profiles,
+            max_token_bytes,
         }
     }
 
@@ -70,14 +85,39 @@ impl Minter {
         &self.keys
     }
 
-    /// Mints a token for `subject` at `now` (unix seconds).
-    pub fn mint(&self, subject: &Subject<'_>, now: u64) -> Result<MintedToken, KeyError> {
+    /// The token profiles.
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    /// Mints a `profile` token for `subject` at `now` (unix seconds).
+    pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>, now: u64) -> Result<MintedToken, MintError> {
         let mut claims = Map::new();
-        self.claims.render_into(subject.id_token, subject.user, &mut claims);
-        let ttl = self.ttl.as_secs();
+        profile.claims.render_into(subject.id_token, subject.user, &mut claims);
+        if let Some(hook) = &profile.hook {
+            match hook.enrich(subject.sid, subject.sub, &claims, &profile.audience).await {
+                Ok(extra) => {
+                    let refused = hook::merge(&extra, &mut claims);
+                    if !refused.is_empty() {
+                        tracing::warn!(profile = profile.name.as_str(), claims = ?refused, "claims hook tried to set registered claims; ignored");
+                    }
+                }
+                Err(e) if hook.policy() == FailurePolicy::Omit => {
+                    tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; minting without its claims");
+                }
+                Err(e) => {
+                    tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; token refused");
+                    return Err(MintError::Hook {
+                        profile: profile.name.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        let ttl = profile.ttl.as_secs();
         claims.insert("iss".into(), Value::from(self.issuer.as_str()));
         claims.insert("sub".into(), Value::from(subject.sub));
-        claims.insert("aud".into(), Value::from(self.audience.as_str()));
+        claims.insert("aud".into(), Value::from(profile.audience.as_str()));
         claims.insert("iat".into(), Value::from(now));
         claims.insert("exp".into(), Value::from(now + ttl));
         claims.insert("jti".into(), Value::from(URL_SAFE_NO_PAD.encode(random_bytes::<16>())));
@@ -85,6 +125,13 @@ impl Minter {
         claims.insert("client_id".into(), Value::from(self.client_id.as_str()));
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Generation)?;
         let token = self.keys.signing_key().sign(&payload)?;
+        if token.len() > self.max_token_bytes {
+            return Err(MintError::TooLarge {
+                profile: profile.name.clone(),
+                size: token.len(),
+                limit: self.max_token_bytes,
+            });
+        }
         Ok(MintedToken { token, expires_in: ttl })
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use avemint::ave::ClientOptions;
 use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys, SessionSettings,
-    Settings, TokenSettings,
+    AveSettings, ConfigErrors, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl,
+    RenewalSettings, SessionKeys, SessionSettings, Settings, TokenSettings,
 };
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
@@ -47,6 +47,9 @@ pub struct Options {
     pub database_url: Option<DatabaseUrl>,
     pub renewal: Option<RenewalSettings>,
     pub client: Option<ClientOptions>,
+    /// Token settings as config-file TOML (`max_token_bytes`, `[[profiles]]`, …),
+    /// read by the real loader; replaces `claims` and `token_ttl`.
+    pub token_toml: Option<String>,
 }
 
 impl TestApp {
@@ -71,7 +74,7 @@ impl TestApp {
         };
         let db_path = dir.path().join("avemint.db");
         let keys_dir = dir.path().join("keys");
-        let settings = Settings {
+        let mut settings = Settings {
             ave: AveSettings {
                 client_id: emulator.client_id().to_owned(),
                 client_secret: Secret::new(emulator.client_secret().to_owned()),
@@ -89,10 +92,15 @@ impl TestApp {
                 ttl: Duration::from_secs(opts.token_ttl.unwrap_or(300)),
                 audience: "https://api.example.com".into(),
                 claims: ClaimTemplate::parse_json(opts.claims.unwrap_or("{}")).expect("claims"),
+                profiles: Vec::new(),
+                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             },
             session: SessionSettings::default(),
             renewal: opts.renewal.unwrap_or_default(),
         };
+        if let Some(toml) = &opts.token_toml {
+            settings.token = token_settings_from_toml(toml, &[]).expect("token settings load");
+        }
         let options = ClientOptions {
             jwks_refetch_cooldown: opts.refetch_cooldown.unwrap_or(Duration::from_secs(5)),
             ..opts.client.unwrap_or_default()
@@ -196,6 +204,17 @@ impl TestApp {
         browser.send(req).await
     }
 
+    /// `POST /auth/token` with `X-CSRF: 1` and a JSON body.
+    pub async fn post_token_json(&self, browser: &mut Browser, body: &Value) -> reqwest::Response {
+        let req = self.http.post(self.url("/auth/token")).header("X-CSRF", "1").json(body);
+        browser.send(req).await
+    }
+
+    /// Verifies an app JWT for `audience` using only the served JWKS.
+    pub async fn verify_for(&self, token: &str, audience: &str) -> jsonwebtoken::TokenData<Value> {
+        verify_with(&self.jwks().await, token, audience, &self.address)
+    }
+
     pub async fn jwks(&self) -> Value {
         self.http
             .get(self.url("/.well-known/jwks.json"))
@@ -225,6 +244,26 @@ pub fn verify_with(jwks: &Value, token: &str, audience: &str, issuer: &str) -> j
     v.set_issuer(&[issuer]);
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     jsonwebtoken::decode::<Value>(token, &key, &v).expect("app JWT verifies")
+}
+
+/// Loads token settings from config-file TOML through `Settings::load`, with the
+/// other required settings given as dummy environment values plus `env`.
+pub fn token_settings_from_toml(toml: &str, env: &[(&str, &str)]) -> Result<TokenSettings, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("avemint.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let mut vars: BTreeMap<String, String> = [
+        ("AVE_CLIENT_ID", "app_test"),
+        ("AVE_CLIENT_SECRET", "test-secret"),
+        ("AVEMINT_PUBLIC_URL", "http://127.0.0.1:1"),
+        ("AVEMINT_SESSION_KEYS", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ]
+    .iter()
+    .chain(env)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    vars.retain(|_, v| !v.is_empty());
+    Settings::load(Some(&path), &vars).map(|s| s.token)
 }
 
 pub fn location(resp: &reqwest::Response) -> String {

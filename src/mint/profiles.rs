@@ -1,0 +1,294 @@
+//! Token profiles: one kind of app JWT per downstream API.
+//!
+//! A profile has a name, an `audience`, a lifetime, a claim map and optionally
+//! an enrichment hook. `POST /auth/token` picks one by audience or by name; with
+//! neither it gets the default profile. Env-only deployments have exactly one
+//! profile, `default`, built from `AVEMINT_TOKEN_AUDIENCE`, `AVEMINT_TOKEN_TTL`
+//! and `AVEMINT_TOKEN_CLAIMS`; more profiles come from the config file.
+//!
+//! `ProfileSpec` is the validated configuration (plain data, made by `config`);
+//! `Profiles` is what the minter uses at run time (with live hooks).
+
+use std::time::Duration;
+
+use super::claims::ClaimTemplate;
+use super::hook::{Hook, HookError, HookSpec};
+use crate::config::TokenSettings;
+
+/// The name of the profile built from the env-only settings.
+pub const DEFAULT_PROFILE_NAME: &str = "default";
+
+/// One configured profile.
+#[derive(Debug, Clone)]
+pub struct ProfileSpec {
+    /// The profile's name, as clients may send it in `{"profile": …}`.
+    pub name: String,
+    /// The `aud` claim of its tokens.
+    pub audience: String,
+    /// Token lifetime.
+    pub ttl: Duration,
+    /// Configured claims.
+    pub claims: ClaimTemplate,
+    /// Minted when a request names no profile and no audience.
+    pub default: bool,
+    /// Optional enrichment hook.
+    pub hook: Option<HookSpec>,
+}
+
+/// Checks a profile name: 1–64 of `A-Z a-z 0-9 . _ -`.
+pub fn parse_name(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_`, `-`".into())
+    }
+}
+
+/// Problems with a set of profiles as a whole, one line each.
+pub fn validate(profiles: &[ProfileSpec]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if profiles.is_empty() {
+        errors.push("profiles: the list is empty; add a profile or remove `profiles`".into());
+        return errors;
+    }
+    for (i, p) in profiles.iter().enumerate() {
+        if profiles[..i].iter().any(|q| q.name == p.name) {
+            errors.push(format!("profile `{}`: the name is used by another profile", p.name));
+        }
+        if let Some(q) = profiles[..i].iter().find(|q| q.audience == p.audience) {
+            errors.push(format!(
+                "profile `{}`: audience `{}` is already the audience of profile `{}`; each API needs its own",
+                p.name, p.audience, q.name
+            ));
+        }
+    }
+    match profiles.iter().filter(|p| p.default).count() {
+        1 => {}
+        0 if profiles.len() == 1 => {}
+        0 => errors.push("profiles: mark exactly one profile `default = true`".into()),
+        _ => errors.push("profiles: more than one profile has `default = true`".into()),
+    }
+    errors
+}
+
+/// A profile ready to mint for.
+pub struct Profile {
+    pub name: String,
+    pub audience: String,
+    pub ttl: Duration,
+    pub claims: ClaimTemplate,
+    pub hook: Option<Hook>,
+}
+
+/// Why a request's target names no profile.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SelectError {
+    /// Maps to 400 `invalid_target`.
+    #[error("no token profile has this audience")]
+    UnknownAudience,
+    /// Maps to 400 `invalid_target`.
+    #[error("no token profile has this name")]
+    UnknownProfile,
+    /// Maps to 400 `invalid_request`.
+    #[error("profile `{0}` does not have the requested audience; send one of `profile` or `audience`")]
+    Inconsistent(String),
+}
+
+impl SelectError {
+    /// True for the errors that are RFC 8707 `invalid_target`.
+    pub fn is_invalid_target(&self) -> bool {
+        matches!(self, Self::UnknownAudience | Self::UnknownProfile)
+    }
+}
+
+/// All profiles; exactly one is the default.
+pub struct Profiles {
+    list: Vec<Profile>,
+    default: usize,
+}
+
+impl Profiles {
+    /// Builds the run-time profiles from settings: the file's profiles, or the
+    /// single `default` profile from the flat token settings when there are none.
+    pub fn build(token: &TokenSettings) -> Result<Self, HookError> {
+        if token.profiles.is_empty() {
+            return Ok(Self {
+                list: vec![Profile {
+                    name: DEFAULT_PROFILE_NAME.to_owned(),
+                    audience: token.audience.clone(),
+                    ttl: token.ttl,
+                    claims: token.claims.clone(),
+                    hook: None,
+                }],
+                default: 0,
+            });
+        }
+        let mut list = Vec::with_capacity(token.profiles.len());
+        for spec in &token.profiles {
+            list.push(Profile {
+                name: spec.name.clone(),
+                audience: spec.audience.clone(),
+                ttl: spec.ttl,
+                claims: spec.claims.clone(),
+                hook: spec.hook.as_ref().map(Hook::new).transpose()?,
+            });
+        }
+        let default = token.profiles.iter().position(|p| p.default).unwrap_or(0);
+        Ok(Self { list, default })
+    }
+
+    /// The profile minted when a request names none.
+    pub fn default_profile(&self) -> &Profile {
+        &self.list[self.default]
+    }
+
+    /// All profiles, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.list.iter()
+    }
+
+    /// Picks the profile a request asks for: by name, by audience, both (which
+    /// must agree) or neither (the default). Never falls back to another profile.
+    pub fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
+        let by_name = profile
+            .map(|n| {
+                self.list
+                    .iter()
+                    .find(|p| p.name == n)
+                    .ok_or(SelectError::UnknownProfile)
+            })
+            .transpose()?;
+        let by_audience = audience
+            .map(|a| {
+                self.list
+                    .iter()
+                    .find(|p| p.audience == a)
+                    .ok_or(SelectError::UnknownAudience)
+            })
+            .transpose()?;
+        match (by_name, by_audience) {
+            (Some(p), Some(q)) if p.name != q.name => Err(SelectError::Inconsistent(p.name.clone())),
+            (Some(p), _) | (None, Some(p)) => Ok(p),
+            (None, None) => Ok(self.default_profile()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, audience: &str, default: bool) -> ProfileSpec {
+        ProfileSpec {
+            name: name.into(),
+            audience: audience.into(),
+            ttl: Duration::from_secs(60),
+            claims: ClaimTemplate::default(),
+            default,
+            hook: None,
+        }
+    }
+
+    fn settings(profiles: Vec<ProfileSpec>) -> TokenSettings {
+        TokenSettings {
+            ttl: Duration::from_secs(300),
+            audience: "https://flat.example".into(),
+            claims: ClaimTemplate::default(),
+            profiles,
+            max_token_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn env_only_settings_make_one_default_profile() {
+        let p = Profiles::build(&settings(vec![])).expect("builds");
+        let d = p.default_profile();
+        assert_eq!(
+            (d.name.as_str(), d.audience.as_str()),
+            ("default", "https://flat.example")
+        );
+        assert_eq!(d.ttl, Duration::from_secs(300));
+        assert_eq!(
+            p.select(None, Some("https://flat.example")).map(|p| &p.name),
+            Ok(&d.name)
+        );
+        assert_eq!(p.select(Some("default"), None).map(|p| &p.name), Ok(&d.name));
+    }
+
+    #[test]
+    fn selection_by_name_audience_both_or_neither_never_falls_back() {
+        let p = Profiles::build(&settings(vec![
+            spec("web", "https://web", false),
+            spec("orders", "orders-api", true),
+        ]))
+        .expect("builds");
+        let name = |r: Result<&Profile, SelectError>| r.map(|p| p.name.clone());
+        assert_eq!(name(p.select(None, None)), Ok("orders".into()));
+        assert_eq!(name(p.select(Some("web"), None)), Ok("web".into()));
+        assert_eq!(name(p.select(None, Some("https://web"))), Ok("web".into()));
+        assert_eq!(name(p.select(Some("web"), Some("https://web"))), Ok("web".into()));
+        assert_eq!(name(p.select(None, Some("other"))), Err(SelectError::UnknownAudience));
+        assert_eq!(name(p.select(Some("nope"), None)), Err(SelectError::UnknownProfile));
+        assert_eq!(
+            name(p.select(Some("web"), Some("orders-api"))),
+            Err(SelectError::Inconsistent("web".into()))
+        );
+        assert!(
+            p.select(Some("web"), Some("unknown"))
+                .is_err_and(|e| e.is_invalid_target())
+        );
+        // Names and audiences are matched exactly.
+        assert!(p.select(None, Some("https://web/")).is_err());
+        assert!(p.select(Some("WEB"), None).is_err());
+    }
+
+    #[test]
+    fn duplicates_and_defaults_are_checked() {
+        assert!(validate(&[spec("a", "x", false)]).is_empty());
+        assert_eq!(validate(&[]).len(), 1);
+        assert!(validate(&[spec("a", "x", true), spec("b", "y", false)]).is_empty());
+        let e = validate(&[spec("a", "x", true), spec("a", "y", false)]);
+        assert!(e.len() == 1 && e[0].contains("name"), "{e:?}");
+        let e = validate(&[spec("a", "x", true), spec("b", "x", false)]);
+        assert!(e.len() == 1 && e[0].contains("audience"), "{e:?}");
+        assert_eq!(validate(&[spec("a", "x", false), spec("b", "y", false)]).len(), 1);
+        assert_eq!(validate(&[spec("a", "x", true), spec("b", "y", true)]).len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, the token is for exactly what it asked, or none.
+        #[test]
+        fn selection_never_gives_another_audience_or_name(
+            profile in proptest::option::of("[a-c]{0,2}"),
+            audience in proptest::option::of("aud-[a-c]{0,2}"),
+        ) {
+            let p = Profiles::build(&settings(vec![
+                spec("a", "aud-a", true),
+                spec("b", "aud-b", false),
+                spec("c", "aud-cc", false),
+            ]))
+            .expect("builds");
+            match p.select(profile.as_deref(), audience.as_deref()) {
+                Ok(chosen) => {
+                    if let Some(n) = &profile { proptest::prop_assert_eq!(&chosen.name, n); }
+                    if let Some(a) = &audience { proptest::prop_assert_eq!(&chosen.audience, a); }
+                    if profile.is_none() && audience.is_none() { proptest::prop_assert_eq!(chosen.name.as_str(), "a"); }
+                }
+                Err(e) => proptest::prop_assert!(profile.is_some() || audience.is_some(), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn profile_names() {
+        assert!(parse_name("orders-api.v2_x").is_ok());
+        for bad in ["", "has space", "ünï", &"x".repeat(65)] {
+            assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
+}
