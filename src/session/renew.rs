@@ -209,8 +209,15 @@ impl Renewer {
         }
         match self.ave.refresh(refresh_token.expose()).await {
             Ok(resp) => self.store_refreshed(&current, resp).await,
-            Err(AveError::OAuth { code, .. }) if code == "invalid_grant" => {
-                tracing::info!(session = ?key, "Ave ended the session (invalid_grant on refresh)");
+            // invalid_grant: the token is revoked, expired or unknown. access_denied /
+            // enterprise_sso_required: Ave refuses this user's organisation context now.
+            Err(AveError::OAuth { code, .. })
+                if matches!(
+                    code.as_str(),
+                    "invalid_grant" | "access_denied" | "enterprise_sso_required"
+                ) =>
+            {
+                tracing::info!(session = ?key, error_code = %code, "Ave ended the session on refresh");
                 self.sessions.delete(&key).await?;
                 Err(RenewError::LoginRequired)
             }
