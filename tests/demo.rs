@@ -99,7 +99,21 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
         .text()
         .await
         .expect("text");
-    assert!(script.contains("fetch('/auth/token', { method: 'POST', headers: { 'X-CSRF': '1' } })"));
+    // The page gets its app JWT through the SPA helper, which POSTs /auth/token with `X-CSRF: 1`.
+    assert!(script.contains("import { getToken, fetchWithToken, clearTokens } from '/avemint.js';"));
+    assert!(script.contains("await getToken()"));
+    assert!(script.contains("fetchWithToken('/demo/api/hello')"));
+    let helper = http.get(format!("{base}/avemint.js")).send().await.expect("helper");
+    assert_eq!(helper.status(), 200);
+    assert!(
+        helper.headers()["content-type"]
+            .to_str()
+            .expect("type")
+            .starts_with("text/javascript")
+    );
+    let helper = helper.text().await.expect("text");
+    assert!(helper.contains("fetch(`${settings.base}/auth/token`, init)"));
+    assert!(helper.contains("method: 'POST', credentials: 'include', headers: { 'X-CSRF': '1' }"));
 
     // Sign in through the emulator's page, as a person would.
     let mut browser = Browser::default();
@@ -155,5 +169,24 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
     let data = verify_with(&jwks, token["access_token"].as_str().expect("token"), &base, &base);
     assert_eq!(data.claims["demo"], true);
     assert_eq!(data.claims["sub"], session["sub"]);
+
+    // The demo downstream API accepts the app JWT and nothing else.
+    let api = format!("{base}/demo/api/hello");
+    let jwt = token["access_token"].as_str().expect("token");
+    let hello = http.get(&api).bearer_auth(jwt).send().await.expect("api");
+    assert_eq!(hello.status(), 200);
+    let hello: serde_json::Value = hello.json().await.expect("json");
+    assert_eq!(hello["hello"], session["name"], "{hello}");
+    assert_eq!(hello["sub"], session["sub"]);
+    let missing = http.get(&api).send().await.expect("api");
+    assert_eq!(missing.status(), 401);
+    assert!(missing.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
+    assert_eq!(support::error_code(missing).await, "invalid_token");
+    let (head, sig) = jwt.rsplit_once('.').expect("jws");
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{head}.{flipped}{}", &sig[1..]);
+    let bad = http.get(&api).bearer_auth(&tampered).send().await.expect("api");
+    assert_eq!(bad.status(), 401);
+    assert_eq!(support::error_code(bad).await, "invalid_token");
     drop(child);
 }

@@ -1,8 +1,10 @@
 //! The demo page: only mounted by `avemint demo`, never by `avemint serve`.
 //!
-//! A small page that shows the session user, fetches an app JWT with
-//! `fetch('/auth/token', {method:'POST', headers:{'X-CSRF':'1'}})` and shows
-//! its decoded claims, under a banner that says this is a demo.
+//! A small page that shows the session user, fetches an app JWT with the SPA
+//! helper (`getToken` from `/avemint.js`: `POST /auth/token` with `X-CSRF: 1`),
+//! shows its decoded claims and calls the demo downstream API
+//! (`GET /demo/api/hello`, see `demo_api`) with `fetchWithToken`, under a banner
+//! that says this is a demo.
 
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
@@ -26,9 +28,11 @@ const PAGE: &str = r#"<!doctype html>
 </section>
 <section id="signed-in" hidden>
 <p>Signed in as <strong id="user-name"></strong> <span id="user-email"></span></p>
-<p><button id="get-token" type="button">Get an app JWT</button> <button id="sign-out" type="button">Sign out</button></p>
+<p><button id="get-token" type="button">Get an app JWT</button> <button id="call-api" type="button">Call the demo API</button> <button id="sign-out" type="button">Sign out</button></p>
 <h2>App JWT claims</h2>
 <pre id="claims">(none yet)</pre>
+<h2>Demo API answer</h2>
+<pre id="api-answer">(not called yet)</pre>
 </section>
 <p id="error" class="error" hidden></p>
 <p class="links"><a href="/docs">API docs</a> · <a href="/.well-known/jwks.json">JWKS</a> · <a href="/.well-known/openid-configuration">discovery</a></p>
@@ -37,7 +41,9 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const SCRIPT: &str = r#"const $ = (id) => document.getElementById(id);
+const SCRIPT: &str = r#"import { getToken, fetchWithToken, clearTokens } from '/avemint.js';
+
+const $ = (id) => document.getElementById(id);
 function showError(text) { const e = $('error'); e.textContent = text; e.hidden = false; }
 function decodeClaims(jwt) {
   const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
@@ -54,19 +60,26 @@ async function load() {
   $('user-email').textContent = s.email ? '(' + s.email + ')' : '';
   $('signed-in').hidden = false;
 }
-async function getToken() {
-  const r = await fetch('/auth/token', { method: 'POST', headers: { 'X-CSRF': '1' } });
+async function showToken() {
+  const token = await getToken();
+  $('claims').textContent = JSON.stringify(decodeClaims(token), null, 2);
+}
+async function callApi() {
+  const r = await fetchWithToken('/demo/api/hello');
   const body = await r.json();
   if (!r.ok) { showError(body.error + ': ' + body.error_description); return; }
-  $('claims').textContent = JSON.stringify(decodeClaims(body.access_token), null, 2);
+  $('api-answer').textContent = JSON.stringify(body, null, 2);
 }
 async function signOut() {
   await fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1' } });
+  clearTokens();
   location.reload();
 }
-$('get-token').addEventListener('click', getToken);
-$('sign-out').addEventListener('click', signOut);
-load().catch((e) => showError(String(e)));
+const guarded = (f) => () => f().catch((e) => showError(String(e.message || e)));
+$('get-token').addEventListener('click', guarded(showToken));
+$('call-api').addEventListener('click', guarded(callApi));
+$('sign-out').addEventListener('click', guarded(signOut));
+guarded(load)();
 "#;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}\
@@ -88,6 +101,7 @@ pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
             "/" => asset("text/html; charset=utf-8", PAGE),
             "/demo.js" => asset("text/javascript; charset=utf-8", SCRIPT),
             "/demo.css" => asset("text/css; charset=utf-8", STYLE),
+            super::demo_api::PATH if req.method() == poem::http::Method::GET => super::demo_api::hello(&req),
             _ => ep.call(req).await?.into_response(),
         })
     })

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod cookies;
 pub mod demo;
+pub mod demo_api;
 pub mod errors;
 pub mod ops;
 pub mod optional_json;
 pub mod return_path;
+pub mod spa;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -84,7 +86,8 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", api);
-    // The demo page shares `/` with the API's nest, so it is answered in front of the router.
+    // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
+    let route = spa::in_front_of(route);
     let route = if demo {
         demo::in_front_of(route).map_to_response().boxed()
     } else {

@@ -441,3 +441,22 @@ pub fn database_url_string(url: &DatabaseUrl) -> String {
         DatabaseUrl::Postgres(u) => u.expose().clone(),
     }
 }
+
+/// Whether an external program (node, python3, chromium …) can run. When it cannot, a test skips with a
+/// printed message, except under `CI=true`, where `.ci/run` installs everything and a missing tool fails.
+pub fn tool_available(program: &str, version_arg: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg(version_arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`{program}` is required under CI=true (.ci/run installs it) but cannot be run"
+        );
+        eprintln!("SKIPPED: `{program}` is not installed; this test needs it (CI=true makes this a failure)");
+    }
+    ok
+}

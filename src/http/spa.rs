@@ -1,0 +1,35 @@
+//! `GET /avemint.js`: the SPA helper (`getToken`, `fetchWithToken`), served by
+//! every avemint so an app can import it from the origin it signs in with.
+//!
+//! The module itself lives in `src/http/assets/avemint.js`, where its Node tests
+//! (`tests/js/`) import it from; it is compiled into the binary.
+
+use poem::http::header;
+use poem::{Endpoint, EndpointExt, IntoResponse, Response};
+
+/// The helper module's source.
+pub const HELPER: &str = include_str!("assets/avemint.js");
+
+/// The path the helper is served at.
+pub const PATH: &str = "/avemint.js";
+
+/// Browsers may cache the helper for an hour (it changes only with an avemint release).
+const CACHE_CONTROL: &str = "public, max-age=3600";
+
+fn helper() -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")
+        .header(header::CACHE_CONTROL, CACHE_CONTROL)
+        .body(HELPER)
+}
+
+/// Serves `GET /avemint.js` and passes every other request on to `inner`.
+pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
+    inner.around(|ep, req| async move {
+        Ok(if req.uri().path() == PATH && req.method() == poem::http::Method::GET {
+            helper()
+        } else {
+            ep.call(req).await?.into_response()
+        })
+    })
+}
