@@ -3,19 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use support::{Browser, SESSION_COOKIE, location, verify_with};
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Browser, DemoProcess, SESSION_COOKIE, location, verify_with};
 
 /// The value of `name="…"` hidden inputs in the first form on the page.
 fn form_fields(html: &str) -> Vec<(String, String)> {
@@ -49,33 +37,9 @@ fn html_unescape(s: &str) -> String {
 
 #[tokio::test]
 async fn the_demo_runs_the_whole_flow_from_the_binary() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_avemint"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
-    let stdout = child.stdout.take().expect("stdout");
-    let child = Child(child);
-    let mut banner = String::new();
-    let mut base = None;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        banner.push_str(&line);
-        banner.push('\n');
-        if let Some(url) = line.trim().strip_prefix("Open:") {
-            base = Some(url.trim().trim_end_matches('/').to_owned());
-            break;
-        }
-    }
-    // Keep reading: the demo prints more after the URL, and a closed pipe would kill it.
-    std::thread::spawn(move || lines.for_each(drop));
-    let base = base.expect("the demo prints the URL to open");
-    assert!(banner.contains("DEMO"), "{banner}");
+    let demo = DemoProcess::spawn();
+    let base = demo.base.clone();
+    assert!(demo.banner.contains("DEMO"), "{}", demo.banner);
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -188,5 +152,5 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
     let bad = http.get(&api).bearer_auth(&tampered).send().await.expect("api");
     assert_eq!(bad.status(), 401);
     assert_eq!(support::error_code(bad).await, "invalid_token");
-    drop(child);
+    drop(demo);
 }

@@ -460,3 +460,61 @@ pub fn tool_available(program: &str, version_arg: &str) -> bool {
     }
     ok
 }
+
+/// `avemint demo --listen 127.0.0.1:0` as a child process (the binary, its built-in emulator, the demo
+/// page); killed on drop.
+pub struct DemoProcess {
+    child: std::process::Child,
+    /// The URL the demo prints to open, without a trailing `/`.
+    pub base: String,
+    /// What the demo printed up to that URL.
+    pub banner: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DemoProcess {
+    pub fn spawn() -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawns");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut banner = String::new();
+        let mut base = None;
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("line");
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(url) = line.trim().strip_prefix("Open:") {
+                base = Some(url.trim().trim_end_matches('/').to_owned());
+                break;
+            }
+        }
+        // Keep reading: a closed pipe would make the demo's next `println!` fail and end the process.
+        std::thread::spawn(move || lines.for_each(drop));
+        let base = base.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("the demo prints the URL to open; it printed:\n{banner}")
+        });
+        Self {
+            child,
+            base,
+            banner,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,380 @@
+//! End-to-end in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, installed by `.ci/run`) driven over WebDriver with
+//! `fantoccini`, against the `avemint demo` binary.
+//!
+//! What a hand-rolled cookie jar cannot prove: that Chromium stores and sends the
+//! `__Host-` (Secure, HttpOnly, SameSite=Lax) cookie on `http://127.0.0.1`,
+//! follows the redirects through the emulator's sign-in page, that the SPA helper
+//! works in a page, and that another origin can neither read `/auth/token` (CORS)
+//! nor get a token with a form POST. Each step saves a screenshot under
+//! `target/e2e/`. Without Chromium or chromedriver the test skips with a message,
+//! except under `CI=true`, where it fails.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::{DemoProcess, SESSION_COOKIE};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long one step may take to render.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// chromedriver as a child process, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await
+                && let Ok(status) = r.json::<Value>().await
+                && status["value"]["ready"] == true
+            {
+                return driver;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not become ready within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Screenshots, numbered in the order taken, under `target/e2e/`.
+struct Shots {
+    dir: PathBuf,
+    taken: Vec<String>,
+}
+
+impl Shots {
+    fn new() -> Self {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let dir = target.join("e2e");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("target/e2e");
+        Self { dir, taken: Vec::new() }
+    }
+
+    async fn take(&mut self, client: &Client, step: &str) {
+        let name = format!("{:02}-{step}.png", self.taken.len() + 1);
+        match client.screenshot().await {
+            Ok(png) => {
+                std::fs::write(self.dir.join(&name), png).expect("screenshot written");
+                self.taken.push(name);
+            }
+            Err(e) => eprintln!("screenshot {name} failed: {e}"),
+        }
+    }
+}
+
+/// Runs `condition` (a JS expression) in the page until it is truthy and returns its value; on timeout
+/// saves a screenshot and fails naming the step.
+async fn wait_for(client: &Client, shots: &mut Shots, step: &str, condition: &str) -> Value {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let script = format!("return ({condition});");
+    loop {
+        let last = client.execute(&script, vec![]).await;
+        if let Ok(v) = &last
+            && !matches!(v, Value::Null | Value::Bool(false))
+            && v != ""
+        {
+            return v.clone();
+        }
+        if Instant::now() > deadline {
+            shots.take(client, &format!("{step}-FAILED")).await;
+            let url = client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            let text = client
+                .execute("return document.body ? document.body.innerText : ''", vec![])
+                .await
+                .unwrap_or_default();
+            panic!(
+                "step `{step}` did not render within {STEP_TIMEOUT:?}: `{condition}` never became true \
+                 (last: {last:?}) at {url}; page text: {text}; see {}",
+                shots.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn click(client: &Client, shots: &mut Shots, step: &str, css: &str) {
+    wait_for(client, shots, step, &format!("document.querySelector('{css}')")).await;
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("step `{step}`: no `{css}`: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("step `{step}`: cannot click `{css}`: {e}"));
+}
+
+/// A page on another loopback origin (another port) that tries to use the user's avemint session.
+async fn serve_other_origin(avemint: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    use poem::listener::{Acceptor, TcpAcceptor};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>another origin</title></head><body>\
+         <h1>A page on another origin</h1><p>It tries to read an app JWT from {avemint}.</p>\
+         <p>fetch with credentials: <strong id=\"fetch-result\">not tried</strong></p>\
+         <form id=\"steal\" method=\"post\" action=\"{avemint}/auth/token\"><button type=\"submit\">POST a form to /auth/token</button></form>\
+         </body></html>"
+    );
+    let app = poem::endpoint::make(move |_| {
+        let page = page.clone();
+        async move { poem::web::Html(page) }
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = TcpAcceptor::from_std(listener).expect("acceptor");
+    assert!(!acceptor.local_addr().is_empty());
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+        app,
+        async move {
+            let _ = rx.await;
+        },
+        Some(Duration::from_secs(1)),
+    ));
+    (format!("http://{addr}"), tx)
+}
+
+/// A `fetch` from the current page; `'blocked:<ErrorName>'` if the browser refuses to hand over the answer.
+async fn cross_origin_fetch(client: &Client, url: &str, csrf: bool) -> String {
+    let headers = if csrf { "{ 'X-CSRF': '1' }" } else { "{}" };
+    let script = format!(
+        "const done = arguments[arguments.length - 1];\
+         const show = (s) => {{ document.getElementById('fetch-result').textContent = s; done(s); }};\
+         fetch({url:?}, {{ method: 'POST', credentials: 'include', headers: {headers} }})\
+           .then((r) => r.text().then((t) => show('read:' + r.status + ':' + t)))\
+           .catch((e) => show('blocked:' + e.name));"
+    );
+    let v = client.execute_async(&script, vec![]).await.expect("fetch script runs");
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
+    let chromium_present = Path::new(CHROMIUM).exists();
+    if !chromium_present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{CHROMIUM} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium chromium-driver)");
+        return;
+    }
+    if !support::tool_available("chromedriver", "--version") {
+        return;
+    }
+    let started = Instant::now();
+    let demo = DemoProcess::spawn();
+    let base = demo.base.clone();
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+                "--disable-quic",
+                "--disable-dev-shm-usage",
+                "--window-size=1000,900",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session through chromedriver");
+    let mut shots = Shots::new();
+    let result = scenario(&client, &mut shots, &base).await;
+    let _ = client.close().await;
+    drop(driver);
+    drop(demo);
+    eprintln!(
+        "browser scenario took {:.1} s; screenshots in {}: {}",
+        started.elapsed().as_secs_f64(),
+        shots.dir.display(),
+        shots.taken.join(", ")
+    );
+    result.expect("scenario");
+}
+
+async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
+    // Signed out: the demo page offers "Sign in".
+    c.goto(&format!("{base}/")).await?;
+    wait_for(c, shots, "signed-out page", "!document.getElementById('signed-out').hidden").await;
+    shots.take(c, "signed-out").await;
+
+    // "Sign in" goes through /auth/login to the emulator's sign-in page.
+    click(c, shots, "sign in", "#sign-in").await;
+    wait_for(c, shots, "emulator sign-in page", "document.querySelector('button.approve')").await;
+    let button = c.find(Locator::Css("button.approve")).await?.text().await?;
+    let name = button
+        .strip_prefix("Sign in as ")
+        .unwrap_or_else(|| panic!("the emulator's button says `Sign in as …`: {button}"))
+        .trim()
+        .to_owned();
+    shots.take(c, "ave-emulator-sign-in").await;
+
+    // Back on the demo page, signed in, with the user's name shown.
+    click(c, shots, "approve at the emulator", "button.approve").await;
+    let shown = wait_for(
+        c,
+        shots,
+        "signed-in page",
+        "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent",
+    )
+    .await;
+    assert_eq!(shown, Value::String(name.clone()), "the page shows the user's name");
+    assert_eq!(c.current_url().await?.as_str(), format!("{base}/"));
+    shots.take(c, "signed-in").await;
+
+    // Chromium really stored the __Host- cookie: Secure, HttpOnly, SameSite=Lax, Path=/, no Domain.
+    let cookie = c.get_named_cookie(SESSION_COOKIE).await?;
+    assert_eq!(cookie.secure(), Some(true), "Secure");
+    assert_eq!(cookie.http_only(), Some(true), "HttpOnly");
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Lax)", "SameSite=Lax");
+    assert_eq!(cookie.path(), Some("/"));
+    let script_visible = c.execute("return document.cookie", vec![]).await?;
+    assert!(
+        !script_visible.as_str().unwrap_or_default().contains(SESSION_COOKIE),
+        "HttpOnly: scripts cannot see the session cookie"
+    );
+
+    // An app JWT through the SPA helper; its decoded claims are shown.
+    click(c, shots, "get a token", "#get-token").await;
+    let claims = wait_for(
+        c,
+        shots,
+        "app JWT claims",
+        "document.getElementById('claims').textContent.includes('\"iss\"') && document.getElementById('claims').textContent",
+    )
+    .await;
+    let claims: Value = serde_json::from_str(claims.as_str().unwrap_or_default()).expect("claims are JSON");
+    assert_eq!(claims["iss"], base);
+    assert_eq!(claims["aud"], base);
+    assert_eq!(claims["name"], name.as_str());
+    shots.take(c, "app-jwt").await;
+
+    // The demo downstream API accepts the bearer from fetchWithToken and greets the user.
+    click(c, shots, "call the demo API", "#call-api").await;
+    let answer = wait_for(
+        c,
+        shots,
+        "demo API answer",
+        "document.getElementById('api-answer').textContent.includes('hello') && document.getElementById('api-answer').textContent",
+    )
+    .await;
+    let answer: Value = serde_json::from_str(answer.as_str().unwrap_or_default()).expect("answer is JSON");
+    assert_eq!(answer["hello"], name.as_str());
+    assert_eq!(answer["sub"], claims["sub"]);
+    shots.take(c, "demo-api-answer").await;
+
+    // A reload keeps the session: the cookie is sent back.
+    c.refresh().await?;
+    let shown = wait_for(
+        c,
+        shots,
+        "signed in after reload",
+        "!document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent",
+    )
+    .await;
+    assert_eq!(shown, Value::String(name.clone()));
+    shots.take(c, "reloaded-still-signed-in").await;
+
+    // Another origin (another loopback port, so same-site: the Lax cookie IS sent) cannot read a token.
+    let (other, stop_other) = serve_other_origin(base).await;
+    c.goto(&format!("{other}/")).await?;
+    wait_for(c, shots, "cross-origin page", "document.getElementById('steal')").await;
+    let with_csrf = cross_origin_fetch(c, &format!("{base}/auth/token"), true).await;
+    assert_eq!(with_csrf, "blocked:TypeError", "CORS blocks a preflighted cross-origin token request");
+    let without_csrf = cross_origin_fetch(c, &format!("{base}/auth/token"), false).await;
+    assert_eq!(without_csrf, "blocked:TypeError", "CORS hides a simple cross-origin POST's answer");
+    shots.take(c, "cross-origin-fetch-blocked").await;
+
+    // A form POST from that origin reaches avemint with the cookie but without X-CSRF: refused, no token.
+    click(c, shots, "cross-origin form POST", "#steal button").await;
+    let text = wait_for(
+        c,
+        shots,
+        "form POST answer",
+        &format!(
+            "location.href === {:?} && document.body && document.body.innerText",
+            format!("{base}/auth/token")
+        ),
+    )
+    .await;
+    let text = text.as_str().unwrap_or_default();
+    let json_start = text.find('{').unwrap_or_else(|| panic!("a JSON error page: {text}"));
+    let refused: Value =
+        serde_json::from_str(text[json_start..].trim()).unwrap_or_else(|_| panic!("a JSON error page: {text}"));
+    let status = c
+        .execute("return performance.getEntriesByType('navigation')[0].responseStatus", vec![])
+        .await?;
+    assert_eq!(status, json!(403), "the form POST is refused with 403");
+    assert!(refused["error"].is_string(), "{refused}");
+    assert!(refused.get("access_token").is_none(), "{refused}");
+    shots.take(c, "cross-origin-form-post-refused").await;
+    let _ = stop_other.send(());
+
+    // Still signed in; "Sign out" ends the session and the page shows the signed-out state.
+    c.goto(&format!("{base}/")).await?;
+    wait_for(c, shots, "signed in before sign-out", "!document.getElementById('signed-in').hidden").await;
+    click(c, shots, "sign out", "#sign-out").await;
+    wait_for(
+        c,
+        shots,
+        "signed-out page after sign-out",
+        "!document.getElementById('signed-out').hidden && document.getElementById('signed-in').hidden",
+    )
+    .await;
+    shots.take(c, "signed-out-again").await;
+    assert!(
+        c.get_named_cookie(SESSION_COOKIE).await.is_err(),
+        "the session cookie is gone after sign-out"
+    );
+    c.refresh().await?;
+    wait_for(c, shots, "still signed out after reload", "!document.getElementById('signed-out').hidden").await;
+    Ok(())
+}
