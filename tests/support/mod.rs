@@ -50,6 +50,10 @@ pub struct Options {
     /// Token settings as config-file TOML (`max_token_bytes`, `[[profiles]]`, …),
     /// read by the real loader; replaces `claims` and `token_ttl`.
     pub token_toml: Option<String>,
+    /// Signing keys from this directory instead of a fresh one (key-rotation tests).
+    pub keys_dir: Option<PathBuf>,
+    /// Listen on this loopback port instead of a random one (restarting "the same" avemint).
+    pub port: Option<u16>,
 }
 
 impl TestApp {
@@ -59,7 +63,7 @@ impl TestApp {
 
     pub async fn spawn_with(opts: Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", opts.port.unwrap_or(0))).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let address = format!("http://{addr}");
         let public_url = PublicUrl::parse(&address).expect("public url");
@@ -73,7 +77,7 @@ impl TestApp {
             .expect("emulator starts"),
         };
         let db_path = dir.path().join("avemint.db");
-        let keys_dir = dir.path().join("keys");
+        let keys_dir = opts.keys_dir.clone().unwrap_or_else(|| dir.path().join("keys"));
         let mut settings = Settings {
             ave: AveSettings {
                 client_id: emulator.client_id().to_owned(),

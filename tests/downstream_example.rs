@@ -1,0 +1,222 @@
+//! `examples/downstream.rs` against a live avemint: its verifier accepts real app
+//! JWTs, refuses wrong `aud`/`iss`/`typ`/expired ones, caches the JWKS, follows a
+//! key rotation and rate-limits re-fetches for unknown `kid`s; its poem API
+//! answers over HTTP.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../examples/downstream.rs"]
+mod downstream;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use downstream::{Verifier, VerifyError};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::{Options, TestApp};
+
+const AUDIENCE: &str = "https://api.example.com";
+
+async fn app_jwt(app: &TestApp) -> String {
+    let mut browser = app.signed_in_browser().await;
+    let resp = app.post_token(&mut browser, true).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token).expect("header").kid.expect("kid")
+}
+
+/// The PKCS#8 PEM of the newest key in `dir`.
+fn newest_key_pem(dir: &Path) -> String {
+    let mut pems: Vec<_> = std::fs::read_dir(dir)
+        .expect("keys dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+        .collect();
+    pems.sort();
+    std::fs::read_to_string(pems.last().expect("a key")).expect("pem")
+}
+
+/// A new ES256 key written where avemint looks for keys, newer than any there.
+fn add_newer_key(dir: &Path) {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).expect("key");
+    let created = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+    let path = dir.join(format!("es256-{created}.pem"));
+    std::fs::write(&path, pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()))).expect("write key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+}
+
+/// Signs `claims` with the app's own key (as avemint would), with a chosen `typ` and `kid`.
+fn sign(pem: &str, typ: &str, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.typ = Some(typ.to_owned());
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(pem.as_bytes()).expect("key")).expect("sign")
+}
+
+#[tokio::test]
+async fn the_example_verifies_real_app_jwts_and_refuses_the_rest() {
+    let app = TestApp::spawn().await;
+    let token = app_jwt(&app).await;
+    let verifier = Verifier::new(&app.address, AUDIENCE);
+    let claims = verifier.verify(&token).await.expect("a real app JWT verifies");
+    assert!(!claims.sub.is_empty());
+    assert_eq!(claims.other["iss"], app.address.as_str());
+    assert_eq!(verifier.jwks_fetches().await, 1);
+    verifier.verify(&token).await.expect("verifies again");
+    assert_eq!(verifier.jwks_fetches().await, 1, "keys are cached");
+
+    let other_api = Verifier::new(&app.address, "https://other.example.com");
+    assert!(matches!(
+        other_api.verify(&token).await,
+        Err(VerifyError::Invalid(ErrorKind::InvalidAudience))
+    ));
+    let other_issuer = Verifier::new(&app.address, AUDIENCE);
+    // Same keys, but a token claiming another issuer.
+    let pem = newest_key_pem(&app.keys_dir);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let good = json!({"iss": app.address, "aud": AUDIENCE, "sub": "s", "iat": now, "exp": now + 60});
+    let k = kid(&token);
+    other_issuer
+        .verify(&sign(&pem, "at+jwt", &k, &good))
+        .await
+        .expect("a well-formed token signed by avemint's key verifies");
+    let mut foreign = good.clone();
+    foreign["iss"] = json!("https://evil.example.com");
+    assert!(matches!(
+        other_issuer.verify(&sign(&pem, "at+jwt", &k, &foreign)).await,
+        Err(VerifyError::Invalid(ErrorKind::InvalidIssuer))
+    ));
+    assert!(matches!(
+        other_issuer.verify(&sign(&pem, "JWT", &k, &good)).await,
+        Err(VerifyError::WrongType)
+    ));
+    let mut expired = good.clone();
+    expired["exp"] = json!(now - 120);
+    assert!(matches!(
+        other_issuer.verify(&sign(&pem, "at+jwt", &k, &expired)).await,
+        Err(VerifyError::Invalid(ErrorKind::ExpiredSignature))
+    ));
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().expect("object").remove("exp");
+    let missing = other_issuer.verify(&sign(&pem, "at+jwt", &k, &no_exp)).await;
+    assert!(
+        matches!(missing, Err(VerifyError::Invalid(ErrorKind::MissingRequiredClaim(_)))),
+        "{missing:?}"
+    );
+    assert!(matches!(
+        other_issuer.verify("not.a.jwt").await,
+        Err(VerifyError::Malformed)
+    ));
+    let hs256 = jsonwebtoken::encode(
+        &Header {
+            typ: Some("at+jwt".into()),
+            kid: Some(k.clone()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &good,
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .expect("sign");
+    assert!(matches!(
+        other_issuer.verify(&hs256).await,
+        Err(VerifyError::Invalid(ErrorKind::InvalidAlgorithm))
+    ));
+
+    // Unknown kids: at most one JWKS re-fetch per interval.
+    let limited = Verifier::new(&app.address, AUDIENCE).with_min_refetch_interval(Duration::from_secs(60));
+    limited.verify(&token).await.expect("verifies");
+    for n in 0..5 {
+        assert!(matches!(
+            limited.verify(&sign(&pem, "at+jwt", &format!("made-up-{n}"), &good)).await,
+            Err(VerifyError::UnknownKid)
+        ));
+    }
+    assert_eq!(limited.jwks_fetches().await, 1, "made-up kids do not trigger fetches within the interval");
+    let eager = Verifier::new(&app.address, AUDIENCE).with_min_refetch_interval(Duration::ZERO);
+    eager.verify(&token).await.expect("verifies");
+    assert!(eager.verify(&sign(&pem, "at+jwt", "made-up", &good)).await.is_err());
+    assert_eq!(eager.jwks_fetches().await, 2, "an unknown kid re-fetches once the interval has passed");
+}
+
+#[tokio::test]
+async fn the_example_follows_a_key_rotation() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let first = TestApp::spawn_with(Options {
+        keys_dir: Some(keys.path().to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let address = first.address.clone();
+    let port = first.settings.listen.port();
+    let old_token = app_jwt(&first).await;
+    let verifier = Verifier::new(&address, AUDIENCE).with_min_refetch_interval(Duration::ZERO);
+    verifier.verify(&old_token).await.expect("verifies");
+    assert_eq!(verifier.jwks_fetches().await, 1);
+    first.stop().await;
+
+    // avemint restarts with a new, newer key: it signs with it and still publishes the old one.
+    add_newer_key(keys.path());
+    let second = TestApp::spawn_with(Options {
+        keys_dir: Some(keys.path().to_owned()),
+        port: Some(port),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(second.address, address);
+    let new_token = app_jwt(&second).await;
+    assert_ne!(kid(&new_token), kid(&old_token), "the new key signs");
+    verifier.verify(&new_token).await.expect("a token from the new key verifies");
+    assert_eq!(verifier.jwks_fetches().await, 2, "the unknown kid caused one re-fetch");
+    verifier.verify(&old_token).await.expect("tokens from the old key still verify");
+    verifier.verify(&new_token).await.expect("verifies");
+    assert_eq!(verifier.jwks_fetches().await, 2);
+}
+
+#[tokio::test]
+async fn the_example_api_greets_the_bearer() {
+    use poem::listener::{Acceptor, TcpAcceptor};
+    let app = TestApp::spawn().await;
+    let token = app_jwt(&app).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let acceptor = TcpAcceptor::from_std(listener).expect("acceptor");
+    assert!(!acceptor.local_addr().is_empty());
+    let api = downstream::app(Arc::new(Verifier::new(&app.address, AUDIENCE)));
+    let server = tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(api));
+    let url = format!("http://{addr}/hello");
+
+    let resp = app.http.get(&url).bearer_auth(&token).send().await.expect("hello");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    let claims = app.verify(&token).await.claims;
+    assert_eq!(body["hello"], claims["sub"], "no name claim configured: greets the sub");
+
+    let resp = app.http.get(&url).send().await.expect("hello");
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
+    assert_eq!(support::error_code(resp).await, "invalid_token");
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .expect("hello");
+    assert_eq!(resp.status(), 401);
+    server.abort();
+}
