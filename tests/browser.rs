@@ -55,7 +55,10 @@ impl Driver {
             {
                 return driver;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -243,12 +246,24 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
 async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
     // Signed out: the demo page offers "Sign in".
     c.goto(&format!("{base}/")).await?;
-    wait_for(c, shots, "signed-out page", "!document.getElementById('signed-out').hidden").await;
+    wait_for(
+        c,
+        shots,
+        "signed-out page",
+        "!document.getElementById('signed-out').hidden",
+    )
+    .await;
     shots.take(c, "signed-out").await;
 
     // "Sign in" goes through /auth/login to the emulator's sign-in page.
     click(c, shots, "sign in", "#sign-in").await;
-    wait_for(c, shots, "emulator sign-in page", "document.querySelector('button.approve')").await;
+    wait_for(
+        c,
+        shots,
+        "emulator sign-in page",
+        "document.querySelector('button.approve')",
+    )
+    .await;
     let button = c.find(Locator::Css("button.approve")).await?.text().await?;
     let name = button
         .strip_prefix("Sign in as ")
@@ -328,9 +343,15 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
     c.goto(&format!("{other}/")).await?;
     wait_for(c, shots, "cross-origin page", "document.getElementById('steal')").await;
     let with_csrf = cross_origin_fetch(c, &format!("{base}/auth/token"), true).await;
-    assert_eq!(with_csrf, "blocked:TypeError", "CORS blocks a preflighted cross-origin token request");
+    assert_eq!(
+        with_csrf, "blocked:TypeError",
+        "CORS blocks a preflighted cross-origin token request"
+    );
     let without_csrf = cross_origin_fetch(c, &format!("{base}/auth/token"), false).await;
-    assert_eq!(without_csrf, "blocked:TypeError", "CORS hides a simple cross-origin POST's answer");
+    assert_eq!(
+        without_csrf, "blocked:TypeError",
+        "CORS hides a simple cross-origin POST's answer"
+    );
     shots.take(c, "cross-origin-fetch-blocked").await;
 
     // A form POST from that origin reaches avemint with the cookie but without X-CSRF: refused, no token.
@@ -350,7 +371,10 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
     let refused: Value =
         serde_json::from_str(text[json_start..].trim()).unwrap_or_else(|_| panic!("a JSON error page: {text}"));
     let status = c
-        .execute("return performance.getEntriesByType('navigation')[0].responseStatus", vec![])
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].responseStatus",
+            vec![],
+        )
         .await?;
     assert_eq!(status, json!(403), "the form POST is refused with 403");
     assert!(refused["error"].is_string(), "{refused}");
@@ -360,7 +384,13 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // Still signed in; "Sign out" ends the session and the page shows the signed-out state.
     c.goto(&format!("{base}/")).await?;
-    wait_for(c, shots, "signed in before sign-out", "!document.getElementById('signed-in').hidden").await;
+    wait_for(
+        c,
+        shots,
+        "signed in before sign-out",
+        "!document.getElementById('signed-in').hidden",
+    )
+    .await;
     click(c, shots, "sign out", "#sign-out").await;
     wait_for(
         c,
@@ -375,6 +405,12 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
         "the session cookie is gone after sign-out"
     );
     c.refresh().await?;
-    wait_for(c, shots, "still signed out after reload", "!document.getElementById('signed-out').hidden").await;
+    wait_for(
+        c,
+        shots,
+        "still signed out after reload",
+        "!document.getElementById('signed-out').hidden",
+    )
+    .await;
     Ok(())
 }

@@ -144,7 +144,12 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
     assert_eq!(hello["sub"], session["sub"]);
     let missing = http.get(&api).send().await.expect("api");
     assert_eq!(missing.status(), 401);
-    assert!(missing.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
+    assert!(
+        missing.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Bearer")
+    );
     assert_eq!(support::error_code(missing).await, "invalid_token");
     let (head, sig) = jwt.rsplit_once('.').expect("jws");
     let flipped = if sig.starts_with('A') { 'B' } else { 'A' };

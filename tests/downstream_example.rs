@@ -51,7 +51,11 @@ fn add_newer_key(dir: &Path) {
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).expect("key");
     let created = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
     let path = dir.join(format!("es256-{created}.pem"));
-    std::fs::write(&path, pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()))).expect("write key");
+    std::fs::write(
+        &path,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
+    )
+    .expect("write key");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -141,15 +145,25 @@ async fn the_example_verifies_real_app_jwts_and_refuses_the_rest() {
     limited.verify(&token).await.expect("verifies");
     for n in 0..5 {
         assert!(matches!(
-            limited.verify(&sign(&pem, "at+jwt", &format!("made-up-{n}"), &good)).await,
+            limited
+                .verify(&sign(&pem, "at+jwt", &format!("made-up-{n}"), &good))
+                .await,
             Err(VerifyError::UnknownKid)
         ));
     }
-    assert_eq!(limited.jwks_fetches().await, 1, "made-up kids do not trigger fetches within the interval");
+    assert_eq!(
+        limited.jwks_fetches().await,
+        1,
+        "made-up kids do not trigger fetches within the interval"
+    );
     let eager = Verifier::new(&app.address, AUDIENCE).with_min_refetch_interval(Duration::ZERO);
     eager.verify(&token).await.expect("verifies");
     assert!(eager.verify(&sign(&pem, "at+jwt", "made-up", &good)).await.is_err());
-    assert_eq!(eager.jwks_fetches().await, 2, "an unknown kid re-fetches once the interval has passed");
+    assert_eq!(
+        eager.jwks_fetches().await,
+        2,
+        "an unknown kid re-fetches once the interval has passed"
+    );
 }
 
 #[tokio::test]
@@ -179,9 +193,15 @@ async fn the_example_follows_a_key_rotation() {
     assert_eq!(second.address, address);
     let new_token = app_jwt(&second).await;
     assert_ne!(kid(&new_token), kid(&old_token), "the new key signs");
-    verifier.verify(&new_token).await.expect("a token from the new key verifies");
+    verifier
+        .verify(&new_token)
+        .await
+        .expect("a token from the new key verifies");
     assert_eq!(verifier.jwks_fetches().await, 2, "the unknown kid caused one re-fetch");
-    verifier.verify(&old_token).await.expect("tokens from the old key still verify");
+    verifier
+        .verify(&old_token)
+        .await
+        .expect("tokens from the old key still verify");
     verifier.verify(&new_token).await.expect("verifies");
     assert_eq!(verifier.jwks_fetches().await, 2);
 }
@@ -208,7 +228,12 @@ async fn the_example_api_greets_the_bearer() {
 
     let resp = app.http.get(&url).send().await.expect("hello");
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"));
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Bearer")
+    );
     assert_eq!(support::error_code(resp).await, "invalid_token");
     let resp = app
         .http

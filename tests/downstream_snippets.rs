@@ -122,9 +122,16 @@ async fn the_python_snippet_verifies_app_jwts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site");
     let mut pip = Command::new("python3");
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&site)
-        .arg("PyJWT[crypto]>=2.10,<3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+    ])
+    .arg(&site)
+    .arg("PyJWT[crypto]>=2.10,<3");
     run(pip, "pip install PyJWT[crypto]");
     std::fs::write(dir.path().join("verify.py"), repo_file("examples/python/verify.py")).expect("copy");
     let app = TestApp::spawn().await;
