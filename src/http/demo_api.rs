@@ -126,3 +126,91 @@ pub fn hello(req: &Request) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::KeyRing;
+    use serde_json::json;
+
+    const URL: &str = "http://127.0.0.1:8080";
+
+    fn new_ring() -> (tempfile::TempDir, KeyRing) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::load_or_generate(&dir.path().join("keys")).expect("keys");
+        (dir, ring)
+    }
+
+    fn token(ring: &KeyRing, claims: &Value) -> String {
+        ring.signing_key()
+            .sign(&serde_json::to_vec(claims).expect("json"))
+            .expect("sign")
+    }
+
+    fn claims(exp_offset: i64) -> Value {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        json!({"iss": URL, "aud": URL, "sub": "user-1", "name": "Ada", "iat": now, "exp": now + exp_offset})
+    }
+
+    #[test]
+    fn accepts_a_token_signed_by_the_published_key() {
+        let (_dir, ring) = new_ring();
+        let got = verify(&token(&ring, &claims(60)), ring.jwks(), URL, URL).expect("valid");
+        assert_eq!(got["sub"], "user-1");
+    }
+
+    #[test]
+    fn refuses_wrong_audience_issuer_expiry_and_foreign_keys() {
+        let (_dir, ring) = new_ring();
+        let good = token(&ring, &claims(60));
+        assert!(matches!(
+            verify(&good, ring.jwks(), URL, "https://other.example"),
+            Err(DemoApiError::Invalid(_))
+        ));
+        assert!(matches!(
+            verify(&good, ring.jwks(), "https://other.example", URL),
+            Err(DemoApiError::Invalid(_))
+        ));
+        let expired = token(&ring, &claims(-600));
+        assert!(matches!(verify(&expired, ring.jwks(), URL, URL), Err(DemoApiError::Invalid(ref d)) if d == "expired"));
+        let (_other_dir, other) = new_ring();
+        assert!(matches!(
+            verify(&token(&other, &claims(60)), ring.jwks(), URL, URL),
+            Err(DemoApiError::UnknownKey)
+        ));
+        assert!(matches!(
+            verify("a.b.c", ring.jwks(), URL, URL),
+            Err(DemoApiError::Malformed)
+        ));
+        let unsigned = format!(
+            "{}.{}.",
+            base64_url(r#"{"alg":"none","typ":"at+jwt"}"#),
+            base64_url(&claims(60).to_string())
+        );
+        assert!(verify(&unsigned, ring.jwks(), URL, URL).is_err());
+        let plain_jwt = format!(
+            "{}.{}.sig",
+            base64_url(r#"{"alg":"ES256","typ":"JWT","kid":"k"}"#),
+            base64_url(&claims(60).to_string())
+        );
+        assert!(matches!(
+            verify(&plain_jwt, ring.jwks(), URL, URL),
+            Err(DemoApiError::WrongType)
+        ));
+    }
+
+    fn base64_url(s: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn reads_only_bearer_authorization() {
+        let req = |v: &str| Request::builder().header(header::AUTHORIZATION, v).finish();
+        assert_eq!(bearer(&req("Bearer abc")).ok(), Some("abc"));
+        assert_eq!(bearer(&req("bearer abc")).ok(), Some("abc"));
+        assert!(bearer(&req("Basic abc")).is_err());
+        assert!(bearer(&req("Bearer ")).is_err());
+        assert!(bearer(&Request::builder().finish()).is_err());
+    }
+}
