@@ -2,7 +2,8 @@
 //! every avemint so an app can import it from the origin it signs in with.
 //!
 //! The module itself lives in `src/http/assets/avemint.js`, where its Node tests
-//! (`tests/js/`) import it from; it is compiled into the binary.
+//! (`tests/js/`) import it from (the `package.json` beside it tells Node it is an
+//! ES module); it is compiled into the binary.
 
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
