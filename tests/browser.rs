@@ -23,6 +23,8 @@ use support::{DemoProcess, SESSION_COOKIE};
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long one step may take to render.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the whole scenario may take (it takes about 5 s).
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// chromedriver as a child process, killed on drop.
 struct Driver {
@@ -89,7 +91,7 @@ impl Shots {
     }
 
     async fn take(&mut self, client: &Client, step: &str) {
-        let name = format!("{:02}-{step}.png", self.taken.len() + 1);
+        let name = format!("{:02}-{}.png", self.taken.len() + 1, step.replace(' ', "-"));
         match client.screenshot().await {
             Ok(png) => {
                 std::fs::write(self.dir.join(&name), png).expect("screenshot written");
@@ -230,7 +232,7 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
         .await
         .expect("a Chromium session through chromedriver");
     let mut shots = Shots::new();
-    let result = scenario(&client, &mut shots, &base).await;
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, scenario(&client, &mut shots, &base)).await;
     let _ = client.close().await;
     drop(driver);
     drop(demo);
@@ -240,7 +242,13 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
         shots.dir.display(),
         shots.taken.join(", ")
     );
-    result.expect("scenario");
+    let result = result.unwrap_or_else(|_| {
+        panic!(
+            "the browser scenario did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
+            shots.taken.join(", ")
+        )
+    });
+    result.expect("a WebDriver command failed");
 }
 
 async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
