@@ -69,6 +69,16 @@ test('getToken sends the audience as a JSON body', async () => {
   assert.deepEqual(JSON.parse(init.body), { audience: 'https://api.example.com' });
 });
 
+test('getToken sends a profile name as a JSON body, and caches per profile', async () => {
+  handlers.push(() => tokenResponse('jwt-orders'));
+  assert.equal(await getToken({ profile: 'orders' }), 'jwt-orders');
+  assert.deepEqual(JSON.parse(calls[0].init.body), { profile: 'orders' });
+  assert.equal(await getToken({ profile: 'orders' }), 'jwt-orders');
+  handlers.push(() => tokenResponse('jwt-default'));
+  assert.equal(await getToken(), 'jwt-default');
+  assert.equal(calls.length, 2);
+});
+
 test('getToken caches the token until shortly before it expires', async () => {
   handlers.push(() => tokenResponse('long', 300));
   assert.equal(await getToken(), 'long');

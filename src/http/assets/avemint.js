@@ -3,7 +3,7 @@
 //
 //   import { getToken, fetchWithToken } from '/avemint.js';
 //
-// getToken({ audience }) returns an app JWT for the signed-in user. It is cached until shortly before it
+// getToken({ audience }) (or getToken({ profile })) returns an app JWT for the signed-in user. It is cached until shortly before it
 // expires, concurrent calls share one request, and the request carries the session cookie
 // (credentials: 'include') and the header `X-CSRF: 1` that avemint requires. When avemint answers
 // `login_required`, the configured handler runs (by default: go to /auth/login and come back here).
@@ -19,9 +19,9 @@ const settings = {
   onLoginRequired: redirectToLogin,
 };
 
-/** key: audience ('' for avemint's default) -> { token, expiresAt (ms) } */
+/** key: cacheKey(target) -> { token, expiresAt (ms) } */
 const cache = new Map();
-/** key: audience -> Promise<string> of the request in flight */
+/** key: cacheKey(target) -> Promise<string> of the request in flight */
 const inflight = new Map();
 
 /** avemint answered `login_required`: the user has no session (any more). */
@@ -65,28 +65,38 @@ export function clearTokens() {
   cache.clear();
 }
 
+/** The JSON body selecting a token profile, or null for avemint's default profile. */
+function targetOf({ audience, profile }) {
+  const target = {};
+  if (audience !== undefined && audience !== null) target.audience = audience;
+  if (profile !== undefined && profile !== null) target.profile = profile;
+  return Object.keys(target).length ? target : null;
+}
+
 /**
- * An app JWT for the signed-in user. `audience` selects the token's `aud` (avemint's default when absent);
- * `fresh: true` skips the cache. Rejects with LoginRequiredError (after calling the handler) or TokenError.
+ * An app JWT for the signed-in user. `audience` (or `profile`) selects avemint's token profile (the default
+ * profile when absent); `fresh: true` skips the cache. Rejects with LoginRequiredError (after calling the
+ * handler) or TokenError.
  */
-export function getToken({ audience, fresh = false } = {}) {
-  const key = audience ?? '';
+export function getToken({ audience, profile, fresh = false } = {}) {
+  const target = targetOf({ audience, profile });
+  const key = JSON.stringify(target);
   const hit = cache.get(key);
   if (!fresh && hit && hit.expiresAt > Date.now()) return Promise.resolve(hit.token);
   if (fresh) cache.delete(key);
   let pending = inflight.get(key);
   if (!pending) {
-    pending = requestToken(audience).finally(() => inflight.delete(key));
+    pending = requestToken(target, key).finally(() => inflight.delete(key));
     inflight.set(key, pending);
   }
   return pending;
 }
 
-async function requestToken(audience) {
+async function requestToken(target, key) {
   const init = { method: 'POST', credentials: 'include', headers: { 'X-CSRF': '1' } };
-  if (audience !== undefined && audience !== null) {
+  if (target) {
     init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify({ audience });
+    init.body = JSON.stringify(target);
   }
   const response = await fetch(`${settings.base}/auth/token`, init);
   let body = null;
@@ -108,21 +118,21 @@ async function requestToken(audience) {
   if (!body || typeof body.access_token !== 'string') throw new TokenError(response.status, 'invalid_response', 'no access_token');
   const lifetime = Number(body.expires_in) > 0 ? Number(body.expires_in) : 0;
   const expiresAt = Date.now() + (lifetime - EXPIRY_MARGIN_SECONDS) * 1000;
-  cache.set(audience ?? '', { token: body.access_token, expiresAt });
+  cache.set(key, { token: body.access_token, expiresAt });
   return body.access_token;
 }
 
 /**
  * fetch() with `Authorization: Bearer <app JWT>`. On a 401 from the API, gets a fresh token and retries once.
- * `options.audience` selects the token's audience.
+ * `options.audience` (or `options.profile`) selects the token, as for getToken.
  */
-export async function fetchWithToken(url, init = {}, { audience } = {}) {
+export async function fetchWithToken(url, init = {}, { audience, profile } = {}) {
   const send = (token) => {
     const headers = new Headers(init.headers);
     headers.set('Authorization', `Bearer ${token}`);
     return fetch(url, { ...init, headers });
   };
-  const response = await send(await getToken({ audience }));
+  const response = await send(await getToken({ audience, profile }));
   if (response.status !== 401) return response;
-  return send(await getToken({ audience, fresh: true }));
+  return send(await getToken({ audience, profile, fresh: true }));
 }
