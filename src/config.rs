@@ -17,6 +17,7 @@ use url::{Host, Url};
 
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
+use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTATION};
 use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
 
@@ -34,6 +35,8 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     pub session_keys: SessionKeys,
     pub keys_dir: PathBuf,
+    /// Algorithm of new signing keys and automatic rotation.
+    pub signing: KeyPolicy,
     pub token: TokenSettings,
     pub session: SessionSettings,
     pub renewal: RenewalSettings,
@@ -301,6 +304,8 @@ struct FileSettings {
     session_keys: Option<Vec<String>>,
     session_keys_file: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
+    key_algorithm: Option<String>,
+    key_rotation: Option<String>,
     token_ttl: Option<u64>,
     token_audience: Option<String>,
     token_claims: Option<toml::Table>,
@@ -507,7 +512,7 @@ impl Loader<'_> {
                 self.errors.push(format!("{origin}: `audience` must not be empty"));
             }
             let ttl = match p.ttl.unwrap_or(300) {
-                n @ 1..=86_400 => Duration::from_secs(n),
+                n if (1..=MAX_TOKEN_TTL.as_secs()).contains(&n) => Duration::from_secs(n),
                 _ => {
                     self.errors.push(format!(
                         "{origin}: `ttl` must be a whole number of seconds from 1 to 86400"
@@ -607,6 +612,63 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// `AVEMINT_KEYS_DIR`, `AVEMINT_KEY_ALGORITHM` and `AVEMINT_KEY_ROTATION` (shared by `serve` and `keys`).
+    fn keys(
+        &mut self,
+        keys_dir: Option<PathBuf>,
+        algorithm: Option<String>,
+        rotation: Option<String>,
+    ) -> (PathBuf, Option<KeyPolicy>) {
+        let dir = self
+            .pick(
+                "AVEMINT_KEYS_DIR",
+                "keys_dir",
+                keys_dir.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map(|s| PathBuf::from(s.value))
+            .unwrap_or_else(|| PathBuf::from("keys"));
+        let algorithm = self.pick("AVEMINT_KEY_ALGORITHM", "key_algorithm", algorithm);
+        let algorithm = match algorithm {
+            Some(a) => self.check(Some(a), |s| s.parse::<Algorithm>()),
+            None => Some(Algorithm::default()),
+        };
+        let rotation = self.pick("AVEMINT_KEY_ROTATION", "key_rotation", rotation);
+        let rotation = match rotation {
+            Some(r) => self.check(Some(r), parse_rotation),
+            None => Some(None),
+        };
+        let policy = match (algorithm, rotation) {
+            (Some(algorithm), Some(rotation)) => Some(KeyPolicy { algorithm, rotation }),
+            _ => None,
+        };
+        (dir, policy)
+    }
+}
+
+/// What the `avemint keys` commands need: the keys directory and the key policy.
+#[derive(Debug, Clone)]
+pub struct KeysSettings {
+    pub keys_dir: PathBuf,
+    pub signing: KeyPolicy,
+}
+
+impl KeysSettings {
+    /// Loads from the same TOML file and environment as `serve`, reading only the key settings.
+    pub fn load(config_path: Option<&Path>, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let file = read_file(config_path, env)?;
+        let mut l = Loader {
+            env,
+            errors: Vec::new(),
+        };
+        let (keys_dir, signing) = l.keys(file.keys_dir, file.key_algorithm, file.key_rotation);
+        match signing {
+            Some(signing) if l.errors.is_empty() => Ok(Self { keys_dir, signing }),
+            _ => Err(ConfigErrors(l.errors)),
+        }
+    }
+}
+
 /// The token settings; with profiles, the flat fields mirror the default profile.
 fn token_settings(
     ttl: Duration,
@@ -628,22 +690,55 @@ fn token_settings(
     }
 }
 
+/// `AVEMINT_KEY_ROTATION`: `off`, or a whole number with a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`.
+pub fn parse_rotation(raw: &str) -> Result<Option<Duration>, String> {
+    let s = raw.trim();
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let err = || {
+        format!(
+            "must be `off` or a period such as `30d`, `12h` or `90m` (units s, m, h, d, w), from {}h to 3650d",
+            MIN_ROTATION.as_secs() / 3600
+        )
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| err())?;
+    let unit = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(err()),
+    };
+    let secs = n.checked_mul(unit).ok_or_else(err)?;
+    if secs < MIN_ROTATION.as_secs() || secs > 3650 * 86_400 {
+        return Err(err());
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+fn read_file(config_path: Option<&Path>, env: &dyn Env) -> Result<FileSettings, ConfigErrors> {
+    let path = config_path
+        .map(Path::to_path_buf)
+        .or_else(|| env.var("AVEMINT_CONFIG").map(PathBuf::from));
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| ConfigErrors(vec![format!("config file {}: cannot read: {}", p.display(), e.kind())]))?;
+            toml::from_str::<FileSettings>(&text)
+                .map_err(|e| ConfigErrors(vec![format!("config file {}: {}", p.display(), e.message())]))
+        }
+        None => Ok(FileSettings::default()),
+    }
+}
+
 impl Settings {
     /// Loads settings for `avemint serve` from an optional TOML file and the environment.
     pub fn load(config_path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
-        let path = config_path
-            .map(Path::to_path_buf)
-            .or_else(|| env.var("AVEMINT_CONFIG").map(PathBuf::from));
-        let file = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|e| {
-                    ConfigErrors(vec![format!("config file {}: cannot read: {}", p.display(), e.kind())])
-                })?;
-                toml::from_str::<FileSettings>(&text)
-                    .map_err(|e| ConfigErrors(vec![format!("config file {}: {}", p.display(), e.message())]))?
-            }
-            None => FileSettings::default(),
-        };
+        let file = read_file(config_path, env)?;
         let mut l = Loader {
             env,
             errors: Vec::new(),
@@ -697,20 +792,19 @@ impl Settings {
         );
         let keys = l.require(keys, "AVEMINT_SESSION_KEYS");
         let session_keys = l.check(keys, SessionKeys::parse);
-        let keys_dir = l
-            .pick(
-                "AVEMINT_KEYS_DIR",
-                "keys_dir",
-                file.keys_dir.map(|p| p.to_string_lossy().into_owned()),
-            )
-            .map(|s| PathBuf::from(s.value))
-            .unwrap_or_else(|| PathBuf::from("keys"));
+        let (keys_dir, signing) = l.keys(file.keys_dir, file.key_algorithm, file.key_rotation);
         let flat_in_file = [
             ("token_ttl", file.token_ttl.is_some()),
             ("token_audience", file.token_audience.is_some()),
             ("token_claims", file.token_claims.is_some()),
         ];
-        let ttl = l.seconds("AVEMINT_TOKEN_TTL", "token_ttl", file.token_ttl, 300, 86_400);
+        let ttl = l.seconds(
+            "AVEMINT_TOKEN_TTL",
+            "token_ttl",
+            file.token_ttl,
+            300,
+            MAX_TOKEN_TTL.as_secs(),
+        );
         let audience = l.pick("AVEMINT_TOKEN_AUDIENCE", "token_audience", file.token_audience);
         let audience = match audience {
             Some(a) => l.check(Some(a), |s| non_empty(s).map(str::to_owned)),
@@ -823,6 +917,7 @@ impl Settings {
             lifetime,
             renewal,
             max_token_bytes,
+            signing,
         ) {
             (
                 Some(client_id),
@@ -840,6 +935,7 @@ impl Settings {
                 Some(lifetime),
                 Some(renewal),
                 Some(max_token_bytes),
+                Some(signing),
             ) if l.errors.is_empty() => Ok(Settings {
                 token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
@@ -853,6 +949,7 @@ impl Settings {
                 database_url,
                 session_keys,
                 keys_dir,
+                signing,
                 session: SessionSettings { idle_timeout, lifetime },
                 renewal,
             }),
@@ -921,6 +1018,66 @@ mod tests {
         assert_eq!(s.ave.scopes, DEFAULT_SCOPES);
         assert_eq!(s.database_url, DatabaseUrl::Sqlite("sqlite://avemint.db".into()));
         assert_eq!(s.keys_dir, PathBuf::from("keys"));
+        assert_eq!(s.signing, KeyPolicy::default());
+        assert_eq!(s.signing.algorithm, Algorithm::Es256);
+        assert_eq!(s.signing.rotation, None);
+    }
+
+    #[test]
+    fn key_settings_parse_and_report_problems() {
+        let mut e = minimal();
+        e.push(("AVEMINT_KEY_ALGORITHM", "EdDSA"));
+        e.push(("AVEMINT_KEY_ROTATION", "30d"));
+        let s = Settings::load(None, &env(&e)).expect("valid");
+        assert_eq!(s.signing.algorithm, Algorithm::EdDsa);
+        assert_eq!(s.signing.rotation, Some(Duration::from_secs(30 * 86_400)));
+        let k = KeysSettings::load(
+            None,
+            &env(&[("AVEMINT_KEY_ALGORITHM", "rs256"), ("AVEMINT_KEYS_DIR", "/k")]),
+        )
+        .expect("keys settings need no client settings");
+        assert_eq!(
+            (k.keys_dir, k.signing.algorithm),
+            (PathBuf::from("/k"), Algorithm::Rs256)
+        );
+        let err = KeysSettings::load(
+            None,
+            &env(&[("AVEMINT_KEY_ALGORITHM", "hs256"), ("AVEMINT_KEY_ROTATION", "5m")]),
+        )
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].contains("AVEMINT_KEY_ALGORITHM") && err.0[1].contains("AVEMINT_KEY_ROTATION"));
+    }
+
+    #[test]
+    fn rotation_periods() {
+        assert_eq!(parse_rotation("off"), Ok(None));
+        assert_eq!(parse_rotation("30d"), Ok(Some(Duration::from_secs(30 * 86_400))));
+        assert_eq!(parse_rotation("12h"), Ok(Some(Duration::from_secs(12 * 3600))));
+        assert_eq!(parse_rotation(" 2w "), Ok(Some(Duration::from_secs(14 * 86_400))));
+        assert_eq!(parse_rotation("90m"), Ok(Some(Duration::from_secs(5400))));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "-1d",
+            "1.5d",
+            "59m",
+            "30 days",
+            "3651d",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_rotation(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rotation_parser_never_panics_and_respects_bounds(s in "\\PC{0,12}") {
+            if let Ok(Some(d)) = parse_rotation(&s) {
+                proptest::prop_assert!(d >= MIN_ROTATION && d.as_secs() <= 3650 * 86_400);
+            }
+        }
     }
 
     #[test]

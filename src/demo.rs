@@ -66,6 +66,7 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
         database_url: DatabaseUrl::Sqlite("sqlite::memory:".into()),
         session_keys: SessionKeys::from_keys(vec![random_bytes::<32>()]),
         keys_dir,
+        signing: Default::default(),
         token: TokenSettings {
             ttl: std::time::Duration::from_secs(300),
             audience: public_url.as_str().to_owned(),

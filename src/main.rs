@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use avemint::config::{ProcessEnv, Settings};
+use avemint::config::{KeysSettings, ProcessEnv, Settings};
+use avemint::mint::keys::{Algorithm, KeyDir, commands};
 use avemint::startup::{Application, Mode, shutdown_signal};
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,34 @@ enum Command {
     },
     /// Print the OpenAPI document (YAML).
     Openapi,
+    /// Manage the signing keys in `AVEMINT_KEYS_DIR` (see keys/README.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a key: `next` (published now, signs after `keys rotate`), or `current` if there is none.
+    Generate {
+        /// es256, eddsa or rs256 (default: `AVEMINT_KEY_ALGORITHM`, else es256).
+        #[arg(long)]
+        alg: Option<Algorithm>,
+    },
+    /// List the keys: kid, algorithm, state, age.
+    List,
+    /// current → retired, next → current, and a new next key.
+    Rotate {
+        /// Algorithm of the new next key (default: `AVEMINT_KEY_ALGORITHM`, else es256).
+        #[arg(long)]
+        alg: Option<Algorithm>,
+        /// Rotate even if the next key was published less than one JWKS cache lifetime ago.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove retired keys whose tokens have all expired.
+    Prune,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +89,40 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Keys { command } => keys(cli.config.as_deref(), command),
         Command::Demo { listen, keys_dir } => run(async move { Ok(avemint::demo::run(listen, keys_dir).await?) }),
+    }
+}
+
+fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
+    let settings = match KeysSettings::load(config, &ProcessEnv) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("avemint: invalid configuration:");
+            for line in &errors.0 {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    avemint::telemetry::init("warn", false, std::io::stderr);
+    let dir = KeyDir::new(settings.keys_dir);
+    let default_alg = settings.signing.algorithm;
+    let result = match command {
+        KeysCommand::Generate { alg } => commands::generate(&dir, alg.unwrap_or(default_alg)),
+        KeysCommand::List => commands::list(&dir),
+        KeysCommand::Rotate { alg, force } => commands::rotate(&dir, alg.unwrap_or(default_alg), force),
+        KeysCommand::Prune => commands::prune(&dir),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("avemint: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::mint::{KeyError, KeyRing, Minter, Profiles};
+use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -110,7 +110,7 @@ impl Application {
             )
             .await?,
         );
-        let keys = Arc::new(KeyRing::load_or_generate(&settings.keys_dir)?);
+        let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing)?);
         let options = ClientOptions {
             token_budget_per_minute: settings.renewal.token_budget_per_minute,
             ..options
@@ -166,11 +166,13 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
+        let key_watch = tokio::spawn(self.state.minter.keys().clone().watch());
         let app = http::routes(self.state, self.mode == Mode::Demo);
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
             .await;
         background.abort();
+        key_watch.abort();
         result
     }
 }

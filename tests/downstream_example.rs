@@ -13,8 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use downstream::{Verifier, VerifyError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -35,32 +33,19 @@ fn kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).expect("header").kid.expect("kid")
 }
 
-/// The PKCS#8 PEM of the newest key in `dir`.
-fn newest_key_pem(dir: &Path) -> String {
-    let mut pems: Vec<_> = std::fs::read_dir(dir)
-        .expect("keys dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pem"))
-        .collect();
-    pems.sort();
-    std::fs::read_to_string(pems.last().expect("a key")).expect("pem")
+/// The PKCS#8 PEM of the key that signs (the manifest's `current` key in `dir`).
+fn current_key_pem(dir: &Path) -> String {
+    let manifest = avemint::mint::keys::KeyDir::new(dir).read_manifest().expect("manifest");
+    let current = manifest.current().expect("a current key");
+    std::fs::read_to_string(dir.join(&current.file)).expect("pem")
 }
 
-/// A new ES256 key written where avemint looks for keys, newer than any there.
-fn add_newer_key(dir: &Path) {
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).expect("key");
-    let created = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
-    let path = dir.join(format!("es256-{created}.pem"));
-    std::fs::write(
-        &path,
-        pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
-    )
-    .expect("write key");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
+/// Rotates the keys in `dir` as `avemint keys rotate --force` does: the next key signs, the old one is retired.
+fn rotate_keys(dir: &Path) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    avemint::mint::keys::KeyDir::new(dir)
+        .rotate(avemint::mint::keys::Algorithm::Es256, now, true)
+        .expect("rotate");
 }
 
 /// Signs `claims` with the app's own key (as avemint would), with a chosen `typ` and `kid`.
@@ -90,7 +75,7 @@ async fn the_example_verifies_real_app_jwts_and_refuses_the_rest() {
     ));
     let other_issuer = Verifier::new(&app.address, AUDIENCE);
     // Same keys, but a token claiming another issuer.
-    let pem = newest_key_pem(&app.keys_dir);
+    let pem = current_key_pem(&app.keys_dir);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let good = json!({"iss": app.address, "aud": AUDIENCE, "sub": "s", "iat": now, "exp": now + 60});
     let k = kid(&token);
@@ -182,8 +167,8 @@ async fn the_example_follows_a_key_rotation() {
     assert_eq!(verifier.jwks_fetches().await, 1);
     first.stop().await;
 
-    // avemint restarts with a new, newer key: it signs with it and still publishes the old one.
-    add_newer_key(keys.path());
+    // The keys rotate and avemint restarts: the former next key signs, the old one is still published.
+    rotate_keys(keys.path());
     let second = TestApp::spawn_with(Options {
         keys_dir: Some(keys.path().to_owned()),
         port: Some(port),
@@ -197,13 +182,17 @@ async fn the_example_follows_a_key_rotation() {
         .verify(&new_token)
         .await
         .expect("a token from the new key verifies");
-    assert_eq!(verifier.jwks_fetches().await, 2, "the unknown kid caused one re-fetch");
+    assert_eq!(
+        verifier.jwks_fetches().await,
+        1,
+        "the new key was already published as `next`: no re-fetch needed"
+    );
     verifier
         .verify(&old_token)
         .await
         .expect("tokens from the old key still verify");
     verifier.verify(&new_token).await.expect("verifies");
-    assert_eq!(verifier.jwks_fetches().await, 2);
+    assert_eq!(verifier.jwks_fetches().await, 1);
 }
 
 #[tokio::test]

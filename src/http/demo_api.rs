@@ -104,7 +104,8 @@ pub fn hello(req: &Request) -> Response {
         );
     };
     let url = state.public_url.as_str();
-    match bearer(req).and_then(|token| verify(token, state.minter.keys().jwks(), url, url)) {
+    let keys = state.minter.keys().current();
+    match bearer(req).and_then(|token| verify(token, keys.jwks(), url, url)) {
         Ok(claims) => {
             let who = claims
                 .get("name")

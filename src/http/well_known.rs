@@ -1,18 +1,33 @@
 //! `/.well-known/*`: what downstream APIs need to verify app JWTs.
+//!
+//! The JWKS is cacheable for exactly the rotation lead time (a next key is
+//! published that long before it signs), carries a strong `ETag` that changes
+//! with the key set, and answers `If-None-Match` with 304.
 
 use std::sync::Arc;
 
 use poem::web::Data;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{ApiTags, AppState};
+use crate::mint::keys::JWKS_CACHE_LIFETIME;
 
 /// The well-known endpoints.
 pub struct WellKnownApi;
 
-/// How long verifiers may cache the JWKS and discovery documents.
-pub const CACHE_CONTROL: &str = "public, max-age=300";
+/// How long verifiers may cache the JWKS and discovery documents: the rotation lead time.
+pub fn cache_control() -> String {
+    format!("public, max-age={}", JWKS_CACHE_LIFETIME.as_secs())
+}
+
+/// True when an `If-None-Match` value (a list of entity tags, or `*`) matches `etag`.
+/// Comparison is weak, as RFC 9110 requires for `If-None-Match`.
+pub fn none_match(header: &str, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    header.split(',').any(|t| t.trim() == "*" || opaque(t) == opaque(etag))
+}
 
 /// One public key (RFC 7517). Never carries a private member.
 #[derive(Object)]
@@ -69,7 +84,14 @@ pub struct Discovery {
 pub enum JwksResponse {
     /// The public keys.
     #[oai(status = 200)]
-    Ok(Json<JwkSet>, #[oai(header = "Cache-Control")] String),
+    Ok(
+        Json<JwkSet>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "ETag")] String,
+    ),
+    /// The verifier's cached copy (named by `If-None-Match`) is still current.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "Cache-Control")] String, #[oai(header = "ETag")] String),
 }
 
 /// Discovery response.
@@ -88,8 +110,19 @@ fn field(v: &serde_json::Value, name: &str) -> Option<String> {
 impl WellKnownApi {
     /// avemint's public signing keys (JWKS, RFC 7517).
     #[oai(path = "/jwks.json", method = "get")]
-    async fn jwks(&self, state: Data<&Arc<AppState>>) -> JwksResponse {
-        let keys = state.minter.keys().jwks()["keys"]
+    async fn jwks(
+        &self,
+        state: Data<&Arc<AppState>>,
+        /// The `ETag` of a cached copy; answered with 304 if the key set has not changed.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> JwksResponse {
+        let ring = state.minter.keys().current();
+        let etag = ring.etag().to_owned();
+        if if_none_match.0.as_deref().is_some_and(|h| none_match(h, &etag)) {
+            return JwksResponse::NotModified(cache_control(), etag);
+        }
+        let keys = ring.jwks()["keys"]
             .as_array()
             .map(|keys| {
                 keys.iter()
@@ -107,7 +140,7 @@ impl WellKnownApi {
                     .collect()
             })
             .unwrap_or_default();
-        JwksResponse::Ok(Json(JwkSet { keys }), CACHE_CONTROL.into())
+        JwksResponse::Ok(Json(JwkSet { keys }), cache_control(), etag)
     }
 
     /// OpenID-style discovery metadata for verifiers of app JWTs.
@@ -121,6 +154,7 @@ impl WellKnownApi {
                 id_token_signing_alg_values_supported: state
                     .minter
                     .keys()
+                    .current()
                     .algorithms()
                     .into_iter()
                     .map(str::to_owned)
@@ -128,7 +162,24 @@ impl WellKnownApi {
                 subject_types_supported: vec!["public".into()],
                 response_types_supported: vec!["code".into()],
             }),
-            CACHE_CONTROL.into(),
+            cache_control(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::none_match;
+
+    #[test]
+    fn if_none_match_lists_weak_tags_and_star() {
+        let etag = "\"abc\"";
+        assert!(none_match("\"abc\"", etag));
+        assert!(none_match("W/\"abc\"", etag));
+        assert!(none_match("\"x\", \"abc\"", etag));
+        assert!(none_match("*", etag));
+        assert!(!none_match("\"abcd\"", etag));
+        assert!(!none_match("abc", etag));
+        assert!(!none_match("", etag));
     }
 }

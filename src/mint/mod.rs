@@ -1,9 +1,10 @@
 //! Minting app JWTs: avemint's own short-lived tokens for downstream APIs.
 //!
-//! `KeyRing` holds the signing keys and the JWKS; `claims` renders configured
-//! claims; `profiles` says which tokens exist (audience, lifetime, claims,
-//! hook); `hook` asks an operator's service for extra claims; `Minter` puts
-//! registered, configured and hook claims together for a profile and signs.
+//! `keys` manages the signing keys (lifecycle on disk, the live `KeyRing` and
+//! its JWKS); `claims` renders configured claims; `profiles` says which tokens
+//! exist (audience, lifetime, claims, hook); `hook` asks an operator's service
+//! for extra claims; `Minter` puts registered, configured and hook claims
+//! together for a profile and signs with the current key.
 
 pub mod claims;
 pub mod hook;
@@ -18,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::secret::random_bytes;
 use hook::{FailurePolicy, HookError};
-pub use keys::{KeyError, KeyRing};
+pub use keys::{KeyError, KeyRing, Keys};
 pub use profiles::{Profile, Profiles};
 
 /// The identity a token is minted for: what a session knows about its user.
@@ -55,7 +56,7 @@ pub enum MintError {
 /// Signs app JWTs for a profile: registered claims, the profile's claim map
 /// and its hook's claims.
 pub struct Minter {
-    keys: Arc<KeyRing>,
+    keys: Arc<Keys>,
     issuer: String,
     client_id: String,
     profiles: Profiles,
@@ -64,13 +65,7 @@ pub struct Minter {
 
 impl Minter {
     /// Builds a minter.
-    pub fn new(
-        keys: Arc<KeyRing>,
-        issuer: String,
-        client_id: String,
-        profiles: Profiles,
-        max_token_bytes: usize,
-    ) -> Self {
+    pub fn new(keys: Arc<Keys>, issuer: String, client_id: String, profiles: Profiles, max_token_bytes: usize) -> Self {
         Self {
             keys,
             issuer,
@@ -80,8 +75,8 @@ impl Minter {
         }
     }
 
-    /// The key ring (for the JWKS endpoint).
-    pub fn keys(&self) -> &Arc<KeyRing> {
+    /// The live keys (for the JWKS endpoint and the reload watcher).
+    pub fn keys(&self) -> &Arc<Keys> {
         &self.keys
     }
 
@@ -124,7 +119,7 @@ impl Minter {
         claims.insert("sid".into(), Value::from(subject.sid));
         claims.insert("client_id".into(), Value::from(self.client_id.as_str()));
         let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Generation)?;
-        let token = self.keys.signing_key().sign(&payload)?;
+        let token = self.keys.current().signing_key().sign(&payload)?;
         if token.len() > self.max_token_bytes {
             return Err(MintError::TooLarge {
                 profile: profile.name.clone(),

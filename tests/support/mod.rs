@@ -54,6 +54,8 @@ pub struct Options {
     pub keys_dir: Option<PathBuf>,
     /// Listen on this loopback port instead of a random one (restarting "the same" avemint).
     pub port: Option<u16>,
+    /// Key algorithm and rotation (default: ES256, no automatic rotation).
+    pub signing: Option<avemint::mint::keys::KeyPolicy>,
 }
 
 impl TestApp {
@@ -92,6 +94,7 @@ impl TestApp {
                 .unwrap_or_else(|| DatabaseUrl::Sqlite(format!("sqlite://{}", db_path.display()))),
             session_keys: SessionKeys::from_keys(vec![[42; 32]]),
             keys_dir: keys_dir.clone(),
+            signing: opts.signing.unwrap_or_default(),
             token: TokenSettings {
                 ttl: Duration::from_secs(opts.token_ttl.unwrap_or(300)),
                 audience: "https://api.example.com".into(),
@@ -238,16 +241,40 @@ impl TestApp {
 
 /// Verifies with `jsonwebtoken` against a JWKS document: ES256 pinned, `iss`, `aud`, `exp` checked.
 pub fn verify_with(jwks: &Value, token: &str, audience: &str, issuer: &str) -> jsonwebtoken::TokenData<Value> {
+    verify_with_alg(jwks, token, audience, issuer, jsonwebtoken::Algorithm::ES256)
+}
+
+/// Like `verify_with`, pinning `alg` instead of ES256.
+pub fn verify_with_alg(
+    jwks: &Value,
+    token: &str,
+    audience: &str,
+    issuer: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> jsonwebtoken::TokenData<Value> {
+    try_verify(jwks, token, audience, issuer, alg).expect("app JWT verifies")
+}
+
+/// Verification that reports failure instead of panicking (an unknown `kid` is `InvalidKeyFormat`).
+pub fn try_verify(
+    jwks: &Value,
+    token: &str,
+    audience: &str,
+    issuer: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> Result<jsonwebtoken::TokenData<Value>, jsonwebtoken::errors::Error> {
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).expect("jwks parses");
     let header = jsonwebtoken::decode_header(token).expect("header");
     let kid = header.kid.expect("kid");
-    let jwk = set.find(&kid).expect("kid is published");
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    let Some(jwk) = set.find(&kid) else {
+        return Err(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into());
+    };
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk)?;
+    let mut v = jsonwebtoken::Validation::new(alg);
     v.set_audience(&[audience]);
     v.set_issuer(&[issuer]);
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    jsonwebtoken::decode::<Value>(token, &key, &v).expect("app JWT verifies")
+    jsonwebtoken::decode::<Value>(token, &key, &v)
 }
 
 /// Loads token settings from config-file TOML through `Settings::load`, with the

@@ -1,0 +1,104 @@
+//! Mint rate per signing algorithm: `Minter::mint` (claims, `jti`, signature)
+//! and the bare signature, with keys parsed once as the service holds them.
+//!
+//! Run: `cargo bench --bench signing`; smoke mode (CI): `cargo bench --bench signing -- --test`.
+//! The profile has no claims hook, so `mint` completes on its first poll.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use avemint::config::{DEFAULT_MAX_TOKEN_BYTES, TokenSettings};
+use avemint::mint::claims::ClaimTemplate;
+use avemint::mint::keys::{Algorithm, KeyPolicy, Keys};
+use avemint::mint::{Minter, Profiles, Subject};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
+use serde_json::{Map, Value, json};
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn signing(c: &mut Criterion) {
+    let id_token = object(json!({
+        "sub": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "email": "ada@example.com",
+        "name": "Ada Lovelace",
+    }));
+    let user = object(json!({"handle": "ada"}));
+    let claims = ClaimTemplate::parse_json(r#"{"email":"{id_token.email}","handle":"{user.handle}","tier":"gold"}"#)
+        .expect("claims");
+    let mut mint = c.benchmark_group("mint");
+    mint.throughput(Throughput::Elements(1));
+    mint.measurement_time(Duration::from_secs(3));
+    let mut dirs = Vec::new();
+    let mut minters = Vec::new();
+    for alg in Algorithm::ALL {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(
+            Keys::open(
+                dir.path(),
+                KeyPolicy {
+                    algorithm: alg,
+                    rotation: None,
+                },
+            )
+            .expect("keys"),
+        );
+        dirs.push(dir);
+        let profiles = Profiles::build(&TokenSettings {
+            ttl: Duration::from_secs(300),
+            audience: "https://api.example.com".into(),
+            claims: claims.clone(),
+            profiles: Vec::new(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        })
+        .expect("profiles");
+        let minter = Minter::new(
+            keys,
+            "https://app.example.com".into(),
+            "app_0123".into(),
+            profiles,
+            DEFAULT_MAX_TOKEN_BYTES,
+        );
+        let subject = Subject {
+            sub: "0f8fad5b-d9cb-469f-a165-70867728950e",
+            sid: "sid_abc",
+            id_token: &id_token,
+            user: Some(&user),
+        };
+        let profile = minter.profiles().default_profile();
+        mint.bench_function(alg.jws(), |b| {
+            b.iter(|| {
+                let minted = minter
+                    .mint(profile, black_box(&subject), 1_800_000_000)
+                    .now_or_never()
+                    .expect("no hook: ready at once")
+                    .expect("mint");
+                black_box(minted)
+            })
+        });
+        minters.push((alg, minter));
+    }
+    mint.finish();
+
+    let payload = br#"{"iss":"https://app.example.com","sub":"0f8fad5b-d9cb-469f-a165-70867728950e","aud":"https://api.example.com","iat":1800000000,"exp":1800000300}"#;
+    let mut sign = c.benchmark_group("sign");
+    sign.throughput(Throughput::Elements(1));
+    sign.measurement_time(Duration::from_secs(3));
+    for (alg, minter) in &minters {
+        let ring = minter.keys().current();
+        let key = ring.signing_key();
+        sign.bench_function(alg.jws(), |b| {
+            b.iter(|| black_box(key.sign(black_box(payload)).expect("sign")))
+        });
+    }
+    sign.finish();
+}
+
+criterion_group!(benches, signing);
+criterion_main!(benches);

@@ -1,0 +1,144 @@
+//! File-system primitives for the keys directory: private files created 0600,
+//! atomic replacement (temp file + fsync + rename), the permission check that
+//! refuses group/world-readable keys, and the advisory lock that serialises
+//! writers (CLI commands and instances rotating automatically) sharing one directory.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::KeyError;
+
+/// The lock file serialising writers of one keys directory.
+pub const LOCK_FILE: &str = ".lock";
+
+pub fn io_error(path: &Path, e: &std::io::Error) -> KeyError {
+    KeyError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Creates `dir` (mode 0700) if it does not exist.
+pub fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+        set_mode(dir, 0o700).map_err(|e| io_error(dir, &e))?;
+    }
+    Ok(())
+}
+
+/// Writes a new private file (mode 0600); fails if it exists.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let mut f = open_private(path, true).map_err(|e| io_error(path, &e))?;
+    f.write_all(bytes).map_err(|e| io_error(path, &e))?;
+    f.sync_all().map_err(|e| io_error(path, &e))
+}
+
+/// Replaces `dir/name` atomically with `bytes` (mode 0600).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
+    let suffix = crate::secret::random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let tmp = dir.join(format!(".{name}.{}.{suffix}.tmp", std::process::id()));
+    let target = dir.join(name);
+    let result = write_private(&tmp, bytes).and_then(|()| {
+        std::fs::rename(&tmp, &target).map_err(|e| io_error(&target, &e))?;
+        sync_dir(dir)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if create_new {
+        opts.create_new(true);
+    } else {
+        opts.create(true).truncate(false);
+    }
+    opts.open(path)
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if create_new {
+        opts.create_new(true);
+    } else {
+        opts.create(true).truncate(false);
+    }
+    opts.open(path)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), KeyError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, &e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_: &Path) -> Result<(), KeyError> {
+    Ok(())
+}
+
+#[cfg(unix)]
+pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+pub fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Refuses a private key file readable (or writable) by group or others.
+#[cfg(unix)]
+pub fn check_private(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| io_error(path, &e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn check_private(_: &Path) -> Result<(), KeyError> {
+    Ok(())
+}
+
+/// An exclusive advisory lock on `dir/.lock`, released on drop.
+pub struct DirLock {
+    file: std::fs::File,
+}
+
+impl DirLock {
+    /// Blocks until this process holds the directory's write lock.
+    pub fn acquire(dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(LOCK_FILE);
+        let file = open_private(&path, false).map_err(|e| io_error(&path, &e))?;
+        file.lock().map_err(|e| io_error(&path, &e))?;
+        Ok(Self { file })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}

@@ -1,0 +1,213 @@
+//! `Keys`: the live key ring of a running instance, swapped atomically.
+//!
+//! Requests take an `Arc<KeyRing>` snapshot (a read lock held for one pointer
+//! copy), so a reload never blocks or fails a request: a new ring is built off
+//! to the side and swapped in only if it loads completely; otherwise the old one
+//! stays and the problem is logged. The watcher re-reads the directory when the
+//! manifest changes (polled once a second: it works on shared volumes and
+//! mounted secrets, where change notifications do not), immediately on SIGHUP,
+//! and runs automatic rotation when configured.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::manifest::MANIFEST_FILE;
+use super::rotation::{KeyDir, KeyPolicy, pem_files, unix_now};
+use super::{KeyError, KeyRing};
+
+/// How often the manifest is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often automatic rotation checks whether a rotation or prune is due.
+pub const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the directory looked like at the last load: the manifest's bytes, or
+/// (without a manifest) the key files' names, sizes and modification times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fingerprint {
+    Manifest(Vec<u8>),
+    Files(Vec<(PathBuf, u64, Option<SystemTime>)>),
+}
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    match std::fs::read(dir.join(MANIFEST_FILE)) {
+        Ok(bytes) => Fingerprint::Manifest(bytes),
+        Err(_) => Fingerprint::Files(
+            pem_files(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let meta = std::fs::metadata(&p).ok();
+                    let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+                    let modified = meta.and_then(|m| m.modified().ok());
+                    (p, len, modified)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The live keys of one instance.
+pub struct Keys {
+    dir: KeyDir,
+    policy: KeyPolicy,
+    ring: RwLock<Arc<KeyRing>>,
+    seen: Mutex<Fingerprint>,
+}
+
+impl Keys {
+    /// Prepares the directory (a current and a next key, generated with the
+    /// policy's algorithm; legacy files migrated) and loads it. A read-only
+    /// directory (a mounted secret) is used as it is, if it holds a current key.
+    pub fn open(dir: &Path, policy: KeyPolicy) -> Result<Self, KeyError> {
+        let key_dir = KeyDir::new(dir);
+        if dir.exists() {
+            // Refuse exposed keys before anything else touches them.
+            super::rotation::check_all_private(dir)?;
+        }
+        if let Err(e) = key_dir.ensure(policy.algorithm, unix_now()) {
+            match KeyRing::load(dir) {
+                Ok(_) if matches!(e, KeyError::Io { .. }) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "keys directory is not writable; using its keys as they are");
+                }
+                _ => return Err(e),
+            }
+        }
+        Self::from_ring(key_dir, policy, KeyRing::load(dir)?)
+    }
+
+    fn from_ring(dir: KeyDir, policy: KeyPolicy, ring: KeyRing) -> Result<Self, KeyError> {
+        let seen = fingerprint(dir.path());
+        Ok(Self {
+            dir,
+            policy,
+            ring: RwLock::new(Arc::new(ring)),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<KeyRing> {
+        self.ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The keys directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Re-reads the directory and swaps the new ring in. Returns true if the key set changed.
+    /// On failure the previous ring stays in place.
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        // Recorded before loading: if the load fails, the next change is noticed
+        // (and a directory that stays broken is reported once, not every second).
+        *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint(self.dir.path());
+        let ring = KeyRing::load(self.dir.path())?;
+        let mut slot = self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = slot.etag() != ring.etag() || slot.signing_key().kid() != ring.signing_key().kid();
+        if changed {
+            tracing::info!(
+                current = ring.signing_key().kid(),
+                published = ring.keys().len(),
+                "signing keys reloaded"
+            );
+        }
+        *slot = Arc::new(ring);
+        Ok(changed)
+    }
+
+    /// Reloads if the directory changed since the last load.
+    pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
+        let now = fingerprint(self.dir.path());
+        if *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == now {
+            return Ok(false);
+        }
+        self.reload()
+    }
+
+    /// Runs automatic rotation if configured, then reloads.
+    fn maintain(&self) -> Result<(), KeyError> {
+        self.dir.maintain(&self.policy, unix_now())?;
+        self.reload_if_changed().map(|_| ())
+    }
+
+    /// The watcher: polls for changes, reloads on SIGHUP, rotates when due.
+    /// The SIGHUP handler is installed before this returns, so a signal sent
+    /// once the service answers requests is never the default "terminate".
+    pub fn watch(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        #[cfg(unix)]
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; keys reload on change only");
+                None
+            }
+        };
+        async move {
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
+            maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                #[cfg(unix)]
+                let hup = async {
+                    match hangup.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup = std::future::pending::<Option<()>>();
+                let job: fn(&Keys) -> Result<(), KeyError> = tokio::select! {
+                    _ = poll.tick() => |k| k.reload_if_changed().map(|_| ()),
+                    _ = maintain.tick() => Keys::maintain,
+                    _ = hup => {
+                        tracing::info!("SIGHUP: reloading signing keys");
+                        |k| k.reload().map(|_| ())
+                    }
+                };
+                let keys = self.clone();
+                match tokio::task::spawn_blocking(move || job(&keys)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "signing keys not reloaded; the previous keys stay in use")
+                    }
+                    Err(e) => tracing::error!(error = %e, "key reload task failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::keys::Algorithm;
+
+    #[test]
+    fn reload_swaps_on_change_and_keeps_the_old_ring_on_failure() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let keys = Keys::open(tmp.path(), KeyPolicy::default()).expect("open");
+        let before = keys.current();
+        assert!(!keys.reload_if_changed().expect("no change"));
+        KeyDir::new(tmp.path())
+            .rotate(Algorithm::EdDsa, unix_now(), true)
+            .expect("rotate");
+        assert!(keys.reload_if_changed().expect("changed"));
+        let after = keys.current();
+        assert_ne!(before.etag(), after.etag());
+        assert_eq!(after.signing_key().kid(), before.kids()[1], "the next key now signs");
+        assert!(
+            after.kids().contains(&before.kids()[0]),
+            "the retired key is still published"
+        );
+        // A broken directory leaves the ring as it was.
+        std::fs::write(tmp.path().join(MANIFEST_FILE), b"{not json").expect("write");
+        assert!(keys.reload_if_changed().is_err());
+        assert_eq!(keys.current().etag(), after.etag());
+        assert!(!keys.reload_if_changed().expect("reported once"));
+    }
+}
