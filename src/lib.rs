@@ -8,6 +8,7 @@ pub mod ave;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod metrics;
 pub mod mint;
 pub mod secret;
 pub mod session;

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::budget::TokenBudget;
 use crate::config::Issuer;
+use crate::metrics::{self, AveCall, AveFailure};
 use crate::secret::Secret;
 
 /// How long discovery and JWKS documents are trusted before a re-fetch.
@@ -95,6 +96,18 @@ pub enum AveError {
 }
 
 impl AveError {
+    /// The metrics label of this failure.
+    pub fn failure(&self) -> AveFailure {
+        match self {
+            AveError::OAuth { .. } => AveFailure::Rejected,
+            AveError::RateLimited { .. } => AveFailure::RateLimited,
+            AveError::Server { .. } => AveFailure::Server,
+            AveError::Transport(_) => AveFailure::Transport,
+            AveError::LostResponse(_) => AveFailure::LostResponse,
+            AveError::Malformed(_) | AveError::IssuerMismatch { .. } => AveFailure::Malformed,
+        }
+    }
+
     /// True for failures worth retrying later (the request may not have reached Ave).
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -275,7 +288,7 @@ impl AveClient {
     }
 
     async fn fetch_metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
-        let body = self.get_json(&self.issuer.discovery_url()).await?;
+        let body = self.get_json(&self.issuer.discovery_url(), AveCall::Discovery).await?;
         let meta: ProviderMetadata = serde_json::from_slice(&body)
             .map_err(|_| AveError::Malformed("discovery document lacks required fields".into()))?;
         if meta.issuer != self.issuer.as_str() {
@@ -323,11 +336,18 @@ impl AveClient {
 
     async fn fetch_jwks(&self) -> Result<Arc<KeySet>, AveError> {
         let meta = self.metadata().await?;
-        let body = self.get_json(&meta.jwks_uri).await?;
+        let body = self.get_json(&meta.jwks_uri, AveCall::Jwks).await?;
         KeySet::parse(&body).map(Arc::new)
     }
 
-    async fn get_json(&self, url: &str) -> Result<Vec<u8>, AveError> {
+    async fn get_json(&self, url: &str, call: AveCall) -> Result<Vec<u8>, AveError> {
+        let started = Instant::now();
+        let result = self.get_json_timed(url).await;
+        metrics::ave_call(call, started.elapsed(), result.as_ref().err().map(AveError::failure));
+        result
+    }
+
+    async fn get_json_timed(&self, url: &str) -> Result<Vec<u8>, AveError> {
         let resp = self
             .http
             .get(url)
@@ -363,7 +383,7 @@ impl AveClient {
             code_verifier: Some(code_verifier),
             refresh_token: None,
         };
-        self.token_request(&body, "authorization_code", self.options.request_timeout)
+        self.token_request(&body, AveCall::CodeExchange, self.options.request_timeout)
             .await
     }
 
@@ -379,16 +399,17 @@ impl AveClient {
             code_verifier: None,
             refresh_token: Some(refresh_token),
         };
-        self.token_request(&body, "refresh_token", self.options.refresh_timeout)
+        self.token_request(&body, AveCall::Refresh, self.options.refresh_timeout)
             .await
     }
 
     async fn token_request(
         &self,
         body: &TokenRequest<'_>,
-        grant: &'static str,
+        call: AveCall,
         timeout: Duration,
     ) -> Result<TokenResponse, AveError> {
+        let grant = call.grant_type();
         let meta = self.metadata().await?;
         if let Err(wait) = self.budget.acquire().await {
             tracing::warn!(
@@ -401,6 +422,19 @@ impl AveClient {
             });
         }
         let started = Instant::now();
+        let result = self.token_request_timed(&meta, body, grant, timeout, started).await;
+        metrics::ave_call(call, started.elapsed(), result.as_ref().err().map(AveError::failure));
+        result
+    }
+
+    async fn token_request_timed(
+        &self,
+        meta: &ProviderMetadata,
+        body: &TokenRequest<'_>,
+        grant: &'static str,
+        timeout: Duration,
+        started: Instant,
+    ) -> Result<TokenResponse, AveError> {
         let resp = self
             .http
             .post(&meta.token_endpoint)

@@ -84,6 +84,7 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let docs = api.swagger_ui();
     let route = Route::new()
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(metrics_endpoint))
         .nest("/docs", docs)
         .nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
@@ -100,11 +101,20 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
         .around(|ep, req| async move { Ok(respond(ep, req).await) })
 }
 
+/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document).
+#[poem::handler]
+fn metrics_endpoint() -> Response {
+    Response::builder()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::render())
+}
+
 /// Adds security headers and logs one line per request (path only: queries carry codes).
 async fn respond<E: Endpoint>(ep: Arc<E>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = crate::metrics::RouteLabel::of(&path);
     let mut resp = match ep.call(req).await {
         Ok(r) => r.into_response(),
         Err(e) => errors::catch_all(e).await,
@@ -126,6 +136,8 @@ async fn respond<E: Endpoint>(ep: Arc<E>, req: Request) -> Response {
         );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
-    tracing::info!(%method, path = %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    let elapsed = started.elapsed();
+    crate::metrics::record_request(route, resp.status().as_u16(), elapsed);
+    tracing::info!(%method, path = %path, status = resp.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
     resp
 }

@@ -1,0 +1,387 @@
+//! Prometheus metrics: where time goes, served as text on `GET /metrics`.
+//!
+//! One process-wide registry, built on first use. Every labelled child that a
+//! request touches (route × status class, route latency, Ave call kind) is
+//! created once up front and picked by index, so recording costs a few atomic
+//! adds and no allocation. Routes are labelled by their template from a fixed
+//! table; any other path counts as `unmatched`, so raw paths never become
+//! label values.
+//!
+//! Recording functions the rest of avemint calls: [`record_request`],
+//! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
+//! [`lock_wait`]. None of them ever sees a token, cookie or secret.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Latency buckets in seconds, from 50 µs (a cached token mint) to 10 s (Ave's timeout).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Lock waits are short or a problem: 1 µs to 1 s.
+const LOCK_BUCKETS: &[f64] = &[
+    0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0,
+];
+
+/// The route templates avemint serves; the label of any request is one of these or `unmatched`.
+const ROUTES: &[&str] = &[
+    "/auth/login",
+    "/auth/callback",
+    "/auth/token",
+    "/auth/session",
+    "/auth/logout",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/",
+];
+const UNMATCHED: usize = ROUTES.len();
+const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A route label, resolved once per request from the path without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLabel(usize);
+
+impl RouteLabel {
+    /// Maps a request path to its route template (`/docs/…` is `/docs`; unknown paths are `unmatched`).
+    pub fn of(path: &str) -> Self {
+        if let Some(i) = ROUTES.iter().position(|r| *r == path) {
+            return Self(i);
+        }
+        if path.starts_with("/docs/") {
+            return Self(ROUTES.iter().position(|r| *r == "/docs").unwrap_or(UNMATCHED));
+        }
+        Self(UNMATCHED)
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        ROUTES.get(self.0).copied().unwrap_or("unmatched")
+    }
+}
+
+/// The kinds of call avemint makes to Ave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AveCall {
+    /// `GET /.well-known/openid-configuration`.
+    Discovery,
+    /// `GET` of Ave's JWKS.
+    Jwks,
+    /// Token endpoint, `authorization_code` grant.
+    CodeExchange,
+    /// Token endpoint, `refresh_token` grant.
+    Refresh,
+}
+
+impl AveCall {
+    const ALL: [AveCall; 4] = [AveCall::Discovery, AveCall::Jwks, AveCall::CodeExchange, AveCall::Refresh];
+
+    /// The OAuth `grant_type` of a token-endpoint call (`""` for GETs).
+    pub fn grant_type(self) -> &'static str {
+        match self {
+            AveCall::CodeExchange => "authorization_code",
+            AveCall::Refresh => "refresh_token",
+            AveCall::Discovery | AveCall::Jwks => "",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AveCall::Discovery => "discovery",
+            AveCall::Jwks => "jwks",
+            AveCall::CodeExchange => "authorization_code",
+            AveCall::Refresh => "refresh_token",
+        }
+    }
+}
+
+/// How an Ave call failed, as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AveFailure {
+    /// Timeout, refused connection, TLS, unreadable body.
+    Transport,
+    /// The request may have reached Ave but its answer was lost.
+    LostResponse,
+    /// HTTP 429.
+    RateLimited,
+    /// HTTP 5xx.
+    Server,
+    /// An OAuth error answer (`invalid_grant`, …).
+    Rejected,
+    /// An answer that does not follow the protocol.
+    Malformed,
+}
+
+impl AveFailure {
+    const ALL: [AveFailure; 6] = [
+        AveFailure::Transport,
+        AveFailure::LostResponse,
+        AveFailure::RateLimited,
+        AveFailure::Server,
+        AveFailure::Rejected,
+        AveFailure::Malformed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AveFailure::Transport => "transport",
+            AveFailure::LostResponse => "lost_response",
+            AveFailure::RateLimited => "rate_limited",
+            AveFailure::Server => "server",
+            AveFailure::Rejected => "rejected",
+            AveFailure::Malformed => "malformed",
+        }
+    }
+}
+
+/// Every metric avemint exports.
+struct Metrics {
+    registry: Registry,
+    /// `[route][status class]`.
+    requests: Vec<[IntCounter; 5]>,
+    /// `[route]`.
+    request_seconds: Vec<Histogram>,
+    /// `[AveCall]`.
+    ave_seconds: Vec<Histogram>,
+    /// `[AveCall][AveFailure]`.
+    ave_errors: Vec<Vec<IntCounter>>,
+    refresh_outcomes: IntCounterVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    lock_wait_seconds: HistogramVec,
+}
+
+/// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests_vec = IntCounterVec::new(
+        Opts::new("avemint_http_requests_total", "HTTP requests by route template and status class"),
+        &["route", "status"],
+    )?;
+    let seconds_vec = HistogramVec::new(
+        HistogramOpts::new("avemint_http_request_duration_seconds", "HTTP request latency by route template")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["route"],
+    )?;
+    let ave_seconds_vec = HistogramVec::new(
+        HistogramOpts::new("avemint_ave_request_duration_seconds", "Latency of calls to Ave by kind")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["call"],
+    )?;
+    let ave_errors_vec = IntCounterVec::new(
+        Opts::new("avemint_ave_request_errors_total", "Failed calls to Ave by kind and failure"),
+        &["call", "failure"],
+    )?;
+    let refresh_outcomes = IntCounterVec::new(
+        Opts::new("avemint_session_refresh_total", "Renewals of Ave tokens by outcome"),
+        &["outcome"],
+    )?;
+    let cache_hits = IntCounter::new("avemint_session_cache_hits_total", "Session lookups served from memory")?;
+    let cache_misses = IntCounter::new(
+        "avemint_session_cache_misses_total",
+        "Session lookups that went to the store",
+    )?;
+    let lock_wait_seconds = HistogramVec::new(
+        HistogramOpts::new("avemint_lock_wait_seconds", "Time spent waiting for a lock, by lock")
+            .buckets(LOCK_BUCKETS.to_vec()),
+        &["lock"],
+    )?;
+    registry.register(Box::new(requests_vec.clone()))?;
+    registry.register(Box::new(seconds_vec.clone()))?;
+    registry.register(Box::new(ave_seconds_vec.clone()))?;
+    registry.register(Box::new(ave_errors_vec.clone()))?;
+    registry.register(Box::new(refresh_outcomes.clone()))?;
+    registry.register(Box::new(cache_hits.clone()))?;
+    registry.register(Box::new(cache_misses.clone()))?;
+    registry.register(Box::new(lock_wait_seconds.clone()))?;
+
+    let routes = (0..=UNMATCHED).map(|i| RouteLabel(i).as_str());
+    let mut requests = Vec::with_capacity(UNMATCHED + 1);
+    let mut request_seconds = Vec::with_capacity(UNMATCHED + 1);
+    for route in routes {
+        let mut row = Vec::with_capacity(STATUS_CLASSES.len());
+        for class in STATUS_CLASSES {
+            row.push(requests_vec.get_metric_with_label_values(&[route, class])?);
+        }
+        let row: [IntCounter; 5] = row
+            .try_into()
+            .map_err(|_| prometheus::Error::Msg("five status classes".into()))?;
+        requests.push(row);
+        request_seconds.push(seconds_vec.get_metric_with_label_values(&[route])?);
+    }
+    let mut ave_seconds = Vec::with_capacity(AveCall::ALL.len());
+    let mut ave_errors = Vec::with_capacity(AveCall::ALL.len());
+    for call in AveCall::ALL {
+        ave_seconds.push(ave_seconds_vec.get_metric_with_label_values(&[call.label()])?);
+        let mut row = Vec::with_capacity(AveFailure::ALL.len());
+        for failure in AveFailure::ALL {
+            row.push(ave_errors_vec.get_metric_with_label_values(&[call.label(), failure.label()])?);
+        }
+        ave_errors.push(row);
+    }
+    Ok(Metrics {
+        registry,
+        requests,
+        request_seconds,
+        ave_seconds,
+        ave_errors,
+        refresh_outcomes,
+        cache_hits,
+        cache_misses,
+        lock_wait_seconds,
+    })
+}
+
+static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+
+fn metrics() -> Option<&'static Metrics> {
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics could not be registered; /metrics will be empty");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Builds the registry now rather than on the first request.
+pub fn init() {
+    let _ = metrics();
+}
+
+/// Records one finished HTTP request.
+pub fn record_request(route: RouteLabel, status: u16, elapsed: Duration) {
+    let Some(m) = metrics() else { return };
+    let class = usize::from(status / 100).clamp(1, 5) - 1;
+    if let Some(row) = m.requests.get(route.0) {
+        row[class].inc();
+    }
+    if let Some(h) = m.request_seconds.get(route.0) {
+        h.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Records one call to Ave: its latency, and its failure if it failed.
+pub fn ave_call(call: AveCall, elapsed: Duration, failure: Option<AveFailure>) {
+    let Some(m) = metrics() else { return };
+    let i = call as usize;
+    if let Some(h) = m.ave_seconds.get(i) {
+        h.observe(elapsed.as_secs_f64());
+    }
+    if let Some(c) = failure.and_then(|f| m.ave_errors.get(i)?.get(f as usize)) {
+        c.inc();
+    }
+}
+
+/// Counts one renewal of a session's Ave tokens by outcome, e.g. `renewed`,
+/// `rejected`, `unavailable`, `lost_race`. Pass a fixed, short snake_case word:
+/// anything else is counted as `other`, so label cardinality stays bounded.
+pub fn refresh_outcome(outcome: &str) {
+    let Some(m) = metrics() else { return };
+    let valid = !outcome.is_empty()
+        && outcome.len() <= 32
+        && outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let label = if valid { outcome } else { "other" };
+    if let Ok(c) = m.refresh_outcomes.get_metric_with_label_values(&[label]) {
+        c.inc();
+    }
+}
+
+/// A session lookup answered from the in-process cache.
+pub fn cache_hit() {
+    if let Some(m) = metrics() {
+        m.cache_hits.inc();
+    }
+}
+
+/// A session lookup that had to go to the store.
+pub fn cache_miss() {
+    if let Some(m) = metrics() {
+        m.cache_misses.inc();
+    }
+}
+
+/// Records how long a task waited for the lock named `lock` (a fixed name such as `session_refresh`).
+pub fn lock_wait(lock: &'static str, waited: Duration) {
+    let Some(m) = metrics() else { return };
+    if let Ok(h) = m.lock_wait_seconds.get_metric_with_label_values(&[lock]) {
+        h.observe(waited.as_secs_f64());
+    }
+}
+
+/// Renders every metric in the Prometheus text format, plus the derived
+/// `avemint_session_cache_hit_ratio` gauge.
+pub fn render() -> String {
+    let Some(m) = metrics() else { return String::new() };
+    let mut out = Vec::with_capacity(16 * 1024);
+    if TextEncoder::new().encode(&m.registry.gather(), &mut out).is_err() {
+        return String::new();
+    }
+    let mut text = String::from_utf8(out).unwrap_or_default();
+    let (hits, misses) = (m.cache_hits.get(), m.cache_misses.get());
+    let ratio = if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    };
+    text.push_str(
+        "# HELP avemint_session_cache_hit_ratio Share of session lookups served from memory since start\n\
+         # TYPE avemint_session_cache_hit_ratio gauge\n",
+    );
+    text.push_str(&format!("avemint_session_cache_hit_ratio {ratio}\n"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_builds_and_routes_map_to_templates() {
+        assert!(build().is_ok());
+        assert_eq!(RouteLabel::of("/auth/token").as_str(), "/auth/token");
+        assert_eq!(RouteLabel::of("/docs/index.js").as_str(), "/docs");
+        assert_eq!(RouteLabel::of("/auth/token/x").as_str(), "unmatched");
+        assert_eq!(RouteLabel::of("/secret-looking-path").as_str(), "unmatched");
+    }
+
+    #[test]
+    fn recordings_show_up_in_the_text_format() {
+        record_request(RouteLabel::of("/healthz"), 200, Duration::from_micros(80));
+        record_request(RouteLabel::of("/nope"), 404, Duration::from_micros(80));
+        ave_call(AveCall::Refresh, Duration::from_millis(3), Some(AveFailure::Rejected));
+        refresh_outcome("renewed");
+        refresh_outcome("Not A Label {}");
+        cache_hit();
+        cache_miss();
+        lock_wait("session_refresh", Duration::from_micros(5));
+        let text = render();
+        for needle in [
+            r#"avemint_http_requests_total{route="/healthz",status="2xx"}"#,
+            r#"avemint_http_requests_total{route="unmatched",status="4xx"}"#,
+            r#"avemint_http_request_duration_seconds_bucket{route="/healthz",le="0.0001"}"#,
+            r#"avemint_ave_request_errors_total{call="refresh_token",failure="rejected"}"#,
+            r#"avemint_session_refresh_total{outcome="renewed"}"#,
+            r#"avemint_session_refresh_total{outcome="other"}"#,
+            "avemint_session_cache_hits_total",
+            "avemint_session_cache_hit_ratio ",
+            r#"avemint_lock_wait_seconds_count{lock="session_refresh"}"#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}
