@@ -1,0 +1,13 @@
+-- wrk script for bench/load.sh: POST /auth/token with X-CSRF and a session
+-- cookie, rotating through the cookie values in the file named by $COOKIES.
+local cookies = {}
+for line in io.lines(os.getenv("COOKIES")) do
+  if #line > 0 then cookies[#cookies + 1] = "__Host-avemint=" .. line end
+end
+if #cookies == 0 then error("no cookies in " .. os.getenv("COOKIES")) end
+
+local i = 0
+request = function()
+  i = i % #cookies + 1
+  return wrk.format("POST", nil, { ["X-CSRF"] = "1", ["Cookie"] = cookies[i] }, "")
+end

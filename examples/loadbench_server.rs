@@ -1,0 +1,332 @@
+//! The server side of `bench/load.sh` (not part of the test suite).
+//!
+//! - `serve`: starts the Ave emulator and avemint in this process (the same
+//!   `Application::with_listener` path the tests use), waits until `/readyz`
+//!   answers, signs in `--sessions` browsers over HTTP, writes their session
+//!   cookie values to `--cookies` (one per line), prints `url=…` and
+//!   `ready_ms=…`, and serves until SIGTERM / Ctrl-C.
+//! - `populate`: stores `--count` sessions directly through
+//!   `avemint::session::Sessions` into an SQLite file and writes their cookies.
+//! - `lookup`: times `Sessions::load` for distinct stored sessions (each one a
+//!   store read, AEAD open and decode: what a session-cache miss costs) and
+//!   prints p50/p99.
+//!
+//! Cookie values written here belong to throw-away benchmark sessions.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use avemint::ave::ClientOptions;
+use avemint::ave::emulator::{Emulator, EmulatorConfig};
+use avemint::config::{
+    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
+};
+use avemint::mint::claims::ClaimTemplate;
+use avemint::secret::{Secret, random_bytes};
+use avemint::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions};
+use avemint::startup::{Application, Mode, shutdown_signal};
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+/// Session key shared by every mode, so `serve` can open what `populate` stored.
+const SESSION_KEY: [u8; 32] = [42; 32];
+/// Custom claims rendered into every benchmark token.
+const CLAIMS: &str = r#"{"roles":["reader"],"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}"}"#;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Emulator + avemint, N signed-in sessions, serve until SIGTERM.
+    Serve {
+        /// Sessions to sign in over HTTP.
+        #[arg(long, default_value_t = 64)]
+        sessions: usize,
+        /// Where to write the session cookie values (appended after `--db`'s own, if any).
+        #[arg(long)]
+        cookies: Option<PathBuf>,
+        /// SQLite file (default: a temporary one).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Port on 127.0.0.1 (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Store sessions directly into an SQLite file.
+    Populate {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        #[arg(long)]
+        cookies: PathBuf,
+    },
+    /// Time cache-missing session lookups.
+    Lookup {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        cookies: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+        /// The clock to look up at (unix seconds; default now). `populate` prints
+        /// `populated_at`: passing it keeps idle-time writes out of the figure.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+}
+
+fn main() -> Result<(), BoxError> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve {
+            sessions,
+            cookies,
+            db,
+            port,
+        } => {
+            avemint::telemetry::init("info", false, std::io::stderr);
+            runtime.block_on(serve(sessions, cookies, db, port))
+        }
+        Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
+        Command::Lookup {
+            db,
+            cookies,
+            samples,
+            at,
+        } => runtime.block_on(lookup(&db, &cookies, samples, at)),
+    }
+}
+
+fn database_url(db: &Path) -> DatabaseUrl {
+    DatabaseUrl::Sqlite(format!("sqlite://{}", db.display()))
+}
+
+fn session_keys() -> SessionKeys {
+    SessionKeys::from_keys(vec![SESSION_KEY])
+}
+
+async fn serve(sessions: usize, cookies: Option<PathBuf>, db: Option<PathBuf>, port: u16) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let addr = listener.local_addr()?;
+    let address = format!("http://{addr}");
+    let public_url = PublicUrl::parse(&address)?;
+    let emulator = Emulator::start(EmulatorConfig {
+        redirect_uris: vec![public_url.redirect_uri()],
+        // Signing in many sessions must not trip Ave's per-minute limit.
+        token_rate_limit_per_minute: u32::MAX,
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    let settings = Settings {
+        ave: AveSettings {
+            client_id: emulator.client_id().to_owned(),
+            client_secret: Secret::new(emulator.client_secret().to_owned()),
+            issuer: Issuer::parse(&emulator.issuer())?,
+            scopes: DEFAULT_SCOPES.to_owned(),
+        },
+        public_url: public_url.clone(),
+        listen: addr,
+        database_url: database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db"))),
+        session_keys: session_keys(),
+        keys_dir: dir.path().join("keys"),
+        token: TokenSettings {
+            ttl: Duration::from_secs(300),
+            audience: "https://api.example.com".into(),
+            claims: ClaimTemplate::parse_json(CLAIMS)?,
+        },
+        session: SessionSettings::default(),
+    };
+
+    let started = Instant::now();
+    let app = Application::with_listener(settings, Mode::Serve, listener, ClientOptions::default()).await?;
+    let server = tokio::spawn(app.run_until(shutdown_signal()));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let healthy = wait_for(&http, &format!("{address}/healthz")).await?;
+    let ready = wait_for(&http, &format!("{address}/readyz")).await?;
+    let healthy_ms = (healthy - started).as_secs_f64() * 1000.0;
+    let ready_ms = (ready - started).as_secs_f64() * 1000.0;
+
+    let mut out = match &cookies {
+        Some(path) => Some(std::fs::File::create(path)?),
+        None => None,
+    };
+    let user = emulator.users()[0].id.clone();
+    emulator.set_auto_approve(Some(user));
+    for _ in 0..sessions {
+        let cookie = sign_in(&http, &address).await?;
+        if let Some(f) = out.as_mut() {
+            writeln!(f, "{cookie}")?;
+        }
+    }
+    if let Some(f) = out.as_mut() {
+        f.flush()?;
+    }
+    println!("url={address}");
+    println!("healthy_ms={healthy_ms:.1}");
+    println!("ready_ms={ready_ms:.1}");
+    println!("signed_in={sessions}");
+    std::io::stdout().flush()?;
+    server.await??;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for(http: &reqwest::Client, url: &str) -> Result<Instant, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(url).send().await
+            && r.status() == 200
+        {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Err(format!("{url} did not answer 200 within 30 s").into())
+}
+
+fn set_cookie_value(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers().get_all(reqwest::header::SET_COOKIE).iter().find_map(|v| {
+        let (pair, _) = v.to_str().ok()?.split_once(';')?;
+        let (n, value) = pair.split_once('=')?;
+        (n.trim() == name && !value.is_empty()).then(|| value.to_owned())
+    })
+}
+
+fn location(resp: &reqwest::Response) -> Result<String, BoxError> {
+    Ok(resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .ok_or("no Location")?
+        .to_str()?
+        .to_owned())
+}
+
+/// One browser sign-in over HTTP: login → Ave (auto-approve) → callback.
+async fn sign_in(http: &reqwest::Client, address: &str) -> Result<String, BoxError> {
+    let login = http.get(format!("{address}/auth/login")).send().await?;
+    let login_cookie = set_cookie_value(&login, "__Host-avemint-login").ok_or("no login cookie")?;
+    let approved = http.get(location(&login)?).send().await?;
+    let callback = http
+        .get(location(&approved)?)
+        .header(reqwest::header::COOKIE, format!("__Host-avemint-login={login_cookie}"))
+        .send()
+        .await?;
+    if callback.status() != 302 {
+        return Err(format!("callback answered {}", callback.status()).into());
+    }
+    Ok(set_cookie_value(&callback, "__Host-avemint").ok_or("no session cookie")?)
+}
+
+/// A session record shaped like one from a real sign-in (sizes of Ave's tokens included).
+fn session_data(n: usize, now: i64) -> SessionData {
+    let filler = |prefix: &str, len: usize| {
+        let mut s = String::from(prefix);
+        while s.len() < len {
+            s.push_str("eyJhbGciOiJSUzI1NiJ9");
+        }
+        s.truncate(len);
+        s
+    };
+    let sub = format!("00000000-0000-4000-8000-{n:012}");
+    let claims: Map<String, Value> = match json!({
+        "iss": "https://aveid.net", "sub": sub, "aud": "app_bench", "azp": "app_bench",
+        "exp": now + 3600, "iat": now, "name": format!("User {n}"),
+        "preferred_username": format!("user{n}"), "email": format!("user{n}@example.com"), "email_verified": true
+    }) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let user = match json!({"id": sub, "displayName": format!("User {n}"), "handle": format!("user{n}"), "email": format!("user{n}@example.com"), "avatarUrl": null}) {
+        Value::Object(m) => Some(m),
+        _ => None,
+    };
+    SessionData {
+        sid: SessionHandle::generate(),
+        sub,
+        scope: DEFAULT_SCOPES.to_owned(),
+        tokens: AveTokens {
+            access_token: Secret::new(filler("at_", 43)),
+            access_token_jwt: Some(Secret::new(filler("eyJ", 760))),
+            id_token: Secret::new(filler("eyJ", 900)),
+            refresh_token: Some(Secret::new(filler("rt_", 64))),
+            access_expires_at: now + 3600,
+        },
+        id_token_claims: claims,
+        user,
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+async fn populate(db: &Path, count: usize, cookies: &Path) -> Result<(), BoxError> {
+    let sessions = Sessions::open(&database_url(db), &session_keys(), SessionSettings::default()).await?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(cookies)?);
+    let started = Instant::now();
+    let t = now();
+    for n in 0..count {
+        let id = sessions.create(&session_data(n, t), t).await?;
+        writeln!(out, "{}", id.to_cookie_value().expose())?;
+    }
+    out.flush()?;
+    println!("populated={count}");
+    println!("populated_at={t}");
+    println!("populate_s={:.1}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A small xorshift generator: shuffling benchmark keys needs no crypto.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn lookup(db: &Path, cookies: &Path, samples: usize, at: Option<i64>) -> Result<(), BoxError> {
+    let sessions = Sessions::open(&database_url(db), &session_keys(), SessionSettings::default()).await?;
+    let mut keys = Vec::new();
+    for line in std::fs::read_to_string(cookies)?.lines() {
+        keys.push(SessionId::parse(line.trim()).ok_or("bad cookie line")?.key());
+    }
+    // Distinct keys in random order: no lookup can be answered by a cache.
+    let mut rng = XorShift(u64::from_le_bytes(random_bytes::<8>()) | 1);
+    for i in (1..keys.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        keys.swap(i, j);
+    }
+    keys.truncate(samples);
+    let t = at.unwrap_or_else(now);
+    let mut micros = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let started = Instant::now();
+        let found = sessions.load(key, t).await?;
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+        if found.is_none() {
+            return Err("a stored session was not found".into());
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    let pct = |p: f64| micros[((micros.len() as f64 * p) as usize).min(micros.len() - 1)];
+    println!("lookups={}", micros.len());
+    println!("lookup_p50_us={:.1}", pct(0.50));
+    println!("lookup_p99_us={:.1}", pct(0.99));
+    Ok(())
+}
