@@ -58,7 +58,9 @@ fn id_token_claims() -> Map<String, Value> {
 }
 
 fn user() -> Map<String, Value> {
-    object(json!({"id": "6f9619ff-8b86-d011-b42d-00cf4fc964ff", "displayName": "Ada Lovelace", "handle": "ada", "email": "ada@example.com", "avatarUrl": null}))
+    object(
+        json!({"id": "6f9619ff-8b86-d011-b42d-00cf4fc964ff", "displayName": "Ada Lovelace", "handle": "ada", "email": "ada@example.com", "avatarUrl": null}),
+    )
 }
 
 const CLAIMS: &str = r#"{"tier":"gold","roles":["reader","writer"],"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}","avatar":"{user.avatarUrl}"}"#;

@@ -32,7 +32,8 @@ use serde_json::{Map, Value, json};
 /// Session key shared by every mode, so `serve` can open what `populate` stored.
 const SESSION_KEY: [u8; 32] = [42; 32];
 /// Custom claims rendered into every benchmark token.
-const CLAIMS: &str = r#"{"roles":["reader"],"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}"}"#;
+const CLAIMS: &str =
+    r#"{"roles":["reader"],"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}"}"#;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -197,11 +198,14 @@ async fn wait_for(http: &reqwest::Client, url: &str) -> Result<Instant, BoxError
 }
 
 fn set_cookie_value(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get_all(reqwest::header::SET_COOKIE).iter().find_map(|v| {
-        let (pair, _) = v.to_str().ok()?.split_once(';')?;
-        let (n, value) = pair.split_once('=')?;
-        (n.trim() == name && !value.is_empty()).then(|| value.to_owned())
-    })
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .find_map(|v| {
+            let (pair, _) = v.to_str().ok()?.split_once(';')?;
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name && !value.is_empty()).then(|| value.to_owned())
+        })
 }
 
 fn location(resp: &reqwest::Response) -> Result<String, BoxError> {
@@ -248,7 +252,8 @@ fn session_data(n: usize, now: i64) -> SessionData {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let user = match json!({"id": sub, "displayName": format!("User {n}"), "handle": format!("user{n}"), "email": format!("user{n}@example.com"), "avatarUrl": null}) {
+    let user = match json!({"id": sub, "displayName": format!("User {n}"), "handle": format!("user{n}"), "email": format!("user{n}@example.com"), "avatarUrl": null})
+    {
         Value::Object(m) => Some(m),
         _ => None,
     };

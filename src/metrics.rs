@@ -27,9 +27,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Lock waits are short or a problem: 1 µs to 1 s.
-const LOCK_BUCKETS: &[f64] = &[
-    0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0,
-];
+const LOCK_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
 /// The route templates avemint serves; the label of any request is one of these or `unmatched`.
 const ROUTES: &[&str] = &[
@@ -86,7 +84,12 @@ pub enum AveCall {
 }
 
 impl AveCall {
-    const ALL: [AveCall; 4] = [AveCall::Discovery, AveCall::Jwks, AveCall::CodeExchange, AveCall::Refresh];
+    const ALL: [AveCall; 4] = [
+        AveCall::Discovery,
+        AveCall::Jwks,
+        AveCall::CodeExchange,
+        AveCall::Refresh,
+    ];
 
     /// The OAuth `grant_type` of a token-endpoint call (`""` for GETs).
     pub fn grant_type(self) -> &'static str {
@@ -167,21 +170,33 @@ struct Metrics {
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let requests_vec = IntCounterVec::new(
-        Opts::new("avemint_http_requests_total", "HTTP requests by route template and status class"),
+        Opts::new(
+            "avemint_http_requests_total",
+            "HTTP requests by route template and status class",
+        ),
         &["route", "status"],
     )?;
     let seconds_vec = HistogramVec::new(
-        HistogramOpts::new("avemint_http_request_duration_seconds", "HTTP request latency by route template")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(
+            "avemint_http_request_duration_seconds",
+            "HTTP request latency by route template",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
         &["route"],
     )?;
     let ave_seconds_vec = HistogramVec::new(
-        HistogramOpts::new("avemint_ave_request_duration_seconds", "Latency of calls to Ave by kind")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(
+            "avemint_ave_request_duration_seconds",
+            "Latency of calls to Ave by kind",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
         &["call"],
     )?;
     let ave_errors_vec = IntCounterVec::new(
-        Opts::new("avemint_ave_request_errors_total", "Failed calls to Ave by kind and failure"),
+        Opts::new(
+            "avemint_ave_request_errors_total",
+            "Failed calls to Ave by kind and failure",
+        ),
         &["call", "failure"],
     )?;
     let refresh_outcomes = IntCounterVec::new(
@@ -292,9 +307,8 @@ pub fn ave_call(call: AveCall, elapsed: Duration, failure: Option<AveFailure>) {
 /// anything else is counted as `other`, so label cardinality stays bounded.
 pub fn refresh_outcome(outcome: &str) {
     let Some(m) = metrics() else { return };
-    let valid = !outcome.is_empty()
-        && outcome.len() <= 32
-        && outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let valid =
+        !outcome.is_empty() && outcome.len() <= 32 && outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     let label = if valid { outcome } else { "other" };
     if let Ok(c) = m.refresh_outcomes.get_metric_with_label_values(&[label]) {
         c.inc();

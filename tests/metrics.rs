@@ -18,12 +18,7 @@ async fn metrics_count_sign_in_and_token_requests_by_route() {
     let mut b = app.signed_in_browser().await;
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     assert_eq!(app.post_token(&mut b, false).await.status(), 403);
-    let resp = app
-        .http
-        .get(app.url("/no/such/secret-path"))
-        .send()
-        .await
-        .expect("req");
+    let resp = app.http.get(app.url("/no/such/secret-path")).send().await.expect("req");
     assert_eq!(resp.status(), 404);
 
     let resp = app.http.get(app.url("/metrics")).send().await.expect("metrics");
@@ -37,10 +32,19 @@ async fn metrics_count_sign_in_and_token_requests_by_route() {
         (r#"avemint_http_requests_total{route="/auth/token",status="2xx"}"#, 1.0),
         (r#"avemint_http_requests_total{route="/auth/token",status="4xx"}"#, 1.0),
         (r#"avemint_http_requests_total{route="/auth/login",status="3xx"}"#, 1.0),
-        (r#"avemint_http_requests_total{route="/auth/callback",status="3xx"}"#, 1.0),
+        (
+            r#"avemint_http_requests_total{route="/auth/callback",status="3xx"}"#,
+            1.0,
+        ),
         (r#"avemint_http_requests_total{route="unmatched",status="4xx"}"#, 1.0),
-        (r#"avemint_http_request_duration_seconds_count{route="/auth/token"}"#, 2.0),
-        (r#"avemint_ave_request_duration_seconds_count{call="authorization_code"}"#, 1.0),
+        (
+            r#"avemint_http_request_duration_seconds_count{route="/auth/token"}"#,
+            2.0,
+        ),
+        (
+            r#"avemint_ave_request_duration_seconds_count{call="authorization_code"}"#,
+            1.0,
+        ),
         (r#"avemint_ave_request_duration_seconds_count{call="discovery"}"#, 1.0),
         (r#"avemint_ave_request_duration_seconds_count{call="jwks"}"#, 1.0),
     ] {
