@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use avemint::ave::ClientOptions;
 use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
-    AveSettings, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, SessionKeys, SessionSettings, Settings, TokenSettings,
+    AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
+    SessionSettings, Settings, TokenSettings,
 };
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::{Secret, random_bytes};
@@ -144,8 +145,12 @@ async fn serve(sessions: usize, cookies: Option<PathBuf>, db: Option<PathBuf>, p
             ttl: Duration::from_secs(300),
             audience: "https://api.example.com".into(),
             claims: ClaimTemplate::parse_json(CLAIMS)?,
+            profiles: Vec::new(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         },
         session: SessionSettings::default(),
+        // Production defaults, including the session cache's TTL.
+        renewal: RenewalSettings::default(),
     };
 
     let started = Instant::now();
@@ -278,7 +283,13 @@ fn now() -> i64 {
 }
 
 async fn populate(db: &Path, count: usize, cookies: &Path) -> Result<(), BoxError> {
-    let sessions = Sessions::open(&database_url(db), &session_keys(), SessionSettings::default()).await?;
+    let sessions = Sessions::open(
+        &database_url(db),
+        &session_keys(),
+        SessionSettings::default(),
+        Duration::ZERO,
+    )
+    .await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(cookies)?);
     let started = Instant::now();
     let t = now();
@@ -306,7 +317,13 @@ impl XorShift {
 }
 
 async fn lookup(db: &Path, cookies: &Path, samples: usize, at: Option<i64>) -> Result<(), BoxError> {
-    let sessions = Sessions::open(&database_url(db), &session_keys(), SessionSettings::default()).await?;
+    let sessions = Sessions::open(
+        &database_url(db),
+        &session_keys(),
+        SessionSettings::default(),
+        Duration::ZERO,
+    )
+    .await?;
     let mut keys = Vec::new();
     for line in std::fs::read_to_string(cookies)?.lines() {
         keys.push(SessionId::parse(line.trim()).ok_or("bad cookie line")?.key());

@@ -51,6 +51,10 @@ async fn metrics_count_sign_in_and_token_requests_by_route() {
         let v = sample(&text, series);
         assert!(v >= at_least, "{series} = {v}, expected ≥ {at_least}\n{text}");
     }
+    // The token request looked its session up: through the cache or past it.
+    let lookups =
+        sample(&text, "avemint_session_cache_hits_total") + sample(&text, "avemint_session_cache_misses_total");
+    assert!(lookups >= 1.0, "session lookups counted: {lookups}\n{text}");
     // Raw paths never become labels, and nothing secret is exported.
     assert!(!text.contains("secret-path"));
     let cookie = b.get(support::SESSION_COOKIE).expect("session cookie");

@@ -158,10 +158,13 @@ impl Sessions {
     /// A live session, from the in-process cache when fresh enough.
     pub async fn get(&self, key: &SessionKey, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(cache) = &self.cache else {
+            crate::metrics::cache_miss();
             return Ok(self.load(key, now).await?.map(Arc::new));
         };
+        let missed = std::sync::atomic::AtomicBool::new(false);
         let loaded = cache
             .try_get_with(*key, async {
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
                 match self.load(key, now).await {
                     Ok(Some(s)) => Ok(Arc::new(s)),
                     Ok(None) => Err(LoadMiss::Absent),
@@ -169,6 +172,11 @@ impl Sessions {
                 }
             })
             .await;
+        if missed.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::metrics::cache_miss();
+        } else {
+            crate::metrics::cache_hit();
+        }
         match loaded {
             Ok(s) if s.is_expired(now) => {
                 cache.invalidate(key).await;

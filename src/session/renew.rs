@@ -144,9 +144,13 @@ impl Renewer {
 
     /// One refresh under the store's per-session lock.
     async fn renew(&self, key: SessionKey) -> Result<Arc<Session>, RenewError> {
-        let lock = match self.sessions.store().lock_refresh(&key, self.lock_wait).await {
+        let waiting = std::time::Instant::now();
+        let locked = self.sessions.store().lock_refresh(&key, self.lock_wait).await;
+        crate::metrics::lock_wait("session_refresh", waiting.elapsed());
+        let lock = match locked {
             Ok(lock) => lock,
             Err(StoreError::LockTimeout) => {
+                crate::metrics::refresh_outcome("lock_timeout");
                 // Another instance is still refreshing; serve what we have if it is valid.
                 let current = self
                     .sessions
@@ -177,6 +181,7 @@ impl Renewer {
         let current = Arc::new(current);
         if !current.needs_refresh(t, self.skew) {
             // Another instance (or an earlier holder) already renewed it.
+            crate::metrics::refresh_outcome("already_renewed");
             self.sessions.remember(current.clone()).await;
             return Ok(current);
         }
@@ -184,6 +189,7 @@ impl Renewer {
             // We hold the lock, so whoever set the marker is gone without storing
             // the outcome (it died mid-refresh): never send that token again.
             tracing::warn!(session = ?key, "previous refresh outcome unknown; dropping the refresh token");
+            crate::metrics::refresh_outcome("outcome_unknown");
             return self.without_refresh_token(&current).await;
         }
         let Some(refresh_token) = current
@@ -208,7 +214,11 @@ impl Renewer {
                 .await;
         }
         match self.ave.refresh(refresh_token.expose()).await {
-            Ok(resp) => self.store_refreshed(&current, resp).await,
+            Ok(resp) => {
+                let stored = self.store_refreshed(&current, resp).await;
+                crate::metrics::refresh_outcome(if stored.is_ok() { "renewed" } else { "refused" });
+                stored
+            }
             // invalid_grant: the token is revoked, expired or unknown. access_denied /
             // enterprise_sso_required: Ave refuses this user's organisation context now.
             Err(AveError::OAuth { code, .. })
@@ -218,15 +228,18 @@ impl Renewer {
                 ) =>
             {
                 tracing::info!(session = ?key, error_code = %code, "Ave ended the session on refresh");
+                crate::metrics::refresh_outcome("ended");
                 self.sessions.delete(&key).await?;
                 Err(RenewError::LoginRequired)
             }
             Err(AveError::LostResponse(_)) => {
                 // Ave may have rotated the token: it is spent either way.
+                crate::metrics::refresh_outcome("lost_response");
                 self.without_refresh_token(&current).await
             }
             Err(e) => {
                 // The token provably did not reach Ave, or Ave refused before using it.
+                crate::metrics::refresh_outcome("unavailable");
                 self.sessions.store().abort_refresh(&key, current.version).await?;
                 let retry = match &e {
                     AveError::RateLimited { retry_after } => retry_after.unwrap_or(Duration::from_secs(10)),
