@@ -41,6 +41,7 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/avemint.js",
     "/openapi.json",
     "/docs",
     "/",
