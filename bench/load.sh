@@ -7,8 +7,9 @@
 # 1. Hot path: avemint + the Ave emulator in one process pinned to CPU 0
 #    (examples/loadbench_server.rs), N sessions signed in over HTTP; wrk pinned
 #    to CPU 1 drives GET /.well-known/jwks.json, then POST /auth/token (X-CSRF: 1,
-#    rotating session cookies), 64 connections each. Prints requests/s, p50/p99
-#    and the token/jwks ratio.
+#    rotating session cookies), 64 connections each; then the same token load
+#    against a server whose key is EdDSA. Prints requests/s, p50/p99, the
+#    token/jwks ratio and the EdDSA/ES256 ratio.
 # 2. Stored sessions: 100,000 sessions written through avemint::session::Sessions
 #    into SQLite; cache-missing lookup latency (p50/p99); server time-to-ready and
 #    resident memory at idle and after token requests over all stored sessions.
@@ -128,11 +129,22 @@ TOKEN_RPS=$RPS TOKEN_P50=$P50 TOKEN_P99=$P99
 HOT_RSS=$(rss_mib "$SERVER")
 stop_server
 
+echo "== EdDSA profile: signing in $SESSIONS sessions"
+start_server --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
+export COOKIES="$WORK/cookies-eddsa.txt"
+run_wrk warm-eddsa "$WARMUP" "$URL/auth/token" bench/token.lua
+run_wrk eddsa "$DURATION" "$URL/auth/token" bench/token.lua
+EDDSA_RPS=$RPS EDDSA_P50=$P50 EDDSA_P99=$P99
+stop_server
+
 RATIO=$(awk -v t="$TOKEN_RPS" -v j="$JWKS_RPS" 'BEGIN { printf "%.1f", 100 * t / j }')
+ED_RATIO=$(awk -v e="$EDDSA_RPS" -v t="$TOKEN_RPS" 'BEGIN { printf "%.2f", e / t }')
 printf '%-34s %10s %10s %10s\n' "endpoint" "req/s" "p50 ms" "p99 ms"
 printf '%-34s %10s %10s %10s\n' "GET /.well-known/jwks.json" "$JWKS_RPS" "$JWKS_P50" "$JWKS_P99"
 printf '%-34s %10s %10s %10s\n' "POST /auth/token (ES256)" "$TOKEN_RPS" "$TOKEN_P50" "$TOKEN_P99"
+printf '%-34s %10s %10s %10s\n' "POST /auth/token (EdDSA)" "$EDDSA_RPS" "$EDDSA_P50" "$EDDSA_P99"
 echo "token/jwks ratio: ${RATIO}% (target >= 35%); token p99 ${TOKEN_P99} ms (target <= 5 ms)"
+echo "EdDSA/ES256 ratio: ${ED_RATIO}x (target >= 1.3x)"
 echo "server RSS after the hot-path run: ${HOT_RSS} MiB"
 
 # --- 2. stored sessions ------------------------------------------------------

@@ -1,20 +1,18 @@
 //! Criterion benches for the pieces of `POST /auth/token` and sign-in that run per request:
 //! claim rendering, the session record's AEAD seal/open (and JSON decode), id_token
-//! validation (offline, RS256), cookie decoding, the full mint, and a session lookup
-//! that misses the cache and goes to SQLite, and one the in-process cache answers.
+//! validation (offline, RS256), cookie decoding, and a session lookup that misses
+//! the cache and goes to SQLite, and one the in-process cache answers.
 //!
-//! Signing per algorithm lives in `benches/signing.rs`. Smoke mode for CI:
+//! The full mint (`Minter::mint`) and signing per algorithm live in `benches/signing.rs`. Smoke mode for CI:
 //! `cargo bench --bench hot_path -- --test`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
-use avemint::config::{DEFAULT_MAX_TOKEN_BYTES, DatabaseUrl, SessionKeys, SessionSettings, TokenSettings};
+use avemint::config::{DatabaseUrl, SessionKeys, SessionSettings};
 use avemint::http::cookies::{self, LOGIN_COOKIE, PendingLogin};
 use avemint::http::return_path::ReturnPath;
 use avemint::mint::claims::ClaimTemplate;
-use avemint::mint::{KeyRing, Minter, Profiles, Subject};
 use avemint::secret::Secret;
 use avemint::session::{AveTokens, Purpose, Sealer, SessionData, SessionHandle, SessionId, Sessions};
 use aws_lc_rs::rand::SystemRandom;
@@ -201,45 +199,6 @@ fn cookie_decoding(c: &mut Criterion) {
     });
 }
 
-fn full_mint(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let keys = Arc::new(KeyRing::load_or_generate(dir.path()).expect("keys"));
-    let profiles = Profiles::build(&TokenSettings {
-        ttl: Duration::from_secs(300),
-        audience: "https://api.example.com".into(),
-        claims: ClaimTemplate::parse_json(CLAIMS).expect("claims"),
-        profiles: Vec::new(),
-        max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-    })
-    .expect("profiles");
-    let minter = Minter::new(
-        keys,
-        "https://app.example.com".into(),
-        CLIENT_ID.into(),
-        profiles,
-        DEFAULT_MAX_TOKEN_BYTES,
-    );
-    let profile = minter.profiles().default_profile();
-    let data = session_data();
-    let subject = Subject {
-        sub: &data.sub,
-        sid: data.sid.as_str(),
-        id_token: &data.id_token_claims,
-        user: data.user.as_ref(),
-    };
-    // `mint` is async only for a profile's claims hook; without one it never awaits.
-    c.bench_function("mint/Minter::mint ES256 (6 custom claims)", |b| {
-        b.iter(|| {
-            rt.block_on(minter.mint(profile, black_box(&subject), NOW))
-                .expect("mints")
-        })
-    });
-}
-
 /// `Sessions::load` with nothing cached: one SQLite read (WAL file, indexed by
 /// key), AEAD open and JSON decode. This is what a session-cache miss adds.
 fn session_lookup_miss(c: &mut Criterion) {
@@ -305,6 +264,6 @@ fn session_lookup_hit(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = claim_rendering, session_record, id_token_validation, cookie_decoding, full_mint, session_lookup_miss, session_lookup_hit
+    targets = claim_rendering, session_record, id_token_validation, cookie_decoding, session_lookup_miss, session_lookup_hit
 }
 criterion_main!(benches);

@@ -24,6 +24,7 @@ use avemint::config::{
     SessionSettings, Settings, TokenSettings,
 };
 use avemint::mint::claims::ClaimTemplate;
+use avemint::mint::keys::{Algorithm, KeyPolicy};
 use avemint::secret::{Secret, random_bytes};
 use avemint::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions};
 use avemint::startup::{Application, Mode, shutdown_signal};
@@ -60,6 +61,9 @@ enum Command {
         /// Port on 127.0.0.1 (default: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Signing algorithm of the generated key: ES256, EdDSA or RS256.
+        #[arg(long, default_value = "ES256")]
+        alg: Algorithm,
     },
     /// Store sessions directly into an SQLite file.
     Populate {
@@ -94,9 +98,10 @@ fn main() -> Result<(), BoxError> {
             cookies,
             db,
             port,
+            alg,
         } => {
             avemint::telemetry::init("info", false, std::io::stderr);
-            runtime.block_on(serve(sessions, cookies, db, port))
+            runtime.block_on(serve(sessions, cookies, db, port, alg))
         }
         Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
         Command::Lookup {
@@ -116,7 +121,13 @@ fn session_keys() -> SessionKeys {
     SessionKeys::from_keys(vec![SESSION_KEY])
 }
 
-async fn serve(sessions: usize, cookies: Option<PathBuf>, db: Option<PathBuf>, port: u16) -> Result<(), BoxError> {
+async fn serve(
+    sessions: usize,
+    cookies: Option<PathBuf>,
+    db: Option<PathBuf>,
+    port: u16,
+    alg: Algorithm,
+) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;
@@ -141,6 +152,10 @@ async fn serve(sessions: usize, cookies: Option<PathBuf>, db: Option<PathBuf>, p
         database_url: database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db"))),
         session_keys: session_keys(),
         keys_dir: dir.path().join("keys"),
+        signing: KeyPolicy {
+            algorithm: alg,
+            rotation: None,
+        },
         token: TokenSettings {
             ttl: Duration::from_secs(300),
             audience: "https://api.example.com".into(),
