@@ -64,6 +64,9 @@ enum Command {
         /// Signing algorithm of the generated key: ES256, EdDSA or RS256.
         #[arg(long, default_value = "ES256")]
         alg: Algorithm,
+        /// Session cache TTL in milliseconds (default: the production default).
+        #[arg(long)]
+        cache_ttl_ms: Option<u64>,
     },
     /// Store sessions directly into an SQLite file.
     Populate {
@@ -99,9 +102,14 @@ fn main() -> Result<(), BoxError> {
             db,
             port,
             alg,
+            cache_ttl_ms,
         } => {
             avemint::telemetry::init("info", false, std::io::stderr);
-            runtime.block_on(serve(sessions, cookies, db, port, alg))
+            let mut renewal = RenewalSettings::default();
+            if let Some(ms) = cache_ttl_ms {
+                renewal.session_cache_ttl = Duration::from_millis(ms);
+            }
+            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal))
         }
         Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
         Command::Lookup {
@@ -127,6 +135,7 @@ async fn serve(
     db: Option<PathBuf>,
     port: u16,
     alg: Algorithm,
+    renewal: RenewalSettings,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -164,8 +173,7 @@ async fn serve(
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         },
         session: SessionSettings::default(),
-        // Production defaults, including the session cache's TTL.
-        renewal: RenewalSettings::default(),
+        renewal,
     };
 
     let started = Instant::now();
