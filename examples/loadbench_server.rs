@@ -174,6 +174,11 @@ async fn serve(
         },
         session: SessionSettings::default(),
         renewal,
+        // Signing in many sessions from one address must not trip the sign-in rate limit.
+        security: avemint::http::security::SecuritySettings {
+            login_rate_limit: avemint::http::rate_limit::RateLimit(0),
+            ..Default::default()
+        },
     };
 
     let started = Instant::now();

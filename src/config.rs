@@ -15,6 +15,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use url::{Host, Url};
 
+use crate::http::client_ip::TrustedProxies;
+use crate::http::cors::AllowedOrigins;
+use crate::http::rate_limit::RateLimit;
+use crate::http::security::SecuritySettings;
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
 use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTATION};
@@ -40,6 +44,7 @@ pub struct Settings {
     pub token: TokenSettings,
     pub session: SessionSettings,
     pub renewal: RenewalSettings,
+    pub security: SecuritySettings,
 }
 
 /// Silent renewal of Ave's tokens.
@@ -316,6 +321,9 @@ struct FileSettings {
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
+    allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    login_rate_limit: Option<u32>,
 }
 
 /// One `[[profiles]]` table.
@@ -863,6 +871,12 @@ impl Settings {
             30 * 86_400,
             366 * 86_400,
         );
+        let security = security_settings(
+            &mut l,
+            file.allowed_origins,
+            file.trusted_proxies,
+            file.login_rate_limit,
+        );
 
         let skew = l.pick(
             "AVEMINT_REFRESH_SKEW",
@@ -918,6 +932,7 @@ impl Settings {
             renewal,
             max_token_bytes,
             signing,
+            security,
         ) {
             (
                 Some(client_id),
@@ -936,6 +951,7 @@ impl Settings {
                 Some(renewal),
                 Some(max_token_bytes),
                 Some(signing),
+                Some(security),
             ) if l.errors.is_empty() => Ok(Settings {
                 token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
@@ -952,6 +968,7 @@ impl Settings {
                 signing,
                 session: SessionSettings { idle_timeout, lifetime },
                 renewal,
+                security,
             }),
             _ => Err(ConfigErrors(l.errors)),
         }
@@ -963,6 +980,47 @@ fn bounded(s: &str, min: u64, max: u64) -> Result<u64, String> {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("must be a whole number from {min} to {max}")),
     }
+}
+
+/// `AVEMINT_ALLOWED_ORIGINS`, `AVEMINT_TRUSTED_PROXIES`, `AVEMINT_LOGIN_RATE_LIMIT`.
+fn security_settings(
+    l: &mut Loader<'_>,
+    origins: Option<Vec<String>>,
+    proxies: Option<Vec<String>>,
+    rate: Option<u32>,
+) -> Option<SecuritySettings> {
+    let origins = l.pick(
+        "AVEMINT_ALLOWED_ORIGINS",
+        "allowed_origins",
+        origins.map(|v| v.join(",")),
+    );
+    let origins = match origins {
+        Some(v) => l.check(Some(v), AllowedOrigins::parse),
+        None => Some(AllowedOrigins::default()),
+    };
+    let proxies = l.pick(
+        "AVEMINT_TRUSTED_PROXIES",
+        "trusted_proxies",
+        proxies.map(|v| v.join(",")),
+    );
+    let proxies = match proxies {
+        Some(v) => l.check(Some(v), TrustedProxies::parse),
+        None => Some(TrustedProxies::default()),
+    };
+    let rate = l.pick(
+        "AVEMINT_LOGIN_RATE_LIMIT",
+        "login_rate_limit",
+        rate.map(|n| n.to_string()),
+    );
+    let rate = match rate {
+        Some(v) => l.check(Some(v), RateLimit::parse),
+        None => Some(RateLimit::default()),
+    };
+    Some(SecuritySettings {
+        allowed_origins: origins?,
+        trusted_proxies: proxies?,
+        login_rate_limit: rate?,
+    })
 }
 
 fn non_empty(s: &str) -> Result<&str, String> {
@@ -1249,6 +1307,30 @@ mod tests {
         assert!(PublicUrl::parse("https://example.com/app").is_err());
         assert!(PublicUrl::parse("https://user@example.com").is_err());
         assert!(PublicUrl::parse("https://example.com/?q").is_err());
+    }
+
+    #[test]
+    fn security_settings_are_parsed_and_checked() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.security, SecuritySettings::default());
+        assert_eq!(s.security.login_rate_limit, RateLimit(30));
+        let mut pairs = minimal();
+        pairs.push((
+            "AVEMINT_ALLOWED_ORIGINS",
+            "https://spa.example.com,http://localhost:5173",
+        ));
+        pairs.push(("AVEMINT_TRUSTED_PROXIES", "10.0.0.0/8, ::1"));
+        pairs.push(("AVEMINT_LOGIN_RATE_LIMIT", "5"));
+        let s = Settings::load(None, &env(&pairs)).expect("valid");
+        assert!(s.security.allowed_origins.contains("http://localhost:5173"));
+        assert!(s.security.trusted_proxies.contains("10.9.8.7".parse().expect("ip")));
+        assert_eq!(s.security.login_rate_limit, RateLimit(5));
+        let mut bad = minimal();
+        bad.push(("AVEMINT_ALLOWED_ORIGINS", "*"));
+        bad.push(("AVEMINT_TRUSTED_PROXIES", "proxy.example"));
+        bad.push(("AVEMINT_LOGIN_RATE_LIMIT", "-1"));
+        let e = Settings::load(None, &env(&bad)).expect_err("invalid");
+        assert_eq!(e.0.len(), 3, "{e}");
     }
 
     #[test]

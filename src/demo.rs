@@ -76,6 +76,7 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
         },
         session: SessionSettings::default(),
         renewal: RenewalSettings::default(),
+        security: Default::default(),
         public_url: public_url.clone(),
     };
     let app = Application::with_listener(settings, Mode::Demo, listener, ClientOptions::default()).await?;

@@ -149,6 +149,7 @@ impl Application {
             public_url: settings.public_url.clone(),
             scopes: settings.ave.scopes.clone(),
             session_cookie_max_age: settings.session.lifetime,
+            security: settings.security.clone(),
         });
         Ok(Self {
             acceptor,

@@ -153,7 +153,8 @@ impl KeySet {
         }
     }
 
-    fn parse(body: &[u8]) -> Result<Self, AveError> {
+    /// Parses a JWKS document, keeping its RSA signing keys for RS256.
+    pub fn parse(body: &[u8]) -> Result<Self, AveError> {
         #[derive(Deserialize)]
         struct Doc {
             keys: Vec<HashMap<String, Value>>,

@@ -13,7 +13,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::client::{AveClient, AveError};
+use super::client::{AveClient, AveError, KeySet};
 
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -119,15 +119,31 @@ pub async fn validate(
         // Ave may have rotated: one re-fetch, rate limited, then give up.
         keys = client.refetch_key_set().await?.ok_or(IdTokenError::UnknownKey)?;
     }
+    validate_with_keys(&keys, client.issuer().as_str(), client.client_id(), token, nonce, now)
+}
+
+/// The whole validation against a key set already in memory: no network, no
+/// state. `validate` uses it after loading the keys; fuzzing calls it directly.
+pub fn validate_with_keys(
+    keys: &KeySet,
+    issuer: &str,
+    client_id: &str,
+    token: &str,
+    nonce: NonceCheck<'_>,
+    now: u64,
+) -> Result<ValidatedIdToken, IdTokenError> {
+    let kid = inspect_header(token)?;
     let key = keys.find(kid.as_deref()).ok_or(IdTokenError::UnknownKey)?;
 
     let mut v = Validation::new(Algorithm::RS256);
     v.algorithms = vec![Algorithm::RS256];
     v.leeway = LEEWAY_SECS;
-    v.validate_exp = true;
-    v.validate_nbf = true;
-    v.set_issuer(&[client.issuer().as_str()]);
-    v.set_audience(&[client.client_id()]);
+    // `exp` and `nbf` are checked in `check_claims` against the caller's `now`
+    // (jsonwebtoken would read the system clock), so validation is a pure function.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[client_id]);
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| match e.into_kind() {
         ErrorKind::InvalidSignature => IdTokenError::BadSignature,
@@ -138,7 +154,7 @@ pub async fn validate(
         ErrorKind::MissingRequiredClaim(c) => IdTokenError::MissingClaim(c),
         _ => IdTokenError::Malformed,
     })?;
-    check_claims(data.claims, client.client_id(), nonce, now)
+    check_claims(data.claims, client_id, nonce, now)
 }
 
 /// Checks the header before any key is looked up; returns the `kid`.
@@ -164,13 +180,29 @@ fn inspect_header(token: &str) -> Result<Option<String>, IdTokenError> {
     }
 }
 
-/// The checks jsonwebtoken does not make: `iat`, `sub`, `azp`, `nonce`.
+/// The checks jsonwebtoken does not make here: `exp`, `nbf`, `iat` (all against `now`), `sub`, `azp`, `nonce`.
 fn check_claims(
     claims: Map<String, Value>,
     client_id: &str,
     nonce: NonceCheck<'_>,
     now: u64,
 ) -> Result<ValidatedIdToken, IdTokenError> {
+    // Numbers only: a string-typed `exp` (CVE-2026-25537's trick) is missing, not "valid forever".
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| IdTokenError::MissingClaim("exp".into()))?;
+    if exp < now.saturating_sub(LEEWAY_SECS) as f64 {
+        return Err(IdTokenError::Expired);
+    }
+    match claims.get("nbf") {
+        None => {}
+        Some(nbf) => match nbf.as_f64() {
+            Some(nbf) if nbf <= (now + LEEWAY_SECS) as f64 => {}
+            Some(_) => return Err(IdTokenError::Expired),
+            None => return Err(IdTokenError::Malformed),
+        },
+    }
     let iat = claims
         .get("iat")
         .and_then(Value::as_f64)
@@ -257,7 +289,7 @@ mod tests {
 
     #[test]
     fn claim_checks() {
-        let ok = json!({"sub":"u1","aud":"c","iat":100,"nonce":"n1","azp":"c"});
+        let ok = json!({"sub":"u1","aud":"c","iat":100,"exp":1000,"nonce":"n1","azp":"c"});
         assert!(check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), 100).is_ok());
         assert!(matches!(
             check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n2"), 100),
@@ -274,19 +306,43 @@ mod tests {
             check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), 10),
             Err(IdTokenError::IssuedInFuture)
         ));
-        let arr = json!({"sub":"u1","aud":["c","d"],"iat":100});
+        let arr = json!({"sub":"u1","aud":["c","d"],"iat":100,"exp":1000});
         assert!(matches!(
             check_claims(claims(arr), "c", NonceCheck::NotExpected, 100),
             Err(IdTokenError::AuthorizedParty)
         ));
-        let arr_azp = json!({"sub":"u1","aud":["c","d"],"iat":100,"azp":"c"});
+        let arr_azp = json!({"sub":"u1","aud":["c","d"],"iat":100,"exp":1000,"azp":"c"});
         assert!(check_claims(claims(arr_azp), "c", NonceCheck::NotExpected, 100).is_ok());
-        let wrong_azp = json!({"sub":"u1","aud":"c","iat":100,"azp":"d"});
+        let wrong_azp = json!({"sub":"u1","aud":"c","iat":100,"exp":1000,"azp":"d"});
         assert!(matches!(
             check_claims(claims(wrong_azp), "c", NonceCheck::NotExpected, 100),
             Err(IdTokenError::AuthorizedParty)
         ));
-        let empty_sub = json!({"sub":"","aud":"c","iat":100});
+        let empty_sub = json!({"sub":"","aud":"c","iat":100,"exp":1000});
+        let expired = json!({"sub":"u","aud":"c","iat":100,"exp":1000});
+        assert!(
+            check_claims(
+                claims(expired.clone()),
+                "c",
+                NonceCheck::NotExpected,
+                1000 + LEEWAY_SECS
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            check_claims(claims(expired), "c", NonceCheck::NotExpected, 1001 + LEEWAY_SECS),
+            Err(IdTokenError::Expired)
+        ));
+        let string_exp = json!({"sub":"u","aud":"c","iat":100,"exp":"99999999999"});
+        assert!(matches!(
+            check_claims(claims(string_exp), "c", NonceCheck::NotExpected, 100),
+            Err(IdTokenError::MissingClaim(_))
+        ));
+        let not_yet = json!({"sub":"u","aud":"c","iat":100,"exp":1000,"nbf":500});
+        assert!(matches!(
+            check_claims(claims(not_yet), "c", NonceCheck::NotExpected, 100),
+            Err(IdTokenError::Expired)
+        ));
         assert!(matches!(
             check_claims(claims(empty_sub), "c", NonceCheck::NotExpected, 100),
             Err(IdTokenError::MissingClaim(_))

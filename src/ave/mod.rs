@@ -9,5 +9,5 @@ pub mod client;
 pub mod emulator;
 pub mod id_token;
 
-pub use client::{AveClient, AveError, ClientOptions, ProviderMetadata, TokenResponse};
+pub use client::{AveClient, AveError, ClientOptions, KeySet, ProviderMetadata, TokenResponse};
 pub use id_token::{IdTokenError, NonceCheck, ValidatedIdToken};

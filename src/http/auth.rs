@@ -311,7 +311,7 @@ impl AuthApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Json(TokenBody {
-            access_token: minted.token,
+            access_token: minted.token.expose().clone(),
             token_type: "Bearer".into(),
             expires_in: minted.expires_in,
         }))

@@ -34,6 +34,10 @@ pub enum ApiError {
     /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// Too many sign-in requests from this client (`rate_limited`; `/auth/login` and `/auth/callback` only,
+    /// see `AVEMINT_LOGIN_RATE_LIMIT`).
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
     /// Ave answered with something avemint cannot use (`server_error`).
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
@@ -80,6 +84,17 @@ impl ApiError {
         Self::Internal(body("server_error", description))
     }
 
+    /// 429 `rate_limited`, with `Retry-After` in seconds.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            body(
+                "rate_limited",
+                format!("too many sign-in requests from this address; try again in {retry_after_secs} s"),
+            ),
+            Some(retry_after_secs.to_string()),
+        )
+    }
+
     /// 502 `server_error`.
     pub fn bad_gateway(description: impl Into<String>) -> Self {
         Self::BadGateway(body("server_error", description))
@@ -110,6 +125,8 @@ pub async fn catch_all(err: poem::Error) -> Response {
         404 => ("not_found", "no such endpoint".to_owned()),
         405 => ("invalid_request", "method not allowed on this endpoint".to_owned()),
         413 => ("invalid_request", "request too large".to_owned()),
+        414 => ("invalid_request", "request URI too long".to_owned()),
+        431 => ("invalid_request", "request headers too large".to_owned()),
         s if (400..500).contains(&s) => ("invalid_request", err.to_string()),
         _ => {
             tracing::error!(status = status.as_u16(), "unhandled error");

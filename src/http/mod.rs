@@ -2,21 +2,23 @@
 //! response headers. Nothing below this module knows HTTP.
 
 pub mod auth;
+pub mod client_ip;
 pub mod cookies;
+pub mod cors;
 pub mod demo;
 pub mod demo_api;
 pub mod errors;
 pub mod ops;
 pub mod optional_json;
+pub mod rate_limit;
 pub mod return_path;
+pub mod security;
 pub mod spa;
 pub mod well_known;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use poem::http::HeaderValue;
-use poem::http::header;
 use poem::middleware::CookieJarManager;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
@@ -37,6 +39,7 @@ pub struct AppState {
     pub redirect_uri: String,
     pub scopes: String,
     pub session_cookie_max_age: Duration,
+    pub security: security::SecuritySettings,
 }
 
 /// OpenAPI tags.
@@ -68,7 +71,10 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
         "Backend-for-frontend sign-in with Ave plus an app-JWT issuer. Every JSON error is \
              `{error, error_description}`. Endpoints under /auth that change or reveal state require the header \
              `X-CSRF: 1`. Cookies: `__Host-avemint` (session) and `__Host-avemint-login` (pending sign-in), both \
-             HttpOnly, Secure, SameSite=Lax, Path=/.",
+             HttpOnly, Secure, SameSite=Lax, Path=/. Requests to those endpoints that carry an `Origin` (or \
+             `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
+             `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: a Cookie header over 4 KiB (431), \
+             a query over 8 KiB (414), a body over 64 KiB (413).",
     )
 }
 
@@ -94,11 +100,15 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     } else {
         route.map_to_response().boxed()
     };
+    let guard = security::Guard::new(&state.public_url, state.security.clone());
     route
         .with(CookieJarManager::new())
         .data(state)
         .catch_all_error(errors::catch_all)
-        .around(|ep, req| async move { Ok(respond(ep, req).await) })
+        .around(move |ep, req| {
+            let guard = guard.clone();
+            async move { Ok(respond(ep, req, &guard).await) }
+        })
 }
 
 /// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document).
@@ -109,35 +119,22 @@ fn metrics_endpoint() -> Response {
         .body(crate::metrics::render())
 }
 
-/// Adds security headers and logs one line per request (path only: queries carry codes).
-async fn respond<E: Endpoint>(ep: Arc<E>, req: Request) -> Response {
+/// Applies the security policy, records metrics and logs one line per request (path only: queries carry codes).
+async fn respond<E: Endpoint>(ep: Arc<E>, req: Request, guard: &security::Guard) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let route = crate::metrics::RouteLabel::of(&path);
-    let mut resp = match ep.call(req).await {
-        Ok(r) => r.into_response(),
-        Err(e) => errors::catch_all(e).await,
+    let (seen, admitted) = guard.admit(req).await;
+    let route = crate::metrics::RouteLabel::of(&seen.path);
+    let mut resp = match admitted {
+        Ok(req) => match ep.call(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => errors::catch_all(e).await,
+        },
+        Err(refused) => refused,
     };
-    let h = resp.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if path.starts_with("/auth/") {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    }
-    let is_html = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
-    if is_html && !path.starts_with("/docs") {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-        );
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    }
+    guard.finish(&mut resp, &seen);
     let elapsed = started.elapsed();
     crate::metrics::record_request(route, resp.status().as_u16(), elapsed);
-    tracing::info!(%method, path = %path, status = resp.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
+    tracing::info!(%method, path = %seen.path, client_ip = %seen.client, status = resp.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
     resp
 }

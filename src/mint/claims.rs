@@ -240,5 +240,86 @@ mod tests {
                 prop_assert!(!REGISTERED_CLAIMS.contains(&k.as_str()));
             }
         }
+
+        #[test]
+        fn arbitrary_templates_render_exactly_what_they_say(
+            template in prop::collection::vec((claim_name(), template_value()), 0..8),
+            id_token in prop::collection::btree_map("[a-z_]{1,6}", json_value(), 0..6),
+            user in proptest::option::of(prop::collection::btree_map("[a-z_]{1,6}", json_value(), 0..6)),
+        ) {
+            let map: Map<String, Value> = template.into_iter().collect();
+            let id: Map<String, Value> = id_token.into_iter().collect();
+            let user: Option<Map<String, Value>> = user.map(|u| u.into_iter().collect());
+            let Ok(t) = ClaimTemplate::from_value(Value::Object(map.clone())) else {
+                // Refused only for a registered name, an empty name or an unknown reference.
+                let refusable = map.iter().any(|(k, v)| {
+                    k.is_empty()
+                        || REGISTERED_CLAIMS.contains(&k.as_str())
+                        || v.as_str().is_some_and(|s| matches!(parse_reference(s), Some(Err(()))))
+                });
+                prop_assert!(refusable);
+                return Ok(());
+            };
+            let mut out = Map::new();
+            t.render_into(&id, user.as_ref(), &mut out);
+            for (k, v) in &map {
+                let expected = match v.as_str().and_then(parse_reference) {
+                    Some(Ok(ClaimValue::Reference { source, name })) => {
+                        let from = match source {
+                            ClaimSource::IdToken => Some(&id),
+                            ClaimSource::User => user.as_ref(),
+                        };
+                        from.and_then(|m| m.get(&name)).filter(|v| !v.is_null()).cloned()
+                    }
+                    _ => Some(v.clone()),
+                };
+                prop_assert_eq!(out.get(k), expected.as_ref(), "claim {}", k);
+            }
+            prop_assert!(out.keys().all(|k| map.contains_key(k)));
+        }
+
+        #[test]
+        fn parse_json_never_panics_and_agrees_with_from_value(text in ".{0,64}") {
+            let parsed = ClaimTemplate::parse_json(&text);
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                prop_assert_eq!(parsed, ClaimTemplate::from_value(v));
+            } else {
+                prop_assert!(matches!(parsed, Err(ClaimTemplateError::InvalidJson(_))));
+            }
+        }
+    }
+
+    fn claim_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z_]{1,6}",
+            prop::sample::select(REGISTERED_CLAIMS.to_vec()).prop_map(str::to_owned),
+            Just(String::new()),
+        ]
+    }
+
+    /// Literals, well-formed references to either source, and reference look-alikes.
+    fn template_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            json_value(),
+            "[a-z_]{1,6}".prop_map(|n| Value::String(format!("{{id_token.{n}}}"))),
+            "[a-z_]{1,6}".prop_map(|n| Value::String(format!("{{user.{n}}}"))),
+            "\\{[a-z_.{} ]{0,12}\\}?".prop_map(Value::String),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 }

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use crate::secret::random_bytes;
+use crate::secret::{Secret, random_bytes};
 use hook::{FailurePolicy, HookError};
 pub use keys::{KeyError, KeyRing, Keys};
 pub use profiles::{Profile, Profiles};
@@ -34,9 +34,9 @@ pub struct Subject<'a> {
     pub user: Option<&'a Map<String, Value>>,
 }
 
-/// A signed app JWT.
+/// A signed app JWT (a bearer credential: redacted in `Debug`, zeroized on drop).
 pub struct MintedToken {
-    pub token: String,
+    pub token: Secret<String>,
     pub expires_in: u64,
 }
 
@@ -127,6 +127,9 @@ impl Minter {
                 limit: self.max_token_bytes,
             });
         }
-        Ok(MintedToken { token, expires_in: ttl })
+        Ok(MintedToken {
+            token: Secret::new(token),
+            expires_in: ttl,
+        })
     }
 }

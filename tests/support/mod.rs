@@ -12,6 +12,7 @@ use avemint::config::{
     AveSettings, ConfigErrors, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl,
     RenewalSettings, SessionKeys, SessionSettings, Settings, TokenSettings,
 };
+use avemint::http::security::SecuritySettings;
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
 use avemint::startup::{Application, Mode};
@@ -56,6 +57,8 @@ pub struct Options {
     pub port: Option<u16>,
     /// Key algorithm and rotation (default: ES256, no automatic rotation).
     pub signing: Option<avemint::mint::keys::KeyPolicy>,
+    /// Allowed origins, trusted proxies, sign-in rate limit (defaults as in production).
+    pub security: Option<SecuritySettings>,
 }
 
 impl TestApp {
@@ -104,6 +107,7 @@ impl TestApp {
             },
             session: SessionSettings::default(),
             renewal: opts.renewal.unwrap_or_default(),
+            security: opts.security.unwrap_or_default(),
         };
         if let Some(toml) = &opts.token_toml {
             settings.token = token_settings_from_toml(toml, &[]).expect("token settings load");

@@ -1,0 +1,306 @@
+//! Browser-facing security policy, applied to every request before routing
+//! and to every response after it.
+//!
+//! In order: size limits (cookie header, query, body) so hostile input is
+//! refused before anything parses it; CORS preflights; the cross-origin
+//! check for the `/auth/*` JSON endpoints (CSRF defence in depth next to
+//! `X-CSRF: 1`); per-client rate limits on sign-in. Responses then get the
+//! security headers: `nosniff` everywhere, `no-store` and `no-referrer` on
+//! `/auth/*`, a restrictive CSP with `frame-ancestors 'none'` on HTML, and
+//! HSTS when the public URL is https.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use poem::{IntoResponse, Request, Response};
+use poem_openapi::payload::Json;
+
+use super::client_ip::{ClientIp, TrustedProxies};
+use super::cors::{self, AllowedOrigins};
+use super::errors::{ApiError, ErrorBody};
+use super::rate_limit::{Limited, RateLimit, RateLimiter};
+use crate::config::PublicUrl;
+
+/// All `Cookie` headers together may not be longer than this.
+pub const MAX_COOKIE_HEADER: usize = 4 * 1024;
+/// Longest query string accepted.
+pub const MAX_QUERY: usize = 8 * 1024;
+/// Largest request body accepted (the API takes small JSON bodies only).
+pub const MAX_BODY: usize = 64 * 1024;
+
+const CSP_HTML: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+/// The API docs page (Swagger UI) needs inline script; it still may not be framed.
+const CSP_DOCS: &str = "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const HSTS: &str = "max-age=31536000";
+
+/// The security knobs of configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// `AVEMINT_ALLOWED_ORIGINS`: other origins whose scripts may call `/auth/*` with credentials.
+    pub allowed_origins: AllowedOrigins,
+    /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// `AVEMINT_LOGIN_RATE_LIMIT`: sign-in requests per minute per client IP and endpoint.
+    pub login_rate_limit: RateLimit,
+}
+
+/// The policy of one running service.
+pub struct Guard {
+    own_origin: String,
+    hsts: bool,
+    settings: SecuritySettings,
+    limiter: RateLimiter,
+}
+
+/// What the response phase needs to remember about the request.
+pub struct Seen {
+    pub path: String,
+    pub origin: Option<String>,
+    pub client: IpAddr,
+}
+
+impl Guard {
+    pub fn new(public_url: &PublicUrl, settings: SecuritySettings) -> Arc<Self> {
+        Arc::new(Self {
+            own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
+            hsts: public_url.is_https(),
+            limiter: RateLimiter::new(settings.login_rate_limit),
+            settings,
+        })
+    }
+
+    /// The client's IP address (see `client_ip`).
+    pub fn client_ip(&self, req: &Request) -> IpAddr {
+        let peer = req
+            .remote_addr()
+            .as_socket_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        self.settings.trusted_proxies.client_ip(peer, forwarded)
+    }
+
+    /// Checks a request before routing; `Err` is the complete answer.
+    pub async fn admit(&self, mut req: Request) -> (Seen, Result<Request, Response>) {
+        let client = self.client_ip(&req);
+        req.extensions_mut().insert(ClientIp(client));
+        let seen = Seen {
+            path: req.uri().path().to_owned(),
+            origin: cors::origin(req.headers()).map(str::to_owned),
+            client,
+        };
+        let verdict = self.check(req, &seen).await;
+        (seen, verdict)
+    }
+
+    async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
+        let cookie_len: usize = req.headers().get_all(header::COOKIE).iter().map(|v| v.len() + 2).sum();
+        if cookie_len > MAX_COOKIE_HEADER + 2 {
+            return Err(refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the Cookie header is larger than 4 KiB",
+            ));
+        }
+        if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {
+            return Err(refuse(
+                StatusCode::URI_TOO_LONG,
+                "the query string is longer than 8 KiB",
+            ));
+        }
+        check_body(&mut req).await?;
+        if cors::is_preflight(req.method(), req.headers()) {
+            return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
+        }
+        if is_auth_api(&seen.path) && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused: the origin is neither this service nor in AVEMINT_ALLOWED_ORIGINS",
+            ));
+        }
+        if let Some(endpoint) = Limited::from_path(&seen.path)
+            && let Err(retry_after) = self.limiter.check(endpoint, seen.client).await
+        {
+            tracing::warn!(client_ip = %seen.client, path = %seen.path, "sign-in rate limit reached");
+            return Err(ApiError::rate_limited(retry_after.as_secs()).into_response());
+        }
+        Ok(req)
+    }
+
+    /// `Origin` (when sent) must be ours or listed; without it, `Sec-Fetch-Site`
+    /// (when sent) must say the request came from our own origin or from the user.
+    fn same_origin_or_allowed(&self, headers: &HeaderMap, origin: Option<&str>) -> bool {
+        if let Some(origin) = origin {
+            return cors::normalise(origin).is_some_and(|o| o == self.own_origin)
+                || self.settings.allowed_origins.contains(origin);
+        }
+        match headers.get("sec-fetch-site").map(HeaderValue::to_str) {
+            None => true,
+            Some(Ok(site)) => matches!(site, "same-origin" | "none"),
+            Some(Err(_)) => false,
+        }
+    }
+
+    /// Adds the security and CORS headers to a response.
+    pub fn finish(&self, resp: &mut Response, seen: &Seen) {
+        let path = seen.path.as_str();
+        let h = resp.headers_mut();
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if path.starts_with("/auth/") {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        }
+        let is_html = h
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html"));
+        if is_html {
+            let csp = if path.starts_with("/docs") { CSP_DOCS } else { CSP_HTML };
+            h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        }
+        if self.hsts {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+        }
+        if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            cors::decorate(&self.settings.allowed_origins, seen.origin.as_deref(), h);
+        }
+    }
+}
+
+/// The `/auth/*` endpoints called by script (everything but the two browser navigations).
+fn is_auth_api(path: &str) -> bool {
+    path.starts_with("/auth/") && Limited::from_path(path).is_none()
+}
+
+/// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body.
+async fn check_body(req: &mut Request) -> Result<(), Response> {
+    let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "the request body is larger than 64 KiB");
+    match req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().map(str::parse::<u64>))
+    {
+        Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
+        Some(Ok(Ok(_))) => Ok(()),
+        Some(_) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the Content-Length header is malformed",
+        )),
+        None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
+        None => {
+            let body = req.take_body();
+            match body.into_bytes_limit(MAX_BODY).await {
+                Ok(bytes) => {
+                    req.set_body(bytes);
+                    Ok(())
+                }
+                Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
+                Err(_) => Err(refuse(StatusCode::BAD_REQUEST, "the request body could not be read")),
+            }
+        }
+    }
+}
+
+/// A JSON `invalid_request` error with the given status.
+fn refuse(status: StatusCode, description: &str) -> Response {
+    let mut resp = Json(ErrorBody {
+        error: "invalid_request".into(),
+        error_description: description.into(),
+    })
+    .into_response();
+    resp.set_status(status);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(path: &str) -> Seen {
+        Seen {
+            path: path.into(),
+            origin: None,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    #[test]
+    fn hsts_only_for_https_public_urls() {
+        let https = Guard::new(
+            &PublicUrl::parse("https://app.example.com").expect("url"),
+            SecuritySettings::default(),
+        );
+        let mut resp = Response::default();
+        https.finish(&mut resp, &seen("/healthz"));
+        assert_eq!(resp.headers()[header::STRICT_TRANSPORT_SECURITY], HSTS);
+        assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(!resp.headers().contains_key(header::CACHE_CONTROL));
+        let http = Guard::new(
+            &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
+            SecuritySettings::default(),
+        );
+        let mut resp = Response::default();
+        http.finish(&mut resp, &seen("/auth/login"));
+        assert!(!resp.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(resp.headers()[header::REFERRER_POLICY], "no-referrer");
+    }
+
+    #[test]
+    fn html_gets_a_csp_that_forbids_framing() {
+        let g = Guard::new(
+            &PublicUrl::parse("https://app.example.com").expect("url"),
+            SecuritySettings::default(),
+        );
+        for path in ["/", "/docs"] {
+            let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
+            g.finish(&mut resp, &seen(path));
+            let csp = resp.headers()[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+            assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+            assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+            assert_eq!(resp.headers()[header::X_FRAME_OPTIONS], "DENY");
+        }
+    }
+
+    #[test]
+    fn the_origin_check() {
+        let g = Guard::new(
+            &PublicUrl::parse("https://app.example.com").expect("url"),
+            SecuritySettings {
+                allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
+                ..SecuritySettings::default()
+            },
+        );
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let ok = |pairs: &[(&'static str, &'static str)]| {
+            let m = h(pairs);
+            g.same_origin_or_allowed(&m, cors::origin(&m))
+        };
+        assert!(ok(&[]));
+        assert!(ok(&[("origin", "https://app.example.com")]));
+        assert!(ok(&[
+            ("origin", "https://spa.example.com"),
+            ("sec-fetch-site", "same-site")
+        ]));
+        assert!(ok(&[("sec-fetch-site", "same-origin")]));
+        assert!(ok(&[("sec-fetch-site", "none")]));
+        assert!(!ok(&[("origin", "https://evil.example")]));
+        assert!(!ok(&[("origin", "null")]));
+        assert!(!ok(&[("origin", "https://app.example.com.evil.example")]));
+        assert!(!ok(&[("sec-fetch-site", "cross-site")]));
+        assert!(!ok(&[("sec-fetch-site", "same-site")]));
+        assert!(is_auth_api("/auth/token") && is_auth_api("/auth/session") && is_auth_api("/auth/logout"));
+        assert!(!is_auth_api("/auth/login") && !is_auth_api("/auth/callback") && !is_auth_api("/healthz"));
+    }
+}

@@ -1,0 +1,432 @@
+//! Browser-facing hardening, black-box over HTTP: security headers, the
+//! cross-origin (CSRF) check, CORS, size limits, sign-in rate limits and
+//! `X-Forwarded-*` handling.
+
+mod support;
+
+use avemint::http::client_ip::TrustedProxies;
+use avemint::http::cors::AllowedOrigins;
+use avemint::http::rate_limit::RateLimit;
+use avemint::http::security::SecuritySettings;
+use reqwest::StatusCode;
+use reqwest::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,
+    CONTENT_SECURITY_POLICY, REFERRER_POLICY, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+};
+use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Another loopback origin: same site as avemint's `127.0.0.1`, different origin.
+const OTHER_ORIGIN: &str = "http://localhost:9";
+
+async fn spawn(security: SecuritySettings) -> TestApp {
+    TestApp::spawn_with(Options {
+        security: Some(security),
+        ..Options::default()
+    })
+    .await
+}
+
+fn with_origins(origins: &str) -> SecuritySettings {
+    SecuritySettings {
+        allowed_origins: AllowedOrigins::parse(origins).expect("origins"),
+        ..SecuritySettings::default()
+    }
+}
+
+#[tokio::test]
+async fn security_headers_on_auth_html_and_everything_else() {
+    let app = TestApp::spawn().await;
+    let mut b = Browser::default();
+    let login = app.login_start(&mut b, None).await;
+    let callback = b.send(app.http.get(app.url("/auth/callback?code=x&state=y"))).await;
+    for resp in [&login, &callback] {
+        let h = resp.headers();
+        assert_eq!(h[CACHE_CONTROL], "no-store");
+        assert_eq!(h[REFERRER_POLICY], "no-referrer");
+        assert_eq!(h[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(
+            !h.contains_key(STRICT_TRANSPORT_SECURITY),
+            "no HSTS on an http public URL"
+        );
+    }
+    let mut b = app.signed_in_browser().await;
+    let token = app.post_token(&mut b, true).await;
+    assert_eq!(token.status(), 200);
+    assert_eq!(token.headers()[CACHE_CONTROL], "no-store");
+    for path in ["/healthz", "/.well-known/jwks.json", "/no-such-path"] {
+        let resp = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(resp.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+    }
+    let docs = app.http.get(app.url("/docs")).send().await.expect("docs");
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    let csp = docs.headers()[CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cross_origin_requests_to_the_json_endpoints_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut b = app.signed_in_browser().await;
+    // A form POST from a page on another loopback port: no X-CSRF, foreign Origin.
+    let form = b
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("origin", OTHER_ORIGIN)
+                .header("sec-fetch-site", "same-site")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("a=b"),
+        )
+        .await;
+    assert_eq!(form.status(), 403);
+    assert!(!form.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    assert_eq!(error_code(form).await, "invalid_request");
+    // Even with X-CSRF (a script could add it to a CORS request), a foreign Origin is refused.
+    for (name, value) in [
+        ("origin", OTHER_ORIGIN),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        for path in ["/auth/token", "/auth/logout"] {
+            let resp = b
+                .send(app.http.post(app.url(path)).header("X-CSRF", "1").header(name, value))
+                .await;
+            assert_eq!(resp.status(), 403, "{path} {name}: {value}");
+            assert!(!resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        }
+        let resp = b
+            .send(
+                app.http
+                    .get(app.url("/auth/session"))
+                    .header("X-CSRF", "1")
+                    .header(name, value),
+            )
+            .await;
+        assert_eq!(resp.status(), 403, "/auth/session {name}: {value}");
+    }
+    // Same-origin script requests still work, and the session survived the attempts.
+    let own = b
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("X-CSRF", "1")
+                .header("origin", app.address.as_str())
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert_eq!(own.status(), 200);
+    assert!(
+        !own.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN),
+        "same-origin needs no CORS"
+    );
+    // The sign-in navigations are cross-site by nature (Ave redirects back) and are not refused.
+    let mut fresh = Browser::default();
+    let login = fresh
+        .send(
+            app.http
+                .get(app.url("/auth/login"))
+                .header("sec-fetch-site", "cross-site"),
+        )
+        .await;
+    assert_eq!(login.status(), 302);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_is_default_deny() {
+    let app = TestApp::spawn().await;
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/auth/token"))
+        .header("origin", OTHER_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-csrf")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 403);
+    assert!(!preflight.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    assert!(!preflight.headers().contains_key(ACCESS_CONTROL_ALLOW_CREDENTIALS));
+    let mut b = app.signed_in_browser().await;
+    let resp = b
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("X-CSRF", "1")
+                .header("origin", OTHER_ORIGIN),
+        )
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert!(!resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    let jwks = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .header("origin", OTHER_ORIGIN)
+        .send()
+        .await
+        .expect("jwks");
+    assert!(!jwks.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allows_listed_origins_with_credentials_and_never_a_wildcard() {
+    let app = spawn(with_origins(OTHER_ORIGIN)).await;
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/auth/token"))
+        .header("origin", OTHER_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-csrf,content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 204);
+    let h = preflight.headers();
+    assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], OTHER_ORIGIN);
+    assert_eq!(h[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    assert_eq!(h[ACCESS_CONTROL_ALLOW_HEADERS], "X-CSRF, Content-Type");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .expect("ascii")
+            .contains("POST")
+    );
+    assert!(h["vary"].to_str().expect("ascii").contains("Origin"));
+
+    let mut b = app.signed_in_browser().await;
+    let resp = b
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("X-CSRF", "1")
+                .header("origin", OTHER_ORIGIN)
+                .header("sec-fetch-site", "same-site"),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], OTHER_ORIGIN);
+    assert_eq!(resp.headers()[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    // Listed origins still need X-CSRF.
+    let resp = b
+        .send(app.http.post(app.url("/auth/token")).header("origin", OTHER_ORIGIN))
+        .await;
+    assert_eq!(resp.status(), 403);
+    // An unlisted origin gets nothing, and no response ever says `*`.
+    let evil = b
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("X-CSRF", "1")
+                .header("origin", "http://localhost:10"),
+        )
+        .await;
+    assert_eq!(evil.status(), 403);
+    assert!(!evil.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    app.stop().await;
+}
+
+/// Sends raw bytes and returns the status code and body of the answer.
+async fn raw_request(app: &TestApp, request: &[u8]) -> (u16, String) {
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (and close) before reading everything: a failed write is fine.
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn oversized_input_is_refused_early_with_json() {
+    let app = TestApp::spawn().await;
+    let mut b = app.signed_in_browser().await;
+    // Cookie header over 4 KiB.
+    b.cookies.insert("padding".into(), "p".repeat(4200));
+    let resp = b
+        .send(app.http.post(app.url("/auth/token")).header("X-CSRF", "1"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(error_code(resp).await, "invalid_request");
+    b.cookies.remove("padding");
+    // Query over 8 KiB.
+    let resp = app
+        .http
+        .get(app.url(&format!("/auth/login?return_to=/{}", "a".repeat(8300))))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+    assert_eq!(error_code(resp).await, "invalid_request");
+    // Body over 64 KiB, announced by Content-Length.
+    let big = vec![b' '; 70 * 1024];
+    let mut req = format!(
+        "POST /auth/token HTTP/1.1\r\nhost: {}\r\nx-csrf: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        app.address.trim_start_matches("http://"),
+        big.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&big);
+    let (status, body) = raw_request(&app, &req).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("\"error\":\"invalid_request\""), "{body}");
+    // The same, chunked (no Content-Length): refused while reading.
+    let mut req = format!(
+        "POST /auth/token HTTP/1.1\r\nhost: {}\r\nx-csrf: 1\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        app.address.trim_start_matches("http://")
+    )
+    .into_bytes();
+    for chunk in big.chunks(8 * 1024) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw_request(&app, &req).await;
+    assert_eq!(status, 413, "{body}");
+    // A small chunked body passes the limit (and reaches the endpoint: 401 without a session).
+    let small = format!(
+        "POST /auth/token HTTP/1.1\r\nhost: {}\r\nx-csrf: 1\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+        app.address.trim_start_matches("http://")
+    );
+    let (status, body) = raw_request(&app, small.as_bytes()).await;
+    assert_eq!(status, 401, "{body}");
+    // The session still works.
+    assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+    app.stop().await;
+}
+
+async fn login_status(app: &TestApp, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut req = app.http.get(app.url("/auth/login"));
+    if let Some(f) = forwarded_for {
+        req = req.header("x-forwarded-for", f);
+    }
+    req.send().await.expect("login")
+}
+
+#[tokio::test]
+async fn sign_in_is_rate_limited_per_client_ip() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(3),
+        ..SecuritySettings::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(login_status(&app, None).await.status(), 302);
+    }
+    // X-Forwarded-For from an untrusted peer cannot buy a fresh budget.
+    let limited = login_status(&app, Some("198.51.100.77")).await;
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()[RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(limited.headers()[CACHE_CONTROL], "no-store");
+    assert_eq!(error_code(limited).await, "rate_limited");
+    // The callback has its own budget.
+    for _ in 0..3 {
+        let resp = app
+            .http
+            .get(app.url("/auth/callback?code=c&state=s"))
+            .send()
+            .await
+            .expect("cb");
+        assert_eq!(resp.status(), 400);
+    }
+    let resp = app
+        .http
+        .get(app.url("/auth/callback?code=c&state=s"))
+        .send()
+        .await
+        .expect("cb");
+    assert_eq!(resp.status(), 429);
+    // Other endpoints are not limited.
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.expect("h").status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(1),
+        trusted_proxies: TrustedProxies::parse("127.0.0.1").expect("proxies"),
+        ..SecuritySettings::default()
+    })
+    .await;
+    assert_eq!(login_status(&app, Some("198.51.100.1")).await.status(), 302);
+    assert_eq!(login_status(&app, Some("198.51.100.1")).await.status(), 429);
+    assert_eq!(login_status(&app, Some("198.51.100.2")).await.status(), 302);
+    // A client-supplied hop left of the proxy's entry does not help.
+    assert_eq!(
+        login_status(&app, Some("203.0.113.5, 198.51.100.2")).await.status(),
+        429
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
+    for trusted in ["", "127.0.0.1"] {
+        let app = spawn(SecuritySettings {
+            trusted_proxies: TrustedProxies::parse(trusted).expect("proxies"),
+            ..SecuritySettings::default()
+        })
+        .await;
+        let mut b = Browser::default();
+        let resp = b
+            .send(
+                app.http
+                    .get(app.url("/auth/login"))
+                    .header("x-forwarded-host", "evil.example")
+                    .header("x-forwarded-proto", "http")
+                    .header("x-forwarded-port", "81")
+                    .header("forwarded", "host=evil.example;proto=http")
+                    .header("x-forwarded-for", "198.51.100.9"),
+            )
+            .await;
+        assert_eq!(resp.status(), 302);
+        let authorize = url::Url::parse(&location(&resp)).expect("url");
+        let redirect_uri = authorize
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .expect("redirect_uri");
+        assert_eq!(
+            redirect_uri,
+            format!("{}/auth/callback", app.address),
+            "trusted={trusted}"
+        );
+        let set = b
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{LOGIN_COOKIE}=")))
+            .expect("login cookie");
+        let lower = set.to_ascii_lowercase();
+        assert!(lower.split(';').any(|a| a.trim() == "secure"), "{set}");
+        assert!(!lower.contains("domain="), "{set}");
+        // The flow still completes against the configured redirect URI.
+        let callback = app.authorize(authorize.as_str()).await;
+        assert!(callback.starts_with(&format!("{}/auth/callback?", app.address)));
+        app.stop().await;
+    }
+}

@@ -1,0 +1,211 @@
+//! Nothing secret reaches the logs: every line avemint (and every library it
+//! uses, and the in-process Ave emulator) writes at `trace` level during a full
+//! sign-in, token, session and logout run is captured, then searched for each
+//! secret that run handled, including the tokens of two silent renewals.
+//!
+//! Its own test binary, because it installs the process-wide subscriber.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use std::time::Duration;
+
+use avemint::config::{RenewalSettings, SessionKeys};
+use avemint::http::cookies::decode_login;
+use avemint::session::{Purpose, Sealer};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use serde_json::Value;
+use support::{Browser, LOGIN_COOKIE, Options, SESSION_COOKIE, TestApp, location};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The session key `TestApp` configures.
+const SESSION_KEY: [u8; 32] = [42; 32];
+
+/// An in-memory log sink.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = CaptureWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        CaptureWriter(self.0.clone())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// Every secret seen during the run, with a label for failure messages.
+#[derive(Default)]
+struct Transcript {
+    secrets: Vec<(String, String)>,
+}
+
+impl Transcript {
+    fn add(&mut self, label: &str, value: &str) {
+        assert!(value.len() >= 8, "{label} is too short to search for meaningfully");
+        self.secrets.push((label.to_owned(), value.to_owned()));
+        // A JWT may leak one part at a time: search for each part too.
+        if value.split('.').count() == 3 {
+            for (i, part) in value.split('.').enumerate() {
+                if part.len() >= 16 {
+                    self.secrets.push((format!("{label} (part {i})"), part.to_owned()));
+                }
+            }
+        }
+    }
+
+    fn add_cookies(&mut self, browser: &Browser) {
+        for raw in &browser.set_cookies {
+            let (pair, _) = raw.split_once(';').unwrap_or((raw, ""));
+            if let Some((name, value)) = pair.split_once('=')
+                && !value.is_empty()
+            {
+                self.add(&format!("cookie {name}"), value);
+            }
+        }
+    }
+
+    /// `GET /auth/login`, Ave's sign-in, `GET /auth/callback`: state, nonce, the
+    /// PKCE verifier (from the sealed login cookie), the code, both cookies, Ave's tokens.
+    async fn sign_in(&mut self, app: &TestApp, browser: &mut Browser) {
+        let login = app.login_start(browser, Some("/after")).await;
+        let authorize = url::Url::parse(&location(&login)).expect("authorize url");
+        for (k, v) in authorize.query_pairs() {
+            if matches!(k.as_ref(), "state" | "nonce" | "code_challenge") {
+                self.add(&k, &v);
+            }
+        }
+        let login_cookie = browser.get(LOGIN_COOKIE).expect("login cookie").to_owned();
+        let sealer = Sealer::new(&SessionKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
+        let pending = decode_login(&login_cookie, &sealer, avemint::http::now()).expect("login cookie opens");
+        self.add("PKCE verifier", pending.verifier.expose());
+        let callback = app.authorize(authorize.as_str()).await;
+        let callback_url = url::Url::parse(&callback).expect("callback url");
+        let code = callback_url
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .expect("code");
+        self.add("authorization code", &code);
+        let resp = browser.send(app.http.get(callback)).await;
+        assert_eq!(resp.status(), 302, "signed in");
+        assert!(browser.get(SESSION_COOKIE).is_some());
+        self.add_cookies(browser);
+    }
+
+    /// `POST /auth/token`: the app JWT.
+    async fn app_token(&mut self, app: &TestApp, browser: &mut Browser) {
+        let resp = app.post_token(browser, true).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.expect("json");
+        self.add("app JWT", body["access_token"].as_str().expect("token"));
+    }
+
+    /// `POST /auth/token` once more, with renewal due: avemint refreshes Ave's
+    /// tokens (the new ones join the transcript through `issued_tokens`).
+    async fn refresh(&mut self, app: &TestApp, browser: &mut Browser) {
+        let refreshes = |app: &TestApp| {
+            app.emulator
+                .token_requests()
+                .iter()
+                .filter(|r| r.grant_type.as_deref() == Some("refresh_token") && r.status == 200)
+                .count()
+        };
+        let before = refreshes(app);
+        self.app_token(app, browser).await;
+        assert_eq!(refreshes(app), before + 1, "the token call renewed Ave's tokens");
+    }
+
+    /// `GET /auth/session`.
+    async fn session(&mut self, app: &TestApp, browser: &mut Browser) {
+        let resp = browser
+            .send(app.http.get(app.url("/auth/session")).header("X-CSRF", "1"))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+
+    /// `POST /auth/logout`.
+    async fn logout(&mut self, app: &TestApp, browser: &mut Browser) {
+        let resp = browser
+            .send(app.http.post(app.url("/auth/logout")).header("X-CSRF", "1"))
+            .await;
+        assert_eq!(resp.status(), 204);
+        self.add_cookies(browser);
+    }
+
+    /// Ave's tokens, the client secret and the session key in every encoding.
+    fn add_static(&mut self, app: &TestApp) {
+        for (i, t) in app.emulator.issued_tokens().iter().enumerate() {
+            self.add(&format!("Ave token #{i}"), t);
+        }
+        self.add("client secret", app.emulator.client_secret());
+        for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+            self.add("session key (base64)", &engine.encode(SESSION_KEY));
+        }
+        self.add("session key (raw)", &String::from_utf8_lossy(&SESSION_KEY));
+        self.add("session key (Debug bytes)", &format!("{SESSION_KEY:?}")[..40]);
+    }
+}
+
+#[tokio::test]
+async fn a_full_run_at_trace_level_logs_no_secret() {
+    let capture = Capture::default();
+    avemint::telemetry::init("trace", false, capture.clone());
+
+    // Renewal is always due (the margin exceeds Ave's access-token lifetime), so every app-token call refreshes.
+    let app = TestApp::spawn_with(Options {
+        renewal: Some(RenewalSettings {
+            skew: Duration::from_secs(2 * 3600),
+            ..RenewalSettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut transcript = Transcript::default();
+    let mut browser = Browser::default();
+    transcript.sign_in(&app, &mut browser).await;
+    transcript.app_token(&app, &mut browser).await;
+    transcript.refresh(&app, &mut browser).await;
+    transcript.refresh(&app, &mut browser).await;
+    transcript.session(&app, &mut browser).await;
+    transcript.logout(&app, &mut browser).await;
+    transcript.add_static(&app);
+    app.stop().await;
+
+    let logs = capture.text();
+    // The capture really saw the run, at trace level.
+    assert!(logs.contains("signed in"), "avemint's own lines are captured");
+    assert!(logs.contains("/auth/callback"), "request lines are captured");
+    assert!(logs.contains("TRACE"), "trace-level lines are captured");
+    assert!(transcript.secrets.len() > 15, "the run handled secrets");
+    let mut leaks = Vec::new();
+    for (label, secret) in &transcript.secrets {
+        if let Some(at) = logs.find(secret.as_str()) {
+            let line_start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = logs[at..].find('\n').map_or(logs.len(), |i| at + i);
+            leaks.push(format!("{label}: {}", &logs[line_start..line_end]));
+        }
+    }
+    assert!(leaks.is_empty(), "secrets in the logs:\n{}", leaks.join("\n"));
+}
