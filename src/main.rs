@@ -74,13 +74,7 @@ fn main() -> ExitCode {
         Command::Serve => {
             let settings = match Settings::load(cli.config.as_deref(), &ProcessEnv) {
                 Ok(s) => s,
-                Err(errors) => {
-                    eprintln!("avemint: invalid configuration:");
-                    for line in &errors.0 {
-                        eprintln!("  {line}");
-                    }
-                    return ExitCode::from(2);
-                }
+                Err(errors) => return config_failure(&errors),
             };
             run(async move {
                 let app = Application::build(settings, Mode::Serve).await?;
@@ -97,13 +91,7 @@ fn main() -> ExitCode {
 fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
     let settings = match KeysSettings::load(config, &ProcessEnv) {
         Ok(s) => s,
-        Err(errors) => {
-            eprintln!("avemint: invalid configuration:");
-            for line in &errors.0 {
-                eprintln!("  {line}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(errors) => return config_failure(&errors),
     };
     avemint::telemetry::init("warn", false, std::io::stderr);
     let dir = KeyDir::new(settings.keys_dir);
@@ -124,6 +112,15 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints one line per configuration problem and exits with status 2.
+fn config_failure(errors: &avemint::config::ConfigErrors) -> ExitCode {
+    eprintln!("avemint: invalid configuration:");
+    for line in &errors.0 {
+        eprintln!("  {line}");
+    }
+    ExitCode::from(2)
 }
 
 fn run(fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
