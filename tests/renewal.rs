@@ -246,8 +246,17 @@ async fn transient_failures_lose_nothing_and_recovery_uses_the_rotated_token() {
 
 #[tokio::test]
 async fn while_the_access_token_is_valid_a_failed_refresh_still_mints() {
-    // Skew larger than the access lifetime: every request wants a refresh, but the token is valid.
-    let app = spawn(None, renewal(60), ClientOptions::default()).await;
+    // Skew (60 s) larger than the access lifetime (30 s): every request wants a refresh, but the
+    // token is valid for long enough that a slow machine cannot make it expire mid-test.
+    let app = TestApp::spawn_with(Options {
+        emulator: Some(EmulatorConfig {
+            access_token_ttl: Duration::from_secs(30),
+            ..EmulatorConfig::default()
+        }),
+        renewal: Some(renewal(60)),
+        ..Options::default()
+    })
+    .await;
     let mut browser = app.signed_in_browser().await;
     app.emulator.set_token_failure(Some(TokenFailure::Status(500)));
     assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
