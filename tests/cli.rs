@@ -115,17 +115,7 @@ async fn serve_stops_cleanly_on_sigterm() {
         .spawn()
         .expect("spawns");
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "serve became ready");
+    support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let jwks: serde_json::Value = http
         .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
         .send()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::mint::keys::{Algorithm, KeyPolicy};
 use serde_json::Value;
-use support::{Browser, Options, SESSION_COOKIE, TestApp, location, try_verify, verify_with, verify_with_alg};
+use support::{Browser, Options, SESSION_COOKIE, TestApp, try_verify, verify_with, verify_with_alg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_avemint");
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "k", "oth"];
@@ -454,27 +454,11 @@ async fn sighup_reload_under_load_loses_no_request() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "serve became ready");
+    support::wait_ready(&base).await;
 
     // Sign in once through the binary, like a browser.
     let mut browser = Browser::default();
-    let resp = browser.send(http.get(format!("{base}/auth/login"))).await;
-    assert_eq!(resp.status(), 302);
-    emulator.set_auto_approve(Some(emulator.users()[0].id.clone()));
-    let resp = http.get(location(&resp)).send().await.expect("ave");
-    assert_eq!(resp.status(), 302);
-    let resp = browser.send(http.get(location(&resp))).await;
-    assert_eq!(resp.status(), 302);
+    support::sign_in_at(&http, &emulator, &base, &mut browser).await;
     let cookie = format!(
         "{SESSION_COOKIE}={}",
         browser.get(SESSION_COOKIE).expect("session cookie")

@@ -405,6 +405,20 @@ pub async fn sign_in_at(http: &reqwest::Client, emulator: &Emulator, base: &str,
     assert!(browser.get(SESSION_COOKIE).is_some());
 }
 
+/// Waits (up to 10 s) until `{base}/readyz` answers 200; panics otherwise.
+pub async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("avemint at {base} did not become ready");
+}
+
 /// An `avemint serve` child process, killed on drop.
 pub struct ServeProcess {
     pub base: String,
@@ -444,16 +458,8 @@ impl ServeProcess {
         }
         let child = cmd.spawn().expect("avemint serve starts");
         let process = Self { base, child };
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(r) = http.get(format!("{}/readyz", process.base)).send().await
-                && r.status() == 200
-            {
-                return process;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("avemint serve did not become ready");
+        wait_ready(&process.base).await;
+        process
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
