@@ -104,7 +104,7 @@ fn main() -> Result<(), BoxError> {
             alg,
             cache_ttl_ms,
         } => {
-            avemint::telemetry::init("info", false, std::io::stderr);
+            avemint::telemetry::init_stderr("info", false);
             let mut renewal = RenewalSettings::default();
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);

@@ -93,7 +93,7 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
         Ok(s) => s,
         Err(errors) => return config_failure(&errors),
     };
-    avemint::telemetry::init("warn", false, std::io::stderr);
+    avemint::telemetry::init_stderr("warn", false);
     let dir = KeyDir::new(settings.keys_dir);
     let default_alg = settings.signing.algorithm;
     let result = match command {
@@ -125,7 +125,7 @@ fn config_failure(errors: &avemint::config::ConfigErrors) -> ExitCode {
 
 fn run(fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
     let json = std::env::var("AVEMINT_LOG_FORMAT").is_ok_and(|v| v == "json");
-    avemint::telemetry::init("info", json, std::io::stderr);
+    avemint::telemetry::init_stderr("info", json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

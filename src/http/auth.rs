@@ -12,11 +12,12 @@ use serde_json::Value;
 use super::cookies;
 use super::errors::ApiError;
 use super::optional_json::OptionalJson;
+use super::prepared_json::PreparedJson;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
 use crate::mint::profiles::SelectError;
-use crate::mint::{MintError, Subject};
+use crate::mint::{MintError, MintedToken, Subject};
 use crate::session::{RenewError, Session, StoreError};
 use crate::signin::{self, Callback, SignInError};
 
@@ -48,6 +49,25 @@ pub struct TokenBody {
     pub token_type: String,
     /// Lifetime in seconds.
     pub expires_in: u64,
+}
+
+/// `TokenBody` by reference, field for field: the token answer is serialized
+/// straight from the minted token (see `PreparedJson`).
+#[derive(serde::Serialize)]
+struct TokenView<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+impl<'a> From<&'a MintedToken> for TokenView<'a> {
+    fn from(minted: &'a MintedToken) -> Self {
+        Self {
+            access_token: minted.token.expose(),
+            token_type: "Bearer",
+            expires_in: minted.expires_in,
+        }
+    }
 }
 
 /// Which app JWT to mint. Send one of the two, or no body for the default profile.
@@ -278,7 +298,7 @@ impl AuthApi {
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
         body: OptionalJson<TokenRequest>,
-    ) -> Result<Json<TokenBody>, ApiError> {
+    ) -> Result<PreparedJson<TokenBody>, ApiError> {
         require_csrf(&csrf)?;
         let target = body.0.as_ref();
         let profile = state
@@ -310,11 +330,8 @@ impl AuthApi {
             )
             .await
             .map_err(ApiError::from)?;
-        Ok(Json(TokenBody {
-            access_token: minted.token.expose().clone(),
-            token_type: "Bearer".into(),
-            expires_in: minted.expires_in,
-        }))
+        // Serializing two strings and an integer cannot fail.
+        PreparedJson::serialize(&TokenView::from(&minted)).map_err(|_| ApiError::internal("could not encode the token"))
     }
 
     /// The signed-in user's profile and session expiry (no tokens).
@@ -362,5 +379,34 @@ impl AuthApi {
         }
         cookies::clear_session(jar);
         Ok(LogoutResponse::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use poem::IntoResponse as _;
+    use poem_openapi::types::ToJSON as _;
+
+    #[tokio::test]
+    async fn the_token_answer_is_the_documented_token_body() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let minted = MintedToken {
+            token: Secret::new(jwt.to_owned()),
+            expires_in: 300,
+        };
+        let answer = PreparedJson::<TokenBody>::serialize(&TokenView::from(&minted)).expect("serialize");
+        let response = answer.into_response();
+        assert_eq!(response.content_type(), Some("application/json; charset=utf-8"));
+        let body = response.into_body().into_bytes().await.expect("body");
+        let written: Value = serde_json::from_slice(&body).expect("JSON");
+        let documented = TokenBody {
+            access_token: jwt.into(),
+            token_type: "Bearer".into(),
+            expires_in: 300,
+        }
+        .to_json();
+        assert_eq!(Some(written), documented);
     }
 }

@@ -10,6 +10,7 @@ pub mod demo_api;
 pub mod errors;
 pub mod ops;
 pub mod optional_json;
+pub mod prepared_json;
 pub mod rate_limit;
 pub mod return_path;
 pub mod security;

@@ -11,6 +11,7 @@ use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::prepared_json::PreparedJson;
 use super::{ApiTags, AppState};
 use crate::mint::keys::JWKS_CACHE_LIFETIME;
 
@@ -85,7 +86,7 @@ pub enum JwksResponse {
     /// The public keys.
     #[oai(status = 200)]
     Ok(
-        Json<JwkSet>,
+        PreparedJson<JwkSet>,
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "ETag")] String,
     ),
@@ -100,10 +101,6 @@ pub enum DiscoveryResponse {
     /// The metadata.
     #[oai(status = 200)]
     Ok(Json<Discovery>, #[oai(header = "Cache-Control")] String),
-}
-
-fn field(v: &serde_json::Value, name: &str) -> Option<String> {
-    v.get(name).and_then(serde_json::Value::as_str).map(str::to_owned)
 }
 
 #[OpenApi(prefix_path = "/.well-known", tag = "ApiTags::WellKnown")]
@@ -122,25 +119,12 @@ impl WellKnownApi {
         if if_none_match.0.as_deref().is_some_and(|h| none_match(h, &etag)) {
             return JwksResponse::NotModified(cache_control(), etag);
         }
-        let keys = ring.jwks()["keys"]
-            .as_array()
-            .map(|keys| {
-                keys.iter()
-                    .map(|k| PublicJwk {
-                        kty: field(k, "kty").unwrap_or_default(),
-                        crv: field(k, "crv"),
-                        x: field(k, "x"),
-                        y: field(k, "y"),
-                        n: field(k, "n"),
-                        e: field(k, "e"),
-                        alg: field(k, "alg").unwrap_or_default(),
-                        use_: "sig".into(),
-                        kid: field(k, "kid").unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        JwksResponse::Ok(Json(JwkSet { keys }), cache_control(), etag)
+        // Rendered once per key set from the keys' public members only (`KeyRing::load`).
+        JwksResponse::Ok(
+            PreparedJson::from_bytes(ring.jwks_json().clone()),
+            cache_control(),
+            etag,
+        )
     }
 
     /// OpenID-style discovery metadata for verifiers of app JWTs.
@@ -170,6 +154,28 @@ impl WellKnownApi {
 #[cfg(test)]
 mod tests {
     use super::none_match;
+    use crate::mint::keys::KeyRing;
+
+    #[test]
+    fn the_served_jwks_has_only_documented_public_members() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::load_or_generate(dir.path()).expect("keys");
+        let served: serde_json::Value = serde_json::from_slice(ring.jwks_json()).expect("JSON");
+        assert_eq!(&served, ring.jwks());
+        let keys = served["keys"].as_array().expect("keys");
+        assert_eq!(keys.len(), 2, "current and next");
+        for key in keys {
+            for (name, value) in key.as_object().expect("object") {
+                // The members of `PublicJwk`: nothing private (`d`, `p`, `q`, ...) can appear.
+                assert!(
+                    ["kty", "crv", "x", "y", "n", "e", "alg", "use", "kid"].contains(&name.as_str()),
+                    "undocumented member {name}"
+                );
+                assert!(value.is_string(), "{name} is a string");
+            }
+            assert_eq!(key["use"], "sig");
+        }
+    }
 
     #[test]
     fn if_none_match_lists_weak_tags_and_star() {

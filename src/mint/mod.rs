@@ -53,6 +53,23 @@ pub enum MintError {
     TooLarge { profile: String, size: usize, limit: usize },
 }
 
+/// An app JWT's claims: the registered ones avemint sets, then the profile's
+/// and the hook's (which never carry a registered name: configuration refuses
+/// them and `hook::merge` drops them), serialized without building a map.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+    jti: &'a str,
+    sid: &'a str,
+    client_id: &'a str,
+    #[serde(flatten)]
+    custom: &'a Map<String, Value>,
+}
+
 /// Signs app JWTs for a profile: registered claims, the profile's claim map
 /// and its hook's claims.
 pub struct Minter {
@@ -110,15 +127,19 @@ impl Minter {
             }
         }
         let ttl = profile.ttl.as_secs();
-        claims.insert("iss".into(), Value::from(self.issuer.as_str()));
-        claims.insert("sub".into(), Value::from(subject.sub));
-        claims.insert("aud".into(), Value::from(profile.audience.as_str()));
-        claims.insert("iat".into(), Value::from(now));
-        claims.insert("exp".into(), Value::from(now + ttl));
-        claims.insert("jti".into(), Value::from(URL_SAFE_NO_PAD.encode(random_bytes::<16>())));
-        claims.insert("sid".into(), Value::from(subject.sid));
-        claims.insert("client_id".into(), Value::from(self.client_id.as_str()));
-        let payload = serde_json::to_vec(&claims).map_err(|_| KeyError::Generation)?;
+        let jti = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+        let payload = Payload {
+            iss: &self.issuer,
+            sub: subject.sub,
+            aud: &profile.audience,
+            iat: now,
+            exp: now + ttl,
+            jti: &jti,
+            sid: subject.sid,
+            client_id: &self.client_id,
+            custom: &claims,
+        };
+        let payload = serde_json::to_vec(&payload).map_err(|_| KeyError::Generation)?;
         let token = self.keys.current().signing_key().sign(&payload)?;
         if token.len() > self.max_token_bytes {
             return Err(MintError::TooLarge {

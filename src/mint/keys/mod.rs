@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use algorithms::{Algorithm, AlgorithmError, ParsedKey};
@@ -118,6 +119,7 @@ pub struct KeyRing {
     keys: Vec<PublishedKey>,
     current: usize,
     jwks: Value,
+    jwks_json: Bytes,
     etag: String,
 }
 
@@ -160,12 +162,14 @@ impl KeyRing {
             .position(|k| k.entry.state == KeyState::Current)
             .ok_or_else(|| KeyError::NoKeys { dir: dir.to_owned() })?;
         let jwks = json!({ "keys": keys.iter().map(|k| k.key.key.public_jwk().clone()).collect::<Vec<_>>() });
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwks.to_string().as_bytes());
+        let jwks_json = Bytes::from(jwks.to_string());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks_json);
         let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..18]));
         Ok(Self {
             keys,
             current,
             jwks,
+            jwks_json,
             etag,
         })
     }
@@ -189,6 +193,12 @@ impl KeyRing {
     /// The public JWKS document (`{"keys":[…]}`), without any private member.
     pub fn jwks(&self) -> &Value {
         &self.jwks
+    }
+
+    /// The JWKS document serialized once: what `/.well-known/jwks.json` serves
+    /// (cheap to clone) and what the ETag hashes.
+    pub fn jwks_json(&self) -> &Bytes {
+        &self.jwks_json
     }
 
     /// A strong ETag of the JWKS document (changes whenever the key set does).
