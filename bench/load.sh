@@ -14,8 +14,13 @@
 #    into SQLite; cache-missing lookup latency (p50/p99); server time-to-ready and
 #    resident memory at idle and after token requests over all stored sessions.
 #
+# 3. PostgreSQL (when LOAD_DATABASE_URL or AVEMINT_TEST_DATABASE_URL names one
+#    and psql is installed): the same cache-missing lookup against PostgreSQL,
+#    in a scratch schema that is dropped afterwards.
+#
 # Knobs (environment): LOAD_DURATION (s, default 15), LOAD_CONNECTIONS (64),
-# LOAD_SESSIONS (64), LOAD_STORED_SESSIONS (100000), LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1).
+# LOAD_SESSIONS (64), LOAD_STORED_SESSIONS (100000), LOAD_PG_SESSIONS (20000),
+# LOAD_DATABASE_URL, LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +28,15 @@ DURATION=${LOAD_DURATION:-15}
 CONNECTIONS=${LOAD_CONNECTIONS:-64}
 SESSIONS=${LOAD_SESSIONS:-64}
 STORED=${LOAD_STORED_SESSIONS:-100000}
+PG_STORED=${LOAD_PG_SESSIONS:-20000}
+PG_URL=${LOAD_DATABASE_URL:-${AVEMINT_TEST_DATABASE_URL:-}}
 SERVER_CPU=${LOAD_SERVER_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
 WARMUP=3
 if [[ "${1:-}" == "--quick" ]]; then
   DURATION=3
   STORED=10000
+  PG_STORED=2000
   WARMUP=1
 fi
 
@@ -48,6 +56,7 @@ BIN=target/release/examples/loadbench_server
 
 WORK=$(mktemp -d)
 SERVER=""
+PG_SCHEMA=""
 stop_server() {
   if [[ -n "$SERVER" ]]; then
     kill -TERM "$SERVER" 2>/dev/null || true
@@ -55,7 +64,13 @@ stop_server() {
     SERVER=""
   fi
 }
-trap 'stop_server; rm -rf "$WORK"' EXIT
+drop_pg_schema() {
+  if [[ -n "$PG_SCHEMA" ]]; then
+    psql -q "$PG_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+    PG_SCHEMA=""
+  fi
+}
+trap 'stop_server; drop_pg_schema; rm -rf "$WORK"' EXIT
 
 # Starts the benchmark server pinned to SERVER_CPU; sets SERVER and URL.
 start_server() {
@@ -169,4 +184,21 @@ stop_server
 echo "startup on $STORED sessions: serving after ${HEALTHY_MS} ms, ready (Ave discovery + JWKS + store) after ${READY_MS} ms (target <= 1000 ms)"
 echo "resident memory: ${IDLE_RSS} MiB idle, ${LOADED_RSS} MiB after ${DURATION}s of token requests across all $STORED sessions (target <= 256 MiB)"
 echo "POST /auth/token across $STORED sessions: $STORED_RPS req/s, p50 $STORED_P50 ms, p99 $STORED_P99 ms"
+
+# --- 3. PostgreSQL ---------------------------------------------------------
+if [[ -n "$PG_URL" ]] && command -v psql >/dev/null 2>&1; then
+  echo "== $PG_STORED stored sessions in PostgreSQL"
+  PG_SCHEMA="avemint_bench_$$"
+  psql -q "$PG_URL" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
+  sep='?'; [[ "$PG_URL" == *\?* ]] && sep='&'
+  PG_BENCH_URL="${PG_URL}${sep}options=-c%20search_path%3D${PG_SCHEMA}"
+  taskset -c "$SERVER_CPU" "$BIN" populate --db "$PG_BENCH_URL" --count "$PG_STORED" --cookies "$WORK/pg.txt" >"$WORK/pg-populate.out"
+  AT=$(value populated_at "$WORK/pg-populate.out")
+  taskset -c "$SERVER_CPU" "$BIN" lookup --db "$PG_BENCH_URL" --cookies "$WORK/pg.txt" --samples 20000 --at "$((AT + 1))" >"$WORK/pg-lookup.out"
+  echo "session lookup missing the cache (PostgreSQL on this machine, loopback), $(value lookups "$WORK/pg-lookup.out") distinct sessions:"
+  echo "  p50 $(value lookup_p50_us "$WORK/pg-lookup.out") us, p99 $(value lookup_p99_us "$WORK/pg-lookup.out") us"
+  drop_pg_schema
+else
+  echo "== PostgreSQL lookup skipped: set LOAD_DATABASE_URL (or AVEMINT_TEST_DATABASE_URL) and install psql to measure it"
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -6,7 +6,8 @@
 //!   cookie values to `--cookies` (one per line), prints `url=…` and
 //!   `ready_ms=…`, and serves until SIGTERM / Ctrl-C.
 //! - `populate`: stores `--count` sessions directly through
-//!   `avemint::session::Sessions` into an SQLite file and writes their cookies.
+//!   `avemint::session::Sessions` into an SQLite file (or the PostgreSQL
+//!   database `--db` names) and writes their cookies.
 //! - `lookup`: times `Sessions::load` for distinct stored sessions (each one a
 //!   store read, AEAD open and decode: what a session-cache miss costs) and
 //!   prints p50/p99.
@@ -68,10 +69,10 @@ enum Command {
         #[arg(long)]
         cache_ttl_ms: Option<u64>,
     },
-    /// Store sessions directly into an SQLite file.
+    /// Store sessions directly into a store (an SQLite file, or a database URL).
     Populate {
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, value_parser = parse_store)]
+        db: DatabaseUrl,
         #[arg(long, default_value_t = 100_000)]
         count: usize,
         #[arg(long)]
@@ -79,8 +80,8 @@ enum Command {
     },
     /// Time cache-missing session lookups.
     Lookup {
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, value_parser = parse_store)]
+        db: DatabaseUrl,
         #[arg(long)]
         cookies: PathBuf,
         #[arg(long, default_value_t = 20_000)]
@@ -123,6 +124,15 @@ fn main() -> Result<(), BoxError> {
 
 fn database_url(db: &Path) -> DatabaseUrl {
     DatabaseUrl::Sqlite(format!("sqlite://{}", db.display()))
+}
+
+/// `--db`: a database URL (`sqlite:…`, `postgres://…`) or an SQLite file path.
+fn parse_store(raw: &str) -> Result<DatabaseUrl, String> {
+    if raw.contains("://") || raw.starts_with("sqlite:") {
+        DatabaseUrl::parse(raw)
+    } else {
+        Ok(database_url(Path::new(raw)))
+    }
 }
 
 fn session_keys() -> SessionKeys {
@@ -310,14 +320,8 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-async fn populate(db: &Path, count: usize, cookies: &Path) -> Result<(), BoxError> {
-    let sessions = Sessions::open(
-        &database_url(db),
-        &session_keys(),
-        SessionSettings::default(),
-        Duration::ZERO,
-    )
-    .await?;
+async fn populate(db: &DatabaseUrl, count: usize, cookies: &Path) -> Result<(), BoxError> {
+    let sessions = Sessions::open(db, &session_keys(), SessionSettings::default(), Duration::ZERO).await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(cookies)?);
     let started = Instant::now();
     let t = now();
@@ -344,14 +348,8 @@ impl XorShift {
     }
 }
 
-async fn lookup(db: &Path, cookies: &Path, samples: usize, at: Option<i64>) -> Result<(), BoxError> {
-    let sessions = Sessions::open(
-        &database_url(db),
-        &session_keys(),
-        SessionSettings::default(),
-        Duration::ZERO,
-    )
-    .await?;
+async fn lookup(db: &DatabaseUrl, cookies: &Path, samples: usize, at: Option<i64>) -> Result<(), BoxError> {
+    let sessions = Sessions::open(db, &session_keys(), SessionSettings::default(), Duration::ZERO).await?;
     let mut keys = Vec::new();
     for line in std::fs::read_to_string(cookies)?.lines() {
         keys.push(SessionId::parse(line.trim()).ok_or("bad cookie line")?.key());
