@@ -430,3 +430,112 @@ async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
         app.stop().await;
     }
 }
+
+/// The operations of the served OpenAPI document: `(path, method, documented responses)`.
+async fn operations(app: &TestApp) -> Vec<(String, String, serde_json::Value)> {
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("json");
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            out.push((path.clone(), method.to_uppercase(), op["responses"].clone()));
+        }
+    }
+    assert!(out.len() >= 9, "{out:?}");
+    out
+}
+
+/// Every answer the guard gives before routing (431, 414, 413, 403 cross-origin, 429) is a documented
+/// response of the operation it was given for, with the `{error, error_description}` body.
+#[tokio::test]
+async fn every_answer_of_the_guard_is_documented_on_its_operation() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(1),
+        ..SecuritySettings::default()
+    })
+    .await;
+    for (path, method, responses) in operations(&app).await {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let request = |query: &str| app.http.request(method.clone(), app.url(&format!("{path}{query}")));
+        let mut answers = vec![
+            request("")
+                .header("cookie", format!("pad={}", "p".repeat(4200)))
+                .send()
+                .await,
+            request(&format!("?pad={}", "p".repeat(8300))).send().await,
+            request("").body(vec![b' '; 70 * 1024]).send().await,
+            request("").header("origin", "https://evil.example").send().await,
+        ];
+        if path == "/auth/login" || path == "/auth/callback" {
+            answers.push(request("").send().await);
+        }
+        let mut statuses = Vec::new();
+        for resp in answers {
+            let resp = resp.expect("request");
+            let status = resp.status().as_u16();
+            statuses.push(status);
+            if !matches!(status, 413 | 414 | 431 | 403 | 429) {
+                continue;
+            }
+            let documented = &responses[status.to_string()];
+            let schema = &documented["content"]["application/json; charset=utf-8"]["schema"]["$ref"];
+            assert_eq!(
+                schema, "#/components/schemas/ErrorBody",
+                "{method} {path} answered {status}, documented as {documented}"
+            );
+            let code = if status == 429 {
+                "rate_limited"
+            } else {
+                "invalid_request"
+            };
+            assert_eq!(error_code(resp).await, code, "{method} {path}");
+        }
+        assert_eq!(&statuses[..3], [431, 414, 413], "{method} {path}");
+        let cross_origin_refused =
+            path.starts_with("/auth/") && !matches!(path.as_str(), "/auth/login" | "/auth/callback");
+        assert_eq!(
+            statuses[3] == 403,
+            cross_origin_refused,
+            "{method} {path}: {statuses:?}"
+        );
+        if statuses.len() > 4 {
+            assert_eq!(statuses[4], 429, "{method} {path}");
+        }
+    }
+    app.stop().await;
+}
+
+/// A method an operation does not list is 405 with `Allow` naming exactly the listed ones
+/// (and `HEAD` wherever `GET` is, which the router answers).
+#[tokio::test]
+async fn undeclared_methods_are_405_with_allow() {
+    let app = spawn(SecuritySettings::default()).await;
+    let mut declared: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (path, method, _) in operations(&app).await {
+        declared.entry(path).or_default().push(method);
+    }
+    for (path, mut methods) in declared {
+        if methods.iter().any(|m| m == "GET") {
+            methods.push("HEAD".into());
+        }
+        methods.sort();
+        for undeclared in ["PUT", "DELETE", "PATCH", "TRACE"] {
+            let method = reqwest::Method::from_bytes(undeclared.as_bytes()).expect("method");
+            let resp = app.http.request(method, app.url(&path)).send().await.expect("request");
+            assert_eq!(resp.status(), 405, "{undeclared} {path}");
+            let allow = resp.headers()["allow"].to_str().expect("ascii").to_owned();
+            let mut allowed: Vec<String> = allow.split(',').map(|m| m.trim().to_owned()).collect();
+            allowed.sort();
+            assert_eq!(allowed, methods, "{undeclared} {path}: Allow: {allow}");
+            assert_eq!(error_code(resp).await, "invalid_request");
+        }
+    }
+    app.stop().await;
+}
