@@ -539,3 +539,68 @@ async fn undeclared_methods_are_405_with_allow() {
     }
     app.stop().await;
 }
+
+/// Forwarded headers never widen the origin checks either: a foreign `Origin` that forwarded headers
+/// claim is "this host" is still refused, and gets no CORS grant, behind a trusted proxy or not.
+#[tokio::test]
+async fn forwarded_headers_never_widen_the_origin_checks() {
+    const EVIL: &str = "http://evil.example";
+    for trusted in ["", "127.0.0.1"] {
+        let app = spawn(SecuritySettings {
+            trusted_proxies: TrustedProxies::parse(trusted).expect("proxies"),
+            ..SecuritySettings::default()
+        })
+        .await;
+        let mut b = app.signed_in_browser().await;
+        let forwarded = |req: reqwest::RequestBuilder| {
+            req.header("origin", EVIL)
+                .header("x-forwarded-host", "evil.example")
+                .header("x-forwarded-proto", "http")
+                .header("forwarded", "host=evil.example;proto=http")
+                .header("x-forwarded-for", "198.51.100.9")
+        };
+        let resp = b
+            .send(forwarded(app.http.post(app.url("/auth/token")).header("X-CSRF", "1")))
+            .await;
+        assert_eq!(resp.status(), 403, "trusted={trusted}");
+        assert!(!resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        let preflight = forwarded(
+            app.http
+                .request(reqwest::Method::OPTIONS, app.url("/auth/token"))
+                .header("access-control-request-method", "POST"),
+        )
+        .send()
+        .await
+        .expect("preflight");
+        assert_eq!(preflight.status(), 403, "trusted={trusted}");
+        assert!(!preflight.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        // The session is untouched and same-origin requests still work.
+        assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+        app.stop().await;
+    }
+}
+
+/// SECURITY.md states the threat model, the defences, what avemint cannot do (Ave has no revocation)
+/// and how to report a vulnerability.
+#[test]
+fn security_md_states_threats_defences_limits_and_reporting() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).expect("SECURITY.md");
+    for heading in [
+        "## Reporting a vulnerability",
+        "## Threat model and defences",
+        "## What avemint cannot do",
+        "## Dependency policy",
+    ] {
+        assert!(text.contains(heading), "SECURITY.md lacks `{heading}`");
+    }
+    assert!(text.contains("Revoke Ave's tokens"), "the revocation limit is stated");
+    for threat in [
+        "CSRF",
+        "Session fixation",
+        "Open redirects",
+        "Forged or confused id_tokens",
+        "Secrets in logs",
+    ] {
+        assert!(text.contains(threat), "SECURITY.md lacks the `{threat}` threat");
+    }
+}
