@@ -77,4 +77,22 @@ mod tests {
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(s.expose(), "hunter2");
     }
+
+    /// Records whether it was zeroized.
+    struct Probe(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Zeroize for Probe {
+        fn zeroize(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_value_is_zeroized_on_drop() {
+        let zeroized = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let secret = Secret::new(Probe(zeroized.clone()));
+        assert!(!zeroized.load(std::sync::atomic::Ordering::SeqCst));
+        drop(secret);
+        assert!(zeroized.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

@@ -430,3 +430,177 @@ async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
         app.stop().await;
     }
 }
+
+/// The operations of the served OpenAPI document: `(path, method, documented responses)`.
+async fn operations(app: &TestApp) -> Vec<(String, String, serde_json::Value)> {
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("json");
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            out.push((path.clone(), method.to_uppercase(), op["responses"].clone()));
+        }
+    }
+    assert!(out.len() >= 9, "{out:?}");
+    out
+}
+
+/// Every answer the guard gives before routing (431, 414, 413, 403 cross-origin, 429) is a documented
+/// response of the operation it was given for, with the `{error, error_description}` body.
+#[tokio::test]
+async fn every_answer_of_the_guard_is_documented_on_its_operation() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(1),
+        ..SecuritySettings::default()
+    })
+    .await;
+    for (path, method, responses) in operations(&app).await {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let request = |query: &str| app.http.request(method.clone(), app.url(&format!("{path}{query}")));
+        let mut answers = vec![
+            request("")
+                .header("cookie", format!("pad={}", "p".repeat(4200)))
+                .send()
+                .await,
+            request(&format!("?pad={}", "p".repeat(8300))).send().await,
+            request("").body(vec![b' '; 70 * 1024]).send().await,
+            request("").header("origin", "https://evil.example").send().await,
+        ];
+        if path == "/auth/login" || path == "/auth/callback" {
+            answers.push(request("").send().await);
+        }
+        let mut statuses = Vec::new();
+        for resp in answers {
+            let resp = resp.expect("request");
+            let status = resp.status().as_u16();
+            statuses.push(status);
+            if !matches!(status, 413 | 414 | 431 | 403 | 429) {
+                continue;
+            }
+            let documented = &responses[status.to_string()];
+            let schema = &documented["content"]["application/json; charset=utf-8"]["schema"]["$ref"];
+            assert_eq!(
+                schema, "#/components/schemas/ErrorBody",
+                "{method} {path} answered {status}, documented as {documented}"
+            );
+            let code = if status == 429 {
+                "rate_limited"
+            } else {
+                "invalid_request"
+            };
+            assert_eq!(error_code(resp).await, code, "{method} {path}");
+        }
+        assert_eq!(&statuses[..3], [431, 414, 413], "{method} {path}");
+        let cross_origin_refused =
+            path.starts_with("/auth/") && !matches!(path.as_str(), "/auth/login" | "/auth/callback");
+        assert_eq!(
+            statuses[3] == 403,
+            cross_origin_refused,
+            "{method} {path}: {statuses:?}"
+        );
+        if statuses.len() > 4 {
+            assert_eq!(statuses[4], 429, "{method} {path}");
+        }
+    }
+    app.stop().await;
+}
+
+/// A method an operation does not list is 405 with `Allow` naming exactly the listed ones
+/// (and `HEAD` wherever `GET` is, which the router answers).
+#[tokio::test]
+async fn undeclared_methods_are_405_with_allow() {
+    let app = spawn(SecuritySettings::default()).await;
+    let mut declared: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (path, method, _) in operations(&app).await {
+        declared.entry(path).or_default().push(method);
+    }
+    for (path, mut methods) in declared {
+        if methods.iter().any(|m| m == "GET") {
+            methods.push("HEAD".into());
+        }
+        methods.sort();
+        for undeclared in ["PUT", "DELETE", "PATCH", "TRACE"] {
+            let method = reqwest::Method::from_bytes(undeclared.as_bytes()).expect("method");
+            let resp = app.http.request(method, app.url(&path)).send().await.expect("request");
+            assert_eq!(resp.status(), 405, "{undeclared} {path}");
+            let allow = resp.headers()["allow"].to_str().expect("ascii").to_owned();
+            let mut allowed: Vec<String> = allow.split(',').map(|m| m.trim().to_owned()).collect();
+            allowed.sort();
+            assert_eq!(allowed, methods, "{undeclared} {path}: Allow: {allow}");
+            assert_eq!(error_code(resp).await, "invalid_request");
+        }
+    }
+    app.stop().await;
+}
+
+/// Forwarded headers never widen the origin checks either: a foreign `Origin` that forwarded headers
+/// claim is "this host" is still refused, and gets no CORS grant, behind a trusted proxy or not.
+#[tokio::test]
+async fn forwarded_headers_never_widen_the_origin_checks() {
+    const EVIL: &str = "http://evil.example";
+    for trusted in ["", "127.0.0.1"] {
+        let app = spawn(SecuritySettings {
+            trusted_proxies: TrustedProxies::parse(trusted).expect("proxies"),
+            ..SecuritySettings::default()
+        })
+        .await;
+        let mut b = app.signed_in_browser().await;
+        let forwarded = |req: reqwest::RequestBuilder| {
+            req.header("origin", EVIL)
+                .header("x-forwarded-host", "evil.example")
+                .header("x-forwarded-proto", "http")
+                .header("forwarded", "host=evil.example;proto=http")
+                .header("x-forwarded-for", "198.51.100.9")
+        };
+        let resp = b
+            .send(forwarded(app.http.post(app.url("/auth/token")).header("X-CSRF", "1")))
+            .await;
+        assert_eq!(resp.status(), 403, "trusted={trusted}");
+        assert!(!resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        let preflight = forwarded(
+            app.http
+                .request(reqwest::Method::OPTIONS, app.url("/auth/token"))
+                .header("access-control-request-method", "POST"),
+        )
+        .send()
+        .await
+        .expect("preflight");
+        assert_eq!(preflight.status(), 403, "trusted={trusted}");
+        assert!(!preflight.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        // The session is untouched and same-origin requests still work.
+        assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+        app.stop().await;
+    }
+}
+
+/// SECURITY.md states the threat model, the defences, what avemint cannot do (Ave has no revocation)
+/// and how to report a vulnerability.
+#[test]
+fn security_md_states_threats_defences_limits_and_reporting() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).expect("SECURITY.md");
+    for heading in [
+        "## Reporting a vulnerability",
+        "## Threat model and defences",
+        "## What avemint cannot do",
+        "## Dependency policy",
+    ] {
+        assert!(text.contains(heading), "SECURITY.md lacks `{heading}`");
+    }
+    assert!(text.contains("Revoke Ave's tokens"), "the revocation limit is stated");
+    for threat in [
+        "CSRF",
+        "Session fixation",
+        "Open redirects",
+        "Forged or confused id_tokens",
+        "Secrets in logs",
+    ] {
+        assert!(text.contains(threat), "SECURITY.md lacks the `{threat}` threat");
+    }
+}

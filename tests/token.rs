@@ -155,3 +155,51 @@ async fn readiness_reports_the_checks_and_the_token_budget() {
     assert_eq!(docs.status(), 200);
     app.stop().await;
 }
+
+/// The token request body is what the OpenAPI document says: left out, empty or `{}` for the
+/// default profile; `null` properties count as left out (`nullable`); anything else, including
+/// `null` as the whole body or an unknown property (a typo must not fall back to the default
+/// profile), is 400 `invalid_request`.
+#[tokio::test]
+async fn the_token_request_body_is_as_documented() {
+    let app = TestApp::spawn().await;
+    let mut b = app.signed_in_browser().await;
+    let post = |body: &'static str| {
+        app.http
+            .post(app.url("/auth/token"))
+            .header("X-CSRF", "1")
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+    for ok in [
+        "",
+        "{}",
+        r#"{"profile": null}"#,
+        r#"{"audience": null, "profile": null}"#,
+    ] {
+        let resp = b.send(post(ok)).await;
+        assert_eq!(resp.status(), 200, "{ok:?}");
+    }
+    for bad in ["null", "[]", "1", r#"{"audiance": "https://api.example.com"}"#, "{"] {
+        let resp = b.send(post(bad)).await;
+        assert_eq!(resp.status(), 400, "{bad:?}");
+        assert_eq!(error_code(resp).await, "invalid_request", "{bad:?}");
+    }
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("json");
+    let schema = &spec["components"]["schemas"]["TokenRequest"];
+    let extra = &schema["additionalProperties"];
+    assert!(
+        extra["minLength"].as_u64() > extra["maxLength"].as_u64(),
+        "no additional property is valid: {schema}"
+    );
+    assert_eq!(schema["properties"]["profile"]["nullable"], true, "{schema}");
+    app.stop().await;
+}

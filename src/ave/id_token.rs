@@ -280,6 +280,17 @@ mod tests {
         assert!(matches!(inspect_header("!!.b.c"), Err(IdTokenError::Malformed)));
     }
 
+    #[test]
+    fn id_tokens_over_16_kib_are_refused_before_anything_is_decoded() {
+        let header = enc(&json!({"alg":"RS256","kid":"k1"}));
+        let at_limit = |len: usize| format!("{header}.{}.sig", "A".repeat(len - header.len() - 5));
+        let largest = at_limit(MAX_ID_TOKEN_LEN);
+        assert_eq!(largest.len(), 16 * 1024);
+        assert_eq!(inspect_header(&largest).expect("at the limit").as_deref(), Some("k1"));
+        let over = at_limit(MAX_ID_TOKEN_LEN + 1);
+        assert!(matches!(inspect_header(&over), Err(IdTokenError::Malformed)));
+    }
+
     fn claims(v: Value) -> Map<String, Value> {
         match v {
             Value::Object(m) => m,

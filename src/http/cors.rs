@@ -10,7 +10,7 @@
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use poem::{IntoResponse, Response};
 
-use super::errors::ErrorBody;
+use super::security::Refusal;
 
 /// Methods the API uses.
 pub const ALLOW_METHODS: &str = "GET, POST";
@@ -120,16 +120,8 @@ pub fn preflight(allowed: &AllowedOrigins, headers: &HeaderMap) -> Response {
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE_SECS));
             resp
         }
-        _ => {
-            let mut resp = poem_openapi::payload::Json(ErrorBody {
-                error: "invalid_request".into(),
-                error_description: "cross-origin request refused: the origin is not allowed or the method is not used"
-                    .into(),
-            })
-            .into_response();
-            resp.set_status(StatusCode::FORBIDDEN);
-            resp
-        }
+        _ => Refusal::cross_origin("cross-origin request refused: the origin is not allowed or the method is not used")
+            .into_response(),
     };
     resp.headers_mut()
         .append(header::VARY, HeaderValue::from_static("Origin"));

@@ -28,16 +28,13 @@ pub enum ApiError {
     /// No valid session (`login_required`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// Refused: missing CSRF header (`invalid_request`) or sign-in declined at Ave (`access_denied`).
+    /// Refused: missing CSRF header or a cross-origin request from an origin that is not allowed
+    /// (`invalid_request`), or sign-in declined at Ave (`access_denied`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// Too many sign-in requests from this client (`rate_limited`; `/auth/login` and `/auth/callback` only,
-    /// see `AVEMINT_LOGIN_RATE_LIMIT`).
-    #[oai(status = 429)]
-    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
     /// Ave answered with something avemint cannot use (`server_error`).
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
@@ -82,17 +79,6 @@ impl ApiError {
     /// 500 `server_error`.
     pub fn internal(description: impl Into<String>) -> Self {
         Self::Internal(body("server_error", description))
-    }
-
-    /// 429 `rate_limited`, with `Retry-After` in seconds.
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
-        Self::TooManyRequests(
-            body(
-                "rate_limited",
-                format!("too many sign-in requests from this address; try again in {retry_after_secs} s"),
-            ),
-            Some(retry_after_secs.to_string()),
-        )
     }
 
     /// 502 `server_error`.

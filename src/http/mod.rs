@@ -17,12 +17,14 @@ pub mod security;
 pub mod spa;
 pub mod well_known;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use poem::http::{HeaderValue, StatusCode, header};
 use poem::middleware::CookieJarManager;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
-use poem_openapi::{OpenApiService, Tags};
+use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use crate::ave::AveClient;
 use crate::config::PublicUrl;
@@ -59,12 +61,12 @@ pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-type Apis = (auth::AuthApi, well_known::WellKnownApi, ops::OpsApi);
+type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (auth::AuthApi, well_known::WellKnownApi, ops::OpsApi),
+        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)),
         "avemint",
         env!("CARGO_PKG_VERSION"),
     )
@@ -75,7 +77,8 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
              HttpOnly, Secure, SameSite=Lax, Path=/. Requests to those endpoints that carry an `Origin` (or \
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: a Cookie header over 4 KiB (431), \
-             a query over 8 KiB (414), a body over 64 KiB (413).",
+             a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
+             405 with an `Allow` header.",
     )
 }
 
@@ -102,14 +105,37 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
         route.map_to_response().boxed()
     };
     let guard = security::Guard::new(&state.public_url, state.security.clone());
+    let allow = Arc::new(allowed_methods());
     route
         .with(CookieJarManager::new())
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
-            let guard = guard.clone();
-            async move { Ok(respond(ep, req, &guard).await) }
+            let (guard, allow) = (guard.clone(), allow.clone());
+            async move { Ok(respond(ep, req, &guard, &allow).await) }
         })
+}
+
+/// The `Allow` header value of each path in the OpenAPI document (`HEAD` wherever `GET` is: the
+/// router answers it). Everything served outside the document (docs, spec, metrics, pages) is `GET`.
+fn allowed_methods() -> HashMap<String, HeaderValue> {
+    let mut methods: HashMap<String, Vec<String>> = HashMap::new();
+    for path in Apis::meta().into_iter().flat_map(|api| api.paths) {
+        let list = methods.entry(path.path).or_default();
+        for op in path.operations {
+            if op.method == poem::http::Method::GET {
+                list.push("HEAD".into());
+            }
+            list.push(op.method.to_string());
+        }
+    }
+    methods
+        .into_iter()
+        .filter_map(|(path, mut list)| {
+            list.sort();
+            HeaderValue::from_str(&list.join(", ")).ok().map(|v| (path, v))
+        })
+        .collect()
 }
 
 /// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document).
@@ -121,7 +147,12 @@ fn metrics_endpoint() -> Response {
 }
 
 /// Applies the security policy, records metrics and logs one line per request (path only: queries carry codes).
-async fn respond<E: Endpoint>(ep: Arc<E>, req: Request, guard: &security::Guard) -> Response {
+async fn respond<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    guard: &security::Guard,
+    allow: &HashMap<String, HeaderValue>,
+) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let (seen, admitted) = guard.admit(req).await;
@@ -133,6 +164,11 @@ async fn respond<E: Endpoint>(ep: Arc<E>, req: Request, guard: &security::Guard)
         },
         Err(refused) => refused,
     };
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let methods = allow.get(&seen.path).cloned();
+        resp.headers_mut()
+            .insert(header::ALLOW, methods.unwrap_or(HeaderValue::from_static("GET, HEAD")));
+    }
     guard.finish(&mut resp, &seen);
     let elapsed = started.elapsed();
     crate::metrics::record_request(route, resp.status().as_u16(), elapsed);

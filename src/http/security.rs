@@ -9,16 +9,20 @@
 //! `/auth/*`, a restrictive CSP with `frame-ancestors 'none'` on HTML, and
 //! HSTS when the public URL is https.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use poem::endpoint::BoxEndpoint;
+use poem::http::{HeaderMap, HeaderValue, Method, header};
 use poem::{IntoResponse, Request, Response};
 use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaApi, Registry};
+use poem_openapi::{ApiResponse, OpenApi};
 
 use super::client_ip::{ClientIp, TrustedProxies};
 use super::cors::{self, AllowedOrigins};
-use super::errors::{ApiError, ErrorBody};
+use super::errors::ErrorBody;
 use super::rate_limit::{Limited, RateLimit, RateLimiter};
 use crate::config::PublicUrl;
 
@@ -34,6 +38,102 @@ const CSP_HTML: &str = "default-src 'self'; script-src 'self'; style-src 'self';
 /// The API docs page (Swagger UI) needs inline script; it still may not be framed.
 const CSP_DOCS: &str = "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const HSTS: &str = "max-age=31536000";
+
+/// What the guard answers instead of routing a request. Every variant is an
+/// `invalid_request` (or `rate_limited`) `{error, error_description}` body, and
+/// [`Guarded`] documents each on every operation where the guard can give it.
+#[derive(Debug, ApiResponse)]
+pub enum Refusal {
+    /// Refused before routing: the `Content-Length` header is malformed or the body could not be read
+    /// (`invalid_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Refused before routing: a cross-origin request whose origin is neither this service nor in
+    /// `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).
+    #[oai(status = 403)]
+    CrossOrigin(Json<ErrorBody>),
+    /// Refused before routing: the request body is larger than 64 KiB (`invalid_request`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// Refused before routing: the query string is longer than 8 KiB (`invalid_request`).
+    #[oai(status = 414)]
+    UriTooLong(Json<ErrorBody>),
+    /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
+    /// Refused before routing: the `Cookie` header is larger than 4 KiB (`invalid_request`).
+    #[oai(status = 431)]
+    HeaderFieldsTooLarge(Json<ErrorBody>),
+}
+
+fn invalid_request(description: &str) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: "invalid_request".into(),
+        error_description: description.into(),
+    })
+}
+
+impl Refusal {
+    /// 403 for a request from an origin that is not allowed.
+    pub fn cross_origin(description: &str) -> Self {
+        Self::CrossOrigin(invalid_request(description))
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` in seconds.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            Json(ErrorBody {
+                error: "rate_limited".into(),
+                error_description: format!(
+                    "too many sign-in requests from this address; try again in {retry_after_secs} s"
+                ),
+            }),
+            retry_after_secs.to_string(),
+        )
+    }
+
+    /// Whether the guard can give the answer with this status to a request for `path`.
+    fn possible(status: u16, path: &str) -> bool {
+        match status {
+            403 => is_auth_api(path),
+            429 => Limited::from_path(path).is_some(),
+            _ => true,
+        }
+    }
+}
+
+/// The API with the guard's answers added to each operation's documented responses, so the
+/// OpenAPI document lists every status a client can receive. A status the operation documents
+/// itself (e.g. `ApiError`'s 400 and 403) keeps the operation's description.
+pub struct Guarded<A>(pub A);
+
+impl<A: OpenApi> OpenApi for Guarded<A> {
+    fn meta() -> Vec<MetaApi> {
+        let mut apis = A::meta();
+        for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
+            for op in &mut path.operations {
+                let responses = &mut op.responses.responses;
+                for refusal in Refusal::meta().responses {
+                    let status = refusal.status.unwrap_or_default();
+                    if Refusal::possible(status, &path.path) && !responses.iter().any(|r| r.status == Some(status)) {
+                        responses.push(refusal);
+                    }
+                }
+                responses.sort_by_key(|r| r.status);
+            }
+        }
+        apis
+    }
+
+    fn register(registry: &mut Registry) {
+        A::register(registry);
+        Refusal::register(registry);
+    }
+
+    fn add_routes(self, route_table: &mut HashMap<String, HashMap<Method, BoxEndpoint<'static>>>) {
+        self.0.add_routes(route_table);
+    }
+}
 
 /// The security knobs of configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,32 +201,28 @@ impl Guard {
     async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
         let cookie_len: usize = req.headers().get_all(header::COOKIE).iter().map(|v| v.len() + 2).sum();
         if cookie_len > MAX_COOKIE_HEADER + 2 {
-            return Err(refuse(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "the Cookie header is larger than 4 KiB",
-            ));
+            let body = invalid_request("the Cookie header is larger than 4 KiB");
+            return Err(Refusal::HeaderFieldsTooLarge(body).into_response());
         }
         if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {
-            return Err(refuse(
-                StatusCode::URI_TOO_LONG,
-                "the query string is longer than 8 KiB",
-            ));
+            let body = invalid_request("the query string is longer than 8 KiB");
+            return Err(Refusal::UriTooLong(body).into_response());
         }
-        check_body(&mut req).await?;
+        check_body(&mut req).await.map_err(IntoResponse::into_response)?;
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
         if is_auth_api(&seen.path) && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
+            let refusal = Refusal::cross_origin(
                 "cross-origin request refused: the origin is neither this service nor in AVEMINT_ALLOWED_ORIGINS",
-            ));
+            );
+            return Err(refusal.into_response());
         }
         if let Some(endpoint) = Limited::from_path(&seen.path)
             && let Err(retry_after) = self.limiter.check(endpoint, seen.client).await
         {
             tracing::warn!(client_ip = %seen.client, path = %seen.path, "sign-in rate limit reached");
-            return Err(ApiError::rate_limited(retry_after.as_secs()).into_response());
+            return Err(Refusal::rate_limited(retry_after.as_secs()).into_response());
         }
         Ok(req)
     }
@@ -178,8 +274,8 @@ fn is_auth_api(path: &str) -> bool {
 }
 
 /// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body.
-async fn check_body(req: &mut Request) -> Result<(), Response> {
-    let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "the request body is larger than 64 KiB");
+async fn check_body(req: &mut Request) -> Result<(), Refusal> {
+    let too_large = || Refusal::PayloadTooLarge(invalid_request("the request body is larger than 64 KiB"));
     match req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -187,10 +283,9 @@ async fn check_body(req: &mut Request) -> Result<(), Response> {
     {
         Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
         Some(Ok(Ok(_))) => Ok(()),
-        Some(_) => Err(refuse(
-            StatusCode::BAD_REQUEST,
+        Some(_) => Err(Refusal::BadRequest(invalid_request(
             "the Content-Length header is malformed",
-        )),
+        ))),
         None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
         None => {
             let body = req.take_body();
@@ -200,21 +295,12 @@ async fn check_body(req: &mut Request) -> Result<(), Response> {
                     Ok(())
                 }
                 Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
-                Err(_) => Err(refuse(StatusCode::BAD_REQUEST, "the request body could not be read")),
+                Err(_) => Err(Refusal::BadRequest(invalid_request(
+                    "the request body could not be read",
+                ))),
             }
         }
     }
-}
-
-/// A JSON `invalid_request` error with the given status.
-fn refuse(status: StatusCode, description: &str) -> Response {
-    let mut resp = Json(ErrorBody {
-        error: "invalid_request".into(),
-        error_description: description.into(),
-    })
-    .into_response();
-    resp.set_status(status);
-    resp
 }
 
 #[cfg(test)]
