@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Load benchmark of avemint's hot path, one command from a fresh clone:
 #
-#   bench/load.sh            # full run (about 3 minutes after the release build)
-#   bench/load.sh --quick    # short sanity run (3 s per measurement, 10,000 stored sessions)
+#   bench/load.sh            # full run (about 4 minutes after the release build)
+#   bench/load.sh --quick    # short sanity run (one round of 2 s, 10,000 stored sessions)
 #
-# 1. Hot path: avemint + the Ave emulator in one process pinned to CPU 0
-#    (examples/loadbench_server.rs), N sessions signed in over HTTP; wrk pinned
-#    to CPU 1 drives GET /.well-known/jwks.json, then POST /auth/token (X-CSRF: 1,
-#    rotating session cookies), 64 connections each; then the same token load
-#    against a server whose key is EdDSA. Prints requests/s, p50/p99, the
-#    token/jwks ratio and the EdDSA/ES256 ratio.
+# 1. Hot path: two benchmark servers (examples/loadbench_server.rs: avemint + the
+#    Ave emulator in one process), one signing ES256 and one EdDSA, both pinned to
+#    CPU 0, N sessions signed in over HTTP on each; wrk pinned to CPU 1 drives
+#    GET /.well-known/jwks.json, POST /auth/token (X-CSRF: 1, rotating session
+#    cookies) on the ES256 server and the same on the EdDSA server, 64 connections,
+#    alternating for LOAD_ROUNDS rounds. Prints each round, then medians of
+#    requests/s, p50/p99, the token/jwks ratio and the EdDSA/ES256 ratio.
 # 2. Stored sessions: 100,000 sessions written through avemint::session::Sessions
 #    into SQLite; cache-missing lookup latency (p50/p99); server time-to-ready and
 #    resident memory at idle and after token requests over all stored sessions.
@@ -18,13 +19,16 @@
 #    and psql is installed): the same cache-missing lookup against PostgreSQL,
 #    in a scratch schema that is dropped afterwards.
 #
-# Knobs (environment): LOAD_DURATION (s, default 15), LOAD_CONNECTIONS (64),
+# Knobs (environment): LOAD_DURATION (s per measurement and round, default 5),
+# LOAD_ROUNDS (3), LOAD_STORED_SECONDS (15), LOAD_CONNECTIONS (64),
 # LOAD_SESSIONS (64), LOAD_STORED_SESSIONS (100000), LOAD_PG_SESSIONS (20000),
 # LOAD_DATABASE_URL, LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${LOAD_DURATION:-15}
+DURATION=${LOAD_DURATION:-5}
+ROUNDS=${LOAD_ROUNDS:-3}
+STORED_SECONDS=${LOAD_STORED_SECONDS:-15}
 CONNECTIONS=${LOAD_CONNECTIONS:-64}
 SESSIONS=${LOAD_SESSIONS:-64}
 STORED=${LOAD_STORED_SESSIONS:-100000}
@@ -34,7 +38,9 @@ SERVER_CPU=${LOAD_SERVER_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
 WARMUP=3
 if [[ "${1:-}" == "--quick" ]]; then
-  DURATION=3
+  DURATION=2
+  ROUNDS=1
+  STORED_SECONDS=3
   STORED=10000
   PG_STORED=2000
   WARMUP=1
@@ -55,41 +61,46 @@ cargo build --release --locked --quiet --example loadbench_server
 BIN=target/release/examples/loadbench_server
 
 WORK=$(mktemp -d)
-SERVER=""
+declare -A PIDS=() URLS=()
 PG_SCHEMA=""
+# stop_server NAME
 stop_server() {
-  if [[ -n "$SERVER" ]]; then
-    kill -TERM "$SERVER" 2>/dev/null || true
-    wait "$SERVER" 2>/dev/null || true
-    SERVER=""
+  local pid=${PIDS[$1]:-}
+  if [[ -n "$pid" ]]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$1]"
   fi
 }
+stop_all() { for name in "${!PIDS[@]}"; do stop_server "$name"; done; }
 drop_pg_schema() {
   if [[ -n "$PG_SCHEMA" ]]; then
     psql -q "$PG_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
     PG_SCHEMA=""
   fi
 }
-trap 'stop_server; drop_pg_schema; rm -rf "$WORK"' EXIT
+trap 'stop_all; drop_pg_schema; rm -rf "$WORK"' EXIT
 
-# Starts the benchmark server pinned to SERVER_CPU; sets SERVER and URL.
+# start_server NAME ARGS...: starts a benchmark server pinned to SERVER_CPU; sets PIDS[NAME] and URLS[NAME].
 start_server() {
-  : >"$WORK/server.out"
-  taskset -c "$SERVER_CPU" "$BIN" serve "$@" >"$WORK/server.out" 2>"$WORK/server.log" &
-  SERVER=$!
+  local name=$1
+  shift
+  : >"$WORK/$name.out"
+  taskset -c "$SERVER_CPU" "$BIN" serve "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  PIDS[$name]=$!
   for _ in $(seq 1 600); do
-    if grep -q '^signed_in=' "$WORK/server.out"; then
-      URL=$(sed -n 's/^url=//p' "$WORK/server.out")
+    if grep -q '^signed_in=' "$WORK/$name.out"; then
+      URLS[$name]=$(sed -n 's/^url=//p' "$WORK/$name.out")
       return 0
     fi
-    if ! kill -0 "$SERVER" 2>/dev/null; then
-      echo "benchmark server exited:" >&2
-      tail -20 "$WORK/server.log" >&2
+    if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
+      echo "benchmark server $name exited:" >&2
+      tail -20 "$WORK/$name.log" >&2
       exit 1
     fi
     sleep 0.2
   done
-  echo "benchmark server did not become ready in 120 s" >&2
+  echo "benchmark server $name did not become ready in 120 s" >&2
   exit 1
 }
 
@@ -132,28 +143,41 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, $CONNECTIONS connections, ${DURATION}s per measurement"
 
 # --- 1. hot path -------------------------------------------------------------
-echo "== hot path: signing in $SESSIONS sessions"
-start_server --sessions "$SESSIONS" --cookies "$WORK/cookies.txt"
-export COOKIES="$WORK/cookies.txt"
-run_wrk warm-jwks "$WARMUP" "$URL/.well-known/jwks.json"
-run_wrk warm-token "$WARMUP" "$URL/auth/token" bench/token.lua
-run_wrk jwks "$DURATION" "$URL/.well-known/jwks.json"
-JWKS_RPS=$RPS JWKS_P50=$P50 JWKS_P99=$P99
-run_wrk token "$DURATION" "$URL/auth/token" bench/token.lua
-TOKEN_RPS=$RPS TOKEN_P50=$P50 TOKEN_P99=$P99
-HOT_RSS=$(rss_mib "$SERVER")
-stop_server
+# Both servers run side by side on SERVER_CPU (the idle one costs nothing), and the
+# three measurements alternate for ROUNDS rounds, so that drift in the machine's
+# speed during the run hits all of them alike. Figures are medians over the rounds;
+# each ratio is taken within a round, and its median is reported.
+echo "== hot path: signing in $SESSIONS sessions on an ES256 and on an EdDSA server"
+start_server es256 --sessions "$SESSIONS" --cookies "$WORK/cookies-es256.txt"
+start_server eddsa --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
+ES_URL=${URLS[es256]} ED_URL=${URLS[eddsa]}
+run_wrk warm-jwks "$WARMUP" "$ES_URL/.well-known/jwks.json"
+COOKIES="$WORK/cookies-es256.txt" run_wrk warm-token "$WARMUP" "$ES_URL/auth/token" bench/token.lua
+COOKIES="$WORK/cookies-eddsa.txt" run_wrk warm-eddsa "$WARMUP" "$ED_URL/auth/token" bench/token.lua
+: >"$WORK/rounds.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  run_wrk "jwks-$round" "$DURATION" "$ES_URL/.well-known/jwks.json"
+  JR=$RPS JP50=$P50 JP99=$P99
+  COOKIES="$WORK/cookies-es256.txt" run_wrk "token-$round" "$DURATION" "$ES_URL/auth/token" bench/token.lua
+  TR=$RPS TP50=$P50 TP99=$P99
+  COOKIES="$WORK/cookies-eddsa.txt" run_wrk "eddsa-$round" "$DURATION" "$ED_URL/auth/token" bench/token.lua
+  ER=$RPS EP50=$P50 EP99=$P99
+  echo "$round $JR $JP50 $JP99 $TR $TP50 $TP99 $ER $EP50 $EP99" >>"$WORK/rounds.txt"
+  awk -v r="$round" -v j="$JR" -v t="$TR" -v e="$ER" -v tp="$TP99" 'BEGIN {
+    printf "round %d: jwks %d req/s, token ES256 %d req/s (p99 %s ms), EdDSA %d req/s; token/jwks %.1f%%, EdDSA/ES256 %.2fx\n",
+      r, j, t, tp, e, 100 * t / j, e / t }'
+done
+HOT_RSS=$(rss_mib "${PIDS[es256]}")
+stop_all
 
-echo "== EdDSA profile: signing in $SESSIONS sessions"
-start_server --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
-export COOKIES="$WORK/cookies-eddsa.txt"
-run_wrk warm-eddsa "$WARMUP" "$URL/auth/token" bench/token.lua
-run_wrk eddsa "$DURATION" "$URL/auth/token" bench/token.lua
-EDDSA_RPS=$RPS EDDSA_P50=$P50 EDDSA_P99=$P99
-stop_server
-
-RATIO=$(awk -v t="$TOKEN_RPS" -v j="$JWKS_RPS" 'BEGIN { printf "%.1f", 100 * t / j }')
-ED_RATIO=$(awk -v e="$EDDSA_RPS" -v t="$TOKEN_RPS" 'BEGIN { printf "%.2f", e / t }')
+# median COLUMN: the median of a column of rounds.txt (an expression of $N columns for ratios).
+median() { awk "{ print $1 }" "$WORK/rounds.txt" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+JWKS_RPS=$(median '$2') JWKS_P50=$(median '$3') JWKS_P99=$(median '$4')
+TOKEN_RPS=$(median '$5') TOKEN_P50=$(median '$6') TOKEN_P99=$(median '$7')
+EDDSA_RPS=$(median '$8') EDDSA_P50=$(median '$9') EDDSA_P99=$(median '$10')
+RATIO=$(median '100 * $5 / $2' | awk '{ printf "%.1f", $1 }')
+ED_RATIO=$(median '$8 / $5' | awk '{ printf "%.2f", $1 }')
+echo "medians over $ROUNDS rounds of ${DURATION} s per endpoint:"
 printf '%-34s %10s %10s %10s\n' "endpoint" "req/s" "p50 ms" "p99 ms"
 printf '%-34s %10s %10s %10s\n' "GET /.well-known/jwks.json" "$JWKS_RPS" "$JWKS_P50" "$JWKS_P99"
 printf '%-34s %10s %10s %10s\n' "POST /auth/token (ES256)" "$TOKEN_RPS" "$TOKEN_P50" "$TOKEN_P99"
@@ -172,17 +196,16 @@ taskset -c "$SERVER_CPU" "$BIN" lookup --db "$DB" --cookies "$WORK/stored.txt" -
 echo "session lookup missing the cache (SQLite read + AEAD open + decode), $(value lookups "$WORK/lookup.out") distinct sessions:"
 echo "  p50 $(value lookup_p50_us "$WORK/lookup.out") us, p99 $(value lookup_p99_us "$WORK/lookup.out") us (target: p50 <= 300 us)"
 
-start_server --db "$DB" --sessions 0
-READY_MS=$(value ready_ms "$WORK/server.out")
-HEALTHY_MS=$(value healthy_ms "$WORK/server.out")
-IDLE_RSS=$(rss_mib "$SERVER")
-export COOKIES="$WORK/stored.txt"
-run_wrk stored-token "$DURATION" "$URL/auth/token" bench/token.lua
+start_server stored --db "$DB" --sessions 0
+READY_MS=$(value ready_ms "$WORK/stored.out")
+HEALTHY_MS=$(value healthy_ms "$WORK/stored.out")
+IDLE_RSS=$(rss_mib "${PIDS[stored]}")
+COOKIES="$WORK/stored.txt" run_wrk stored-token "$STORED_SECONDS" "${URLS[stored]}/auth/token" bench/token.lua
 STORED_RPS=$RPS STORED_P50=$P50 STORED_P99=$P99
-LOADED_RSS=$(rss_mib "$SERVER")
-stop_server
+LOADED_RSS=$(rss_mib "${PIDS[stored]}")
+stop_server stored
 echo "startup on $STORED sessions: serving after ${HEALTHY_MS} ms, ready (Ave discovery + JWKS + store) after ${READY_MS} ms (target <= 1000 ms)"
-echo "resident memory: ${IDLE_RSS} MiB idle, ${LOADED_RSS} MiB after ${DURATION}s of token requests across all $STORED sessions (target <= 256 MiB)"
+echo "resident memory: ${IDLE_RSS} MiB idle, ${LOADED_RSS} MiB after ${STORED_SECONDS}s of token requests across all $STORED sessions (target <= 256 MiB)"
 echo "POST /auth/token across $STORED sessions: $STORED_RPS req/s, p50 $STORED_P50 ms, p99 $STORED_P99 ms"
 
 # --- 3. PostgreSQL ---------------------------------------------------------

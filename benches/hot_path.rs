@@ -107,6 +107,13 @@ fn claim_rendering(c: &mut Criterion) {
     });
 }
 
+fn randomness(c: &mut Criterion) {
+    // What one call to the system CSPRNG costs: why `jti`s are drawn in batches (src/mint/mod.rs).
+    c.bench_function("random/16 bytes, one aws-lc call", |b| {
+        b.iter(avemint::secret::random_bytes::<16>)
+    });
+}
+
 fn session_record(c: &mut Criterion) {
     let sealer = Sealer::new(&session_keys(), Purpose::SessionStore);
     let data = session_data();
@@ -264,6 +271,6 @@ fn session_lookup_hit(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = claim_rendering, session_record, id_token_validation, cookie_decoding, session_lookup_miss, session_lookup_hit
+    targets = claim_rendering, randomness, session_record, id_token_validation, cookie_decoding, session_lookup_miss, session_lookup_hit
 }
 criterion_main!(benches);

@@ -57,13 +57,18 @@ impl<'de, T: Zeroize + Deserialize<'de>> Deserialize<'de> for Secret<T> {
     }
 }
 
-/// Fills a buffer from the operating system's CSPRNG.
+/// `N` bytes from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
+    fill_random(&mut buf);
+    buf
+}
+
+/// Fills `buf` from the operating system's CSPRNG (aws-lc).
+pub fn fill_random(buf: &mut [u8]) {
     // SystemRandom only fails when the OS has no entropy source at all, in
     // which case nothing in this service can work safely.
-    aws_lc_rs::rand::fill(&mut buf).expect("the operating system's random number generator failed");
-    buf
+    aws_lc_rs::rand::fill(buf).expect("the operating system's random number generator failed");
 }
 
 #[cfg(test)]

@@ -146,7 +146,8 @@ fn metrics_endpoint() -> Response {
         .body(crate::metrics::render())
 }
 
-/// Applies the security policy, records metrics and logs one line per request (path only: queries carry codes).
+/// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
+/// codes).
 async fn respond<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
@@ -171,7 +172,19 @@ async fn respond<E: Endpoint>(
     }
     guard.finish(&mut resp, &seen);
     let elapsed = started.elapsed();
-    crate::metrics::record_request(route, resp.status().as_u16(), elapsed);
-    tracing::info!(%method, path = %seen.path, client_ip = %seen.client, status = resp.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
+    let status = resp.status().as_u16();
+    crate::metrics::record_request(route, status, elapsed);
+    macro_rules! access {
+        ($level:expr) => {
+            tracing::event!(target: "avemint::access", $level, %method, path = %seen.path, client_ip = %seen.client, status, elapsed_ms = elapsed.as_millis() as u64, "request")
+        };
+    }
+    // Refused and failed requests at `info`, the rest at `debug` (every request: `RUST_LOG=info,avemint::access=debug`).
+    // Counts and latencies of all requests are in `/metrics`.
+    if status >= 400 {
+        access!(tracing::Level::INFO);
+    } else {
+        access!(tracing::Level::DEBUG);
+    }
     resp
 }

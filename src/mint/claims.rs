@@ -96,27 +96,39 @@ impl ClaimTemplate {
         self.entries.is_empty()
     }
 
-    /// Renders the configured claims for one session into `out`.
+    /// The configured claims for one session, borrowed: each claim's name and
+    /// value, in configuration order, references resolved and absent or null
+    /// ones left out.
+    pub fn rendered<'a>(
+        &'a self,
+        id_token: &'a Map<String, Value>,
+        user: Option<&'a Map<String, Value>>,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.entries.iter().filter_map(move |(name, value)| {
+            let rendered = match value {
+                ClaimValue::Literal(v) => Some(v),
+                ClaimValue::Reference { source, name: field } => {
+                    let from = match source {
+                        ClaimSource::IdToken => Some(id_token),
+                        ClaimSource::User => user,
+                    };
+                    from.and_then(|m| m.get(field)).filter(|v| !v.is_null())
+                }
+            };
+            rendered.map(|v| (name.as_str(), v))
+        })
+    }
+
+    /// Renders the configured claims for one session into `out` (owned, for a
+    /// claims hook to see and add to).
     pub fn render_into(
         &self,
         id_token: &Map<String, Value>,
         user: Option<&Map<String, Value>>,
         out: &mut Map<String, Value>,
     ) {
-        for (name, value) in &self.entries {
-            let rendered = match value {
-                ClaimValue::Literal(v) => Some(v.clone()),
-                ClaimValue::Reference { source, name: field } => {
-                    let from = match source {
-                        ClaimSource::IdToken => Some(id_token),
-                        ClaimSource::User => user,
-                    };
-                    from.and_then(|m| m.get(field)).filter(|v| !v.is_null()).cloned()
-                }
-            };
-            if let Some(v) = rendered {
-                out.insert(name.clone(), v);
-            }
+        for (name, value) in self.rendered(id_token, user) {
+            out.insert(name.to_owned(), value.clone());
         }
     }
 }

@@ -11,13 +11,15 @@ pub mod hook;
 pub mod keys;
 pub mod profiles;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use crate::secret::{Secret, random_bytes};
+use crate::secret::{Secret, fill_random};
 use hook::{FailurePolicy, HookError};
 pub use keys::{KeyError, KeyRing, Keys};
 pub use profiles::{Profile, Profiles};
@@ -56,7 +58,6 @@ pub enum MintError {
 /// An app JWT's claims: the registered ones avemint sets, then the profile's
 /// and the hook's (which never carry a registered name: configuration refuses
 /// them and `hook::merge` drops them), serialized without building a map.
-#[derive(serde::Serialize)]
 struct Payload<'a> {
     iss: &'a str,
     sub: &'a str,
@@ -66,8 +67,62 @@ struct Payload<'a> {
     jti: &'a str,
     sid: &'a str,
     client_id: &'a str,
-    #[serde(flatten)]
-    custom: &'a Map<String, Value>,
+    custom: CustomClaims<'a>,
+}
+
+/// The configured (and hook) claims of one token.
+enum CustomClaims<'a> {
+    /// No hook: the profile's claims, borrowed from the template and the session.
+    Rendered(&'a Profile, &'a Subject<'a>),
+    /// With a hook: rendered, then merged with what the hook answered.
+    Merged(Map<String, Value>),
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("iss", self.iss)?;
+        map.serialize_entry("sub", self.sub)?;
+        map.serialize_entry("aud", self.aud)?;
+        map.serialize_entry("iat", &self.iat)?;
+        map.serialize_entry("exp", &self.exp)?;
+        map.serialize_entry("jti", self.jti)?;
+        map.serialize_entry("sid", self.sid)?;
+        map.serialize_entry("client_id", self.client_id)?;
+        match &self.custom {
+            CustomClaims::Rendered(profile, subject) => {
+                for (name, value) in profile.claims.rendered(subject.id_token, subject.user) {
+                    map.serialize_entry(name, value)?;
+                }
+            }
+            CustomClaims::Merged(claims) => {
+                for (name, value) in claims {
+                    map.serialize_entry(name, value)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// 16 random bytes for a token's `jti`. They come from the system CSPRNG
+/// (aws-lc) like every random value in avemint, fetched 1 KiB at a time per
+/// thread: one call per token would cost more than the rest of the claims. A
+/// `jti` is public (it is in the token), so holding it in a buffer is harmless.
+fn jti_bytes() -> [u8; 16] {
+    const BATCH: usize = 64;
+    thread_local! {
+        static POOL: RefCell<(usize, [[u8; 16]; BATCH])> = const { RefCell::new((BATCH, [[0; 16]; BATCH])) };
+    }
+    POOL.with_borrow_mut(|(next, pool)| {
+        if *next == BATCH {
+            fill_random(pool.as_flattened_mut());
+            *next = 0;
+        }
+        let bytes = pool[*next];
+        *next += 1;
+        bytes
+    })
 }
 
 /// Signs app JWTs for a profile: registered claims, the profile's claim map
@@ -104,30 +159,34 @@ impl Minter {
 
     /// Mints a `profile` token for `subject` at `now` (unix seconds).
     pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>, now: u64) -> Result<MintedToken, MintError> {
-        let mut claims = Map::new();
-        profile.claims.render_into(subject.id_token, subject.user, &mut claims);
-        if let Some(hook) = &profile.hook {
-            match hook.enrich(subject.sid, subject.sub, &claims, &profile.audience).await {
-                Ok(extra) => {
-                    let refused = hook::merge(&extra, &mut claims);
-                    if !refused.is_empty() {
-                        tracing::warn!(profile = profile.name.as_str(), claims = ?refused, "claims hook tried to set registered claims; ignored");
+        let custom = match &profile.hook {
+            None => CustomClaims::Rendered(profile, subject),
+            Some(hook) => {
+                let mut claims = Map::new();
+                profile.claims.render_into(subject.id_token, subject.user, &mut claims);
+                match hook.enrich(subject.sid, subject.sub, &claims, &profile.audience).await {
+                    Ok(extra) => {
+                        let refused = hook::merge(&extra, &mut claims);
+                        if !refused.is_empty() {
+                            tracing::warn!(profile = profile.name.as_str(), claims = ?refused, "claims hook tried to set registered claims; ignored");
+                        }
+                    }
+                    Err(e) if hook.policy() == FailurePolicy::Omit => {
+                        tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; minting without its claims");
+                    }
+                    Err(e) => {
+                        tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; token refused");
+                        return Err(MintError::Hook {
+                            profile: profile.name.clone(),
+                            source: e,
+                        });
                     }
                 }
-                Err(e) if hook.policy() == FailurePolicy::Omit => {
-                    tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; minting without its claims");
-                }
-                Err(e) => {
-                    tracing::warn!(profile = profile.name.as_str(), error = %e, "claims hook failed; token refused");
-                    return Err(MintError::Hook {
-                        profile: profile.name.clone(),
-                        source: e,
-                    });
-                }
+                CustomClaims::Merged(claims)
             }
-        }
+        };
         let ttl = profile.ttl.as_secs();
-        let jti = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+        let jti = URL_SAFE_NO_PAD.encode(jti_bytes());
         let payload = Payload {
             iss: &self.issuer,
             sub: subject.sub,
@@ -137,7 +196,7 @@ impl Minter {
             jti: &jti,
             sid: subject.sid,
             client_id: &self.client_id,
-            custom: &claims,
+            custom,
         };
         let payload = serde_json::to_vec(&payload).map_err(|_| KeyError::Generation)?;
         let token = self.keys.current().signing_key().sign(&payload)?;
@@ -152,5 +211,25 @@ impl Minter {
             token: Secret::new(token),
             expires_in: ttl,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn jtis_are_distinct_across_batches() {
+        // Four batches' worth on this thread, and more on others: no repeats, never all zero.
+        let mut seen: HashSet<[u8; 16]> = (0..256).map(|_| jti_bytes()).collect();
+        assert_eq!(seen.len(), 256);
+        let others = std::thread::spawn(|| (0..100).map(|_| jti_bytes()).collect::<Vec<_>>())
+            .join()
+            .expect("thread");
+        for jti in others {
+            assert!(seen.insert(jti), "a jti repeated across threads");
+        }
+        assert!(!seen.contains(&[0; 16]));
     }
 }
