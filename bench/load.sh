@@ -9,8 +9,11 @@
 #    CPU 0, N sessions signed in over HTTP on each; wrk pinned to CPU 1 drives
 #    GET /.well-known/jwks.json, POST /auth/token (X-CSRF: 1, rotating session
 #    cookies) on the ES256 server and the same on the EdDSA server, 64 connections,
-#    alternating for LOAD_ROUNDS rounds. Prints each round, then medians of
-#    requests/s, p50/p99, the token/jwks ratio and the EdDSA/ES256 ratio.
+#    alternating for LOAD_ROUNDS rounds. Each round also measures the issue's
+#    reference points in a third process on CPU 0 (`loadbench_server reference`):
+#    a trivial poem endpoint and a minimal hand-written ES256 signing endpoint.
+#    Prints each round, then medians of requests/s, p50/p99, the token/jwks ratio,
+#    the EdDSA/ES256 ratio and where avemint stands against the references.
 # 2. Stored sessions: 100,000 sessions written through avemint::session::Sessions
 #    into SQLite; cache-missing lookup latency (p50/p99); server time-to-ready and
 #    resident memory at idle and after token requests over all stored sessions.
@@ -81,12 +84,12 @@ drop_pg_schema() {
 }
 trap 'stop_all; drop_pg_schema; rm -rf "$WORK"' EXIT
 
-# start_server NAME ARGS...: starts a benchmark server pinned to SERVER_CPU; sets PIDS[NAME] and URLS[NAME].
+# start_server NAME SUBCOMMAND ARGS...: starts a benchmark server pinned to SERVER_CPU; sets PIDS[NAME] and URLS[NAME].
 start_server() {
   local name=$1
   shift
   : >"$WORK/$name.out"
-  taskset -c "$SERVER_CPU" "$BIN" serve "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  taskset -c "$SERVER_CPU" "$BIN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   PIDS[$name]=$!
   for _ in $(seq 1 600); do
     if grep -q '^signed_in=' "$WORK/$name.out"; then
@@ -148,12 +151,15 @@ echo "server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, $CONNECTIONS connection
 # speed during the run hits all of them alike. Figures are medians over the rounds;
 # each ratio is taken within a round, and its median is reported.
 echo "== hot path: signing in $SESSIONS sessions on an ES256 and on an EdDSA server"
-start_server es256 --sessions "$SESSIONS" --cookies "$WORK/cookies-es256.txt"
-start_server eddsa --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
-ES_URL=${URLS[es256]} ED_URL=${URLS[eddsa]}
+start_server es256 serve --sessions "$SESSIONS" --cookies "$WORK/cookies-es256.txt"
+start_server eddsa serve --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
+start_server reference reference
+ES_URL=${URLS[es256]} ED_URL=${URLS[eddsa]} REF_URL=${URLS[reference]}
 run_wrk warm-jwks "$WARMUP" "$ES_URL/.well-known/jwks.json"
 COOKIES="$WORK/cookies-es256.txt" run_wrk warm-token "$WARMUP" "$ES_URL/auth/token" bench/token.lua
 COOKIES="$WORK/cookies-eddsa.txt" run_wrk warm-eddsa "$WARMUP" "$ED_URL/auth/token" bench/token.lua
+run_wrk warm-trivial "$WARMUP" "$REF_URL/trivial"
+run_wrk warm-sign "$WARMUP" "$REF_URL/sign" bench/post.lua
 : >"$WORK/rounds.txt"
 for round in $(seq 1 "$ROUNDS"); do
   run_wrk "jwks-$round" "$DURATION" "$ES_URL/.well-known/jwks.json"
@@ -162,10 +168,17 @@ for round in $(seq 1 "$ROUNDS"); do
   TR=$RPS TP50=$P50 TP99=$P99
   COOKIES="$WORK/cookies-eddsa.txt" run_wrk "eddsa-$round" "$DURATION" "$ED_URL/auth/token" bench/token.lua
   ER=$RPS EP50=$P50 EP99=$P99
-  echo "$round $JR $JP50 $JP99 $TR $TP50 $TP99 $ER $EP50 $EP99" >>"$WORK/rounds.txt"
+  run_wrk "trivial-$round" "$DURATION" "$REF_URL/trivial"
+  RT=$RPS
+  run_wrk "sign-$round" "$DURATION" "$REF_URL/sign" bench/post.lua
+  RS=$RPS
+  echo "$round $JR $JP50 $JP99 $TR $TP50 $TP99 $ER $EP50 $EP99 $RT $RS" >>"$WORK/rounds.txt"
   awk -v r="$round" -v j="$JR" -v t="$TR" -v e="$ER" -v tp="$TP99" 'BEGIN {
     printf "round %d: jwks %d req/s, token ES256 %d req/s (p99 %s ms), EdDSA %d req/s; token/jwks %.1f%%, EdDSA/ES256 %.2fx\n",
       r, j, t, tp, e, 100 * t / j, e / t }'
+  awk -v r="$round" -v j="$JR" -v t="$TR" -v rt="$RT" -v rs="$RS" 'BEGIN {
+    printf "round %d: reference: trivial poem endpoint %d req/s, minimal ES256 signing endpoint %d req/s (%.1f%% of trivial); avemint jwks %.0f%% of trivial, token %.0f%% of minimal signer\n",
+      r, rt, rs, 100 * rs / rt, 100 * j / rt, 100 * t / rs }'
 done
 HOT_RSS=$(rss_mib "${PIDS[es256]}")
 stop_all
@@ -177,6 +190,10 @@ TOKEN_RPS=$(median '$5') TOKEN_P50=$(median '$6') TOKEN_P99=$(median '$7')
 EDDSA_RPS=$(median '$8') EDDSA_P50=$(median '$9') EDDSA_P99=$(median '$10')
 RATIO=$(median '100 * $5 / $2' | awk '{ printf "%.1f", $1 }')
 ED_RATIO=$(median '$8 / $5' | awk '{ printf "%.2f", $1 }')
+TRIVIAL_RPS=$(median '$11') SIGN_RPS=$(median '$12')
+REF_RATIO=$(median '100 * $12 / $11' | awk '{ printf "%.1f", $1 }')
+TOKEN_OF_SIGN=$(median '100 * $5 / $12' | awk '{ printf "%.0f", $1 }')
+JWKS_OF_TRIVIAL=$(median '100 * $2 / $11' | awk '{ printf "%.0f", $1 }')
 echo "medians over $ROUNDS rounds of ${DURATION} s per endpoint:"
 printf '%-34s %10s %10s %10s\n' "endpoint" "req/s" "p50 ms" "p99 ms"
 printf '%-34s %10s %10s %10s\n' "GET /.well-known/jwks.json" "$JWKS_RPS" "$JWKS_P50" "$JWKS_P99"
@@ -184,6 +201,9 @@ printf '%-34s %10s %10s %10s\n' "POST /auth/token (ES256)" "$TOKEN_RPS" "$TOKEN_
 printf '%-34s %10s %10s %10s\n' "POST /auth/token (EdDSA)" "$EDDSA_RPS" "$EDDSA_P50" "$EDDSA_P99"
 echo "token/jwks ratio: ${RATIO}% (target >= 35%); token p99 ${TOKEN_P99} ms (target <= 5 ms)"
 echo "EdDSA/ES256 ratio: ${ED_RATIO}x (target >= 1.3x)"
+printf '%-34s %10s\n' "reference: GET /trivial (poem)" "$TRIVIAL_RPS"
+printf '%-34s %10s\n' "reference: POST /sign (ES256)" "$SIGN_RPS"
+echo "reference: minimal signer / trivial endpoint: ${REF_RATIO}%; avemint jwks = ${JWKS_OF_TRIVIAL}% of the trivial endpoint, avemint token (ES256) = ${TOKEN_OF_SIGN}% of the minimal signer"
 echo "server RSS after the hot-path run: ${HOT_RSS} MiB"
 
 # --- 2. stored sessions ------------------------------------------------------
@@ -196,7 +216,7 @@ taskset -c "$SERVER_CPU" "$BIN" lookup --db "$DB" --cookies "$WORK/stored.txt" -
 echo "session lookup missing the cache (SQLite read + AEAD open + decode), $(value lookups "$WORK/lookup.out") distinct sessions:"
 echo "  p50 $(value lookup_p50_us "$WORK/lookup.out") us, p99 $(value lookup_p99_us "$WORK/lookup.out") us (target: p50 <= 300 us)"
 
-start_server stored --db "$DB" --sessions 0
+start_server stored serve --db "$DB" --sessions 0
 READY_MS=$(value ready_ms "$WORK/stored.out")
 HEALTHY_MS=$(value healthy_ms "$WORK/stored.out")
 IDLE_RSS=$(rss_mib "${PIDS[stored]}")

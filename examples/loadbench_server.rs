@@ -69,6 +69,14 @@ enum Command {
         #[arg(long)]
         cache_ttl_ms: Option<u64>,
     },
+    /// The reference points of the issue's targets, on the same machine: a
+    /// trivial poem endpoint (`GET /trivial`) and the minimal endpoint a team
+    /// would hand-write to sign an ES256 JWT with a pre-parsed key
+    /// (`POST /sign`: no session, no cookies, no middleware).
+    Reference {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Store sessions directly into a store (an SQLite file, or a database URL).
     Populate {
         #[arg(long, value_parser = parse_store)]
@@ -112,6 +120,7 @@ fn main() -> Result<(), BoxError> {
             }
             runtime.block_on(serve(sessions, cookies, db, port, alg, renewal))
         }
+        Command::Reference { port } => runtime.block_on(reference(port)),
         Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
         Command::Lookup {
             db,
@@ -224,6 +233,62 @@ async fn serve(
     std::io::stdout().flush()?;
     server.await??;
     emulator.shutdown().await;
+    Ok(())
+}
+
+#[poem::handler]
+fn trivial() -> &'static str {
+    "ok"
+}
+
+#[poem::handler]
+fn sign(key: poem::web::Data<&std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>>) -> poem::Response {
+    use aws_lc_rs::rand::SystemRandom;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use poem::IntoResponse as _;
+    let now = now();
+    let claims = json!({"iss": "https://app.example.com", "sub": "user", "aud": "https://api.example.com",
+        "iat": now, "exp": now + 300, "jti": URL_SAFE_NO_PAD.encode(random_bytes::<16>())});
+    let mut jwt = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+    jwt.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut jwt);
+    match key.sign(&SystemRandom::new(), jwt.as_bytes()) {
+        Ok(sig) => {
+            jwt.push('.');
+            URL_SAFE_NO_PAD.encode_string(sig, &mut jwt);
+            poem::web::Json(json!({"access_token": jwt})).into_response()
+        }
+        Err(_) => poem::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn reference(port: u16) -> Result<(), BoxError> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use poem::EndpointExt as _;
+    use poem::listener::{Acceptor as _, Listener as _};
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &aws_lc_rs::rand::SystemRandom::new())
+        .map_err(|_| "key generation failed")?;
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).map_err(|_| "key parsing failed")?;
+    let acceptor = poem::listener::TcpListener::bind(format!("127.0.0.1:{port}"))
+        .into_acceptor()
+        .await?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .ok_or("no local address")?;
+    let app = poem::Route::new()
+        .at("/trivial", poem::get(trivial))
+        .at("/sign", poem::post(sign))
+        .data(std::sync::Arc::new(key));
+    println!("url=http://{addr}");
+    println!("signed_in=0");
+    std::io::stdout().flush()?;
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown_signal(), None)
+        .await?;
     Ok(())
 }
 
