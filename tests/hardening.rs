@@ -433,15 +433,7 @@ async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
 
 /// The operations of the served OpenAPI document: `(path, method, documented responses)`.
 async fn operations(app: &TestApp) -> Vec<(String, String, serde_json::Value)> {
-    let spec: serde_json::Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("spec")
-        .json()
-        .await
-        .expect("json");
+    let spec = app.get_json("/openapi.json").await;
     let mut out = Vec::new();
     for (path, item) in spec["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {

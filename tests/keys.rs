@@ -202,15 +202,7 @@ async fn jwks_is_cacheable_for_the_lead_time_with_etag_and_304() {
         .map(|k| k["alg"].as_str().expect("alg"))
         .collect();
     assert_eq!(algs, vec!["ES256", "EdDSA"], "the old next key was replaced");
-    let discovery: Value = app
-        .http
-        .get(app.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .expect("discovery")
-        .json()
-        .await
-        .expect("json");
+    let discovery = app.get_json("/.well-known/openid-configuration").await;
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256", "EdDSA"])

@@ -127,15 +127,7 @@ async fn errors_are_json_everywhere() {
 #[tokio::test]
 async fn readiness_reports_the_checks_and_the_token_budget() {
     let app = TestApp::spawn().await;
-    let ready: serde_json::Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["status"], "ok");
     assert_eq!(ready["ave_discovery"], true);
     assert_eq!(ready["ave_jwks"], true);
@@ -185,15 +177,7 @@ async fn the_token_request_body_is_as_documented() {
         assert_eq!(resp.status(), 400, "{bad:?}");
         assert_eq!(error_code(resp).await, "invalid_request", "{bad:?}");
     }
-    let spec: serde_json::Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("spec")
-        .json()
-        .await
-        .expect("json");
+    let spec = app.get_json("/openapi.json").await;
     let schema = &spec["components"]["schemas"]["TokenRequest"];
     let extra = &schema["additionalProperties"];
     assert!(

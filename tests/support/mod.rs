@@ -226,15 +226,20 @@ impl TestApp {
         verify_with(&self.jwks().await, token, audience, &self.address)
     }
 
-    pub async fn jwks(&self) -> Value {
+    /// `GET path`, answered with JSON (any status).
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url("/.well-known/jwks.json"))
+            .get(self.url(path))
             .send()
             .await
-            .expect("jwks")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
             .json()
             .await
-            .expect("json")
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
+    pub async fn jwks(&self) -> Value {
+        self.get_json("/.well-known/jwks.json").await
     }
 
     /// Verifies an app JWT using only the served JWKS.
