@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark of avemint's hot path, one command from a fresh clone:
 #
-#   bench/load.sh            # full run (about 4 minutes after the release build)
+#   bench/load.sh            # full run (about 5 minutes after the release build)
 #   bench/load.sh --quick    # short sanity run (one round of 2 s, 10,000 stored sessions)
 #
 # 1. Hot path: two benchmark servers (examples/loadbench_server.rs: avemint + the
