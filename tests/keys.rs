@@ -59,16 +59,20 @@ fn header_kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).expect("header").kid.expect("kid")
 }
 
+/// `GET /.well-known/jwks.json`, with `If-None-Match` when given.
+async fn get_jwks(app: &TestApp, if_none_match: Option<&str>) -> reqwest::Response {
+    let mut req = app.http.get(app.url("/.well-known/jwks.json"));
+    if let Some(tag) = if_none_match {
+        req = req.header("If-None-Match", tag);
+    }
+    req.send().await.expect("jwks")
+}
+
 /// Polls the JWKS until its ETag differs from `old` (the 1 s change poll or SIGHUP picked the change up).
 async fn wait_for_new_jwks(app: &TestApp, old: &str) -> (Value, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let resp = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks");
+        let resp = get_jwks(app, None).await;
         let etag = resp.headers()["etag"].to_str().expect("ascii").to_owned();
         let body: Value = resp.json().await.expect("json");
         if etag != old {
@@ -87,12 +91,7 @@ async fn rotation_is_invisible_to_verifiers_in_both_directions() {
     let app = TestApp::spawn().await;
     let mut b = app.signed_in_browser().await;
     let before_token = mint(&app, &mut b).await;
-    let resp = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .expect("jwks");
+    let resp = get_jwks(&app, None).await;
     let old_etag = resp.headers()["etag"].to_str().expect("etag").to_owned();
     let jwks_before: Value = resp.json().await.expect("json");
     assert_eq!(
@@ -127,21 +126,9 @@ async fn rotation_is_invisible_to_verifiers_in_both_directions() {
     assert_ne!(old_etag, new_etag);
 
     // The cached copy's ETag now gets the new set; the new ETag gets 304.
-    let stale = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .header("If-None-Match", &old_etag)
-        .send()
-        .await
-        .expect("jwks");
+    let stale = get_jwks(&app, Some(&old_etag)).await;
     assert_eq!(stale.status(), 200);
-    let fresh = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .header("If-None-Match", &new_etag)
-        .send()
-        .await
-        .expect("jwks");
+    let fresh = get_jwks(&app, Some(&new_etag)).await;
     assert_eq!(fresh.status(), 304);
     assert_eq!(fresh.headers()["etag"], new_etag.as_str());
     assert_eq!(fresh.headers()["cache-control"], "public, max-age=300");
@@ -152,12 +139,7 @@ async fn rotation_is_invisible_to_verifiers_in_both_directions() {
 #[tokio::test]
 async fn jwks_is_cacheable_for_the_lead_time_with_etag_and_304() {
     let app = TestApp::spawn().await;
-    let resp = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .expect("jwks");
+    let resp = get_jwks(&app, None).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "public, max-age=300");
     let etag = resp.headers()["etag"].to_str().expect("etag").to_owned();
@@ -172,22 +154,10 @@ async fn jwks_is_cacheable_for_the_lead_time_with_etag_and_304() {
         format!("\"other\", {etag}"),
         "*".into(),
     ] {
-        let resp = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .header("If-None-Match", inm.as_str())
-            .send()
-            .await
-            .expect("jwks");
+        let resp = get_jwks(&app, Some(inm.as_str())).await;
         assert_eq!(resp.status(), 304, "{inm}");
     }
-    let resp = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .header("If-None-Match", "\"something-else\"")
-        .send()
-        .await
-        .expect("jwks");
+    let resp = get_jwks(&app, Some("\"something-else\"")).await;
     assert_eq!(resp.status(), 200);
 
     // Publishing a next key of another algorithm changes the ETag and the discovery document.
