@@ -116,14 +116,8 @@ async fn serve_stops_cleanly_on_sigterm() {
         .expect("spawns");
     let http = reqwest::Client::new();
     support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
-    let jwks: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks: serde_json::Value =
+        support::get_json(&http, &format!("http://127.0.0.1:{port}/.well-known/jwks.json")).await;
     assert_eq!(jwks["keys"][0]["kty"], "EC");
     let root = http
         .get(format!("http://127.0.0.1:{port}/"))

@@ -122,14 +122,7 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
         .json()
         .await
         .expect("json");
-    let jwks: serde_json::Value = http
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks: serde_json::Value = support::get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
     let data = verify_with(&jwks, token["access_token"].as_str().expect("token"), &base, &base);
     assert_eq!(data.claims["demo"], true);
     assert_eq!(data.claims["sub"], session["sub"]);

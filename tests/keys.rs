@@ -425,14 +425,7 @@ async fn sighup_reload_under_load_loses_no_request() {
         "{SESSION_COOKIE}={}",
         browser.get(SESSION_COOKIE).expect("session cookie")
     );
-    let jwks_before: Value = http
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks_before: Value = support::get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
     let old_kids = kids(&jwks_before);
 
     // A few clients hammer the JWKS and the token endpoint until told to stop.
@@ -499,14 +492,7 @@ async fn sighup_reload_under_load_loses_no_request() {
     // Keep the load on until the new key set is being served, then a little longer.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http
-            .get(format!("{base}/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks")
-            .json()
-            .await
-            .expect("json");
+        let v: Value = support::get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
         if kids(&v).contains(&new_next) {
             break;
         }

@@ -228,14 +228,7 @@ impl TestApp {
 
     /// `GET path`, answered with JSON (any status).
     pub async fn get_json(&self, path: &str) -> Value {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+        get_json(&self.http, &self.url(path)).await
     }
 
     pub async fn jwks(&self) -> Value {
@@ -246,6 +239,17 @@ impl TestApp {
     pub async fn verify(&self, token: &str) -> jsonwebtoken::TokenData<Value> {
         verify_with(&self.jwks().await, token, &self.settings.token.audience, &self.address)
     }
+}
+
+/// `GET url`, answered with JSON (any status).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
 /// Verifies with `jsonwebtoken` against a JWKS document: ES256 pinned, `iss`, `aud`, `exp` checked.
