@@ -189,8 +189,10 @@ fn age_secs(s: &DocumentStatus) -> Option<u64> {
 
 #[OpenApi(tag = "ApiTags::Ops")]
 impl OpsApi {
-    /// Liveness: the process answers. Checks nothing else, so neither Ave nor
-    /// the store can ever make it fail (restarting would not fix them).
+    /// Liveness: the process answers.
+    ///
+    /// Use it as the liveness probe. It checks nothing else, so neither Ave nor
+    /// the session store can ever make it fail (restarting would not fix them).
     #[oai(path = "/healthz", method = "get")]
     async fn healthz(&self) -> Json<Health> {
         Json(Health {
@@ -217,6 +219,9 @@ impl OpsApi {
     /// request with 503 and `Retry-After` while JWKS, discovery and readiness
     /// keep answering (`store: false`, `status: degraded`). Never waits on Ave;
     /// the store check is bounded to 0.5 s.
+    ///
+    /// Use it as the readiness probe and the load balancer's health check, and
+    /// look at the status code only; never as the liveness probe.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let r = Readiness::check(&state).await;
