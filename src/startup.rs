@@ -151,6 +151,7 @@ impl Application {
             scopes: settings.ave.scopes.clone(),
             session_cookie_max_age: settings.session.lifetime,
             security: settings.security.clone(),
+            store_check: Default::default(),
         });
         Ok(Self {
             acceptor,

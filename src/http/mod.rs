@@ -43,6 +43,8 @@ pub struct AppState {
     pub scopes: String,
     pub session_cookie_max_age: Duration,
     pub security: security::SecuritySettings,
+    /// The store check of `/readyz` and `/metrics`.
+    pub store_check: ops::StoreCheck,
 }
 
 /// OpenAPI tags.

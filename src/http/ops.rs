@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -26,6 +26,37 @@ use crate::ave::{DocumentStatus, MetadataStatus};
 /// How long `/readyz` and `/metrics` wait for the store to answer before
 /// reporting it down.
 pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long one store check's answer is reused: probes and scrapes, however
+/// many, cost the store at most one ping per interval (they are unauthenticated,
+/// and the pool serves sessions first).
+pub const STORE_CHECK_REUSE: Duration = Duration::from_secs(1);
+
+/// The last answer of the store check, shared by `/readyz` and `/metrics`.
+#[derive(Default)]
+pub struct StoreCheck {
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl StoreCheck {
+    /// True when the store answered a ping within [`STORE_CHECK_TIMEOUT`], at
+    /// most [`STORE_CHECK_REUSE`] ago. One check at a time: concurrent callers
+    /// wait for it and share its answer.
+    pub async fn store_answers(&self, sessions: &crate::session::Sessions) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, up)) = *last
+            && at.elapsed() < STORE_CHECK_REUSE
+        {
+            return up;
+        }
+        let up = matches!(
+            tokio::time::timeout(STORE_CHECK_TIMEOUT, sessions.ping()).await,
+            Ok(Ok(()))
+        );
+        *last = Some((Instant::now(), up));
+        up
+    }
+}
 
 /// The operational endpoints.
 pub struct OpsApi;
@@ -70,7 +101,8 @@ pub struct Health {
     /// How long Ave's documents are used before a re-fetch (`AVEMINT_AVE_METADATA_TTL`).
     #[oai(skip_serializing_if_is_none)]
     pub ave_metadata_ttl_seconds: Option<u64>,
-    /// The session store answered within 0.5 s. Never affects readiness.
+    /// The session store answered a check within 0.5 s (checks are at most 1 s
+    /// apart and shared by all callers). Never affects readiness.
     #[oai(skip_serializing_if_is_none)]
     pub store: Option<bool>,
     /// Calls per minute this instance allows itself at Ave's token endpoint
@@ -97,12 +129,9 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Reads Ave's cache state and checks the store (bounded by [`STORE_CHECK_TIMEOUT`]).
+    /// Reads Ave's cache state and checks the store (see [`StoreCheck`]).
     pub async fn check(state: &AppState) -> Self {
-        let store = matches!(
-            tokio::time::timeout(STORE_CHECK_TIMEOUT, state.sessions.ping()).await,
-            Ok(Ok(()))
-        );
+        let store = state.store_check.store_answers(&state.sessions).await;
         Self {
             ave: state.ave.metadata_status(),
             store,
