@@ -926,10 +926,9 @@ impl Settings {
             RenewalSettings::default().ave_metadata_ttl.as_secs(),
             86_400,
         );
-        let renewal = renewal.zip(ave_metadata_ttl).map(|(r, ave_metadata_ttl)| RenewalSettings {
-            ave_metadata_ttl,
-            ..r
-        });
+        let renewal = renewal
+            .zip(ave_metadata_ttl)
+            .map(|(r, ave_metadata_ttl)| RenewalSettings { ave_metadata_ttl, ..r });
 
         match (
             client_id,
@@ -1362,8 +1361,7 @@ mod tests {
             pairs.push(("AVEMINT_AVE_METADATA_TTL", bad));
             let err = Settings::load(None, &env(&pairs)).expect_err(bad).to_string();
             assert_eq!(
-                err,
-                "AVEMINT_AVE_METADATA_TTL: must be a whole number of seconds from 1 to 86400",
+                err, "AVEMINT_AVE_METADATA_TTL: must be a whole number of seconds from 1 to 86400",
                 "{bad}"
             );
         }

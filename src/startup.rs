@@ -202,7 +202,8 @@ async fn background_tasks(state: Arc<AppState>) {
             }
             // Reading the documents starts a background re-fetch when one is due (never waits, keeps the last good
             // copy on failure), so their age stays within the lifetime even on an idle instance.
-            let every = (state.ave.metadata_status().lifetime / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+            let every =
+                (state.ave.metadata_status().lifetime / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
             loop {
                 tokio::time::sleep(every).await;
                 let _ = state.ave.metadata().await;

@@ -32,7 +32,9 @@ fn short_ttl() -> Option<RenewalSettings> {
 }
 
 async fn readyz(app_base: &str) -> (u16, Value) {
-    let resp = reqwest::get(format!("{app_base}/readyz")).await.expect("readyz answers");
+    let resp = reqwest::get(format!("{app_base}/readyz"))
+        .await
+        .expect("readyz answers");
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("readyz is JSON"))
 }
@@ -58,7 +60,10 @@ async fn ready_until(app_base: &str, what: &str, done: impl Fn(&Value) -> bool) 
         if done(&body) {
             return body;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "{what} never showed: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what} never showed: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -68,7 +73,11 @@ fn age(body: &Value, doc: &str) -> u64 {
 }
 
 async fn avemint_own_documents_answer(app: &TestApp) {
-    for path in ["/.well-known/jwks.json", "/.well-known/openid-configuration", "/healthz"] {
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/healthz",
+    ] {
         let resp = app.http.get(app.url(path)).send().await.expect("answers");
         assert_eq!(resp.status(), 200, "{path}");
     }
@@ -93,7 +102,10 @@ async fn ave_down_across_the_cache_expiry_keeps_the_instance_ready_and_sessions_
     app.emulator.clone().shutdown().await;
     let down_at = Instant::now();
     let body = ready_until(&app.address, "stale discovery and JWKS at least 2 s old", |b| {
-        b["ave_jwks_stale"] == true && b["ave_discovery_stale"] == true && age(b, "jwks") >= 2 && age(b, "discovery") >= 2
+        b["ave_jwks_stale"] == true
+            && b["ave_discovery_stale"] == true
+            && age(b, "jwks") >= 2
+            && age(b, "discovery") >= 2
     })
     .await;
     assert!(down_at.elapsed() >= TTL, "the cache expired while Ave was down");
@@ -124,10 +136,19 @@ async fn ave_down_across_the_cache_expiry_keeps_the_instance_ready_and_sessions_
     }
     // Sign-in starts from the stale discovery document (the browser then meets Ave's own outage).
     let resp = Browser::default().send(app.http.get(app.url("/auth/login"))).await;
-    assert_eq!(resp.status(), 302, "login redirect built from the last good discovery document");
+    assert_eq!(
+        resp.status(),
+        302,
+        "login redirect built from the last good discovery document"
+    );
     avemint_own_documents_answer(&app).await;
     let (status, _) = readyz(&app.address).await;
-    assert_eq!(status, 200, "still ready {} s into the outage", down_at.elapsed().as_secs());
+    assert_eq!(
+        status,
+        200,
+        "still ready {} s into the outage",
+        down_at.elapsed().as_secs()
+    );
     app.stop().await;
 }
 
@@ -203,10 +224,18 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let healthz = async || http.get(format!("{base}/healthz")).send().await.map(|r| r.status().as_u16());
+    let healthz = async || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
     let started = Instant::now();
     while healthz().await.ok() != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(10), "avemint serve never answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "avemint serve never answered"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // Ave has never been reached: not ready, for seconds on end.
@@ -216,7 +245,10 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         assert_eq!(body["status"], "unavailable");
         assert_eq!(body["ave_discovery"], false);
         assert_eq!(body["ave_jwks"], false);
-        assert!(body.get("ave_jwks_age_seconds").is_none(), "no age without a copy: {body}");
+        assert!(
+            body.get("ave_jwks_age_seconds").is_none(),
+            "no age without a copy: {body}"
+        );
         assert_eq!(body["store"], true);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -226,7 +258,11 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         Some(0.0)
     );
     // What does not need Ave still answers.
-    for path in ["/healthz", "/.well-known/jwks.json", "/.well-known/openid-configuration"] {
+    for path in [
+        "/healthz",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    ] {
         let resp = http.get(format!("{base}{path}")).send().await.expect("answers");
         assert_eq!(resp.status(), 200, "{path}");
     }
@@ -247,7 +283,10 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
     .expect("emulator on the configured port");
     let appeared = Instant::now();
     wait_ready(&base).await;
-    assert!(appeared.elapsed() < Duration::from_secs(11), "the start-up retry is capped at 10 s");
+    assert!(
+        appeared.elapsed() < Duration::from_secs(11),
+        "the start-up retry is capped at 10 s"
+    );
     let (_, body) = readyz(&base).await;
     assert_eq!(body["status"], "ok", "{body}");
     let mut browser = Browser::default();
@@ -304,7 +343,9 @@ impl TcpProxy {
     }
 
     async fn resume(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("rebind the same port");
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same port");
         self.serve(listener);
     }
 }
@@ -347,7 +388,10 @@ async fn a_store_outage_is_a_503_per_session_request_while_jwks_discovery_and_re
     let asked = Instant::now();
     let (status, _) = readyz(&app.address).await;
     assert_eq!(status, 200, "a store outage never flips readiness");
-    assert!(asked.elapsed() < Duration::from_secs(1), "no probe waits long for a dead store");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "no probe waits long for a dead store"
+    );
     assert_eq!(metric(&app.address, "avemint_store_up").await, Some(0.0));
     assert_eq!(metric(&app.address, "avemint_ready").await, Some(1.0));
 
@@ -423,7 +467,10 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
         .expect_err("unknown kid");
     assert!(matches!(err, IdTokenError::Keys(_)), "the re-fetch failed: {err}");
     let keys = client.key_set().await.expect("the old keys are still there");
-    assert!(keys.find(Some(&kid)).is_some(), "Ave's known key survived the failed re-fetch");
+    assert!(
+        keys.find(Some(&kid)).is_some(),
+        "Ave's known key survived the failed re-fetch"
+    );
     let status = client.metadata_status();
     assert!(status.jwks.loaded && !status.jwks.stale && status.jwks.consecutive_failures == 1);
     // Inside the interval: no second re-fetch, just "unknown key".
@@ -434,9 +481,14 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
 
     emulator.set_metadata_failure(None);
     tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
-    let err = id_token::validate(&client, &forged(&emulator, "still-unknown"), NonceCheck::Expect("n"), now())
-        .await
-        .expect_err("unknown kid");
+    let err = id_token::validate(
+        &client,
+        &forged(&emulator, "still-unknown"),
+        NonceCheck::Expect("n"),
+        now(),
+    )
+    .await
+    .expect_err("unknown kid");
     assert!(matches!(err, IdTokenError::UnknownKey), "{err}");
     assert_eq!(emulator.jwks_fetches(), 2, "one successful re-fetch per interval");
     assert_eq!(client.metadata_status().jwks.consecutive_failures, 0);

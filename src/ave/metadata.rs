@@ -380,7 +380,11 @@ impl Inner {
             Ok(value) => {
                 let ended = cached.lock().succeeded(Arc::clone(&value), now);
                 if ended > 0 {
-                    tracing::info!(document, failed_attempts = ended, "Ave {document} re-fetched; fresh again");
+                    tracing::info!(
+                        document,
+                        failed_attempts = ended,
+                        "Ave {document} re-fetched; fresh again"
+                    );
                 }
                 Ok(value)
             }
@@ -498,7 +502,10 @@ mod tests {
         assert!(!c.status(t0).loaded);
         let report = c.failed(t0, "down");
         assert_eq!(report.age, None, "nothing to serve");
-        assert!(matches!(c.lookup(t0 + secs(1)), Lookup::Empty), "a failure never invents a value");
+        assert!(
+            matches!(c.lookup(t0 + secs(1)), Lookup::Empty),
+            "a failure never invents a value"
+        );
         assert_eq!(c.last_failure().map(|(_, e)| *e), Some("down"));
         c.succeeded(Arc::new(1), t0 + secs(2));
         assert!(c.last_failure().is_none());
@@ -522,7 +529,10 @@ mod tests {
             matches!(second, Lookup::Stale { refresh: false, .. }),
             "one re-fetch in flight at a time"
         );
-        assert!(!c.status(t0 + LIFE).stale, "past the lifetime but not failed: not stale yet");
+        assert!(
+            !c.status(t0 + LIFE).stale,
+            "past the lifetime but not failed: not stale yet"
+        );
         c.succeeded(Arc::new(8), t0 + LIFE + secs(2));
         assert!(matches!(c.lookup(t0 + LIFE + secs(3)), Lookup::Fresh(v) if *v == 8));
     }
@@ -582,7 +592,10 @@ mod tests {
         let mut c: StaleCache<u32, &str> = StaleCache::new(LIFE);
         c.succeeded(Arc::new(1), t0);
         assert!(matches!(c.lookup(t0 + LIFE), Lookup::Stale { refresh: true, .. }));
-        assert!(matches!(c.lookup(t0 + LIFE + secs(60)), Lookup::Stale { refresh: false, .. }));
+        assert!(matches!(
+            c.lookup(t0 + LIFE + secs(60)),
+            Lookup::Stale { refresh: false, .. }
+        ));
         assert!(matches!(
             c.lookup(t0 + LIFE + STUCK_REFRESH),
             Lookup::Stale { refresh: true, .. }

@@ -146,7 +146,9 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
     let mut body = crate::metrics::render();
     body.push_str(&ops::Readiness::check(&state).await.metrics());
-    Response::builder().content_type(crate::metrics::CONTENT_TYPE).body(body)
+    Response::builder()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(body)
 }
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry

@@ -172,7 +172,11 @@ impl Readiness {
             "1 once Ave's document was loaded since start",
         );
         for (doc, s) in docs {
-            let _ = writeln!(out, "avemint_ave_metadata_loaded{{document=\"{doc}\"}} {}", u8::from(s.loaded));
+            let _ = writeln!(
+                out,
+                "avemint_ave_metadata_loaded{{document=\"{doc}\"}} {}",
+                u8::from(s.loaded)
+            );
         }
         gauge(
             &mut out,
@@ -194,7 +198,11 @@ impl Readiness {
             "1 while Ave's document is served past its lifetime because re-fetching it failed",
         );
         for (doc, s) in docs {
-            let _ = writeln!(out, "avemint_ave_metadata_stale{{document=\"{doc}\"}} {}", u8::from(s.stale));
+            let _ = writeln!(
+                out,
+                "avemint_ave_metadata_stale{{document=\"{doc}\"}} {}",
+                u8::from(s.stale)
+            );
         }
         gauge(
             &mut out,
@@ -305,8 +313,20 @@ mod tests {
             (doc(true, true), doc(true, true), true, true, HealthStatus::Degraded),
             (doc(true, false), doc(true, false), false, true, HealthStatus::Degraded),
             (doc(true, true), doc(true, false), false, true, HealthStatus::Degraded),
-            (doc(true, false), doc(false, false), true, false, HealthStatus::Unavailable),
-            (doc(false, false), doc(false, false), true, false, HealthStatus::Unavailable),
+            (
+                doc(true, false),
+                doc(false, false),
+                true,
+                false,
+                HealthStatus::Unavailable,
+            ),
+            (
+                doc(false, false),
+                doc(false, false),
+                true,
+                false,
+                HealthStatus::Unavailable,
+            ),
         ];
         for (i, (d, j, store, ready, status)) in cases.into_iter().enumerate() {
             let r = readiness(d, j, store);
@@ -331,6 +351,9 @@ mod tests {
         }
         let text = readiness(doc(false, false), doc(false, false), true).metrics();
         assert!(text.lines().any(|l| l == "avemint_ready 0"));
-        assert!(!text.contains("avemint_ave_metadata_age_seconds{"), "no age before the first load");
+        assert!(
+            !text.contains("avemint_ave_metadata_age_seconds{"),
+            "no age before the first load"
+        );
     }
 }
