@@ -494,3 +494,66 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
     assert_eq!(client.metadata_status().jwks.consecutive_failures, 0);
     emulator.shutdown().await;
 }
+
+#[tokio::test]
+async fn serving_a_stale_copy_logs_one_warning_per_document_and_no_secret() {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.expect("emulator");
+    let port = closed_port().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session_keys = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .arg("serve")
+        .env_clear()
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", &base)
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", session_keys)
+        .env(
+            "AVEMINT_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .env("AVEMINT_AVE_METADATA_TTL", "1")
+        .env("AVEMINT_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("avemint serve starts");
+    wait_ready(&base).await;
+    emulator.clone().shutdown().await;
+    // Several failed re-fetches per document (the back-off is capped at the 1 s lifetime).
+    let body = ready_until(&base, "stale documents, several failures in", |b| {
+        b["ave_jwks_stale"] == true && b["ave_discovery_stale"] == true && age(b, "jwks") >= 4
+    })
+    .await;
+    assert_eq!(body["status"], "degraded");
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("stderr");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("serving the last good copy"))
+        })
+        .collect();
+    for document in ["discovery", "jwks"] {
+        let of_doc: Vec<&Value> = warnings
+            .iter()
+            .filter(|w| w["fields"]["document"] == document)
+            .collect();
+        assert_eq!(of_doc.len(), 1, "one warning a minute for {document}: {log}");
+        assert_eq!(of_doc[0]["level"], "WARN");
+        assert!(of_doc[0]["fields"]["age_secs"].as_u64().is_some(), "{}", of_doc[0]);
+        assert!(of_doc[0]["fields"]["error"].as_str().is_some(), "{}", of_doc[0]);
+    }
+    for secret in [emulator.client_secret(), session_keys] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
