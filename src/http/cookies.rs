@@ -420,6 +420,7 @@ mod tests {
         };
         assert_eq!(worst.return_to.as_str().len(), MAX_RETURN_PATH, "kept");
         let len = encode_login(&s, &worst).len();
+        eprintln!("measured: the longest login cookie value is {len} characters");
         assert!(len <= MAX_LOGIN_VALUE, "{len} > {MAX_LOGIN_VALUE}");
         // A longer one is not kept at all.
         let long = pending(&format!("/{}", "a".repeat(MAX_RETURN_PATH)));
