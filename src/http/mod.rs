@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::http::{HeaderValue, StatusCode, header};
-use poem::middleware::CookieJarManager;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
@@ -78,7 +77,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
              `X-CSRF: 1`. Cookies: `__Host-avemint` (session) and `__Host-avemint-login` (pending sign-in), both \
              HttpOnly, Secure, SameSite=Lax, Path=/. Requests to those endpoints that carry an `Origin` (or \
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
-             `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: a Cookie header over 4 KiB (431), \
+             `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
              405 with an `Allow` header.",
     )
@@ -109,7 +108,6 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let guard = security::Guard::new(&state.public_url, state.security.clone());
     let allow = Arc::new(allowed_methods());
     route
-        .with(CookieJarManager::new())
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
@@ -164,10 +162,17 @@ async fn respond<E: Endpoint>(
     let (seen, admitted) = guard.admit(req).await;
     let route = crate::metrics::RouteLabel::of(&seen.path);
     let mut resp = match admitted {
-        Ok(req) => match ep.call(req).await {
-            Ok(r) => r.into_response(),
-            Err(e) => errors::catch_all(e).await,
-        },
+        Ok(mut req) => {
+            // Cookie changes reach the answer whatever it is, errors included.
+            let changes = cookies::CookieChanges::default();
+            req.extensions_mut().insert(changes.clone());
+            let mut resp = match ep.call(req).await {
+                Ok(r) => r.into_response(),
+                Err(e) => errors::catch_all(e).await,
+            };
+            changes.apply(&mut resp);
+            resp
+        }
         Err(refused) => refused,
     };
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {

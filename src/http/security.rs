@@ -26,7 +26,8 @@ use super::errors::ErrorBody;
 use super::rate_limit::{Limited, RateLimit, RateLimiter};
 use crate::config::PublicUrl;
 
-/// All `Cookie` headers together may not be longer than this.
+/// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
+/// `cookies::counted_len`), so they are never why a request is refused.
 pub const MAX_COOKIE_HEADER: usize = 4 * 1024;
 /// Longest query string accepted.
 pub const MAX_QUERY: usize = 8 * 1024;
@@ -61,7 +62,7 @@ pub enum Refusal {
     /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
-    /// Refused before routing: the `Cookie` header is larger than 4 KiB (`invalid_request`).
+    /// Refused before routing: the `Cookie` header is over 4 KiB, avemint's own cookies not counted (`invalid_request`).
     #[oai(status = 431)]
     HeaderFieldsTooLarge(Json<ErrorBody>),
 }
@@ -199,7 +200,7 @@ impl Guard {
     }
 
     async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
-        let cookie_len: usize = req.headers().get_all(header::COOKIE).iter().map(|v| v.len() + 2).sum();
+        let cookie_len = super::cookies::counted_len(super::cookies::cookie_headers(req.headers()));
         if cookie_len > MAX_COOKIE_HEADER + 2 {
             let body = invalid_request("the Cookie header is larger than 4 KiB");
             return Err(Refusal::HeaderFieldsTooLarge(body).into_response());
