@@ -384,6 +384,49 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
     app.stop().await;
 }
 
+async fn login_with(app: &TestApp, header: &str, value: &str) -> u16 {
+    let resp = app
+        .http
+        .get(app.url("/auth/login"))
+        .header(header, value)
+        .send()
+        .await
+        .expect("login");
+    resp.status().as_u16()
+}
+
+/// Issue 13 item 5: hops with ports (both forms) and the standard `Forwarded` header give each client behind a
+/// trusted proxy its own sign-in bucket, instead of all of them sharing the proxy's.
+#[tokio::test]
+async fn forwarded_hops_with_ports_and_the_forwarded_header_get_their_own_buckets() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(1),
+        trusted_proxies: TrustedProxies::parse("127.0.0.1").expect("proxies"),
+        ..SecuritySettings::default()
+    })
+    .await;
+    let xff = "x-forwarded-for";
+    assert_eq!(login_with(&app, xff, "192.0.2.1:4444").await, 302);
+    assert_eq!(login_with(&app, xff, "192.0.2.1:5555").await, 429, "same client, other port");
+    assert_eq!(login_with(&app, xff, "198.51.100.1:4444").await, 302, "another client");
+    assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:443").await, 302);
+    assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:8443").await, 429);
+    assert_eq!(login_with(&app, xff, "[2001:db8:2::1]:443").await, 302);
+    let fwd = "forwarded";
+    assert_eq!(login_with(&app, fwd, "for=203.0.113.1").await, 302);
+    assert_eq!(login_with(&app, fwd, "for=\"203.0.113.1:1234\";proto=https").await, 429);
+    assert_eq!(login_with(&app, fwd, "for=\"[2001:db8:3::1]:443\"").await, 302);
+    assert_eq!(
+        login_with(&app, fwd, "for=192.0.2.200, for=\"[2001:db8:4::1]:443\"").await,
+        302,
+        "several elements: the right-most untrusted one"
+    );
+    // The proxy's own bucket is untouched by all of the above, then spent once.
+    assert_eq!(login_with(&app, fwd, "for=_hidden").await, 302);
+    assert_eq!(login_with(&app, fwd, "for=unknown").await, 429, "obfuscated clients share the proxy's bucket");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
     for trusted in ["", "127.0.0.1"] {

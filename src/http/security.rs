@@ -140,7 +140,7 @@ impl<A: OpenApi> OpenApi for Guarded<A> {
 pub struct SecuritySettings {
     /// `AVEMINT_ALLOWED_ORIGINS`: other origins whose scripts may call `/auth/*` with credentials.
     pub allowed_origins: AllowedOrigins,
-    /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (or `Forwarded`) is believed.
     pub trusted_proxies: TrustedProxies,
     /// `AVEMINT_LOGIN_RATE_LIMIT`: sign-in requests per minute per client IP and endpoint.
     pub login_rate_limit: RateLimit,
@@ -182,7 +182,12 @@ impl Guard {
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok());
-        self.settings.trusted_proxies.client_ip(peer, forwarded)
+        let standard = req
+            .headers()
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        self.settings.trusted_proxies.client_ip(peer, forwarded, standard)
     }
 
     /// Checks a request before routing; `Err` is the complete answer.
