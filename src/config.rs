@@ -108,13 +108,20 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// A session ends this long after sign-in, however active.
     pub lifetime: Duration,
+    /// `AVEMINT_MAX_SESSIONS_PER_USER`: a sign-in that would give a user more
+    /// sessions than this ends the least recently used ones; 0 means no cap.
+    pub max_sessions_per_user: u32,
 }
+
+/// Default `AVEMINT_MAX_SESSIONS_PER_USER`.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 50;
 
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(7 * 24 * 3600),
             lifetime: Duration::from_secs(30 * 24 * 3600),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }
     }
 }
@@ -318,6 +325,7 @@ struct FileSettings {
     profiles: Option<Vec<FileProfile>>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
+    max_sessions_per_user: Option<u64>,
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
@@ -871,6 +879,15 @@ impl Settings {
             30 * 86_400,
             366 * 86_400,
         );
+        let max_sessions = l.pick(
+            "AVEMINT_MAX_SESSIONS_PER_USER",
+            "max_sessions_per_user",
+            file.max_sessions_per_user.map(|n| n.to_string()),
+        );
+        let max_sessions_per_user = match max_sessions {
+            Some(v) => l.check(Some(v), |s| bounded(s, 0, 100_000).map(|n| n as u32)),
+            None => Some(DEFAULT_MAX_SESSIONS_PER_USER),
+        };
         let security = security_settings(
             &mut l,
             file.allowed_origins,
@@ -933,6 +950,7 @@ impl Settings {
             max_token_bytes,
             signing,
             security,
+            max_sessions_per_user,
         ) {
             (
                 Some(client_id),
@@ -952,6 +970,7 @@ impl Settings {
                 Some(max_token_bytes),
                 Some(signing),
                 Some(security),
+                Some(max_sessions_per_user),
             ) if l.errors.is_empty() => Ok(Settings {
                 token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
@@ -966,7 +985,11 @@ impl Settings {
                 session_keys,
                 keys_dir,
                 signing,
-                session: SessionSettings { idle_timeout, lifetime },
+                session: SessionSettings {
+                    idle_timeout,
+                    lifetime,
+                    max_sessions_per_user,
+                },
                 renewal,
                 security,
             }),
