@@ -262,3 +262,76 @@ async fn sessions_per_user_are_capped_on_postgres_without_a_plaintext_sub() {
     pool.close().await;
     app.stop().await;
 }
+
+/// Issue 13 item 6 "Database files are world-readable": `avemint serve` started with a permissive umask (000)
+/// creates `avemint.db`, `-wal` and `-shm` readable by its owner only.
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let db = dir.path().join("avemint.db");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_avemint"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", &base)
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env("AVEMINT_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("avemint serve starts");
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut b = Browser::default();
+    support::sign_in_at(&http, &emulator, &base, &mut b).await;
+    let modes: Vec<(String, Option<u32>)> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let path = format!("{}{suffix}", db.display());
+            let mode = std::fs::metadata(&path).ok().map(|m| m.permissions().mode() & 0o777);
+            (format!("avemint.db{suffix}"), mode)
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The control: with umask 000, a file created without care is world-writable.
+    let control = dir.path().join("control");
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && : > \"$0\"")
+        .arg(&control)
+        .status()
+        .expect("sh");
+    assert_eq!(
+        std::fs::metadata(&control).expect("control").permissions().mode() & 0o777,
+        0o666
+    );
+    for (name, mode) in modes {
+        assert_eq!(mode, Some(0o600), "{name}");
+    }
+}

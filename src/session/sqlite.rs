@@ -1,4 +1,10 @@
 //! The embedded SQLite backend: zero set-up, one file, migrations on start.
+//!
+//! The database file holds sealed tokens and session keys' derived hashes, so
+//! it is created 0600 (owner only) whatever the umask, before SQLite opens it;
+//! SQLite gives its `-wal` and `-shm` files the database file's mode. An
+//! existing file (and its `-wal` / `-shm`) readable by others is tightened to
+//! 0600 on start, with a warning.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,7 +31,11 @@ impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid SQLite URL: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("invalid SQLite URL: {e}")))?;
+        if !in_memory {
+            owner_only(options.get_filename())?;
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(if in_memory {
                 SqliteJournalMode::Memory
@@ -57,6 +67,54 @@ impl SqliteStore {
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         Ok(Self { pool })
     }
+}
+
+/// Creates the database file 0600 if it is missing, and takes group and other
+/// permissions off an existing one and its `-wal` / `-shm` files.
+#[cfg(unix)]
+fn owner_only(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |what: &str, e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot {what} the database file {}: {e}", path.display()))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed("create", e)),
+    }
+    let mut names = vec![path.as_os_str().to_owned()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(name);
+    }
+    for name in names {
+        let file = std::path::Path::new(&name);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| failed("restrict", e))?;
+            tracing::warn!(
+                file = %file.display(),
+                was = format!("{mode:o}"),
+                "database file was readable by other users; restricted it to its owner"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owner_only(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 fn key_from_blob(bytes: Vec<u8>) -> Result<SessionKey, StoreError> {
@@ -425,5 +483,27 @@ mod tests {
             .await
             .expect("update");
         assert!(matches!(s.get(&r.key).await, Err(StoreError::CorruptRow(_))));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("new.db");
+        let s = SqliteStore::connect(&format!("sqlite://{}", db.display())).await.expect("connect");
+        s.insert(&row(1, 0, 1000)).await.expect("insert");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+            assert!(p.exists(), "{suffix} exists while open");
+            assert_eq!(mode(&p), 0o600, "new{suffix}");
+        }
+        // Files left world-readable by an earlier version are tightened on start.
+        let old = dir.path().join("old.db");
+        std::fs::write(&old, b"").expect("create");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _s = SqliteStore::connect(&format!("sqlite://{}", old.display())).await.expect("connect");
+        assert_eq!(mode(&old), 0o600);
     }
 }
