@@ -18,12 +18,13 @@ use url::{Host, Url};
 use crate::http::client_ip::TrustedProxies;
 use crate::http::cors::AllowedOrigins;
 use crate::http::rate_limit::RateLimit;
-use crate::http::security::SecuritySettings;
+use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
 use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTATION};
 use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
+use crate::server::{ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT};
 
 /// Default Ave issuer (production).
 pub const DEFAULT_ISSUER: &str = "https://aveid.net";
@@ -332,6 +333,9 @@ struct FileSettings {
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     login_rate_limit: Option<u32>,
+    header_read_timeout: Option<u64>,
+    keep_alive_timeout: Option<u64>,
+    docs: Option<String>,
 }
 
 /// One `[[profiles]]` table.
@@ -894,6 +898,35 @@ impl Settings {
             file.trusted_proxies,
             file.login_rate_limit,
         );
+        let header_read = l.seconds(
+            "AVEMINT_HEADER_READ_TIMEOUT",
+            "header_read_timeout",
+            file.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            600,
+        );
+        let keep_alive = l.seconds(
+            "AVEMINT_KEEP_ALIVE_TIMEOUT",
+            "keep_alive_timeout",
+            file.keep_alive_timeout,
+            DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
+            3600,
+        );
+        let docs = match l.pick("AVEMINT_DOCS", "docs", file.docs) {
+            Some(v) => l.check(Some(v), Docs::parse),
+            None => Some(Docs::default()),
+        };
+        let security = match (security, header_read, keep_alive, docs) {
+            (Some(security), Some(header_read), Some(keep_alive), Some(docs)) => Some(SecuritySettings {
+                connection_timeouts: ConnectionTimeouts {
+                    header_read,
+                    keep_alive,
+                },
+                docs,
+                ..security
+            }),
+            _ => None,
+        };
 
         let skew = l.pick(
             "AVEMINT_REFRESH_SKEW",
@@ -1043,6 +1076,7 @@ fn security_settings(
         allowed_origins: origins?,
         trusted_proxies: proxies?,
         login_rate_limit: rate?,
+        ..SecuritySettings::default()
     })
 }
 

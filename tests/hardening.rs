@@ -14,6 +14,9 @@ use reqwest::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
 };
 use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
+use std::time::{Duration, Instant};
+
+use avemint::server::ConnectionTimeouts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Another loopback origin: same site as avemint's `127.0.0.1`, different origin.
@@ -638,4 +641,94 @@ fn security_md_states_threats_defences_limits_and_reporting() {
     ] {
         assert!(text.contains(threat), "SECURITY.md lacks the `{threat}` threat");
     }
+}
+
+fn short_timeouts() -> SecuritySettings {
+    SecuritySettings {
+        connection_timeouts: ConnectionTimeouts {
+            header_read: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(3),
+        },
+        ..SecuritySettings::default()
+    }
+}
+
+/// Drips `bytes` one per `every` until the server closes the connection; returns how long that took after the
+/// first byte, or `None` if the whole request went out and the connection is still open 2 s later.
+async fn drip_until_closed(app: &TestApp, bytes: &[u8], every: Duration) -> Option<Duration> {
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    for b in bytes {
+        if stream.write_all(&[*b]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        match tokio::time::timeout(every, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+/// Issue 13 item 6 "Slow headers": a client sending its request line a byte at a time is cut off after the
+/// header-read timeout, although it never stays silent long enough for an inactivity timeout.
+#[tokio::test]
+async fn a_connection_sending_headers_slowly_is_closed() {
+    let app = spawn(short_timeouts()).await;
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let closed = drip_until_closed(&app, request, Duration::from_millis(200)).await;
+    let closed = closed.expect("the slow connection was never closed");
+    assert!(
+        closed < Duration::from_millis(2500),
+        "closed after {closed:?}, want about the 1 s header-read timeout"
+    );
+    eprintln!("measured: slow-header connection closed after {closed:?} (header-read timeout 1 s)");
+    app.stop().await;
+}
+
+/// An idle connection (no request in progress, nothing sent) is closed after the keep-alive timeout, and a
+/// normal keep-alive connection serves several requests in a row.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
+    let app = spawn(short_timeouts()).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Quicker than either timeout: the connection is reused.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let idle = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(6), stream.read(&mut buf))
+        .await
+        .expect("closed within 6 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000) && waited < Duration::from_millis(4500),
+        "closed after {waited:?}, want about the 3 s keep-alive timeout"
+    );
+    // A connection that never sends anything is closed too.
+    let mut silent = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let n = tokio::time::timeout(Duration::from_secs(6), silent.read(&mut buf))
+        .await
+        .expect("closed within 6 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    app.stop().await;
 }

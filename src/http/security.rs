@@ -135,9 +135,34 @@ impl<A: OpenApi> OpenApi for Guarded<A> {
     }
 }
 
+/// `AVEMINT_DOCS`: whether `/docs` (Swagger UI) and `/openapi.json` are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Docs {
+    /// Served (the default), `/docs` under a hash-based CSP.
+    #[default]
+    On,
+    /// Neither is served (404).
+    Off,
+}
+
+impl Docs {
+    /// `on` or `off` (also `true`/`false`, `1`/`0`).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(Self::On),
+            "off" | "false" | "0" => Ok(Self::Off),
+            _ => Err("must be `on` or `off`".into()),
+        }
+    }
+}
+
 /// The security knobs of configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecuritySettings {
+    /// `AVEMINT_HEADER_READ_TIMEOUT` and `AVEMINT_KEEP_ALIVE_TIMEOUT` (see `crate::server`).
+    pub connection_timeouts: crate::server::ConnectionTimeouts,
+    /// `AVEMINT_DOCS`: serve `/docs` and `/openapi.json` or not.
+    pub docs: Docs,
     /// `AVEMINT_ALLOWED_ORIGINS`: other origins whose scripts may call `/auth/*` with credentials.
     pub allowed_origins: AllowedOrigins,
     /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (or `Forwarded`) is believed.
