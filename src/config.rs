@@ -1318,6 +1318,43 @@ mod tests {
     }
 
     #[test]
+    fn hardening_settings_parse_with_documented_defaults() {
+        let s = Settings::load(None, &env(&minimal())).expect("defaults");
+        assert_eq!(s.session.max_sessions_per_user, 50);
+        assert_eq!(s.security.docs, Docs::On);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(10));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(60));
+        let mut e = minimal();
+        e.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "3"),
+            ("AVEMINT_DOCS", "off"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "5"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "30"),
+        ]);
+        let s = Settings::load(None, &env(&e)).expect("set");
+        assert_eq!(s.session.max_sessions_per_user, 3);
+        assert_eq!(s.security.docs, Docs::Off);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(5));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(30));
+        let mut bad = minimal();
+        bad.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "-1"),
+            ("AVEMINT_DOCS", "maybe"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "0"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "forever"),
+        ]);
+        let err = Settings::load(None, &env(&bad)).expect_err("refused");
+        assert_eq!(err.0.len(), 4, "{err}");
+        let file = load_file(
+            "max_sessions_per_user = 0\ndocs = \"off\"\nheader_read_timeout = 2\nkeep_alive_timeout = 9\n",
+            &[],
+        )
+        .expect("file keys");
+        assert_eq!(file.session.max_sessions_per_user, 0);
+        assert_eq!(file.security.docs, Docs::Off);
+    }
+
+    #[test]
     fn bad_profiles_and_hooks_are_refused_one_line_each() {
         let hook = |extra: &str| {
             format!(

@@ -7,7 +7,7 @@ mod support;
 use avemint::http::client_ip::TrustedProxies;
 use avemint::http::cors::AllowedOrigins;
 use avemint::http::rate_limit::RateLimit;
-use avemint::http::security::SecuritySettings;
+use avemint::http::security::{Docs, SecuritySettings};
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,
@@ -730,5 +730,76 @@ async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
         .expect("closed within 6 s")
         .unwrap_or(0);
     assert_eq!(n, 0);
+    app.stop().await;
+}
+
+/// Issue 13 item 6 "Swagger UI shares the session origin with inline scripts allowed": `/docs` is served with a
+/// CSP that allows exactly its own inline scripts and styles (by hash) and nothing inline besides.
+#[tokio::test]
+async fn the_docs_page_allows_only_its_own_inline_script_and_style() {
+    use base64::Engine as _;
+    let app = spawn(SecuritySettings::default()).await;
+    for path in ["/docs", "/docs/"] {
+        let resp = app.http.get(app.url(path)).send().await.expect("docs");
+        assert_eq!(resp.status(), 200, "{path}");
+        let csp = resp.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let html = resp.text().await.expect("html");
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        let directive = |name: &str| -> Vec<String> {
+            csp.split(';')
+                .map(str::trim)
+                .find_map(|d| d.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {csp}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        for (tag, name) in [("script", "script-src "), ("style", "style-src ")] {
+            let allowed = directive(name);
+            let texts = avemint::http::docs::inline_elements(&html, tag);
+            assert!(!texts.is_empty(), "{tag} elements on the page");
+            let hashes: Vec<String> = texts
+                .iter()
+                .map(|t| {
+                    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+                    format!(
+                        "'sha256-{}'",
+                        base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+                    )
+                })
+                .collect();
+            let mut sorted_allowed = allowed.clone();
+            sorted_allowed.sort();
+            let mut sorted_hashes = hashes.clone();
+            sorted_hashes.sort();
+            assert_eq!(sorted_allowed, sorted_hashes, "{name}: exactly the page's own {tag}s");
+        }
+    }
+    // Other HTML keeps the strict policy; the spec is still served.
+    assert_eq!(app.http.get(app.url("/openapi.json")).send().await.expect("spec").status(), 200);
+    app.stop().await;
+}
+
+/// `AVEMINT_DOCS=off` (issues 13 and 17): neither `/docs` nor `/openapi.json` is served on the public port.
+#[tokio::test]
+async fn docs_off_serves_neither_the_docs_nor_the_spec() {
+    let app = spawn(SecuritySettings {
+        docs: Docs::Off,
+        ..SecuritySettings::default()
+    })
+    .await;
+    for path in ["/docs", "/docs/", "/openapi.json"] {
+        let resp = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), 404, "{path}");
+        let body = resp.text().await.expect("body");
+        assert!(!body.contains("swagger") && !body.contains("\"openapi\""), "{path}: {body}");
+    }
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.expect("h").status(), 200);
+    let mut b = app.signed_in_browser().await;
+    assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     app.stop().await;
 }
