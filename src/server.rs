@@ -212,9 +212,6 @@ where
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
-    for addr in acceptor.local_addr() {
-        tracing::info!(addr = %addr, "listening");
-    }
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -254,10 +251,7 @@ where
     }
     drop(acceptor);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),
@@ -323,10 +317,18 @@ mod tests {
         };
         let w = Arc::new(Watch::new());
         let opened = w.opened;
-        assert_eq!(w.deadline(t), Some(opened + Duration::from_secs(5)), "fresh: keep-alive");
+        assert_eq!(
+            w.deadline(t),
+            Some(opened + Duration::from_secs(5)),
+            "fresh: keep-alive"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         w.on_read();
-        assert_eq!(w.deadline(t), Some(opened + Duration::from_secs(3)), "a head started at 1 s");
+        assert_eq!(
+            w.deadline(t),
+            Some(opened + Duration::from_secs(3)),
+            "a head started at 1 s"
+        );
         tokio::time::advance(Duration::from_millis(500)).await;
         w.on_read();
         assert_eq!(
@@ -341,6 +343,10 @@ mod tests {
         assert_eq!(w.deadline(t), None, "body bytes are not a new head");
         drop(req);
         let idle_at = opened + Duration::from_millis(31_500);
-        assert_eq!(w.deadline(t), Some(idle_at + Duration::from_secs(5)), "idle: keep-alive");
+        assert_eq!(
+            w.deadline(t),
+            Some(idle_at + Duration::from_secs(5)),
+            "idle: keep-alive"
+        );
     }
 }

@@ -13,8 +13,8 @@ use reqwest::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
 };
-use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
 use std::time::{Duration, Instant};
+use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
 
 use avemint::server::ConnectionTimeouts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -410,7 +410,11 @@ async fn forwarded_hops_with_ports_and_the_forwarded_header_get_their_own_bucket
     .await;
     let xff = "x-forwarded-for";
     assert_eq!(login_with(&app, xff, "192.0.2.1:4444").await, 302);
-    assert_eq!(login_with(&app, xff, "192.0.2.1:5555").await, 429, "same client, other port");
+    assert_eq!(
+        login_with(&app, xff, "192.0.2.1:5555").await,
+        429,
+        "same client, other port"
+    );
     assert_eq!(login_with(&app, xff, "198.51.100.1:4444").await, 302, "another client");
     assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:443").await, 302);
     assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:8443").await, 429);
@@ -426,7 +430,11 @@ async fn forwarded_hops_with_ports_and_the_forwarded_header_get_their_own_bucket
     );
     // The proxy's own bucket is untouched by all of the above, then spent once.
     assert_eq!(login_with(&app, fwd, "for=_hidden").await, 302);
-    assert_eq!(login_with(&app, fwd, "for=unknown").await, 429, "obfuscated clients share the proxy's bucket");
+    assert_eq!(
+        login_with(&app, fwd, "for=unknown").await,
+        429,
+        "obfuscated clients share the proxy's bucket"
+    );
     app.stop().await;
 }
 
@@ -748,7 +756,10 @@ async fn the_docs_page_allows_only_its_own_inline_script_and_style() {
             .to_owned();
         let html = resp.text().await.expect("html");
         assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
-        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
         let directive = |name: &str| -> Vec<String> {
             csp.split(';')
                 .map(str::trim)
@@ -780,7 +791,15 @@ async fn the_docs_page_allows_only_its_own_inline_script_and_style() {
         }
     }
     // Other HTML keeps the strict policy; the spec is still served.
-    assert_eq!(app.http.get(app.url("/openapi.json")).send().await.expect("spec").status(), 200);
+    assert_eq!(
+        app.http
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec")
+            .status(),
+        200
+    );
     app.stop().await;
 }
 
@@ -796,7 +815,10 @@ async fn docs_off_serves_neither_the_docs_nor_the_spec() {
         let resp = app.http.get(app.url(path)).send().await.expect("get");
         assert_eq!(resp.status(), 404, "{path}");
         let body = resp.text().await.expect("body");
-        assert!(!body.contains("swagger") && !body.contains("\"openapi\""), "{path}: {body}");
+        assert!(
+            !body.contains("swagger") && !body.contains("\"openapi\""),
+            "{path}: {body}"
+        );
     }
     assert_eq!(app.http.get(app.url("/healthz")).send().await.expect("h").status(), 200);
     let mut b = app.signed_in_browser().await;

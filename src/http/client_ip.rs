@@ -132,7 +132,9 @@ impl TrustedProxies {
             Joined::TooLong => return peer,
             Joined::Text(text) => (
                 "x-forwarded-for",
-                text.split(',').map(|h| (parse_node(unquote_lenient(h)), h.to_owned())).collect(),
+                text.split(',')
+                    .map(|h| (parse_node(unquote_lenient(h)), h.to_owned()))
+                    .collect(),
             ),
         };
         let mut client = peer;
@@ -233,7 +235,10 @@ pub fn parse_node(raw: &str) -> Hop {
 /// RFC 7239 `obfnode` / `obfport`: `_` then one or more of ALPHA, DIGIT, `.`, `_`, `-`.
 fn is_obfuscated(s: &str) -> bool {
     s.strip_prefix('_').is_some_and(|rest| {
-        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     })
 }
 
@@ -422,16 +427,27 @@ mod tests {
         let t = TrustedProxies::parse("10.0.0.0/8").expect("parse");
         // The client may put anything on the left; only the right-most untrusted hop counts.
         assert_eq!(
-            t.client_ip(ip("10.0.0.1"), ["6.6.6.6, 198.51.100.7", "10.0.0.2"].into_iter(), std::iter::empty()),
+            t.client_ip(
+                ip("10.0.0.1"),
+                ["6.6.6.6, 198.51.100.7", "10.0.0.2"].into_iter(),
+                std::iter::empty()
+            ),
             ip("198.51.100.7")
         );
-        assert_eq!(t.client_ip(ip("10.0.0.1"), std::iter::empty(), std::iter::empty()), ip("10.0.0.1"));
+        assert_eq!(
+            t.client_ip(ip("10.0.0.1"), std::iter::empty(), std::iter::empty()),
+            ip("10.0.0.1")
+        );
         assert_eq!(
             t.client_ip(ip("10.0.0.1"), ["garbage, 10.0.0.3"].into_iter(), std::iter::empty()),
             ip("10.0.0.3")
         );
         assert_eq!(
-            t.client_ip(ip("10.0.0.1"), ["198.51.100.7, garbage"].into_iter(), std::iter::empty()),
+            t.client_ip(
+                ip("10.0.0.1"),
+                ["198.51.100.7, garbage"].into_iter(),
+                std::iter::empty()
+            ),
             ip("10.0.0.1")
         );
         let long = "1.1.1.1,".repeat(400);
@@ -517,7 +533,11 @@ mod tests {
         );
         // Several elements and several headers: the walk goes from the right.
         assert_eq!(
-            fwd(&t, "10.0.0.1", &["for=6.6.6.6, for=198.51.100.7", "for=10.0.0.3;proto=http"]),
+            fwd(
+                &t,
+                "10.0.0.1",
+                &["for=6.6.6.6, for=198.51.100.7", "for=10.0.0.3;proto=http"]
+            ),
             ip("198.51.100.7")
         );
         // Commas and semicolons inside quoted strings do not split.
@@ -574,8 +594,8 @@ mod tests {
 
     fn any_ip() -> impl Strategy<Value = IpAddr> {
         prop_oneof![
-            any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-            any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
         ]
     }
 

@@ -23,9 +23,8 @@ pub struct DocsPage {
 impl DocsPage {
     /// Renders Swagger UI for `html` (poem-openapi's page) and derives its policy.
     pub fn new(html: String) -> Self {
-        let csp = HeaderValue::from_str(&policy(&html)).unwrap_or(HeaderValue::from_static(
-            "default-src 'none'; frame-ancestors 'none'",
-        ));
+        let csp = HeaderValue::from_str(&policy(&html))
+            .unwrap_or(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
         Self { html, csp }
     }
 
@@ -65,7 +64,11 @@ fn hashes(html: &str, tag: &str) -> String {
             format!("'sha256-{}'", STANDARD.encode(digest.as_ref()))
         })
         .collect();
-    if list.is_empty() { "'none'".into() } else { list.join(" ") }
+    if list.is_empty() {
+        "'none'".into()
+    } else {
+        list.join(" ")
+    }
 }
 
 /// The text content of each `<tag …>…</tag>` element (ASCII case-insensitive, as browsers end them at the

@@ -260,7 +260,11 @@ impl Sessions {
 
     /// The per-user index values of a user: one per configured session key, the current one first.
     pub fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
-        self.owner_macer.tags(sub.as_bytes()).into_iter().map(OwnerKey).collect()
+        self.owner_macer
+            .tags(sub.as_bytes())
+            .into_iter()
+            .map(OwnerKey)
+            .collect()
     }
 
     /// Stores a new session and returns the id for the cookie. When the user
@@ -498,14 +502,23 @@ mod tests {
             let id = s.create(&data("u"), 100).await.expect("create");
             assert!(s.load(&id.key(), 110).await.expect("load").is_some());
             tamper(&s, &id.key(), edit).await;
-            assert!(s.load(&id.key(), 120).await.expect("load").is_none(), "edit #{i} refused");
-            assert!(s.store.get(&id.key()).await.expect("get").is_none(), "edit #{i} deleted");
+            assert!(
+                s.load(&id.key(), 120).await.expect("load").is_none(),
+                "edit #{i} refused"
+            );
+            assert!(
+                s.store.get(&id.key()).await.expect("get").is_none(),
+                "edit #{i} deleted"
+            );
         }
         // Genuine activity still moves last_seen_at (with a fresh MAC) and the session lives on.
         let id = s.create(&data("u"), 100).await.expect("create");
         assert!(s.load(&id.key(), 900).await.expect("load").is_some());
         assert!(s.load(&id.key(), 1800).await.expect("load").is_some(), "touched at 900");
-        assert_eq!(s.store.get(&id.key()).await.expect("get").expect("row").last_seen_at, 1800);
+        assert_eq!(
+            s.store.get(&id.key()).await.expect("get").expect("row").last_seen_at,
+            1800
+        );
     }
 
     #[tokio::test]
@@ -536,7 +549,11 @@ mod tests {
             "activity gave it a MAC"
         );
         // Re-sealing (a renewal) binds created_at in; editing it afterwards is refused.
-        let renewed = s.replace(&loaded, data("old")).await.expect("replace").expect("swapped");
+        let renewed = s
+            .replace(&loaded, data("old"))
+            .await
+            .expect("replace")
+            .expect("swapped");
         assert!(s.load(&key, 510).await.expect("load").is_some());
         tamper(&s, &key, |r| r.created_at += 1000).await;
         assert!(s.load(&key, 520).await.expect("load").is_none());
@@ -546,7 +563,10 @@ mod tests {
         s.store.insert(&legacy(future, 100_000, 100)).await.expect("insert");
         assert!(s.load(&future, 500).await.expect("load").is_none());
         let future_seen = SessionId::generate().key();
-        s.store.insert(&legacy(future_seen, 100, 100_000)).await.expect("insert");
+        s.store
+            .insert(&legacy(future_seen, 100, 100_000))
+            .await
+            .expect("insert");
         assert!(s.load(&future_seen, 500).await.expect("load").is_none());
     }
 

@@ -145,10 +145,10 @@ impl SessionStore for PostgresStore {
             "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
              owner_hash, seen_mac FROM sessions WHERE key_hash = $1",
         )
-            .bind(key.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        .bind(key.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         row.as_ref().map(row_from).transpose()
     }
 

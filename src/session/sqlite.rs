@@ -186,10 +186,10 @@ impl SessionStore for SqliteStore {
             "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
              owner_hash, seen_mac FROM sessions WHERE key_hash = ?",
         )
-            .bind(key.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        .bind(key.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         row.as_ref().map(row_from).transpose()
     }
 
@@ -405,7 +405,10 @@ mod tests {
         );
         s.touch(&r.key, 2000, b"mac").await.expect("touch");
         let got = s.get(&r.key).await.expect("get").expect("row");
-        assert_eq!((got.last_seen_at, got.seen_mac.as_deref()), (2000, Some(b"mac".as_slice())));
+        assert_eq!(
+            (got.last_seen_at, got.seen_mac.as_deref()),
+            (2000, Some(b"mac".as_slice()))
+        );
         s.insert(&row(2, 0, 10)).await.expect("insert old");
         let removed = s
             .sweep(SweepCutoffs {
@@ -447,7 +450,11 @@ mod tests {
             .iter()
             .map(|r| r.key.as_bytes()[0])
             .collect();
-        assert_eq!(listed, vec![11, 12, 13, 10], "every owner key, most recently used first");
+        assert_eq!(
+            listed,
+            vec![11, 12, 13, 10],
+            "every owner key, most recently used first"
+        );
         assert_eq!(s.sessions_of(&alice[..1]).await.expect("list").len(), 2);
         // Keep two (the new session 10 among them): 11 stays, 12 and 13 go.
         let mut ended: Vec<u8> = s
@@ -467,7 +474,10 @@ mod tests {
             .map(|r| r.key.as_bytes()[0])
             .collect();
         assert_eq!(left, vec![11, 10]);
-        assert!(s.get(&bob.key).await.expect("get").is_some(), "other users are untouched");
+        assert!(
+            s.get(&bob.key).await.expect("get").is_some(),
+            "other users are untouched"
+        );
         assert!(s.trim_sessions_of(&[], 1, &bob.key).await.expect("trim").is_empty());
     }
 
@@ -492,7 +502,9 @@ mod tests {
         let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("new.db");
-        let s = SqliteStore::connect(&format!("sqlite://{}", db.display())).await.expect("connect");
+        let s = SqliteStore::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("connect");
         s.insert(&row(1, 0, 1000)).await.expect("insert");
         for suffix in ["", "-wal", "-shm"] {
             let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
@@ -503,7 +515,9 @@ mod tests {
         let old = dir.path().join("old.db");
         std::fs::write(&old, b"").expect("create");
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let _s = SqliteStore::connect(&format!("sqlite://{}", old.display())).await.expect("connect");
+        let _s = SqliteStore::connect(&format!("sqlite://{}", old.display()))
+            .await
+            .expect("connect");
         assert_eq!(mode(&old), 0o600);
     }
 }
