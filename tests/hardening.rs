@@ -825,3 +825,84 @@ async fn docs_off_serves_neither_the_docs_nor_the_spec() {
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     app.stop().await;
 }
+
+/// Issue 13 item 5: a hop a trusted proxy sends that cannot be parsed is logged at `warn`, at most once a minute
+/// however many arrive (checked on a real `avemint serve` process's stderr).
+#[tokio::test]
+async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .arg("serve")
+        .env_clear()
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", &base)
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env(
+            "AVEMINT_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .env("AVEMINT_TRUSTED_PROXIES", "127.0.0.1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("avemint serve starts");
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (header, value) in [
+        ("x-forwarded-for", "not-an-address"),
+        ("x-forwarded-for", "198.51.100.1:99999"),
+        ("forwarded", "for=[2001:db8::1]:443"),
+        ("x-forwarded-for", "192.0.2.1, bad hop"),
+        ("forwarded", "for=\"unterminated"),
+    ] {
+        let resp = http
+            .get(format!("{base}/healthz"))
+            .header(header, value)
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(resp.status(), 200);
+    }
+    // A good hop with a port is not worth a warning.
+    let resp = http
+        .get(format!("{base}/healthz"))
+        .header("x-forwarded-for", "[2001:db8::1]:443")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("cannot be parsed")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for five bad hops in a minute:\n{text}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("not-an-address"),
+        "the hop is quoted: {}",
+        warnings[0]
+    );
+}
