@@ -1323,7 +1323,7 @@ mod tests {
         assert_eq!(s.session.max_sessions_per_user, 50);
         assert_eq!(s.security.docs, Docs::On);
         assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(10));
-        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(60));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(75));
         let mut e = minimal();
         e.extend([
             ("AVEMINT_MAX_SESSIONS_PER_USER", "3"),

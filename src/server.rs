@@ -13,7 +13,7 @@
 //!   is closed after it.
 //!
 //! A request in progress is never cut off by either (handlers bound their own
-//! waits). On shutdown, accepting stops, idle connections close at once, and
+//! waits; the request guard reads a body within the header-read timeout). On shutdown, accepting stops, idle connections close at once, and
 //! requests in flight get the grace period to finish.
 
 use std::convert::Infallible;
@@ -42,8 +42,9 @@ pub struct ConnectionTimeouts {
 
 /// Default `AVEMINT_HEADER_READ_TIMEOUT`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `AVEMINT_KEEP_ALIVE_TIMEOUT`.
-pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `AVEMINT_KEEP_ALIVE_TIMEOUT`: longer than the usual load-balancer idle timeout (60 s), so the
+/// balancer, not avemint, closes an idle pooled connection (otherwise a request racing the close gets a 502).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Default for ConnectionTimeouts {
     fn default() -> Self {

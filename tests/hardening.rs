@@ -906,3 +906,37 @@ async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
         warnings[0]
     );
 }
+
+/// The same for a body: a request whose body drips in (slow POST) is answered 400 after the header-read timeout
+/// instead of holding the connection until the last byte.
+#[tokio::test]
+async fn a_request_body_sent_slowly_is_refused_in_time() {
+    let app = spawn(short_timeouts()).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let head = format!(
+        "POST /auth/token HTTP/1.1\r\nhost: {host}\r\nx-csrf: 1\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut answer = String::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        if stream.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        if answer.contains("\r\n\r\n") && answer.contains('}') {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?} after {waited:?}");
+    assert!(answer.contains("invalid_request"), "{answer}");
+    assert!(waited < Duration::from_millis(2500), "answered after {waited:?}");
+    app.stop().await;
+}

@@ -236,7 +236,9 @@ impl Guard {
             let body = invalid_request("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        check_body(&mut req).await.map_err(IntoResponse::into_response)?;
+        check_body(&mut req, self.settings.connection_timeouts.header_read)
+            .await
+            .map_err(IntoResponse::into_response)?;
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
@@ -303,8 +305,10 @@ fn is_auth_api(path: &str) -> bool {
     path.starts_with("/auth/") && Limited::from_path(path).is_none()
 }
 
-/// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body.
-async fn check_body(req: &mut Request) -> Result<(), Refusal> {
+/// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body. A
+/// body is read here, whole, within `read_timeout` (`AVEMINT_HEADER_READ_TIMEOUT`): a client dripping its body
+/// (slow POST) is answered 400 and does not hold the connection for ever.
+async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Result<(), Refusal> {
     let too_large = || Refusal::PayloadTooLarge(invalid_request("the request body is larger than 64 KiB"));
     match req
         .headers()
@@ -312,24 +316,34 @@ async fn check_body(req: &mut Request) -> Result<(), Refusal> {
         .map(|v| v.to_str().map(str::parse::<u64>))
     {
         Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
-        Some(Ok(Ok(_))) => Ok(()),
+        Some(Ok(Ok(0))) => Ok(()),
+        Some(Ok(Ok(_))) => read_body(req, read_timeout, too_large).await,
         Some(_) => Err(Refusal::BadRequest(invalid_request(
             "the Content-Length header is malformed",
         ))),
         None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
-        None => {
-            let body = req.take_body();
-            match body.into_bytes_limit(MAX_BODY).await {
-                Ok(bytes) => {
-                    req.set_body(bytes);
-                    Ok(())
-                }
-                Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
-                Err(_) => Err(Refusal::BadRequest(invalid_request(
-                    "the request body could not be read",
-                ))),
-            }
+        None => read_body(req, read_timeout, too_large).await,
+    }
+}
+
+async fn read_body(
+    req: &mut Request,
+    read_timeout: std::time::Duration,
+    too_large: impl Fn() -> Refusal,
+) -> Result<(), Refusal> {
+    let body = req.take_body();
+    match tokio::time::timeout(read_timeout, body.into_bytes_limit(MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            req.set_body(bytes);
+            Ok(())
         }
+        Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => Err(too_large()),
+        Ok(Err(_)) => Err(Refusal::BadRequest(invalid_request(
+            "the request body could not be read",
+        ))),
+        Err(_) => Err(Refusal::BadRequest(invalid_request(
+            "the request body was not received in time",
+        ))),
     }
 }
 
