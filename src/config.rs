@@ -18,12 +18,13 @@ use url::{Host, Url};
 use crate::http::client_ip::TrustedProxies;
 use crate::http::cors::AllowedOrigins;
 use crate::http::rate_limit::RateLimit;
-use crate::http::security::SecuritySettings;
+use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
 use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTATION};
 use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
+use crate::server::{ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT};
 
 /// Default Ave issuer (production).
 pub const DEFAULT_ISSUER: &str = "https://aveid.net";
@@ -112,13 +113,20 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// A session ends this long after sign-in, however active.
     pub lifetime: Duration,
+    /// `AVEMINT_MAX_SESSIONS_PER_USER`: a sign-in that would give a user more
+    /// sessions than this ends the least recently used ones; 0 means no cap.
+    pub max_sessions_per_user: u32,
 }
+
+/// Default `AVEMINT_MAX_SESSIONS_PER_USER`.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 50;
 
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(7 * 24 * 3600),
             lifetime: Duration::from_secs(30 * 24 * 3600),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }
     }
 }
@@ -322,6 +330,7 @@ struct FileSettings {
     profiles: Option<Vec<FileProfile>>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
+    max_sessions_per_user: Option<u64>,
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
@@ -329,6 +338,9 @@ struct FileSettings {
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     login_rate_limit: Option<u32>,
+    header_read_timeout: Option<u64>,
+    keep_alive_timeout: Option<u64>,
+    docs: Option<String>,
 }
 
 /// One `[[profiles]]` table.
@@ -876,12 +888,50 @@ impl Settings {
             30 * 86_400,
             366 * 86_400,
         );
+        let max_sessions = l.pick(
+            "AVEMINT_MAX_SESSIONS_PER_USER",
+            "max_sessions_per_user",
+            file.max_sessions_per_user.map(|n| n.to_string()),
+        );
+        let max_sessions_per_user = match max_sessions {
+            Some(v) => l.check(Some(v), |s| bounded(s, 0, 100_000).map(|n| n as u32)),
+            None => Some(DEFAULT_MAX_SESSIONS_PER_USER),
+        };
         let security = security_settings(
             &mut l,
             file.allowed_origins,
             file.trusted_proxies,
             file.login_rate_limit,
         );
+        let header_read = l.seconds(
+            "AVEMINT_HEADER_READ_TIMEOUT",
+            "header_read_timeout",
+            file.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            600,
+        );
+        let keep_alive = l.seconds(
+            "AVEMINT_KEEP_ALIVE_TIMEOUT",
+            "keep_alive_timeout",
+            file.keep_alive_timeout,
+            DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
+            3600,
+        );
+        let docs = match l.pick("AVEMINT_DOCS", "docs", file.docs) {
+            Some(v) => l.check(Some(v), Docs::parse),
+            None => Some(Docs::default()),
+        };
+        let security = match (security, header_read, keep_alive, docs) {
+            (Some(security), Some(header_read), Some(keep_alive), Some(docs)) => Some(SecuritySettings {
+                connection_timeouts: ConnectionTimeouts {
+                    header_read,
+                    keep_alive,
+                },
+                docs,
+                ..security
+            }),
+            _ => None,
+        };
 
         let skew = l.pick(
             "AVEMINT_REFRESH_SKEW",
@@ -948,6 +998,7 @@ impl Settings {
             max_token_bytes,
             signing,
             security,
+            max_sessions_per_user,
         ) {
             (
                 Some(client_id),
@@ -967,6 +1018,7 @@ impl Settings {
                 Some(max_token_bytes),
                 Some(signing),
                 Some(security),
+                Some(max_sessions_per_user),
             ) if l.errors.is_empty() => Ok(Settings {
                 token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
@@ -981,7 +1033,11 @@ impl Settings {
                 session_keys,
                 keys_dir,
                 signing,
-                session: SessionSettings { idle_timeout, lifetime },
+                session: SessionSettings {
+                    idle_timeout,
+                    lifetime,
+                    max_sessions_per_user,
+                },
                 renewal,
                 security,
             }),
@@ -1035,6 +1091,7 @@ fn security_settings(
         allowed_origins: origins?,
         trusted_proxies: proxies?,
         login_rate_limit: rate?,
+        ..SecuritySettings::default()
     })
 }
 
@@ -1273,6 +1330,43 @@ mod tests {
         // An override that collides with another profile's audience is refused.
         let e = load_file(TWO, &[("AVEMINT_TOKEN_AUDIENCE", "orders-api")]).expect_err("duplicate");
         assert!(e.to_string().contains("already the audience"), "{e}");
+    }
+
+    #[test]
+    fn hardening_settings_parse_with_documented_defaults() {
+        let s = Settings::load(None, &env(&minimal())).expect("defaults");
+        assert_eq!(s.session.max_sessions_per_user, 50);
+        assert_eq!(s.security.docs, Docs::On);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(10));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(75));
+        let mut e = minimal();
+        e.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "3"),
+            ("AVEMINT_DOCS", "off"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "5"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "30"),
+        ]);
+        let s = Settings::load(None, &env(&e)).expect("set");
+        assert_eq!(s.session.max_sessions_per_user, 3);
+        assert_eq!(s.security.docs, Docs::Off);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(5));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(30));
+        let mut bad = minimal();
+        bad.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "-1"),
+            ("AVEMINT_DOCS", "maybe"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "0"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "forever"),
+        ]);
+        let err = Settings::load(None, &env(&bad)).expect_err("refused");
+        assert_eq!(err.0.len(), 4, "{err}");
+        let file = load_file(
+            "max_sessions_per_user = 0\ndocs = \"off\"\nheader_read_timeout = 2\nkeep_alive_timeout = 9\n",
+            &[],
+        )
+        .expect("file keys");
+        assert_eq!(file.session.max_sessions_per_user, 0);
+        assert_eq!(file.security.docs, Docs::Off);
     }
 
     #[test]

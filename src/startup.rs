@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, ClientOptions};
@@ -170,10 +169,9 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
         let key_watch = tokio::spawn(self.state.minter.keys().clone().watch());
+        let timeouts = self.state.security.connection_timeouts;
         let app = http::routes(self.state, self.mode == Mode::Demo);
-        let result = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
-            .await;
+        let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
         background.abort();
         key_watch.abort();
         result

@@ -7,6 +7,7 @@ pub mod cookies;
 pub mod cors;
 pub mod demo;
 pub mod demo_api;
+pub mod docs;
 pub mod errors;
 pub mod ops;
 pub mod optional_json;
@@ -91,13 +92,19 @@ pub fn openapi_yaml() -> String {
 /// Builds the whole HTTP application.
 pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let api = openapi_service();
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
-    let route = Route::new()
-        .at("/openapi.json", spec)
-        .at("/metrics", poem::get(metrics_endpoint))
-        .nest("/docs", docs)
-        .nest("/", api);
+    let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
+    // `AVEMINT_DOCS=off` leaves both out (404).
+    let route = match state.security.docs {
+        security::Docs::On => {
+            let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
+            route
+                .at("/openapi.json", api.spec_endpoint())
+                .at("/docs", poem::get(page.clone()))
+                .at("/docs/", poem::get(page))
+        }
+        security::Docs::Off => route,
+    };
+    let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
     let route = spa::in_front_of(route);
     let route = if demo {
