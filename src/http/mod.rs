@@ -43,6 +43,8 @@ pub struct AppState {
     pub scopes: String,
     pub session_cookie_max_age: Duration,
     pub security: security::SecuritySettings,
+    /// Failed code exchanges per client network (issue: junk codes spending Ave's budget).
+    pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
 }
 
 /// OpenAPI tags.
