@@ -92,7 +92,10 @@ async fn junk_callback(app: &TestApp, client: String) -> u16 {
         assert!(retry >= 1);
     }
     let body: Value = resp.json().await.expect("a JSON error");
-    assert!(body["error"].is_string() && body["error_description"].is_string(), "{body}");
+    assert!(
+        body["error"].is_string() && body["error_description"].is_string(),
+        "{body}"
+    );
     if status == 429 {
         assert_eq!(body["error"], "rate_limited");
     }
@@ -155,13 +158,22 @@ async fn junk_callbacks_from_many_networks_starve_neither_renewals_nor_other_net
     let resp = app.post_token(&mut b, true).await;
     let status = resp.status();
     assert_eq!(status, 200, "the existing session renews: {:?}", resp.text().await.ok());
-    assert_eq!(grants(&app.emulator, "refresh_token"), 1, "exactly one refresh reached Ave");
+    assert_eq!(
+        grants(&app.emulator, "refresh_token"),
+        1,
+        "exactly one refresh reached Ave"
+    );
     assert_eq!(app.emulator.successful_refreshes(), 1);
 
     // A fresh client on another network signs in.
     let mut fresh = Browser::default();
     let resp = sign_in_as(&app, &mut fresh, "203.0.113.50").await;
-    assert_eq!(resp.status(), 302, "another network signs in: {:?}", resp.text().await.ok());
+    assert_eq!(
+        resp.status(),
+        302,
+        "another network signs in: {:?}",
+        resp.text().await.ok()
+    );
     assert!(fresh.get(SESSION_COOKIE).is_some(), "session cookie set");
 
     // The junk was stopped per network, long before it could use up the sign-in share.
@@ -177,7 +189,11 @@ async fn junk_callbacks_from_many_networks_starve_neither_renewals_nor_other_net
     // A client of the flooding /48 (a /64 it never used) is refused before Ave, with Retry-After.
     let before = grants(&app.emulator, "authorization_code");
     assert_eq!(junk_callback(&app, "2001:db8:bad:ffff::1".into()).await, 429);
-    assert_eq!(grants(&app.emulator, "authorization_code"), before, "nothing sent to Ave");
+    assert_eq!(
+        grants(&app.emulator, "authorization_code"),
+        before,
+        "nothing sent to Ave"
+    );
 
     let metrics = app.http.get(app.url("/metrics")).send().await.expect("metrics");
     let text = metrics.text().await.expect("body");
@@ -230,6 +246,9 @@ async fn past_the_budget_a_sign_in_gets_503_with_retry_after_at_once_and_renewal
         .text()
         .await
         .expect("body");
-    assert!(text.contains(r#"avemint_ave_budget_refused_total{class="sign_in"} "#), "{text}");
+    assert!(
+        text.contains(r#"avemint_ave_budget_refused_total{class="sign_in"} "#),
+        "{text}"
+    );
     app.stop().await;
 }

@@ -298,15 +298,28 @@ mod tests {
             budget.acquire(BudgetClass::Renewal).await.expect("room");
         }
         assert!(start.elapsed() < Duration::from_millis(1));
-        budget.acquire(BudgetClass::Renewal).await.expect("waits for the window");
+        budget
+            .acquire(BudgetClass::Renewal)
+            .await
+            .expect("waits for the window");
         assert!(start.elapsed() >= WINDOW, "the fourth call waited a full window");
 
         let strict = TokenBudget::new(1, Duration::from_secs(1));
         strict.acquire(BudgetClass::Renewal).await.expect("room");
         let before = Instant::now();
-        let refused = strict.acquire(BudgetClass::Renewal).await.expect_err("would wait too long");
-        assert_eq!(refused.retry_after, WINDOW, "Retry-After is the time until room, in whole seconds");
-        assert_eq!(before.elapsed(), Duration::ZERO, "refused at once, without waiting first");
+        let refused = strict
+            .acquire(BudgetClass::Renewal)
+            .await
+            .expect_err("would wait too long");
+        assert_eq!(
+            refused.retry_after, WINDOW,
+            "Retry-After is the time until room, in whole seconds"
+        );
+        assert_eq!(
+            before.elapsed(),
+            Duration::ZERO,
+            "refused at once, without waiting first"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -322,16 +335,28 @@ mod tests {
         assert_eq!(admitted, 120, "a sign-in flood stops at the sign-in share");
         let snap = budget.snapshot();
         assert_eq!((snap.sign_in_used, snap.sign_in_available), (120, 0));
-        assert_eq!((snap.renewal_used, snap.renewal_available, snap.renewal_reserve), (0, 60, 60));
+        assert_eq!(
+            (snap.renewal_used, snap.renewal_available, snap.renewal_reserve),
+            (0, 60, 60)
+        );
         let start = Instant::now();
         for _ in 0..60 {
-            budget.acquire(BudgetClass::Renewal).await.expect("the reserve is there");
+            budget
+                .acquire(BudgetClass::Renewal)
+                .await
+                .expect("the reserve is there");
         }
         assert_eq!(start.elapsed(), Duration::ZERO, "renewals did not wait");
-        let err = budget.acquire(BudgetClass::Renewal).await.expect_err("the whole budget is used");
+        let err = budget
+            .acquire(BudgetClass::Renewal)
+            .await
+            .expect_err("the whole budget is used");
         assert!(err.retry_after <= WINDOW);
         let snap = budget.snapshot();
-        assert_eq!((snap.renewal_used, snap.renewal_available, snap.sign_in_available), (60, 0, 0));
+        assert_eq!(
+            (snap.renewal_used, snap.renewal_available, snap.sign_in_available),
+            (60, 0, 0)
+        );
         // A minute later everything is free again.
         tokio::time::advance(WINDOW).await;
         let snap = budget.snapshot();
@@ -342,7 +367,10 @@ mod tests {
     async fn renewals_can_use_the_sign_in_share_when_sign_ins_leave_it() {
         let budget = TokenBudget::new(6, Duration::ZERO);
         for _ in 0..6 {
-            budget.acquire(BudgetClass::Renewal).await.expect("renewals may use it all");
+            budget
+                .acquire(BudgetClass::Renewal)
+                .await
+                .expect("renewals may use it all");
         }
         let err = budget.acquire(BudgetClass::SignIn).await.expect_err("nothing left");
         assert_eq!(err.retry_after, WINDOW);
@@ -361,7 +389,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished(), "the sign-in is waiting");
-        assert!(budget.window.try_lock().is_ok(), "the window is unlocked while it waits");
+        assert!(
+            budget.window.try_lock().is_ok(),
+            "the window is unlocked while it waits"
+        );
         // A renewal is not queued behind the sleeping sign-in.
         let start = Instant::now();
         budget.acquire(BudgetClass::Renewal).await.expect("the reserve");
@@ -383,7 +414,11 @@ mod tests {
         let crowd: Vec<_> = (0..30)
             .map(|i| {
                 let budget = budget.clone();
-                let class = if i % 2 == 0 { BudgetClass::Renewal } else { BudgetClass::SignIn };
+                let class = if i % 2 == 0 {
+                    BudgetClass::Renewal
+                } else {
+                    BudgetClass::SignIn
+                };
                 tokio::spawn(async move {
                     let start = Instant::now();
                     let result = budget.acquire(class).await;
@@ -405,6 +440,9 @@ mod tests {
         }
         // Room for one at t = 60 s, and one more at 66 s is past the 5 s bound.
         assert_eq!(admitted, 1);
-        assert_eq!(budget.snapshot().renewal_available + budget.snapshot().sign_in_available, 0);
+        assert_eq!(
+            budget.snapshot().renewal_available + budget.snapshot().sign_in_available,
+            0
+        );
     }
 }

@@ -9,12 +9,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
-use super::cookies;
 use super::client_ip::ClientIp;
+use super::cookies;
 use super::errors::{ApiError, ErrorBody};
-use super::rate_limit::ExchangeOutcome;
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
+use super::rate_limit::ExchangeOutcome;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;

@@ -147,7 +147,10 @@ impl Network {
     /// The networks `ip` belongs to (IPv4-mapped IPv6 counts as IPv4).
     pub fn of(ip: IpAddr) -> Vec<Network> {
         match canonical(ip) {
-            IpAddr::V4(v4) => Ipv4Net::new(v4, 24).map(|n| Network::V4(n.trunc())).into_iter().collect(),
+            IpAddr::V4(v4) => Ipv4Net::new(v4, 24)
+                .map(|n| Network::V4(n.trunc()))
+                .into_iter()
+                .collect(),
             IpAddr::V6(v6) => [
                 Ipv6Net::new(v6, 64).map(|n| Network::V6Host(n.trunc())),
                 Ipv6Net::new(v6, 48).map(|n| Network::V6Site(n.trunc())),
@@ -327,7 +330,11 @@ impl CodeExchangeLimiter {
                 .networks
                 .get_with(network, async { Arc::new(Mutex::new(Failures::default())) })
                 .await;
-            let limit = if strict { 1 } else { self.limits.of(network).max(1) as usize };
+            let limit = if strict {
+                1
+            } else {
+                self.limits.of(network).max(1) as usize
+            };
             {
                 let mut f = lock(&cell);
                 while f
@@ -507,12 +514,17 @@ mod tests {
         let l = CodeExchangeLimiter::new(LIMITS);
         let t0 = Instant::now();
         for i in 0..5 {
-            fail(&l, &format!("2001:db8:7:{i}::1"), t0).await.expect("under the site limit");
+            fail(&l, &format!("2001:db8:7:{i}::1"), t0)
+                .await
+                .expect("under the site limit");
         }
         let refused = fail(&l, "2001:db8:7:99::1", t0 + Duration::from_secs(30))
             .await
             .expect_err("a fresh /64 of the same /48 is refused");
-        assert_eq!(refused.network, Network::V6Site("2001:db8:7::/48".parse().expect("net")));
+        assert_eq!(
+            refused.network,
+            Network::V6Site("2001:db8:7::/48".parse().expect("net"))
+        );
         assert_eq!(refused.retry_after, Duration::from_secs(570));
         // Another /48 is unaffected; the site opens again once its failures age out.
         assert!(succeed(&l, "2001:db8:8::1", t0).await.is_ok());
@@ -524,11 +536,16 @@ mod tests {
         let l = CodeExchangeLimiter::new(LIMITS);
         let t0 = Instant::now();
         for host in 1..=3 {
-            fail(&l, &format!("198.51.100.{host}"), t0).await.expect("under the limit");
+            fail(&l, &format!("198.51.100.{host}"), t0)
+                .await
+                .expect("under the limit");
         }
         let refused = fail(&l, "198.51.100.250", t0).await.expect_err("same /24");
         assert_eq!(refused.network.label(), "ipv4_24");
-        assert!(fail(&l, "198.51.101.1", t0).await.is_ok(), "the next /24 is another network");
+        assert!(
+            fail(&l, "198.51.101.1", t0).await.is_ok(),
+            "the next /24 is another network"
+        );
         for _ in 0..3 {
             fail(&l, "2001:db8:9:1::1", t0).await.expect("under the /64 limit");
         }
@@ -544,7 +561,10 @@ mod tests {
             succeed(&l, "203.0.113.5", t0).await.expect("good code");
             fail(&l, "203.0.113.5", t0).await.expect("junk code");
         }
-        assert!(succeed(&l, "203.0.113.5", t0).await.is_err(), "closed, even for a good code");
+        assert!(
+            succeed(&l, "203.0.113.5", t0).await.is_err(),
+            "closed, even for a good code"
+        );
     }
 
     #[tokio::test]
@@ -557,7 +577,11 @@ mod tests {
             p.arm();
             permits.push(p);
         }
-        let busy = l.admit_at(ip("192.0.2.2"), t0).await.err().expect("three in flight fill the limit");
+        let busy = l
+            .admit_at(ip("192.0.2.2"), t0)
+            .await
+            .err()
+            .expect("three in flight fill the limit");
         assert_eq!(busy.retry_after, Duration::from_secs(1));
         // The clients hang up after their codes were sent: each counts as a failure.
         drop(permits);
@@ -588,9 +612,14 @@ mod tests {
             fail(&l, &format!("198.51.{n}.1"), t0).await.expect("one failure each");
         }
         assert!(l.strict_at(t0));
-        let refused = fail(&l, "198.51.0.1", t0).await.expect_err("strict: one failure closes it");
+        let refused = fail(&l, "198.51.0.1", t0)
+            .await
+            .expect_err("strict: one failure closes it");
         assert_eq!(refused.retry_after, LIMITS.window);
-        assert!(succeed(&l, "203.0.113.9", t0).await.is_ok(), "a network without failures signs in");
+        assert!(
+            succeed(&l, "203.0.113.9", t0).await.is_ok(),
+            "a network without failures signs in"
+        );
         // Strict mode ends a minute after the failures stop; the normal limit applies again.
         let later = t0 + STRICT_WINDOW;
         assert!(!l.strict_at(later));
