@@ -252,3 +252,42 @@ async fn past_the_budget_a_sign_in_gets_503_with_retry_after_at_once_and_renewal
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn good_codes_between_junk_ones_do_not_keep_a_network_open() {
+    let app = spawn(180).await;
+    let attacker = "198.51.100.66";
+    // The attacker's own Ave account: real sign-ins, each followed by a junk code.
+    for _ in 0..10 {
+        let mut b = Browser::default();
+        assert_eq!(sign_in_as(&app, &mut b, attacker).await.status(), 302, "a real sign-in");
+        assert_eq!(junk_callback(&app, attacker.into()).await, 400, "junk rejected by Ave");
+    }
+    let exchanges = grants(&app.emulator, "authorization_code");
+    assert_eq!(exchanges, 20);
+    // Ten failures within ten minutes close the /24, for junk and real codes alike, before Ave is called.
+    assert_eq!(junk_callback(&app, "198.51.100.67".into()).await, 429);
+    let mut b = Browser::default();
+    let resp = sign_in_as(&app, &mut b, attacker).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (500..=600).contains(&retry),
+        "open again when the failures age out: {retry}"
+    );
+    assert_eq!(support::error_code(resp).await, "rate_limited");
+    assert!(b.get(SESSION_COOKIE).is_none());
+    assert_eq!(
+        grants(&app.emulator, "authorization_code"),
+        exchanges,
+        "nothing sent to Ave"
+    );
+    // The next /24 is another network.
+    let mut b = Browser::default();
+    assert_eq!(sign_in_as(&app, &mut b, "198.51.101.66").await.status(), 302);
+    app.stop().await;
+}

@@ -144,7 +144,8 @@ pub enum Network {
 }
 
 impl Network {
-    /// The networks `ip` belongs to (IPv4-mapped IPv6 counts as IPv4).
+    /// The networks `ip` belongs to (IPv4-mapped IPv6 counts as IPv4), widest first: a closed /48 is
+    /// refused before its /64s are even looked up, so a site's many /64s cannot fill the tracking cache.
     pub fn of(ip: IpAddr) -> Vec<Network> {
         match canonical(ip) {
             IpAddr::V4(v4) => Ipv4Net::new(v4, 24)
@@ -152,8 +153,8 @@ impl Network {
                 .into_iter()
                 .collect(),
             IpAddr::V6(v6) => [
-                Ipv6Net::new(v6, 64).map(|n| Network::V6Host(n.trunc())),
                 Ipv6Net::new(v6, 48).map(|n| Network::V6Site(n.trunc())),
+                Ipv6Net::new(v6, 64).map(|n| Network::V6Host(n.trunc())),
             ]
             .into_iter()
             .flatten()
@@ -500,12 +501,12 @@ mod tests {
         assert_eq!(
             v6,
             vec![
-                Network::V6Host("2001:db8:1:2::/64".parse().expect("net")),
                 Network::V6Site("2001:db8:1::/48".parse().expect("net")),
+                Network::V6Host("2001:db8:1:2::/64".parse().expect("net")),
             ]
         );
-        assert_eq!(v6[1].to_string(), "2001:db8:1::/48");
-        assert_eq!(v6[1].label(), "ipv6_48");
+        assert_eq!(v6[0].to_string(), "2001:db8:1::/48");
+        assert_eq!(v6[0].label(), "ipv6_48");
         assert_eq!(group(ip("2001:db8::1:2")), ip("2001:db8::"));
     }
 
@@ -594,14 +595,20 @@ mod tests {
             let p = l.admit_at(ip("192.0.2.1"), t0).await.expect("admitted");
             p.settle(ExchangeOutcome::NotJudged);
         }
-        // A refusal by the /48 gives the /64's slot back.
-        let l = CodeExchangeLimiter::new(ExchangeLimits { per_site: 1, ..LIMITS });
+        // A refusal by the /64 gives the /48's slot back.
+        let l = CodeExchangeLimiter::new(ExchangeLimits {
+            per_network: 1,
+            ..LIMITS
+        });
         fail(&l, "2001:db8:5:1::1", t0).await.expect("first");
-        assert!(l.admit_at(ip("2001:db8:5:2::1"), t0).await.is_err());
-        for _ in 0..3 {
-            let refused = l.admit_at(ip("2001:db8:5:2::1"), t0).await.err().expect("site closed");
-            assert_eq!(refused.network.label(), "ipv6_48", "never the /64's in-flight count");
+        for _ in 0..6 {
+            let refused = l.admit_at(ip("2001:db8:5:1::2"), t0).await.err().expect("/64 closed");
+            assert_eq!(refused.network.label(), "ipv6_64", "never the /48's in-flight count");
         }
+        assert!(
+            succeed(&l, "2001:db8:5:2::1", t0).await.is_ok(),
+            "the /48 still has room"
+        );
     }
 
     #[tokio::test]
