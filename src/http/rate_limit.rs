@@ -510,6 +510,36 @@ mod tests {
         assert_eq!(group(ip("2001:db8::1:2")), ip("2001:db8::"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_address_is_in_its_networks_and_neighbours_share_them(a in proptest::prelude::any::<u128>(), low in proptest::prelude::any::<u128>(), v4 in proptest::prelude::any::<u32>(), host in proptest::prelude::any::<u8>()) {
+            let v6 = std::net::Ipv6Addr::from(a);
+            let nets = Network::of(IpAddr::V6(v6));
+            // The same /48 (first 48 bits) and the same /64 (first 64 bits) group together.
+            let same_48 = std::net::Ipv6Addr::from((a & !((1u128 << 80) - 1)) | (low & ((1u128 << 80) - 1)));
+            let same_64 = std::net::Ipv6Addr::from((a & !((1u128 << 64) - 1)) | (low & ((1u128 << 64) - 1)));
+            if v6.to_ipv4_mapped().is_none() && same_48.to_ipv4_mapped().is_none() && same_64.to_ipv4_mapped().is_none() {
+                proptest::prop_assert_eq!(nets.len(), 2);
+                for n in &nets {
+                    let (Network::V6Site(net) | Network::V6Host(net)) = n else {
+                        return Err(proptest::test_runner::TestCaseError::fail("an IPv6 address got an IPv4 network"));
+                    };
+                    proptest::prop_assert!(net.contains(&v6));
+                }
+                proptest::prop_assert_eq!(Network::of(IpAddr::V6(same_48))[0], nets[0]);
+                proptest::prop_assert_eq!(&Network::of(IpAddr::V6(same_64)), &nets);
+            }
+            let v4a = std::net::Ipv4Addr::from(v4);
+            let v4b = std::net::Ipv4Addr::from((v4 & !0xff) | u32::from(host));
+            proptest::prop_assert_eq!(Network::of(IpAddr::V4(v4a)), Network::of(IpAddr::V4(v4b)));
+            let Network::V4(net) = Network::of(IpAddr::V4(v4a))[0] else {
+                return Err(proptest::test_runner::TestCaseError::fail("an IPv4 address got an IPv6 network"));
+            };
+            proptest::prop_assert!(net.contains(&v4a));
+            proptest::prop_assert_eq!(net.prefix_len(), 24);
+        }
+    }
+
     #[tokio::test]
     async fn many_64s_of_one_48_share_the_site_limit() {
         let l = CodeExchangeLimiter::new(LIMITS);
