@@ -143,13 +143,15 @@ pub struct TokenBudget {
 }
 
 impl TokenBudget {
-    /// `per_minute` calls per sliding minute, a third of them (rounded down)
-    /// reserved for renewals; callers wait at most `max_wait`.
+    /// `per_minute` calls per sliding minute, a third of them (rounded down,
+    /// at least one of two or more) reserved for renewals; callers wait at
+    /// most `max_wait`.
     pub fn new(per_minute: u32, max_wait: Duration) -> Self {
         let per_minute = per_minute.max(1);
         Self {
             per_minute,
-            reserve: per_minute / 3,
+            // A third, and at least one call as soon as sign-ins can still have one too.
+            reserve: if per_minute >= 2 { (per_minute / 3).max(1) } else { 0 },
             max_wait,
             window: Mutex::new(Window::default()),
             waits_logged: [LogGate::new(LOG_EVERY), LogGate::new(LOG_EVERY)],
@@ -304,6 +306,13 @@ mod tests {
             .expect("waits for the window");
         assert!(start.elapsed() >= WINDOW, "the fourth call waited a full window");
 
+        for (budget, reserve) in [(1, 0), (2, 1), (3, 1), (5, 1), (6, 2), (180, 60)] {
+            assert_eq!(
+                TokenBudget::new(budget, Duration::ZERO).reserve,
+                reserve,
+                "budget {budget}"
+            );
+        }
         let strict = TokenBudget::new(1, Duration::from_secs(1));
         strict.acquire(BudgetClass::Renewal).await.expect("room");
         let before = Instant::now();
