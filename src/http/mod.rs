@@ -43,7 +43,7 @@ pub struct AppState {
     pub scopes: String,
     pub session_cookie_max_age: Duration,
     pub security: security::SecuritySettings,
-    /// Failed code exchanges per client network (issue: junk codes spending Ave's budget).
+    /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
     pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
 }
 
