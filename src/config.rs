@@ -61,6 +61,9 @@ pub struct RenewalSettings {
     /// How long a request waits for a slow refresh before it is answered from
     /// the current access token (or with 503); the refresh itself goes on.
     pub wait: Duration,
+    /// How long Ave's discovery document and JWKS are used before a re-fetch;
+    /// a failed re-fetch keeps the last good copy (`AVEMINT_AVE_METADATA_TTL`).
+    pub ave_metadata_ttl: Duration,
 }
 
 impl Default for RenewalSettings {
@@ -70,6 +73,7 @@ impl Default for RenewalSettings {
             token_budget_per_minute: 180,
             session_cache_ttl: Duration::from_millis(500),
             wait: Duration::from_secs(10),
+            ave_metadata_ttl: crate::ave::client::DEFAULT_METADATA_TTL,
         }
     }
 }
@@ -321,6 +325,7 @@ struct FileSettings {
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
+    ave_metadata_ttl: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     login_rate_limit: Option<u32>,
@@ -914,6 +919,16 @@ impl Settings {
             }),
             _ => None,
         };
+        let ave_metadata_ttl = l.seconds(
+            "AVEMINT_AVE_METADATA_TTL",
+            "ave_metadata_ttl",
+            file.ave_metadata_ttl,
+            RenewalSettings::default().ave_metadata_ttl.as_secs(),
+            86_400,
+        );
+        let renewal = renewal
+            .zip(ave_metadata_ttl)
+            .map(|(r, ave_metadata_ttl)| RenewalSettings { ave_metadata_ttl, ..r });
 
         match (
             client_id,
@@ -1331,6 +1346,25 @@ mod tests {
         bad.push(("AVEMINT_LOGIN_RATE_LIMIT", "-1"));
         let e = Settings::load(None, &env(&bad)).expect_err("invalid");
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn ave_metadata_ttl_from_env_or_file_with_a_default_of_five_minutes() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(300));
+        let s = load_file("ave_metadata_ttl = 60\n", &[]).expect("file key");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(60));
+        let s = load_file("ave_metadata_ttl = 60\n", &[("AVEMINT_AVE_METADATA_TTL", "2")]).expect("env wins");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(2));
+        for bad in ["0", "86401", "5m", "-1"] {
+            let mut pairs = minimal();
+            pairs.push(("AVEMINT_AVE_METADATA_TTL", bad));
+            let err = Settings::load(None, &env(&pairs)).expect_err(bad).to_string();
+            assert_eq!(
+                err, "AVEMINT_AVE_METADATA_TTL: must be a whole number of seconds from 1 to 86400",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Application {
         let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing)?);
         let options = ClientOptions {
             token_budget_per_minute: settings.renewal.token_budget_per_minute,
+            metadata_ttl: settings.renewal.ave_metadata_ttl,
             ..options
         };
         let lock_wait = options.request_timeout + Duration::from_secs(5);
@@ -154,6 +155,7 @@ impl Application {
             scopes: settings.ave.scopes.clone(),
             session_cookie_max_age: settings.session.lifetime,
             security: settings.security.clone(),
+            store_check: Default::default(),
         });
         Ok(Self {
             acceptor,
@@ -182,7 +184,8 @@ impl Application {
     }
 }
 
-/// Loads Ave's discovery and JWKS (retrying with back-off until they load) and sweeps expired sessions.
+/// Loads Ave's discovery and JWKS (retrying with back-off until they load), then keeps them fresh, and sweeps
+/// expired sessions.
 async fn background_tasks(state: Arc<AppState>) {
     let warm = {
         let state = state.clone();
@@ -199,7 +202,16 @@ async fn background_tasks(state: Arc<AppState>) {
                     }
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            // Reading the documents starts a background re-fetch when one is due (never waits, keeps the last good
+            // copy on failure), so their age stays within the lifetime even on an idle instance.
+            let every =
+                (state.ave.metadata_status().lifetime / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = state.ave.metadata().await;
+                let _ = state.ave.key_set().await;
             }
         }
     };

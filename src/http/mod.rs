@@ -43,6 +43,8 @@ pub struct AppState {
     pub scopes: String,
     pub session_cookie_max_age: Duration,
     pub security: security::SecuritySettings,
+    /// The store check of `/readyz` and `/metrics`.
+    pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
     pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
 }
@@ -140,12 +142,15 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
         .collect()
 }
 
-/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document).
+/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), plus this
+/// instance's health gauges (`ops::Readiness::metrics`).
 #[poem::handler]
-fn metrics_endpoint() -> Response {
+async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
+    let mut body = crate::metrics::render();
+    body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(crate::metrics::render())
+        .body(body)
 }
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
