@@ -14,6 +14,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
+use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
 use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
@@ -139,7 +140,10 @@ impl Application {
             profiles,
             settings.token.max_token_bytes,
         );
+        let sign_in_limiter =
+            CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(ave.token_budget().sign_in_limit));
         let state = Arc::new(AppState {
+            sign_in_limiter,
             ave,
             sessions,
             renewer,

@@ -14,7 +14,7 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::budget::TokenBudget;
+use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use crate::config::Issuer;
 use crate::metrics::{self, AveCall, AveFailure};
@@ -356,14 +356,15 @@ impl AveClient {
     ) -> Result<TokenResponse, AveError> {
         let grant = call.grant_type();
         let meta = self.metadata().await?;
-        if let Err(wait) = self.budget.acquire().await {
-            tracing::warn!(
-                grant,
-                budget = self.budget.per_minute(),
-                "token-endpoint budget exhausted; not calling Ave"
-            );
+        let class = match call {
+            AveCall::Refresh => BudgetClass::Renewal,
+            _ => BudgetClass::SignIn,
+        };
+        // Waits (unlocked, bounded) for room; a refusal is logged, rate-limited, by the budget itself.
+        if let Err(exhausted) = self.budget.acquire(class).await {
+            tracing::debug!(grant, "token-endpoint budget exhausted; not calling Ave");
             return Err(AveError::RateLimited {
-                retry_after: Some(wait),
+                retry_after: Some(exhausted.retry_after),
             });
         }
         let started = Instant::now();
@@ -431,6 +432,11 @@ impl AveClient {
     /// The token-endpoint calls per minute this process allows itself.
     pub fn token_budget_per_minute(&self) -> u32 {
         self.budget.per_minute()
+    }
+
+    /// Use and room of the token-endpoint budget over the last minute, per class.
+    pub fn token_budget(&self) -> BudgetSnapshot {
+        self.budget.snapshot()
     }
 }
 

@@ -9,10 +9,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
+use super::client_ip::ClientIp;
 use super::cookies::{self, CookieChanges, SessionCookie};
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
+use super::rate_limit::ExchangeOutcome;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
@@ -38,6 +40,26 @@ pub enum CallbackResponse {
     /// Signed in: redirect to the return path. Sets the `__Host-avemint` session cookie and expires the login cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
+    /// Nothing was sent to Ave (`rate_limited`): too many code exchanges from the client's network failed
+    /// recently, or too many sign-in requests came from this client (`AVEMINT_LOGIN_RATE_LIMIT`). Start the
+    /// sign-in again after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
+}
+
+impl CallbackResponse {
+    /// 429: the client's network failed too many code exchanges.
+    fn network_refused(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            Json(ErrorBody {
+                error: "rate_limited".into(),
+                error_description: format!(
+                    "too many failed sign-ins from this network; start again in {retry_after_secs} s"
+                ),
+            }),
+            retry_after_secs.to_string(),
+        )
+    }
 }
 
 /// An app JWT for the signed-in user.
@@ -257,6 +279,7 @@ impl AuthApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         changes: &CookieChanges,
+        client: Data<&ClientIp>,
         /// The authorization code.
         code: Query<Option<String>>,
         /// The state sent to Ave.
@@ -276,6 +299,12 @@ impl AuthApi {
             error: error.0.as_deref(),
         };
         signin::check_state(&pending, &callback)?;
+        // Junk codes must not spend Ave's budget: a network whose code exchanges keep failing is refused
+        // before anything is stored or sent.
+        let mut permit = match state.sign_in_limiter.admit(client.0.0).await {
+            Ok(permit) => permit,
+            Err(refused) => return Ok(CallbackResponse::network_refused(refused.retry_after.as_secs())),
+        };
         let first_use = state
             .sessions
             .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL_SECS)
@@ -284,7 +313,8 @@ impl AuthApi {
         if !first_use {
             return Err(SignInError::StateReplayed.into());
         }
-        let data = signin::finish(
+        permit.arm();
+        let finished = signin::finish(
             &state.ave,
             &pending,
             callback.code,
@@ -292,7 +322,14 @@ impl AuthApi {
             &state.scopes,
             t,
         )
-        .await?;
+        .await;
+        permit.settle(match &finished {
+            Ok(_) => ExchangeOutcome::Accepted,
+            Err(SignInError::CodeRejected(_)) => ExchangeOutcome::Rejected,
+            // No call made (no code), or Ave or the budget failed: not the client's doing.
+            Err(_) => ExchangeOutcome::NotJudged,
+        });
+        let data = finished?;
         // A session cookie planted or left before this sign-in is never promoted: its row goes.
         // Only crumbs with the exact raw name count: a look-alike is neither promoted nor acted on.
         for old in cookies::all_session_ids(req.headers()) {

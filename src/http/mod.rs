@@ -45,6 +45,8 @@ pub struct AppState {
     pub security: security::SecuritySettings,
     /// The store check of `/readyz` and `/metrics`.
     pub store_check: ops::StoreCheck,
+    /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
+    pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
 }
 
 /// OpenAPI tags.

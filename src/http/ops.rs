@@ -109,6 +109,50 @@ pub struct Health {
     /// (Ave allows 180 per client id, shared by all instances).
     #[oai(skip_serializing_if_is_none)]
     pub ave_token_budget_per_minute: Option<u32>,
+    /// How that budget is split and used over the last minute.
+    #[oai(skip_serializing_if_is_none)]
+    pub ave_token_budget: Option<BudgetHealth>,
+}
+
+/// The token-endpoint budget over the last (sliding) minute, per class.
+#[derive(Object)]
+pub struct BudgetHealth {
+    /// Renewals (`refresh_token` grant): may use the whole budget.
+    pub renewal: BudgetClassHealth,
+    /// Sign-ins (`authorization_code` grant): may use the budget less the renewal reserve.
+    pub sign_in: BudgetClassHealth,
+}
+
+/// One class of the token-endpoint budget.
+#[derive(Object)]
+pub struct BudgetClassHealth {
+    /// Calls per minute this class may make at most.
+    pub limit: u32,
+    /// The part of the budget only this class may use (the renewal reserve; 0 for sign-ins).
+    pub reserved: u32,
+    /// Calls of this class in the last minute.
+    pub used: u32,
+    /// Calls of this class that could start now.
+    pub available: u32,
+}
+
+impl BudgetHealth {
+    fn of(b: crate::ave::budget::BudgetSnapshot) -> Self {
+        Self {
+            renewal: BudgetClassHealth {
+                limit: b.per_minute,
+                reserved: b.renewal_reserve,
+                used: b.renewal_used,
+                available: b.renewal_available,
+            },
+            sign_in: BudgetClassHealth {
+                limit: b.sign_in_limit,
+                reserved: 0,
+                used: b.sign_in_used,
+                available: b.sign_in_available,
+            },
+        }
+    }
 }
 
 /// Readiness.
@@ -243,6 +287,7 @@ impl OpsApi {
             ave_metadata_ttl_seconds: None,
             store: None,
             ave_token_budget_per_minute: None,
+            ave_token_budget: None,
         })
     }
 
@@ -273,6 +318,7 @@ impl OpsApi {
             ave_metadata_ttl_seconds: Some(r.ave.lifetime.as_secs()),
             store: Some(r.store),
             ave_token_budget_per_minute: Some(state.ave.token_budget_per_minute()),
+            ave_token_budget: Some(BudgetHealth::of(state.ave.token_budget())),
         };
         if r.ready() {
             ReadyResponse::Ready(Json(health))
