@@ -61,6 +61,11 @@ pub struct RenewalSettings {
     /// How long a request waits for a slow refresh before it is answered from
     /// the current access token (or with 503); the refresh itself goes on.
     pub wait: Duration,
+    /// How long a refresh waits for Ave's answer before its outcome counts as
+    /// unknown (`AVEMINT_AVE_REFRESH_TIMEOUT`); `None`: the client's default (60 s).
+    pub refresh_timeout: Option<Duration>,
+    /// Pooled database connections per process (`AVEMINT_DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
 }
 
 impl Default for RenewalSettings {
@@ -70,6 +75,8 @@ impl Default for RenewalSettings {
             token_budget_per_minute: 180,
             session_cache_ttl: Duration::from_millis(500),
             wait: Duration::from_secs(10),
+            refresh_timeout: None,
+            database_max_connections: crate::session::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -321,6 +328,8 @@ struct FileSettings {
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
+    ave_refresh_timeout: Option<u64>,
+    database_max_connections: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     login_rate_limit: Option<u32>,
@@ -905,11 +914,35 @@ impl Settings {
             Some(v) => l.check(Some(v), |s| bounded(s, 0, 1000).map(Duration::from_millis)),
             None => Some(RenewalSettings::default().session_cache_ttl),
         };
-        let renewal = match (skew, budget, cache_ttl) {
-            (Some(skew), Some(token_budget_per_minute), Some(session_cache_ttl)) => Some(RenewalSettings {
+        let refresh_timeout = l
+            .pick(
+                "AVEMINT_AVE_REFRESH_TIMEOUT",
+                "ave_refresh_timeout",
+                file.ave_refresh_timeout.map(|n| n.to_string()),
+            )
+            .map(|v| l.check(Some(v), |s| bounded(s, 1, 600).map(Duration::from_secs)));
+        let max_connections = l.pick(
+            "AVEMINT_DATABASE_MAX_CONNECTIONS",
+            "database_max_connections",
+            file.database_max_connections.map(|n| n.to_string()),
+        );
+        let max_connections = match max_connections {
+            Some(v) => l.check(Some(v), |s| bounded(s, 1, 1000).map(|n| n as u32)),
+            None => Some(RenewalSettings::default().database_max_connections),
+        };
+        let renewal = match (skew, budget, cache_ttl, refresh_timeout, max_connections) {
+            (
+                Some(skew),
+                Some(token_budget_per_minute),
+                Some(session_cache_ttl),
+                None | Some(Some(_)),
+                Some(database_max_connections),
+            ) => Some(RenewalSettings {
                 skew,
                 token_budget_per_minute,
                 session_cache_ttl,
+                refresh_timeout: refresh_timeout.flatten(),
+                database_max_connections,
                 ..RenewalSettings::default()
             }),
             _ => None,
