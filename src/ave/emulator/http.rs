@@ -108,7 +108,8 @@ struct Discovery<'a> {
 }
 
 fn discovery(shared: &Shared) -> Response {
-    let base = &shared.base_url;
+    let advertised = shared.lock().advertised_base_url.clone();
+    let base = advertised.as_ref().unwrap_or(&shared.base_url);
     let doc = Discovery {
         issuer: &shared.issuer,
         authorization_endpoint: format!("{}/signin", shared.issuer),

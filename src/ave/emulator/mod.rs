@@ -609,6 +609,21 @@ impl Emulator {
         state.flagged_families.extend(families);
     }
 
+    /// How many times a refresh token arrived while another request carrying
+    /// the same token was still being handled (a client presenting one token
+    /// twice at the same time, which makes Ave revoke the family).
+    pub fn concurrent_refresh_presentations(&self) -> usize {
+        self.shared.lock().concurrent_refresh_presentations
+    }
+
+    /// Advertises `base` (e.g. a fault-injecting proxy in front of the
+    /// emulator) instead of the server's own address for the token, userinfo
+    /// and JWKS endpoints in discovery; `None` restores the default. The
+    /// issuer and the sign-in page are unchanged.
+    pub fn set_advertised_base_url(&self, base: Option<String>) {
+        self.shared.lock().advertised_base_url = base;
+    }
+
     /// How many refresh-grant requests were answered 200.
     pub fn successful_refreshes(&self) -> usize {
         self.shared
