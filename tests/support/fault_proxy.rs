@@ -36,6 +36,8 @@ pub enum Fault {
 
 struct Inner {
     upstream: SocketAddr,
+    /// Token-endpoint requests read so far (forwarded or not).
+    token_requests: std::sync::atomic::AtomicUsize,
     fault: Mutex<Fault>,
     accept: Mutex<Option<JoinHandle<()>>>,
 }
@@ -58,6 +60,7 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("addr");
         let inner = Arc::new(Inner {
             upstream,
+            token_requests: std::sync::atomic::AtomicUsize::new(0),
             fault: Mutex::new(Fault::None),
             accept: Mutex::new(None),
         });
@@ -69,6 +72,11 @@ impl FaultProxy {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Token-endpoint requests the proxy has read, whatever it did with them.
+    pub fn token_requests(&self) -> usize {
+        self.inner.token_requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current fault.
@@ -194,6 +202,7 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) {
     let token_endpoint = request.starts_with(b"POST /api/oauth/token ");
     let fault = *inner.fault.lock().expect("fault");
     if token_endpoint {
+        inner.token_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match fault {
             Fault::None | Fault::Refuse => {}
             Fault::ResetAfterRequest => return reset(client),
