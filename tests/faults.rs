@@ -500,3 +500,43 @@ async fn postgres_sigterm_with_refreshes_in_flight_loses_no_session() {
     assert_eq!(emulator.refresh_families_revoked(), 0);
     assert_eq!(emulator.concurrent_refresh_presentations(), 0);
 }
+
+/// Item 1: a store error during renewal while Ave's access token is still
+/// valid still mints (as an Ave error does).
+#[tokio::test]
+async fn postgres_a_store_error_while_the_access_token_is_valid_still_mints() {
+    let Some(db) = support::postgres_schema("faults_store_error").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(30, 1)).await.expect("emulator");
+    let app = TestApp::spawn_with(Options {
+        shared_emulator: Some(emulator.clone()),
+        database_url: Some(db.clone()),
+        renewal: Some(RenewalSettings {
+            // Every request wants a refresh; the session itself is served from memory.
+            skew: Duration::from_secs(60),
+            session_cache_ttl: Duration::from_secs(60),
+            ..RenewalSettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    emulator.set_redirect_uris(vec![app.url("/auth/callback")]);
+    let browser = sign_in_as(&app.http, &emulator, &app.address, &emulator.users()[0].id).await;
+    // One request renews and caches the session.
+    assert_eq!(app_token(&app.http, &app.address, &browser).await.0, 200);
+    let calls = refresh_calls(&emulator);
+    let sql = sqlx::PgPool::connect(&database_url_string(&db)).await.expect("connect");
+    sqlx::query("ALTER TABLE sessions RENAME TO sessions_away")
+        .execute(&sql)
+        .await
+        .expect("rename");
+    let (status, _) = app_token(&app.http, &app.address, &browser).await;
+    assert_eq!(status, 200, "the store fails, the access token is valid: mint");
+    assert_eq!(refresh_calls(&emulator), calls, "no refresh token was sent without its lock");
+    sqlx::query("ALTER TABLE sessions_away RENAME TO sessions")
+        .execute(&sql)
+        .await
+        .expect("rename back");
+    app.stop().await;
+}
