@@ -227,16 +227,15 @@ impl TrialFault {
     }
 }
 
-/// Counts answers by status; panics on anything but 200 and 503-with-Retry-After.
-fn tally(phase: &str, fault: TrialFault, answers: &[Vec<(u16, bool)>]) -> BTreeMap<u16, usize> {
+/// Counts answers by status; lists those other than 200 and 503-with-Retry-After.
+fn tally(phase: &str, answers: &[Vec<(u16, bool)>], bad: &mut Vec<String>) -> BTreeMap<u16, usize> {
     let mut counts = BTreeMap::new();
     for (session, list) in answers.iter().enumerate() {
         for &(status, retry_after) in list {
             *counts.entry(status).or_insert(0) += 1;
-            assert!(
-                status == 200 || (status == 503 && retry_after),
-                "{fault:?}, {phase}: session {session} got {status} (Retry-After: {retry_after}); all: {list:?}"
-            );
+            if !(status == 200 || (status == 503 && retry_after)) {
+                bad.push(format!("{phase}: session {session} got {status} (Retry-After: {retry_after})"));
+            }
         }
     }
     counts
@@ -248,22 +247,20 @@ async fn every_session_survives(fault: TrialFault, test: &str) {
     };
     let fleet = Fleet::start(db, SESSIONS).await;
     let browsers = fleet.sign_in_all(SESSIONS).await;
+    let mut bad = Vec::new();
 
     // Fair weather: every session renews at least once.
     let fair = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL)).await;
-    tally("fair weather", fault, &fair);
+    tally("fair weather", &fair, &mut bad);
     let renewed_before = fleet.emulator.successful_refreshes();
-    assert!(renewed_before >= SESSIONS, "{renewed_before} renewals in fair weather");
 
     // The fault lasts longer than an access token: every session needs Ave meanwhile.
     fault.apply(&fleet).await;
+    let (calls_before, proxied_before) = (refresh_calls(&fleet.emulator), fleet.proxy.token_requests());
     let during = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL + 3)).await;
+    let attempts = refresh_calls(&fleet.emulator) - calls_before + fleet.proxy.token_requests() - proxied_before;
     fault.heal(&fleet).await;
-    let during_counts = tally("during the fault", fault, &during);
-    assert!(
-        during_counts.get(&503).copied().unwrap_or(0) > 0,
-        "{fault:?}: the fault was felt (expired sessions wait with 503): {during_counts:?}"
-    );
+    let during_counts = tally("during the fault", &during, &mut bad);
 
     // Healed: every session is served again, then keeps renewing.
     let recovery = fleet.recover(&browsers, Duration::from_secs(25)).await;
@@ -274,18 +271,30 @@ async fn every_session_survives(fault: TrialFault, test: &str) {
         .map(|(i, _)| i)
         .collect();
     let recovery_answers: Vec<_> = recovery.iter().map(|(a, _)| a.clone()).collect();
-    tally("recovery", fault, &recovery_answers);
+    tally("recovery", &recovery_answers, &mut bad);
     let after = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL + 1)).await;
-    tally("after recovery", fault, &after);
-    let lost_after = after.iter().filter(|a| a.last().is_none_or(|(s, _)| *s != 200)).count();
+    tally("after recovery", &after, &mut bad);
+    let lost_after = after
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !lost.contains(i) && a.last().is_none_or(|(s, _)| *s != 200))
+        .count();
     let recovered_in = recovery.iter().map(|(a, _)| a.len()).max().unwrap_or(0);
 
     eprintln!(
-        "measured: {fault:?}: {SESSIONS} sessions on 2 instances; during the fault {during_counts:?}; \
-         lost {}; concurrent presentations {}; families revoked {}; recovery took up to {recovered_in} request(s)",
+        "measured: {fault:?}: {SESSIONS} sessions on 2 instances; during the fault {during_counts:?} and {attempts} refresh attempt(s); \
+         lost {}; other answers {}; concurrent presentations {}; families revoked {}; \
+         recovery took up to {recovered_in} request(s)",
         lost.len() + lost_after,
+        bad.len(),
         fleet.emulator.concurrent_refresh_presentations(),
         fleet.emulator.refresh_families_revoked(),
+    );
+    assert!(renewed_before >= SESSIONS, "{renewed_before} renewals in fair weather");
+    assert!(bad.is_empty(), "{fault:?}: only 200 or 503 with Retry-After: {bad:#?}");
+    assert!(
+        during_counts.get(&503).copied().unwrap_or(0) > 0,
+        "{fault:?}: the fault was felt (expired sessions wait with 503): {during_counts:?}"
     );
     assert!(lost.is_empty(), "{fault:?}: sessions lost: {lost:?}");
     assert_eq!(lost_after, 0, "{fault:?}: sessions stopped renewing after recovery");
