@@ -77,7 +77,12 @@ impl Jar {
     async fn send(&mut self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
         let mut req = req;
         if !self.0.is_empty() {
-            let header = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            let header = self
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             req = req.header(reqwest::header::COOKIE, header);
         }
         let resp = req.send().await?;
@@ -177,7 +182,9 @@ fn proc_sample(pid: u32) -> (u64, usize) {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     (rss, fds)
 }
 
@@ -221,7 +228,9 @@ async fn main() -> Result<(), Error> {
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
         .execute(&admin)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await?;
     let sep = if base_url.contains('?') { '&' } else { '?' };
     let db = format!("{base_url}{sep}application_name={APP_NAME}&options=-c%20search_path%3D{schema}");
 
@@ -381,7 +390,10 @@ async fn main() -> Result<(), Error> {
         while Instant::now() < deadline {
             let mut jar = jar.clone();
             let base = &bases[i % bases.len()];
-            if let Ok(resp) = jar.send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1")).await {
+            if let Ok(resp) = jar
+                .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+                .await
+            {
                 if resp.status() == 200 {
                     ok = true;
                     break;
@@ -397,39 +409,43 @@ async fn main() -> Result<(), Error> {
         }
     }
 
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    let elapsed = started.elapsed();
-    println!();
-    println!("| figure | value |");
-    println!("|---|---|");
-    println!("| duration | {:.0} s |", elapsed.as_secs_f64());
-    println!("| faults injected | {} ({:?}) |", fault_log.len(), fault_log);
-    println!("| sessions | {sessions} on {instances_n} instances |");
-    println!("| sessions lost (401) | {} |", t.lost.len());
-    println!("| sessions not served again 30 s after the last fault | {unrecovered} |");
-    println!("| answers by status | {:?} |", t.by_status);
-    println!("| other answers (not 200 / 503 with Retry-After / 401) | {} |", t.other);
-    println!("| Ave refreshes answered 200 | {} |", emulator.successful_refreshes());
-    println!(
-        "| refresh token presented twice at the same time | {} |",
-        emulator.concurrent_refresh_presentations()
-    );
-    println!("| refresh families revoked | {} |", emulator.refresh_families_revoked());
-    for (i, (r, f)) in rss.iter().zip(fds.iter()).enumerate() {
+    {
+        let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = started.elapsed();
+        println!();
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!("| duration | {:.0} s |", elapsed.as_secs_f64());
+        println!("| faults injected | {} ({:?}) |", fault_log.len(), fault_log);
+        println!("| sessions | {sessions} on {instances_n} instances |");
+        println!("| sessions lost (401) | {} |", t.lost.len());
+        println!("| sessions not served again 30 s after the last fault | {unrecovered} |");
+        println!("| answers by status | {:?} |", t.by_status);
+        println!("| other answers (not 200 / 503 with Retry-After / 401) | {} |", t.other);
+        println!("| Ave refreshes answered 200 | {} |", emulator.successful_refreshes());
         println!(
-            "| instance {i} RSS first / last / max | {} / {} / {} MiB |",
-            r.first / 1024,
-            r.last / 1024,
-            r.max / 1024
+            "| refresh token presented twice at the same time | {} |",
+            emulator.concurrent_refresh_presentations()
         );
-        println!("| instance {i} open fds first / last / max | {} / {} / {} |", f.first, f.last, f.max);
+        println!("| refresh families revoked | {} |", emulator.refresh_families_revoked());
+        for (i, (r, f)) in rss.iter().zip(fds.iter()).enumerate() {
+            println!(
+                "| instance {i} RSS first / last / max | {} / {} / {} MiB |",
+                r.first / 1024,
+                r.last / 1024,
+                r.max / 1024
+            );
+            println!(
+                "| instance {i} open fds first / last / max | {} / {} / {} |",
+                f.first, f.last, f.max
+            );
+        }
+        println!(
+            "| store connections (all instances) first / last / max | {} / {} / {} |",
+            pool.first, pool.last, pool.max
+        );
+        println!("| store connections busy, max seen | {} |", pool_active.max);
     }
-    println!(
-        "| store connections (all instances) first / last / max | {} / {} / {} |",
-        pool.first, pool.last, pool.max
-    );
-    println!("| store connections busy, max seen | {} |", pool_active.max);
-    drop(t);
 
     drop(instances);
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))

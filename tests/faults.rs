@@ -234,7 +234,9 @@ fn tally(phase: &str, answers: &[Vec<(u16, bool)>], bad: &mut Vec<String>) -> BT
         for &(status, retry_after) in list {
             *counts.entry(status).or_insert(0) += 1;
             if !(status == 200 || (status == 503 && retry_after)) {
-                bad.push(format!("{phase}: session {session} got {status} (Retry-After: {retry_after})"));
+                bad.push(format!(
+                    "{phase}: session {session} got {status} (Retry-After: {retry_after})"
+                ));
             }
         }
     }
@@ -303,7 +305,11 @@ async fn every_session_survives(fault: TrialFault, test: &str) {
         0,
         "{fault:?}: a refresh token was presented twice at the same time"
     );
-    assert_eq!(fleet.emulator.refresh_families_revoked(), 0, "{fault:?}: a refresh family was revoked");
+    assert_eq!(
+        fleet.emulator.refresh_families_revoked(),
+        0,
+        "{fault:?}: a refresh family was revoked"
+    );
     assert!(
         fleet.emulator.successful_refreshes() >= renewed_before + SESSIONS,
         "{fault:?}: every session renewed after the fault"
@@ -352,7 +358,11 @@ async fn the_emulator_counts_one_refresh_token_presented_twice_at_once() {
     .await;
     emulator.set_redirect_uris(vec![app.url("/auth/callback")]);
     let _signed_in = sign_in_as(&app.http, &emulator, &app.address, &emulator.users()[0].id).await;
-    let refresh_token = emulator.issued_tokens().last().cloned().expect("a refresh token was issued");
+    let refresh_token = emulator
+        .issued_tokens()
+        .last()
+        .cloned()
+        .expect("a refresh token was issued");
     emulator.set_token_failure(Some(TokenFailure::Delay(Duration::from_millis(500))));
     let body = serde_json::json!({
         "grantType": "refresh_token",
@@ -542,7 +552,11 @@ async fn postgres_a_store_error_while_the_access_token_is_valid_still_mints() {
         .expect("rename");
     let (status, _) = app_token(&app.http, &app.address, &browser).await;
     assert_eq!(status, 200, "the store fails, the access token is valid: mint");
-    assert_eq!(refresh_calls(&emulator), calls, "no refresh token was sent without its lock");
+    assert_eq!(
+        refresh_calls(&emulator),
+        calls,
+        "no refresh token was sent without its lock"
+    );
     sqlx::query("ALTER TABLE sessions_away RENAME TO sessions")
         .execute(&sql)
         .await

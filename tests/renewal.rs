@@ -247,7 +247,10 @@ async fn transient_failures_lose_nothing_and_recovery_uses_the_rotated_token() {
             break;
         }
         assert_eq!(status, 503);
-        assert!(healed.elapsed() < Duration::from_secs(15), "recovered after the back-off");
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "recovered after the back-off"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(app.emulator.successful_refreshes(), 1);
@@ -333,7 +336,11 @@ async fn a_lost_answer_keeps_the_refresh_token_and_the_retry_learns_the_outcome(
     app.emulator
         .set_token_failure(Some(TokenFailure::DelayAfterProcessing(Duration::from_secs(2))));
     let resp = app.post_token(&mut browser, true).await;
-    assert_eq!(resp.status(), 503, "outcome unknown: the token is kept, the client retries");
+    assert_eq!(
+        resp.status(),
+        503,
+        "outcome unknown: the token is kept, the client retries"
+    );
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(error_code(resp).await, "temporarily_unavailable");
     app.emulator.set_token_failure(None);
@@ -411,7 +418,10 @@ async fn a_crash_mid_refresh_is_retried_with_the_same_token(db: DatabaseUrl) {
         }
         assert_eq!(status, 503, "meanwhile: 503, never a sign-out: {answers:?}");
         assert!(resp.headers().contains_key("retry-after"));
-        assert!(killed_at.elapsed() < Duration::from_secs(40), "retried within the lease: {answers:?}");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(40),
+            "retried within the lease: {answers:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!(

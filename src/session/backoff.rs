@@ -131,8 +131,14 @@ mod tests {
 
     #[test]
     fn ave_retry_after_is_honoured_within_bounds() {
-        assert_eq!(next_delay(1, HOUR, Some(Duration::from_secs(40)), 0), Duration::from_secs(40));
-        assert_eq!(next_delay(1, Duration::ZERO, Some(Duration::from_secs(7)), 0), Duration::from_secs(7));
+        assert_eq!(
+            next_delay(1, HOUR, Some(Duration::from_secs(40)), 0),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            next_delay(1, Duration::ZERO, Some(Duration::from_secs(7)), 0),
+            Duration::from_secs(7)
+        );
         assert_eq!(next_delay(1, HOUR, Some(Duration::from_secs(86_400)), 0), MAX_HINT);
     }
 

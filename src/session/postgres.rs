@@ -144,9 +144,9 @@ impl SessionStore for PostgresStore {
         .bind(key.as_bytes().as_slice())
         .bind(expected_version)
         .bind(marker)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(())
     }
 

@@ -183,7 +183,10 @@ impl Renewer {
         }
         let cut_off = self.in_flight();
         if cut_off > 0 {
-            tracing::warn!(cut_off, "shutdown: cutting off refreshes still waiting for Ave; they will be retried");
+            tracing::warn!(
+                cut_off,
+                "shutdown: cutting off refreshes still waiting for Ave; they will be retried"
+            );
             self.cancel.send_replace(true);
             // Let them release their markers (one short statement each).
             let cleanup = Instant::now() + Duration::from_secs(2);
@@ -219,9 +222,9 @@ impl Renewer {
                     }
                     let this = Arc::clone(self);
                     let task = tokio::spawn(async move {
-                        let outcome = this.renew(key).await;
-                        this.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                        outcome
+                        // Leaves the in-flight map however the task ends (even by a panic).
+                        let _done = InFlight(&this, key);
+                        this.renew(key).await
                     });
                     let shared = async move {
                         task.await.unwrap_or_else(|_| {
@@ -285,7 +288,13 @@ impl Renewer {
             };
             let stale_before = t - lease;
             let held = current.refresh_started_at.is_some_and(|m| m >= stale_before);
-            if !held && self.sessions.store().begin_refresh(&key, current.version, t, stale_before).await? {
+            if !held
+                && self
+                    .sessions
+                    .store()
+                    .begin_refresh(&key, current.version, t, stale_before)
+                    .await?
+            {
                 if current.refresh_started_at.is_some() {
                     // The holder is gone without storing an outcome (it died mid-refresh),
                     // and its call is over: the token may still be good, so send it again.
@@ -518,6 +527,19 @@ impl Renewer {
             reason: reason.to_owned(),
             retry_after,
         })
+    }
+}
+
+/// Removes a session's refresh from the in-flight map when dropped.
+struct InFlight<'a>(&'a Renewer, SessionKey);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 

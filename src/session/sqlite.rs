@@ -264,7 +264,9 @@ mod tests {
             s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
             Some(1500)
         );
-        s.abort_refresh(&r.key, 1, 1499).await.expect("abort of another holder's marker");
+        s.abort_refresh(&r.key, 1, 1499)
+            .await
+            .expect("abort of another holder's marker");
         assert_eq!(
             s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
             Some(1500),

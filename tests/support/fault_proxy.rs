@@ -88,7 +88,8 @@ impl FaultProxy {
     pub async fn set_fault(&self, fault: Fault) {
         let was = std::mem::replace(&mut *self.inner.fault.lock().expect("fault"), fault);
         if fault == Fault::Refuse && was != Fault::Refuse {
-            if let Some(task) = self.inner.accept.lock().expect("accept").take() {
+            let task = self.inner.accept.lock().expect("accept").take();
+            if let Some(task) = task {
                 task.abort();
                 let _ = task.await;
             }
