@@ -1115,6 +1115,31 @@ mod tests {
     }
 
     #[test]
+    fn store_pool_and_refresh_timeout_parse_and_report_problems() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.renewal.database_max_connections, 16);
+        assert_eq!(s.renewal.refresh_timeout, None);
+        let mut e = minimal();
+        e.push(("AVEMINT_DATABASE_MAX_CONNECTIONS", "40"));
+        e.push(("AVEMINT_AVE_REFRESH_TIMEOUT", "5"));
+        let s = Settings::load(None, &env(&e)).expect("valid");
+        assert_eq!(s.renewal.database_max_connections, 40);
+        assert_eq!(s.renewal.refresh_timeout, Some(Duration::from_secs(5)));
+        let mut e = minimal();
+        e.push(("AVEMINT_DATABASE_MAX_CONNECTIONS", "0"));
+        e.push(("AVEMINT_AVE_REFRESH_TIMEOUT", "never"));
+        let errors = Settings::load(None, &env(&e)).expect_err("invalid").0;
+        assert!(
+            errors.iter().any(|m| m.starts_with("AVEMINT_DATABASE_MAX_CONNECTIONS")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|m| m.starts_with("AVEMINT_AVE_REFRESH_TIMEOUT")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn key_settings_parse_and_report_problems() {
         let mut e = minimal();
         e.push(("AVEMINT_KEY_ALGORITHM", "EdDSA"));
