@@ -564,3 +564,72 @@ async fn postgres_a_store_error_while_the_access_token_is_valid_still_mints() {
         .expect("rename back");
     app.stop().await;
 }
+
+/// Item 4: a refresh still waiting on Ave when the shutdown's refresh drain
+/// (20 s) ends is cut off; its lock is released and its refresh token kept,
+/// so the next request, at another instance, retries it at once.
+#[tokio::test]
+async fn postgres_a_refresh_cut_off_by_shutdown_is_retried_by_the_next_instance() {
+    const TTL: u64 = 2;
+    let Some(db) = support::postgres_schema("faults_sigterm_cut_off").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(TTL, 1)).await.expect("emulator");
+    let proxy = FaultProxy::start(&emulator.base_url()).await;
+    emulator.set_advertised_base_url(Some(proxy.url()));
+    let keys = tempfile::tempdir().expect("keys dir");
+    let url = database_url_string(&db);
+    // The refresh timeout (60 s) outlasts the drain: the call is still waiting when it ends.
+    let env = [("AVEMINT_REFRESH_SKEW", "0")];
+    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
+    let http = http();
+    let browser = sign_in_as(&http, &emulator, &a.base, &emulator.users()[0].id).await;
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 1100)).await;
+
+    // Ave never answers (nor sees) the refresh; SIGTERM while it waits.
+    proxy.set_fault(Fault::Stall).await;
+    let seen = proxy.token_requests();
+    let pending = {
+        let (http, base, browser) = (http.clone(), a.base.clone(), browser.clone());
+        tokio::spawn(async move { app_token(&http, &base, &browser).await })
+    };
+    for _ in 0..200 {
+        if proxy.token_requests() > seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.token_requests() > seen, "the refresh is waiting on Ave");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let signalled = Instant::now();
+    let (_a, status) = tokio::task::spawn_blocking(move || {
+        let status = a.child.wait().expect("wait");
+        (a, status)
+    })
+    .await
+    .expect("join");
+    let exited_after = signalled.elapsed();
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(25),
+        "the drain is bounded: {exited_after:?}"
+    );
+    let (code, retry_after) = pending.await.expect("join");
+    assert!(code == 503 && retry_after, "the waiting request: {code}");
+
+    proxy.set_fault(Fault::None).await;
+    let (code, _) = app_token(&http, &b.base, &browser).await;
+    eprintln!(
+        "measured: a refresh cut off by shutdown after {exited_after:?}; the other instance's next request: {code}"
+    );
+    assert_eq!(code, 200, "the cut-off refresh is retried at once with the kept token");
+    assert_eq!(emulator.successful_refreshes(), 1);
+    assert_eq!(emulator.refresh_families_revoked(), 0);
+    assert_eq!(emulator.concurrent_refresh_presentations(), 0);
+}
