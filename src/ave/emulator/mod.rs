@@ -88,9 +88,12 @@
 //! [`Emulator::set_id_token_defect`], [`Emulator::rotate_signing_key`],
 //! [`Emulator::set_token_failure`] and a small
 //! [`EmulatorConfig::token_rate_limit_per_minute`] turn the emulator against
-//! its client; [`Emulator::token_requests`], [`Emulator::jwks_fetches`] and
-//! [`Emulator::refresh_families_revoked`] let tests observe what the client
-//! did. Tokens and secrets are never logged.
+//! its client; [`Emulator::set_advertised_base_url`] puts a proxy (such as the
+//! tests' fault injector) in front of its token, userinfo and JWKS endpoints.
+//! [`Emulator::token_requests`], [`Emulator::jwks_fetches`],
+//! [`Emulator::refresh_families_revoked`] and
+//! [`Emulator::concurrent_refresh_presentations`] let tests observe what the
+//! client did. Tokens and secrets are never logged.
 
 mod crypto;
 mod http;
