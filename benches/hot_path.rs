@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use avemint::config::{DatabaseUrl, SessionKeys, SessionSettings};
-use avemint::http::cookies::{self, LOGIN_COOKIE, PendingLogin};
+use avemint::http::cookies::{self, PendingLogin, SESSION_COOKIE};
 use avemint::http::return_path::ReturnPath;
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
@@ -21,7 +21,6 @@ use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
-use poem::web::cookie::CookieJar;
 use serde_json::{Map, Value, json};
 
 const NOW: u64 = 1_790_000_000;
@@ -191,7 +190,6 @@ fn cookie_decoding(c: &mut Criterion) {
     });
 
     let sealer = Sealer::new(&session_keys(), Purpose::LoginCookie);
-    let jar = CookieJar::default();
     let pending = PendingLogin {
         state: Secret::new(URL_SAFE_NO_PAD.encode([1u8; 32])),
         nonce: Secret::new(URL_SAFE_NO_PAD.encode([2u8; 32])),
@@ -199,10 +197,19 @@ fn cookie_decoding(c: &mut Criterion) {
         return_to: ReturnPath::parse(Some("/app/settings")),
         started_at: NOW as i64,
     };
-    cookies::set_login(&jar, &sealer, &pending);
-    let login = jar.get(LOGIN_COOKIE).expect("login cookie").value_str().to_owned();
+    let login = cookies::encode_login(&sealer, &pending);
     c.bench_function("cookies/decode_login", |b| {
         b.iter(|| cookies::decode_login(black_box(&login), &sealer, NOW as i64 + 5).expect("opens"))
+    });
+
+    // The session cookie last in a header of 4 KiB of other cookies (the most the size guard lets through).
+    let mut header = (0..40)
+        .map(|i| format!("app{i}={}", "v".repeat(90)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    header.push_str(&format!("; {SESSION_COOKIE}={}", value.expose()));
+    c.bench_function("cookies/find the session cookie in 4 KiB of cookies", |b| {
+        b.iter(|| cookies::find([black_box(header.as_bytes())], SESSION_COOKIE))
     });
 }
 

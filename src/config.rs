@@ -18,12 +18,13 @@ use url::{Host, Url};
 use crate::http::client_ip::TrustedProxies;
 use crate::http::cors::AllowedOrigins;
 use crate::http::rate_limit::RateLimit;
-use crate::http::security::SecuritySettings;
+use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
 use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTATION};
 use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
+use crate::server::{ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT};
 
 /// Default Ave issuer (production).
 pub const DEFAULT_ISSUER: &str = "https://aveid.net";
@@ -66,6 +67,9 @@ pub struct RenewalSettings {
     pub refresh_timeout: Option<Duration>,
     /// Pooled database connections per process (`AVEMINT_DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
+    /// How long Ave's discovery document and JWKS are used before a re-fetch;
+    /// a failed re-fetch keeps the last good copy (`AVEMINT_AVE_METADATA_TTL`).
+    pub ave_metadata_ttl: Duration,
 }
 
 impl Default for RenewalSettings {
@@ -77,6 +81,7 @@ impl Default for RenewalSettings {
             wait: Duration::from_secs(10),
             refresh_timeout: None,
             database_max_connections: crate::session::DEFAULT_MAX_CONNECTIONS,
+            ave_metadata_ttl: crate::ave::client::DEFAULT_METADATA_TTL,
         }
     }
 }
@@ -115,13 +120,20 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// A session ends this long after sign-in, however active.
     pub lifetime: Duration,
+    /// `AVEMINT_MAX_SESSIONS_PER_USER`: a sign-in that would give a user more
+    /// sessions than this ends the least recently used ones; 0 means no cap.
+    pub max_sessions_per_user: u32,
 }
+
+/// Default `AVEMINT_MAX_SESSIONS_PER_USER`.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 50;
 
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(7 * 24 * 3600),
             lifetime: Duration::from_secs(30 * 24 * 3600),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }
     }
 }
@@ -325,14 +337,19 @@ struct FileSettings {
     profiles: Option<Vec<FileProfile>>,
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
+    max_sessions_per_user: Option<u64>,
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
     ave_refresh_timeout: Option<u64>,
     database_max_connections: Option<u64>,
+    ave_metadata_ttl: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     login_rate_limit: Option<u32>,
+    header_read_timeout: Option<u64>,
+    keep_alive_timeout: Option<u64>,
+    docs: Option<String>,
 }
 
 /// One `[[profiles]]` table.
@@ -880,12 +897,50 @@ impl Settings {
             30 * 86_400,
             366 * 86_400,
         );
+        let max_sessions = l.pick(
+            "AVEMINT_MAX_SESSIONS_PER_USER",
+            "max_sessions_per_user",
+            file.max_sessions_per_user.map(|n| n.to_string()),
+        );
+        let max_sessions_per_user = match max_sessions {
+            Some(v) => l.check(Some(v), |s| bounded(s, 0, 100_000).map(|n| n as u32)),
+            None => Some(DEFAULT_MAX_SESSIONS_PER_USER),
+        };
         let security = security_settings(
             &mut l,
             file.allowed_origins,
             file.trusted_proxies,
             file.login_rate_limit,
         );
+        let header_read = l.seconds(
+            "AVEMINT_HEADER_READ_TIMEOUT",
+            "header_read_timeout",
+            file.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            600,
+        );
+        let keep_alive = l.seconds(
+            "AVEMINT_KEEP_ALIVE_TIMEOUT",
+            "keep_alive_timeout",
+            file.keep_alive_timeout,
+            DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
+            3600,
+        );
+        let docs = match l.pick("AVEMINT_DOCS", "docs", file.docs) {
+            Some(v) => l.check(Some(v), Docs::parse),
+            None => Some(Docs::default()),
+        };
+        let security = match (security, header_read, keep_alive, docs) {
+            (Some(security), Some(header_read), Some(keep_alive), Some(docs)) => Some(SecuritySettings {
+                connection_timeouts: ConnectionTimeouts {
+                    header_read,
+                    keep_alive,
+                },
+                docs,
+                ..security
+            }),
+            _ => None,
+        };
 
         let skew = l.pick(
             "AVEMINT_REFRESH_SKEW",
@@ -947,6 +1002,16 @@ impl Settings {
             }),
             _ => None,
         };
+        let ave_metadata_ttl = l.seconds(
+            "AVEMINT_AVE_METADATA_TTL",
+            "ave_metadata_ttl",
+            file.ave_metadata_ttl,
+            RenewalSettings::default().ave_metadata_ttl.as_secs(),
+            86_400,
+        );
+        let renewal = renewal
+            .zip(ave_metadata_ttl)
+            .map(|(r, ave_metadata_ttl)| RenewalSettings { ave_metadata_ttl, ..r });
 
         match (
             client_id,
@@ -966,6 +1031,7 @@ impl Settings {
             max_token_bytes,
             signing,
             security,
+            max_sessions_per_user,
         ) {
             (
                 Some(client_id),
@@ -985,6 +1051,7 @@ impl Settings {
                 Some(max_token_bytes),
                 Some(signing),
                 Some(security),
+                Some(max_sessions_per_user),
             ) if l.errors.is_empty() => Ok(Settings {
                 token: token_settings(ttl, audience, claims, profiles, max_token_bytes),
                 ave: AveSettings {
@@ -999,7 +1066,11 @@ impl Settings {
                 session_keys,
                 keys_dir,
                 signing,
-                session: SessionSettings { idle_timeout, lifetime },
+                session: SessionSettings {
+                    idle_timeout,
+                    lifetime,
+                    max_sessions_per_user,
+                },
                 renewal,
                 security,
             }),
@@ -1053,6 +1124,7 @@ fn security_settings(
         allowed_origins: origins?,
         trusted_proxies: proxies?,
         login_rate_limit: rate?,
+        ..SecuritySettings::default()
     })
 }
 
@@ -1319,6 +1391,43 @@ mod tests {
     }
 
     #[test]
+    fn hardening_settings_parse_with_documented_defaults() {
+        let s = Settings::load(None, &env(&minimal())).expect("defaults");
+        assert_eq!(s.session.max_sessions_per_user, 50);
+        assert_eq!(s.security.docs, Docs::On);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(10));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(75));
+        let mut e = minimal();
+        e.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "3"),
+            ("AVEMINT_DOCS", "off"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "5"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "30"),
+        ]);
+        let s = Settings::load(None, &env(&e)).expect("set");
+        assert_eq!(s.session.max_sessions_per_user, 3);
+        assert_eq!(s.security.docs, Docs::Off);
+        assert_eq!(s.security.connection_timeouts.header_read, Duration::from_secs(5));
+        assert_eq!(s.security.connection_timeouts.keep_alive, Duration::from_secs(30));
+        let mut bad = minimal();
+        bad.extend([
+            ("AVEMINT_MAX_SESSIONS_PER_USER", "-1"),
+            ("AVEMINT_DOCS", "maybe"),
+            ("AVEMINT_HEADER_READ_TIMEOUT", "0"),
+            ("AVEMINT_KEEP_ALIVE_TIMEOUT", "forever"),
+        ]);
+        let err = Settings::load(None, &env(&bad)).expect_err("refused");
+        assert_eq!(err.0.len(), 4, "{err}");
+        let file = load_file(
+            "max_sessions_per_user = 0\ndocs = \"off\"\nheader_read_timeout = 2\nkeep_alive_timeout = 9\n",
+            &[],
+        )
+        .expect("file keys");
+        assert_eq!(file.session.max_sessions_per_user, 0);
+        assert_eq!(file.security.docs, Docs::Off);
+    }
+
+    #[test]
     fn bad_profiles_and_hooks_are_refused_one_line_each() {
         let hook = |extra: &str| {
             format!(
@@ -1389,6 +1498,25 @@ mod tests {
         bad.push(("AVEMINT_LOGIN_RATE_LIMIT", "-1"));
         let e = Settings::load(None, &env(&bad)).expect_err("invalid");
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn ave_metadata_ttl_from_env_or_file_with_a_default_of_five_minutes() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(300));
+        let s = load_file("ave_metadata_ttl = 60\n", &[]).expect("file key");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(60));
+        let s = load_file("ave_metadata_ttl = 60\n", &[("AVEMINT_AVE_METADATA_TTL", "2")]).expect("env wins");
+        assert_eq!(s.renewal.ave_metadata_ttl, Duration::from_secs(2));
+        for bad in ["0", "86401", "5m", "-1"] {
+            let mut pairs = minimal();
+            pairs.push(("AVEMINT_AVE_METADATA_TTL", bad));
+            let err = Settings::load(None, &env(&pairs)).expect_err(bad).to_string();
+            assert_eq!(
+                err, "AVEMINT_AVE_METADATA_TTL: must be a whole number of seconds from 1 to 86400",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod mint;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod signin;
 pub mod startup;

@@ -84,7 +84,29 @@ fn main() -> ExitCode {
             })
         }
         Command::Keys { command } => keys(cli.config.as_deref(), command),
-        Command::Demo { listen, keys_dir } => run(async move { Ok(avemint::demo::run(listen, keys_dir).await?) }),
+        Command::Demo { listen, keys_dir } => {
+            // The demo configures itself (emulator, throw-away keys, in-memory store): a configuration file would
+            // be silently ignored, so it is refused instead.
+            if let Some(source) = demo_config_source(cli.config.as_deref()) {
+                eprintln!(
+                    "avemint: demo reads no configuration file, but {source} names one; remove it (the demo configures \
+                     itself), or run `avemint serve` to use the file"
+                );
+                return ExitCode::from(2);
+            }
+            run(async move { Ok(avemint::demo::run(listen, keys_dir).await?) })
+        }
+    }
+}
+
+/// Where a configuration file was named for `avemint demo`, if anywhere (`--config` or `AVEMINT_CONFIG`).
+fn demo_config_source(flag: Option<&std::path::Path>) -> Option<&'static str> {
+    if flag.is_some() {
+        Some("--config")
+    } else if std::env::var_os("AVEMINT_CONFIG").is_some_and(|v| !v.is_empty()) {
+        Some("AVEMINT_CONFIG")
+    } else {
+        None
     }
 }
 

@@ -26,6 +26,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Waits for Ave's token budget: 1 ms up to its bound (Ave's request timeout).
+const BUDGET_WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
 /// Lock waits are short or a problem: 1 µs to 1 s.
 const LOCK_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
@@ -165,6 +168,10 @@ struct Metrics {
     cache_hits: IntCounter,
     cache_misses: IntCounter,
     lock_wait_seconds: HistogramVec,
+    budget_wait_seconds: HistogramVec,
+    budget_refused: IntCounterVec,
+    code_exchange_failures: IntCounter,
+    code_exchange_refused: IntCounterVec,
 }
 
 /// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
@@ -222,6 +229,44 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(cache_hits.clone()))?;
     registry.register(Box::new(cache_misses.clone()))?;
     registry.register(Box::new(lock_wait_seconds.clone()))?;
+    let budget_wait_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "avemint_ave_budget_wait_seconds",
+            "Time token-endpoint calls waited for Ave's token budget (calls that had to wait), by class",
+        )
+        .buckets(BUDGET_WAIT_BUCKETS.to_vec()),
+        &["class"],
+    )?;
+    let budget_refused = IntCounterVec::new(
+        Opts::new(
+            "avemint_ave_budget_refused_total",
+            "Token-endpoint calls refused because Ave's token budget had no room within the wait bound, by class",
+        ),
+        &["class"],
+    )?;
+    let code_exchange_failures = IntCounter::new(
+        "avemint_sign_in_exchange_failures_total",
+        "Code exchanges Ave rejected (counted against the client's network)",
+    )?;
+    let code_exchange_refused = IntCounterVec::new(
+        Opts::new(
+            "avemint_sign_in_exchange_refused_total",
+            "Sign-in callbacks refused (429) before calling Ave because the client's network failed too many code \
+             exchanges, by network grouping",
+        ),
+        &["network"],
+    )?;
+    registry.register(Box::new(budget_wait_seconds.clone()))?;
+    registry.register(Box::new(budget_refused.clone()))?;
+    registry.register(Box::new(code_exchange_failures.clone()))?;
+    registry.register(Box::new(code_exchange_refused.clone()))?;
+    for class in ["renewal", "sign_in"] {
+        budget_wait_seconds.get_metric_with_label_values(&[class])?;
+        budget_refused.get_metric_with_label_values(&[class])?;
+    }
+    for network in ["ipv4_24", "ipv6_64", "ipv6_48"] {
+        code_exchange_refused.get_metric_with_label_values(&[network])?;
+    }
 
     let routes = (0..=UNMATCHED).map(|i| RouteLabel(i).as_str());
     let mut requests = Vec::with_capacity(UNMATCHED + 1);
@@ -257,6 +302,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cache_hits,
         cache_misses,
         lock_wait_seconds,
+        budget_wait_seconds,
+        budget_refused,
+        code_exchange_failures,
+        code_exchange_refused,
     })
 }
 
@@ -338,6 +387,37 @@ pub fn lock_wait(lock: &'static str, waited: Duration) {
     }
 }
 
+/// Records a token-endpoint call that waited `waited` for Ave's token budget (`class`: `renewal` or `sign_in`).
+pub fn budget_wait(class: &'static str, waited: Duration) {
+    let Some(m) = metrics() else { return };
+    if let Ok(h) = m.budget_wait_seconds.get_metric_with_label_values(&[class]) {
+        h.observe(waited.as_secs_f64());
+    }
+}
+
+/// Counts a token-endpoint call refused by Ave's token budget (`class`: `renewal` or `sign_in`).
+pub fn budget_refused(class: &'static str) {
+    let Some(m) = metrics() else { return };
+    if let Ok(c) = m.budget_refused.get_metric_with_label_values(&[class]) {
+        c.inc();
+    }
+}
+
+/// Counts a code exchange Ave rejected.
+pub fn sign_in_exchange_failed() {
+    if let Some(m) = metrics() {
+        m.code_exchange_failures.inc();
+    }
+}
+
+/// Counts a callback refused before calling Ave; `network` is `ipv4_24`, `ipv6_64` or `ipv6_48`.
+pub fn sign_in_exchange_refused(network: &'static str) {
+    let Some(m) = metrics() else { return };
+    if let Ok(c) = m.code_exchange_refused.get_metric_with_label_values(&[network]) {
+        c.inc();
+    }
+}
+
 /// Renders every metric in the Prometheus text format, plus the derived
 /// `avemint_session_cache_hit_ratio` gauge.
 pub fn render() -> String {
@@ -384,6 +464,10 @@ mod tests {
         cache_hit();
         cache_miss();
         lock_wait("session_refresh", Duration::from_micros(5));
+        budget_wait("sign_in", Duration::from_millis(20));
+        budget_refused("renewal");
+        sign_in_exchange_failed();
+        sign_in_exchange_refused("ipv6_48");
         let text = render();
         for needle in [
             r#"avemint_http_requests_total{route="/healthz",status="2xx"}"#,
@@ -395,6 +479,10 @@ mod tests {
             "avemint_session_cache_hits_total",
             "avemint_session_cache_hit_ratio ",
             r#"avemint_lock_wait_seconds_count{lock="session_refresh"}"#,
+            r#"avemint_ave_budget_wait_seconds_count{class="sign_in"}"#,
+            r#"avemint_ave_budget_refused_total{class="renewal"}"#,
+            "avemint_sign_in_exchange_failures_total",
+            r#"avemint_sign_in_exchange_refused_total{network="ipv6_48"}"#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
+use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
 use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
@@ -121,6 +121,7 @@ impl Application {
         let options = ClientOptions {
             token_budget_per_minute: settings.renewal.token_budget_per_minute,
             refresh_timeout: settings.renewal.refresh_timeout.unwrap_or(options.refresh_timeout),
+            metadata_ttl: settings.renewal.ave_metadata_ttl,
             ..options
         };
         let lock_wait = options.request_timeout + Duration::from_secs(5);
@@ -147,7 +148,10 @@ impl Application {
             profiles,
             settings.token.max_token_bytes,
         );
+        let sign_in_limiter =
+            CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(ave.token_budget().sign_in_limit));
         let state = Arc::new(AppState {
+            sign_in_limiter,
             ave,
             sessions,
             renewer,
@@ -158,6 +162,7 @@ impl Application {
             scopes: settings.ave.scopes.clone(),
             session_cookie_max_age: settings.session.lifetime,
             security: settings.security.clone(),
+            store_check: Default::default(),
         });
         Ok(Self {
             acceptor,
@@ -188,10 +193,9 @@ impl Application {
                 let _ = signalled.set(std::time::Instant::now());
             }
         };
+        let timeouts = self.state.security.connection_timeouts;
         let app = http::routes(self.state, self.mode == Mode::Demo);
-        let result = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
-            .await;
+        let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();
@@ -200,7 +204,8 @@ impl Application {
     }
 }
 
-/// Loads Ave's discovery and JWKS (retrying with back-off until they load) and sweeps expired sessions.
+/// Loads Ave's discovery and JWKS (retrying with back-off until they load), then keeps them fresh, and sweeps
+/// expired sessions.
 async fn background_tasks(state: Arc<AppState>) {
     let warm = {
         let state = state.clone();
@@ -217,7 +222,16 @@ async fn background_tasks(state: Arc<AppState>) {
                     }
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            // Reading the documents starts a background re-fetch when one is due (never waits, keeps the last good
+            // copy on failure), so their age stays within the lifetime even on an idle instance.
+            let every =
+                (state.ave.metadata_status().lifetime / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = state.ave.metadata().await;
+                let _ = state.ave.key_set().await;
             }
         }
     };

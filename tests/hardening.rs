@@ -7,13 +7,16 @@ mod support;
 use avemint::http::client_ip::TrustedProxies;
 use avemint::http::cors::AllowedOrigins;
 use avemint::http::rate_limit::RateLimit;
-use avemint::http::security::SecuritySettings;
+use avemint::http::security::{Docs, SecuritySettings};
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
 };
+use std::time::{Duration, Instant};
 use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
+
+use avemint::server::ConnectionTimeouts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Another loopback origin: same site as avemint's `127.0.0.1`, different origin.
@@ -384,6 +387,57 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
     app.stop().await;
 }
 
+async fn login_with(app: &TestApp, header: &str, value: &str) -> u16 {
+    let resp = app
+        .http
+        .get(app.url("/auth/login"))
+        .header(header, value)
+        .send()
+        .await
+        .expect("login");
+    resp.status().as_u16()
+}
+
+/// Issue 13 item 5: hops with ports (both forms) and the standard `Forwarded` header give each client behind a
+/// trusted proxy its own sign-in bucket, instead of all of them sharing the proxy's.
+#[tokio::test]
+async fn forwarded_hops_with_ports_and_the_forwarded_header_get_their_own_buckets() {
+    let app = spawn(SecuritySettings {
+        login_rate_limit: RateLimit(1),
+        trusted_proxies: TrustedProxies::parse("127.0.0.1").expect("proxies"),
+        ..SecuritySettings::default()
+    })
+    .await;
+    let xff = "x-forwarded-for";
+    assert_eq!(login_with(&app, xff, "192.0.2.1:4444").await, 302);
+    assert_eq!(
+        login_with(&app, xff, "192.0.2.1:5555").await,
+        429,
+        "same client, other port"
+    );
+    assert_eq!(login_with(&app, xff, "198.51.100.1:4444").await, 302, "another client");
+    assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:443").await, 302);
+    assert_eq!(login_with(&app, xff, "[2001:db8:1::1]:8443").await, 429);
+    assert_eq!(login_with(&app, xff, "[2001:db8:2::1]:443").await, 302);
+    let fwd = "forwarded";
+    assert_eq!(login_with(&app, fwd, "for=203.0.113.1").await, 302);
+    assert_eq!(login_with(&app, fwd, "for=\"203.0.113.1:1234\";proto=https").await, 429);
+    assert_eq!(login_with(&app, fwd, "for=\"[2001:db8:3::1]:443\"").await, 302);
+    assert_eq!(
+        login_with(&app, fwd, "for=192.0.2.200, for=\"[2001:db8:4::1]:443\"").await,
+        302,
+        "several elements: the right-most untrusted one"
+    );
+    // The proxy's own bucket is untouched by all of the above, then spent once.
+    assert_eq!(login_with(&app, fwd, "for=_hidden").await, 302);
+    assert_eq!(
+        login_with(&app, fwd, "for=unknown").await,
+        429,
+        "obfuscated clients share the proxy's bucket"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn forwarded_headers_never_change_the_redirect_uri_or_cookie_flags() {
     for trusted in ["", "127.0.0.1"] {
@@ -595,4 +649,294 @@ fn security_md_states_threats_defences_limits_and_reporting() {
     ] {
         assert!(text.contains(threat), "SECURITY.md lacks the `{threat}` threat");
     }
+}
+
+fn short_timeouts() -> SecuritySettings {
+    SecuritySettings {
+        connection_timeouts: ConnectionTimeouts {
+            header_read: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(3),
+        },
+        ..SecuritySettings::default()
+    }
+}
+
+/// Drips `bytes` one per `every` until the server closes the connection; returns how long that took after the
+/// first byte, or `None` if the whole request went out and the connection is still open 2 s later.
+async fn drip_until_closed(app: &TestApp, bytes: &[u8], every: Duration) -> Option<Duration> {
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    for b in bytes {
+        if stream.write_all(&[*b]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        match tokio::time::timeout(every, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+/// Issue 13 item 6 "Slow headers": a client sending its request line a byte at a time is cut off after the
+/// header-read timeout, although it never stays silent long enough for an inactivity timeout.
+#[tokio::test]
+async fn a_connection_sending_headers_slowly_is_closed() {
+    let app = spawn(short_timeouts()).await;
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let closed = drip_until_closed(&app, request, Duration::from_millis(200)).await;
+    let closed = closed.expect("the slow connection was never closed");
+    assert!(
+        closed < Duration::from_millis(2500),
+        "closed after {closed:?}, want about the 1 s header-read timeout"
+    );
+    eprintln!("measured: slow-header connection closed after {closed:?} (header-read timeout 1 s)");
+    app.stop().await;
+}
+
+/// An idle connection (no request in progress, nothing sent) is closed after the keep-alive timeout, and a
+/// normal keep-alive connection serves several requests in a row.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
+    let app = spawn(short_timeouts()).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Quicker than either timeout: the connection is reused.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let idle = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(6), stream.read(&mut buf))
+        .await
+        .expect("closed within 6 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000) && waited < Duration::from_millis(4500),
+        "closed after {waited:?}, want about the 3 s keep-alive timeout"
+    );
+    // A connection that never sends anything is closed too.
+    let mut silent = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let n = tokio::time::timeout(Duration::from_secs(6), silent.read(&mut buf))
+        .await
+        .expect("closed within 6 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    app.stop().await;
+}
+
+/// Issue 13 item 6 "Swagger UI shares the session origin with inline scripts allowed": `/docs` is served with a
+/// CSP that allows exactly its own inline scripts and styles (by hash) and nothing inline besides.
+#[tokio::test]
+async fn the_docs_page_allows_only_its_own_inline_script_and_style() {
+    use base64::Engine as _;
+    let app = spawn(SecuritySettings::default()).await;
+    for path in ["/docs", "/docs/"] {
+        let resp = app.http.get(app.url(path)).send().await.expect("docs");
+        assert_eq!(resp.status(), 200, "{path}");
+        let csp = resp.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let html = resp.text().await.expect("html");
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        let directive = |name: &str| -> Vec<String> {
+            csp.split(';')
+                .map(str::trim)
+                .find_map(|d| d.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {csp}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        for (tag, name) in [("script", "script-src "), ("style", "style-src ")] {
+            let allowed = directive(name);
+            let texts = avemint::http::docs::inline_elements(&html, tag);
+            assert!(!texts.is_empty(), "{tag} elements on the page");
+            let hashes: Vec<String> = texts
+                .iter()
+                .map(|t| {
+                    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+                    format!(
+                        "'sha256-{}'",
+                        base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+                    )
+                })
+                .collect();
+            let mut sorted_allowed = allowed.clone();
+            sorted_allowed.sort();
+            let mut sorted_hashes = hashes.clone();
+            sorted_hashes.sort();
+            assert_eq!(sorted_allowed, sorted_hashes, "{name}: exactly the page's own {tag}s");
+        }
+    }
+    // Other HTML keeps the strict policy; the spec is still served.
+    assert_eq!(
+        app.http
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec")
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+/// `AVEMINT_DOCS=off` (issues 13 and 17): neither `/docs` nor `/openapi.json` is served on the public port.
+#[tokio::test]
+async fn docs_off_serves_neither_the_docs_nor_the_spec() {
+    let app = spawn(SecuritySettings {
+        docs: Docs::Off,
+        ..SecuritySettings::default()
+    })
+    .await;
+    for path in ["/docs", "/docs/", "/openapi.json"] {
+        let resp = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(resp.status(), 404, "{path}");
+        let body = resp.text().await.expect("body");
+        assert!(
+            !body.contains("swagger") && !body.contains("\"openapi\""),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.expect("h").status(), 200);
+    let mut b = app.signed_in_browser().await;
+    assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+    app.stop().await;
+}
+
+/// Issue 13 item 5: a hop a trusted proxy sends that cannot be parsed is logged at `warn`, at most once a minute
+/// however many arrive (checked on a real `avemint serve` process's stderr).
+#[tokio::test]
+async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .arg("serve")
+        .env_clear()
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", &base)
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env(
+            "AVEMINT_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .env("AVEMINT_TRUSTED_PROXIES", "127.0.0.1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("avemint serve starts");
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (header, value) in [
+        ("x-forwarded-for", "not-an-address"),
+        ("x-forwarded-for", "198.51.100.1:99999"),
+        ("forwarded", "for=[2001:db8::1]:443"),
+        ("x-forwarded-for", "192.0.2.1, bad hop"),
+        ("forwarded", "for=\"unterminated"),
+    ] {
+        let resp = http
+            .get(format!("{base}/healthz"))
+            .header(header, value)
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(resp.status(), 200);
+    }
+    // A good hop with a port is not worth a warning.
+    let resp = http
+        .get(format!("{base}/healthz"))
+        .header("x-forwarded-for", "[2001:db8::1]:443")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("cannot be parsed")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for five bad hops in a minute:\n{text}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("not-an-address"),
+        "the hop is quoted: {}",
+        warnings[0]
+    );
+}
+
+/// The same for a body: a request whose body drips in (slow POST) is answered 400 after the header-read timeout
+/// instead of holding the connection until the last byte.
+#[tokio::test]
+async fn a_request_body_sent_slowly_is_refused_in_time() {
+    let app = spawn(short_timeouts()).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let head = format!(
+        "POST /auth/token HTTP/1.1\r\nhost: {host}\r\nx-csrf: 1\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut answer = String::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        if stream.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        if answer.contains("\r\n\r\n") && answer.contains('}') {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?} after {waited:?}");
+    assert!(answer.contains("invalid_request"), "{answer}");
+    assert!(waited < Duration::from_millis(2500), "answered after {waited:?}");
+    app.stop().await;
 }

@@ -520,6 +520,7 @@ async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
     let settings = SessionSettings {
         idle_timeout: Duration::from_secs(100),
         lifetime: Duration::from_secs(1000),
+        ..SessionSettings::default()
     };
     let sessions = avemint::session::Sessions::open(&url, &keys, settings, Duration::ZERO)
         .await

@@ -2,7 +2,11 @@
 
 mod support;
 
-use support::{SESSION_COOKIE, TestApp};
+use std::time::Duration;
+
+use avemint::config::{RenewalSettings, SessionSettings};
+use avemint::session::SessionId;
+use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
@@ -92,4 +96,242 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
         "row untouched"
     );
     app.stop().await;
+}
+
+/// No session cache, so every request reads the row (a tampered row is seen at once).
+fn uncached(extra: Options) -> Options {
+    Options {
+        renewal: Some(RenewalSettings {
+            session_cache_ttl: Duration::ZERO,
+            ..RenewalSettings::default()
+        }),
+        ..extra
+    }
+}
+
+async fn sqlite_pool(app: &TestApp) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display()))
+        .await
+        .expect("open the test database")
+}
+
+fn row_key(b: &Browser) -> Vec<u8> {
+    SessionId::parse(b.get(SESSION_COOKIE).expect("cookie"))
+        .expect("id")
+        .key()
+        .as_bytes()
+        .to_vec()
+}
+
+/// Issue 13 item 6 "Session timestamps are not authenticated": with write access to the database, moving
+/// `created_at` or `last_seen_at` forward used to keep a session alive for ever. Now the row is refused (401).
+#[tokio::test]
+async fn edited_session_timestamps_are_refused() {
+    let app = TestApp::spawn_with(uncached(Options::default())).await;
+    let pool = sqlite_pool(&app).await;
+    for column in ["created_at", "last_seen_at"] {
+        let mut b = app.signed_in_browser().await;
+        assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+        let sql = format!("UPDATE sessions SET {column} = {column} + 300 * 86400 WHERE key_hash = ?");
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(row_key(&b))
+            .execute(&pool)
+            .await
+            .expect("update");
+        assert_eq!(done.rows_affected(), 1);
+        let resp = app.post_token(&mut b, true).await;
+        assert_eq!(resp.status(), 401, "{column} edited: the session is refused");
+        assert_eq!(support::error_code(resp).await, "login_required");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE key_hash = ?")
+            .bind(row_key(&b))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "the tampered row is deleted");
+    }
+    // An untouched session still works.
+    let mut ok = app.signed_in_browser().await;
+    assert_eq!(app.post_token(&mut ok, true).await.status(), 200);
+    pool.close().await;
+    app.stop().await;
+}
+
+/// A row whose columns cannot be read is a 401 for that one session, not a 503.
+#[tokio::test]
+async fn an_unreadable_session_row_is_a_401_for_that_session_only() {
+    let app = TestApp::spawn_with(uncached(Options::default())).await;
+    let pool = sqlite_pool(&app).await;
+    let mut broken = app.signed_in_browser().await;
+    let mut fine = app.signed_in_browser().await;
+    sqlx::query("UPDATE sessions SET last_seen_at = 'not a number' WHERE key_hash = ?")
+        .bind(row_key(&broken))
+        .execute(&pool)
+        .await
+        .expect("update");
+    for _ in 0..3 {
+        let resp = app.post_token(&mut broken, true).await;
+        assert_eq!(resp.status(), 401);
+        assert_eq!(support::error_code(resp).await, "login_required");
+        assert_eq!(app.post_token(&mut fine, true).await.status(), 200);
+    }
+    assert_eq!(
+        app.http.get(app.url("/readyz")).send().await.expect("readyz").status(),
+        200
+    );
+    pool.close().await;
+    app.stop().await;
+}
+
+/// Signs the emulator's first user in three times, a second apart; with a cap of two, the first session ends.
+async fn cap_ends_the_oldest(app: &TestApp) -> Vec<Browser> {
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        browsers.push(app.signed_in_browser().await);
+        // Timestamps are whole seconds: keep the three sign-ins apart.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let statuses = {
+        let mut out = Vec::new();
+        for b in browsers.iter_mut() {
+            out.push(app.post_token(b, true).await.status().as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses, vec![401, 200, 200], "the oldest of three sessions is ended");
+    browsers
+}
+
+fn capped(max: u32, database_url: Option<avemint::config::DatabaseUrl>) -> Options {
+    uncached(Options {
+        session: Some(SessionSettings {
+            max_sessions_per_user: max,
+            ..SessionSettings::default()
+        }),
+        database_url,
+        ..Options::default()
+    })
+}
+
+/// Issue 13 item 6 "Sessions per user" on SQLite.
+#[tokio::test]
+async fn sessions_per_user_are_capped_on_sqlite() {
+    let app = TestApp::spawn_with(capped(2, None)).await;
+    cap_ends_the_oldest(&app).await;
+    let pool = sqlite_pool(&app).await;
+    let owners: Vec<Option<Vec<u8>>> = sqlx::query_scalar("SELECT owner_hash FROM sessions")
+        .fetch_all(&pool)
+        .await
+        .expect("owners");
+    assert_eq!(owners.len(), 2);
+    assert!(owners.iter().all(|o| o.as_ref().is_some_and(|o| o.len() == 32)));
+    assert_eq!(owners[0], owners[1], "one user, one index value");
+    pool.close().await;
+    app.stop().await;
+}
+
+/// The same on PostgreSQL, and the store holds no plaintext `sub` (nor its unkeyed hash).
+#[tokio::test]
+async fn sessions_per_user_are_capped_on_postgres_without_a_plaintext_sub() {
+    let Some(url) = support::postgres_schema("sessions_per_user_are_capped_on_postgres").await else {
+        return;
+    };
+    let app = TestApp::spawn_with(capped(2, Some(url.clone()))).await;
+    cap_ends_the_oldest(&app).await;
+    let pool = sqlx::PgPool::connect(&support::database_url_string(&url))
+        .await
+        .expect("connect");
+    let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
+        .fetch_all(&pool)
+        .await
+        .expect("dump");
+    assert_eq!(dump.len(), 2);
+    let sub = app.emulator.users()[0].id.clone();
+    let sub_hex: String = sub.bytes().map(|b| format!("{b:02x}")).collect();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sub.as_bytes());
+    let digest_hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    for row in &dump {
+        assert!(!row.contains(&sub), "plaintext sub stored: {row}");
+        assert!(!row.contains(&sub_hex), "hex-encoded sub stored");
+        assert!(!row.contains(&digest_hex), "the unkeyed SHA-256 of sub is guessable");
+    }
+    let owners: Vec<Option<Vec<u8>>> = sqlx::query_scalar("SELECT owner_hash FROM sessions")
+        .fetch_all(&pool)
+        .await
+        .expect("owners");
+    assert!(owners.iter().all(|o| o.as_ref().is_some_and(|o| o.len() == 32)));
+    pool.close().await;
+    app.stop().await;
+}
+
+/// Issue 13 item 6 "Database files are world-readable": `avemint serve` started with a permissive umask (000)
+/// creates `avemint.db`, `-wal` and `-shm` readable by its owner only.
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let db = dir.path().join("avemint.db");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_avemint"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AVE_CLIENT_ID", emulator.client_id())
+        .env("AVE_CLIENT_SECRET", emulator.client_secret())
+        .env("AVE_ISSUER", emulator.issuer())
+        .env("AVEMINT_PUBLIC_URL", &base)
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env("AVEMINT_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("avemint serve starts");
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut b = Browser::default();
+    support::sign_in_at(&http, &emulator, &base, &mut b).await;
+    let modes: Vec<(String, Option<u32>)> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let path = format!("{}{suffix}", db.display());
+            let mode = std::fs::metadata(&path).ok().map(|m| m.permissions().mode() & 0o777);
+            (format!("avemint.db{suffix}"), mode)
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The control: with umask 000, a file created without care is world-writable.
+    let control = dir.path().join("control");
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && : > \"$0\"")
+        .arg(&control)
+        .status()
+        .expect("sh");
+    assert_eq!(
+        std::fs::metadata(&control).expect("control").permissions().mode() & 0o777,
+        0o666
+    );
+    for (name, mode) in modes {
+        assert_eq!(mode, Some(0o600), "{name}");
+    }
 }

@@ -7,22 +7,22 @@
 //! error code only; bodies, codes and tokens never reach a log line.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
-use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::budget::TokenBudget;
+use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
+use super::metadata::{AveMetadata, MetadataStatus};
 use crate::config::Issuer;
 use crate::metrics::{self, AveCall, AveFailure};
 use crate::secret::Secret;
 
-/// How long discovery and JWKS documents are trusted before a re-fetch.
-const METADATA_TTL: Duration = Duration::from_secs(3600);
-const JWKS_TTL: Duration = Duration::from_secs(300);
+/// How long discovery and JWKS documents are used before a re-fetch, unless
+/// configured (`AVEMINT_AVE_METADATA_TTL`).
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
 /// Bodies larger than this from Ave are refused unread.
 const MAX_BODY: usize = 256 * 1024;
 
@@ -117,7 +117,7 @@ impl AveError {
     }
 }
 
-fn transport(e: reqwest::Error) -> AveError {
+pub(super) fn transport(e: reqwest::Error) -> AveError {
     // reqwest's Display can include the URL; Ave's URLs carry no secrets, but
     // keep only the kind to be safe and brief.
     let kind = if e.is_timeout() {
@@ -198,6 +198,9 @@ pub struct ClientOptions {
     /// How long a refresh may wait for Ave's answer before its outcome counts
     /// as unknown (the refresh token is then kept and retried after a back-off).
     pub refresh_timeout: Duration,
+    /// How long Ave's discovery document and JWKS are used before a re-fetch
+    /// (a failed re-fetch keeps the last good copy; see `metadata`).
+    pub metadata_ttl: Duration,
 }
 
 impl Default for ClientOptions {
@@ -208,6 +211,7 @@ impl Default for ClientOptions {
             jwks_refetch_cooldown: Duration::from_secs(5),
             token_budget_per_minute: 180,
             refresh_timeout: Duration::from_secs(60),
+            metadata_ttl: DEFAULT_METADATA_TTL,
         }
     }
 }
@@ -218,9 +222,7 @@ pub struct AveClient {
     issuer: Issuer,
     client_id: String,
     client_secret: Secret<String>,
-    metadata: Cache<(), Arc<ProviderMetadata>>,
-    jwks: Cache<(), Arc<KeySet>>,
-    last_forced_refetch: Mutex<Option<Instant>>,
+    metadata: AveMetadata,
     budget: TokenBudget,
     options: ClientOptions,
 }
@@ -257,14 +259,18 @@ impl AveClient {
             .timeout(options.request_timeout)
             .build()
             .map_err(|_| AveError::Transport("HTTP client could not be built".into()))?;
+        let metadata = AveMetadata::new(
+            http.clone(),
+            issuer.clone(),
+            options.metadata_ttl,
+            options.jwks_refetch_cooldown,
+        );
         Ok(Self {
             http,
             issuer,
             client_id,
             client_secret,
-            metadata: Cache::builder().time_to_live(METADATA_TTL).max_capacity(1).build(),
-            jwks: Cache::builder().time_to_live(JWKS_TTL).max_capacity(1).build(),
-            last_forced_refetch: Mutex::new(None),
+            metadata,
             budget: TokenBudget::new(options.token_budget_per_minute, options.request_timeout),
             options,
         })
@@ -281,91 +287,29 @@ impl AveClient {
     }
 
     /// Ave's provider metadata, from cache or `{issuer}/.well-known/openid-configuration`.
+    /// Once loaded it is always answered from memory: a due re-fetch runs in
+    /// the background and a failed one keeps the last good copy.
     pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
-        self.metadata
-            .try_get_with((), self.fetch_metadata())
-            .await
-            .map_err(|e: Arc<AveError>| clone_error(&e))
+        self.metadata.discovery().await
     }
 
-    async fn fetch_metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
-        let body = self.get_json(&self.issuer.discovery_url(), AveCall::Discovery).await?;
-        let meta: ProviderMetadata = serde_json::from_slice(&body)
-            .map_err(|_| AveError::Malformed("discovery document lacks required fields".into()))?;
-        if meta.issuer != self.issuer.as_str() {
-            return Err(AveError::IssuerMismatch {
-                expected: self.issuer.as_str().to_owned(),
-                found: meta.issuer,
-            });
-        }
-        for (name, url) in [
-            ("authorization_endpoint", &meta.authorization_endpoint),
-            ("token_endpoint", &meta.token_endpoint),
-            ("jwks_uri", &meta.jwks_uri),
-        ] {
-            let ok = url::Url::parse(url)
-                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u)));
-            if !ok {
-                return Err(AveError::Malformed(format!("discovery `{name}` is not an https URL")));
-            }
-        }
-        Ok(Arc::new(meta))
-    }
-
-    /// Ave's current key set (cached).
+    /// Ave's current key set (cached like `metadata`).
     pub async fn key_set(&self) -> Result<Arc<KeySet>, AveError> {
-        self.jwks
-            .try_get_with((), self.fetch_jwks())
-            .await
-            .map_err(|e: Arc<AveError>| clone_error(&e))
+        self.metadata.key_set().await
     }
 
     /// Re-fetches the key set because a token named an unknown `kid`; at most
     /// once per cooldown, so random kids cannot make avemint hammer Ave.
-    /// Returns `None` when the cooldown forbids a fetch.
+    /// Returns `None` when the cooldown forbids a fetch. A failed re-fetch
+    /// keeps the keys in use.
     pub async fn refetch_key_set(&self) -> Result<Option<Arc<KeySet>>, AveError> {
-        {
-            let mut last = self.last_forced_refetch.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.options.jwks_refetch_cooldown) {
-                return Ok(None);
-            }
-            *last = Some(Instant::now());
-        }
-        self.jwks.invalidate(&()).await;
-        self.key_set().await.map(Some)
+        self.metadata.refetch_key_set().await
     }
 
-    async fn fetch_jwks(&self) -> Result<Arc<KeySet>, AveError> {
-        let meta = self.metadata().await?;
-        let body = self.get_json(&meta.jwks_uri, AveCall::Jwks).await?;
-        KeySet::parse(&body).map(Arc::new)
-    }
-
-    async fn get_json(&self, url: &str, call: AveCall) -> Result<Vec<u8>, AveError> {
-        let started = Instant::now();
-        let result = self.get_json_timed(url).await;
-        metrics::ave_call(call, started.elapsed(), result.as_ref().err().map(AveError::failure));
-        result
-    }
-
-    async fn get_json_timed(&self, url: &str) -> Result<Vec<u8>, AveError> {
-        let resp = self
-            .http
-            .get(url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            tracing::warn!(status, "Ave metadata request failed");
-            return Err(if status >= 500 {
-                AveError::Server { status }
-            } else {
-                AveError::Malformed(format!("HTTP {status}"))
-            });
-        }
-        read_limited(resp).await
+    /// Whether Ave's discovery document and JWKS are loaded, their age and
+    /// whether they are stale; fetches nothing.
+    pub fn metadata_status(&self) -> MetadataStatus {
+        self.metadata.status()
     }
 
     /// Exchanges an authorization code (with the PKCE verifier and the client secret).
@@ -412,14 +356,15 @@ impl AveClient {
     ) -> Result<TokenResponse, AveError> {
         let grant = call.grant_type();
         let meta = self.metadata().await?;
-        if let Err(wait) = self.budget.acquire().await {
-            tracing::warn!(
-                grant,
-                budget = self.budget.per_minute(),
-                "token-endpoint budget exhausted; not calling Ave"
-            );
+        let class = match call {
+            AveCall::Refresh => BudgetClass::Renewal,
+            _ => BudgetClass::SignIn,
+        };
+        // Waits (unlocked, bounded) for room; a refusal is logged, rate-limited, by the budget itself.
+        if let Err(exhausted) = self.budget.acquire(class).await {
+            tracing::debug!(grant, "token-endpoint budget exhausted; not calling Ave");
             return Err(AveError::RateLimited {
-                retry_after: Some(wait),
+                retry_after: Some(exhausted.retry_after),
             });
         }
         let started = Instant::now();
@@ -495,9 +440,14 @@ impl AveClient {
     pub fn refresh_timeout(&self) -> Duration {
         self.options.refresh_timeout
     }
+
+    /// Use and room of the token-endpoint budget over the last minute, per class.
+    pub fn token_budget(&self) -> BudgetSnapshot {
+        self.budget.snapshot()
+    }
 }
 
-async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, AveError> {
+pub(super) async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, AveError> {
     if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
         return Err(AveError::Malformed("response too large".into()));
     }
@@ -534,7 +484,7 @@ fn is_error_code(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-fn clone_error(e: &AveError) -> AveError {
+pub(super) fn clone_error(e: &AveError) -> AveError {
     match e {
         AveError::OAuth { status, code } => AveError::OAuth {
             status: *status,

@@ -8,6 +8,8 @@ pub mod budget;
 pub mod client;
 pub mod emulator;
 pub mod id_token;
+pub mod metadata;
 
 pub use client::{AveClient, AveError, ClientOptions, KeySet, ProviderMetadata, TokenResponse};
 pub use id_token::{IdTokenError, NonceCheck, ValidatedIdToken};
+pub use metadata::{Document, DocumentStatus, MetadataStatus};

@@ -2,17 +2,19 @@
 
 use std::sync::Arc;
 
+use poem::Request;
 use poem::web::Data;
-use poem::web::cookie::CookieJar;
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
-use super::cookies;
-use super::errors::ApiError;
+use super::client_ip::ClientIp;
+use super::cookies::{self, CookieChanges, SessionCookie};
+use super::errors::{ApiError, ErrorBody};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
+use super::rate_limit::ExchangeOutcome;
 use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
@@ -38,6 +40,26 @@ pub enum CallbackResponse {
     /// Signed in: redirect to the return path. Sets the `__Host-avemint` session cookie and expires the login cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
+    /// Nothing was sent to Ave (`rate_limited`): too many code exchanges from the client's network failed
+    /// recently, or too many sign-in requests came from this client (`AVEMINT_LOGIN_RATE_LIMIT`). Start the
+    /// sign-in again after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
+}
+
+impl CallbackResponse {
+    /// 429: the client's network failed too many code exchanges.
+    fn network_refused(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            Json(ErrorBody {
+                error: "rate_limited".into(),
+                error_description: format!(
+                    "too many failed sign-ins from this network; start again in {retry_after_secs} s"
+                ),
+            }),
+            retry_after_secs.to_string(),
+        )
+    }
 }
 
 /// An app JWT for the signed-in user.
@@ -192,14 +214,22 @@ impl From<MintError> for ApiError {
     }
 }
 
-async fn current_session(state: &AppState, jar: &CookieJar) -> Result<Arc<Session>, ApiError> {
-    let id = cookies::session_id(jar).ok_or_else(ApiError::login_required)?;
-    state
-        .sessions
-        .get(&id.key(), now())
-        .await
-        .map_err(store_unavailable)?
-        .ok_or_else(ApiError::login_required)
+/// The session the request's `__Host-avemint` cookie names. A cookie that names no live session (malformed, sent
+/// twice, unknown or ended) is expired along with the 401.
+async fn current_session(state: &AppState, req: &Request, changes: &CookieChanges) -> Result<Arc<Session>, ApiError> {
+    let id = match cookies::session_cookie(req.headers()) {
+        SessionCookie::Absent => return Err(ApiError::login_required()),
+        SessionCookie::Unusable => {
+            cookies::clear_session(changes);
+            return Err(ApiError::login_required());
+        }
+        SessionCookie::Valid(id) => id,
+    };
+    let session = state.sessions.get(&id.key(), now()).await.map_err(store_unavailable)?;
+    session.ok_or_else(|| {
+        cookies::clear_session(changes);
+        ApiError::login_required()
+    })
 }
 
 impl From<RenewError> for ApiError {
@@ -225,7 +255,7 @@ impl AuthApi {
     async fn login(
         &self,
         state: Data<&Arc<AppState>>,
-        jar: &CookieJar,
+        changes: &CookieChanges,
         /// Where to go after signing in: a path on this origin, e.g. `/app`.
         return_to: Query<Option<String>>,
     ) -> Result<LoginResponse, ApiError> {
@@ -233,7 +263,7 @@ impl AuthApi {
         let started = signin::start(&state.ave, &state.redirect_uri, &state.scopes, return_to, now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
-        cookies::set_login(jar, &state.login_sealer, &started.pending);
+        cookies::set_login(changes, &state.login_sealer, &started.pending);
         Ok(LoginResponse::Redirect(started.authorize_url))
     }
 
@@ -247,7 +277,9 @@ impl AuthApi {
     async fn callback(
         &self,
         state: Data<&Arc<AppState>>,
-        jar: &CookieJar,
+        req: &Request,
+        changes: &CookieChanges,
+        client: Data<&ClientIp>,
         /// The authorization code.
         code: Query<Option<String>>,
         /// The state sent to Ave.
@@ -258,8 +290,8 @@ impl AuthApi {
     ) -> Result<CallbackResponse, ApiError> {
         let t = now();
         // The login cookie is single use whatever happens next.
-        let pending = cookies::login(jar, &state.login_sealer, t);
-        cookies::clear_login(jar);
+        let pending = cookies::login(req.headers(), &state.login_sealer, t);
+        cookies::clear_login(changes);
         let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
         let callback = Callback {
             code: code.0.as_deref(),
@@ -267,6 +299,12 @@ impl AuthApi {
             error: error.0.as_deref(),
         };
         signin::check_state(&pending, &callback)?;
+        // Junk codes must not spend Ave's budget: a network whose code exchanges keep failing is refused
+        // before anything is stored or sent.
+        let mut permit = match state.sign_in_limiter.admit(client.0.0).await {
+            Ok(permit) => permit,
+            Err(refused) => return Ok(CallbackResponse::network_refused(refused.retry_after.as_secs())),
+        };
         let first_use = state
             .sessions
             .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL_SECS)
@@ -275,7 +313,8 @@ impl AuthApi {
         if !first_use {
             return Err(SignInError::StateReplayed.into());
         }
-        let data = signin::finish(
+        permit.arm();
+        let finished = signin::finish(
             &state.ave,
             &pending,
             callback.code,
@@ -283,13 +322,21 @@ impl AuthApi {
             &state.scopes,
             t,
         )
-        .await?;
+        .await;
+        permit.settle(match &finished {
+            Ok(_) => ExchangeOutcome::Accepted,
+            Err(SignInError::CodeRejected(_)) => ExchangeOutcome::Rejected,
+            // No call made (no code), or Ave or the budget failed: not the client's doing.
+            Err(_) => ExchangeOutcome::NotJudged,
+        });
+        let data = finished?;
         // A session cookie planted or left before this sign-in is never promoted: its row goes.
-        if let Some(old) = cookies::session_id(jar) {
+        // Only crumbs with the exact raw name count: a look-alike is neither promoted nor acted on.
+        for old in cookies::all_session_ids(req.headers()) {
             state.sessions.delete(&old.key()).await.map_err(store_unavailable)?;
         }
         let id = state.sessions.create(&data, t).await.map_err(store_unavailable)?;
-        cookies::set_session(jar, &id, state.session_cookie_max_age);
+        cookies::set_session(changes, &id, state.session_cookie_max_age);
         tracing::info!(sid = data.sid.as_str(), "signed in");
         Ok(CallbackResponse::Redirect(pending.return_to.as_str().to_owned()))
     }
@@ -297,24 +344,28 @@ impl AuthApi {
     /// Mint a short-lived app JWT for the signed-in user.
     ///
     /// Requires `X-CSRF: 1`. Without a valid session: 401 `login_required`
-    /// (never a redirect). The optional JSON body picks the token profile by
-    /// `audience` or `profile`; no body (or `{}`) mints the default profile. An
-    /// unknown audience or profile is 400 `invalid_target` (never a token for
-    /// something else); both given but naming different profiles is 400
-    /// `invalid_request`. A failing claims hook whose policy is `deny` is 503
+    /// (never a redirect), whatever the body names, so profiles and audiences
+    /// cannot be probed without a session. The optional JSON body picks the token
+    /// profile by `audience` or `profile`; no body (or `{}`) mints the default
+    /// profile. With a session, an unknown audience or profile is 400
+    /// `invalid_target` (never a token for something else); both given but
+    /// naming different profiles is 400 `invalid_request`. A failing claims hook whose policy is `deny` is 503
     /// `temporarily_unavailable`; a token over the configured size limit is 500
     /// `server_error`.
     #[oai(path = "/token", method = "post")]
     async fn token(
         &self,
         state: Data<&Arc<AppState>>,
-        jar: &CookieJar,
+        req: &Request,
+        changes: &CookieChanges,
         /// Must be `1`: proves the request came from script on an allowed page.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
         body: OptionalJson<TokenRequest>,
     ) -> Result<PreparedJson<TokenBody>, ApiError> {
         require_csrf(&csrf)?;
+        // The session first: without one, a configured and an unknown target are both 401.
+        let session = current_session(&state, req, changes).await?;
         let target = body.0.as_ref();
         let profile = state
             .minter
@@ -324,10 +375,9 @@ impl AuthApi {
                 target.and_then(|t| t.audience.as_deref()),
             )
             .map_err(ApiError::from)?;
-        let session = current_session(&state, jar).await?;
         let session = state.renewer.fresh(session).await.inspect_err(|e| {
             if matches!(e, RenewError::LoginRequired) {
-                cookies::clear_session(jar);
+                cookies::clear_session(changes);
             }
         })?;
         let data = &session.data;
@@ -356,13 +406,14 @@ impl AuthApi {
     async fn session(
         &self,
         state: Data<&Arc<AppState>>,
-        jar: &CookieJar,
+        req: &Request,
+        changes: &CookieChanges,
         /// Must be `1`.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
     ) -> Result<Json<SessionBody>, ApiError> {
         require_csrf(&csrf)?;
-        let session = current_session(&state, jar).await?;
+        let session = current_session(&state, req, changes).await?;
         let claims = &session.data.id_token_claims;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
         Ok(Json(SessionBody {
@@ -383,16 +434,18 @@ impl AuthApi {
     async fn logout(
         &self,
         state: Data<&Arc<AppState>>,
-        jar: &CookieJar,
+        req: &Request,
+        changes: &CookieChanges,
         /// Must be `1`.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
     ) -> Result<LogoutResponse, ApiError> {
         require_csrf(&csrf)?;
-        if let Some(id) = cookies::session_id(jar) {
+        // Every session named under the exact cookie name ends; look-alikes are not acted on.
+        for id in cookies::all_session_ids(req.headers()) {
             state.sessions.delete(&id.key()).await.map_err(store_unavailable)?;
         }
-        cookies::clear_session(jar);
+        cookies::clear_session(changes);
         Ok(LogoutResponse::Done)
     }
 }

@@ -1,16 +1,41 @@
 //! The two cookies avemint sets, always `__Host-`, `HttpOnly`, `Secure`,
-//! `SameSite=Lax`, `Path=/`.
+//! `SameSite=Lax`, `Path=/`, and avemint's own reader and writer for them.
 //!
 //! - `__Host-avemint`: the opaque session id (256 random bits).
 //! - `__Host-avemint-login`: the pending sign-in (state, nonce, PKCE verifier,
 //!   return path), sealed with AES-256-GCM so it is bound to this browser and
 //!   needs no server row.
+//!
+//! Why not a general cookie jar: browsers apply the `__Host-` rules (Secure,
+//! `Path=/`, no `Domain`) to the literal name only, so a name that a jar
+//! percent-decodes into `__Host-avemint` (`__Host%2Davemint`, `%5F%5FHost-…`)
+//! can be planted by a sibling subdomain and shadow the genuine cookie; and a
+//! jar that gives up on a whole `Cookie` header because one crumb is not ASCII
+//! loses the session with it. So the reader here works on the raw header bytes
+//! (every `Cookie` header: HTTP/2 may split them), splits on `;`, trims optional
+//! whitespace, skips malformed crumbs without discarding the others, and
+//! matches the exact raw names only, never after decoding.
+//!
+//! A name sent more than once (exact raw name, e.g. `__Host-avemint=a;
+//! __Host-avemint=b`) is ambiguous: a browser holds at most one `__Host-`
+//! cookie of a name for a host (no `Domain`, `Path=/` only), and no other site
+//! can set one, so two mean the request did not come from a conforming browser
+//! jar. avemint then picks neither: the session is treated as absent (401, and
+//! the cookie is expired), the sign-in as invalid. Logout and a new sign-in end
+//! the sessions that every exact-named crumb names, as the client holds them all.
+//!
+//! Writing: [`CookieChanges`] collects `Set-Cookie` lines during a request and
+//! the HTTP layer adds them to whatever the answer is, errors included (a
+//! failed callback expires the login cookie; a 401 for an unknown or ended
+//! session clears the session cookie).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use poem::web::cookie::{Cookie, CookieJar, SameSite};
+use poem::http::{HeaderMap, HeaderValue, header};
+use poem::{FromRequest, Request, RequestBody, Response};
 use serde::{Deserialize, Serialize};
 
 use super::return_path::ReturnPath;
@@ -25,37 +50,227 @@ pub const LOGIN_COOKIE: &str = "__Host-avemint-login";
 pub const LOGIN_TTL_SECS: i64 = 600;
 /// Cookie values longer than this are ignored unread.
 pub const MAX_COOKIE_LEN: usize = 4096;
+/// The longest session cookie value avemint writes (256 bits in base64url: 43), with room to spare.
+pub const MAX_SESSION_VALUE: usize = 64;
+/// The longest login cookie value avemint writes, whatever `return_to` is (checked by a unit test;
+/// `return_to` is capped at `MAX_RETURN_PATH`).
+pub const MAX_LOGIN_VALUE: usize = 1800;
 
 const LOGIN_AAD: &[u8] = b"avemint login cookie v1";
 
-fn base(name: &str, value: &str, max_age: Duration) -> Cookie {
-    let mut c = Cookie::new_with_str(name, value);
-    c.set_http_only(true);
-    c.set_secure(true);
-    c.set_same_site(SameSite::Lax);
-    c.set_path("/");
-    c.set_max_age(max_age);
-    c
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+/// One `name=value` pair of a `Cookie` header, trimmed of optional whitespace.
+struct Crumb<'a> {
+    name: &'a [u8],
+    value: &'a [u8],
+    /// The whole trimmed crumb (`name=value`).
+    whole: &'a [u8],
+}
+
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// The well-formed crumbs of one `Cookie` header value. A crumb without `=` or with an empty name is skipped;
+/// the crumbs around it still count.
+fn crumbs(header: &[u8]) -> impl Iterator<Item = Crumb<'_>> {
+    header.split(|b| *b == b';').filter_map(|raw| {
+        let whole = trim_ows(raw);
+        let eq = whole.iter().position(|b| *b == b'=')?;
+        let name = trim_ows(&whole[..eq]);
+        if name.is_empty() {
+            return None;
+        }
+        let mut value = trim_ows(&whole[eq + 1..]);
+        // RFC 6265 §4.1.1: a value may be wrapped in one pair of double quotes.
+        if let [b'"', inner @ .., b'"'] = value {
+            value = inner;
+        }
+        Some(Crumb { name, value, whole })
+    })
+}
+
+/// Every value sent under exactly the raw name `name`, in order, across all the given `Cookie` header values.
+pub fn values<'a, I>(headers: I, name: &str) -> Vec<&'a [u8]>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    headers
+        .into_iter()
+        .flat_map(crumbs)
+        .filter(|c| c.name == name.as_bytes())
+        .map(|c| c.value)
+        .collect()
+}
+
+/// What a request carries under one exact cookie name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent<'a> {
+    /// Not sent.
+    Absent,
+    /// Sent exactly once, with this raw value.
+    Once(&'a [u8]),
+    /// Sent more than once: ambiguous, so neither is used (see the module documentation).
+    Ambiguous,
+}
+
+/// What the given `Cookie` header values carry under exactly the raw name `name`.
+pub fn find<'a, I>(headers: I, name: &str) -> Sent<'a>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut found = Sent::Absent;
+    for crumb in headers.into_iter().flat_map(crumbs) {
+        if crumb.name == name.as_bytes() {
+            found = match found {
+                Sent::Absent => Sent::Once(crumb.value),
+                _ => return Sent::Ambiguous,
+            };
+        }
+    }
+    found
+}
+
+/// The raw values of every `Cookie` header of a request.
+pub fn cookie_headers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes)
+}
+
+/// The bytes of the `Cookie` headers that count against the size limit: all of them, less one crumb of each of
+/// avemint's own cookies whose value is no longer than avemint ever writes, so avemint's own cookies are never
+/// why a request is refused. Each header counts two bytes more (as if joined by `"; "`).
+pub fn counted_len<'a, I>(headers: I) -> usize
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let (mut session_seen, mut login_seen) = (false, false);
+    let mut total = 0usize;
+    for header in headers {
+        total = total.saturating_add(header.len() + 2);
+        for crumb in crumbs(header) {
+            let own = if crumb.name == SESSION_COOKIE.as_bytes() && !session_seen {
+                session_seen = crumb.value.len() <= MAX_SESSION_VALUE;
+                session_seen
+            } else if crumb.name == LOGIN_COOKIE.as_bytes() && !login_seen {
+                login_seen = crumb.value.len() <= MAX_LOGIN_VALUE;
+                login_seen
+            } else {
+                false
+            };
+            if own {
+                total = total.saturating_sub(crumb.whole.len() + 2);
+            }
+        }
+    }
+    total
+}
+
+/// The session cookie as sent.
+pub enum SessionCookie {
+    /// No `__Host-avemint` crumb.
+    Absent,
+    /// One well-formed session id.
+    Valid(SessionId),
+    /// Sent, but malformed or more than once: no session, and the cookie should be expired.
+    Unusable,
+}
+
+/// Reads the session cookie from the request headers.
+pub fn session_cookie(headers: &HeaderMap) -> SessionCookie {
+    match find(cookie_headers(headers), SESSION_COOKIE) {
+        Sent::Absent => SessionCookie::Absent,
+        Sent::Ambiguous => SessionCookie::Unusable,
+        Sent::Once(raw) => parse_session(raw).map_or(SessionCookie::Unusable, SessionCookie::Valid),
+    }
+}
+
+fn parse_session(raw: &[u8]) -> Option<SessionId> {
+    if raw.len() > MAX_COOKIE_LEN {
+        return None;
+    }
+    SessionId::parse(std::str::from_utf8(raw).ok()?)
+}
+
+/// Every well-formed session id sent under the exact session cookie name (for logout and sign-in, which end them
+/// all).
+pub fn all_session_ids(headers: &HeaderMap) -> Vec<SessionId> {
+    values(cookie_headers(headers), SESSION_COOKIE)
+        .into_iter()
+        .filter_map(parse_session)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+/// The `Set-Cookie` lines a response will carry, whatever its status. The HTTP layer puts one in every request's
+/// extensions and applies it to the answer (`apply`); handlers take it as `&CookieChanges`.
+#[derive(Clone, Default)]
+pub struct CookieChanges(Arc<Mutex<Vec<HeaderValue>>>);
+
+impl CookieChanges {
+    fn push(&self, name: &str, value: &str, max_age: Duration) {
+        let line = format!(
+            "{name}={value}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            max_age.as_secs()
+        );
+        // Names are constants and values base64url: always a valid header value.
+        if let Ok(v) = HeaderValue::from_str(&line) {
+            let mut changes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            // A later change of the same cookie replaces an earlier one.
+            let prefix = format!("{name}=");
+            changes.retain(|c| !c.as_bytes().starts_with(prefix.as_bytes()));
+            changes.push(v);
+        }
+    }
+
+    /// Adds the collected `Set-Cookie` lines to `resp`.
+    pub fn apply(&self, resp: &mut Response) {
+        let changes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for c in changes.iter() {
+            resp.headers_mut().append(header::SET_COOKIE, c.clone());
+        }
+    }
+
+    /// The collected lines (for tests).
+    pub fn lines(&self) -> Vec<String> {
+        let changes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        changes
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+}
+
+impl<'a> FromRequest<'a> for &'a CookieChanges {
+    async fn from_request(req: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
+        req.extensions().get::<CookieChanges>().ok_or_else(|| {
+            poem::Error::from_string(
+                "cookie changes are not set up for this request",
+                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+            )
+        })
+    }
 }
 
 /// Sets the session cookie.
-pub fn set_session(jar: &CookieJar, id: &SessionId, max_age: Duration) {
-    jar.add(base(SESSION_COOKIE, id.to_cookie_value().expose(), max_age));
+pub fn set_session(changes: &CookieChanges, id: &SessionId, max_age: Duration) {
+    changes.push(SESSION_COOKIE, id.to_cookie_value().expose(), max_age);
 }
 
 /// Expires the session cookie (with the same attributes, or browsers ignore it).
-pub fn clear_session(jar: &CookieJar) {
-    jar.add(base(SESSION_COOKIE, "", Duration::ZERO));
-}
-
-/// Reads the session id from the request, if present and well-formed.
-pub fn session_id(jar: &CookieJar) -> Option<SessionId> {
-    let c = jar.get(SESSION_COOKIE)?;
-    let v = c.value_str();
-    if v.len() > MAX_COOKIE_LEN {
-        return None;
-    }
-    SessionId::parse(v)
+pub fn clear_session(changes: &CookieChanges) {
+    changes.push(SESSION_COOKIE, "", Duration::ZERO);
 }
 
 /// A sign-in in progress, carried in the sealed login cookie.
@@ -76,27 +291,40 @@ pub enum LoginCookieError {
     Missing,
     #[error("the sign-in cookie is invalid")]
     Invalid,
+    #[error("more than one sign-in cookie was sent; start again")]
+    Ambiguous,
     #[error("the sign-in took too long; start again")]
     Expired,
 }
 
-/// Sets the login cookie.
-pub fn set_login(jar: &CookieJar, sealer: &Sealer, login: &PendingLogin) {
+/// The login cookie value for `login`.
+pub fn encode_login(sealer: &Sealer, login: &PendingLogin) -> String {
     // PendingLogin holds only strings and an integer: encoding cannot fail.
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(login).unwrap_or_default());
-    let value = URL_SAFE_NO_PAD.encode(sealer.seal(LOGIN_AAD, &plain));
-    jar.add(base(LOGIN_COOKIE, &value, Duration::from_secs(LOGIN_TTL_SECS as u64)));
+    URL_SAFE_NO_PAD.encode(sealer.seal(LOGIN_AAD, &plain))
+}
+
+/// Sets the login cookie.
+pub fn set_login(changes: &CookieChanges, sealer: &Sealer, login: &PendingLogin) {
+    let value = encode_login(sealer, login);
+    changes.push(LOGIN_COOKIE, &value, Duration::from_secs(LOGIN_TTL_SECS as u64));
 }
 
 /// Expires the login cookie.
-pub fn clear_login(jar: &CookieJar) {
-    jar.add(base(LOGIN_COOKIE, "", Duration::ZERO));
+pub fn clear_login(changes: &CookieChanges) {
+    changes.push(LOGIN_COOKIE, "", Duration::ZERO);
 }
 
-/// Opens the login cookie.
-pub fn login(jar: &CookieJar, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
-    let c = jar.get(LOGIN_COOKIE).ok_or(LoginCookieError::Missing)?;
-    decode_login(c.value_str(), sealer, now)
+/// Opens the login cookie of a request.
+pub fn login(headers: &HeaderMap, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
+    match find(cookie_headers(headers), LOGIN_COOKIE) {
+        Sent::Absent => Err(LoginCookieError::Missing),
+        Sent::Ambiguous => Err(LoginCookieError::Ambiguous),
+        Sent::Once(raw) => {
+            let value = std::str::from_utf8(raw).map_err(|_| LoginCookieError::Invalid)?;
+            decode_login(value, sealer, now)
+        }
+    }
 }
 
 /// Decodes a login cookie value (separate for fuzzing and property tests).
@@ -120,6 +348,7 @@ pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLog
 mod tests {
     use super::*;
     use crate::config::SessionKeys;
+    use crate::http::return_path::MAX_RETURN_PATH;
     use crate::session::Purpose;
     use proptest::prelude::*;
 
@@ -127,34 +356,206 @@ mod tests {
         Sealer::new(&SessionKeys::from_keys(vec![[7; 32]]), Purpose::LoginCookie)
     }
 
-    #[test]
-    fn login_cookie_round_trip_and_expiry() {
-        let jar = CookieJar::default();
-        let s = sealer();
-        let pending = PendingLogin {
+    fn pending(return_to: &str) -> PendingLogin {
+        PendingLogin {
             state: Secret::new("st".into()),
             nonce: Secret::new("no".into()),
             verifier: Secret::new("ve".into()),
-            return_to: ReturnPath::parse(Some("/x")),
+            return_to: ReturnPath::parse(Some(return_to)),
             started_at: 1000,
-        };
-        set_login(&jar, &s, &pending);
-        let back = login(&jar, &s, 1100).expect("opens");
+        }
+    }
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::COOKIE, HeaderValue::from_bytes(v).expect("value"));
+        }
+        h
+    }
+
+    /// The value set for `name` in `changes`.
+    fn set_value(changes: &CookieChanges, name: &str) -> Option<String> {
+        changes.lines().iter().find_map(|l| {
+            let (pair, _) = l.split_once(';')?;
+            let (n, v) = pair.split_once('=')?;
+            (n == name).then(|| v.to_owned())
+        })
+    }
+
+    #[test]
+    fn login_cookie_round_trip_and_expiry() {
+        let changes = CookieChanges::default();
+        let s = sealer();
+        set_login(&changes, &s, &pending("/x"));
+        let line = changes.lines().pop().expect("set");
+        for attr in ["; Max-Age=600", "; Path=/", "; Secure", "; HttpOnly", "; SameSite=Lax"] {
+            assert!(line.contains(attr), "{attr} in {line}");
+        }
+        let value = set_value(&changes, LOGIN_COOKIE).expect("value");
+        let h = headers(&[format!("{LOGIN_COOKIE}={value}").as_bytes()]);
+        let back = login(&h, &s, 1100).expect("opens");
         assert_eq!(back.state.expose(), "st");
         assert_eq!(back.return_to.as_str(), "/x");
         assert!(matches!(
-            login(&jar, &s, 1000 + LOGIN_TTL_SECS + 1),
+            login(&h, &s, 1000 + LOGIN_TTL_SECS + 1),
             Err(LoginCookieError::Expired)
         ));
-        let c = jar.get(LOGIN_COOKIE).expect("set");
-        assert!(c.http_only() && c.secure());
-        assert_eq!(c.path(), Some("/"));
+        // Clearing replaces the earlier change of the same cookie.
+        clear_login(&changes);
+        assert_eq!(changes.lines().len(), 1);
+        assert!(changes.lines()[0].starts_with(&format!("{LOGIN_COOKIE}=; Max-Age=0;")));
+    }
+
+    #[test]
+    fn the_login_cookie_stays_small_whatever_return_to_is() {
+        let s = sealer();
+        // Real state, nonce and verifier are 43 characters; `"` doubles in JSON.
+        let worst = PendingLogin {
+            state: Secret::new("s".repeat(43)),
+            nonce: Secret::new("n".repeat(43)),
+            verifier: Secret::new("v".repeat(43)),
+            return_to: ReturnPath::parse(Some(&format!("/{}", "\"".repeat(MAX_RETURN_PATH - 1)))),
+            started_at: i64::MIN,
+        };
+        assert_eq!(worst.return_to.as_str().len(), MAX_RETURN_PATH, "kept");
+        let len = encode_login(&s, &worst).len();
+        eprintln!("measured: the longest login cookie value is {len} characters");
+        assert!(len <= MAX_LOGIN_VALUE, "{len} > {MAX_LOGIN_VALUE}");
+        // A longer one is not kept at all.
+        let long = pending(&format!("/{}", "a".repeat(MAX_RETURN_PATH)));
+        assert_eq!(long.return_to.as_str(), "/");
+    }
+
+    #[test]
+    fn names_match_exactly_never_after_decoding() {
+        for look_alike in [
+            "__Host%2Davemint",
+            "%5F%5FHost-avemint",
+            "__%48ost-avemint",
+            "__host-avemint",
+            "__Host-avemint\u{b}",
+            "__Host-avemint\u{a0}",
+            "__Host-avemint%00",
+            "__Host-avemint-login",
+            "x__Host-avemint",
+        ] {
+            let raw = format!("{look_alike}=v");
+            assert_eq!(find([raw.as_bytes()], SESSION_COOKIE), Sent::Absent, "{look_alike}");
+            for order in [
+                format!("{raw}; {SESSION_COOKIE}=g"),
+                format!("{SESSION_COOKIE}=g; {raw}"),
+            ] {
+                assert_eq!(find([order.as_bytes()], SESSION_COOKIE), Sent::Once(b"g"), "{order}");
+            }
+        }
+        assert_eq!(
+            find([b"__Host-avemint-login=l; __Host-avemint=s".as_slice()], LOGIN_COOKIE),
+            Sent::Once(b"l")
+        );
+    }
+
+    #[test]
+    fn malformed_crumbs_are_skipped_and_whitespace_trimmed() {
+        let h: &[u8] = b"pref=\xc3\xa9;junk;=nameless; ;;\xff\xfe=\x01 ;\t__Host-avemint = \"abc\" \t; other=1";
+        assert_eq!(find([h], SESSION_COOKIE), Sent::Once(b"abc"));
+        assert_eq!(find([h], "other"), Sent::Once(b"1"));
+        assert_eq!(find([h], "junk"), Sent::Absent);
+        assert_eq!(find([h], "pref"), Sent::Once("é".as_bytes()));
+        // Value with `=` inside: everything after the first `=`.
+        assert_eq!(find([b"a=b=c".as_slice()], "a"), Sent::Once(b"b=c"));
+    }
+
+    #[test]
+    fn every_cookie_header_is_read_and_duplicates_are_ambiguous() {
+        let split: [&[u8]; 3] = [b"a=1", b"\xc3\xa9", b"__Host-avemint=s"];
+        assert_eq!(find(split, SESSION_COOKIE), Sent::Once(b"s"));
+        let twice: [&[u8]; 2] = [b"__Host-avemint=s", b"__Host-avemint=t"];
+        assert_eq!(find(twice, SESSION_COOKIE), Sent::Ambiguous);
+        assert_eq!(values(twice, SESSION_COOKIE), vec![b"s".as_slice(), b"t".as_slice()]);
+        assert_eq!(
+            find([b"__Host-avemint=s; __Host-avemint=s".as_slice()], SESSION_COOKIE),
+            Sent::Ambiguous
+        );
+    }
+
+    #[test]
+    fn session_cookie_states() {
+        let id = SessionId::generate().to_cookie_value().expose().to_owned();
+        let good = format!("{SESSION_COOKIE}={id}");
+        assert!(matches!(session_cookie(&headers(&[b"a=1"])), SessionCookie::Absent));
+        assert!(
+            matches!(session_cookie(&headers(&[good.as_bytes()])), SessionCookie::Valid(s) if s.to_cookie_value().expose() == &id)
+        );
+        assert!(matches!(
+            session_cookie(&headers(&[b"__Host-avemint=nope"])),
+            SessionCookie::Unusable
+        ));
+        assert!(matches!(
+            session_cookie(&headers(&[good.as_bytes(), good.as_bytes()])),
+            SessionCookie::Unusable
+        ));
+        let all = all_session_ids(&headers(&[good.as_bytes(), b"__Host-avemint=nope"]));
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].to_cookie_value().expose(), &id);
+    }
+
+    #[test]
+    fn own_cookies_do_not_count_against_the_size_limit() {
+        let others = "o=".to_owned() + &"x".repeat(1000);
+        let session = format!("{SESSION_COOKIE}={}", "s".repeat(43));
+        let login = format!("{LOGIN_COOKIE}={}", "l".repeat(MAX_LOGIN_VALUE));
+        let all = format!("{others}; {session}; {login}");
+        assert_eq!(counted_len([all.as_bytes()]), others.len() + 2);
+        let split: [&[u8]; 3] = [others.as_bytes(), session.as_bytes(), login.as_bytes()];
+        assert_eq!(counted_len(split), others.len() + 2);
+        // Only one of each, and only as long as avemint writes them.
+        let twice = format!("{session}; {session}");
+        assert_eq!(counted_len([twice.as_bytes()]), session.len() + 2);
+        let long = format!("{LOGIN_COOKIE}={}", "l".repeat(MAX_LOGIN_VALUE + 1));
+        assert_eq!(counted_len([long.as_bytes()]), long.len() + 2);
     }
 
     proptest! {
         #[test]
         fn decoding_arbitrary_values_never_panics(v in ".{0,200}") {
             let _ = decode_login(&v, &sealer(), 0);
+        }
+
+        #[test]
+        fn reading_arbitrary_bytes_never_panics(headers in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..4)) {
+            let slices: Vec<&[u8]> = headers.iter().map(Vec::as_slice).collect();
+            for name in [SESSION_COOKIE, LOGIN_COOKIE] {
+                let found = find(slices.iter().copied(), name);
+                let all = values(slices.iter().copied(), name);
+                match found {
+                    Sent::Absent => prop_assert!(all.is_empty()),
+                    Sent::Once(v) => {
+                        prop_assert_eq!(all.as_slice(), &[v]);
+                        prop_assert!(!v.contains(&b';'));
+                    }
+                    Sent::Ambiguous => prop_assert!(all.len() > 1),
+                }
+            }
+            prop_assert!(counted_len(slices.iter().copied()) <= slices.iter().map(|s| s.len() + 2).sum::<usize>());
+        }
+
+        /// The genuine crumb is found wherever it sits among arbitrary other crumbs whose names are not exactly its own.
+        #[test]
+        fn the_genuine_crumb_is_found_among_any_others(
+            others in proptest::collection::vec(("[!-:<>-~]{0,20}", "[ -:<-~]{0,20}"), 0..6),
+            at in 0usize..7,
+            value in "[A-Za-z0-9_-]{0,50}",
+        ) {
+            let mut crumbs: Vec<String> = others
+                .iter()
+                .filter(|(n, _)| n != SESSION_COOKIE)
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            let at = at.min(crumbs.len());
+            crumbs.insert(at, format!("{SESSION_COOKIE}={value}"));
+            let header = crumbs.join("; ");
+            prop_assert_eq!(find([header.as_bytes()], SESSION_COOKIE), Sent::Once(value.as_bytes()));
         }
     }
 }

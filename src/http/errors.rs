@@ -38,7 +38,8 @@ pub enum ApiError {
     /// Ave answered with something avemint cannot use (`server_error`).
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
-    /// Ave, the session store or a claims hook is unreachable right now (`temporarily_unavailable`).
+    /// Ave, the session store or a claims hook is unreachable right now, or Ave's token budget has no room within
+    /// the wait bound (`temporarily_unavailable`, with `Retry-After`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
 }

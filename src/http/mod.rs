@@ -7,6 +7,7 @@ pub mod cookies;
 pub mod cors;
 pub mod demo;
 pub mod demo_api;
+pub mod docs;
 pub mod errors;
 pub mod ops;
 pub mod optional_json;
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::http::{HeaderValue, StatusCode, header};
-use poem::middleware::CookieJarManager;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
@@ -43,6 +43,10 @@ pub struct AppState {
     pub scopes: String,
     pub session_cookie_max_age: Duration,
     pub security: security::SecuritySettings,
+    /// The store check of `/readyz` and `/metrics`.
+    pub store_check: ops::StoreCheck,
+    /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
+    pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
 }
 
 /// OpenAPI tags.
@@ -76,7 +80,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
              `X-CSRF: 1`. Cookies: `__Host-avemint` (session) and `__Host-avemint-login` (pending sign-in), both \
              HttpOnly, Secure, SameSite=Lax, Path=/. Requests to those endpoints that carry an `Origin` (or \
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
-             `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: a Cookie header over 4 KiB (431), \
+             `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
              405 with an `Allow` header.",
     )
@@ -90,13 +94,19 @@ pub fn openapi_yaml() -> String {
 /// Builds the whole HTTP application.
 pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let api = openapi_service();
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
-    let route = Route::new()
-        .at("/openapi.json", spec)
-        .at("/metrics", poem::get(metrics_endpoint))
-        .nest("/docs", docs)
-        .nest("/", api);
+    let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
+    // `AVEMINT_DOCS=off` leaves both out (404).
+    let route = match state.security.docs {
+        security::Docs::On => {
+            let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
+            route
+                .at("/openapi.json", api.spec_endpoint())
+                .at("/docs", poem::get(page.clone()))
+                .at("/docs/", poem::get(page))
+        }
+        security::Docs::Off => route,
+    };
+    let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
     let route = spa::in_front_of(route);
     let route = if demo {
@@ -107,7 +117,6 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let guard = security::Guard::new(&state.public_url, state.security.clone());
     let allow = Arc::new(allowed_methods());
     route
-        .with(CookieJarManager::new())
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
@@ -138,12 +147,15 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
         .collect()
 }
 
-/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document).
+/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), plus this
+/// instance's health gauges (`ops::Readiness::metrics`).
 #[poem::handler]
-fn metrics_endpoint() -> Response {
+async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
+    let mut body = crate::metrics::render();
+    body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(crate::metrics::render())
+        .body(body)
 }
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
@@ -159,10 +171,17 @@ async fn respond<E: Endpoint>(
     let (seen, admitted) = guard.admit(req).await;
     let route = crate::metrics::RouteLabel::of(&seen.path);
     let mut resp = match admitted {
-        Ok(req) => match ep.call(req).await {
-            Ok(r) => r.into_response(),
-            Err(e) => errors::catch_all(e).await,
-        },
+        Ok(mut req) => {
+            // Cookie changes reach the answer whatever it is, errors included.
+            let changes = cookies::CookieChanges::default();
+            req.extensions_mut().insert(changes.clone());
+            let mut resp = match ep.call(req).await {
+                Ok(r) => r.into_response(),
+                Err(e) => errors::catch_all(e).await,
+            };
+            changes.apply(&mut resp);
+            resp
+        }
         Err(refused) => refused,
     };
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {

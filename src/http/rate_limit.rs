@@ -1,18 +1,36 @@
 //! Per-client-IP rate limiting of `/auth/login` and `/auth/callback`
-//! (`AVEMINT_LOGIN_RATE_LIMIT`, requests per minute per client and endpoint).
+//! (`AVEMINT_LOGIN_RATE_LIMIT`, requests per minute per client and endpoint),
+//! and the per-network limit on failed code exchanges.
 //!
 //! Every sign-in costs a call to Ave's token endpoint, and Ave rate limits per
-//! client id: without this, one noisy address could use up the budget of every
-//! user. Fixed one-minute windows, one per (endpoint, client); IPv6 clients
-//! are grouped by /64, since one host usually owns a whole /64. Memory is
-//! bounded: windows live in a capacity-limited cache that forgets them after
-//! a minute.
+//! client id. Request limits: fixed one-minute windows, one per (endpoint,
+//! client); IPv6 clients are grouped by /64, since one host usually owns a
+//! whole /64. Memory is bounded: windows live in a capacity-limited cache that
+//! forgets them after a minute.
+//!
+//! Request limits alone do not stop a stranger spending Ave's budget with junk
+//! codes from many addresses. [`CodeExchangeLimiter`] counts the code
+//! exchanges Ave **rejects**, per network: each IPv4 /24, each IPv6 /64 and,
+//! since one site usually owns a whole /48, each IPv6 /48. A network that
+//! reaches its limit within the window is refused (429 with `Retry-After`)
+//! before anything is sent to Ave, until its failures age out. While many
+//! exchanges fail across all networks (an attack spread over many networks),
+//! the limiter turns strict: one failure closes a network. Exchanges still in
+//! flight count as failures until Ave answers, so a burst cannot slip past
+//! the limit, and one abandoned after its code was sent counts as failed.
+//! Successes never clear failures, so good codes interleaved with junk buy
+//! nothing. This module knows networks and numbers only, no HTTP.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ipnet::{Ipv4Net, Ipv6Net};
 use moka::future::Cache;
+
+use super::client_ip::canonical;
+use crate::ave::budget::LogGate;
 
 /// The length of one counting window.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -109,8 +127,304 @@ impl RateLimiter {
 /// IPv6 addresses are limited per /64.
 fn group(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        IpAddr::V6(v6) => Ipv6Net::new(v6, 64).map_or(ip, |n| IpAddr::V6(n.network())),
         v4 => v4,
+    }
+}
+
+/// A network whose failed code exchanges are counted together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// An IPv4 /24 (one small network, or one NAT pool).
+    V4(Ipv4Net),
+    /// An IPv6 /64 (usually one host or one LAN).
+    V6Host(Ipv6Net),
+    /// An IPv6 /48 (usually one site, which owns 65,536 /64s).
+    V6Site(Ipv6Net),
+}
+
+impl Network {
+    /// The networks `ip` belongs to (IPv4-mapped IPv6 counts as IPv4), widest first: a closed /48 is
+    /// refused before its /64s are even looked up, so a site's many /64s cannot fill the tracking cache.
+    pub fn of(ip: IpAddr) -> Vec<Network> {
+        match canonical(ip) {
+            IpAddr::V4(v4) => Ipv4Net::new(v4, 24)
+                .map(|n| Network::V4(n.trunc()))
+                .into_iter()
+                .collect(),
+            IpAddr::V6(v6) => [
+                Ipv6Net::new(v6, 48).map(|n| Network::V6Site(n.trunc())),
+                Ipv6Net::new(v6, 64).map(|n| Network::V6Host(n.trunc())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }
+    }
+
+    /// The metrics label of this grouping.
+    pub fn label(self) -> &'static str {
+        match self {
+            Network::V4(_) => "ipv4_24",
+            Network::V6Host(_) => "ipv6_64",
+            Network::V6Site(_) => "ipv6_48",
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::V4(n) => n.fmt(f),
+            Network::V6Host(n) | Network::V6Site(n) => n.fmt(f),
+        }
+    }
+}
+
+/// How many rejected code exchanges each network may cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeLimits {
+    /// How long a failure counts against its network.
+    pub window: Duration,
+    /// Failures per IPv4 /24 or IPv6 /64 within `window`.
+    pub per_network: u32,
+    /// Failures per IPv6 /48 within `window`.
+    pub per_site: u32,
+    /// Failures across all networks within [`STRICT_WINDOW`] that make the
+    /// limiter strict: one failure within `window` then closes a network.
+    pub strict_after: u32,
+}
+
+/// The span over which all networks' failures are added up for strict mode.
+pub const STRICT_WINDOW: Duration = Duration::from_secs(60);
+
+impl ExchangeLimits {
+    /// Limits scaled to the sign-in share of Ave's token budget (calls per
+    /// minute): a network's failures may take about a twelfth of one minute's
+    /// sign-in share per ten minutes (10 of 120 with the default budget; an
+    /// IPv6 /48 twice that), and failures worth a sixth of it (20 of 120)
+    /// within a minute turn the limiter strict.
+    pub fn for_sign_in_share(sign_in_per_minute: u32) -> Self {
+        let per_network = (sign_in_per_minute / 12).clamp(2, 10);
+        Self {
+            window: Duration::from_secs(600),
+            per_network,
+            per_site: per_network * 2,
+            strict_after: (sign_in_per_minute / 6).max(2),
+        }
+    }
+
+    fn of(&self, network: Network) -> u32 {
+        match network {
+            Network::V6Site(_) => self.per_site,
+            Network::V4(_) | Network::V6Host(_) => self.per_network,
+        }
+    }
+}
+
+/// One network's recent failures (newest last) and exchanges in flight.
+#[derive(Default)]
+struct Failures {
+    times: VecDeque<Instant>,
+    in_flight: u32,
+}
+
+/// A callback refused before calling Ave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeRefused {
+    /// When the network may try again (whole seconds, at least one).
+    pub retry_after: Duration,
+    /// The network that reached its limit.
+    pub network: Network,
+}
+
+/// How a code exchange ended, as far as the client's network is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    /// Ave accepted the code.
+    Accepted,
+    /// Ave rejected the code (or the exchange was abandoned after the code was sent).
+    Rejected,
+    /// Nothing the client can be blamed for: no call was made, or Ave or the budget failed.
+    NotJudged,
+}
+
+/// Limits failed code exchanges per client network (see the module doc).
+pub struct CodeExchangeLimiter {
+    limits: ExchangeLimits,
+    networks: Cache<Network, Arc<Mutex<Failures>>>,
+    recent: Arc<Mutex<VecDeque<Instant>>>,
+    refusals_logged: LogGate,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn whole_secs(d: Duration) -> Duration {
+    Duration::from_secs((d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1))
+}
+
+impl CodeExchangeLimiter {
+    pub fn new(limits: ExchangeLimits) -> Self {
+        Self {
+            limits,
+            networks: Cache::builder()
+                .max_capacity(MAX_TRACKED)
+                .time_to_idle(limits.window)
+                .build(),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
+            refusals_logged: LogGate::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> ExchangeLimits {
+        self.limits
+    }
+
+    /// True while failures across all networks make one failure close a network.
+    pub fn strict(&self) -> bool {
+        self.strict_at(Instant::now())
+    }
+
+    fn strict_at(&self, now: Instant) -> bool {
+        let recent = lock(&self.recent);
+        recent.len() >= self.limits.strict_after as usize
+            && recent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) < STRICT_WINDOW)
+    }
+
+    /// Admits a code exchange from `client`, or refuses it when one of its
+    /// networks reached its limit. The permit must be armed before the code is
+    /// sent and settled with the outcome.
+    pub async fn admit(&self, client: IpAddr) -> Result<ExchangePermit, ExchangeRefused> {
+        let result = self.admit_at(client, Instant::now()).await;
+        if let Err(refused) = &result {
+            crate::metrics::sign_in_exchange_refused(refused.network.label());
+            if let Some(held_back) = self.refusals_logged.pass() {
+                tracing::warn!(
+                    network = %refused.network,
+                    retry_after_secs = refused.retry_after.as_secs(),
+                    strict = self.strict(),
+                    similar_lines_held_back = held_back,
+                    "too many failed sign-ins from this network; refusing callbacks without calling Ave"
+                );
+            }
+        }
+        result
+    }
+
+    async fn admit_at(&self, client: IpAddr, now: Instant) -> Result<ExchangePermit, ExchangeRefused> {
+        let strict = self.strict_at(now);
+        let mut permit = ExchangePermit {
+            held: Vec::with_capacity(2),
+            recent: self.recent.clone(),
+            keep: self.limits.per_network.max(self.limits.per_site).max(1) as usize,
+            strict_after: self.limits.strict_after.max(1) as usize,
+            armed: false,
+            settled: false,
+        };
+        for network in Network::of(client) {
+            let cell = self
+                .networks
+                .get_with(network, async { Arc::new(Mutex::new(Failures::default())) })
+                .await;
+            let limit = if strict {
+                1
+            } else {
+                self.limits.of(network).max(1) as usize
+            };
+            {
+                let mut f = lock(&cell);
+                while f
+                    .times
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= self.limits.window)
+                {
+                    f.times.pop_front();
+                }
+                let failed = f.times.len();
+                if failed >= limit {
+                    // Open until enough failures age out to be under the limit again.
+                    let until = f.times[failed - limit] + self.limits.window;
+                    let retry_after = whole_secs(until.saturating_duration_since(now));
+                    return Err(ExchangeRefused { retry_after, network });
+                }
+                if failed + f.in_flight as usize >= limit {
+                    // Exchanges in flight could each be a failure: wait for their answers.
+                    return Err(ExchangeRefused {
+                        retry_after: Duration::from_secs(1),
+                        network,
+                    });
+                }
+                f.in_flight += 1;
+            }
+            // Dropping the (unarmed) permit on a later refusal gives this slot back.
+            permit.held.push(cell);
+        }
+        Ok(permit)
+    }
+}
+
+/// One admitted code exchange; counts as in flight for its networks until settled.
+pub struct ExchangePermit {
+    held: Vec<Arc<Mutex<Failures>>>,
+    recent: Arc<Mutex<VecDeque<Instant>>>,
+    keep: usize,
+    strict_after: usize,
+    armed: bool,
+    settled: bool,
+}
+
+impl ExchangePermit {
+    /// The code is about to be sent to Ave: from now on, a permit dropped
+    /// without an outcome (the request was abandoned) counts as a failure.
+    pub fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// Records how the exchange ended.
+    pub fn settle(mut self, outcome: ExchangeOutcome) {
+        self.finish(outcome, Instant::now());
+    }
+
+    fn finish(&mut self, outcome: ExchangeOutcome, now: Instant) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let rejected = outcome == ExchangeOutcome::Rejected;
+        for cell in &self.held {
+            let mut f = lock(cell);
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if rejected {
+                f.times.push_back(now);
+                while f.times.len() > self.keep {
+                    f.times.pop_front();
+                }
+            }
+        }
+        if rejected {
+            crate::metrics::sign_in_exchange_failed();
+            let mut recent = lock(&self.recent);
+            recent.push_back(now);
+            while recent.len() > self.strict_after {
+                recent.pop_front();
+            }
+        }
+    }
+}
+
+impl Drop for ExchangePermit {
+    fn drop(&mut self) {
+        let outcome = if self.armed {
+            ExchangeOutcome::Rejected
+        } else {
+            ExchangeOutcome::NotJudged
+        };
+        self.finish(outcome, Instant::now());
     }
 }
 
@@ -155,5 +469,197 @@ mod tests {
         assert_eq!(Limited::from_path("/auth/login"), Some(Limited::Login));
         assert_eq!(Limited::from_path("/auth/callback/"), Some(Limited::Callback));
         assert_eq!(Limited::from_path("/auth/token"), None);
+    }
+
+    const LIMITS: ExchangeLimits = ExchangeLimits {
+        window: Duration::from_secs(600),
+        per_network: 3,
+        per_site: 5,
+        strict_after: 8,
+    };
+
+    async fn fail(l: &CodeExchangeLimiter, client: &str, now: Instant) -> Result<(), ExchangeRefused> {
+        let mut permit = l.admit_at(ip(client), now).await?;
+        permit.arm();
+        permit.finish(ExchangeOutcome::Rejected, now);
+        Ok(())
+    }
+
+    async fn succeed(l: &CodeExchangeLimiter, client: &str, now: Instant) -> Result<(), ExchangeRefused> {
+        let mut permit = l.admit_at(ip(client), now).await?;
+        permit.arm();
+        permit.finish(ExchangeOutcome::Accepted, now);
+        Ok(())
+    }
+
+    #[test]
+    fn networks_group_ipv4_by_24_and_ipv6_by_64_and_48() {
+        let v4 = Network::of(ip("198.51.100.77"));
+        assert_eq!(v4, vec![Network::V4("198.51.100.0/24".parse().expect("net"))]);
+        assert_eq!(Network::of(ip("::ffff:198.51.100.9")), v4, "IPv4-mapped is IPv4");
+        let v6 = Network::of(ip("2001:db8:1:2:3::4"));
+        assert_eq!(
+            v6,
+            vec![
+                Network::V6Site("2001:db8:1::/48".parse().expect("net")),
+                Network::V6Host("2001:db8:1:2::/64".parse().expect("net")),
+            ]
+        );
+        assert_eq!(v6[0].to_string(), "2001:db8:1::/48");
+        assert_eq!(v6[0].label(), "ipv6_48");
+        assert_eq!(group(ip("2001:db8::1:2")), ip("2001:db8::"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_address_is_in_its_networks_and_neighbours_share_them(a in proptest::prelude::any::<u128>(), low in proptest::prelude::any::<u128>(), v4 in proptest::prelude::any::<u32>(), host in proptest::prelude::any::<u8>()) {
+            let v6 = std::net::Ipv6Addr::from(a);
+            let nets = Network::of(IpAddr::V6(v6));
+            // The same /48 (first 48 bits) and the same /64 (first 64 bits) group together.
+            let same_48 = std::net::Ipv6Addr::from((a & !((1u128 << 80) - 1)) | (low & ((1u128 << 80) - 1)));
+            let same_64 = std::net::Ipv6Addr::from((a & !((1u128 << 64) - 1)) | (low & ((1u128 << 64) - 1)));
+            if v6.to_ipv4_mapped().is_none() && same_48.to_ipv4_mapped().is_none() && same_64.to_ipv4_mapped().is_none() {
+                proptest::prop_assert_eq!(nets.len(), 2);
+                for n in &nets {
+                    let (Network::V6Site(net) | Network::V6Host(net)) = n else {
+                        return Err(proptest::test_runner::TestCaseError::fail("an IPv6 address got an IPv4 network"));
+                    };
+                    proptest::prop_assert!(net.contains(&v6));
+                }
+                proptest::prop_assert_eq!(Network::of(IpAddr::V6(same_48))[0], nets[0]);
+                proptest::prop_assert_eq!(&Network::of(IpAddr::V6(same_64)), &nets);
+            }
+            let v4a = std::net::Ipv4Addr::from(v4);
+            let v4b = std::net::Ipv4Addr::from((v4 & !0xff) | u32::from(host));
+            proptest::prop_assert_eq!(Network::of(IpAddr::V4(v4a)), Network::of(IpAddr::V4(v4b)));
+            let Network::V4(net) = Network::of(IpAddr::V4(v4a))[0] else {
+                return Err(proptest::test_runner::TestCaseError::fail("an IPv4 address got an IPv6 network"));
+            };
+            proptest::prop_assert!(net.contains(&v4a));
+            proptest::prop_assert_eq!(net.prefix_len(), 24);
+        }
+    }
+
+    #[tokio::test]
+    async fn many_64s_of_one_48_share_the_site_limit() {
+        let l = CodeExchangeLimiter::new(LIMITS);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            fail(&l, &format!("2001:db8:7:{i}::1"), t0)
+                .await
+                .expect("under the site limit");
+        }
+        let refused = fail(&l, "2001:db8:7:99::1", t0 + Duration::from_secs(30))
+            .await
+            .expect_err("a fresh /64 of the same /48 is refused");
+        assert_eq!(
+            refused.network,
+            Network::V6Site("2001:db8:7::/48".parse().expect("net"))
+        );
+        assert_eq!(refused.retry_after, Duration::from_secs(570));
+        // Another /48 is unaffected; the site opens again once its failures age out.
+        assert!(succeed(&l, "2001:db8:8::1", t0).await.is_ok());
+        assert!(fail(&l, "2001:db8:7:99::1", t0 + LIMITS.window).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_64_and_one_ipv4_24_reach_their_own_limit() {
+        let l = CodeExchangeLimiter::new(LIMITS);
+        let t0 = Instant::now();
+        for host in 1..=3 {
+            fail(&l, &format!("198.51.100.{host}"), t0)
+                .await
+                .expect("under the limit");
+        }
+        let refused = fail(&l, "198.51.100.250", t0).await.expect_err("same /24");
+        assert_eq!(refused.network.label(), "ipv4_24");
+        assert!(
+            fail(&l, "198.51.101.1", t0).await.is_ok(),
+            "the next /24 is another network"
+        );
+        for _ in 0..3 {
+            fail(&l, "2001:db8:9:1::1", t0).await.expect("under the /64 limit");
+        }
+        let refused = fail(&l, "2001:db8:9:1::2", t0).await.expect_err("same /64");
+        assert_eq!(refused.network.label(), "ipv6_64");
+    }
+
+    #[tokio::test]
+    async fn good_codes_between_junk_ones_clear_nothing() {
+        let l = CodeExchangeLimiter::new(LIMITS);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            succeed(&l, "203.0.113.5", t0).await.expect("good code");
+            fail(&l, "203.0.113.5", t0).await.expect("junk code");
+        }
+        assert!(
+            succeed(&l, "203.0.113.5", t0).await.is_err(),
+            "closed, even for a good code"
+        );
+    }
+
+    #[tokio::test]
+    async fn exchanges_in_flight_count_and_abandoned_ones_are_failures() {
+        let l = CodeExchangeLimiter::new(LIMITS);
+        let t0 = Instant::now();
+        let mut permits = Vec::new();
+        for _ in 0..3 {
+            let mut p = l.admit_at(ip("192.0.2.1"), t0).await.expect("admitted");
+            p.arm();
+            permits.push(p);
+        }
+        let busy = l
+            .admit_at(ip("192.0.2.2"), t0)
+            .await
+            .err()
+            .expect("three in flight fill the limit");
+        assert_eq!(busy.retry_after, Duration::from_secs(1));
+        // The clients hang up after their codes were sent: each counts as a failure.
+        drop(permits);
+        let closed = l.admit_at(ip("192.0.2.3"), t0).await.err().expect("three failures");
+        assert!(closed.retry_after > Duration::from_secs(500));
+        // A permit never armed (no call made) and a not-judged one leave no trace.
+        let l = CodeExchangeLimiter::new(LIMITS);
+        for _ in 0..10 {
+            drop(l.admit_at(ip("192.0.2.1"), t0).await.expect("admitted"));
+            let p = l.admit_at(ip("192.0.2.1"), t0).await.expect("admitted");
+            p.settle(ExchangeOutcome::NotJudged);
+        }
+        // A refusal by the /64 gives the /48's slot back.
+        let l = CodeExchangeLimiter::new(ExchangeLimits {
+            per_network: 1,
+            ..LIMITS
+        });
+        fail(&l, "2001:db8:5:1::1", t0).await.expect("first");
+        for _ in 0..6 {
+            let refused = l.admit_at(ip("2001:db8:5:1::2"), t0).await.err().expect("/64 closed");
+            assert_eq!(refused.network.label(), "ipv6_64", "never the /48's in-flight count");
+        }
+        assert!(
+            succeed(&l, "2001:db8:5:2::1", t0).await.is_ok(),
+            "the /48 still has room"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_across_many_networks_make_one_failure_close_a_network() {
+        let l = CodeExchangeLimiter::new(LIMITS);
+        let t0 = Instant::now();
+        for n in 0..8 {
+            fail(&l, &format!("198.51.{n}.1"), t0).await.expect("one failure each");
+        }
+        assert!(l.strict_at(t0));
+        let refused = fail(&l, "198.51.0.1", t0)
+            .await
+            .expect_err("strict: one failure closes it");
+        assert_eq!(refused.retry_after, LIMITS.window);
+        assert!(
+            succeed(&l, "203.0.113.9", t0).await.is_ok(),
+            "a network without failures signs in"
+        );
+        // Strict mode ends a minute after the failures stop; the normal limit applies again.
+        let later = t0 + STRICT_WINDOW;
+        assert!(!l.strict_at(later));
+        assert!(fail(&l, "198.51.0.1", later).await.is_ok());
     }
 }

@@ -10,8 +10,9 @@
 //! look-alike hosts (`//app.example.evil`) never start with a single `/`
 //! followed by a path character, so they fall back to `/` as well.
 
-/// Longest accepted return path.
-pub const MAX_RETURN_PATH: usize = 2048;
+/// Longest return path kept (bytes); a longer one becomes `/`. It travels sealed in the login cookie, which
+/// must stay small whatever a link puts in `return_to` (see `cookies::MAX_LOGIN_VALUE`).
+pub const MAX_RETURN_PATH: usize = 512;
 
 /// A path on avemint's own origin.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

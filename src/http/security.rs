@@ -26,7 +26,8 @@ use super::errors::ErrorBody;
 use super::rate_limit::{Limited, RateLimit, RateLimiter};
 use crate::config::PublicUrl;
 
-/// All `Cookie` headers together may not be longer than this.
+/// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
+/// `cookies::counted_len`), so they are never why a request is refused.
 pub const MAX_COOKIE_HEADER: usize = 4 * 1024;
 /// Longest query string accepted.
 pub const MAX_QUERY: usize = 8 * 1024;
@@ -35,8 +36,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 const CSP_HTML: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-/// The API docs page (Swagger UI) needs inline script; it still may not be framed.
-const CSP_DOCS: &str = "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const HSTS: &str = "max-age=31536000";
 
 /// What the guard answers instead of routing a request. Every variant is an
@@ -61,7 +60,7 @@ pub enum Refusal {
     /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
-    /// Refused before routing: the `Cookie` header is larger than 4 KiB (`invalid_request`).
+    /// Refused before routing: the `Cookie` header is over 4 KiB, avemint's own cookies not counted (`invalid_request`).
     #[oai(status = 431)]
     HeaderFieldsTooLarge(Json<ErrorBody>),
 }
@@ -135,12 +134,37 @@ impl<A: OpenApi> OpenApi for Guarded<A> {
     }
 }
 
+/// `AVEMINT_DOCS`: whether `/docs` (Swagger UI) and `/openapi.json` are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Docs {
+    /// Served (the default), `/docs` under a hash-based CSP.
+    #[default]
+    On,
+    /// Neither is served (404).
+    Off,
+}
+
+impl Docs {
+    /// `on` or `off` (also `true`/`false`, `1`/`0`).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(Self::On),
+            "off" | "false" | "0" => Ok(Self::Off),
+            _ => Err("must be `on` or `off`".into()),
+        }
+    }
+}
+
 /// The security knobs of configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecuritySettings {
+    /// `AVEMINT_HEADER_READ_TIMEOUT` and `AVEMINT_KEEP_ALIVE_TIMEOUT` (see `crate::server`).
+    pub connection_timeouts: crate::server::ConnectionTimeouts,
+    /// `AVEMINT_DOCS`: serve `/docs` and `/openapi.json` or not.
+    pub docs: Docs,
     /// `AVEMINT_ALLOWED_ORIGINS`: other origins whose scripts may call `/auth/*` with credentials.
     pub allowed_origins: AllowedOrigins,
-    /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (or `Forwarded`) is believed.
     pub trusted_proxies: TrustedProxies,
     /// `AVEMINT_LOGIN_RATE_LIMIT`: sign-in requests per minute per client IP and endpoint.
     pub login_rate_limit: RateLimit,
@@ -182,7 +206,12 @@ impl Guard {
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok());
-        self.settings.trusted_proxies.client_ip(peer, forwarded)
+        let standard = req
+            .headers()
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        self.settings.trusted_proxies.client_ip(peer, forwarded, standard)
     }
 
     /// Checks a request before routing; `Err` is the complete answer.
@@ -199,7 +228,7 @@ impl Guard {
     }
 
     async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
-        let cookie_len: usize = req.headers().get_all(header::COOKIE).iter().map(|v| v.len() + 2).sum();
+        let cookie_len = super::cookies::counted_len(super::cookies::cookie_headers(req.headers()));
         if cookie_len > MAX_COOKIE_HEADER + 2 {
             let body = invalid_request("the Cookie header is larger than 4 KiB");
             return Err(Refusal::HeaderFieldsTooLarge(body).into_response());
@@ -208,7 +237,9 @@ impl Guard {
             let body = invalid_request("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        check_body(&mut req).await.map_err(IntoResponse::into_response)?;
+        check_body(&mut req, self.settings.connection_timeouts.header_read)
+            .await
+            .map_err(IntoResponse::into_response)?;
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
@@ -255,8 +286,10 @@ impl Guard {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/html"));
         if is_html {
-            let csp = if path.starts_with("/docs") { CSP_DOCS } else { CSP_HTML };
-            h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+            // The docs page brings its own, hash-based policy (see `docs`); everything else gets the strict one.
+            if !(path.starts_with("/docs") && h.contains_key(header::CONTENT_SECURITY_POLICY)) {
+                h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_HTML));
+            }
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         }
         if self.hsts {
@@ -273,8 +306,10 @@ fn is_auth_api(path: &str) -> bool {
     path.starts_with("/auth/") && Limited::from_path(path).is_none()
 }
 
-/// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body.
-async fn check_body(req: &mut Request) -> Result<(), Refusal> {
+/// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body. A
+/// body is read here, whole, within `read_timeout` (`AVEMINT_HEADER_READ_TIMEOUT`): a client dripping its body
+/// (slow POST) is answered 400 and does not hold the connection for ever.
+async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Result<(), Refusal> {
     let too_large = || Refusal::PayloadTooLarge(invalid_request("the request body is larger than 64 KiB"));
     match req
         .headers()
@@ -282,24 +317,34 @@ async fn check_body(req: &mut Request) -> Result<(), Refusal> {
         .map(|v| v.to_str().map(str::parse::<u64>))
     {
         Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
-        Some(Ok(Ok(_))) => Ok(()),
+        Some(Ok(Ok(0))) => Ok(()),
+        Some(Ok(Ok(_))) => read_body(req, read_timeout, too_large).await,
         Some(_) => Err(Refusal::BadRequest(invalid_request(
             "the Content-Length header is malformed",
         ))),
         None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
-        None => {
-            let body = req.take_body();
-            match body.into_bytes_limit(MAX_BODY).await {
-                Ok(bytes) => {
-                    req.set_body(bytes);
-                    Ok(())
-                }
-                Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
-                Err(_) => Err(Refusal::BadRequest(invalid_request(
-                    "the request body could not be read",
-                ))),
-            }
+        None => read_body(req, read_timeout, too_large).await,
+    }
+}
+
+async fn read_body(
+    req: &mut Request,
+    read_timeout: std::time::Duration,
+    too_large: impl Fn() -> Refusal,
+) -> Result<(), Refusal> {
+    let body = req.take_body();
+    match tokio::time::timeout(read_timeout, body.into_bytes_limit(MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            req.set_body(bytes);
+            Ok(())
         }
+        Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => Err(too_large()),
+        Ok(Err(_)) => Err(Refusal::BadRequest(invalid_request(
+            "the request body could not be read",
+        ))),
+        Err(_) => Err(Refusal::BadRequest(invalid_request(
+            "the request body was not received in time",
+        ))),
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! The module itself lives in `src/http/assets/avemint.js`, where its Node tests
 //! (`tests/js/`) import it from (the `package.json` beside it tells Node it is an
-//! ES module); it is compiled into the binary.
+//! ES module); it is compiled into the binary. `HEAD /avemint.js` answers the
+//! same headers as `GET`, `Content-Length` included, without the body.
 
-use poem::http::header;
+use poem::http::{Method, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 /// The helper module's source.
@@ -17,20 +18,26 @@ pub const PATH: &str = "/avemint.js";
 /// Browsers may cache the helper for an hour (it changes only with an avemint release).
 const CACHE_CONTROL: &str = "public, max-age=3600";
 
-fn helper() -> Response {
-    Response::builder()
+fn helper(method: &Method) -> Response {
+    let builder = Response::builder()
         .header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")
-        .header(header::CACHE_CONTROL, CACHE_CONTROL)
-        .body(HELPER)
+        .header(header::CACHE_CONTROL, CACHE_CONTROL);
+    if method == Method::HEAD {
+        builder.header(header::CONTENT_LENGTH, HELPER.len()).finish()
+    } else {
+        builder.body(HELPER)
+    }
 }
 
-/// Serves `GET /avemint.js` and passes every other request on to `inner`.
+/// Serves `GET` and `HEAD /avemint.js` and passes every other request on to `inner`.
 pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
-        Ok(if req.uri().path() == PATH && req.method() == poem::http::Method::GET {
-            helper()
-        } else {
-            ep.call(req).await?.into_response()
-        })
+        Ok(
+            if req.uri().path() == PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
+                helper(req.method())
+            } else {
+                ep.call(req).await?.into_response()
+            },
+        )
     })
 }

@@ -4,6 +4,18 @@
 //! backend sees it, opens it on the way back, and applies the idle timeout and
 //! absolute lifetime, and keeps a short-lived in-process cache. Backends
 //! (`sqlite`, `postgres`) store bytes only; `renew` refreshes Ave's tokens.
+//!
+//! What decides expiry is authenticated: `created_at` is part of the sealed
+//! record's associated data and `last_seen_at` carries an HMAC, so a row whose
+//! timestamps were edited in the database is refused (and deleted). Rows
+//! written before this (sealed with the row key alone, no `seen_mac`) are
+//! still accepted, provided neither timestamp lies in the future; their next
+//! token renewal re-seals them with `created_at` bound in, and their next
+//! activity gives them a `seen_mac`.
+//!
+//! Each row is indexed by an HMAC of the user's `sub` (`OwnerKey`), which caps
+//! the sessions per user (`AVEMINT_MAX_SESSIONS_PER_USER`) without the `sub`
+//! ever being stored in clear.
 
 pub(crate) mod backoff;
 pub mod id;
@@ -24,8 +36,8 @@ use crate::config::{DatabaseUrl, SessionKeys, SessionSettings};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
 pub use renew::{RenewError, Renewer};
-pub use sealer::{Purpose, Sealer};
-pub use store::{SessionStore, StoreError, StoredSession, SweepCutoffs};
+pub use sealer::{MacPurpose, Macer, Purpose, Sealer};
+pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Idle-time bookkeeping is written at most this often per session, so the
 /// hot path is not a write per request.
@@ -34,6 +46,27 @@ const TOUCH_INTERVAL_SECS: i64 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
+/// A stored timestamp later than now by more than this (clock skew between
+/// instances) cannot be genuine.
+const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// The associated data of a sealed session: the row key and `created_at`.
+fn record_aad(key: &SessionKey, created_at: i64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + 12 + 8);
+    aad.extend_from_slice(key.as_bytes());
+    aad.extend_from_slice(b"|created_at|");
+    aad.extend_from_slice(&created_at.to_be_bytes());
+    aad
+}
+
+/// What `seen_mac` authenticates: the row key, `created_at` and `last_seen_at`.
+fn seen_message(key: &SessionKey, created_at: i64, last_seen_at: i64) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(32 + 16);
+    msg.extend_from_slice(key.as_bytes());
+    msg.extend_from_slice(&created_at.to_be_bytes());
+    msg.extend_from_slice(&last_seen_at.to_be_bytes());
+    msg
+}
 
 /// Ave's tokens for one session. Only ever serialized to be sealed.
 #[derive(Serialize, Deserialize)]
@@ -107,10 +140,22 @@ enum LoadMiss {
     Store(#[from] StoreError),
 }
 
+/// Why a stored row was refused.
+enum Refused {
+    /// Sealed with a session key that is no longer configured.
+    UnknownKey,
+    /// Its data or timestamps are not what avemint wrote.
+    Tampered(&'static str),
+}
+
 /// The session service.
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     sealer: Sealer,
+    /// Authenticates `last_seen_at`.
+    seen_macer: Macer,
+    /// Keys the per-user index.
+    owner_macer: Macer,
     settings: SessionSettings,
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
@@ -162,6 +207,8 @@ impl Sessions {
         Self {
             store,
             sealer: Sealer::new(keys, Purpose::SessionStore),
+            seen_macer: Macer::new(keys, MacPurpose::LastSeen),
+            owner_macer: Macer::new(keys, MacPurpose::UserIndex),
             settings,
             cache,
         }
@@ -221,36 +268,72 @@ impl Sessions {
         }
     }
 
-    fn seal(&self, key: &SessionKey, data: &SessionData) -> Result<Vec<u8>, StoreError> {
+    fn seal(&self, key: &SessionKey, created_at: i64, data: &SessionData) -> Result<Vec<u8>, StoreError> {
         let plain = zeroize::Zeroizing::new(
             serde_json::to_vec(data).map_err(|_| StoreError::Unavailable("session could not be encoded".into()))?,
         );
-        Ok(self.sealer.seal(key.as_bytes(), &plain))
+        Ok(self.sealer.seal(&record_aad(key, created_at), &plain))
     }
 
-    /// Stores a new session and returns the id for the cookie.
+    /// The per-user index values of a user: one per configured session key, the current one first.
+    pub fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
+        self.owner_macer
+            .tags(sub.as_bytes())
+            .into_iter()
+            .map(OwnerKey)
+            .collect()
+    }
+
+    /// Stores a new session and returns the id for the cookie. When the user
+    /// then has more than `max_sessions_per_user` sessions, the least recently
+    /// used ones (then the oldest) are ended.
     pub async fn create(&self, data: &SessionData, now: i64) -> Result<SessionId, StoreError> {
         let id = SessionId::generate();
         let key = id.key();
+        let owners = self.owner_keys(&data.sub);
         let row = StoredSession {
             key,
             version: 0,
-            sealed: self.seal(&key, data)?,
+            sealed: self.seal(&key, now, data)?,
             created_at: now,
             last_seen_at: now,
             access_expires_at: data.tokens.access_expires_at,
             refresh_started_at: None,
+            owner: owners.first().copied(),
+            seen_mac: Some(self.seen_macer.tag(&seen_message(&key, now, now)).to_vec()),
         };
         self.store.insert(&row).await?;
+        let cap = self.settings.max_sessions_per_user;
+        if cap > 0 {
+            let ended = self.store.trim_sessions_of(&owners, cap, &key).await?;
+            if !ended.is_empty() {
+                for k in &ended {
+                    self.forget(k).await;
+                }
+                tracing::info!(
+                    ended = ended.len(),
+                    max_sessions_per_user = cap,
+                    "a new sign-in passed the sessions-per-user cap; ended the least recently used"
+                );
+            }
+        }
         Ok(id)
     }
 
     /// Loads a live session from the store, bypassing the cache. Expired
     /// sessions are deleted and reported as absent; rows that cannot be opened
-    /// (unknown key, tampering) are reported as absent and left alone.
+    /// (unknown key) are reported as absent and left alone; rows that were
+    /// tampered with (timestamps edited, data forged) or cannot be read are
+    /// reported as absent with an error logged, and tampered ones deleted.
     pub async fn load(&self, key: &SessionKey, now: i64) -> Result<Option<Session>, StoreError> {
-        let Some(row) = self.store.get(key).await? else {
-            return Ok(None);
+        let row = match self.store.get(key).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            Err(StoreError::CorruptRow(why)) => {
+                tracing::error!(session = ?key, error = %why, "stored session row cannot be read; refusing that session");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         let lifetime = self.settings.lifetime;
         let idle = self.settings.idle_timeout;
@@ -258,10 +341,15 @@ impl Sessions {
             self.store.delete(key).await?;
             return Ok(None);
         }
-        let plain = match self.sealer.open(key.as_bytes(), &row.sealed) {
+        let plain = match self.open_row(&row, now) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(session = ?key, error = %e, "stored session could not be opened");
+            Err(Refused::UnknownKey) => {
+                tracing::warn!(session = ?key, "stored session was sealed with a key that is no longer configured");
+                return Ok(None);
+            }
+            Err(Refused::Tampered(why)) => {
+                tracing::error!(session = ?key, reason = why, "stored session was tampered with; refusing and deleting it");
+                self.delete(key).await?;
                 return Ok(None);
             }
         };
@@ -271,7 +359,8 @@ impl Sessions {
         };
         let mut last_seen_at = row.last_seen_at;
         if now - row.last_seen_at >= TOUCH_INTERVAL_SECS {
-            self.store.touch(key, now).await?;
+            let mac = self.seen_macer.tag(&seen_message(key, row.created_at, now));
+            self.store.touch(key, now, &mac).await?;
             last_seen_at = now;
         }
         Ok(Some(Session {
@@ -284,6 +373,36 @@ impl Sessions {
             lifetime,
             idle_timeout: idle,
         }))
+    }
+
+    /// Opens a row's sealed record, checking that its timestamps are the ones it was written with.
+    fn open_row(&self, row: &StoredSession, now: i64) -> Result<zeroize::Zeroizing<Vec<u8>>, Refused> {
+        let key = &row.key;
+        let seen_ok = |mac: &[u8]| {
+            self.seen_macer
+                .verify(&seen_message(key, row.created_at, row.last_seen_at), mac)
+        };
+        match self.sealer.open(&record_aad(key, row.created_at), &row.sealed) {
+            Ok(plain) => match row.seen_mac.as_deref() {
+                Some(mac) if seen_ok(mac) => Ok(plain),
+                Some(_) => Err(Refused::Tampered("last_seen_at does not match its MAC")),
+                None => Err(Refused::Tampered("last_seen_at has no MAC")),
+            },
+            Err(sealer::OpenError::UnknownKey) => Err(Refused::UnknownKey),
+            Err(_) => {
+                // Written before timestamps were authenticated: sealed with the row key alone.
+                let Ok(plain) = self.sealer.open(key.as_bytes(), &row.sealed) else {
+                    return Err(Refused::Tampered("sealed data or created_at failed authentication"));
+                };
+                if row.created_at > now + MAX_CLOCK_SKEW_SECS || row.last_seen_at > now + MAX_CLOCK_SKEW_SECS {
+                    return Err(Refused::Tampered("a timestamp of an older row lies in the future"));
+                }
+                match row.seen_mac.as_deref() {
+                    Some(mac) if !seen_ok(mac) => Err(Refused::Tampered("last_seen_at does not match its MAC")),
+                    _ => Ok(plain),
+                }
+            }
+        }
     }
 
     /// Swaps a session's data (clearing any refresh marker) if nobody else did
@@ -299,7 +418,7 @@ impl Sessions {
         session: &Session,
         data: SessionData,
     ) -> Result<Option<Arc<Session>>, (StoreError, SessionData)> {
-        let sealed = match self.seal(&session.key, &data) {
+        let sealed = match self.seal(&session.key, session.created_at, &data) {
             Ok(sealed) => sealed,
             Err(e) => return Err((e, data)),
         };
@@ -357,5 +476,149 @@ impl Sessions {
     /// Checks the backend answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionKeys;
+
+    fn data(sub: &str) -> SessionData {
+        SessionData {
+            sid: SessionHandle::generate(),
+            sub: sub.into(),
+            scope: "openid".into(),
+            tokens: AveTokens {
+                access_token: Secret::new("a".into()),
+                access_token_jwt: None,
+                id_token: Secret::new("i".into()),
+                refresh_token: None,
+                access_expires_at: 10_000,
+            },
+            id_token_claims: Map::new(),
+            user: None,
+        }
+    }
+
+    async fn sessions(dir: &tempfile::TempDir, max_per_user: u32) -> Sessions {
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(1000),
+            lifetime: Duration::from_secs(10_000),
+            max_sessions_per_user: max_per_user,
+        };
+        Sessions::with_store(store, &SessionKeys::from_keys(vec![[5; 32]]), settings, Duration::ZERO)
+    }
+
+    /// Rewrites a stored row through `edit` (what someone with write access to the database can do).
+    async fn tamper(s: &Sessions, key: &SessionKey, edit: impl FnOnce(&mut StoredSession)) {
+        let mut row = s.store.get(key).await.expect("get").expect("row");
+        edit(&mut row);
+        s.store.delete(key).await.expect("delete");
+        s.store.insert(&row).await.expect("insert");
+    }
+
+    #[tokio::test]
+    async fn edited_timestamps_are_refused_and_the_row_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sessions(&dir, 0).await;
+        let edits: [fn(&mut StoredSession); 5] = [
+            |r| r.created_at += 5000,
+            |r| r.created_at -= 1,
+            |r| r.last_seen_at += 500,
+            |r| r.seen_mac = None,
+            |r| r.sealed[30] ^= 1,
+        ];
+        for (i, edit) in edits.into_iter().enumerate() {
+            let id = s.create(&data("u"), 100).await.expect("create");
+            assert!(s.load(&id.key(), 110).await.expect("load").is_some());
+            tamper(&s, &id.key(), edit).await;
+            assert!(
+                s.load(&id.key(), 120).await.expect("load").is_none(),
+                "edit #{i} refused"
+            );
+            assert!(
+                s.store.get(&id.key()).await.expect("get").is_none(),
+                "edit #{i} deleted"
+            );
+        }
+        // Genuine activity still moves last_seen_at (with a fresh MAC) and the session lives on.
+        let id = s.create(&data("u"), 100).await.expect("create");
+        assert!(s.load(&id.key(), 900).await.expect("load").is_some());
+        assert!(s.load(&id.key(), 1800).await.expect("load").is_some(), "touched at 900");
+        assert_eq!(
+            s.store.get(&id.key()).await.expect("get").expect("row").last_seen_at,
+            1800
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_timestamps_were_authenticated_still_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sessions(&dir, 0).await;
+        let legacy = |key: SessionKey, created_at: i64, last_seen_at: i64| {
+            let plain = serde_json::to_vec(&data("old")).expect("json");
+            StoredSession {
+                key,
+                version: 0,
+                // The earlier layout: the row key alone as associated data, no MAC, no owner.
+                sealed: s.sealer.seal(key.as_bytes(), &plain),
+                created_at,
+                last_seen_at,
+                access_expires_at: 10_000,
+                refresh_started_at: None,
+                owner: None,
+                seen_mac: None,
+            }
+        };
+        let key = SessionId::generate().key();
+        s.store.insert(&legacy(key, 100, 100)).await.expect("insert");
+        let loaded = s.load(&key, 500).await.expect("load").expect("an older row loads");
+        assert_eq!(loaded.data.sub, "old");
+        assert!(
+            s.store.get(&key).await.expect("get").expect("row").seen_mac.is_some(),
+            "activity gave it a MAC"
+        );
+        // Re-sealing (a renewal) binds created_at in; editing it afterwards is refused.
+        let renewed = s
+            .replace(&loaded, data("old"))
+            .await
+            .expect("replace")
+            .expect("swapped");
+        assert!(s.load(&key, 510).await.expect("load").is_some());
+        tamper(&s, &key, |r| r.created_at += 1000).await;
+        assert!(s.load(&key, 520).await.expect("load").is_none());
+        drop(renewed);
+        // An older row whose timestamps lie in the future cannot be genuine.
+        let future = SessionId::generate().key();
+        s.store.insert(&legacy(future, 100_000, 100)).await.expect("insert");
+        assert!(s.load(&future, 500).await.expect("load").is_none());
+        let future_seen = SessionId::generate().key();
+        s.store
+            .insert(&legacy(future_seen, 100, 100_000))
+            .await
+            .expect("insert");
+        assert!(s.load(&future_seen, 500).await.expect("load").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_sessions_per_user_cap_ends_the_least_recently_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sessions(&dir, 2).await;
+        let a = s.create(&data("alice"), 100).await.expect("create");
+        let b = s.create(&data("alice"), 101).await.expect("create");
+        let other = s.create(&data("bob"), 102).await.expect("create");
+        // `a` is used again, so `b` is now the least recently used.
+        assert!(s.load(&a.key(), 200).await.expect("load").is_some());
+        let c = s.create(&data("alice"), 201).await.expect("create");
+        assert!(s.load(&b.key(), 202).await.expect("load").is_none(), "b ended");
+        for id in [&a, &c, &other] {
+            assert!(s.load(&id.key(), 202).await.expect("load").is_some());
+        }
+        let owners = s.owner_keys("alice");
+        assert_eq!(s.store.sessions_of(&owners).await.expect("list").len(), 2);
+        assert_ne!(owners[0].0.as_slice(), b"alice".as_slice());
     }
 }

@@ -16,7 +16,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::id::SessionKey;
-use super::store::{SessionStore, StoreError, StoredSession, SweepCutoffs};
+use super::store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Sessions in PostgreSQL.
 pub struct PostgresStore {
@@ -25,6 +25,41 @@ pub struct PostgresStore {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A column that cannot be decoded makes the row unreadable, not the store unavailable.
+fn corrupt(e: sqlx::Error) -> StoreError {
+    StoreError::CorruptRow(e.to_string())
+}
+
+fn row_from(r: &sqlx::postgres::PgRow) -> Result<StoredSession, StoreError> {
+    let key: Vec<u8> = r.try_get("key_hash").map_err(corrupt)?;
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| StoreError::CorruptRow("session key of the wrong length".into()))?;
+    let owner: Option<Vec<u8>> = r.try_get("owner_hash").map_err(corrupt)?;
+    let owner = owner
+        .map(|o| {
+            o.try_into()
+                .map(OwnerKey)
+                .map_err(|_| StoreError::CorruptRow("owner hash of the wrong length".into()))
+        })
+        .transpose()?;
+    Ok(StoredSession {
+        key: SessionKey::from_bytes(key),
+        version: r.try_get("version").map_err(corrupt)?,
+        sealed: r.try_get("sealed").map_err(corrupt)?,
+        created_at: r.try_get("created_at").map_err(corrupt)?,
+        last_seen_at: r.try_get("last_seen_at").map_err(corrupt)?,
+        access_expires_at: r.try_get("access_expires_at").map_err(corrupt)?,
+        refresh_started_at: r.try_get("refresh_started_at").map_err(corrupt)?,
+        owner,
+        seen_mac: r.try_get("seen_mac").map_err(corrupt)?,
+    })
+}
+
+fn owner_list(owners: &[OwnerKey]) -> Vec<Vec<u8>> {
+    owners.iter().map(|o| o.0.to_vec()).collect()
 }
 
 impl PostgresStore {
@@ -56,8 +91,8 @@ impl PostgresStore {
 impl SessionStore for PostgresStore {
     async fn insert(&self, row: &StoredSession) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (key_hash, version, sealed, created_at, last_seen_at, access_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (key_hash, version, sealed, created_at, last_seen_at, access_expires_at, \
+             owner_hash, seen_mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(row.key.as_bytes().as_slice())
         .bind(row.version)
@@ -65,6 +100,8 @@ impl SessionStore for PostgresStore {
         .bind(row.created_at)
         .bind(row.last_seen_at)
         .bind(row.access_expires_at)
+        .bind(row.owner.map(|o| o.0.to_vec()))
+        .bind(row.seen_mac.as_deref())
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -73,25 +110,14 @@ impl SessionStore for PostgresStore {
 
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
         let row = sqlx::query(
-            "SELECT version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at \
-             FROM sessions WHERE key_hash = $1",
+            "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
+             owner_hash, seen_mac FROM sessions WHERE key_hash = $1",
         )
         .bind(key.as_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        row.map(|r| {
-            Ok(StoredSession {
-                key: *key,
-                version: r.try_get("version").map_err(unavailable)?,
-                sealed: r.try_get("sealed").map_err(unavailable)?,
-                created_at: r.try_get("created_at").map_err(unavailable)?,
-                last_seen_at: r.try_get("last_seen_at").map_err(unavailable)?,
-                access_expires_at: r.try_get("access_expires_at").map_err(unavailable)?,
-                refresh_started_at: r.try_get("refresh_started_at").map_err(unavailable)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(row_from).transpose()
     }
 
     async fn replace(
@@ -150,14 +176,53 @@ impl SessionStore for PostgresStore {
         Ok(())
     }
 
-    async fn touch(&self, key: &SessionKey, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE key_hash = $2 AND last_seen_at < $1")
+    async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_seen_at = $1, seen_mac = $2 WHERE key_hash = $3 AND last_seen_at < $1")
             .bind(now)
+            .bind(seen_mac)
             .bind(key.as_bytes().as_slice())
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn sessions_of(&self, owners: &[OwnerKey]) -> Result<Vec<StoredSession>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
+             owner_hash, seen_mac FROM sessions WHERE owner_hash = ANY($1) ORDER BY last_seen_at DESC, created_at DESC",
+        )
+        .bind(owner_list(owners))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        // One unreadable row must not hide the others.
+        Ok(rows.iter().filter_map(|r| row_from(r).ok()).collect())
+    }
+
+    async fn trim_sessions_of(
+        &self,
+        owners: &[OwnerKey],
+        keep: u32,
+        except: &SessionKey,
+    ) -> Result<Vec<SessionKey>, StoreError> {
+        let rows = sqlx::query(
+            "DELETE FROM sessions WHERE owner_hash = ANY($1) AND key_hash <> $2 AND key_hash NOT IN \
+             (SELECT key_hash FROM sessions WHERE owner_hash = ANY($1) AND key_hash <> $2 \
+              ORDER BY last_seen_at DESC, created_at DESC LIMIT $3) RETURNING key_hash",
+        )
+        .bind(owner_list(owners))
+        .bind(except.as_bytes().as_slice())
+        .bind(i64::from(keep.saturating_sub(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<Vec<u8>, _>("key_hash").ok())
+            .filter_map(|k| <[u8; 32]>::try_from(k).ok())
+            .map(SessionKey::from_bytes)
+            .collect())
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {

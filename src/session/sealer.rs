@@ -5,9 +5,13 @@
 //! per purpose (stored sessions, login cookies), so the same bytes never
 //! encrypt two kinds of data. The first key seals; every key opens.
 //! Sealed layout: `version (1) || key id (8) || nonce (12) || ciphertext+tag`.
+//!
+//! `Macer` derives HMAC-SHA256 keys the same way for data that must be
+//! authenticated but not hidden (a session's last-seen time) or that must be
+//! indexable without being readable (the per-user session index).
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
-use aws_lc_rs::hkdf;
+use aws_lc_rs::{hkdf, hmac};
 
 use crate::config::SessionKeys;
 
@@ -31,6 +35,75 @@ impl Purpose {
             Purpose::LoginCookie => b"avemint/v1/login-cookie",
         }
     }
+}
+
+/// What a `Macer` authenticates; each purpose gets its own derived key.
+#[derive(Debug, Clone, Copy)]
+pub enum MacPurpose {
+    /// A stored session's `last_seen_at` (bound to its row key and `created_at`).
+    LastSeen,
+    /// The per-user session index: a keyed hash of Ave's `sub`.
+    UserIndex,
+}
+
+impl MacPurpose {
+    fn info(self) -> &'static [u8] {
+        match self {
+            MacPurpose::LastSeen => b"avemint/v1/session-last-seen",
+            MacPurpose::UserIndex => b"avemint/v1/user-index",
+        }
+    }
+}
+
+/// HMAC-SHA256 under keys derived (HKDF-SHA256) from every configured session
+/// key: the first key tags, every key verifies.
+pub struct Macer {
+    keys: Vec<hmac::Key>,
+}
+
+/// Length of a `Macer` tag.
+pub const MAC_LEN: usize = 32;
+
+impl Macer {
+    /// Derives the HMAC keys for `purpose` from every configured key.
+    pub fn new(keys: &SessionKeys, purpose: MacPurpose) -> Self {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
+        let keys = keys
+            .keys()
+            .iter()
+            .map(|k| {
+                let prk = salt.extract(k.expose());
+                let info = [purpose.info()];
+                // A one-element info list and HMAC-SHA256's key length: this expansion cannot fail.
+                let okm = prk
+                    .expand(&info, hmac::HMAC_SHA256)
+                    .expect("HKDF expansion to an HMAC-SHA256 key");
+                hmac::Key::from(okm)
+            })
+            .collect();
+        Self { keys }
+    }
+
+    /// The tag of `msg` under the current (first) key.
+    pub fn tag(&self, msg: &[u8]) -> [u8; MAC_LEN] {
+        to_array(hmac::sign(&self.keys[0], msg))
+    }
+
+    /// The tags of `msg` under every configured key, the current one first.
+    pub fn tags(&self, msg: &[u8]) -> Vec<[u8; MAC_LEN]> {
+        self.keys.iter().map(|k| to_array(hmac::sign(k, msg))).collect()
+    }
+
+    /// True when `tag` is the tag of `msg` under any configured key (constant-time comparison).
+    pub fn verify(&self, msg: &[u8], tag: &[u8]) -> bool {
+        self.keys.iter().any(|k| hmac::verify(k, msg, tag).is_ok())
+    }
+}
+
+fn to_array(tag: hmac::Tag) -> [u8; MAC_LEN] {
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+    out
 }
 
 struct SubKey {
@@ -160,6 +233,21 @@ mod tests {
         let b = Sealer::new(&keys(&[[1; 32]]), Purpose::LoginCookie);
         let sealed = a.seal(b"x", b"y");
         assert_eq!(b.open(b"x", &sealed), Err(OpenError::UnknownKey));
+    }
+
+    #[test]
+    fn macs_rotate_and_purposes_differ() {
+        let old = Macer::new(&keys(&[[1; 32]]), MacPurpose::LastSeen);
+        let tag = old.tag(b"m");
+        assert!(old.verify(b"m", &tag));
+        assert!(!old.verify(b"n", &tag));
+        assert!(!old.verify(b"m", &tag[..31]));
+        let rotated = Macer::new(&keys(&[[2; 32], [1; 32]]), MacPurpose::LastSeen);
+        assert!(rotated.verify(b"m", &tag), "old keys still verify");
+        assert_ne!(rotated.tag(b"m"), tag, "the new key tags");
+        assert_eq!(rotated.tags(b"m")[1], tag);
+        let other = Macer::new(&keys(&[[1; 32]]), MacPurpose::UserIndex);
+        assert!(!other.verify(b"m", &tag));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The session store abstraction: rows of sealed bytes keyed by `SessionKey`.
 //!
-//! Backends see only ciphertext and timestamps; sealing happens above them in
-//! `Sessions`. Token swaps are compare-and-swap on `version`, so a renewal that
+//! Backends see only ciphertext, timestamps and keyed hashes; sealing happens
+//! above them in `Sessions`. `created_at` is bound into the sealed record's
+//! associated data and `last_seen_at` carries an HMAC (`seen_mac`), so a row
+//! whose timestamps were edited is refused. Rows are indexed per user by
+//! `owner` (an HMAC of Ave's `sub`, never the `sub` itself). Token swaps are compare-and-swap on `version`, so a renewal that
 //! raced another one can never overwrite a newer refresh token.
 //!
 //! Renewal across instances (see `renew`) serialises the refreshers of one
@@ -20,6 +23,13 @@ use async_trait::async_trait;
 
 use super::id::SessionKey;
 
+/// The per-user index value of a session: HMAC-SHA256 of Ave's `sub` under a
+/// key derived from the session keys (`Macer` with `MacPurpose::UserIndex`).
+/// With several session keys configured a user has one owner key per session
+/// key, so lookups pass all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerKey(pub [u8; 32]);
+
 /// One stored session as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
@@ -30,6 +40,11 @@ pub struct StoredSession {
     pub last_seen_at: i64,
     pub access_expires_at: i64,
     pub refresh_started_at: Option<i64>,
+    /// The per-user index; `None` for rows written before the index existed.
+    pub owner: Option<OwnerKey>,
+    /// HMAC over the row key, `created_at` and `last_seen_at`; `None` for rows
+    /// written before timestamps were authenticated.
+    pub seen_mac: Option<Vec<u8>>,
 }
 
 /// A backend failure. Carries no row data.
@@ -39,6 +54,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("session store migration failed: {0}")]
     Migration(String),
+    /// The row exists but its columns cannot be read (a value of the wrong
+    /// type, a key of the wrong length): that one session is refused.
+    #[error("stored session row cannot be read: {0}")]
+    CorruptRow(String),
 }
 
 /// Cut-offs for `sweep`: rows created before `created_before` or last seen
@@ -83,8 +102,23 @@ pub trait SessionStore: Send + Sync + 'static {
     /// kept (it did not reach Ave, Ave refused it before using it, or the
     /// outcome is unknown and the token is retried later).
     async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: i64) -> Result<(), StoreError>;
-    /// Records activity (idle timeout).
-    async fn touch(&self, key: &SessionKey, now: i64) -> Result<(), StoreError>;
+    /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
+    /// `seen_mac`, unless the row was already seen at or after `now`.
+    async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError>;
+    /// The sessions of one user (rows whose `owner` is any of `owners`), most
+    /// recently used first (`last_seen_at`, then `created_at`, descending).
+    /// Callers must still open each row and check its `sub`: the index is
+    /// not authenticated.
+    async fn sessions_of(&self, owners: &[OwnerKey]) -> Result<Vec<StoredSession>, StoreError>;
+    /// Ends the sessions of one user beyond the `keep` most recently used,
+    /// counting `except` (the session just created) as one of them and never
+    /// ending it; returns the keys of the rows deleted.
+    async fn trim_sessions_of(
+        &self,
+        owners: &[OwnerKey],
+        keep: u32,
+        except: &SessionKey,
+    ) -> Result<Vec<SessionKey>, StoreError>;
     /// Deletes a session; true if a row was removed.
     async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError>;
     /// Marks a login `state` (by hash) as used; false if it was used before.

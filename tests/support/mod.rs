@@ -61,6 +61,8 @@ pub struct Options {
     pub signing: Option<avemint::mint::keys::KeyPolicy>,
     /// Allowed origins, trusted proxies, sign-in rate limit (defaults as in production).
     pub security: Option<SecuritySettings>,
+    /// Session lifetimes and the sessions-per-user cap (defaults as in production).
+    pub session: Option<SessionSettings>,
 }
 
 impl TestApp {
@@ -107,7 +109,7 @@ impl TestApp {
                 profiles: Vec::new(),
                 max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             },
-            session: SessionSettings::default(),
+            session: opts.session.unwrap_or_default(),
             renewal: opts.renewal.unwrap_or_default(),
             security: opts.security.unwrap_or_default(),
         };

@@ -107,7 +107,17 @@ struct Discovery<'a> {
     token_endpoint_auth_methods_supported: [&'static str; 2],
 }
 
+/// The status of [`super::Emulator::set_metadata_failure`], as Ave's generic error answer.
+fn metadata_failure(shared: &Shared) -> Option<Response> {
+    let status = shared.lock().metadata_failure?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(error_only(status, "Internal Server Error"))
+}
+
 fn discovery(shared: &Shared) -> Response {
+    if let Some(failure) = metadata_failure(shared) {
+        return failure;
+    }
     let advertised = shared.lock().advertised_base_url.clone();
     let base = advertised.as_ref().unwrap_or(&shared.base_url);
     let doc = Discovery {
@@ -141,6 +151,9 @@ struct Jwks<'a> {
 }
 
 fn jwks(shared: &Shared) -> Response {
+    if let Some(failure) = metadata_failure(shared) {
+        return failure;
+    }
     let key = {
         let mut state = shared.lock();
         state.jwks_fetches += 1;

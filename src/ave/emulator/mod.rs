@@ -86,7 +86,7 @@
 //! # Hostile switches
 //!
 //! [`Emulator::set_id_token_defect`], [`Emulator::rotate_signing_key`],
-//! [`Emulator::set_token_failure`] and a small
+//! [`Emulator::set_token_failure`], [`Emulator::set_metadata_failure`] and a small
 //! [`EmulatorConfig::token_rate_limit_per_minute`] turn the emulator against
 //! its client; [`Emulator::set_advertised_base_url`] puts a proxy (such as the
 //! tests' fault injector) in front of its token, userinfo and JWKS endpoints.
@@ -578,6 +578,13 @@ impl Emulator {
     /// Makes the token endpoint hostile (`None` restores normal service).
     pub fn set_token_failure(&self, failure: Option<TokenFailure>) {
         self.shared.lock().token_failure = failure;
+    }
+
+    /// Makes the discovery document and the JWKS answer `status` (with Ave's
+    /// generic error body) instead of 200; `None` restores them. Failed
+    /// answers do not count in [`Emulator::jwks_fetches`].
+    pub fn set_metadata_failure(&self, status: Option<u16>) {
+        self.shared.lock().metadata_failure = status;
     }
 
     /// Every token-endpoint call so far, oldest first.

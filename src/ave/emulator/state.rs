@@ -61,6 +61,8 @@ pub(super) struct State {
     pub(super) auto_approve: Option<String>,
     pub(super) id_token_defect: Option<IdTokenDefect>,
     pub(super) token_failure: Option<TokenFailure>,
+    /// Status the discovery document and the JWKS answer with instead of 200.
+    pub(super) metadata_failure: Option<u16>,
     pub(super) signing_key: Arc<SigningKey>,
     /// Key for [`IdTokenDefect::UnpublishedKid`]; never published.
     pub(super) rogue_key: Option<Arc<SigningKey>>,
@@ -96,6 +98,7 @@ impl State {
             auto_approve: None,
             id_token_defect: None,
             token_failure: None,
+            metadata_failure: None,
             signing_key: Arc::new(signing_key),
             rogue_key: None,
             codes: HashMap::new(),
