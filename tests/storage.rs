@@ -132,9 +132,11 @@ async fn edited_session_timestamps_are_refused() {
     for column in ["created_at", "last_seen_at"] {
         let mut b = app.signed_in_browser().await;
         assert_eq!(app.post_token(&mut b, true).await.status(), 200);
+        // The refusal expires the cookie: take the row key first.
+        let key = row_key(&b);
         let sql = format!("UPDATE sessions SET {column} = {column} + 300 * 86400 WHERE key_hash = ?");
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(row_key(&b))
+            .bind(key.clone())
             .execute(&pool)
             .await
             .expect("update");
@@ -143,7 +145,7 @@ async fn edited_session_timestamps_are_refused() {
         assert_eq!(resp.status(), 401, "{column} edited: the session is refused");
         assert_eq!(support::error_code(resp).await, "login_required");
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE key_hash = ?")
-            .bind(row_key(&b))
+            .bind(key)
             .fetch_one(&pool)
             .await
             .expect("count");
