@@ -62,6 +62,11 @@ pub struct RenewalSettings {
     /// How long a request waits for a slow refresh before it is answered from
     /// the current access token (or with 503); the refresh itself goes on.
     pub wait: Duration,
+    /// How long a refresh waits for Ave's answer before its outcome counts as
+    /// unknown (`AVEMINT_AVE_REFRESH_TIMEOUT`); `None`: the client's default (60 s).
+    pub refresh_timeout: Option<Duration>,
+    /// Pooled database connections per process (`AVEMINT_DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
     /// How long Ave's discovery document and JWKS are used before a re-fetch;
     /// a failed re-fetch keeps the last good copy (`AVEMINT_AVE_METADATA_TTL`).
     pub ave_metadata_ttl: Duration,
@@ -74,6 +79,8 @@ impl Default for RenewalSettings {
             token_budget_per_minute: 180,
             session_cache_ttl: Duration::from_millis(500),
             wait: Duration::from_secs(10),
+            refresh_timeout: None,
+            database_max_connections: crate::session::DEFAULT_MAX_CONNECTIONS,
             ave_metadata_ttl: crate::ave::client::DEFAULT_METADATA_TTL,
         }
     }
@@ -334,6 +341,8 @@ struct FileSettings {
     refresh_skew: Option<u64>,
     ave_token_budget: Option<u64>,
     session_cache_ttl_ms: Option<u64>,
+    ave_refresh_timeout: Option<u64>,
+    database_max_connections: Option<u64>,
     ave_metadata_ttl: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
@@ -960,11 +969,35 @@ impl Settings {
             Some(v) => l.check(Some(v), |s| bounded(s, 0, 1000).map(Duration::from_millis)),
             None => Some(RenewalSettings::default().session_cache_ttl),
         };
-        let renewal = match (skew, budget, cache_ttl) {
-            (Some(skew), Some(token_budget_per_minute), Some(session_cache_ttl)) => Some(RenewalSettings {
+        let refresh_timeout = l
+            .pick(
+                "AVEMINT_AVE_REFRESH_TIMEOUT",
+                "ave_refresh_timeout",
+                file.ave_refresh_timeout.map(|n| n.to_string()),
+            )
+            .map(|v| l.check(Some(v), |s| bounded(s, 1, 600).map(Duration::from_secs)));
+        let max_connections = l.pick(
+            "AVEMINT_DATABASE_MAX_CONNECTIONS",
+            "database_max_connections",
+            file.database_max_connections.map(|n| n.to_string()),
+        );
+        let max_connections = match max_connections {
+            Some(v) => l.check(Some(v), |s| bounded(s, 1, 1000).map(|n| n as u32)),
+            None => Some(RenewalSettings::default().database_max_connections),
+        };
+        let renewal = match (skew, budget, cache_ttl, refresh_timeout, max_connections) {
+            (
+                Some(skew),
+                Some(token_budget_per_minute),
+                Some(session_cache_ttl),
+                None | Some(Some(_)),
+                Some(database_max_connections),
+            ) => Some(RenewalSettings {
                 skew,
                 token_budget_per_minute,
                 session_cache_ttl,
+                refresh_timeout: refresh_timeout.flatten(),
+                database_max_connections,
                 ..RenewalSettings::default()
             }),
             _ => None,
@@ -1151,6 +1184,31 @@ mod tests {
         assert_eq!(s.signing, KeyPolicy::default());
         assert_eq!(s.signing.algorithm, Algorithm::Es256);
         assert_eq!(s.signing.rotation, None);
+    }
+
+    #[test]
+    fn store_pool_and_refresh_timeout_parse_and_report_problems() {
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert_eq!(s.renewal.database_max_connections, 16);
+        assert_eq!(s.renewal.refresh_timeout, None);
+        let mut e = minimal();
+        e.push(("AVEMINT_DATABASE_MAX_CONNECTIONS", "40"));
+        e.push(("AVEMINT_AVE_REFRESH_TIMEOUT", "5"));
+        let s = Settings::load(None, &env(&e)).expect("valid");
+        assert_eq!(s.renewal.database_max_connections, 40);
+        assert_eq!(s.renewal.refresh_timeout, Some(Duration::from_secs(5)));
+        let mut e = minimal();
+        e.push(("AVEMINT_DATABASE_MAX_CONNECTIONS", "0"));
+        e.push(("AVEMINT_AVE_REFRESH_TIMEOUT", "never"));
+        let errors = Settings::load(None, &env(&e)).expect_err("invalid").0;
+        assert!(
+            errors.iter().any(|m| m.starts_with("AVEMINT_DATABASE_MAX_CONNECTIONS")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|m| m.starts_with("AVEMINT_AVE_REFRESH_TIMEOUT")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,12 @@ use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How long, from the shutdown signal, refreshes already waiting on Ave may
+/// still finish and be stored (the server drains requests meanwhile). One
+/// still running then is cut off and retried, with the same refresh token, by
+/// the next request on any instance. With the 10 s request grace this fits
+/// Kubernetes' default 30 s termination grace period.
+pub const REFRESH_DRAIN: Duration = Duration::from_secs(20);
 /// How often expired sessions are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -102,17 +108,19 @@ impl Application {
                 reason: "no local address".into(),
             })?;
         let sessions = Arc::new(
-            Sessions::open(
+            Sessions::open_with_pool(
                 &settings.database_url,
                 &settings.session_keys,
                 settings.session.clone(),
                 settings.renewal.session_cache_ttl,
+                settings.renewal.database_max_connections,
             )
             .await?,
         );
         let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing)?);
         let options = ClientOptions {
             token_budget_per_minute: settings.renewal.token_budget_per_minute,
+            refresh_timeout: settings.renewal.refresh_timeout.unwrap_or(options.refresh_timeout),
             metadata_ttl: settings.renewal.ave_metadata_ttl,
             ..options
         };
@@ -173,9 +181,23 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
         let key_watch = tokio::spawn(self.state.minter.keys().clone().watch());
+        let renewer = self.state.renewer.clone();
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let shutdown = {
+            let renewer = renewer.clone();
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                // Start no new refresh; those in flight go on (see `REFRESH_DRAIN`).
+                renewer.stop();
+                let _ = signalled.set(std::time::Instant::now());
+            }
+        };
         let timeouts = self.state.security.connection_timeouts;
         let app = http::routes(self.state, self.mode == Mode::Demo);
         let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
+        let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
+        renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();
         key_watch.abort();
         result

@@ -132,7 +132,7 @@ async fn edited_session_timestamps_are_refused() {
     for column in ["created_at", "last_seen_at"] {
         let mut b = app.signed_in_browser().await;
         assert_eq!(app.post_token(&mut b, true).await.status(), 200);
-        // Taken now: the 401 below also expires the session cookie in the browser.
+        // The refusal expires the cookie: take the row key first.
         let key = row_key(&b);
         let sql = format!("UPDATE sessions SET {column} = {column} + 300 * 86400 WHERE key_hash = ?");
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))

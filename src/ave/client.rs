@@ -195,8 +195,8 @@ pub struct ClientOptions {
     pub jwks_refetch_cooldown: Duration,
     /// Token-endpoint calls per minute this process may make.
     pub token_budget_per_minute: u32,
-    /// How long a refresh may wait for Ave's answer before it counts as lost
-    /// (the refresh token is then treated as spent, never re-sent).
+    /// How long a refresh may wait for Ave's answer before its outcome counts
+    /// as unknown (the refresh token is then kept and retried after a back-off).
     pub refresh_timeout: Duration,
     /// How long Ave's discovery document and JWKS are used before a re-fetch
     /// (a failed re-fetch keeps the last good copy; see `metadata`).
@@ -389,7 +389,9 @@ impl AveClient {
             .send()
             .await
             .map_err(|e| {
-                // Only a failure to connect proves the request never reached Ave.
+                // Only a connection never made (refused, DNS, TLS handshake, connect
+                // timeout) proves the request never reached Ave; anything after it
+                // (reset, stall, timeout) leaves the outcome unknown.
                 let err = if e.is_connect() {
                     transport(e)
                 } else {
@@ -432,6 +434,11 @@ impl AveClient {
     /// The token-endpoint calls per minute this process allows itself.
     pub fn token_budget_per_minute(&self) -> u32 {
         self.budget.per_minute()
+    }
+
+    /// How long a refresh waits for Ave's answer (`AVEMINT_AVE_REFRESH_TIMEOUT`).
+    pub fn refresh_timeout(&self) -> Duration {
+        self.options.refresh_timeout
     }
 
     /// Use and room of the token-endpoint budget over the last minute, per class.

@@ -274,6 +274,8 @@ impl AuthApi {
     /// stores the session and sets the `__Host-avemint` cookie. Any failure
     /// leaves no session and no session cookie.
     #[oai(path = "/callback", method = "get")]
+    // Each argument is one part of the request that poem-openapi extracts.
+    #[allow(clippy::too_many_arguments)]
     async fn callback(
         &self,
         state: Data<&Arc<AppState>>,

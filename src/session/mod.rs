@@ -17,6 +17,7 @@
 //! the sessions per user (`AVEMINT_MAX_SESSIONS_PER_USER`) without the `sub`
 //! ever being stored in clear.
 
+pub(crate) mod backoff;
 pub mod id;
 pub mod postgres;
 pub mod renew;
@@ -36,11 +37,13 @@ use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
 pub use renew::{RenewError, Renewer};
 pub use sealer::{MacPurpose, Macer, Purpose, Sealer};
-pub use store::{OwnerKey, RefreshLock, SessionStore, StoreError, StoredSession, SweepCutoffs};
+pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Idle-time bookkeeping is written at most this often per session, so the
 /// hot path is not a write per request.
 const TOUCH_INTERVAL_SECS: i64 = 60;
+/// Pooled database connections when `AVEMINT_DATABASE_MAX_CONNECTIONS` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
 /// A stored timestamp later than now by more than this (clock skew between
@@ -167,9 +170,23 @@ impl Sessions {
         settings: SessionSettings,
         cache_ttl: Duration,
     ) -> Result<Self, StoreError> {
+        Self::open_with_pool(url, keys, settings, cache_ttl, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Like `open`, with at most `max_connections` pooled database connections
+    /// (`AVEMINT_DATABASE_MAX_CONNECTIONS`; an in-memory SQLite database always uses one).
+    pub async fn open_with_pool(
+        url: &DatabaseUrl,
+        keys: &SessionKeys,
+        settings: SessionSettings,
+        cache_ttl: Duration,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let store: Arc<dyn SessionStore> = match url {
-            DatabaseUrl::Sqlite(u) => Arc::new(sqlite::SqliteStore::connect(u).await?),
-            DatabaseUrl::Postgres(u) => Arc::new(postgres::PostgresStore::connect(u.expose()).await?),
+            DatabaseUrl::Sqlite(u) => Arc::new(sqlite::SqliteStore::connect_with_pool(u, max_connections).await?),
+            DatabaseUrl::Postgres(u) => {
+                Arc::new(postgres::PostgresStore::connect_with_pool(u.expose(), max_connections).await?)
+            }
         };
         Ok(Self::with_store(store, keys, settings, cache_ttl))
     }
@@ -392,11 +409,27 @@ impl Sessions {
     /// since `session` was read. Returns the stored result, or `None` if the
     /// row's version moved on (or the row is gone).
     pub async fn replace(&self, session: &Session, data: SessionData) -> Result<Option<Arc<Session>>, StoreError> {
-        let sealed = self.seal(&session.key, session.created_at, &data)?;
-        let swapped = self
+        self.replace_keeping(session, data).await.map_err(|(e, _)| e)
+    }
+
+    /// `replace` that hands `data` back with the error, so a caller can retry.
+    pub(crate) async fn replace_keeping(
+        &self,
+        session: &Session,
+        data: SessionData,
+    ) -> Result<Option<Arc<Session>>, (StoreError, SessionData)> {
+        let sealed = match self.seal(&session.key, session.created_at, &data) {
+            Ok(sealed) => sealed,
+            Err(e) => return Err((e, data)),
+        };
+        let swapped = match self
             .store
             .replace(&session.key, session.version, &sealed, data.tokens.access_expires_at)
-            .await?;
+            .await
+        {
+            Ok(swapped) => swapped,
+            Err(e) => return Err((e, data)),
+        };
         if !swapped {
             self.forget(&session.key).await;
             return Ok(None);

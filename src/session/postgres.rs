@@ -2,20 +2,21 @@
 //! behind a load balancer. Migrations run on start (sqlx serialises them with
 //! its own advisory lock).
 //!
-//! The per-session refresh lock is a session-level advisory lock held on a
-//! dedicated pooled connection: waits are bounded by `lock_timeout`, and if
-//! the holder dies its connection closes and PostgreSQL frees the lock, so no
-//! lease can run out under a refresh that is still in progress.
+//! Every operation is one short statement on a pooled connection; none is held
+//! while Ave answers a refresh. The per-session refresh lock is the row's
+//! refresh marker (see `store`), taken and released by single UPDATEs, so a
+//! hundred refreshes in flight use no connection at all between those
+//! statements and requests for valid sessions never queue behind them. The
+//! pool size is `AVEMINT_DATABASE_MAX_CONNECTIONS`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
 
 use super::id::SessionKey;
-use super::store::{OwnerKey, RefreshLock, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use super::store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Sessions in PostgreSQL.
 pub struct PostgresStore {
@@ -61,20 +62,19 @@ fn owner_list(owners: &[OwnerKey]) -> Vec<Vec<u8>> {
     owners.iter().map(|o| o.0.to_vec()).collect()
 }
 
-/// The advisory-lock id of a session: the first 8 bytes of its key.
-fn lock_id(key: &SessionKey) -> i64 {
-    let b = key.as_bytes();
-    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
 impl PostgresStore {
     /// Connects and runs migrations. The URL may carry `options=-c search_path=…`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, super::DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Like `connect`, with at most `max_connections` pooled connections.
+    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|_| StoreError::Unavailable("invalid PostgreSQL URL".into()))?;
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
@@ -84,38 +84,6 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         Ok(Self { pool })
-    }
-}
-
-/// An advisory lock held on a pooled connection.
-struct PgRefreshLock {
-    conn: Option<PoolConnection<Postgres>>,
-    id: i64,
-}
-
-#[async_trait]
-impl RefreshLock for PgRefreshLock {
-    async fn release(mut self: Box<Self>) {
-        if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.id)
-                .execute(&mut *conn)
-                .await;
-            let reset = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
-            if unlocked.is_err() || reset.is_err() {
-                // Never return a connection that may still hold the lock.
-                conn.close_on_drop();
-            }
-        }
-    }
-}
-
-impl Drop for PgRefreshLock {
-    fn drop(&mut self) {
-        // Dropped without release (a cancelled task): closing the connection frees the lock.
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-        }
     }
 }
 
@@ -173,58 +141,39 @@ impl SessionStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn begin_refresh(&self, key: &SessionKey, expected_version: i64, now: i64) -> Result<bool, StoreError> {
+    async fn begin_refresh(
+        &self,
+        key: &SessionKey,
+        expected_version: i64,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE sessions SET refresh_started_at = $1 \
-             WHERE key_hash = $2 AND version = $3 AND refresh_started_at IS NULL",
+             WHERE key_hash = $2 AND version = $3 AND (refresh_started_at IS NULL OR refresh_started_at < $4)",
         )
         .bind(now)
         .bind(key.as_bytes().as_slice())
         .bind(expected_version)
+        .bind(stale_before)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET refresh_started_at = NULL WHERE key_hash = $1 AND version = $2")
-            .bind(key.as_bytes().as_slice())
-            .bind(expected_version)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET refresh_started_at = NULL \
+             WHERE key_hash = $1 AND version = $2 AND refresh_started_at = $3",
+        )
+        .bind(key.as_bytes().as_slice())
+        .bind(expected_version)
+        .bind(marker)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(())
-    }
-
-    async fn lock_refresh(&self, key: &SessionKey, wait: Duration) -> Result<Box<dyn RefreshLock>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let ms = wait.as_millis().clamp(1, 600_000).to_string();
-        sqlx::query("SELECT set_config('lock_timeout', $1, false)")
-            .bind(ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        let id = lock_id(key);
-        match sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-        {
-            Ok(_) => Ok(Box::new(PgRefreshLock { conn: Some(conn), id })),
-            Err(e) => {
-                let timed_out = e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "55P03");
-                let _ = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
-                Err(if timed_out {
-                    StoreError::LockTimeout
-                } else {
-                    unavailable(e)
-                })
-            }
-        }
     }
 
     async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError> {

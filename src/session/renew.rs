@@ -1,35 +1,67 @@
 //! `Renewer`: silent renewal of Ave's tokens that never loses a session.
 //!
 //! Ave rotates the refresh token on every use and revokes the whole family on
-//! any reuse, with no grace window (`../shared/ave-protocol.md` §5). So:
+//! any reuse, with no grace window (`docs/ave-protocol.md` §5). So:
 //! - **in-process single-flight**: concurrent requests for one session share
 //!   one refresh, which runs in its own task: a client hanging up, or a
 //!   request that stops waiting (it gets a 503 or a token from the still-valid
 //!   access token), never abandons a refresh half-way. A slow Ave answer is
 //!   therefore stored when it arrives, not lost;
-//! - **across instances**: the refresher holds the store's per-session lock,
-//!   re-reads the row, and skips Ave if another instance already refreshed;
-//! - **a refresh token is sent at most once**: the store's refresh marker is
-//!   committed before the call and cleared with the outcome. A refresher that
-//!   finds the marker set under the lock knows the previous holder died
-//!   mid-refresh and drops that refresh token instead of re-sending it; an
-//!   answer lost for good (Ave's refresh timeout) drops it too. The session
-//!   then lives until Ave's access token expires, and ends with 401;
-//! - the rotated refresh token is written (compare-and-swap on the version)
-//!   before the new tokens are used;
-//! - `invalid_grant` ends the session, with no retry.
+//! - **across instances, one presentation at a time**: the refresher takes the
+//!   per-session lock, the row's refresh marker (`store`), in one short
+//!   statement before sending the refresh token and releases it with the
+//!   outcome. No database connection is held while Ave answers. A refresher
+//!   that finds the marker held waits (polling the row, bounded) and uses the
+//!   other instance's result; so no refresh token is ever presented to Ave
+//!   twice at the same time;
+//! - **an unknown outcome keeps the refresh token** (changed rule): if the
+//!   call failed after the connection was made (reset, stall, timeout, an
+//!   answer lost), Ave may or may not have rotated the token. If it did not,
+//!   sending it again saves the session; if it did, the session is lost
+//!   whatever avemint does, and the retry only learns it sooner, as
+//!   `invalid_grant`. So the token is kept and retried, with a per-session
+//!   back-off (`backoff`) while the access token is valid, once more shortly
+//!   before it expires, and every few seconds after. A connection never made
+//!   (refused, DNS, TLS handshake) is known not to have reached Ave;
+//! - **a marker left by a dead holder means "retry with the same token"**: it
+//!   is taken over once it is older than the refresh lease (Ave's refresh
+//!   timeout plus a margin), when the dead holder's call is certainly over;
+//! - the rotated refresh token is written (compare-and-swap on the version,
+//!   retried through short store outages) before the new tokens are used;
+//! - `invalid_grant` ends the session, with no retry;
+//! - while the access token is valid, any failure (Ave or the store) still
+//!   serves the session; once expired, a failure is a 503 with `Retry-After`;
+//! - **shutdown**: `stop` makes the process start no new refresh, `drain`
+//!   waits (bounded) for those in flight; one cut off is cancelled, its marker
+//!   released and its token kept, so whoever comes next retries it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use super::backoff::Backoffs;
 use super::{Session, SessionData, SessionKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError};
 use crate::secret::Secret;
+
+/// A marker is taken over as a dead holder's this long after its refresh
+/// timeout (clock differences between instances, whole-second markers).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// How often a refresher waiting for another instance's refresh re-reads the row.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+/// Waits between attempts to store renewed tokens through a store outage.
+const STORE_RETRIES: [Duration; 5] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
 
 /// Why renewal did not produce a usable session.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +89,13 @@ impl From<StoreError> for RenewError {
 
 type Outcome = Result<Arc<Session>, RenewError>;
 
+/// How a refresh call ended.
+enum CallEnd {
+    Answered(Result<crate::ave::TokenResponse, AveError>),
+    /// Shutdown cut it off: the request is abandoned, its outcome unknown.
+    Cancelled,
+}
+
 /// Refreshes sessions whose Ave access token is about to expire.
 pub struct Renewer {
     ave: Arc<AveClient>,
@@ -64,12 +103,24 @@ pub struct Renewer {
     skew: Duration,
     lock_wait: Duration,
     wait: Duration,
+    /// Ave's refresh timeout; every refresh call is over this long after it starts.
+    refresh_timeout: Duration,
     in_flight: Mutex<HashMap<SessionKey, Shared<BoxFuture<'static, Outcome>>>>,
+    backoff: Backoffs,
+    /// Set by `stop`: no new refresh starts.
+    stopping: AtomicBool,
+    /// Set by `drain` when its bound is reached: refreshes in flight are cut off.
+    cancel: tokio::sync::watch::Sender<bool>,
 }
 
 /// Unix seconds now.
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// How long `session`'s access token stays valid (zero if expired).
+fn access_left(session: &Session) -> Duration {
+    Duration::from_secs((session.data.tokens.access_expires_at - now()).max(0) as u64)
 }
 
 impl Renewer {
@@ -84,13 +135,18 @@ impl Renewer {
         lock_wait: Duration,
         wait: Duration,
     ) -> Arc<Self> {
+        let refresh_timeout = ave.refresh_timeout();
         Arc::new(Self {
             ave,
             sessions,
             skew,
             lock_wait,
             wait,
+            refresh_timeout,
             in_flight: Mutex::new(HashMap::new()),
+            backoff: Backoffs::default(),
+            stopping: AtomicBool::new(false),
+            cancel: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -99,9 +155,53 @@ impl Renewer {
         self.skew
     }
 
+    /// How long a refresh marker protects its holder's call: older markers
+    /// were left by a holder that died, and are taken over.
+    fn lease(&self) -> Duration {
+        self.refresh_timeout + LEASE_MARGIN
+    }
+
+    /// Refreshes in flight in this process.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Shutdown, first step: start no new refresh (requests are served from
+    /// valid access tokens, or get 503 with `Retry-After`).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown, second step: waits until the refreshes in flight have ended,
+    /// at most until `deadline`; then cuts off the rest (their markers are
+    /// released and their refresh tokens kept, so the next request, on any
+    /// instance, retries them). Returns how many were cut off.
+    pub async fn drain(&self, deadline: Instant) -> usize {
+        self.stop();
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cut_off = self.in_flight();
+        if cut_off > 0 {
+            tracing::warn!(
+                cut_off,
+                "shutdown: cutting off refreshes still waiting for Ave; they will be retried"
+            );
+            self.cancel.send_replace(true);
+            // Let them release their markers (one short statement each).
+            let cleanup = Instant::now() + Duration::from_secs(2);
+            while self.in_flight() > 0 && Instant::now() < cleanup {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            tracing::info!("shutdown: no refresh in flight");
+        }
+        cut_off
+    }
+
     /// Returns `session` if its access token is fresh enough, else a renewed
     /// session (or the current one, while its access token is still valid,
-    /// when Ave is temporarily unavailable).
+    /// when Ave or the store is temporarily unavailable).
     pub async fn fresh(self: &Arc<Self>, session: Arc<Session>) -> Result<Arc<Session>, RenewError> {
         if !session.needs_refresh(now(), self.skew) {
             return Ok(session);
@@ -109,16 +209,24 @@ impl Renewer {
         let key = session.key;
         let shared = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight
-                .entry(key)
-                .or_insert_with(|| {
+            match in_flight.get(&key) {
+                Some(running) => running.clone(),
+                None => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        drop(in_flight);
+                        return serve_or_retry(session, "this instance is shutting down", Duration::from_secs(1));
+                    }
+                    if let Some(left) = self.backoff.pending(&key) {
+                        drop(in_flight);
+                        return serve_or_retry(session, "Ave could not renew this session just now", left);
+                    }
                     let this = Arc::clone(self);
                     let task = tokio::spawn(async move {
-                        let outcome = this.renew(key).await;
-                        this.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                        outcome
+                        // Leaves the in-flight map however the task ends (even by a panic).
+                        let _done = InFlight(&this, key);
+                        this.renew(key).await
                     });
-                    async move {
+                    let shared = async move {
                         task.await.unwrap_or_else(|_| {
                             Err(RenewError::Unavailable {
                                 reason: "renewal task failed".into(),
@@ -127,101 +235,109 @@ impl Renewer {
                         })
                     }
                     .boxed()
-                    .shared()
-                })
-                .clone()
+                    .shared();
+                    in_flight.insert(key, shared.clone());
+                    shared
+                }
+            }
         };
         match tokio::time::timeout(self.wait, shared).await {
+            // A store or Ave failure while the access token is valid still serves the session.
+            Ok(Err(RenewError::Unavailable { .. })) if session.access_valid(now()) => Ok(session),
             Ok(outcome) => outcome,
             // Ave is slow: answer from what we have; the refresh carries on and is stored when it ends.
-            Err(_) if session.access_valid(now()) => Ok(session),
-            Err(_) => Err(RenewError::Unavailable {
-                reason: "Ave is slow to renew this session; try again shortly".into(),
-                retry_after: Duration::from_secs(2),
-            }),
+            Err(_) => serve_or_retry(
+                session,
+                "Ave is slow to renew this session; try again shortly",
+                Duration::from_secs(2),
+            ),
         }
     }
 
-    /// One refresh under the store's per-session lock.
+    /// One refresh: takes the per-session lock (the refresh marker), calls
+    /// Ave, stores the outcome, releases the lock.
     async fn renew(&self, key: SessionKey) -> Result<Arc<Session>, RenewError> {
-        let waiting = std::time::Instant::now();
-        let locked = self.sessions.store().lock_refresh(&key, self.lock_wait).await;
-        crate::metrics::lock_wait("session_refresh", waiting.elapsed());
-        let lock = match locked {
-            Ok(lock) => lock,
-            Err(StoreError::LockTimeout) => {
-                crate::metrics::refresh_outcome("lock_timeout");
-                // Another instance is still refreshing; serve what we have if it is valid.
-                let current = self
+        let waiting = Instant::now();
+        let deadline = waiting + self.lock_wait;
+        let lease = self.lease().as_secs() as i64;
+        let (current, refresh_token, marker) = loop {
+            let t = now();
+            let Some(current) = self.sessions.load(&key, t).await? else {
+                self.sessions.forget(&key).await;
+                self.backoff.succeeded(&key);
+                return Err(RenewError::LoginRequired);
+            };
+            let current = Arc::new(current);
+            if !current.needs_refresh(t, self.skew) {
+                // Another instance (or an earlier holder) already renewed it.
+                crate::metrics::refresh_outcome("already_renewed");
+                self.backoff.succeeded(&key);
+                self.sessions.remember(current.clone()).await;
+                return Ok(current);
+            }
+            let Some(refresh_token) = current
+                .data
+                .tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| Secret::new(t.expose().clone()))
+            else {
+                return self
+                    .fallback(current, "this session cannot be renewed", Duration::from_secs(1))
+                    .await;
+            };
+            let stale_before = t - lease;
+            let held = current.refresh_started_at.is_some_and(|m| m >= stale_before);
+            if !held
+                && self
                     .sessions
-                    .load(&key, now())
+                    .store()
+                    .begin_refresh(&key, current.version, t, stale_before)
                     .await?
-                    .ok_or(RenewError::LoginRequired)?;
+            {
+                if current.refresh_started_at.is_some() {
+                    // The holder is gone without storing an outcome (it died mid-refresh),
+                    // and its call is over: the token may still be good, so send it again.
+                    tracing::warn!(session = ?key, "previous refresh never finished; retrying with the same refresh token");
+                    crate::metrics::refresh_outcome("retry_after_dead_holder");
+                }
+                break (current, refresh_token, t);
+            }
+            // Another instance (or process) holds the lock, or won a race for it.
+            if Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
+                crate::metrics::lock_wait("session_refresh", waiting.elapsed());
+                crate::metrics::refresh_outcome("lock_timeout");
                 return self
                     .fallback(
-                        Arc::new(current),
+                        current,
                         "another instance is still renewing this session",
                         Duration::from_secs(1),
                     )
                     .await;
             }
-            Err(e) => return Err(e.into()),
+            tokio::time::sleep(LOCK_POLL).await;
         };
-        let result = self.renew_locked(key).await;
-        lock.release().await;
-        result
-    }
+        crate::metrics::lock_wait("session_refresh", waiting.elapsed());
 
-    async fn renew_locked(&self, key: SessionKey) -> Result<Arc<Session>, RenewError> {
-        let t = now();
-        let Some(current) = self.sessions.load(&key, t).await? else {
-            self.sessions.forget(&key).await;
-            return Err(RenewError::LoginRequired);
+        let mut cancel = self.cancel.subscribe();
+        let call = tokio::time::timeout(self.refresh_timeout, self.ave.refresh(refresh_token.expose()));
+        let end = tokio::select! {
+            answered = call => CallEnd::Answered(answered.unwrap_or_else(|_| {
+                Err(AveError::LostResponse("no answer within the refresh timeout".into()))
+            })),
+            _ = cancel.wait_for(|stop| *stop) => CallEnd::Cancelled,
         };
-        let current = Arc::new(current);
-        if !current.needs_refresh(t, self.skew) {
-            // Another instance (or an earlier holder) already renewed it.
-            crate::metrics::refresh_outcome("already_renewed");
-            self.sessions.remember(current.clone()).await;
-            return Ok(current);
-        }
-        if current.refresh_started_at.is_some() {
-            // We hold the lock, so whoever set the marker is gone without storing
-            // the outcome (it died mid-refresh): never send that token again.
-            tracing::warn!(session = ?key, "previous refresh outcome unknown; dropping the refresh token");
-            crate::metrics::refresh_outcome("outcome_unknown");
-            return self.without_refresh_token(&current).await;
-        }
-        let Some(refresh_token) = current
-            .data
-            .tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| Secret::new(t.expose().clone()))
-        else {
-            return self
-                .fallback(current, "this session cannot be renewed", Duration::from_secs(1))
-                .await;
-        };
-        if !self.sessions.store().begin_refresh(&key, current.version, t).await? {
-            // Someone outside this lock holds the marker (several processes on one SQLite file).
-            return self
-                .fallback(
-                    current,
-                    "another process is renewing this session",
-                    Duration::from_secs(1),
-                )
-                .await;
-        }
-        match self.ave.refresh(refresh_token.expose()).await {
-            Ok(resp) => {
+        match end {
+            CallEnd::Answered(Ok(resp)) => {
+                self.backoff.succeeded(&key);
                 let stored = self.store_refreshed(&current, resp).await;
                 crate::metrics::refresh_outcome(if stored.is_ok() { "renewed" } else { "refused" });
                 stored
             }
-            // invalid_grant: the token is revoked, expired or unknown. access_denied /
-            // enterprise_sso_required: Ave refuses this user's organisation context now.
-            Err(AveError::OAuth { code, .. })
+            // invalid_grant: the token is revoked, expired, unknown, or was rotated by an
+            // attempt whose answer was lost. access_denied / enterprise_sso_required: Ave
+            // refuses this user's organisation context now.
+            CallEnd::Answered(Err(AveError::OAuth { code, .. }))
                 if matches!(
                     code.as_str(),
                     "invalid_grant" | "access_denied" | "enterprise_sso_required"
@@ -229,24 +345,71 @@ impl Renewer {
             {
                 tracing::info!(session = ?key, error_code = %code, "Ave ended the session on refresh");
                 crate::metrics::refresh_outcome("ended");
+                self.backoff.succeeded(&key);
                 self.sessions.delete(&key).await?;
                 Err(RenewError::LoginRequired)
             }
-            Err(AveError::LostResponse(_)) => {
-                // Ave may have rotated the token: it is spent either way.
-                crate::metrics::refresh_outcome("lost_response");
-                self.without_refresh_token(&current).await
-            }
-            Err(e) => {
-                // The token provably did not reach Ave, or Ave refused before using it.
-                crate::metrics::refresh_outcome("unavailable");
-                self.sessions.store().abort_refresh(&key, current.version).await?;
-                let retry = match &e {
-                    AveError::RateLimited { retry_after } => retry_after.unwrap_or(Duration::from_secs(10)),
-                    _ => Duration::from_secs(5),
+            CallEnd::Answered(Err(e)) => {
+                // The token did not reach Ave, Ave refused before using it, or the outcome
+                // is unknown: it is kept either way, and retried after a back-off.
+                let (label, hint) = match &e {
+                    AveError::LostResponse(_) => ("outcome_unknown", None),
+                    AveError::Transport(_) => ("unreachable", None),
+                    AveError::RateLimited { retry_after } => ("rate_limited", *retry_after),
+                    _ => ("unavailable", None),
                 };
-                self.fallback(current, &format!("Ave could not renew the session: {e}"), retry)
+                crate::metrics::refresh_outcome(label);
+                let delay = self.backoff.failed(&key, access_left(&current), hint);
+                tracing::warn!(
+                    session = ?key,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "refresh failed; refresh token kept, retrying after a back-off"
+                );
+                self.release(&key, &current, marker).await;
+                self.fallback(current, &format!("Ave could not renew the session: {e}"), delay)
                     .await
+            }
+            CallEnd::Cancelled => {
+                crate::metrics::refresh_outcome("cancelled");
+                self.release(&key, &current, marker).await;
+                self.fallback(current, "this instance is shutting down", Duration::from_secs(1))
+                    .await
+            }
+        }
+    }
+
+    /// Releases the per-session lock without new tokens. If the store cannot
+    /// be reached, the marker stays and is taken over when its lease ends.
+    async fn release(&self, key: &SessionKey, current: &Session, marker: i64) {
+        if let Err(e) = self.sessions.store().abort_refresh(key, current.version, marker).await {
+            tracing::warn!(session = ?key, error = %e, "refresh marker not released; it expires with its lease");
+        }
+    }
+
+    /// `Sessions::replace`, retried through a short store outage: the tokens
+    /// Ave just rotated are the only way to keep this session.
+    async fn replace_retrying(&self, current: &Session, data: SessionData) -> Result<Option<Arc<Session>>, StoreError> {
+        // `SessionData` holds secrets and is not `Clone`: seal once, retry the write.
+        let mut data = Some(data);
+        let mut delays = STORE_RETRIES.iter();
+        loop {
+            let Some(d) = data.take() else {
+                return Err(StoreError::Unavailable("renewed tokens lost".into()));
+            };
+            match self.sessions.replace_keeping(current, d).await {
+                Ok(done) => return Ok(done),
+                Err((e, back)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(session = ?current.key, error = %e, "renewed tokens not stored yet; retrying");
+                        data = Some(back);
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => {
+                        tracing::error!(session = ?current.key, error = %e, "renewed tokens could not be stored; this session will end");
+                        return Err(e);
+                    }
+                },
             }
         }
     }
@@ -299,14 +462,18 @@ impl Renewer {
             // Ave does not resend `user` on refresh: keep the sign-in copy.
             user: old.user.clone(),
         };
-        match self.sessions.replace(current, data).await? {
+        match self.replace_retrying(current, data).await? {
             Some(updated) => {
                 tracing::debug!(session = ?current.key, "session renewed");
                 Ok(updated)
             }
             None => {
-                // Impossible while we hold the marker, unless the row was deleted (logout).
-                Err(RenewError::LoginRequired)
+                // The row moved on while we held the marker: deleted (logout), or an
+                // earlier attempt of this very write landed although its answer was lost.
+                match self.sessions.load(&current.key, now()).await? {
+                    Some(s) if !s.needs_refresh(now(), self.skew) => Ok(Arc::new(s)),
+                    _ => Err(RenewError::LoginRequired),
+                }
             }
         }
     }
@@ -361,4 +528,29 @@ impl Renewer {
             retry_after,
         })
     }
+}
+
+/// Removes a session's refresh from the in-flight map when dropped.
+struct InFlight<'a>(&'a Renewer, SessionKey);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Serves `session` while its access token is valid; otherwise asks the client
+/// to retry after `retry_after`.
+fn serve_or_retry(session: Arc<Session>, reason: &str, retry_after: Duration) -> Result<Arc<Session>, RenewError> {
+    if session.access_valid(now()) {
+        return Ok(session);
+    }
+    Err(RenewError::Unavailable {
+        reason: reason.to_owned(),
+        retry_after: retry_after.max(Duration::from_secs(1)),
+    })
 }

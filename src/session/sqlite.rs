@@ -14,7 +14,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::id::SessionKey;
-use super::store::{OwnerKey, ProcessLocal, RefreshLock, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use super::store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Sessions in an SQLite file.
 pub struct SqliteStore {
@@ -29,6 +29,12 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and runs migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, 8).await
+    }
+
+    /// Like `connect`, with at most `max_connections` pooled connections
+    /// (always one for an in-memory database).
+    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid SQLite URL: {e}")))?;
@@ -47,7 +53,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             // Every pooled in-memory connection would be its own database.
-            .max_connections(if in_memory { 1 } else { 8 })
+            .max_connections(if in_memory { 1 } else { max_connections.max(1) })
             .idle_timeout(if in_memory {
                 None
             } else {
@@ -214,33 +220,38 @@ impl SessionStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn begin_refresh(&self, key: &SessionKey, expected_version: i64, now: i64) -> Result<bool, StoreError> {
+    async fn begin_refresh(
+        &self,
+        key: &SessionKey,
+        expected_version: i64,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE sessions SET refresh_started_at = ? WHERE key_hash = ? AND version = ? AND refresh_started_at IS NULL",
+            "UPDATE sessions SET refresh_started_at = ? \
+             WHERE key_hash = ? AND version = ? AND (refresh_started_at IS NULL OR refresh_started_at < ?)",
         )
         .bind(now)
         .bind(key.as_bytes().as_slice())
         .bind(expected_version)
+        .bind(stale_before)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET refresh_started_at = NULL WHERE key_hash = ? AND version = ?")
-            .bind(key.as_bytes().as_slice())
-            .bind(expected_version)
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET refresh_started_at = NULL WHERE key_hash = ? AND version = ? AND refresh_started_at = ?",
+        )
+        .bind(key.as_bytes().as_slice())
+        .bind(expected_version)
+        .bind(marker)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
         Ok(())
-    }
-
-    async fn lock_refresh(&self, _key: &SessionKey, _wait: Duration) -> Result<Box<dyn RefreshLock>, StoreError> {
-        // The embedded store serves one instance; its in-process single-flight
-        // serialises refreshes, and the refresh marker guards the rest.
-        Ok(Box::new(ProcessLocal))
     }
 
     async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError> {
@@ -386,17 +397,29 @@ mod tests {
             (got.version, got.sealed.as_slice(), got.access_expires_at),
             (1, b"new".as_slice(), 5000)
         );
-        assert!(s.begin_refresh(&r.key, 1, 1500).await.expect("marker"));
+        assert!(s.begin_refresh(&r.key, 1, 1500, 1400).await.expect("marker"));
         assert!(
-            !s.begin_refresh(&r.key, 1, 1501).await.expect("marker"),
+            !s.begin_refresh(&r.key, 1, 1501, 1401).await.expect("marker"),
             "one marker holder"
         );
         assert_eq!(
             s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
             Some(1500)
         );
-        s.abort_refresh(&r.key, 1).await.expect("abort");
-        assert!(s.begin_refresh(&r.key, 1, 1502).await.expect("marker"));
+        s.abort_refresh(&r.key, 1, 1499)
+            .await
+            .expect("abort of another holder's marker");
+        assert_eq!(
+            s.get(&r.key).await.expect("get").expect("row").refresh_started_at,
+            Some(1500),
+            "only the holder's own marker is cleared"
+        );
+        assert!(
+            s.begin_refresh(&r.key, 1, 1600, 1501).await.expect("marker"),
+            "a stale marker (a dead holder) is taken over"
+        );
+        s.abort_refresh(&r.key, 1, 1600).await.expect("abort");
+        assert!(s.begin_refresh(&r.key, 1, 1602, 1502).await.expect("marker"));
         assert!(s.replace(&r.key, 1, b"newer", 7000).await.expect("cas"));
         assert_eq!(
             s.get(&r.key).await.expect("get").expect("row").refresh_started_at,

@@ -7,13 +7,17 @@
 //! `owner` (an HMAC of Ave's `sub`, never the `sub` itself). Token swaps are compare-and-swap on `version`, so a renewal that
 //! raced another one can never overwrite a newer refresh token.
 //!
-//! Renewal across instances uses two mechanisms (see `renew`):
-//! - `lock_refresh` serialises refreshers of one session (PostgreSQL: a
-//!   session-level advisory lock, released by the server if the holder's
-//!   connection dies, so it cannot expire under a live refresh);
-//! - the `refresh_started_at` marker is committed before a refresh token is
-//!   sent to Ave and cleared with the outcome. A refresher that finds it set
-//!   knows an earlier attempt's outcome is unknown and never re-sends that token.
+//! Renewal across instances (see `renew`) serialises the refreshers of one
+//! session with a row state, the `refresh_started_at` marker: `begin_refresh`
+//! sets it in one short statement (compare-and-swap on `version` and on the
+//! marker being clear or stale) before the refresh token is sent to Ave, and
+//! `replace` / `abort_refresh` clear it with the outcome. No connection is
+//! held while Ave answers, so refreshes in flight can never starve the pool.
+//! While the marker is set and younger than the refresh lease, nobody else
+//! sends that session's refresh token: two instances never present one token
+//! at the same time. A marker older than the lease was left by a holder that
+//! died (its Ave call is over by then, bounded by the refresh timeout): the
+//! next refresher takes it over and retries with the same refresh token.
 
 use async_trait::async_trait;
 
@@ -50,8 +54,6 @@ pub enum StoreError {
     Unavailable(String),
     #[error("session store migration failed: {0}")]
     Migration(String),
-    #[error("timed out waiting for another instance's refresh of this session")]
-    LockTimeout,
     /// The row exists but its columns cannot be read (a value of the wrong
     /// type, a key of the wrong length): that one session is refused.
     #[error("stored session row cannot be read: {0}")]
@@ -65,23 +67,6 @@ pub struct SweepCutoffs {
     pub now: i64,
     pub created_before: i64,
     pub seen_before: i64,
-}
-
-/// A held per-session refresh lock. Release it explicitly; dropping it
-/// unreleased (a cancelled task) still frees it, possibly by closing a connection.
-#[async_trait]
-pub trait RefreshLock: Send {
-    /// Releases the lock.
-    async fn release(self: Box<Self>);
-}
-
-/// A lock that serialises nothing beyond the process (the embedded backend:
-/// one instance, whose in-process single-flight already serialises).
-pub struct ProcessLocal;
-
-#[async_trait]
-impl RefreshLock for ProcessLocal {
-    async fn release(self: Box<Self>) {}
 }
 
 /// A session store backend.
@@ -100,18 +85,23 @@ pub trait SessionStore: Send + Sync + 'static {
         sealed: &[u8],
         access_expires_at: i64,
     ) -> Result<bool, StoreError>;
-    /// Sets the refresh marker if the row has `expected_version` and no marker;
-    /// true if this caller set it (and may now send the refresh token).
-    async fn begin_refresh(&self, key: &SessionKey, expected_version: i64, now: i64) -> Result<bool, StoreError>;
-    /// Clears the refresh marker without changing the data (the refresh token
-    /// provably did not reach Ave, or Ave refused it before using it).
-    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64) -> Result<(), StoreError>;
-    /// Waits (at most `wait`) for the per-session refresh lock.
-    async fn lock_refresh(
+    /// Takes the per-session refresh lock: sets the refresh marker to `now` if
+    /// the row has `expected_version` and its marker is clear or older than
+    /// `stale_before` (left by a holder that died). True if this caller set it
+    /// (and may now send the refresh token).
+    async fn begin_refresh(
         &self,
         key: &SessionKey,
-        wait: std::time::Duration,
-    ) -> Result<Box<dyn RefreshLock>, StoreError>;
+        expected_version: i64,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError>;
+    /// Releases the lock without changing the data: clears the marker if it is
+    /// still the one this caller set (`marker`) on `expected_version`. Used
+    /// when the refresh call is over without new tokens; the refresh token is
+    /// kept (it did not reach Ave, Ave refused it before using it, or the
+    /// outcome is unknown and the token is retried later).
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: i64) -> Result<(), StoreError>;
     /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
     /// `seen_mac`, unless the row was already seen at or after `now`.
     async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError>;

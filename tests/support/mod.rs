@@ -2,6 +2,8 @@
 //! and a fresh SQLite file, and drives it over HTTP like a browser would.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

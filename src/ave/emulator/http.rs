@@ -118,7 +118,8 @@ fn discovery(shared: &Shared) -> Response {
     if let Some(failure) = metadata_failure(shared) {
         return failure;
     }
-    let base = &shared.base_url;
+    let advertised = shared.lock().advertised_base_url.clone();
+    let base = advertised.as_ref().unwrap_or(&shared.base_url);
     let doc = Discovery {
         issuer: &shared.issuer,
         authorization_endpoint: format!("{}/signin", shared.issuer),

@@ -88,9 +88,12 @@
 //! [`Emulator::set_id_token_defect`], [`Emulator::rotate_signing_key`],
 //! [`Emulator::set_token_failure`], [`Emulator::set_metadata_failure`] and a small
 //! [`EmulatorConfig::token_rate_limit_per_minute`] turn the emulator against
-//! its client; [`Emulator::token_requests`], [`Emulator::jwks_fetches`] and
-//! [`Emulator::refresh_families_revoked`] let tests observe what the client
-//! did. Tokens and secrets are never logged.
+//! its client; [`Emulator::set_advertised_base_url`] puts a proxy (such as the
+//! tests' fault injector) in front of its token, userinfo and JWKS endpoints.
+//! [`Emulator::token_requests`], [`Emulator::jwks_fetches`],
+//! [`Emulator::refresh_families_revoked`] and
+//! [`Emulator::concurrent_refresh_presentations`] let tests observe what the
+//! client did. Tokens and secrets are never logged.
 
 mod crypto;
 mod http;
@@ -614,6 +617,21 @@ impl Emulator {
         let mut state = self.shared.lock();
         let families: Vec<u64> = state.refresh_tokens.values().map(|r| r.family_id).collect();
         state.flagged_families.extend(families);
+    }
+
+    /// How many times a refresh token arrived while another request carrying
+    /// the same token was still being handled (a client presenting one token
+    /// twice at the same time, which makes Ave revoke the family).
+    pub fn concurrent_refresh_presentations(&self) -> usize {
+        self.shared.lock().concurrent_refresh_presentations
+    }
+
+    /// Advertises `base` (e.g. a fault-injecting proxy in front of the
+    /// emulator) instead of the server's own address for the token, userinfo
+    /// and JWKS endpoints in discovery; `None` restores the default. The
+    /// issuer and the sign-in page are unchanged.
+    pub fn set_advertised_base_url(&self, base: Option<String>) {
+        self.shared.lock().advertised_base_url = base;
     }
 
     /// How many refresh-grant requests were answered 200.

@@ -80,6 +80,15 @@ pub(super) struct State {
     /// so that leak tests can search for them (see `Emulator::issued_tokens`).
     /// Lookups never use this list.
     pub(super) issued_tokens: Vec<String>,
+    /// Refresh tokens (by digest) in requests being handled right now, with
+    /// how many requests carry each.
+    pub(super) refresh_presenting: HashMap<String, usize>,
+    /// How many times a refresh token arrived while another request with the
+    /// same token was still being handled.
+    pub(super) concurrent_refresh_presentations: usize,
+    /// Base URL advertised for the token, userinfo and JWKS endpoints (a proxy
+    /// in front of the emulator); `None`: the server's own.
+    pub(super) advertised_base_url: Option<String>,
 }
 
 impl State {
@@ -101,6 +110,9 @@ impl State {
             token_requests: Vec::new(),
             jwks_fetches: 0,
             issued_tokens: Vec::new(),
+            refresh_presenting: HashMap::new(),
+            concurrent_refresh_presentations: 0,
+            advertised_base_url: None,
         }
     }
 

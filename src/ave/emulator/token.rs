@@ -177,6 +177,15 @@ pub(super) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {
             .map(str::to_owned);
     }
 
+    // Watch for one refresh token presented twice at the same time (the family killer).
+    let _presenting = parsed
+        .as_ref()
+        .and_then(Value::as_object)
+        .filter(|o| pick(o, "grantType", "grant_type").and_then(Value::as_str) == Some(GRANT_REFRESH_TOKEN))
+        .and_then(|o| pick(o, "refreshToken", "refresh_token"))
+        .and_then(Value::as_str)
+        .map(|token| Presenting::start(shared, crypto::sha256_hex(token)));
+
     let failure = shared.lock().token_failure;
     let reply = match failure {
         Some(TokenFailure::Delay(delay)) => {
@@ -202,6 +211,38 @@ pub(super) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {
     record.error = reply.error;
     shared.lock().token_requests.push(record);
     response
+}
+
+/// One refresh token being handled; counts a concurrent presentation when
+/// another request with the same token is in progress. Dropped when the
+/// answer is sent or the client goes away.
+struct Presenting<'a> {
+    shared: &'a Shared,
+    hash: String,
+}
+
+impl<'a> Presenting<'a> {
+    fn start(shared: &'a Shared, hash: String) -> Self {
+        let mut state = shared.lock();
+        let count = state.refresh_presenting.entry(hash.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            state.concurrent_refresh_presentations += 1;
+        }
+        Presenting { shared, hash }
+    }
+}
+
+impl Drop for Presenting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(count) = state.refresh_presenting.get_mut(&self.hash) {
+            *count -= 1;
+            if *count == 0 {
+                state.refresh_presenting.remove(&self.hash);
+            }
+        }
+    }
 }
 
 /// Hono's `jsonRegex`: `^application/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$`.

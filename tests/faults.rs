@@ -1,0 +1,635 @@
+//! Renewal under the faults of an operator's trial (issue 12): two instances
+//! sharing PostgreSQL, a few dozen sessions renewing, the emulator behind a
+//! fault-injecting proxy. For each fault: every session survives once it
+//! heals, no refresh token is presented to Ave twice at the same time, and
+//! requests during the fault get 200 or 503 with `Retry-After`, never
+//! anything else. Also: a hundred refreshes at once cannot starve the store
+//! pool, and SIGTERM does not drop refreshes in flight.
+//!
+//! These tests need PostgreSQL (`AVEMINT_TEST_DATABASE_URL`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use avemint::ave::ClientOptions;
+use avemint::ave::emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
+use avemint::config::{DatabaseUrl, RenewalSettings};
+use avemint::http::rate_limit::RateLimit;
+use avemint::http::security::SecuritySettings;
+use futures_util::future::join_all;
+use support::fault_proxy::{Fault, FaultProxy};
+use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, location};
+
+/// Ave access tokens live this long in the fault tests.
+const ACCESS_TTL: u64 = 4;
+/// Sessions renewing through each fault.
+const SESSIONS: usize = 24;
+/// Ave's refresh timeout in these tests (`AVEMINT_AVE_REFRESH_TIMEOUT`).
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often each session asks for an app token.
+const REQUEST_EVERY: Duration = Duration::from_millis(400);
+
+/// `n` distinct users, so no per-user session limit interferes.
+fn users(n: usize) -> Vec<EmulatedUser> {
+    (0..n)
+        .map(|i| EmulatedUser {
+            id: format!("00000000-0000-4000-8000-{i:012}"),
+            display_name: format!("User {i}"),
+            handle: format!("user{i}"),
+            email: Some(format!("user{i}@example.com")),
+            avatar_url: None,
+        })
+        .collect()
+}
+
+fn emulator_config(access_ttl: u64, users_n: usize) -> EmulatorConfig {
+    EmulatorConfig {
+        access_token_ttl: Duration::from_secs(access_ttl),
+        token_rate_limit_per_minute: 1_000_000,
+        users: users(users_n),
+        ..EmulatorConfig::default()
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Signs in as `user` at `base`.
+async fn sign_in_as(http: &reqwest::Client, emulator: &Emulator, base: &str, user: &str) -> Browser {
+    let mut browser = Browser::default();
+    let resp = browser.send(http.get(format!("{base}/auth/login"))).await;
+    assert_eq!(resp.status(), 302, "login redirects");
+    emulator.set_auto_approve(Some(user.to_owned()));
+    let resp = http.get(location(&resp)).send().await.expect("ave signin");
+    assert_eq!(resp.status(), 302, "emulator approves");
+    let resp = browser.send(http.get(location(&resp))).await;
+    assert_eq!(resp.status(), 302, "callback succeeds");
+    assert!(browser.get(SESSION_COOKIE).is_some());
+    browser
+}
+
+/// One app-token request: the status and whether a `Retry-After` came with it.
+async fn app_token(http: &reqwest::Client, base: &str, browser: &Browser) -> (u16, bool) {
+    let mut b = browser.clone();
+    let resp = b
+        .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+        .await;
+    (resp.status().as_u16(), resp.headers().contains_key("retry-after"))
+}
+
+fn refresh_calls(emulator: &Emulator) -> usize {
+    emulator
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count()
+}
+
+/// Two instances on one PostgreSQL schema, the emulator behind the proxy.
+struct Fleet {
+    a: TestApp,
+    b: TestApp,
+    emulator: Emulator,
+    proxy: FaultProxy,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    async fn start(db: DatabaseUrl, sessions: usize) -> Self {
+        let emulator = Emulator::start(emulator_config(ACCESS_TTL, sessions))
+            .await
+            .expect("emulator");
+        let proxy = FaultProxy::start(&emulator.base_url()).await;
+        emulator.set_advertised_base_url(Some(proxy.url()));
+        let options = || Options {
+            shared_emulator: Some(emulator.clone()),
+            database_url: Some(db.clone()),
+            renewal: Some(RenewalSettings {
+                skew: Duration::from_secs(2),
+                token_budget_per_minute: 10_000,
+                wait: Duration::from_secs(3),
+                ..RenewalSettings::default()
+            }),
+            client: Some(ClientOptions {
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(3),
+                refresh_timeout: REFRESH_TIMEOUT,
+                ..ClientOptions::default()
+            }),
+            ..Options::default()
+        };
+        let a = TestApp::spawn_with(options()).await;
+        let b = TestApp::spawn_with(options()).await;
+        emulator.set_redirect_uris(vec![a.url("/auth/callback"), b.url("/auth/callback")]);
+        Self {
+            a,
+            b,
+            emulator,
+            proxy,
+            http: http(),
+        }
+    }
+
+    async fn sign_in_all(&self, n: usize) -> Vec<Browser> {
+        let mut browsers = Vec::with_capacity(n);
+        for (i, user) in self.emulator.users().to_vec().iter().take(n).enumerate() {
+            let base = if i % 2 == 0 { &self.a.address } else { &self.b.address };
+            browsers.push(sign_in_as(&self.http, &self.emulator, base, &user.id).await);
+        }
+        browsers
+    }
+
+    /// Every session asks for an app token every `REQUEST_EVERY`, alternating
+    /// instances, for `period`. Returns each session's answers.
+    async fn drive(&self, browsers: &[Browser], period: Duration) -> Vec<Vec<(u16, bool)>> {
+        let until = Instant::now() + period;
+        join_all(browsers.iter().enumerate().map(|(i, browser)| async move {
+            let mut answers = Vec::new();
+            let mut n = i;
+            while Instant::now() < until {
+                let base = if n % 2 == 0 { &self.a.address } else { &self.b.address };
+                answers.push(app_token(&self.http, base, browser).await);
+                n += 1;
+                tokio::time::sleep(REQUEST_EVERY).await;
+            }
+            answers
+        }))
+        .await
+    }
+
+    /// Asks until every session has got a 200 (at most `within`); returns the
+    /// answers and whether each session recovered.
+    async fn recover(&self, browsers: &[Browser], within: Duration) -> Vec<(Vec<(u16, bool)>, bool)> {
+        let until = Instant::now() + within;
+        join_all(browsers.iter().enumerate().map(|(i, browser)| async move {
+            let mut answers = Vec::new();
+            let mut n = i;
+            while Instant::now() < until {
+                let base = if n % 2 == 0 { &self.a.address } else { &self.b.address };
+                let answer = app_token(&self.http, base, browser).await;
+                answers.push(answer);
+                if answer.0 == 200 {
+                    return (answers, true);
+                }
+                n += 1;
+                tokio::time::sleep(REQUEST_EVERY).await;
+            }
+            (answers, false)
+        }))
+        .await
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
+/// The faults of the trial.
+#[derive(Debug, Clone, Copy)]
+enum TrialFault {
+    ConnectionRefused,
+    ResetAfterRequest,
+    StallThenReset,
+    StallPastTimeout,
+    Status500,
+    RateLimited,
+}
+
+impl TrialFault {
+    async fn apply(self, fleet: &Fleet) {
+        match self {
+            TrialFault::ConnectionRefused => fleet.proxy.set_fault(Fault::Refuse).await,
+            TrialFault::ResetAfterRequest => fleet.proxy.set_fault(Fault::ResetAfterRequest).await,
+            TrialFault::StallThenReset => {
+                fleet
+                    .proxy
+                    .set_fault(Fault::StallThenReset(Duration::from_millis(800)))
+                    .await
+            }
+            TrialFault::StallPastTimeout => fleet.proxy.set_fault(Fault::Stall).await,
+            TrialFault::Status500 => fleet.emulator.set_token_failure(Some(TokenFailure::Status(500))),
+            TrialFault::RateLimited => fleet
+                .emulator
+                .set_token_failure(Some(TokenFailure::RateLimited { retry_after_secs: 2 })),
+        }
+    }
+
+    async fn heal(self, fleet: &Fleet) {
+        fleet.proxy.set_fault(Fault::None).await;
+        fleet.emulator.set_token_failure(None);
+    }
+}
+
+/// Counts answers by status; lists those other than 200 and 503-with-Retry-After.
+fn tally(phase: &str, answers: &[Vec<(u16, bool)>], bad: &mut Vec<String>) -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for (session, list) in answers.iter().enumerate() {
+        for &(status, retry_after) in list {
+            *counts.entry(status).or_insert(0) += 1;
+            if !(status == 200 || (status == 503 && retry_after)) {
+                bad.push(format!(
+                    "{phase}: session {session} got {status} (Retry-After: {retry_after})"
+                ));
+            }
+        }
+    }
+    counts
+}
+
+async fn every_session_survives(fault: TrialFault, test: &str) {
+    let Some(db) = support::postgres_schema(test).await else {
+        return;
+    };
+    let fleet = Fleet::start(db, SESSIONS).await;
+    let browsers = fleet.sign_in_all(SESSIONS).await;
+    let mut bad = Vec::new();
+
+    // Fair weather: every session renews at least once.
+    let fair = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL)).await;
+    tally("fair weather", &fair, &mut bad);
+    let renewed_before = fleet.emulator.successful_refreshes();
+
+    // The fault lasts longer than an access token: every session needs Ave meanwhile.
+    fault.apply(&fleet).await;
+    // Refresh requests sent towards Ave (all pass the proxy; refused connections are not counted).
+    let proxied_before = fleet.proxy.token_requests();
+    let during = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL + 3)).await;
+    let attempts = fleet.proxy.token_requests() - proxied_before;
+    fault.heal(&fleet).await;
+    let during_counts = tally("during the fault", &during, &mut bad);
+
+    // Healed: every session is served again, then keeps renewing.
+    let recovery = fleet.recover(&browsers, Duration::from_secs(25)).await;
+    let lost: Vec<usize> = recovery
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, ok))| !ok)
+        .map(|(i, _)| i)
+        .collect();
+    let recovery_answers: Vec<_> = recovery.iter().map(|(a, _)| a.clone()).collect();
+    tally("recovery", &recovery_answers, &mut bad);
+    let after = fleet.drive(&browsers, Duration::from_secs(ACCESS_TTL + 1)).await;
+    tally("after recovery", &after, &mut bad);
+    let lost_after = after
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !lost.contains(i) && a.last().is_none_or(|(s, _)| *s != 200))
+        .count();
+    let recovered_in = recovery.iter().map(|(a, _)| a.len()).max().unwrap_or(0);
+
+    eprintln!(
+        "measured: {fault:?}: {SESSIONS} sessions on 2 instances; during the fault {during_counts:?} and {attempts} refresh request(s) sent; \
+         lost {}; other answers {}; concurrent presentations {}; families revoked {}; \
+         recovery took up to {recovered_in} request(s)",
+        lost.len() + lost_after,
+        bad.len(),
+        fleet.emulator.concurrent_refresh_presentations(),
+        fleet.emulator.refresh_families_revoked(),
+    );
+    assert!(renewed_before >= SESSIONS, "{renewed_before} renewals in fair weather");
+    assert!(bad.is_empty(), "{fault:?}: only 200 or 503 with Retry-After: {bad:#?}");
+    assert!(
+        during_counts.get(&503).copied().unwrap_or(0) > 0,
+        "{fault:?}: the fault was felt (expired sessions wait with 503): {during_counts:?}"
+    );
+    assert!(lost.is_empty(), "{fault:?}: sessions lost: {lost:?}");
+    assert_eq!(lost_after, 0, "{fault:?}: sessions stopped renewing after recovery");
+    assert_eq!(
+        fleet.emulator.concurrent_refresh_presentations(),
+        0,
+        "{fault:?}: a refresh token was presented twice at the same time"
+    );
+    assert_eq!(
+        fleet.emulator.refresh_families_revoked(),
+        0,
+        "{fault:?}: a refresh family was revoked"
+    );
+    assert!(
+        fleet.emulator.successful_refreshes() >= renewed_before + SESSIONS,
+        "{fault:?}: every session renewed after the fault"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_connection_refused_loses_no_session() {
+    every_session_survives(TrialFault::ConnectionRefused, "faults_refused").await;
+}
+
+#[tokio::test]
+async fn postgres_reset_after_the_request_loses_no_session() {
+    every_session_survives(TrialFault::ResetAfterRequest, "faults_reset").await;
+}
+
+#[tokio::test]
+async fn postgres_stall_then_reset_loses_no_session() {
+    every_session_survives(TrialFault::StallThenReset, "faults_stall_reset").await;
+}
+
+#[tokio::test]
+async fn postgres_stall_past_the_refresh_timeout_loses_no_session() {
+    every_session_survives(TrialFault::StallPastTimeout, "faults_stall").await;
+}
+
+#[tokio::test]
+async fn postgres_ave_500_loses_no_session() {
+    every_session_survives(TrialFault::Status500, "faults_500").await;
+}
+
+#[tokio::test]
+async fn postgres_ave_429_with_retry_after_loses_no_session() {
+    every_session_survives(TrialFault::RateLimited, "faults_429").await;
+}
+
+/// The detector the fault tests rely on: one refresh token sent twice at once is counted.
+#[tokio::test]
+async fn the_emulator_counts_one_refresh_token_presented_twice_at_once() {
+    let emulator = Emulator::start(emulator_config(3600, 1)).await.expect("emulator");
+    let app = TestApp::spawn_with(Options {
+        shared_emulator: Some(emulator.clone()),
+        ..Options::default()
+    })
+    .await;
+    emulator.set_redirect_uris(vec![app.url("/auth/callback")]);
+    let _signed_in = sign_in_as(&app.http, &emulator, &app.address, &emulator.users()[0].id).await;
+    let refresh_token = emulator
+        .issued_tokens()
+        .last()
+        .cloned()
+        .expect("a refresh token was issued");
+    emulator.set_token_failure(Some(TokenFailure::Delay(Duration::from_millis(500))));
+    let body = serde_json::json!({
+        "grantType": "refresh_token",
+        "clientId": emulator.client_id(),
+        "clientSecret": emulator.client_secret(),
+        "refreshToken": refresh_token,
+    });
+    let send = || app.http.post(emulator.token_url()).json(&body).send();
+    let (first, second) = tokio::join!(send(), send());
+    assert!(first.is_ok() && second.is_ok());
+    assert_eq!(emulator.concurrent_refresh_presentations(), 1);
+    app.stop().await;
+}
+
+/// Item 1: a hundred sessions needing renewal at once on one instance, Ave
+/// answering in 1 s: every request 200, one refresh per session, nothing lost
+/// (and requests for valid sessions are not starved meanwhile).
+#[tokio::test]
+async fn postgres_a_hundred_refreshes_at_once_starve_nothing() {
+    const EXPIRED: usize = 100;
+    const VALID: usize = 20;
+    const TTL: u64 = 6;
+    let Some(db) = support::postgres_schema("faults_pool").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(TTL, EXPIRED + VALID))
+        .await
+        .expect("emulator");
+    let app = TestApp::spawn_with(Options {
+        shared_emulator: Some(emulator.clone()),
+        database_url: Some(db),
+        renewal: Some(RenewalSettings {
+            skew: Duration::ZERO,
+            token_budget_per_minute: 10_000,
+            ..RenewalSettings::default()
+        }),
+        // 120 sign-ins from one address: no sign-in rate limit here.
+        security: Some(SecuritySettings {
+            login_rate_limit: RateLimit(0),
+            ..SecuritySettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    emulator.set_redirect_uris(vec![app.url("/auth/callback")]);
+    let users = emulator.users().to_vec();
+    let mut expired = Vec::new();
+    for user in &users[..EXPIRED] {
+        expired.push(sign_in_as(&app.http, &emulator, &app.address, &user.id).await);
+    }
+    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
+    let mut valid = Vec::new();
+    for user in &users[EXPIRED..] {
+        valid.push(sign_in_as(&app.http, &emulator, &app.address, &user.id).await);
+    }
+    let calls_before = refresh_calls(&emulator);
+    assert_eq!(calls_before, 0);
+    emulator.set_token_failure(Some(TokenFailure::Delay(Duration::from_secs(1))));
+
+    let started = Instant::now();
+    let statuses = join_all(
+        expired
+            .iter()
+            .chain(valid.iter())
+            .map(|b| app_token(&app.http, &app.address, b)),
+    )
+    .await;
+    let took = started.elapsed();
+    let failures: Vec<_> = statuses.iter().enumerate().filter(|(_, (s, _))| *s != 200).collect();
+    eprintln!(
+        "measured: {EXPIRED} refreshes at once (Ave answering in 1 s) + {VALID} valid sessions on one instance: \
+         {} of {} requests 200 in {took:?}, {} refresh call(s)",
+        statuses.len() - failures.len(),
+        statuses.len(),
+        refresh_calls(&emulator)
+    );
+    assert!(failures.is_empty(), "every request 200: {failures:?}");
+    assert_eq!(refresh_calls(&emulator), EXPIRED, "one refresh per session");
+    assert_eq!(emulator.successful_refreshes(), EXPIRED);
+
+    // Nothing lost: each renewed session is served again without another refresh.
+    emulator.set_token_failure(None);
+    let again = join_all(expired.iter().map(|b| app_token(&app.http, &app.address, b))).await;
+    assert!(again.iter().all(|(s, _)| *s == 200), "{again:?}");
+    assert_eq!(refresh_calls(&emulator), EXPIRED);
+    assert_eq!(emulator.refresh_families_revoked(), 0);
+    assert_eq!(emulator.concurrent_refresh_presentations(), 0);
+    app.stop().await;
+}
+
+/// Item 4: SIGTERM while refreshes wait on a slow Ave (slower than the 10 s
+/// request grace). The process starts no new refresh, finishes and stores
+/// those in flight, and the sessions live on at the other instance.
+#[tokio::test]
+async fn postgres_sigterm_with_refreshes_in_flight_loses_no_session() {
+    const N: usize = 5;
+    const TTL: u64 = 2;
+    let Some(db) = support::postgres_schema("faults_sigterm").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(TTL, N)).await.expect("emulator");
+    let keys = tempfile::tempdir().expect("keys dir");
+    let url = database_url_string(&db);
+    let env = [("AVEMINT_REFRESH_SKEW", "0"), ("AVEMINT_AVE_TOKEN_BUDGET", "10000")];
+    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
+    let http = http();
+    let mut browsers = Vec::new();
+    for user in emulator.users().to_vec() {
+        browsers.push(sign_in_as(&http, &emulator, &a.base, &user.id).await);
+    }
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 1100)).await;
+
+    // Ave takes 12 s to answer: longer than the 10 s request grace.
+    emulator.set_token_failure(Some(TokenFailure::Delay(Duration::from_secs(12))));
+    let pending: Vec<_> = browsers
+        .iter()
+        .map(|browser| {
+            let (http, base, browser) = (http.clone(), a.base.clone(), browser.clone());
+            tokio::spawn(async move { app_token(&http, &base, &browser).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = a.child.wait().expect("wait");
+        (a, status)
+    })
+    .await
+    .expect("join");
+    let exited_after = signalled.elapsed();
+    assert!(status.1.success(), "graceful exit: {:?}", status.1);
+    for p in pending {
+        let (code, retry_after) = p.await.expect("join");
+        assert!(code == 200 || (code == 503 && retry_after), "during shutdown: {code}");
+    }
+    emulator.set_token_failure(None);
+    assert_eq!(emulator.successful_refreshes(), N, "every refresh in flight finished");
+    for browser in &browsers {
+        let (code, _) = app_token(&http, &b.base, browser).await;
+        assert_eq!(code, 200, "the session lives on at the other instance");
+    }
+    eprintln!(
+        "measured: SIGTERM with {N} refreshes waiting on a 12 s Ave: exited after {exited_after:?}, 0 sessions lost, \
+         {} refresh call(s)",
+        refresh_calls(&emulator)
+    );
+    assert_eq!(emulator.refresh_families_revoked(), 0);
+    assert_eq!(emulator.concurrent_refresh_presentations(), 0);
+}
+
+/// Item 1: a store error during renewal while Ave's access token is still
+/// valid still mints (as an Ave error does).
+#[tokio::test]
+async fn postgres_a_store_error_while_the_access_token_is_valid_still_mints() {
+    let Some(db) = support::postgres_schema("faults_store_error").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(30, 1)).await.expect("emulator");
+    let app = TestApp::spawn_with(Options {
+        shared_emulator: Some(emulator.clone()),
+        database_url: Some(db.clone()),
+        renewal: Some(RenewalSettings {
+            // Every request wants a refresh; the session itself is served from memory.
+            skew: Duration::from_secs(60),
+            session_cache_ttl: Duration::from_secs(60),
+            ..RenewalSettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    emulator.set_redirect_uris(vec![app.url("/auth/callback")]);
+    let browser = sign_in_as(&app.http, &emulator, &app.address, &emulator.users()[0].id).await;
+    // One request renews and caches the session.
+    assert_eq!(app_token(&app.http, &app.address, &browser).await.0, 200);
+    let calls = refresh_calls(&emulator);
+    let sql = sqlx::PgPool::connect(&database_url_string(&db)).await.expect("connect");
+    sqlx::query("ALTER TABLE sessions RENAME TO sessions_away")
+        .execute(&sql)
+        .await
+        .expect("rename");
+    let (status, _) = app_token(&app.http, &app.address, &browser).await;
+    assert_eq!(status, 200, "the store fails, the access token is valid: mint");
+    assert_eq!(
+        refresh_calls(&emulator),
+        calls,
+        "no refresh token was sent without its lock"
+    );
+    sqlx::query("ALTER TABLE sessions_away RENAME TO sessions")
+        .execute(&sql)
+        .await
+        .expect("rename back");
+    app.stop().await;
+}
+
+/// Item 4: a refresh still waiting on Ave when the shutdown's refresh drain
+/// (20 s) ends is cut off; its lock is released and its refresh token kept,
+/// so the next request, at another instance, retries it at once.
+#[tokio::test]
+async fn postgres_a_refresh_cut_off_by_shutdown_is_retried_by_the_next_instance() {
+    const TTL: u64 = 2;
+    let Some(db) = support::postgres_schema("faults_sigterm_cut_off").await else {
+        return;
+    };
+    let emulator = Emulator::start(emulator_config(TTL, 1)).await.expect("emulator");
+    let proxy = FaultProxy::start(&emulator.base_url()).await;
+    emulator.set_advertised_base_url(Some(proxy.url()));
+    let keys = tempfile::tempdir().expect("keys dir");
+    let url = database_url_string(&db);
+    // The refresh timeout (60 s) outlasts the drain: the call is still waiting when it ends.
+    let env = [("AVEMINT_REFRESH_SKEW", "0")];
+    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
+    let http = http();
+    let browser = sign_in_as(&http, &emulator, &a.base, &emulator.users()[0].id).await;
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 1100)).await;
+
+    // Ave never answers (nor sees) the refresh; SIGTERM while it waits.
+    proxy.set_fault(Fault::Stall).await;
+    let seen = proxy.token_requests();
+    let pending = {
+        let (http, base, browser) = (http.clone(), a.base.clone(), browser.clone());
+        tokio::spawn(async move { app_token(&http, &base, &browser).await })
+    };
+    for _ in 0..200 {
+        if proxy.token_requests() > seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.token_requests() > seen, "the refresh is waiting on Ave");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let signalled = Instant::now();
+    let (_a, status) = tokio::task::spawn_blocking(move || {
+        let status = a.child.wait().expect("wait");
+        (a, status)
+    })
+    .await
+    .expect("join");
+    let exited_after = signalled.elapsed();
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(25),
+        "the drain is bounded: {exited_after:?}"
+    );
+    let (code, retry_after) = pending.await.expect("join");
+    assert!(code == 503 && retry_after, "the waiting request: {code}");
+
+    proxy.set_fault(Fault::None).await;
+    let (code, _) = app_token(&http, &b.base, &browser).await;
+    eprintln!(
+        "measured: a refresh cut off by shutdown after {exited_after:?}; the other instance's next request: {code}"
+    );
+    assert_eq!(code, 200, "the cut-off refresh is retried at once with the kept token");
+    assert_eq!(emulator.successful_refreshes(), 1);
+    assert_eq!(emulator.refresh_families_revoked(), 0);
+    assert_eq!(emulator.concurrent_refresh_presentations(), 0);
+}
