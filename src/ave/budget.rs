@@ -2,7 +2,7 @@
 //! and keeps a share of that limit for renewals.
 //!
 //! Ave allows 180 token-endpoint calls per minute per client id, shared by
-//! every user and every instance (`../shared/ave-protocol.md` §1.2). The
+//! every user and every instance (`docs/ave-protocol.md` §1.2). The
 //! budget is a sliding one-minute window of `per_minute` calls, split in two
 //! classes:
 //!

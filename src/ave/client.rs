@@ -3,7 +3,7 @@
 //! Ave's token endpoint accepts only a JSON body with the client secret inside
 //! (no form encoding, no HTTP Basic), and its error bodies are not always
 //! RFC 6749-shaped: schema failures carry `error` as an object
-//! (`../shared/ave-protocol.md` §1.2, §6). Failures are logged by status and
+//! (`docs/ave-protocol.md` §1.2, §6). Failures are logged by status and
 //! error code only; bodies, codes and tokens never reach a log line.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! Everything that talks to Ave, or pretends to be Ave.
 //!
-//! `client` speaks Ave's real wire protocol (`../shared/ave-protocol.md`),
+//! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`),
 //! `id_token` validates what Ave signs, and `emulator` is the local Ave that
 //! `avemint demo` and the tests run against.
 

@@ -13,7 +13,7 @@
 //!
 //! # Fidelity
 //!
-//! The behaviour follows `../shared/ave-protocol.md` (the wire-protocol fact
+//! The behaviour follows `docs/ave-protocol.md` (the wire-protocol fact
 //! sheet derived from Ave's source) and its "emulator fidelity checklist":
 //!
 //! * discovery document with Ave's keys in Ave's order; a JWKS holding one
