@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod renew;
 pub mod sealer;
 pub mod sqlite;
+pub(crate) mod sql;
 pub mod store;
 
 use std::sync::Arc;
