@@ -226,7 +226,9 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
     s.abort_refresh(&r.key, 1, 1499)
         .await
         .expect("abort of another holder's marker");
-    s.abort_refresh(&r.key, 0, 1500).await.expect("abort on another version");
+    s.abort_refresh(&r.key, 0, 1500)
+        .await
+        .expect("abort on another version");
     assert_eq!(
         get(&b, 1).await.refresh_started_at,
         Some(1500),
@@ -237,7 +239,9 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "a stale marker (a dead holder) is taken over"
     );
     assert_eq!(get(&b, 1).await.refresh_started_at, Some(1600));
-    s.abort_refresh(&r.key, 1, 1500).await.expect("abort by the dead holder");
+    s.abort_refresh(&r.key, 1, 1500)
+        .await
+        .expect("abort by the dead holder");
     assert_eq!(
         get(&b, 1).await.refresh_started_at,
         Some(1600),
@@ -370,7 +374,10 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
         vec![11, 12, 14, 13, 10],
         "every owner key, most recently used first"
     );
-    assert_eq!(firsts(s.sessions_of(&alice[..1]).await.expect("list")), vec![12, 14, 10]);
+    assert_eq!(
+        firsts(s.sessions_of(&alice[..1]).await.expect("list")),
+        vec![12, 14, 10]
+    );
     assert!(s.sessions_of(&[]).await.expect("list").is_empty());
     assert!(s.sessions_of(&[OwnerKey([3; 32])]).await.expect("list").is_empty());
     // Keep two (the new session 10 among them): 11 stays, the others go.
@@ -402,8 +409,14 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
             .is_empty()
     );
     assert_eq!(firsts(s.sessions_of(&alice).await.expect("list")), vec![10]);
-    assert!(s.get(&bob.key).await.expect("get").is_some(), "other users are untouched");
-    assert!(s.get(&unindexed.key).await.expect("get").is_some(), "unindexed rows are untouched");
+    assert!(
+        s.get(&bob.key).await.expect("get").is_some(),
+        "other users are untouched"
+    );
+    assert!(
+        s.get(&unindexed.key).await.expect("get").is_some(),
+        "unindexed rows are untouched"
+    );
     assert!(s.trim_sessions_of(&[], 1, &bob.key).await.expect("trim").is_empty());
 }
 
@@ -416,10 +429,20 @@ async fn unreadable_rows_are_corrupt_and_do_not_hide_others(b: Backend) {
         s.insert(&r).await.expect("insert");
     }
     // An owner hash of the wrong length.
-    assert_eq!(b.admin.exec("UPDATE sessions SET owner_hash = sealed WHERE version = 1").await, 1);
+    assert_eq!(
+        b.admin
+            .exec("UPDATE sessions SET owner_hash = sealed WHERE version = 1")
+            .await,
+        1
+    );
     assert!(matches!(s.get(&key(1)).await, Err(StoreError::CorruptRow(_))));
     // A session key of the wrong length, found through the index.
-    assert_eq!(b.admin.exec("UPDATE sessions SET key_hash = sealed WHERE version = 2").await, 1);
+    assert_eq!(
+        b.admin
+            .exec("UPDATE sessions SET key_hash = sealed WHERE version = 2")
+            .await,
+        1
+    );
     let listed = s.sessions_of(&[owner]).await.expect("list");
     assert_eq!(
         listed.iter().map(|r| r.key).collect::<Vec<_>>(),
@@ -456,7 +479,10 @@ async fn a_failing_database_is_unavailable(b: Backend) {
     unavailable("abort_refresh", s.abort_refresh(&r.key, 0, 1).await.err());
     unavailable("touch", s.touch(&r.key, 2000, b"mac").await.err());
     unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());
-    unavailable("trim_sessions_of", s.trim_sessions_of(&[OwnerKey([1; 32])], 1, &r.key).await.err());
+    unavailable(
+        "trim_sessions_of",
+        s.trim_sessions_of(&[OwnerKey([1; 32])], 1, &r.key).await.err(),
+    );
     unavailable("delete", s.delete(&r.key).await.err());
     unavailable("consume_login_state", s.consume_login_state(&[1; 32], 1).await.err());
     let cutoffs = SweepCutoffs {
@@ -530,7 +556,11 @@ async fn postgres_columns(pool: &sqlx::PgPool, table: &str) -> Vec<Column> {
             "bigint" => "integer",
             other => panic!("unmapped PostgreSQL type {other}"),
         };
-        (r.get::<String, _>("name"), kind, r.get::<String, _>("nullable") == "YES")
+        (
+            r.get::<String, _>("name"),
+            kind,
+            r.get::<String, _>("nullable") == "YES",
+        )
     })
     .collect()
 }

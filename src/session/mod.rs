@@ -22,8 +22,8 @@ pub mod id;
 pub mod postgres;
 pub mod renew;
 pub mod sealer;
-pub mod sqlite;
 pub(crate) mod sql;
+pub mod sqlite;
 pub mod store;
 
 use std::sync::Arc;

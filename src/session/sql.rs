@@ -80,7 +80,10 @@ pub(crate) const PING: &str = "SELECT 1";
 /// `$first, $first+1, …` for an `IN` list of `n` owner keys. Only numbered
 /// placeholders are formatted into SQL; every value is bound.
 fn owner_list(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The sessions of any of `n` owners (bound as `$1…$n`), most recently used first.
@@ -324,7 +327,10 @@ macro_rules! sql_session_store {
                     .collect())
             }
 
-            async fn delete(&self, key: &$crate::session::id::SessionKey) -> Result<bool, $crate::session::store::StoreError> {
+            async fn delete(
+                &self,
+                key: &$crate::session::id::SessionKey,
+            ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::DELETE)
                     .bind(key.as_bytes().as_slice())
                     .execute(&self.pool)
