@@ -309,14 +309,12 @@ async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
     s.insert(&at_cutoffs).await.expect("insert");
     assert!(s.consume_login_state(&[1; 32], 2999).await.expect("state"));
     assert!(s.consume_login_state(&[2; 32], 3000).await.expect("state"));
-    let removed = s
-        .sweep(SweepCutoffs {
-            now: 3000,
-            created_before: 500,
-            seen_before: 800,
-        })
-        .await
-        .expect("sweep");
+    let cutoffs = SweepCutoffs {
+        now: 3000,
+        created_before: 500,
+        seen_before: 800,
+    };
+    let removed = s.sweep(cutoffs).await.expect("sweep");
     assert_eq!(removed, 2, "past the lifetime and past the idle timeout");
     for (k, kept) in [(1, true), (2, false), (3, false), (4, true)] {
         assert_eq!(s.get(&key(k)).await.expect("get").is_some(), kept, "row {k}");
@@ -329,14 +327,7 @@ async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
         !s.consume_login_state(&[2; 32], 5000).await.expect("state"),
         "a state expiring now is still remembered"
     );
-    let removed = s
-        .sweep(SweepCutoffs {
-            now: 3000,
-            created_before: 500,
-            seen_before: 800,
-        })
-        .await
-        .expect("sweep");
+    let removed = s.sweep(cutoffs).await.expect("sweep");
     assert_eq!(removed, 0, "nothing more to sweep");
 }
 

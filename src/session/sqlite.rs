@@ -122,21 +122,7 @@ super::sql::sql_session_store!(SqliteStore);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{OwnerKey, SessionKey, SessionStore, StoredSession};
-
-    fn row(k: u8, version: i64, now: i64) -> StoredSession {
-        StoredSession {
-            key: SessionKey::from_bytes([k; 32]),
-            version,
-            sealed: vec![k; 40],
-            created_at: now,
-            last_seen_at: now,
-            access_expires_at: now + 3600,
-            refresh_started_at: None,
-            owner: Some(OwnerKey([k % 2; 32])),
-            seen_mac: Some(vec![k; 32]),
-        }
-    }
+    use crate::session::SessionStore;
 
     #[cfg(unix)]
     #[tokio::test]
@@ -148,7 +134,7 @@ mod tests {
         let s = SqliteStore::connect(&format!("sqlite://{}", db.display()))
             .await
             .expect("connect");
-        s.insert(&row(1, 0, 1000)).await.expect("insert");
+        assert!(s.consume_login_state(&[1; 32], 1000).await.expect("write"));
         for suffix in ["", "-wal", "-shm"] {
             let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
             assert!(p.exists(), "{suffix} exists while open");
