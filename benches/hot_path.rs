@@ -227,9 +227,13 @@ fn session_lookup_miss(c: &mut Criterion) {
         let sessions = Sessions::open(&url, &session_keys(), SessionSettings::default(), Duration::ZERO)
             .await
             .expect("store");
-        let data = session_data();
         let mut keys = Vec::new();
-        for _ in 0..1000 {
+        for n in 0..1000 {
+            // One user each: a user's sessions are capped (AVEMINT_MAX_SESSIONS_PER_USER).
+            let data = SessionData {
+                sub: format!("user-{n}"),
+                ..session_data()
+            };
             let id = sessions.create(&data, NOW as i64).await.expect("create");
             keys.push(id.key());
         }
