@@ -102,9 +102,6 @@ mod state;
 mod token;
 mod userinfo;
 
-#[cfg(test)]
-mod tests;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
