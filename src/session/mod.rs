@@ -22,6 +22,7 @@ pub mod id;
 pub mod postgres;
 pub mod renew;
 pub mod sealer;
+pub(crate) mod sql;
 pub mod sqlite;
 pub mod store;
 

@@ -1,0 +1,616 @@
+//! The session store contract, run against both backends: every test below is
+//! instantiated once over SQLite (a file in a temp dir) and once over
+//! PostgreSQL (a fresh schema per test under `AVEMINT_TEST_DATABASE_URL`;
+//! skipped with a message without it, except under `CI=true`, where it fails).
+//! Only the public `SessionStore` API is exercised; the database is edited
+//! directly only to stage corrupt rows and failures.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use avemint::config::DatabaseUrl;
+use avemint::session::postgres::PostgresStore;
+use avemint::session::sqlite::SqliteStore;
+use avemint::session::{OwnerKey, SessionKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use sqlx::Row;
+
+/// A direct connection to the store's database, to stage what the store API cannot.
+enum Admin {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Admin {
+    /// Runs one statement written in SQL both databases accept.
+    async fn exec(&self, sql: &'static str) -> u64 {
+        match self {
+            Self::Sqlite(p) => sqlx::query(sql).execute(p).await.expect(sql).rows_affected(),
+            Self::Postgres(p) => sqlx::query(sql).execute(p).await.expect(sql).rows_affected(),
+        }
+    }
+}
+
+/// One backend under test.
+struct Backend {
+    store: Arc<dyn SessionStore>,
+    url: String,
+    admin: Admin,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+        let store = Arc::new(SqliteStore::connect(&url).await.expect("connect"));
+        let admin = Admin::Sqlite(sqlx::SqlitePool::connect(&url).await.expect("admin connect"));
+        Self {
+            store,
+            url,
+            admin,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres(test: &str) -> Option<Self> {
+        let url = support::database_url_string(&support::postgres_schema(test).await?);
+        let store = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
+        let admin = Admin::Postgres(sqlx::PgPool::connect(&url).await.expect("admin connect"));
+        Some(Self {
+            store,
+            url,
+            admin,
+            _dir: None,
+        })
+    }
+
+    fn is_sqlite(&self) -> bool {
+        matches!(self.admin, Admin::Sqlite(_))
+    }
+
+    /// Opens the same database again (running the migrations again).
+    async fn reopen(&self) -> Result<Arc<dyn SessionStore>, StoreError> {
+        Ok(match DatabaseUrl::parse(&self.url).expect("url") {
+            DatabaseUrl::Sqlite(u) => Arc::new(SqliteStore::connect(&u).await?),
+            DatabaseUrl::Postgres(u) => Arc::new(PostgresStore::connect(u.expose()).await?),
+        })
+    }
+
+    /// A database of this kind that cannot be opened.
+    async fn open_unreachable(&self) -> Result<Arc<dyn SessionStore>, StoreError> {
+        Ok(if self.is_sqlite() {
+            Arc::new(SqliteStore::connect("sqlite:///nonexistent-avemint-dir/contract.db").await?)
+        } else {
+            Arc::new(PostgresStore::connect("postgres://postgres@127.0.0.1:1/test").await?)
+        })
+    }
+}
+
+/// Instantiates each contract test once per backend.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let test = concat!("store_contract::postgres::", stringify!($name));
+                    if let Some(backend) = super::Backend::postgres(test).await {
+                        super::$name(backend).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    insert_get_delete_and_login_states,
+    replace_is_compare_and_swap_on_version,
+    the_refresh_marker_admits_one_holder_until_it_is_stale,
+    touch_moves_last_seen_forward_with_its_mac,
+    sweep_removes_expired_sessions_and_used_states,
+    the_per_user_index_lists_and_trims_most_recently_used_first,
+    unreadable_rows_are_corrupt_and_do_not_hide_others,
+    a_failing_database_is_unavailable,
+    an_unknown_migration_history_is_a_migration_error,
+    reopening_keeps_the_rows,
+);
+
+fn key(k: u8) -> SessionKey {
+    SessionKey::from_bytes([k; 32])
+}
+
+fn row(k: u8, version: i64, now: i64) -> StoredSession {
+    StoredSession {
+        key: key(k),
+        version,
+        sealed: vec![k; 40],
+        created_at: now,
+        last_seen_at: now,
+        access_expires_at: now + 3600,
+        refresh_started_at: None,
+        owner: Some(OwnerKey([k % 2; 32])),
+        seen_mac: Some(vec![k; 32]),
+    }
+}
+
+async fn get(s: &Backend, k: u8) -> StoredSession {
+    s.store.get(&key(k)).await.expect("get").expect("row")
+}
+
+async fn insert_get_delete_and_login_states(b: Backend) {
+    let s = &b.store;
+    s.ping().await.expect("ping");
+    assert_eq!(s.get(&key(1)).await.expect("get"), None);
+    let r = row(1, 0, 1000);
+    s.insert(&r).await.expect("insert");
+    assert_eq!(s.get(&r.key).await.expect("get"), Some(r.clone()), "round trip");
+    // A row without the index or the MAC (written by an older version) reads back as such.
+    let mut old = row(2, 3, 900);
+    old.owner = None;
+    old.seen_mac = None;
+    s.insert(&old).await.expect("insert");
+    assert_eq!(s.get(&old.key).await.expect("get"), Some(old.clone()));
+    assert!(
+        matches!(s.insert(&r).await, Err(StoreError::Unavailable(_))),
+        "a duplicate key is refused"
+    );
+    assert_eq!(get(&b, 1).await, r, "the refused insert changed nothing");
+    assert!(s.delete(&r.key).await.expect("delete"));
+    assert!(!s.delete(&r.key).await.expect("delete"), "deleted once");
+    assert_eq!(s.get(&r.key).await.expect("get"), None);
+    assert!(s.get(&old.key).await.expect("get").is_some(), "other rows stay");
+    assert!(s.consume_login_state(&[9; 32], 100).await.expect("state"));
+    assert!(!s.consume_login_state(&[9; 32], 100).await.expect("state"), "used once");
+    assert!(s.consume_login_state(&[8; 32], 100).await.expect("state"));
+}
+
+async fn replace_is_compare_and_swap_on_version(b: Backend) {
+    let s = &b.store;
+    let r = row(1, 0, 1000);
+    s.insert(&r).await.expect("insert");
+    assert!(s.replace(&r.key, 0, b"new", 5000).await.expect("cas"));
+    assert!(
+        !s.replace(&r.key, 0, b"stale", 6000).await.expect("cas"),
+        "a stale version loses"
+    );
+    let got = get(&b, 1).await;
+    assert_eq!(
+        (got.version, got.sealed.as_slice(), got.access_expires_at),
+        (1, b"new".as_slice(), 5000)
+    );
+    assert_eq!(
+        (got.created_at, got.last_seen_at, got.owner, got.seen_mac),
+        (r.created_at, r.last_seen_at, r.owner, r.seen_mac),
+        "replace changes only the data"
+    );
+    assert!(
+        !s.replace(&key(7), 0, b"x", 1).await.expect("cas"),
+        "a missing row is not replaced"
+    );
+    assert_eq!(s.get(&key(7)).await.expect("get"), None, "nor created");
+}
+
+async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
+    let s = &b.store;
+    let r = row(1, 1, 1000);
+    s.insert(&r).await.expect("insert");
+    assert!(
+        !s.begin_refresh(&r.key, 0, 1500, 1400).await.expect("marker"),
+        "the marker needs the current version"
+    );
+    assert!(
+        !s.begin_refresh(&key(7), 1, 1500, 1400).await.expect("marker"),
+        "no marker on a missing row"
+    );
+    assert!(s.begin_refresh(&r.key, 1, 1500, 1400).await.expect("marker"));
+    assert_eq!(get(&b, 1).await.refresh_started_at, Some(1500));
+    assert!(
+        !s.begin_refresh(&r.key, 1, 1501, 1401).await.expect("marker"),
+        "one marker holder"
+    );
+    assert!(
+        !s.begin_refresh(&r.key, 1, 1510, 1500).await.expect("marker"),
+        "a marker exactly at the cut-off is not stale"
+    );
+    s.abort_refresh(&r.key, 1, 1499)
+        .await
+        .expect("abort of another holder's marker");
+    s.abort_refresh(&r.key, 0, 1500)
+        .await
+        .expect("abort on another version");
+    assert_eq!(
+        get(&b, 1).await.refresh_started_at,
+        Some(1500),
+        "only the holder's own marker on its version is cleared"
+    );
+    assert!(
+        s.begin_refresh(&r.key, 1, 1600, 1501).await.expect("marker"),
+        "a stale marker (a dead holder) is taken over"
+    );
+    assert_eq!(get(&b, 1).await.refresh_started_at, Some(1600));
+    s.abort_refresh(&r.key, 1, 1500)
+        .await
+        .expect("abort by the dead holder");
+    assert_eq!(
+        get(&b, 1).await.refresh_started_at,
+        Some(1600),
+        "the holder that was taken over cannot clear the new marker"
+    );
+    s.abort_refresh(&r.key, 1, 1600).await.expect("abort");
+    let got = get(&b, 1).await;
+    assert_eq!(
+        (got.refresh_started_at, got.version, got.sealed),
+        (None, 1, r.sealed.clone()),
+        "abort clears the marker and keeps the data"
+    );
+    assert!(s.begin_refresh(&r.key, 1, 1602, 1502).await.expect("marker"));
+    assert!(s.replace(&r.key, 1, b"newer", 7000).await.expect("cas"));
+    let got = get(&b, 1).await;
+    assert_eq!(
+        (got.refresh_started_at, got.version),
+        (None, 2),
+        "replace clears the marker"
+    );
+    assert!(
+        s.begin_refresh(&r.key, 2, 1700, 1000).await.expect("marker"),
+        "the next refresh can start"
+    );
+}
+
+async fn touch_moves_last_seen_forward_with_its_mac(b: Backend) {
+    let s = &b.store;
+    let r = row(1, 0, 1000);
+    s.insert(&r).await.expect("insert");
+    s.touch(&r.key, 2000, b"mac").await.expect("touch");
+    let got = get(&b, 1).await;
+    assert_eq!(
+        (got.last_seen_at, got.seen_mac.as_deref()),
+        (2000, Some(b"mac".as_slice()))
+    );
+    assert_eq!((got.created_at, got.version), (1000, 0), "touch changes only activity");
+    s.touch(&r.key, 1500, b"older").await.expect("touch");
+    s.touch(&r.key, 2000, b"same").await.expect("touch");
+    let got = get(&b, 1).await;
+    assert_eq!(
+        (got.last_seen_at, got.seen_mac.as_deref()),
+        (2000, Some(b"mac".as_slice())),
+        "never moved back, nor re-MACed at the same time"
+    );
+    s.touch(&key(7), 3000, b"mac").await.expect("touch of a missing row");
+    assert_eq!(s.get(&key(7)).await.expect("get"), None);
+}
+
+async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
+    let s = &b.store;
+    let mut fresh = row(1, 0, 1000);
+    fresh.created_at = 600;
+    s.insert(&fresh).await.expect("insert");
+    let mut born_early = row(2, 0, 1000);
+    born_early.created_at = 499;
+    s.insert(&born_early).await.expect("insert");
+    let mut idle = row(3, 0, 1000);
+    idle.created_at = 600;
+    idle.last_seen_at = 799;
+    s.insert(&idle).await.expect("insert");
+    let mut at_cutoffs = row(4, 0, 1000);
+    at_cutoffs.created_at = 500;
+    at_cutoffs.last_seen_at = 800;
+    s.insert(&at_cutoffs).await.expect("insert");
+    assert!(s.consume_login_state(&[1; 32], 2999).await.expect("state"));
+    assert!(s.consume_login_state(&[2; 32], 3000).await.expect("state"));
+    let cutoffs = SweepCutoffs {
+        now: 3000,
+        created_before: 500,
+        seen_before: 800,
+    };
+    let removed = s.sweep(cutoffs).await.expect("sweep");
+    assert_eq!(removed, 2, "past the lifetime and past the idle timeout");
+    for (k, kept) in [(1, true), (2, false), (3, false), (4, true)] {
+        assert_eq!(s.get(&key(k)).await.expect("get").is_some(), kept, "row {k}");
+    }
+    assert!(
+        s.consume_login_state(&[1; 32], 5000).await.expect("state"),
+        "an expired used state is forgotten"
+    );
+    assert!(
+        !s.consume_login_state(&[2; 32], 5000).await.expect("state"),
+        "a state expiring now is still remembered"
+    );
+    let removed = s.sweep(cutoffs).await.expect("sweep");
+    assert_eq!(removed, 0, "nothing more to sweep");
+}
+
+async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend) {
+    let s = &b.store;
+    let alice = [OwnerKey([7; 32]), OwnerKey([8; 32])];
+    let mut rows = Vec::new();
+    for (i, seen) in [(10u8, 100), (11, 400), (12, 300), (13, 200)] {
+        let mut r = row(i, 0, 50);
+        r.last_seen_at = seen;
+        r.owner = Some(alice[usize::from(i % 2)]);
+        s.insert(&r).await.expect("insert");
+        rows.push(r);
+    }
+    // Same last use as 13: the later created comes first.
+    let mut tie = row(14, 0, 60);
+    tie.last_seen_at = 200;
+    tie.owner = Some(alice[0]);
+    s.insert(&tie).await.expect("insert");
+    let mut bob = row(20, 0, 50);
+    bob.owner = Some(OwnerKey([9; 32]));
+    s.insert(&bob).await.expect("insert");
+    let mut unindexed = row(21, 0, 50);
+    unindexed.owner = None;
+    s.insert(&unindexed).await.expect("insert");
+    let firsts = |rows: Vec<StoredSession>| rows.iter().map(|r| r.key.as_bytes()[0]).collect::<Vec<u8>>();
+    let listed = s.sessions_of(&alice).await.expect("list");
+    assert_eq!(
+        listed.iter().find(|r| r.key == rows[1].key),
+        Some(&rows[1]),
+        "rows are listed whole"
+    );
+    assert_eq!(
+        firsts(listed),
+        vec![11, 12, 14, 13, 10],
+        "every owner key, most recently used first"
+    );
+    assert_eq!(
+        firsts(s.sessions_of(&alice[..1]).await.expect("list")),
+        vec![12, 14, 10]
+    );
+    assert!(s.sessions_of(&[]).await.expect("list").is_empty());
+    assert!(s.sessions_of(&[OwnerKey([3; 32])]).await.expect("list").is_empty());
+    // Keep two (the new session 10 among them): 11 stays, the others go.
+    let mut ended: Vec<u8> = s
+        .trim_sessions_of(&alice, 2, &rows[0].key)
+        .await
+        .expect("trim")
+        .iter()
+        .map(|k| k.as_bytes()[0])
+        .collect();
+    ended.sort_unstable();
+    assert_eq!(ended, vec![12, 13, 14]);
+    assert_eq!(firsts(s.sessions_of(&alice).await.expect("list")), vec![11, 10]);
+    assert!(
+        s.trim_sessions_of(&alice, 2, &rows[0].key)
+            .await
+            .expect("trim")
+            .is_empty(),
+        "nothing beyond the limit"
+    );
+    // Keep one: only the excepted session, even though it is not the most recent.
+    let ended = s.trim_sessions_of(&alice, 1, &rows[0].key).await.expect("trim");
+    assert_eq!(ended, vec![rows[1].key]);
+    // Keep zero still never ends the excepted session.
+    assert!(
+        s.trim_sessions_of(&alice, 0, &rows[0].key)
+            .await
+            .expect("trim")
+            .is_empty()
+    );
+    assert_eq!(firsts(s.sessions_of(&alice).await.expect("list")), vec![10]);
+    assert!(
+        s.get(&bob.key).await.expect("get").is_some(),
+        "other users are untouched"
+    );
+    assert!(
+        s.get(&unindexed.key).await.expect("get").is_some(),
+        "unindexed rows are untouched"
+    );
+    assert!(s.trim_sessions_of(&[], 1, &bob.key).await.expect("trim").is_empty());
+}
+
+async fn unreadable_rows_are_corrupt_and_do_not_hide_others(b: Backend) {
+    let s = &b.store;
+    let owner = OwnerKey([7; 32]);
+    for (k, version) in [(1u8, 1), (2, 2), (3, 3)] {
+        let mut r = row(k, version, 1000 + i64::from(k));
+        r.owner = Some(owner);
+        s.insert(&r).await.expect("insert");
+    }
+    // An owner hash of the wrong length.
+    assert_eq!(
+        b.admin
+            .exec("UPDATE sessions SET owner_hash = sealed WHERE version = 1")
+            .await,
+        1
+    );
+    assert!(matches!(s.get(&key(1)).await, Err(StoreError::CorruptRow(_))));
+    // A session key of the wrong length, found through the index.
+    assert_eq!(
+        b.admin
+            .exec("UPDATE sessions SET key_hash = sealed WHERE version = 2")
+            .await,
+        1
+    );
+    let listed = s.sessions_of(&[owner]).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|r| r.key).collect::<Vec<_>>(),
+        vec![key(3)],
+        "one unreadable row does not hide the others"
+    );
+    if b.is_sqlite() {
+        // Only SQLite lets a column hold a value of another type.
+        b.admin
+            .exec("UPDATE sessions SET created_at = 'soon' WHERE version = 3")
+            .await;
+        assert!(matches!(s.get(&key(3)).await, Err(StoreError::CorruptRow(_))));
+        assert!(s.sessions_of(&[owner]).await.expect("list").is_empty());
+    }
+    assert!(s.delete(&key(1)).await.expect("delete"), "a corrupt row can be deleted");
+    assert_eq!(s.get(&key(1)).await.expect("get"), None);
+}
+
+async fn a_failing_database_is_unavailable(b: Backend) {
+    let s = &b.store;
+    let r = row(1, 0, 1000);
+    s.insert(&r).await.expect("insert");
+    b.admin.exec("ALTER TABLE sessions RENAME TO sessions_away").await;
+    b.admin
+        .exec("ALTER TABLE used_login_states RENAME TO used_login_states_away")
+        .await;
+    let unavailable = |what: &str, e: Option<StoreError>| {
+        assert!(matches!(e, Some(StoreError::Unavailable(_))), "{what}: {e:?}");
+    };
+    unavailable("insert", s.insert(&row(2, 0, 1000)).await.err());
+    unavailable("get", s.get(&r.key).await.err());
+    unavailable("replace", s.replace(&r.key, 0, b"x", 1).await.err());
+    unavailable("begin_refresh", s.begin_refresh(&r.key, 0, 1, 0).await.err());
+    unavailable("abort_refresh", s.abort_refresh(&r.key, 0, 1).await.err());
+    unavailable("touch", s.touch(&r.key, 2000, b"mac").await.err());
+    unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());
+    unavailable(
+        "trim_sessions_of",
+        s.trim_sessions_of(&[OwnerKey([1; 32])], 1, &r.key).await.err(),
+    );
+    unavailable("delete", s.delete(&r.key).await.err());
+    unavailable("consume_login_state", s.consume_login_state(&[1; 32], 1).await.err());
+    let cutoffs = SweepCutoffs {
+        now: 1,
+        created_before: 0,
+        seen_before: 0,
+    };
+    unavailable("sweep", s.sweep(cutoffs).await.err());
+    b.admin.exec("ALTER TABLE sessions_away RENAME TO sessions").await;
+    b.admin
+        .exec("ALTER TABLE used_login_states_away RENAME TO used_login_states")
+        .await;
+    assert_eq!(get(&b, 1).await, r, "nothing was lost once the database is back");
+    unavailable("connect", b.open_unreachable().await.err());
+}
+
+async fn an_unknown_migration_history_is_a_migration_error(b: Backend) {
+    // A database migrated by a version this build does not know.
+    assert_eq!(
+        b.admin
+            .exec("UPDATE _sqlx_migrations SET version = 99999 WHERE version = 1")
+            .await,
+        1
+    );
+    assert!(matches!(b.reopen().await.err(), Some(StoreError::Migration(_))));
+}
+
+async fn reopening_keeps_the_rows(b: Backend) {
+    let r = row(1, 0, 1000);
+    b.store.insert(&r).await.expect("insert");
+    let again = b.reopen().await.expect("migrations run again");
+    assert_eq!(again.get(&r.key).await.expect("get"), Some(r));
+}
+
+/// The column of a table as both databases describe it: name, kind, nullable.
+type Column = (String, &'static str, bool);
+
+async fn sqlite_columns(pool: &sqlx::SqlitePool, table: &str) -> Vec<Column> {
+    sqlx::query(r#"SELECT name, type, "notnull", pk FROM pragma_table_info(?) ORDER BY cid"#)
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .expect("table info")
+        .iter()
+        .map(|r| {
+            let kind = match r.get::<String, _>("type").as_str() {
+                "BLOB" => "bytes",
+                "INTEGER" => "integer",
+                other => panic!("unmapped SQLite type {other}"),
+            };
+            let not_null = r.get::<i64, _>("notnull") == 1 || r.get::<i64, _>("pk") > 0;
+            (r.get::<String, _>("name"), kind, !not_null)
+        })
+        .collect()
+}
+
+async fn postgres_columns(pool: &sqlx::PgPool, table: &str) -> Vec<Column> {
+    sqlx::query(
+        "SELECT column_name::text AS name, data_type::text AS kind, is_nullable::text AS nullable \
+         FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 \
+         ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .expect("columns")
+    .iter()
+    .map(|r| {
+        let kind = match r.get::<String, _>("kind").as_str() {
+            "bytea" => "bytes",
+            "bigint" => "integer",
+            other => panic!("unmapped PostgreSQL type {other}"),
+        };
+        (
+            r.get::<String, _>("name"),
+            kind,
+            r.get::<String, _>("nullable") == "YES",
+        )
+    })
+    .collect()
+}
+
+/// Both migration histories end in the same tables, columns and indexes.
+#[tokio::test]
+async fn both_migration_histories_end_in_the_same_schema() {
+    let lite = Backend::sqlite().await;
+    let Some(pg) = Backend::postgres("store_contract::both_migration_histories_end_in_the_same_schema").await else {
+        return;
+    };
+    let (Admin::Sqlite(lite_pool), Admin::Postgres(pg_pool)) = (&lite.admin, &pg.admin) else {
+        unreachable!("one of each")
+    };
+    let lite_tables: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(lite_pool)
+    .await
+    .expect("tables")
+    .into_iter()
+    .collect();
+    let pg_tables: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(pg_pool)
+    .await
+    .expect("tables")
+    .into_iter()
+    .collect();
+    assert_eq!(
+        lite_tables,
+        BTreeSet::from(["sessions".to_owned(), "used_login_states".to_owned()])
+    );
+    assert_eq!(lite_tables, pg_tables);
+    for table in &lite_tables {
+        let lite_cols = sqlite_columns(lite_pool, table).await;
+        assert!(!lite_cols.is_empty(), "{table} has columns");
+        assert_eq!(lite_cols, postgres_columns(pg_pool, table).await, "columns of {table}");
+        let lite_indexes: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name NOT LIKE 'sqlite_autoindex%'",
+        )
+        .bind(table)
+        .fetch_all(lite_pool)
+        .await
+        .expect("indexes")
+        .into_iter()
+        .collect();
+        let pg_indexes: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1 \
+             AND indexname NOT LIKE '%\\_pkey'",
+        )
+        .bind(table)
+        .fetch_all(pg_pool)
+        .await
+        .expect("indexes")
+        .into_iter()
+        .collect();
+        assert_eq!(lite_indexes, pg_indexes, "indexes of {table}");
+    }
+}
