@@ -18,8 +18,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::ClientOptions;
-use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
     AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
     SessionSettings, Settings, TokenSettings,

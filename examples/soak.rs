@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use avemint::ave::emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
+use ave_emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
 use fault_proxy::{Fault, FaultProxy};
 
 const ACCESS_TTL: u64 = 15;

@@ -7,8 +7,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ave_emulator::{Emulator, EmulatorConfig};
+
 use crate::ave::ClientOptions;
-use crate::ave::emulator::{Emulator, EmulatorConfig};
 use crate::config::{
     AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
     SessionSettings, Settings, TokenSettings,

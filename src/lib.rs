@@ -6,6 +6,7 @@
 
 pub mod ave;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
 pub mod metrics;

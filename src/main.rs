@@ -24,6 +24,8 @@ enum Command {
     /// Run the service (the default).
     Serve,
     /// Run a local demo: avemint plus a built-in Ave emulator on loopback. Not for production.
+    /// Only in builds with the `demo` feature (the default).
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the demo listens (loopback only).
         #[arg(long, env = "AVEMINT_LISTEN", default_value = "127.0.0.1:8080")]
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Keys { command } => keys(cli.config.as_deref(), command),
+        #[cfg(feature = "demo")]
         Command::Demo { listen, keys_dir } => {
             // The demo configures itself (emulator, throw-away keys, in-memory store): a configuration file would
             // be silently ignored, so it is refused instead.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
 }
 
 /// Where a configuration file was named for `avemint demo`, if anywhere (`--config` or `AVEMINT_CONFIG`).
+#[cfg(feature = "demo")]
 fn demo_config_source(flag: Option<&std::path::Path>) -> Option<&'static str> {
     if flag.is_some() {
         Some("--config")

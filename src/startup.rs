@@ -50,7 +50,8 @@ pub enum StartupError {
 pub enum Mode {
     /// `avemint serve`: the real thing.
     Serve,
-    /// `avemint demo`: adds the demo page. Only the `demo` command builds this.
+    /// `avemint demo`: adds the demo page. Only the `demo` command builds this (`demo` feature).
+    #[cfg(feature = "demo")]
     Demo,
 }
 
@@ -194,7 +195,12 @@ impl Application {
             }
         };
         let timeouts = self.state.security.connection_timeouts;
-        let app = http::routes(self.state, self.mode == Mode::Demo);
+        let demo = match self.mode {
+            Mode::Serve => false,
+            #[cfg(feature = "demo")]
+            Mode::Demo => true,
+        };
+        let app = http::routes(self.state, demo);
         let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use avemint::ave::emulator::{Emulator, EmulatorConfig};
+use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::config::RenewalSettings;
 use avemint::http::client_ip::TrustedProxies;
 use avemint::http::security::SecuritySettings;

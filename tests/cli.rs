@@ -88,7 +88,7 @@ fn a_config_file_is_read_and_the_environment_wins() {
 
 #[tokio::test]
 async fn serve_stops_cleanly_on_sigterm() {
-    let emulator = avemint::ave::emulator::Emulator::start(Default::default())
+    let emulator = ave_emulator::Emulator::start(Default::default())
         .await
         .expect("emulator");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::ave::emulator::EmulatorConfig;
+use ave_emulator::EmulatorConfig;
 use avemint::config::RenewalSettings;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use serde_json::{Value, json};

@@ -13,8 +13,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ave_emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
-use avemint::ave::emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
 use avemint::config::{DatabaseUrl, RenewalSettings};
 use avemint::http::rate_limit::RateLimit;
 use avemint::http::security::SecuritySettings;

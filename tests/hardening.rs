@@ -837,7 +837,7 @@ async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
         .expect("addr")
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig {
         redirect_uris: vec![format!("{base}/auth/callback")],
         ..Default::default()
     })

@@ -2,7 +2,7 @@
 
 mod support;
 
-use avemint::ave::emulator::IdTokenDefect;
+use ave_emulator::IdTokenDefect;
 use support::{Browser, SESSION_COOKIE, TestApp, error_code};
 
 async fn sign_in_fails(app: &TestApp, defect: IdTokenDefect) {
@@ -76,7 +76,7 @@ async fn a_kid_that_is_never_published_fails_after_one_refetch_and_floods_do_not
 mod header_and_refetch_limits {
     use std::time::Duration;
 
-    use avemint::ave::emulator::{Emulator, EmulatorConfig};
+    use ave_emulator::{Emulator, EmulatorConfig};
     use avemint::ave::id_token::{self, NonceCheck};
     use avemint::ave::{AveClient, ClientOptions, IdTokenError};
     use avemint::config::Issuer;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use avemint::ave::emulator::{Emulator, EmulatorConfig};
+use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::id_token::{self, NonceCheck};
 use avemint::ave::{AveClient, ClientOptions, IdTokenError};
 use avemint::config::{DatabaseUrl, Issuer, RenewalSettings};

@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
+use ave_emulator::{Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
-use avemint::ave::emulator::{Emulator, EmulatorConfig, TokenFailure};
 use avemint::config::{DatabaseUrl, RenewalSettings};
 use futures_util::future::join_all;
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, error_code, sign_in_at};

@@ -278,7 +278,7 @@ async fn database_files_are_0600_whatever_the_umask() {
         .expect("addr")
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let emulator = avemint::ave::emulator::Emulator::start(avemint::ave::emulator::EmulatorConfig {
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig {
         redirect_uris: vec![format!("{base}/auth/callback")],
         ..Default::default()
     })

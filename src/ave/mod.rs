@@ -1,12 +1,11 @@
 //! Everything that talks to Ave, or pretends to be Ave.
 //!
-//! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`),
-//! `id_token` validates what Ave signs, and `emulator` is the local Ave that
-//! `avemint demo` and the tests run against.
+//! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`) and
+//! `id_token` validates what Ave signs. The local Ave that `avemint demo` and
+//! the tests run against is its own crate, `crates/ave-emulator`.
 
 pub mod budget;
 pub mod client;
-pub mod emulator;
 pub mod id_token;
 pub mod metadata;
 

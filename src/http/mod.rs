@@ -5,7 +5,9 @@ pub mod auth;
 pub mod client_ip;
 pub mod cookies;
 pub mod cors;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 pub mod demo_api;
 pub mod docs;
 pub mod errors;
@@ -109,9 +111,16 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
     let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
     let route = spa::in_front_of(route);
+    #[cfg(feature = "demo")]
     let route = if demo {
         demo::in_front_of(route).map_to_response().boxed()
     } else {
+        route.map_to_response().boxed()
+    };
+    // Without the `demo` feature there is no demo page to put in front (and `demo` is always false).
+    #[cfg(not(feature = "demo"))]
+    let route = {
+        let _ = demo;
         route.map_to_response().boxed()
     };
     let guard = security::Guard::new(&state.public_url, state.security.clone());

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::ClientOptions;
-use avemint::ave::emulator::{Emulator, EmulatorConfig};
 use avemint::config::{
     AveSettings, ConfigErrors, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl,
     RenewalSettings, SessionKeys, SessionSettings, Settings, TokenSettings,

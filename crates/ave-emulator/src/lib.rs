@@ -94,16 +94,38 @@
 //! [`Emulator::refresh_families_revoked`] and
 //! [`Emulator::concurrent_refresh_presentations`] let tests observe what the
 //! client did. Tokens and secrets are never logged.
+//!
+//! # Layout
+//!
+//! | Module | What it owns |
+//! |---|---|
+//! | `lib.rs` | the public API: [`Emulator`], its configuration and switches |
+//! | `http` | the router, JSON/CORS answers, discovery and JWKS |
+//! | `signin` | the sign-in page and its forms |
+//! | `token` | `POST /api/oauth/token`: body, rate limit, presentation counting, recording |
+//! | `request` | token-request parsing with zod-shaped errors |
+//! | `grants` | the authorization-code and refresh grants (rotation, reuse detection) |
+//! | `reply` | token-endpoint answers and OAuth errors |
+//! | `jwt` | minting (and forging, for the hostile switches) Ave's JWTs; verifying access JWTs |
+//! | `scopes` | Ave's scope rules |
+//! | `userinfo` | `GET /api/oauth/userinfo` |
+//! | `state` | the in-memory records (codes, tokens, refresh families, rate windows) |
+//! | `crypto` | RSA keys, JWS, digests and random values (aws-lc-rs) |
+//!
+//! avemint's `serve` binary never contains this crate: it is a dev-dependency of
+//! avemint, and a normal one only behind avemint's `demo` cargo feature.
 
 mod crypto;
+mod grants;
 mod http;
+mod jwt;
+mod reply;
+mod request;
+mod scopes;
 mod signin;
 mod state;
 mod token;
 mod userinfo;
-
-#[cfg(test)]
-mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

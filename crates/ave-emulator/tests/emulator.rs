@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 
-use super::*;
+use ave_emulator::*;
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 const FULL_SCOPE: &str = "openid profile email offline_access";
@@ -38,11 +38,12 @@ struct Pkce {
 }
 
 fn pkce() -> Pkce {
-    let verifier = format!(
-        "{}-{}",
-        crypto::random_token43().expect("random"),
-        crypto::random_token43().expect("random")
-    );
+    let random43 = || {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes).expect("random");
+        URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let verifier = format!("{}-{}", random43(), random43());
     let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
     Pkce { verifier, challenge }
 }

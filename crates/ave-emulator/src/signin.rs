@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Request, Response};
 
+use super::scopes::{has_scope, is_scope_allowed, parse_scopes};
 use super::state::{CodeRecord, deadline};
-use super::token::{has_scope, is_scope_allowed, parse_scopes};
 use super::{EmulatedUser, Shared, crypto};
 
 /// Scope used when the request has none (Ave's UI default).

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::http::{error_only, json, with_cors};
-use super::token::{has_scope, verify_access_jwt};
 use super::{Shared, crypto};
+use super::{jwt::verify_access_jwt, scopes::has_scope};
 
 /// Userinfo body, keys in Ave's order with `iss` last. `None` = omitted,
 /// `Some(None)` = `null`.
