@@ -231,9 +231,10 @@ fn check_claims(
     Ok(ValidatedIdToken { sub, claims })
 }
 
-/// Equality without an early exit on the first differing byte.
+/// Equality without an early exit on the first differing byte (aws-lc's
+/// `CRYPTO_memcmp`; only the lengths are compared in variable time).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]

@@ -34,51 +34,32 @@ const WARN_INTERVAL_SECS: i64 = 60;
 /// Longest part of an unparsable hop quoted in the warning.
 const MAX_QUOTED_HOP: usize = 64;
 
-/// One trusted proxy address or network (`10.0.0.1`, `10.0.0.0/8`, `fd00::/8`).
+/// One trusted proxy address or network (`10.0.0.1`, `10.0.0.0/8`, `fd00::/8`);
+/// the prefix arithmetic is `ipnet`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Parses an address or an address with a `/prefix`.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
-        let (addr, prefix) = match raw.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (raw, None),
+        let net = match raw.split_once('/') {
+            None => raw.parse::<IpAddr>().map(ipnet::IpNet::from).map_err(|_| ()),
+            Some(_) => raw.parse::<ipnet::IpNet>().map_err(|_| ()),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{raw}` is not an IP address or CIDR network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("`{raw}` has an invalid prefix length (0 to {max})")),
-            },
-        };
-        Ok(Self { addr, prefix })
+        net.map(Self).map_err(|()| match raw.split_once('/') {
+            Some((addr, _)) if addr.parse::<IpAddr>().is_ok() => {
+                let max = if addr.contains(':') { 128 } else { 32 };
+                format!("`{raw}` has an invalid prefix length (0 to {max})")
+            }
+            _ => format!("`{raw}` is not an IP address or CIDR network"),
+        })
     }
 
     /// True when `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), self.prefix, 32) == masked(u32::from(ip).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128) == masked(u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
     }
-}
-
-fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-    if prefix == 0 { 0 } else { bits >> (width - prefix) }
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as plain IPv4.
