@@ -12,7 +12,7 @@ use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, UnparsedPublicKey};
 use aws_lc_rs::{constant_time, digest, hmac};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 /// A failure of the underlying crypto library (random source, signing, key
@@ -167,17 +167,10 @@ pub(super) fn compact_jws(
 
 /// PEM-encodes `der` with 64-column lines, `\n` endings and a final newline.
 fn pem_encode(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    let mut rest = body.as_str();
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        pem.push_str(line);
-        pem.push('\n');
-        rest = tail;
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// base64url without padding.
@@ -198,24 +191,13 @@ pub(super) fn sha256(data: &[u8]) -> Vec<u8> {
 /// Lowercase hex of SHA-256 of `data`: the form in which the emulator stores
 /// codes and tokens.
 pub(super) fn sha256_hex(data: &str) -> String {
-    hex(&sha256(data.as_bytes()))
+    hex::encode(&sha256(data.as_bytes()))
 }
 
 /// Compares two strings in constant time via their SHA-256 digests (as Ave
 /// compares secrets).
 pub(super) fn digests_equal(a: &str, b: &str) -> bool {
     constant_time::verify_slices_are_equal(&sha256(a.as_bytes()), &sha256(b.as_bytes())).is_ok()
-}
-
-/// Lowercase hex encoding.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
 }
 
 /// `N` bytes from the system CSPRNG.
@@ -232,7 +214,7 @@ pub(super) fn random_token43() -> Result<String, CryptoFailure> {
 
 /// `rt_` + 32 lowercase hex characters, like Ave's refresh tokens.
 pub(super) fn random_refresh_token() -> Result<String, CryptoFailure> {
-    Ok(format!("rt_{}", hex(&random_bytes::<16>()?)))
+    Ok(format!("rt_{}", hex::encode(&random_bytes::<16>()?)))
 }
 
 /// `len_bytes` random bytes as lowercase hex, for configuration defaults.
@@ -244,7 +226,7 @@ pub(super) fn random_hex_for_default(len_bytes: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut bytes = vec![0u8; len_bytes];
     if SystemRandom::new().fill(&mut bytes).is_ok() {
-        return hex(&bytes);
+        return hex::encode(&bytes);
     }
     let mut out = String::new();
     while out.len() < len_bytes * 2 {
@@ -265,7 +247,7 @@ pub(super) fn random_hex_for_default(len_bytes: usize) -> String {
 pub(super) fn uuid_v4_from(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h = hex(&bytes);
+    let h = hex::encode(&bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -36,10 +36,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 
 /// Replaces `dir/name` atomically with `bytes` (mode 0600).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
-    let suffix = crate::secret::random_bytes::<6>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let suffix = hex::encode(crate::secret::random_bytes::<6>());
     let tmp = dir.join(format!(".{name}.{}.{suffix}.tmp", std::process::id()));
     let target = dir.join(name);
     let result = write_private(&tmp, bytes).and_then(|()| {
