@@ -191,7 +191,7 @@ pub(super) fn sha256(data: &[u8]) -> Vec<u8> {
 /// Lowercase hex of SHA-256 of `data`: the form in which the emulator stores
 /// codes and tokens.
 pub(super) fn sha256_hex(data: &str) -> String {
-    hex::encode(&sha256(data.as_bytes()))
+    hex::encode(sha256(data.as_bytes()))
 }
 
 /// Compares two strings in constant time via their SHA-256 digests (as Ave
@@ -214,7 +214,7 @@ pub(super) fn random_token43() -> Result<String, CryptoFailure> {
 
 /// `rt_` + 32 lowercase hex characters, like Ave's refresh tokens.
 pub(super) fn random_refresh_token() -> Result<String, CryptoFailure> {
-    Ok(format!("rt_{}", hex::encode(&random_bytes::<16>()?)))
+    Ok(format!("rt_{}", hex::encode(random_bytes::<16>()?)))
 }
 
 /// `len_bytes` random bytes as lowercase hex, for configuration defaults.
@@ -247,7 +247,7 @@ pub(super) fn random_hex_for_default(len_bytes: usize) -> String {
 pub(super) fn uuid_v4_from(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h = hex::encode(&bytes);
+    let h = hex::encode(bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
