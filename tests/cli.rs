@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_avemint");
@@ -91,29 +91,20 @@ async fn serve_stops_cleanly_on_sigterm() {
     let emulator = ave_emulator::Emulator::start(Default::default())
         .await
         .expect("emulator");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = support::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("AVE_CLIENT_ID", emulator.client_id())
-        .env("AVE_CLIENT_SECRET", emulator.client_secret())
-        .env("AVE_ISSUER", emulator.issuer())
-        .env("AVEMINT_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
-        .env(
-            "AVEMINT_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("a.db").display()),
-        )
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    // No subcommand: `serve` is the default.
+    let mut child = support::serve_env(
+        &mut Command::new(BIN),
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &dir.path().join("keys"),
+    )
+    .env_remove("RUST_LOG")
+    .spawn()
+    .expect("spawns");
     let http = reqwest::Client::new();
     support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let jwks: serde_json::Value =

@@ -831,11 +831,7 @@ async fn docs_off_serves_neither_the_docs_nor_the_spec() {
 #[tokio::test]
 async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig {
         redirect_uris: vec![format!("{base}/auth/callback")],
@@ -845,26 +841,17 @@ async fn unparsable_hops_from_a_trusted_proxy_are_logged_once_a_minute() {
     .expect("emulator");
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
-        .arg("serve")
-        .env_clear()
-        .env("AVE_CLIENT_ID", emulator.client_id())
-        .env("AVE_CLIENT_SECRET", emulator.client_secret())
-        .env("AVE_ISSUER", emulator.issuer())
-        .env("AVEMINT_PUBLIC_URL", &base)
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
-        .env(
-            "AVEMINT_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("a.db").display()),
-        )
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
-        .env("AVEMINT_TRUSTED_PROXIES", "127.0.0.1")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("avemint serve starts");
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let mut child = support::serve_command(
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &dir.path().join("keys"),
+    )
+    .env("AVEMINT_TRUSTED_PROXIES", "127.0.0.1")
+    .stderr(log)
+    .spawn()
+    .expect("avemint serve starts");
     support::wait_ready(&base).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

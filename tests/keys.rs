@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -378,11 +378,7 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn sighup_reload_under_load_loses_no_request() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let emulator = Emulator::start(EmulatorConfig {
         redirect_uris: vec![format!("{base}/auth/callback")],
@@ -393,21 +389,9 @@ async fn sighup_reload_under_load_loses_no_request() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let keys_dir = tmp.path().join("keys");
     let log = tmp.path().join("stderr.log");
-    let child = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("AVE_CLIENT_ID", emulator.client_id())
-        .env("AVE_CLIENT_SECRET", emulator.client_secret())
-        .env("AVE_ISSUER", emulator.issuer())
-        .env("AVEMINT_PUBLIC_URL", &base)
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
-        .env(
-            "AVEMINT_DATABASE_URL",
-            format!("sqlite://{}", tmp.path().join("a.db").display()),
-        )
-        .env("AVEMINT_KEYS_DIR", &keys_dir)
-        .stdout(Stdio::null())
+    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
+    let child = support::serve_command(&support::AveClientEnv::of(&emulator), port, &database_url, &keys_dir)
+        .env_remove("RUST_LOG")
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawns");

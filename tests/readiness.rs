@@ -200,24 +200,14 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
     let (client_id, client_secret) = ("app_readiness", "readiness-test-secret");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
-        .arg("serve")
-        .env_clear()
-        .env("AVE_CLIENT_ID", client_id)
-        .env("AVE_CLIENT_SECRET", client_secret)
-        .env("AVE_ISSUER", &issuer)
-        .env("AVEMINT_PUBLIC_URL", &base)
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
-        .env(
-            "AVEMINT_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("a.db").display()),
-        )
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+    let ave = support::AveClientEnv {
+        client_id: client_id.to_owned(),
+        client_secret: client_secret.to_owned(),
+        issuer: issuer.clone(),
+    };
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let mut child = support::serve_command(&ave, port, &database_url, &dir.path().join("keys"))
         .env("AVEMINT_AVE_METADATA_TTL", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("avemint serve starts");
     let http = reqwest::Client::builder()
@@ -504,27 +494,20 @@ async fn serving_a_stale_copy_logs_one_warning_per_document_and_no_secret() {
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
     let session_keys = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
-        .arg("serve")
-        .env_clear()
-        .env("AVE_CLIENT_ID", emulator.client_id())
-        .env("AVE_CLIENT_SECRET", emulator.client_secret())
-        .env("AVE_ISSUER", emulator.issuer())
-        .env("AVEMINT_PUBLIC_URL", &base)
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", session_keys)
-        .env(
-            "AVEMINT_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("a.db").display()),
-        )
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
-        .env("AVEMINT_AVE_METADATA_TTL", "1")
-        .env("AVEMINT_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("avemint serve starts");
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let mut child = support::serve_command(
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &dir.path().join("keys"),
+    )
+    .env("AVEMINT_SESSION_KEYS", session_keys)
+    .env("AVEMINT_AVE_METADATA_TTL", "1")
+    .env("AVEMINT_LOG_FORMAT", "json")
+    .env("RUST_LOG", "debug")
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("avemint serve starts");
     wait_ready(&base).await;
     emulator.clone().shutdown().await;
     // Several failed re-fetches per document (the back-off is capped at the 1 s lifetime).

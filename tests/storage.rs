@@ -272,11 +272,7 @@ async fn sessions_per_user_are_capped_on_postgres_without_a_plaintext_sub() {
 async fn database_files_are_0600_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig {
         redirect_uris: vec![format!("{base}/auth/callback")],
@@ -285,25 +281,21 @@ async fn database_files_are_0600_whatever_the_umask() {
     .await
     .expect("emulator");
     let db = dir.path().join("avemint.db");
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
         .arg("umask 000 && exec \"$0\" serve")
-        .arg(env!("CARGO_BIN_EXE_avemint"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AVE_CLIENT_ID", emulator.client_id())
-        .env("AVE_CLIENT_SECRET", emulator.client_secret())
-        .env("AVE_ISSUER", emulator.issuer())
-        .env("AVEMINT_PUBLIC_URL", &base)
-        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
-        .env("AVEMINT_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("avemint serve starts");
+        .arg(env!("CARGO_BIN_EXE_avemint"));
+    let database_url = format!("sqlite://{}", db.display());
+    let mut child = support::serve_env(
+        &mut cmd,
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &dir.path().join("keys"),
+    )
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .spawn()
+    .expect("avemint serve starts");
     support::wait_ready(&base).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

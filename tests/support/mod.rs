@@ -432,6 +432,70 @@ pub async fn wait_ready(base: &str) {
     panic!("avemint at {base} did not become ready");
 }
 
+/// The Ave client an `avemint serve` started by a test is configured with.
+pub struct AveClientEnv {
+    pub client_id: String,
+    pub client_secret: String,
+    pub issuer: String,
+}
+
+impl AveClientEnv {
+    /// The client registered at `emulator`.
+    pub fn of(emulator: &Emulator) -> Self {
+        Self {
+            client_id: emulator.client_id().to_owned(),
+            client_secret: emulator.client_secret().to_owned(),
+            issuer: emulator.issuer(),
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago (bound, then released for the process started next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The one environment of every `avemint serve` a test starts, after clearing the rest: the Ave client, `port` on
+/// loopback as listen address and public URL, fixed session keys, the store and keys directory, logs at `warn`,
+/// stdout and stderr discarded. Tests add or override what they need (a later `.env`/`.stderr` wins).
+pub fn serve_env<'c>(
+    cmd: &'c mut std::process::Command,
+    ave: &AveClientEnv,
+    port: u16,
+    database_url: &str,
+    keys_dir: &std::path::Path,
+) -> &'c mut std::process::Command {
+    cmd.env_clear()
+        .env("AVE_CLIENT_ID", &ave.client_id)
+        .env("AVE_CLIENT_SECRET", &ave.client_secret)
+        .env("AVE_ISSUER", &ave.issuer)
+        .env("AVEMINT_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .env("AVEMINT_DATABASE_URL", database_url)
+        .env("AVEMINT_KEYS_DIR", keys_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+}
+
+/// `avemint serve` with [`serve_env`].
+pub fn serve_command(
+    ave: &AveClientEnv,
+    port: u16,
+    database_url: &str,
+    keys_dir: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"));
+    cmd.arg("serve");
+    serve_env(&mut cmd, ave, port, database_url, keys_dir);
+    cmd
+}
+
 /// An `avemint serve` child process, killed on drop.
 pub struct ServeProcess {
     pub base: String,
@@ -446,26 +510,9 @@ impl ServeProcess {
         keys_dir: &std::path::Path,
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("AVE_CLIENT_ID", emulator.client_id())
-            .env("AVE_CLIENT_SECRET", emulator.client_secret())
-            .env("AVE_ISSUER", emulator.issuer())
-            .env("AVEMINT_PUBLIC_URL", &base)
-            .env("AVEMINT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
-            .env("AVEMINT_DATABASE_URL", database_url)
-            .env("AVEMINT_KEYS_DIR", keys_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        let mut cmd = serve_command(&AveClientEnv::of(emulator), port, database_url, keys_dir);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
