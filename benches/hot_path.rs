@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use avemint::config::{DatabaseUrl, SessionKeys, SessionSettings};
+use avemint::session::{DatabaseUrl, SealingKeys, SessionSettings};
 use avemint::http::cookies::{self, PendingLogin, SESSION_COOKIE};
 use avemint::http::return_path::ReturnPath;
 use avemint::mint::claims::ClaimTemplate;
@@ -89,8 +89,8 @@ fn session_data() -> SessionData {
     }
 }
 
-fn session_keys() -> SessionKeys {
-    SessionKeys::from_keys(vec![[42; 32]])
+fn session_keys() -> SealingKeys {
+    SealingKeys::from_keys(vec![[42; 32]])
 }
 
 fn claim_rendering(c: &mut Criterion) {

@@ -13,7 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::config::RenewalSettings;
+use avemint::ave::ClientOptions;
+use avemint::session::RenewalSettings;
 use avemint::http::client_ip::TrustedProxies;
 use avemint::http::security::SecuritySettings;
 use futures_util::StreamExt;
@@ -31,8 +32,11 @@ async fn spawn(budget: u32) -> TestApp {
         }),
         renewal: Some(RenewalSettings {
             skew: Duration::ZERO,
-            token_budget_per_minute: budget,
             ..RenewalSettings::default()
+        }),
+        client: Some(ClientOptions {
+            token_budget_per_minute: budget,
+            ..ClientOptions::default()
         }),
         security: Some(SecuritySettings {
             trusted_proxies: TrustedProxies::parse("127.0.0.0/8, ::1").expect("loopback"),

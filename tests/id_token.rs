@@ -79,7 +79,7 @@ mod header_and_refetch_limits {
     use ave_emulator::{Emulator, EmulatorConfig};
     use avemint::ave::id_token::{self, NonceCheck};
     use avemint::ave::{AveClient, ClientOptions, IdTokenError};
-    use avemint::config::Issuer;
+    use avemint::web_url::Issuer;
     use avemint::secret::Secret;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use avemint::config::{RenewalSettings, SessionKeys};
+use avemint::session::{RenewalSettings, SealingKeys};
 use avemint::http::cookies::decode_login;
 use avemint::session::{Purpose, Sealer};
 use base64::Engine as _;
@@ -97,7 +97,7 @@ impl Transcript {
             }
         }
         let login_cookie = browser.get(LOGIN_COOKIE).expect("login cookie").to_owned();
-        let sealer = Sealer::new(&SessionKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
+        let sealer = Sealer::new(&SealingKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
         let pending = decode_login(&login_cookie, &sealer, avemint::http::now()).expect("login cookie opens");
         self.add("PKCE verifier", pending.verifier.expose());
         let callback = app.authorize(authorize.as_str()).await;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
-use crate::config::Issuer;
+use crate::web_url::Issuer;
 use crate::metrics::{self, AveCall};
 
 /// The longest pause between two re-fetch attempts while Ave keeps failing.
@@ -431,7 +431,7 @@ impl Inner {
             ("jwks_uri", &meta.jwks_uri),
         ] {
             let ok = url::Url::parse(url)
-                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u)));
+                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::web_url::is_loopback(&u)));
             if !ok {
                 return Err(AveError::Malformed(format!("discovery `{name}` is not an https URL")));
             }

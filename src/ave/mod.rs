@@ -8,7 +8,9 @@ pub mod budget;
 pub mod client;
 pub mod id_token;
 pub mod metadata;
+pub mod settings;
 
-pub use client::{AveClient, AveError, ClientOptions, KeySet, ProviderMetadata, TokenResponse};
+pub use client::{AveClient, AveError, KeySet, ProviderMetadata, TokenResponse};
 pub use id_token::{IdTokenError, NonceCheck, ValidatedIdToken};
 pub use metadata::{Document, DocumentStatus, MetadataStatus};
+pub use settings::{AveSettings, ClientOptions};

@@ -29,7 +29,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use crate::ave::AveClient;
-use crate::config::PublicUrl;
+use crate::web_url::PublicUrl;
 use crate::mint::Minter;
 use crate::session::{Renewer, Sealer, Sessions};
 
