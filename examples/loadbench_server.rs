@@ -27,8 +27,8 @@ use avemint::session::{
     AveTokens, DatabaseUrl, RenewalSettings, SealingKeys, SessionData, SessionHandle, SessionId, SessionSettings,
     Sessions,
 };
-use avemint::web_url::PublicUrl;
 use avemint::startup::{Application, Mode, shutdown_signal};
+use avemint::web_url::PublicUrl;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 

@@ -311,6 +311,7 @@ impl<'a> Loader<'a> {
 
 /// The settings of each component, in README order.
 impl Loader<'_> {
+    #[rustfmt::skip] // one line per setting: kept as a table
     fn settings(&mut self) -> Option<Settings> {
         use Shape::{List, Number, Text};
         let client_id = self.required("AVE_CLIENT_ID", "client_id", non_empty);
@@ -375,6 +376,7 @@ impl Loader<'_> {
     }
 
     /// `AVEMINT_KEYS_DIR`, `AVEMINT_KEY_ALGORITHM` and `AVEMINT_KEY_ROTATION` (shared by `serve` and `keys`).
+    #[rustfmt::skip] // one line per setting: kept as a table
     fn keys(&mut self) -> KeysSettings {
         use Shape::Text;
         let d = KeyPolicy::default();
@@ -390,6 +392,7 @@ impl Loader<'_> {
     }
 
     /// `AVEMINT_ALLOWED_ORIGINS`, `AVEMINT_TRUSTED_PROXIES`, `AVEMINT_LOGIN_RATE_LIMIT`, the connection timeouts, `AVEMINT_DOCS`.
+    #[rustfmt::skip] // one line per setting: kept as a table
     fn security(&mut self) -> SecuritySettings {
         use Shape::{List, Number, Text};
         let d = SecuritySettings::default();
@@ -419,15 +422,24 @@ const FLAT_TOKEN_KEYS: [&str; 3] = ["token_ttl", "token_audience", "token_claims
 impl Loader<'_> {
     fn token(&mut self, public_url: Option<&PublicUrl>) -> Option<TokenSettings> {
         use Shape::{Number, Text};
-        let max_token_bytes = self.or(Number, "AVEMINT_TOKEN_MAX_BYTES", "max_token_bytes", DEFAULT_MAX_TOKEN_BYTES, |s| {
-            match s.trim().parse::<usize>() {
+        let max_token_bytes = self.or(
+            Number,
+            "AVEMINT_TOKEN_MAX_BYTES",
+            "max_token_bytes",
+            DEFAULT_MAX_TOKEN_BYTES,
+            |s| match s.trim().parse::<usize>() {
                 Ok(n) if (512..=65_536).contains(&n) => Ok(n),
                 _ => Err("must be a whole number of bytes from 512 to 65536"),
-            }
-        });
+            },
+        );
         let flat_in_file = FLAT_TOKEN_KEYS.map(|k| (k, self.file.contains_key(k)));
         let list = self.file.remove("profiles");
-        let ttl = self.optional(Number, "AVEMINT_TOKEN_TTL", "token_ttl", seconds(MAX_TOKEN_TTL.as_secs()));
+        let ttl = self.optional(
+            Number,
+            "AVEMINT_TOKEN_TTL",
+            "token_ttl",
+            seconds(MAX_TOKEN_TTL.as_secs()),
+        );
         let audience = self.optional(Text, "AVEMINT_TOKEN_AUDIENCE", "token_audience", non_empty);
         let claims = self.token_claims();
         let Some(list) = list else {
@@ -470,7 +482,10 @@ impl Loader<'_> {
 
     fn token_settings(&mut self, specs: Vec<ProfileSpec>, max_token_bytes: usize) -> Option<TokenSettings> {
         TokenSettings::new(specs, max_token_bytes)
-            .map_err(|errors| self.errors.extend(errors.into_iter().map(|e| format!("config file {e}"))))
+            .map_err(|errors| {
+                self.errors
+                    .extend(errors.into_iter().map(|e| format!("config file {e}")))
+            })
             .ok()
     }
 
@@ -732,10 +747,7 @@ mod tests {
             &env(&[("AVEMINT_KEY_ALGORITHM", "rs256"), ("AVEMINT_KEYS_DIR", "/k")]),
         )
         .expect("keys settings need no client settings");
-        assert_eq!(
-            (k.dir, k.policy.algorithm),
-            (PathBuf::from("/k"), Algorithm::Rs256)
-        );
+        assert_eq!((k.dir, k.policy.algorithm), (PathBuf::from("/k"), Algorithm::Rs256));
         let err = load_keys(
             None,
             &env(&[("AVEMINT_KEY_ALGORITHM", "hs256"), ("AVEMINT_KEY_ROTATION", "5m")]),
@@ -806,6 +818,41 @@ mod tests {
         std::fs::write(&cfg, "clientid = \"typo\"\n").expect("write");
         let e = Settings::load(Some(&cfg), &env(&[])).expect_err("invalid");
         assert!(e.to_string().contains("clientid"), "{e}");
+    }
+
+    #[test]
+    fn file_keys_of_the_wrong_type_and_unknown_keys_are_reported_with_the_rest() {
+        let e = load_file(
+            "token_ttl = \"60\"\nsession_keys = \"not-a-list\"\nclientid = \"typo\"\n",
+            &[("AVEMINT_DOCS", "maybe")],
+        )
+        .expect_err("invalid");
+        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(
+            e.0.contains(&"config file `token_ttl`: must be a whole number".to_owned()),
+            "{e}"
+        );
+        assert!(
+            e.0.contains(&"config file `session_keys`: must be an array of strings".to_owned()),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("`clientid`") && e.to_string().contains("AVEMINT_DOCS"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_keys_commands_accept_every_serve_key_and_refuse_unknown_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("avemint.toml");
+        std::fs::write(&cfg, format!("client_id = \"x\"\nkeys_dir = \"/k\"\n{TWO}")).expect("write");
+        let k = load_keys(Some(&cfg), &env(&[])).expect("serve keys are known");
+        assert_eq!(k.dir, PathBuf::from("/k"));
+        std::fs::write(&cfg, "keys_dir = \"/k\"\nkey_rotaton = \"30d\"\n").expect("write");
+        let e = load_keys(Some(&cfg), &env(&[])).expect_err("typo");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(e.0[0].contains("`key_rotaton`"), "{e}");
     }
 
     fn load_file(toml: &str, extra_env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {

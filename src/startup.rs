@@ -141,7 +141,13 @@ impl Application {
             refresh_skew_secs = renewal.skew.as_secs(),
             "Ave token-endpoint budget"
         );
-        let renewer = Renewer::new(ave_client.clone(), sessions.clone(), renewal.skew, lock_wait, renewal.wait);
+        let renewer = Renewer::new(
+            ave_client.clone(),
+            sessions.clone(),
+            renewal.skew,
+            lock_wait,
+            renewal.wait,
+        );
         let profiles = Profiles::build(&token)?;
         let minter = Minter::new(
             keys,
@@ -150,8 +156,9 @@ impl Application {
             profiles,
             token.max_token_bytes(),
         );
-        let sign_in_limiter =
-            CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(ave_client.token_budget().sign_in_limit));
+        let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
+            ave_client.token_budget().sign_in_limit,
+        ));
         let state = Arc::new(AppState {
             sign_in_limiter,
             ave: ave_client,

@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(PublicUrl::parse("http://example.com"), Err(WebUrlError::PlainHttp));
         assert_eq!(PublicUrl::parse("https://example.com/app"), Err(WebUrlError::Path));
         assert_eq!(PublicUrl::parse("https://user@example.com"), Err(WebUrlError::UserInfo));
-        assert_eq!(PublicUrl::parse("https://example.com/?q"), Err(WebUrlError::QueryOrFragment));
+        assert_eq!(
+            PublicUrl::parse("https://example.com/?q"),
+            Err(WebUrlError::QueryOrFragment)
+        );
         assert_eq!(Issuer::parse("ftp://aveid.net"), Err(WebUrlError::Scheme));
         assert_eq!(Issuer::parse(DEFAULT_ISSUER), Ok(Issuer::default()));
     }

@@ -4,8 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::session::{RenewalSettings, SessionSettings};
 use avemint::session::SessionId;
+use avemint::session::{RenewalSettings, SessionSettings};
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -17,9 +17,9 @@ use serde_json::{Map, Value};
 use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
-use crate::web_url::Issuer;
 use crate::metrics::{self, AveCall, AveFailure};
 use crate::secret::Secret;
+use crate::web_url::Issuer;
 
 /// Bodies larger than this from Ave are refused unread.
 const MAX_BODY: usize = 256 * 1024;

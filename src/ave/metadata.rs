@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
-use crate::web_url::Issuer;
 use crate::metrics::{self, AveCall};
+use crate::web_url::Issuer;
 
 /// The longest pause between two re-fetch attempts while Ave keeps failing.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);

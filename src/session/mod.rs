@@ -36,8 +36,8 @@ use serde_json::{Map, Value};
 
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
-pub use renew::{RenewError, Renewer};
 pub use renew::RenewalSettings;
+pub use renew::{RenewError, Renewer};
 pub use sealer::{MacPurpose, Macer, Purpose, Sealer, SealingKeys};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
