@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -315,18 +316,11 @@ impl Loader<'_> {
     fn settings(&mut self) -> Option<Settings> {
         use Shape::{List, Number, Text};
         let client_id = self.required("AVE_CLIENT_ID", "client_id", non_empty);
-        let client_secret = self.secret(Text, "AVE_CLIENT_SECRET", "client_secret", |s| {
-            non_empty(s).map(Secret::new)
-        });
+        let client_secret = self.secret(Text, "AVE_CLIENT_SECRET", "client_secret", |s| non_empty(s).map(Secret::new));
         let issuer = self.or(Text, "AVE_ISSUER", "issuer", Issuer::default(), Issuer::parse);
         let public_url = self.required("AVEMINT_PUBLIC_URL", "public_url", PublicUrl::parse);
-        let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), |s| {
-            s.trim()
-                .parse::<SocketAddr>()
-                .map_err(|_| "must be an address and port such as 127.0.0.1:8080")
-        });
-        let database_url = DatabaseUrl::Sqlite(DEFAULT_DATABASE_URL.into());
-        let database_url = self.or(Text, "AVEMINT_DATABASE_URL", "database_url", database_url, DatabaseUrl::parse);
+        let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), parse_listen);
+        let database_url = self.or(Text, "AVEMINT_DATABASE_URL", "database_url", DatabaseUrl::default(), DatabaseUrl::parse);
         let sealing_keys = self.secret(List, "AVEMINT_SESSION_KEYS", "session_keys", SealingKeys::parse);
         let keys = self.keys();
         let token = self.token(public_url.as_ref());
@@ -381,9 +375,7 @@ impl Loader<'_> {
         use Shape::Text;
         let d = KeyPolicy::default();
         KeysSettings {
-            dir: self.or(Text, "AVEMINT_KEYS_DIR", "keys_dir", PathBuf::from("keys"), |s| {
-                Ok::<_, String>(PathBuf::from(s))
-            }),
+            dir: self.or(Text, "AVEMINT_KEYS_DIR", "keys_dir", PathBuf::from("keys"), PathBuf::from_str),
             policy: KeyPolicy {
                 algorithm: self.or(Text, "AVEMINT_KEY_ALGORITHM", "key_algorithm", d.algorithm, str::parse::<Algorithm>),
                 rotation: self.or(Text, "AVEMINT_KEY_ROTATION", "key_rotation", d.rotation, parse_rotation),
@@ -412,8 +404,12 @@ impl Loader<'_> {
 
 /// Default `AVEMINT_LISTEN`.
 const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
-/// Default `AVEMINT_DATABASE_URL`.
-const DEFAULT_DATABASE_URL: &str = "sqlite://avemint.db";
+
+fn parse_listen(s: &str) -> Result<SocketAddr, &'static str> {
+    s.trim()
+        .parse()
+        .map_err(|_| "must be an address and port such as 127.0.0.1:8080")
+}
 /// The flat keys describing the env-only default profile.
 const FLAT_TOKEN_KEYS: [&str; 3] = ["token_ttl", "token_audience", "token_claims"];
 

@@ -1,7 +1,8 @@
 //! Everything that talks to Ave, or pretends to be Ave.
 //!
 //! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`) and
-//! `id_token` validates what Ave signs. The local Ave that `avemint demo` and
+//! `id_token` validates what Ave signs; `settings` is what the client is
+//! configured with (the Ave application, timeouts, token budget). The local Ave that `avemint demo` and
 //! the tests run against is its own crate, `crates/ave-emulator`.
 
 pub mod budget;

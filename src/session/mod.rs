@@ -4,6 +4,8 @@
 //! backend sees it, opens it on the way back, and applies the idle timeout and
 //! absolute lifetime, and keeps a short-lived in-process cache. Backends
 //! (`sqlite`, `postgres`) store bytes only; `renew` refreshes Ave's tokens.
+//! `settings` (and `renew::RenewalSettings`) are what the store and renewal are
+//! configured with; `sealer::SealingKeys` are the at-rest keys.
 //!
 //! What decides expiry is authenticated: `created_at` is part of the sealed
 //! record's associated data and `last_seen_at` carries an HMAC, so a row whose

@@ -74,6 +74,13 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+impl Default for DatabaseUrl {
+    /// `sqlite://avemint.db`, the default of `AVEMINT_DATABASE_URL`.
+    fn default() -> Self {
+        Self::Sqlite("sqlite://avemint.db".into())
+    }
+}
+
 impl DatabaseUrl {
     /// Parses a database URL.
     pub fn parse(raw: &str) -> Result<Self, DatabaseUrlError> {
