@@ -264,7 +264,18 @@ impl<'a> Loader<'a> {
         file_key: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
-        match self.pick(env_name, file_key, Shape::Text) {
+        let v = self.pick(env_name, file_key, Shape::Text);
+        self.check_required(v, env_name, parse)
+    }
+
+    /// `v` parsed, or a "required" line when it is absent.
+    fn check_required<T, E: Display>(
+        &mut self,
+        v: Option<Sourced>,
+        env_name: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match v {
             Some(v) => self.check(v, parse),
             None => {
                 self.errors.push(format!("{env_name} is required"));
@@ -286,6 +297,7 @@ impl<'a> Loader<'a> {
         let inline = self.pick(env_name, file_key, shape);
         let path = self.pick(&path_env, &path_key, Shape::Text);
         let v = match (inline, path) {
+            // The environment's `NAME` wins over every other source.
             (Some(v), _) if v.origin == env_name => Some(v),
             (_, Some(p)) => match std::fs::read_to_string(&p.value) {
                 Ok(value) => Some(Sourced {
@@ -300,13 +312,7 @@ impl<'a> Loader<'a> {
             },
             (v, None) => v,
         };
-        match v {
-            Some(v) => self.check(v, parse),
-            None => {
-                self.errors.push(format!("{env_name} is required"));
-                None
-            }
-        }
+        self.check_required(v, env_name, parse)
     }
 }
 
