@@ -9,12 +9,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use avemint::config::{DatabaseUrl, SessionKeys, SessionSettings};
 use avemint::http::cookies::{self, PendingLogin, SESSION_COOKIE};
 use avemint::http::return_path::ReturnPath;
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
 use avemint::session::{AveTokens, Purpose, Sealer, SessionData, SessionHandle, SessionId, Sessions};
+use avemint::session::{DatabaseUrl, SealingKeys, SessionSettings};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
@@ -89,8 +89,8 @@ fn session_data() -> SessionData {
     }
 }
 
-fn session_keys() -> SessionKeys {
-    SessionKeys::from_keys(vec![[42; 32]])
+fn session_keys() -> SealingKeys {
+    SealingKeys::from_keys(vec![[42; 32]])
 }
 
 fn claim_rendering(c: &mut Criterion) {

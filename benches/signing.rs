@@ -8,8 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avemint::config::{DEFAULT_MAX_TOKEN_BYTES, TokenSettings};
-use avemint::mint::claims::ClaimTemplate;
+use avemint::config::Settings;
 use avemint::mint::keys::{Algorithm, KeyPolicy, Keys};
 use avemint::mint::{Minter, Profiles, Subject};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -30,8 +29,22 @@ fn signing(c: &mut Criterion) {
         "name": "Ada Lovelace",
     }));
     let user = object(json!({"handle": "ada"}));
-    let claims = ClaimTemplate::parse_json(r#"{"email":"{id_token.email}","handle":"{user.handle}","tier":"gold"}"#)
-        .expect("claims");
+    // The token settings through the same loader as `serve`, over an in-memory environment.
+    let env: std::collections::BTreeMap<String, String> = [
+        ("AVE_CLIENT_ID", "app_0123"),
+        ("AVE_CLIENT_SECRET", "bench-secret"),
+        ("AVEMINT_PUBLIC_URL", "https://app.example.com"),
+        ("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio="),
+        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+        (
+            "AVEMINT_TOKEN_CLAIMS",
+            r#"{"email":"{id_token.email}","handle":"{user.handle}","tier":"gold"}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let token = Settings::load(None, &env).expect("settings").token;
     let mut mint = c.benchmark_group("mint");
     mint.throughput(Throughput::Elements(1));
     mint.measurement_time(Duration::from_secs(3));
@@ -50,20 +63,13 @@ fn signing(c: &mut Criterion) {
             .expect("keys"),
         );
         dirs.push(dir);
-        let profiles = Profiles::build(&TokenSettings {
-            ttl: Duration::from_secs(300),
-            audience: "https://api.example.com".into(),
-            claims: claims.clone(),
-            profiles: Vec::new(),
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-        })
-        .expect("profiles");
+        let profiles = Profiles::build(&token).expect("profiles");
         let minter = Minter::new(
             keys,
             "https://app.example.com".into(),
             "app_0123".into(),
             profiles,
-            DEFAULT_MAX_TOKEN_BYTES,
+            token.max_token_bytes(),
         );
         let subject = Subject {
             sub: "0f8fad5b-d9cb-469f-a165-70867728950e",

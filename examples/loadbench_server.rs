@@ -19,21 +19,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::ave::ClientOptions;
-use avemint::config::{
-    AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
-    SessionSettings, Settings, TokenSettings,
-};
-use avemint::mint::claims::ClaimTemplate;
-use avemint::mint::keys::{Algorithm, KeyPolicy};
+use avemint::ave::settings::DEFAULT_SCOPES;
+use avemint::config::Settings;
+use avemint::mint::keys::Algorithm;
 use avemint::secret::{Secret, random_bytes};
-use avemint::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions};
+use avemint::session::{
+    AveTokens, DatabaseUrl, RenewalSettings, SealingKeys, SessionData, SessionHandle, SessionId, SessionSettings,
+    Sessions,
+};
 use avemint::startup::{Application, Mode, shutdown_signal};
+use avemint::web_url::PublicUrl;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
 /// Session key shared by every mode, so `serve` can open what `populate` stored.
 const SESSION_KEY: [u8; 32] = [42; 32];
+/// `SESSION_KEY` in base64, as `AVEMINT_SESSION_KEYS` holds it.
+const SESSION_KEY_BASE64: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 /// Custom claims rendered into every benchmark token.
 const CLAIMS: &str =
     r#"{"roles":["reader"],"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}"}"#;
@@ -138,14 +140,14 @@ fn database_url(db: &Path) -> DatabaseUrl {
 /// `--db`: a database URL (`sqlite:…`, `postgres://…`) or an SQLite file path.
 fn parse_store(raw: &str) -> Result<DatabaseUrl, String> {
     if raw.contains("://") || raw.starts_with("sqlite:") {
-        DatabaseUrl::parse(raw)
+        DatabaseUrl::parse(raw).map_err(|e| e.to_string())
     } else {
         Ok(database_url(Path::new(raw)))
     }
 }
 
-fn session_keys() -> SessionKeys {
-    SessionKeys::from_keys(vec![SESSION_KEY])
+fn session_keys() -> SealingKeys {
+    SealingKeys::from_keys(vec![SESSION_KEY])
 }
 
 async fn serve(
@@ -168,40 +170,31 @@ async fn serve(
         ..EmulatorConfig::default()
     })
     .await?;
-    let settings = Settings {
-        ave: AveSettings {
-            client_id: emulator.client_id().to_owned(),
-            client_secret: Secret::new(emulator.client_secret().to_owned()),
-            issuer: Issuer::parse(&emulator.issuer())?,
-            scopes: DEFAULT_SCOPES.to_owned(),
-        },
-        public_url: public_url.clone(),
-        listen: addr,
-        database_url: database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db"))),
-        session_keys: session_keys(),
-        keys_dir: dir.path().join("keys"),
-        signing: KeyPolicy {
-            algorithm: alg,
-            rotation: None,
-        },
-        token: TokenSettings {
-            ttl: Duration::from_secs(300),
-            audience: "https://api.example.com".into(),
-            claims: ClaimTemplate::parse_json(CLAIMS)?,
-            profiles: Vec::new(),
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-        },
-        session: SessionSettings::default(),
-        renewal,
+    // The same loader as `serve`, over an in-memory environment; the store, key algorithm and renewal from the
+    // command line replace the loaded ones.
+    let env: std::collections::BTreeMap<String, String> = [
+        ("AVE_CLIENT_ID", emulator.client_id().to_owned()),
+        ("AVE_CLIENT_SECRET", emulator.client_secret().to_owned()),
+        ("AVE_ISSUER", emulator.issuer()),
+        ("AVEMINT_PUBLIC_URL", public_url.to_string()),
+        ("AVEMINT_LISTEN", addr.to_string()),
+        ("AVEMINT_SESSION_KEYS", SESSION_KEY_BASE64.to_owned()),
+        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()),
+        ("AVEMINT_TOKEN_CLAIMS", CLAIMS.to_owned()),
         // Signing in many sessions from one address must not trip the sign-in rate limit.
-        security: avemint::http::security::SecuritySettings {
-            login_rate_limit: avemint::http::rate_limit::RateLimit(0),
-            ..Default::default()
-        },
-    };
+        ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut settings = Settings::load(None, &env)?;
+    settings.store.database_url = database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db")));
+    settings.keys.dir = dir.path().join("keys");
+    settings.keys.policy.algorithm = alg;
+    settings.renewal = renewal;
 
     let started = Instant::now();
-    let app = Application::with_listener(settings, Mode::Serve, listener, ClientOptions::default()).await?;
+    let app = Application::with_listener(settings, Mode::Serve, listener).await?;
     let server = tokio::spawn(app.run_until(shutdown_signal()));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -4,19 +4,18 @@
 //! Demo mode is built only here: the emulator, the throw-away session keys and
 //! the in-memory store never exist in `avemint serve`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ave_emulator::{Emulator, EmulatorConfig};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
-use crate::ave::ClientOptions;
-use crate::config::{
-    AveSettings, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl, RenewalSettings, SessionKeys,
-    SessionSettings, Settings, TokenSettings,
-};
-use crate::mint::claims::ClaimTemplate;
-use crate::secret::{Secret, random_bytes};
+use crate::config::{ConfigErrors, Settings};
+use crate::secret::random_bytes;
 use crate::startup::{Application, Mode, StartupError, shutdown_signal};
+use crate::web_url::PublicUrl;
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +26,8 @@ pub enum DemoError {
     Bind { addr: SocketAddr, reason: String },
     #[error("the Ave emulator did not start: {0}")]
     Emulator(String),
+    #[error("demo settings: {0}")]
+    Settings(#[from] ConfigErrors),
     #[error(transparent)]
     Startup(#[from] StartupError),
 }
@@ -55,32 +56,24 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
     })
     .await
     .map_err(|e| DemoError::Emulator(e.to_string()))?;
-    let issuer = Issuer::parse(&emulator.issuer()).map_err(DemoError::Emulator)?;
-    let settings = Settings {
-        ave: AveSettings {
-            client_id: emulator.client_id().to_owned(),
-            client_secret: Secret::new(emulator.client_secret().to_owned()),
-            issuer,
-            scopes: DEFAULT_SCOPES.to_owned(),
-        },
-        listen: addr,
-        database_url: DatabaseUrl::Sqlite("sqlite::memory:".into()),
-        session_keys: SessionKeys::from_keys(vec![random_bytes::<32>()]),
-        keys_dir,
-        signing: Default::default(),
-        token: TokenSettings {
-            ttl: std::time::Duration::from_secs(300),
-            audience: public_url.as_str().to_owned(),
-            claims: ClaimTemplate::parse_json(DEMO_CLAIMS).map_err(|e| DemoError::Emulator(e.to_string()))?,
-            profiles: Vec::new(),
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-        },
-        session: SessionSettings::default(),
-        renewal: RenewalSettings::default(),
-        security: Default::default(),
-        public_url: public_url.clone(),
-    };
-    let app = Application::with_listener(settings, Mode::Demo, listener, ClientOptions::default()).await?;
+    // The demo's settings go through the same loader as `serve`, over an in-memory environment.
+    let session_key = STANDARD.encode(random_bytes::<32>());
+    let env: BTreeMap<String, String> = [
+        ("AVE_CLIENT_ID", emulator.client_id().to_owned()),
+        ("AVE_CLIENT_SECRET", emulator.client_secret().to_owned()),
+        ("AVE_ISSUER", emulator.issuer()),
+        ("AVEMINT_PUBLIC_URL", public_url.to_string()),
+        ("AVEMINT_LISTEN", addr.to_string()),
+        ("AVEMINT_DATABASE_URL", "sqlite::memory:".to_owned()),
+        ("AVEMINT_SESSION_KEYS", session_key),
+        ("AVEMINT_TOKEN_CLAIMS", DEMO_CLAIMS.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut settings = Settings::load(None, &env)?;
+    settings.keys.dir = keys_dir;
+    let app = Application::with_listener(settings, Mode::Demo, listener).await?;
     // A closed stdout (a pipe whose reader left) must not take the demo down: write errors are ignored.
     let banner = format!(
         "\n  avemint DEMO MODE: a built-in Ave emulator stands in for Ave. Not for production.\n  \
@@ -96,7 +89,7 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
     }
     app.run_until(shutdown_signal())
         .await
-        .map_err(|e| DemoError::Startup(StartupError::Ave(e.to_string())))?;
+        .map_err(|e| DemoError::Startup(StartupError::Serve(e)))?;
     emulator.shutdown().await;
     Ok(())
 }

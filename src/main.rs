@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use avemint::config::{KeysSettings, ProcessEnv, Settings};
+use avemint::config::{ProcessEnv, Settings};
 use avemint::mint::keys::{Algorithm, KeyDir, commands};
 use avemint::startup::{Application, Mode, shutdown_signal};
 use clap::{Parser, Subcommand};
@@ -115,13 +115,13 @@ fn demo_config_source(flag: Option<&std::path::Path>) -> Option<&'static str> {
 }
 
 fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
-    let settings = match KeysSettings::load(config, &ProcessEnv) {
+    let settings = match avemint::config::load_keys(config, &ProcessEnv) {
         Ok(s) => s,
         Err(errors) => return config_failure(&errors),
     };
     avemint::telemetry::init_stderr("warn", false);
-    let dir = KeyDir::new(settings.keys_dir);
-    let default_alg = settings.signing.algorithm;
+    let dir = KeyDir::new(settings.dir);
+    let default_alg = settings.policy.algorithm;
     let result = match command {
         KeysCommand::Generate { alg } => commands::generate(&dir, alg.unwrap_or(default_alg)),
         KeysCommand::List => commands::list(&dir),

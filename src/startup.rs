@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
-use crate::ave::{AveClient, ClientOptions};
+use crate::ave::{AveClient, AveError};
 use crate::config::Settings;
 use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
+use crate::mint::hook::HookError;
 use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 
@@ -39,10 +40,13 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
-    #[error("{0}")]
-    Ave(String),
+    #[error(transparent)]
+    Ave(#[from] AveError),
     #[error("claims hook: {0}")]
-    Hook(String),
+    Hook(#[from] HookError),
+    /// The server failed while serving (an I/O error of the listener).
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
 }
 
 /// Which routes to mount.
@@ -74,7 +78,7 @@ impl Application {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
-        Self::with_acceptor(settings, mode, acceptor, ClientOptions::default()).await
+        Self::with_acceptor(settings, mode, acceptor).await
     }
 
     /// Builds on an already bound listener (tests bind port 0 first to learn the URL).
@@ -82,7 +86,6 @@ impl Application {
         settings: Settings,
         mode: Mode,
         listener: std::net::TcpListener,
-        options: ClientOptions,
     ) -> Result<Self, StartupError> {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let bind_err = |e: std::io::Error| StartupError::Bind {
@@ -91,15 +94,11 @@ impl Application {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let acceptor = TcpAcceptor::from_std(listener).map_err(bind_err)?;
-        Self::with_acceptor(settings, mode, acceptor, options).await
+        Self::with_acceptor(settings, mode, acceptor).await
     }
 
-    async fn with_acceptor(
-        settings: Settings,
-        mode: Mode,
-        acceptor: TcpAcceptor,
-        options: ClientOptions,
-    ) -> Result<Self, StartupError> {
+    /// Hands each component its own settings and wires them together.
+    async fn with_acceptor(settings: Settings, mode: Mode, acceptor: TcpAcceptor) -> Result<Self, StartupError> {
         let addr = acceptor
             .local_addr()
             .first()
@@ -108,61 +107,70 @@ impl Application {
                 addr: settings.listen.to_string(),
                 reason: "no local address".into(),
             })?;
+        let Settings {
+            listen: _,
+            public_url,
+            ave,
+            store,
+            session,
+            renewal,
+            token,
+            keys,
+            security,
+        } = settings;
         let sessions = Arc::new(
             Sessions::open_with_pool(
-                &settings.database_url,
-                &settings.session_keys,
-                settings.session.clone(),
-                settings.renewal.session_cache_ttl,
-                settings.renewal.database_max_connections,
+                &store.database_url,
+                &store.keys,
+                session.clone(),
+                renewal.session_cache_ttl,
+                store.max_connections,
             )
             .await?,
         );
-        let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing)?);
-        let options = ClientOptions {
-            token_budget_per_minute: settings.renewal.token_budget_per_minute,
-            refresh_timeout: settings.renewal.refresh_timeout.unwrap_or(options.refresh_timeout),
-            metadata_ttl: settings.renewal.ave_metadata_ttl,
-            ..options
-        };
-        let lock_wait = options.request_timeout + Duration::from_secs(5);
-        let wait = settings.renewal.wait;
-        let ave = AveClient::new(
-            settings.ave.issuer.clone(),
-            settings.ave.client_id.clone(),
-            settings.ave.client_secret.clone(),
-            options,
-        )
-        .map_err(|e| StartupError::Ave(e.to_string()))?;
-        let ave = Arc::new(ave);
+        let keys = Arc::new(Keys::open(&keys.dir, keys.policy)?);
+        let lock_wait = ave.options.request_timeout + Duration::from_secs(5);
+        let ave_client = Arc::new(AveClient::new(
+            ave.issuer.clone(),
+            ave.client_id.clone(),
+            ave.client_secret.clone(),
+            ave.options.clone(),
+        )?);
         tracing::info!(
-            budget_per_minute = ave.token_budget_per_minute(),
-            refresh_skew_secs = settings.renewal.skew.as_secs(),
+            budget_per_minute = ave_client.token_budget_per_minute(),
+            refresh_skew_secs = renewal.skew.as_secs(),
             "Ave token-endpoint budget"
         );
-        let renewer = Renewer::new(ave.clone(), sessions.clone(), settings.renewal.skew, lock_wait, wait);
-        let profiles = Profiles::build(&settings.token).map_err(|e| StartupError::Hook(e.to_string()))?;
+        let renewer = Renewer::new(
+            ave_client.clone(),
+            sessions.clone(),
+            renewal.skew,
+            lock_wait,
+            renewal.wait,
+        );
+        let profiles = Profiles::build(&token)?;
         let minter = Minter::new(
             keys,
-            settings.public_url.as_str().to_owned(),
-            settings.ave.client_id.clone(),
+            public_url.as_str().to_owned(),
+            ave.client_id.clone(),
             profiles,
-            settings.token.max_token_bytes,
+            token.max_token_bytes(),
         );
-        let sign_in_limiter =
-            CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(ave.token_budget().sign_in_limit));
+        let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
+            ave_client.token_budget().sign_in_limit,
+        ));
         let state = Arc::new(AppState {
             sign_in_limiter,
-            ave,
+            ave: ave_client,
             sessions,
             renewer,
             minter,
-            login_sealer: Sealer::new(&settings.session_keys, Purpose::LoginCookie),
-            redirect_uri: settings.public_url.redirect_uri(),
-            public_url: settings.public_url.clone(),
-            scopes: settings.ave.scopes.clone(),
-            session_cookie_max_age: settings.session.lifetime,
-            security: settings.security.clone(),
+            login_sealer: Sealer::new(&store.keys, Purpose::LoginCookie),
+            redirect_uri: public_url.redirect_uri(),
+            public_url,
+            scopes: ave.scopes,
+            session_cookie_max_age: session.lifetime,
+            security,
             store_check: Default::default(),
         });
         Ok(Self {

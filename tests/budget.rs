@@ -13,9 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::config::RenewalSettings;
+use avemint::ave::ClientOptions;
 use avemint::http::client_ip::TrustedProxies;
 use avemint::http::security::SecuritySettings;
+use avemint::session::RenewalSettings;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Browser, Options, SESSION_COOKIE, TestApp, location};
@@ -31,8 +32,11 @@ async fn spawn(budget: u32) -> TestApp {
         }),
         renewal: Some(RenewalSettings {
             skew: Duration::ZERO,
-            token_budget_per_minute: budget,
             ..RenewalSettings::default()
+        }),
+        client: Some(ClientOptions {
+            token_budget_per_minute: budget,
+            ..ClientOptions::default()
         }),
         security: Some(SecuritySettings {
             trusted_proxies: TrustedProxies::parse("127.0.0.0/8, ::1").expect("loopback"),

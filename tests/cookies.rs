@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use ave_emulator::EmulatorConfig;
-use avemint::config::RenewalSettings;
+use avemint::session::RenewalSettings;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use serde_json::{Value, json};
 use support::{LOGIN_COOKIE, Options, SESSION_COOKIE, TestApp, error_code, location};

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use ave_emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
-use avemint::config::{DatabaseUrl, RenewalSettings};
 use avemint::http::rate_limit::RateLimit;
 use avemint::http::security::SecuritySettings;
+use avemint::session::{DatabaseUrl, RenewalSettings};
 use futures_util::future::join_all;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, location};
@@ -112,11 +112,11 @@ impl Fleet {
             database_url: Some(db.clone()),
             renewal: Some(RenewalSettings {
                 skew: Duration::from_secs(2),
-                token_budget_per_minute: 10_000,
                 wait: Duration::from_secs(3),
                 ..RenewalSettings::default()
             }),
             client: Some(ClientOptions {
+                token_budget_per_minute: 10_000,
                 connect_timeout: Duration::from_secs(1),
                 request_timeout: Duration::from_secs(3),
                 refresh_timeout: REFRESH_TIMEOUT,
@@ -397,8 +397,11 @@ async fn postgres_a_hundred_refreshes_at_once_starve_nothing() {
         database_url: Some(db),
         renewal: Some(RenewalSettings {
             skew: Duration::ZERO,
-            token_budget_per_minute: 10_000,
             ..RenewalSettings::default()
+        }),
+        client: Some(ClientOptions {
+            token_budget_per_minute: 10_000,
+            ..ClientOptions::default()
         }),
         // 120 sign-ins from one address: no sign-in rate limit here.
         security: Some(SecuritySettings {

@@ -79,8 +79,8 @@ mod header_and_refetch_limits {
     use ave_emulator::{Emulator, EmulatorConfig};
     use avemint::ave::id_token::{self, NonceCheck};
     use avemint::ave::{AveClient, ClientOptions, IdTokenError};
-    use avemint::config::Issuer;
     use avemint::secret::Secret;
+    use avemint::web_url::Issuer;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::{Value, json};

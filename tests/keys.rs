@@ -119,9 +119,9 @@ async fn rotation_is_invisible_to_verifiers_in_both_directions() {
     );
 
     // A token minted after the rotation verifies with the JWKS a verifier cached before it…
-    verify_with(&jwks_before, &after_token, &app.settings.token.audience, &app.address);
+    verify_with(&jwks_before, &after_token, app.audience(), &app.address);
     // …and one minted before verifies with the JWKS served after it (the retired key is still published).
-    verify_with(&jwks_after, &before_token, &app.settings.token.audience, &app.address);
+    verify_with(&jwks_after, &before_token, app.audience(), &app.address);
     assert_eq!(kids(&jwks_after).len(), 3, "current, next and retired");
     assert_ne!(old_etag, new_etag);
 
@@ -207,7 +207,7 @@ async fn every_algorithm_mints_tokens_that_verify_with_only_the_served_jwks() {
             let n = jwks["keys"][0]["n"].as_str().expect("n");
             assert!(n.len() * 6 >= 2048, "RSA modulus of at least 2048 bits");
         }
-        let data = verify_with_alg(&jwks, &token, &app.settings.token.audience, &app.address, jwt_alg);
+        let data = verify_with_alg(&jwks, &token, app.audience(), &app.address, jwt_alg);
         assert_eq!(data.claims["iss"], app.address);
         // Pinning a different algorithm refuses the token.
         let other = if jwt_alg == jsonwebtoken::Algorithm::ES256 {
@@ -215,7 +215,7 @@ async fn every_algorithm_mints_tokens_that_verify_with_only_the_served_jwks() {
         } else {
             jsonwebtoken::Algorithm::ES256
         };
-        assert!(try_verify(&jwks, &token, &app.settings.token.audience, &app.address, other).is_err());
+        assert!(try_verify(&jwks, &token, app.audience(), &app.address, other).is_err());
         let discovery: Value = app
             .http
             .get(app.url("/.well-known/openid-configuration"))

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::id_token::{self, NonceCheck};
 use avemint::ave::{AveClient, ClientOptions, IdTokenError};
-use avemint::config::{DatabaseUrl, Issuer, RenewalSettings};
 use avemint::secret::Secret;
+use avemint::session::DatabaseUrl;
+use avemint::web_url::Issuer;
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp, database_url_string, error_code, postgres_schema, sign_in_at, wait_ready};
 use tokio::task::JoinHandle;
@@ -24,10 +25,10 @@ use tokio::task::JoinHandle;
 /// The metadata lifetime in these tests: short enough to cross it quickly.
 const TTL: Duration = Duration::from_secs(1);
 
-fn short_ttl() -> Option<RenewalSettings> {
-    Some(RenewalSettings {
-        ave_metadata_ttl: TTL,
-        ..RenewalSettings::default()
+fn short_ttl() -> Option<ClientOptions> {
+    Some(ClientOptions {
+        metadata_ttl: TTL,
+        ..ClientOptions::default()
     })
 }
 
@@ -86,7 +87,7 @@ async fn avemint_own_documents_answer(app: &TestApp) {
 #[tokio::test]
 async fn ave_down_across_the_cache_expiry_keeps_the_instance_ready_and_sessions_served() {
     let app = TestApp::spawn_with(Options {
-        renewal: short_ttl(),
+        client: short_ttl(),
         ..Options::default()
     })
     .await;
@@ -155,7 +156,7 @@ async fn ave_down_across_the_cache_expiry_keeps_the_instance_ready_and_sessions_
 #[tokio::test]
 async fn a_failing_refetch_keeps_the_last_good_copy_and_a_healed_ave_makes_it_fresh_again() {
     let app = TestApp::spawn_with(Options {
-        renewal: short_ttl(),
+        client: short_ttl(),
         ..Options::default()
     })
     .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
-use avemint::config::{DatabaseUrl, RenewalSettings};
+use avemint::session::{DatabaseUrl, RenewalSettings};
 use futures_util::future::join_all;
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, error_code, sign_in_at};
 
@@ -171,8 +171,8 @@ async fn invalid_grant_ends_the_session(db: Option<DatabaseUrl>) {
     assert_eq!(error_code(resp).await, "login_required");
     assert_eq!(refresh_calls(&app.emulator), 1);
     let sessions = avemint::session::Sessions::open(
-        &app.settings.database_url,
-        &app.settings.session_keys,
+        &app.settings.store.database_url,
+        &app.settings.store.keys,
         app.settings.session.clone(),
         Duration::ZERO,
     )
@@ -513,10 +513,10 @@ fn browser_cookie_before(browser: &Browser) -> String {
 
 #[tokio::test]
 async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
-    use avemint::config::SessionSettings;
+    use avemint::session::SessionSettings;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("s.db").display()));
-    let keys = avemint::config::SessionKeys::from_keys(vec![[3; 32]]);
+    let keys = avemint::session::SealingKeys::from_keys(vec![[3; 32]]);
     let settings = SessionSettings {
         idle_timeout: Duration::from_secs(100),
         lifetime: Duration::from_secs(1000),

@@ -4,8 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::config::{RenewalSettings, SessionSettings};
 use avemint::session::SessionId;
+use avemint::session::{RenewalSettings, SessionSettings};
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -70,8 +70,8 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     // A second process on the same file and keys reads the session.
     let sessions = avemint::session::Sessions::open(
-        &app.settings.database_url,
-        &app.settings.session_keys,
+        &app.settings.store.database_url,
+        &app.settings.store.keys,
         app.settings.session.clone(),
         std::time::Duration::ZERO,
     )
@@ -83,8 +83,8 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
     assert_eq!(s.data.sub, app.emulator.users()[0].id);
     // With a different key the row cannot be opened (and is reported absent, not deleted).
     let other = avemint::session::Sessions::open(
-        &app.settings.database_url,
-        &avemint::config::SessionKeys::from_keys(vec![[1; 32]]),
+        &app.settings.store.database_url,
+        &avemint::session::SealingKeys::from_keys(vec![[1; 32]]),
         app.settings.session.clone(),
         std::time::Duration::ZERO,
     )
@@ -203,7 +203,7 @@ async fn cap_ends_the_oldest(app: &TestApp) -> Vec<Browser> {
     browsers
 }
 
-fn capped(max: u32, database_url: Option<avemint::config::DatabaseUrl>) -> Options {
+fn capped(max: u32, database_url: Option<avemint::session::DatabaseUrl>) -> Options {
     uncached(Options {
         session: Some(SessionSettings {
             max_sessions_per_user: max,

@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use avemint::config::DatabaseUrl;
+use avemint::session::DatabaseUrl;
 use avemint::session::postgres::PostgresStore;
 use avemint::session::sqlite::SqliteStore;
 use avemint::session::{OwnerKey, SessionKey, SessionStore, StoreError, StoredSession, SweepCutoffs};

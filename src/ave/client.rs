@@ -16,13 +16,11 @@ use serde_json::{Map, Value};
 
 use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
-use crate::config::Issuer;
+use super::settings::ClientOptions;
 use crate::metrics::{self, AveCall, AveFailure};
 use crate::secret::Secret;
+use crate::web_url::Issuer;
 
-/// How long discovery and JWKS documents are used before a re-fetch, unless
-/// configured (`AVEMINT_AVE_METADATA_TTL`).
-pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
 /// Bodies larger than this from Ave are refused unread.
 const MAX_BODY: usize = 256 * 1024;
 
@@ -183,36 +181,6 @@ impl KeySet {
             return Err(AveError::Malformed("JWKS holds no RS256 signing key".into()));
         }
         Ok(Self { keys })
-    }
-}
-
-/// Tunables with sensible defaults; tests shorten them.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    /// The least time between two JWKS re-fetches caused by an unknown `kid`.
-    pub jwks_refetch_cooldown: Duration,
-    /// Token-endpoint calls per minute this process may make.
-    pub token_budget_per_minute: u32,
-    /// How long a refresh may wait for Ave's answer before its outcome counts
-    /// as unknown (the refresh token is then kept and retried after a back-off).
-    pub refresh_timeout: Duration,
-    /// How long Ave's discovery document and JWKS are used before a re-fetch
-    /// (a failed re-fetch keeps the last good copy; see `metadata`).
-    pub metadata_ttl: Duration,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            jwks_refetch_cooldown: Duration::from_secs(5),
-            token_budget_per_minute: 180,
-            refresh_timeout: Duration::from_secs(60),
-            metadata_ttl: DEFAULT_METADATA_TTL,
-        }
     }
 }
 

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
-use crate::config::Issuer;
 use crate::metrics::{self, AveCall};
+use crate::web_url::Issuer;
 
 /// The longest pause between two re-fetch attempts while Ave keeps failing.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -431,7 +431,7 @@ impl Inner {
             ("jwks_uri", &meta.jwks_uri),
         ] {
             let ok = url::Url::parse(url)
-                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u)));
+                .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && crate::web_url::is_loopback(&u)));
             if !ok {
                 return Err(AveError::Malformed(format!("discovery `{name}` is not an https URL")));
             }

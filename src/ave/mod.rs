@@ -1,14 +1,17 @@
 //! Everything that talks to Ave, or pretends to be Ave.
 //!
 //! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`) and
-//! `id_token` validates what Ave signs. The local Ave that `avemint demo` and
+//! `id_token` validates what Ave signs; `settings` is what the client is
+//! configured with (the Ave application, timeouts, token budget). The local Ave that `avemint demo` and
 //! the tests run against is its own crate, `crates/ave-emulator`.
 
 pub mod budget;
 pub mod client;
 pub mod id_token;
 pub mod metadata;
+pub mod settings;
 
-pub use client::{AveClient, AveError, ClientOptions, KeySet, ProviderMetadata, TokenResponse};
+pub use client::{AveClient, AveError, KeySet, ProviderMetadata, TokenResponse};
 pub use id_token::{IdTokenError, NonceCheck, ValidatedIdToken};
 pub use metadata::{Document, DocumentStatus, MetadataStatus};
+pub use settings::{AveSettings, ClientOptions};

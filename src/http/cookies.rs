@@ -347,13 +347,12 @@ pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLog
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SessionKeys;
     use crate::http::return_path::MAX_RETURN_PATH;
-    use crate::session::Purpose;
+    use crate::session::{Purpose, SealingKeys};
     use proptest::prelude::*;
 
     fn sealer() -> Sealer {
-        Sealer::new(&SessionKeys::from_keys(vec![[7; 32]]), Purpose::LoginCookie)
+        Sealer::new(&SealingKeys::from_keys(vec![[7; 32]]), Purpose::LoginCookie)
     }
 
     fn pending(return_to: &str) -> PendingLogin {

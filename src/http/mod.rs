@@ -29,9 +29,9 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use crate::ave::AveClient;
-use crate::config::PublicUrl;
 use crate::mint::Minter;
 use crate::session::{Renewer, Sealer, Sessions};
+use crate::web_url::PublicUrl;
 
 /// Everything a request handler may use.
 pub struct AppState {

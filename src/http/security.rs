@@ -24,7 +24,7 @@ use super::client_ip::{ClientIp, TrustedProxies};
 use super::cors::{self, AllowedOrigins};
 use super::errors::ErrorBody;
 use super::rate_limit::{Limited, RateLimit, RateLimiter};
-use crate::config::PublicUrl;
+use crate::web_url::PublicUrl;
 
 /// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
 /// `cookies::counted_len`), so they are never why a request is refused.

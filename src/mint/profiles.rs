@@ -6,17 +6,67 @@
 //! profile, `default`, built from `AVEMINT_TOKEN_AUDIENCE`, `AVEMINT_TOKEN_TTL`
 //! and `AVEMINT_TOKEN_CLAIMS`; more profiles come from the config file.
 //!
-//! `ProfileSpec` is the validated configuration (plain data, made by `config`);
-//! `Profiles` is what the minter uses at run time (with live hooks).
+//! `ProfileSpec` is one profile's validated configuration and `TokenSettings`
+//! the whole set (never empty, exactly one default; plain data, made by
+//! `config`); `Profiles` is what the minter uses at run time (with live hooks).
 
 use std::time::Duration;
 
 use super::claims::ClaimTemplate;
 use super::hook::{Hook, HookError, HookSpec};
-use crate::config::TokenSettings;
 
 /// The name of the profile built from the env-only settings.
 pub const DEFAULT_PROFILE_NAME: &str = "default";
+/// Default `max_token_bytes`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
+/// Default token lifetime (`AVEMINT_TOKEN_TTL`, a profile's `ttl`), seconds.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+
+/// App-JWT minting: the token profiles and the size limit.
+///
+/// The list is never empty and has exactly one default profile: env-only
+/// deployments get the single profile `default` (see the module doc), so
+/// nothing downstream special-cases an empty list.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    profiles: Vec<ProfileSpec>,
+    default: usize,
+    max_token_bytes: usize,
+}
+
+impl TokenSettings {
+    /// Checks the set (`validate`) and marks a single profile as the default.
+    pub fn new(mut profiles: Vec<ProfileSpec>, max_token_bytes: usize) -> Result<Self, Vec<String>> {
+        let errors = validate(&profiles);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if let [only] = profiles.as_mut_slice() {
+            only.default = true;
+        }
+        let default = profiles.iter().position(|p| p.default).unwrap_or(0);
+        Ok(Self {
+            profiles,
+            default,
+            max_token_bytes,
+        })
+    }
+
+    /// All profiles, in configuration order.
+    pub fn profiles(&self) -> &[ProfileSpec] {
+        &self.profiles
+    }
+
+    /// The profile minted when a request names none.
+    pub fn default_profile(&self) -> &ProfileSpec {
+        &self.profiles[self.default]
+    }
+
+    /// Minting fails (500 `server_error`) rather than hand out a longer token.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+}
 
 /// One configured profile.
 #[derive(Debug, Clone)]
@@ -113,33 +163,25 @@ pub struct Profiles {
 }
 
 impl Profiles {
-    /// Builds the run-time profiles from settings: the file's profiles, or the
-    /// single `default` profile from the flat token settings when there are none.
+    /// Builds the run-time profiles (with live hooks) from settings.
     pub fn build(token: &TokenSettings) -> Result<Self, HookError> {
-        if token.profiles.is_empty() {
-            return Ok(Self {
-                list: vec![Profile {
-                    name: DEFAULT_PROFILE_NAME.to_owned(),
-                    audience: token.audience.clone(),
-                    ttl: token.ttl,
-                    claims: token.claims.clone(),
-                    hook: None,
-                }],
-                default: 0,
-            });
-        }
-        let mut list = Vec::with_capacity(token.profiles.len());
-        for spec in &token.profiles {
-            list.push(Profile {
-                name: spec.name.clone(),
-                audience: spec.audience.clone(),
-                ttl: spec.ttl,
-                claims: spec.claims.clone(),
-                hook: spec.hook.as_ref().map(Hook::new).transpose()?,
-            });
-        }
-        let default = token.profiles.iter().position(|p| p.default).unwrap_or(0);
-        Ok(Self { list, default })
+        let list = token
+            .profiles()
+            .iter()
+            .map(|spec| {
+                Ok(Profile {
+                    name: spec.name.clone(),
+                    audience: spec.audience.clone(),
+                    ttl: spec.ttl,
+                    claims: spec.claims.clone(),
+                    hook: spec.hook.as_ref().map(Hook::new).transpose()?,
+                })
+            })
+            .collect::<Result<_, HookError>>()?;
+        Ok(Self {
+            list,
+            default: token.default,
+        })
     }
 
     /// The profile minted when a request names none.
@@ -195,18 +237,16 @@ mod tests {
     }
 
     fn settings(profiles: Vec<ProfileSpec>) -> TokenSettings {
-        TokenSettings {
-            ttl: Duration::from_secs(300),
-            audience: "https://flat.example".into(),
-            claims: ClaimTemplate::default(),
-            profiles,
-            max_token_bytes: 4096,
-        }
+        TokenSettings::new(profiles, DEFAULT_MAX_TOKEN_BYTES).expect("valid profiles")
     }
 
     #[test]
     fn env_only_settings_make_one_default_profile() {
-        let p = Profiles::build(&settings(vec![])).expect("builds");
+        let env_only = ProfileSpec {
+            ttl: Duration::from_secs(300),
+            ..spec(DEFAULT_PROFILE_NAME, "https://flat.example", false)
+        };
+        let p = Profiles::build(&settings(vec![env_only])).expect("builds");
         let d = p.default_profile();
         assert_eq!(
             (d.name.as_str(), d.audience.as_str()),
@@ -245,6 +285,15 @@ mod tests {
         // Names and audiences are matched exactly.
         assert!(p.select(None, Some("https://web/")).is_err());
         assert!(p.select(Some("WEB"), None).is_err());
+    }
+
+    #[test]
+    fn token_settings_are_never_empty_and_have_one_default() {
+        assert!(TokenSettings::new(vec![], DEFAULT_MAX_TOKEN_BYTES).is_err());
+        let one = settings(vec![spec("a", "x", false)]);
+        assert!(one.default_profile().default, "a single profile is the default");
+        let two = settings(vec![spec("a", "x", false), spec("b", "y", true)]);
+        assert_eq!(two.default_profile().name, "b");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! backend sees it, opens it on the way back, and applies the idle timeout and
 //! absolute lifetime, and keeps a short-lived in-process cache. Backends
 //! (`sqlite`, `postgres`) store bytes only; `renew` refreshes Ave's tokens.
+//! `settings` (and `renew::RenewalSettings`) are what the store and renewal are
+//! configured with; `sealer::SealingKeys` are the at-rest keys.
 //!
 //! What decides expiry is authenticated: `created_at` is part of the sealed
 //! record's associated data and `last_seen_at` carries an HMAC, so a row whose
@@ -22,6 +24,7 @@ pub mod id;
 pub mod postgres;
 pub mod renew;
 pub mod sealer;
+pub mod settings;
 pub(crate) mod sql;
 pub mod sqlite;
 pub mod store;
@@ -33,11 +36,12 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{DatabaseUrl, SessionKeys, SessionSettings};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
+pub use renew::RenewalSettings;
 pub use renew::{RenewError, Renewer};
-pub use sealer::{MacPurpose, Macer, Purpose, Sealer};
+pub use sealer::{MacPurpose, Macer, Purpose, Sealer, SealingKeys};
+pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
 /// Idle-time bookkeeping is written at most this often per session, so the
@@ -167,7 +171,7 @@ impl Sessions {
     /// Opens the configured backend. A zero `cache_ttl` disables the cache.
     pub async fn open(
         url: &DatabaseUrl,
-        keys: &SessionKeys,
+        keys: &SealingKeys,
         settings: SessionSettings,
         cache_ttl: Duration,
     ) -> Result<Self, StoreError> {
@@ -178,7 +182,7 @@ impl Sessions {
     /// (`AVEMINT_DATABASE_MAX_CONNECTIONS`; an in-memory SQLite database always uses one).
     pub async fn open_with_pool(
         url: &DatabaseUrl,
-        keys: &SessionKeys,
+        keys: &SealingKeys,
         settings: SessionSettings,
         cache_ttl: Duration,
         max_connections: u32,
@@ -195,7 +199,7 @@ impl Sessions {
     /// Wraps an already opened backend. A zero `cache_ttl` disables the cache.
     pub fn with_store(
         store: Arc<dyn SessionStore>,
-        keys: &SessionKeys,
+        keys: &SealingKeys,
         settings: SessionSettings,
         cache_ttl: Duration,
     ) -> Self {
@@ -483,7 +487,6 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SessionKeys;
 
     fn data(sub: &str) -> SessionData {
         SessionData {
@@ -510,7 +513,7 @@ mod tests {
             lifetime: Duration::from_secs(10_000),
             max_sessions_per_user: max_per_user,
         };
-        Sessions::with_store(store, &SessionKeys::from_keys(vec![[5; 32]]), settings, Duration::ZERO)
+        Sessions::with_store(store, &SealingKeys::from_keys(vec![[5; 32]]), settings, Duration::ZERO)
     }
 
     /// Rewrites a stored row through `edit` (what someone with write access to the database can do).

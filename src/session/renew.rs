@@ -63,6 +63,30 @@ const STORE_RETRIES: [Duration; 5] = [
     Duration::from_secs(4),
 ];
 
+/// When and how patiently sessions are renewed, and how long a decrypted
+/// session is served from memory.
+#[derive(Debug, Clone)]
+pub struct RenewalSettings {
+    /// Refresh when Ave's access token expires within this margin (`AVEMINT_REFRESH_SKEW`).
+    pub skew: Duration,
+    /// How long a request waits for a slow refresh before it is answered from
+    /// the current access token (or with 503); the refresh itself goes on.
+    pub wait: Duration,
+    /// How long a decrypted session may be served from memory; bounds how
+    /// late another instance notices a logout (`AVEMINT_SESSION_CACHE_TTL_MS`).
+    pub session_cache_ttl: Duration,
+}
+
+impl Default for RenewalSettings {
+    fn default() -> Self {
+        Self {
+            skew: Duration::from_secs(60),
+            wait: Duration::from_secs(10),
+            session_cache_ttl: Duration::from_millis(500),
+        }
+    }
+}
+
 /// Why renewal did not produce a usable session.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RenewError {

@@ -10,10 +10,77 @@
 //! authenticated but not hidden (a session's last-seen time) or that must be
 //! indexable without being readable (the per-user session index).
 
+use std::fmt;
+
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use aws_lc_rs::{hkdf, hmac};
+use base64::Engine as _;
 
-use crate::config::SessionKeys;
+use crate::secret::Secret;
+
+/// The keys sealing data at rest (`AVEMINT_SESSION_KEYS`): the first seals,
+/// all open. Named apart from `SessionKey`, a stored session's row key.
+#[derive(Clone)]
+pub struct SealingKeys(Vec<Secret<[u8; 32]>>);
+
+/// Why `AVEMINT_SESSION_KEYS` was refused (never echoes a key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealingKeysError {
+    #[error("key #{0} is empty")]
+    Empty(usize),
+    #[error("key #{0} is not valid base64")]
+    NotBase64(usize),
+    #[error("key #{number} decodes to {len} bytes; 32 are needed")]
+    Length { number: usize, len: usize },
+    #[error("no key given")]
+    None,
+}
+
+impl fmt::Debug for SealingKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealingKeys({} keys, [redacted])", self.0.len())
+    }
+}
+
+impl SealingKeys {
+    /// Parses comma-separated base64 (standard or URL-safe, padding optional) 32-byte keys.
+    pub fn parse(raw: &str) -> Result<Self, SealingKeysError> {
+        let mut keys = Vec::new();
+        for (i, part) in raw.split(',').map(str::trim).enumerate() {
+            let number = i + 1;
+            if part.is_empty() {
+                return Err(SealingKeysError::Empty(number));
+            }
+            let decoded = decode_any_base64(part).ok_or(SealingKeysError::NotBase64(number))?;
+            let key: [u8; 32] = decoded.as_slice().try_into().map_err(|_| SealingKeysError::Length {
+                number,
+                len: decoded.len(),
+            })?;
+            keys.push(Secret::new(key));
+        }
+        if keys.is_empty() {
+            return Err(SealingKeysError::None);
+        }
+        Ok(Self(keys))
+    }
+
+    /// Builds from raw keys (demo mode and tests).
+    pub fn from_keys(keys: Vec<[u8; 32]>) -> Self {
+        Self(keys.into_iter().map(Secret::new).collect())
+    }
+
+    /// The keys, the sealing one first.
+    pub fn keys(&self) -> &[Secret<[u8; 32]>] {
+        &self.0
+    }
+}
+
+fn decode_any_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(s).ok())
+}
 
 const VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
@@ -66,7 +133,7 @@ pub const MAC_LEN: usize = 32;
 
 impl Macer {
     /// Derives the HMAC keys for `purpose` from every configured key.
-    pub fn new(keys: &SessionKeys, purpose: MacPurpose) -> Self {
+    pub fn new(keys: &SealingKeys, purpose: MacPurpose) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
         let keys = keys
             .keys()
@@ -137,7 +204,7 @@ impl hkdf::KeyType for Len32 {
 
 impl Sealer {
     /// Derives the subkeys for `purpose` from every configured key.
-    pub fn new(keys: &SessionKeys, purpose: Purpose) -> Self {
+    pub fn new(keys: &SealingKeys, purpose: Purpose) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
         let keys = keys
             .keys()
@@ -210,8 +277,8 @@ impl Sealer {
 mod tests {
     use super::*;
 
-    fn keys(k: &[[u8; 32]]) -> SessionKeys {
-        SessionKeys::from_keys(k.to_vec())
+    fn keys(k: &[[u8; 32]]) -> SealingKeys {
+        SealingKeys::from_keys(k.to_vec())
     }
 
     #[test]

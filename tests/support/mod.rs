@@ -10,19 +10,19 @@ use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::ClientOptions;
-use avemint::config::{
-    AveSettings, ConfigErrors, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_SCOPES, DatabaseUrl, Issuer, PublicUrl,
-    RenewalSettings, SessionKeys, SessionSettings, Settings, TokenSettings,
-};
+use avemint::config::{ConfigErrors, Settings};
 use avemint::http::security::SecuritySettings;
-use avemint::mint::claims::ClaimTemplate;
-use avemint::secret::Secret;
+use avemint::mint::profiles::TokenSettings;
+use avemint::session::{DatabaseUrl, RenewalSettings, SessionSettings};
 use avemint::startup::{Application, Mode};
+use avemint::web_url::PublicUrl;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
 pub const SESSION_COOKIE: &str = "__Host-avemint";
 pub const LOGIN_COOKIE: &str = "__Host-avemint-login";
+/// The session key of every test instance (`[42; 32]`, base64).
+pub const TEST_SESSION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 /// A running avemint plus its emulator.
 pub struct TestApp {
@@ -48,7 +48,9 @@ pub struct Options {
     pub refetch_cooldown: Option<Duration>,
     /// Use this store (e.g. a PostgreSQL schema shared by two instances).
     pub database_url: Option<DatabaseUrl>,
+    /// Refresh skew, how long a request waits for a refresh, the session cache.
     pub renewal: Option<RenewalSettings>,
+    /// The Ave client's timeouts, token budget, refresh timeout and metadata lifetime.
     pub client: Option<ClientOptions>,
     /// Token settings as config-file TOML (`max_token_bytes`, `[[profiles]]`, …),
     /// read by the real loader; replaces `claims` and `token_ttl`.
@@ -87,40 +89,50 @@ impl TestApp {
         };
         let db_path = dir.path().join("avemint.db");
         let keys_dir = opts.keys_dir.clone().unwrap_or_else(|| dir.path().join("keys"));
-        let mut settings = Settings {
-            ave: AveSettings {
-                client_id: emulator.client_id().to_owned(),
-                client_secret: Secret::new(emulator.client_secret().to_owned()),
-                issuer: Issuer::parse(&emulator.issuer()).expect("issuer"),
-                scopes: DEFAULT_SCOPES.to_owned(),
-            },
-            public_url: public_url.clone(),
-            listen: addr,
-            database_url: opts
-                .database_url
-                .unwrap_or_else(|| DatabaseUrl::Sqlite(format!("sqlite://{}", db_path.display()))),
-            session_keys: SessionKeys::from_keys(vec![[42; 32]]),
-            keys_dir: keys_dir.clone(),
-            signing: opts.signing.unwrap_or_default(),
-            token: TokenSettings {
-                ttl: Duration::from_secs(opts.token_ttl.unwrap_or(300)),
-                audience: "https://api.example.com".into(),
-                claims: ClaimTemplate::parse_json(opts.claims.unwrap_or("{}")).expect("claims"),
-                profiles: Vec::new(),
-                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-            },
-            session: opts.session.unwrap_or_default(),
-            renewal: opts.renewal.unwrap_or_default(),
-            security: opts.security.unwrap_or_default(),
-        };
-        if let Some(toml) = &opts.token_toml {
-            settings.token = token_settings_from_toml(toml, &[]).expect("token settings load");
+        // The same loader as `serve`, over an in-memory environment (and the
+        // token TOML as a file); whole components from `opts` replace the loaded ones.
+        let mut env = vec![
+            ("AVE_CLIENT_ID", emulator.client_id().to_owned()),
+            ("AVE_CLIENT_SECRET", emulator.client_secret().to_owned()),
+            ("AVE_ISSUER", emulator.issuer()),
+            ("AVEMINT_PUBLIC_URL", public_url.to_string()),
+            ("AVEMINT_LISTEN", addr.to_string()),
+            ("AVEMINT_DATABASE_URL", format!("sqlite://{}", db_path.display())),
+            ("AVEMINT_SESSION_KEYS", TEST_SESSION_KEY.to_owned()),
+        ];
+        if opts.token_toml.is_none() {
+            env.push(("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()));
+            env.push(("AVEMINT_TOKEN_TTL", opts.token_ttl.unwrap_or(300).to_string()));
+            env.push(("AVEMINT_TOKEN_CLAIMS", opts.claims.unwrap_or("{}").to_owned()));
         }
-        let options = ClientOptions {
-            jwks_refetch_cooldown: opts.refetch_cooldown.unwrap_or(Duration::from_secs(5)),
-            ..opts.client.unwrap_or_default()
-        };
-        let app = Application::with_listener(settings.clone(), Mode::Serve, listener, options)
+        let config = opts.token_toml.as_ref().map(|toml| {
+            let path = dir.path().join("avemint.toml");
+            std::fs::write(&path, toml).expect("write config");
+            path
+        });
+        let env: BTreeMap<String, String> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let mut settings = Settings::load(config.as_deref(), &env).expect("test settings load");
+        settings.keys.dir = keys_dir.clone();
+        if let Some(url) = opts.database_url {
+            settings.store.database_url = url;
+        }
+        if let Some(policy) = opts.signing {
+            settings.keys.policy = policy;
+        }
+        if let Some(session) = opts.session {
+            settings.session = session;
+        }
+        if let Some(renewal) = opts.renewal {
+            settings.renewal = renewal;
+        }
+        if let Some(security) = opts.security {
+            settings.security = security;
+        }
+        if let Some(client) = opts.client {
+            settings.ave.options = client;
+        }
+        settings.ave.options.jwks_refetch_cooldown = opts.refetch_cooldown.unwrap_or(Duration::from_secs(5));
+        let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
             .await
             .expect("app builds");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -239,9 +251,14 @@ impl TestApp {
         self.get_json("/.well-known/jwks.json").await
     }
 
-    /// Verifies an app JWT using only the served JWKS.
+    /// Verifies an app JWT (of the default profile) using only the served JWKS.
     pub async fn verify(&self, token: &str) -> jsonwebtoken::TokenData<Value> {
-        verify_with(&self.jwks().await, token, &self.settings.token.audience, &self.address)
+        verify_with(&self.jwks().await, token, self.audience(), &self.address)
+    }
+
+    /// The default profile's audience.
+    pub fn audience(&self) -> &str {
+        &self.settings.token.default_profile().audience
     }
 }
 

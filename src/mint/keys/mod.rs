@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 pub use algorithms::{Algorithm, AlgorithmError, ParsedKey};
 pub use manifest::{KeyEntry, KeyState, LifecycleError, Manifest};
 pub use reload::Keys;
-pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, MAX_TOKEN_TTL, RETIRED_HOLD, Rotation};
+pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, KeysSettings, MAX_TOKEN_TTL, RETIRED_HOLD, Rotation};
 
 /// Why keys could not be loaded, created or used.
 #[derive(Debug, thiserror::Error)]

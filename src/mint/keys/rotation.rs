@@ -37,6 +37,52 @@ pub struct KeyPolicy {
     pub rotation: Option<Duration>,
 }
 
+/// Where the signing keys live and how they are made and rotated: what
+/// `serve` and the `avemint keys` commands are configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysSettings {
+    /// `AVEMINT_KEYS_DIR`.
+    pub dir: PathBuf,
+    /// `AVEMINT_KEY_ALGORITHM` and `AVEMINT_KEY_ROTATION`.
+    pub policy: KeyPolicy,
+}
+
+/// The longest automatic rotation period.
+const MAX_ROTATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Why `AVEMINT_KEY_ROTATION` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "must be `off` or a period such as `30d`, `12h` or `90m` (units s, m, h, d, w), from {}h to {}d",
+    MIN_ROTATION.as_secs() / 3600,
+    MAX_ROTATION.as_secs() / 86_400
+)]
+pub struct RotationPeriodError;
+
+/// `AVEMINT_KEY_ROTATION`: `off`, or a whole number with a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`.
+pub fn parse_rotation(raw: &str) -> Result<Option<Duration>, RotationPeriodError> {
+    let s = raw.trim();
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(RotationPeriodError)?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| RotationPeriodError)?;
+    let unit = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(RotationPeriodError),
+    };
+    let secs = n.checked_mul(unit).ok_or(RotationPeriodError)?;
+    if secs < MIN_ROTATION.as_secs() || secs > MAX_ROTATION.as_secs() {
+        return Err(RotationPeriodError);
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
@@ -313,6 +359,37 @@ pub fn format_age(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_periods() {
+        assert_eq!(parse_rotation("off"), Ok(None));
+        assert_eq!(parse_rotation("30d"), Ok(Some(Duration::from_secs(30 * 86_400))));
+        assert_eq!(parse_rotation("12h"), Ok(Some(Duration::from_secs(12 * 3600))));
+        assert_eq!(parse_rotation(" 2w "), Ok(Some(Duration::from_secs(14 * 86_400))));
+        assert_eq!(parse_rotation("90m"), Ok(Some(Duration::from_secs(5400))));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "-1d",
+            "1.5d",
+            "59m",
+            "30 days",
+            "3651d",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_rotation(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rotation_parser_never_panics_and_respects_bounds(s in "\\PC{0,12}") {
+            if let Ok(Some(d)) = parse_rotation(&s) {
+                proptest::prop_assert!(d >= MIN_ROTATION && d.as_secs() <= 3650 * 86_400);
+            }
+        }
+    }
 
     #[test]
     fn ensure_then_rotate_then_prune_on_disk() {
