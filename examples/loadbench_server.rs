@@ -195,7 +195,7 @@ async fn serve(
         renewal,
         // Signing in many sessions from one address must not trip the sign-in rate limit.
         security: avemint::http::security::SecuritySettings {
-            login_rate_limit: avemint::http::rate_limit::RateLimit(0),
+            login_rate_limit: avemint::traffic::rate_limit::RateLimit(0),
             ..Default::default()
         },
     };

@@ -15,9 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use url::{Host, Url};
 
-use crate::http::client_ip::TrustedProxies;
 use crate::http::cors::AllowedOrigins;
-use crate::http::rate_limit::RateLimit;
 use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
@@ -25,6 +23,8 @@ use crate::mint::keys::{Algorithm, KeyPolicy, MAX_TOKEN_TTL, rotation::MIN_ROTAT
 use crate::mint::profiles::{self, ProfileSpec};
 use crate::secret::Secret;
 use crate::server::{ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT};
+use crate::traffic::client_ip::TrustedProxies;
+use crate::traffic::rate_limit::RateLimit;
 
 /// Default Ave issuer (production).
 pub const DEFAULT_ISSUER: &str = "https://aveid.net";

@@ -17,3 +17,4 @@ pub mod session;
 pub mod signin;
 pub mod startup;
 pub mod telemetry;
+pub mod traffic;

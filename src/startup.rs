@@ -14,10 +14,10 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, ClientOptions};
 use crate::config::Settings;
-use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
 use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
+use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::config::RenewalSettings;
-use avemint::http::client_ip::TrustedProxies;
 use avemint::http::security::SecuritySettings;
+use avemint::traffic::client_ip::TrustedProxies;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Browser, Options, SESSION_COOKIE, TestApp, location};

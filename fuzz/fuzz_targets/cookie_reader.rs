@@ -7,8 +7,9 @@
 use std::sync::OnceLock;
 
 use avemint::config::SessionKeys;
-use avemint::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, decode_login, find, values};
+use avemint::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, find, values};
 use avemint::session::{Purpose, Sealer};
+use avemint::signin::decode_login;
 use libfuzzer_sys::fuzz_target;
 
 fn sealer() -> &'static Sealer {

@@ -2,7 +2,6 @@
 //! response headers. Nothing below this module knows HTTP.
 
 pub mod auth;
-pub mod client_ip;
 pub mod cookies;
 pub mod cors;
 #[cfg(feature = "demo")]
@@ -14,8 +13,6 @@ pub mod errors;
 pub mod ops;
 pub mod optional_json;
 pub mod prepared_json;
-pub mod rate_limit;
-pub mod return_path;
 pub mod security;
 pub mod spa;
 pub mod well_known;
@@ -48,7 +45,7 @@ pub struct AppState {
     /// The store check of `/readyz` and `/metrics`.
     pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
-    pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
+    pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
 }
 
 /// OpenAPI tags.

@@ -20,11 +20,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaApi, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::client_ip::{ClientIp, TrustedProxies};
 use super::cors::{self, AllowedOrigins};
 use super::errors::ErrorBody;
-use super::rate_limit::{Limited, RateLimit, RateLimiter};
 use crate::config::PublicUrl;
+use crate::traffic::client_ip::{ClientIp, TrustedProxies};
+use crate::traffic::rate_limit::{Limited, RateLimit, RateLimiter};
 
 /// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
 /// `cookies::counted_len`), so they are never why a request is refused.
@@ -195,7 +195,7 @@ impl Guard {
         })
     }
 
-    /// The client's IP address (see `client_ip`).
+    /// The client's IP address (see `traffic::client_ip`).
     pub fn client_ip(&self, req: &Request) -> IpAddr {
         let peer = req
             .remote_addr()
