@@ -11,6 +11,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod mint;
+pub mod route;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -45,15 +45,8 @@ pub enum StartupError {
     Hook(String),
 }
 
-/// Which routes to mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `avemint serve`: the real thing.
-    Serve,
-    /// `avemint demo`: adds the demo page. Only the `demo` command builds this (`demo` feature).
-    #[cfg(feature = "demo")]
-    Demo,
-}
+/// Which routes to mount (`http` owns the route sets; the entry point picks one).
+pub use crate::http::Mode;
 
 /// A built application bound to its listener.
 pub struct Application {
@@ -195,12 +188,7 @@ impl Application {
             }
         };
         let timeouts = self.state.security.connection_timeouts;
-        let demo = match self.mode {
-            Mode::Serve => false,
-            #[cfg(feature = "demo")]
-            Mode::Demo => true,
-        };
-        let app = http::routes(self.state, demo);
+        let app = http::routes(self.state, self.mode);
         let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;
