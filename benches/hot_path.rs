@@ -9,12 +9,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use avemint::http::cookies::{self, PendingLogin, SESSION_COOKIE};
-use avemint::http::return_path::ReturnPath;
+use avemint::http::cookies::{self, SESSION_COOKIE};
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
 use avemint::session::{AveTokens, Purpose, Sealer, SessionData, SessionHandle, SessionId, Sessions};
 use avemint::session::{DatabaseUrl, SealingKeys, SessionSettings};
+use avemint::signin::{PendingLogin, ReturnPath, decode_login, encode_login};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
@@ -197,9 +197,9 @@ fn cookie_decoding(c: &mut Criterion) {
         return_to: ReturnPath::parse(Some("/app/settings")),
         started_at: NOW as i64,
     };
-    let login = cookies::encode_login(&sealer, &pending);
+    let login = encode_login(&sealer, &pending);
     c.bench_function("cookies/decode_login", |b| {
-        b.iter(|| cookies::decode_login(black_box(&login), &sealer, NOW as i64 + 5).expect("opens"))
+        b.iter(|| decode_login(black_box(&login), &sealer, NOW as i64 + 5).expect("opens"))
     });
 
     // The session cookie last in a header of 4 KiB of other cookies (the most the size guard lets through).

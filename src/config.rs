@@ -27,9 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_scopes};
-use crate::http::client_ip::TrustedProxies;
 use crate::http::cors::AllowedOrigins;
-use crate::http::rate_limit::RateLimit;
 use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{FailurePolicy, HookSpec};
@@ -43,6 +41,8 @@ use crate::server::ConnectionTimeouts;
 use crate::session::{
     DEFAULT_MAX_CONNECTIONS, DatabaseUrl, RenewalSettings, SealingKeys, SessionSettings, StoreSettings,
 };
+use crate::traffic::client_ip::TrustedProxies;
+use crate::traffic::rate_limit::RateLimit;
 use crate::web_url::{Issuer, PublicUrl, parse_web_url};
 
 /// The validated configuration of one avemint process: each component's own

@@ -3,9 +3,9 @@
 //! One process-wide registry, built on first use. Every labelled child that a
 //! request touches (route × status class, route latency, Ave call kind) is
 //! created once up front and picked by index, so recording costs a few atomic
-//! adds and no allocation. Routes are labelled by their template from a fixed
-//! table; any other path counts as `unmatched`, so raw paths never become
-//! label values.
+//! adds and no allocation. Routes are labelled by their template from the
+//! route table (`crate::route`); any other path counts as `unmatched`, so raw
+//! paths never become label values.
 //!
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
@@ -17,6 +17,8 @@ use std::time::Duration;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+
+use crate::route::Route;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,45 +34,24 @@ const BUDGET_WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0
 /// Lock waits are short or a problem: 1 µs to 1 s.
 const LOCK_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
-/// The route templates avemint serves; the label of any request is one of these or `unmatched`.
-const ROUTES: &[&str] = &[
-    "/auth/login",
-    "/auth/callback",
-    "/auth/token",
-    "/auth/session",
-    "/auth/logout",
-    "/.well-known/jwks.json",
-    "/.well-known/openid-configuration",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/avemint.js",
-    "/openapi.json",
-    "/docs",
-    "/",
-];
-const UNMATCHED: usize = ROUTES.len();
+/// The label index of requests that match no route.
+const UNMATCHED: usize = Route::ALL.len();
 const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// A route label, resolved once per request from the path without allocating.
+/// A route label, resolved once per request without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteLabel(usize);
 
 impl RouteLabel {
-    /// Maps a request path to its route template (`/docs/…` is `/docs`; unknown paths are `unmatched`).
-    pub fn of(path: &str) -> Self {
-        if let Some(i) = ROUTES.iter().position(|r| *r == path) {
-            return Self(i);
-        }
-        if path.starts_with("/docs/") {
-            return Self(ROUTES.iter().position(|r| *r == "/docs").unwrap_or(UNMATCHED));
-        }
-        Self(UNMATCHED)
+    /// The label of a request for `route` (`None`: `unmatched`).
+    pub fn of(route: Option<Route>) -> Self {
+        // `Route::ALL` lists the routes in declaration order (checked by `route`'s tests).
+        Self(route.map_or(UNMATCHED, |r| r as usize))
     }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        ROUTES.get(self.0).copied().unwrap_or("unmatched")
+        Route::ALL.get(self.0).map_or("unmatched", |r| r.metric_label())
     }
 }
 
@@ -448,16 +429,15 @@ mod tests {
     #[test]
     fn registry_builds_and_routes_map_to_templates() {
         assert!(build().is_ok());
-        assert_eq!(RouteLabel::of("/auth/token").as_str(), "/auth/token");
-        assert_eq!(RouteLabel::of("/docs/index.js").as_str(), "/docs");
-        assert_eq!(RouteLabel::of("/auth/token/x").as_str(), "unmatched");
-        assert_eq!(RouteLabel::of("/secret-looking-path").as_str(), "unmatched");
+        assert_eq!(RouteLabel::of(Some(Route::Token)).as_str(), "/auth/token");
+        assert_eq!(RouteLabel::of(Route::of("/docs/index.js")).as_str(), "/docs");
+        assert_eq!(RouteLabel::of(None).as_str(), "unmatched");
     }
 
     #[test]
     fn recordings_show_up_in_the_text_format() {
-        record_request(RouteLabel::of("/healthz"), 200, Duration::from_micros(80));
-        record_request(RouteLabel::of("/nope"), 404, Duration::from_micros(80));
+        record_request(RouteLabel::of(Some(Route::Healthz)), 200, Duration::from_micros(80));
+        record_request(RouteLabel::of(None), 404, Duration::from_micros(80));
         ave_call(AveCall::Refresh, Duration::from_millis(3), Some(AveFailure::Rejected));
         refresh_outcome("renewed");
         refresh_outcome("Not A Label {}");

@@ -14,11 +14,11 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, AveError};
 use crate::config::Settings;
-use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, Keys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
+use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -49,15 +49,8 @@ pub enum StartupError {
     Serve(#[from] std::io::Error),
 }
 
-/// Which routes to mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `avemint serve`: the real thing.
-    Serve,
-    /// `avemint demo`: adds the demo page. Only the `demo` command builds this (`demo` feature).
-    #[cfg(feature = "demo")]
-    Demo,
-}
+/// Which routes to mount (`http` owns the route sets; the entry point picks one).
+pub use crate::http::Mode;
 
 /// A built application bound to its listener.
 pub struct Application {
@@ -203,12 +196,7 @@ impl Application {
             }
         };
         let timeouts = self.state.security.connection_timeouts;
-        let demo = match self.mode {
-            Mode::Serve => false,
-            #[cfg(feature = "demo")]
-            Mode::Demo => true,
-        };
-        let app = http::routes(self.state, demo);
+        let app = http::routes(self.state, self.mode);
         let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;

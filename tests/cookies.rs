@@ -348,7 +348,7 @@ async fn a_long_return_to_with_other_cookies_still_signs_in() {
     assert!(set_cookie(&resp, SESSION_COOKIE).is_some_and(|v| !v.is_empty()));
 
     // A return path within the cap is kept.
-    let kept = format!("/{}", "b".repeat(avemint::http::return_path::MAX_RETURN_PATH - 1));
+    let kept = format!("/{}", "b".repeat(avemint::signin::return_path::MAX_RETURN_PATH - 1));
     let (authorize, login) = login_with(&app, others.as_bytes(), Some(&kept)).await;
     let callback = approve_as(&app, &authorize, 0).await;
     let cookie = format!("{others}; {LOGIN_COOKIE}={login}");

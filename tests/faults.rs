@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use ave_emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
-use avemint::http::rate_limit::RateLimit;
 use avemint::http::security::SecuritySettings;
 use avemint::session::{DatabaseUrl, RenewalSettings};
+use avemint::traffic::rate_limit::RateLimit;
 use futures_util::future::join_all;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, location};

@@ -4,10 +4,10 @@
 
 mod support;
 
-use avemint::http::client_ip::TrustedProxies;
 use avemint::http::cors::AllowedOrigins;
-use avemint::http::rate_limit::RateLimit;
 use avemint::http::security::{Docs, SecuritySettings};
+use avemint::traffic::client_ip::TrustedProxies;
+use avemint::traffic::rate_limit::RateLimit;
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use avemint::http::cookies::decode_login;
 use avemint::session::{Purpose, Sealer};
 use avemint::session::{RenewalSettings, SealingKeys};
+use avemint::signin::decode_login;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::Value;

@@ -4,10 +4,8 @@
 //! on this origin.
 #![no_main]
 
-use avemint::http::return_path::ReturnPath;
 use avemint::secret::Secret;
-use avemint::signin::{Callback, SignInError, check_state};
-use avemint::http::cookies::PendingLogin;
+use avemint::signin::{Callback, PendingLogin, ReturnPath, SignInError, check_state};
 use libfuzzer_sys::fuzz_target;
 
 const STATE: &str = "Zm9vYmFyLXN0YXRlLWZvci1mdXp6aW5nLTEyMzQ1Njc4OTA";

@@ -5,9 +5,10 @@
 
 use std::sync::OnceLock;
 
-use avemint::config::SessionKeys;
-use avemint::http::cookies::{LoginCookieError, MAX_COOKIE_LEN, decode_login};
+use avemint::session::SealingKeys;
+use avemint::http::cookies::MAX_COOKIE_LEN;
 use avemint::session::{Purpose, Sealer, SessionId};
+use avemint::signin::{PendingLoginError, decode_login};
 use libfuzzer_sys::fuzz_target;
 
 /// The key the seed corpus was sealed with.
@@ -17,7 +18,7 @@ const NOW: i64 = 1_800_000_000;
 
 fn sealer() -> &'static Sealer {
     static S: OnceLock<Sealer> = OnceLock::new();
-    S.get_or_init(|| Sealer::new(&SessionKeys::from_keys(vec![KEY]), Purpose::LoginCookie))
+    S.get_or_init(|| Sealer::new(&SealingKeys::from_keys(vec![KEY]), Purpose::LoginCookie))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -30,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             let back = login.return_to.as_str();
             assert!(back.starts_with('/') && !back.starts_with("//"), "return path escaped: {back:?}");
         }
-        Err(LoginCookieError::Missing) => assert!(value.is_empty()),
+        Err(PendingLoginError::Missing) => assert!(value.is_empty()),
         Err(_) => {}
     }
     if let Some(id) = SessionId::parse(value) {

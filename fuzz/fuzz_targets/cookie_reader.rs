@@ -6,14 +6,15 @@
 
 use std::sync::OnceLock;
 
-use avemint::config::SessionKeys;
-use avemint::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, decode_login, find, values};
+use avemint::session::SealingKeys;
+use avemint::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, find, values};
 use avemint::session::{Purpose, Sealer};
+use avemint::signin::decode_login;
 use libfuzzer_sys::fuzz_target;
 
 fn sealer() -> &'static Sealer {
     static S: OnceLock<Sealer> = OnceLock::new();
-    S.get_or_init(|| Sealer::new(&SessionKeys::from_keys(vec![[42; 32]]), Purpose::LoginCookie))
+    S.get_or_init(|| Sealer::new(&SealingKeys::from_keys(vec![[42; 32]]), Purpose::LoginCookie))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -9,19 +9,19 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
-use super::client_ip::ClientIp;
-use super::cookies::{self, CookieChanges, SessionCookie};
+use super::cookies::{self, CookieChanges, Sent, SessionCookie};
 use super::errors::{ApiError, ErrorBody};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
-use super::rate_limit::ExchangeOutcome;
-use super::return_path::ReturnPath;
 use super::{ApiTags, AppState, now};
 use crate::ave::AveError;
 use crate::mint::profiles::SelectError;
 use crate::mint::{MintError, MintedToken, Subject};
-use crate::session::{RenewError, Session, StoreError};
-use crate::signin::{self, Callback, SignInError};
+use crate::session::{RenewError, Sealer, Session, StoreError};
+use crate::signin::{
+    Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, SignInError, decode_login, encode_login,
+};
+use crate::traffic::client_ip::ClientIp;
 
 /// The auth endpoints.
 pub struct AuthApi;
@@ -184,6 +184,32 @@ impl From<SignInError> for ApiError {
             SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
             SignInError::NoIdToken => ApiError::bad_gateway(description),
             SignInError::Ave(ref ave) => ave_unavailable(ave),
+            SignInError::Store(e) => store_unavailable(e),
+        }
+    }
+}
+
+impl AppState {
+    /// The sign-in flow over this service's Ave client, store and limiter.
+    fn sign_in(&self) -> SignIn<'_> {
+        SignIn {
+            ave: &self.ave,
+            sessions: &self.sessions,
+            limiter: &self.sign_in_limiter,
+            redirect_uri: &self.redirect_uri,
+            scopes: &self.scopes,
+        }
+    }
+}
+
+/// Opens the pending sign-in the request's `__Host-avemint-login` cookie carries.
+fn pending_login(req: &Request, sealer: &Sealer, now: i64) -> Result<PendingLogin, PendingLoginError> {
+    match cookies::login_cookie(req.headers()) {
+        Sent::Absent => Err(PendingLoginError::Missing),
+        Sent::Ambiguous => Err(PendingLoginError::Ambiguous),
+        Sent::Once(raw) => {
+            let value = std::str::from_utf8(raw).map_err(|_| PendingLoginError::Invalid)?;
+            decode_login(value, sealer, now)
         }
     }
 }
@@ -260,10 +286,12 @@ impl AuthApi {
         return_to: Query<Option<String>>,
     ) -> Result<LoginResponse, ApiError> {
         let return_to = ReturnPath::parse(return_to.0.as_deref());
-        let started = signin::start(&state.ave, &state.redirect_uri, &state.scopes, return_to, now())
+        let started = state
+            .sign_in()
+            .start(return_to, now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
-        cookies::set_login(changes, &state.login_sealer, &started.pending);
+        cookies::set_login(changes, &encode_login(&state.login_sealer, &started.pending));
         Ok(LoginResponse::Redirect(started.authorize_url))
     }
 
@@ -292,7 +320,7 @@ impl AuthApi {
     ) -> Result<CallbackResponse, ApiError> {
         let t = now();
         // The login cookie is single use whatever happens next.
-        let pending = cookies::login(req.headers(), &state.login_sealer, t);
+        let pending = pending_login(req, &state.login_sealer, t);
         cookies::clear_login(changes);
         let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
         let callback = Callback {
@@ -300,47 +328,24 @@ impl AuthApi {
             state: state_param.0.as_deref(),
             error: error.0.as_deref(),
         };
-        signin::check_state(&pending, &callback)?;
-        // Junk codes must not spend Ave's budget: a network whose code exchanges keep failing is refused
-        // before anything is stored or sent.
-        let mut permit = match state.sign_in_limiter.admit(client.0.0).await {
-            Ok(permit) => permit,
-            Err(refused) => return Ok(CallbackResponse::network_refused(refused.retry_after.as_secs())),
-        };
-        let first_use = state
-            .sessions
-            .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL_SECS)
-            .await
-            .map_err(store_unavailable)?;
-        if !first_use {
-            return Err(SignInError::StateReplayed.into());
-        }
-        permit.arm();
-        let finished = signin::finish(
-            &state.ave,
-            &pending,
-            callback.code,
-            &state.redirect_uri,
-            &state.scopes,
-            t,
-        )
-        .await;
-        permit.settle(match &finished {
-            Ok(_) => ExchangeOutcome::Accepted,
-            Err(SignInError::CodeRejected(_)) => ExchangeOutcome::Rejected,
-            // No call made (no code), or Ave or the budget failed: not the client's doing.
-            Err(_) => ExchangeOutcome::NotJudged,
-        });
-        let data = finished?;
-        // A session cookie planted or left before this sign-in is never promoted: its row goes.
         // Only crumbs with the exact raw name count: a look-alike is neither promoted nor acted on.
-        for old in cookies::all_session_ids(req.headers()) {
-            state.sessions.delete(&old.key()).await.map_err(store_unavailable)?;
+        let previous = cookies::all_session_ids(req.headers());
+        let completed = state
+            .sign_in()
+            .complete(pending, &callback, client.0.0, &previous, t)
+            .await?;
+        match completed {
+            Completed::SignedIn {
+                session,
+                sid,
+                return_to,
+            } => {
+                cookies::set_session(changes, &session, state.session_cookie_max_age);
+                tracing::info!(sid = sid.as_str(), "signed in");
+                Ok(CallbackResponse::Redirect(return_to.as_str().to_owned()))
+            }
+            Completed::NetworkRefused { retry_after } => Ok(CallbackResponse::network_refused(retry_after.as_secs())),
         }
-        let id = state.sessions.create(&data, t).await.map_err(store_unavailable)?;
-        cookies::set_session(changes, &id, state.session_cookie_max_age);
-        tracing::info!(sid = data.sid.as_str(), "signed in");
-        Ok(CallbackResponse::Redirect(pending.return_to.as_str().to_owned()))
     }
 
     /// Mint a short-lived app JWT for the signed-in user.

@@ -2,9 +2,8 @@
 //! `SameSite=Lax`, `Path=/`, and avemint's own reader and writer for them.
 //!
 //! - `__Host-avemint`: the opaque session id (256 random bits).
-//! - `__Host-avemint-login`: the pending sign-in (state, nonce, PKCE verifier,
-//!   return path), sealed with AES-256-GCM so it is bound to this browser and
-//!   needs no server row.
+//! - `__Host-avemint-login`: the pending sign-in, sealed by `signin::pending`
+//!   (this module carries the sealed text and never opens it).
 //!
 //! Why not a general cookie jar: browsers apply the `__Host-` rules (Secure,
 //! `Path=/`, no `Domain`) to the literal name only, so a name that a jar
@@ -32,31 +31,20 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use poem::http::{HeaderMap, HeaderValue, header};
 use poem::{FromRequest, Request, RequestBody, Response};
-use serde::{Deserialize, Serialize};
 
-use super::return_path::ReturnPath;
-use crate::secret::Secret;
-use crate::session::{Sealer, SessionId};
+use crate::session::SessionId;
+use crate::signin::pending::{LOGIN_TTL_SECS, MAX_LOGIN_VALUE};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "__Host-avemint";
 /// The pending-login cookie's name.
 pub const LOGIN_COOKIE: &str = "__Host-avemint-login";
-/// How long a sign-in may take (Ave's authorization codes live 600 s).
-pub const LOGIN_TTL_SECS: i64 = 600;
 /// Cookie values longer than this are ignored unread.
 pub const MAX_COOKIE_LEN: usize = 4096;
 /// The longest session cookie value avemint writes (256 bits in base64url: 43), with room to spare.
 pub const MAX_SESSION_VALUE: usize = 64;
-/// The longest login cookie value avemint writes, whatever `return_to` is (checked by a unit test;
-/// `return_to` is capped at `MAX_RETURN_PATH`).
-pub const MAX_LOGIN_VALUE: usize = 1800;
-
-const LOGIN_AAD: &[u8] = b"avemint login cookie v1";
 
 // ---------------------------------------------------------------------------
 // Reading
@@ -273,41 +261,9 @@ pub fn clear_session(changes: &CookieChanges) {
     changes.push(SESSION_COOKIE, "", Duration::ZERO);
 }
 
-/// A sign-in in progress, carried in the sealed login cookie.
-#[derive(Serialize, Deserialize)]
-pub struct PendingLogin {
-    pub state: Secret<String>,
-    pub nonce: Secret<String>,
-    pub verifier: Secret<String>,
-    pub return_to: ReturnPath,
-    /// Unix seconds when the sign-in started.
-    pub started_at: i64,
-}
-
-/// Why the login cookie was not usable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LoginCookieError {
-    #[error("no sign-in is in progress in this browser (the login cookie is missing)")]
-    Missing,
-    #[error("the sign-in cookie is invalid")]
-    Invalid,
-    #[error("more than one sign-in cookie was sent; start again")]
-    Ambiguous,
-    #[error("the sign-in took too long; start again")]
-    Expired,
-}
-
-/// The login cookie value for `login`.
-pub fn encode_login(sealer: &Sealer, login: &PendingLogin) -> String {
-    // PendingLogin holds only strings and an integer: encoding cannot fail.
-    let plain = zeroize::Zeroizing::new(serde_json::to_vec(login).unwrap_or_default());
-    URL_SAFE_NO_PAD.encode(sealer.seal(LOGIN_AAD, &plain))
-}
-
-/// Sets the login cookie.
-pub fn set_login(changes: &CookieChanges, sealer: &Sealer, login: &PendingLogin) {
-    let value = encode_login(sealer, login);
-    changes.push(LOGIN_COOKIE, &value, Duration::from_secs(LOGIN_TTL_SECS as u64));
+/// Sets the login cookie to `sealed`, a pending sign-in sealed by `signin::encode_login`.
+pub fn set_login(changes: &CookieChanges, sealed: &str) {
+    changes.push(LOGIN_COOKIE, sealed, Duration::from_secs(LOGIN_TTL_SECS as u64));
 }
 
 /// Expires the login cookie.
@@ -315,55 +271,15 @@ pub fn clear_login(changes: &CookieChanges) {
     changes.push(LOGIN_COOKIE, "", Duration::ZERO);
 }
 
-/// Opens the login cookie of a request.
-pub fn login(headers: &HeaderMap, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
-    match find(cookie_headers(headers), LOGIN_COOKIE) {
-        Sent::Absent => Err(LoginCookieError::Missing),
-        Sent::Ambiguous => Err(LoginCookieError::Ambiguous),
-        Sent::Once(raw) => {
-            let value = std::str::from_utf8(raw).map_err(|_| LoginCookieError::Invalid)?;
-            decode_login(value, sealer, now)
-        }
-    }
-}
-
-/// Decodes a login cookie value (separate for fuzzing and property tests).
-pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
-    if value.is_empty() {
-        return Err(LoginCookieError::Missing);
-    }
-    if value.len() > MAX_COOKIE_LEN {
-        return Err(LoginCookieError::Invalid);
-    }
-    let sealed = URL_SAFE_NO_PAD.decode(value).map_err(|_| LoginCookieError::Invalid)?;
-    let plain = sealer.open(LOGIN_AAD, &sealed).map_err(|_| LoginCookieError::Invalid)?;
-    let login: PendingLogin = serde_json::from_slice(&plain).map_err(|_| LoginCookieError::Invalid)?;
-    if now - login.started_at > LOGIN_TTL_SECS || login.started_at > now + 60 {
-        return Err(LoginCookieError::Expired);
-    }
-    Ok(login)
+/// The login cookie as sent (its value is the sealed pending sign-in).
+pub fn login_cookie(headers: &HeaderMap) -> Sent<'_> {
+    find(cookie_headers(headers), LOGIN_COOKIE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::return_path::MAX_RETURN_PATH;
-    use crate::session::{Purpose, SealingKeys};
     use proptest::prelude::*;
-
-    fn sealer() -> Sealer {
-        Sealer::new(&SealingKeys::from_keys(vec![[7; 32]]), Purpose::LoginCookie)
-    }
-
-    fn pending(return_to: &str) -> PendingLogin {
-        PendingLogin {
-            state: Secret::new("st".into()),
-            nonce: Secret::new("no".into()),
-            verifier: Secret::new("ve".into()),
-            return_to: ReturnPath::parse(Some(return_to)),
-            started_at: 1000,
-        }
-    }
 
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -383,47 +299,20 @@ mod tests {
     }
 
     #[test]
-    fn login_cookie_round_trip_and_expiry() {
+    fn login_cookie_round_trip() {
         let changes = CookieChanges::default();
-        let s = sealer();
-        set_login(&changes, &s, &pending("/x"));
+        set_login(&changes, "c2VhbGVk");
         let line = changes.lines().pop().expect("set");
         for attr in ["; Max-Age=600", "; Path=/", "; Secure", "; HttpOnly", "; SameSite=Lax"] {
             assert!(line.contains(attr), "{attr} in {line}");
         }
         let value = set_value(&changes, LOGIN_COOKIE).expect("value");
         let h = headers(&[format!("{LOGIN_COOKIE}={value}").as_bytes()]);
-        let back = login(&h, &s, 1100).expect("opens");
-        assert_eq!(back.state.expose(), "st");
-        assert_eq!(back.return_to.as_str(), "/x");
-        assert!(matches!(
-            login(&h, &s, 1000 + LOGIN_TTL_SECS + 1),
-            Err(LoginCookieError::Expired)
-        ));
+        assert_eq!(login_cookie(&h), Sent::Once(b"c2VhbGVk"));
         // Clearing replaces the earlier change of the same cookie.
         clear_login(&changes);
         assert_eq!(changes.lines().len(), 1);
         assert!(changes.lines()[0].starts_with(&format!("{LOGIN_COOKIE}=; Max-Age=0;")));
-    }
-
-    #[test]
-    fn the_login_cookie_stays_small_whatever_return_to_is() {
-        let s = sealer();
-        // Real state, nonce and verifier are 43 characters; `"` doubles in JSON.
-        let worst = PendingLogin {
-            state: Secret::new("s".repeat(43)),
-            nonce: Secret::new("n".repeat(43)),
-            verifier: Secret::new("v".repeat(43)),
-            return_to: ReturnPath::parse(Some(&format!("/{}", "\"".repeat(MAX_RETURN_PATH - 1)))),
-            started_at: i64::MIN,
-        };
-        assert_eq!(worst.return_to.as_str().len(), MAX_RETURN_PATH, "kept");
-        let len = encode_login(&s, &worst).len();
-        eprintln!("measured: the longest login cookie value is {len} characters");
-        assert!(len <= MAX_LOGIN_VALUE, "{len} > {MAX_LOGIN_VALUE}");
-        // A longer one is not kept at all.
-        let long = pending(&format!("/{}", "a".repeat(MAX_RETURN_PATH)));
-        assert_eq!(long.return_to.as_str(), "/");
     }
 
     #[test]
@@ -516,11 +405,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn decoding_arbitrary_values_never_panics(v in ".{0,200}") {
-            let _ = decode_login(&v, &sealer(), 0);
-        }
-
         #[test]
         fn reading_arbitrary_bytes_never_panics(headers in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..4)) {
             let slices: Vec<&[u8]> = headers.iter().map(Vec::as_slice).collect();

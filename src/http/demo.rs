@@ -9,6 +9,8 @@
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
+use crate::route::Route;
+
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">
 <head>
@@ -97,11 +99,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Serves the demo page and its assets, and passes every other request on to `inner`.
 pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
-        Ok(match req.uri().path() {
-            "/" => asset("text/html; charset=utf-8", PAGE),
-            "/demo.js" => asset("text/javascript; charset=utf-8", SCRIPT),
-            "/demo.css" => asset("text/css; charset=utf-8", STYLE),
-            super::demo_api::PATH if req.method() == poem::http::Method::GET => super::demo_api::hello(&req),
+        Ok(match Route::of(req.uri().path()) {
+            Some(Route::Root) => asset("text/html; charset=utf-8", PAGE),
+            Some(Route::DemoScript) => asset("text/javascript; charset=utf-8", SCRIPT),
+            Some(Route::DemoStyle) => asset("text/css; charset=utf-8", STYLE),
+            Some(Route::DemoApi) if req.method() == poem::http::Method::GET => super::demo_api::hello(&req),
             _ => ep.call(req).await?.into_response(),
         })
     })

@@ -17,9 +17,6 @@ use serde_json::{Value, json};
 
 use super::AppState;
 
-/// Where the demo API answers.
-pub const PATH: &str = "/demo/api/hello";
-
 /// The `typ` header of app JWTs.
 const TOKEN_TYPE: &str = "at+jwt";
 

@@ -2,7 +2,6 @@
 //! response headers. Nothing below this module knows HTTP.
 
 pub mod auth;
-pub mod client_ip;
 pub mod cookies;
 pub mod cors;
 #[cfg(feature = "demo")]
@@ -14,8 +13,6 @@ pub mod errors;
 pub mod ops;
 pub mod optional_json;
 pub mod prepared_json;
-pub mod rate_limit;
-pub mod return_path;
 pub mod security;
 pub mod spa;
 pub mod well_known;
@@ -25,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::http::{HeaderValue, StatusCode, header};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use crate::ave::AveClient;
 use crate::mint::Minter;
+use crate::route::Route;
 use crate::session::{Renewer, Sealer, Sessions};
 use crate::web_url::PublicUrl;
 
@@ -48,7 +46,7 @@ pub struct AppState {
     /// The store check of `/readyz` and `/metrics`.
     pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
-    pub sign_in_limiter: rate_limit::CodeExchangeLimiter,
+    pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
 }
 
 /// OpenAPI tags.
@@ -60,6 +58,27 @@ pub enum ApiTags {
     WellKnown,
     /// Health and readiness.
     Ops,
+}
+
+/// Which routes to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `avemint serve`: the real thing.
+    Serve,
+    /// `avemint demo`: adds the demo page and the demo API. Only the `demo` command builds this (`demo` feature).
+    #[cfg(feature = "demo")]
+    Demo,
+}
+
+impl Mode {
+    /// Whether this mode serves `route`.
+    pub fn serves(self, route: Route) -> bool {
+        match self {
+            Mode::Serve => !route.demo_only(),
+            #[cfg(feature = "demo")]
+            Mode::Demo => true,
+        }
+    }
 }
 
 /// Unix seconds now.
@@ -93,35 +112,28 @@ pub fn openapi_yaml() -> String {
     openapi_service().spec_yaml()
 }
 
-/// Builds the whole HTTP application.
-pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
+/// Builds the whole HTTP application: the routes `mode` serves.
+pub fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'static {
     let api = openapi_service();
-    let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
+    let route = poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint));
     // `AVEMINT_DOCS=off` leaves both out (404).
     let route = match state.security.docs {
         security::Docs::On => {
             let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
             route
-                .at("/openapi.json", api.spec_endpoint())
-                .at("/docs", poem::get(page.clone()))
-                .at("/docs/", poem::get(page))
+                .at(Route::OpenApiJson.path(), api.spec_endpoint())
+                .at(Route::Docs.path(), poem::get(page.clone()))
+                .at(format!("{}/", Route::Docs.path()), poem::get(page))
         }
         security::Docs::Off => route,
     };
     let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
     let route = spa::in_front_of(route);
-    #[cfg(feature = "demo")]
-    let route = if demo {
-        demo::in_front_of(route).map_to_response().boxed()
-    } else {
-        route.map_to_response().boxed()
-    };
-    // Without the `demo` feature there is no demo page to put in front (and `demo` is always false).
-    #[cfg(not(feature = "demo"))]
-    let route = {
-        let _ = demo;
-        route.map_to_response().boxed()
+    let route = match mode {
+        Mode::Serve => route.map_to_response().boxed(),
+        #[cfg(feature = "demo")]
+        Mode::Demo => demo::in_front_of(route).map_to_response().boxed(),
     };
     let guard = security::Guard::new(&state.public_url, state.security.clone());
     let allow = Arc::new(allowed_methods());
@@ -130,7 +142,7 @@ pub fn routes(state: Arc<AppState>, demo: bool) -> impl Endpoint + 'static {
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
             let (guard, allow) = (guard.clone(), allow.clone());
-            async move { Ok(respond(ep, req, &guard, &allow).await) }
+            async move { Ok(respond(ep, req, mode, &guard, &allow).await) }
         })
 }
 
@@ -172,13 +184,14 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
 async fn respond<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
+    mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let (seen, admitted) = guard.admit(req).await;
-    let route = crate::metrics::RouteLabel::of(&seen.path);
+    let route = crate::metrics::RouteLabel::of(Route::of(&seen.path).filter(|r| mode.serves(*r)));
     let mut resp = match admitted {
         Ok(mut req) => {
             // Cookie changes reach the answer whatever it is, errors included.
@@ -215,4 +228,26 @@ async fn respond<E: Endpoint>(
         access!(tracing::Level::DEBUG);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI macros spell their paths as literals: each must be the route table's.
+    #[test]
+    fn the_openapi_document_and_the_route_table_agree() {
+        for path in Apis::meta().into_iter().flat_map(|api| api.paths) {
+            assert_eq!(Route::of(&path.path).map(Route::path), Some(path.path.as_str()));
+        }
+    }
+
+    #[test]
+    fn serve_leaves_the_demo_routes_out() {
+        for route in Route::ALL {
+            assert_eq!(Mode::Serve.serves(*route), !route.demo_only(), "{route:?}");
+            #[cfg(feature = "demo")]
+            assert!(Mode::Demo.serves(*route));
+        }
+    }
 }

@@ -20,10 +20,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaApi, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::client_ip::{ClientIp, TrustedProxies};
 use super::cors::{self, AllowedOrigins};
 use super::errors::ErrorBody;
-use super::rate_limit::{Limited, RateLimit, RateLimiter};
+use crate::route::{Limited, Route};
+use crate::traffic::client_ip::{ClientIp, TrustedProxies};
+use crate::traffic::rate_limit::{RateLimit, RateLimiter};
 use crate::web_url::PublicUrl;
 
 /// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
@@ -95,7 +96,7 @@ impl Refusal {
     fn possible(status: u16, path: &str) -> bool {
         match status {
             403 => is_auth_api(path),
-            429 => Limited::from_path(path).is_some(),
+            429 => limited(path).is_some(),
             _ => true,
         }
     }
@@ -195,7 +196,7 @@ impl Guard {
         })
     }
 
-    /// The client's IP address (see `client_ip`).
+    /// The client's IP address (see `traffic::client_ip`).
     pub fn client_ip(&self, req: &Request) -> IpAddr {
         let peer = req
             .remote_addr()
@@ -249,7 +250,7 @@ impl Guard {
             );
             return Err(refusal.into_response());
         }
-        if let Some(endpoint) = Limited::from_path(&seen.path)
+        if let Some(endpoint) = limited(&seen.path)
             && let Err(retry_after) = self.limiter.check(endpoint, seen.client).await
         {
             tracing::warn!(client_ip = %seen.client, path = %seen.path, "sign-in rate limit reached");
@@ -277,7 +278,7 @@ impl Guard {
         let path = seen.path.as_str();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        if path.starts_with("/auth/") {
+        if path.starts_with(Route::AUTH_PREFIX) {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         }
@@ -287,7 +288,7 @@ impl Guard {
             .is_some_and(|v| v.starts_with("text/html"));
         if is_html {
             // The docs page brings its own, hash-based policy (see `docs`); everything else gets the strict one.
-            if !(path.starts_with("/docs") && h.contains_key(header::CONTENT_SECURITY_POLICY)) {
+            if !(path.starts_with(Route::Docs.path()) && h.contains_key(header::CONTENT_SECURITY_POLICY)) {
                 h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_HTML));
             }
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -301,9 +302,18 @@ impl Guard {
     }
 }
 
-/// The `/auth/*` endpoints called by script (everything but the two browser navigations).
+/// The per-client limit that counts a request for `path` (a trailing `/` makes no difference).
+fn limited(path: &str) -> Option<Limited> {
+    Route::of(path.trim_end_matches('/')).and_then(Route::limited)
+}
+
+/// Whether the origin check applies to `path`: the auth APIs of the route table, and any other path under
+/// `/auth/` that is not a sign-in navigation, so an endpoint is guarded even before the table lists it.
 fn is_auth_api(path: &str) -> bool {
-    path.starts_with("/auth/") && Limited::from_path(path).is_none()
+    match Route::of(path.trim_end_matches('/')) {
+        Some(route) => route.is_auth_api(),
+        None => path.starts_with(Route::AUTH_PREFIX),
+    }
 }
 
 /// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body. A
@@ -433,5 +443,9 @@ mod tests {
         assert!(!ok(&[("sec-fetch-site", "same-site")]));
         assert!(is_auth_api("/auth/token") && is_auth_api("/auth/session") && is_auth_api("/auth/logout"));
         assert!(!is_auth_api("/auth/login") && !is_auth_api("/auth/callback") && !is_auth_api("/healthz"));
+        // Unlisted paths under `/auth/` are guarded too; a trailing `/` does not make a navigation an API.
+        assert!(is_auth_api("/auth/other") && is_auth_api("/auth/token/") && !is_auth_api("/auth/login/"));
+        assert_eq!(limited("/auth/callback/"), Some(Limited::Callback));
+        assert_eq!(limited("/auth/token"), None);
     }
 }

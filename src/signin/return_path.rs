@@ -11,7 +11,7 @@
 //! followed by a path character, so they fall back to `/` as well.
 
 /// Longest return path kept (bytes); a longer one becomes `/`. It travels sealed in the login cookie, which
-/// must stay small whatever a link puts in `return_to` (see `cookies::MAX_LOGIN_VALUE`).
+/// must stay small whatever a link puts in `return_to` (see `pending::MAX_LOGIN_VALUE`).
 pub const MAX_RETURN_PATH: usize = 512;
 
 /// A path on avemint's own origin.

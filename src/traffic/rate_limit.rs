@@ -1,5 +1,5 @@
-//! Per-client-IP rate limiting of `/auth/login` and `/auth/callback`
-//! (`AVEMINT_LOGIN_RATE_LIMIT`, requests per minute per client and endpoint),
+//! Per-client-IP rate limiting of the sign-in navigations (`/auth/login` and
+//! `/auth/callback`, see `route::Route::limited`; `AVEMINT_LOGIN_RATE_LIMIT`, requests per minute per client and endpoint),
 //! and the per-network limit on failed code exchanges.
 //!
 //! Every sign-in costs a call to Ave's token endpoint, and Ave rate limits per
@@ -31,29 +31,12 @@ use moka::future::Cache;
 
 use super::client_ip::canonical;
 use crate::ave::budget::LogGate;
+use crate::route::Limited;
 
 /// The length of one counting window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Most clients tracked at once.
 const MAX_TRACKED: u64 = 100_000;
-
-/// The rate-limited endpoints (each has its own budget).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Limited {
-    Login,
-    Callback,
-}
-
-impl Limited {
-    /// Which limited endpoint `path` is, if any.
-    pub fn from_path(path: &str) -> Option<Self> {
-        match path.trim_end_matches('/') {
-            "/auth/login" => Some(Self::Login),
-            "/auth/callback" => Some(Self::Callback),
-            _ => None,
-        }
-    }
-}
 
 /// Requests allowed per client per minute on each limited endpoint; `0` turns limiting off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,9 +449,6 @@ mod tests {
         for _ in 0..100 {
             assert!(off.check_at(Limited::Login, ip("2001:db8::1"), t0).await.is_ok());
         }
-        assert_eq!(Limited::from_path("/auth/login"), Some(Limited::Login));
-        assert_eq!(Limited::from_path("/auth/callback/"), Some(Limited::Callback));
-        assert_eq!(Limited::from_path("/auth/token"), None);
     }
 
     const LIMITS: ExchangeLimits = ExchangeLimits {

@@ -1,19 +1,30 @@
 //! The authorization-code flow with PKCE, from "Sign in" to a stored session.
 //!
-//! `start` makes the Ave sign-in URL and the pending-login secrets (state,
-//! nonce, S256 verifier); `finish` checks the callback against them, exchanges
-//! the code and validates the id_token. HTTP concerns (cookies, redirects,
-//! status codes) stay in `http`.
+//! [`SignIn::start`] makes the Ave sign-in URL and the pending sign-in
+//! (`pending`: state, nonce, S256 verifier, return path); [`SignIn::complete`]
+//! consumes it at the callback: checks `state`, asks the code-exchange limiter,
+//! marks the state used, exchanges the code, validates the id_token, ends the
+//! sessions the browser held and stores the new one. The flow owns its types
+//! (`PendingLogin` and its sealed form, `ReturnPath`); HTTP concerns (which
+//! cookie carries what, redirects, status codes) stay in `http`.
+
+pub mod pending;
+pub mod return_path;
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
 use crate::ave::{AveClient, AveError, IdTokenError};
-use crate::http::cookies::PendingLogin;
-use crate::http::return_path::ReturnPath;
 use crate::secret::{Secret, random_bytes};
-use crate::session::{AveTokens, SessionData, SessionHandle};
+use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, StoreError};
+use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeOutcome};
+
+pub use pending::{LOGIN_TTL_SECS, PendingLogin, PendingLoginError, decode_login, encode_login};
+pub use return_path::ReturnPath;
 
 /// Longest `code` or `state` accepted from the callback query.
 pub const MAX_PARAM_LEN: usize = 512;
@@ -41,6 +52,18 @@ pub enum SignInError {
     IdToken(#[from] IdTokenError),
     #[error(transparent)]
     Ave(#[from] AveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a sign-in needs from the running service.
+pub struct SignIn<'a> {
+    pub ave: &'a AveClient,
+    pub sessions: &'a Sessions,
+    /// Failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
+    pub limiter: &'a CodeExchangeLimiter,
+    pub redirect_uri: &'a str,
+    pub scopes: &'a str,
 }
 
 /// What `start` produces: where to send the browser and what to remember.
@@ -61,38 +84,95 @@ pub fn s256_challenge(verifier: &str) -> String {
     ))
 }
 
-/// Begins a sign-in: fresh state, nonce and PKCE verifier.
-pub async fn start(
-    ave: &AveClient,
-    redirect_uri: &str,
-    scopes: &str,
-    return_to: ReturnPath,
-    now: i64,
-) -> Result<Started, AveError> {
-    let meta = ave.metadata().await?;
-    let pending = PendingLogin {
-        state: random_token(),
-        nonce: random_token(),
-        // 32 random bytes give a 43-character verifier, the RFC 7636 minimum length.
-        verifier: random_token(),
-        return_to,
-        started_at: now,
-    };
-    let mut url = url::Url::parse(&meta.authorization_endpoint)
-        .map_err(|_| AveError::Malformed("authorization_endpoint".into()))?;
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", ave.client_id())
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("scope", scopes)
-        .append_pair("state", pending.state.expose())
-        .append_pair("nonce", pending.nonce.expose())
-        .append_pair("code_challenge", &s256_challenge(pending.verifier.expose()))
-        .append_pair("code_challenge_method", "S256");
-    Ok(Started {
-        authorize_url: url.into(),
-        pending,
-    })
+/// How a completed callback ended (failures are `SignInError`s).
+pub enum Completed {
+    /// Signed in: `session` is stored (its cookie value is for the browser only).
+    SignedIn {
+        session: SessionId,
+        /// The new session's `sid`, for logs.
+        sid: SessionHandle,
+        return_to: ReturnPath,
+    },
+    /// Nothing was stored or sent to Ave: the client's network failed too many code exchanges recently.
+    NetworkRefused { retry_after: Duration },
+}
+
+impl SignIn<'_> {
+    /// Begins a sign-in: fresh state, nonce and PKCE verifier.
+    pub async fn start(&self, return_to: ReturnPath, now: i64) -> Result<Started, AveError> {
+        let meta = self.ave.metadata().await?;
+        let pending = PendingLogin {
+            state: random_token(),
+            nonce: random_token(),
+            // 32 random bytes give a 43-character verifier, the RFC 7636 minimum length.
+            verifier: random_token(),
+            return_to,
+            started_at: now,
+        };
+        let mut url = url::Url::parse(&meta.authorization_endpoint)
+            .map_err(|_| AveError::Malformed("authorization_endpoint".into()))?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", self.ave.client_id())
+            .append_pair("redirect_uri", self.redirect_uri)
+            .append_pair("scope", self.scopes)
+            .append_pair("state", pending.state.expose())
+            .append_pair("nonce", pending.nonce.expose())
+            .append_pair("code_challenge", &s256_challenge(pending.verifier.expose()))
+            .append_pair("code_challenge_method", "S256");
+        Ok(Started {
+            authorize_url: url.into(),
+            pending,
+        })
+    }
+
+    /// Completes the sign-in `pending` with Ave's `callback`, from `client`. `previous` are the sessions the
+    /// browser holds: they end, so a session planted or left before this sign-in is never promoted.
+    pub async fn complete(
+        &self,
+        pending: PendingLogin,
+        callback: &Callback<'_>,
+        client: IpAddr,
+        previous: &[SessionId],
+        now: i64,
+    ) -> Result<Completed, SignInError> {
+        check_state(&pending, callback)?;
+        // Junk codes must not spend Ave's budget: a network whose code exchanges keep failing is refused
+        // before anything is stored or sent.
+        let mut permit = match self.limiter.admit(client).await {
+            Ok(permit) => permit,
+            Err(refused) => {
+                return Ok(Completed::NetworkRefused {
+                    retry_after: refused.retry_after,
+                });
+            }
+        };
+        let first_use = self
+            .sessions
+            .consume_login_state(pending.state.expose(), now + LOGIN_TTL_SECS)
+            .await?;
+        if !first_use {
+            return Err(SignInError::StateReplayed);
+        }
+        permit.arm();
+        let finished = finish(self.ave, &pending, callback.code, self.redirect_uri, self.scopes, now).await;
+        permit.settle(match &finished {
+            Ok(_) => ExchangeOutcome::Accepted,
+            Err(SignInError::CodeRejected(_)) => ExchangeOutcome::Rejected,
+            // No call made (no code), or Ave or the budget failed: not the client's doing.
+            Err(_) => ExchangeOutcome::NotJudged,
+        });
+        let data = finished?;
+        for old in previous {
+            self.sessions.delete(&old.key()).await?;
+        }
+        let session = self.sessions.create(&data, now).await?;
+        Ok(Completed::SignedIn {
+            session,
+            sid: data.sid,
+            return_to: pending.return_to,
+        })
+    }
 }
 
 /// The callback's query, as received.
@@ -120,7 +200,7 @@ pub fn check_state(pending: &PendingLogin, callback: &Callback<'_>) -> Result<()
 
 /// Exchanges the code and validates the id_token; returns the new session's data.
 /// The caller has already checked and consumed `state`.
-pub async fn finish(
+async fn finish(
     ave: &AveClient,
     pending: &PendingLogin,
     code: Option<&str>,

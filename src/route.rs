@@ -1,0 +1,175 @@
+//! The route table: every path avemint answers, once, with what the rest of
+//! the code needs to know about it — the metrics label, which per-client
+//! sign-in limit counts it, and whether it is an auth API that script calls
+//! (so the guard checks its origin, next to the `X-CSRF: 1` the endpoint
+//! itself requires).
+//!
+//! Why a leaf: metrics (a leaf itself) labels requests by it, `traffic` keys
+//! its request limits by [`Limited`], and `http` mounts, guards and labels
+//! requests from it; none of that needs an HTTP type. The OpenAPI macros need
+//! path literals, so `http`'s tests check that the document and this table
+//! agree.
+
+/// A route avemint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Login,
+    Callback,
+    Token,
+    Session,
+    Logout,
+    Jwks,
+    OpenIdConfiguration,
+    Healthz,
+    Readyz,
+    Metrics,
+    SpaHelper,
+    OpenApiJson,
+    /// The Swagger UI page; its assets below `/docs/` count as this route.
+    Docs,
+    /// `/`: the demo page under `avemint demo`, otherwise not found.
+    Root,
+    /// The demo page's script (`avemint demo` only).
+    #[cfg(feature = "demo")]
+    DemoScript,
+    /// The demo page's style sheet (`avemint demo` only).
+    #[cfg(feature = "demo")]
+    DemoStyle,
+    /// The demo downstream API (`avemint demo` only).
+    #[cfg(feature = "demo")]
+    DemoApi,
+}
+
+/// The per-client request limits (`AVEMINT_LOGIN_RATE_LIMIT`): each counts one route, with its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limited {
+    Login,
+    Callback,
+}
+
+impl Route {
+    /// Every route, in the order of their metrics label index.
+    pub const ALL: &[Route] = &[
+        Route::Login,
+        Route::Callback,
+        Route::Token,
+        Route::Session,
+        Route::Logout,
+        Route::Jwks,
+        Route::OpenIdConfiguration,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::SpaHelper,
+        Route::OpenApiJson,
+        Route::Docs,
+        Route::Root,
+        #[cfg(feature = "demo")]
+        Route::DemoScript,
+        #[cfg(feature = "demo")]
+        Route::DemoStyle,
+        #[cfg(feature = "demo")]
+        Route::DemoApi,
+    ];
+
+    /// Where every auth endpoint lives (answers there are never cached nor referred).
+    pub const AUTH_PREFIX: &str = "/auth/";
+
+    /// The path the route is served at.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Route::Login => "/auth/login",
+            Route::Callback => "/auth/callback",
+            Route::Token => "/auth/token",
+            Route::Session => "/auth/session",
+            Route::Logout => "/auth/logout",
+            Route::Jwks => "/.well-known/jwks.json",
+            Route::OpenIdConfiguration => "/.well-known/openid-configuration",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::SpaHelper => "/avemint.js",
+            Route::OpenApiJson => "/openapi.json",
+            Route::Docs => "/docs",
+            Route::Root => "/",
+            #[cfg(feature = "demo")]
+            Route::DemoScript => "/demo.js",
+            #[cfg(feature = "demo")]
+            Route::DemoStyle => "/demo.css",
+            #[cfg(feature = "demo")]
+            Route::DemoApi => "/demo/api/hello",
+        }
+    }
+
+    /// The `route` label of its request metrics: the path template.
+    pub const fn metric_label(self) -> &'static str {
+        self.path()
+    }
+
+    /// The per-client request limit that counts it: the two browser navigations of a sign-in.
+    pub const fn limited(self) -> Option<Limited> {
+        match self {
+            Route::Login => Some(Limited::Login),
+            Route::Callback => Some(Limited::Callback),
+            _ => None,
+        }
+    }
+
+    /// True for the `/auth/*` endpoints called by script (everything there but the two navigations): the
+    /// guard refuses them to other origins.
+    pub const fn is_auth_api(self) -> bool {
+        matches!(self, Route::Token | Route::Session | Route::Logout)
+    }
+
+    /// True for the routes only `avemint demo` serves.
+    pub const fn demo_only(self) -> bool {
+        #[cfg(feature = "demo")]
+        if matches!(self, Route::DemoScript | Route::DemoStyle | Route::DemoApi) {
+            return true;
+        }
+        false
+    }
+
+    /// The route `path` is (exactly; any path below `/docs/` is `Docs`).
+    pub fn of(path: &str) -> Option<Route> {
+        if let Some(route) = Route::ALL.iter().copied().find(|r| r.path() == path) {
+            return Some(route);
+        }
+        path.strip_prefix(Route::Docs.path())
+            .is_some_and(|rest| rest.starts_with('/'))
+            .then_some(Route::Docs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_routes() {
+        for route in Route::ALL {
+            assert_eq!(Route::of(route.path()), Some(*route));
+        }
+        assert_eq!(Route::of("/docs/index.js"), Some(Route::Docs));
+        assert_eq!(Route::of("/docsx"), None);
+        assert_eq!(Route::of("/auth/token/x"), None);
+        assert_eq!(Route::of("/secret-looking-path"), None);
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        for (i, route) in Route::ALL.iter().enumerate() {
+            assert_eq!(*route as usize, i, "ALL is in declaration order");
+            let under_auth = route.path().starts_with(Route::AUTH_PREFIX);
+            assert_eq!(
+                route.is_auth_api(),
+                under_auth && route.limited().is_none(),
+                "{route:?}"
+            );
+            assert!(route.limited().is_none() || under_auth, "{route:?}");
+        }
+        assert_eq!(Route::Login.limited(), Some(Limited::Login));
+        assert_eq!(Route::Callback.limited(), Some(Limited::Callback));
+        assert_eq!(Route::Token.limited(), None);
+    }
+}
