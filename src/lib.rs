@@ -5,6 +5,7 @@
 //! downstream APIs verify against the JWKS avemint publishes.
 
 pub mod ave;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

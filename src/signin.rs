@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
 use crate::ave::{AveClient, AveError, IdTokenError};
+use crate::clock::UnixTime;
 use crate::http::cookies::PendingLogin;
 use crate::http::return_path::ReturnPath;
 use crate::secret::{Secret, random_bytes};
@@ -67,7 +68,7 @@ pub async fn start(
     redirect_uri: &str,
     scopes: &str,
     return_to: ReturnPath,
-    now: i64,
+    now: UnixTime,
 ) -> Result<Started, AveError> {
     let meta = ave.metadata().await?;
     let pending = PendingLogin {
@@ -126,7 +127,7 @@ pub async fn finish(
     code: Option<&str>,
     redirect_uri: &str,
     scopes: &str,
-    now: i64,
+    now: UnixTime,
 ) -> Result<SessionData, SignInError> {
     let code = code.ok_or(SignInError::MissingParameter("code"))?;
     if code.is_empty() || code.len() > MAX_PARAM_LEN {
@@ -140,15 +141,8 @@ pub async fn finish(
             other => SignInError::Ave(other),
         })?;
     let id_token = resp.id_token.ok_or(SignInError::NoIdToken)?;
-    let validated = id_token::validate(
-        ave,
-        id_token.expose(),
-        NonceCheck::Expect(pending.nonce.expose()),
-        now.max(0) as u64,
-    )
-    .await?;
+    let validated = id_token::validate(ave, id_token.expose(), NonceCheck::Expect(pending.nonce.expose()), now).await?;
     let sub = validated.sub().to_owned();
-    let expires_in = resp.expires_in.min(i64::MAX as u64 / 2) as i64;
     Ok(SessionData {
         sid: SessionHandle::generate(),
         sub,
@@ -158,7 +152,7 @@ pub async fn finish(
             access_token_jwt: resp.access_token_jwt,
             id_token,
             refresh_token: resp.refresh_token,
-            access_expires_at: now + expires_in,
+            access_expires_at: now + std::time::Duration::from_secs(resp.expires_in),
         },
         id_token_claims: validated.into_profile_claims(),
         user: resp.user,
@@ -185,7 +179,7 @@ mod tests {
             nonce: Secret::new("n".into()),
             verifier: Secret::new("v".into()),
             return_to: ReturnPath::default(),
-            started_at: 0,
+            started_at: UnixTime::EPOCH,
         };
         let cb = |state, error| Callback {
             code: Some("c"),

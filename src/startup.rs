@@ -13,6 +13,7 @@ use std::time::Duration;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, ClientOptions};
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 use crate::http::{self, AppState};
@@ -108,6 +109,8 @@ impl Application {
                 addr: settings.listen.to_string(),
                 reason: "no local address".into(),
             })?;
+        // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
+        let clock = Clock::System;
         let sessions = Arc::new(
             Sessions::open_with_pool(
                 &settings.database_url,
@@ -115,10 +118,11 @@ impl Application {
                 settings.session.clone(),
                 settings.renewal.session_cache_ttl,
                 settings.renewal.database_max_connections,
+                clock.clone(),
             )
             .await?,
         );
-        let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing)?);
+        let keys = Arc::new(Keys::open(&settings.keys_dir, settings.signing, clock.clone())?);
         let options = ClientOptions {
             token_budget_per_minute: settings.renewal.token_budget_per_minute,
             refresh_timeout: settings.renewal.refresh_timeout.unwrap_or(options.refresh_timeout),
@@ -148,6 +152,7 @@ impl Application {
             settings.ave.client_id.clone(),
             profiles,
             settings.token.max_token_bytes,
+            clock.clone(),
         );
         let sign_in_limiter =
             CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(ave.token_budget().sign_in_limit));
@@ -164,6 +169,7 @@ impl Application {
             session_cookie_max_age: settings.session.lifetime,
             security: settings.security.clone(),
             store_check: Default::default(),
+            clock,
         });
         Ok(Self {
             acceptor,
@@ -245,7 +251,7 @@ async fn background_tasks(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            match state.sessions.sweep(http::now()).await {
+            match state.sessions.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
                 Err(e) => tracing::warn!(error = %e, "session sweep failed"),

@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use avemint::clock::UnixTime;
 use avemint::config::SessionKeys;
 use avemint::http::cookies::{LoginCookieError, MAX_COOKIE_LEN, decode_login};
 use avemint::session::{Purpose, Sealer, SessionId};
@@ -13,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 /// The key the seed corpus was sealed with.
 const KEY: [u8; 32] = [42; 32];
 /// The time the seed corpus was made (unix seconds), so seeds are fresh.
-const NOW: i64 = 1_800_000_000;
+const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
 
 fn sealer() -> &'static Sealer {
     static S: OnceLock<Sealer> = OnceLock::new();

@@ -16,7 +16,7 @@ use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
 use super::rate_limit::ExchangeOutcome;
 use super::return_path::ReturnPath;
-use super::{ApiTags, AppState, now};
+use super::{ApiTags, AppState};
 use crate::ave::AveError;
 use crate::mint::profiles::SelectError;
 use crate::mint::{MintError, MintedToken, Subject};
@@ -201,7 +201,7 @@ impl From<SelectError> for ApiError {
 impl From<MintError> for ApiError {
     fn from(e: MintError) -> Self {
         match e {
-            MintError::Keys(_) => ApiError::unavailable("token signing failed", 1),
+            MintError::Keys(_) | MintError::ClaimsEncoding => ApiError::unavailable("token signing failed", 1),
             MintError::Hook { profile, .. } => ApiError::unavailable(
                 format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
                 5,
@@ -225,7 +225,7 @@ async fn current_session(state: &AppState, req: &Request, changes: &CookieChange
         }
         SessionCookie::Valid(id) => id,
     };
-    let session = state.sessions.get(&id.key(), now()).await.map_err(store_unavailable)?;
+    let session = state.sessions.get(&id.key()).await.map_err(store_unavailable)?;
     session.ok_or_else(|| {
         cookies::clear_session(changes);
         ApiError::login_required()
@@ -260,9 +260,15 @@ impl AuthApi {
         return_to: Query<Option<String>>,
     ) -> Result<LoginResponse, ApiError> {
         let return_to = ReturnPath::parse(return_to.0.as_deref());
-        let started = signin::start(&state.ave, &state.redirect_uri, &state.scopes, return_to, now())
-            .await
-            .map_err(|e| ave_unavailable(&e))?;
+        let started = signin::start(
+            &state.ave,
+            &state.redirect_uri,
+            &state.scopes,
+            return_to,
+            state.clock.now(),
+        )
+        .await
+        .map_err(|e| ave_unavailable(&e))?;
         cookies::set_login(changes, &state.login_sealer, &started.pending);
         Ok(LoginResponse::Redirect(started.authorize_url))
     }
@@ -290,7 +296,7 @@ impl AuthApi {
         /// Set by Ave instead of `code` when the user declined (`access_denied`).
         error: Query<Option<String>>,
     ) -> Result<CallbackResponse, ApiError> {
-        let t = now();
+        let t = state.clock.now();
         // The login cookie is single use whatever happens next.
         let pending = cookies::login(req.headers(), &state.login_sealer, t);
         cookies::clear_login(changes);
@@ -309,7 +315,7 @@ impl AuthApi {
         };
         let first_use = state
             .sessions
-            .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL_SECS)
+            .consume_login_state(pending.state.expose(), t + cookies::LOGIN_TTL)
             .await
             .map_err(store_unavailable)?;
         if !first_use {
@@ -337,7 +343,7 @@ impl AuthApi {
         for old in cookies::all_session_ids(req.headers()) {
             state.sessions.delete(&old.key()).await.map_err(store_unavailable)?;
         }
-        let id = state.sessions.create(&data, t).await.map_err(store_unavailable)?;
+        let id = state.sessions.create(&data).await.map_err(store_unavailable)?;
         cookies::set_session(changes, &id, state.session_cookie_max_age);
         tracing::info!(sid = data.sid.as_str(), "signed in");
         Ok(CallbackResponse::Redirect(pending.return_to.as_str().to_owned()))
@@ -393,7 +399,6 @@ impl AuthApi {
                     id_token: &data.id_token_claims,
                     user: data.user.as_ref(),
                 },
-                now().max(0) as u64,
             )
             .await
             .map_err(ApiError::from)?;
@@ -424,7 +429,7 @@ impl AuthApi {
             preferred_username: text("preferred_username"),
             email: text("email"),
             picture: text("picture"),
-            expires_at: session.expires_at(),
+            expires_at: session.expires_at().as_secs(),
         }))
     }
 

@@ -348,7 +348,7 @@ impl WarnGate {
 }
 
 fn warn_unparsable(gate: &WarnGate, header: &'static str, proxy: IpAddr, hop: &str) {
-    let Some(suppressed) = gate.admit(crate::http::now()) else {
+    let Some(suppressed) = gate.admit(crate::clock::Clock::System.now().as_secs()) else {
         return;
     };
     let quoted: String = hop.trim().chars().take(MAX_QUOTED_HOP).collect();

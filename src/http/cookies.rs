@@ -39,6 +39,7 @@ use poem::{FromRequest, Request, RequestBody, Response};
 use serde::{Deserialize, Serialize};
 
 use super::return_path::ReturnPath;
+use crate::clock::UnixTime;
 use crate::secret::Secret;
 use crate::session::{Sealer, SessionId};
 
@@ -47,7 +48,7 @@ pub const SESSION_COOKIE: &str = "__Host-avemint";
 /// The pending-login cookie's name.
 pub const LOGIN_COOKIE: &str = "__Host-avemint-login";
 /// How long a sign-in may take (Ave's authorization codes live 600 s).
-pub const LOGIN_TTL_SECS: i64 = 600;
+pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Cookie values longer than this are ignored unread.
 pub const MAX_COOKIE_LEN: usize = 4096;
 /// The longest session cookie value avemint writes (256 bits in base64url: 43), with room to spare.
@@ -280,8 +281,8 @@ pub struct PendingLogin {
     pub nonce: Secret<String>,
     pub verifier: Secret<String>,
     pub return_to: ReturnPath,
-    /// Unix seconds when the sign-in started.
-    pub started_at: i64,
+    /// When the sign-in started.
+    pub started_at: UnixTime,
 }
 
 /// Why the login cookie was not usable.
@@ -307,7 +308,7 @@ pub fn encode_login(sealer: &Sealer, login: &PendingLogin) -> String {
 /// Sets the login cookie.
 pub fn set_login(changes: &CookieChanges, sealer: &Sealer, login: &PendingLogin) {
     let value = encode_login(sealer, login);
-    changes.push(LOGIN_COOKIE, &value, Duration::from_secs(LOGIN_TTL_SECS as u64));
+    changes.push(LOGIN_COOKIE, &value, LOGIN_TTL);
 }
 
 /// Expires the login cookie.
@@ -316,7 +317,7 @@ pub fn clear_login(changes: &CookieChanges) {
 }
 
 /// Opens the login cookie of a request.
-pub fn login(headers: &HeaderMap, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
+pub fn login(headers: &HeaderMap, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, LoginCookieError> {
     match find(cookie_headers(headers), LOGIN_COOKIE) {
         Sent::Absent => Err(LoginCookieError::Missing),
         Sent::Ambiguous => Err(LoginCookieError::Ambiguous),
@@ -328,7 +329,7 @@ pub fn login(headers: &HeaderMap, sealer: &Sealer, now: i64) -> Result<PendingLo
 }
 
 /// Decodes a login cookie value (separate for fuzzing and property tests).
-pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLogin, LoginCookieError> {
+pub fn decode_login(value: &str, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, LoginCookieError> {
     if value.is_empty() {
         return Err(LoginCookieError::Missing);
     }
@@ -338,7 +339,7 @@ pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLog
     let sealed = URL_SAFE_NO_PAD.decode(value).map_err(|_| LoginCookieError::Invalid)?;
     let plain = sealer.open(LOGIN_AAD, &sealed).map_err(|_| LoginCookieError::Invalid)?;
     let login: PendingLogin = serde_json::from_slice(&plain).map_err(|_| LoginCookieError::Invalid)?;
-    if now - login.started_at > LOGIN_TTL_SECS || login.started_at > now + 60 {
+    if now.saturating_duration_since(login.started_at) > LOGIN_TTL || login.started_at > now + Duration::from_secs(60) {
         return Err(LoginCookieError::Expired);
     }
     Ok(login)
@@ -362,7 +363,7 @@ mod tests {
             nonce: Secret::new("no".into()),
             verifier: Secret::new("ve".into()),
             return_to: ReturnPath::parse(Some(return_to)),
-            started_at: 1000,
+            started_at: UnixTime::from_secs(1000),
         }
     }
 
@@ -394,11 +395,11 @@ mod tests {
         }
         let value = set_value(&changes, LOGIN_COOKIE).expect("value");
         let h = headers(&[format!("{LOGIN_COOKIE}={value}").as_bytes()]);
-        let back = login(&h, &s, 1100).expect("opens");
+        let back = login(&h, &s, UnixTime::from_secs(1100)).expect("opens");
         assert_eq!(back.state.expose(), "st");
         assert_eq!(back.return_to.as_str(), "/x");
         assert!(matches!(
-            login(&h, &s, 1000 + LOGIN_TTL_SECS + 1),
+            login(&h, &s, UnixTime::from_secs(1001) + LOGIN_TTL),
             Err(LoginCookieError::Expired)
         ));
         // Clearing replaces the earlier change of the same cookie.
@@ -416,7 +417,7 @@ mod tests {
             nonce: Secret::new("n".repeat(43)),
             verifier: Secret::new("v".repeat(43)),
             return_to: ReturnPath::parse(Some(&format!("/{}", "\"".repeat(MAX_RETURN_PATH - 1)))),
-            started_at: i64::MIN,
+            started_at: UnixTime::MIN,
         };
         assert_eq!(worst.return_to.as_str().len(), MAX_RETURN_PATH, "kept");
         let len = encode_login(&s, &worst).len();
@@ -519,7 +520,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_arbitrary_values_never_panics(v in ".{0,200}") {
-            let _ = decode_login(&v, &sealer(), 0);
+            let _ = decode_login(&v, &sealer(), UnixTime::EPOCH);
         }
 
         #[test]
