@@ -164,6 +164,10 @@ fn ave_unavailable(e: &AveError) -> ApiError {
             "Ave is busy; try again shortly",
             retry_after.map_or(10, |d| d.as_secs().max(1)),
         ),
+        // avemint's own budget: answered like Ave's rate limit, with when room frees up.
+        AveError::BudgetExhausted { retry_after } => {
+            ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
+        }
         e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
         _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
     }

@@ -282,9 +282,7 @@ impl Sessions {
     }
 
     fn seal(&self, key: &SessionKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
-        let plain = zeroize::Zeroizing::new(
-            serde_json::to_vec(data).map_err(|_| StoreError::Unavailable("session could not be encoded".into()))?,
-        );
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
         Ok(self.sealer.seal(&record_aad(key, created_at), &plain))
     }
 

@@ -363,6 +363,7 @@ impl Renewer {
                     AveError::LostResponse(_) => ("outcome_unknown", None),
                     AveError::Transport(_) => ("unreachable", None),
                     AveError::RateLimited { retry_after } => ("rate_limited", *retry_after),
+                    AveError::BudgetExhausted { retry_after } => ("rate_limited", Some(*retry_after)),
                     _ => ("unavailable", None),
                 };
                 crate::metrics::refresh_outcome(label);

@@ -55,6 +55,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("session store migration failed: {0}")]
     Migration(String),
+    /// A session could not be encoded to be sealed (nothing was written).
+    #[error("the session could not be encoded")]
+    Encoding,
     /// The row exists but its columns cannot be read (a value of the wrong
     /// type, a key of the wrong length): that one session is refused.
     #[error("stored session row cannot be read: {0}")]
