@@ -215,20 +215,13 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let healthz = async || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    };
-    let started = Instant::now();
-    while healthz().await.ok() != Some(200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "avemint serve never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    support::wait_for_status(
+        &format!("{base}/healthz"),
+        200,
+        Duration::from_secs(10),
+        "avemint serve never answered",
+    )
+    .await;
     // Ave has never been reached: not ready, for seconds on end.
     for _ in 0..5 {
         let (status, body) = readyz(&base).await;
@@ -272,14 +265,13 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
     })
     .await
     .expect("emulator on the configured port");
-    let appeared = Instant::now();
-    while readyz(&base).await.0 != 200 {
-        assert!(
-            appeared.elapsed() < Duration::from_secs(11),
-            "ready within the start-up retry's 10 s cap"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_status(
+        &format!("{base}/readyz"),
+        200,
+        Duration::from_secs(11),
+        "ready within the start-up retry's 10 s cap",
+    )
+    .await;
     let (_, body) = readyz(&base).await;
     assert_eq!(body["status"], "ok", "{body}");
     let mut browser = Browser::default();
