@@ -9,6 +9,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use avemint::clock::{Clock, ManualClock, UnixTime};
 use avemint::http::cookies::{self, SESSION_COOKIE};
 use avemint::mint::claims::ClaimTemplate;
 use avemint::secret::Secret;
@@ -24,6 +25,16 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 
 const NOW: u64 = 1_790_000_000;
+
+/// `NOW` as a time.
+fn at_now() -> UnixTime {
+    UnixTime::from_unsigned(NOW)
+}
+
+/// A clock standing still at `NOW` (sessions never touch or expire while measured).
+fn fixed_clock() -> Clock {
+    ManualClock::new(at_now()).clock()
+}
 const CLIENT_ID: &str = "app_0123456789abcdef";
 const ISSUER: &str = "https://aveid.net";
 
@@ -82,7 +93,7 @@ fn session_data() -> SessionData {
             access_token_jwt: Some(Secret::new(fake_jwt(760))),
             id_token: Secret::new(fake_jwt(900)),
             refresh_token: Some(Secret::new(format!("rt_{}", "y".repeat(60)))),
-            access_expires_at: NOW as i64 + 3600,
+            access_expires_at: at_now() + Duration::from_secs(3600),
         },
         id_token_claims: id_token_claims(),
         user: Some(user()),
@@ -155,12 +166,9 @@ fn id_token_validation(c: &mut Criterion) {
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     // The token must be live for `validate_exp`: sign with the real clock's `exp`.
     let live = {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
+        let now = Clock::System.now();
         let mut claims = id_token_claims();
-        claims.insert("exp".into(), json!(now + 600));
+        claims.insert("exp".into(), json!(now + Duration::from_secs(600)));
         claims.insert("iat".into(), json!(now));
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
         let input = format!("{header}.{payload}");
@@ -195,11 +203,11 @@ fn cookie_decoding(c: &mut Criterion) {
         nonce: Secret::new(URL_SAFE_NO_PAD.encode([2u8; 32])),
         verifier: Secret::new(URL_SAFE_NO_PAD.encode([3u8; 32])),
         return_to: ReturnPath::parse(Some("/app/settings")),
-        started_at: NOW as i64,
+        started_at: at_now(),
     };
     let login = encode_login(&sealer, &pending);
     c.bench_function("cookies/decode_login", |b| {
-        b.iter(|| decode_login(black_box(&login), &sealer, NOW as i64 + 5).expect("opens"))
+        b.iter(|| decode_login(black_box(&login), &sealer, at_now() + Duration::from_secs(5)).expect("opens"))
     });
 
     // The session cookie last in a header of 4 KiB of other cookies (the most the size guard lets through).
@@ -224,9 +232,15 @@ fn session_lookup_miss(c: &mut Criterion) {
     let url = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("bench.db").display()));
     let (sessions, keys) = rt.block_on(async {
         // No in-process cache: every load below is a miss.
-        let sessions = Sessions::open(&url, &session_keys(), SessionSettings::default(), Duration::ZERO)
-            .await
-            .expect("store");
+        let sessions = Sessions::open(
+            &url,
+            &session_keys(),
+            SessionSettings::default(),
+            Duration::ZERO,
+            fixed_clock(),
+        )
+        .await
+        .expect("store");
         let mut keys = Vec::new();
         for n in 0..1000 {
             // One user each: a user's sessions are capped (AVEMINT_MAX_SESSIONS_PER_USER).
@@ -234,7 +248,7 @@ fn session_lookup_miss(c: &mut Criterion) {
                 sub: format!("user-{n}"),
                 ..session_data()
             };
-            let id = sessions.create(&data, NOW as i64).await.expect("create");
+            let id = sessions.create(&data).await.expect("create");
             keys.push(id.key());
         }
         (sessions, keys)
@@ -243,9 +257,7 @@ fn session_lookup_miss(c: &mut Criterion) {
     c.bench_function("session/load from SQLite (cache miss, 1000 rows)", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            rt.block_on(sessions.load(&keys[i], NOW as i64 + 1))
-                .expect("store")
-                .expect("live")
+            rt.block_on(sessions.load(&keys[i])).expect("store").expect("live")
         })
     });
 }
@@ -264,15 +276,16 @@ fn session_lookup_hit(c: &mut Criterion) {
             &session_keys(),
             SessionSettings::default(),
             Duration::from_secs(3600),
+            fixed_clock(),
         )
         .await
         .expect("store");
-        let id = sessions.create(&session_data(), NOW as i64).await.expect("create");
+        let id = sessions.create(&session_data()).await.expect("create");
         (sessions, id.key())
     });
     c.bench_function("session/get from the in-process cache (hit)", |b| {
         b.iter(|| {
-            rt.block_on(sessions.get(black_box(&key), NOW as i64 + 1))
+            rt.block_on(sessions.get(black_box(&key)))
                 .expect("store")
                 .expect("live")
         })

@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use avemint::clock::{ManualClock, UnixTime};
 use avemint::config::Settings;
 use avemint::mint::keys::{Algorithm, KeyPolicy, Keys};
 use avemint::mint::{Minter, Profiles, Subject};
@@ -52,6 +53,7 @@ fn signing(c: &mut Criterion) {
     let mut minters = Vec::new();
     for alg in Algorithm::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000)).clock();
         let keys = Arc::new(
             Keys::open(
                 dir.path(),
@@ -59,6 +61,7 @@ fn signing(c: &mut Criterion) {
                     algorithm: alg,
                     rotation: None,
                 },
+                clock.clone(),
             )
             .expect("keys"),
         );
@@ -70,6 +73,7 @@ fn signing(c: &mut Criterion) {
             "app_0123".into(),
             profiles,
             token.max_token_bytes(),
+            clock,
         );
         let subject = Subject {
             sub: "0f8fad5b-d9cb-469f-a165-70867728950e",
@@ -81,7 +85,7 @@ fn signing(c: &mut Criterion) {
         mint.bench_function(alg.jws(), |b| {
             b.iter(|| {
                 let minted = minter
-                    .mint(profile, black_box(&subject), 1_800_000_000)
+                    .mint(profile, black_box(&subject))
                     .now_or_never()
                     .expect("no hook: ready at once")
                     .expect("mint");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::settings::DEFAULT_SCOPES;
+use avemint::clock::{Clock, ManualClock, UnixTime};
 use avemint::config::Settings;
 use avemint::mint::keys::Algorithm;
 use avemint::secret::{Secret, random_bytes};
@@ -240,9 +241,9 @@ fn sign(key: poem::web::Data<&std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use poem::IntoResponse as _;
-    let now = now();
+    let now = Clock::System.now();
     let claims = json!({"iss": "https://app.example.com", "sub": "user", "aud": "https://api.example.com",
-        "iat": now, "exp": now + 300, "jti": URL_SAFE_NO_PAD.encode(random_bytes::<16>())});
+        "iat": now, "exp": now + Duration::from_secs(300), "jti": URL_SAFE_NO_PAD.encode(random_bytes::<16>())});
     let mut jwt = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut jwt);
@@ -335,7 +336,7 @@ async fn sign_in(http: &reqwest::Client, address: &str) -> Result<String, BoxErr
 }
 
 /// A session record shaped like one from a real sign-in (sizes of Ave's tokens included).
-fn session_data(n: usize, now: i64) -> SessionData {
+fn session_data(n: usize, now: UnixTime) -> SessionData {
     let filler = |prefix: &str, len: usize| {
         let mut s = String::from(prefix);
         while s.len() < len {
@@ -347,7 +348,7 @@ fn session_data(n: usize, now: i64) -> SessionData {
     let sub = format!("00000000-0000-4000-8000-{n:012}");
     let claims: Map<String, Value> = match json!({
         "iss": "https://aveid.net", "sub": sub, "aud": "app_bench", "azp": "app_bench",
-        "exp": now + 3600, "iat": now, "name": format!("User {n}"),
+        "exp": now + Duration::from_secs(3600), "iat": now, "name": format!("User {n}"),
         "preferred_username": format!("user{n}"), "email": format!("user{n}@example.com"), "email_verified": true
     }) {
         Value::Object(m) => m,
@@ -367,24 +368,27 @@ fn session_data(n: usize, now: i64) -> SessionData {
             access_token_jwt: Some(Secret::new(filler("eyJ", 760))),
             id_token: Secret::new(filler("eyJ", 900)),
             refresh_token: Some(Secret::new(filler("rt_", 64))),
-            access_expires_at: now + 3600,
+            access_expires_at: now + Duration::from_secs(3600),
         },
         id_token_claims: claims,
         user,
     }
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 async fn populate(db: &DatabaseUrl, count: usize, cookies: &Path) -> Result<(), BoxError> {
-    let sessions = Sessions::open(db, &session_keys(), SessionSettings::default(), Duration::ZERO).await?;
+    let sessions = Sessions::open(
+        db,
+        &session_keys(),
+        SessionSettings::default(),
+        Duration::ZERO,
+        Clock::System,
+    )
+    .await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(cookies)?);
     let started = Instant::now();
-    let t = now();
+    let t = sessions.now();
     for n in 0..count {
-        let id = sessions.create(&session_data(n, t), t).await?;
+        let id = sessions.create(&session_data(n, t)).await?;
         writeln!(out, "{}", id.to_cookie_value().expose())?;
     }
     out.flush()?;
@@ -407,7 +411,12 @@ impl XorShift {
 }
 
 async fn lookup(db: &DatabaseUrl, cookies: &Path, samples: usize, at: Option<i64>) -> Result<(), BoxError> {
-    let sessions = Sessions::open(db, &session_keys(), SessionSettings::default(), Duration::ZERO).await?;
+    // Looked up as of `at` (when they were populated), so none has expired in between.
+    let clock = match at {
+        Some(t) => ManualClock::new(UnixTime::from_secs(t)).clock(),
+        None => Clock::System,
+    };
+    let sessions = Sessions::open(db, &session_keys(), SessionSettings::default(), Duration::ZERO, clock).await?;
     let mut keys = Vec::new();
     for line in std::fs::read_to_string(cookies)?.lines() {
         keys.push(SessionId::parse(line.trim()).ok_or("bad cookie line")?.key());
@@ -419,11 +428,10 @@ async fn lookup(db: &DatabaseUrl, cookies: &Path, samples: usize, at: Option<i64
         keys.swap(i, j);
     }
     keys.truncate(samples);
-    let t = at.unwrap_or_else(now);
     let mut micros = Vec::with_capacity(keys.len());
     for key in &keys {
         let started = Instant::now();
-        let found = sessions.load(key, t).await?;
+        let found = sessions.load(key).await?;
         micros.push(started.elapsed().as_secs_f64() * 1e6);
         if found.is_none() {
             return Err("a stored session was not found".into());

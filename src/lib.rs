@@ -5,10 +5,12 @@
 //! downstream APIs verify against the JWKS avemint publishes.
 
 pub mod ave;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
+mod log_gate;
 pub mod metrics;
 pub mod mint;
 pub mod route;

@@ -122,11 +122,12 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
     avemint::telemetry::init_stderr("warn", false);
     let dir = KeyDir::new(settings.dir);
     let default_alg = settings.policy.algorithm;
+    let now = avemint::clock::Clock::System.now();
     let result = match command {
-        KeysCommand::Generate { alg } => commands::generate(&dir, alg.unwrap_or(default_alg)),
-        KeysCommand::List => commands::list(&dir),
-        KeysCommand::Rotate { alg, force } => commands::rotate(&dir, alg.unwrap_or(default_alg), force),
-        KeysCommand::Prune => commands::prune(&dir),
+        KeysCommand::Generate { alg } => commands::generate(&dir, alg.unwrap_or(default_alg), now),
+        KeysCommand::List => commands::list(&dir, now),
+        KeysCommand::Rotate { alg, force } => commands::rotate(&dir, alg.unwrap_or(default_alg), force, now),
+        KeysCommand::Prune => commands::prune(&dir, now),
     };
     match result {
         Ok(text) => {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, AveError};
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
@@ -111,6 +112,8 @@ impl Application {
             keys,
             security,
         } = settings;
+        // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
+        let clock = Clock::System;
         let sessions = Arc::new(
             Sessions::open_with_pool(
                 &store.database_url,
@@ -118,10 +121,11 @@ impl Application {
                 session.clone(),
                 renewal.session_cache_ttl,
                 store.max_connections,
+                clock.clone(),
             )
             .await?,
         );
-        let keys = Arc::new(Keys::open(&keys.dir, keys.policy)?);
+        let keys = Arc::new(Keys::open(&keys.dir, keys.policy, clock.clone())?);
         let lock_wait = ave.options.request_timeout + Duration::from_secs(5);
         let ave_client = Arc::new(AveClient::new(
             ave.issuer.clone(),
@@ -148,6 +152,7 @@ impl Application {
             ave.client_id.clone(),
             profiles,
             token.max_token_bytes(),
+            clock.clone(),
         );
         let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
             ave_client.token_budget().sign_in_limit,
@@ -165,6 +170,7 @@ impl Application {
             session_cookie_max_age: session.lifetime,
             security,
             store_check: Default::default(),
+            clock,
         });
         Ok(Self {
             acceptor,
@@ -241,7 +247,7 @@ async fn background_tasks(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            match state.sessions.sweep(http::now()).await {
+            match state.sessions.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
                 Err(e) => tracing::warn!(error = %e, "session sweep failed"),

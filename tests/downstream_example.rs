@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use avemint::clock::Clock;
 use downstream::{Verifier, VerifyError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -42,9 +43,8 @@ fn current_key_pem(dir: &Path) -> String {
 
 /// Rotates the keys in `dir` as `avemint keys rotate --force` does: the next key signs, the old one is retired.
 fn rotate_keys(dir: &Path) {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
     avemint::mint::keys::KeyDir::new(dir)
-        .rotate(avemint::mint::keys::Algorithm::Es256, now, true)
+        .rotate(avemint::mint::keys::Algorithm::Es256, Clock::System.now(), true)
         .expect("rotate");
 }
 
@@ -76,8 +76,9 @@ async fn the_example_verifies_real_app_jwts_and_refuses_the_rest() {
     let other_issuer = Verifier::new(&app.address, AUDIENCE);
     // Same keys, but a token claiming another issuer.
     let pem = current_key_pem(&app.keys_dir);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let good = json!({"iss": app.address, "aud": AUDIENCE, "sub": "s", "iat": now, "exp": now + 60});
+    let now = Clock::System.now();
+    let good =
+        json!({"iss": app.address, "aud": AUDIENCE, "sub": "s", "iat": now, "exp": now + Duration::from_secs(60)});
     let k = kid(&token);
     other_issuer
         .verify(&sign(&pem, "at+jwt", &k, &good))
@@ -94,7 +95,7 @@ async fn the_example_verifies_real_app_jwts_and_refuses_the_rest() {
         Err(VerifyError::WrongType)
     ));
     let mut expired = good.clone();
-    expired["exp"] = json!(now - 120);
+    expired["exp"] = json!(now - Duration::from_secs(120));
     assert!(matches!(
         other_issuer.verify(&sign(&pem, "at+jwt", &k, &expired)).await,
         Err(VerifyError::Invalid(ErrorKind::ExpiredSignature))

@@ -20,7 +20,7 @@ use avemint::session::{DatabaseUrl, RenewalSettings};
 use avemint::traffic::rate_limit::RateLimit;
 use futures_util::future::join_all;
 use support::fault_proxy::{Fault, FaultProxy};
-use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, location};
+use support::{Browser, Options, ServeProcess, TestApp, database_url_string};
 
 /// Ave access tokens live this long in the fault tests.
 const ACCESS_TTL: u64 = 4;
@@ -63,14 +63,7 @@ fn http() -> reqwest::Client {
 /// Signs in as `user` at `base`.
 async fn sign_in_as(http: &reqwest::Client, emulator: &Emulator, base: &str, user: &str) -> Browser {
     let mut browser = Browser::default();
-    let resp = browser.send(http.get(format!("{base}/auth/login"))).await;
-    assert_eq!(resp.status(), 302, "login redirects");
-    emulator.set_auto_approve(Some(user.to_owned()));
-    let resp = http.get(location(&resp)).send().await.expect("ave signin");
-    assert_eq!(resp.status(), 302, "emulator approves");
-    let resp = browser.send(http.get(location(&resp))).await;
-    assert_eq!(resp.status(), 302, "callback succeeds");
-    assert!(browser.get(SESSION_COOKIE).is_some());
+    support::sign_in_as_at(http, emulator, base, &mut browser, user).await;
     browser
 }
 

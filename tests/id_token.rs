@@ -79,25 +79,19 @@ mod header_and_refetch_limits {
     use ave_emulator::{Emulator, EmulatorConfig};
     use avemint::ave::id_token::{self, NonceCheck};
     use avemint::ave::{AveClient, ClientOptions, IdTokenError};
+    use avemint::clock::Clock;
     use avemint::secret::Secret;
     use avemint::web_url::Issuer;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::{Value, json};
 
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-    }
-
     /// A token with the given header and plausible claims; the signature is junk
     /// (every check here must refuse before a signature would matter).
     fn forged(emulator: &Emulator, header: Value) -> String {
         let claims = json!({
             "iss": emulator.issuer(), "aud": emulator.client_id(), "sub": "u1",
-            "iat": now(), "exp": now() + 300, "nonce": "n",
+            "iat": Clock::System.now(), "exp": Clock::System.now() + std::time::Duration::from_secs(300), "nonce": "n",
         });
         let enc = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"));
         format!(
@@ -139,7 +133,7 @@ mod header_and_refetch_limits {
             };
             // An unknown kid too: without the header check this would cause a JWKS re-fetch.
             let token = forged(&emulator, json!({"alg":"RS256","kid":"not-published", name: value}));
-            let err = id_token::validate(&client, &token, NonceCheck::Expect("n"), now())
+            let err = id_token::validate(&client, &token, NonceCheck::Expect("n"), Clock::System.now())
                 .await
                 .expect_err("refused");
             assert!(
@@ -169,7 +163,7 @@ mod header_and_refetch_limits {
             let results = futures_util::future::join_all(
                 tokens
                     .iter()
-                    .map(|t| id_token::validate(&client, t, NonceCheck::Expect("n"), now())),
+                    .map(|t| id_token::validate(&client, t, NonceCheck::Expect("n"), Clock::System.now())),
             )
             .await;
             for r in results {
@@ -183,7 +177,7 @@ mod header_and_refetch_limits {
             // Sequential stragglers inside the same interval cost nothing.
             for i in 0..20 {
                 let t = forged(&emulator, json!({"alg":"RS256","kid": format!("late-{round}-{i}")}));
-                let r = id_token::validate(&client, &t, NonceCheck::Expect("n"), now()).await;
+                let r = id_token::validate(&client, &t, NonceCheck::Expect("n"), Clock::System.now()).await;
                 assert!(matches!(r, Err(IdTokenError::UnknownKey)));
             }
             assert_eq!(emulator.jwks_fetches(), 1 + round);
@@ -211,7 +205,7 @@ fn validate_with_keys_on_the_fuzz_seeds() {
             "app_fuzz",
             &seed(name),
             nonce,
-            1_800_000_000,
+            avemint::clock::UnixTime::from_secs(1_800_000_000),
         )
     };
     let ok = check("valid", NonceCheck::Expect("fuzz-nonce")).expect("the valid seed validates");

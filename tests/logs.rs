@@ -98,7 +98,8 @@ impl Transcript {
         }
         let login_cookie = browser.get(LOGIN_COOKIE).expect("login cookie").to_owned();
         let sealer = Sealer::new(&SealingKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
-        let pending = decode_login(&login_cookie, &sealer, avemint::http::now()).expect("login cookie opens");
+        let pending =
+            decode_login(&login_cookie, &sealer, avemint::clock::Clock::System.now()).expect("login cookie opens");
         self.add("PKCE verifier", pending.verifier.expose());
         let callback = app.authorize(authorize.as_str()).await;
         let callback_url = url::Url::parse(&callback).expect("callback url");

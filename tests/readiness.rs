@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::ave::id_token::{self, NonceCheck};
 use avemint::ave::{AveClient, ClientOptions, IdTokenError};
+use avemint::clock::Clock;
 use avemint::secret::Secret;
 use avemint::session::DatabaseUrl;
 use avemint::web_url::Issuer;
@@ -215,20 +216,13 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let healthz = async || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    };
-    let started = Instant::now();
-    while healthz().await.ok() != Some(200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "avemint serve never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    support::wait_for_status(
+        &format!("{base}/healthz"),
+        200,
+        Duration::from_secs(10),
+        "avemint serve never answered",
+    )
+    .await;
     // Ave has never been reached: not ready, for seconds on end.
     for _ in 0..5 {
         let (status, body) = readyz(&base).await;
@@ -272,14 +266,13 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
     })
     .await
     .expect("emulator on the configured port");
-    let appeared = Instant::now();
-    while readyz(&base).await.0 != 200 {
-        assert!(
-            appeared.elapsed() < Duration::from_secs(11),
-            "ready within the start-up retry's 10 s cap"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_status(
+        &format!("{base}/readyz"),
+        200,
+        Duration::from_secs(11),
+        "ready within the start-up retry's 10 s cap",
+    )
+    .await;
     let (_, body) = readyz(&base).await;
     assert_eq!(body["status"], "ok", "{body}");
     let mut browser = Browser::default();
@@ -421,18 +414,11 @@ async fn a_store_outage_is_a_503_per_session_request_while_jwks_discovery_and_re
     app.stop().await;
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 /// A syntactically valid RS256 token naming `kid`, with junk signature.
 fn forged(emulator: &Emulator, kid: &str) -> String {
     use base64::Engine as _;
     let enc = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"));
-    let claims = json!({"iss": emulator.issuer(), "aud": emulator.client_id(), "sub": "u1", "iat": now(), "exp": now() + 300, "nonce": "n"});
+    let claims = json!({"iss": emulator.issuer(), "aud": emulator.client_id(), "sub": "u1", "iat": Clock::System.now(), "exp": Clock::System.now() + std::time::Duration::from_secs(300), "nonce": "n"});
     format!("{}.{}.{}", enc(&json!({"alg":"RS256","kid":kid})), enc(&claims), "c2ln")
 }
 
@@ -455,9 +441,14 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
     assert_eq!(emulator.jwks_fetches(), 1);
 
     emulator.set_metadata_failure(Some(503));
-    let err = id_token::validate(&client, &forged(&emulator, "rotated?"), NonceCheck::Expect("n"), now())
-        .await
-        .expect_err("unknown kid");
+    let err = id_token::validate(
+        &client,
+        &forged(&emulator, "rotated?"),
+        NonceCheck::Expect("n"),
+        Clock::System.now(),
+    )
+    .await
+    .expect_err("unknown kid");
     assert!(matches!(err, IdTokenError::Keys(_)), "the re-fetch failed: {err}");
     let keys = client.key_set().await.expect("the old keys are still there");
     assert!(
@@ -467,9 +458,14 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
     let status = client.metadata_status();
     assert!(status.jwks.loaded && !status.jwks.stale && status.jwks.consecutive_failures == 1);
     // Inside the interval: no second re-fetch, just "unknown key".
-    let err = id_token::validate(&client, &forged(&emulator, "another"), NonceCheck::Expect("n"), now())
-        .await
-        .expect_err("unknown kid");
+    let err = id_token::validate(
+        &client,
+        &forged(&emulator, "another"),
+        NonceCheck::Expect("n"),
+        Clock::System.now(),
+    )
+    .await
+    .expect_err("unknown kid");
     assert!(matches!(err, IdTokenError::UnknownKey), "{err}");
 
     emulator.set_metadata_failure(None);
@@ -478,7 +474,7 @@ async fn a_failed_unknown_kid_refetch_keeps_the_old_keys_and_the_interval_still_
         &client,
         &forged(&emulator, "still-unknown"),
         NonceCheck::Expect("n"),
-        now(),
+        Clock::System.now(),
     )
     .await
     .expect_err("unknown kid");

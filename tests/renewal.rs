@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig, TokenFailure};
 use avemint::ave::ClientOptions;
+use avemint::clock::UnixTime;
 use avemint::session::{DatabaseUrl, RenewalSettings};
 use futures_util::future::join_all;
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, error_code, sign_in_at};
@@ -175,6 +176,7 @@ async fn invalid_grant_ends_the_session(db: Option<DatabaseUrl>) {
         &app.settings.store.keys,
         app.settings.session.clone(),
         Duration::ZERO,
+        avemint::clock::Clock::System,
     )
     .await
     .expect("open");
@@ -522,9 +524,16 @@ async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
         lifetime: Duration::from_secs(1000),
         ..SessionSettings::default()
     };
-    let sessions = avemint::session::Sessions::open(&url, &keys, settings, Duration::ZERO)
+    let clock = avemint::clock::ManualClock::new(UnixTime::EPOCH);
+    let sessions = avemint::session::Sessions::open(&url, &keys, settings, Duration::ZERO, clock.clock())
         .await
         .expect("open");
+    // Reads the session at `secs` by the manual clock.
+    let load_at = |key, secs| {
+        clock.set(UnixTime::from_secs(secs));
+        let sessions = &sessions;
+        async move { sessions.load(&key).await.expect("load") }
+    };
     let data = || avemint::session::SessionData {
         sid: avemint::session::SessionHandle::generate(),
         sub: "u".into(),
@@ -534,38 +543,32 @@ async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
             access_token_jwt: None,
             id_token: avemint::secret::Secret::new("i".into()),
             refresh_token: None,
-            access_expires_at: 10_000,
+            access_expires_at: UnixTime::from_secs(10_000),
         },
         id_token_claims: Default::default(),
         user: None,
     };
-    let idle = sessions.create(&data(), 0).await.expect("create");
+    let idle = sessions.create(&data()).await.expect("create");
     // Activity is recorded at most once a minute.
-    assert!(sessions.load(&idle.key(), 70).await.expect("load").is_some());
+    assert!(load_at(idle.key(), 70).await.is_some());
     assert!(
-        sessions.load(&idle.key(), 165).await.expect("load").is_some(),
+        load_at(idle.key(), 165).await.is_some(),
         "active at 70, so alive at 165"
     );
-    assert!(
-        sessions.load(&idle.key(), 266).await.expect("load").is_none(),
-        "idle for over 100 s"
-    );
+    assert!(load_at(idle.key(), 266).await.is_none(), "idle for over 100 s");
     assert!(
         sessions.store().get(&idle.key()).await.expect("get").is_none(),
         "the expired row is deleted"
     );
-    let old = sessions.create(&data(), 0).await.expect("create");
+    clock.set(UnixTime::EPOCH);
+    let old = sessions.create(&data()).await.expect("create");
     for t in (60..1000).step_by(60) {
-        assert!(
-            sessions.load(&old.key(), t).await.expect("load").is_some(),
-            "active at {t}"
-        );
+        assert!(load_at(old.key(), t).await.is_some(), "active at {t}");
     }
-    assert!(
-        sessions.load(&old.key(), 1001).await.expect("load").is_none(),
-        "past the absolute lifetime"
-    );
-    let swept_one = sessions.create(&data(), 0).await.expect("create");
-    assert_eq!(sessions.sweep(500).await.expect("sweep"), 1);
+    assert!(load_at(old.key(), 1001).await.is_none(), "past the absolute lifetime");
+    clock.set(UnixTime::EPOCH);
+    let swept_one = sessions.create(&data()).await.expect("create");
+    clock.set(UnixTime::from_secs(500));
+    assert_eq!(sessions.sweep().await.expect("sweep"), 1);
     assert!(sessions.store().get(&swept_one.key()).await.expect("get").is_none());
 }

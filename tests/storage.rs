@@ -74,12 +74,12 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
         &app.settings.store.keys,
         app.settings.session.clone(),
         std::time::Duration::ZERO,
+        avemint::clock::Clock::System,
     )
     .await
     .expect("open");
     let id = avemint::session::SessionId::parse(b.get(SESSION_COOKIE).expect("cookie")).expect("id");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let s = sessions.load(&id.key(), now).await.expect("load").expect("present");
+    let s = sessions.load(&id.key()).await.expect("load").expect("present");
     assert_eq!(s.data.sub, app.emulator.users()[0].id);
     // With a different key the row cannot be opened (and is reported absent, not deleted).
     let other = avemint::session::Sessions::open(
@@ -87,14 +87,12 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
         &avemint::session::SealingKeys::from_keys(vec![[1; 32]]),
         app.settings.session.clone(),
         std::time::Duration::ZERO,
+        avemint::clock::Clock::System,
     )
     .await
     .expect("open");
-    assert!(other.load(&id.key(), now).await.expect("load").is_none());
-    assert!(
-        sessions.load(&id.key(), now).await.expect("load").is_some(),
-        "row untouched"
-    );
+    assert!(other.load(&id.key()).await.expect("load").is_none());
+    assert!(sessions.load(&id.key()).await.expect("load").is_some(), "row untouched");
     app.stop().await;
 }
 

@@ -10,6 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use avemint::clock::UnixTime;
 use avemint::session::DatabaseUrl;
 use avemint::session::postgres::PostgresStore;
 use avemint::session::sqlite::SqliteStore;
@@ -126,6 +127,10 @@ contract!(
     reopening_keeps_the_rows,
 );
 
+fn t(secs: i64) -> UnixTime {
+    UnixTime::from_secs(secs)
+}
+
 fn key(k: u8) -> SessionKey {
     SessionKey::from_bytes([k; 32])
 }
@@ -135,9 +140,9 @@ fn row(k: u8, version: i64, now: i64) -> StoredSession {
         key: key(k),
         version,
         sealed: vec![k; 40],
-        created_at: now,
-        last_seen_at: now,
-        access_expires_at: now + 3600,
+        created_at: t(now),
+        last_seen_at: t(now),
+        access_expires_at: t(now + 3600),
         refresh_started_at: None,
         owner: Some(OwnerKey([k % 2; 32])),
         seen_mac: Some(vec![k; 32]),
@@ -170,24 +175,27 @@ async fn insert_get_delete_and_login_states(b: Backend) {
     assert!(!s.delete(&r.key).await.expect("delete"), "deleted once");
     assert_eq!(s.get(&r.key).await.expect("get"), None);
     assert!(s.get(&old.key).await.expect("get").is_some(), "other rows stay");
-    assert!(s.consume_login_state(&[9; 32], 100).await.expect("state"));
-    assert!(!s.consume_login_state(&[9; 32], 100).await.expect("state"), "used once");
-    assert!(s.consume_login_state(&[8; 32], 100).await.expect("state"));
+    assert!(s.consume_login_state(&[9; 32], t(100)).await.expect("state"));
+    assert!(
+        !s.consume_login_state(&[9; 32], t(100)).await.expect("state"),
+        "used once"
+    );
+    assert!(s.consume_login_state(&[8; 32], t(100)).await.expect("state"));
 }
 
 async fn replace_is_compare_and_swap_on_version(b: Backend) {
     let s = &b.store;
     let r = row(1, 0, 1000);
     s.insert(&r).await.expect("insert");
-    assert!(s.replace(&r.key, 0, b"new", 5000).await.expect("cas"));
+    assert!(s.replace(&r.key, 0, b"new", t(5000)).await.expect("cas"));
     assert!(
-        !s.replace(&r.key, 0, b"stale", 6000).await.expect("cas"),
+        !s.replace(&r.key, 0, b"stale", t(6000)).await.expect("cas"),
         "a stale version loses"
     );
     let got = get(&b, 1).await;
     assert_eq!(
         (got.version, got.sealed.as_slice(), got.access_expires_at),
-        (1, b"new".as_slice(), 5000)
+        (1, b"new".as_slice(), t(5000))
     );
     assert_eq!(
         (got.created_at, got.last_seen_at, got.owner, got.seen_mac),
@@ -195,7 +203,7 @@ async fn replace_is_compare_and_swap_on_version(b: Backend) {
         "replace changes only the data"
     );
     assert!(
-        !s.replace(&key(7), 0, b"x", 1).await.expect("cas"),
+        !s.replace(&key(7), 0, b"x", t(1)).await.expect("cas"),
         "a missing row is not replaced"
     );
     assert_eq!(s.get(&key(7)).await.expect("get"), None, "nor created");
@@ -206,56 +214,56 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
     let r = row(1, 1, 1000);
     s.insert(&r).await.expect("insert");
     assert!(
-        !s.begin_refresh(&r.key, 0, 1500, 1400).await.expect("marker"),
+        !s.begin_refresh(&r.key, 0, t(1500), t(1400)).await.expect("marker"),
         "the marker needs the current version"
     );
     assert!(
-        !s.begin_refresh(&key(7), 1, 1500, 1400).await.expect("marker"),
+        !s.begin_refresh(&key(7), 1, t(1500), t(1400)).await.expect("marker"),
         "no marker on a missing row"
     );
-    assert!(s.begin_refresh(&r.key, 1, 1500, 1400).await.expect("marker"));
-    assert_eq!(get(&b, 1).await.refresh_started_at, Some(1500));
+    assert!(s.begin_refresh(&r.key, 1, t(1500), t(1400)).await.expect("marker"));
+    assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1500)));
     assert!(
-        !s.begin_refresh(&r.key, 1, 1501, 1401).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1501), t(1401)).await.expect("marker"),
         "one marker holder"
     );
     assert!(
-        !s.begin_refresh(&r.key, 1, 1510, 1500).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1510), t(1500)).await.expect("marker"),
         "a marker exactly at the cut-off is not stale"
     );
-    s.abort_refresh(&r.key, 1, 1499)
+    s.abort_refresh(&r.key, 1, t(1499))
         .await
         .expect("abort of another holder's marker");
-    s.abort_refresh(&r.key, 0, 1500)
+    s.abort_refresh(&r.key, 0, t(1500))
         .await
         .expect("abort on another version");
     assert_eq!(
         get(&b, 1).await.refresh_started_at,
-        Some(1500),
+        Some(t(1500)),
         "only the holder's own marker on its version is cleared"
     );
     assert!(
-        s.begin_refresh(&r.key, 1, 1600, 1501).await.expect("marker"),
+        s.begin_refresh(&r.key, 1, t(1600), t(1501)).await.expect("marker"),
         "a stale marker (a dead holder) is taken over"
     );
-    assert_eq!(get(&b, 1).await.refresh_started_at, Some(1600));
-    s.abort_refresh(&r.key, 1, 1500)
+    assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1600)));
+    s.abort_refresh(&r.key, 1, t(1500))
         .await
         .expect("abort by the dead holder");
     assert_eq!(
         get(&b, 1).await.refresh_started_at,
-        Some(1600),
+        Some(t(1600)),
         "the holder that was taken over cannot clear the new marker"
     );
-    s.abort_refresh(&r.key, 1, 1600).await.expect("abort");
+    s.abort_refresh(&r.key, 1, t(1600)).await.expect("abort");
     let got = get(&b, 1).await;
     assert_eq!(
         (got.refresh_started_at, got.version, got.sealed),
         (None, 1, r.sealed.clone()),
         "abort clears the marker and keeps the data"
     );
-    assert!(s.begin_refresh(&r.key, 1, 1602, 1502).await.expect("marker"));
-    assert!(s.replace(&r.key, 1, b"newer", 7000).await.expect("cas"));
+    assert!(s.begin_refresh(&r.key, 1, t(1602), t(1502)).await.expect("marker"));
+    assert!(s.replace(&r.key, 1, b"newer", t(7000)).await.expect("cas"));
     let got = get(&b, 1).await;
     assert_eq!(
         (got.refresh_started_at, got.version),
@@ -263,7 +271,7 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "replace clears the marker"
     );
     assert!(
-        s.begin_refresh(&r.key, 2, 1700, 1000).await.expect("marker"),
+        s.begin_refresh(&r.key, 2, t(1700), t(1000)).await.expect("marker"),
         "the next refresh can start"
     );
 }
@@ -272,47 +280,51 @@ async fn touch_moves_last_seen_forward_with_its_mac(b: Backend) {
     let s = &b.store;
     let r = row(1, 0, 1000);
     s.insert(&r).await.expect("insert");
-    s.touch(&r.key, 2000, b"mac").await.expect("touch");
+    s.touch(&r.key, t(2000), b"mac").await.expect("touch");
     let got = get(&b, 1).await;
     assert_eq!(
         (got.last_seen_at, got.seen_mac.as_deref()),
-        (2000, Some(b"mac".as_slice()))
+        (t(2000), Some(b"mac".as_slice()))
     );
-    assert_eq!((got.created_at, got.version), (1000, 0), "touch changes only activity");
-    s.touch(&r.key, 1500, b"older").await.expect("touch");
-    s.touch(&r.key, 2000, b"same").await.expect("touch");
+    assert_eq!(
+        (got.created_at, got.version),
+        (t(1000), 0),
+        "touch changes only activity"
+    );
+    s.touch(&r.key, t(1500), b"older").await.expect("touch");
+    s.touch(&r.key, t(2000), b"same").await.expect("touch");
     let got = get(&b, 1).await;
     assert_eq!(
         (got.last_seen_at, got.seen_mac.as_deref()),
-        (2000, Some(b"mac".as_slice())),
+        (t(2000), Some(b"mac".as_slice())),
         "never moved back, nor re-MACed at the same time"
     );
-    s.touch(&key(7), 3000, b"mac").await.expect("touch of a missing row");
+    s.touch(&key(7), t(3000), b"mac").await.expect("touch of a missing row");
     assert_eq!(s.get(&key(7)).await.expect("get"), None);
 }
 
 async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
     let s = &b.store;
     let mut fresh = row(1, 0, 1000);
-    fresh.created_at = 600;
+    fresh.created_at = t(600);
     s.insert(&fresh).await.expect("insert");
     let mut born_early = row(2, 0, 1000);
-    born_early.created_at = 499;
+    born_early.created_at = t(499);
     s.insert(&born_early).await.expect("insert");
     let mut idle = row(3, 0, 1000);
-    idle.created_at = 600;
-    idle.last_seen_at = 799;
+    idle.created_at = t(600);
+    idle.last_seen_at = t(799);
     s.insert(&idle).await.expect("insert");
     let mut at_cutoffs = row(4, 0, 1000);
-    at_cutoffs.created_at = 500;
-    at_cutoffs.last_seen_at = 800;
+    at_cutoffs.created_at = t(500);
+    at_cutoffs.last_seen_at = t(800);
     s.insert(&at_cutoffs).await.expect("insert");
-    assert!(s.consume_login_state(&[1; 32], 2999).await.expect("state"));
-    assert!(s.consume_login_state(&[2; 32], 3000).await.expect("state"));
+    assert!(s.consume_login_state(&[1; 32], t(2999)).await.expect("state"));
+    assert!(s.consume_login_state(&[2; 32], t(3000)).await.expect("state"));
     let cutoffs = SweepCutoffs {
-        now: 3000,
-        created_before: 500,
-        seen_before: 800,
+        now: t(3000),
+        created_before: t(500),
+        seen_before: t(800),
     };
     let removed = s.sweep(cutoffs).await.expect("sweep");
     assert_eq!(removed, 2, "past the lifetime and past the idle timeout");
@@ -320,11 +332,11 @@ async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
         assert_eq!(s.get(&key(k)).await.expect("get").is_some(), kept, "row {k}");
     }
     assert!(
-        s.consume_login_state(&[1; 32], 5000).await.expect("state"),
+        s.consume_login_state(&[1; 32], t(5000)).await.expect("state"),
         "an expired used state is forgotten"
     );
     assert!(
-        !s.consume_login_state(&[2; 32], 5000).await.expect("state"),
+        !s.consume_login_state(&[2; 32], t(5000)).await.expect("state"),
         "a state expiring now is still remembered"
     );
     let removed = s.sweep(cutoffs).await.expect("sweep");
@@ -337,14 +349,14 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
     let mut rows = Vec::new();
     for (i, seen) in [(10u8, 100), (11, 400), (12, 300), (13, 200)] {
         let mut r = row(i, 0, 50);
-        r.last_seen_at = seen;
+        r.last_seen_at = t(seen);
         r.owner = Some(alice[usize::from(i % 2)]);
         s.insert(&r).await.expect("insert");
         rows.push(r);
     }
     // Same last use as 13: the later created comes first.
     let mut tie = row(14, 0, 60);
-    tie.last_seen_at = 200;
+    tie.last_seen_at = t(200);
     tie.owner = Some(alice[0]);
     s.insert(&tie).await.expect("insert");
     let mut bob = row(20, 0, 50);
@@ -465,21 +477,21 @@ async fn a_failing_database_is_unavailable(b: Backend) {
     };
     unavailable("insert", s.insert(&row(2, 0, 1000)).await.err());
     unavailable("get", s.get(&r.key).await.err());
-    unavailable("replace", s.replace(&r.key, 0, b"x", 1).await.err());
-    unavailable("begin_refresh", s.begin_refresh(&r.key, 0, 1, 0).await.err());
-    unavailable("abort_refresh", s.abort_refresh(&r.key, 0, 1).await.err());
-    unavailable("touch", s.touch(&r.key, 2000, b"mac").await.err());
+    unavailable("replace", s.replace(&r.key, 0, b"x", t(1)).await.err());
+    unavailable("begin_refresh", s.begin_refresh(&r.key, 0, t(1), t(0)).await.err());
+    unavailable("abort_refresh", s.abort_refresh(&r.key, 0, t(1)).await.err());
+    unavailable("touch", s.touch(&r.key, t(2000), b"mac").await.err());
     unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());
     unavailable(
         "trim_sessions_of",
         s.trim_sessions_of(&[OwnerKey([1; 32])], 1, &r.key).await.err(),
     );
     unavailable("delete", s.delete(&r.key).await.err());
-    unavailable("consume_login_state", s.consume_login_state(&[1; 32], 1).await.err());
+    unavailable("consume_login_state", s.consume_login_state(&[1; 32], t(1)).await.err());
     let cutoffs = SweepCutoffs {
-        now: 1,
-        created_before: 0,
-        seen_before: 0,
+        now: t(1),
+        created_before: t(0),
+        seen_before: t(0),
     };
     unavailable("sweep", s.sweep(cutoffs).await.err());
     b.admin.exec("ALTER TABLE sessions_away RENAME TO sessions").await;

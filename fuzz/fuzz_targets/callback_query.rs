@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         nonce: Secret::new("nonce".to_owned()),
         verifier: Secret::new("verifier".to_owned()),
         return_to: return_path,
-        started_at: 0,
+        started_at: avemint::clock::UnixTime::EPOCH,
     };
     let callback = Callback {
         code: code.as_deref(),

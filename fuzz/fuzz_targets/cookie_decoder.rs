@@ -5,8 +5,9 @@
 
 use std::sync::OnceLock;
 
-use avemint::session::SealingKeys;
+use avemint::clock::UnixTime;
 use avemint::http::cookies::MAX_COOKIE_LEN;
+use avemint::session::SealingKeys;
 use avemint::session::{Purpose, Sealer, SessionId};
 use avemint::signin::{PendingLoginError, decode_login};
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 /// The key the seed corpus was sealed with.
 const KEY: [u8; 32] = [42; 32];
 /// The time the seed corpus was made (unix seconds), so seeds are fresh.
-const NOW: i64 = 1_800_000_000;
+const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
 
 fn sealer() -> &'static Sealer {
     static S: OnceLock<Sealer> = OnceLock::new();

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(all, vec![v]);
                 assert!(!v.contains(&b';'));
                 if let Ok(s) = std::str::from_utf8(v) {
-                    let _ = decode_login(s, sealer(), 1_800_000_000);
+                    let _ = decode_login(s, sealer(), avemint::clock::UnixTime::from_secs(1_800_000_000));
                 }
             }
             Sent::Ambiguous => assert!(all.len() > 1),

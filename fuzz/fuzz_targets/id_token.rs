@@ -16,7 +16,7 @@ const ISSUER: &str = "https://ave.fuzz.example";
 const CLIENT_ID: &str = "app_fuzz";
 const NONCE: &str = "fuzz-nonce";
 /// The seeds are valid at this time (unix seconds).
-const NOW: u64 = 1_800_000_000;
+const NOW: avemint::clock::UnixTime = avemint::clock::UnixTime::from_secs(1_800_000_000);
 
 fn keys() -> &'static KeySet {
     static K: OnceLock<KeySet> = OnceLock::new();

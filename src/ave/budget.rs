@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::log_gate::LogGate;
+
 /// The length of the sliding window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// The least time between two "the budget made requests wait" log lines of one class.
@@ -95,38 +97,6 @@ impl Window {
             self.calls.pop_front();
             if class == BudgetClass::SignIn {
                 self.sign_ins -= 1;
-            }
-        }
-    }
-}
-
-/// Lets one log line through per interval and counts the ones held back.
-pub(crate) struct LogGate {
-    every: Duration,
-    state: Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl LogGate {
-    pub(crate) fn new(every: Duration) -> Self {
-        Self {
-            every,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// `Some(held back since the last line)` when a line may be logged now.
-    pub(crate) fn pass(&self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.0 {
-            Some(last) if now.duration_since(last) < self.every => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let held_back = state.1;
-                *state = (Some(now), 0);
-                Some(held_back)
             }
         }
     }

@@ -73,13 +73,18 @@ pub enum AveError {
     /// Ave is rate limiting this client.
     #[error("Ave is rate limiting this client (HTTP 429)")]
     RateLimited { retry_after: Option<Duration> },
+    /// This process's own token-endpoint budget had no room: nothing was sent to Ave.
+    #[error("the token-endpoint budget is exhausted; room in {} s", retry_after.as_secs())]
+    BudgetExhausted { retry_after: Duration },
     /// Ave answered 5xx or another unexpected status.
     #[error("Ave answered HTTP {status}")]
     Server { status: u16 },
-    /// The request never reached Ave (connection refused, DNS, TLS, connect
-    /// timeout), or this process's own token budget was exhausted.
+    /// The request never reached Ave (connection refused, DNS, TLS, connect timeout).
     #[error("Ave could not be reached: {0}")]
     Transport(String),
+    /// The HTTP client for Ave could not be built (nothing was sent).
+    #[error("the HTTP client for Ave could not be built")]
+    HttpClient,
     /// The request may have reached Ave, but no usable answer came back
     /// (timeout after sending, broken or unreadable response). Ave may have
     /// acted on it: a refresh token sent this way must be treated as spent.
@@ -98,9 +103,10 @@ impl AveError {
     pub fn failure(&self) -> AveFailure {
         match self {
             AveError::OAuth { .. } => AveFailure::Rejected,
-            AveError::RateLimited { .. } => AveFailure::RateLimited,
+            // Budget refusals never reach `metrics::ave_call`; they count as what they used to be reported as.
+            AveError::RateLimited { .. } | AveError::BudgetExhausted { .. } => AveFailure::RateLimited,
             AveError::Server { .. } => AveFailure::Server,
-            AveError::Transport(_) => AveFailure::Transport,
+            AveError::Transport(_) | AveError::HttpClient => AveFailure::Transport,
             AveError::LostResponse(_) => AveFailure::LostResponse,
             AveError::Malformed(_) | AveError::IssuerMismatch { .. } => AveFailure::Malformed,
         }
@@ -110,7 +116,10 @@ impl AveError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            AveError::RateLimited { .. } | AveError::Server { .. } | AveError::Transport(_)
+            AveError::RateLimited { .. }
+                | AveError::BudgetExhausted { .. }
+                | AveError::Server { .. }
+                | AveError::Transport(_)
         )
     }
 }
@@ -226,7 +235,7 @@ impl AveClient {
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .build()
-            .map_err(|_| AveError::Transport("HTTP client could not be built".into()))?;
+            .map_err(|_| AveError::HttpClient)?;
         let metadata = AveMetadata::new(
             http.clone(),
             issuer.clone(),
@@ -331,8 +340,8 @@ impl AveClient {
         // Waits (unlocked, bounded) for room; a refusal is logged, rate-limited, by the budget itself.
         if let Err(exhausted) = self.budget.acquire(class).await {
             tracing::debug!(grant, "token-endpoint budget exhausted; not calling Ave");
-            return Err(AveError::RateLimited {
-                retry_after: Some(exhausted.retry_after),
+            return Err(AveError::BudgetExhausted {
+                retry_after: exhausted.retry_after,
             });
         }
         let started = Instant::now();
@@ -461,8 +470,12 @@ pub(super) fn clone_error(e: &AveError) -> AveError {
         AveError::RateLimited { retry_after } => AveError::RateLimited {
             retry_after: *retry_after,
         },
+        AveError::BudgetExhausted { retry_after } => AveError::BudgetExhausted {
+            retry_after: *retry_after,
+        },
         AveError::Server { status } => AveError::Server { status: *status },
         AveError::Transport(s) => AveError::Transport(s.clone()),
+        AveError::HttpClient => AveError::HttpClient,
         AveError::LostResponse(s) => AveError::LostResponse(s.clone()),
         AveError::Malformed(s) => AveError::Malformed(s.clone()),
         AveError::IssuerMismatch { expected, found } => AveError::IssuerMismatch {

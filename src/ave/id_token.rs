@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::client::{AveClient, AveError, KeySet};
+use crate::clock::UnixTime;
 
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -111,7 +112,7 @@ pub async fn validate(
     client: &AveClient,
     token: &str,
     nonce: NonceCheck<'_>,
-    now: u64,
+    now: UnixTime,
 ) -> Result<ValidatedIdToken, IdTokenError> {
     let kid = inspect_header(token)?;
     let mut keys = client.key_set().await?;
@@ -130,7 +131,7 @@ pub fn validate_with_keys(
     client_id: &str,
     token: &str,
     nonce: NonceCheck<'_>,
-    now: u64,
+    now: UnixTime,
 ) -> Result<ValidatedIdToken, IdTokenError> {
     let kid = inspect_header(token)?;
     let key = keys.find(kid.as_deref()).ok_or(IdTokenError::UnknownKey)?;
@@ -185,8 +186,10 @@ fn check_claims(
     claims: Map<String, Value>,
     client_id: &str,
     nonce: NonceCheck<'_>,
-    now: u64,
+    now: UnixTime,
 ) -> Result<ValidatedIdToken, IdTokenError> {
+    // JWT numeric dates are unsigned seconds (RFC 7519 §2), compared as JSON numbers.
+    let now = now.as_unsigned();
     // Numbers only: a string-typed `exp` (CVE-2026-25537's trick) is missing, not "valid forever".
     let exp = claims
         .get("exp")
@@ -240,6 +243,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::from_unsigned(secs)
+    }
     use serde_json::json;
 
     fn enc(v: &Value) -> String {
@@ -302,32 +309,32 @@ mod tests {
     #[test]
     fn claim_checks() {
         let ok = json!({"sub":"u1","aud":"c","iat":100,"exp":1000,"nonce":"n1","azp":"c"});
-        assert!(check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), 100).is_ok());
+        assert!(check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), at(100)).is_ok());
         assert!(matches!(
-            check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n2"), 100),
+            check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n2"), at(100)),
             Err(IdTokenError::Nonce)
         ));
-        assert!(check_claims(claims(ok.clone()), "c", NonceCheck::NotExpected, 100).is_ok());
+        assert!(check_claims(claims(ok.clone()), "c", NonceCheck::NotExpected, at(100)).is_ok());
         let mut no_nonce = claims(ok.clone());
         no_nonce.remove("nonce");
         assert!(matches!(
-            check_claims(no_nonce, "c", NonceCheck::Expect("n1"), 100),
+            check_claims(no_nonce, "c", NonceCheck::Expect("n1"), at(100)),
             Err(IdTokenError::Nonce)
         ));
         assert!(matches!(
-            check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), 10),
+            check_claims(claims(ok.clone()), "c", NonceCheck::Expect("n1"), at(10)),
             Err(IdTokenError::IssuedInFuture)
         ));
         let arr = json!({"sub":"u1","aud":["c","d"],"iat":100,"exp":1000});
         assert!(matches!(
-            check_claims(claims(arr), "c", NonceCheck::NotExpected, 100),
+            check_claims(claims(arr), "c", NonceCheck::NotExpected, at(100)),
             Err(IdTokenError::AuthorizedParty)
         ));
         let arr_azp = json!({"sub":"u1","aud":["c","d"],"iat":100,"exp":1000,"azp":"c"});
-        assert!(check_claims(claims(arr_azp), "c", NonceCheck::NotExpected, 100).is_ok());
+        assert!(check_claims(claims(arr_azp), "c", NonceCheck::NotExpected, at(100)).is_ok());
         let wrong_azp = json!({"sub":"u1","aud":"c","iat":100,"exp":1000,"azp":"d"});
         assert!(matches!(
-            check_claims(claims(wrong_azp), "c", NonceCheck::NotExpected, 100),
+            check_claims(claims(wrong_azp), "c", NonceCheck::NotExpected, at(100)),
             Err(IdTokenError::AuthorizedParty)
         ));
         let empty_sub = json!({"sub":"","aud":"c","iat":100,"exp":1000});
@@ -337,26 +344,26 @@ mod tests {
                 claims(expired.clone()),
                 "c",
                 NonceCheck::NotExpected,
-                1000 + LEEWAY_SECS
+                at(1000 + LEEWAY_SECS)
             )
             .is_ok()
         );
         assert!(matches!(
-            check_claims(claims(expired), "c", NonceCheck::NotExpected, 1001 + LEEWAY_SECS),
+            check_claims(claims(expired), "c", NonceCheck::NotExpected, at(1001 + LEEWAY_SECS)),
             Err(IdTokenError::Expired)
         ));
         let string_exp = json!({"sub":"u","aud":"c","iat":100,"exp":"99999999999"});
         assert!(matches!(
-            check_claims(claims(string_exp), "c", NonceCheck::NotExpected, 100),
+            check_claims(claims(string_exp), "c", NonceCheck::NotExpected, at(100)),
             Err(IdTokenError::MissingClaim(_))
         ));
         let not_yet = json!({"sub":"u","aud":"c","iat":100,"exp":1000,"nbf":500});
         assert!(matches!(
-            check_claims(claims(not_yet), "c", NonceCheck::NotExpected, 100),
+            check_claims(claims(not_yet), "c", NonceCheck::NotExpected, at(100)),
             Err(IdTokenError::Expired)
         ));
         assert!(matches!(
-            check_claims(claims(empty_sub), "c", NonceCheck::NotExpected, 100),
+            check_claims(claims(empty_sub), "c", NonceCheck::NotExpected, at(100)),
             Err(IdTokenError::MissingClaim(_))
         ));
     }

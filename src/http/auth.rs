@@ -13,8 +13,9 @@ use super::cookies::{self, CookieChanges, Sent, SessionCookie};
 use super::errors::{ApiError, ErrorBody};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
-use super::{ApiTags, AppState, now};
+use super::{ApiTags, AppState};
 use crate::ave::AveError;
+use crate::clock::UnixTime;
 use crate::mint::profiles::SelectError;
 use crate::mint::{MintError, MintedToken, Subject};
 use crate::session::{RenewError, Sealer, Session, StoreError};
@@ -164,6 +165,10 @@ fn ave_unavailable(e: &AveError) -> ApiError {
             "Ave is busy; try again shortly",
             retry_after.map_or(10, |d| d.as_secs().max(1)),
         ),
+        // avemint's own budget: answered like Ave's rate limit, with when room frees up.
+        AveError::BudgetExhausted { retry_after } => {
+            ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
+        }
         e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
         _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
     }
@@ -203,7 +208,7 @@ impl AppState {
 }
 
 /// Opens the pending sign-in the request's `__Host-avemint-login` cookie carries.
-fn pending_login(req: &Request, sealer: &Sealer, now: i64) -> Result<PendingLogin, PendingLoginError> {
+fn pending_login(req: &Request, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, PendingLoginError> {
     match cookies::login_cookie(req.headers()) {
         Sent::Absent => Err(PendingLoginError::Missing),
         Sent::Ambiguous => Err(PendingLoginError::Ambiguous),
@@ -227,7 +232,7 @@ impl From<SelectError> for ApiError {
 impl From<MintError> for ApiError {
     fn from(e: MintError) -> Self {
         match e {
-            MintError::Keys(_) => ApiError::unavailable("token signing failed", 1),
+            MintError::Keys(_) | MintError::ClaimsEncoding => ApiError::unavailable("token signing failed", 1),
             MintError::Hook { profile, .. } => ApiError::unavailable(
                 format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
                 5,
@@ -251,7 +256,7 @@ async fn current_session(state: &AppState, req: &Request, changes: &CookieChange
         }
         SessionCookie::Valid(id) => id,
     };
-    let session = state.sessions.get(&id.key(), now()).await.map_err(store_unavailable)?;
+    let session = state.sessions.get(&id.key()).await.map_err(store_unavailable)?;
     session.ok_or_else(|| {
         cookies::clear_session(changes);
         ApiError::login_required()
@@ -288,7 +293,7 @@ impl AuthApi {
         let return_to = ReturnPath::parse(return_to.0.as_deref());
         let started = state
             .sign_in()
-            .start(return_to, now())
+            .start(return_to, state.clock.now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
         cookies::set_login(changes, &encode_login(&state.login_sealer, &started.pending));
@@ -318,7 +323,7 @@ impl AuthApi {
         /// Set by Ave instead of `code` when the user declined (`access_denied`).
         error: Query<Option<String>>,
     ) -> Result<CallbackResponse, ApiError> {
-        let t = now();
+        let t = state.clock.now();
         // The login cookie is single use whatever happens next.
         let pending = pending_login(req, &state.login_sealer, t);
         cookies::clear_login(changes);
@@ -398,7 +403,6 @@ impl AuthApi {
                     id_token: &data.id_token_claims,
                     user: data.user.as_ref(),
                 },
-                now().max(0) as u64,
             )
             .await
             .map_err(ApiError::from)?;
@@ -429,7 +433,7 @@ impl AuthApi {
             preferred_username: text("preferred_username"),
             email: text("email"),
             picture: text("picture"),
-            expires_at: session.expires_at(),
+            expires_at: session.expires_at().as_secs(),
         }))
     }
 

@@ -35,7 +35,7 @@ use poem::http::{HeaderMap, HeaderValue, header};
 use poem::{FromRequest, Request, RequestBody, Response};
 
 use crate::session::SessionId;
-use crate::signin::pending::{LOGIN_TTL_SECS, MAX_LOGIN_VALUE};
+use crate::signin::pending::{LOGIN_TTL, MAX_LOGIN_VALUE};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "__Host-avemint";
@@ -263,7 +263,7 @@ pub fn clear_session(changes: &CookieChanges) {
 
 /// Sets the login cookie to `sealed`, a pending sign-in sealed by `signin::encode_login`.
 pub fn set_login(changes: &CookieChanges, sealed: &str) {
-    changes.push(LOGIN_COOKIE, sealed, Duration::from_secs(LOGIN_TTL_SECS as u64));
+    changes.push(LOGIN_COOKIE, sealed, LOGIN_TTL);
 }
 
 /// Expires the login cookie.

@@ -146,7 +146,7 @@ mod tests {
     }
 
     fn claims(exp_offset: i64) -> Value {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = crate::clock::Clock::System.now().as_secs();
         json!({"iss": URL, "aud": URL, "sub": "user-1", "name": "Ada", "iat": now, "exp": now + exp_offset})
     }
 

@@ -26,6 +26,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use crate::ave::AveClient;
+use crate::clock::Clock;
 use crate::mint::Minter;
 use crate::route::Route;
 use crate::session::{Renewer, Sealer, Sessions};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
     pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
+    /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
+    pub clock: Clock,
 }
 
 /// OpenAPI tags.
@@ -79,11 +82,6 @@ impl Mode {
             Mode::Demo => true,
         }
     }
-}
-
-/// Unix seconds now.
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;

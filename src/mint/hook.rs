@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::claims::REGISTERED_CLAIMS;
+use crate::clock::UnixTime;
 use crate::secret::Secret;
 
 /// Header carrying the unix time the request was signed at.
@@ -144,8 +145,9 @@ impl Hook {
         sub: &str,
         claims: &Map<String, Value>,
         audience: &str,
+        now: UnixTime,
     ) -> Result<Arc<Map<String, Value>>, HookError> {
-        let call = async { self.call(sub, claims, audience).await.map(Arc::new) };
+        let call = async { self.call(sub, claims, audience, now).await.map(Arc::new) };
         match &self.cache {
             Some(cache) => cache
                 .try_get_with(session.to_owned(), call)
@@ -160,9 +162,10 @@ impl Hook {
         sub: &str,
         claims: &Map<String, Value>,
         audience: &str,
+        now: UnixTime,
     ) -> Result<Map<String, Value>, HookError> {
         let body = serde_json::to_vec(&HookRequest { sub, claims, audience }).map_err(|_| HookError::Encode)?;
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let timestamp = now.as_unsigned();
         let signature = signature(&self.key, timestamp, &body);
         let mut resp = self
             .http

@@ -19,6 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
+use crate::clock::Clock;
 use crate::secret::{Secret, fill_random};
 use hook::{FailurePolicy, HookError};
 pub use keys::{KeyError, KeyRing, Keys};
@@ -47,6 +48,9 @@ pub struct MintedToken {
 pub enum MintError {
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The claims could not be serialized to JSON.
+    #[error("the token's claims could not be serialized")]
+    ClaimsEncoding,
     /// The profile's hook failed and its policy is `deny`.
     #[error("the claims hook of profile `{profile}` failed: {source}")]
     Hook { profile: String, source: HookError },
@@ -133,17 +137,27 @@ pub struct Minter {
     client_id: String,
     profiles: Profiles,
     max_token_bytes: usize,
+    /// Sets `iat`/`exp` and the hook's timestamp.
+    clock: Clock,
 }
 
 impl Minter {
     /// Builds a minter.
-    pub fn new(keys: Arc<Keys>, issuer: String, client_id: String, profiles: Profiles, max_token_bytes: usize) -> Self {
+    pub fn new(
+        keys: Arc<Keys>,
+        issuer: String,
+        client_id: String,
+        profiles: Profiles,
+        max_token_bytes: usize,
+        clock: Clock,
+    ) -> Self {
         Self {
             keys,
             issuer,
             client_id,
             profiles,
             max_token_bytes,
+            clock,
         }
     }
 
@@ -157,14 +171,18 @@ impl Minter {
         &self.profiles
     }
 
-    /// Mints a `profile` token for `subject` at `now` (unix seconds).
-    pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>, now: u64) -> Result<MintedToken, MintError> {
+    /// Mints a `profile` token for `subject`, issued now by the minter's clock.
+    pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>) -> Result<MintedToken, MintError> {
+        let now = self.clock.now();
         let custom = match &profile.hook {
             None => CustomClaims::Rendered(profile, subject),
             Some(hook) => {
                 let mut claims = Map::new();
                 profile.claims.render_into(subject.id_token, subject.user, &mut claims);
-                match hook.enrich(subject.sid, subject.sub, &claims, &profile.audience).await {
+                match hook
+                    .enrich(subject.sid, subject.sub, &claims, &profile.audience, now)
+                    .await
+                {
                     Ok(extra) => {
                         let refused = hook::merge(&extra, &mut claims);
                         if !refused.is_empty() {
@@ -191,14 +209,14 @@ impl Minter {
             iss: &self.issuer,
             sub: subject.sub,
             aud: &profile.audience,
-            iat: now,
-            exp: now + ttl,
+            iat: now.as_unsigned(),
+            exp: (now + profile.ttl).as_unsigned(),
             jti: &jti,
             sid: subject.sid,
             client_id: &self.client_id,
             custom,
         };
-        let payload = serde_json::to_vec(&payload).map_err(|_| KeyError::Generation)?;
+        let payload = serde_json::to_vec(&payload).map_err(|_| MintError::ClaimsEncoding)?;
         let token = self.keys.current().signing_key().sign(&payload)?;
         if token.len() > self.max_token_bytes {
             return Err(MintError::TooLarge {

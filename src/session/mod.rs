@@ -36,6 +36,7 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::clock::{Clock, UnixTime};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionKey};
 pub use renew::RenewalSettings;
@@ -46,30 +47,30 @@ pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs}
 
 /// Idle-time bookkeeping is written at most this often per session, so the
 /// hot path is not a write per request.
-const TOUCH_INTERVAL_SECS: i64 = 60;
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Pooled database connections when `AVEMINT_DATABASE_MAX_CONNECTIONS` is not set.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
 /// A stored timestamp later than now by more than this (clock skew between
 /// instances) cannot be genuine.
-const MAX_CLOCK_SKEW_SECS: i64 = 300;
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The associated data of a sealed session: the row key and `created_at`.
-fn record_aad(key: &SessionKey, created_at: i64) -> Vec<u8> {
+fn record_aad(key: &SessionKey, created_at: UnixTime) -> Vec<u8> {
     let mut aad = Vec::with_capacity(32 + 12 + 8);
     aad.extend_from_slice(key.as_bytes());
     aad.extend_from_slice(b"|created_at|");
-    aad.extend_from_slice(&created_at.to_be_bytes());
+    aad.extend_from_slice(&created_at.as_secs().to_be_bytes());
     aad
 }
 
 /// What `seen_mac` authenticates: the row key, `created_at` and `last_seen_at`.
-fn seen_message(key: &SessionKey, created_at: i64, last_seen_at: i64) -> Vec<u8> {
+fn seen_message(key: &SessionKey, created_at: UnixTime, last_seen_at: UnixTime) -> Vec<u8> {
     let mut msg = Vec::with_capacity(32 + 16);
     msg.extend_from_slice(key.as_bytes());
-    msg.extend_from_slice(&created_at.to_be_bytes());
-    msg.extend_from_slice(&last_seen_at.to_be_bytes());
+    msg.extend_from_slice(&created_at.as_secs().to_be_bytes());
+    msg.extend_from_slice(&last_seen_at.as_secs().to_be_bytes());
     msg
 }
 
@@ -82,8 +83,7 @@ pub struct AveTokens {
     pub id_token: Secret<String>,
     #[serde(default)]
     pub refresh_token: Option<Secret<String>>,
-    /// Unix seconds.
-    pub access_expires_at: i64,
+    pub access_expires_at: UnixTime,
 }
 
 /// Everything avemint keeps about a signed-in user; sealed as one blob.
@@ -104,33 +104,33 @@ pub struct SessionData {
 pub struct Session {
     pub key: SessionKey,
     pub version: i64,
-    pub created_at: i64,
-    pub last_seen_at: i64,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
     /// Set while (or if) a refresh token was sent to Ave with no outcome stored yet.
-    pub refresh_started_at: Option<i64>,
+    pub refresh_started_at: Option<UnixTime>,
     pub data: SessionData,
     lifetime: Duration,
     idle_timeout: Duration,
 }
 
 impl Session {
-    /// When the session ends if nothing else happens (unix seconds).
-    pub fn expires_at(&self) -> i64 {
-        (self.created_at + self.lifetime.as_secs() as i64).min(self.last_seen_at + self.idle_timeout.as_secs() as i64)
+    /// When the session ends if nothing else happens.
+    pub fn expires_at(&self) -> UnixTime {
+        (self.created_at + self.lifetime).min(self.last_seen_at + self.idle_timeout)
     }
 
     /// True when the session is past its idle timeout or absolute lifetime.
-    pub fn is_expired(&self, now: i64) -> bool {
+    pub fn is_expired(&self, now: UnixTime) -> bool {
         self.expires_at() <= now
     }
 
     /// True when Ave's access token expires within `skew` of `now`.
-    pub fn needs_refresh(&self, now: i64, skew: Duration) -> bool {
-        self.data.tokens.access_expires_at - skew.as_secs() as i64 <= now
+    pub fn needs_refresh(&self, now: UnixTime, skew: Duration) -> bool {
+        self.data.tokens.access_expires_at - skew <= now
     }
 
     /// True while Ave's access token is still valid.
-    pub fn access_valid(&self, now: i64) -> bool {
+    pub fn access_valid(&self, now: UnixTime) -> bool {
         self.data.tokens.access_expires_at > now
     }
 }
@@ -165,6 +165,8 @@ pub struct Sessions {
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
     cache: Option<Cache<SessionKey, Arc<Session>>>,
+    /// Decides expiry, activity and renewal timing.
+    clock: Clock,
 }
 
 impl Sessions {
@@ -174,8 +176,9 @@ impl Sessions {
         keys: &SealingKeys,
         settings: SessionSettings,
         cache_ttl: Duration,
+        clock: Clock,
     ) -> Result<Self, StoreError> {
-        Self::open_with_pool(url, keys, settings, cache_ttl, DEFAULT_MAX_CONNECTIONS).await
+        Self::open_with_pool(url, keys, settings, cache_ttl, DEFAULT_MAX_CONNECTIONS, clock).await
     }
 
     /// Like `open`, with at most `max_connections` pooled database connections
@@ -186,6 +189,7 @@ impl Sessions {
         settings: SessionSettings,
         cache_ttl: Duration,
         max_connections: u32,
+        clock: Clock,
     ) -> Result<Self, StoreError> {
         let store: Arc<dyn SessionStore> = match url {
             DatabaseUrl::Sqlite(u) => Arc::new(sqlite::SqliteStore::connect_with_pool(u, max_connections).await?),
@@ -193,7 +197,7 @@ impl Sessions {
                 Arc::new(postgres::PostgresStore::connect_with_pool(u.expose(), max_connections).await?)
             }
         };
-        Ok(Self::with_store(store, keys, settings, cache_ttl))
+        Ok(Self::with_store(store, keys, settings, cache_ttl, clock))
     }
 
     /// Wraps an already opened backend. A zero `cache_ttl` disables the cache.
@@ -202,6 +206,7 @@ impl Sessions {
         keys: &SealingKeys,
         settings: SessionSettings,
         cache_ttl: Duration,
+        clock: Clock,
     ) -> Self {
         let cache = (!cache_ttl.is_zero()).then(|| {
             Cache::builder()
@@ -216,7 +221,13 @@ impl Sessions {
             owner_macer: Macer::new(keys, MacPurpose::UserIndex),
             settings,
             cache,
+            clock,
         }
+    }
+
+    /// The time now, by the clock these sessions run on (renewal reads it too).
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
     }
 
     /// The backend (renewal takes its locks and markers there).
@@ -225,16 +236,17 @@ impl Sessions {
     }
 
     /// A live session, from the in-process cache when fresh enough.
-    pub async fn get(&self, key: &SessionKey, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
+    pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        let now = self.now();
         let Some(cache) = &self.cache else {
             crate::metrics::cache_miss();
-            return Ok(self.load(key, now).await?.map(Arc::new));
+            return Ok(self.load_at(key, now).await?.map(Arc::new));
         };
         let missed = std::sync::atomic::AtomicBool::new(false);
         let loaded = cache
             .try_get_with(*key, async {
                 missed.store(true, std::sync::atomic::Ordering::Relaxed);
-                match self.load(key, now).await {
+                match self.load_at(key, now).await {
                     Ok(Some(s)) => Ok(Arc::new(s)),
                     Ok(None) => Err(LoadMiss::Absent),
                     Err(e) => Err(LoadMiss::Store(e)),
@@ -273,10 +285,8 @@ impl Sessions {
         }
     }
 
-    fn seal(&self, key: &SessionKey, created_at: i64, data: &SessionData) -> Result<Vec<u8>, StoreError> {
-        let plain = zeroize::Zeroizing::new(
-            serde_json::to_vec(data).map_err(|_| StoreError::Unavailable("session could not be encoded".into()))?,
-        );
+    fn seal(&self, key: &SessionKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
         Ok(self.sealer.seal(&record_aad(key, created_at), &plain))
     }
 
@@ -292,7 +302,11 @@ impl Sessions {
     /// Stores a new session and returns the id for the cookie. When the user
     /// then has more than `max_sessions_per_user` sessions, the least recently
     /// used ones (then the oldest) are ended.
-    pub async fn create(&self, data: &SessionData, now: i64) -> Result<SessionId, StoreError> {
+    pub async fn create(&self, data: &SessionData) -> Result<SessionId, StoreError> {
+        self.create_at(data, self.now()).await
+    }
+
+    async fn create_at(&self, data: &SessionData, now: UnixTime) -> Result<SessionId, StoreError> {
         let id = SessionId::generate();
         let key = id.key();
         let owners = self.owner_keys(&data.sub);
@@ -330,7 +344,11 @@ impl Sessions {
     /// (unknown key) are reported as absent and left alone; rows that were
     /// tampered with (timestamps edited, data forged) or cannot be read are
     /// reported as absent with an error logged, and tampered ones deleted.
-    pub async fn load(&self, key: &SessionKey, now: i64) -> Result<Option<Session>, StoreError> {
+    pub async fn load(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        self.load_at(key, self.now()).await
+    }
+
+    async fn load_at(&self, key: &SessionKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
         let row = match self.store.get(key).await {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
@@ -342,7 +360,7 @@ impl Sessions {
         };
         let lifetime = self.settings.lifetime;
         let idle = self.settings.idle_timeout;
-        if row.created_at + lifetime.as_secs() as i64 <= now || row.last_seen_at + idle.as_secs() as i64 <= now {
+        if row.created_at + lifetime <= now || row.last_seen_at + idle <= now {
             self.store.delete(key).await?;
             return Ok(None);
         }
@@ -363,7 +381,7 @@ impl Sessions {
             return Ok(None);
         };
         let mut last_seen_at = row.last_seen_at;
-        if now - row.last_seen_at >= TOUCH_INTERVAL_SECS {
+        if now.saturating_duration_since(row.last_seen_at) >= TOUCH_INTERVAL {
             let mac = self.seen_macer.tag(&seen_message(key, row.created_at, now));
             self.store.touch(key, now, &mac).await?;
             last_seen_at = now;
@@ -381,7 +399,7 @@ impl Sessions {
     }
 
     /// Opens a row's sealed record, checking that its timestamps are the ones it was written with.
-    fn open_row(&self, row: &StoredSession, now: i64) -> Result<zeroize::Zeroizing<Vec<u8>>, Refused> {
+    fn open_row(&self, row: &StoredSession, now: UnixTime) -> Result<zeroize::Zeroizing<Vec<u8>>, Refused> {
         let key = &row.key;
         let seen_ok = |mac: &[u8]| {
             self.seen_macer
@@ -399,7 +417,7 @@ impl Sessions {
                 let Ok(plain) = self.sealer.open(key.as_bytes(), &row.sealed) else {
                     return Err(Refused::Tampered("sealed data or created_at failed authentication"));
                 };
-                if row.created_at > now + MAX_CLOCK_SKEW_SECS || row.last_seen_at > now + MAX_CLOCK_SKEW_SECS {
+                if row.created_at > now + MAX_CLOCK_SKEW || row.last_seen_at > now + MAX_CLOCK_SKEW {
                     return Err(Refused::Tampered("a timestamp of an older row lies in the future"));
                 }
                 match row.seen_mac.as_deref() {
@@ -460,7 +478,7 @@ impl Sessions {
     }
 
     /// Marks a login `state` as used; false on a replay.
-    pub async fn consume_login_state(&self, state: &str, expires_at: i64) -> Result<bool, StoreError> {
+    pub async fn consume_login_state(&self, state: &str, expires_at: UnixTime) -> Result<bool, StoreError> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
@@ -468,12 +486,13 @@ impl Sessions {
     }
 
     /// Deletes expired sessions and used login states.
-    pub async fn sweep(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
+        let now = self.now();
         self.store
             .sweep(SweepCutoffs {
                 now,
-                created_before: now - self.settings.lifetime.as_secs() as i64,
-                seen_before: now - self.settings.idle_timeout.as_secs() as i64,
+                created_before: now - self.settings.lifetime,
+                seen_before: now - self.settings.idle_timeout,
             })
             .await
     }
@@ -488,6 +507,10 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn t(secs: i64) -> UnixTime {
+        UnixTime::from_secs(secs)
+    }
+
     fn data(sub: &str) -> SessionData {
         SessionData {
             sid: SessionHandle::generate(),
@@ -498,7 +521,7 @@ mod tests {
                 access_token_jwt: None,
                 id_token: Secret::new("i".into()),
                 refresh_token: None,
-                access_expires_at: 10_000,
+                access_expires_at: t(10_000),
             },
             id_token_claims: Map::new(),
             user: None,
@@ -513,7 +536,13 @@ mod tests {
             lifetime: Duration::from_secs(10_000),
             max_sessions_per_user: max_per_user,
         };
-        Sessions::with_store(store, &SealingKeys::from_keys(vec![[5; 32]]), settings, Duration::ZERO)
+        Sessions::with_store(
+            store,
+            &SealingKeys::from_keys(vec![[5; 32]]),
+            settings,
+            Duration::ZERO,
+            Clock::System,
+        )
     }
 
     /// Rewrites a stored row through `edit` (what someone with write access to the database can do).
@@ -529,18 +558,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = sessions(&dir, 0).await;
         let edits: [fn(&mut StoredSession); 5] = [
-            |r| r.created_at += 5000,
-            |r| r.created_at -= 1,
-            |r| r.last_seen_at += 500,
+            |r| r.created_at += Duration::from_secs(5000),
+            |r| r.created_at -= Duration::from_secs(1),
+            |r| r.last_seen_at += Duration::from_secs(500),
             |r| r.seen_mac = None,
             |r| r.sealed[30] ^= 1,
         ];
         for (i, edit) in edits.into_iter().enumerate() {
-            let id = s.create(&data("u"), 100).await.expect("create");
-            assert!(s.load(&id.key(), 110).await.expect("load").is_some());
+            let id = s.create_at(&data("u"), t(100)).await.expect("create");
+            assert!(s.load_at(&id.key(), t(110)).await.expect("load").is_some());
             tamper(&s, &id.key(), edit).await;
             assert!(
-                s.load(&id.key(), 120).await.expect("load").is_none(),
+                s.load_at(&id.key(), t(120)).await.expect("load").is_none(),
                 "edit #{i} refused"
             );
             assert!(
@@ -549,12 +578,15 @@ mod tests {
             );
         }
         // Genuine activity still moves last_seen_at (with a fresh MAC) and the session lives on.
-        let id = s.create(&data("u"), 100).await.expect("create");
-        assert!(s.load(&id.key(), 900).await.expect("load").is_some());
-        assert!(s.load(&id.key(), 1800).await.expect("load").is_some(), "touched at 900");
+        let id = s.create_at(&data("u"), t(100)).await.expect("create");
+        assert!(s.load_at(&id.key(), t(900)).await.expect("load").is_some());
+        assert!(
+            s.load_at(&id.key(), t(1800)).await.expect("load").is_some(),
+            "touched at 900"
+        );
         assert_eq!(
             s.store.get(&id.key()).await.expect("get").expect("row").last_seen_at,
-            1800
+            t(1800)
         );
     }
 
@@ -562,7 +594,7 @@ mod tests {
     async fn rows_written_before_timestamps_were_authenticated_still_work() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = sessions(&dir, 0).await;
-        let legacy = |key: SessionKey, created_at: i64, last_seen_at: i64| {
+        let legacy = |key: SessionKey, created_at: UnixTime, last_seen_at: UnixTime| {
             let plain = serde_json::to_vec(&data("old")).expect("json");
             StoredSession {
                 key,
@@ -571,15 +603,19 @@ mod tests {
                 sealed: s.sealer.seal(key.as_bytes(), &plain),
                 created_at,
                 last_seen_at,
-                access_expires_at: 10_000,
+                access_expires_at: t(10_000),
                 refresh_started_at: None,
                 owner: None,
                 seen_mac: None,
             }
         };
         let key = SessionId::generate().key();
-        s.store.insert(&legacy(key, 100, 100)).await.expect("insert");
-        let loaded = s.load(&key, 500).await.expect("load").expect("an older row loads");
+        s.store.insert(&legacy(key, t(100), t(100))).await.expect("insert");
+        let loaded = s
+            .load_at(&key, t(500))
+            .await
+            .expect("load")
+            .expect("an older row loads");
         assert_eq!(loaded.data.sub, "old");
         assert!(
             s.store.get(&key).await.expect("get").expect("row").seen_mac.is_some(),
@@ -591,35 +627,38 @@ mod tests {
             .await
             .expect("replace")
             .expect("swapped");
-        assert!(s.load(&key, 510).await.expect("load").is_some());
-        tamper(&s, &key, |r| r.created_at += 1000).await;
-        assert!(s.load(&key, 520).await.expect("load").is_none());
+        assert!(s.load_at(&key, t(510)).await.expect("load").is_some());
+        tamper(&s, &key, |r| r.created_at += Duration::from_secs(1000)).await;
+        assert!(s.load_at(&key, t(520)).await.expect("load").is_none());
         drop(renewed);
         // An older row whose timestamps lie in the future cannot be genuine.
         let future = SessionId::generate().key();
-        s.store.insert(&legacy(future, 100_000, 100)).await.expect("insert");
-        assert!(s.load(&future, 500).await.expect("load").is_none());
-        let future_seen = SessionId::generate().key();
         s.store
-            .insert(&legacy(future_seen, 100, 100_000))
+            .insert(&legacy(future, t(100_000), t(100)))
             .await
             .expect("insert");
-        assert!(s.load(&future_seen, 500).await.expect("load").is_none());
+        assert!(s.load_at(&future, t(500)).await.expect("load").is_none());
+        let future_seen = SessionId::generate().key();
+        s.store
+            .insert(&legacy(future_seen, t(100), t(100_000)))
+            .await
+            .expect("insert");
+        assert!(s.load_at(&future_seen, t(500)).await.expect("load").is_none());
     }
 
     #[tokio::test]
     async fn the_sessions_per_user_cap_ends_the_least_recently_used() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = sessions(&dir, 2).await;
-        let a = s.create(&data("alice"), 100).await.expect("create");
-        let b = s.create(&data("alice"), 101).await.expect("create");
-        let other = s.create(&data("bob"), 102).await.expect("create");
+        let a = s.create_at(&data("alice"), t(100)).await.expect("create");
+        let b = s.create_at(&data("alice"), t(101)).await.expect("create");
+        let other = s.create_at(&data("bob"), t(102)).await.expect("create");
         // `a` is used again, so `b` is now the least recently used.
-        assert!(s.load(&a.key(), 200).await.expect("load").is_some());
-        let c = s.create(&data("alice"), 201).await.expect("create");
-        assert!(s.load(&b.key(), 202).await.expect("load").is_none(), "b ended");
+        assert!(s.load_at(&a.key(), t(200)).await.expect("load").is_some());
+        let c = s.create_at(&data("alice"), t(201)).await.expect("create");
+        assert!(s.load_at(&b.key(), t(202)).await.expect("load").is_none(), "b ended");
         for id in [&a, &c, &other] {
-            assert!(s.load(&id.key(), 202).await.expect("load").is_some());
+            assert!(s.load_at(&id.key(), t(202)).await.expect("load").is_some());
         }
         let owners = s.owner_keys("alice");
         assert_eq!(s.store.sessions_of(&owners).await.expect("list").len(), 2);

@@ -47,6 +47,7 @@ use super::backoff::Backoffs;
 use super::{Session, SessionData, SessionKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError};
+use crate::clock::UnixTime;
 use crate::secret::Secret;
 
 /// A marker is taken over as a dead holder's this long after its refresh
@@ -137,14 +138,9 @@ pub struct Renewer {
     cancel: tokio::sync::watch::Sender<bool>,
 }
 
-/// Unix seconds now.
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// How long `session`'s access token stays valid (zero if expired).
-fn access_left(session: &Session) -> Duration {
-    Duration::from_secs((session.data.tokens.access_expires_at - now()).max(0) as u64)
+/// How long `session`'s access token stays valid after `now` (zero if expired).
+fn access_left(session: &Session, now: UnixTime) -> Duration {
+    session.data.tokens.access_expires_at.saturating_duration_since(now)
 }
 
 impl Renewer {
@@ -227,7 +223,7 @@ impl Renewer {
     /// session (or the current one, while its access token is still valid,
     /// when Ave or the store is temporarily unavailable).
     pub async fn fresh(self: &Arc<Self>, session: Arc<Session>) -> Result<Arc<Session>, RenewError> {
-        if !session.needs_refresh(now(), self.skew) {
+        if !session.needs_refresh(self.sessions.now(), self.skew) {
             return Ok(session);
         }
         let key = session.key;
@@ -238,11 +234,21 @@ impl Renewer {
                 None => {
                     if self.stopping.load(Ordering::SeqCst) {
                         drop(in_flight);
-                        return serve_or_retry(session, "this instance is shutting down", Duration::from_secs(1));
+                        return serve_or_retry(
+                            session,
+                            self.sessions.now(),
+                            "this instance is shutting down",
+                            Duration::from_secs(1),
+                        );
                     }
                     if let Some(left) = self.backoff.pending(&key) {
                         drop(in_flight);
-                        return serve_or_retry(session, "Ave could not renew this session just now", left);
+                        return serve_or_retry(
+                            session,
+                            self.sessions.now(),
+                            "Ave could not renew this session just now",
+                            left,
+                        );
                     }
                     let this = Arc::clone(self);
                     let task = tokio::spawn(async move {
@@ -267,11 +273,12 @@ impl Renewer {
         };
         match tokio::time::timeout(self.wait, shared).await {
             // A store or Ave failure while the access token is valid still serves the session.
-            Ok(Err(RenewError::Unavailable { .. })) if session.access_valid(now()) => Ok(session),
+            Ok(Err(RenewError::Unavailable { .. })) if session.access_valid(self.sessions.now()) => Ok(session),
             Ok(outcome) => outcome,
             // Ave is slow: answer from what we have; the refresh carries on and is stored when it ends.
             Err(_) => serve_or_retry(
                 session,
+                self.sessions.now(),
                 "Ave is slow to renew this session; try again shortly",
                 Duration::from_secs(2),
             ),
@@ -283,10 +290,10 @@ impl Renewer {
     async fn renew(&self, key: SessionKey) -> Result<Arc<Session>, RenewError> {
         let waiting = Instant::now();
         let deadline = waiting + self.lock_wait;
-        let lease = self.lease().as_secs() as i64;
+        let lease = self.lease();
         let (current, refresh_token, marker) = loop {
-            let t = now();
-            let Some(current) = self.sessions.load(&key, t).await? else {
+            let t = self.sessions.now();
+            let Some(current) = self.sessions.load(&key).await? else {
                 self.sessions.forget(&key).await;
                 self.backoff.succeeded(&key);
                 return Err(RenewError::LoginRequired);
@@ -380,10 +387,13 @@ impl Renewer {
                     AveError::LostResponse(_) => ("outcome_unknown", None),
                     AveError::Transport(_) => ("unreachable", None),
                     AveError::RateLimited { retry_after } => ("rate_limited", *retry_after),
+                    AveError::BudgetExhausted { retry_after } => ("rate_limited", Some(*retry_after)),
                     _ => ("unavailable", None),
                 };
                 crate::metrics::refresh_outcome(label);
-                let delay = self.backoff.failed(&key, access_left(&current), hint);
+                let delay = self
+                    .backoff
+                    .failed(&key, access_left(&current, self.sessions.now()), hint);
                 tracing::warn!(
                     session = ?key,
                     error = %e,
@@ -405,7 +415,7 @@ impl Renewer {
 
     /// Releases the per-session lock without new tokens. If the store cannot
     /// be reached, the marker stays and is taken over when its lease ends.
-    async fn release(&self, key: &SessionKey, current: &Session, marker: i64) {
+    async fn release(&self, key: &SessionKey, current: &Session, marker: UnixTime) {
         if let Err(e) = self.sessions.store().abort_refresh(key, current.version, marker).await {
             tracing::warn!(session = ?key, error = %e, "refresh marker not released; it expires with its lease");
         }
@@ -444,15 +454,13 @@ impl Renewer {
         current: &Arc<Session>,
         resp: crate::ave::TokenResponse,
     ) -> Result<Arc<Session>, RenewError> {
-        let t = now();
+        let t = self.sessions.now();
         let Some(id_token) = resp.id_token else {
             tracing::warn!(session = ?current.key, "Ave's refresh response has no id_token");
             self.without_refresh_token(current).await?;
             return Err(RenewError::Rejected("Ave's refresh response has no id_token".into()));
         };
-        let validated = match id_token::validate(&self.ave, id_token.expose(), NonceCheck::NotExpected, t.max(0) as u64)
-            .await
-        {
+        let validated = match id_token::validate(&self.ave, id_token.expose(), NonceCheck::NotExpected, t).await {
             Ok(v) if v.sub() == current.data.sub => v,
             Ok(_) => {
                 tracing::warn!(session = ?current.key, "refreshed id_token names another subject; tokens not swapped");
@@ -470,7 +478,6 @@ impl Renewer {
             }
         };
         let old = &current.data;
-        let expires_in = resp.expires_in.min(i64::MAX as u64 / 2) as i64;
         let data = SessionData {
             sid: old.sid.clone(),
             sub: old.sub.clone(),
@@ -480,7 +487,7 @@ impl Renewer {
                 access_token_jwt: resp.access_token_jwt,
                 id_token,
                 refresh_token: resp.refresh_token,
-                access_expires_at: t + expires_in,
+                access_expires_at: t + Duration::from_secs(resp.expires_in),
             },
             id_token_claims: validated.into_profile_claims(),
             // Ave does not resend `user` on refresh: keep the sign-in copy.
@@ -494,8 +501,8 @@ impl Renewer {
             None => {
                 // The row moved on while we held the marker: deleted (logout), or an
                 // earlier attempt of this very write landed although its answer was lost.
-                match self.sessions.load(&current.key, now()).await? {
-                    Some(s) if !s.needs_refresh(now(), self.skew) => Ok(Arc::new(s)),
+                match self.sessions.load(&current.key).await? {
+                    Some(s) if !s.needs_refresh(self.sessions.now(), self.skew) => Ok(Arc::new(s)),
                     _ => Err(RenewError::LoginRequired),
                 }
             }
@@ -539,7 +546,7 @@ impl Renewer {
         reason: &str,
         retry_after: Duration,
     ) -> Result<Arc<Session>, RenewError> {
-        if session.access_valid(now()) {
+        if session.access_valid(self.sessions.now()) {
             return Ok(session);
         }
         if session.data.tokens.refresh_token.is_none() {
@@ -569,8 +576,13 @@ impl Drop for InFlight<'_> {
 
 /// Serves `session` while its access token is valid; otherwise asks the client
 /// to retry after `retry_after`.
-fn serve_or_retry(session: Arc<Session>, reason: &str, retry_after: Duration) -> Result<Arc<Session>, RenewError> {
-    if session.access_valid(now()) {
+fn serve_or_retry(
+    session: Arc<Session>,
+    now: UnixTime,
+    reason: &str,
+    retry_after: Duration,
+) -> Result<Arc<Session>, RenewError> {
+    if session.access_valid(now) {
         return Ok(session);
     }
     Err(RenewError::Unavailable {

@@ -30,6 +30,7 @@ use sqlx::FromRow;
 
 use super::id::SessionKey;
 use super::store::{OwnerKey, StoreError, StoredSession};
+use crate::clock::UnixTime;
 
 /// Inserts a new session row.
 pub(crate) const INSERT: &str = "INSERT INTO sessions \
@@ -156,10 +157,10 @@ where
         key: session_key(r.key_hash)?,
         version: r.version,
         sealed: r.sealed,
-        created_at: r.created_at,
-        last_seen_at: r.last_seen_at,
-        access_expires_at: r.access_expires_at,
-        refresh_started_at: r.refresh_started_at,
+        created_at: UnixTime::from_secs(r.created_at),
+        last_seen_at: UnixTime::from_secs(r.last_seen_at),
+        access_expires_at: UnixTime::from_secs(r.access_expires_at),
+        refresh_started_at: r.refresh_started_at.map(UnixTime::from_secs),
         owner,
         seen_mac: r.seen_mac,
     })
@@ -183,9 +184,9 @@ macro_rules! sql_session_store {
                     .bind(row.key.as_bytes().as_slice())
                     .bind(row.version)
                     .bind(row.sealed.as_slice())
-                    .bind(row.created_at)
-                    .bind(row.last_seen_at)
-                    .bind(row.access_expires_at)
+                    .bind(row.created_at.as_secs())
+                    .bind(row.last_seen_at.as_secs())
+                    .bind(row.access_expires_at.as_secs())
                     .bind(row.owner.map(|o| o.0.to_vec()))
                     .bind(row.seen_mac.as_deref())
                     .execute(&self.pool)
@@ -211,11 +212,11 @@ macro_rules! sql_session_store {
                 key: &$crate::session::id::SessionKey,
                 expected_version: i64,
                 sealed: &[u8],
-                access_expires_at: i64,
+                access_expires_at: $crate::clock::UnixTime,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::REPLACE)
                     .bind(sealed)
-                    .bind(access_expires_at)
+                    .bind(access_expires_at.as_secs())
                     .bind(key.as_bytes().as_slice())
                     .bind(expected_version)
                     .execute(&self.pool)
@@ -228,14 +229,14 @@ macro_rules! sql_session_store {
                 &self,
                 key: &$crate::session::id::SessionKey,
                 expected_version: i64,
-                now: i64,
-                stale_before: i64,
+                now: $crate::clock::UnixTime,
+                stale_before: $crate::clock::UnixTime,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::BEGIN_REFRESH)
-                    .bind(now)
+                    .bind(now.as_secs())
                     .bind(key.as_bytes().as_slice())
                     .bind(expected_version)
-                    .bind(stale_before)
+                    .bind(stale_before.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -246,12 +247,12 @@ macro_rules! sql_session_store {
                 &self,
                 key: &$crate::session::id::SessionKey,
                 expected_version: i64,
-                marker: i64,
+                marker: $crate::clock::UnixTime,
             ) -> Result<(), $crate::session::store::StoreError> {
                 sqlx::query($crate::session::sql::ABORT_REFRESH)
                     .bind(key.as_bytes().as_slice())
                     .bind(expected_version)
-                    .bind(marker)
+                    .bind(marker.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -261,11 +262,11 @@ macro_rules! sql_session_store {
             async fn touch(
                 &self,
                 key: &$crate::session::id::SessionKey,
-                now: i64,
+                now: $crate::clock::UnixTime,
                 seen_mac: &[u8],
             ) -> Result<(), $crate::session::store::StoreError> {
                 sqlx::query($crate::session::sql::TOUCH)
-                    .bind(now)
+                    .bind(now.as_secs())
                     .bind(seen_mac)
                     .bind(key.as_bytes().as_slice())
                     .execute(&self.pool)
@@ -342,11 +343,11 @@ macro_rules! sql_session_store {
             async fn consume_login_state(
                 &self,
                 state_hash: &[u8; 32],
-                expires_at: i64,
+                expires_at: $crate::clock::UnixTime,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::CONSUME_LOGIN_STATE)
                     .bind(state_hash.as_slice())
-                    .bind(expires_at)
+                    .bind(expires_at.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -358,13 +359,13 @@ macro_rules! sql_session_store {
                 c: $crate::session::store::SweepCutoffs,
             ) -> Result<u64, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::SWEEP_SESSIONS)
-                    .bind(c.created_before)
-                    .bind(c.seen_before)
+                    .bind(c.created_before.as_secs())
+                    .bind(c.seen_before.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
                 sqlx::query($crate::session::sql::SWEEP_LOGIN_STATES)
-                    .bind(c.now)
+                    .bind(c.now.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;

@@ -134,7 +134,11 @@ mod tests {
         let s = SqliteStore::connect(&format!("sqlite://{}", db.display()))
             .await
             .expect("connect");
-        assert!(s.consume_login_state(&[1; 32], 1000).await.expect("write"));
+        assert!(
+            s.consume_login_state(&[1; 32], crate::clock::UnixTime::from_secs(1000))
+                .await
+                .expect("write")
+        );
         for suffix in ["", "-wal", "-shm"] {
             let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
             assert!(p.exists(), "{suffix} exists while open");

@@ -22,6 +22,7 @@
 use async_trait::async_trait;
 
 use super::id::SessionKey;
+use crate::clock::UnixTime;
 
 /// The per-user index value of a session: HMAC-SHA256 of Ave's `sub` under a
 /// key derived from the session keys (`Macer` with `MacPurpose::UserIndex`).
@@ -36,10 +37,10 @@ pub struct StoredSession {
     pub key: SessionKey,
     pub version: i64,
     pub sealed: Vec<u8>,
-    pub created_at: i64,
-    pub last_seen_at: i64,
-    pub access_expires_at: i64,
-    pub refresh_started_at: Option<i64>,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
+    pub access_expires_at: UnixTime,
+    pub refresh_started_at: Option<UnixTime>,
     /// The per-user index; `None` for rows written before the index existed.
     pub owner: Option<OwnerKey>,
     /// HMAC over the row key, `created_at` and `last_seen_at`; `None` for rows
@@ -54,6 +55,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("session store migration failed: {0}")]
     Migration(String),
+    /// A session could not be encoded to be sealed (nothing was written).
+    #[error("the session could not be encoded")]
+    Encoding,
     /// The row exists but its columns cannot be read (a value of the wrong
     /// type, a key of the wrong length): that one session is refused.
     #[error("stored session row cannot be read: {0}")]
@@ -64,9 +68,9 @@ pub enum StoreError {
 /// before `seen_before` are expired.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepCutoffs {
-    pub now: i64,
-    pub created_before: i64,
-    pub seen_before: i64,
+    pub now: UnixTime,
+    pub created_before: UnixTime,
+    pub seen_before: UnixTime,
 }
 
 /// A session store backend.
@@ -83,7 +87,7 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &SessionKey,
         expected_version: i64,
         sealed: &[u8],
-        access_expires_at: i64,
+        access_expires_at: UnixTime,
     ) -> Result<bool, StoreError>;
     /// Takes the per-session refresh lock: sets the refresh marker to `now` if
     /// the row has `expected_version` and its marker is clear or older than
@@ -93,18 +97,18 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
         expected_version: i64,
-        now: i64,
-        stale_before: i64,
+        now: UnixTime,
+        stale_before: UnixTime,
     ) -> Result<bool, StoreError>;
     /// Releases the lock without changing the data: clears the marker if it is
     /// still the one this caller set (`marker`) on `expected_version`. Used
     /// when the refresh call is over without new tokens; the refresh token is
     /// kept (it did not reach Ave, Ave refused it before using it, or the
     /// outcome is unknown and the token is retried later).
-    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: i64) -> Result<(), StoreError>;
+    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: UnixTime) -> Result<(), StoreError>;
     /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
     /// `seen_mac`, unless the row was already seen at or after `now`.
-    async fn touch(&self, key: &SessionKey, now: i64, seen_mac: &[u8]) -> Result<(), StoreError>;
+    async fn touch(&self, key: &SessionKey, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
     /// The sessions of one user (rows whose `owner` is any of `owners`), most
     /// recently used first (`last_seen_at`, then `created_at`, descending).
     /// Callers must still open each row and check its `sub`: the index is
@@ -122,7 +126,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes a session; true if a row was removed.
     async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError>;
     /// Marks a login `state` (by hash) as used; false if it was used before.
-    async fn consume_login_state(&self, state_hash: &[u8; 32], expires_at: i64) -> Result<bool, StoreError>;
+    async fn consume_login_state(&self, state_hash: &[u8; 32], expires_at: UnixTime) -> Result<bool, StoreError>;
     /// Deletes expired sessions and used states; returns the sessions removed.
     async fn sweep(&self, cutoffs: SweepCutoffs) -> Result<u64, StoreError>;
     /// Checks the backend answers.

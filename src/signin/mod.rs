@@ -19,11 +19,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
 use crate::ave::{AveClient, AveError, IdTokenError};
+use crate::clock::UnixTime;
 use crate::secret::{Secret, random_bytes};
 use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeOutcome};
 
-pub use pending::{LOGIN_TTL_SECS, PendingLogin, PendingLoginError, decode_login, encode_login};
+pub use pending::{LOGIN_TTL, PendingLogin, PendingLoginError, decode_login, encode_login};
 pub use return_path::ReturnPath;
 
 /// Longest `code` or `state` accepted from the callback query.
@@ -99,7 +100,7 @@ pub enum Completed {
 
 impl SignIn<'_> {
     /// Begins a sign-in: fresh state, nonce and PKCE verifier.
-    pub async fn start(&self, return_to: ReturnPath, now: i64) -> Result<Started, AveError> {
+    pub async fn start(&self, return_to: ReturnPath, now: UnixTime) -> Result<Started, AveError> {
         let meta = self.ave.metadata().await?;
         let pending = PendingLogin {
             state: random_token(),
@@ -134,7 +135,7 @@ impl SignIn<'_> {
         callback: &Callback<'_>,
         client: IpAddr,
         previous: &[SessionId],
-        now: i64,
+        now: UnixTime,
     ) -> Result<Completed, SignInError> {
         check_state(&pending, callback)?;
         // Junk codes must not spend Ave's budget: a network whose code exchanges keep failing is refused
@@ -149,7 +150,7 @@ impl SignIn<'_> {
         };
         let first_use = self
             .sessions
-            .consume_login_state(pending.state.expose(), now + LOGIN_TTL_SECS)
+            .consume_login_state(pending.state.expose(), now + LOGIN_TTL)
             .await?;
         if !first_use {
             return Err(SignInError::StateReplayed);
@@ -166,7 +167,7 @@ impl SignIn<'_> {
         for old in previous {
             self.sessions.delete(&old.key()).await?;
         }
-        let session = self.sessions.create(&data, now).await?;
+        let session = self.sessions.create(&data).await?;
         Ok(Completed::SignedIn {
             session,
             sid: data.sid,
@@ -206,7 +207,7 @@ async fn finish(
     code: Option<&str>,
     redirect_uri: &str,
     scopes: &str,
-    now: i64,
+    now: UnixTime,
 ) -> Result<SessionData, SignInError> {
     let code = code.ok_or(SignInError::MissingParameter("code"))?;
     if code.is_empty() || code.len() > MAX_PARAM_LEN {
@@ -220,15 +221,8 @@ async fn finish(
             other => SignInError::Ave(other),
         })?;
     let id_token = resp.id_token.ok_or(SignInError::NoIdToken)?;
-    let validated = id_token::validate(
-        ave,
-        id_token.expose(),
-        NonceCheck::Expect(pending.nonce.expose()),
-        now.max(0) as u64,
-    )
-    .await?;
+    let validated = id_token::validate(ave, id_token.expose(), NonceCheck::Expect(pending.nonce.expose()), now).await?;
     let sub = validated.sub().to_owned();
-    let expires_in = resp.expires_in.min(i64::MAX as u64 / 2) as i64;
     Ok(SessionData {
         sid: SessionHandle::generate(),
         sub,
@@ -238,7 +232,7 @@ async fn finish(
             access_token_jwt: resp.access_token_jwt,
             id_token,
             refresh_token: resp.refresh_token,
-            access_expires_at: now + expires_in,
+            access_expires_at: now + std::time::Duration::from_secs(resp.expires_in),
         },
         id_token_claims: validated.into_profile_claims(),
         user: resp.user,
@@ -265,7 +259,7 @@ mod tests {
             nonce: Secret::new("n".into()),
             verifier: Secret::new("v".into()),
             return_to: ReturnPath::default(),
-            started_at: 0,
+            started_at: UnixTime::EPOCH,
         };
         let cb = |state, error| Callback {
             code: Some("c"),

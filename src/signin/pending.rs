@@ -9,21 +9,24 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::return_path::ReturnPath;
+use crate::clock::UnixTime;
 use crate::secret::Secret;
 use crate::session::Sealer;
 
 /// How long a sign-in may take (Ave's authorization codes live 600 s).
-pub const LOGIN_TTL_SECS: i64 = 600;
+pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// The longest sealed value `encode_login` writes, whatever `return_to` is (checked by a unit test;
 /// `return_to` is capped at `MAX_RETURN_PATH`).
 pub const MAX_LOGIN_VALUE: usize = 1800;
 /// Values longer than this are refused unopened.
 const MAX_OPENED_LEN: usize = 4096;
 /// How far in the future a sign-in's start may lie (clock skew between instances).
-const MAX_SKEW_SECS: i64 = 60;
+const MAX_SKEW: Duration = Duration::from_secs(60);
 
 const LOGIN_AAD: &[u8] = b"avemint login cookie v1";
 
@@ -34,8 +37,8 @@ pub struct PendingLogin {
     pub nonce: Secret<String>,
     pub verifier: Secret<String>,
     pub return_to: ReturnPath,
-    /// Unix seconds when the sign-in started.
-    pub started_at: i64,
+    /// When the sign-in started.
+    pub started_at: UnixTime,
 }
 
 /// Why no pending sign-in could be read. The messages are answered to the browser as they are.
@@ -59,7 +62,7 @@ pub fn encode_login(sealer: &Sealer, login: &PendingLogin) -> String {
 }
 
 /// Opens a sealed value made by `encode_login`, if it is still fresh at `now`.
-pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLogin, PendingLoginError> {
+pub fn decode_login(value: &str, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, PendingLoginError> {
     if value.is_empty() {
         return Err(PendingLoginError::Missing);
     }
@@ -71,7 +74,7 @@ pub fn decode_login(value: &str, sealer: &Sealer, now: i64) -> Result<PendingLog
         .open(LOGIN_AAD, &sealed)
         .map_err(|_| PendingLoginError::Invalid)?;
     let login: PendingLogin = serde_json::from_slice(&plain).map_err(|_| PendingLoginError::Invalid)?;
-    if now - login.started_at > LOGIN_TTL_SECS || login.started_at > now + MAX_SKEW_SECS {
+    if now.saturating_duration_since(login.started_at) > LOGIN_TTL || login.started_at > now + MAX_SKEW {
         return Err(PendingLoginError::Expired);
     }
     Ok(login)
@@ -95,7 +98,7 @@ mod tests {
             nonce: Secret::new("no".into()),
             verifier: Secret::new("ve".into()),
             return_to: ReturnPath::parse(Some(return_to)),
-            started_at: 1000,
+            started_at: UnixTime::from_secs(1000),
         }
     }
 
@@ -103,14 +106,17 @@ mod tests {
     fn round_trip_and_expiry() {
         let s = sealer();
         let value = encode_login(&s, &pending("/x"));
-        let back = decode_login(&value, &s, 1100).expect("opens");
+        let back = decode_login(&value, &s, UnixTime::from_secs(1100)).expect("opens");
         assert_eq!(back.state.expose(), "st");
         assert_eq!(back.return_to.as_str(), "/x");
         assert_eq!(
-            decode_login(&value, &s, 1000 + LOGIN_TTL_SECS + 1).err(),
+            decode_login(&value, &s, UnixTime::from_secs(1001) + LOGIN_TTL).err(),
             Some(PendingLoginError::Expired)
         );
-        assert_eq!(decode_login("", &s, 1000).err(), Some(PendingLoginError::Missing));
+        assert_eq!(
+            decode_login("", &s, UnixTime::from_secs(1000)).err(),
+            Some(PendingLoginError::Missing)
+        );
     }
 
     #[test]
@@ -122,7 +128,7 @@ mod tests {
             nonce: Secret::new("n".repeat(43)),
             verifier: Secret::new("v".repeat(43)),
             return_to: ReturnPath::parse(Some(&format!("/{}", "\"".repeat(MAX_RETURN_PATH - 1)))),
-            started_at: i64::MIN,
+            started_at: UnixTime::MIN,
         };
         assert_eq!(worst.return_to.as_str().len(), MAX_RETURN_PATH, "kept");
         let len = encode_login(&s, &worst).len();
@@ -136,7 +142,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_arbitrary_values_never_panics(v in ".{0,200}") {
-            let _ = decode_login(&v, &sealer(), 0);
+            let _ = decode_login(&v, &sealer(), UnixTime::EPOCH);
         }
     }
 }

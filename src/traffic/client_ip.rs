@@ -25,12 +25,12 @@
 //! allow-lists: those come from configuration only.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::log_gate::LogGate;
 
 /// Forwarding headers longer than this (all of one kind together) are ignored.
 const MAX_FORWARDED_LEN: usize = 2048;
-/// At most one warning about unparsable hops per this many seconds.
-const WARN_INTERVAL_SECS: i64 = 60;
 /// Longest part of an unparsable hop quoted in the warning.
 const MAX_QUOTED_HOP: usize = 64;
 
@@ -315,40 +315,11 @@ fn split_outside_quotes(text: &str, sep: char) -> Vec<&str> {
     parts
 }
 
-/// Rate-limits the warning about unparsable hops (one per `WARN_INTERVAL_SECS`).
-struct WarnGate {
-    last: AtomicI64,
-    suppressed: AtomicU64,
-}
+/// At most one warning about unparsable hops a minute.
+static UNPARSABLE_WARNINGS: LogGate = LogGate::new(Duration::from_secs(60));
 
-static UNPARSABLE_WARNINGS: WarnGate = WarnGate::new();
-
-impl WarnGate {
-    const fn new() -> Self {
-        Self {
-            last: AtomicI64::new(i64::MIN),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed since the last warning)` when a warning may be logged at `now`.
-    fn admit(&self, now: i64) -> Option<u64> {
-        let last = self.last.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < WARN_INTERVAL_SECS
-            || self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
-    }
-}
-
-fn warn_unparsable(gate: &WarnGate, header: &'static str, proxy: IpAddr, hop: &str) {
-    let Some(suppressed) = gate.admit(time::OffsetDateTime::now_utc().unix_timestamp()) else {
+fn warn_unparsable(gate: &LogGate, header: &'static str, proxy: IpAddr, hop: &str) {
+    let Some(suppressed) = gate.pass() else {
         return;
     };
     let quoted: String = hop.trim().chars().take(MAX_QUOTED_HOP).collect();
@@ -561,16 +532,6 @@ mod tests {
         );
         let long = format!("for=1.1.1.1,{}", "for=10.0.0.2,".repeat(300));
         assert_eq!(fwd(&t, "10.0.0.1", &[long.as_str()]), ip("10.0.0.1"));
-    }
-
-    #[test]
-    fn unparsable_hop_warnings_are_rate_limited() {
-        let gate = WarnGate::new();
-        assert_eq!(gate.admit(1000), Some(0));
-        assert_eq!(gate.admit(1001), None);
-        assert_eq!(gate.admit(1059), None);
-        assert_eq!(gate.admit(1060), Some(2), "the next warning counts the suppressed ones");
-        assert_eq!(gate.admit(1061), None);
     }
 
     fn any_ip() -> impl Strategy<Value = IpAddr> {

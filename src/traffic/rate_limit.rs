@@ -30,7 +30,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use moka::future::Cache;
 
 use super::client_ip::canonical;
-use crate::ave::budget::LogGate;
+use crate::log_gate::LogGate;
 use crate::route::Limited;
 
 /// The length of one counting window.

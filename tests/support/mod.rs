@@ -159,15 +159,7 @@ impl TestApp {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.address)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("avemint did not become ready");
+        wait_ready(&self.address).await;
     }
 
     /// Stops the server gracefully and waits for it; returns the temporary
@@ -189,37 +181,24 @@ impl TestApp {
 
     /// `GET /auth/login`; returns the response.
     pub async fn login_start(&self, browser: &mut Browser, return_to: Option<&str>) -> reqwest::Response {
-        let mut req = self.http.get(self.url("/auth/login"));
-        if let Some(r) = return_to {
-            req = req.query(&[("return_to", r)]);
-        }
-        let resp = browser.send(req).await;
-        assert_eq!(resp.status(), 302, "login redirects");
-        resp
+        login_start_at(&self.http, &self.address, browser, return_to).await
     }
 
     /// Follows Ave's sign-in with auto-approve as the first user; returns the callback URL Ave redirects to.
     pub async fn authorize(&self, authorize_url: &str) -> String {
-        let user = self.emulator.users()[0].id.clone();
-        self.emulator.set_auto_approve(Some(user));
-        let resp = self.http.get(authorize_url).send().await.expect("ave signin");
-        assert_eq!(resp.status(), 302, "emulator approves");
-        location(&resp)
+        authorize_as(&self.http, &self.emulator, authorize_url, &self.emulator.users()[0].id).await
     }
 
     /// The whole sign-in; returns the callback response.
     pub async fn sign_in(&self, browser: &mut Browser, return_to: Option<&str>) -> reqwest::Response {
-        let resp = self.login_start(browser, return_to).await;
-        let callback = self.authorize(&location(&resp)).await;
-        browser.send(self.http.get(callback)).await
+        let user = self.emulator.users()[0].id.clone();
+        sign_in_response_at(&self.http, &self.emulator, &self.address, browser, return_to, &user).await
     }
 
     /// Signs in and asserts success.
     pub async fn signed_in_browser(&self) -> Browser {
         let mut b = Browser::default();
-        let resp = self.sign_in(&mut b, None).await;
-        assert_eq!(resp.status(), 302, "callback succeeds: {:?}", resp.text().await.ok());
-        assert!(b.get(SESSION_COOKIE).is_some(), "session cookie set");
+        sign_in_at(&self.http, &self.emulator, &self.address, &mut b).await;
         b
     }
 
@@ -423,30 +402,80 @@ pub async fn error_code(resp: reqwest::Response) -> String {
     body["error"].as_str().expect("error code").to_owned()
 }
 
-/// Signs a browser in at any avemint base URL (auto-approving at the emulator as its first user).
-pub async fn sign_in_at(http: &reqwest::Client, emulator: &Emulator, base: &str, browser: &mut Browser) {
-    let resp = browser.send(http.get(format!("{base}/auth/login"))).await;
+/// `GET {base}/auth/login` (with `return_to`, if any) in `browser`; asserts the redirect to Ave.
+pub async fn login_start_at(
+    http: &reqwest::Client,
+    base: &str,
+    browser: &mut Browser,
+    return_to: Option<&str>,
+) -> reqwest::Response {
+    let mut req = http.get(format!("{base}/auth/login"));
+    if let Some(r) = return_to {
+        req = req.query(&[("return_to", r)]);
+    }
+    let resp = browser.send(req).await;
     assert_eq!(resp.status(), 302, "login redirects");
-    emulator.set_auto_approve(Some(emulator.users()[0].id.clone()));
-    let resp = http.get(location(&resp)).send().await.expect("ave signin");
-    assert_eq!(resp.status(), 302, "emulator approves");
-    let resp = browser.send(http.get(location(&resp))).await;
-    assert_eq!(resp.status(), 302, "callback succeeds");
-    assert!(browser.get(SESSION_COOKIE).is_some());
+    resp
 }
 
-/// Waits (up to 10 s) until `{base}/readyz` answers 200; panics otherwise.
-pub async fn wait_ready(base: &str) {
+/// Follows Ave's sign-in with auto-approve as `user`; returns the callback URL Ave redirects to.
+pub async fn authorize_as(http: &reqwest::Client, emulator: &Emulator, authorize_url: &str, user: &str) -> String {
+    emulator.set_auto_approve(Some(user.to_owned()));
+    let resp = http.get(authorize_url).send().await.expect("ave signin");
+    assert_eq!(resp.status(), 302, "emulator approves");
+    location(&resp)
+}
+
+/// The whole sign-in as `user` at any avemint base URL; returns the callback response.
+pub async fn sign_in_response_at(
+    http: &reqwest::Client,
+    emulator: &Emulator,
+    base: &str,
+    browser: &mut Browser,
+    return_to: Option<&str>,
+    user: &str,
+) -> reqwest::Response {
+    let resp = login_start_at(http, base, browser, return_to).await;
+    let callback = authorize_as(http, emulator, &location(&resp), user).await;
+    browser.send(http.get(callback)).await
+}
+
+/// Signs a browser in as `user` at any avemint base URL; asserts success.
+pub async fn sign_in_as_at(http: &reqwest::Client, emulator: &Emulator, base: &str, browser: &mut Browser, user: &str) {
+    let resp = sign_in_response_at(http, emulator, base, browser, None, user).await;
+    assert_eq!(resp.status(), 302, "callback succeeds: {:?}", resp.text().await.ok());
+    assert!(browser.get(SESSION_COOKIE).is_some(), "session cookie set");
+}
+
+/// Signs a browser in at any avemint base URL as the emulator's first user; asserts success.
+pub async fn sign_in_at(http: &reqwest::Client, emulator: &Emulator, base: &str, browser: &mut Browser) {
+    sign_in_as_at(http, emulator, base, browser, &emulator.users()[0].id).await;
+}
+
+/// Polls `url` (every 25 ms) until it answers `status`; fails with `what` once `within` has passed.
+pub async fn wait_for_status(url: &str, status: u16, within: Duration, what: &str) {
     let http = reqwest::Client::new();
-    for _ in 0..400 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status() == status
         {
             return;
         }
+        assert!(std::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("avemint at {base} did not become ready");
+}
+
+/// The one readiness wait for a spawned avemint: until `{base}/readyz` answers 200 (up to 10 s).
+pub async fn wait_ready(base: &str) {
+    wait_for_status(
+        &format!("{base}/readyz"),
+        200,
+        Duration::from_secs(10),
+        &format!("avemint at {base} did not become ready"),
+    )
+    .await;
 }
 
 /// The Ave client an `avemint serve` started by a test is configured with.

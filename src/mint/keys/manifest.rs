@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::KeyError;
 use super::algorithms::Algorithm;
 use super::fs::{io_error, write_atomic};
+use crate::clock::UnixTime;
 
 /// The manifest's file name inside the keys directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -53,15 +54,15 @@ pub struct KeyEntry {
     pub alg: Algorithm,
     /// The PKCS#8 PEM file's name inside the keys directory.
     pub file: String,
-    /// When the key was created (unix seconds). A next key is published from then on.
-    pub created: u64,
+    /// When the key was created. A next key is published from then on.
+    pub created: UnixTime,
     pub state: KeyState,
-    /// When the key became current (unix seconds).
+    /// When the key became current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activated: Option<u64>,
-    /// When the key stopped signing (unix seconds).
+    pub activated: Option<UnixTime>,
+    /// When the key stopped signing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retired: Option<u64>,
+    pub retired: Option<UnixTime>,
 }
 
 /// The manifest document.
@@ -119,7 +120,10 @@ impl Manifest {
             path: dir.join(MANIFEST_FILE),
             reason,
         })?;
-        let mut text = serde_json::to_vec_pretty(self).map_err(|_| KeyError::Generation)?;
+        let mut text = serde_json::to_vec_pretty(self).map_err(|_| KeyError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            reason: "could not be serialized".into(),
+        })?;
         text.push(b'\n');
         write_atomic(dir, MANIFEST_FILE, &text)
     }
@@ -138,6 +142,14 @@ impl Manifest {
             }
             if !files.insert(k.file.as_str()) {
                 return Err(format!("file {} appears twice", k.file));
+            }
+            // Written as unsigned numbers: a time before 1970 is not one avemint wrote.
+            if [Some(k.created), k.activated, k.retired]
+                .into_iter()
+                .flatten()
+                .any(|t| t < UnixTime::EPOCH)
+            {
+                return Err(format!("kid {} has a time before 1970", k.kid));
             }
             if !is_plain_pem_name(&k.file) {
                 return Err(format!(
@@ -188,14 +200,14 @@ impl Manifest {
     }
 
     /// When the next key may start signing: `lead` after it was published.
-    pub fn next_ready_at(&self, lead: Duration) -> Option<u64> {
-        self.next().map(|n| n.created.saturating_add(lead.as_secs()))
+    pub fn next_ready_at(&self, lead: Duration) -> Option<UnixTime> {
+        self.next().map(|n| n.created + lead)
     }
 
     /// Checks that the next key has been published for at least `lead`.
-    pub fn check_next_ready(&self, now: u64, lead: Duration) -> Result<(), LifecycleError> {
+    pub fn check_next_ready(&self, now: UnixTime, lead: Duration) -> Result<(), LifecycleError> {
         let next = self.next().ok_or(LifecycleError::NoNext)?;
-        let age = now.saturating_sub(next.created);
+        let age = now.saturating_duration_since(next.created).as_secs();
         if age < lead.as_secs() {
             return Err(LifecycleError::NextTooNew {
                 kid: next.kid.clone(),
@@ -208,7 +220,7 @@ impl Manifest {
     }
 
     /// current → retired, next → current. The caller adds a new next key.
-    pub fn rotate(&mut self, now: u64) -> Result<(), LifecycleError> {
+    pub fn rotate(&mut self, now: UnixTime) -> Result<(), LifecycleError> {
         if self.next().is_none() {
             return Err(LifecycleError::NoNext);
         }
@@ -230,19 +242,17 @@ impl Manifest {
 
     /// True when automatic rotation (every `every`) is due at `now` and safe (the
     /// next key has been published for `lead`).
-    pub fn rotation_due(&self, now: u64, every: Duration, lead: Duration) -> bool {
+    pub fn rotation_due(&self, now: UnixTime, every: Duration, lead: Duration) -> bool {
         let Some(current) = self.current() else {
             return false;
         };
         let since = current.activated.unwrap_or(current.created);
-        since.saturating_add(every.as_secs()) <= now && self.check_next_ready(now, lead).is_ok()
+        since + every <= now && self.check_next_ready(now, lead).is_ok()
     }
 
     /// Removes retired keys that stopped signing at least `hold` ago and returns them.
-    pub fn prune(&mut self, now: u64, hold: Duration) -> Vec<KeyEntry> {
-        let expired = |k: &KeyEntry| {
-            k.state == KeyState::Retired && k.retired.unwrap_or(k.created).saturating_add(hold.as_secs()) <= now
-        };
+    pub fn prune(&mut self, now: UnixTime, hold: Duration) -> Vec<KeyEntry> {
+        let expired = |k: &KeyEntry| k.state == KeyState::Retired && k.retired.unwrap_or(k.created) + hold <= now;
         let (gone, kept): (Vec<_>, Vec<_>) = self.keys.drain(..).partition(expired);
         self.keys = kept;
         gone
@@ -266,12 +276,16 @@ mod tests {
     const LEAD: Duration = Duration::from_secs(300);
     const HOLD: Duration = Duration::from_secs(1000);
 
-    fn entry(kid: &str, created: u64) -> KeyEntry {
+    fn t(secs: i64) -> UnixTime {
+        UnixTime::from_secs(secs)
+    }
+
+    fn entry(kid: &str, created: i64) -> KeyEntry {
         KeyEntry {
             kid: kid.into(),
             alg: Algorithm::Es256,
             file: format!("{kid}.pem"),
-            created,
+            created: t(created),
             state: KeyState::Next,
             activated: None,
             retired: None,
@@ -283,7 +297,7 @@ mod tests {
         let mut m = Manifest::default();
         assert!(m.add(entry("a", 10)).is_none());
         assert_eq!(m.current().map(|k| k.kid.as_str()), Some("a"));
-        assert_eq!(m.current().and_then(|k| k.activated), Some(10));
+        assert_eq!(m.current().and_then(|k| k.activated), Some(t(10)));
         assert!(m.add(entry("b", 20)).is_none());
         assert_eq!(m.next().map(|k| k.kid.as_str()), Some("b"));
         let dropped = m.add(entry("c", 30)).expect("old next dropped");
@@ -296,13 +310,13 @@ mod tests {
     fn rotation_retires_current_and_promotes_next() {
         let mut m = Manifest::default();
         m.add(entry("a", 0));
-        assert_eq!(m.rotate(5), Err(LifecycleError::NoNext));
+        assert_eq!(m.rotate(t(5)), Err(LifecycleError::NoNext));
         m.add(entry("b", 0));
-        m.rotate(500).expect("rotates");
+        m.rotate(t(500)).expect("rotates");
         let a = m.keys.iter().find(|k| k.kid == "a").expect("a");
-        assert_eq!((a.state, a.retired), (KeyState::Retired, Some(500)));
+        assert_eq!((a.state, a.retired), (KeyState::Retired, Some(t(500))));
         let b = m.current().expect("current");
-        assert_eq!((b.kid.as_str(), b.activated), ("b", Some(500)));
+        assert_eq!((b.kid.as_str(), b.activated), ("b", Some(t(500))));
         assert!(m.next().is_none());
         m.check().expect("valid");
     }
@@ -313,15 +327,15 @@ mod tests {
         m.add(entry("a", 0));
         m.add(entry("b", 1000));
         assert!(matches!(
-            m.check_next_ready(1299, LEAD),
+            m.check_next_ready(t(1299), LEAD),
             Err(LifecycleError::NextTooNew { wait: 1, .. })
         ));
-        assert!(m.check_next_ready(1300, LEAD).is_ok());
+        assert!(m.check_next_ready(t(1300), LEAD).is_ok());
         // Due after `every` since activation, and only once the next key is old enough.
         let every = Duration::from_secs(1200);
-        assert!(!m.rotation_due(1199, every, LEAD));
-        assert!(!m.rotation_due(1250, every, LEAD), "next too new");
-        assert!(m.rotation_due(1300, every, LEAD));
+        assert!(!m.rotation_due(t(1199), every, LEAD));
+        assert!(!m.rotation_due(t(1250), every, LEAD), "next too new");
+        assert!(m.rotation_due(t(1300), every, LEAD));
     }
 
     #[test]
@@ -329,13 +343,13 @@ mod tests {
         let mut m = Manifest::default();
         m.add(entry("a", 0));
         m.add(entry("b", 0));
-        m.rotate(100).expect("rotate");
+        m.rotate(t(100)).expect("rotate");
         m.add(entry("c", 100));
-        assert!(m.prune(1099, HOLD).is_empty());
-        let gone = m.prune(1100, HOLD);
+        assert!(m.prune(t(1099), HOLD).is_empty());
+        let gone = m.prune(t(1100), HOLD);
         assert_eq!(gone.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(m.keys.len(), 2);
-        assert!(m.prune(u64::MAX, HOLD).is_empty());
+        assert!(m.prune(UnixTime::from_secs(i64::MAX), HOLD).is_empty());
     }
 
     #[test]
@@ -366,14 +380,14 @@ mod tests {
         fn lifecycle_keeps_invariants(ops in proptest::collection::vec(0u8..3, 1..40)) {
             let mut m = Manifest::default();
             m.add(entry("k0", 0));
-            let mut now = 0u64;
+            let mut now = 0i64;
             let mut n = 0;
             for op in ops {
                 now += 400;
                 match op {
                     0 => { n += 1; m.add(entry(&format!("k{n}"), now)); }
-                    1 => { let _ = m.rotate(now); }
-                    _ => { m.prune(now, HOLD); }
+                    1 => { let _ = m.rotate(t(now)); }
+                    _ => { m.prune(t(now), HOLD); }
                 }
                 prop_assert!(m.check().is_ok());
                 prop_assert!(m.current().is_some());

@@ -176,7 +176,7 @@ impl KeyRing {
 
     /// Makes sure `dir` has a current and a next key (generating ES256 keys), then loads it.
     pub fn load_or_generate(dir: &Path) -> Result<Self, KeyError> {
-        KeyDir::new(dir).ensure(Algorithm::Es256, rotation::unix_now())?;
+        KeyDir::new(dir).ensure(Algorithm::Es256, crate::clock::Clock::System.now())?;
         Self::load(dir)
     }
 

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::manifest::MANIFEST_FILE;
-use super::rotation::{KeyDir, KeyPolicy, pem_files, unix_now};
+use super::rotation::{KeyDir, KeyPolicy, pem_files};
 use super::{KeyError, KeyRing};
+use crate::clock::Clock;
 
 /// How often the manifest is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,19 +54,21 @@ pub struct Keys {
     policy: KeyPolicy,
     ring: RwLock<Arc<KeyRing>>,
     seen: Mutex<Fingerprint>,
+    /// Decides when automatic rotation and pruning are due, and stamps new keys.
+    clock: Clock,
 }
 
 impl Keys {
     /// Prepares the directory (a current and a next key, generated with the
     /// policy's algorithm; legacy files migrated) and loads it. A read-only
     /// directory (a mounted secret) is used as it is, if it holds a current key.
-    pub fn open(dir: &Path, policy: KeyPolicy) -> Result<Self, KeyError> {
+    pub fn open(dir: &Path, policy: KeyPolicy, clock: Clock) -> Result<Self, KeyError> {
         let key_dir = KeyDir::new(dir);
         if dir.exists() {
             // Refuse exposed keys before anything else touches them.
             super::rotation::check_all_private(dir)?;
         }
-        if let Err(e) = key_dir.ensure(policy.algorithm, unix_now()) {
+        if let Err(e) = key_dir.ensure(policy.algorithm, clock.now()) {
             match KeyRing::load(dir) {
                 Ok(_) if matches!(e, KeyError::Io { .. }) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "keys directory is not writable; using its keys as they are");
@@ -73,16 +76,17 @@ impl Keys {
                 _ => return Err(e),
             }
         }
-        Self::from_ring(key_dir, policy, KeyRing::load(dir)?)
+        Self::from_ring(key_dir, policy, KeyRing::load(dir)?, clock)
     }
 
-    fn from_ring(dir: KeyDir, policy: KeyPolicy, ring: KeyRing) -> Result<Self, KeyError> {
+    fn from_ring(dir: KeyDir, policy: KeyPolicy, ring: KeyRing, clock: Clock) -> Result<Self, KeyError> {
         let seen = fingerprint(dir.path());
         Ok(Self {
             dir,
             policy,
             ring: RwLock::new(Arc::new(ring)),
             seen: Mutex::new(seen),
+            clock,
         })
     }
 
@@ -130,7 +134,7 @@ impl Keys {
 
     /// Runs automatic rotation if configured, then reloads.
     fn maintain(&self) -> Result<(), KeyError> {
-        self.dir.maintain(&self.policy, unix_now())?;
+        self.dir.maintain(&self.policy, self.clock.now())?;
         self.reload_if_changed().map(|_| ())
     }
 
@@ -185,16 +189,18 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, UnixTime};
     use crate::mint::keys::Algorithm;
+    use crate::mint::keys::rotation::MIN_ROTATION;
 
     #[test]
     fn reload_swaps_on_change_and_keeps_the_old_ring_on_failure() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let keys = Keys::open(tmp.path(), KeyPolicy::default()).expect("open");
+        let keys = Keys::open(tmp.path(), KeyPolicy::default(), Clock::System).expect("open");
         let before = keys.current();
         assert!(!keys.reload_if_changed().expect("no change"));
         KeyDir::new(tmp.path())
-            .rotate(Algorithm::EdDsa, unix_now(), true)
+            .rotate(Algorithm::EdDsa, Clock::System.now(), true)
             .expect("rotate");
         assert!(keys.reload_if_changed().expect("changed"));
         let after = keys.current();
@@ -209,5 +215,33 @@ mod tests {
         assert!(keys.reload_if_changed().is_err());
         assert_eq!(keys.current().etag(), after.etag());
         assert!(!keys.reload_if_changed().expect("reported once"));
+    }
+
+    /// Automatic rotation is due `MIN_ROTATION` (days) after the current key began signing: with a
+    /// manual clock the watcher's step rotates exactly then, and the new ring is served at once.
+    #[test]
+    fn automatic_rotation_happens_when_the_clock_says_it_is_due() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        let policy = KeyPolicy {
+            algorithm: Algorithm::Es256,
+            rotation: Some(MIN_ROTATION),
+        };
+        let keys = Keys::open(tmp.path(), policy, clock.clock()).expect("open");
+        let first = keys.current().signing_key().kid().to_owned();
+        clock.advance(MIN_ROTATION - Duration::from_secs(1));
+        keys.maintain().expect("maintain");
+        assert_eq!(keys.current().signing_key().kid(), first, "not due yet");
+        clock.advance(Duration::from_secs(1));
+        keys.maintain().expect("maintain");
+        let ring = keys.current();
+        assert_ne!(ring.signing_key().kid(), first, "rotated when due");
+        assert!(
+            ring.kids().contains(&first.as_str()),
+            "the retired key is still published"
+        );
+        let manifest = KeyDir::new(tmp.path()).read_manifest().expect("manifest");
+        let retired = manifest.keys.iter().find(|k| k.kid == first).expect("retired entry");
+        assert_eq!(retired.retired, Some(clock.now()), "stamped with the clock's time");
     }
 }

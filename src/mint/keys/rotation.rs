@@ -17,6 +17,7 @@ use super::KeyError;
 use super::algorithms::Algorithm;
 use super::fs::{DirLock, check_private, ensure_dir, io_error, write_private};
 use super::manifest::{KeyEntry, KeyState, Manifest, is_plain_pem_name};
+use crate::clock::UnixTime;
 
 /// How long verifiers may cache the JWKS (`Cache-Control: max-age`), and so the
 /// lead time a next key is published before it signs.
@@ -91,11 +92,6 @@ pub struct Rotation {
     pub next: String,
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
-}
-
 /// A keys directory and the lifecycle operations on it.
 #[derive(Debug, Clone)]
 pub struct KeyDir {
@@ -147,7 +143,7 @@ impl KeyDir {
             });
         }
         found.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.file.cmp(&b.file)));
-        let successors: Vec<u64> = found.iter().skip(1).map(|k| k.created).collect();
+        let successors: Vec<UnixTime> = found.iter().skip(1).map(|k| k.created).collect();
         for (k, retired) in found.iter_mut().zip(successors) {
             k.retired = Some(retired);
         }
@@ -161,7 +157,7 @@ impl KeyDir {
     }
 
     /// Writes a new private key file for `alg` and returns its (state-less) entry.
-    fn new_key(&self, alg: Algorithm, now: u64) -> Result<KeyEntry, KeyError> {
+    fn new_key(&self, alg: Algorithm, now: UnixTime) -> Result<KeyEntry, KeyError> {
         let der = alg.generate_pkcs8().map_err(|_| KeyError::Generation)?;
         let parsed = super::algorithms::ParsedKey::from_pkcs8(alg, &der).map_err(|_| KeyError::Generation)?;
         let kid = parsed.kid().to_owned();
@@ -198,7 +194,7 @@ impl KeyDir {
     /// Makes sure there is a current key and a next key (generating them with
     /// `alg`), writing a manifest if there was none (migrating legacy files).
     /// Returns true if anything changed.
-    pub fn ensure(&self, alg: Algorithm, now: u64) -> Result<bool, KeyError> {
+    pub fn ensure(&self, alg: Algorithm, now: UnixTime) -> Result<bool, KeyError> {
         let _lock = self.locked()?;
         let had_manifest = Manifest::read(&self.dir)?.is_some();
         let mut m = self.read_manifest()?;
@@ -219,7 +215,7 @@ impl KeyDir {
 
     /// `keys generate`: adds a key as next (or current if there is none). A
     /// previous next key, which never signed, is removed.
-    pub fn generate(&self, alg: Algorithm, now: u64) -> Result<KeyEntry, KeyError> {
+    pub fn generate(&self, alg: Algorithm, now: UnixTime) -> Result<KeyEntry, KeyError> {
         let _lock = self.locked()?;
         let mut m = self.read_manifest()?;
         let entry = self.new_key(alg, now)?;
@@ -235,7 +231,7 @@ impl KeyDir {
     /// `keys rotate`: current → retired, next → current, and a new next key
     /// (with `alg`). Refused while the next key is younger than the JWKS cache
     /// lifetime unless `force`; with `force` and no next key, one is made first.
-    pub fn rotate(&self, alg: Algorithm, now: u64, force: bool) -> Result<Rotation, KeyError> {
+    pub fn rotate(&self, alg: Algorithm, now: UnixTime, force: bool) -> Result<Rotation, KeyError> {
         let _lock = self.locked()?;
         let mut m = self.read_manifest()?;
         if m.current().is_none() {
@@ -251,7 +247,7 @@ impl KeyDir {
         self.rotate_locked(&mut m, alg, now)
     }
 
-    fn rotate_locked(&self, m: &mut Manifest, alg: Algorithm, now: u64) -> Result<Rotation, KeyError> {
+    fn rotate_locked(&self, m: &mut Manifest, alg: Algorithm, now: UnixTime) -> Result<Rotation, KeyError> {
         let retired = m.current().map(|k| k.kid.clone()).unwrap_or_default();
         m.rotate(now)?;
         let current = m.current().map(|k| k.kid.clone()).unwrap_or_default();
@@ -268,7 +264,7 @@ impl KeyDir {
     }
 
     /// `keys prune`: removes retired keys that stopped signing more than `RETIRED_HOLD` ago.
-    pub fn prune(&self, now: u64) -> Result<Vec<KeyEntry>, KeyError> {
+    pub fn prune(&self, now: UnixTime) -> Result<Vec<KeyEntry>, KeyError> {
         let _lock = self.locked()?;
         let mut m = self.read_manifest()?;
         let gone = m.prune(now, RETIRED_HOLD);
@@ -285,7 +281,7 @@ impl KeyDir {
     /// Automatic rotation: rotates if `policy.rotation` is due and safe, prunes
     /// expired keys, and makes sure a next key exists. Cheap when nothing is due
     /// (only the manifest is read before taking the lock).
-    pub fn maintain(&self, policy: &KeyPolicy, now: u64) -> Result<Option<Rotation>, KeyError> {
+    pub fn maintain(&self, policy: &KeyPolicy, now: UnixTime) -> Result<Option<Rotation>, KeyError> {
         let Some(every) = policy.rotation else {
             return Ok(None);
         };
@@ -320,8 +316,9 @@ impl KeyDir {
 }
 
 /// `es256-<unix>.pem` → the unix time.
-fn legacy_created(name: &str) -> Option<u64> {
-    name.strip_prefix("es256-")?.strip_suffix(".pem")?.parse().ok()
+fn legacy_created(name: &str) -> Option<UnixTime> {
+    let secs: u64 = name.strip_prefix("es256-")?.strip_suffix(".pem")?.parse().ok()?;
+    Some(UnixTime::from_unsigned(secs))
 }
 
 /// Private key files in `dir` (for the permission check), manifest or not.
@@ -347,8 +344,8 @@ pub fn check_all_private(dir: &Path) -> Result<(), KeyError> {
 }
 
 /// "3d 4h", "12m", "45s": an age for people.
-pub fn format_age(secs: u64) -> String {
-    match secs {
+pub fn format_age(age: Duration) -> String {
+    match age.as_secs() {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
@@ -359,6 +356,10 @@ pub fn format_age(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t(secs: i64) -> UnixTime {
+        UnixTime::from_secs(secs)
+    }
 
     #[test]
     fn rotation_periods() {
@@ -395,15 +396,15 @@ mod tests {
     fn ensure_then_rotate_then_prune_on_disk() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = KeyDir::new(tmp.path().join("keys"));
-        assert!(dir.ensure(Algorithm::Es256, 1000).expect("ensure"));
-        assert!(!dir.ensure(Algorithm::Es256, 1001).expect("again"), "idempotent");
+        assert!(dir.ensure(Algorithm::Es256, t(1000)).expect("ensure"));
+        assert!(!dir.ensure(Algorithm::Es256, t(1001)).expect("again"), "idempotent");
         let m = dir.read_manifest().expect("manifest");
         let (current, next) = (m.current().expect("current").clone(), m.next().expect("next").clone());
         assert!(matches!(
-            dir.rotate(Algorithm::EdDsa, 1100, false),
+            dir.rotate(Algorithm::EdDsa, t(1100), false),
             Err(KeyError::Lifecycle(_))
         ));
-        let r = dir.rotate(Algorithm::EdDsa, 1300, false).expect("rotate");
+        let r = dir.rotate(Algorithm::EdDsa, t(1300), false).expect("rotate");
         assert_eq!(
             (r.retired.as_str(), r.current.as_str()),
             (current.kid.as_str(), next.kid.as_str())
@@ -411,8 +412,8 @@ mod tests {
         let m = dir.read_manifest().expect("manifest");
         assert_eq!(m.next().expect("new next").alg, Algorithm::EdDsa);
         assert_eq!(m.keys.len(), 3);
-        assert!(dir.prune(1300 + RETIRED_HOLD.as_secs() - 1).expect("prune").is_empty());
-        let gone = dir.prune(1300 + RETIRED_HOLD.as_secs()).expect("prune");
+        assert!(dir.prune(t(1299) + RETIRED_HOLD).expect("prune").is_empty());
+        let gone = dir.prune(t(1300) + RETIRED_HOLD).expect("prune");
         assert_eq!(gone.len(), 1);
         assert!(!dir.path().join(&current.file).exists(), "file removed");
         assert_eq!(pem_files(dir.path()).expect("files").len(), 2);
@@ -430,8 +431,8 @@ mod tests {
         let m = dir.read_manifest().expect("legacy");
         assert_eq!(m.current().expect("current").file, "es256-200.pem");
         let old = m.keys.iter().find(|k| k.file == "es256-100.pem").expect("old");
-        assert_eq!((old.state, old.retired), (KeyState::Retired, Some(200)));
-        dir.ensure(Algorithm::Es256, 300).expect("migrate");
+        assert_eq!((old.state, old.retired), (KeyState::Retired, Some(t(200))));
+        dir.ensure(Algorithm::Es256, t(300)).expect("migrate");
         let m = Manifest::read(tmp.path()).expect("read").expect("written");
         assert_eq!(m.current().expect("current").file, "es256-200.pem");
         assert!(m.next().is_some());
@@ -441,29 +442,26 @@ mod tests {
     fn automatic_rotation_happens_when_due_and_only_then() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = KeyDir::new(tmp.path());
-        dir.ensure(Algorithm::Es256, 0).expect("ensure");
+        dir.ensure(Algorithm::Es256, t(0)).expect("ensure");
         let policy = KeyPolicy {
             algorithm: Algorithm::Rs256,
             rotation: Some(MIN_ROTATION),
         };
-        assert_eq!(
-            dir.maintain(&policy, MIN_ROTATION.as_secs() - 1).expect("maintain"),
-            None
-        );
-        let r = dir.maintain(&policy, MIN_ROTATION.as_secs()).expect("maintain");
+        assert_eq!(dir.maintain(&policy, t(-1) + MIN_ROTATION).expect("maintain"), None);
+        let r = dir.maintain(&policy, t(0) + MIN_ROTATION).expect("maintain");
         assert!(r.is_some());
         let m = dir.read_manifest().expect("manifest");
         assert_eq!(m.next().expect("next").alg, Algorithm::Rs256);
-        assert_eq!(dir.maintain(&policy, MIN_ROTATION.as_secs() + 1).expect("again"), None);
+        assert_eq!(dir.maintain(&policy, t(1) + MIN_ROTATION).expect("again"), None);
         let off = KeyPolicy::default();
-        assert_eq!(dir.maintain(&off, u64::MAX / 2).expect("off"), None);
+        assert_eq!(dir.maintain(&off, t(i64::MAX / 2)).expect("off"), None);
     }
 
     #[test]
     fn ages_read_naturally() {
-        assert_eq!(format_age(5), "5s");
-        assert_eq!(format_age(125), "2m");
-        assert_eq!(format_age(3 * 3600 + 120), "3h 2m");
-        assert_eq!(format_age(2 * 86_400 + 3 * 3600), "2d 3h");
+        assert_eq!(format_age(Duration::from_secs(5)), "5s");
+        assert_eq!(format_age(Duration::from_secs(125)), "2m");
+        assert_eq!(format_age(Duration::from_secs(3 * 3600 + 120)), "3h 2m");
+        assert_eq!(format_age(Duration::from_secs(2 * 86_400 + 3 * 3600)), "2d 3h");
     }
 }
