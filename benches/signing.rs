@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use avemint::clock::{ManualClock, UnixTime};
 use avemint::config::Settings;
-use avemint::mint::keys::{Algorithm, KeyPolicy, Keys};
+use avemint::mint::keys::{Algorithm, KeyPolicy, LiveKeys};
 use avemint::mint::{Minter, Profiles, Subject};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
@@ -55,7 +55,7 @@ fn signing(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000)).clock();
         let keys = Arc::new(
-            Keys::open(
+            LiveKeys::open(
                 dir.path(),
                 KeyPolicy {
                     algorithm: alg,

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
-use crate::mint::{KeyError, Keys, Minter, Profiles};
+use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
 use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 
@@ -125,7 +125,7 @@ impl Application {
             )
             .await?,
         );
-        let keys = Arc::new(Keys::open(&keys.dir, keys.policy, clock.clone())?);
+        let keys = Arc::new(LiveKeys::open(&keys.dir, keys.policy, clock.clone())?);
         let lock_wait = ave.options.request_timeout + Duration::from_secs(5);
         let ave_client = Arc::new(AveClient::new(
             ave.issuer.clone(),

@@ -14,7 +14,7 @@ use avemint::clock::UnixTime;
 use avemint::session::DatabaseUrl;
 use avemint::session::postgres::PostgresStore;
 use avemint::session::sqlite::SqliteStore;
-use avemint::session::{OwnerKey, SessionKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use avemint::session::{OwnerKey, SessionRowKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 use sqlx::Row;
 
 /// A direct connection to the store's database, to stage what the store API cannot.
@@ -131,8 +131,8 @@ fn t(secs: i64) -> UnixTime {
     UnixTime::from_secs(secs)
 }
 
-fn key(k: u8) -> SessionKey {
-    SessionKey::from_bytes([k; 32])
+fn key(k: u8) -> SessionRowKey {
+    SessionRowKey::from_bytes([k; 32])
 }
 
 fn row(k: u8, version: i64, now: i64) -> StoredSession {

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::secret::{Secret, fill_random};
 use hook::{FailurePolicy, HookError};
-pub use keys::{KeyError, KeyRing, Keys};
+pub use keys::{KeyError, KeyRing, LiveKeys};
 pub use profiles::{Profile, Profiles};
 
 /// The identity a token is minted for: what a session knows about its user.
@@ -132,7 +132,7 @@ fn jti_bytes() -> [u8; 16] {
 /// Signs app JWTs for a profile: registered claims, the profile's claim map
 /// and its hook's claims.
 pub struct Minter {
-    keys: Arc<Keys>,
+    keys: Arc<LiveKeys>,
     issuer: String,
     client_id: String,
     profiles: Profiles,
@@ -144,7 +144,7 @@ pub struct Minter {
 impl Minter {
     /// Builds a minter.
     pub fn new(
-        keys: Arc<Keys>,
+        keys: Arc<LiveKeys>,
         issuer: String,
         client_id: String,
         profiles: Profiles,
@@ -162,7 +162,7 @@ impl Minter {
     }
 
     /// The live keys (for the JWKS endpoint and the reload watcher).
-    pub fn keys(&self) -> &Arc<Keys> {
+    pub fn keys(&self) -> &Arc<LiveKeys> {
         &self.keys
     }
 

@@ -1,7 +1,7 @@
 //! Session identifiers: the browser's opaque cookie value and the row key derived from it.
 //!
 //! `SessionId` is 256 random bits; it only ever lives in the cookie. The store
-//! keys rows by `SessionKey`, its SHA-256, so a leaked database does not hand
+//! keys rows by `SessionRowKey`, its SHA-256, so a leaked database does not hand
 //! out live cookies. `SessionHandle` is the `sid` claim of app JWTs: random,
 //! unrelated to the cookie.
 
@@ -39,11 +39,11 @@ impl SessionId {
     }
 
     /// The store's row key.
-    pub fn key(&self) -> SessionKey {
+    pub fn key(&self) -> SessionRowKey {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.expose());
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
-        SessionKey(key)
+        SessionRowKey(key)
     }
 }
 
@@ -55,9 +55,9 @@ impl std::fmt::Debug for SessionId {
 
 /// SHA-256 of a session id: the primary key of a stored session.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionKey([u8; 32]);
+pub struct SessionRowKey([u8; 32]);
 
-impl SessionKey {
+impl SessionRowKey {
     /// The raw 32 bytes (stored as a BLOB, used as AEAD associated data).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
@@ -69,12 +69,12 @@ impl SessionKey {
     }
 }
 
-impl std::fmt::Debug for SessionKey {
+impl std::fmt::Debug for SessionRowKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A prefix is enough to correlate log lines and reveals nothing usable.
         write!(
             f,
-            "SessionKey({:02x}{:02x}{:02x}{:02x}…)",
+            "SessionRowKey({:02x}{:02x}{:02x}{:02x}…)",
             self.0[0], self.0[1], self.0[2], self.0[3]
         )
     }

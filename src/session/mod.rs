@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixTime};
 use crate::secret::Secret;
-pub use id::{SessionHandle, SessionId, SessionKey};
+pub use id::{SessionHandle, SessionId, SessionRowKey};
 pub use renew::RenewalSettings;
 pub use renew::{RenewError, Renewer};
 pub use sealer::{MacPurpose, Macer, Purpose, Sealer, SealingKeys};
@@ -57,7 +57,7 @@ const CACHE_CAPACITY: u64 = 100_000;
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The associated data of a sealed session: the row key and `created_at`.
-fn record_aad(key: &SessionKey, created_at: UnixTime) -> Vec<u8> {
+fn record_aad(key: &SessionRowKey, created_at: UnixTime) -> Vec<u8> {
     let mut aad = Vec::with_capacity(32 + 12 + 8);
     aad.extend_from_slice(key.as_bytes());
     aad.extend_from_slice(b"|created_at|");
@@ -66,7 +66,7 @@ fn record_aad(key: &SessionKey, created_at: UnixTime) -> Vec<u8> {
 }
 
 /// What `seen_mac` authenticates: the row key, `created_at` and `last_seen_at`.
-fn seen_message(key: &SessionKey, created_at: UnixTime, last_seen_at: UnixTime) -> Vec<u8> {
+fn seen_message(key: &SessionRowKey, created_at: UnixTime, last_seen_at: UnixTime) -> Vec<u8> {
     let mut msg = Vec::with_capacity(32 + 16);
     msg.extend_from_slice(key.as_bytes());
     msg.extend_from_slice(&created_at.as_secs().to_be_bytes());
@@ -102,7 +102,7 @@ pub struct SessionData {
 
 /// A session read back from the store.
 pub struct Session {
-    pub key: SessionKey,
+    pub key: SessionRowKey,
     pub version: i64,
     pub created_at: UnixTime,
     pub last_seen_at: UnixTime,
@@ -164,7 +164,7 @@ pub struct Sessions {
     settings: SessionSettings,
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
-    cache: Option<Cache<SessionKey, Arc<Session>>>,
+    cache: Option<Cache<SessionRowKey, Arc<Session>>>,
     /// Decides expiry, activity and renewal timing.
     clock: Clock,
 }
@@ -236,7 +236,7 @@ impl Sessions {
     }
 
     /// A live session, from the in-process cache when fresh enough.
-    pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+    pub async fn get(&self, key: &SessionRowKey) -> Result<Option<Arc<Session>>, StoreError> {
         let now = self.now();
         let Some(cache) = &self.cache else {
             crate::metrics::cache_miss();
@@ -279,13 +279,13 @@ impl Sessions {
     }
 
     /// Drops a session from the cache.
-    pub async fn forget(&self, key: &SessionKey) {
+    pub async fn forget(&self, key: &SessionRowKey) {
         if let Some(cache) = &self.cache {
             cache.invalidate(key).await;
         }
     }
 
-    fn seal(&self, key: &SessionKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
+    fn seal(&self, key: &SessionRowKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
         Ok(self.sealer.seal(&record_aad(key, created_at), &plain))
     }
@@ -344,11 +344,11 @@ impl Sessions {
     /// (unknown key) are reported as absent and left alone; rows that were
     /// tampered with (timestamps edited, data forged) or cannot be read are
     /// reported as absent with an error logged, and tampered ones deleted.
-    pub async fn load(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+    pub async fn load(&self, key: &SessionRowKey) -> Result<Option<Session>, StoreError> {
         self.load_at(key, self.now()).await
     }
 
-    async fn load_at(&self, key: &SessionKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
+    async fn load_at(&self, key: &SessionRowKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
         let row = match self.store.get(key).await {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
@@ -472,7 +472,7 @@ impl Sessions {
     }
 
     /// Deletes a session (logout, or a session Ave ended).
-    pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    pub async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError> {
         self.forget(key).await;
         self.store.delete(key).await
     }
@@ -546,7 +546,7 @@ mod tests {
     }
 
     /// Rewrites a stored row through `edit` (what someone with write access to the database can do).
-    async fn tamper(s: &Sessions, key: &SessionKey, edit: impl FnOnce(&mut StoredSession)) {
+    async fn tamper(s: &Sessions, key: &SessionRowKey, edit: impl FnOnce(&mut StoredSession)) {
         let mut row = s.store.get(key).await.expect("get").expect("row");
         edit(&mut row);
         s.store.delete(key).await.expect("delete");
@@ -594,7 +594,7 @@ mod tests {
     async fn rows_written_before_timestamps_were_authenticated_still_work() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = sessions(&dir, 0).await;
-        let legacy = |key: SessionKey, created_at: UnixTime, last_seen_at: UnixTime| {
+        let legacy = |key: SessionRowKey, created_at: UnixTime, last_seen_at: UnixTime| {
             let plain = serde_json::to_vec(&data("old")).expect("json");
             StoredSession {
                 key,

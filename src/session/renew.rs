@@ -44,7 +44,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use super::backoff::Backoffs;
-use super::{Session, SessionData, SessionKey, Sessions, StoreError};
+use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError};
 use crate::clock::UnixTime;
@@ -130,7 +130,7 @@ pub struct Renewer {
     wait: Duration,
     /// Ave's refresh timeout; every refresh call is over this long after it starts.
     refresh_timeout: Duration,
-    in_flight: Mutex<HashMap<SessionKey, Shared<BoxFuture<'static, Outcome>>>>,
+    in_flight: Mutex<HashMap<SessionRowKey, Shared<BoxFuture<'static, Outcome>>>>,
     backoff: Backoffs,
     /// Set by `stop`: no new refresh starts.
     stopping: AtomicBool,
@@ -287,7 +287,7 @@ impl Renewer {
 
     /// One refresh: takes the per-session lock (the refresh marker), calls
     /// Ave, stores the outcome, releases the lock.
-    async fn renew(&self, key: SessionKey) -> Result<Arc<Session>, RenewError> {
+    async fn renew(&self, key: SessionRowKey) -> Result<Arc<Session>, RenewError> {
         let waiting = Instant::now();
         let deadline = waiting + self.lock_wait;
         let lease = self.lease();
@@ -415,7 +415,7 @@ impl Renewer {
 
     /// Releases the per-session lock without new tokens. If the store cannot
     /// be reached, the marker stays and is taken over when its lease ends.
-    async fn release(&self, key: &SessionKey, current: &Session, marker: UnixTime) {
+    async fn release(&self, key: &SessionRowKey, current: &Session, marker: UnixTime) {
         if let Err(e) = self.sessions.store().abort_refresh(key, current.version, marker).await {
             tracing::warn!(session = ?key, error = %e, "refresh marker not released; it expires with its lease");
         }
@@ -562,7 +562,7 @@ impl Renewer {
 }
 
 /// Removes a session's refresh from the in-flight map when dropped.
-struct InFlight<'a>(&'a Renewer, SessionKey);
+struct InFlight<'a>(&'a Renewer, SessionRowKey);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

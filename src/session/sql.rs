@@ -28,7 +28,7 @@
 
 use sqlx::FromRow;
 
-use super::id::SessionKey;
+use super::id::SessionRowKey;
 use super::store::{OwnerKey, StoreError, StoredSession};
 use crate::clock::UnixTime;
 
@@ -132,11 +132,11 @@ fn corrupt(e: sqlx::Error) -> StoreError {
 }
 
 /// A 32-byte session key read back from `key_hash`.
-pub(crate) fn session_key(bytes: Vec<u8>) -> Result<SessionKey, StoreError> {
+pub(crate) fn session_key(bytes: Vec<u8>) -> Result<SessionRowKey, StoreError> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| StoreError::CorruptRow("session key of the wrong length".into()))?;
-    Ok(SessionKey::from_bytes(arr))
+    Ok(SessionRowKey::from_bytes(arr))
 }
 
 /// Reads a stored session from a row of `GET` or `sessions_of`.
@@ -197,7 +197,7 @@ macro_rules! sql_session_store {
 
             async fn get(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
             ) -> Result<Option<$crate::session::store::StoredSession>, $crate::session::store::StoreError> {
                 let row = sqlx::query($crate::session::sql::GET)
                     .bind(key.as_bytes().as_slice())
@@ -209,7 +209,7 @@ macro_rules! sql_session_store {
 
             async fn replace(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
                 expected_version: i64,
                 sealed: &[u8],
                 access_expires_at: $crate::clock::UnixTime,
@@ -227,7 +227,7 @@ macro_rules! sql_session_store {
 
             async fn begin_refresh(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
                 expected_version: i64,
                 now: $crate::clock::UnixTime,
                 stale_before: $crate::clock::UnixTime,
@@ -245,7 +245,7 @@ macro_rules! sql_session_store {
 
             async fn abort_refresh(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
                 expected_version: i64,
                 marker: $crate::clock::UnixTime,
             ) -> Result<(), $crate::session::store::StoreError> {
@@ -261,7 +261,7 @@ macro_rules! sql_session_store {
 
             async fn touch(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
                 now: $crate::clock::UnixTime,
                 seen_mac: &[u8],
             ) -> Result<(), $crate::session::store::StoreError> {
@@ -303,8 +303,8 @@ macro_rules! sql_session_store {
                 &self,
                 owners: &[$crate::session::store::OwnerKey],
                 keep: u32,
-                except: &$crate::session::id::SessionKey,
-            ) -> Result<Vec<$crate::session::id::SessionKey>, $crate::session::store::StoreError> {
+                except: &$crate::session::id::SessionRowKey,
+            ) -> Result<Vec<$crate::session::id::SessionRowKey>, $crate::session::store::StoreError> {
                 use sqlx::Row as _;
                 if owners.is_empty() {
                     return Ok(Vec::new());
@@ -330,7 +330,7 @@ macro_rules! sql_session_store {
 
             async fn delete(
                 &self,
-                key: &$crate::session::id::SessionKey,
+                key: &$crate::session::id::SessionRowKey,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::DELETE)
                     .bind(key.as_bytes().as_slice())

@@ -1,4 +1,4 @@
-//! The session store abstraction: rows of sealed bytes keyed by `SessionKey`.
+//! The session store abstraction: rows of sealed bytes keyed by `SessionRowKey`.
 //!
 //! Backends see only ciphertext, timestamps and keyed hashes; sealing happens
 //! above them in `Sessions`. `created_at` is bound into the sealed record's
@@ -21,7 +21,7 @@
 
 use async_trait::async_trait;
 
-use super::id::SessionKey;
+use super::id::SessionRowKey;
 use crate::clock::UnixTime;
 
 /// The per-user index value of a session: HMAC-SHA256 of Ave's `sub` under a
@@ -34,7 +34,7 @@ pub struct OwnerKey(pub [u8; 32]);
 /// One stored session as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
-    pub key: SessionKey,
+    pub key: SessionRowKey,
     pub version: i64,
     pub sealed: Vec<u8>,
     pub created_at: UnixTime,
@@ -79,12 +79,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new session.
     async fn insert(&self, row: &StoredSession) -> Result<(), StoreError>;
     /// Reads a session.
-    async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError>;
+    async fn get(&self, key: &SessionRowKey) -> Result<Option<StoredSession>, StoreError>;
     /// Replaces the sealed data and clears the refresh marker, if the row still
     /// has `expected_version`; returns false (and changes nothing) otherwise.
     async fn replace(
         &self,
-        key: &SessionKey,
+        key: &SessionRowKey,
         expected_version: i64,
         sealed: &[u8],
         access_expires_at: UnixTime,
@@ -95,7 +95,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (and may now send the refresh token).
     async fn begin_refresh(
         &self,
-        key: &SessionKey,
+        key: &SessionRowKey,
         expected_version: i64,
         now: UnixTime,
         stale_before: UnixTime,
@@ -105,10 +105,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// when the refresh call is over without new tokens; the refresh token is
     /// kept (it did not reach Ave, Ave refused it before using it, or the
     /// outcome is unknown and the token is retried later).
-    async fn abort_refresh(&self, key: &SessionKey, expected_version: i64, marker: UnixTime) -> Result<(), StoreError>;
+    async fn abort_refresh(
+        &self,
+        key: &SessionRowKey,
+        expected_version: i64,
+        marker: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
     /// `seen_mac`, unless the row was already seen at or after `now`.
-    async fn touch(&self, key: &SessionKey, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
+    async fn touch(&self, key: &SessionRowKey, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
     /// The sessions of one user (rows whose `owner` is any of `owners`), most
     /// recently used first (`last_seen_at`, then `created_at`, descending).
     /// Callers must still open each row and check its `sub`: the index is
@@ -121,10 +126,10 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         owners: &[OwnerKey],
         keep: u32,
-        except: &SessionKey,
-    ) -> Result<Vec<SessionKey>, StoreError>;
+        except: &SessionRowKey,
+    ) -> Result<Vec<SessionRowKey>, StoreError>;
     /// Deletes a session; true if a row was removed.
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError>;
+    async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError>;
     /// Marks a login `state` (by hash) as used; false if it was used before.
     async fn consume_login_state(&self, state_hash: &[u8; 32], expires_at: UnixTime) -> Result<bool, StoreError>;
     /// Deletes expired sessions and used states; returns the sessions removed.

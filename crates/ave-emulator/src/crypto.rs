@@ -27,7 +27,7 @@ impl From<aws_lc_rs::error::Unspecified> for CryptoFailure {
 }
 
 /// One RSA-2048 signing key together with its published (JWK) form.
-pub(super) struct SigningKey {
+pub(super) struct IssuerKey {
     kid: String,
     key_pair: KeyPair,
     /// base64url of the modulus without leading zeros.
@@ -38,9 +38,9 @@ pub(super) struct SigningKey {
     spki_pem: String,
 }
 
-impl std::fmt::Debug for SigningKey {
+impl std::fmt::Debug for IssuerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
+        f.debug_struct("IssuerKey")
             .field("kid", &self.kid)
             .finish_non_exhaustive()
     }
@@ -58,7 +58,7 @@ pub(super) struct Jwk<'a> {
     e: &'a str,
 }
 
-impl SigningKey {
+impl IssuerKey {
     /// Generates a fresh RSA-2048 key with the given `kid`.
     pub(super) fn generate(kid: String) -> Result<Self, CryptoFailure> {
         let key_pair = KeyPair::generate(KeySize::Rsa2048)?;
@@ -67,7 +67,7 @@ impl SigningKey {
         let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
         let spki = public.as_der()?;
         let spki_pem = pem_encode("PUBLIC KEY", spki.as_ref());
-        Ok(SigningKey {
+        Ok(IssuerKey {
             kid,
             key_pair,
             n,
@@ -116,9 +116,9 @@ impl SigningKey {
 /// How a compact JWS gets its signature.
 pub(super) enum JwsSigner<'a> {
     /// A correct RS256 signature by `key`.
-    Rs256(&'a SigningKey),
+    Rs256(&'a IssuerKey),
     /// An RS256 signature by `key` with its first byte flipped.
-    Rs256Corrupted(&'a SigningKey),
+    Rs256Corrupted(&'a IssuerKey),
     /// HMAC-SHA256 keyed with `secret` (the algorithm-confusion attack).
     Hs256(&'a [u8]),
     /// No signature at all (`alg: none`): the third segment is empty.

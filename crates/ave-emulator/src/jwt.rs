@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::crypto::{self, CryptoFailure, JwsHeader, JwsSigner, SigningKey};
+use crate::crypto::{self, CryptoFailure, IssuerKey, JwsHeader, JwsSigner};
 
 use crate::scopes::has_scope;
 use crate::{EmulatedUser, IdTokenDefect, Shared};
@@ -217,7 +217,7 @@ pub(crate) fn mint_jwts(
 /// Verifies an `access_token_jwt`-style token as Ave's `verifyJwt` does and
 /// returns its claims. `Err(true)` means the header was not JSON (Ave answers
 /// 400 "Invalid JSON body"); `Err(false)` means simply invalid.
-pub(crate) fn verify_access_jwt(key: &SigningKey, issuer: &str, token: &str) -> Result<Map<String, Value>, bool> {
+pub(crate) fn verify_access_jwt(key: &IssuerKey, issuer: &str, token: &str) -> Result<Map<String, Value>, bool> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {

@@ -135,7 +135,7 @@ use poem::listener::TcpAcceptor;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use self::crypto::SigningKey;
+use self::crypto::IssuerKey;
 use self::state::State;
 
 /// How the emulator is set up. Every field has a sensible default, so
@@ -428,7 +428,7 @@ impl Emulator {
             return Err(EmulatorError::Config(format!("issuer {issuer:?} is not a URL")));
         }
         let kid = config.kid.clone();
-        let key = tokio::task::spawn_blocking(move || SigningKey::generate(kid))
+        let key = tokio::task::spawn_blocking(move || IssuerKey::generate(kid))
             .await
             .map_err(|_| EmulatorError::KeyGeneration)?
             .map_err(|_| EmulatorError::KeyGeneration)?;
@@ -560,7 +560,7 @@ impl Emulator {
     pub fn set_id_token_defect(&self, defect: Option<IdTokenDefect>) {
         if defect == Some(IdTokenDefect::UnpublishedKid) && self.shared.lock().rogue_key.is_none() {
             let kid = format!("unpublished-{}", crypto::random_hex_for_default(8));
-            match SigningKey::generate(kid) {
+            match IssuerKey::generate(kid) {
                 Ok(key) => {
                     let mut state = self.shared.lock();
                     if state.rogue_key.is_none() {
@@ -579,7 +579,7 @@ impl Emulator {
     /// with the old one. Generation blocks briefly.
     pub fn rotate_signing_key(&self) {
         let kid = format!("{}-{}", self.shared.config.kid, crypto::random_hex_for_default(4));
-        match SigningKey::generate(kid) {
+        match IssuerKey::generate(kid) {
             Ok(key) => self.shared.lock().signing_key = Arc::new(key),
             Err(_) => tracing::warn!("could not generate a new emulator signing key"),
         }

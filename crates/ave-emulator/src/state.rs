@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::crypto::SigningKey;
+use super::crypto::IssuerKey;
 use super::{IdTokenDefect, RecordedTokenRequest, TokenFailure};
 
 /// An issued authorization code (Ave's `AuthorizationCodeRecord`).
@@ -63,9 +63,9 @@ pub(super) struct State {
     pub(super) token_failure: Option<TokenFailure>,
     /// Status the discovery document and the JWKS answer with instead of 200.
     pub(super) metadata_failure: Option<u16>,
-    pub(super) signing_key: Arc<SigningKey>,
+    pub(super) signing_key: Arc<IssuerKey>,
     /// Key for [`IdTokenDefect::UnpublishedKid`]; never published.
-    pub(super) rogue_key: Option<Arc<SigningKey>>,
+    pub(super) rogue_key: Option<Arc<IssuerKey>>,
     pub(super) codes: HashMap<String, CodeRecord>,
     pub(super) access_tokens: HashMap<String, AccessRecord>,
     pub(super) refresh_tokens: HashMap<String, RefreshRecord>,
@@ -92,7 +92,7 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(redirect_uris: Vec<String>, signing_key: SigningKey) -> State {
+    pub(super) fn new(redirect_uris: Vec<String>, signing_key: IssuerKey) -> State {
         State {
             redirect_uris,
             auto_approve: None,

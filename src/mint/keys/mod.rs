@@ -3,7 +3,7 @@
 //! The keys directory holds PKCS#8 PEM files plus `manifest.json`, which records
 //! each key's algorithm, `kid` (RFC 7638 thumbprint), creation time and state
 //! (next, current, retired). `KeyRing` is one immutable snapshot: the keys
-//! parsed once, the JWKS built from them and its ETag. `Keys` holds the live
+//! parsed once, the JWKS built from them and its ETag. `LiveKeys` holds the live
 //! snapshot and swaps in a new one when the directory changes or on SIGHUP,
 //! so requests never wait for, or fail during, a reload.
 //!
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 pub use algorithms::{Algorithm, AlgorithmError, ParsedKey};
 pub use manifest::{KeyEntry, KeyState, LifecycleError, Manifest};
-pub use reload::Keys;
+pub use reload::LiveKeys;
 pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, KeysSettings, MAX_TOKEN_TTL, RETIRED_HOLD, Rotation};
 
 /// Why keys could not be loaded, created or used.

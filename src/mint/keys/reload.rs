@@ -1,4 +1,4 @@
-//! `Keys`: the live key ring of a running instance, swapped atomically.
+//! `LiveKeys`: the live key ring of a running instance, swapped atomically.
 //!
 //! Requests take an `Arc<KeyRing>` snapshot (a read lock held for one pointer
 //! copy), so a reload never blocks or fails a request: a new ring is built off
@@ -49,7 +49,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 }
 
 /// The live keys of one instance.
-pub struct Keys {
+pub struct LiveKeys {
     dir: KeyDir,
     policy: KeyPolicy,
     ring: RwLock<Arc<KeyRing>>,
@@ -58,7 +58,7 @@ pub struct Keys {
     clock: Clock,
 }
 
-impl Keys {
+impl LiveKeys {
     /// Prepares the directory (a current and a next key, generated with the
     /// policy's algorithm; legacy files migrated) and loads it. A read-only
     /// directory (a mounted secret) is used as it is, if it holds a current key.
@@ -165,9 +165,9 @@ impl Keys {
                 };
                 #[cfg(not(unix))]
                 let hup = std::future::pending::<Option<()>>();
-                let job: fn(&Keys) -> Result<(), KeyError> = tokio::select! {
+                let job: fn(&LiveKeys) -> Result<(), KeyError> = tokio::select! {
                     _ = poll.tick() => |k| k.reload_if_changed().map(|_| ()),
-                    _ = maintain.tick() => Keys::maintain,
+                    _ = maintain.tick() => LiveKeys::maintain,
                     _ = hup => {
                         tracing::info!("SIGHUP: reloading signing keys");
                         |k| k.reload().map(|_| ())
@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn reload_swaps_on_change_and_keeps_the_old_ring_on_failure() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let keys = Keys::open(tmp.path(), KeyPolicy::default(), Clock::System).expect("open");
+        let keys = LiveKeys::open(tmp.path(), KeyPolicy::default(), Clock::System).expect("open");
         let before = keys.current();
         assert!(!keys.reload_if_changed().expect("no change"));
         KeyDir::new(tmp.path())
@@ -227,7 +227,7 @@ mod tests {
             algorithm: Algorithm::Es256,
             rotation: Some(MIN_ROTATION),
         };
-        let keys = Keys::open(tmp.path(), policy, clock.clock()).expect("open");
+        let keys = LiveKeys::open(tmp.path(), policy, clock.clock()).expect("open");
         let first = keys.current().signing_key().kid().to_owned();
         clock.advance(MIN_ROTATION - Duration::from_secs(1));
         keys.maintain().expect("maintain");
