@@ -8,10 +8,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avemint::clock::{ManualClock, UnixTime};
 use avemint::config::Settings;
-use avemint::mint::keys::{Algorithm, KeyPolicy, LiveKeys};
-use avemint::mint::{Minter, Profiles, Subject};
+use avemint::testing::clock::{ManualClock, UnixTime};
+use avemint::testing::mint::keys::{Algorithm, KeyPolicy, LiveKeys};
+use avemint::testing::mint::{Minter, Profiles, Subject};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use serde_json::{Map, Value, json};

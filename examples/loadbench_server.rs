@@ -6,7 +6,7 @@
 //!   cookie values to `--cookies` (one per line), prints `url=…` and
 //!   `ready_ms=…`, and serves until SIGTERM / Ctrl-C.
 //! - `populate`: stores `--count` sessions directly through
-//!   `avemint::session::Sessions` into an SQLite file (or the PostgreSQL
+//!   `avemint::testing::session::Sessions` into an SQLite file (or the PostgreSQL
 //!   database `--db` names) and writes their cookies.
 //! - `lookup`: times `Sessions::load` for distinct stored sessions (each one a
 //!   store read, AEAD open and decode: what a session-cache miss costs) and
@@ -19,17 +19,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::ave::settings::DEFAULT_SCOPES;
-use avemint::clock::{Clock, ManualClock, UnixTime};
 use avemint::config::Settings;
-use avemint::mint::keys::Algorithm;
-use avemint::secret::{Secret, random_bytes};
-use avemint::session::{
+use avemint::startup::{Application, Mode, shutdown_signal};
+use avemint::testing::ave::settings::DEFAULT_SCOPES;
+use avemint::testing::clock::{Clock, ManualClock, UnixTime};
+use avemint::testing::mint::keys::Algorithm;
+use avemint::testing::secret::{Secret, random_bytes};
+use avemint::testing::session::{
     AveTokens, DatabaseUrl, RenewalSettings, SealingKeys, SessionData, SessionHandle, SessionId, SessionSettings,
     Sessions,
 };
-use avemint::startup::{Application, Mode, shutdown_signal};
-use avemint::web_url::PublicUrl;
+use avemint::testing::web_url::PublicUrl;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 

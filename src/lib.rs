@@ -3,22 +3,42 @@
 //! A confidential OAuth client ("backend for frontend") that keeps Ave's tokens
 //! server-side, encrypted at rest, and mints short-lived app JWTs that
 //! downstream APIs verify against the JWKS avemint publishes.
+//!
+//! The API is what the `avemint` binary needs: settings (`config`), the
+//! application (`startup`), logging (`telemetry`), the demo (`demo`), the
+//! `keys` commands and the OpenAPI document. Everything else is private to the
+//! crate; tests, benches, fuzz targets and examples reach it through the hidden
+//! `testing` door. The README's Layout table is the map.
 
-pub mod ave;
-pub mod clock;
+// Entry points and wiring: the API.
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod http;
-mod log_gate;
-pub mod metrics;
-pub mod mint;
-pub mod route;
-pub mod secret;
-pub mod server;
-pub mod session;
-pub mod signin;
 pub mod startup;
 pub mod telemetry;
-pub mod traffic;
-pub mod web_url;
+
+// HTTP, use cases, components and leaf types: private to the crate.
+mod ave;
+mod clock;
+mod http;
+mod log_gate;
+mod metrics;
+mod mint;
+mod route;
+mod secret;
+mod server;
+mod session;
+mod signin;
+mod traffic;
+mod web_url;
+
+#[doc(hidden)]
+pub mod testing;
+
+pub use clock::Clock;
+pub use http::openapi_yaml;
+
+/// The `avemint keys` commands and what they take.
+pub mod keys {
+    pub use crate::mint::keys::{Algorithm, KeyDir, commands};
+}

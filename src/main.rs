@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use avemint::config::{ProcessEnv, Settings};
-use avemint::mint::keys::{Algorithm, KeyDir, commands};
+use avemint::keys::{Algorithm, KeyDir, commands};
 use avemint::startup::{Application, Mode, shutdown_signal};
 use clap::{Parser, Subcommand};
 
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi => {
-            print!("{}", avemint::http::openapi_yaml());
+            print!("{}", avemint::openapi_yaml());
             ExitCode::SUCCESS
         }
         Command::Serve => {
@@ -122,7 +122,7 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
     avemint::telemetry::init_stderr("warn", false);
     let dir = KeyDir::new(settings.dir);
     let default_alg = settings.policy.algorithm;
-    let now = avemint::clock::Clock::System.now();
+    let now = avemint::Clock::System.now();
     let result = match command {
         KeysCommand::Generate { alg } => commands::generate(&dir, alg.unwrap_or(default_alg), now),
         KeysCommand::List => commands::list(&dir, now),

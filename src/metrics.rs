@@ -304,11 +304,6 @@ fn metrics() -> Option<&'static Metrics> {
         .as_ref()
 }
 
-/// Builds the registry now rather than on the first request.
-pub fn init() {
-    let _ = metrics();
-}
-
 /// Records one finished HTTP request.
 pub fn record_request(route: RouteLabel, status: u16, elapsed: Duration) {
     let Some(m) = metrics() else { return };

@@ -13,10 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::ave::ClientOptions;
-use avemint::http::security::SecuritySettings;
-use avemint::session::RenewalSettings;
-use avemint::traffic::client_ip::TrustedProxies;
+use avemint::testing::ave::ClientOptions;
+use avemint::testing::http::security::SecuritySettings;
+use avemint::testing::session::RenewalSettings;
+use avemint::testing::traffic::client_ip::TrustedProxies;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Browser, Options, SESSION_COOKIE, TestApp, location};

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use ave_emulator::EmulatorConfig;
-use avemint::session::RenewalSettings;
+use avemint::testing::session::RenewalSettings;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use serde_json::{Value, json};
 use support::{LOGIN_COOKIE, Options, SESSION_COOKIE, TestApp, error_code, location};
@@ -348,7 +348,10 @@ async fn a_long_return_to_with_other_cookies_still_signs_in() {
     assert!(set_cookie(&resp, SESSION_COOKIE).is_some_and(|v| !v.is_empty()));
 
     // A return path within the cap is kept.
-    let kept = format!("/{}", "b".repeat(avemint::signin::return_path::MAX_RETURN_PATH - 1));
+    let kept = format!(
+        "/{}",
+        "b".repeat(avemint::testing::signin::return_path::MAX_RETURN_PATH - 1)
+    );
     let (authorize, login) = login_with(&app, others.as_bytes(), Some(&kept)).await;
     let callback = approve_as(&app, &authorize, 0).await;
     let cookie = format!("{others}; {LOGIN_COOKIE}={login}");

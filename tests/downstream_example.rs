@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avemint::clock::Clock;
+use avemint::testing::clock::Clock;
 use downstream::{Verifier, VerifyError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -36,15 +36,21 @@ fn kid(token: &str) -> String {
 
 /// The PKCS#8 PEM of the key that signs (the manifest's `current` key in `dir`).
 fn current_key_pem(dir: &Path) -> String {
-    let manifest = avemint::mint::keys::KeyDir::new(dir).read_manifest().expect("manifest");
+    let manifest = avemint::testing::mint::keys::KeyDir::new(dir)
+        .read_manifest()
+        .expect("manifest");
     let current = manifest.current().expect("a current key");
     std::fs::read_to_string(dir.join(&current.file)).expect("pem")
 }
 
 /// Rotates the keys in `dir` as `avemint keys rotate --force` does: the next key signs, the old one is retired.
 fn rotate_keys(dir: &Path) {
-    avemint::mint::keys::KeyDir::new(dir)
-        .rotate(avemint::mint::keys::Algorithm::Es256, Clock::System.now(), true)
+    avemint::testing::mint::keys::KeyDir::new(dir)
+        .rotate(
+            avemint::testing::mint::keys::Algorithm::Es256,
+            Clock::System.now(),
+            true,
+        )
         .expect("rotate");
 }
 

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use avemint::session::{Purpose, Sealer};
-use avemint::session::{RenewalSettings, SealingKeys};
-use avemint::signin::decode_login;
+use avemint::testing::session::{Purpose, Sealer};
+use avemint::testing::session::{RenewalSettings, SealingKeys};
+use avemint::testing::signin::decode_login;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::Value;
@@ -98,8 +98,8 @@ impl Transcript {
         }
         let login_cookie = browser.get(LOGIN_COOKIE).expect("login cookie").to_owned();
         let sealer = Sealer::new(&SealingKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
-        let pending =
-            decode_login(&login_cookie, &sealer, avemint::clock::Clock::System.now()).expect("login cookie opens");
+        let pending = decode_login(&login_cookie, &sealer, avemint::testing::clock::Clock::System.now())
+            .expect("login cookie opens");
         self.add("PKCE verifier", pending.verifier.expose());
         let callback = app.authorize(authorize.as_str()).await;
         let callback_url = url::Url::parse(&callback).expect("callback url");

@@ -90,7 +90,7 @@ fn signature_ok(req: &Request, body: &[u8]) -> bool {
         return false;
     };
     let Ok(ts_num) = ts.parse::<i64>() else { return false };
-    let now = avemint::clock::Clock::System.now().as_secs();
+    let now = avemint::testing::clock::Clock::System.now().as_secs();
     if (now - ts_num).abs() > 300 {
         return false;
     }

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::ave::id_token::{self, NonceCheck};
-use avemint::ave::{AveClient, ClientOptions, IdTokenError};
-use avemint::clock::Clock;
-use avemint::secret::Secret;
-use avemint::session::DatabaseUrl;
-use avemint::web_url::Issuer;
+use avemint::testing::ave::id_token::{self, NonceCheck};
+use avemint::testing::ave::{AveClient, ClientOptions, IdTokenError};
+use avemint::testing::clock::Clock;
+use avemint::testing::secret::Secret;
+use avemint::testing::session::DatabaseUrl;
+use avemint::testing::web_url::Issuer;
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp, database_url_string, error_code, postgres_schema, sign_in_at, wait_ready};
 use tokio::task::JoinHandle;

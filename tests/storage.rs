@@ -4,8 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::session::SessionId;
-use avemint::session::{RenewalSettings, SessionSettings};
+use avemint::testing::session::SessionId;
+use avemint::testing::session::{RenewalSettings, SessionSettings};
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -69,25 +69,25 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
     let mut b = app.signed_in_browser().await;
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     // A second process on the same file and keys reads the session.
-    let sessions = avemint::session::Sessions::open(
+    let sessions = avemint::testing::session::Sessions::open(
         &app.settings.store.database_url,
         &app.settings.store.keys,
         app.settings.session.clone(),
         std::time::Duration::ZERO,
-        avemint::clock::Clock::System,
+        avemint::testing::clock::Clock::System,
     )
     .await
     .expect("open");
-    let id = avemint::session::SessionId::parse(b.get(SESSION_COOKIE).expect("cookie")).expect("id");
+    let id = avemint::testing::session::SessionId::parse(b.get(SESSION_COOKIE).expect("cookie")).expect("id");
     let s = sessions.load(&id.key()).await.expect("load").expect("present");
     assert_eq!(s.data.sub, app.emulator.users()[0].id);
     // With a different key the row cannot be opened (and is reported absent, not deleted).
-    let other = avemint::session::Sessions::open(
+    let other = avemint::testing::session::Sessions::open(
         &app.settings.store.database_url,
-        &avemint::session::SealingKeys::from_keys(vec![[1; 32]]),
+        &avemint::testing::session::SealingKeys::from_keys(vec![[1; 32]]),
         app.settings.session.clone(),
         std::time::Duration::ZERO,
-        avemint::clock::Clock::System,
+        avemint::testing::clock::Clock::System,
     )
     .await
     .expect("open");
@@ -201,7 +201,7 @@ async fn cap_ends_the_oldest(app: &TestApp) -> Vec<Browser> {
     browsers
 }
 
-fn capped(max: u32, database_url: Option<avemint::session::DatabaseUrl>) -> Options {
+fn capped(max: u32, database_url: Option<avemint::testing::session::DatabaseUrl>) -> Options {
     uncached(Options {
         session: Some(SessionSettings {
             max_sessions_per_user: max,

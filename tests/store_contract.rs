@@ -10,11 +10,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use avemint::clock::UnixTime;
-use avemint::session::DatabaseUrl;
-use avemint::session::postgres::PostgresStore;
-use avemint::session::sqlite::SqliteStore;
-use avemint::session::{OwnerKey, SessionRowKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use avemint::testing::clock::UnixTime;
+use avemint::testing::session::DatabaseUrl;
+use avemint::testing::session::postgres::PostgresStore;
+use avemint::testing::session::sqlite::SqliteStore;
+use avemint::testing::session::{OwnerKey, SessionRowKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 use sqlx::Row;
 
 /// A direct connection to the store's database, to stage what the store API cannot.

@@ -11,7 +11,7 @@ pub mod id_token;
 pub mod metadata;
 pub mod settings;
 
-pub use client::{AveClient, AveError, KeySet, ProviderMetadata, TokenResponse};
-pub use id_token::{IdTokenError, NonceCheck, ValidatedIdToken};
-pub use metadata::{Document, DocumentStatus, MetadataStatus};
-pub use settings::{AveSettings, ClientOptions};
+pub use client::{AveClient, AveError, KeySet, TokenResponse};
+pub use id_token::IdTokenError;
+pub use metadata::{DocumentStatus, MetadataStatus};
+pub use settings::ClientOptions;

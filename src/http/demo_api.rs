@@ -128,7 +128,7 @@ pub fn hello(req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mint::KeyRing;
+    use crate::mint::keys::KeyRing;
     use serde_json::json;
 
     const URL: &str = "http://127.0.0.1:8080";

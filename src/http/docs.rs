@@ -29,6 +29,7 @@ impl DocsPage {
     }
 
     /// The Content-Security-Policy served with the page.
+    #[cfg(test)]
     pub fn csp(&self) -> &HeaderValue {
         &self.csp
     }

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::secret::{Secret, fill_random};
 use hook::{FailurePolicy, HookError};
-pub use keys::{KeyError, KeyRing, LiveKeys};
+pub use keys::{KeyError, LiveKeys};
 pub use profiles::{Profile, Profiles};
 
 /// The identity a token is minted for: what a session knows about its user.

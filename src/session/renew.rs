@@ -170,11 +170,6 @@ impl Renewer {
         })
     }
 
-    /// The refresh skew.
-    pub fn skew(&self) -> Duration {
-        self.skew
-    }
-
     /// How long a refresh marker protects its holder's call: older markers
     /// were left by a holder that died, and are taken over.
     fn lease(&self) -> Duration {

@@ -261,11 +261,6 @@ impl CodeExchangeLimiter {
         }
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> ExchangeLimits {
-        self.limits
-    }
-
     /// True while failures across all networks make one failure close a network.
     pub fn strict(&self) -> bool {
         self.strict_at(Instant::now())

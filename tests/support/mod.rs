@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::ave::ClientOptions;
 use avemint::config::{ConfigErrors, Settings};
-use avemint::http::security::SecuritySettings;
-use avemint::mint::profiles::TokenSettings;
-use avemint::session::{DatabaseUrl, RenewalSettings, SessionSettings};
 use avemint::startup::{Application, Mode};
-use avemint::web_url::PublicUrl;
+use avemint::testing::ave::ClientOptions;
+use avemint::testing::http::security::SecuritySettings;
+use avemint::testing::mint::profiles::TokenSettings;
+use avemint::testing::session::{DatabaseUrl, RenewalSettings, SessionSettings};
+use avemint::testing::web_url::PublicUrl;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
@@ -60,7 +60,7 @@ pub struct Options {
     /// Listen on this loopback port instead of a random one (restarting "the same" avemint).
     pub port: Option<u16>,
     /// Key algorithm and rotation (default: ES256, no automatic rotation).
-    pub signing: Option<avemint::mint::keys::KeyPolicy>,
+    pub signing: Option<avemint::testing::mint::keys::KeyPolicy>,
     /// Allowed origins, trusted proxies, sign-in rate limit (defaults as in production).
     pub security: Option<SecuritySettings>,
     /// Session lifetimes and the sessions-per-user cap (defaults as in production).
@@ -385,7 +385,7 @@ pub async fn postgres_schema(test: &str) -> Option<DatabaseUrl> {
 }
 
 fn rand_bytes() -> [u8; 8] {
-    avemint::secret::random_bytes::<8>()
+    avemint::testing::secret::random_bytes::<8>()
 }
 
 fn hex(b: &[u8]) -> String {

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use algorithms::{Algorithm, AlgorithmError, ParsedKey};
-pub use manifest::{KeyEntry, KeyState, LifecycleError, Manifest};
+pub use manifest::{KeyEntry, KeyState, LifecycleError};
 pub use reload::LiveKeys;
-pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, KeysSettings, MAX_TOKEN_TTL, RETIRED_HOLD, Rotation};
+pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
 
 /// Why keys could not be loaded, created or used.
 #[derive(Debug, thiserror::Error)]
