@@ -32,8 +32,9 @@ pub struct UnixTime(i64);
 impl UnixTime {
     /// 1970-01-01T00:00:00Z.
     pub const EPOCH: Self = Self(0);
+    #[cfg(test)]
     /// The earliest representable time (a "never" that is before everything).
-    pub const MIN: Self = Self(i64::MIN);
+    pub(crate) const MIN: Self = Self(i64::MIN);
 
     /// The time `secs` seconds after the epoch (a stored column, a test's fixed time).
     pub const fn from_secs(secs: i64) -> Self {
@@ -51,22 +52,22 @@ impl UnixTime {
     }
 
     /// Seconds since the epoch, zero for times before it (JWT `iat`/`exp`, the hook timestamp).
-    pub fn as_unsigned(self) -> u64 {
+    pub(crate) fn as_unsigned(self) -> u64 {
         u64::try_from(self.0).unwrap_or(0)
     }
 
     /// `self + d`, saturating at the far future.
-    pub fn saturating_add(self, d: Duration) -> Self {
+    pub(crate) fn saturating_add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(secs_of(d)))
     }
 
     /// `self - d`, saturating at the far past.
-    pub fn saturating_sub(self, d: Duration) -> Self {
+    pub(crate) fn saturating_sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(secs_of(d)))
     }
 
     /// How long after `earlier` this is; zero if `earlier` is not before it.
-    pub fn saturating_duration_since(self, earlier: Self) -> Duration {
+    pub(crate) fn saturating_duration_since(self, earlier: Self) -> Duration {
         Duration::from_secs(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
     }
 }
@@ -141,7 +142,7 @@ impl ManualClock {
     }
 
     /// The time it shows.
-    pub fn now(&self) -> UnixTime {
+    pub(crate) fn now(&self) -> UnixTime {
         UnixTime(self.0.load(Ordering::SeqCst))
     }
 
@@ -150,8 +151,9 @@ impl ManualClock {
         self.0.store(t.0, Ordering::SeqCst);
     }
 
+    #[cfg(test)]
     /// Moves it `d` forward.
-    pub fn advance(&self, d: Duration) {
+    pub(crate) fn advance(&self, d: Duration) {
         self.set(self.now() + d);
     }
 

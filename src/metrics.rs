@@ -21,7 +21,7 @@ use prometheus::{
 use crate::route::Route;
 
 /// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Latency buckets in seconds, from 50 µs (a cached token mint) to 10 s (Ave's timeout).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -40,24 +40,24 @@ const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A route label, resolved once per request without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteLabel(usize);
+pub(crate) struct RouteLabel(usize);
 
 impl RouteLabel {
     /// The label of a request for `route` (`None`: `unmatched`).
-    pub fn of(route: Option<Route>) -> Self {
+    pub(crate) fn of(route: Option<Route>) -> Self {
         // `Route::ALL` lists the routes in declaration order (checked by `route`'s tests).
         Self(route.map_or(UNMATCHED, |r| r as usize))
     }
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         Route::ALL.get(self.0).map_or("unmatched", |r| r.metric_label())
     }
 }
 
 /// The kinds of call avemint makes to Ave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AveCall {
+pub(crate) enum AveCall {
     /// `GET /.well-known/openid-configuration`.
     Discovery,
     /// `GET` of Ave's JWKS.
@@ -77,7 +77,7 @@ impl AveCall {
     ];
 
     /// The OAuth `grant_type` of a token-endpoint call (`""` for GETs).
-    pub fn grant_type(self) -> &'static str {
+    pub(crate) fn grant_type(self) -> &'static str {
         match self {
             AveCall::CodeExchange => "authorization_code",
             AveCall::Refresh => "refresh_token",
@@ -97,7 +97,7 @@ impl AveCall {
 
 /// How an Ave call failed, as a bounded label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AveFailure {
+pub(crate) enum AveFailure {
     /// Timeout, refused connection, TLS, unreadable body.
     Transport,
     /// The request may have reached Ave but its answer was lost.
@@ -305,7 +305,7 @@ fn metrics() -> Option<&'static Metrics> {
 }
 
 /// Records one finished HTTP request.
-pub fn record_request(route: RouteLabel, status: u16, elapsed: Duration) {
+pub(crate) fn record_request(route: RouteLabel, status: u16, elapsed: Duration) {
     let Some(m) = metrics() else { return };
     let class = usize::from(status / 100).clamp(1, 5) - 1;
     if let Some(row) = m.requests.get(route.0) {
@@ -317,7 +317,7 @@ pub fn record_request(route: RouteLabel, status: u16, elapsed: Duration) {
 }
 
 /// Records one call to Ave: its latency, and its failure if it failed.
-pub fn ave_call(call: AveCall, elapsed: Duration, failure: Option<AveFailure>) {
+pub(crate) fn ave_call(call: AveCall, elapsed: Duration, failure: Option<AveFailure>) {
     let Some(m) = metrics() else { return };
     let i = call as usize;
     if let Some(h) = m.ave_seconds.get(i) {
@@ -331,7 +331,7 @@ pub fn ave_call(call: AveCall, elapsed: Duration, failure: Option<AveFailure>) {
 /// Counts one renewal of a session's Ave tokens by outcome, e.g. `renewed`,
 /// `rejected`, `unavailable`, `lost_race`. Pass a fixed, short snake_case word:
 /// anything else is counted as `other`, so label cardinality stays bounded.
-pub fn refresh_outcome(outcome: &str) {
+pub(crate) fn refresh_outcome(outcome: &str) {
     let Some(m) = metrics() else { return };
     let valid =
         !outcome.is_empty() && outcome.len() <= 32 && outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
@@ -342,21 +342,21 @@ pub fn refresh_outcome(outcome: &str) {
 }
 
 /// A session lookup answered from the in-process cache.
-pub fn cache_hit() {
+pub(crate) fn cache_hit() {
     if let Some(m) = metrics() {
         m.cache_hits.inc();
     }
 }
 
 /// A session lookup that had to go to the store.
-pub fn cache_miss() {
+pub(crate) fn cache_miss() {
     if let Some(m) = metrics() {
         m.cache_misses.inc();
     }
 }
 
 /// Records how long a task waited for the lock named `lock` (a fixed name such as `session_refresh`).
-pub fn lock_wait(lock: &'static str, waited: Duration) {
+pub(crate) fn lock_wait(lock: &'static str, waited: Duration) {
     let Some(m) = metrics() else { return };
     if let Ok(h) = m.lock_wait_seconds.get_metric_with_label_values(&[lock]) {
         h.observe(waited.as_secs_f64());
@@ -364,7 +364,7 @@ pub fn lock_wait(lock: &'static str, waited: Duration) {
 }
 
 /// Records a token-endpoint call that waited `waited` for Ave's token budget (`class`: `renewal` or `sign_in`).
-pub fn budget_wait(class: &'static str, waited: Duration) {
+pub(crate) fn budget_wait(class: &'static str, waited: Duration) {
     let Some(m) = metrics() else { return };
     if let Ok(h) = m.budget_wait_seconds.get_metric_with_label_values(&[class]) {
         h.observe(waited.as_secs_f64());
@@ -372,7 +372,7 @@ pub fn budget_wait(class: &'static str, waited: Duration) {
 }
 
 /// Counts a token-endpoint call refused by Ave's token budget (`class`: `renewal` or `sign_in`).
-pub fn budget_refused(class: &'static str) {
+pub(crate) fn budget_refused(class: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.budget_refused.get_metric_with_label_values(&[class]) {
         c.inc();
@@ -380,14 +380,14 @@ pub fn budget_refused(class: &'static str) {
 }
 
 /// Counts a code exchange Ave rejected.
-pub fn sign_in_exchange_failed() {
+pub(crate) fn sign_in_exchange_failed() {
     if let Some(m) = metrics() {
         m.code_exchange_failures.inc();
     }
 }
 
 /// Counts a callback refused before calling Ave; `network` is `ipv4_24`, `ipv6_64` or `ipv6_48`.
-pub fn sign_in_exchange_refused(network: &'static str) {
+pub(crate) fn sign_in_exchange_refused(network: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.code_exchange_refused.get_metric_with_label_values(&[network]) {
         c.inc();
@@ -396,7 +396,7 @@ pub fn sign_in_exchange_refused(network: &'static str) {
 
 /// Renders every metric in the Prometheus text format, plus the derived
 /// `avemint_session_cache_hit_ratio` gauge.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let Some(m) = metrics() else { return String::new() };
     let mut out = Vec::with_capacity(16 * 1024);
     if TextEncoder::new().encode(&m.registry.gather(), &mut out).is_err() {

@@ -12,7 +12,7 @@
 
 /// A route avemint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
+pub(crate) enum Route {
     Login,
     Callback,
     Token,
@@ -42,14 +42,14 @@ pub enum Route {
 
 /// The per-client request limits (`AVEMINT_LOGIN_RATE_LIMIT`): each counts one route, with its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Limited {
+pub(crate) enum Limited {
     Login,
     Callback,
 }
 
 impl Route {
     /// Every route, in the order of their metrics label index.
-    pub const ALL: &[Route] = &[
+    pub(crate) const ALL: &[Route] = &[
         Route::Login,
         Route::Callback,
         Route::Token,
@@ -73,10 +73,10 @@ impl Route {
     ];
 
     /// Where every auth endpoint lives (answers there are never cached nor referred).
-    pub const AUTH_PREFIX: &str = "/auth/";
+    pub(crate) const AUTH_PREFIX: &str = "/auth/";
 
     /// The path the route is served at.
-    pub const fn path(self) -> &'static str {
+    pub(crate) const fn path(self) -> &'static str {
         match self {
             Route::Login => "/auth/login",
             Route::Callback => "/auth/callback",
@@ -102,12 +102,12 @@ impl Route {
     }
 
     /// The `route` label of its request metrics: the path template.
-    pub const fn metric_label(self) -> &'static str {
+    pub(crate) const fn metric_label(self) -> &'static str {
         self.path()
     }
 
     /// The per-client request limit that counts it: the two browser navigations of a sign-in.
-    pub const fn limited(self) -> Option<Limited> {
+    pub(crate) const fn limited(self) -> Option<Limited> {
         match self {
             Route::Login => Some(Limited::Login),
             Route::Callback => Some(Limited::Callback),
@@ -117,12 +117,12 @@ impl Route {
 
     /// True for the `/auth/*` endpoints called by script (everything there but the two navigations): the
     /// guard refuses them to other origins.
-    pub const fn is_auth_api(self) -> bool {
+    pub(crate) const fn is_auth_api(self) -> bool {
         matches!(self, Route::Token | Route::Session | Route::Logout)
     }
 
     /// True for the routes only `avemint demo` serves.
-    pub const fn demo_only(self) -> bool {
+    pub(crate) const fn demo_only(self) -> bool {
         #[cfg(feature = "demo")]
         if matches!(self, Route::DemoScript | Route::DemoStyle | Route::DemoApi) {
             return true;
@@ -131,7 +131,7 @@ impl Route {
     }
 
     /// The route `path` is (exactly; any path below `/docs/` is `Docs`).
-    pub fn of(path: &str) -> Option<Route> {
+    pub(crate) fn of(path: &str) -> Option<Route> {
         if let Some(route) = Route::ALL.iter().copied().find(|r| r.path() == path) {
             return Some(route);
         }

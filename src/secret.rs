@@ -65,7 +65,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// Fills `buf` from the operating system's CSPRNG (aws-lc).
-pub fn fill_random(buf: &mut [u8]) {
+pub(crate) fn fill_random(buf: &mut [u8]) {
     // SystemRandom only fails when the OS has no entropy source at all, in
     // which case nothing in this service can work safely.
     aws_lc_rs::rand::fill(buf).expect("the operating system's random number generator failed");

@@ -41,10 +41,10 @@ pub struct ConnectionTimeouts {
 }
 
 /// Default `AVEMINT_HEADER_READ_TIMEOUT`.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `AVEMINT_KEEP_ALIVE_TIMEOUT`: longer than the usual load-balancer idle timeout (60 s), so the
 /// balancer, not avemint, closes an idle pooled connection (otherwise a request racing the close gets a 502).
-pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Default for ConnectionTimeouts {
     fn default() -> Self {
@@ -198,7 +198,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 /// Serves `ep` on `acceptor` until `shutdown` resolves, then gives requests in
 /// flight up to `grace` to finish.
-pub async fn serve<A, E>(
+pub(crate) async fn serve<A, E>(
     mut acceptor: A,
     ep: E,
     shutdown: impl Future<Output = ()> + Send,

@@ -34,7 +34,7 @@ pub enum WebUrlError {
 
 /// Parses an `https` URL, or an `http` one to a loopback host; no query,
 /// fragment or user-info.
-pub fn parse_web_url(raw: &str) -> Result<Url, WebUrlError> {
+pub(crate) fn parse_web_url(raw: &str) -> Result<Url, WebUrlError> {
     let url = Url::parse(raw.trim()).map_err(WebUrlError::Invalid)?;
     match url.scheme() {
         "https" => {}
@@ -55,7 +55,7 @@ pub fn parse_web_url(raw: &str) -> Result<Url, WebUrlError> {
 }
 
 /// True for `localhost`, 127.0.0.0/8 and `::1`.
-pub fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -79,7 +79,7 @@ impl PublicUrl {
     }
 
     /// The origin without a trailing slash, e.g. `https://app.example.com`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
@@ -89,7 +89,7 @@ impl PublicUrl {
     }
 
     /// True when the public URL is https (browsers then require it for everything).
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
 }
@@ -105,7 +105,7 @@ impl fmt::Display for PublicUrl {
 pub struct Issuer(String);
 
 /// Production Ave's issuer, the default of `AVE_ISSUER`.
-pub const DEFAULT_ISSUER: &str = "https://aveid.net";
+pub(crate) const DEFAULT_ISSUER: &str = "https://aveid.net";
 
 impl Default for Issuer {
     /// Production Ave (`DEFAULT_ISSUER`).
@@ -122,12 +122,12 @@ impl Issuer {
     }
 
     /// The issuer string, e.g. `https://aveid.net`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// `{issuer}/.well-known/openid-configuration`.
-    pub fn discovery_url(&self) -> String {
+    pub(crate) fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.0)
     }
 }

@@ -31,13 +31,13 @@ use tokio::time::Instant;
 use crate::log_gate::LogGate;
 
 /// The length of the sliding window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// The least time between two "the budget made requests wait" log lines of one class.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Which share of the budget a call draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BudgetClass {
+pub(crate) enum BudgetClass {
     /// A refresh of an existing session's tokens: may use the whole budget.
     Renewal,
     /// A sign-in's code exchange: may not use the share reserved for renewals.
@@ -46,7 +46,7 @@ pub enum BudgetClass {
 
 impl BudgetClass {
     /// The metrics and log label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             BudgetClass::Renewal => "renewal",
             BudgetClass::SignIn => "sign_in",
@@ -57,14 +57,14 @@ impl BudgetClass {
 /// The budget had no room within the allowed wait; nothing was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Ave token-endpoint budget exhausted; room in {} s", retry_after.as_secs())]
-pub struct BudgetExhausted {
+pub(crate) struct BudgetExhausted {
     /// When to try again (whole seconds, at least one).
     pub retry_after: Duration,
 }
 
 /// The state of the window now, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetSnapshot {
+pub(crate) struct BudgetSnapshot {
     /// Calls per sliding minute in all.
     pub per_minute: u32,
     /// The part of it sign-ins can never take.
@@ -103,7 +103,7 @@ impl Window {
 }
 
 /// A sliding-window limiter for calls to Ave's token endpoint.
-pub struct TokenBudget {
+pub(crate) struct TokenBudget {
     per_minute: u32,
     reserve: u32,
     max_wait: Duration,
@@ -116,7 +116,7 @@ impl TokenBudget {
     /// `per_minute` calls per sliding minute, a third of them (rounded down,
     /// at least one of two or more) reserved for renewals; callers wait at
     /// most `max_wait`.
-    pub fn new(per_minute: u32, max_wait: Duration) -> Self {
+    pub(crate) fn new(per_minute: u32, max_wait: Duration) -> Self {
         let per_minute = per_minute.max(1);
         Self {
             per_minute,
@@ -130,12 +130,12 @@ impl TokenBudget {
     }
 
     /// The configured calls per minute.
-    pub fn per_minute(&self) -> u32 {
+    pub(crate) fn per_minute(&self) -> u32 {
         self.per_minute
     }
 
     /// The most sign-ins per sliding minute (the budget less the renewal reserve).
-    pub fn sign_in_limit(&self) -> u32 {
+    pub(crate) fn sign_in_limit(&self) -> u32 {
         self.per_minute - self.reserve
     }
 
@@ -181,7 +181,7 @@ impl TokenBudget {
 
     /// Takes one call of `class` from the budget, waiting (unlocked) for room
     /// up to `max_wait`. Returns how long it waited.
-    pub async fn acquire(&self, class: BudgetClass) -> Result<Duration, BudgetExhausted> {
+    pub(crate) async fn acquire(&self, class: BudgetClass) -> Result<Duration, BudgetExhausted> {
         let start = Instant::now();
         let deadline = start + self.max_wait;
         loop {
@@ -238,7 +238,7 @@ impl TokenBudget {
     }
 
     /// Use and room of each class over the last minute.
-    pub fn snapshot(&self) -> BudgetSnapshot {
+    pub(crate) fn snapshot(&self) -> BudgetSnapshot {
         let mut w = self.lock();
         w.prune(Instant::now());
         let total = w.calls.len() as u32;

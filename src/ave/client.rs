@@ -26,13 +26,11 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// Ave's OpenID provider metadata (the fields avemint uses).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ProviderMetadata {
+pub(crate) struct ProviderMetadata {
     pub issuer: String,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub jwks_uri: String,
-    #[serde(default)]
-    pub userinfo_endpoint: Option<String>,
 }
 
 /// The parts of Ave's token response avemint keeps. Tokens are secrets from the moment they are parsed.
@@ -100,7 +98,7 @@ pub enum AveError {
 
 impl AveError {
     /// The metrics label of this failure.
-    pub fn failure(&self) -> AveFailure {
+    pub(crate) fn failure(&self) -> AveFailure {
         match self {
             AveError::OAuth { .. } => AveFailure::Rejected,
             // Budget refusals never reach `metrics::ave_call`; they count as what they used to be reported as.
@@ -113,7 +111,7 @@ impl AveError {
     }
 
     /// True for failures worth retrying later (the request may not have reached Ave).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             AveError::RateLimited { .. }
@@ -254,19 +252,19 @@ impl AveClient {
     }
 
     /// The configured issuer.
-    pub fn issuer(&self) -> &Issuer {
+    pub(crate) fn issuer(&self) -> &Issuer {
         &self.issuer
     }
 
     /// The registered client id.
-    pub fn client_id(&self) -> &str {
+    pub(crate) fn client_id(&self) -> &str {
         &self.client_id
     }
 
     /// Ave's provider metadata, from cache or `{issuer}/.well-known/openid-configuration`.
     /// Once loaded it is always answered from memory: a due re-fetch runs in
     /// the background and a failed one keeps the last good copy.
-    pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
+    pub(crate) async fn metadata(&self) -> Result<Arc<ProviderMetadata>, AveError> {
         self.metadata.discovery().await
     }
 
@@ -279,7 +277,7 @@ impl AveClient {
     /// once per cooldown, so random kids cannot make avemint hammer Ave.
     /// Returns `None` when the cooldown forbids a fetch. A failed re-fetch
     /// keeps the keys in use.
-    pub async fn refetch_key_set(&self) -> Result<Option<Arc<KeySet>>, AveError> {
+    pub(crate) async fn refetch_key_set(&self) -> Result<Option<Arc<KeySet>>, AveError> {
         self.metadata.refetch_key_set().await
     }
 
@@ -290,7 +288,7 @@ impl AveClient {
     }
 
     /// Exchanges an authorization code (with the PKCE verifier and the client secret).
-    pub async fn exchange_code(
+    pub(crate) async fn exchange_code(
         &self,
         code: &str,
         code_verifier: &str,
@@ -311,7 +309,7 @@ impl AveClient {
 
     /// Uses a refresh token. Ave rotates it on every use: the caller must store
     /// the new one before anything else, and must never send this one again.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, AveError> {
+    pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, AveError> {
         let body = TokenRequest {
             grant_type: "refresh_token",
             client_id: &self.client_id,
@@ -409,17 +407,17 @@ impl AveClient {
     }
 
     /// The token-endpoint calls per minute this process allows itself.
-    pub fn token_budget_per_minute(&self) -> u32 {
+    pub(crate) fn token_budget_per_minute(&self) -> u32 {
         self.budget.per_minute()
     }
 
     /// How long a refresh waits for Ave's answer (`AVEMINT_AVE_REFRESH_TIMEOUT`).
-    pub fn refresh_timeout(&self) -> Duration {
+    pub(crate) fn refresh_timeout(&self) -> Duration {
         self.options.refresh_timeout
     }
 
     /// Use and room of the token-endpoint budget over the last minute, per class.
-    pub fn token_budget(&self) -> BudgetSnapshot {
+    pub(crate) fn token_budget(&self) -> BudgetSnapshot {
         self.budget.snapshot()
     }
 }

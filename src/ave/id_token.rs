@@ -17,9 +17,9 @@ use super::client::{AveClient, AveError, KeySet};
 use crate::clock::UnixTime;
 
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 /// Longest id_token accepted, in bytes.
-pub const MAX_ID_TOKEN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_ID_TOKEN_LEN: usize = 16 * 1024;
 
 /// An id_token whose signature and claims were checked.
 #[derive(Debug, Clone)]
@@ -39,14 +39,9 @@ impl ValidatedIdToken {
         &self.claims
     }
 
-    /// Consumes the token, keeping its claims.
-    pub fn into_claims(self) -> Map<String, Value> {
-        self.claims
-    }
-
     /// Consumes the token, keeping the claims that describe the user (the
     /// protocol claims `nonce`, `aud`, `azp`, `iat`, `exp`, … are dropped).
-    pub fn into_profile_claims(self) -> Map<String, Value> {
+    pub(crate) fn into_profile_claims(self) -> Map<String, Value> {
         let mut claims = self.claims;
         for c in [
             "nonce",
@@ -236,7 +231,7 @@ fn check_claims(
 
 /// Equality without an early exit on the first differing byte (aws-lc's
 /// `CRYPTO_memcmp`; only the lengths are compared in variable time).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 

@@ -33,7 +33,7 @@ const STUCK_REFRESH: Duration = Duration::from_secs(120);
 
 /// Which of Ave's documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Document {
+pub(crate) enum Document {
     /// `{issuer}/.well-known/openid-configuration`.
     Discovery,
     /// The `jwks_uri` of the discovery document.
@@ -42,7 +42,7 @@ pub enum Document {
 
 impl Document {
     /// The label used in logs and metrics.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Document::Discovery => "discovery",
             Document::Jwks => "jwks",
@@ -81,12 +81,12 @@ pub struct MetadataStatus {
 
 impl MetadataStatus {
     /// Both documents were loaded at least once (stale is fine).
-    pub fn loaded(&self) -> bool {
+    pub(crate) fn loaded(&self) -> bool {
         self.discovery.loaded && self.jwks.loaded
     }
 
     /// Either document is being served past its lifetime.
-    pub fn stale(&self) -> bool {
+    pub(crate) fn stale(&self) -> bool {
         self.discovery.stale || self.jwks.stale
     }
 }

@@ -5,13 +5,13 @@
 //! configured with (the Ave application, timeouts, token budget). The local Ave that `avemint demo` and
 //! the tests run against is its own crate, `crates/ave-emulator`.
 
-pub mod budget;
-pub mod client;
-pub mod id_token;
-pub mod metadata;
-pub mod settings;
+pub(crate) mod budget;
+pub(crate) mod client;
+pub(crate) mod id_token;
+pub(crate) mod metadata;
+pub(crate) mod settings;
 
 pub use client::{AveClient, AveError, KeySet, TokenResponse};
 pub use id_token::IdTokenError;
-pub use metadata::{DocumentStatus, MetadataStatus};
+pub(crate) use metadata::{DocumentStatus, MetadataStatus};
 pub use settings::ClientOptions;

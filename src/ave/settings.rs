@@ -12,7 +12,7 @@ use crate::web_url::Issuer;
 pub const DEFAULT_SCOPES: &str = "openid profile email offline_access";
 /// How long discovery and JWKS documents are used before a re-fetch, unless
 /// configured (`AVEMINT_AVE_METADATA_TTL`).
-pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
 
 /// The registered Ave application and how to reach it.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ impl Default for ClientOptions {
 
 /// Why `AVEMINT_SCOPES` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScopesError {
+pub(crate) enum ScopesError {
     #[error("must include `openid` (avemint needs Ave's id_token)")]
     NoOpenid,
     #[error("`{0}` delivers keys in the URL fragment, which a server-side client never sees")]
@@ -72,7 +72,7 @@ pub enum ScopesError {
 
 /// Parses a space-separated scope list; `openid` is required, Ave's `e2ee:`
 /// scopes are refused.
-pub fn parse_scopes(s: &str) -> Result<String, ScopesError> {
+pub(crate) fn parse_scopes(s: &str) -> Result<String, ScopesError> {
     let scopes: Vec<&str> = s.split_whitespace().collect();
     if !scopes.contains(&"openid") {
         return Err(ScopesError::NoOpenid);

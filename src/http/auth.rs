@@ -25,11 +25,11 @@ use crate::signin::{
 use crate::traffic::client_ip::ClientIp;
 
 /// The auth endpoints.
-pub struct AuthApi;
+pub(crate) struct AuthApi;
 
 /// Redirect to Ave's sign-in page.
 #[derive(ApiResponse)]
-pub enum LoginResponse {
+pub(crate) enum LoginResponse {
     /// Redirect to Ave's authorization endpoint. Sets the `__Host-avemint-login` cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
@@ -37,7 +37,7 @@ pub enum LoginResponse {
 
 /// The end of a sign-in.
 #[derive(ApiResponse)]
-pub enum CallbackResponse {
+pub(crate) enum CallbackResponse {
     /// Signed in: redirect to the return path. Sets the `__Host-avemint` session cookie and expires the login cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
@@ -65,7 +65,7 @@ impl CallbackResponse {
 
 /// An app JWT for the signed-in user.
 #[derive(Object)]
-pub struct TokenBody {
+pub(crate) struct TokenBody {
     /// The signed app JWT (ES256, header `typ: at+jwt`).
     pub access_token: String,
     /// Always `Bearer`.
@@ -111,7 +111,7 @@ fn token_answer(minted: &MintedToken) -> Result<PreparedJson<TokenBody>, serde_j
 /// Which app JWT to mint. Send one of the two, or no body for the default profile.
 #[derive(Object)]
 #[oai(deny_unknown_fields)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// The audience (downstream API) the token is for, exactly as configured in a profile.
     pub audience: Option<String>,
     /// The name of a configured token profile.
@@ -120,7 +120,7 @@ pub struct TokenRequest {
 
 /// The signed-in user's profile; no tokens.
 #[derive(Object)]
-pub struct SessionBody {
+pub(crate) struct SessionBody {
     /// Ave's subject identifier (identity UUID).
     pub sub: String,
     /// Display name (`profile` scope).
@@ -141,7 +141,7 @@ pub struct SessionBody {
 
 /// Logout result.
 #[derive(ApiResponse)]
-pub enum LogoutResponse {
+pub(crate) enum LogoutResponse {
     /// Signed out; the session cookie is expired.
     #[oai(status = 204)]
     Done,

@@ -44,7 +44,7 @@ pub const LOGIN_COOKIE: &str = "__Host-avemint-login";
 /// Cookie values longer than this are ignored unread.
 pub const MAX_COOKIE_LEN: usize = 4096;
 /// The longest session cookie value avemint writes (256 bits in base64url: 43), with room to spare.
-pub const MAX_SESSION_VALUE: usize = 64;
+pub(crate) const MAX_SESSION_VALUE: usize = 64;
 
 // ---------------------------------------------------------------------------
 // Reading
@@ -129,7 +129,7 @@ where
 }
 
 /// The raw values of every `Cookie` header of a request.
-pub fn cookie_headers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn cookie_headers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes)
 }
 
@@ -163,7 +163,7 @@ where
 }
 
 /// The session cookie as sent.
-pub enum SessionCookie {
+pub(crate) enum SessionCookie {
     /// No `__Host-avemint` crumb.
     Absent,
     /// One well-formed session id.
@@ -173,7 +173,7 @@ pub enum SessionCookie {
 }
 
 /// Reads the session cookie from the request headers.
-pub fn session_cookie(headers: &HeaderMap) -> SessionCookie {
+pub(crate) fn session_cookie(headers: &HeaderMap) -> SessionCookie {
     match find(cookie_headers(headers), SESSION_COOKIE) {
         Sent::Absent => SessionCookie::Absent,
         Sent::Ambiguous => SessionCookie::Unusable,
@@ -190,7 +190,7 @@ fn parse_session(raw: &[u8]) -> Option<SessionId> {
 
 /// Every well-formed session id sent under the exact session cookie name (for logout and sign-in, which end them
 /// all).
-pub fn all_session_ids(headers: &HeaderMap) -> Vec<SessionId> {
+pub(crate) fn all_session_ids(headers: &HeaderMap) -> Vec<SessionId> {
     values(cookie_headers(headers), SESSION_COOKIE)
         .into_iter()
         .filter_map(parse_session)
@@ -204,7 +204,7 @@ pub fn all_session_ids(headers: &HeaderMap) -> Vec<SessionId> {
 /// The `Set-Cookie` lines a response will carry, whatever its status. The HTTP layer puts one in every request's
 /// extensions and applies it to the answer (`apply`); handlers take it as `&CookieChanges`.
 #[derive(Clone, Default)]
-pub struct CookieChanges(Arc<Mutex<Vec<HeaderValue>>>);
+pub(crate) struct CookieChanges(Arc<Mutex<Vec<HeaderValue>>>);
 
 impl CookieChanges {
     fn push(&self, name: &str, value: &str, max_age: Duration) {
@@ -223,15 +223,16 @@ impl CookieChanges {
     }
 
     /// Adds the collected `Set-Cookie` lines to `resp`.
-    pub fn apply(&self, resp: &mut Response) {
+    pub(crate) fn apply(&self, resp: &mut Response) {
         let changes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for c in changes.iter() {
             resp.headers_mut().append(header::SET_COOKIE, c.clone());
         }
     }
 
+    #[cfg(test)]
     /// The collected lines (for tests).
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         let changes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         changes
             .iter()
@@ -252,27 +253,27 @@ impl<'a> FromRequest<'a> for &'a CookieChanges {
 }
 
 /// Sets the session cookie.
-pub fn set_session(changes: &CookieChanges, id: &SessionId, max_age: Duration) {
+pub(crate) fn set_session(changes: &CookieChanges, id: &SessionId, max_age: Duration) {
     changes.push(SESSION_COOKIE, id.to_cookie_value().expose(), max_age);
 }
 
 /// Expires the session cookie (with the same attributes, or browsers ignore it).
-pub fn clear_session(changes: &CookieChanges) {
+pub(crate) fn clear_session(changes: &CookieChanges) {
     changes.push(SESSION_COOKIE, "", Duration::ZERO);
 }
 
 /// Sets the login cookie to `sealed`, a pending sign-in sealed by `signin::encode_login`.
-pub fn set_login(changes: &CookieChanges, sealed: &str) {
+pub(crate) fn set_login(changes: &CookieChanges, sealed: &str) {
     changes.push(LOGIN_COOKIE, sealed, LOGIN_TTL);
 }
 
 /// Expires the login cookie.
-pub fn clear_login(changes: &CookieChanges) {
+pub(crate) fn clear_login(changes: &CookieChanges) {
     changes.push(LOGIN_COOKIE, "", Duration::ZERO);
 }
 
 /// The login cookie as sent (its value is the sealed pending sign-in).
-pub fn login_cookie(headers: &HeaderMap) -> Sent<'_> {
+pub(crate) fn login_cookie(headers: &HeaderMap) -> Sent<'_> {
     find(cookie_headers(headers), LOGIN_COOKIE)
 }
 

@@ -13,11 +13,11 @@ use poem::{IntoResponse, Response};
 use super::security::Refusal;
 
 /// Methods the API uses.
-pub const ALLOW_METHODS: &str = "GET, POST";
+pub(crate) const ALLOW_METHODS: &str = "GET, POST";
 /// Request headers a browser may send cross-origin.
-pub const ALLOW_HEADERS: &str = "X-CSRF, Content-Type";
+pub(crate) const ALLOW_HEADERS: &str = "X-CSRF, Content-Type";
 /// How long a browser may cache a preflight answer, seconds.
-pub const MAX_AGE_SECS: &str = "600";
+pub(crate) const MAX_AGE_SECS: &str = "600";
 
 /// Origins, besides avemint's own, whose scripts may call `/auth/*` with credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,13 +35,8 @@ impl AllowedOrigins {
     }
 
     /// True when `origin` (as a browser serialises it) is listed.
-    pub fn contains(&self, origin: &str) -> bool {
+    pub(crate) fn contains(&self, origin: &str) -> bool {
         normalise(origin).is_some_and(|o| self.0.contains(&o))
-    }
-
-    /// The listed origins.
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
     }
 }
 
@@ -67,7 +62,7 @@ fn parse_origin(raw: &str) -> Result<String, String> {
 }
 
 /// An `Origin` header value in canonical form; `None` for `null` and garbage.
-pub fn normalise(origin: &str) -> Option<String> {
+pub(crate) fn normalise(origin: &str) -> Option<String> {
     let url = url::Url::parse(origin.trim()).ok()?;
     if url.path() != "/" && !url.path().is_empty() {
         return None;
@@ -79,7 +74,7 @@ pub fn normalise(origin: &str) -> Option<String> {
 }
 
 /// The request's `Origin`, if it sent exactly one.
-pub fn origin(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn origin(headers: &HeaderMap) -> Option<&str> {
     let mut all = headers.get_all(header::ORIGIN).iter();
     let first = all.next()?;
     if all.next().is_some() {
@@ -89,7 +84,7 @@ pub fn origin(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// True for a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`).
-pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+pub(crate) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::OPTIONS
         && headers.contains_key(header::ORIGIN)
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -98,7 +93,7 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 /// Answers a preflight: 204 with the allowed methods and headers for a listed
 /// origin asking for a method the API uses; otherwise 403 with no CORS headers
 /// (the browser then refuses the real request).
-pub fn preflight(allowed: &AllowedOrigins, headers: &HeaderMap) -> Response {
+pub(crate) fn preflight(allowed: &AllowedOrigins, headers: &HeaderMap) -> Response {
     let origin = origin(headers).filter(|o| allowed.contains(o));
     let method_ok = headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -129,7 +124,7 @@ pub fn preflight(allowed: &AllowedOrigins, headers: &HeaderMap) -> Response {
 }
 
 /// Adds CORS headers to an actual response for a listed origin; `Vary: Origin` always.
-pub fn decorate(allowed: &AllowedOrigins, request_origin: Option<&str>, headers: &mut HeaderMap) {
+pub(crate) fn decorate(allowed: &AllowedOrigins, request_origin: Option<&str>, headers: &mut HeaderMap) {
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(origin) = request_origin.filter(|o| allowed.contains(o)) {
         allow(headers, origin);

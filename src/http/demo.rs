@@ -97,7 +97,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Serves the demo page and its assets, and passes every other request on to `inner`.
-pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
+pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         Ok(match Route::of(req.uri().path()) {
             Some(Route::Root) => asset("text/html; charset=utf-8", PAGE),

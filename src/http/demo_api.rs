@@ -22,7 +22,7 @@ const TOKEN_TYPE: &str = "at+jwt";
 
 /// Why a request to the demo API was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoApiError {
+pub(crate) enum DemoApiError {
     #[error("send the app JWT as `Authorization: Bearer <token>`")]
     MissingBearer,
     #[error("the token is not a JWT")]
@@ -38,7 +38,7 @@ pub enum DemoApiError {
 }
 
 /// Verifies `token` against the JWKS document `jwks` for `issuer` and `audience`.
-pub fn verify(token: &str, jwks: &Value, issuer: &str, audience: &str) -> Result<Value, DemoApiError> {
+pub(crate) fn verify(token: &str, jwks: &Value, issuer: &str, audience: &str) -> Result<Value, DemoApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| DemoApiError::Malformed)?;
     if header.typ.as_deref() != Some(TOKEN_TYPE) {
         return Err(DemoApiError::WrongType);
@@ -93,7 +93,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// Answers a request to the demo API.
-pub fn hello(req: &Request) -> Response {
+pub(crate) fn hello(req: &Request) -> Response {
     let Some(state) = req.data::<Arc<AppState>>() else {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

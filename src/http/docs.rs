@@ -15,14 +15,14 @@ use poem::http::{HeaderValue, header};
 use poem::{Endpoint, Request, Response, Result};
 
 /// The page and its policy, built once.
-pub struct DocsPage {
+pub(crate) struct DocsPage {
     html: String,
     csp: HeaderValue,
 }
 
 impl DocsPage {
     /// Renders Swagger UI for `html` (poem-openapi's page) and derives its policy.
-    pub fn new(html: String) -> Self {
+    pub(crate) fn new(html: String) -> Self {
         let csp = HeaderValue::from_str(&policy(&html))
             .unwrap_or(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
         Self { html, csp }
@@ -30,7 +30,7 @@ impl DocsPage {
 
     /// The Content-Security-Policy served with the page.
     #[cfg(test)]
-    pub fn csp(&self) -> &HeaderValue {
+    pub(crate) fn csp(&self) -> &HeaderValue {
         &self.csp
     }
 }
@@ -47,7 +47,7 @@ impl Endpoint for DocsPage {
 }
 
 /// The policy for `html`: its inline scripts and styles by hash, nothing else.
-pub fn policy(html: &str) -> String {
+pub(crate) fn policy(html: &str) -> String {
     let scripts = hashes(html, "script");
     let styles = hashes(html, "style");
     format!(

@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Object};
 
 /// An OAuth-style error body.
 #[derive(Debug, Clone, Object)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// A machine-readable error code, e.g. `login_required`.
     pub error: String,
     /// A human-readable explanation. Never contains a token, code or secret.
@@ -20,7 +20,7 @@ pub struct ErrorBody {
 /// Every error the API answers with.
 #[derive(Debug, ApiResponse)]
 #[oai(bad_request_handler = "bad_request")]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request is malformed or failed a check (`invalid_request`, `invalid_grant`, `invalid_token`), or
     /// names an audience or token profile that is not configured (`invalid_target`).
     #[oai(status = 400)]
@@ -53,42 +53,42 @@ fn body(error: &str, description: impl Into<String>) -> Json<ErrorBody> {
 
 impl ApiError {
     /// 400 `invalid_request`.
-    pub fn invalid_request(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(description: impl Into<String>) -> Self {
         Self::BadRequest(body("invalid_request", description))
     }
 
     /// 400 with a specific code.
-    pub fn bad_request(code: &str, description: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &str, description: impl Into<String>) -> Self {
         Self::BadRequest(body(code, description))
     }
 
     /// 401 `login_required`.
-    pub fn login_required() -> Self {
+    pub(crate) fn login_required() -> Self {
         Self::Unauthorized(body("login_required", "no valid session; sign in at /auth/login"))
     }
 
     /// 403 with a code.
-    pub fn forbidden(code: &str, description: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(code: &str, description: impl Into<String>) -> Self {
         Self::Forbidden(body(code, description))
     }
 
     /// 403: the `X-CSRF: 1` header is missing.
-    pub fn csrf() -> Self {
+    pub(crate) fn csrf() -> Self {
         Self::forbidden("invalid_request", "this endpoint requires the header `X-CSRF: 1`")
     }
 
     /// 500 `server_error`.
-    pub fn internal(description: impl Into<String>) -> Self {
+    pub(crate) fn internal(description: impl Into<String>) -> Self {
         Self::Internal(body("server_error", description))
     }
 
     /// 502 `server_error`.
-    pub fn bad_gateway(description: impl Into<String>) -> Self {
+    pub(crate) fn bad_gateway(description: impl Into<String>) -> Self {
         Self::BadGateway(body("server_error", description))
     }
 
     /// 503 `temporarily_unavailable`.
-    pub fn unavailable(description: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub(crate) fn unavailable(description: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::Unavailable(
             body("temporarily_unavailable", description),
             Some(retry_after_secs.to_string()),
@@ -102,7 +102,7 @@ fn bad_request(err: poem::Error) -> ApiError {
 }
 
 /// Maps any error that escaped a handler (routing, parsing) to the JSON shape.
-pub async fn catch_all(err: poem::Error) -> Response {
+pub(crate) async fn catch_all(err: poem::Error) -> Response {
     // Handlers' own `ApiError`s arrive here already rendered: keep them.
     if err.is_from_response() {
         return err.into_response();

@@ -1,21 +1,21 @@
 //! The HTTP API (poem-openapi): routes, shared state, error mapping and
 //! response headers. Nothing below this module knows HTTP.
 
-pub mod auth;
-pub mod cookies;
-pub mod cors;
+pub(crate) mod auth;
+pub(crate) mod cookies;
+pub(crate) mod cors;
 #[cfg(feature = "demo")]
-pub mod demo;
+pub(crate) mod demo;
 #[cfg(feature = "demo")]
-pub mod demo_api;
-pub mod docs;
-pub mod errors;
-pub mod ops;
-pub mod optional_json;
-pub mod prepared_json;
-pub mod security;
-pub mod spa;
-pub mod well_known;
+pub(crate) mod demo_api;
+pub(crate) mod docs;
+pub(crate) mod errors;
+pub(crate) mod ops;
+pub(crate) mod optional_json;
+pub(crate) mod prepared_json;
+pub(crate) mod security;
+pub(crate) mod spa;
+pub(crate) mod well_known;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use crate::session::{Renewer, Sealer, Sessions};
 use crate::web_url::PublicUrl;
 
 /// Everything a request handler may use.
-pub struct AppState {
+pub(crate) struct AppState {
     pub ave: Arc<AveClient>,
     pub sessions: Arc<Sessions>,
     pub renewer: Arc<Renewer>,
@@ -54,7 +54,7 @@ pub struct AppState {
 
 /// OpenAPI tags.
 #[derive(Tags)]
-pub enum ApiTags {
+pub(crate) enum ApiTags {
     /// Sign-in, session and app-JWT endpoints used by the browser.
     Auth,
     /// Keys and metadata for downstream verifiers.
@@ -75,7 +75,7 @@ pub enum Mode {
 
 impl Mode {
     /// Whether this mode serves `route`.
-    pub fn serves(self, route: Route) -> bool {
+    pub(crate) fn serves(self, route: Route) -> bool {
         match self {
             Mode::Serve => !route.demo_only(),
             #[cfg(feature = "demo")]
@@ -87,7 +87,7 @@ impl Mode {
 type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
-pub fn openapi_service() -> OpenApiService<Apis, ()> {
+pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)),
         "avemint",
@@ -111,7 +111,7 @@ pub fn openapi_yaml() -> String {
 }
 
 /// Builds the whole HTTP application: the routes `mode` serves.
-pub fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'static {
+pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'static {
     let api = openapi_service();
     let route = poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint));
     // `AVEMINT_DOCS=off` leaves both out (404).

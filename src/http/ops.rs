@@ -25,16 +25,16 @@ use crate::ave::{DocumentStatus, MetadataStatus};
 
 /// How long `/readyz` and `/metrics` wait for the store to answer before
 /// reporting it down.
-pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long one store check's answer is reused: probes and scrapes, however
 /// many, cost the store at most one ping per interval (they are unauthenticated,
 /// and the pool serves sessions first).
-pub const STORE_CHECK_REUSE: Duration = Duration::from_secs(1);
+pub(crate) const STORE_CHECK_REUSE: Duration = Duration::from_secs(1);
 
 /// The last answer of the store check, shared by `/readyz` and `/metrics`.
 #[derive(Default)]
-pub struct StoreCheck {
+pub(crate) struct StoreCheck {
     last: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
@@ -42,7 +42,7 @@ impl StoreCheck {
     /// True when the store answered a ping within [`STORE_CHECK_TIMEOUT`], at
     /// most [`STORE_CHECK_REUSE`] ago. One check at a time: concurrent callers
     /// wait for it and share its answer.
-    pub async fn store_answers(&self, sessions: &crate::session::Sessions) -> bool {
+    pub(crate) async fn store_answers(&self, sessions: &crate::session::Sessions) -> bool {
         let mut last = self.last.lock().await;
         if let Some((at, up)) = *last
             && at.elapsed() < STORE_CHECK_REUSE
@@ -59,12 +59,12 @@ impl StoreCheck {
 }
 
 /// The operational endpoints.
-pub struct OpsApi;
+pub(crate) struct OpsApi;
 
 /// The overall state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
-pub enum HealthStatus {
+pub(crate) enum HealthStatus {
     /// Everything is fine (`/healthz`: the process answers).
     Ok,
     /// Ready and serving, but Ave's discovery document or JWKS is a stale copy
@@ -77,7 +77,7 @@ pub enum HealthStatus {
 
 /// Health status.
 #[derive(Object)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok`; `/readyz` also answers `degraded` (200) and `unavailable` (503).
     pub status: HealthStatus,
     /// Ave's discovery document is loaded (possibly a stale copy).
@@ -116,7 +116,7 @@ pub struct Health {
 
 /// The token-endpoint budget over the last (sliding) minute, per class.
 #[derive(Object)]
-pub struct BudgetHealth {
+pub(crate) struct BudgetHealth {
     /// Renewals (`refresh_token` grant): may use the whole budget.
     pub renewal: BudgetClassHealth,
     /// Sign-ins (`authorization_code` grant): may use the budget less the renewal reserve.
@@ -125,7 +125,7 @@ pub struct BudgetHealth {
 
 /// One class of the token-endpoint budget.
 #[derive(Object)]
-pub struct BudgetClassHealth {
+pub(crate) struct BudgetClassHealth {
     /// Calls per minute this class may make at most.
     pub limit: u32,
     /// The part of the budget only this class may use (the renewal reserve; 0 for sign-ins).
@@ -157,7 +157,7 @@ impl BudgetHealth {
 
 /// Readiness.
 #[derive(ApiResponse)]
-pub enum ReadyResponse {
+pub(crate) enum ReadyResponse {
     /// Ready to serve (`status` is `ok` or `degraded`).
     #[oai(status = 200)]
     Ready(Json<Health>),
@@ -167,14 +167,14 @@ pub enum ReadyResponse {
 }
 
 /// What readiness is made of, read without fetching anything from Ave.
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ave: MetadataStatus,
     pub store: bool,
 }
 
 impl Readiness {
     /// Reads Ave's cache state and checks the store (see [`StoreCheck`]).
-    pub async fn check(state: &AppState) -> Self {
+    pub(crate) async fn check(state: &AppState) -> Self {
         let store = state.store_check.store_answers(&state.sessions).await;
         Self {
             ave: state.ave.metadata_status(),
@@ -183,11 +183,11 @@ impl Readiness {
     }
 
     /// Ready: Ave's discovery document and JWKS were loaded once. Nothing else counts.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.ave.loaded()
     }
 
-    pub fn status(&self) -> HealthStatus {
+    pub(crate) fn status(&self) -> HealthStatus {
         if !self.ready() {
             HealthStatus::Unavailable
         } else if self.ave.stale() || !self.store {
@@ -198,7 +198,7 @@ impl Readiness {
     }
 
     /// The gauges `/metrics` appends (Prometheus text format).
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let mut out = String::with_capacity(1024);
         let docs = [("discovery", &self.ave.discovery), ("jwks", &self.ave.jwks)];
         let gauge = |out: &mut String, name: &str, help: &str| {

@@ -21,7 +21,7 @@ use poem_openapi::types::{ParseFromJSON, Type};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
 /// An optional JSON request body.
-pub struct OptionalJson<T>(pub Option<T>);
+pub(crate) struct OptionalJson<T>(pub Option<T>);
 
 /// The `additionalProperties` of a closed object: a schema no value satisfies.
 fn no_other_property() -> MetaSchemaRef {

@@ -18,14 +18,14 @@ use poem_openapi::types::{ToJSON, Type};
 use serde::Serialize;
 
 /// JSON bytes that are an instance of `T`'s schema.
-pub struct PreparedJson<T> {
+pub(crate) struct PreparedJson<T> {
     bytes: Bytes,
     documented_as: PhantomData<fn() -> T>,
 }
 
 impl<T> PreparedJson<T> {
     /// Wraps bytes already serialized from `T`'s data (for example, rendered once and shared).
-    pub fn from_bytes(bytes: Bytes) -> Self {
+    pub(crate) fn from_bytes(bytes: Bytes) -> Self {
         Self {
             bytes,
             documented_as: PhantomData,
@@ -33,7 +33,7 @@ impl<T> PreparedJson<T> {
     }
 
     /// Serializes `value`, a borrowed view with `T`'s fields.
-    pub fn serialize(value: &impl Serialize) -> Result<Self, serde_json::Error> {
+    pub(crate) fn serialize(value: &impl Serialize) -> Result<Self, serde_json::Error> {
         serde_json::to_vec(value).map(|v| Self::from_bytes(Bytes::from(v)))
     }
 }

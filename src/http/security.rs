@@ -29,11 +29,11 @@ use crate::web_url::PublicUrl;
 
 /// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
 /// `cookies::counted_len`), so they are never why a request is refused.
-pub const MAX_COOKIE_HEADER: usize = 4 * 1024;
+pub(crate) const MAX_COOKIE_HEADER: usize = 4 * 1024;
 /// Longest query string accepted.
-pub const MAX_QUERY: usize = 8 * 1024;
+pub(crate) const MAX_QUERY: usize = 8 * 1024;
 /// Largest request body accepted (the API takes small JSON bodies only).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 const CSP_HTML: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -43,7 +43,7 @@ const HSTS: &str = "max-age=31536000";
 /// `invalid_request` (or `rate_limited`) `{error, error_description}` body, and
 /// [`Guarded`] documents each on every operation where the guard can give it.
 #[derive(Debug, ApiResponse)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Refused before routing: the `Content-Length` header is malformed or the body could not be read
     /// (`invalid_request`).
     #[oai(status = 400)]
@@ -75,12 +75,12 @@ fn invalid_request(description: &str) -> Json<ErrorBody> {
 
 impl Refusal {
     /// 403 for a request from an origin that is not allowed.
-    pub fn cross_origin(description: &str) -> Self {
+    pub(crate) fn cross_origin(description: &str) -> Self {
         Self::CrossOrigin(invalid_request(description))
     }
 
     /// 429 `rate_limited`, with `Retry-After` in seconds.
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         Self::TooManyRequests(
             Json(ErrorBody {
                 error: "rate_limited".into(),
@@ -105,7 +105,7 @@ impl Refusal {
 /// The API with the guard's answers added to each operation's documented responses, so the
 /// OpenAPI document lists every status a client can receive. A status the operation documents
 /// itself (e.g. `ApiError`'s 400 and 403) keeps the operation's description.
-pub struct Guarded<A>(pub A);
+pub(crate) struct Guarded<A>(pub A);
 
 impl<A: OpenApi> OpenApi for Guarded<A> {
     fn meta() -> Vec<MetaApi> {
@@ -147,7 +147,7 @@ pub enum Docs {
 
 impl Docs {
     /// `on` or `off` (also `true`/`false`, `1`/`0`).
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         match raw.trim().to_ascii_lowercase().as_str() {
             "on" | "true" | "1" => Ok(Self::On),
             "off" | "false" | "0" => Ok(Self::Off),
@@ -172,7 +172,7 @@ pub struct SecuritySettings {
 }
 
 /// The policy of one running service.
-pub struct Guard {
+pub(crate) struct Guard {
     own_origin: String,
     hsts: bool,
     settings: SecuritySettings,
@@ -180,14 +180,14 @@ pub struct Guard {
 }
 
 /// What the response phase needs to remember about the request.
-pub struct Seen {
+pub(crate) struct Seen {
     pub path: String,
     pub origin: Option<String>,
     pub client: IpAddr,
 }
 
 impl Guard {
-    pub fn new(public_url: &PublicUrl, settings: SecuritySettings) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings) -> Arc<Self> {
         Arc::new(Self {
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
             hsts: public_url.is_https(),
@@ -197,7 +197,7 @@ impl Guard {
     }
 
     /// The client's IP address (see `traffic::client_ip`).
-    pub fn client_ip(&self, req: &Request) -> IpAddr {
+    pub(crate) fn client_ip(&self, req: &Request) -> IpAddr {
         let peer = req
             .remote_addr()
             .as_socket_addr()
@@ -216,7 +216,7 @@ impl Guard {
     }
 
     /// Checks a request before routing; `Err` is the complete answer.
-    pub async fn admit(&self, mut req: Request) -> (Seen, Result<Request, Response>) {
+    pub(crate) async fn admit(&self, mut req: Request) -> (Seen, Result<Request, Response>) {
         let client = self.client_ip(&req);
         req.extensions_mut().insert(ClientIp(client));
         let seen = Seen {
@@ -274,7 +274,7 @@ impl Guard {
     }
 
     /// Adds the security and CORS headers to a response.
-    pub fn finish(&self, resp: &mut Response, seen: &Seen) {
+    pub(crate) fn finish(&self, resp: &mut Response, seen: &Seen) {
         let path = seen.path.as_str();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

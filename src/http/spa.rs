@@ -10,10 +10,10 @@ use poem::http::{Method, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 /// The helper module's source.
-pub const HELPER: &str = include_str!("assets/avemint.js");
+pub(crate) const HELPER: &str = include_str!("assets/avemint.js");
 
 /// The path the helper is served at.
-pub const PATH: &str = crate::route::Route::SpaHelper.path();
+pub(crate) const PATH: &str = crate::route::Route::SpaHelper.path();
 
 /// Browsers may cache the helper for an hour (it changes only with an avemint release).
 const CACHE_CONTROL: &str = "public, max-age=3600";
@@ -30,7 +30,7 @@ fn helper(method: &Method) -> Response {
 }
 
 /// Serves `GET` and `HEAD /avemint.js` and passes every other request on to `inner`.
-pub fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
+pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         Ok(
             if req.uri().path() == PATH && matches!(*req.method(), Method::GET | Method::HEAD) {

@@ -16,23 +16,23 @@ use super::{ApiTags, AppState};
 use crate::mint::keys::JWKS_CACHE_LIFETIME;
 
 /// The well-known endpoints.
-pub struct WellKnownApi;
+pub(crate) struct WellKnownApi;
 
 /// How long verifiers may cache the JWKS and discovery documents: the rotation lead time.
-pub fn cache_control() -> String {
+pub(crate) fn cache_control() -> String {
     format!("public, max-age={}", JWKS_CACHE_LIFETIME.as_secs())
 }
 
 /// True when an `If-None-Match` value (a list of entity tags, or `*`) matches `etag`.
 /// Comparison is weak, as RFC 9110 requires for `If-None-Match`.
-pub fn none_match(header: &str, etag: &str) -> bool {
+pub(crate) fn none_match(header: &str, etag: &str) -> bool {
     let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
     header.split(',').any(|t| t.trim() == "*" || opaque(t) == opaque(etag))
 }
 
 /// One public key (RFC 7517). Never carries a private member.
 #[derive(Object)]
-pub struct PublicJwk {
+pub(crate) struct PublicJwk {
     /// Key type, e.g. `EC`.
     pub kty: String,
     /// Curve, for EC and OKP keys.
@@ -61,13 +61,13 @@ pub struct PublicJwk {
 
 /// A JWK set.
 #[derive(Object)]
-pub struct JwkSet {
+pub(crate) struct JwkSet {
     pub keys: Vec<PublicJwk>,
 }
 
 /// Discovery metadata for verifiers of app JWTs.
 #[derive(Object)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     /// The `iss` of every app JWT (the public URL).
     pub issuer: String,
     /// Where the signing keys are published.
@@ -82,7 +82,7 @@ pub struct Discovery {
 
 /// JWKS response.
 #[derive(ApiResponse)]
-pub enum JwksResponse {
+pub(crate) enum JwksResponse {
     /// The public keys.
     #[oai(status = 200)]
     Ok(
@@ -97,7 +97,7 @@ pub enum JwksResponse {
 
 /// Discovery response.
 #[derive(ApiResponse)]
-pub enum DiscoveryResponse {
+pub(crate) enum DiscoveryResponse {
     /// The metadata.
     #[oai(status = 200)]
     Ok(Json<Discovery>, #[oai(header = "Cache-Control")] String),

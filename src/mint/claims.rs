@@ -11,11 +11,11 @@
 use serde_json::{Map, Value};
 
 /// Claims avemint always sets itself; configuration that names one is rejected.
-pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "client_id"];
+pub(crate) const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "client_id"];
 
 /// Where a referenced value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimSource {
+pub(crate) enum ClaimSource {
     /// A claim of the validated id_token.
     IdToken,
     /// A field of Ave's `user` object.
@@ -24,7 +24,7 @@ pub enum ClaimSource {
 
 /// One configured claim value.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClaimValue {
+pub(crate) enum ClaimValue {
     /// Copied into every token as is.
     Literal(Value),
     /// Looked up per session; omitted when absent or null.
@@ -61,7 +61,7 @@ impl ClaimTemplate {
     }
 
     /// Parses an already decoded JSON value (the TOML file form).
-    pub fn from_value(value: Value) -> Result<Self, ClaimTemplateError> {
+    pub(crate) fn from_value(value: Value) -> Result<Self, ClaimTemplateError> {
         let Value::Object(map) = value else {
             return Err(ClaimTemplateError::NotAnObject);
         };
@@ -91,15 +91,16 @@ impl ClaimTemplate {
         Ok(Self { entries })
     }
 
+    #[cfg(test)]
     /// True when no claims are configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The configured claims for one session, borrowed: each claim's name and
     /// value, in configuration order, references resolved and absent or null
     /// ones left out.
-    pub fn rendered<'a>(
+    pub(crate) fn rendered<'a>(
         &'a self,
         id_token: &'a Map<String, Value>,
         user: Option<&'a Map<String, Value>>,

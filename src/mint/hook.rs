@@ -29,11 +29,11 @@ use crate::clock::UnixTime;
 use crate::secret::Secret;
 
 /// Header carrying the unix time the request was signed at.
-pub const TIMESTAMP_HEADER: &str = "X-Avemint-Timestamp";
+pub(crate) const TIMESTAMP_HEADER: &str = "X-Avemint-Timestamp";
 /// Header carrying `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
-pub const SIGNATURE_HEADER: &str = "X-Avemint-Signature";
+pub(crate) const SIGNATURE_HEADER: &str = "X-Avemint-Signature";
 /// The largest hook answer read.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Cached answers per profile, at most.
 const CACHE_CAPACITY: u64 = 100_000;
 
@@ -48,7 +48,7 @@ pub enum FailurePolicy {
 
 impl FailurePolicy {
     /// Parses `deny` or `omit`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         match raw {
             "deny" => Ok(Self::Deny),
             "omit" => Ok(Self::Omit),
@@ -110,7 +110,7 @@ pub struct Hook {
 
 impl Hook {
     /// Builds a hook from its configuration.
-    pub fn new(spec: &HookSpec) -> Result<Self, HookError> {
+    pub(crate) fn new(spec: &HookSpec) -> Result<Self, HookError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("avemint/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -133,13 +133,13 @@ impl Hook {
     }
 
     /// The failure policy.
-    pub fn policy(&self) -> FailurePolicy {
+    pub(crate) fn policy(&self) -> FailurePolicy {
         self.policy
     }
 
     /// The hook's claims for one session: from the cache, or by calling the
     /// hook (one call per session at a time; failures are not cached).
-    pub async fn enrich(
+    pub(crate) async fn enrich(
         &self,
         session: &str,
         sub: &str,
@@ -223,7 +223,7 @@ fn signature(key: &hmac::Key, timestamp: u64, body: &[u8]) -> String {
 /// Merges a hook's answer into `claims`: its values win over configured ones,
 /// `null` values are skipped, registered claims are refused. Returns the names
 /// that were refused.
-pub fn merge<'a>(extra: &'a Map<String, Value>, claims: &mut Map<String, Value>) -> Vec<&'a str> {
+pub(crate) fn merge<'a>(extra: &'a Map<String, Value>, claims: &mut Map<String, Value>) -> Vec<&'a str> {
     let mut refused = Vec::new();
     for (name, value) in extra {
         if REGISTERED_CLAIMS.contains(&name.as_str()) {

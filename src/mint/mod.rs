@@ -6,10 +6,10 @@
 //! for extra claims; `Minter` puts registered, configured and hook claims
 //! together for a profile and signs with the current key.
 
-pub mod claims;
-pub mod hook;
-pub mod keys;
-pub mod profiles;
+pub(crate) mod claims;
+pub(crate) mod hook;
+pub(crate) mod keys;
+pub(crate) mod profiles;
 
 use std::cell::RefCell;
 use std::sync::Arc;

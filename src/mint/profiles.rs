@@ -16,11 +16,11 @@ use super::claims::ClaimTemplate;
 use super::hook::{Hook, HookError, HookSpec};
 
 /// The name of the profile built from the env-only settings.
-pub const DEFAULT_PROFILE_NAME: &str = "default";
+pub(crate) const DEFAULT_PROFILE_NAME: &str = "default";
 /// Default `max_token_bytes`.
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
+pub(crate) const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
 /// Default token lifetime (`AVEMINT_TOKEN_TTL`, a profile's `ttl`), seconds.
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+pub(crate) const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
 
 /// App-JWT minting: the token profiles and the size limit.
 ///
@@ -36,7 +36,7 @@ pub struct TokenSettings {
 
 impl TokenSettings {
     /// Checks the set (`validate`) and marks a single profile as the default.
-    pub fn new(mut profiles: Vec<ProfileSpec>, max_token_bytes: usize) -> Result<Self, Vec<String>> {
+    pub(crate) fn new(mut profiles: Vec<ProfileSpec>, max_token_bytes: usize) -> Result<Self, Vec<String>> {
         let errors = validate(&profiles);
         if !errors.is_empty() {
             return Err(errors);
@@ -53,7 +53,7 @@ impl TokenSettings {
     }
 
     /// All profiles, in configuration order.
-    pub fn profiles(&self) -> &[ProfileSpec] {
+    pub(crate) fn profiles(&self) -> &[ProfileSpec] {
         &self.profiles
     }
 
@@ -86,7 +86,7 @@ pub struct ProfileSpec {
 }
 
 /// Checks a profile name: 1–64 of `A-Z a-z 0-9 . _ -`.
-pub fn parse_name(raw: &str) -> Result<String, String> {
+pub(crate) fn parse_name(raw: &str) -> Result<String, String> {
     let ok = !raw.is_empty()
         && raw.len() <= 64
         && raw
@@ -100,7 +100,7 @@ pub fn parse_name(raw: &str) -> Result<String, String> {
 }
 
 /// Problems with a set of profiles as a whole, one line each.
-pub fn validate(profiles: &[ProfileSpec]) -> Vec<String> {
+pub(crate) fn validate(profiles: &[ProfileSpec]) -> Vec<String> {
     let mut errors = Vec::new();
     if profiles.is_empty() {
         errors.push("profiles: the list is empty; add a profile or remove `profiles`".into());
@@ -137,7 +137,7 @@ pub struct Profile {
 
 /// Why a request's target names no profile.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum SelectError {
+pub(crate) enum SelectError {
     /// Maps to 400 `invalid_target`.
     #[error("no token profile has this audience")]
     UnknownAudience,
@@ -151,7 +151,7 @@ pub enum SelectError {
 
 impl SelectError {
     /// True for the errors that are RFC 8707 `invalid_target`.
-    pub fn is_invalid_target(&self) -> bool {
+    pub(crate) fn is_invalid_target(&self) -> bool {
         matches!(self, Self::UnknownAudience | Self::UnknownProfile)
     }
 }
@@ -189,14 +189,9 @@ impl Profiles {
         &self.list[self.default]
     }
 
-    /// All profiles, in configuration order.
-    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
-        self.list.iter()
-    }
-
     /// Picks the profile a request asks for: by name, by audience, both (which
     /// must agree) or neither (the default). Never falls back to another profile.
-    pub fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
+    pub(crate) fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
         let by_name = profile
             .map(|n| {
                 self.list

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::secret::{Secret, random_bytes};
 
 /// Length of an encoded session id: 32 bytes in unpadded base64url.
-pub const SESSION_ID_LEN: usize = 43;
+pub(crate) const SESSION_ID_LEN: usize = 43;
 
 /// The opaque value of the `__Host-avemint` cookie.
 pub struct SessionId(Secret<[u8; 32]>);
@@ -92,7 +92,7 @@ impl SessionHandle {
     }
 
     /// The handle as it appears in the `sid` claim.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

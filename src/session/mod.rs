@@ -20,14 +20,14 @@
 //! ever being stored in clear.
 
 pub(crate) mod backoff;
-pub mod id;
-pub mod postgres;
-pub mod renew;
-pub mod sealer;
-pub mod settings;
+pub(crate) mod id;
+pub(crate) mod postgres;
+pub(crate) mod renew;
+pub(crate) mod sealer;
+pub(crate) mod settings;
 pub(crate) mod sql;
-pub mod sqlite;
-pub mod store;
+pub(crate) mod sqlite;
+pub(crate) mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,7 @@ use crate::clock::{Clock, UnixTime};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionRowKey};
 pub use renew::RenewalSettings;
-pub use renew::{RenewError, Renewer};
+pub(crate) use renew::{RenewError, Renewer};
 pub use sealer::{MacPurpose, Macer, Purpose, Sealer, SealingKeys};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
@@ -49,7 +49,7 @@ pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs}
 /// hot path is not a write per request.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Pooled database connections when `AVEMINT_DATABASE_MAX_CONNECTIONS` is not set.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
 /// A stored timestamp later than now by more than this (clock skew between
@@ -115,22 +115,22 @@ pub struct Session {
 
 impl Session {
     /// When the session ends if nothing else happens.
-    pub fn expires_at(&self) -> UnixTime {
+    pub(crate) fn expires_at(&self) -> UnixTime {
         (self.created_at + self.lifetime).min(self.last_seen_at + self.idle_timeout)
     }
 
     /// True when the session is past its idle timeout or absolute lifetime.
-    pub fn is_expired(&self, now: UnixTime) -> bool {
+    pub(crate) fn is_expired(&self, now: UnixTime) -> bool {
         self.expires_at() <= now
     }
 
     /// True when Ave's access token expires within `skew` of `now`.
-    pub fn needs_refresh(&self, now: UnixTime, skew: Duration) -> bool {
+    pub(crate) fn needs_refresh(&self, now: UnixTime, skew: Duration) -> bool {
         self.data.tokens.access_expires_at - skew <= now
     }
 
     /// True while Ave's access token is still valid.
-    pub fn access_valid(&self, now: UnixTime) -> bool {
+    pub(crate) fn access_valid(&self, now: UnixTime) -> bool {
         self.data.tokens.access_expires_at > now
     }
 }
@@ -183,7 +183,7 @@ impl Sessions {
 
     /// Like `open`, with at most `max_connections` pooled database connections
     /// (`AVEMINT_DATABASE_MAX_CONNECTIONS`; an in-memory SQLite database always uses one).
-    pub async fn open_with_pool(
+    pub(crate) async fn open_with_pool(
         url: &DatabaseUrl,
         keys: &SealingKeys,
         settings: SessionSettings,
@@ -201,7 +201,7 @@ impl Sessions {
     }
 
     /// Wraps an already opened backend. A zero `cache_ttl` disables the cache.
-    pub fn with_store(
+    pub(crate) fn with_store(
         store: Arc<dyn SessionStore>,
         keys: &SealingKeys,
         settings: SessionSettings,
@@ -272,14 +272,14 @@ impl Sessions {
     }
 
     /// Puts a session this process just wrote into the cache.
-    pub async fn remember(&self, session: Arc<Session>) {
+    pub(crate) async fn remember(&self, session: Arc<Session>) {
         if let Some(cache) = &self.cache {
             cache.insert(session.key, session).await;
         }
     }
 
     /// Drops a session from the cache.
-    pub async fn forget(&self, key: &SessionRowKey) {
+    pub(crate) async fn forget(&self, key: &SessionRowKey) {
         if let Some(cache) = &self.cache {
             cache.invalidate(key).await;
         }
@@ -291,7 +291,7 @@ impl Sessions {
     }
 
     /// The per-user index values of a user: one per configured session key, the current one first.
-    pub fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
+    pub(crate) fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
         self.owner_macer
             .tags(sub.as_bytes())
             .into_iter()
@@ -431,7 +431,11 @@ impl Sessions {
     /// Swaps a session's data (clearing any refresh marker) if nobody else did
     /// since `session` was read. Returns the stored result, or `None` if the
     /// row's version moved on (or the row is gone).
-    pub async fn replace(&self, session: &Session, data: SessionData) -> Result<Option<Arc<Session>>, StoreError> {
+    pub(crate) async fn replace(
+        &self,
+        session: &Session,
+        data: SessionData,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         self.replace_keeping(session, data).await.map_err(|(e, _)| e)
     }
 
@@ -472,13 +476,13 @@ impl Sessions {
     }
 
     /// Deletes a session (logout, or a session Ave ended).
-    pub async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError> {
+    pub(crate) async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError> {
         self.forget(key).await;
         self.store.delete(key).await
     }
 
     /// Marks a login `state` as used; false on a replay.
-    pub async fn consume_login_state(&self, state: &str, expires_at: UnixTime) -> Result<bool, StoreError> {
+    pub(crate) async fn consume_login_state(&self, state: &str, expires_at: UnixTime) -> Result<bool, StoreError> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
@@ -498,7 +502,7 @@ impl Sessions {
     }
 
     /// Checks the backend answers (readiness).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
     }
 }

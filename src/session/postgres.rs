@@ -28,7 +28,7 @@ impl PostgresStore {
     }
 
     /// Like `connect`, with at most `max_connections` pooled connections.
-    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub(crate) async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|_| StoreError::Unavailable("invalid PostgreSQL URL".into()))?;

@@ -90,7 +90,7 @@ impl Default for RenewalSettings {
 
 /// Why renewal did not produce a usable session.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RenewError {
+pub(crate) enum RenewError {
     /// The session is over (Ave said `invalid_grant`, or it cannot be renewed any more).
     #[error("the session has ended; sign in again")]
     LoginRequired,
@@ -122,7 +122,7 @@ enum CallEnd {
 }
 
 /// Refreshes sessions whose Ave access token is about to expire.
-pub struct Renewer {
+pub(crate) struct Renewer {
     ave: Arc<AveClient>,
     sessions: Arc<Sessions>,
     skew: Duration,
@@ -148,7 +148,7 @@ impl Renewer {
     /// bounds the wait for another instance's refresh of the same session.
     /// `wait`: how long a request waits for a refresh before it is answered
     /// from the current access token (or with 503); the refresh goes on.
-    pub fn new(
+    pub(crate) fn new(
         ave: Arc<AveClient>,
         sessions: Arc<Sessions>,
         skew: Duration,
@@ -177,13 +177,13 @@ impl Renewer {
     }
 
     /// Refreshes in flight in this process.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Shutdown, first step: start no new refresh (requests are served from
     /// valid access tokens, or get 503 with `Retry-After`).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
@@ -191,7 +191,7 @@ impl Renewer {
     /// at most until `deadline`; then cuts off the rest (their markers are
     /// released and their refresh tokens kept, so the next request, on any
     /// instance, retries them). Returns how many were cut off.
-    pub async fn drain(&self, deadline: Instant) -> usize {
+    pub(crate) async fn drain(&self, deadline: Instant) -> usize {
         self.stop();
         while self.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -217,7 +217,7 @@ impl Renewer {
     /// Returns `session` if its access token is fresh enough, else a renewed
     /// session (or the current one, while its access token is still valid,
     /// when Ave or the store is temporarily unavailable).
-    pub async fn fresh(self: &Arc<Self>, session: Arc<Session>) -> Result<Arc<Session>, RenewError> {
+    pub(crate) async fn fresh(self: &Arc<Self>, session: Arc<Session>) -> Result<Arc<Session>, RenewError> {
         if !session.needs_refresh(self.sessions.now(), self.skew) {
             return Ok(session);
         }

@@ -25,7 +25,7 @@ pub struct SealingKeys(Vec<Secret<[u8; 32]>>);
 
 /// Why `AVEMINT_SESSION_KEYS` was refused (never echoes a key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SealingKeysError {
+pub(crate) enum SealingKeysError {
     #[error("key #{0} is empty")]
     Empty(usize),
     #[error("key #{0} is not valid base64")]
@@ -44,7 +44,7 @@ impl fmt::Debug for SealingKeys {
 
 impl SealingKeys {
     /// Parses comma-separated base64 (standard or URL-safe, padding optional) 32-byte keys.
-    pub fn parse(raw: &str) -> Result<Self, SealingKeysError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, SealingKeysError> {
         let mut keys = Vec::new();
         for (i, part) in raw.split(',').map(str::trim).enumerate() {
             let number = i + 1;
@@ -70,7 +70,7 @@ impl SealingKeys {
     }
 
     /// The keys, the sealing one first.
-    pub fn keys(&self) -> &[Secret<[u8; 32]>] {
+    pub(crate) fn keys(&self) -> &[Secret<[u8; 32]>] {
         &self.0
     }
 }
@@ -129,11 +129,11 @@ pub struct Macer {
 }
 
 /// Length of a `Macer` tag.
-pub const MAC_LEN: usize = 32;
+pub(crate) const MAC_LEN: usize = 32;
 
 impl Macer {
     /// Derives the HMAC keys for `purpose` from every configured key.
-    pub fn new(keys: &SealingKeys, purpose: MacPurpose) -> Self {
+    pub(crate) fn new(keys: &SealingKeys, purpose: MacPurpose) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
         let keys = keys
             .keys()
@@ -152,17 +152,17 @@ impl Macer {
     }
 
     /// The tag of `msg` under the current (first) key.
-    pub fn tag(&self, msg: &[u8]) -> [u8; MAC_LEN] {
+    pub(crate) fn tag(&self, msg: &[u8]) -> [u8; MAC_LEN] {
         to_array(hmac::sign(&self.keys[0], msg))
     }
 
     /// The tags of `msg` under every configured key, the current one first.
-    pub fn tags(&self, msg: &[u8]) -> Vec<[u8; MAC_LEN]> {
+    pub(crate) fn tags(&self, msg: &[u8]) -> Vec<[u8; MAC_LEN]> {
         self.keys.iter().map(|k| to_array(hmac::sign(k, msg))).collect()
     }
 
     /// True when `tag` is the tag of `msg` under any configured key (constant-time comparison).
-    pub fn verify(&self, msg: &[u8], tag: &[u8]) -> bool {
+    pub(crate) fn verify(&self, msg: &[u8], tag: &[u8]) -> bool {
         self.keys.iter().any(|k| hmac::verify(k, msg, tag).is_ok())
     }
 }
@@ -267,8 +267,9 @@ impl Sealer {
         Ok(body)
     }
 
+    #[cfg(test)]
     /// True when `sealed` was made with a key other than the current sealing key.
-    pub fn needs_reseal(&self, sealed: &[u8]) -> bool {
+    pub(crate) fn needs_reseal(&self, sealed: &[u8]) -> bool {
         sealed.get(1..1 + KEY_ID_LEN).is_some_and(|id| id != self.keys[0].id)
     }
 }

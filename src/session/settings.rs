@@ -11,7 +11,7 @@ use super::sealer::SealingKeys;
 use crate::secret::Secret;
 
 /// Default `AVEMINT_MAX_SESSIONS_PER_USER`.
-pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 50;
+pub(crate) const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 50;
 
 /// The session store: location, pool size, and the at-rest keys.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ impl SqliteStore {
 
     /// Like `connect`, with at most `max_connections` pooled connections
     /// (always one for an in-memory database).
-    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub(crate) async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid SQLite URL: {e}")))?;

@@ -8,8 +8,8 @@
 //! (`PendingLogin` and its sealed form, `ReturnPath`); HTTP concerns (which
 //! cookie carries what, redirects, status codes) stay in `http`.
 
-pub mod pending;
-pub mod return_path;
+pub(crate) mod pending;
+pub(crate) mod return_path;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub use pending::{LOGIN_TTL, PendingLogin, PendingLoginError, decode_login, enco
 pub use return_path::ReturnPath;
 
 /// Longest `code` or `state` accepted from the callback query.
-pub const MAX_PARAM_LEN: usize = 512;
+pub(crate) const MAX_PARAM_LEN: usize = 512;
 
 /// Why a sign-in could not be completed. Messages never contain a code, token or state.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub enum SignInError {
 }
 
 /// What a sign-in needs from the running service.
-pub struct SignIn<'a> {
+pub(crate) struct SignIn<'a> {
     pub ave: &'a AveClient,
     pub sessions: &'a Sessions,
     /// Failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
@@ -68,7 +68,7 @@ pub struct SignIn<'a> {
 }
 
 /// What `start` produces: where to send the browser and what to remember.
-pub struct Started {
+pub(crate) struct Started {
     pub authorize_url: String,
     pub pending: PendingLogin,
 }
@@ -78,7 +78,7 @@ fn random_token() -> Secret<String> {
 }
 
 /// The S256 code challenge of a verifier (RFC 7636 §4.2).
-pub fn s256_challenge(verifier: &str) -> String {
+pub(crate) fn s256_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         verifier.as_bytes(),
@@ -86,7 +86,7 @@ pub fn s256_challenge(verifier: &str) -> String {
 }
 
 /// How a completed callback ended (failures are `SignInError`s).
-pub enum Completed {
+pub(crate) enum Completed {
     /// Signed in: `session` is stored (its cookie value is for the browser only).
     SignedIn {
         session: SessionId,
@@ -100,7 +100,7 @@ pub enum Completed {
 
 impl SignIn<'_> {
     /// Begins a sign-in: fresh state, nonce and PKCE verifier.
-    pub async fn start(&self, return_to: ReturnPath, now: UnixTime) -> Result<Started, AveError> {
+    pub(crate) async fn start(&self, return_to: ReturnPath, now: UnixTime) -> Result<Started, AveError> {
         let meta = self.ave.metadata().await?;
         let pending = PendingLogin {
             state: random_token(),
@@ -129,7 +129,7 @@ impl SignIn<'_> {
 
     /// Completes the sign-in `pending` with Ave's `callback`, from `client`. `previous` are the sessions the
     /// browser holds: they end, so a session planted or left before this sign-in is never promoted.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         pending: PendingLogin,
         callback: &Callback<'_>,

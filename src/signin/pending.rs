@@ -22,7 +22,7 @@ use crate::session::Sealer;
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// The longest sealed value `encode_login` writes, whatever `return_to` is (checked by a unit test;
 /// `return_to` is capped at `MAX_RETURN_PATH`).
-pub const MAX_LOGIN_VALUE: usize = 1800;
+pub(crate) const MAX_LOGIN_VALUE: usize = 1800;
 /// Values longer than this are refused unopened.
 const MAX_OPENED_LEN: usize = 4096;
 /// How far in the future a sign-in's start may lie (clock skew between instances).

@@ -37,11 +37,11 @@ const MAX_QUOTED_HOP: usize = 64;
 /// One trusted proxy address or network (`10.0.0.1`, `10.0.0.0/8`, `fd00::/8`);
 /// the prefix arithmetic is `ipnet`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet(ipnet::IpNet);
+pub(crate) struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Parses an address or an address with a `/prefix`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let net = match raw.split_once('/') {
             None => raw.parse::<IpAddr>().map(ipnet::IpNet::from).map_err(|_| ()),
@@ -57,13 +57,13 @@ impl IpNet {
     }
 
     /// True when `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.contains(&canonical(ip))
     }
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as plain IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -86,7 +86,7 @@ impl TrustedProxies {
     }
 
     /// True when `ip` is a listed proxy.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(ip))
     }
 
@@ -94,7 +94,7 @@ impl TrustedProxies {
     /// which case the right-most hop of `X-Forwarded-For` (or, when the request
     /// has none, of `Forwarded`'s `for=`) that is not itself a trusted proxy.
     /// An unparsable or obfuscated hop ends the walk (the last trusted hop wins).
-    pub fn client_ip<'a>(
+    pub(crate) fn client_ip<'a>(
         &self,
         peer: IpAddr,
         forwarded_for: impl Iterator<Item = &'a str>,
@@ -163,7 +163,7 @@ fn joined<'a>(values: impl Iterator<Item = &'a str>) -> Joined {
 
 /// One hop of a forwarding header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hop {
+pub(crate) enum Hop {
     /// An address (a port, if any, stripped).
     Addr(IpAddr),
     /// `unknown`, an obfuscated `_identifier` (RFC 7239 section 6), or a
@@ -177,7 +177,7 @@ pub enum Hop {
 /// `for=` value. Accepted: `192.0.2.1`, `192.0.2.1:4444`, `2001:db8::1`,
 /// `[2001:db8::1]`, `[2001:db8::1]:443` (ports may be RFC 7239 obfuscated
 /// ports such as `_p1`), `unknown` and `_hidden`.
-pub fn parse_node(raw: &str) -> Hop {
+pub(crate) fn parse_node(raw: &str) -> Hop {
     let s = raw.trim();
     if s.eq_ignore_ascii_case("unknown") || is_obfuscated(s) {
         return Hop::Hidden;
@@ -334,7 +334,7 @@ fn warn_unparsable(gate: &LogGate, header: &'static str, proxy: IpAddr, hop: &st
 
 /// The resolved client address, stored in the request's extensions for handlers and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
+pub(crate) struct ClientIp(pub IpAddr);
 
 #[cfg(test)]
 mod tests {

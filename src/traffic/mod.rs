@@ -7,5 +7,5 @@
 //! in, a client address and a verdict out), and the sign-in flow asks the
 //! code-exchange limiter before it spends Ave's budget.
 
-pub mod client_ip;
-pub mod rate_limit;
+pub(crate) mod client_ip;
+pub(crate) mod rate_limit;

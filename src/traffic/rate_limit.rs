@@ -34,7 +34,7 @@ use crate::log_gate::LogGate;
 use crate::route::Limited;
 
 /// The length of one counting window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Most clients tracked at once.
 const MAX_TRACKED: u64 = 100_000;
 
@@ -50,7 +50,7 @@ impl Default for RateLimit {
 
 impl RateLimit {
     /// Parses a whole number of requests per minute (0 disables).
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         raw.trim()
             .parse::<u32>()
             .map(Self)
@@ -64,13 +64,13 @@ struct Window {
 }
 
 /// The limiter's state.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limit: RateLimit,
     windows: Cache<(Limited, IpAddr), Arc<Mutex<Window>>>,
 }
 
 impl RateLimiter {
-    pub fn new(limit: RateLimit) -> Self {
+    pub(crate) fn new(limit: RateLimit) -> Self {
         Self {
             limit,
             windows: Cache::builder().max_capacity(MAX_TRACKED).time_to_live(WINDOW).build(),
@@ -78,7 +78,7 @@ impl RateLimiter {
     }
 
     /// Counts one request; `Err(retry_after)` when the client is over its budget.
-    pub async fn check(&self, endpoint: Limited, client: IpAddr) -> Result<(), Duration> {
+    pub(crate) async fn check(&self, endpoint: Limited, client: IpAddr) -> Result<(), Duration> {
         self.check_at(endpoint, client, Instant::now()).await
     }
 
@@ -117,7 +117,7 @@ fn group(ip: IpAddr) -> IpAddr {
 
 /// A network whose failed code exchanges are counted together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Network {
+pub(crate) enum Network {
     /// An IPv4 /24 (one small network, or one NAT pool).
     V4(Ipv4Net),
     /// An IPv6 /64 (usually one host or one LAN).
@@ -129,7 +129,7 @@ pub enum Network {
 impl Network {
     /// The networks `ip` belongs to (IPv4-mapped IPv6 counts as IPv4), widest first: a closed /48 is
     /// refused before its /64s are even looked up, so a site's many /64s cannot fill the tracking cache.
-    pub fn of(ip: IpAddr) -> Vec<Network> {
+    pub(crate) fn of(ip: IpAddr) -> Vec<Network> {
         match canonical(ip) {
             IpAddr::V4(v4) => Ipv4Net::new(v4, 24)
                 .map(|n| Network::V4(n.trunc()))
@@ -146,7 +146,7 @@ impl Network {
     }
 
     /// The metrics label of this grouping.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Network::V4(_) => "ipv4_24",
             Network::V6Host(_) => "ipv6_64",
@@ -166,7 +166,7 @@ impl std::fmt::Display for Network {
 
 /// How many rejected code exchanges each network may cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExchangeLimits {
+pub(crate) struct ExchangeLimits {
     /// How long a failure counts against its network.
     pub window: Duration,
     /// Failures per IPv4 /24 or IPv6 /64 within `window`.
@@ -179,7 +179,7 @@ pub struct ExchangeLimits {
 }
 
 /// The span over which all networks' failures are added up for strict mode.
-pub const STRICT_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const STRICT_WINDOW: Duration = Duration::from_secs(60);
 
 impl ExchangeLimits {
     /// Limits scaled to the sign-in share of Ave's token budget (calls per
@@ -187,7 +187,7 @@ impl ExchangeLimits {
     /// sign-in share per ten minutes (10 of 120 with the default budget; an
     /// IPv6 /48 twice that), and failures worth a sixth of it (20 of 120)
     /// within a minute turn the limiter strict.
-    pub fn for_sign_in_share(sign_in_per_minute: u32) -> Self {
+    pub(crate) fn for_sign_in_share(sign_in_per_minute: u32) -> Self {
         let per_network = (sign_in_per_minute / 12).clamp(2, 10);
         Self {
             window: Duration::from_secs(600),
@@ -214,7 +214,7 @@ struct Failures {
 
 /// A callback refused before calling Ave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExchangeRefused {
+pub(crate) struct ExchangeRefused {
     /// When the network may try again (whole seconds, at least one).
     pub retry_after: Duration,
     /// The network that reached its limit.
@@ -223,7 +223,7 @@ pub struct ExchangeRefused {
 
 /// How a code exchange ended, as far as the client's network is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExchangeOutcome {
+pub(crate) enum ExchangeOutcome {
     /// Ave accepted the code.
     Accepted,
     /// Ave rejected the code (or the exchange was abandoned after the code was sent).
@@ -233,7 +233,7 @@ pub enum ExchangeOutcome {
 }
 
 /// Limits failed code exchanges per client network (see the module doc).
-pub struct CodeExchangeLimiter {
+pub(crate) struct CodeExchangeLimiter {
     limits: ExchangeLimits,
     networks: Cache<Network, Arc<Mutex<Failures>>>,
     recent: Arc<Mutex<VecDeque<Instant>>>,
@@ -249,7 +249,7 @@ fn whole_secs(d: Duration) -> Duration {
 }
 
 impl CodeExchangeLimiter {
-    pub fn new(limits: ExchangeLimits) -> Self {
+    pub(crate) fn new(limits: ExchangeLimits) -> Self {
         Self {
             limits,
             networks: Cache::builder()
@@ -262,7 +262,7 @@ impl CodeExchangeLimiter {
     }
 
     /// True while failures across all networks make one failure close a network.
-    pub fn strict(&self) -> bool {
+    pub(crate) fn strict(&self) -> bool {
         self.strict_at(Instant::now())
     }
 
@@ -277,7 +277,7 @@ impl CodeExchangeLimiter {
     /// Admits a code exchange from `client`, or refuses it when one of its
     /// networks reached its limit. The permit must be armed before the code is
     /// sent and settled with the outcome.
-    pub async fn admit(&self, client: IpAddr) -> Result<ExchangePermit, ExchangeRefused> {
+    pub(crate) async fn admit(&self, client: IpAddr) -> Result<ExchangePermit, ExchangeRefused> {
         let result = self.admit_at(client, Instant::now()).await;
         if let Err(refused) = &result {
             crate::metrics::sign_in_exchange_refused(refused.network.label());
@@ -347,7 +347,7 @@ impl CodeExchangeLimiter {
 }
 
 /// One admitted code exchange; counts as in flight for its networks until settled.
-pub struct ExchangePermit {
+pub(crate) struct ExchangePermit {
     held: Vec<Arc<Mutex<Failures>>>,
     recent: Arc<Mutex<VecDeque<Instant>>>,
     keep: usize,
@@ -359,12 +359,12 @@ pub struct ExchangePermit {
 impl ExchangePermit {
     /// The code is about to be sent to Ave: from now on, a permit dropped
     /// without an outcome (the request was abandoned) counts as a failure.
-    pub fn arm(&mut self) {
+    pub(crate) fn arm(&mut self) {
         self.armed = true;
     }
 
     /// Records how the exchange ended.
-    pub fn settle(mut self, outcome: ExchangeOutcome) {
+    pub(crate) fn settle(mut self, outcome: ExchangeOutcome) {
         self.finish(outcome, Instant::now());
     }
 

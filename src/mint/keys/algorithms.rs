@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 /// The smallest RSA modulus accepted for RS256, in bits.
-pub const MIN_RSA_BITS: usize = 2048;
+pub(crate) const MIN_RSA_BITS: usize = 2048;
 
 /// A JWS signing algorithm. One algorithm per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -63,7 +63,7 @@ impl Algorithm {
     }
 
     /// The lower-case name used on the command line and in key file names.
-    pub fn short(self) -> &'static str {
+    pub(crate) fn short(self) -> &'static str {
         match self {
             Self::Es256 => "es256",
             Self::EdDsa => "eddsa",
@@ -132,7 +132,7 @@ pub struct ParsedKey {
 
 impl ParsedKey {
     /// Parses PKCS#8 DER for `alg`.
-    pub fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<Self, AlgorithmError> {
+    pub(crate) fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<Self, AlgorithmError> {
         let bad = |_| AlgorithmError::Unparsable(alg);
         let (pair, members) = match alg {
             Algorithm::Es256 => {
@@ -186,22 +186,22 @@ impl ParsedKey {
     }
 
     /// The algorithm.
-    pub fn alg(&self) -> Algorithm {
+    pub(crate) fn alg(&self) -> Algorithm {
         self.alg
     }
 
     /// The RFC 7638 thumbprint (base64url SHA-256), used as `kid`.
-    pub fn kid(&self) -> &str {
+    pub(crate) fn kid(&self) -> &str {
         &self.kid
     }
 
     /// The public JWK: `kty`, `crv`/`x`/`y` or `n`/`e`, `alg`, `use`, `kid`. Never a private member.
-    pub fn public_jwk(&self) -> &Value {
+    pub(crate) fn public_jwk(&self) -> &Value {
         &self.jwk
     }
 
     /// Signs `message` (the JWS signing input) and returns the raw JWS signature.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AlgorithmError> {
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AlgorithmError> {
         match &self.pair {
             Pair::Es256(pair) => pair
                 .sign(&self.rng, message)

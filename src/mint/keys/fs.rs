@@ -9,9 +9,9 @@ use std::path::Path;
 use super::KeyError;
 
 /// The lock file serialising writers of one keys directory.
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
-pub fn io_error(path: &Path, e: &std::io::Error) -> KeyError {
+pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> KeyError {
     KeyError::Io {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -19,7 +19,7 @@ pub fn io_error(path: &Path, e: &std::io::Error) -> KeyError {
 }
 
 /// Creates `dir` (mode 0700) if it does not exist.
-pub fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
         set_mode(dir, 0o700).map_err(|e| io_error(dir, &e))?;
@@ -28,14 +28,14 @@ pub fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
 }
 
 /// Writes a new private file (mode 0600); fails if it exists.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut f = open_private(path, true).map_err(|e| io_error(path, &e))?;
     f.write_all(bytes).map_err(|e| io_error(path, &e))?;
     f.sync_all().map_err(|e| io_error(path, &e))
 }
 
 /// Replaces `dir/name` atomically with `bytes` (mode 0600).
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
     let suffix = hex::encode(crate::secret::random_bytes::<6>());
     let tmp = dir.join(format!(".{name}.{}.{suffix}.tmp", std::process::id()));
     let target = dir.join(name);
@@ -87,19 +87,19 @@ fn sync_dir(_: &Path) -> Result<(), KeyError> {
 }
 
 #[cfg(unix)]
-pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 #[cfg(not(unix))]
-pub fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+pub(crate) fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
     Ok(())
 }
 
 /// Refuses a private key file readable (or writable) by group or others.
 #[cfg(unix)]
-pub fn check_private(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_private(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(|e| io_error(path, &e))?
@@ -115,18 +115,18 @@ pub fn check_private(path: &Path) -> Result<(), KeyError> {
 }
 
 #[cfg(not(unix))]
-pub fn check_private(_: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_private(_: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
 /// An exclusive advisory lock on `dir/.lock`, released on drop.
-pub struct DirLock {
+pub(crate) struct DirLock {
     file: std::fs::File,
 }
 
 impl DirLock {
     /// Blocks until this process holds the directory's write lock.
-    pub fn acquire(dir: &Path) -> Result<Self, KeyError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self, KeyError> {
         let path = dir.join(LOCK_FILE);
         let file = open_private(&path, false).map_err(|e| io_error(&path, &e))?;
         file.lock().map_err(|e| io_error(&path, &e))?;

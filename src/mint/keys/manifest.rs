@@ -19,9 +19,9 @@ use super::fs::{io_error, write_atomic};
 use crate::clock::UnixTime;
 
 /// The manifest's file name inside the keys directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 /// The only manifest format so far.
-pub const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 1;
 
 /// A key's place in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub enum KeyState {
 
 impl KeyState {
     /// The lower-case name (`next`, `current`, `retired`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Next => "next",
             Self::Current => "current",
@@ -99,7 +99,7 @@ impl Default for Manifest {
 
 impl Manifest {
     /// Reads `dir/manifest.json`; `None` when it does not exist.
-    pub fn read(dir: &Path) -> Result<Option<Self>, KeyError> {
+    pub(crate) fn read(dir: &Path) -> Result<Option<Self>, KeyError> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -115,7 +115,7 @@ impl Manifest {
     }
 
     /// Writes `dir/manifest.json` atomically (temp file, fsync, rename, fsync of the directory).
-    pub fn write(&self, dir: &Path) -> Result<(), KeyError> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), KeyError> {
         self.check().map_err(|reason| KeyError::Manifest {
             path: dir.join(MANIFEST_FILE),
             reason,
@@ -130,7 +130,7 @@ impl Manifest {
 
     /// Structural rules: known version, unique kids and files, plain file names,
     /// at most one next key, exactly one current key unless empty.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.version != MANIFEST_VERSION {
             return Err(format!("unsupported manifest version {}", self.version));
         }
@@ -174,14 +174,14 @@ impl Manifest {
     }
 
     /// The next key's entry.
-    pub fn next(&self) -> Option<&KeyEntry> {
+    pub(crate) fn next(&self) -> Option<&KeyEntry> {
         self.keys.iter().find(|k| k.state == KeyState::Next)
     }
 
     /// Adds a freshly generated key: current if there is none, otherwise next.
     /// A previous next key (which never signed anything) is dropped and returned,
     /// so its file can be removed.
-    pub fn add(&mut self, mut entry: KeyEntry) -> Option<KeyEntry> {
+    pub(crate) fn add(&mut self, mut entry: KeyEntry) -> Option<KeyEntry> {
         if self.current().is_none() {
             entry.state = KeyState::Current;
             entry.activated = Some(entry.created);
@@ -199,13 +199,8 @@ impl Manifest {
         replaced
     }
 
-    /// When the next key may start signing: `lead` after it was published.
-    pub fn next_ready_at(&self, lead: Duration) -> Option<UnixTime> {
-        self.next().map(|n| n.created + lead)
-    }
-
     /// Checks that the next key has been published for at least `lead`.
-    pub fn check_next_ready(&self, now: UnixTime, lead: Duration) -> Result<(), LifecycleError> {
+    pub(crate) fn check_next_ready(&self, now: UnixTime, lead: Duration) -> Result<(), LifecycleError> {
         let next = self.next().ok_or(LifecycleError::NoNext)?;
         let age = now.saturating_duration_since(next.created).as_secs();
         if age < lead.as_secs() {
@@ -220,7 +215,7 @@ impl Manifest {
     }
 
     /// current → retired, next → current. The caller adds a new next key.
-    pub fn rotate(&mut self, now: UnixTime) -> Result<(), LifecycleError> {
+    pub(crate) fn rotate(&mut self, now: UnixTime) -> Result<(), LifecycleError> {
         if self.next().is_none() {
             return Err(LifecycleError::NoNext);
         }
@@ -242,7 +237,7 @@ impl Manifest {
 
     /// True when automatic rotation (every `every`) is due at `now` and safe (the
     /// next key has been published for `lead`).
-    pub fn rotation_due(&self, now: UnixTime, every: Duration, lead: Duration) -> bool {
+    pub(crate) fn rotation_due(&self, now: UnixTime, every: Duration, lead: Duration) -> bool {
         let Some(current) = self.current() else {
             return false;
         };
@@ -251,7 +246,7 @@ impl Manifest {
     }
 
     /// Removes retired keys that stopped signing at least `hold` ago and returns them.
-    pub fn prune(&mut self, now: UnixTime, hold: Duration) -> Vec<KeyEntry> {
+    pub(crate) fn prune(&mut self, now: UnixTime, hold: Duration) -> Vec<KeyEntry> {
         let expired = |k: &KeyEntry| k.state == KeyState::Retired && k.retired.unwrap_or(k.created) + hold <= now;
         let (gone, kept): (Vec<_>, Vec<_>) = self.keys.drain(..).partition(expired);
         self.keys = kept;
@@ -260,7 +255,7 @@ impl Manifest {
 }
 
 /// A file name with no directory part, not hidden, ending in `.pem`.
-pub fn is_plain_pem_name(name: &str) -> bool {
+pub(crate) fn is_plain_pem_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name.ends_with(".pem")

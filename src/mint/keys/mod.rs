@@ -12,12 +12,12 @@
 //! timing), `reload` (the live handle and its watcher), `fs` (atomic writes,
 //! permissions, the writer lock).
 
-pub mod algorithms;
+pub(crate) mod algorithms;
 pub mod commands;
 mod fs;
-pub mod manifest;
-pub mod reload;
-pub mod rotation;
+pub(crate) mod manifest;
+pub(crate) mod reload;
+pub(crate) mod rotation;
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use algorithms::{Algorithm, AlgorithmError, ParsedKey};
-pub use manifest::{KeyEntry, KeyState, LifecycleError};
+pub(crate) use manifest::{KeyEntry, KeyState, LifecycleError};
 pub use reload::LiveKeys;
 pub use rotation::{JWKS_CACHE_LIFETIME, KeyDir, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
 
@@ -79,19 +79,19 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// Wraps a parsed key; the header is `{"alg":…,"typ":"at+jwt","kid":…}`.
-    pub fn new(key: ParsedKey) -> Self {
+    pub(crate) fn new(key: ParsedKey) -> Self {
         let header = json!({"alg": key.alg().jws(), "typ": "at+jwt", "kid": key.kid()});
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
         Self { key, header_b64 }
     }
 
     /// The key id (RFC 7638 thumbprint).
-    pub fn kid(&self) -> &str {
+    pub(crate) fn kid(&self) -> &str {
         self.key.kid()
     }
 
     /// The JWS algorithm.
-    pub fn alg(&self) -> Algorithm {
+    pub(crate) fn alg(&self) -> Algorithm {
         self.key.alg()
     }
 
@@ -109,7 +109,7 @@ impl SigningKey {
 }
 
 /// One published key: its manifest entry and the parsed key.
-pub struct PublishedKey {
+pub(crate) struct PublishedKey {
     pub entry: KeyEntry,
     pub key: SigningKey,
 }
@@ -118,6 +118,8 @@ pub struct PublishedKey {
 pub struct KeyRing {
     keys: Vec<PublishedKey>,
     current: usize,
+    /// Read by the demo API (it verifies its own tokens) and tests.
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     jwks: Value,
     jwks_json: Bytes,
     etag: String,
@@ -126,7 +128,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// Loads the keys `dir`'s manifest names (or legacy `es256-*.pem` files),
     /// without writing anything. Refuses any group/world-readable key file.
-    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+    pub(crate) fn load(dir: &Path) -> Result<Self, KeyError> {
         if dir.exists() {
             rotation::check_all_private(dir)?;
         }
@@ -174,8 +176,9 @@ impl KeyRing {
         })
     }
 
+    #[cfg(test)]
     /// Makes sure `dir` has a current and a next key (generating ES256 keys), then loads it.
-    pub fn load_or_generate(dir: &Path) -> Result<Self, KeyError> {
+    pub(crate) fn load_or_generate(dir: &Path) -> Result<Self, KeyError> {
         KeyDir::new(dir).ensure(Algorithm::Es256, crate::clock::Clock::System.now())?;
         Self::load(dir)
     }
@@ -186,28 +189,29 @@ impl KeyRing {
     }
 
     /// Every published key with its manifest entry (current first).
-    pub fn keys(&self) -> &[PublishedKey] {
+    pub(crate) fn keys(&self) -> &[PublishedKey] {
         &self.keys
     }
 
     /// The public JWKS document (`{"keys":[…]}`), without any private member.
-    pub fn jwks(&self) -> &Value {
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
+    pub(crate) fn jwks(&self) -> &Value {
         &self.jwks
     }
 
     /// The JWKS document serialized once: what `/.well-known/jwks.json` serves
     /// (cheap to clone) and what the ETag hashes.
-    pub fn jwks_json(&self) -> &Bytes {
+    pub(crate) fn jwks_json(&self) -> &Bytes {
         &self.jwks_json
     }
 
     /// A strong ETag of the JWKS document (changes whenever the key set does).
-    pub fn etag(&self) -> &str {
+    pub(crate) fn etag(&self) -> &str {
         &self.etag
     }
 
     /// The algorithms of the published keys, each once, the signing key's first.
-    pub fn algorithms(&self) -> Vec<&'static str> {
+    pub(crate) fn algorithms(&self) -> Vec<&'static str> {
         let mut algs: Vec<&'static str> = Vec::new();
         for k in &self.keys {
             let alg = k.key.alg().jws();
@@ -218,8 +222,9 @@ impl KeyRing {
         algs
     }
 
+    #[cfg(test)]
     /// The kids in publication order, for comparing snapshots.
-    pub fn kids(&self) -> Vec<&str> {
+    pub(crate) fn kids(&self) -> Vec<&str> {
         self.keys.iter().map(|k| k.key.kid()).collect()
     }
 }

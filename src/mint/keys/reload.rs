@@ -18,9 +18,9 @@ use super::{KeyError, KeyRing};
 use crate::clock::Clock;
 
 /// How often the manifest is checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often automatic rotation checks whether a rotation or prune is due.
-pub const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the directory looked like at the last load: the manifest's bytes, or
 /// (without a manifest) the key files' names, sizes and modification times.
@@ -98,14 +98,9 @@ impl LiveKeys {
             .clone()
     }
 
-    /// The keys directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Re-reads the directory and swaps the new ring in. Returns true if the key set changed.
     /// On failure the previous ring stays in place.
-    pub fn reload(&self) -> Result<bool, KeyError> {
+    pub(crate) fn reload(&self) -> Result<bool, KeyError> {
         // Recorded before loading: if the load fails, the next change is noticed
         // (and a directory that stays broken is reported once, not every second).
         *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint(self.dir.path());
@@ -124,7 +119,7 @@ impl LiveKeys {
     }
 
     /// Reloads if the directory changed since the last load.
-    pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
+    pub(crate) fn reload_if_changed(&self) -> Result<bool, KeyError> {
         let now = fingerprint(self.dir.path());
         if *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == now {
             return Ok(false);
@@ -141,7 +136,7 @@ impl LiveKeys {
     /// The watcher: polls for changes, reloads on SIGHUP, rotates when due.
     /// The SIGHUP handler is installed before this returns, so a signal sent
     /// once the service answers requests is never the default "terminate".
-    pub fn watch(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn watch(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         #[cfg(unix)]
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),

@@ -25,9 +25,9 @@ pub const JWKS_CACHE_LIFETIME: Duration = Duration::from_secs(300);
 /// The longest app-JWT lifetime avemint accepts (`AVEMINT_TOKEN_TTL` maximum).
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// How long a retired key stays published after it stopped signing.
-pub const RETIRED_HOLD: Duration = Duration::from_secs(MAX_TOKEN_TTL.as_secs() + JWKS_CACHE_LIFETIME.as_secs());
+pub(crate) const RETIRED_HOLD: Duration = Duration::from_secs(MAX_TOKEN_TTL.as_secs() + JWKS_CACHE_LIFETIME.as_secs());
 /// The shortest automatic rotation period accepted.
-pub const MIN_ROTATION: Duration = Duration::from_secs(3600);
+pub(crate) const MIN_ROTATION: Duration = Duration::from_secs(3600);
 
 /// How keys are made and rotated (from configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,10 +58,10 @@ const MAX_ROTATION: Duration = Duration::from_secs(3650 * 86_400);
     MIN_ROTATION.as_secs() / 3600,
     MAX_ROTATION.as_secs() / 86_400
 )]
-pub struct RotationPeriodError;
+pub(crate) struct RotationPeriodError;
 
 /// `AVEMINT_KEY_ROTATION`: `off`, or a whole number with a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`.
-pub fn parse_rotation(raw: &str) -> Result<Option<Duration>, RotationPeriodError> {
+pub(crate) fn parse_rotation(raw: &str) -> Result<Option<Duration>, RotationPeriodError> {
     let s = raw.trim();
     if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("never") {
         return Ok(None);
@@ -104,7 +104,7 @@ impl KeyDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
@@ -194,7 +194,7 @@ impl KeyDir {
     /// Makes sure there is a current key and a next key (generating them with
     /// `alg`), writing a manifest if there was none (migrating legacy files).
     /// Returns true if anything changed.
-    pub fn ensure(&self, alg: Algorithm, now: UnixTime) -> Result<bool, KeyError> {
+    pub(crate) fn ensure(&self, alg: Algorithm, now: UnixTime) -> Result<bool, KeyError> {
         let _lock = self.locked()?;
         let had_manifest = Manifest::read(&self.dir)?.is_some();
         let mut m = self.read_manifest()?;
@@ -215,7 +215,7 @@ impl KeyDir {
 
     /// `keys generate`: adds a key as next (or current if there is none). A
     /// previous next key, which never signed, is removed.
-    pub fn generate(&self, alg: Algorithm, now: UnixTime) -> Result<KeyEntry, KeyError> {
+    pub(crate) fn generate(&self, alg: Algorithm, now: UnixTime) -> Result<KeyEntry, KeyError> {
         let _lock = self.locked()?;
         let mut m = self.read_manifest()?;
         let entry = self.new_key(alg, now)?;
@@ -264,7 +264,7 @@ impl KeyDir {
     }
 
     /// `keys prune`: removes retired keys that stopped signing more than `RETIRED_HOLD` ago.
-    pub fn prune(&self, now: UnixTime) -> Result<Vec<KeyEntry>, KeyError> {
+    pub(crate) fn prune(&self, now: UnixTime) -> Result<Vec<KeyEntry>, KeyError> {
         let _lock = self.locked()?;
         let mut m = self.read_manifest()?;
         let gone = m.prune(now, RETIRED_HOLD);
@@ -281,7 +281,7 @@ impl KeyDir {
     /// Automatic rotation: rotates if `policy.rotation` is due and safe, prunes
     /// expired keys, and makes sure a next key exists. Cheap when nothing is due
     /// (only the manifest is read before taking the lock).
-    pub fn maintain(&self, policy: &KeyPolicy, now: UnixTime) -> Result<Option<Rotation>, KeyError> {
+    pub(crate) fn maintain(&self, policy: &KeyPolicy, now: UnixTime) -> Result<Option<Rotation>, KeyError> {
         let Some(every) = policy.rotation else {
             return Ok(None);
         };
@@ -322,7 +322,7 @@ fn legacy_created(name: &str) -> Option<UnixTime> {
 }
 
 /// Private key files in `dir` (for the permission check), manifest or not.
-pub fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+pub(crate) fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))? {
         let entry = entry.map_err(|e| io_error(dir, &e))?;
@@ -336,7 +336,7 @@ pub fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
 }
 
 /// Refuses to go on if any private key file in `dir` is readable by group or others.
-pub fn check_all_private(dir: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_all_private(dir: &Path) -> Result<(), KeyError> {
     for path in pem_files(dir)? {
         check_private(&path)?;
     }
@@ -344,7 +344,7 @@ pub fn check_all_private(dir: &Path) -> Result<(), KeyError> {
 }
 
 /// "3d 4h", "12m", "45s": an age for people.
-pub fn format_age(age: Duration) -> String {
+pub(crate) fn format_age(age: Duration) -> String {
     match age.as_secs() {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m", s / 60),
