@@ -35,7 +35,7 @@ impl ReturnPath {
     }
 
     /// The path, for a `Location` header.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
