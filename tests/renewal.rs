@@ -87,18 +87,7 @@ async fn fifty_concurrent_requests_share_one_refresh(db: Option<DatabaseUrl>) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sqlite_fifty_concurrent_requests_share_one_refresh() {
-    fifty_concurrent_requests_share_one_refresh(None).await;
-}
-
-#[tokio::test]
-async fn postgres_fifty_concurrent_requests_share_one_refresh() {
-    let Some(db) = support::postgres_schema("postgres_fifty_concurrent_requests_share_one_refresh").await else {
-        return;
-    };
-    fifty_concurrent_requests_share_one_refresh(Some(db)).await;
-}
+support::on_both_stores!(fifty_concurrent_requests_share_one_refresh);
 
 #[tokio::test]
 async fn postgres_two_processes_refresh_once_and_never_reuse_a_token() {
@@ -193,18 +182,7 @@ async fn invalid_grant_ends_the_session(db: Option<DatabaseUrl>) {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sqlite_invalid_grant_ends_the_session() {
-    invalid_grant_ends_the_session(None).await;
-}
-
-#[tokio::test]
-async fn postgres_invalid_grant_ends_the_session() {
-    let Some(db) = support::postgres_schema("postgres_invalid_grant_ends_the_session").await else {
-        return;
-    };
-    invalid_grant_ends_the_session(Some(db)).await;
-}
+support::on_both_stores!(invalid_grant_ends_the_session);
 
 #[tokio::test]
 async fn transient_failures_lose_nothing_and_recovery_uses_the_rotated_token() {
@@ -364,8 +342,11 @@ async fn a_lost_answer_keeps_the_refresh_token_and_the_retry_learns_the_outcome(
 /// A process dies while its refresh is stuck on the way to Ave (which never
 /// sees it). Its marker blocks others for the refresh lease (the dead
 /// holder's call might still be in flight), then the next instance retries
-/// with the same refresh token, and the session lives on.
-async fn a_crash_mid_refresh_is_retried_with_the_same_token(db: DatabaseUrl) {
+/// with the same refresh token, and the session lives on. Both processes
+/// share the database: on SQLite, a file in a temp dir.
+async fn a_crash_mid_refresh_is_retried_with_the_same_token(db: Option<DatabaseUrl>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db.unwrap_or_else(|| DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("crash.db").display())));
     let emulator = Emulator::start(short_lived_emulator()).await.expect("emulator");
     let proxy = support::fault_proxy::FaultProxy::start(&emulator.base_url()).await;
     emulator.set_advertised_base_url(Some(proxy.url()));
@@ -436,20 +417,7 @@ async fn a_crash_mid_refresh_is_retried_with_the_same_token(db: DatabaseUrl) {
     assert_eq!(emulator.concurrent_refresh_presentations(), 0);
 }
 
-#[tokio::test]
-async fn sqlite_a_crash_mid_refresh_is_retried_with_the_same_token() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("crash.db").display()));
-    a_crash_mid_refresh_is_retried_with_the_same_token(db).await;
-}
-
-#[tokio::test]
-async fn postgres_a_crash_mid_refresh_is_retried_with_the_same_token() {
-    let Some(db) = support::postgres_schema("postgres_a_crash_mid_refresh_is_retried").await else {
-        return;
-    };
-    a_crash_mid_refresh_is_retried_with_the_same_token(db).await;
-}
+support::on_both_stores!(a_crash_mid_refresh_is_retried_with_the_same_token);
 
 #[tokio::test]
 async fn postgres_logout_on_one_instance_is_refused_by_the_other_within_a_second() {

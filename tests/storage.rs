@@ -212,12 +212,22 @@ fn capped(max: u32, database_url: Option<avemint::testing::session::DatabaseUrl>
     })
 }
 
-/// Issue 13 item 6 "Sessions per user" on SQLite.
-#[tokio::test]
-async fn sessions_per_user_are_capped_on_sqlite() {
-    let app = TestApp::spawn_with(capped(2, None)).await;
+/// Issue 13 item 6 "Sessions per user"; on PostgreSQL, the store also holds
+/// no plaintext `sub` (nor its unkeyed hash).
+async fn sessions_per_user_are_capped(db: Option<avemint::session::DatabaseUrl>) {
+    let app = TestApp::spawn_with(capped(2, db.clone())).await;
     cap_ends_the_oldest(&app).await;
-    let pool = sqlite_pool(&app).await;
+    match db {
+        None => sqlite_owners_are_one_keyed_hash(&app).await,
+        Some(url) => postgres_rows_hold_no_plaintext_sub(&app, &url).await,
+    }
+    app.stop().await;
+}
+
+support::on_both_stores!(sessions_per_user_are_capped);
+
+async fn sqlite_owners_are_one_keyed_hash(app: &TestApp) {
+    let pool = sqlite_pool(app).await;
     let owners: Vec<Option<Vec<u8>>> = sqlx::query_scalar("SELECT owner_hash FROM sessions")
         .fetch_all(&pool)
         .await
@@ -226,18 +236,10 @@ async fn sessions_per_user_are_capped_on_sqlite() {
     assert!(owners.iter().all(|o| o.as_ref().is_some_and(|o| o.len() == 32)));
     assert_eq!(owners[0], owners[1], "one user, one index value");
     pool.close().await;
-    app.stop().await;
 }
 
-/// The same on PostgreSQL, and the store holds no plaintext `sub` (nor its unkeyed hash).
-#[tokio::test]
-async fn sessions_per_user_are_capped_on_postgres_without_a_plaintext_sub() {
-    let Some(url) = support::postgres_schema("sessions_per_user_are_capped_on_postgres").await else {
-        return;
-    };
-    let app = TestApp::spawn_with(capped(2, Some(url.clone()))).await;
-    cap_ends_the_oldest(&app).await;
-    let pool = sqlx::PgPool::connect(&support::database_url_string(&url))
+async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::session::DatabaseUrl) {
+    let pool = sqlx::PgPool::connect(&support::database_url_string(url))
         .await
         .expect("connect");
     let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
@@ -260,7 +262,6 @@ async fn sessions_per_user_are_capped_on_postgres_without_a_plaintext_sub() {
         .expect("owners");
     assert!(owners.iter().all(|o| o.as_ref().is_some_and(|o| o.len() == 32)));
     pool.close().await;
-    app.stop().await;
 }
 
 /// Issue 13 item 6 "Database files are world-readable": `avemint serve` started with a permissive umask (000)

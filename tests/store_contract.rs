@@ -1,7 +1,8 @@
 //! The session store contract, run against both backends: every test below is
-//! instantiated once over SQLite (a file in a temp dir) and once over
-//! PostgreSQL (a fresh schema per test under `AVEMINT_TEST_DATABASE_URL`;
-//! skipped with a message without it, except under `CI=true`, where it fails).
+//! instantiated by `support::on_both_stores!` once over SQLite (a file in a
+//! temp dir) and once over PostgreSQL (a fresh schema per test under
+//! `AVEMINT_TEST_DATABASE_URL`; skipped with a message without it, except
+//! under `CI=true`, where it fails).
 //! Only the public `SessionStore` API is exercised; the database is edited
 //! directly only to stage corrupt rows and failures.
 
@@ -42,6 +43,14 @@ struct Backend {
 }
 
 impl Backend {
+    /// The backend `support::on_both_stores!` picked: SQLite for `None`, else that PostgreSQL schema.
+    async fn open(db: Option<DatabaseUrl>) -> Self {
+        match db {
+            None => Self::sqlite().await,
+            Some(db) => Self::postgres(&db).await,
+        }
+    }
+
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("contract.db").display());
@@ -55,16 +64,16 @@ impl Backend {
         }
     }
 
-    async fn postgres(test: &str) -> Option<Self> {
-        let url = support::database_url_string(&support::postgres_schema(test).await?);
+    async fn postgres(db: &DatabaseUrl) -> Self {
+        let url = support::database_url_string(db);
         let store = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
         let admin = Admin::Postgres(sqlx::PgPool::connect(&url).await.expect("admin connect"));
-        Some(Self {
+        Self {
             store,
             url,
             admin,
             _dir: None,
-        })
+        }
     }
 
     fn is_sqlite(&self) -> bool {
@@ -89,32 +98,8 @@ impl Backend {
     }
 }
 
-/// Instantiates each contract test once per backend.
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let test = concat!("store_contract::postgres::", stringify!($name));
-                    if let Some(backend) = super::Backend::postgres(test).await {
-                        super::$name(backend).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+support::on_both_stores!(
+    Backend::open =>
     insert_get_delete_and_login_states,
     replace_is_compare_and_swap_on_version,
     the_refresh_marker_admits_one_holder_until_it_is_stale,
@@ -572,9 +557,11 @@ async fn postgres_columns(pool: &sqlx::PgPool, table: &str) -> Vec<Column> {
 #[tokio::test]
 async fn both_migration_histories_end_in_the_same_schema() {
     let lite = Backend::sqlite().await;
-    let Some(pg) = Backend::postgres("store_contract::both_migration_histories_end_in_the_same_schema").await else {
+    let Some(db) = support::postgres_schema("store_contract::both_migration_histories_end_in_the_same_schema").await
+    else {
         return;
     };
+    let pg = Backend::postgres(&db).await;
     let (Admin::Sqlite(lite_pool), Admin::Postgres(pg_pool)) = (&lite.admin, &pg.admin) else {
         unreachable!("one of each")
     };

@@ -359,6 +359,46 @@ impl Browser {
     }
 }
 
+/// Runs test bodies on both session store backends, the one way to do so.
+/// For each `async fn name(db: Option<DatabaseUrl>)` it generates `mod name`
+/// with two `#[tokio::test]`s: `sqlite` runs `name(None)` (the default SQLite
+/// file) and `postgres` runs `name(Some(url))` on a fresh schema from
+/// [`postgres_schema`] (skipped with a message without
+/// `AVEMINT_TEST_DATABASE_URL`, except under `CI=true`, where it fails).
+/// `name(flavor = "multi_thread")` passes its arguments to both
+/// `#[tokio::test]`s; `Fixture::open => name, …` hands each body
+/// `Fixture::open(db).await` instead of `db`, for bodies that take their own
+/// fixture.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    (@twin $name:ident [$($test:tt)*] $db:ident => $arg:expr) => {
+        mod $name {
+            #[tokio::test $($test)*]
+            async fn sqlite() {
+                let $db = None;
+                super::$name($arg).await;
+            }
+
+            #[tokio::test $($test)*]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::postgres");
+                if let Some(url) = $crate::support::postgres_schema(test).await {
+                    let $db = Some(url);
+                    super::$name($arg).await;
+                }
+            }
+        }
+    };
+    ($($name:ident $(($($test:tt)*))?),+ $(,)?) => {
+        $($crate::support::on_both_stores!(@twin $name [$(($($test)*))?] db => db);)+
+    };
+    ($fixture:ident::$open:ident => $($name:ident $(($($test:tt)*))?),+ $(,)?) => {
+        $($crate::support::on_both_stores!(@twin $name [$(($($test)*))?] db => super::$fixture::$open(db).await);)+
+    };
+}
+#[allow(unused_imports)] // Test files without twins do not use it.
+pub(crate) use on_both_stores;
+
 /// A PostgreSQL URL for one fresh, empty schema, from `AVEMINT_TEST_DATABASE_URL`.
 /// Without it the test is skipped with a message, except under `CI=true`, where it fails.
 pub async fn postgres_schema(test: &str) -> Option<DatabaseUrl> {
