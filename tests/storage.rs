@@ -214,7 +214,7 @@ fn capped(max: u32, database_url: Option<avemint::testing::session::DatabaseUrl>
 
 /// Issue 13 item 6 "Sessions per user"; on PostgreSQL, the store also holds
 /// no plaintext `sub` (nor its unkeyed hash).
-async fn sessions_per_user_are_capped(db: Option<avemint::session::DatabaseUrl>) {
+async fn sessions_per_user_are_capped(db: Option<avemint::testing::session::DatabaseUrl>) {
     let app = TestApp::spawn_with(capped(2, db.clone())).await;
     cap_ends_the_oldest(&app).await;
     match db {
@@ -238,7 +238,7 @@ async fn sqlite_owners_are_one_keyed_hash(app: &TestApp) {
     pool.close().await;
 }
 
-async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::session::DatabaseUrl) {
+async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::testing::session::DatabaseUrl) {
     let pool = sqlx::PgPool::connect(&support::database_url_string(url))
         .await
         .expect("connect");
