@@ -2,7 +2,8 @@
 //! the code needs to know about it — the metrics label, which per-client
 //! sign-in limit counts it, and whether it is an auth API that script calls
 //! (so the guard checks its origin, next to the `X-CSRF: 1` the endpoint
-//! itself requires).
+//! itself requires) — and which paths are avemint's own, so no proxied route
+//! (`proxy::settings`) can take one over.
 //!
 //! Why a leaf: metrics (a leaf itself) labels requests by it, `traffic` keys
 //! its request limits by [`Limited`], and `http` mounts, guards and labels

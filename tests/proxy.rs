@@ -230,45 +230,41 @@ async fn the_upstream_gets_the_path_query_and_a_bearer_of_the_routes_profile() {
     assert_eq!(seen.header("cookie"), None);
 }
 
+/// `method /api/orders/x` with exactly `headers` from `browser`.
+async fn call_with(app: &TestApp, browser: &mut Browser, method: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = app.http.request(method, app.url("/api/orders/x"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    browser.send(req).await
+}
+
 #[tokio::test]
 async fn csrf_origin_and_navigation_are_checked_before_anything_else() {
     let upstream = Upstream::start().await;
     let (app, mut browser) = proxy_app(&upstream).await;
-    let resp = call(&app, &mut browser, "GET", "/api/orders/x", false).await;
-    assert_eq!(resp.status(), 403, "X-CSRF missing");
-    let cross = app
-        .http
-        .get(app.url("/api/orders/x"))
-        .header("X-CSRF", "1")
-        .header("Origin", "https://evil.example");
-    assert_eq!(browser.send(cross).await.status(), 403, "cross-site Origin");
-    let navigation = app
-        .http
-        .get(app.url("/api/orders/x"))
-        .header("X-CSRF", "1")
-        .header("Sec-Fetch-Mode", "navigate")
-        .header("Sec-Fetch-Site", "same-origin");
-    assert_eq!(browser.send(navigation).await.status(), 403, "top-level navigation");
-    let cross_site_fetch = app
-        .http
-        .get(app.url("/api/orders/x"))
-        .header("Sec-Fetch-Mode", "cors")
-        .header("Sec-Fetch-Site", "cross-site");
-    assert_eq!(browser.send(cross_site_fetch).await.status(), 403);
-    let form_post = app
-        .http
-        .post(app.url("/api/orders/x"))
-        .header("Sec-Fetch-Mode", "cors")
-        .header("Sec-Fetch-Site", "same-origin");
-    assert_eq!(browser.send(form_post).await.status(), 403, "only GET may omit X-CSRF");
+    let csrf = ("X-CSRF", "1");
+    let (cors, navigate) = (("Sec-Fetch-Mode", "cors"), ("Sec-Fetch-Mode", "navigate"));
+    let (same_origin, cross_site) = (("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Site", "cross-site"));
+    for (method, headers, why) in [
+        ("GET", vec![], "X-CSRF missing"),
+        (
+            "GET",
+            vec![csrf, ("Origin", "https://evil.example")],
+            "cross-site Origin",
+        ),
+        ("GET", vec![csrf, navigate, same_origin], "top-level navigation"),
+        ("GET", vec![cors, cross_site], "cross-site fetch without X-CSRF"),
+        ("POST", vec![cors, same_origin], "only GET may omit X-CSRF"),
+    ] {
+        let status = call_with(&app, &mut browser, method, &headers).await.status();
+        assert_eq!(status, 403, "{why}");
+    }
     assert!(upstream.received().is_empty());
     // EventSource: a same-origin GET that is not a navigation, without X-CSRF.
-    let event_source = app
-        .http
-        .get(app.url("/api/orders/x"))
-        .header("Sec-Fetch-Mode", "cors")
-        .header("Sec-Fetch-Site", "same-origin");
-    assert_eq!(browser.send(event_source).await.status(), 200);
+    let event_source = call_with(&app, &mut browser, "GET", &[cors, same_origin]).await;
+    assert_eq!(event_source.status(), 200);
     assert_eq!(upstream.received().len(), 1);
 }
 
