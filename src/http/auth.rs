@@ -270,8 +270,8 @@ pub(super) async fn current_session(
     })
 }
 
-/// `session`, renewed first when Ave's access token is expiring (see `session::Renewer`); a session renewal ends
-/// has its cookie expired along with the 401.
+/// `session`, renewed first when Ave's access token is expiring (see `session::Renewer`): `/auth/token` and the
+/// proxied routes. A session that renewal ends has its cookie expired along with the 401.
 pub(super) async fn renewed(
     state: &AppState,
     session: Arc<Session>,
