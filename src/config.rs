@@ -14,7 +14,7 @@
 //! type, one `or`/`required`/`secret` line below, and the README row.
 //!
 //! The file is read as a `toml::Table`; each lookup takes its key out, so
-//! whatever is left at the end is an unknown key and refused. `[[profiles]]`
+//! whatever is left at the end is an unknown key and refused. `[[profiles]]` and `[[routes]]`
 //! (nested tables) are deserialized with serde, which refuses their unknown keys.
 
 use std::collections::BTreeMap;
@@ -36,6 +36,7 @@ use crate::mint::keys::{Algorithm, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
 use crate::mint::profiles::{
     self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ProfileSpec, TokenSettings,
 };
+use crate::proxy::{RouteSpec, Routes};
 use crate::secret::Secret;
 use crate::server::ConnectionTimeouts;
 use crate::session::{
@@ -58,6 +59,8 @@ pub struct Settings {
     pub token: TokenSettings,
     pub keys: KeysSettings,
     pub security: SecuritySettings,
+    /// Proxy mode's routes (none: proxy mode is off).
+    pub routes: Routes,
 }
 
 /// All problems found while loading settings, one per line.
@@ -352,6 +355,7 @@ impl Loader<'_> {
         };
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
+        let routes = self.routes(token.as_ref());
         Some(Settings {
             listen,
             ave: AveSettings {
@@ -372,6 +376,7 @@ impl Loader<'_> {
             token: token?,
             keys,
             security,
+            routes,
         })
     }
 
@@ -405,6 +410,33 @@ impl Loader<'_> {
             },
             docs: self.or(Text, "AVEMINT_DOCS", "docs", d.docs, Docs::parse),
         }
+    }
+}
+
+/// Proxy mode's routes: `AVEMINT_ROUTES` (a JSON array) or the file's `[[routes]]`; the environment wins.
+impl Loader<'_> {
+    fn routes(&mut self, token: Option<&TokenSettings>) -> Routes {
+        let file = self.file.remove("routes");
+        let (origin, specs) = match (self.env.var("AVEMINT_ROUTES"), file) {
+            (Some(json), _) => (
+                "AVEMINT_ROUTES",
+                serde_json::from_str::<Vec<RouteSpec>>(&json).map_err(|e| e.to_string()),
+            ),
+            (None, Some(list)) => (
+                "config file `routes`",
+                Vec::<RouteSpec>::deserialize(list).map_err(|e| e.message().to_owned()),
+            ),
+            (None, None) => return Routes::default(),
+        };
+        // With invalid token settings, their problems are reported already: profile names are not checked then.
+        let names: Option<Vec<&str>> = token.map(|t| t.profiles().iter().map(|p| p.name.as_str()).collect());
+        let built = specs
+            .map_err(|e| vec![e])
+            .and_then(|specs| Routes::build(specs, names.as_deref()));
+        built.unwrap_or_else(|errors| {
+            self.errors.extend(errors.into_iter().map(|e| format!("{origin}: {e}")));
+            Routes::default()
+        })
     }
 }
 
@@ -1014,6 +1046,50 @@ mod tests {
         bad.push(("AVEMINT_LOGIN_RATE_LIMIT", "-1"));
         let e = Settings::load(None, &env(&bad)).expect_err("invalid");
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn routes_from_the_file_or_the_environment_with_every_problem_reported() {
+        assert!(
+            Settings::load(None, &env(&minimal()))
+                .expect("valid")
+                .routes
+                .all()
+                .is_empty()
+        );
+        let file = "[[routes]]\npath = \"/api/orders\"\nupstream = \"https://orders.internal:8443/v1\"\nmethods = [\"GET\", \"POST\"]\ntimeout_ms = 5000\nmax_request_bytes = 1024\nstrip_cookies = true\n";
+        let s = load_file(file, &[]).expect("valid");
+        let r = &s.routes.all()[0];
+        assert_eq!(
+            (r.path.as_str(), r.upstream.as_str()),
+            ("/api/orders", "https://orders.internal:8443/v1")
+        );
+        assert_eq!(
+            (r.timeout, r.max_request_bytes, r.strip_cookies),
+            (Duration::from_millis(5000), 1024, true)
+        );
+        assert_eq!(r.methods.as_ref().map(Vec::len), Some(2));
+        let json = r#"[{"path": "/api/a", "upstream": "http://127.0.0.1:9000", "profile": "orders"}]"#;
+        let s = load_file(TWO, &[("AVEMINT_ROUTES", json)]).expect("env");
+        assert_eq!(s.routes.all()[0].profile.as_deref(), Some("orders"));
+        let s = load_file(&format!("{file}{TWO}"), &[("AVEMINT_ROUTES", json)]).expect("the environment wins");
+        assert_eq!(s.routes.all()[0].path, "/api/a");
+        let bad = r#"[{"path": "/auth", "upstream": "http://orders.internal", "profile": "nope"}, {"path": "/x", "upstream": "https://h", "extra": 1}]"#;
+        let e = load_file(TWO, &[("AVEMINT_ROUTES", bad)]).expect_err("invalid");
+        assert_eq!(e.0.len(), 1, "a JSON shape error is one line: {e}");
+        assert!(e.0[0].starts_with("AVEMINT_ROUTES: unknown field `extra`"), "{e}");
+        let bad = r#"[{"path": "/auth", "upstream": "http://orders.internal", "profile": "nope"}]"#;
+        let e = load_file(TWO, &[("AVEMINT_ROUTES", bad)]).expect_err("invalid");
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(
+            e.0.iter().all(|l| l.starts_with("AVEMINT_ROUTES: route `/auth`: ")),
+            "{e}"
+        );
+        let e = load_file("[[routes]]\npath = \"/a\"\n", &[]).expect_err("no upstream");
+        assert!(
+            e.0[0].starts_with("config file `routes`: missing field `upstream`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod http;
 mod log_gate;
 mod metrics;
 mod mint;
+mod proxy;
 mod route;
 mod secret;
 mod server;

@@ -2,7 +2,8 @@
 //! the code needs to know about it — the metrics label, which per-client
 //! sign-in limit counts it, and whether it is an auth API that script calls
 //! (so the guard checks its origin, next to the `X-CSRF: 1` the endpoint
-//! itself requires).
+//! itself requires) — and which paths are avemint's own, so no proxied route
+//! (`proxy::settings`) can take one over.
 //!
 //! Why a leaf: metrics (a leaf itself) labels requests by it, `traffic` keys
 //! its request limits by [`Limited`], and `http` mounts, guards and labels
@@ -130,6 +131,20 @@ impl Route {
         false
     }
 
+    /// Path trees avemint keeps whole for itself, beyond the table's own paths: nothing below them may be proxied.
+    pub(crate) const RESERVED_TREES: &[&str] = &["/auth", "/.well-known"];
+
+    /// The first of avemint's own paths that a proxied prefix would overlap (the same path, one below it, or one
+    /// above it), if any. `/` itself is not counted: a prefix is never `/`.
+    pub(crate) fn own_path_overlapping(prefix: &str) -> Option<&'static str> {
+        Route::ALL
+            .iter()
+            .filter(|r| **r != Route::Root)
+            .map(|r| r.path())
+            .chain(Route::RESERVED_TREES.iter().copied())
+            .find(|own| overlaps(prefix, own))
+    }
+
     /// The route `path` is (exactly; any path below `/docs/` is `Docs`).
     pub(crate) fn of(path: &str) -> Option<Route> {
         if let Some(route) = Route::ALL.iter().copied().find(|r| r.path() == path) {
@@ -139,6 +154,12 @@ impl Route {
             .is_some_and(|rest| rest.starts_with('/'))
             .then_some(Route::Docs)
     }
+}
+
+/// Whether two path prefixes overlap: equal, or one is a whole-segment prefix of the other.
+pub(crate) fn overlaps(a: &str, b: &str) -> bool {
+    let below = |path: &str, prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    a == b || below(a, b) || below(b, a)
 }
 
 #[cfg(test)]
@@ -171,5 +192,25 @@ mod tests {
         assert_eq!(Route::Login.limited(), Some(Limited::Login));
         assert_eq!(Route::Callback.limited(), Some(Limited::Callback));
         assert_eq!(Route::Token.limited(), None);
+    }
+
+    #[test]
+    fn own_paths_are_not_for_proxying() {
+        for taken in [
+            "/auth",
+            "/auth/token",
+            "/auth/x/y",
+            "/.well-known/x",
+            "/healthz",
+            "/docs/x",
+            "/metrics",
+        ] {
+            assert!(Route::own_path_overlapping(taken).is_some(), "{taken}");
+        }
+        for free in ["/api", "/api/orders", "/healthzz", "/authx", "/avemint"] {
+            assert_eq!(Route::own_path_overlapping(free), None, "{free}");
+        }
+        assert!(overlaps("/api", "/api/orders") && overlaps("/api/orders", "/api") && overlaps("/a", "/a"));
+        assert!(!overlaps("/api", "/apix"));
     }
 }

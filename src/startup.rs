@@ -45,6 +45,8 @@ pub enum StartupError {
     Ave(#[from] AveError),
     #[error("claims hook: {0}")]
     Hook(#[from] HookError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ClientError),
     /// The server failed while serving (an I/O error of the listener).
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -111,6 +113,7 @@ impl Application {
             token,
             keys,
             security,
+            routes,
         } = settings;
         // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
         let clock = Clock::System;
@@ -157,7 +160,9 @@ impl Application {
         let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
             ave_client.token_budget().sign_in_limit,
         ));
+        let proxy = crate::proxy::Proxy::new(routes, &public_url)?;
         let state = Arc::new(AppState {
+            proxy,
             sign_in_limiter,
             ave: ave_client,
             sessions,

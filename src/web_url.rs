@@ -35,10 +35,24 @@ pub enum WebUrlError {
 /// Parses an `https` URL, or an `http` one to a loopback host; no query,
 /// fragment or user-info.
 pub(crate) fn parse_web_url(raw: &str) -> Result<Url, WebUrlError> {
+    parse_web_url_with(raw, PlainHttp::LoopbackOnly)
+}
+
+/// Where plain `http` is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlainHttp {
+    /// Only to loopback hosts (the rule everywhere but where an operator opts out).
+    LoopbackOnly,
+    /// To any host: an operator's explicit choice for a private network (a proxied route's `allow_http`).
+    Allowed,
+}
+
+/// [`parse_web_url`], with plain `http` accepted as `plain_http` says.
+pub(crate) fn parse_web_url_with(raw: &str, plain_http: PlainHttp) -> Result<Url, WebUrlError> {
     let url = Url::parse(raw.trim()).map_err(WebUrlError::Invalid)?;
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if plain_http == PlainHttp::Allowed || is_loopback(&url) => {}
         "http" => return Err(WebUrlError::PlainHttp),
         _ => return Err(WebUrlError::Scheme),
     }

@@ -147,9 +147,12 @@ pub(crate) enum LogoutResponse {
     Done,
 }
 
+/// The `X-CSRF` value that proves a request came from script on an allowed page.
+pub(super) const CSRF_VALUE: &str = "1";
+
 fn require_csrf(csrf: &Header<Option<String>>) -> Result<(), ApiError> {
     match csrf.0.as_deref() {
-        Some("1") => Ok(()),
+        Some(CSRF_VALUE) => Ok(()),
         _ => Err(ApiError::csrf()),
     }
 }
@@ -247,7 +250,11 @@ impl From<MintError> for ApiError {
 
 /// The session the request's `__Host-avemint` cookie names. A cookie that names no live session (malformed, sent
 /// twice, unknown or ended) is expired along with the 401.
-async fn current_session(state: &AppState, req: &Request, changes: &CookieChanges) -> Result<Arc<Session>, ApiError> {
+pub(super) async fn current_session(
+    state: &AppState,
+    req: &Request,
+    changes: &CookieChanges,
+) -> Result<Arc<Session>, ApiError> {
     let id = match cookies::session_cookie(req.headers()) {
         SessionCookie::Absent => return Err(ApiError::login_required()),
         SessionCookie::Unusable => {
@@ -261,6 +268,32 @@ async fn current_session(state: &AppState, req: &Request, changes: &CookieChange
         cookies::clear_session(changes);
         ApiError::login_required()
     })
+}
+
+/// `session`, renewed first when Ave's access token is expiring (see `session::Renewer`): `/auth/token` and the
+/// proxied routes. A session that renewal ends has its cookie expired along with the 401.
+pub(super) async fn renewed(
+    state: &AppState,
+    session: Arc<Session>,
+    changes: &CookieChanges,
+) -> Result<Arc<Session>, ApiError> {
+    let session = state.renewer.fresh(session).await.inspect_err(|e| {
+        if matches!(e, RenewError::LoginRequired) {
+            cookies::clear_session(changes);
+        }
+    })?;
+    Ok(session)
+}
+
+/// Who an app JWT minted for `session` is about.
+pub(super) fn subject(session: &Session) -> Subject<'_> {
+    let data = &session.data;
+    Subject {
+        sub: &data.sub,
+        sid: data.sid.as_str(),
+        id_token: &data.id_token_claims,
+        user: data.user.as_ref(),
+    }
 }
 
 impl From<RenewError> for ApiError {
@@ -387,23 +420,10 @@ impl AuthApi {
                 target.and_then(|t| t.audience.as_deref()),
             )
             .map_err(ApiError::from)?;
-        let session = state.renewer.fresh(session).await.inspect_err(|e| {
-            if matches!(e, RenewError::LoginRequired) {
-                cookies::clear_session(changes);
-            }
-        })?;
-        let data = &session.data;
+        let session = renewed(&state, session, changes).await?;
         let minted = state
             .minter
-            .mint(
-                profile,
-                &Subject {
-                    sub: &data.sub,
-                    sid: data.sid.as_str(),
-                    id_token: &data.id_token_claims,
-                    user: data.user.as_ref(),
-                },
-            )
+            .mint(profile, &subject(&session))
             .await
             .map_err(ApiError::from)?;
         // Serializing two strings and an integer cannot fail.

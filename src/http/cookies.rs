@@ -162,6 +162,35 @@ where
     total
 }
 
+/// Removes avemint's own cookies (exact raw names) from the `Cookie` headers, keeping every other well-formed
+/// crumb in order; with `all`, removes every cookie. What a proxied request's upstream gets.
+pub(crate) fn strip_own(headers: &mut HeaderMap, all: bool) {
+    let kept: Vec<u8> = if all {
+        Vec::new()
+    } else {
+        let own = |name: &[u8]| name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes();
+        let crumbs: Vec<&[u8]> = cookie_headers(headers)
+            .flat_map(crumbs)
+            .filter(|c| !own(c.name))
+            .map(|c| c.whole)
+            .collect();
+        crumbs.join(&b"; "[..])
+    };
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_bytes(&kept)
+        && !kept.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Whether a `Set-Cookie` value sets one of avemint's own cookies (an upstream may not).
+pub(crate) fn sets_own(set_cookie: &HeaderValue) -> bool {
+    let value = set_cookie.as_bytes();
+    let name = trim_ows(value.split(|b| *b == b'=').next().unwrap_or_default());
+    name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
+}
+
 /// The session cookie as sent.
 pub(crate) enum SessionCookie {
     /// No `__Host-avemint` crumb.
@@ -366,6 +395,26 @@ mod tests {
             find([b"__Host-avemint=s; __Host-avemint=s".as_slice()], SESSION_COOKIE),
             Sent::Ambiguous
         );
+    }
+
+    #[test]
+    fn proxied_requests_lose_exactly_avemints_cookies() {
+        let mut h = headers(&[
+            b"a=1; __Host-avemint=s; b=2",
+            b"__Host-avemint-login=l;__Host-avemintx=3",
+        ]);
+        strip_own(&mut h, false);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; __Host-avemintx=3");
+        let mut only_own = headers(&[b"__Host-avemint=s"]);
+        strip_own(&mut only_own, false);
+        assert!(!only_own.contains_key(header::COOKIE));
+        let mut all = headers(&[b"a=1"]);
+        strip_own(&mut all, true);
+        assert!(!all.contains_key(header::COOKIE));
+        assert!(sets_own(&HeaderValue::from_static("__Host-avemint=x; Path=/")));
+        assert!(sets_own(&HeaderValue::from_static(" __Host-avemint-login =x")));
+        assert!(!sets_own(&HeaderValue::from_static("__Host-avemint2=x")));
     }
 
     #[test]

@@ -120,11 +120,12 @@ pub(crate) async fn catch_all(err: poem::Error) -> Response {
             ("server_error", "internal error".to_owned())
         }
     };
-    let mut resp = Json(ErrorBody {
-        error: code.to_owned(),
-        error_description: description,
-    })
-    .into_response();
+    answer(status, code, description)
+}
+
+/// An `{error, error_description}` answer with any status (for answers outside the OpenAPI document).
+pub(crate) fn answer(status: poem::http::StatusCode, code: &str, description: impl Into<String>) -> Response {
+    let mut resp = body(code, description).into_response();
     resp.set_status(status);
     resp
 }

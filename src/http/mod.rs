@@ -13,6 +13,7 @@ pub(crate) mod errors;
 pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
+pub(crate) mod proxy;
 pub(crate) mod security;
 pub(crate) mod spa;
 pub(crate) mod well_known;
@@ -50,6 +51,8 @@ pub(crate) struct AppState {
     pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
     /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
     pub clock: Clock,
+    /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
+    pub proxy: crate::proxy::Proxy,
 }
 
 /// OpenAPI tags.
@@ -126,14 +129,15 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'stati
         security::Docs::Off => route,
     };
     let route = route.nest("/", api);
-    // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router.
-    let route = spa::in_front_of(route);
+    // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router;
+    // so are the proxied routes, whose prefixes overlap none of the router's paths.
+    let route = proxy::in_front_of(spa::in_front_of(route));
     let route = match mode {
         Mode::Serve => route.map_to_response().boxed(),
         #[cfg(feature = "demo")]
         Mode::Demo => demo::in_front_of(route).map_to_response().boxed(),
     };
-    let guard = security::Guard::new(&state.public_url, state.security.clone());
+    let guard = security::Guard::new(&state.public_url, state.security.clone(), state.proxy.routes().clone());
     let allow = Arc::new(allowed_methods());
     route
         .data(state)
@@ -204,7 +208,8 @@ async fn respond<E: Endpoint>(
         }
         Err(refused) => refused,
     };
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+    // A proxied route's 405 (avemint's or the upstream's) brings its own `Allow`.
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {
         let methods = allow.get(&seen.path).cloned();
         resp.headers_mut()
             .insert(header::ALLOW, methods.unwrap_or(HeaderValue::from_static("GET, HEAD")));

@@ -3,8 +3,10 @@
 //!
 //! In order: size limits (cookie header, query, body) so hostile input is
 //! refused before anything parses it; CORS preflights; the cross-origin
-//! check for the `/auth/*` JSON endpoints (CSRF defence in depth next to
-//! `X-CSRF: 1`); per-client rate limits on sign-in. Responses then get the
+//! check for the `/auth/*` JSON endpoints and the proxied routes (CSRF
+//! defence in depth next to `X-CSRF: 1`); per-client rate limits on sign-in.
+//! A proxied route's body is not read here: the proxy streams it under the
+//! route's own `max_request_bytes`. Responses then get the
 //! security headers: `nosniff` everywhere, `no-store` and `no-referrer` on
 //! `/auth/*`, a restrictive CSP with `frame-ancestors 'none'` on HTML, and
 //! HSTS when the public URL is https.
@@ -22,6 +24,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::cors::{self, AllowedOrigins};
 use super::errors::ErrorBody;
+use crate::proxy::Routes;
 use crate::route::{Limited, Route};
 use crate::traffic::client_ip::{ClientIp, TrustedProxies};
 use crate::traffic::rate_limit::{RateLimit, RateLimiter};
@@ -174,6 +177,8 @@ pub struct SecuritySettings {
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
+    /// The proxied routes: guarded like the auth APIs, their bodies streamed by the proxy (not read here).
+    proxied: Routes,
     hsts: bool,
     settings: SecuritySettings,
     limiter: RateLimiter,
@@ -187,8 +192,9 @@ pub(crate) struct Seen {
 }
 
 impl Guard {
-    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: Routes) -> Arc<Self> {
         Arc::new(Self {
+            proxied,
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
             hsts: public_url.is_https(),
             limiter: RateLimiter::new(settings.login_rate_limit),
@@ -238,13 +244,17 @@ impl Guard {
             let body = invalid_request("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        check_body(&mut req, self.settings.connection_timeouts.header_read)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let proxied = self.proxied.find(&seen.path).is_some();
+        if !proxied {
+            check_body(&mut req, self.settings.connection_timeouts.header_read)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        }
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
-        if is_auth_api(&seen.path) && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
+        let guarded = proxied || is_auth_api(&seen.path);
+        if guarded && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
             let refusal = Refusal::cross_origin(
                 "cross-origin request refused: the origin is neither this service nor in AVEMINT_ALLOWED_ORIGINS",
             );
@@ -375,6 +385,7 @@ mod tests {
         let https = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
+            Routes::default(),
         );
         let mut resp = Response::default();
         https.finish(&mut resp, &seen("/healthz"));
@@ -384,6 +395,7 @@ mod tests {
         let http = Guard::new(
             &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
             SecuritySettings::default(),
+            Routes::default(),
         );
         let mut resp = Response::default();
         http.finish(&mut resp, &seen("/auth/login"));
@@ -397,6 +409,7 @@ mod tests {
         let g = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
+            Routes::default(),
         );
         for path in ["/", "/docs"] {
             let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
@@ -416,6 +429,7 @@ mod tests {
                 allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
                 ..SecuritySettings::default()
             },
+            Routes::default(),
         );
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();

@@ -65,6 +65,8 @@ pub struct Options {
     pub security: Option<SecuritySettings>,
     /// Session lifetimes and the sessions-per-user cap (defaults as in production).
     pub session: Option<SessionSettings>,
+    /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
+    pub routes_toml: Option<String>,
 }
 
 impl TestApp {
@@ -105,7 +107,15 @@ impl TestApp {
             env.push(("AVEMINT_TOKEN_TTL", opts.token_ttl.unwrap_or(300).to_string()));
             env.push(("AVEMINT_TOKEN_CLAIMS", opts.claims.unwrap_or("{}").to_owned()));
         }
-        let config = opts.token_toml.as_ref().map(|toml| {
+        let file = match (&opts.token_toml, &opts.routes_toml) {
+            (None, None) => None,
+            (token, routes) => Some(format!(
+                "{}\n{}",
+                token.as_deref().unwrap_or(""),
+                routes.as_deref().unwrap_or("")
+            )),
+        };
+        let config = file.map(|toml| {
             let path = dir.path().join("avemint.toml");
             std::fs::write(&path, toml).expect("write config");
             path
