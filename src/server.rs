@@ -12,8 +12,13 @@
 //!   between keep-alive requests, or whose client stopped reading the answer)
 //!   is closed after it.
 //!
-//! A request in progress is never cut off by either (handlers bound their own
-//! waits; the request guard reads a body within the header-read timeout). On shutdown, accepting stops, idle connections close at once, and
+//! A request whose handler is running is never cut off by either (handlers
+//! bound their own waits; the request guard reads a body within the
+//! header-read timeout). Once the handler has answered, a streamed answer
+//! (a proxied download, server-sent events) keeps the connection for as long
+//! as it makes progress: it is closed only when no frame of it was sent for
+//! the keep-alive timeout (an upstream gone quiet, or a client that stopped
+//! reading). On shutdown, accepting stops, idle connections close at once, and
 //! requests in flight get the grace period to finish.
 
 use std::convert::Infallible;
@@ -64,6 +69,10 @@ const NONE: u64 = u64::MAX;
 struct Watch {
     opened: Instant,
     in_flight: AtomicUsize,
+    /// Of `in_flight`, the requests whose handler has answered and whose body is being sent.
+    sending: AtomicUsize,
+    /// When a body being sent last yielded a frame.
+    progress_at: AtomicU64,
     idle_since: AtomicU64,
     head_started: AtomicU64,
     /// Signalled when a deadline may have moved (a head started, a request ended).
@@ -75,6 +84,8 @@ impl Watch {
         Self {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
+            progress_at: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             changed: tokio::sync::Notify::new(),
@@ -106,12 +117,22 @@ impl Watch {
         InFlight(self.clone())
     }
 
-    /// When the connection must be closed if nothing changes; `None` while a request is in progress.
+    /// A body being sent yielded a frame.
+    fn on_progress(&self) {
+        self.progress_at.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// When the connection must be closed if nothing changes; `None` while a handler is running.
     fn deadline(&self, timeouts: ConnectionTimeouts) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
         let at = |ms: u64, limit: Duration| Some(self.opened + Duration::from_millis(ms) + limit);
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        if in_flight > 0 {
+            // Only answers being sent: they must keep making progress.
+            return match in_flight <= self.sending.load(Ordering::Acquire) {
+                true => at(self.progress_at.load(Ordering::Acquire), timeouts.keep_alive),
+                false => None,
+            };
+        }
         match self.head_started.load(Ordering::Acquire) {
             NONE => at(self.idle_since.load(Ordering::Acquire), timeouts.keep_alive),
             started => at(started, timeouts.header_read),
@@ -142,6 +163,55 @@ impl Watch {
 
 /// A request in progress on a watched connection.
 struct InFlight(Arc<Watch>);
+
+impl InFlight {
+    /// The handler has answered: from now on the request is its body being sent.
+    fn sending(self) -> Sending {
+        self.0.on_progress();
+        self.0.sending.fetch_add(1, Ordering::AcqRel);
+        Sending(self)
+    }
+}
+
+/// A request whose answer is being sent; it ends when the body is dropped (sent, or the connection closed).
+struct Sending(InFlight);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.0.sending.fetch_sub(1, Ordering::AcqRel);
+        // Then `InFlight` ends the request.
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped and reports each frame as progress.
+struct WatchedBody<B> {
+    inner: B,
+    sending: Sending,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            self.sending.0.0.on_progress();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -239,9 +309,9 @@ where
                             let ep = ep.clone();
                             let req: poem::Request = (req, local.clone(), remote.clone(), scheme.clone()).into();
                             async move {
-                                let resp = ep.get_response(req).await;
-                                drop(in_flight);
-                                Ok::<hyper::Response<_>, Infallible>(resp.into())
+                                let resp: hyper::Response<_> = ep.get_response(req).await.into();
+                                let sending = in_flight.sending();
+                                Ok::<_, Infallible>(resp.map(|inner| WatchedBody { inner, sending }))
                             }
                         }
                     });

@@ -108,6 +108,24 @@ impl Endpoint for UpstreamEndpoint {
             Response::builder()
                 .content_type("text/event-stream")
                 .body(Body::from_bytes_stream(events))
+        } else if path.ends_with("/ticker") || path.ends_with("/stall") {
+            // `ticker`: eight events 400 ms apart; `stall`: one event, then 4 s of silence, then another.
+            let (count, gap) = match path.ends_with("/ticker") {
+                true => (8, Duration::from_millis(400)),
+                false => (2, Duration::from_secs(4)),
+            };
+            let events = futures_util::stream::unfold(0, move |i| async move {
+                if i == count {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {i}\n\n"))), i + 1))
+            });
+            Response::builder()
+                .content_type("text/event-stream")
+                .body(Body::from_bytes_stream(events))
         } else if path.ends_with("/slow") {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::builder().body("late")
@@ -345,6 +363,63 @@ async fn server_sent_events_arrive_as_they_are_sent() {
     assert!(
         ended_at >= Duration::from_millis(1400),
         "stream ended after {ended_at:?}"
+    );
+}
+
+/// Reads `resp`'s body to its end (or until the connection is cut), returning what arrived.
+async fn read_all(resp: reqwest::Response) -> (Vec<u8>, bool) {
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => return (got, false),
+        }
+    }
+    (got, true)
+}
+
+#[tokio::test]
+async fn a_streamed_answer_outlives_the_keep_alive_timeout_while_it_makes_progress_and_not_when_it_stalls() {
+    let upstream = Upstream::start().await;
+    let base = &upstream.base;
+    let keep_alive = Duration::from_secs(1);
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!("[[routes]]\npath = \"/api/events\"\nupstream = \"{base}\"\n")),
+        security: Some(avemint::testing::http::security::SecuritySettings {
+            connection_timeouts: avemint::testing::server::ConnectionTimeouts {
+                keep_alive,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+
+    // Eight events over 2.8 s, each well within the keep-alive timeout of the one before: all arrive.
+    let started = Instant::now();
+    let resp = call(&app, &mut browser, "GET", "/api/events/ticker", true).await;
+    assert_eq!(resp.status(), 200);
+    let (got, complete) = read_all(resp).await;
+    let expected: String = (0..8).map(|i| format!("data: {i}\n\n")).collect();
+    assert!(complete, "the stream was cut after {:?}", started.elapsed());
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+    assert!(started.elapsed() >= Duration::from_millis(2800));
+
+    // An answer that makes no progress for the keep-alive timeout is closed: the second event (after 4 s) never
+    // arrives, and the connection is closed long before it would have.
+    let started = Instant::now();
+    let resp = call(&app, &mut browser, "GET", "/api/events/stall", true).await;
+    assert_eq!(resp.status(), 200);
+    let (got, complete) = read_all(resp).await;
+    let ended = started.elapsed();
+    assert!(!complete, "a stalled answer is cut, not ended cleanly");
+    assert_eq!(String::from_utf8_lossy(&got), "data: 0\n\n");
+    assert!(
+        ended >= keep_alive && ended < Duration::from_secs(3),
+        "cut after {ended:?}"
     );
 }
 
