@@ -14,6 +14,7 @@ pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
 pub(crate) mod proxy;
+pub(crate) mod request_id;
 pub(crate) mod security;
 pub(crate) mod spa;
 pub(crate) mod well_known;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
+use tracing::Instrument as _;
 
 use crate::ave::AveClient;
 use crate::clock::Clock;
@@ -181,8 +183,8 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
         .body(body)
 }
 
-/// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
-/// codes).
+/// Gives the request its id and span (`request_id`), answers it inside the span, and returns the id in
+/// `X-Request-Id`.
 async fn respond<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
@@ -190,10 +192,36 @@ async fn respond<E: Endpoint>(
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
 ) -> Response {
-    let started = Instant::now();
     let method = req.method().clone();
+    let id = request_id::RequestId::of(req.headers());
+    let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
+    let span = request_id::span(&id, &method, served);
+    if guard.trusts_peer(&req) {
+        crate::trace_context::adopt(&span, req.headers());
+    }
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow)
+        .instrument(span.clone())
+        .await;
+    span.record("status", resp.status().as_u16());
+    if let Some(value) = id.header_value() {
+        resp.headers_mut().insert(request_id::HEADER, value);
+    }
+    resp
+}
+
+/// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
+/// codes).
+async fn respond_in_span<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    method: poem::http::Method,
+    served: Option<Route>,
+    guard: &security::Guard,
+    allow: &HashMap<String, HeaderValue>,
+) -> Response {
+    let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
-    let route = crate::metrics::RouteLabel::of(Route::of(&seen.path).filter(|r| mode.serves(*r)));
+    let route = crate::metrics::RouteLabel::of(served);
     let mut resp = match admitted {
         Ok(mut req) => {
             // Cookie changes reach the answer whatever it is, errors included.
