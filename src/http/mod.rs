@@ -115,10 +115,14 @@ pub fn openapi_yaml() -> String {
     openapi_service().spec_yaml()
 }
 
-/// Builds the whole HTTP application: the routes `mode` serves.
-pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'static {
+/// Builds the whole HTTP application: the routes `mode` serves; `/metrics` too unless the ops listener
+/// serves it (`ops_apart`).
+pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl Endpoint + 'static {
     let api = openapi_service();
-    let route = poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint));
+    let route = match ops_apart {
+        true => poem::Route::new(),
+        false => poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint)),
+    };
     // `AVEMINT_DOCS=off` leaves both out (404).
     let route = match state.security.docs {
         security::Docs::On => {
@@ -150,6 +154,17 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'stati
         })
 }
 
+/// The ops listener's application (`AVEMINT_OPS_LISTEN`): `/metrics`, `/healthz` and `/readyz`, the same
+/// handlers as on the public listener; anything else is a JSON 404.
+pub(crate) fn ops_routes(state: Arc<AppState>) -> impl Endpoint + 'static {
+    let probes = OpenApiService::new(ops::OpsApi, "avemint ops", env!("CARGO_PKG_VERSION"));
+    poem::Route::new()
+        .at(Route::Metrics.path(), poem::get(metrics_endpoint))
+        .nest("/", probes)
+        .data(state)
+        .catch_all_error(errors::catch_all)
+}
+
 /// The `Allow` header value of each path in the OpenAPI document (`HEAD` wherever `GET` is: the
 /// router answers it). Everything served outside the document (docs, spec, metrics, pages) is `GET`.
 fn allowed_methods() -> HashMap<String, HeaderValue> {
@@ -176,6 +191,12 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
 /// instance's health gauges (`ops::Readiness::metrics`).
 #[poem::handler]
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
+    if let Some(pool) = state.sessions.store().pool_stats() {
+        crate::metrics::store_pool(pool.in_use, pool.idle, pool.max);
+    }
+    let budget = state.ave.token_budget();
+    crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
+    crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
     let mut body = crate::metrics::render();
     body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()

@@ -27,6 +27,8 @@ pub const TEST_SESSION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=
 /// A running avemint plus its emulator.
 pub struct TestApp {
     pub address: String,
+    /// The ops listener's base URL (`Options::ops_listener`).
+    pub ops_address: Option<String>,
     pub emulator: Emulator,
     pub http: reqwest::Client,
     pub db_path: PathBuf,
@@ -65,6 +67,8 @@ pub struct Options {
     pub security: Option<SecuritySettings>,
     /// Session lifetimes and the sessions-per-user cap (defaults as in production).
     pub session: Option<SessionSettings>,
+    /// Start the ops listener (`AVEMINT_OPS_LISTEN`) on a random loopback port.
+    pub ops_listener: bool,
     /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
     pub routes_toml: Option<String>,
 }
@@ -102,6 +106,9 @@ impl TestApp {
             ("AVEMINT_DATABASE_URL", format!("sqlite://{}", db_path.display())),
             ("AVEMINT_SESSION_KEYS", TEST_SESSION_KEY.to_owned()),
         ];
+        if opts.ops_listener {
+            env.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:0".to_owned()));
+        }
         if opts.token_toml.is_none() {
             env.push(("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()));
             env.push(("AVEMINT_TOKEN_TTL", opts.token_ttl.unwrap_or(300).to_string()));
@@ -145,6 +152,7 @@ impl TestApp {
         let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
             .await
             .expect("app builds");
+        let ops_address = app.ops_addr().map(|a| format!("http://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -155,6 +163,7 @@ impl TestApp {
             .expect("client");
         let app = TestApp {
             address,
+            ops_address,
             emulator,
             http,
             db_path,
