@@ -120,9 +120,10 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
         Ok(s) => s,
         Err(errors) => return config_failure(&errors),
     };
-    let logs = LogSettings::plain("warn", false);
-    if let Err(e) = avemint::telemetry::init_stderr(&logs, Tracing::Off) {
-        eprintln!("avemint: {e}");
+    let logs = LogSettings::from_env("warn").and_then(|logs| avemint::telemetry::init_stderr(&logs, Tracing::Off));
+    if let Err(e) = logs {
+        eprintln!("avemint: invalid configuration: {e}");
+        return ExitCode::from(2);
     }
     let dir = KeyDir::new(settings.dir);
     let default_alg = settings.policy.algorithm;

@@ -228,12 +228,10 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
     untrusting.stop().await;
     app.stop().await;
 
-    tokio::task::spawn_blocking(move || {
-        telemetry.flush();
-        telemetry
-    })
-    .await
-    .expect("flushed");
+    // Flushing blocks until the receiver (served by this runtime) has answered.
+    tokio::task::spawn_blocking(move || telemetry.flush())
+        .await
+        .expect("flushed");
     let exports = collector.seen();
     assert!(!exports.is_empty(), "spans arrived");
     let mut all = HashMap::new();
@@ -347,7 +345,7 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
 
     // No secret anywhere: names, attributes, events, resource.
     let mut exported = Vec::new();
-    let mut push_attrs = |attrs: &[KeyValue], out: &mut Vec<String>| {
+    let push_attrs = |attrs: &[KeyValue], out: &mut Vec<String>| {
         for kv in attrs {
             out.push(format!("{}={}", kv.key, text(&kv.value)));
         }
