@@ -86,27 +86,52 @@ fn a_config_file_is_read_and_the_environment_wins() {
     assert!(err.contains("AVE_CLIENT_SECRET"));
 }
 
+/// `avemint serve` as a child process against a fresh emulator, on a free port, ready.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    _emulator: ave_emulator::Emulator,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// `configure` adjusts the command (environment, stdio) before it is spawned.
+    async fn start(configure: impl FnOnce(&mut Command)) -> Self {
+        let emulator = ave_emulator::Emulator::start(Default::default())
+            .await
+            .expect("emulator");
+        let port = support::free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let mut cmd = Command::new(BIN);
+        support::serve_env(
+            &mut cmd,
+            &support::AveClientEnv::of(&emulator),
+            port,
+            &database_url,
+            &dir.path().join("keys"),
+        );
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawns");
+        support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
+        Self {
+            child,
+            port,
+            _emulator: emulator,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_stops_cleanly_on_sigterm() {
-    let emulator = ave_emulator::Emulator::start(Default::default())
-        .await
-        .expect("emulator");
-    let port = support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     // No subcommand: `serve` is the default.
-    let mut child = support::serve_env(
-        &mut Command::new(BIN),
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &dir.path().join("keys"),
-    )
-    .env_remove("RUST_LOG")
-    .spawn()
-    .expect("spawns");
+    let served = Served::start(|cmd| {
+        cmd.env_remove("RUST_LOG");
+    })
+    .await;
+    let (mut child, port) = (served.child, served.port);
     let http = reqwest::Client::new();
-    support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let jwks: serde_json::Value =
         support::get_json(&http, &format!("http://127.0.0.1:{port}/.well-known/jwks.json")).await;
     assert_eq!(jwks["keys"][0]["kty"], "EC");
@@ -171,26 +196,13 @@ fn an_invalid_log_format_or_filter_is_a_start_up_error_naming_the_variable() {
 /// with its request id and fields.
 #[tokio::test]
 async fn json_lines_keep_the_target_and_the_request_span() {
-    let emulator = ave_emulator::Emulator::start(Default::default())
-        .await
-        .expect("emulator");
-    let port = support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
-    let child = support::serve_env(
-        &mut Command::new(BIN),
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &dir.path().join("keys"),
-    )
-    .env("AVEMINT_LOG_FORMAT", "json")
-    .env("RUST_LOG", "info")
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .expect("spawns");
-    let base = format!("http://127.0.0.1:{port}");
-    support::wait_ready(&base).await;
+    let served = Served::start(|cmd| {
+        cmd.env("AVEMINT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+    })
+    .await;
+    let (child, base) = (served.child, format!("http://127.0.0.1:{}", served.port));
     // Refused (401): its access line is at `info`.
     let resp = reqwest::Client::new()
         .get(format!("{base}/auth/session"))

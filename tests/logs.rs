@@ -10,10 +10,8 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
-
+use avemint::testing::session::SealingKeys;
 use avemint::testing::session::{Purpose, Sealer};
-use avemint::testing::session::{RenewalSettings, SealingKeys};
 use avemint::testing::signin::decode_login;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -188,10 +186,7 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
 
     // Renewal is always due (the margin exceeds Ave's access-token lifetime), so every app-token call refreshes.
     let app = TestApp::spawn_with(Options {
-        renewal: Some(RenewalSettings {
-            skew: Duration::from_secs(2 * 3600),
-            ..RenewalSettings::default()
-        }),
+        renewal: Some(support::always_renew()),
         ..Options::default()
     })
     .await;
@@ -230,10 +225,7 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
 async fn every_line_of_a_request_and_its_renewal_names_the_request_id() {
     let capture = capture();
     let app = TestApp::spawn_with(Options {
-        renewal: Some(RenewalSettings {
-            skew: Duration::from_secs(2 * 3600),
-            ..RenewalSettings::default()
-        }),
+        renewal: Some(support::always_renew()),
         ..Options::default()
     })
     .await;

@@ -76,15 +76,7 @@ async fn pool_budget_dependency_process_and_build_metrics_have_sane_values() {
     let app = TestApp::spawn().await;
     let mut b = app.signed_in_browser().await;
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = app.metrics().await;
     let v = |series: &str| sample(&text, series);
     let max = v("avemint_store_pool_max_connections");
     assert!(max >= 1.0, "pool max {max}\n{text}");
@@ -116,15 +108,7 @@ async fn pool_budget_dependency_process_and_build_metrics_have_sane_values() {
         .expect("next key added");
     let mut after = before;
     for _ in 0..50 {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
+        let text = app.metrics().await;
         after = reloads(&text);
         if after > before {
             break;

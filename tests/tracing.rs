@@ -10,11 +10,9 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use avemint::telemetry::Tracing;
 use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::session::RenewalSettings;
 use avemint::testing::traffic::client_ip::TrustedProxies;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -174,10 +172,7 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
     let base = &outside.base;
     // Renewal always due; the default profile calls the hook; one proxied route; loopback is a trusted proxy.
     let app = TestApp::spawn_with(Options {
-        renewal: Some(RenewalSettings {
-            skew: Duration::from_secs(2 * 3600),
-            ..RenewalSettings::default()
-        }),
+        renewal: Some(support::always_renew()),
         token_toml: Some(format!(
             "[[profiles]]\nname = \"web\"\naudience = \"web\"\ndefault = true\n[profiles.hook]\nurl = \"{base}/hook\"\n\
              secret = \"{HOOK_SECRET}\"\n"

@@ -39,6 +39,15 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// Renewal settings under which every session is due for renewal on each use (the margin exceeds Ave's
+/// access-token lifetime).
+pub fn always_renew() -> RenewalSettings {
+    RenewalSettings {
+        skew: Duration::from_secs(2 * 3600),
+        ..RenewalSettings::default()
+    }
+}
+
 /// Knobs for `TestApp::spawn_with`.
 #[derive(Default)]
 pub struct Options {
@@ -252,6 +261,12 @@ impl TestApp {
     /// Verifies an app JWT (of the default profile) using only the served JWKS.
     pub async fn verify(&self, token: &str) -> jsonwebtoken::TokenData<Value> {
         verify_with(&self.jwks().await, token, self.audience(), &self.address)
+    }
+
+    /// `GET /metrics` on the public port, as text.
+    pub async fn metrics(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.expect("metrics");
+        resp.text().await.expect("metrics body")
     }
 
     /// The default profile's audience.
