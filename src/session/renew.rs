@@ -115,7 +115,6 @@ impl From<StoreError> for RenewError {
 
 type Outcome = Result<Arc<Session>, RenewError>;
 
-/// How a refresh call ended.
 /// How taking the per-session lock ended.
 enum Lock {
     /// Taken: the session, its refresh token and the marker written.
@@ -124,6 +123,7 @@ enum Lock {
     Done(Result<Arc<Session>, RenewError>),
 }
 
+/// How a refresh call ended.
 enum CallEnd {
     Answered(Result<crate::ave::TokenResponse, AveError>),
     /// Shutdown cut it off: the request is abandoned, its outcome unknown.
