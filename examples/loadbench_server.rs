@@ -116,7 +116,12 @@ fn main() -> Result<(), BoxError> {
             alg,
             cache_ttl_ms,
         } => {
-            avemint::telemetry::init_stderr("info", false);
+            let logs = avemint::telemetry::LogSettings::from_env("info")
+                .and_then(|logs| avemint::telemetry::init_stderr(&logs, avemint::telemetry::Tracing::Off));
+            if let Err(e) = logs {
+                eprintln!("loadbench_server: {e}");
+                std::process::exit(2);
+            }
             let mut renewal = RenewalSettings::default();
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);

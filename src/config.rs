@@ -51,6 +51,9 @@ use crate::web_url::{Issuer, PublicUrl, parse_web_url};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// `AVEMINT_OPS_LISTEN`: a second listener for `/metrics`, `/healthz` and `/readyz` (then `/metrics`
+    /// leaves the public listener).
+    pub ops_listen: Option<SocketAddr>,
     pub public_url: PublicUrl,
     pub ave: AveSettings,
     pub store: StoreSettings,
@@ -329,6 +332,10 @@ impl Loader<'_> {
         let issuer = self.or(Text, "AVE_ISSUER", "issuer", Issuer::default(), Issuer::parse);
         let public_url = self.required("AVEMINT_PUBLIC_URL", "public_url", PublicUrl::parse);
         let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), parse_listen);
+        let ops_listen = self.optional(Text, "AVEMINT_OPS_LISTEN", "ops_listen", parse_listen);
+        if ops_listen.is_some_and(|ops| ops == listen && ops.port() != 0) {
+            self.errors.push("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN".into());
+        }
         let database_url = self.or(Text, "AVEMINT_DATABASE_URL", "database_url", DatabaseUrl::default(), DatabaseUrl::parse);
         let sealing_keys = self.secret(List, "AVEMINT_SESSION_KEYS", "session_keys", SealingKeys::parse);
         let keys = self.keys();
@@ -358,6 +365,7 @@ impl Loader<'_> {
         let routes = self.routes(token.as_ref());
         Some(Settings {
             listen,
+            ops_listen,
             ave: AveSettings {
                 client_id: client_id?,
                 client_secret: client_secret?,
@@ -947,6 +955,26 @@ mod tests {
         // An override that collides with another profile's audience is refused.
         let e = load_file(TWO, &[("AVEMINT_TOKEN_AUDIENCE", "orders-api")]).expect_err("duplicate");
         assert!(e.to_string().contains("already the audience"), "{e}");
+    }
+
+    #[test]
+    fn the_ops_listener_is_optional_and_must_differ_from_the_public_one() {
+        assert_eq!(
+            Settings::load(None, &env(&minimal())).expect("default").ops_listen,
+            None
+        );
+        let mut e = minimal();
+        e.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:9091"));
+        let s = Settings::load(None, &env(&e)).expect("set");
+        assert_eq!(s.ops_listen, Some("127.0.0.1:9091".parse().expect("addr")));
+        let file = load_file("ops_listen = \"0.0.0.0:9100\"\n", &[]).expect("file key");
+        assert_eq!(file.ops_listen, Some("0.0.0.0:9100".parse().expect("addr")));
+        for bad in ["9091", "127.0.0.1:8080"] {
+            let mut e = minimal();
+            e.push(("AVEMINT_OPS_LISTEN", bad));
+            let err = Settings::load(None, &env(&e)).expect_err(bad).to_string();
+            assert!(err.contains("AVEMINT_OPS_LISTEN"), "{err}");
+        }
     }
 
     #[test]

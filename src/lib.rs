@@ -30,6 +30,7 @@ mod secret;
 mod server;
 mod session;
 mod signin;
+mod trace_context;
 mod traffic;
 mod web_url;
 

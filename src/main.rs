@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use avemint::config::{ProcessEnv, Settings};
 use avemint::keys::{Algorithm, KeyDir, commands};
 use avemint::startup::{Application, Mode, shutdown_signal};
+use avemint::telemetry::{LogSettings, Tracing};
 use clap::{Parser, Subcommand};
 
 /// Sign single-page apps in with Ave, and mint app JWTs for their APIs.
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(errors) => return config_failure(&errors),
             };
-            run(async move {
+            run(true, async move {
                 let app = Application::build(settings, Mode::Serve).await?;
                 tracing::info!(addr = %app.local_addr(), "avemint listening");
                 app.run_until(shutdown_signal()).await?;
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            run(async move { Ok(avemint::demo::run(listen, keys_dir).await?) })
+            run(false, async move { Ok(avemint::demo::run(listen, keys_dir).await?) })
         }
     }
 }
@@ -119,7 +120,11 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
         Ok(s) => s,
         Err(errors) => return config_failure(&errors),
     };
-    avemint::telemetry::init_stderr("warn", false);
+    let logs = LogSettings::from_env("warn").and_then(|logs| avemint::telemetry::init_stderr(&logs, Tracing::Off));
+    if let Err(e) = logs {
+        eprintln!("avemint: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     let dir = KeyDir::new(settings.dir);
     let default_alg = settings.policy.algorithm;
     let now = avemint::Clock::System.now();
@@ -150,9 +155,24 @@ fn config_failure(errors: &avemint::config::ConfigErrors) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
-    let json = std::env::var("AVEMINT_LOG_FORMAT").is_ok_and(|v| v == "json");
-    avemint::telemetry::init_stderr("info", json);
+/// Sets up logging (and, for `serve`, span export: `tracing`), runs `fut`, then flushes the spans.
+/// An invalid `AVEMINT_LOG_FORMAT` or `RUST_LOG` exits with status 2 before anything starts.
+fn run(tracing: bool, fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
+    let logs = match LogSettings::from_env("info") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("avemint: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let export = if tracing { Tracing::from_env() } else { Tracing::Off };
+    let telemetry = match avemint::telemetry::init_stderr(&logs, export) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("avemint: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -160,7 +180,10 @@ fn run(fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fut) {
+    let result = runtime.block_on(fut);
+    drop(runtime);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("avemint: {e}");

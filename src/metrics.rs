@@ -9,13 +9,16 @@
 //!
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
-//! [`lock_wait`]. None of them ever sees a token, cookie or secret.
+//! [`lock_wait`], [`key_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`]);
+//! the process (`process_*`: memory, CPU, file descriptors) and `avemint_build_info`. None of them
+//! ever sees a token, cookie or secret.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::route::Route;
@@ -153,6 +156,15 @@ struct Metrics {
     budget_refused: IntCounterVec,
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
+    /// `[failed, ok]`.
+    key_reloads: [IntCounter; 2],
+    /// `[in_use, idle]`.
+    store_pool: [IntGauge; 2],
+    store_pool_max: IntGauge,
+    /// `[BudgetClass]` (renewal, sign_in).
+    budget_used: [IntGauge; 2],
+    budget_limit: [IntGauge; 2],
+    budget_waiting: [IntGauge; 2],
 }
 
 /// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
@@ -249,6 +261,71 @@ fn build() -> Result<Metrics, prometheus::Error> {
         code_exchange_refused.get_metric_with_label_values(&[network])?;
     }
 
+    let key_reloads_vec = IntCounterVec::new(
+        Opts::new(
+            "avemint_signing_key_reloads_total",
+            "Loads of the signing keys directory (on change, SIGHUP or rotation) by outcome; a failed one keeps \
+             the previous keys",
+        ),
+        &["outcome"],
+    )?;
+    let key_reloads = [
+        key_reloads_vec.get_metric_with_label_values(&["failed"])?,
+        key_reloads_vec.get_metric_with_label_values(&["ok"])?,
+    ];
+    let pool_vec = IntGaugeVec::new(
+        Opts::new(
+            "avemint_store_pool_connections",
+            "Connections of the session store's pool by state (in_use: lent to a statement, idle: open and free)",
+        ),
+        &["state"],
+    )?;
+    let store_pool = [
+        pool_vec.get_metric_with_label_values(&["in_use"])?,
+        pool_vec.get_metric_with_label_values(&["idle"])?,
+    ];
+    let store_pool_max = IntGauge::new(
+        "avemint_store_pool_max_connections",
+        "The most connections the session store's pool opens",
+    )?;
+    let class_gauges = |name: &str, help: &str| -> Result<(IntGaugeVec, [IntGauge; 2]), prometheus::Error> {
+        let vec = IntGaugeVec::new(Opts::new(name, help), &["class"])?;
+        let pair = [
+            vec.get_metric_with_label_values(&["renewal"])?,
+            vec.get_metric_with_label_values(&["sign_in"])?,
+        ];
+        Ok((vec, pair))
+    };
+    let (budget_used_vec, budget_used) = class_gauges(
+        "avemint_ave_budget_used",
+        "Token-endpoint calls in the last (sliding) minute, by class",
+    )?;
+    let (budget_limit_vec, budget_limit) = class_gauges(
+        "avemint_ave_budget_limit",
+        "The most token-endpoint calls a class may make per sliding minute",
+    )?;
+    let (budget_waiting_vec, budget_waiting) = class_gauges(
+        "avemint_ave_budget_waiting",
+        "Token-endpoint calls waiting now for room in Ave's token budget, by class",
+    )?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("avemint_build_info", "The running avemint's version (always 1)"),
+        &["version"],
+    )?;
+    build_info
+        .get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?
+        .set(1);
+    registry.register(Box::new(key_reloads_vec))?;
+    registry.register(Box::new(pool_vec))?;
+    registry.register(Box::new(store_pool_max.clone()))?;
+    registry.register(Box::new(budget_used_vec))?;
+    registry.register(Box::new(budget_limit_vec))?;
+    registry.register(Box::new(budget_waiting_vec))?;
+    registry.register(Box::new(build_info))?;
+    // Resident memory, CPU seconds, open and maximum file descriptors, start time (read from /proc at scrape).
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
     let routes = (0..=UNMATCHED).map(|i| RouteLabel(i).as_str());
     let mut requests = Vec::with_capacity(UNMATCHED + 1);
     let mut request_seconds = Vec::with_capacity(UNMATCHED + 1);
@@ -287,6 +364,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_refused,
         code_exchange_failures,
         code_exchange_refused,
+        key_reloads,
+        store_pool,
+        store_pool_max,
+        budget_used,
+        budget_limit,
+        budget_waiting,
     })
 }
 
@@ -394,6 +477,35 @@ pub(crate) fn sign_in_exchange_refused(network: &'static str) {
     }
 }
 
+/// Counts one load of the signing keys directory.
+pub(crate) fn key_reload(ok: bool) {
+    if let Some(m) = metrics() {
+        m.key_reloads[usize::from(ok)].inc();
+    }
+}
+
+/// The session store's pool at scrape time.
+pub(crate) fn store_pool(in_use: u32, idle: u32, max: u32) {
+    let Some(m) = metrics() else { return };
+    m.store_pool[0].set(i64::from(in_use));
+    m.store_pool[1].set(i64::from(idle));
+    m.store_pool_max.set(i64::from(max));
+}
+
+/// One class (`0`: renewal, `1`: sign-in) of Ave's token budget at scrape time.
+pub(crate) fn ave_budget(class: usize, used: u32, limit: u32, waiting: u32) {
+    let Some(m) = metrics() else { return };
+    if let (Some(u), Some(l), Some(w)) = (
+        m.budget_used.get(class),
+        m.budget_limit.get(class),
+        m.budget_waiting.get(class),
+    ) {
+        u.set(i64::from(used));
+        l.set(i64::from(limit));
+        w.set(i64::from(waiting));
+    }
+}
+
 /// Renders every metric in the Prometheus text format, plus the derived
 /// `avemint_session_cache_hit_ratio` gauge.
 pub(crate) fn render() -> String {
@@ -443,6 +555,10 @@ mod tests {
         budget_refused("renewal");
         sign_in_exchange_failed();
         sign_in_exchange_refused("ipv6_48");
+        key_reload(true);
+        key_reload(false);
+        store_pool(3, 5, 10);
+        ave_budget(1, 7, 120, 2);
         let text = render();
         for needle in [
             r#"avemint_http_requests_total{route="/healthz",status="2xx"}"#,
@@ -458,6 +574,17 @@ mod tests {
             r#"avemint_ave_budget_refused_total{class="renewal"}"#,
             "avemint_sign_in_exchange_failures_total",
             r#"avemint_sign_in_exchange_refused_total{network="ipv6_48"}"#,
+            r#"avemint_signing_key_reloads_total{outcome="failed"}"#,
+            r#"avemint_store_pool_connections{state="in_use"} 3"#,
+            r#"avemint_store_pool_connections{state="idle"} 5"#,
+            "avemint_store_pool_max_connections 10",
+            r#"avemint_ave_budget_used{class="sign_in"} 7"#,
+            r#"avemint_ave_budget_limit{class="sign_in"} 120"#,
+            r#"avemint_ave_budget_waiting{class="sign_in"} 2"#,
+            concat!(r#"avemint_build_info{version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

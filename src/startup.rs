@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::{AveClient, AveError};
@@ -59,6 +60,8 @@ pub use crate::http::Mode;
 pub struct Application {
     acceptor: TcpAcceptor,
     addr: SocketAddr,
+    /// The ops listener (`AVEMINT_OPS_LISTEN`) and its bound address.
+    ops: Option<(TcpAcceptor, SocketAddr)>,
     state: Arc<AppState>,
     mode: Mode,
 }
@@ -103,8 +106,13 @@ impl Application {
                 addr: settings.listen.to_string(),
                 reason: "no local address".into(),
             })?;
+        let ops = match settings.ops_listen {
+            Some(at) => Some(bind_ops(at).await?),
+            None => None,
+        };
         let Settings {
             listen: _,
+            ops_listen: _,
             public_url,
             ave,
             store,
@@ -180,6 +188,7 @@ impl Application {
         Ok(Self {
             acceptor,
             addr,
+            ops,
             state,
             mode,
         })
@@ -190,7 +199,12 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// The ops listener's bound address, when `AVEMINT_OPS_LISTEN` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests (on the ops listener too).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
         let key_watch = tokio::spawn(self.state.minter.keys().clone().watch());
@@ -207,14 +221,41 @@ impl Application {
             }
         };
         let timeouts = self.state.security.connection_timeouts;
-        let app = http::routes(self.state, self.mode);
-        let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
+        let app = http::routes(self.state.clone(), self.mode, self.ops.is_some());
+        let shutdown = shutdown.boxed().shared();
+        let public = crate::server::serve(self.acceptor, app, shutdown.clone(), GRACE_PERIOD, timeouts);
+        let result = match self.ops {
+            Some((ops, _)) => {
+                let ops = crate::server::serve(ops, http::ops_routes(self.state), shutdown, GRACE_PERIOD, timeouts);
+                let (public, ops) = tokio::join!(public, ops);
+                public.and(ops)
+            }
+            None => public.await,
+        };
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();
         key_watch.abort();
         result
     }
+}
+
+/// Binds the ops listener.
+async fn bind_ops(at: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartupError> {
+    let failed = |reason: String| StartupError::Bind {
+        addr: format!("{at} (AVEMINT_OPS_LISTEN)"),
+        reason,
+    };
+    let acceptor = TcpListener::bind(at)
+        .into_acceptor()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let bound = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .ok_or_else(|| failed("no local address".into()))?;
+    Ok((acceptor, bound))
 }
 
 /// Loads Ave's discovery and JWKS (retrying with back-off until they load), then keeps them fresh, and sweeps

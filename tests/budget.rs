@@ -241,15 +241,7 @@ async fn past_the_budget_a_sign_in_gets_503_with_retry_after_at_once_and_renewal
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     assert_eq!(grants(&app.emulator, "refresh_token"), 1);
 
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"avemint_ave_budget_refused_total{class="sign_in"} "#),
         "{text}"

@@ -86,27 +86,52 @@ fn a_config_file_is_read_and_the_environment_wins() {
     assert!(err.contains("AVE_CLIENT_SECRET"));
 }
 
+/// `avemint serve` as a child process against a fresh emulator, on a free port, ready.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    _emulator: ave_emulator::Emulator,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// `configure` adjusts the command (environment, stdio) before it is spawned.
+    async fn start(configure: impl FnOnce(&mut Command)) -> Self {
+        let emulator = ave_emulator::Emulator::start(Default::default())
+            .await
+            .expect("emulator");
+        let port = support::free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let mut cmd = Command::new(BIN);
+        support::serve_env(
+            &mut cmd,
+            &support::AveClientEnv::of(&emulator),
+            port,
+            &database_url,
+            &dir.path().join("keys"),
+        );
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawns");
+        support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
+        Self {
+            child,
+            port,
+            _emulator: emulator,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_stops_cleanly_on_sigterm() {
-    let emulator = ave_emulator::Emulator::start(Default::default())
-        .await
-        .expect("emulator");
-    let port = support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     // No subcommand: `serve` is the default.
-    let mut child = support::serve_env(
-        &mut Command::new(BIN),
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &dir.path().join("keys"),
-    )
-    .env_remove("RUST_LOG")
-    .spawn()
-    .expect("spawns");
+    let served = Served::start(|cmd| {
+        cmd.env_remove("RUST_LOG");
+    })
+    .await;
+    let (mut child, port) = (served.child, served.port);
     let http = reqwest::Client::new();
-    support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let jwks: serde_json::Value =
         support::get_json(&http, &format!("http://127.0.0.1:{port}/.well-known/jwks.json")).await;
     assert_eq!(jwks["keys"][0]["kty"], "EC");
@@ -134,4 +159,80 @@ async fn serve_stops_cleanly_on_sigterm() {
         panic!("serve did not exit after SIGTERM")
     });
     assert!(exited.success(), "exit status {exited:?}");
+}
+
+/// A valid configuration whose Ave is never reached (nothing is listening on port 9).
+fn valid_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AVE_CLIENT_ID", "app_x"),
+        ("AVE_CLIENT_SECRET", "a-client-secret-of-some-length"),
+        ("AVE_ISSUER", "http://127.0.0.1:9"),
+        ("AVEMINT_PUBLIC_URL", "http://127.0.0.1:8080"),
+        ("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio="),
+        ("AVEMINT_DATABASE_URL", "sqlite::memory:"),
+        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+    ]
+}
+
+#[test]
+fn an_invalid_log_format_or_filter_is_a_start_up_error_naming_the_variable() {
+    for (name, value) in [
+        ("AVEMINT_LOG_FORMAT", "xml"),
+        ("AVEMINT_LOG_FORMAT", "JSON "),
+        ("RUST_LOG", "avemint=loud"),
+        ("RUST_LOG", "info,[{"),
+    ] {
+        let mut env = valid_env();
+        env.push((name, value));
+        let out = serve_with(&env);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(name), "{name} named in {err}");
+    }
+}
+
+/// `AVEMINT_LOG_FORMAT=json`: each line is one JSON object with the target, and the request's span
+/// with its request id and fields.
+#[tokio::test]
+async fn json_lines_keep_the_target_and_the_request_span() {
+    let served = Served::start(|cmd| {
+        cmd.env("AVEMINT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+    })
+    .await;
+    let (child, base) = (served.child, format!("http://127.0.0.1:{}", served.port));
+    // Refused (401): its access line is at `info`.
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/auth/session"))
+        .header("X-CSRF", "1")
+        .header("X-Request-Id", "json-line-check-1")
+        .send()
+        .await
+        .expect("session");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["x-request-id"], "json-line-check-1");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("exits");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "json-line-check-1")
+        .unwrap_or_else(|| panic!("no line of the request in:\n{err}"));
+    assert_eq!(access["target"], "avemint::access");
+    assert_eq!(access["fields"]["status"], 401);
+    assert_eq!(access["span"]["name"], "request");
+    assert_eq!(access["span"]["route"], "/auth/session");
+    assert_eq!(access["span"]["method"], "GET");
+    assert!(access["spans"].as_array().is_some_and(|s| !s.is_empty()));
 }

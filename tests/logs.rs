@@ -10,10 +10,8 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
-
+use avemint::testing::session::SealingKeys;
 use avemint::testing::session::{Purpose, Sealer};
-use avemint::testing::session::{RenewalSettings, SealingKeys};
 use avemint::testing::signin::decode_login;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -169,17 +167,26 @@ impl Transcript {
     }
 }
 
+/// The process-wide capture, installed once for every test of this binary (they run concurrently:
+/// each finds its own lines by request id).
+fn capture() -> Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            avemint::telemetry::init("trace", false, capture.clone());
+            capture
+        })
+        .clone()
+}
+
 #[tokio::test]
 async fn a_full_run_at_trace_level_logs_no_secret() {
-    let capture = Capture::default();
-    avemint::telemetry::init("trace", false, capture.clone());
+    let capture = capture();
 
     // Renewal is always due (the margin exceeds Ave's access-token lifetime), so every app-token call refreshes.
     let app = TestApp::spawn_with(Options {
-        renewal: Some(RenewalSettings {
-            skew: Duration::from_secs(2 * 3600),
-            ..RenewalSettings::default()
-        }),
+        renewal: Some(support::always_renew()),
         ..Options::default()
     })
     .await;
@@ -209,4 +216,69 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
         }
     }
     assert!(leaks.is_empty(), "secrets in the logs:\n{}", leaks.join("\n"));
+}
+
+/// The request id (the client's, or a new one) is answered in `X-Request-Id` and is on every line the
+/// request writes: the access line, the store's statements, the Ave call and the renewal, which runs in
+/// its own task.
+#[tokio::test]
+async fn every_line_of_a_request_and_its_renewal_names_the_request_id() {
+    let capture = capture();
+    let app = TestApp::spawn_with(Options {
+        renewal: Some(support::always_renew()),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let id = format!("renewal-{}", std::process::id());
+    let resp = browser
+        .send(
+            app.http
+                .post(app.url("/auth/token"))
+                .header("X-CSRF", "1")
+                .header("X-Request-Id", &id),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        id.as_str(),
+        "the client's id is answered"
+    );
+    // A generated id when the client's is unusable.
+    let resp = app
+        .http
+        .get(app.url("/healthz"))
+        .header("X-Request-Id", "not acceptable: has spaces")
+        .send()
+        .await
+        .expect("healthz");
+    let generated = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    assert_eq!(generated.len(), 32, "{generated}");
+    assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+    app.stop().await;
+
+    let logs = capture.text();
+    let ours: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(&format!("request_id=\"{id}\"")) || l.contains(&format!("request_id={id}")))
+        .collect();
+    let has = |needle: &str| ours.iter().any(|l| l.contains(needle));
+    for needle in [
+        "session.refresh",         // the renewal task's span, under the request's
+        "grant=\"refresh_token\"", // the Ave call
+        "session renewed",         // the renewal's own line
+        "db.statement=",           // the store
+        "status=200",              // the access line
+    ] {
+        assert!(
+            has(needle),
+            "no line with {needle:?} names the request id; its lines:\n{}",
+            ours.join("\n")
+        );
+    }
+    assert!(
+        logs.lines().any(|l| l.contains(&generated) && l.contains("/healthz")),
+        "the generated id is on the request's lines"
+    );
 }

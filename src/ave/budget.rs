@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -79,6 +80,26 @@ pub(crate) struct BudgetSnapshot {
     pub renewal_available: u32,
     /// Sign-ins that could start now.
     pub sign_in_available: u32,
+    /// Renewals waiting for room now.
+    pub renewal_waiting: u32,
+    /// Sign-ins waiting for room now.
+    pub sign_in_waiting: u32,
+}
+
+/// Counts a caller as waiting for room while it lives.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, AtomicOrdering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
 }
 
 /// The calls of the last minute, oldest first.
@@ -110,6 +131,8 @@ pub(crate) struct TokenBudget {
     window: Mutex<Window>,
     waits_logged: [LogGate; 2],
     refusals_logged: [LogGate; 2],
+    /// Callers of each class waiting for room now.
+    waiting: [AtomicU32; 2],
 }
 
 impl TokenBudget {
@@ -126,6 +149,7 @@ impl TokenBudget {
             window: Mutex::new(Window::default()),
             waits_logged: [LogGate::new(LOG_EVERY), LogGate::new(LOG_EVERY)],
             refusals_logged: [LogGate::new(LOG_EVERY), LogGate::new(LOG_EVERY)],
+            waiting: [AtomicU32::new(0), AtomicU32::new(0)],
         }
     }
 
@@ -184,6 +208,7 @@ impl TokenBudget {
     pub(crate) async fn acquire(&self, class: BudgetClass) -> Result<Duration, BudgetExhausted> {
         let start = Instant::now();
         let deadline = start + self.max_wait;
+        let mut waiting = None;
         loop {
             let now = Instant::now();
             let room_at = match self.try_take(class, now) {
@@ -204,6 +229,7 @@ impl TokenBudget {
                 self.refused(class, retry_after);
                 return Err(BudgetExhausted { retry_after });
             }
+            waiting.get_or_insert_with(|| Waiting::new(&self.waiting[class as usize]));
             tokio::time::sleep_until(room_at).await;
         }
     }
@@ -252,6 +278,8 @@ impl TokenBudget {
             sign_in_used,
             renewal_available,
             sign_in_available: self.sign_in_limit().saturating_sub(sign_in_used).min(renewal_available),
+            renewal_waiting: self.waiting[BudgetClass::Renewal as usize].load(AtomicOrdering::Relaxed),
+            sign_in_waiting: self.waiting[BudgetClass::SignIn as usize].load(AtomicOrdering::Relaxed),
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
@@ -336,14 +337,27 @@ impl AveClient {
             _ => BudgetClass::SignIn,
         };
         // Waits (unlocked, bounded) for room; a refusal is logged, rate-limited, by the budget itself.
-        if let Err(exhausted) = self.budget.acquire(class).await {
+        let budget = self
+            .budget
+            .acquire(class)
+            .instrument(tracing::info_span!("ave.budget_wait", class = class.label()));
+        if let Err(exhausted) = budget.await {
             tracing::debug!(grant, "token-endpoint budget exhausted; not calling Ave");
             return Err(AveError::BudgetExhausted {
                 retry_after: exhausted.retry_after,
             });
         }
         let started = Instant::now();
-        let result = self.token_request_timed(&meta, body, grant, timeout, started).await;
+        let span = tracing::info_span!(
+            "ave.token",
+            grant_type = grant,
+            otel.kind = "client",
+            http.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .token_request_timed(&meta, body, grant, timeout, started)
+            .instrument(span)
+            .await;
         metrics::ave_call(call, started.elapsed(), result.as_ref().err().map(AveError::failure));
         result
     }
@@ -360,6 +374,7 @@ impl AveClient {
             .http
             .post(&meta.token_endpoint)
             .timeout(timeout)
+            .headers(crate::trace_context::headers())
             .json(body)
             .send()
             .await
@@ -376,6 +391,7 @@ impl AveClient {
                 err
             })?;
         let status = resp.status().as_u16();
+        tracing::Span::current().record("http.status_code", status);
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

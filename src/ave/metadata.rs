@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
 use crate::metrics::{self, AveCall};
@@ -447,7 +448,13 @@ impl Inner {
 
     async fn get_json(&self, url: &str, document: Document) -> Result<Vec<u8>, AveError> {
         let started = Instant::now();
-        let result = self.get_json_timed(url).await;
+        let span = tracing::info_span!(
+            "ave.fetch",
+            document = ?document,
+            otel.kind = "client",
+            http.status_code = tracing::field::Empty,
+        );
+        let result = self.get_json_timed(url).instrument(span).await;
         metrics::ave_call(
             document.call(),
             started.elapsed(),
@@ -461,10 +468,12 @@ impl Inner {
             .http
             .get(url)
             .header("accept", "application/json")
+            .headers(crate::trace_context::headers())
             .send()
             .await
             .map_err(transport)?;
         let status = resp.status().as_u16();
+        tracing::Span::current().record("http.status_code", status);
         if status != 200 {
             // Logged (rate-limited) by `record`.
             return Err(if status >= 500 {

@@ -14,6 +14,7 @@ pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
 pub(crate) mod proxy;
+pub(crate) mod request_id;
 pub(crate) mod security;
 pub(crate) mod spa;
 pub(crate) mod well_known;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
+use tracing::Instrument as _;
 
 use crate::ave::AveClient;
 use crate::clock::Clock;
@@ -113,10 +115,14 @@ pub fn openapi_yaml() -> String {
     openapi_service().spec_yaml()
 }
 
-/// Builds the whole HTTP application: the routes `mode` serves.
-pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'static {
+/// Builds the whole HTTP application: the routes `mode` serves; `/metrics` too unless the ops listener
+/// serves it (`ops_apart`).
+pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl Endpoint + 'static {
     let api = openapi_service();
-    let route = poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint));
+    let route = match ops_apart {
+        true => poem::Route::new(),
+        false => poem::Route::new().at(Route::Metrics.path(), poem::get(metrics_endpoint)),
+    };
     // `AVEMINT_DOCS=off` leaves both out (404).
     let route = match state.security.docs {
         security::Docs::On => {
@@ -148,6 +154,17 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'stati
         })
 }
 
+/// The ops listener's application (`AVEMINT_OPS_LISTEN`): `/metrics`, `/healthz` and `/readyz`, the same
+/// handlers as on the public listener; anything else is a JSON 404.
+pub(crate) fn ops_routes(state: Arc<AppState>) -> impl Endpoint + 'static {
+    let probes = OpenApiService::new(ops::OpsApi, "avemint ops", env!("CARGO_PKG_VERSION"));
+    poem::Route::new()
+        .at(Route::Metrics.path(), poem::get(metrics_endpoint))
+        .nest("/", probes)
+        .data(state)
+        .catch_all_error(errors::catch_all)
+}
+
 /// The `Allow` header value of each path in the OpenAPI document (`HEAD` wherever `GET` is: the
 /// router answers it). Everything served outside the document (docs, spec, metrics, pages) is `GET`.
 fn allowed_methods() -> HashMap<String, HeaderValue> {
@@ -174,6 +191,12 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
 /// instance's health gauges (`ops::Readiness::metrics`).
 #[poem::handler]
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
+    if let Some(pool) = state.sessions.store().pool_stats() {
+        crate::metrics::store_pool(pool.in_use, pool.idle, pool.max);
+    }
+    let budget = state.ave.token_budget();
+    crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
+    crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
     let mut body = crate::metrics::render();
     body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()
@@ -181,8 +204,8 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
         .body(body)
 }
 
-/// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
-/// codes).
+/// Gives the request its id and span (`request_id`), answers it inside the span, and returns the id in
+/// `X-Request-Id`.
 async fn respond<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
@@ -190,10 +213,36 @@ async fn respond<E: Endpoint>(
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
 ) -> Response {
-    let started = Instant::now();
     let method = req.method().clone();
+    let id = request_id::RequestId::of(req.headers());
+    let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
+    let span = request_id::span(&id, &method, served);
+    if guard.trusts_peer(&req) {
+        crate::trace_context::adopt(&span, req.headers());
+    }
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow)
+        .instrument(span.clone())
+        .await;
+    span.record("status", resp.status().as_u16());
+    if let Some(value) = id.header_value() {
+        resp.headers_mut().insert(request_id::HEADER, value);
+    }
+    resp
+}
+
+/// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
+/// codes).
+async fn respond_in_span<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    method: poem::http::Method,
+    served: Option<Route>,
+    guard: &security::Guard,
+    allow: &HashMap<String, HeaderValue>,
+) -> Response {
+    let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
-    let route = crate::metrics::RouteLabel::of(Route::of(&seen.path).filter(|r| mode.serves(*r)));
+    let route = crate::metrics::RouteLabel::of(served);
     let mut resp = match admitted {
         Ok(mut req) => {
             // Cookie changes reach the answer whatever it is, errors included.

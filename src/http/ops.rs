@@ -260,6 +260,24 @@ impl Readiness {
             "1 when the session store answered a check within 0.5 s",
         );
         let _ = writeln!(out, "avemint_store_up {}", u8::from(self.store));
+        gauge(
+            &mut out,
+            "avemint_dependency_up",
+            "1 when the dependency is fine now: Ave's document loaded and fresh (not stale), the store answering",
+        );
+        for (doc, s) in docs {
+            let up = s.loaded && !s.stale;
+            let _ = writeln!(
+                out,
+                "avemint_dependency_up{{dependency=\"ave_{doc}\"}} {}",
+                u8::from(up)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "avemint_dependency_up{{dependency=\"store\"}} {}",
+            u8::from(self.store)
+        );
         out
     }
 }
@@ -392,6 +410,9 @@ mod tests {
             "avemint_ave_metadata_stale{document=\"jwks\"} 0",
             "avemint_ave_metadata_ttl_seconds 1",
             "avemint_store_up 0",
+            "avemint_dependency_up{dependency=\"ave_discovery\"} 0",
+            "avemint_dependency_up{dependency=\"ave_jwks\"} 1",
+            "avemint_dependency_up{dependency=\"store\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }

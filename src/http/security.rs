@@ -221,6 +221,13 @@ impl Guard {
         self.settings.trusted_proxies.client_ip(peer, forwarded, standard)
     }
 
+    /// Whether the request's peer is one of `AVEMINT_TRUSTED_PROXIES` (its trace context is then honoured).
+    pub(crate) fn trusts_peer(&self, req: &Request) -> bool {
+        req.remote_addr()
+            .as_socket_addr()
+            .is_some_and(|a| self.settings.trusted_proxies.contains(a.ip()))
+    }
+
     /// Checks a request before routing; `Err` is the complete answer.
     pub(crate) async fn admit(&self, mut req: Request) -> (Seen, Result<Request, Response>) {
         let client = self.client_ip(&req);

@@ -157,6 +157,11 @@ impl Hook {
         }
     }
 
+    #[tracing::instrument(
+        name = "mint.hook",
+        skip_all,
+        fields(otel.kind = "client", http.status_code = tracing::field::Empty)
+    )]
     async fn call(
         &self,
         sub: &str,
@@ -173,10 +178,12 @@ impl Hook {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(TIMESTAMP_HEADER, timestamp.to_string())
             .header(SIGNATURE_HEADER, signature)
+            .headers(crate::trace_context::headers())
             .body(body)
             .send()
             .await
             .map_err(transport)?;
+        tracing::Span::current().record("http.status_code", resp.status().as_u16());
         if !resp.status().is_success() {
             return Err(HookError::Status(resp.status().as_u16()));
         }

@@ -172,6 +172,7 @@ impl Minter {
     }
 
     /// Mints a `profile` token for `subject`, issued now by the minter's clock.
+    #[tracing::instrument(name = "mint", skip_all, fields(profile = profile.name.as_str()))]
     pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>) -> Result<MintedToken, MintError> {
         let now = self.clock.now();
         let custom = match &profile.hook {
@@ -217,7 +218,12 @@ impl Minter {
             custom,
         };
         let payload = serde_json::to_vec(&payload).map_err(|_| MintError::ClaimsEncoding)?;
-        let token = self.keys.current().signing_key().sign(&payload)?;
+        let ring = self.keys.current();
+        let key = ring.signing_key();
+        let token = {
+            let _sign = tracing::info_span!("mint.sign", kid = key.kid(), alg = ?key.alg()).entered();
+            key.sign(&payload)?
+        };
         if token.len() > self.max_token_bytes {
             return Err(MintError::TooLarge {
                 profile: profile.name.clone(),

@@ -104,6 +104,11 @@ impl Proxy {
 
     /// Sends `out` to `route`'s upstream with `bearer`; the answer once its status and headers arrived (the body
     /// streams on).
+    #[tracing::instrument(
+        name = "proxy.upstream",
+        skip_all,
+        fields(route = route.path.as_str(), otel.kind = "client", http.status_code = tracing::field::Empty)
+    )]
     pub(crate) async fn forward(
         &self,
         route: &RouteSettings,
@@ -127,12 +132,16 @@ impl Proxy {
             proto: &self.proto,
             host: &self.host,
         };
-        let headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
+        let mut headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
+        crate::trace_context::inject(&mut headers);
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = reqwest::Body::wrap_stream(bounded(out.body, limit, exceeded.clone()));
         let send = self.client.request(out.method, url).headers(headers).body(body).send();
         match tokio::time::timeout(route.timeout, send).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                tracing::Span::current().record("http.status_code", resp.status().as_u16());
+                Ok(resp)
+            }
             Ok(Err(_)) if exceeded.load(Ordering::Acquire) => Err(ForwardError::TooLarge { limit }),
             Ok(Err(e)) => {
                 // Without the URL: its query may carry values the access log leaves out too.

@@ -236,9 +236,11 @@ impl Sessions {
     }
 
     /// A live session, from the in-process cache when fresh enough.
+    #[tracing::instrument(name = "session.lookup", skip_all, fields(cache = tracing::field::Empty))]
     pub async fn get(&self, key: &SessionRowKey) -> Result<Option<Arc<Session>>, StoreError> {
         let now = self.now();
         let Some(cache) = &self.cache else {
+            tracing::Span::current().record("cache", "off");
             crate::metrics::cache_miss();
             return Ok(self.load_at(key, now).await?.map(Arc::new));
         };
@@ -254,8 +256,10 @@ impl Sessions {
             })
             .await;
         if missed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::Span::current().record("cache", "miss");
             crate::metrics::cache_miss();
         } else {
+            tracing::Span::current().record("cache", "hit");
             crate::metrics::cache_hit();
         }
         match loaded {

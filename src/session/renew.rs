@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument as _;
 
 use super::backoff::Backoffs;
 use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
@@ -113,6 +114,14 @@ impl From<StoreError> for RenewError {
 }
 
 type Outcome = Result<Arc<Session>, RenewError>;
+
+/// How taking the per-session lock ended.
+enum Lock {
+    /// Taken: the session, its refresh token and the marker written.
+    Held(Arc<Session>, Secret<String>, UnixTime),
+    /// The renewal ended without it (already renewed elsewhere, no refresh token, the lock stayed taken).
+    Done(Result<Arc<Session>, RenewError>),
+}
 
 /// How a refresh call ended.
 enum CallEnd {
@@ -246,11 +255,17 @@ impl Renewer {
                         );
                     }
                     let this = Arc::clone(self);
-                    let task = tokio::spawn(async move {
-                        // Leaves the in-flight map however the task ends (even by a panic).
-                        let _done = InFlight(&this, key);
-                        this.renew(key).await
-                    });
+                    // A child of the request's span, so its lines carry the request id (and its trace goes on
+                    // after the request stopped waiting). At `ERROR` level so no log filter drops it.
+                    let span = tracing::error_span!(target: "avemint::session", "session.refresh");
+                    let task = tokio::spawn(
+                        async move {
+                            // Leaves the in-flight map however the task ends (even by a panic).
+                            let _done = InFlight(&this, key);
+                            this.renew(key).await
+                        }
+                        .instrument(span),
+                    );
                     let shared = async move {
                         task.await.unwrap_or_else(|_| {
                             Err(RenewError::Unavailable {
@@ -266,7 +281,8 @@ impl Renewer {
                 }
             }
         };
-        match tokio::time::timeout(self.wait, shared).await {
+        let waited = tokio::time::timeout(self.wait, shared).instrument(tracing::info_span!("session.renewal_wait"));
+        match waited.await {
             // A store or Ave failure while the access token is valid still serves the session.
             Ok(Err(RenewError::Unavailable { .. })) if session.access_valid(self.sessions.now()) => Ok(session),
             Ok(outcome) => outcome,
@@ -283,10 +299,20 @@ impl Renewer {
     /// One refresh: takes the per-session lock (the refresh marker), calls
     /// Ave, stores the outcome, releases the lock.
     async fn renew(&self, key: SessionRowKey) -> Result<Arc<Session>, RenewError> {
+        let lock = self.lock(key).instrument(tracing::info_span!("session.lock_wait"));
+        let (current, refresh_token, marker) = match lock.await? {
+            Lock::Held(current, refresh_token, marker) => (current, refresh_token, marker),
+            Lock::Done(outcome) => return outcome,
+        };
+        self.call_and_store(key, current, refresh_token, marker).await
+    }
+
+    /// Takes the per-session lock (the refresh marker), or ends the renewal without it.
+    async fn lock(&self, key: SessionRowKey) -> Result<Lock, RenewError> {
         let waiting = Instant::now();
         let deadline = waiting + self.lock_wait;
         let lease = self.lease();
-        let (current, refresh_token, marker) = loop {
+        let held = loop {
             let t = self.sessions.now();
             let Some(current) = self.sessions.load(&key).await? else {
                 self.sessions.forget(&key).await;
@@ -299,7 +325,7 @@ impl Renewer {
                 crate::metrics::refresh_outcome("already_renewed");
                 self.backoff.succeeded(&key);
                 self.sessions.remember(current.clone()).await;
-                return Ok(current);
+                return Ok(Lock::Done(Ok(current)));
             }
             let Some(refresh_token) = current
                 .data
@@ -308,9 +334,10 @@ impl Renewer {
                 .as_ref()
                 .map(|t| Secret::new(t.expose().clone()))
             else {
-                return self
+                let outcome = self
                     .fallback(current, "this session cannot be renewed", Duration::from_secs(1))
                     .await;
+                return Ok(Lock::Done(outcome));
             };
             let stale_before = t - lease;
             let held = current.refresh_started_at.is_some_and(|m| m >= stale_before);
@@ -327,24 +354,35 @@ impl Renewer {
                     tracing::warn!(session = ?key, "previous refresh never finished; retrying with the same refresh token");
                     crate::metrics::refresh_outcome("retry_after_dead_holder");
                 }
-                break (current, refresh_token, t);
+                break Lock::Held(current, refresh_token, t);
             }
             // Another instance (or process) holds the lock, or won a race for it.
             if Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
                 crate::metrics::lock_wait("session_refresh", waiting.elapsed());
                 crate::metrics::refresh_outcome("lock_timeout");
-                return self
+                let outcome = self
                     .fallback(
                         current,
                         "another instance is still renewing this session",
                         Duration::from_secs(1),
                     )
                     .await;
+                return Ok(Lock::Done(outcome));
             }
             tokio::time::sleep(LOCK_POLL).await;
         };
         crate::metrics::lock_wait("session_refresh", waiting.elapsed());
+        Ok(held)
+    }
 
+    /// Calls Ave with the lock held, and stores the outcome.
+    async fn call_and_store(
+        &self,
+        key: SessionRowKey,
+        current: Arc<Session>,
+        refresh_token: Secret<String>,
+        marker: UnixTime,
+    ) -> Result<Arc<Session>, RenewError> {
         let mut cancel = self.cancel.subscribe();
         let call = tokio::time::timeout(self.refresh_timeout, self.ave.refresh(refresh_token.expose()));
         let end = tokio::select! {

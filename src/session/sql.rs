@@ -379,6 +379,16 @@ macro_rules! sql_session_store {
                     .map_err($crate::session::sql::unavailable)?;
                 Ok(())
             }
+
+            fn pool_stats(&self) -> Option<$crate::session::store::PoolStats> {
+                let size = self.pool.size();
+                let idle = u32::try_from(self.pool.num_idle()).unwrap_or(size);
+                Some($crate::session::store::PoolStats {
+                    in_use: size.saturating_sub(idle),
+                    idle,
+                    max: self.pool.options().get_max_connections(),
+                })
+            }
         }
     };
 }

@@ -136,4 +136,19 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn sweep(&self, cutoffs: SweepCutoffs) -> Result<u64, StoreError>;
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The connection pool now (`None`: the backend has none).
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+}
+
+/// A store's connection pool at one moment, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections lent out to a statement.
+    pub in_use: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// The most connections the pool opens (`AVEMINT_DATABASE_MAX_CONNECTIONS`).
+    pub max: u32,
 }

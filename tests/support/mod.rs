@@ -27,6 +27,8 @@ pub const TEST_SESSION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=
 /// A running avemint plus its emulator.
 pub struct TestApp {
     pub address: String,
+    /// The ops listener's base URL (`Options::ops_listener`).
+    pub ops_address: Option<String>,
     pub emulator: Emulator,
     pub http: reqwest::Client,
     pub db_path: PathBuf,
@@ -35,6 +37,15 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
+}
+
+/// Renewal settings under which every session is due for renewal on each use (the margin exceeds Ave's
+/// access-token lifetime).
+pub fn always_renew() -> RenewalSettings {
+    RenewalSettings {
+        skew: Duration::from_secs(2 * 3600),
+        ..RenewalSettings::default()
+    }
 }
 
 /// Knobs for `TestApp::spawn_with`.
@@ -65,6 +76,8 @@ pub struct Options {
     pub security: Option<SecuritySettings>,
     /// Session lifetimes and the sessions-per-user cap (defaults as in production).
     pub session: Option<SessionSettings>,
+    /// Start the ops listener (`AVEMINT_OPS_LISTEN`) on a random loopback port.
+    pub ops_listener: bool,
     /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
     pub routes_toml: Option<String>,
 }
@@ -102,6 +115,9 @@ impl TestApp {
             ("AVEMINT_DATABASE_URL", format!("sqlite://{}", db_path.display())),
             ("AVEMINT_SESSION_KEYS", TEST_SESSION_KEY.to_owned()),
         ];
+        if opts.ops_listener {
+            env.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:0".to_owned()));
+        }
         if opts.token_toml.is_none() {
             env.push(("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()));
             env.push(("AVEMINT_TOKEN_TTL", opts.token_ttl.unwrap_or(300).to_string()));
@@ -145,6 +161,7 @@ impl TestApp {
         let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
             .await
             .expect("app builds");
+        let ops_address = app.ops_addr().map(|a| format!("http://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -155,6 +172,7 @@ impl TestApp {
             .expect("client");
         let app = TestApp {
             address,
+            ops_address,
             emulator,
             http,
             db_path,
@@ -243,6 +261,12 @@ impl TestApp {
     /// Verifies an app JWT (of the default profile) using only the served JWKS.
     pub async fn verify(&self, token: &str) -> jsonwebtoken::TokenData<Value> {
         verify_with(&self.jwks().await, token, self.audience(), &self.address)
+    }
+
+    /// `GET /metrics` on the public port, as text.
+    pub async fn metrics(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.expect("metrics");
+        resp.text().await.expect("metrics body")
     }
 
     /// The default profile's audience.

@@ -325,6 +325,8 @@ pub struct RecordedTokenRequest {
     /// Whether an `Authorization` header was sent (Ave ignores it; a client
     /// using HTTP Basic is doing it wrong).
     pub authorization_header: bool,
+    /// The W3C `traceparent` header, if one was sent (trace propagation tests).
+    pub traceparent: Option<String>,
     /// HTTP status answered.
     pub status: u16,
     /// The `error` string of the answer (`"ZodError"` for schema errors),

@@ -36,6 +36,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {
         origin: req.header(header::ORIGIN).map(str::to_owned),
     };
     let authorization_header = req.headers().contains_key(header::AUTHORIZATION);
+    let traceparent = req.header("traceparent").map(str::to_owned);
     let body = req.take_body().into_bytes_limit(BODY_LIMIT).await;
 
     // Hono's JSON validator: a JSON content type means "parse the body"
@@ -51,6 +52,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {
         keys: Vec::new(),
         camel_case: false,
         authorization_header,
+        traceparent,
         status: 0,
         error: None,
     };

@@ -104,7 +104,8 @@ impl LiveKeys {
         // Recorded before loading: if the load fails, the next change is noticed
         // (and a directory that stays broken is reported once, not every second).
         *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint(self.dir.path());
-        let ring = KeyRing::load(self.dir.path())?;
+        let ring = KeyRing::load(self.dir.path()).inspect_err(|_| crate::metrics::key_reload(false))?;
+        crate::metrics::key_reload(true);
         let mut slot = self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = slot.etag() != ring.etag() || slot.signing_key().kid() != ring.signing_key().kid();
         if changed {
