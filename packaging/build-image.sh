@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 image="${IMAGE:-localhost/avemint:offline}"
 suite="${DEBIAN_SUITE:-bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-work="${WORK:-target/image-build}"
+work="$(realpath -m "${WORK:-target/image-build}")"
 format="${BUILDAH_FORMAT:-docker}"
 uid=65532
 
@@ -67,7 +67,9 @@ for lib in $libs; do
   }
   mkdir -p "$tree$(dirname "$lib")"
   cp -L "$rootfs$lib" "$tree$lib"
-  echo "   $lib ($(dpkg --root="$rootfs" -S "$(readlink -f "$rootfs$lib" | sed "s|^$rootfs||")" 2>/dev/null | cut -d: -f1 | head -n1))"
+  resolved="$(readlink -f "$rootfs$lib")"
+  package="$(dpkg --root="$rootfs" -S "$lib" "${resolved#"$rootfs"}" 2>/dev/null | head -n1 | cut -d: -f1 || true)"
+  echo "   $lib (Debian package ${package:-?})"
 done
 cp -L "$rootfs/etc/ssl/certs/ca-certificates.crt" "$tree/etc/ssl/certs/ca-certificates.crt"
 cat >"$tree/etc/passwd" <<EOF

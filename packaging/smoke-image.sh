@@ -11,7 +11,8 @@
 #
 # Needs root, podman, curl, jq, and the emulator: `cargo build --release -p ave-emulator --example standalone`
 # (or EMULATOR_BIN). Environment: IMAGE (default localhost/avemint:offline), PORT (18080), EMULATOR_PORT (18081),
-# PODMAN_RUN_OPTS (extra `podman run` options; this sandbox needs none beyond --network host, see README, Operations).
+# PODMAN_OPTS (global podman options, e.g. `--runtime runc`) and PODMAN_RUN_OPTS (extra `podman run` options, e.g.
+# `--ulimit nofile=20000:20000`): what a restricted machine needs, see README, Operations > Container image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,9 @@ eport="${EMULATOR_PORT:-18081}"
 emulator_bin="${EMULATOR_BIN:-target/release/examples/standalone}"
 name="avemint-smoke-$$"
 volume="avemint-smoke-$$"
+read -r -a global <<<"${PODMAN_OPTS:-}"
 read -r -a extra <<<"${PODMAN_RUN_OPTS:-}"
+podman() { command podman "${global[@]}" "$@"; }
 
 for tool in podman curl jq; do
   command -v "$tool" >/dev/null || {
