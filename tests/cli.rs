@@ -87,8 +87,20 @@ fn a_config_file_is_read_and_the_environment_wins() {
     assert!(err.contains("AVE_CLIENT_SECRET"));
 }
 
+/// `avemint healthcheck` (the container image's HEALTHCHECK): 0 only when `/healthz` answers 200; the default URL
+/// comes from `AVEMINT_LISTEN`, an unspecified address probed on loopback; `--listen` beats the environment.
+fn healthcheck(args: &[&str], listen: &str) -> std::process::Output {
+    Command::new(BIN)
+        .arg("healthcheck")
+        .args(args)
+        .env_clear()
+        .env("AVEMINT_LISTEN", listen)
+        .output()
+        .expect("runs")
+}
+
 #[tokio::test]
-async fn serve_stops_cleanly_on_sigterm() {
+async fn serve_passes_healthcheck_and_stops_cleanly_on_sigterm() {
     let emulator = ave_emulator::Emulator::start(Default::default())
         .await
         .expect("emulator");
@@ -117,6 +129,11 @@ async fn serve_stops_cleanly_on_sigterm() {
         .await
         .expect("root");
     assert_eq!(root.status(), 404, "no demo page in serve");
+    let up = healthcheck(&[], &format!("0.0.0.0:{port}"));
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let not_found = healthcheck(&["--url", &format!("http://127.0.0.1:{port}/no-such-path")], "127.0.0.1:1");
+    assert_eq!(not_found.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_found.stderr).contains("answered 404"));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -135,47 +152,8 @@ async fn serve_stops_cleanly_on_sigterm() {
         panic!("serve did not exit after SIGTERM")
     });
     assert!(exited.success(), "exit status {exited:?}");
-}
-
-/// `avemint healthcheck` (the container image's HEALTHCHECK): 0 only when `/healthz` answers 200; the default URL
-/// comes from `AVEMINT_LISTEN`, an unspecified address probed on loopback.
-#[tokio::test]
-async fn healthcheck_exits_zero_only_when_healthz_answers_200() {
-    let emulator = ave_emulator::Emulator::start(Default::default())
-        .await
-        .expect("emulator");
-    let port = support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
-    let mut child = support::serve_command(
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &dir.path().join("keys"),
-    )
-    .spawn()
-    .expect("spawns");
-    support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
-    let healthcheck = |args: &[&str], listen: &str| {
-        Command::new(BIN)
-            .arg("healthcheck")
-            .args(args)
-            .env_clear()
-            .env("AVEMINT_LISTEN", listen)
-            .output()
-            .expect("runs")
-    };
-
-    let up = healthcheck(&[], &format!("0.0.0.0:{port}"));
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    let not_found = healthcheck(&["--url", &format!("http://127.0.0.1:{port}/no-such-path")], "127.0.0.1:1");
-    assert_eq!(not_found.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&not_found.stderr).contains("answered 404"));
-
-    let _ = child.kill();
-    let _ = child.wait();
     let down = healthcheck(&["--listen", &format!("127.0.0.1:{port}")], "0.0.0.0:1");
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(1), "healthcheck after exit");
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("healthcheck failed"), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}/healthz")), "the flag beats the environment: {err}");
