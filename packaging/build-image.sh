@@ -24,6 +24,8 @@ suite="${DEBIAN_SUITE:-bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 work="$(realpath -m "${WORK:-target/image-build}")"
 format="${BUILDAH_FORMAT:-docker}"
+# buildah reads it too: `from` and `config` then keep Docker-only fields (HEALTHCHECK) without a warning.
+export BUILDAH_FORMAT="$format"
 uid=65532
 
 for tool in debootstrap buildah ldd; do

@@ -6,7 +6,9 @@
 #   - /.well-known/jwks.json serves a signing key;
 #   - the image's HEALTHCHECK (`avemint healthcheck`) passes;
 #   - SIGTERM (`podman stop`, the image's stop signal) ends it with exit status 0;
-#   - a second container on the same volume publishes the same keys (the state lives in the volume).
+#   - a second container on the same volume publishes the same keys (the state lives in the volume);
+#   - a third one with the signing keys on a read-only mount (as deploy/kubernetes/ gives them: made by `avemint keys
+#     generate`, files 0600 of uid 65532) becomes ready and publishes exactly those keys.
 # Prints what it measured: image size, `podman run` → /readyz 200, resident memory at idle.
 #
 # Needs root, podman, curl, jq, and the emulator: `cargo build --release -p ave-emulator --example standalone`
@@ -76,7 +78,7 @@ chmod 0400 "$scratch/secrets"/*
 podman volume create "$volume" >/dev/null
 
 run() {
-  podman run -d --name "$name" --network host "${extra[@]}" \
+  podman run -d --name "$name" --network host "${extra[@]}" "$@" \
     --read-only --cap-drop ALL --security-opt no-new-privileges \
     -v "$volume:/var/lib/avemint" -v "$scratch/secrets:/run/secrets:ro" \
     -e AVE_CLIENT_ID="$client_id" -e AVE_CLIENT_SECRET_FILE=/run/secrets/client_secret \
@@ -136,4 +138,20 @@ again="$(curl -sf "http://127.0.0.1:$port/.well-known/jwks.json" | jq -r '[.keys
 [ "$again" = "$kids" ] || fail "the keys changed across restarts ($kids → $again): state is not in the volume"
 stop_with_sigterm
 echo "same keys after restart; SIGTERM: exit status 0"
+podman rm "$name" >/dev/null
+
+echo "== signing keys on a read-only mount (the Kubernetes example's layout)"
+podman run --rm --network host "${extra[@]}" --user 0 -v "$scratch:/out" -e AVEMINT_KEYS_DIR=/out/keys "$image" \
+  keys generate >/dev/null
+podman run --rm --network host "${extra[@]}" --user 0 -v "$scratch:/out" -e AVEMINT_KEYS_DIR=/out/keys "$image" \
+  keys generate >/dev/null
+rm -f "$scratch/keys/.lock"
+chown -R 65532:65532 "$scratch/keys"
+expected="$(jq -r '[.keys[].kid] | sort | join(",")' "$scratch/keys/manifest.json")"
+run -v "$scratch/keys:/var/lib/avemint/keys:ro"
+wait_ready
+served="$(curl -sf "http://127.0.0.1:$port/.well-known/jwks.json" | jq -r '[.keys[].kid] | sort | join(",")')"
+[ "$served" = "$expected" ] || fail "read-only keys: published $served, the directory has $expected"
+stop_with_sigterm
+echo "ready with read-only keys, publishing exactly them ($expected); SIGTERM: exit status 0"
 echo "== smoke test passed"
