@@ -58,7 +58,9 @@ fi
 echo "== image tree"
 tree="$work/tree"
 rm -rf "$tree"
-mkdir -p "$tree/usr/local/bin" "$tree/etc/ssl/certs" "$tree/tmp" "$tree/var/lib/avemint"
+state="$work/state"
+rm -rf "$state"
+mkdir -p "$tree/usr/local/bin" "$tree/etc/ssl/certs" "$tree/tmp" "$tree/var/lib" "$state/avemint"
 install -m 0755 "$bin" "$tree/usr/local/bin/avemint"
 # Every library ldd resolves (and the dynamic loader), taken from the Debian root filesystem at the same path.
 libs="$(ldd "$bin" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }')"
@@ -86,13 +88,16 @@ nonroot:x:$uid:
 EOF
 printf 'hosts: files dns\n' >"$tree/etc/nsswitch.conf"
 chmod 1777 "$tree/tmp"
-chmod 0700 "$tree/var/lib/avemint"
+chmod 0700 "$state/avemint"
 
 echo "== buildah from scratch → $image ($format format)"
 ctr="$(buildah from scratch)"
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 buildah copy --quiet "$ctr" "$tree" /
-buildah copy --quiet --chown "$uid:$uid" "$ctr" "$tree/var/lib/avemint" /var/lib/avemint
+# The directory itself must belong to the user (a fresh volume takes its owner and mode from it): copied as an entry
+# of /var/lib, since --chown applies to what is copied, not to a destination that exists.
+buildah copy --quiet --chown "$uid:$uid" "$ctr" "$state" /var/lib
+# `--healthcheck 'CMD a b'` is split on spaces into the exec form ["CMD", "a", "b"] (buildah does not read JSON here).
 buildah config \
   --user "$uid:$uid" \
   --workingdir /var/lib/avemint \
@@ -104,7 +109,7 @@ buildah config \
   --volume /var/lib/avemint \
   --port 8080 \
   --stop-signal SIGTERM \
-  --healthcheck 'CMD ["/usr/local/bin/avemint", "healthcheck"]' \
+  --healthcheck 'CMD /usr/local/bin/avemint healthcheck' \
   --healthcheck-interval 10s --healthcheck-timeout 5s --healthcheck-start-period 5s --healthcheck-retries 3 \
   --entrypoint '["/usr/local/bin/avemint"]' \
   --cmd serve \
