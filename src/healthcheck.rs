@@ -41,14 +41,10 @@ pub async fn probe(url: &str) -> Result<(), HealthcheckError> {
         .timeout(TIMEOUT)
         .build()
         .map_err(|_| HealthcheckError::Client)?;
-    let answer = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| HealthcheckError::Unreachable {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let answer = http.get(url).send().await.map_err(|e| HealthcheckError::Unreachable {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
     match answer.status().as_u16() {
         200 => Ok(()),
         status => Err(HealthcheckError::Status {

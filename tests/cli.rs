@@ -131,7 +131,10 @@ async fn serve_passes_healthcheck_and_stops_cleanly_on_sigterm() {
     assert_eq!(root.status(), 404, "no demo page in serve");
     let up = healthcheck(&[], &format!("0.0.0.0:{port}"));
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    let not_found = healthcheck(&["--url", &format!("http://127.0.0.1:{port}/no-such-path")], "127.0.0.1:1");
+    let not_found = healthcheck(
+        &["--url", &format!("http://127.0.0.1:{port}/no-such-path")],
+        "127.0.0.1:1",
+    );
     assert_eq!(not_found.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&not_found.stderr).contains("answered 404"));
     let status = Command::new("kill")
@@ -156,5 +159,8 @@ async fn serve_passes_healthcheck_and_stops_cleanly_on_sigterm() {
     assert_eq!(down.status.code(), Some(1), "healthcheck after exit");
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("healthcheck failed"), "{err}");
-    assert!(err.contains(&format!("127.0.0.1:{port}/healthz")), "the flag beats the environment: {err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}/healthz")),
+        "the flag beats the environment: {err}"
+    );
 }
