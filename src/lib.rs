@@ -6,14 +6,16 @@
 //!
 //! The API is what the `avemint` binary needs: settings (`config`), the
 //! application (`startup`), logging (`telemetry`), the demo (`demo`), the
-//! `keys` commands and the OpenAPI document. Everything else is private to the
-//! crate; tests, benches, fuzz targets and examples reach it through the hidden
-//! `testing` door. The README's Layout table is the map.
+//! `keys` commands, the container probe (`healthcheck`) and the OpenAPI
+//! document. Everything else is private to the crate; tests, benches, fuzz
+//! targets and examples reach it through the hidden `testing` door. The
+//! README's Layout table is the map.
 
 // Entry points and wiring: the API.
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod healthcheck;
 pub mod startup;
 pub mod telemetry;
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use avemint::config::{ProcessEnv, Settings};
+use avemint::healthcheck;
 use avemint::keys::{Algorithm, KeyDir, commands};
 use avemint::startup::{Application, Mode, shutdown_signal};
 use avemint::telemetry::{LogSettings, Tracing};
@@ -37,6 +38,16 @@ enum Command {
     },
     /// Print the OpenAPI document (YAML).
     Openapi,
+    /// Probe a running avemint's `/healthz`: exit status 0 when it answers 200, 1 otherwise (for container
+    /// HEALTHCHECKs in images without curl).
+    Healthcheck {
+        /// Where avemint listens; `0.0.0.0` and `[::]` are probed on loopback.
+        #[arg(long, env = "AVEMINT_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The URL to probe instead (default: `http://<listen>/healthz`).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Manage the signing keys in `AVEMINT_KEYS_DIR` (see keys/README.md).
     Keys {
         #[command(subcommand)]
@@ -87,6 +98,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Keys { command } => keys(cli.config.as_deref(), command),
+        Command::Healthcheck { listen, url } => healthcheck(url.unwrap_or_else(|| healthcheck::default_url(listen))),
         #[cfg(feature = "demo")]
         Command::Demo { listen, keys_dir } => {
             // The demo configures itself (emulator, throw-away keys, in-memory store): a configuration file would
@@ -141,6 +153,22 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("avemint: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Probes `url` on a single-threaded runtime; a failure is one line on stderr and exit status 1.
+fn healthcheck(url: String) -> ExitCode {
+    let probed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(healthcheck::probe(&url)).map_err(|e| e.to_string()));
+    match probed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("avemint: healthcheck failed: {e}");
             ExitCode::FAILURE
         }
     }

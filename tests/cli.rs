@@ -1,5 +1,6 @@
 //! The `avemint` binary: `openapi` matches the committed document, bad
-//! configuration fails fast with one line per problem, SIGTERM exits 0.
+//! configuration fails fast with one line per problem, SIGTERM exits 0,
+//! `healthcheck` reports whether `/healthz` answers.
 
 mod support;
 
@@ -123,8 +124,20 @@ impl Served {
     }
 }
 
+/// `avemint healthcheck` (the container image's HEALTHCHECK): 0 only when `/healthz` answers 200; the default URL
+/// comes from `AVEMINT_LISTEN`, an unspecified address probed on loopback; `--listen` beats the environment.
+fn healthcheck(args: &[&str], listen: &str) -> std::process::Output {
+    Command::new(BIN)
+        .arg("healthcheck")
+        .args(args)
+        .env_clear()
+        .env("AVEMINT_LISTEN", listen)
+        .output()
+        .expect("runs")
+}
+
 #[tokio::test]
-async fn serve_stops_cleanly_on_sigterm() {
+async fn serve_passes_healthcheck_and_stops_cleanly_on_sigterm() {
     // No subcommand: `serve` is the default.
     let served = Served::start(|cmd| {
         cmd.env_remove("RUST_LOG");
@@ -141,6 +154,14 @@ async fn serve_stops_cleanly_on_sigterm() {
         .await
         .expect("root");
     assert_eq!(root.status(), 404, "no demo page in serve");
+    let up = healthcheck(&[], &format!("0.0.0.0:{port}"));
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let not_found = healthcheck(
+        &["--url", &format!("http://127.0.0.1:{port}/no-such-path")],
+        "127.0.0.1:1",
+    );
+    assert_eq!(not_found.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_found.stderr).contains("answered 404"));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -159,6 +180,14 @@ async fn serve_stops_cleanly_on_sigterm() {
         panic!("serve did not exit after SIGTERM")
     });
     assert!(exited.success(), "exit status {exited:?}");
+    let down = healthcheck(&["--listen", &format!("127.0.0.1:{port}")], "0.0.0.0:1");
+    assert_eq!(down.status.code(), Some(1), "healthcheck after exit");
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(err.contains("healthcheck failed"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}/healthz")),
+        "the flag beats the environment: {err}"
+    );
 }
 
 /// A valid configuration whose Ave is never reached (nothing is listening on port 9).
