@@ -139,12 +139,13 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode) -> impl Endpoint + 'stati
     };
     let guard = security::Guard::new(&state.public_url, state.security.clone(), state.proxy.routes().clone());
     let allow = Arc::new(allowed_methods());
+    let proxy_state = state.clone();
     route
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
-            let (guard, allow) = (guard.clone(), allow.clone());
-            async move { Ok(respond(ep, req, mode, &guard, &allow).await) }
+            let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
+            async move { Ok(respond(ep, req, mode, &guard, &allow, &state.proxy).await) }
         })
 }
 
@@ -189,11 +190,16 @@ async fn respond<E: Endpoint>(
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
+    proxy: &crate::proxy::Proxy,
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let (seen, admitted) = guard.admit(req).await;
-    let route = crate::metrics::RouteLabel::of(Route::of(&seen.path).filter(|r| mode.serves(*r)));
+    let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
+    let route = match proxied {
+        Some(_) => crate::metrics::RouteLabel::PROXIED,
+        None => crate::metrics::RouteLabel::of(Route::of(&seen.path).filter(|r| mode.serves(*r))),
+    };
     let mut resp = match admitted {
         Ok(mut req) => {
             // Cookie changes reach the answer whatever it is, errors included.
@@ -218,6 +224,9 @@ async fn respond<E: Endpoint>(
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     crate::metrics::record_request(route, status, elapsed);
+    if let Some(metrics) = proxied {
+        metrics.request(status);
+    }
     macro_rules! access {
         ($level:expr) => {
             tracing::event!(target: "avemint::access", $level, %method, path = %seen.path, client_ip = %seen.client, status, elapsed_ms = elapsed.as_millis() as u64, "request")
