@@ -483,3 +483,291 @@ async fn a_connection_header_naming_authorization_cannot_remove_avemints_bearer(
     app.verify_for(&token, "orders-api").await;
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// WebSockets
+
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// What the WebSocket upstream saw of one connection.
+#[derive(Debug, Clone, Default)]
+struct WsSeen {
+    path: String,
+    headers: HeaderMap,
+    pings: usize,
+    /// The close frame the browser's side sent (code, reason), if any.
+    closed_with: Option<(u16, String)>,
+}
+
+/// A WebSocket upstream on loopback: echoes text and binary messages; `close-me` makes it close with 4001;
+/// a path ending in `/refuse` refuses the handshake with 403. It offers back `chat` when the client asks for it.
+struct WsUpstream {
+    base: String,
+    seen: Arc<Mutex<Vec<Arc<Mutex<WsSeen>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsUpstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen: Arc<Mutex<Vec<Arc<Mutex<WsSeen>>>>> = Arc::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let this = Arc::new(Mutex::new(WsSeen::default()));
+                log.lock().expect("lock").push(this.clone());
+                tokio::spawn(async move {
+                    let record = this.clone();
+                    let callback = move |req: &WsRequest, mut resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
+                        let mut seen = record.lock().expect("lock");
+                        seen.path = req.uri().path().to_owned();
+                        seen.headers = req.headers().clone();
+                        if seen.path.ends_with("/refuse") {
+                            let mut refused = ErrorResponse::new(Some("no".into()));
+                            *refused.status_mut() = StatusCode::FORBIDDEN;
+                            return Err(refused);
+                        }
+                        let offered = req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+                        if offered.is_some_and(|p| p.split(',').any(|p| p.trim() == "chat")) {
+                            resp.headers_mut().insert("sec-websocket-protocol", "chat".parse().expect("value"));
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                        return;
+                    };
+                    while let Some(Ok(m)) = ws.next().await {
+                        match m {
+                            Message::Text(t) if t.as_str() == "close-me" => {
+                                let frame = CloseFrame {
+                                    code: CloseCode::from(4001),
+                                    reason: "upstream bye".into(),
+                                };
+                                let _ = ws.close(Some(frame)).await;
+                            }
+                            Message::Text(_) | Message::Binary(_) => {
+                                let _ = futures_util::SinkExt::send(&mut ws, m).await;
+                            }
+                            Message::Ping(_) => this.lock().expect("lock").pings += 1,
+                            Message::Close(frame) => {
+                                this.lock().expect("lock").closed_with =
+                                    frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self { base, seen, task }
+    }
+
+    fn connections(&self) -> Vec<WsSeen> {
+        let all = self.seen.lock().expect("lock");
+        all.iter().map(|c| c.lock().expect("lock").clone()).collect()
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// avemint with a route `/api/ws` to `upstream` (allowing `allowed` as another origin, with `keep_alive`), and a
+/// signed-in browser.
+async fn ws_app(upstream: &WsUpstream, allowed: &str, keep_alive: Option<Duration>) -> (TestApp, Browser) {
+    let base = &upstream.base;
+    let mut security = avemint::testing::http::security::SecuritySettings {
+        allowed_origins: avemint::testing::http::cors::AllowedOrigins::parse(allowed).expect("origins"),
+        ..Default::default()
+    };
+    if let Some(keep_alive) = keep_alive {
+        security.connection_timeouts.keep_alive = keep_alive;
+    }
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{base}/socket\"\nmethods = [\"GET\"]\n\
+             [[routes]]\npath = \"/api/ws-down\"\nupstream = \"http://127.0.0.1:{}\"\n",
+            free_port()
+        )),
+        security: Some(security),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    (app, browser)
+}
+
+/// Opens a WebSocket to `path` with `origin` (none: no `Origin` header) and the browser's cookies.
+async fn ws_connect(app: &TestApp, browser: &Browser, path: &str, origin: Option<&str>) -> Result<Ws, WsError> {
+    let url = format!("{}{path}", app.address.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().expect("request");
+    let headers = req.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert("origin", origin.parse().expect("origin"));
+    }
+    headers.insert("sec-websocket-protocol", "chat, other".parse().expect("protocols"));
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !cookies.is_empty() {
+        headers.insert("cookie", cookies.join("; ").parse().expect("cookie"));
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().expect("ascii")),
+        Some("chat"),
+        "the sub-protocol the upstream chose"
+    );
+    Ok(ws)
+}
+
+/// The next message that is not a ping or pong, within 10 s.
+async fn next_message(ws: &mut Ws) -> Option<Message> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s")
+}
+
+fn close_of(m: Option<Message>) -> (u16, String) {
+    match m {
+        Some(Message::Close(Some(f))) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_echoes_through_the_route_with_the_bearer_and_closes_from_the_browser() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws/room?x=1", Some(&app.address))
+        .await
+        .expect("the handshake succeeds");
+    futures_util::SinkExt::send(&mut ws, Message::text("hello")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("hello")));
+    let blob = Bytes::from((0..=255u8).collect::<Vec<_>>());
+    futures_util::SinkExt::send(&mut ws, Message::binary(blob.clone())).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::Binary(blob)));
+    futures_util::SinkExt::send(&mut ws, Message::Ping(Bytes::from_static(b"p"))).await.expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("pong in time");
+    assert!(matches!(pong, Some(Ok(Message::Pong(_)))), "{pong:?}");
+
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ws.close(Some(frame)).await.expect("close");
+    assert_eq!(close_of(next_message(&mut ws).await), (1000, "bye".to_owned()));
+
+    let seen = &upstream.connections()[0];
+    assert_eq!(seen.path, "/socket/room");
+    assert_eq!(seen.pings, 1, "the ping reached the upstream");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connections()[0].closed_with.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.connections()[0].closed_with, Some((1000, "bye".to_owned())));
+    let token = seen.headers["authorization"].to_str().expect("ascii");
+    let token = token.strip_prefix("Bearer ").expect("bearer");
+    let claims = app.verify_for(token, app.audience()).await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+    let cookie = seen.headers.get("cookie").map(|v| v.to_str().expect("ascii").to_owned());
+    assert!(!cookie.unwrap_or_default().contains("__Host-avemint"));
+    assert!(!seen.headers.contains_key("sec-websocket-extensions"));
+}
+
+#[tokio::test]
+async fn a_websocket_closed_by_the_upstream_reaches_the_browser_with_its_code() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    futures_util::SinkExt::send(&mut ws, Message::text("close-me")).await.expect("send");
+    assert_eq!(close_of(next_message(&mut ws).await), (4001, "upstream bye".to_owned()));
+}
+
+#[tokio::test]
+async fn a_websocket_is_closed_when_its_session_ends() {
+    let upstream = WsUpstream::start().await;
+    let (app, mut browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    let mut other = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    let session = browser.clone();
+    let logout = app.http.post(app.url("/auth/logout")).header("X-CSRF", "1");
+    assert!(browser.send(logout).await.status().is_success());
+    let started = Instant::now();
+    assert_eq!(close_of(next_message(&mut ws).await), (1008, "session ended".to_owned()));
+    assert!(started.elapsed() <= Duration::from_secs(6), "closed after {:?}", started.elapsed());
+    assert_eq!(close_of(next_message(&mut other).await), (1008, "session ended".to_owned()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connections().iter().any(|c| c.closed_with.is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in upstream.connections() {
+        assert_eq!(c.closed_with, Some((1001, "session ended".to_owned())));
+    }
+    // And the ended session cannot open another.
+    let refused = ws_connect(&app, &session, "/api/ws", Some(&app.address)).await;
+    assert!(matches!(&refused, Err(WsError::Http(r)) if r.status() == 401), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_needs_an_origin_that_is_ours_or_allowed() {
+    let upstream = WsUpstream::start().await;
+    let allowed = "http://localhost:5173";
+    let (app, browser) = ws_app(&upstream, allowed, None).await;
+    for origin in [Some("https://evil.example"), None, Some("null")] {
+        let refused = ws_connect(&app, &browser, "/api/ws", origin).await;
+        match refused {
+            Err(WsError::Http(r)) => {
+                assert_eq!(r.status(), 403, "{origin:?}");
+                let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or_default()).expect("JSON");
+                assert_eq!(body["error"], "invalid_request", "{origin:?}");
+            }
+            other => panic!("{origin:?}: {other:?}"),
+        }
+    }
+    assert!(upstream.connections().is_empty(), "the upstream was never contacted");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(allowed)).await.expect("an allowed origin");
+    futures_util::SinkExt::send(&mut ws, Message::text("hi")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("hi")));
+    // Without a session: 401, upstream not called either.
+    let before = upstream.connections().len();
+    let anonymous = ws_connect(&app, &Browser::default(), "/api/ws", Some(&app.address)).await;
+    assert!(matches!(&anonymous, Err(WsError::Http(r)) if r.status() == 401), "{anonymous:?}");
+    assert_eq!(upstream.connections().len(), before);
+}
+
+#[tokio::test]
+async fn a_refused_or_unreachable_websocket_upstream_answers_like_http() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let refused = ws_connect(&app, &browser, "/api/ws/refuse", Some(&app.address)).await;
+    assert!(matches!(&refused, Err(WsError::Http(r)) if r.status() == 403), "{refused:?}");
+    let down = ws_connect(&app, &browser, "/api/ws-down", Some(&app.address)).await;
+    assert!(matches!(&down, Err(WsError::Http(r)) if r.status() == 502), "{down:?}");
+}
+
+#[tokio::test]
+async fn an_idle_websocket_outlives_the_keep_alive_timeout() {
+    let upstream = WsUpstream::start().await;
+    let keep_alive = Duration::from_secs(1);
+    let (app, browser) = ws_app(&upstream, "", Some(keep_alive)).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    tokio::time::sleep(keep_alive * 3).await;
+    futures_util::SinkExt::send(&mut ws, Message::text("still here")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
+}
