@@ -126,6 +126,21 @@ impl Endpoint for UpstreamEndpoint {
             Response::builder()
                 .content_type("text/event-stream")
                 .body(Body::from_bytes_stream(events))
+        } else if path.ends_with("/trickle") {
+            // Ten bytes announced, five sent, then two seconds of silence before the rest.
+            let halves = futures_util::stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"01234")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Some((Ok(Bytes::from_static(b"56789")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            Response::builder()
+                .header("content-length", "10")
+                .body(Body::from_bytes_stream(halves))
         } else if path.ends_with("/slow") {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::builder().body("late")
@@ -770,4 +785,76 @@ async fn an_idle_websocket_outlives_the_keep_alive_timeout() {
     tokio::time::sleep(keep_alive * 3).await;
     futures_util::SinkExt::send(&mut ws, Message::text("still here")).await.expect("send");
     assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Whole-response bound, header smuggling
+
+#[tokio::test]
+async fn a_non_streaming_answer_must_arrive_whole_within_timeout_ms_and_streams_are_exempt() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = proxy_app(&upstream).await;
+    // `/api/slow` has `timeout_ms = 300`: ten bytes announced, five arrive, the rest only after 2 s: cut.
+    let started = Instant::now();
+    let resp = call(&app, &mut browser, "GET", "/api/slow/trickle", true).await;
+    assert_eq!(resp.status(), 200, "the status was already sent");
+    let (got, complete) = read_all(resp).await;
+    assert!(!complete, "the body is cut, not ended cleanly");
+    assert_eq!(got, b"01234");
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_millis(1500), "cut after {cut:?}");
+    // Server-sent events take 1.5 s on the same route: a stream, so not bounded.
+    let resp = call(&app, &mut browser, "GET", "/api/slow/sse", true).await;
+    let (got, complete) = read_all(resp).await;
+    assert!(complete);
+    assert_eq!(got, b"data: one\n\ndata: two\n\n");
+}
+
+/// A raw request to `/api/orders/…` with the session cookie; `extra` is more header lines (each ending in CRLF)
+/// and `body` follows the head.
+async fn raw_proxied(app: &TestApp, browser: &Browser, line: &str, extra: &str, body: &str) -> u16 {
+    let session = browser.get(SESSION_COOKIE).expect("session");
+    let host = app.address.trim_start_matches("http://");
+    let head = format!("{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Cookie: {SESSION_COOKIE}={session}; theme=dark\r\n\r\n{body}");
+    raw_request(&app.address, &head).await
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_are_addressed_to_avemint_and_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    // `X-CSRF` named in `Connection`: avemint reads it (the request is accepted), the upstream never sees it.
+    let status = raw_proxied(&app, &browser, "GET /api/orders/a", "Connection: close, X-CSRF\r\nX-CSRF: 1\r\n", "").await;
+    assert_eq!(status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-csrf"), None);
+    app.verify_for(&seen.bearer(), "orders-api").await;
+    // `Cookie` named in `Connection`: avemint still reads its session; no cookie at all goes upstream.
+    let status = raw_proxied(&app, &browser, "GET /api/orders/b", "Connection: close, Cookie\r\nX-CSRF: 1\r\n", "").await;
+    assert_eq!(status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/v1/b");
+    assert_eq!(seen.header("cookie"), None);
+    app.verify_for(&seen.bearer(), "orders-api").await;
+}
+
+#[tokio::test]
+async fn ambiguous_body_framing_never_desynchronises_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    let two_lengths = "Connection: close\r\nX-CSRF: 1\r\nContent-Length: 5\r\nContent-Length: 6\r\n";
+    let status = raw_proxied(&app, &browser, "POST /api/orders/cl", two_lengths, "hello!").await;
+    assert_eq!(status, 400, "two different Content-Length values");
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+    // Transfer-Encoding and Content-Length together (RFC 9112 §6.1): the chunked body says 5 bytes, the length 3.
+    // A proxy believing the length would leave `lo\r\n0…` to be read as the next request. The chunked framing
+    // wins, the length is dropped, and the upstream gets exactly the five bytes as one request.
+    let both = "Connection: close\r\nX-CSRF: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n";
+    let smuggled = "5\r\nhello\r\n0\r\n\r\nGET /api/orders/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let status = raw_proxied(&app, &browser, "POST /api/orders/te", both, smuggled).await;
+    assert_eq!(status, 200);
+    let received = upstream.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!((received[0].path.as_str(), received[0].body_len), ("/v1/te", 5));
+    assert_ne!(received[0].header("content-length"), Some("3"));
 }
