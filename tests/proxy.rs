@@ -858,3 +858,114 @@ async fn ambiguous_body_framing_never_desynchronises_the_upstream() {
     assert_eq!((received[0].path.as_str(), received[0].body_len), ("/v1/te", 5));
     assert_ne!(received[0].header("content-length"), Some("3"));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics, renewal
+
+/// The value of the sample line `series value` in `/metrics` (0 if absent).
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_proxied_requests_upstream_latency_and_open_streams_per_route() {
+    let (http, ws) = (Upstream::start().await, WsUpstream::start().await);
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/metered\"\nupstream = \"{}\"\n[[routes]]\npath = \"/api/metered-ws\"\nupstream = \"{}\"\n",
+            http.base, ws.base
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let requests = |status: &str| format!(r#"avemint_proxy_requests_total{{route="/api/metered",status="{status}"}}"#);
+    let streams = |route: &str, kind: &str| format!(r#"avemint_proxy_streams_in_flight{{kind="{kind}",route="{route}"}}"#);
+    // Children exist from start-up, at zero.
+    assert_eq!(metric(&app, &requests("2xx")).await, 0.0);
+    assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 0.0);
+
+    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/x", true).await.status(), 200);
+    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/x", false).await.status(), 403);
+    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/unauthorized", true).await.status(), 401);
+    assert_eq!(metric(&app, &requests("2xx")).await, 1.0);
+    assert_eq!(metric(&app, &requests("4xx")).await, 2.0);
+    let upstream_count = r#"avemint_proxy_upstream_duration_seconds_count{route="/api/metered"}"#;
+    assert_eq!(metric(&app, upstream_count).await, 2.0, "the 403 never went upstream");
+    assert!(metric(&app, r#"avemint_http_requests_total{route="proxied",status="2xx"}"#).await >= 1.0);
+
+    // A server-sent event stream is in flight between its two events; a WebSocket while open.
+    let sse = call(&app, &mut browser, "GET", "/api/metered/sse", true).await;
+    let mut events = sse.bytes_stream();
+    events.next().await.expect("first event").expect("bytes");
+    assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 1.0);
+    while events.next().await.is_some() {}
+    drop(events);
+    let mut socket = ws_connect(&app, &browser, "/api/metered-ws", Some(&app.address)).await.expect("open");
+    assert_eq!(metric(&app, &streams("/api/metered-ws", "websocket")).await, 1.0);
+    socket.close(None).await.expect("close");
+    while next_message(&mut socket).await.is_some_and(|m| !m.is_close()) {}
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (h, w) = (
+            metric(&app, &streams("/api/metered", "http")).await,
+            metric(&app, &streams("/api/metered-ws", "websocket")).await,
+        );
+        if (h, w) == (0.0, 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "streams still counted: http {h}, websocket {w}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(!text.contains("/api/metered/x") && !text.contains("/api/metered/sse"), "raw paths never become labels");
+}
+
+#[tokio::test]
+async fn an_expiring_session_is_renewed_once_during_proxied_calls_and_the_upstream_gets_a_fresh_bearer() {
+    let upstream = Upstream::start().await;
+    let app = TestApp::spawn_with(Options {
+        emulator: Some(ave_emulator::EmulatorConfig {
+            access_token_ttl: Duration::from_secs(2),
+            ..Default::default()
+        }),
+        renewal: Some(avemint::testing::session::RenewalSettings {
+            skew: Duration::ZERO,
+            ..Default::default()
+        }),
+        token_ttl: Some(2),
+        routes_toml: Some(format!("[[routes]]\npath = \"/api/r\"\nupstream = \"{}\"\n", upstream.base)),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    let mut b = browser.clone();
+    assert_eq!(call(&app, &mut b, "GET", "/api/r/first", true).await.status(), 200);
+    let first = upstream.last().bearer();
+    let refreshes = || {
+        app.emulator
+            .token_requests()
+            .iter()
+            .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+            .count()
+    };
+    assert_eq!(refreshes(), 0);
+    // Ave's access token (2 s) and the app JWT (2 s) have run out; ten proxied calls at once.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let statuses = futures_util::future::join_all((0..10).map(|_| {
+        let mut b = browser.clone();
+        let app = &app;
+        async move { call(app, &mut b, "GET", "/api/r/again", true).await.status().as_u16() }
+    }))
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(refreshes(), 1, "Ave saw exactly one refresh");
+    let fresh = upstream.last().bearer();
+    assert_ne!(fresh, first, "a new app JWT");
+    let claims = app.verify_for(&fresh, app.audience()).await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+}
