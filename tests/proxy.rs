@@ -86,13 +86,23 @@ impl Endpoint for UpstreamEndpoint {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let path = req.uri().path().to_owned();
-        let body = req.take_body().into_bytes().await.unwrap_or_default();
+        // `…/sink` counts its body as it streams by; everything else reads it whole.
+        let body_len = if path.ends_with("/sink") {
+            let mut body = req.take_body().into_bytes_stream();
+            let mut n = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                n += chunk.len();
+            }
+            n
+        } else {
+            req.take_body().into_bytes().await.unwrap_or_default().len()
+        };
         self.log.lock().expect("lock").push(Received {
             method: req.method().to_string(),
             path: path.clone(),
             query: req.uri().query().map(str::to_owned),
             headers: req.headers().clone(),
-            body_len: body.len(),
+            body_len,
         });
         Ok(if path.ends_with("/sse") {
             let events = futures_util::stream::unfold(0, |i| async move {
@@ -126,6 +136,11 @@ impl Endpoint for UpstreamEndpoint {
             Response::builder()
                 .content_type("text/event-stream")
                 .body(Body::from_bytes_stream(events))
+        } else if let Some(mib) = path.strip_suffix("-mib").and_then(|p| p.rsplit('/').next()?.parse::<usize>().ok()) {
+            // `…/N-mib`: N MiB generated on the fly, in 64 KiB chunks, chunked (no Content-Length).
+            let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+            let chunks = futures_util::stream::iter((0..mib * 16).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            Response::builder().body(Body::from_bytes_stream(chunks))
         } else if path.ends_with("/trickle") {
             // Ten bytes announced, five sent, then two seconds of silence before the rest.
             let halves = futures_util::stream::unfold(0, |i| async move {
@@ -968,4 +983,119 @@ async fn an_expiring_session_is_renewed_once_during_proxied_calls_and_the_upstre
     assert_ne!(fresh, first, "a new app JWT");
     let claims = app.verify_for(&fresh, app.audience()).await.claims;
     assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory
+
+/// The resident set of process `pid`, in bytes (from `/proc/<pid>/status`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Samples `pid`'s resident set every 50 ms while `work` runs; the largest seen.
+async fn peak_rss_during<T>(pid: u32, work: impl Future<Output = T>) -> (T, u64) {
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss(pid)));
+    let sampler = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let out = work.await;
+    sampler.abort();
+    (out, peak.load(std::sync::atomic::Ordering::Relaxed).max(rss(pid)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
+    const UPLOAD_MIB: usize = 256;
+    const DOWNLOAD_MIB: usize = 1024;
+    const MAX_GROWTH: u64 = 64 * 1024 * 1024;
+    let upstream = Upstream::start().await;
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default()).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let routes = format!(
+        r#"[{{"path": "/api/files", "upstream": "{}", "max_request_bytes": {}, "timeout_ms": 300000}}]"#,
+        upstream.base,
+        (UPLOAD_MIB + 1) * 1024 * 1024
+    );
+    let env = [
+        ("AVEMINT_ROUTES", routes.as_str()),
+        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+    ];
+    let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browser = Browser::default();
+    support::sign_in_at(&http, &emulator, &avemint.base, &mut browser).await;
+    let pid = avemint.child.id();
+    let url = |path: &str| format!("{}{path}", avemint.base);
+    // Warm up: one small call of each kind, so the baseline has the connection pools and buffers in it.
+    let warm = browser.send(http.get(url("/api/files/1-mib")).header("X-CSRF", "1")).await;
+    assert_eq!(read_all(warm).await.0.len(), 1024 * 1024);
+    let before = rss(pid);
+
+    let started = Instant::now();
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let chunks = futures_util::stream::iter((0..UPLOAD_MIB * 16).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let upload = http
+        .post(url("/api/files/sink"))
+        .header("X-CSRF", "1")
+        .body(reqwest::Body::wrap_stream(chunks));
+    let (status, upload_peak) = peak_rss_during(pid, async { browser.send(upload).await.status() }).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().body_len, UPLOAD_MIB * 1024 * 1024, "the whole upload arrived");
+    let upload_time = started.elapsed();
+
+    let started = Instant::now();
+    let download = http.get(url(&format!("/api/files/{DOWNLOAD_MIB}-mib"))).header("X-CSRF", "1");
+    let ((len, complete), download_peak) = peak_rss_during(pid, async {
+        let resp = browser.clone().send(download).await;
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let mut len = 0usize;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => len += c.len(),
+                Err(_) => return (len, false),
+            }
+        }
+        (len, true)
+    })
+    .await;
+    let download_time = started.elapsed();
+    assert!(complete);
+    assert_eq!(len, DOWNLOAD_MIB * 1024 * 1024);
+    let after = rss(pid);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "measured: avemint RSS before {:.1} MiB, peak during a {UPLOAD_MIB} MiB upload {:.1} MiB ({upload_time:?}), \
+         peak during a {DOWNLOAD_MIB} MiB download {:.1} MiB ({download_time:?}), after {:.1} MiB",
+        mib(before),
+        mib(upload_peak),
+        mib(download_peak),
+        mib(after)
+    );
+    for (what, peak) in [("upload", upload_peak), ("download", download_peak)] {
+        assert!(
+            peak.saturating_sub(before) < MAX_GROWTH,
+            "{what}: RSS grew from {:.1} MiB to {:.1} MiB",
+            mib(before),
+            mib(peak)
+        );
+    }
 }
