@@ -87,12 +87,12 @@ impl Mode {
     }
 }
 
-type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;
+type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
 pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)),
+        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)),
         "avemint",
         env!("CARGO_PKG_VERSION"),
     )
@@ -104,7 +104,8 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
-             405 with an `Allow` header.",
+             405 with an `Allow` header. Proxied routes (proxy mode) are configuration, not operations: see the \
+             `Proxy` tag for the answers avemint gives on them.",
     )
 }
 

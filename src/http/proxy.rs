@@ -36,6 +36,53 @@ use crate::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
 use crate::session::Session;
 use crate::traffic::client_ip::ClientIp;
 
+/// The proxied routes in the OpenAPI document: their paths are configuration (`[[routes]]`, `AVEMINT_ROUTES`), so
+/// no operation can list them; a `Proxy` tag describes the answers avemint itself gives on them.
+pub(crate) struct ProxyDoc;
+
+/// The `Proxy` tag's description.
+const PROXY_DOC: &str = "Proxy mode: every configured route prefix (`[[routes]]` `path`, or `AVEMINT_ROUTES`) and the \
+paths below it are forwarded to the route's upstream API with an app JWT of the route's profile as \
+`Authorization: Bearer`; the upstream's answer (status, headers without hop-by-hop ones, body streamed) is passed on \
+unchanged, an upstream 401 included. A WebSocket handshake (`GET` with `Upgrade: websocket`) is forwarded the same \
+way and answered `101` when the upstream switches protocols. Answers avemint gives itself, each a JSON \
+`ErrorBody` `{error, error_description}` with no upstream detail: \
+400 `invalid_request` (a path with a dot segment or an encoded slash, a header that cannot be forwarded); \
+401 `login_required` (no session, an unknown or ended one; the upstream is never called); \
+403 `invalid_request` (`X-CSRF: 1` missing on a request that needs it, a top-level navigation \
+`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS`, or \
+a WebSocket handshake whose `Origin` is missing, `null` or not allowed); \
+405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
+413 `invalid_request` (a body over the route's `max_request_bytes`); \
+414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
+502 `server_error` (the upstream cannot be reached, or Ave answered the session's renewal with an error); \
+503 `temporarily_unavailable` with `Retry-After` (the session store or Ave is unavailable during renewal); \
+504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
+stream (no `text/event-stream`, not chunked without length) whose body has not arrived whole within `timeout_ms` is \
+cut: its status was already sent. Ambiguous request framing (two different `Content-Length` values) is answered 400 \
+by the HTTP server itself, without a body, and never forwarded.";
+
+impl poem_openapi::OpenApi for ProxyDoc {
+    fn meta() -> Vec<poem_openapi::registry::MetaApi> {
+        Vec::new()
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        registry.tags.insert(poem_openapi::registry::MetaTag {
+            name: "Proxy",
+            description: Some(PROXY_DOC),
+            external_docs: None,
+        });
+        <super::errors::ErrorBody as poem_openapi::types::Type>::register(registry);
+    }
+
+    fn add_routes(
+        self,
+        _: &mut std::collections::HashMap<String, std::collections::HashMap<Method, poem::endpoint::BoxEndpoint<'static>>>,
+    ) {
+    }
+}
+
 /// Answers requests to proxied routes and passes every other request on to `inner`.
 pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
