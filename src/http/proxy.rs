@@ -214,7 +214,9 @@ fn switch(
             tracing::debug!("a proxied WebSocket closed before it opened");
             return;
         };
-        let alive = || async { matches!(state.sessions.get(&key).await, Ok(Some(_))) };
+        // A store that cannot answer right now ends nothing (as for HTTP calls served from memory); only a session
+        // known to be gone does.
+        let alive = || async { !matches!(state.sessions.get(&key).await, Ok(None)) };
         if websocket::relay(browser, upstream, alive).await == websocket::Ended::SessionEnded {
             tracing::debug!("a proxied WebSocket was closed because its session ended");
         }

@@ -128,38 +128,16 @@ where
             }
         };
         tokio::select! {
-            m = from_browser.next(), if browser_open => match m {
-                Some(Ok(m)) => {
-                    let close = matches!(m, Message::Close(_));
-                    if to_upstream.send(m).await.is_err() && !close {
-                        break;
-                    }
-                    if close {
-                        closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
-                    }
-                }
-                _ => {
-                    browser_open = false;
-                    let _ = to_upstream.close().await;
+            m = from_browser.next(), if browser_open => {
+                if !pass(m, &mut to_upstream, &mut browser_open).await {
                     closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
                 }
-            },
-            m = from_upstream.next(), if upstream_open => match m {
-                Some(Ok(m)) => {
-                    let close = matches!(m, Message::Close(_));
-                    if to_browser.send(m).await.is_err() && !close {
-                        break;
-                    }
-                    if close {
-                        closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
-                    }
-                }
-                _ => {
-                    upstream_open = false;
-                    let _ = to_browser.close().await;
+            }
+            m = from_upstream.next(), if upstream_open => {
+                if !pass(m, &mut to_browser, &mut upstream_open).await {
                     closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
                 }
-            },
+            }
             _ = check.tick(), if closing.is_none() => {
                 if !alive().await {
                     ended = Ended::SessionEnded;
@@ -174,6 +152,40 @@ where
         }
     }
     ended
+}
+
+/// Passes one message read from one side (open while `from_open`) to the other (`to`). `false` once the closing
+/// has begun: a close frame passed, or the side's connection ended or failed (the other is then sent a close
+/// frame, `1011` after a failure).
+async fn pass<S>(
+    read: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    to: &mut S,
+    from_open: &mut bool,
+) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match read {
+        Some(Ok(m)) => {
+            let close = matches!(m, Message::Close(_));
+            // A send can fail because the other side is closing (a pong crossing its close frame) or gone; either
+            // way its own read reports the end, and that side keeps being read so its close answer is sent.
+            let _ = to.send(m).await;
+            !close
+        }
+        ended => {
+            *from_open = false;
+            let frame = match ended {
+                Some(Err(_)) => Some(CloseFrame {
+                    code: CloseCode::Error,
+                    reason: "the other side failed".into(),
+                }),
+                _ => None,
+            };
+            let _ = to.send(Message::Close(frame)).await;
+            false
+        }
+    }
 }
 
 #[cfg(test)]
