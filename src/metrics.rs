@@ -41,7 +41,9 @@ const BUDGET_WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0
 const LOCK_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
 /// Time to an upstream API's status and headers: 1 ms to a route's default `timeout_ms` (30 s).
-const UPSTREAM_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// The label index of requests that match no route.
 const UNMATCHED: usize = Route::ALL.len();
@@ -472,7 +474,13 @@ pub(crate) fn proxy_route(path: &str) -> ProxyRouteMetrics {
         let class = |c: &str| m.proxy_requests.get_metric_with_label_values(&[path, c]).ok();
         let kind = |k: &str| m.proxy_streams.get_metric_with_label_values(&[path, k]).ok();
         Some(Arc::new(ProxyChildren {
-            requests: [class("1xx")?, class("2xx")?, class("3xx")?, class("4xx")?, class("5xx")?],
+            requests: [
+                class("1xx")?,
+                class("2xx")?,
+                class("3xx")?,
+                class("4xx")?,
+                class("5xx")?,
+            ],
             upstream_seconds: m.proxy_upstream_seconds.get_metric_with_label_values(&[path]).ok()?,
             streams: [kind("http")?, kind("websocket")?],
         }))

@@ -136,7 +136,10 @@ impl Endpoint for UpstreamEndpoint {
             Response::builder()
                 .content_type("text/event-stream")
                 .body(Body::from_bytes_stream(events))
-        } else if let Some(mib) = path.strip_suffix("-mib").and_then(|p| p.rsplit('/').next()?.parse::<usize>().ok()) {
+        } else if let Some(mib) = path
+            .strip_suffix("-mib")
+            .and_then(|p| p.rsplit('/').next()?.parse::<usize>().ok())
+        {
             // `…/N-mib`: N MiB generated on the fly, in 64 KiB chunks, chunked (no Content-Length).
             let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
             let chunks = futures_util::stream::iter((0..mib * 16).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
@@ -553,6 +556,8 @@ impl WsUpstream {
                 log.lock().expect("lock").push(this.clone());
                 tokio::spawn(async move {
                     let record = this.clone();
+                    // The signature is tungstenite's `Callback`.
+                    #[allow(clippy::result_large_err)]
                     let callback = move |req: &WsRequest, mut resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
                         let mut seen = record.lock().expect("lock");
                         seen.path = req.uri().path().to_owned();
@@ -562,9 +567,13 @@ impl WsUpstream {
                             *refused.status_mut() = StatusCode::FORBIDDEN;
                             return Err(refused);
                         }
-                        let offered = req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+                        let offered = req
+                            .headers()
+                            .get("sec-websocket-protocol")
+                            .and_then(|v| v.to_str().ok());
                         if offered.is_some_and(|p| p.split(',').any(|p| p.trim() == "chat")) {
-                            resp.headers_mut().insert("sec-websocket-protocol", "chat".parse().expect("value"));
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", "chat".parse().expect("value"));
                         }
                         Ok(resp)
                     };
@@ -651,7 +660,9 @@ async fn ws_connect(app: &TestApp, browser: &Browser, path: &str, origin: Option
     }
     let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
     assert_eq!(
-        resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().expect("ascii")),
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().expect("ascii")),
         Some("chat"),
         "the sub-protocol the upstream chose"
     );
@@ -687,13 +698,21 @@ async fn a_websocket_echoes_through_the_route_with_the_bearer_and_closes_from_th
     let mut ws = ws_connect(&app, &browser, "/api/ws/room?x=1", Some(&app.address))
         .await
         .expect("the handshake succeeds");
-    futures_util::SinkExt::send(&mut ws, Message::text("hello")).await.expect("send");
+    futures_util::SinkExt::send(&mut ws, Message::text("hello"))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut ws).await, Some(Message::text("hello")));
     let blob = Bytes::from((0..=255u8).collect::<Vec<_>>());
-    futures_util::SinkExt::send(&mut ws, Message::binary(blob.clone())).await.expect("send");
+    futures_util::SinkExt::send(&mut ws, Message::binary(blob.clone()))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut ws).await, Some(Message::Binary(blob)));
-    futures_util::SinkExt::send(&mut ws, Message::Ping(Bytes::from_static(b"p"))).await.expect("ping");
-    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("pong in time");
+    futures_util::SinkExt::send(&mut ws, Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("pong in time");
     assert!(matches!(pong, Some(Ok(Message::Pong(_)))), "{pong:?}");
 
     let frame = CloseFrame {
@@ -715,7 +734,10 @@ async fn a_websocket_echoes_through_the_route_with_the_bearer_and_closes_from_th
     let token = token.strip_prefix("Bearer ").expect("bearer");
     let claims = app.verify_for(token, app.audience()).await.claims;
     assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
-    let cookie = seen.headers.get("cookie").map(|v| v.to_str().expect("ascii").to_owned());
+    let cookie = seen
+        .headers
+        .get("cookie")
+        .map(|v| v.to_str().expect("ascii").to_owned());
     assert!(!cookie.unwrap_or_default().contains("__Host-avemint"));
     assert!(!seen.headers.contains_key("sec-websocket-extensions"));
 }
@@ -724,8 +746,12 @@ async fn a_websocket_echoes_through_the_route_with_the_bearer_and_closes_from_th
 async fn a_websocket_closed_by_the_upstream_reaches_the_browser_with_its_code() {
     let upstream = WsUpstream::start().await;
     let (app, browser) = ws_app(&upstream, "", None).await;
-    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
-    futures_util::SinkExt::send(&mut ws, Message::text("close-me")).await.expect("send");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    futures_util::SinkExt::send(&mut ws, Message::text("close-me"))
+        .await
+        .expect("send");
     assert_eq!(close_of(next_message(&mut ws).await), (4001, "upstream bye".to_owned()));
 }
 
@@ -733,15 +759,29 @@ async fn a_websocket_closed_by_the_upstream_reaches_the_browser_with_its_code() 
 async fn a_websocket_is_closed_when_its_session_ends() {
     let upstream = WsUpstream::start().await;
     let (app, mut browser) = ws_app(&upstream, "", None).await;
-    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
-    let mut other = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    let mut other = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
     let session = browser.clone();
     let logout = app.http.post(app.url("/auth/logout")).header("X-CSRF", "1");
     assert!(browser.send(logout).await.status().is_success());
     let started = Instant::now();
-    assert_eq!(close_of(next_message(&mut ws).await), (1008, "session ended".to_owned()));
-    assert!(started.elapsed() <= Duration::from_secs(6), "closed after {:?}", started.elapsed());
-    assert_eq!(close_of(next_message(&mut other).await), (1008, "session ended".to_owned()));
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1008, "session ended".to_owned())
+    );
+    assert!(
+        started.elapsed() <= Duration::from_secs(6),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        close_of(next_message(&mut other).await),
+        (1008, "session ended".to_owned())
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while upstream.connections().iter().any(|c| c.closed_with.is_none()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -751,7 +791,10 @@ async fn a_websocket_is_closed_when_its_session_ends() {
     }
     // And the ended session cannot open another.
     let refused = ws_connect(&app, &session, "/api/ws", Some(&app.address)).await;
-    assert!(matches!(&refused, Err(WsError::Http(r)) if r.status() == 401), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(WsError::Http(r)) if r.status() == 401),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
@@ -771,13 +814,20 @@ async fn a_websocket_handshake_needs_an_origin_that_is_ours_or_allowed() {
         }
     }
     assert!(upstream.connections().is_empty(), "the upstream was never contacted");
-    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(allowed)).await.expect("an allowed origin");
-    futures_util::SinkExt::send(&mut ws, Message::text("hi")).await.expect("send");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(allowed))
+        .await
+        .expect("an allowed origin");
+    futures_util::SinkExt::send(&mut ws, Message::text("hi"))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut ws).await, Some(Message::text("hi")));
     // Without a session: 401, upstream not called either.
     let before = upstream.connections().len();
     let anonymous = ws_connect(&app, &Browser::default(), "/api/ws", Some(&app.address)).await;
-    assert!(matches!(&anonymous, Err(WsError::Http(r)) if r.status() == 401), "{anonymous:?}");
+    assert!(
+        matches!(&anonymous, Err(WsError::Http(r)) if r.status() == 401),
+        "{anonymous:?}"
+    );
     assert_eq!(upstream.connections().len(), before);
 }
 
@@ -786,7 +836,10 @@ async fn a_refused_or_unreachable_websocket_upstream_answers_like_http() {
     let upstream = WsUpstream::start().await;
     let (app, browser) = ws_app(&upstream, "", None).await;
     let refused = ws_connect(&app, &browser, "/api/ws/refuse", Some(&app.address)).await;
-    assert!(matches!(&refused, Err(WsError::Http(r)) if r.status() == 403), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(WsError::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
     let down = ws_connect(&app, &browser, "/api/ws-down", Some(&app.address)).await;
     assert!(matches!(&down, Err(WsError::Http(r)) if r.status() == 502), "{down:?}");
 }
@@ -796,9 +849,13 @@ async fn an_idle_websocket_outlives_the_keep_alive_timeout() {
     let upstream = WsUpstream::start().await;
     let keep_alive = Duration::from_secs(1);
     let (app, browser) = ws_app(&upstream, "", Some(keep_alive)).await;
-    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await.expect("open");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
     tokio::time::sleep(keep_alive * 3).await;
-    futures_util::SinkExt::send(&mut ws, Message::text("still here")).await.expect("send");
+    futures_util::SinkExt::send(&mut ws, Message::text("still here"))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
 }
 
@@ -830,7 +887,9 @@ async fn a_non_streaming_answer_must_arrive_whole_within_timeout_ms_and_streams_
 async fn raw_proxied(app: &TestApp, browser: &Browser, line: &str, extra: &str, body: &str) -> u16 {
     let session = browser.get(SESSION_COOKIE).expect("session");
     let host = app.address.trim_start_matches("http://");
-    let head = format!("{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Cookie: {SESSION_COOKIE}={session}; theme=dark\r\n\r\n{body}");
+    let head = format!(
+        "{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Cookie: {SESSION_COOKIE}={session}; theme=dark\r\n\r\n{body}"
+    );
     raw_request(&app.address, &head).await
 }
 
@@ -839,13 +898,27 @@ async fn headers_named_in_connection_are_addressed_to_avemint_and_never_reach_th
     let upstream = Upstream::start().await;
     let (app, browser) = proxy_app(&upstream).await;
     // `X-CSRF` named in `Connection`: avemint reads it (the request is accepted), the upstream never sees it.
-    let status = raw_proxied(&app, &browser, "GET /api/orders/a", "Connection: close, X-CSRF\r\nX-CSRF: 1\r\n", "").await;
+    let status = raw_proxied(
+        &app,
+        &browser,
+        "GET /api/orders/a",
+        "Connection: close, X-CSRF\r\nX-CSRF: 1\r\n",
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     let seen = upstream.last();
     assert_eq!(seen.header("x-csrf"), None);
     app.verify_for(&seen.bearer(), "orders-api").await;
     // `Cookie` named in `Connection`: avemint still reads its session; no cookie at all goes upstream.
-    let status = raw_proxied(&app, &browser, "GET /api/orders/b", "Connection: close, Cookie\r\nX-CSRF: 1\r\n", "").await;
+    let status = raw_proxied(
+        &app,
+        &browser,
+        "GET /api/orders/b",
+        "Connection: close, Cookie\r\nX-CSRF: 1\r\n",
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     let seen = upstream.last();
     assert_eq!(seen.path, "/v1/b");
@@ -879,7 +952,15 @@ async fn ambiguous_body_framing_never_desynchronises_the_upstream() {
 
 /// The value of the sample line `series value` in `/metrics` (0 if absent).
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
@@ -899,14 +980,26 @@ async fn metrics_count_proxied_requests_upstream_latency_and_open_streams_per_ro
     .await;
     let mut browser = app.signed_in_browser().await;
     let requests = |status: &str| format!(r#"avemint_proxy_requests_total{{route="/api/metered",status="{status}"}}"#);
-    let streams = |route: &str, kind: &str| format!(r#"avemint_proxy_streams_in_flight{{kind="{kind}",route="{route}"}}"#);
+    let streams =
+        |route: &str, kind: &str| format!(r#"avemint_proxy_streams_in_flight{{kind="{kind}",route="{route}"}}"#);
     // Children exist from start-up, at zero.
     assert_eq!(metric(&app, &requests("2xx")).await, 0.0);
     assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 0.0);
 
-    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/x", true).await.status(), 200);
-    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/x", false).await.status(), 403);
-    assert_eq!(call(&app, &mut browser, "GET", "/api/metered/unauthorized", true).await.status(), 401);
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/x", true).await.status(),
+        200
+    );
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/x", false).await.status(),
+        403
+    );
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/unauthorized", true)
+            .await
+            .status(),
+        401
+    );
     assert_eq!(metric(&app, &requests("2xx")).await, 1.0);
     assert_eq!(metric(&app, &requests("4xx")).await, 2.0);
     let upstream_count = r#"avemint_proxy_upstream_duration_seconds_count{route="/api/metered"}"#;
@@ -920,7 +1013,9 @@ async fn metrics_count_proxied_requests_upstream_latency_and_open_streams_per_ro
     assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 1.0);
     while events.next().await.is_some() {}
     drop(events);
-    let mut socket = ws_connect(&app, &browser, "/api/metered-ws", Some(&app.address)).await.expect("open");
+    let mut socket = ws_connect(&app, &browser, "/api/metered-ws", Some(&app.address))
+        .await
+        .expect("open");
     assert_eq!(metric(&app, &streams("/api/metered-ws", "websocket")).await, 1.0);
     socket.close(None).await.expect("close");
     while next_message(&mut socket).await.is_some_and(|m| !m.is_close()) {}
@@ -933,11 +1028,25 @@ async fn metrics_count_proxied_requests_upstream_latency_and_open_streams_per_ro
         if (h, w) == (0.0, 0.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "streams still counted: http {h}, websocket {w}");
+        assert!(
+            Instant::now() < deadline,
+            "streams still counted: http {h}, websocket {w}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(!text.contains("/api/metered/x") && !text.contains("/api/metered/sse"), "raw paths never become labels");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !text.contains("/api/metered/x") && !text.contains("/api/metered/sse"),
+        "raw paths never become labels"
+    );
 }
 
 #[tokio::test]
@@ -953,7 +1062,10 @@ async fn an_expiring_session_is_renewed_once_during_proxied_calls_and_the_upstre
             ..Default::default()
         }),
         token_ttl: Some(2),
-        routes_toml: Some(format!("[[routes]]\npath = \"/api/r\"\nupstream = \"{}\"\n", upstream.base)),
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/r\"\nupstream = \"{}\"\n",
+            upstream.base
+        )),
         ..Options::default()
     })
     .await;
@@ -1022,7 +1134,9 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
     const DOWNLOAD_MIB: usize = 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
     let upstream = Upstream::start().await;
-    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default()).await.expect("emulator");
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
+        .await
+        .expect("emulator");
     let dir = tempfile::tempdir().expect("dir");
     let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     let routes = format!(
@@ -1045,7 +1159,9 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
     let pid = avemint.child.id();
     let url = |path: &str| format!("{}{path}", avemint.base);
     // Warm up: one small call of each kind, so the baseline has the connection pools and buffers in it.
-    let warm = browser.send(http.get(url("/api/files/1-mib")).header("X-CSRF", "1")).await;
+    let warm = browser
+        .send(http.get(url("/api/files/1-mib")).header("X-CSRF", "1"))
+        .await;
     assert_eq!(read_all(warm).await.0.len(), 1024 * 1024);
     let before = rss(pid);
 
@@ -1058,11 +1174,17 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
         .body(reqwest::Body::wrap_stream(chunks));
     let (status, upload_peak) = peak_rss_during(pid, async { browser.send(upload).await.status() }).await;
     assert_eq!(status, 200);
-    assert_eq!(upstream.last().body_len, UPLOAD_MIB * 1024 * 1024, "the whole upload arrived");
+    assert_eq!(
+        upstream.last().body_len,
+        UPLOAD_MIB * 1024 * 1024,
+        "the whole upload arrived"
+    );
     let upload_time = started.elapsed();
 
     let started = Instant::now();
-    let download = http.get(url(&format!("/api/files/{DOWNLOAD_MIB}-mib"))).header("X-CSRF", "1");
+    let download = http
+        .get(url(&format!("/api/files/{DOWNLOAD_MIB}-mib")))
+        .header("X-CSRF", "1");
     let ((len, complete), download_peak) = peak_rss_during(pid, async {
         let resp = browser.clone().send(download).await;
         assert_eq!(resp.status(), 200);

@@ -78,7 +78,10 @@ impl poem_openapi::OpenApi for ProxyDoc {
 
     fn add_routes(
         self,
-        _: &mut std::collections::HashMap<String, std::collections::HashMap<Method, poem::endpoint::BoxEndpoint<'static>>>,
+        _: &mut std::collections::HashMap<
+            String,
+            std::collections::HashMap<Method, poem::endpoint::BoxEndpoint<'static>>,
+        >,
     ) {
     }
 }
@@ -185,7 +188,10 @@ async fn forward(
     };
     // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent.
     let browser_upgrade = handshake.then(|| req.take_upgrade().ok()).flatten();
-    let answered = state.proxy.forward(route, metrics, out, bearer.token.expose(), client).await;
+    let answered = state
+        .proxy
+        .forward(route, metrics, out, bearer.token.expose(), client)
+        .await;
     let answer = answered.map_err(failed)?;
     match browser_upgrade {
         Some(browser) if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS => {

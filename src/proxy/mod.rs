@@ -143,7 +143,11 @@ impl Proxy {
             .http1_only()
             .build()
             .map_err(|_| ClientError)?;
-        let metrics = routes.all().iter().map(|r| crate::metrics::proxy_route(&r.path)).collect();
+        let metrics = routes
+            .all()
+            .iter()
+            .map(|r| crate::metrics::proxy_route(&r.path))
+            .collect();
         let url = url::Url::parse(public_url.as_str()).map_err(|_| ClientError)?;
         let host = match (url.host_str(), url.port()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -187,8 +191,8 @@ impl Proxy {
         client: std::net::IpAddr,
     ) -> Result<Answer, ForwardError> {
         let started = Instant::now();
-        let handshake = websocket::is_handshake(&out.method, &out.headers)
-            .then(|| websocket::handshake_headers(&out.headers));
+        let handshake =
+            websocket::is_handshake(&out.method, &out.headers).then(|| websocket::handshake_headers(&out.headers));
         let limit = route.max_request_bytes;
         let declared = out
             .headers
