@@ -58,7 +58,7 @@ a WebSocket handshake whose `Origin` is missing, `null` or not allowed); \
 502 `server_error` (the upstream cannot be reached, or Ave answered the session's renewal with an error); \
 503 `temporarily_unavailable` with `Retry-After` (the session store or Ave is unavailable during renewal); \
 504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
-stream (no `text/event-stream`, not chunked without length) whose body has not arrived whole within `timeout_ms` is \
+stream (neither `text/event-stream` nor without `Content-Length`) whose body has not arrived whole within `timeout_ms` is \
 cut: its status was already sent. Ambiguous request framing (two different `Content-Length` values) is answered 400 \
 by the HTTP server itself, without a body, and never forwarded.";
 

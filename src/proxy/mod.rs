@@ -59,21 +59,21 @@ pub(crate) struct Answer {
 
 impl Answer {
     /// Whether the answer is a stream, exempt from the whole-response bound: server-sent events
-    /// (`text/event-stream`), or a chunked body without `Content-Length` (a download generated as it goes). A
-    /// WebSocket is never an `Answer` body.
+    /// (`text/event-stream`), or a body without `Content-Length` sent chunked (HTTP/1.1) or over HTTP/2 (which has
+    /// no chunked encoding): a download generated as it goes. A WebSocket is never an `Answer` body.
     pub(crate) fn is_stream(&self) -> bool {
         let headers = self.response.headers();
         let event_stream = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
-        let chunked = !headers.contains_key(header::CONTENT_LENGTH)
-            && headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.to_ascii_lowercase().contains("chunked"));
-        event_stream || chunked
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"));
+        let framed_as_it_goes = chunked || self.response.version() >= reqwest::Version::HTTP_2;
+        event_stream || (!headers.contains_key(header::CONTENT_LENGTH) && framed_as_it_goes)
     }
 
     /// The body as it arrives, counted in flight by `counted` until it ends or is dropped. A body that is not a
