@@ -12,8 +12,13 @@
 //! [`lock_wait`], [`key_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`]);
 //! the process (`process_*`: memory, CPU, file descriptors) and `avemint_build_info`. None of them
 //! ever sees a token, cookie or secret.
+//!
+//! Proxied routes (proxy mode) are labelled `proxied` in the request metrics
+//! and have their own families labelled by the route's configured `path`
+//! (operator-controlled and bounded, never the request's path), created for
+//! each route at start-up: [`proxy_route`].
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -37,8 +42,15 @@ const BUDGET_WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0
 /// Lock waits are short or a problem: 1 µs to 1 s.
 const LOCK_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
+/// Time to an upstream API's status and headers: 1 ms to a route's default `timeout_ms` (30 s).
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// The label index of requests that match no route.
 const UNMATCHED: usize = Route::ALL.len();
+/// The label index of requests to a proxied route (`proxied`; per route in the `avemint_proxy_*` families).
+const PROXIED: usize = UNMATCHED + 1;
 const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A route label, resolved once per request without allocating.
@@ -52,9 +64,16 @@ impl RouteLabel {
         Self(route.map_or(UNMATCHED, |r| r as usize))
     }
 
+    /// The label of a request to a proxied route.
+    pub(crate) const PROXIED: Self = Self(PROXIED);
+
     /// The label value.
     pub(crate) fn as_str(self) -> &'static str {
-        Route::ALL.get(self.0).map_or("unmatched", |r| r.metric_label())
+        match Route::ALL.get(self.0) {
+            Some(route) => route.metric_label(),
+            None if self.0 == PROXIED => "proxied",
+            None => "unmatched",
+        }
     }
 }
 
@@ -165,6 +184,9 @@ struct Metrics {
     budget_used: [IntGauge; 2],
     budget_limit: [IntGauge; 2],
     budget_waiting: [IntGauge; 2],
+    proxy_requests: IntCounterVec,
+    proxy_upstream_seconds: HistogramVec,
+    proxy_streams: IntGaugeVec,
 }
 
 /// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
@@ -326,9 +348,36 @@ fn build() -> Result<Metrics, prometheus::Error> {
     #[cfg(target_os = "linux")]
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-    let routes = (0..=UNMATCHED).map(|i| RouteLabel(i).as_str());
-    let mut requests = Vec::with_capacity(UNMATCHED + 1);
-    let mut request_seconds = Vec::with_capacity(UNMATCHED + 1);
+    let proxy_requests = IntCounterVec::new(
+        Opts::new(
+            "avemint_proxy_requests_total",
+            "Requests to proxied routes by route (its configured path) and status class",
+        ),
+        &["route", "status"],
+    )?;
+    let proxy_upstream_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "avemint_proxy_upstream_duration_seconds",
+            "Time from sending a proxied request upstream to the upstream's status and headers, by route",
+        )
+        .buckets(UPSTREAM_BUCKETS.to_vec()),
+        &["route"],
+    )?;
+    let proxy_streams = IntGaugeVec::new(
+        Opts::new(
+            "avemint_proxy_streams_in_flight",
+            "Proxied answers still streaming to the browser (kind http) and open proxied WebSockets (kind \
+             websocket), by route",
+        ),
+        &["route", "kind"],
+    )?;
+    registry.register(Box::new(proxy_requests.clone()))?;
+    registry.register(Box::new(proxy_upstream_seconds.clone()))?;
+    registry.register(Box::new(proxy_streams.clone()))?;
+
+    let routes = (0..=PROXIED).map(|i| RouteLabel(i).as_str());
+    let mut requests = Vec::with_capacity(PROXIED + 1);
+    let mut request_seconds = Vec::with_capacity(PROXIED + 1);
     for route in routes {
         let mut row = Vec::with_capacity(STATUS_CLASSES.len());
         for class in STATUS_CLASSES {
@@ -370,6 +419,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_used,
         budget_limit,
         budget_waiting,
+        proxy_requests,
+        proxy_upstream_seconds,
+        proxy_streams,
     })
 }
 
@@ -506,6 +558,84 @@ pub(crate) fn ave_budget(class: usize, used: u32, limit: u32, waiting: u32) {
     }
 }
 
+/// What streams through a proxied route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    /// An HTTP answer whose body is still being sent.
+    Http,
+    /// An open WebSocket.
+    WebSocket,
+}
+
+/// The metrics of one proxied route, its children created once (at start-up).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProxyRouteMetrics(Option<Arc<ProxyChildren>>);
+
+#[derive(Debug)]
+struct ProxyChildren {
+    requests: [IntCounter; 5],
+    upstream_seconds: Histogram,
+    /// `[StreamKind]`.
+    streams: [IntGauge; 2],
+}
+
+/// Creates the children of the proxied route whose configured path is `path` (all zero until used).
+pub(crate) fn proxy_route(path: &str) -> ProxyRouteMetrics {
+    let children = metrics().and_then(|m| {
+        let class = |c: &str| m.proxy_requests.get_metric_with_label_values(&[path, c]).ok();
+        let kind = |k: &str| m.proxy_streams.get_metric_with_label_values(&[path, k]).ok();
+        Some(Arc::new(ProxyChildren {
+            requests: [
+                class("1xx")?,
+                class("2xx")?,
+                class("3xx")?,
+                class("4xx")?,
+                class("5xx")?,
+            ],
+            upstream_seconds: m.proxy_upstream_seconds.get_metric_with_label_values(&[path]).ok()?,
+            streams: [kind("http")?, kind("websocket")?],
+        }))
+    });
+    ProxyRouteMetrics(children)
+}
+
+impl ProxyRouteMetrics {
+    /// Counts one answered request (avemint's own refusals included).
+    pub(crate) fn request(&self, status: u16) {
+        if let Some(c) = &self.0 {
+            c.requests[usize::from(status / 100).clamp(1, 5) - 1].inc();
+        }
+    }
+
+    /// Records how long the upstream took to send its status and headers.
+    pub(crate) fn upstream_latency(&self, elapsed: Duration) {
+        if let Some(c) = &self.0 {
+            c.upstream_seconds.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// One more stream in flight, until the returned guard is dropped.
+    pub(crate) fn stream(&self, kind: StreamKind) -> InFlightStream {
+        let gauge = self.0.as_ref().map(|c| c.streams[kind as usize].clone());
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        InFlightStream(gauge)
+    }
+}
+
+/// A stream counted in `avemint_proxy_streams_in_flight` while it lives.
+#[derive(Debug)]
+pub(crate) struct InFlightStream(Option<IntGauge>);
+
+impl Drop for InFlightStream {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
 /// Renders every metric in the Prometheus text format, plus the derived
 /// `avemint_session_cache_hit_ratio` gauge.
 pub(crate) fn render() -> String {
@@ -539,6 +669,7 @@ mod tests {
         assert_eq!(RouteLabel::of(Some(Route::Token)).as_str(), "/auth/token");
         assert_eq!(RouteLabel::of(Route::of("/docs/index.js")).as_str(), "/docs");
         assert_eq!(RouteLabel::of(None).as_str(), "unmatched");
+        assert_eq!(RouteLabel::PROXIED.as_str(), "proxied");
     }
 
     #[test]
@@ -559,7 +690,14 @@ mod tests {
         key_reload(false);
         store_pool(3, 5, 10);
         ave_budget(1, 7, 120, 2);
+        let route = proxy_route("/api/unit");
+        route.request(502);
+        route.upstream_latency(Duration::from_millis(2));
+        let open = route.stream(StreamKind::WebSocket);
         let text = render();
+        assert!(text.contains(r#"avemint_proxy_streams_in_flight{kind="websocket",route="/api/unit"} 1"#));
+        drop(open);
+        assert!(render().contains(r#"avemint_proxy_streams_in_flight{kind="websocket",route="/api/unit"} 0"#));
         for needle in [
             r#"avemint_http_requests_total{route="/healthz",status="2xx"}"#,
             r#"avemint_http_requests_total{route="unmatched",status="4xx"}"#,
@@ -585,6 +723,10 @@ mod tests {
             "process_resident_memory_bytes ",
             "process_open_fds ",
             "process_cpu_seconds_total ",
+            r#"avemint_proxy_requests_total{route="/api/unit",status="5xx"} 1"#,
+            r#"avemint_proxy_requests_total{route="/api/unit",status="2xx"} 0"#,
+            r#"avemint_proxy_upstream_duration_seconds_count{route="/api/unit"} 1"#,
+            r#"avemint_proxy_streams_in_flight{kind="http",route="/api/unit"} 0"#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

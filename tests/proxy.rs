@@ -86,13 +86,23 @@ impl Endpoint for UpstreamEndpoint {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let path = req.uri().path().to_owned();
-        let body = req.take_body().into_bytes().await.unwrap_or_default();
+        // `…/sink` counts its body as it streams by; everything else reads it whole.
+        let body_len = if path.ends_with("/sink") {
+            let mut body = req.take_body().into_bytes_stream();
+            let mut n = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                n += chunk.len();
+            }
+            n
+        } else {
+            req.take_body().into_bytes().await.unwrap_or_default().len()
+        };
         self.log.lock().expect("lock").push(Received {
             method: req.method().to_string(),
             path: path.clone(),
             query: req.uri().query().map(str::to_owned),
             headers: req.headers().clone(),
-            body_len: body.len(),
+            body_len,
         });
         Ok(if path.ends_with("/sse") {
             let events = futures_util::stream::unfold(0, |i| async move {
@@ -126,6 +136,29 @@ impl Endpoint for UpstreamEndpoint {
             Response::builder()
                 .content_type("text/event-stream")
                 .body(Body::from_bytes_stream(events))
+        } else if let Some(mib) = path
+            .strip_suffix("-mib")
+            .and_then(|p| p.rsplit('/').next()?.parse::<usize>().ok())
+        {
+            // `…/N-mib`: N MiB generated on the fly, in 64 KiB chunks, chunked (no Content-Length).
+            let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+            let chunks = futures_util::stream::iter((0..mib * 16).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            Response::builder().body(Body::from_bytes_stream(chunks))
+        } else if path.ends_with("/trickle") {
+            // Ten bytes announced, five sent, then two seconds of silence before the rest.
+            let halves = futures_util::stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"01234")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Some((Ok(Bytes::from_static(b"56789")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            Response::builder()
+                .header("content-length", "10")
+                .body(Body::from_bytes_stream(halves))
         } else if path.ends_with("/slow") {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::builder().body("late")
@@ -482,4 +515,709 @@ async fn a_connection_header_naming_authorization_cannot_remove_avemints_bearer(
     assert_ne!(token, "from-the-browser");
     app.verify_for(&token, "orders-api").await;
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// WebSockets
+
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// What the WebSocket upstream saw of one connection.
+#[derive(Debug, Clone, Default)]
+struct WsSeen {
+    path: String,
+    headers: HeaderMap,
+    pings: usize,
+    /// The close frame the browser's side sent (code, reason), if any.
+    closed_with: Option<(u16, String)>,
+}
+
+/// A WebSocket upstream on loopback: echoes text and binary messages; `close-me` makes it close with 4001;
+/// a path ending in `/refuse` refuses the handshake with 403. It offers back `chat` when the client asks for it.
+struct WsUpstream {
+    base: String,
+    seen: Arc<Mutex<Vec<Arc<Mutex<WsSeen>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsUpstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen: Arc<Mutex<Vec<Arc<Mutex<WsSeen>>>>> = Arc::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let this = Arc::new(Mutex::new(WsSeen::default()));
+                log.lock().expect("lock").push(this.clone());
+                tokio::spawn(async move {
+                    let record = this.clone();
+                    // The signature is tungstenite's `Callback`.
+                    #[allow(clippy::result_large_err)]
+                    let callback = move |req: &WsRequest, mut resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
+                        let mut seen = record.lock().expect("lock");
+                        seen.path = req.uri().path().to_owned();
+                        seen.headers = req.headers().clone();
+                        if seen.path.ends_with("/refuse") {
+                            let mut refused = ErrorResponse::new(Some("no".into()));
+                            *refused.status_mut() = StatusCode::FORBIDDEN;
+                            return Err(refused);
+                        }
+                        let offered = req
+                            .headers()
+                            .get("sec-websocket-protocol")
+                            .and_then(|v| v.to_str().ok());
+                        if offered.is_some_and(|p| p.split(',').any(|p| p.trim() == "chat")) {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", "chat".parse().expect("value"));
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                        return;
+                    };
+                    while let Some(Ok(m)) = ws.next().await {
+                        match m {
+                            Message::Text(t) if t.as_str() == "close-me" => {
+                                let frame = CloseFrame {
+                                    code: CloseCode::from(4001),
+                                    reason: "upstream bye".into(),
+                                };
+                                let _ = ws.close(Some(frame)).await;
+                            }
+                            Message::Text(_) | Message::Binary(_) => {
+                                let _ = futures_util::SinkExt::send(&mut ws, m).await;
+                            }
+                            Message::Ping(_) => this.lock().expect("lock").pings += 1,
+                            Message::Close(frame) => {
+                                this.lock().expect("lock").closed_with =
+                                    frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self { base, seen, task }
+    }
+
+    fn connections(&self) -> Vec<WsSeen> {
+        let all = self.seen.lock().expect("lock");
+        all.iter().map(|c| c.lock().expect("lock").clone()).collect()
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// avemint with a route `/api/ws` to `upstream` (allowing `allowed` as another origin, with `keep_alive`), and a
+/// signed-in browser.
+async fn ws_app(upstream: &WsUpstream, allowed: &str, keep_alive: Option<Duration>) -> (TestApp, Browser) {
+    let base = &upstream.base;
+    let mut security = avemint::testing::http::security::SecuritySettings {
+        allowed_origins: avemint::testing::http::cors::AllowedOrigins::parse(allowed).expect("origins"),
+        ..Default::default()
+    };
+    if let Some(keep_alive) = keep_alive {
+        security.connection_timeouts.keep_alive = keep_alive;
+    }
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{base}/socket\"\nmethods = [\"GET\"]\n\
+             [[routes]]\npath = \"/api/ws-down\"\nupstream = \"http://127.0.0.1:{}\"\n",
+            free_port()
+        )),
+        security: Some(security),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    (app, browser)
+}
+
+/// Opens a WebSocket to `path` with `origin` (none: no `Origin` header) and the browser's cookies.
+async fn ws_connect(app: &TestApp, browser: &Browser, path: &str, origin: Option<&str>) -> Result<Ws, WsError> {
+    let url = format!("{}{path}", app.address.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().expect("request");
+    let headers = req.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert("origin", origin.parse().expect("origin"));
+    }
+    headers.insert("sec-websocket-protocol", "chat, other".parse().expect("protocols"));
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !cookies.is_empty() {
+        headers.insert("cookie", cookies.join("; ").parse().expect("cookie"));
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().expect("ascii")),
+        Some("chat"),
+        "the sub-protocol the upstream chose"
+    );
+    Ok(ws)
+}
+
+/// The next message that is not a ping or pong, within 10 s.
+async fn next_message(ws: &mut Ws) -> Option<Message> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s")
+}
+
+fn close_of(m: Option<Message>) -> (u16, String) {
+    match m {
+        Some(Message::Close(Some(f))) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_echoes_through_the_route_with_the_bearer_and_closes_from_the_browser() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws/room?x=1", Some(&app.address))
+        .await
+        .expect("the handshake succeeds");
+    futures_util::SinkExt::send(&mut ws, Message::text("hello"))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("hello")));
+    let blob = Bytes::from((0..=255u8).collect::<Vec<_>>());
+    futures_util::SinkExt::send(&mut ws, Message::binary(blob.clone()))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::Binary(blob)));
+    futures_util::SinkExt::send(&mut ws, Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("pong in time");
+    assert!(matches!(pong, Some(Ok(Message::Pong(_)))), "{pong:?}");
+
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ws.close(Some(frame)).await.expect("close");
+    assert_eq!(close_of(next_message(&mut ws).await), (1000, "bye".to_owned()));
+
+    let seen = &upstream.connections()[0];
+    assert_eq!(seen.path, "/socket/room");
+    assert_eq!(seen.pings, 1, "the ping reached the upstream");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connections()[0].closed_with.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.connections()[0].closed_with, Some((1000, "bye".to_owned())));
+    let token = seen.headers["authorization"].to_str().expect("ascii");
+    let token = token.strip_prefix("Bearer ").expect("bearer");
+    let claims = app.verify_for(token, app.audience()).await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+    let cookie = seen
+        .headers
+        .get("cookie")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    assert!(!cookie.unwrap_or_default().contains("__Host-avemint"));
+    assert!(!seen.headers.contains_key("sec-websocket-extensions"));
+}
+
+#[tokio::test]
+async fn a_websocket_closed_by_the_upstream_reaches_the_browser_with_its_code() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    futures_util::SinkExt::send(&mut ws, Message::text("close-me"))
+        .await
+        .expect("send");
+    assert_eq!(close_of(next_message(&mut ws).await), (4001, "upstream bye".to_owned()));
+}
+
+#[tokio::test]
+async fn a_websocket_is_closed_when_its_session_ends() {
+    let upstream = WsUpstream::start().await;
+    let (app, mut browser) = ws_app(&upstream, "", None).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    let mut other = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    let session = browser.clone();
+    let logout = app.http.post(app.url("/auth/logout")).header("X-CSRF", "1");
+    assert!(browser.send(logout).await.status().is_success());
+    let started = Instant::now();
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1008, "session ended".to_owned())
+    );
+    assert!(
+        started.elapsed() <= Duration::from_secs(6),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        close_of(next_message(&mut other).await),
+        (1008, "session ended".to_owned())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connections().iter().any(|c| c.closed_with.is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in upstream.connections() {
+        assert_eq!(c.closed_with, Some((1001, "session ended".to_owned())));
+    }
+    // And the ended session cannot open another.
+    let refused = ws_connect(&app, &session, "/api/ws", Some(&app.address)).await;
+    assert!(
+        matches!(&refused, Err(WsError::Http(r)) if r.status() == 401),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_needs_an_origin_that_is_ours_or_allowed() {
+    let upstream = WsUpstream::start().await;
+    let allowed = "http://localhost:5173";
+    let (app, browser) = ws_app(&upstream, allowed, None).await;
+    for origin in [Some("https://evil.example"), None, Some("null")] {
+        let refused = ws_connect(&app, &browser, "/api/ws", origin).await;
+        match refused {
+            Err(WsError::Http(r)) => {
+                assert_eq!(r.status(), 403, "{origin:?}");
+                let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or_default()).expect("JSON");
+                assert_eq!(body["error"], "invalid_request", "{origin:?}");
+            }
+            other => panic!("{origin:?}: {other:?}"),
+        }
+    }
+    assert!(upstream.connections().is_empty(), "the upstream was never contacted");
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(allowed))
+        .await
+        .expect("an allowed origin");
+    futures_util::SinkExt::send(&mut ws, Message::text("hi"))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("hi")));
+    // Without a session: 401, upstream not called either.
+    let before = upstream.connections().len();
+    let anonymous = ws_connect(&app, &Browser::default(), "/api/ws", Some(&app.address)).await;
+    assert!(
+        matches!(&anonymous, Err(WsError::Http(r)) if r.status() == 401),
+        "{anonymous:?}"
+    );
+    assert_eq!(upstream.connections().len(), before);
+}
+
+#[tokio::test]
+async fn a_refused_or_unreachable_websocket_upstream_answers_like_http() {
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    let refused = ws_connect(&app, &browser, "/api/ws/refuse", Some(&app.address)).await;
+    assert!(
+        matches!(&refused, Err(WsError::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    let down = ws_connect(&app, &browser, "/api/ws-down", Some(&app.address)).await;
+    assert!(matches!(&down, Err(WsError::Http(r)) if r.status() == 502), "{down:?}");
+}
+
+#[tokio::test]
+async fn an_idle_websocket_outlives_the_keep_alive_timeout() {
+    let upstream = WsUpstream::start().await;
+    let keep_alive = Duration::from_secs(1);
+    let (app, browser) = ws_app(&upstream, "", Some(keep_alive)).await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    tokio::time::sleep(keep_alive * 3).await;
+    futures_util::SinkExt::send(&mut ws, Message::text("still here"))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Whole-response bound, header smuggling
+
+#[tokio::test]
+async fn a_non_streaming_answer_must_arrive_whole_within_timeout_ms_and_streams_are_exempt() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = proxy_app(&upstream).await;
+    // `/api/slow` has `timeout_ms = 300`: ten bytes announced, five arrive, the rest only after 2 s: cut.
+    let started = Instant::now();
+    let resp = call(&app, &mut browser, "GET", "/api/slow/trickle", true).await;
+    assert_eq!(resp.status(), 200, "the status was already sent");
+    let (got, complete) = read_all(resp).await;
+    assert!(!complete, "the body is cut, not ended cleanly");
+    assert_eq!(got, b"01234");
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_millis(1500), "cut after {cut:?}");
+    // Server-sent events take 1.5 s on the same route: a stream, so not bounded.
+    let resp = call(&app, &mut browser, "GET", "/api/slow/sse", true).await;
+    let (got, complete) = read_all(resp).await;
+    assert!(complete);
+    assert_eq!(got, b"data: one\n\ndata: two\n\n");
+}
+
+/// A raw request to `/api/orders/…` with the session cookie; `extra` is more header lines (each ending in CRLF)
+/// and `body` follows the head.
+async fn raw_proxied(app: &TestApp, browser: &Browser, line: &str, extra: &str, body: &str) -> u16 {
+    let session = browser.get(SESSION_COOKIE).expect("session");
+    let host = app.address.trim_start_matches("http://");
+    let head = format!(
+        "{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Cookie: {SESSION_COOKIE}={session}; theme=dark\r\n\r\n{body}"
+    );
+    raw_request(&app.address, &head).await
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_are_addressed_to_avemint_and_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    // `X-CSRF` named in `Connection`: avemint reads it (the request is accepted), the upstream never sees it.
+    let status = raw_proxied(
+        &app,
+        &browser,
+        "GET /api/orders/a",
+        "Connection: close, X-CSRF\r\nX-CSRF: 1\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-csrf"), None);
+    app.verify_for(&seen.bearer(), "orders-api").await;
+    // `Cookie` named in `Connection`: avemint still reads its session; no cookie at all goes upstream.
+    let status = raw_proxied(
+        &app,
+        &browser,
+        "GET /api/orders/b",
+        "Connection: close, Cookie\r\nX-CSRF: 1\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/v1/b");
+    assert_eq!(seen.header("cookie"), None);
+    app.verify_for(&seen.bearer(), "orders-api").await;
+}
+
+#[tokio::test]
+async fn ambiguous_body_framing_never_desynchronises_the_upstream() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    let two_lengths = "Connection: close\r\nX-CSRF: 1\r\nContent-Length: 5\r\nContent-Length: 6\r\n";
+    let status = raw_proxied(&app, &browser, "POST /api/orders/cl", two_lengths, "hello!").await;
+    assert_eq!(status, 400, "two different Content-Length values");
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+    // Transfer-Encoding and Content-Length together (RFC 9112 §6.1): the chunked body says 5 bytes, the length 3.
+    // A proxy believing the length would leave `lo\r\n0…` to be read as the next request. The chunked framing
+    // wins, the length is dropped, and the upstream gets exactly the five bytes as one request.
+    let both = "Connection: close\r\nX-CSRF: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n";
+    let smuggled = "5\r\nhello\r\n0\r\n\r\nGET /api/orders/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let status = raw_proxied(&app, &browser, "POST /api/orders/te", both, smuggled).await;
+    assert_eq!(status, 200);
+    let received = upstream.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!((received[0].path.as_str(), received[0].body_len), ("/v1/te", 5));
+    assert_ne!(received[0].header("content-length"), Some("3"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics, renewal
+
+/// The value of the sample line `series value` in `/metrics` (0 if absent).
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_proxied_requests_upstream_latency_and_open_streams_per_route() {
+    let (http, ws) = (Upstream::start().await, WsUpstream::start().await);
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/metered\"\nupstream = \"{}\"\n[[routes]]\npath = \"/api/metered-ws\"\nupstream = \"{}\"\n",
+            http.base, ws.base
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let requests = |status: &str| format!(r#"avemint_proxy_requests_total{{route="/api/metered",status="{status}"}}"#);
+    let streams =
+        |route: &str, kind: &str| format!(r#"avemint_proxy_streams_in_flight{{kind="{kind}",route="{route}"}}"#);
+    // Children exist from start-up, at zero.
+    assert_eq!(metric(&app, &requests("2xx")).await, 0.0);
+    assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 0.0);
+
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/x", true).await.status(),
+        200
+    );
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/x", false).await.status(),
+        403
+    );
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/metered/unauthorized", true)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(metric(&app, &requests("2xx")).await, 1.0);
+    assert_eq!(metric(&app, &requests("4xx")).await, 2.0);
+    let upstream_count = r#"avemint_proxy_upstream_duration_seconds_count{route="/api/metered"}"#;
+    assert_eq!(metric(&app, upstream_count).await, 2.0, "the 403 never went upstream");
+    assert!(metric(&app, r#"avemint_http_requests_total{route="proxied",status="2xx"}"#).await >= 1.0);
+
+    // A server-sent event stream is in flight between its two events; a WebSocket while open.
+    let sse = call(&app, &mut browser, "GET", "/api/metered/sse", true).await;
+    let mut events = sse.bytes_stream();
+    events.next().await.expect("first event").expect("bytes");
+    assert_eq!(metric(&app, &streams("/api/metered", "http")).await, 1.0);
+    while events.next().await.is_some() {}
+    drop(events);
+    let mut socket = ws_connect(&app, &browser, "/api/metered-ws", Some(&app.address))
+        .await
+        .expect("open");
+    assert_eq!(metric(&app, &streams("/api/metered-ws", "websocket")).await, 1.0);
+    socket.close(None).await.expect("close");
+    while next_message(&mut socket).await.is_some_and(|m| !m.is_close()) {}
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (h, w) = (
+            metric(&app, &streams("/api/metered", "http")).await,
+            metric(&app, &streams("/api/metered-ws", "websocket")).await,
+        );
+        if (h, w) == (0.0, 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams still counted: http {h}, websocket {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !text.contains("/api/metered/x") && !text.contains("/api/metered/sse"),
+        "raw paths never become labels"
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_session_is_renewed_once_during_proxied_calls_and_the_upstream_gets_a_fresh_bearer() {
+    let upstream = Upstream::start().await;
+    let app = TestApp::spawn_with(Options {
+        emulator: Some(ave_emulator::EmulatorConfig {
+            access_token_ttl: Duration::from_secs(2),
+            ..Default::default()
+        }),
+        renewal: Some(avemint::testing::session::RenewalSettings {
+            skew: Duration::ZERO,
+            ..Default::default()
+        }),
+        token_ttl: Some(2),
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/r\"\nupstream = \"{}\"\n",
+            upstream.base
+        )),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    let mut b = browser.clone();
+    assert_eq!(call(&app, &mut b, "GET", "/api/r/first", true).await.status(), 200);
+    let first = upstream.last().bearer();
+    let refreshes = || {
+        app.emulator
+            .token_requests()
+            .iter()
+            .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+            .count()
+    };
+    assert_eq!(refreshes(), 0);
+    // Ave's access token (2 s) and the app JWT (2 s) have run out; ten proxied calls at once.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let statuses = futures_util::future::join_all((0..10).map(|_| {
+        let mut b = browser.clone();
+        let app = &app;
+        async move { call(app, &mut b, "GET", "/api/r/again", true).await.status().as_u16() }
+    }))
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(refreshes(), 1, "Ave saw exactly one refresh");
+    let fresh = upstream.last().bearer();
+    assert_ne!(fresh, first, "a new app JWT");
+    let claims = app.verify_for(&fresh, app.audience()).await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory
+
+/// The resident set of process `pid`, in bytes (from `/proc/<pid>/status`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Samples `pid`'s resident set every 50 ms while `work` runs; the largest seen.
+async fn peak_rss_during<T>(pid: u32, work: impl Future<Output = T>) -> (T, u64) {
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss(pid)));
+    let sampler = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let out = work.await;
+    sampler.abort();
+    (out, peak.load(std::sync::atomic::Ordering::Relaxed).max(rss(pid)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
+    const UPLOAD_MIB: usize = 256;
+    const DOWNLOAD_MIB: usize = 1024;
+    const MAX_GROWTH: u64 = 64 * 1024 * 1024;
+    let upstream = Upstream::start().await;
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
+        .await
+        .expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let routes = format!(
+        r#"[{{"path": "/api/files", "upstream": "{}", "max_request_bytes": {}, "timeout_ms": 300000}}]"#,
+        upstream.base,
+        (UPLOAD_MIB + 1) * 1024 * 1024
+    );
+    let env = [
+        ("AVEMINT_ROUTES", routes.as_str()),
+        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+    ];
+    let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
+    emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browser = Browser::default();
+    support::sign_in_at(&http, &emulator, &avemint.base, &mut browser).await;
+    let pid = avemint.child.id();
+    let url = |path: &str| format!("{}{path}", avemint.base);
+    // Warm up: one small call of each kind, so the baseline has the connection pools and buffers in it.
+    let warm = browser
+        .send(http.get(url("/api/files/1-mib")).header("X-CSRF", "1"))
+        .await;
+    assert_eq!(read_all(warm).await.0.len(), 1024 * 1024);
+    let before = rss(pid);
+
+    let started = Instant::now();
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let chunks = futures_util::stream::iter((0..UPLOAD_MIB * 16).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let upload = http
+        .post(url("/api/files/sink"))
+        .header("X-CSRF", "1")
+        .body(reqwest::Body::wrap_stream(chunks));
+    let (status, upload_peak) = peak_rss_during(pid, async { browser.send(upload).await.status() }).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.last().body_len,
+        UPLOAD_MIB * 1024 * 1024,
+        "the whole upload arrived"
+    );
+    let upload_time = started.elapsed();
+
+    let started = Instant::now();
+    let download = http
+        .get(url(&format!("/api/files/{DOWNLOAD_MIB}-mib")))
+        .header("X-CSRF", "1");
+    let ((len, complete), download_peak) = peak_rss_during(pid, async {
+        let resp = browser.clone().send(download).await;
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let mut len = 0usize;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => len += c.len(),
+                Err(_) => return (len, false),
+            }
+        }
+        (len, true)
+    })
+    .await;
+    let download_time = started.elapsed();
+    assert!(complete);
+    assert_eq!(len, DOWNLOAD_MIB * 1024 * 1024);
+    let after = rss(pid);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "measured: avemint RSS before {:.1} MiB, peak during a {UPLOAD_MIB} MiB upload {:.1} MiB ({upload_time:?}), \
+         peak during a {DOWNLOAD_MIB} MiB download {:.1} MiB ({download_time:?}), after {:.1} MiB",
+        mib(before),
+        mib(upload_peak),
+        mib(download_peak),
+        mib(after)
+    );
+    for (what, peak) in [("upload", upload_peak), ("download", download_peak)] {
+        assert!(
+            peak.saturating_sub(before) < MAX_GROWTH,
+            "{what}: RSS grew from {:.1} MiB to {:.1} MiB",
+            mib(before),
+            mib(peak)
+        );
+    }
 }

@@ -89,12 +89,12 @@ impl Mode {
     }
 }
 
-type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;
+type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
 pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)),
+        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)),
         "avemint",
         env!("CARGO_PKG_VERSION"),
     )
@@ -106,7 +106,8 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
-             405 with an `Allow` header.",
+             405 with an `Allow` header. Proxied routes (proxy mode) are configuration, not operations: see the \
+             `Proxy` tag for the answers avemint gives on them.",
     )
 }
 
@@ -145,12 +146,13 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
     };
     let guard = security::Guard::new(&state.public_url, state.security.clone(), state.proxy.routes().clone());
     let allow = Arc::new(allowed_methods());
+    let proxy_state = state.clone();
     route
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
-            let (guard, allow) = (guard.clone(), allow.clone());
-            async move { Ok(respond(ep, req, mode, &guard, &allow).await) }
+            let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
+            async move { Ok(respond(ep, req, mode, &guard, &allow, &state.proxy).await) }
         })
 }
 
@@ -212,6 +214,7 @@ async fn respond<E: Endpoint>(
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
+    proxy: &crate::proxy::Proxy,
 ) -> Response {
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
@@ -220,7 +223,7 @@ async fn respond<E: Endpoint>(
     if guard.trusts_peer(&req) {
         crate::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow)
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow, proxy)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -239,10 +242,15 @@ async fn respond_in_span<E: Endpoint>(
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
+    proxy: &crate::proxy::Proxy,
 ) -> Response {
     let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
-    let route = crate::metrics::RouteLabel::of(served);
+    let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
+    let route = match proxied {
+        Some(_) => crate::metrics::RouteLabel::PROXIED,
+        None => crate::metrics::RouteLabel::of(served),
+    };
     let mut resp = match admitted {
         Ok(mut req) => {
             // Cookie changes reach the answer whatever it is, errors included.
@@ -267,6 +275,9 @@ async fn respond_in_span<E: Endpoint>(
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     crate::metrics::record_request(route, status, elapsed);
+    if let Some(metrics) = proxied {
+        metrics.request(status);
+    }
     macro_rules! access {
         ($level:expr) => {
             tracing::event!(target: "avemint::access", $level, %method, path = %seen.path, client_ip = %seen.client, status, elapsed_ms = elapsed.as_millis() as u64, "request")

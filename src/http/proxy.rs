@@ -10,32 +10,111 @@
 //! route's profile and the call (`proxy::Proxy::forward`). The guard has
 //! already applied the origin check of `/auth/*` to these paths. Errors are
 //! `{error, error_description}` JSON without upstream detail.
+//!
+//! A WebSocket handshake (`Upgrade: websocket`) takes the same path, except
+//! for CSRF: a browser cannot set `X-CSRF` on a handshake but always sends
+//! `Origin`, so the handshake needs an `Origin` that is avemint's own or in
+//! `AVEMINT_ALLOWED_ORIGINS` (missing, `null` or another origin: 403, and the
+//! upstream is never contacted). When the upstream switches protocols, the
+//! browser gets the `101` and a task relays frames (`proxy::websocket`)
+//! until either side closes or the session ends; an upstream that refuses
+//! the handshake has its answer passed on like any other.
 
 use std::sync::Arc;
 
-use futures_util::TryStreamExt as _;
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
 
 use super::AppState;
 use super::auth::{self, CSRF_VALUE};
 use super::cookies::{self, CookieChanges};
+use super::cors;
 use super::errors::{ApiError, answer};
+use crate::metrics::{ProxyRouteMetrics, StreamKind};
 use crate::proxy::settings::safe_rest;
-use crate::proxy::{ForwardError, Outgoing, RouteSettings};
+use crate::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
+use crate::session::Session;
 use crate::traffic::client_ip::ClientIp;
+
+/// The proxied routes in the OpenAPI document: their paths are configuration (`[[routes]]`, `AVEMINT_ROUTES`), so
+/// no operation can list them; a `Proxy` tag describes the answers avemint itself gives on them.
+pub(crate) struct ProxyDoc;
+
+/// The `Proxy` tag's description.
+const PROXY_DOC: &str = "Proxy mode: every configured route prefix (`[[routes]]` `path`, or `AVEMINT_ROUTES`) and the \
+paths below it are forwarded to the route's upstream API with an app JWT of the route's profile as \
+`Authorization: Bearer`; the upstream's answer (status, headers without hop-by-hop ones, body streamed) is passed on \
+unchanged, an upstream 401 included. A WebSocket handshake (`GET` with `Upgrade: websocket`) is forwarded the same \
+way and answered `101` when the upstream switches protocols. Answers avemint gives itself, each a JSON \
+`ErrorBody` `{error, error_description}` with no upstream detail: \
+400 `invalid_request` (a path with a dot segment or an encoded slash, a header that cannot be forwarded); \
+401 `login_required` (no session, an unknown or ended one; the upstream is never called); \
+403 `invalid_request` (`X-CSRF: 1` missing on a request that needs it, a top-level navigation \
+`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS`, or \
+a WebSocket handshake whose `Origin` is missing, `null` or not allowed); \
+405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
+413 `invalid_request` (a body over the route's `max_request_bytes`); \
+414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
+502 `server_error` (the upstream cannot be reached, or Ave answered the session's renewal with an error); \
+503 `temporarily_unavailable` with `Retry-After` (the session store or Ave is unavailable during renewal); \
+504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
+stream (neither `text/event-stream` nor without `Content-Length`) whose body has not arrived whole within `timeout_ms` is \
+cut: its status was already sent. Ambiguous request framing (two different `Content-Length` values) is answered 400 \
+by the HTTP server itself, without a body, and never forwarded.";
+
+impl poem_openapi::OpenApi for ProxyDoc {
+    fn meta() -> Vec<poem_openapi::registry::MetaApi> {
+        Vec::new()
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        registry.tags.insert(poem_openapi::registry::MetaTag {
+            name: "Proxy",
+            description: Some(PROXY_DOC),
+            external_docs: None,
+        });
+        <super::errors::ErrorBody as poem_openapi::types::Type>::register(registry);
+    }
+
+    fn add_routes(
+        self,
+        _: &mut std::collections::HashMap<
+            String,
+            std::collections::HashMap<Method, poem::endpoint::BoxEndpoint<'static>>,
+        >,
+    ) {
+    }
+}
 
 /// Answers requests to proxied routes and passes every other request on to `inner`.
 pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         let state = req.data::<Arc<AppState>>().cloned();
-        let route = state
-            .as_ref()
-            .and_then(|s| s.proxy.routes().find(req.uri().path()).cloned());
-        Ok(match (state, route) {
-            (Some(state), Some(route)) => forward(&state, &route, req).await.unwrap_or_else(|refused| refused),
+        let found = state.as_ref().and_then(|s| {
+            let (route, metrics) = s.proxy.find(req.uri().path())?;
+            Some((route.clone(), metrics.clone()))
+        });
+        Ok(match (state, found) {
+            (Some(state), Some((route, metrics))) => forward(&state, &route, &metrics, req)
+                .await
+                .unwrap_or_else(|refused| refused),
             _ => ep.call(req).await?.into_response(),
         })
+    })
+}
+
+/// A WebSocket handshake needs an `Origin` that is avemint's own or in `AVEMINT_ALLOWED_ORIGINS` (browsers
+/// always send one, and cannot add `X-CSRF` to a handshake).
+fn check_handshake_origin(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let allowed = cors::origin(req.headers()).is_some_and(|origin| {
+        cors::normalise(origin).is_some_and(|o| cors::normalise(state.public_url.as_str()) == Some(o))
+            || state.security.allowed_origins.contains(origin)
+    });
+    allowed.then_some(()).ok_or_else(|| {
+        ApiError::forbidden(
+            "invalid_request",
+            "a WebSocket handshake needs an Origin that is this service or in AVEMINT_ALLOWED_ORIGINS",
+        )
     })
 }
 
@@ -57,9 +136,19 @@ fn check_csrf(req: &Request) -> Result<(), ApiError> {
     }
 }
 
-async fn forward(state: &AppState, route: &RouteSettings, mut req: Request) -> Result<Response, Response> {
+async fn forward(
+    state: &Arc<AppState>,
+    route: &RouteSettings,
+    metrics: &ProxyRouteMetrics,
+    mut req: Request,
+) -> Result<Response, Response> {
     let refused = IntoResponse::into_response;
-    check_csrf(&req).map_err(refused)?;
+    let handshake = websocket::is_handshake(req.method(), req.headers());
+    if handshake {
+        check_handshake_origin(state, &req).map_err(refused)?;
+    } else {
+        check_csrf(&req).map_err(refused)?;
+    }
     let changes = req.extensions().get::<CookieChanges>().cloned().unwrap_or_default();
     let session = auth::current_session(state, &req, &changes).await.map_err(refused)?;
     let session = auth::renewed(state, session, &changes).await.map_err(refused)?;
@@ -97,22 +186,63 @@ async fn forward(state: &AppState, route: &RouteSettings, mut req: Request) -> R
         headers,
         body: Box::pin(req.take_body().into_bytes_stream()),
     };
-    let answered = state.proxy.forward(route, out, bearer.token.expose(), client).await;
-    answered.map(downstream).map_err(failed)
+    // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent.
+    let browser_upgrade = handshake.then(|| req.take_upgrade().ok()).flatten();
+    let answered = state
+        .proxy
+        .forward(route, metrics, out, bearer.token.expose(), client)
+        .await;
+    let answer = answered.map_err(failed)?;
+    match browser_upgrade {
+        Some(browser) if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(switch(state, metrics, &session, browser, answer.response))
+        }
+        _ => Ok(downstream(answer, metrics)),
+    }
+}
+
+/// The browser's `101 Switching Protocols`, and a task relaying the WebSocket until either side closes or the
+/// session ends (checked every `websocket::SESSION_CHECK`).
+fn switch(
+    state: &Arc<AppState>,
+    metrics: &ProxyRouteMetrics,
+    session: &Session,
+    browser: poem::OnUpgrade,
+    upstream: reqwest::Response,
+) -> Response {
+    let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).finish();
+    *resp.headers_mut() = websocket::switching_headers(upstream.headers());
+    let (state, key) = (state.clone(), session.key);
+    let open = metrics.stream(StreamKind::WebSocket);
+    tokio::spawn(async move {
+        let _open = open;
+        let (Ok(browser), Ok(upstream)) = (browser.await, upstream.upgrade().await) else {
+            tracing::debug!("a proxied WebSocket closed before it opened");
+            return;
+        };
+        // A store that cannot answer right now ends nothing (as for HTTP calls served from memory); only a session
+        // known to be gone does.
+        let alive = || async { !matches!(state.sessions.get(&key).await, Ok(None)) };
+        if websocket::relay(browser, upstream, alive).await == websocket::Ended::SessionEnded {
+            tracing::debug!("a proxied WebSocket was closed because its session ended");
+        }
+    });
+    resp
 }
 
 /// The upstream's answer as the browser gets it: status, headers without hop-by-hop ones (and without any
-/// `Set-Cookie` for avemint's own cookies), the body streamed as it arrives.
-fn downstream(upstream: reqwest::Response) -> Response {
-    let status = upstream.status();
-    let mut headers = upstream.headers().clone();
+/// `Set-Cookie` for avemint's own cookies), the body streamed as it arrives (and bounded by the route's
+/// `timeout_ms` as a whole unless it is a stream, see `Answer::body`).
+fn downstream(answer: Answer, metrics: &ProxyRouteMetrics) -> Response {
+    let status = answer.response.status();
+    let mut headers = answer.response.headers().clone();
     crate::proxy::headers::strip_hop_by_hop(&mut headers);
     let set_cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
     headers.remove(header::SET_COOKIE);
     for value in set_cookies.into_iter().filter(|v| !cookies::sets_own(v)) {
         headers.append(header::SET_COOKIE, value);
     }
-    let body = Body::from_bytes_stream(upstream.bytes_stream().map_err(std::io::Error::other));
+    let body = Body::from_bytes_stream(answer.body(metrics.stream(StreamKind::Http)));
     let mut resp = Response::builder().status(status).body(body);
     *resp.headers_mut() = headers;
     resp

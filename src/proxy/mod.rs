@@ -12,6 +12,7 @@
 pub(crate) mod bearer;
 pub(crate) mod headers;
 pub(crate) mod settings;
+pub(crate) mod websocket;
 
 use std::io;
 use std::pin::Pin;
@@ -19,12 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use reqwest::Method;
-use reqwest::header::HeaderMap;
+use reqwest::header::{self, HeaderMap};
+use tokio::time::Instant;
 
 pub use settings::{RouteSettings, RouteSpec, Routes};
 
+use crate::metrics::{InFlightStream, ProxyRouteMetrics};
 use crate::web_url::PublicUrl;
 
 /// A request body as it arrives.
@@ -47,6 +50,58 @@ pub(crate) enum ForwardError {
     Timeout { ms: u128 },
 }
 
+/// An upstream's answer, once its status and headers arrived.
+pub(crate) struct Answer {
+    pub response: reqwest::Response,
+    /// When the whole answer must have arrived, unless it is a stream (see [`Answer::body`]).
+    pub deadline: Instant,
+}
+
+impl Answer {
+    /// Whether the answer is a stream, exempt from the whole-response bound: server-sent events
+    /// (`text/event-stream`), or a body without `Content-Length` sent chunked (HTTP/1.1) or over HTTP/2 (which has
+    /// no chunked encoding): a download generated as it goes. A WebSocket is never an `Answer` body.
+    pub(crate) fn is_stream(&self) -> bool {
+        let headers = self.response.headers();
+        let event_stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"));
+        let framed_as_it_goes = chunked || self.response.version() >= reqwest::Version::HTTP_2;
+        event_stream || (!headers.contains_key(header::CONTENT_LENGTH) && framed_as_it_goes)
+    }
+
+    /// The body as it arrives, counted in flight by `counted` until it ends or is dropped. A body that is not a
+    /// stream fails (and so the connection to the browser is cut) when it has not arrived whole by the deadline.
+    pub(crate) fn body(self, counted: InFlightStream) -> impl Stream<Item = Result<Bytes, io::Error>> + Send {
+        let deadline = (!self.is_stream()).then_some(self.deadline);
+        let body = self.response.bytes_stream().map_err(io::Error::other);
+        futures_util::stream::unfold(Some((Box::pin(body), counted)), move |state| async move {
+            let (mut body, counted) = state?;
+            let next = match deadline {
+                None => body.next().await,
+                Some(at) => match tokio::time::timeout_at(at, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the answer did not arrive whole within timeout_ms",
+                    ))),
+                },
+            };
+            match next {
+                Some(Ok(chunk)) => Some((Ok(chunk), Some((body, counted)))),
+                Some(Err(e)) => Some((Err(e), None)),
+                None => None,
+            }
+        })
+    }
+}
+
 /// The upstream HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("the proxy's HTTP client could not be built")]
@@ -66,7 +121,11 @@ pub(crate) struct Outgoing<'a> {
 /// The routes, the upstream client and the bearer cache of one running service.
 pub(crate) struct Proxy {
     routes: Routes,
+    /// Per route, in the order of `routes`.
+    metrics: Vec<ProxyRouteMetrics>,
     client: reqwest::Client,
+    /// WebSocket handshakes: HTTP/1.1 only (an upgrade does not exist in HTTP/2).
+    handshakes: reqwest::Client,
     bearers: bearer::Bearers,
     /// `X-Forwarded-Proto` and `X-Forwarded-Host`: avemint's public origin.
     proto: String,
@@ -79,6 +138,16 @@ impl Proxy {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| ClientError)?;
+        let handshakes = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
+            .build()
+            .map_err(|_| ClientError)?;
+        let metrics = routes
+            .all()
+            .iter()
+            .map(|r| crate::metrics::proxy_route(&r.path))
+            .collect();
         let url = url::Url::parse(public_url.as_str()).map_err(|_| ClientError)?;
         let host = match (url.host_str(), url.port()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -87,7 +156,9 @@ impl Proxy {
         };
         Ok(Self {
             routes,
+            metrics,
             client,
+            handshakes,
             bearers: bearer::Bearers::default(),
             proto: url.scheme().to_owned(),
             host,
@@ -102,8 +173,15 @@ impl Proxy {
         &self.bearers
     }
 
+    /// The route `path` belongs to, with its metrics.
+    pub(crate) fn find(&self, path: &str) -> Option<(&RouteSettings, &ProxyRouteMetrics)> {
+        let i = self.routes.all().iter().position(|r| r.rest(path).is_some())?;
+        Some((self.routes.all().get(i)?, self.metrics.get(i)?))
+    }
+
     /// Sends `out` to `route`'s upstream with `bearer`; the answer once its status and headers arrived (the body
-    /// streams on).
+    /// streams on). A WebSocket handshake (`websocket::is_handshake`) goes upstream as one, over HTTP/1.1; its
+    /// `101` answer can then be upgraded (`reqwest::Response::upgrade`).
     #[tracing::instrument(
         name = "proxy.upstream",
         skip_all,
@@ -112,10 +190,14 @@ impl Proxy {
     pub(crate) async fn forward(
         &self,
         route: &RouteSettings,
+        metrics: &ProxyRouteMetrics,
         out: Outgoing<'_>,
         bearer: &str,
         client: std::net::IpAddr,
-    ) -> Result<reqwest::Response, ForwardError> {
+    ) -> Result<Answer, ForwardError> {
+        let started = Instant::now();
+        let handshake =
+            websocket::is_handshake(&out.method, &out.headers).then(|| websocket::handshake_headers(&out.headers));
         let limit = route.max_request_bytes;
         let declared = out
             .headers
@@ -135,12 +217,22 @@ impl Proxy {
         let mut headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
         crate::trace_context::inject(&mut headers);
         let exceeded = Arc::new(AtomicBool::new(false));
-        let body = reqwest::Body::wrap_stream(bounded(out.body, limit, exceeded.clone()));
-        let send = self.client.request(out.method, url).headers(headers).body(body).send();
-        match tokio::time::timeout(route.timeout, send).await {
-            Ok(Ok(resp)) => {
-                tracing::Span::current().record("http.status_code", resp.status().as_u16());
-                Ok(resp)
+        let send = match handshake {
+            Some(handshake) => {
+                websocket::upgrade_request(&mut headers, handshake);
+                self.handshakes.request(out.method, url).headers(headers).send()
+            }
+            None => {
+                let body = reqwest::Body::wrap_stream(bounded(out.body, limit, exceeded.clone()));
+                self.client.request(out.method, url).headers(headers).body(body).send()
+            }
+        };
+        let deadline = started + route.timeout;
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(Ok(response)) => {
+                tracing::Span::current().record("http.status_code", response.status().as_u16());
+                metrics.upstream_latency(started.elapsed());
+                Ok(Answer { response, deadline })
             }
             Ok(Err(_)) if exceeded.load(Ordering::Acquire) => Err(ForwardError::TooLarge { limit }),
             Ok(Err(e)) => {
