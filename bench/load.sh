@@ -160,10 +160,26 @@ run_wrk() {
     exit 1
   fi
   RPS=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$WORK/$name.txt")
+  REQS=$(awk '/ requests in / { print $1 }' "$WORK/$name.txt")
   P50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$WORK/$name.txt")")
   P99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/$name.txt")")
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ms PID...: CPU time (user + system, all threads) the processes have used so far, in ms.
+cpu_ms() {
+  local files=() pid
+  for pid in "$@"; do files+=("/proc/$pid/stat"); done
+  awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%d", t * 1000 / hz }' "${files[@]}"
+}
+# measure NAME SECONDS URL LUA PID...: run_wrk (LUA may be ""), plus CPU_US: the PIDs' CPU time per request, in us.
+measure() {
+  local name=$1 secs=$2 url=$3 script=$4 before
+  shift 4
+  before=$(cpu_ms "$@")
+  run_wrk "$name" "$secs" "$url" "$script"
+  CPU_US=$(awk -v b="$before" -v a="$(cpu_ms "$@")" -v n="$REQS" 'BEGIN { printf "%.1f", (a - b) * 1000 / n }')
+}
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 echo "== machine"
@@ -343,17 +359,18 @@ run_wrk warm-direct "$WARMUP" "$UP_URL/item"
 run_wrk warm-nginx "$WARMUP" "$NG_URL/item"
 COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET run_wrk warm-avemint "$WARMUP" "$AV_URL/api/item" bench/token.lua
 : >"$WORK/proxy-rounds.txt"
+NGINX_PIDS=("${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}"))
 for round in $(seq 1 "$ROUNDS"); do
-  run_wrk "direct-$round" "$DURATION" "$UP_URL/item"
-  DR=$RPS DP50=$P50 DP99=$P99
-  run_wrk "nginx-$round" "$DURATION" "$NG_URL/item"
-  NR=$RPS NP50=$P50 NP99=$P99
-  COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET run_wrk "avemint-$round" "$DURATION" "$AV_URL/api/item" bench/token.lua
-  AR=$RPS AP50=$P50 AP99=$P99
-  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99" >>"$WORK/proxy-rounds.txt"
-  awk -v r="$round" -v d="$DR" -v n="$NR" -v a="$AR" -v np="$NP99" -v ap="$AP99" -v dp="$DP99" -v ap50="$AP50" -v dp50="$DP50" 'BEGIN {
-    printf "round %d: direct %d req/s, nginx %d req/s (p99 %s ms), avemint %d req/s (p99 %s ms); avemint/nginx %.2f; avemint adds p50 %.2f ms, p99 %.2f ms over direct (p99 %s ms)\n",
-      r, d, n, np, a, ap, a / n, ap50 - dp50, ap - dp, dp }'
+  measure "direct-$round" "$DURATION" "$UP_URL/item" "" "${PIDS[upstream]}"
+  DR=$RPS DP50=$P50 DP99=$P99 DC=$CPU_US
+  measure "nginx-$round" "$DURATION" "$NG_URL/item" "" "${NGINX_PIDS[@]}"
+  NR=$RPS NP50=$P50 NP99=$P99 NC=$CPU_US
+  COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET measure "avemint-$round" "$DURATION" "$AV_URL/api/item" bench/token.lua "${PIDS[proxy]}"
+  AR=$RPS AP50=$P50 AP99=$P99 AC=$CPU_US
+  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC" >>"$WORK/proxy-rounds.txt"
+  awk -v r="$round" -v d="$DR" -v n="$NR" -v a="$AR" -v np="$NP99" -v ap="$AP99" -v dp="$DP99" -v ap50="$AP50" -v dp50="$DP50" -v nc="$NC" -v ac="$AC" 'BEGIN {
+    printf "round %d: direct %d req/s, nginx %d req/s (p99 %s ms, %s us CPU/request), avemint %d req/s (p99 %s ms, %s us CPU/request); avemint/nginx %.2f (by CPU time %.2f); avemint adds p50 %.2f ms, p99 %.2f ms over direct (p99 %s ms)\n",
+      r, d, n, np, nc, a, ap, ac, a / n, nc / ac, ap50 - dp50, ap - dp, dp }'
 done
 PROXY_IDLE_RSS=$(rss_mib "${PIDS[proxy]}")
 stop_server nginx
@@ -378,11 +395,13 @@ RSS_SAMPLES=$(grep -c . "$WORK/rss.txt")
 
 P=$WORK/proxy-rounds.txt
 echo "medians over $ROUNDS rounds of ${DURATION} s, small JSON answer, $CONNECTIONS connections:"
-printf '%-34s %10s %10s %10s\n' "way" "req/s" "p50 ms" "p99 ms"
-printf '%-34s %10s %10s %10s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")"
-printf '%-34s %10s %10s %10s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")"
-printf '%-34s %10s %10s %10s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")"
+printf '%-34s %10s %10s %10s %14s\n' "way" "req/s" "p50 ms" "p99 ms" "CPU us/req"
+printf '%-34s %10s %10s %10s %14s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")" "$(median '$11' "$P")"
+printf '%-34s %10s %10s %10s %14s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")" "$(median '$12' "$P")"
+printf '%-34s %10s %10s %10s %14s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")" "$(median '$13' "$P")"
+echo "(CPU us/req: CPU time of the server under test, all its threads and processes, per request: for (a) the upstream)"
 echo "avemint/nginx: $(median '$8 / $5' "$P" | awk '{ printf "%.2f", $1 }') (target >= 0.6; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $5 }' "$P"))"
+echo "avemint/nginx by CPU time per request (requests per CPU-second): $(median '$12 / $13' "$P" | awk '{ printf "%.2f", $1 }') (per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $12 / $13 }' "$P"))"
 echo "avemint adds over the direct fetch: p50 $(median '$9 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$10 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms (target p99 <= 2 ms)"
 echo "nginx adds over the direct fetch: p50 $(median '$6 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$7 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms"
 echo "avemint RSS: ${PROXY_IDLE_RSS} MiB after the rounds; during a $DL_BYTES-byte download through the proxy (${DL_SECONDS} s): max ${RSS_MAX} MiB over $RSS_SAMPLES samples, ${PROXY_AFTER_RSS} MiB after"

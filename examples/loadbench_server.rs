@@ -223,6 +223,8 @@ async fn serve(options: ServeOptions) -> Result<(), BoxError> {
         ("AVEMINT_TOKEN_CLAIMS", CLAIMS.to_owned()),
         // Signing in many sessions from one address must not trip the sign-in rate limit.
         ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
+        // All sessions are the emulator's first user's: none may end the others (`max_sessions_per_user`).
+        ("AVEMINT_MAX_SESSIONS_PER_USER", "0".to_owned()),
     ]
     .into_iter()
     .chain(proxy_upstream.map(|url| ("AVEMINT_ROUTES", json!([{"path": "/api", "upstream": url}]).to_string())))
