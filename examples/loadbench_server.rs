@@ -133,16 +133,7 @@ fn main() -> Result<(), BoxError> {
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);
             }
-            let options = ServeOptions {
-                sessions,
-                cookies,
-                db,
-                port,
-                alg,
-                renewal,
-                proxy_upstream,
-            };
-            runtime.block_on(serve(options))
+            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal, proxy_upstream))
         }
         Command::Reference { port } => runtime.block_on(reference(port)),
         // One thread: the upstream shares a CPU with the load generator and must stay cheap.
@@ -177,8 +168,7 @@ fn session_keys() -> SealingKeys {
     SealingKeys::from_keys(vec![SESSION_KEY])
 }
 
-/// What `serve` was asked to run.
-struct ServeOptions {
+async fn serve(
     sessions: usize,
     cookies: Option<PathBuf>,
     db: Option<PathBuf>,
@@ -186,18 +176,7 @@ struct ServeOptions {
     alg: Algorithm,
     renewal: RenewalSettings,
     proxy_upstream: Option<String>,
-}
-
-async fn serve(options: ServeOptions) -> Result<(), BoxError> {
-    let ServeOptions {
-        sessions,
-        cookies,
-        db,
-        port,
-        alg,
-        renewal,
-        proxy_upstream,
-    } = options;
+) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;

@@ -137,6 +137,14 @@ async fn wait_for(client: &Client, shots: &mut Shots, step: &str, condition: &st
     }
 }
 
+/// Waits until the `<pre>` with id `id` shows JSON containing `needle`, and returns that JSON.
+async fn shown_json(client: &Client, shots: &mut Shots, step: &str, id: &str, needle: &str) -> Value {
+    let text = format!("document.getElementById('{id}').textContent");
+    let shown = wait_for(client, shots, step, &format!("{text}.includes({needle:?}) && {text}")).await;
+    serde_json::from_str(shown.as_str().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("step `{step}`: {shown} is JSON"))
+}
+
 async fn click(client: &Client, shots: &mut Shots, step: &str, css: &str) {
     wait_for(client, shots, step, &format!("document.querySelector('{css}')")).await;
     client
@@ -415,14 +423,7 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
     // the demo API (which verified the app JWT avemint attached), and no token is anywhere script can see.
     c.goto(&format!("{base}/")).await?;
     click(c, shots, "call the proxied API", "#call-proxied").await;
-    let proxied = wait_for(
-        c,
-        shots,
-        "proxied API answer",
-        "document.getElementById('proxied-answer').textContent.includes('hello') && document.getElementById('proxied-answer').textContent",
-    )
-    .await;
-    let proxied: Value = serde_json::from_str(proxied.as_str().unwrap_or_default()).expect("answer is JSON");
+    let proxied = shown_json(c, shots, "proxied API answer", "proxied-answer", "hello").await;
     assert_eq!(proxied["hello"], name.as_str(), "{proxied}");
     let scan = scan_for_jwts(c, shots, "scan the proxied page").await;
     let paths = seen_paths(&scan);
@@ -443,14 +444,7 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // The token side of the same page: an app JWT through the SPA helper; its decoded claims are shown.
     click(c, shots, "get a token", "#get-token").await;
-    let claims = wait_for(
-        c,
-        shots,
-        "app JWT claims",
-        "document.getElementById('claims').textContent.includes('\"iss\"') && document.getElementById('claims').textContent",
-    )
-    .await;
-    let claims: Value = serde_json::from_str(claims.as_str().unwrap_or_default()).expect("claims are JSON");
+    let claims = shown_json(c, shots, "app JWT claims", "claims", "\"iss\"").await;
     assert_eq!(claims["iss"], base);
     assert_eq!(claims["aud"], base);
     assert_eq!(claims["name"], name.as_str());
@@ -458,14 +452,7 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // The demo downstream API accepts the bearer from fetchWithToken and greets the user.
     click(c, shots, "call the demo API", "#call-api").await;
-    let answer = wait_for(
-        c,
-        shots,
-        "demo API answer",
-        "document.getElementById('api-answer').textContent.includes('hello') && document.getElementById('api-answer').textContent",
-    )
-    .await;
-    let answer: Value = serde_json::from_str(answer.as_str().unwrap_or_default()).expect("answer is JSON");
+    let answer = shown_json(c, shots, "demo API answer", "api-answer", "hello").await;
     assert_eq!(answer["hello"], name.as_str());
     assert_eq!(answer["sub"], claims["sub"]);
     assert_eq!(
