@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark of avemint's hot path, one command from a fresh clone:
 #
-#   bench/load.sh            # full run (about 5 minutes after the release build)
+#   bench/load.sh            # full run (about 7 minutes after the release build)
 #   bench/load.sh --quick    # short sanity run (one round of 2 s, 10,000 stored sessions)
+#   bench/load.sh --proxy    # only part 4, proxy mode (combines with --quick)
 #
 # 1. Hot path: two benchmark servers (examples/loadbench_server.rs: avemint + the
 #    Ave emulator in one process), one signing ES256 and one EdDSA, both pinned to
@@ -22,10 +23,23 @@
 #    and psql is installed): the same cache-missing lookup against PostgreSQL,
 #    in a scratch schema that is dropped afterwards.
 #
+# 4. Proxy mode: a small JSON answer from a local upstream (`loadbench_server
+#    upstream`, one thread, pinned to LOAD_UPSTREAM_CPU, default the client's CPU,
+#    so that the proxy under test has CPU 0 to itself), fetched (a) straight from
+#    the upstream, (b) through nginx as a plain reverse proxy (Debian's nginx,
+#    installed with apt-get if missing; a generated config in a temp dir, one
+#    worker, keep-alive upstream, no access log; pinned to SERVER_CPU) and (c)
+#    through avemint's proxied route /api with signed-in sessions (rotating
+#    session cookies, X-CSRF: 1; pinned to SERVER_CPU), alternating for
+#    LOAD_ROUNDS rounds. Reports avemint/nginx req/s, avemint's added p50/p99
+#    over the direct fetch, and avemint's resident memory (VmRSS sampled every
+#    0.1 s) while curl downloads LOAD_DOWNLOAD_BYTES (1 GiB) through the proxy.
+#
 # Knobs (environment): LOAD_DURATION (s per measurement and round, default 5),
 # LOAD_ROUNDS (3), LOAD_STORED_SECONDS (15), LOAD_CONNECTIONS (64),
 # LOAD_SESSIONS (64), LOAD_STORED_SESSIONS (100000), LOAD_PG_SESSIONS (20000),
-# LOAD_DATABASE_URL, LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1).
+# LOAD_DATABASE_URL, LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1), LOAD_UPSTREAM_CPU
+# (the client's), LOAD_NGINX_PORT (18089), LOAD_DOWNLOAD_BYTES (1073741824).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,24 +53,39 @@ PG_STORED=${LOAD_PG_SESSIONS:-20000}
 PG_URL=${LOAD_DATABASE_URL:-${AVEMINT_TEST_DATABASE_URL:-}}
 SERVER_CPU=${LOAD_SERVER_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
+UPSTREAM_CPU=${LOAD_UPSTREAM_CPU:-$CLIENT_CPU}
+NGINX_PORT=${LOAD_NGINX_PORT:-18089}
+DOWNLOAD_BYTES=${LOAD_DOWNLOAD_BYTES:-1073741824}
 WARMUP=3
-if [[ "${1:-}" == "--quick" ]]; then
-  DURATION=2
-  ROUNDS=1
-  STORED_SECONDS=3
-  STORED=10000
-  PG_STORED=2000
-  WARMUP=1
-fi
+PROXY_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick)
+      DURATION=2
+      ROUNDS=1
+      STORED_SECONDS=3
+      STORED=10000
+      PG_STORED=2000
+      WARMUP=1
+      ;;
+    --proxy) PROXY_ONLY=1 ;;
+    *) echo "usage: bench/load.sh [--quick] [--proxy]" >&2; exit 2 ;;
+  esac
+done
 
 # --- tools -------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "== installing wrk (Debian package)"
-  SUDO=""
-  [[ "$(id -u)" != 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+# apt_install COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing.
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  [[ -x "/usr/sbin/$1" ]] && return 0
+  echo "== installing $2 (Debian package)"
+  local sudo=""
+  [[ "$(id -u)" != 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+apt_install wrk wrk
+apt_install curl curl
 command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is required" >&2; exit 1; }
 
 echo "== building avemint (release) and the benchmark server"
@@ -84,12 +113,13 @@ drop_pg_schema() {
 }
 trap 'stop_all; drop_pg_schema; rm -rf "$WORK"' EXIT
 
-# start_server NAME SUBCOMMAND ARGS...: starts a benchmark server pinned to SERVER_CPU; sets PIDS[NAME] and URLS[NAME].
+# start_server NAME SUBCOMMAND ARGS...: starts a benchmark server pinned to SERVER_CPU (or START_CPU); sets
+# PIDS[NAME] and URLS[NAME].
 start_server() {
   local name=$1
   shift
   : >"$WORK/$name.out"
-  taskset -c "$SERVER_CPU" "$BIN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  taskset -c "${START_CPU:-$SERVER_CPU}" "$BIN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   PIDS[$name]=$!
   for _ in $(seq 1 600); do
     if grep -q '^signed_in=' "$WORK/$name.out"; then
@@ -130,10 +160,26 @@ run_wrk() {
     exit 1
   fi
   RPS=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$WORK/$name.txt")
+  REQS=$(awk '/ requests in / { print $1 }' "$WORK/$name.txt")
   P50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$WORK/$name.txt")")
   P99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/$name.txt")")
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ms PID...: CPU time (user + system, all threads) the processes have used so far, in ms.
+cpu_ms() {
+  local files=() pid
+  for pid in "$@"; do files+=("/proc/$pid/stat"); done
+  awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%d", t * 1000 / hz }' "${files[@]}"
+}
+# measure NAME SECONDS URL LUA PID...: run_wrk (LUA may be ""), plus CPU_US: the PIDs' CPU time per request, in us.
+measure() {
+  local name=$1 secs=$2 url=$3 script=$4 before
+  shift 4
+  before=$(cpu_ms "$@")
+  run_wrk "$name" "$secs" "$url" "$script"
+  CPU_US=$(awk -v b="$before" -v a="$(cpu_ms "$@")" -v n="$REQS" 'BEGIN { printf "%.1f", (a - b) * 1000 / n }')
+}
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 echo "== machine"
@@ -145,6 +191,11 @@ echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, $CONNECTIONS connections, ${DURATION}s per measurement"
 
+# median COLUMN [FILE]: the median of a column of FILE (default rounds.txt; an expression of $N columns for ratios).
+median() { awk "{ print $1 }" "${2:-$WORK/rounds.txt}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Parts 1 to 3 (not with --proxy).
+if ((PROXY_ONLY == 0)); then
 # --- 1. hot path -------------------------------------------------------------
 # Both servers run side by side on SERVER_CPU (the idle one costs nothing), and the
 # three measurements alternate for ROUNDS rounds, so that drift in the machine's
@@ -183,8 +234,6 @@ done
 HOT_RSS=$(rss_mib "${PIDS[es256]}")
 stop_all
 
-# median COLUMN: the median of a column of rounds.txt (an expression of $N columns for ratios).
-median() { awk "{ print $1 }" "$WORK/rounds.txt" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 JWKS_RPS=$(median '$2') JWKS_P50=$(median '$3') JWKS_P99=$(median '$4')
 TOKEN_RPS=$(median '$5') TOKEN_P50=$(median '$6') TOKEN_P99=$(median '$7')
 EDDSA_RPS=$(median '$8') EDDSA_P50=$(median '$9') EDDSA_P99=$(median '$10')
@@ -244,4 +293,116 @@ if [[ -n "$PG_URL" ]] && command -v psql >/dev/null 2>&1; then
 else
   echo "== PostgreSQL lookup skipped: set LOAD_DATABASE_URL (or AVEMINT_TEST_DATABASE_URL) and install psql to measure it"
 fi
+fi # parts 1 to 3
+
+# --- 4. proxy mode -------------------------------------------------------------
+apt_install nginx nginx
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+echo "== proxy mode: upstream on CPU $UPSTREAM_CPU; nginx and avemint on CPU $SERVER_CPU; $SESSIONS sessions"
+START_CPU=$UPSTREAM_CPU start_server upstream upstream
+UP_URL=${URLS[upstream]}
+start_server proxy serve --sessions "$SESSIONS" --cookies "$WORK/cookies-proxy.txt" --proxy-upstream "$UP_URL"
+AV_URL=${URLS[proxy]}
+
+# nginx as a plain reverse proxy: one worker, keep-alive connections to the upstream, no access log.
+mkdir -p "$WORK/nginx/logs"
+NGINX_USER=""
+[[ "$(id -u)" == 0 ]] && NGINX_USER="user root;"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+$NGINX_USER
+daemon off;
+worker_processes 1;
+error_log $WORK/nginx/logs/error.log warn;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/client_body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream backend {
+    server ${UP_URL#http://};
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr.log" &
+PIDS[nginx]=$!
+NG_URL="http://127.0.0.1:$NGINX_PORT"
+COOKIE=$(head -1 "$WORK/cookies-proxy.txt")
+for _ in $(seq 1 100); do
+  curl -fso /dev/null "$NG_URL/item" && break
+  sleep 0.1
+done
+# The three ways answer the same body (avemint's with the session; without it, 401).
+DIRECT_BODY=$(curl -fsS "$UP_URL/item")
+NGINX_BODY=$(curl -fsS "$NG_URL/item") || { echo "nginx did not answer:" >&2; cat "$WORK/nginx/stderr.log" "$WORK/nginx/logs/error.log" >&2; exit 1; }
+AVEMINT_BODY=$(curl -fsS -H "Cookie: __Host-avemint=$COOKIE" -H 'X-CSRF: 1' "$AV_URL/api/item")
+if [[ "$NGINX_BODY" != "$DIRECT_BODY" || "$AVEMINT_BODY" != "$DIRECT_BODY" ]]; then
+  echo "the proxies answer differently: direct '$DIRECT_BODY', nginx '$NGINX_BODY', avemint '$AVEMINT_BODY'" >&2
+  exit 1
+fi
+ANON=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-CSRF: 1' "$AV_URL/api/item")
+[[ "$ANON" == 401 ]] || { echo "avemint answered $ANON without a session, not 401" >&2; exit 1; }
+
+run_wrk warm-direct "$WARMUP" "$UP_URL/item"
+run_wrk warm-nginx "$WARMUP" "$NG_URL/item"
+COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET run_wrk warm-avemint "$WARMUP" "$AV_URL/api/item" bench/token.lua
+: >"$WORK/proxy-rounds.txt"
+NGINX_PIDS=("${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}"))
+for round in $(seq 1 "$ROUNDS"); do
+  measure "direct-$round" "$DURATION" "$UP_URL/item" "" "${PIDS[upstream]}"
+  DR=$RPS DP50=$P50 DP99=$P99 DC=$CPU_US
+  measure "nginx-$round" "$DURATION" "$NG_URL/item" "" "${NGINX_PIDS[@]}"
+  NR=$RPS NP50=$P50 NP99=$P99 NC=$CPU_US
+  COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET measure "avemint-$round" "$DURATION" "$AV_URL/api/item" bench/token.lua "${PIDS[proxy]}"
+  AR=$RPS AP50=$P50 AP99=$P99 AC=$CPU_US
+  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC" >>"$WORK/proxy-rounds.txt"
+  awk -v r="$round" -v d="$DR" -v n="$NR" -v a="$AR" -v np="$NP99" -v ap="$AP99" -v dp="$DP99" -v ap50="$AP50" -v dp50="$DP50" -v nc="$NC" -v ac="$AC" 'BEGIN {
+    printf "round %d: direct %d req/s, nginx %d req/s (p99 %s ms, %s us CPU/request), avemint %d req/s (p99 %s ms, %s us CPU/request); avemint/nginx %.2f (by CPU time %.2f); avemint adds p50 %.2f ms, p99 %.2f ms over direct (p99 %s ms)\n",
+      r, d, n, np, nc, a, ap, ac, a / n, nc / ac, ap50 - dp50, ap - dp, dp }'
+done
+PROXY_IDLE_RSS=$(rss_mib "${PIDS[proxy]}")
+stop_server nginx
+
+# A streamed download through avemint: curl (on the client's CPU) to /dev/null, VmRSS sampled every 0.1 s.
+: >"$WORK/rss.txt"
+taskset -c "$CLIENT_CPU" curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}\n' \
+  -H "Cookie: __Host-avemint=$COOKIE" -H 'X-CSRF: 1' "$AV_URL/api/big?bytes=$DOWNLOAD_BYTES" >"$WORK/download.txt" &
+CURL_PID=$!
+while kill -0 "$CURL_PID" 2>/dev/null; do
+  rss_mib "${PIDS[proxy]}" >>"$WORK/rss.txt"
+  echo >>"$WORK/rss.txt"
+  sleep 0.1
+done
+wait "$CURL_PID"
+read -r DL_STATUS DL_BYTES DL_SECONDS <"$WORK/download.txt"
+PROXY_AFTER_RSS=$(rss_mib "${PIDS[proxy]}")
+stop_all
+[[ "$DL_STATUS" == 200 && "$DL_BYTES" == "$DOWNLOAD_BYTES" ]] || { echo "the download through avemint failed: status $DL_STATUS, $DL_BYTES of $DOWNLOAD_BYTES bytes" >&2; exit 1; }
+RSS_MAX=$(sort -g "$WORK/rss.txt" | tail -1)
+RSS_SAMPLES=$(grep -c . "$WORK/rss.txt")
+
+P=$WORK/proxy-rounds.txt
+echo "medians over $ROUNDS rounds of ${DURATION} s, small JSON answer, $CONNECTIONS connections:"
+printf '%-34s %10s %10s %10s %14s\n' "way" "req/s" "p50 ms" "p99 ms" "CPU us/req"
+printf '%-34s %10s %10s %10s %14s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")" "$(median '$11' "$P")"
+printf '%-34s %10s %10s %10s %14s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")" "$(median '$12' "$P")"
+printf '%-34s %10s %10s %10s %14s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")" "$(median '$13' "$P")"
+echo "(CPU us/req: CPU time of the server under test, all its threads and processes, per request: for (a) the upstream)"
+echo "avemint/nginx: $(median '$8 / $5' "$P" | awk '{ printf "%.2f", $1 }') (target >= 0.6; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $5 }' "$P"))"
+echo "avemint/nginx by CPU time per request (requests per CPU-second): $(median '$12 / $13' "$P" | awk '{ printf "%.2f", $1 }') (per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $12 / $13 }' "$P"))"
+echo "avemint adds over the direct fetch: p50 $(median '$9 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$10 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms (target p99 <= 2 ms)"
+echo "nginx adds over the direct fetch: p50 $(median '$6 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$7 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms"
+echo "avemint RSS: ${PROXY_IDLE_RSS} MiB after the rounds; during a $DL_BYTES-byte download through the proxy (${DL_SECONDS} s): max ${RSS_MAX} MiB over $RSS_SAMPLES samples, ${PROXY_AFTER_RSS} MiB after"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -11,6 +11,9 @@
 //! - `lookup`: times `Sessions::load` for distinct stored sessions (each one a
 //!   store read, AEAD open and decode: what a session-cache miss costs) and
 //!   prints p50/p99.
+//! - `upstream`: the API behind the proxy benchmark: a small JSON answer on
+//!   every path, and `GET /big?bytes=N`, N bytes streamed in 64 KiB chunks.
+//!   `serve --proxy-upstream URL` puts it behind avemint's route `/api`.
 //!
 //! Cookie values written here belong to throw-away benchmark sessions.
 
@@ -71,6 +74,14 @@ enum Command {
         /// Session cache TTL in milliseconds (default: the production default).
         #[arg(long)]
         cache_ttl_ms: Option<u64>,
+        /// Proxy mode: the route `/api` forwards to this upstream URL (`AVEMINT_ROUTES`).
+        #[arg(long)]
+        proxy_upstream: Option<String>,
+    },
+    /// A small, fast upstream API for the proxy benchmark.
+    Upstream {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// The reference points of the issue's targets, on the same machine: a
     /// trivial poem endpoint (`GET /trivial`) and the minimal endpoint a team
@@ -115,6 +126,7 @@ fn main() -> Result<(), BoxError> {
             port,
             alg,
             cache_ttl_ms,
+            proxy_upstream,
         } => {
             let logs = avemint::telemetry::LogSettings::from_env("info")
                 .and_then(|logs| avemint::telemetry::init_stderr(&logs, avemint::telemetry::Tracing::Off));
@@ -126,9 +138,14 @@ fn main() -> Result<(), BoxError> {
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);
             }
-            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal))
+            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal, proxy_upstream))
         }
         Command::Reference { port } => runtime.block_on(reference(port)),
+        // One thread: the upstream shares a CPU with the load generator and must stay cheap.
+        Command::Upstream { port } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(upstream(port)),
         Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
         Command::Lookup {
             db,
@@ -163,6 +180,7 @@ async fn serve(
     port: u16,
     alg: Algorithm,
     renewal: RenewalSettings,
+    proxy_upstream: Option<String>,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -189,8 +207,11 @@ async fn serve(
         ("AVEMINT_TOKEN_CLAIMS", CLAIMS.to_owned()),
         // Signing in many sessions from one address must not trip the sign-in rate limit.
         ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
+        // All sessions are the emulator's first user's: none may end the others (`max_sessions_per_user`).
+        ("AVEMINT_MAX_SESSIONS_PER_USER", "0".to_owned()),
     ]
     .into_iter()
+    .chain(proxy_upstream.map(|url| ("AVEMINT_ROUTES", json!([{"path": "/api", "upstream": url}]).to_string())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let mut settings = Settings::load(None, &env)?;
@@ -265,11 +286,21 @@ fn sign(key: poem::web::Data<&std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>
 async fn reference(port: u16) -> Result<(), BoxError> {
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
     use poem::EndpointExt as _;
-    use poem::listener::{Acceptor as _, Listener as _};
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &aws_lc_rs::rand::SystemRandom::new())
         .map_err(|_| "key generation failed")?;
     let key =
         EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).map_err(|_| "key parsing failed")?;
+    let app = poem::Route::new()
+        .at("/trivial", poem::get(trivial))
+        .at("/sign", poem::post(sign))
+        .data(std::sync::Arc::new(key));
+    serve_plain(port, app).await
+}
+
+/// Serves `app` on 127.0.0.1:`port` until SIGTERM, printing `url=…` and `signed_in=0` (what `bench/load.sh`
+/// waits for) once it listens.
+async fn serve_plain(port: u16, app: impl poem::Endpoint + 'static) -> Result<(), BoxError> {
+    use poem::listener::{Acceptor as _, Listener as _};
     let acceptor = poem::listener::TcpListener::bind(format!("127.0.0.1:{port}"))
         .into_acceptor()
         .await?;
@@ -278,10 +309,6 @@ async fn reference(port: u16) -> Result<(), BoxError> {
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .ok_or("no local address")?;
-    let app = poem::Route::new()
-        .at("/trivial", poem::get(trivial))
-        .at("/sign", poem::post(sign))
-        .data(std::sync::Arc::new(key));
     println!("url=http://{addr}");
     println!("signed_in=0");
     std::io::stdout().flush()?;
@@ -289,6 +316,42 @@ async fn reference(port: u16) -> Result<(), BoxError> {
         .run_with_graceful_shutdown(app, shutdown_signal(), None)
         .await?;
     Ok(())
+}
+
+/// The small JSON answer of the benchmark upstream.
+const UPSTREAM_JSON: &str = r#"{"id":42,"name":"widget","tags":["a","b"],"price":9.5,"in_stock":true}"#;
+/// One chunk of `/big`.
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+#[derive(serde::Deserialize)]
+struct BigQuery {
+    bytes: u64,
+}
+
+#[poem::handler]
+fn big(poem::web::Query(BigQuery { bytes }): poem::web::Query<BigQuery>) -> poem::Response {
+    let size = CHUNK.len() as u64;
+    let chunks = (0..bytes.div_ceil(size)).map(move |i| {
+        let len = (bytes - i * size).min(size) as usize;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(&CHUNK[..len]))
+    });
+    poem::Response::builder()
+        .content_type("application/octet-stream")
+        .body(poem::Body::from_bytes_stream(futures_util::stream::iter(chunks)))
+}
+
+#[poem::handler]
+fn small() -> poem::Response {
+    poem::Response::builder()
+        .content_type("application/json")
+        .body(UPSTREAM_JSON)
+}
+
+async fn upstream(port: u16) -> Result<(), BoxError> {
+    let app = poem::Route::new()
+        .at("/big", poem::get(big))
+        .at("/*path", poem::get(small));
+    serve_plain(port, app).await
 }
 
 async fn wait_for(http: &reqwest::Client, url: &str) -> Result<Instant, BoxError> {

@@ -2,7 +2,9 @@
 //! whole flow can be tried in a browser with no Ave account.
 //!
 //! Demo mode is built only here: the emulator, the throw-away session keys and
-//! the in-memory store never exist in `avemint serve`.
+//! the in-memory store never exist in `avemint serve`. Its proxied route
+//! (`/api/demo` → the demo API) is an ordinary `AVEMINT_ROUTES` entry, loaded
+//! and validated like any `serve` configuration.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +38,16 @@ pub enum DemoError {
 const DEMO_CLAIMS: &str =
     r#"{"name":"{id_token.name}","email":"{id_token.email}","handle":"{user.handle}","demo":true}"#;
 
+/// The demo's proxied route (proxy mode): `/api/demo/**` goes to the demo downstream API, `/demo/api/**` on the
+/// demo's own loopback address, with the default profile's app JWT attached by avemint.
+const DEMO_ROUTE: &str = "/api/demo";
+
+/// `AVEMINT_ROUTES` of the demo: [`DEMO_ROUTE`] to the demo API of the avemint at `public_url`.
+fn demo_routes(public_url: &PublicUrl) -> String {
+    let upstream = format!("{}/demo/api", public_url.as_str().trim_end_matches('/'));
+    serde_json::json!([{ "path": DEMO_ROUTE, "upstream": upstream, "methods": ["GET"] }]).to_string()
+}
+
 /// Starts the emulator and avemint, prints where to go, and serves until Ctrl-C.
 pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError> {
     if !listen.ip().is_loopback() {
@@ -67,6 +79,7 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
         ("AVEMINT_DATABASE_URL", "sqlite::memory:".to_owned()),
         ("AVEMINT_SESSION_KEYS", session_key),
         ("AVEMINT_TOKEN_CLAIMS", DEMO_CLAIMS.to_owned()),
+        ("AVEMINT_ROUTES", demo_routes(&public_url)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

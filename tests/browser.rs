@@ -5,9 +5,14 @@
 //! What a hand-rolled cookie jar cannot prove: that Chromium stores and sends the
 //! `__Host-` (Secure, HttpOnly, SameSite=Lax) cookie on `http://127.0.0.1`,
 //! follows the redirects through the emulator's sign-in page, that the SPA helper
-//! works in a page, and that another origin can neither read `/auth/token` (CORS)
-//! nor get a token with a form POST. Each step saves a screenshot under
-//! `target/e2e/`. Without Chromium or chromedriver the test skips with a message,
+//! works in a page, that another origin can neither read `/auth/token` (CORS)
+//! nor get a token with a form POST, and that in proxy mode (`apiFetch` through
+//! the demo's `/api/demo` route) no token is anywhere page script can see: the
+//! cookie jar script reads, web storage, the DOM, global strings, and every
+//! response body and header the page's `fetch`/`XMLHttpRequest` saw (recorded
+//! by a wrapper installed before any page script runs). The same scan finds the
+//! token once the page's token-in-the-page side is used, so it can fail. Each
+//! step saves a screenshot under `target/e2e/`. Without Chromium or chromedriver the test skips with a message,
 //! except under `CI=true`, where it fails.
 
 mod support;
@@ -132,6 +137,14 @@ async fn wait_for(client: &Client, shots: &mut Shots, step: &str, condition: &st
     }
 }
 
+/// Waits until the `<pre>` with id `id` shows JSON containing `needle`, and returns that JSON.
+async fn shown_json(client: &Client, shots: &mut Shots, step: &str, id: &str, needle: &str) -> Value {
+    let text = format!("document.getElementById('{id}').textContent");
+    let shown = wait_for(client, shots, step, &format!("{text}.includes({needle:?}) && {text}")).await;
+    serde_json::from_str(shown.as_str().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("step `{step}`: {shown} is JSON"))
+}
+
 async fn click(client: &Client, shots: &mut Shots, step: &str, css: &str) {
     wait_for(client, shots, step, &format!("document.querySelector('{css}')")).await;
     client
@@ -141,6 +154,100 @@ async fn click(client: &Client, shots: &mut Shots, step: &str, css: &str) {
         .click()
         .await
         .unwrap_or_else(|e| panic!("step `{step}`: cannot click `{css}`: {e}"));
+}
+
+/// A Chrome DevTools Protocol command through chromedriver's `goog/cdp/execute` endpoint.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (poem::http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (poem::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Runs in every new document before the page's own scripts: wraps `fetch` and `XMLHttpRequest` so that every
+/// response the page's scripts get (status, headers, body) is recorded in `window.__seenResponses`.
+const RECORDER: &str = r#"(() => {
+  const seen = [];
+  Object.defineProperty(window, '__seenResponses', { value: seen });
+  const originalFetch = window.fetch;
+  window.fetch = async function (...args) {
+    const response = await originalFetch.apply(this, args);
+    const entry = { via: 'fetch', url: response.url, status: response.status,
+      headers: [...response.headers].map((h) => h.join(': ')).join('\n'), body: null };
+    seen.push(entry);
+    response.clone().text().then((t) => { entry.body = t; }, (e) => { entry.body = 'unreadable: ' + e; });
+    return response;
+  };
+  const send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function (...args) {
+    this.addEventListener('loadend', () => {
+      let body;
+      try { body = this.responseText; } catch (e) { body = String(this.response); }
+      seen.push({ via: 'xhr', url: this.responseURL, status: this.status, headers: this.getAllResponseHeaders(), body });
+    });
+    return send.apply(this, args);
+  };
+})();"#;
+
+/// Scans what script on the page can see for a JWT; returns `{found: [where…], responses: [{via, path, status}…],
+/// pending}` (`pending`: recorded responses whose body is still being read).
+const JWT_SCAN: &str = r#"
+const jwt = /eyJ[\w-]+\.[\w-]+\.[\w-]+/;
+const found = [];
+const check = (where, text) => { if (typeof text === 'string' && jwt.test(text)) found.push(where); };
+check('document.cookie', document.cookie);
+for (const [name, store] of [['localStorage', window.localStorage], ['sessionStorage', window.sessionStorage]]) {
+  for (let i = 0; i < store.length; i++) { const k = store.key(i); check(name + ' ' + k, k + '=' + store.getItem(k)); }
+}
+check('the DOM', document.documentElement.outerHTML);
+check('the page text', document.body.innerText);
+for (const k of Object.getOwnPropertyNames(window)) {
+  try { if (typeof window[k] === 'string') check('window.' + k, window[k]); } catch (e) {}
+}
+const seen = window.__seenResponses || [];
+const path = (url) => new URL(url, location.href).pathname;
+seen.forEach((e) => {
+  check(e.via + ' ' + path(e.url) + ' body', e.body);
+  check(e.via + ' ' + path(e.url) + ' headers', e.headers);
+});
+return {
+  found,
+  responses: seen.map((e) => ({ via: e.via, path: path(e.url), status: e.status })),
+  pending: seen.filter((e) => e.body === null).length,
+};
+"#;
+
+/// The JWT scan once every recorded response body has been read.
+async fn scan_for_jwts(client: &Client, shots: &mut Shots, step: &str) -> Value {
+    let bodies_read = format!("(() => {{ {JWT_SCAN} }})().pending === 0");
+    wait_for(client, shots, step, &bodies_read).await;
+    client.execute(JWT_SCAN, vec![]).await.expect("the scan runs")
+}
+
+/// The places a scan found a JWT in.
+fn jwt_places(scan: &Value) -> Vec<String> {
+    scan["found"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The response paths a scan saw recorded.
+fn seen_paths(scan: &Value) -> Vec<String> {
+    scan["responses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["path"].as_str()).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// A page on another loopback origin (another port) that tries to use the user's avemint session.
@@ -231,6 +338,13 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
         .connect(&driver.url)
         .await
         .expect("a Chromium session through chromedriver");
+    client
+        .issue_cmd(Cdp {
+            cmd: "Page.addScriptToEvaluateOnNewDocument",
+            params: json!({ "source": RECORDER }),
+        })
+        .await
+        .expect("the response recorder is installed through chromedriver's CDP endpoint");
     let mut shots = Shots::new();
     let result = tokio::time::timeout(SCENARIO_TIMEOUT, scenario(&client, &mut shots, &base)).await;
     let _ = client.close().await;
@@ -305,16 +419,32 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
         "HttpOnly: scripts cannot see the session cookie"
     );
 
-    // An app JWT through the SPA helper; its decoded claims are shown.
+    // Proxy mode, on a fresh page load: apiFetch('/api/demo/hello') through the demo's `/api/demo` route reaches
+    // the demo API (which verified the app JWT avemint attached), and no token is anywhere script can see.
+    c.goto(&format!("{base}/")).await?;
+    click(c, shots, "call the proxied API", "#call-proxied").await;
+    let proxied = shown_json(c, shots, "proxied API answer", "proxied-answer", "hello").await;
+    assert_eq!(proxied["hello"], name.as_str(), "{proxied}");
+    let scan = scan_for_jwts(c, shots, "scan the proxied page").await;
+    let paths = seen_paths(&scan);
+    assert!(
+        paths.iter().any(|p| p == "/api/demo/hello") && paths.iter().any(|p| p == "/auth/session"),
+        "the recorder saw the page's responses: {scan}"
+    );
+    assert!(
+        !paths.iter().any(|p| p == "/auth/token"),
+        "the proxied side asks for no token: {scan}"
+    );
+    assert_eq!(
+        jwt_places(&scan),
+        Vec::<String>::new(),
+        "no token in the proxied page: {scan}"
+    );
+    shots.take(c, "proxied-api-answer-no-token-in-page").await;
+
+    // The token side of the same page: an app JWT through the SPA helper; its decoded claims are shown.
     click(c, shots, "get a token", "#get-token").await;
-    let claims = wait_for(
-        c,
-        shots,
-        "app JWT claims",
-        "document.getElementById('claims').textContent.includes('\"iss\"') && document.getElementById('claims').textContent",
-    )
-    .await;
-    let claims: Value = serde_json::from_str(claims.as_str().unwrap_or_default()).expect("claims are JSON");
+    let claims = shown_json(c, shots, "app JWT claims", "claims", "\"iss\"").await;
     assert_eq!(claims["iss"], base);
     assert_eq!(claims["aud"], base);
     assert_eq!(claims["name"], name.as_str());
@@ -322,17 +452,21 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // The demo downstream API accepts the bearer from fetchWithToken and greets the user.
     click(c, shots, "call the demo API", "#call-api").await;
-    let answer = wait_for(
-        c,
-        shots,
-        "demo API answer",
-        "document.getElementById('api-answer').textContent.includes('hello') && document.getElementById('api-answer').textContent",
-    )
-    .await;
-    let answer: Value = serde_json::from_str(answer.as_str().unwrap_or_default()).expect("answer is JSON");
+    let answer = shown_json(c, shots, "demo API answer", "api-answer", "hello").await;
     assert_eq!(answer["hello"], name.as_str());
     assert_eq!(answer["sub"], claims["sub"]);
+    assert_eq!(
+        answer["sub"], proxied["sub"],
+        "both ways reach the API as the same user"
+    );
     shots.take(c, "demo-api-answer").await;
+
+    // The same scan now finds the token the page fetched: it can fail.
+    let scan = scan_for_jwts(c, shots, "scan the token side").await;
+    assert!(
+        jwt_places(&scan).iter().any(|w| w == "fetch /auth/token body"),
+        "the scan finds the app JWT once the page holds one: {scan}"
+    );
 
     // A reload keeps the session: the cookie is sent back.
     c.refresh().await?;

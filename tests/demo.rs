@@ -64,7 +64,9 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
         .await
         .expect("text");
     // The page gets its app JWT through the SPA helper, which POSTs /auth/token with `X-CSRF: 1`.
-    assert!(script.contains("import { getToken, fetchWithToken, clearTokens } from '/avemint.js';"));
+    assert!(script.contains("import { apiFetch, getToken, fetchWithToken, clearTokens } from '/avemint.js';"));
+    // …and, on the proxied side, calls the demo API through avemint with no token in the page.
+    assert!(script.contains("apiFetch('/api/demo/hello')"));
     assert!(script.contains("await getToken()"));
     assert!(script.contains("fetchWithToken('/demo/api/hello')"));
     let helper = http.get(format!("{base}/avemint.js")).send().await.expect("helper");
@@ -150,5 +152,20 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
     let bad = http.get(&api).bearer_auth(&tampered).send().await.expect("api");
     assert_eq!(bad.status(), 401);
     assert_eq!(support::error_code(bad).await, "invalid_token");
+
+    // Proxy mode: the demo's route `/api/demo` forwards to the demo API with the app JWT attached by avemint.
+    let proxied = format!("{base}/api/demo/hello");
+    let hello = browser.send(http.get(&proxied).header("X-CSRF", "1")).await;
+    assert_eq!(hello.status(), 200);
+    let hello: serde_json::Value = hello.json().await.expect("json");
+    assert_eq!(hello["hello"], session["name"], "{hello}");
+    assert_eq!(hello["sub"], session["sub"]);
+    let no_csrf = browser.send(http.get(&proxied)).await;
+    assert_eq!(no_csrf.status(), 403);
+    let post = browser.send(http.post(&proxied).header("X-CSRF", "1")).await;
+    assert_eq!(post.status(), 405, "the demo route forwards GET only");
+    let signed_out = http.get(&proxied).header("X-CSRF", "1").send().await.expect("proxied");
+    assert_eq!(signed_out.status(), 401);
+    assert_eq!(support::error_code(signed_out).await, "login_required");
     drop(demo);
 }

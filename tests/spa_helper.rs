@@ -44,6 +44,7 @@ async fn avemint_serves_the_helper_as_a_cacheable_module() {
     for export in [
         "export function getToken",
         "export async function fetchWithToken",
+        "export async function apiFetch",
         "export function configure",
     ] {
         assert!(body.contains(export), "{export}");

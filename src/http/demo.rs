@@ -1,10 +1,14 @@
 //! The demo page: only mounted by `avemint demo`, never by `avemint serve`.
 //!
-//! A small page that shows the session user, fetches an app JWT with the SPA
-//! helper (`getToken` from `/avemint.js`: `POST /auth/token` with `X-CSRF: 1`),
-//! shows its decoded claims and calls the demo downstream API
-//! (`GET /demo/api/hello`, see `demo_api`) with `fetchWithToken`, under a banner
-//! that says this is a demo.
+//! A small page that shows the session user and calls the demo downstream API
+//! (`GET /demo/api/hello`, see `demo_api`) both ways, side by side, under a
+//! banner that says this is a demo:
+//! - token in the page: an app JWT from the SPA helper (`getToken` from
+//!   `/avemint.js`: `POST /auth/token` with `X-CSRF: 1`), its decoded claims,
+//!   and the API called with `fetchWithToken`;
+//! - proxied (proxy mode, the recommended way): `apiFetch('/api/demo/hello')`
+//!   through the demo's route `/api/demo` (set up by `avemint demo`), where
+//!   avemint attaches the app JWT on the server and the page never holds one.
 
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
@@ -29,12 +33,25 @@ const PAGE: &str = r#"<!doctype html>
 <p><a class="button" id="sign-in" href="/auth/login?return_to=/">Sign in with Ave</a></p>
 </section>
 <section id="signed-in" hidden>
-<p>Signed in as <strong id="user-name"></strong> <span id="user-email"></span></p>
-<p><button id="get-token" type="button">Get an app JWT</button> <button id="call-api" type="button">Call the demo API</button> <button id="sign-out" type="button">Sign out</button></p>
-<h2>App JWT claims</h2>
+<p>Signed in as <strong id="user-name"></strong> <span id="user-email"></span> <button id="sign-out" type="button">Sign out</button></p>
+<div class="ways">
+<section class="way" id="token-way">
+<h2>Token in the page</h2>
+<p class="note">The page asks <code>POST /auth/token</code> for an app JWT (<code>getToken</code>) and sends it to the API itself (<code>fetchWithToken('/demo/api/hello')</code>): script on the page can read the token.</p>
+<p><button id="get-token" type="button">Get an app JWT</button> <button id="call-api" type="button">Call the demo API with it</button></p>
+<h3>App JWT claims</h3>
 <pre id="claims">(none yet)</pre>
-<h2>Demo API answer</h2>
+<h3>Demo API answer</h3>
 <pre id="api-answer">(not called yet)</pre>
+</section>
+<section class="way" id="proxy-way">
+<h2>Proxied (recommended)</h2>
+<p class="note">The page calls <code>apiFetch('/api/demo/hello')</code> with its session cookie only; avemint forwards it to the demo API with the app JWT attached on the server. No token ever reaches the page.</p>
+<p><button id="call-proxied" type="button">Call the demo API through avemint</button></p>
+<h3>Demo API answer</h3>
+<pre id="proxied-answer">(not called yet)</pre>
+</section>
+</div>
 </section>
 <p id="error" class="error" hidden></p>
 <p class="links"><a href="/docs">API docs</a> · <a href="/.well-known/jwks.json">JWKS</a> · <a href="/.well-known/openid-configuration">discovery</a></p>
@@ -43,7 +60,7 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const SCRIPT: &str = r#"import { getToken, fetchWithToken, clearTokens } from '/avemint.js';
+const SCRIPT: &str = r#"import { apiFetch, getToken, fetchWithToken, clearTokens } from '/avemint.js';
 
 const $ = (id) => document.getElementById(id);
 function showError(text) { const e = $('error'); e.textContent = text; e.hidden = false; }
@@ -72,6 +89,12 @@ async function callApi() {
   if (!r.ok) { showError(body.error + ': ' + body.error_description); return; }
   $('api-answer').textContent = JSON.stringify(body, null, 2);
 }
+async function callProxied() {
+  const r = await apiFetch('/api/demo/hello');
+  const body = await r.json();
+  if (!r.ok) { showError(body.error + ': ' + body.error_description); return; }
+  $('proxied-answer').textContent = JSON.stringify(body, null, 2);
+}
 async function signOut() {
   await fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1' } });
   clearTokens();
@@ -80,15 +103,17 @@ async function signOut() {
 const guarded = (f) => () => f().catch((e) => showError(String(e.message || e)));
 $('get-token').addEventListener('click', guarded(showToken));
 $('call-api').addEventListener('click', guarded(callApi));
+$('call-proxied').addEventListener('click', guarded(callProxied));
 $('sign-out').addEventListener('click', guarded(signOut));
 guarded(load)();
 "#;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}\
 .banner{background:#b91c1c;color:#fff;padding:.6em 1em;font-weight:600;text-align:center}\
-main{max-width:46em;margin:2em auto;padding:0 1em}\
+main{max-width:64em;margin:2em auto;padding:0 1em}\
 .button,button{display:inline-block;background:#1d4ed8;color:#fff;border:0;border-radius:.3em;padding:.5em 1em;text-decoration:none;font:inherit;cursor:pointer}\
-pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto}.error{color:#b91c1c}.links{margin-top:3em;font-size:.9em}";
+pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto}\
+.ways{display:flex;flex-wrap:wrap;gap:1.5em}.way{flex:1 1 20em;min-width:0}.note{font-size:.9em;color:#555}.error{color:#b91c1c}.links{margin-top:3em;font-size:.9em}";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     Response::builder()

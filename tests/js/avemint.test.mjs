@@ -4,6 +4,7 @@ import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
+  apiFetch,
   getToken,
   fetchWithToken,
   configure,
@@ -34,6 +35,8 @@ globalThis.fetch = async (url, init = {}) => {
 
 const navigations = [];
 globalThis.location = {
+  href: 'https://app.example.com/app/page?tab=2#x',
+  origin: 'https://app.example.com',
   pathname: '/app/page',
   search: '?tab=2',
   hash: '#x',
@@ -195,4 +198,100 @@ test('fetchWithToken passes the audience on to getToken', async () => {
   handlers.push(() => tokenResponse('for-api'), () => json(200, {}));
   await fetchWithToken('/api', {}, { audience: 'https://api.example.com' });
   assert.deepEqual(JSON.parse(calls[0].init.body), { audience: 'https://api.example.com' });
+});
+
+test('apiFetch sends the session cookie and X-CSRF to the page\'s origin, keeping the caller\'s request', async () => {
+  handlers.push(() => json(200, { hello: 'Ada' }));
+  const r = await apiFetch('/api/orders/7?x=1', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Thing': 'y' },
+    body: '{"n":1}',
+  });
+  assert.equal(r.status, 200);
+  assert.deepEqual(await r.json(), { hello: 'Ada' });
+  assert.equal(calls.length, 1, 'no token is fetched: avemint attaches it on the server');
+  const { url, init } = calls[0];
+  assert.equal(url, 'https://app.example.com/api/orders/7?x=1');
+  assert.equal(init.method, 'POST');
+  assert.equal(init.body, '{"n":1}');
+  assert.equal(init.credentials, 'include');
+  assert.equal(init.headers.get('X-CSRF'), '1');
+  assert.equal(init.headers.get('X-Thing'), 'y');
+  assert.equal(init.headers.get('Content-Type'), 'application/json');
+  assert.equal(init.headers.get('Authorization'), null);
+});
+
+test('apiFetch always sends X-CSRF: 1 and credentials, whatever the caller asked for', async () => {
+  handlers.push(() => json(200, {}));
+  await apiFetch('/api/x', { headers: [['X-CSRF', '0']], credentials: 'omit' });
+  assert.equal(calls[0].init.headers.get('X-CSRF'), '1');
+  assert.equal(calls[0].init.credentials, 'include');
+});
+
+test('apiFetch accepts absolute URLs on the page\'s origin and relative paths', async () => {
+  handlers.push(() => json(200, {}), () => json(200, {}));
+  await apiFetch('https://app.example.com/api/a');
+  await apiFetch('api/b');
+  assert.deepEqual(
+    calls.map((c) => c.url),
+    ['https://app.example.com/api/a', 'https://app.example.com/app/api/b'],
+  );
+});
+
+test('apiFetch refuses every other origin and sends nothing', async () => {
+  for (const target of [
+    'https://evil.example/api/x',
+    '//evil.example/api/x',
+    '/\\evil.example/api/x',
+    'http://app.example.com/api/x',
+    'https://app.example.com:8443/api/x',
+    'javascript:alert(1)',
+    'data:application/json,{}',
+    new URL('https://evil.example/api'),
+  ]) {
+    await assert.rejects(apiFetch(target), TypeError, String(target));
+  }
+  await assert.rejects(apiFetch({ url: '/api/x' }), TypeError);
+  assert.equal(calls.length, 0);
+});
+
+test('apiFetch with a configured base calls avemint\'s origin, not the page\'s', async () => {
+  configure({ base: 'https://auth.example.com/' });
+  handlers.push(() => json(200, {}));
+  await apiFetch('/api/x');
+  assert.equal(calls[0].url, 'https://auth.example.com/api/x');
+  await assert.rejects(apiFetch('https://app.example.com/api/x'), TypeError);
+  assert.equal(calls.length, 1);
+});
+
+test('apiFetch on login_required runs the login handler, forgets tokens and rejects', async () => {
+  handlers.push(() => tokenResponse('cached'));
+  await getToken();
+  handlers.push(() => json(401, { error: 'login_required', error_description: 'no valid session' }));
+  await assert.rejects(apiFetch('/api/x'), (e) => e instanceof LoginRequiredError && e.message === 'no valid session');
+  assert.deepEqual(navigations, ['/auth/login?return_to=' + encodeURIComponent('/app/page?tab=2#x')]);
+  handlers.push(() => tokenResponse('new'));
+  assert.equal(await getToken(), 'new', 'the cached token was forgotten');
+
+  let called = 0;
+  configure({ onLoginRequired: () => called++ });
+  handlers.push(() => json(401, { error: 'login_required' }));
+  await assert.rejects(apiFetch('/api/x'), LoginRequiredError);
+  assert.equal(called, 1);
+});
+
+test('apiFetch returns an API\'s own 401 and other errors untouched, body readable', async () => {
+  handlers.push(
+    () => json(401, { error: 'invalid_token', error_description: 'expired' }),
+    () => new Response('denied', { status: 401, headers: { 'Content-Type': 'text/plain' } }),
+    () => new Response('{not json', { status: 401, headers: { 'Content-Type': 'application/json' } }),
+    () => json(502, { error: 'server_error', error_description: 'the upstream API cannot be reached' }),
+  );
+  const upstream401 = await apiFetch('/api/x');
+  assert.equal(upstream401.status, 401);
+  assert.deepEqual(await upstream401.json(), { error: 'invalid_token', error_description: 'expired' });
+  assert.equal(await (await apiFetch('/api/x')).text(), 'denied');
+  assert.equal(await (await apiFetch('/api/x')).text(), '{not json');
+  assert.equal((await apiFetch('/api/x')).status, 502);
+  assert.deepEqual(navigations, [], 'the login handler did not run');
 });

@@ -1,7 +1,7 @@
 // avemint.js: a tiny, dependency-free helper for single-page apps signed in with avemint.
 // Served by avemint at /avemint.js. Import it as an ES module:
 //
-//   import { getToken, fetchWithToken } from '/avemint.js';
+//   import { apiFetch, getToken, fetchWithToken } from '/avemint.js';
 //
 // getToken({ audience }) (or getToken({ profile })) returns an app JWT for the signed-in user. It is cached until shortly before it
 // expires, concurrent calls share one request, and the request carries the session cookie
@@ -10,6 +10,10 @@
 //
 // fetchWithToken(url, init) calls an API with `Authorization: Bearer <app JWT>` and retries once with a
 // fresh token if the API answers 401.
+//
+// apiFetch(path, init) calls an API that avemint proxies (proxy mode, the recommended way): on avemint's own
+// origin only, with the session cookie and `X-CSRF: 1`; avemint attaches the app JWT on the server, so the page
+// never holds a token. `login_required` runs the same handler as getToken.
 
 /** Tokens are treated as expired this many seconds before they really expire. */
 export const EXPIRY_MARGIN_SECONDS = 30;
@@ -73,6 +77,19 @@ function targetOf({ audience, profile }) {
   return Object.keys(target).length ? target : null;
 }
 
+/** The `error` and `error_description` of an avemint JSON error body, when they are strings. */
+function errorOf(body) {
+  const field = (name) => (body && typeof body[name] === 'string' ? body[name] : undefined);
+  return { error: field('error'), description: field('error_description') };
+}
+
+/** The user has no session (any more): forget tokens, run the handler, and return the error to throw. */
+function loginRequired(description) {
+  cache.clear();
+  settings.onLoginRequired();
+  return new LoginRequiredError(description);
+}
+
 /**
  * An app JWT for the signed-in user. `audience` (or `profile`) selects avemint's token profile (the default
  * profile when absent); `fresh: true` skips the cache. Rejects with LoginRequiredError (after calling the
@@ -106,13 +123,8 @@ async function requestToken(target, key) {
     body = null;
   }
   if (!response.ok) {
-    const error = body && typeof body.error === 'string' ? body.error : undefined;
-    const description = body && typeof body.error_description === 'string' ? body.error_description : undefined;
-    if (error === 'login_required') {
-      cache.clear();
-      settings.onLoginRequired();
-      throw new LoginRequiredError(description);
-    }
+    const { error, description } = errorOf(body);
+    if (error === 'login_required') throw loginRequired(description);
     throw new TokenError(response.status, error, description);
   }
   if (!body || typeof body.access_token !== 'string') throw new TokenError(response.status, 'invalid_response', 'no access_token');
@@ -135,4 +147,42 @@ export async function fetchWithToken(url, init = {}, { audience, profile } = {})
   const response = await send(await getToken({ audience, profile }));
   if (response.status !== 401) return response;
   return send(await getToken({ audience, profile, fresh: true }));
+}
+
+/** avemint's origin as a URL to resolve paths against: the configured `base`, or this page. */
+function home() {
+  return settings.base ? new URL(`${settings.base}/`) : new URL(location.href);
+}
+
+/**
+ * fetch() of a route avemint proxies (proxy mode): `path` is resolved against avemint's origin (`base`, default
+ * this page's origin) and must stay on it: an absolute URL of any other origin rejects with a TypeError and
+ * nothing is sent. The request carries the session cookie (`credentials: 'include'`) and `X-CSRF: 1` next to the
+ * caller's headers; avemint attaches the app JWT on the server, so no token reaches the page. When avemint answers
+ * `login_required`, the handler runs (as for getToken) and the call rejects with LoginRequiredError; every other
+ * answer (an API's own 401 included) is returned as it is.
+ */
+export async function apiFetch(path, init = {}) {
+  if (typeof path !== 'string' && !(path instanceof URL)) {
+    throw new TypeError('apiFetch takes a path (or a URL) on avemint\'s origin');
+  }
+  const origin = home();
+  const url = new URL(String(path), origin);
+  if (url.origin !== origin.origin) {
+    throw new TypeError(`apiFetch calls avemint's origin (${origin.origin}) only, not ${url.origin}`);
+  }
+  const headers = new Headers(init.headers);
+  headers.set('X-CSRF', '1');
+  const response = await fetch(url.href, { ...init, headers, credentials: 'include' });
+  if (response.status === 401 && /json/i.test(response.headers.get('Content-Type') || '')) {
+    let body = null;
+    try {
+      body = await response.clone().json();
+    } catch {
+      body = null;
+    }
+    const { error, description } = errorOf(body);
+    if (error === 'login_required') throw loginRequired(description);
+  }
+  return response;
 }
