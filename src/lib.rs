@@ -25,6 +25,7 @@ mod log_gate;
 mod metrics;
 mod mint;
 mod proxy;
+mod reload;
 mod route;
 mod secret;
 mod server;

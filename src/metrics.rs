@@ -9,7 +9,7 @@
 //!
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
-//! [`lock_wait`]. None of them ever sees a token, cookie or secret.
+//! [`lock_wait`], [`secret_reload`]. None of them ever sees a token, cookie or secret.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use crate::reload::SecretKind;
 use crate::route::Route;
 
 /// The content type of the text exposition format.
@@ -153,6 +154,7 @@ struct Metrics {
     budget_refused: IntCounterVec,
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
+    secret_reloads: IntCounterVec,
 }
 
 /// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
@@ -248,6 +250,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
     for network in ["ipv4_24", "ipv6_64", "ipv6_48"] {
         code_exchange_refused.get_metric_with_label_values(&[network])?;
     }
+    let secret_reloads = IntCounterVec::new(
+        Opts::new(
+            "avemint_secret_reloads_total",
+            "Reloads of secrets and signing keys after a file change or SIGHUP, by kind and outcome (ok, failed)",
+        ),
+        &["kind", "outcome"],
+    )?;
+    registry.register(Box::new(secret_reloads.clone()))?;
+    for kind in SecretKind::ALL {
+        for outcome in ["ok", "failed"] {
+            secret_reloads.get_metric_with_label_values(&[kind.label(), outcome])?;
+        }
+    }
 
     let routes = (0..=UNMATCHED).map(|i| RouteLabel(i).as_str());
     let mut requests = Vec::with_capacity(UNMATCHED + 1);
@@ -287,7 +302,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_refused,
         code_exchange_failures,
         code_exchange_refused,
+        secret_reloads,
     })
+}
+
+/// Records one reload of a secret or of the signing keys that changed something (`ok`) or was refused.
+pub(crate) fn secret_reload(kind: SecretKind, ok: bool) {
+    let Some(m) = metrics() else { return };
+    let outcome = if ok { "ok" } else { "failed" };
+    if let Ok(c) = m.secret_reloads.get_metric_with_label_values(&[kind.label(), outcome]) {
+        c.inc();
+    }
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
