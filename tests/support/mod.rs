@@ -67,6 +67,9 @@ pub struct Options {
     pub session: Option<SessionSettings>,
     /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
     pub routes_toml: Option<String>,
+    /// Environment for the loader on top of the defaults: each name replaces the default of that name; an empty
+    /// value only removes it (e.g. `AVE_CLIENT_SECRET` when `AVE_CLIENT_SECRET_FILE` is given).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl TestApp {
@@ -120,6 +123,12 @@ impl TestApp {
             std::fs::write(&path, toml).expect("write config");
             path
         });
+        for (name, value) in opts.env {
+            env.retain(|(k, _)| *k != name);
+            if !value.is_empty() {
+                env.push((name, value));
+            }
+        }
         let env: BTreeMap<String, String> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mut settings = Settings::load(config.as_deref(), &env).expect("test settings load");
         settings.keys.dir = keys_dir.clone();
