@@ -248,13 +248,13 @@ impl Application {
             s.defaults.join("; ")
         };
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
+            version = %env!("CARGO_PKG_VERSION"),
             listen = %self.addr,
             public_url = %s.public_url,
             issuer = %s.issuer,
             store = %s.store,
             session_keys = %s.session_keys,
-            client_secret = s.client_secret,
+            client_secret = %s.client_secret,
             signing_keys = %ring.describe(),
             profiles = %s.profiles,
             proxy_routes = self.state.proxy.routes().all().len(),
