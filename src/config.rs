@@ -366,7 +366,8 @@ impl<'a> Loader<'a> {
                     Some(file),
                 ))),
                 Err(kind) => {
-                    self.errors.push(format!("{}: cannot read {}: {kind}", p.origin, p.value));
+                    self.errors
+                        .push(format!("{}: cannot read {}: {kind}", p.origin, p.value));
                     Err(())
                 }
             },
@@ -944,13 +945,21 @@ mod tests {
     fn every_file_pair_refuses_both_and_the_database_url_reads_from_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url_path = dir.path().join("db");
-        std::fs::write(&url_path, "postgres://avemint:hunter2@db.internal:6543/sessions?sslmode=require\n").expect("write");
+        std::fs::write(
+            &url_path,
+            "postgres://avemint:hunter2@db.internal:6543/sessions?sslmode=require\n",
+        )
+        .expect("write");
         let url_path = url_path.to_str().expect("utf8");
         let mut pairs = minimal();
         pairs.push(("AVEMINT_DATABASE_URL_FILE", url_path));
         let s = Settings::load(None, &env(&pairs)).expect("valid");
         assert_eq!(s.store.database_url.describe(), "postgres://db.internal:6543/sessions");
-        assert!(s.defaults.iter().all(|d| !d.contains("DATABASE_URL")), "{:?}", s.defaults);
+        assert!(
+            s.defaults.iter().all(|d| !d.contains("DATABASE_URL")),
+            "{:?}",
+            s.defaults
+        );
         let s = Settings::load(None, &env(&minimal())).expect("valid");
         assert!(
             s.defaults
@@ -970,7 +979,10 @@ mod tests {
             pairs.push((name, value));
             pairs.push((&file_name, url_path));
             let e = Settings::load(None, &env(&pairs)).expect_err("both");
-            assert_eq!(e.0, vec![format!("{name} and {name}_FILE are both set; set only one of them")]);
+            assert_eq!(
+                e.0,
+                vec![format!("{name} and {name}_FILE are both set; set only one of them")]
+            );
         }
         // Both of one pair in the file.
         let e = load_file(
@@ -983,8 +995,11 @@ mod tests {
             vec!["config file `database_url` and config file `database_url_file` are both set; set only one of them"]
         );
         // The environment's pair wins over the file's.
-        let s = load_file("database_url = \"sqlite://file.db\"\n", &[("AVEMINT_DATABASE_URL_FILE", url_path)])
-            .expect("env wins");
+        let s = load_file(
+            "database_url = \"sqlite://file.db\"\n",
+            &[("AVEMINT_DATABASE_URL_FILE", url_path)],
+        )
+        .expect("env wins");
         assert!(matches!(s.store.database_url, DatabaseUrl::Postgres(_)));
         // Unreadable: named, and the password never appears anywhere.
         let mut pairs = minimal();

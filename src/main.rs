@@ -148,7 +148,10 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
 fn this_command() -> String {
     std::env::args()
         .map(|a| {
-            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+            {
                 a
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))

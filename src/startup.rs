@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
+use crate::ave::settings::parse_client_secret;
 use crate::ave::{AveClient, AveError};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
-use crate::ave::settings::parse_client_secret;
 use crate::reload::Reload;
 use crate::session::{Renewer, Sessions, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
@@ -175,7 +175,11 @@ impl Application {
             issuer: ave.issuer.as_str().to_owned(),
             store: store.database_url.describe(),
             session_keys: match &store.keys_file {
-                Some(f) => format!("{} (from {}, reloaded on change)", store.keys.keys().len(), f.path().display()),
+                Some(f) => format!(
+                    "{} (from {}, reloaded on change)",
+                    store.keys.keys().len(),
+                    f.path().display()
+                ),
                 None => store.keys.keys().len().to_string(),
             },
             client_secret: if ave.client_secret_file.is_some() {

@@ -203,11 +203,18 @@ fn an_unreachable_database_names_host_port_and_cause() {
     for (url, needles) in [
         (
             format!("postgres://avemint:pw-never-shown@127.0.0.1:{closed}/sessions"),
-            vec![format!("127.0.0.1:{closed}"), "sessions".to_owned(), "connection refused".to_owned()],
+            vec![
+                format!("127.0.0.1:{closed}"),
+                "sessions".to_owned(),
+                "connection refused".to_owned(),
+            ],
         ),
         (
             "postgres://avemint:pw-never-shown@no-such-host.invalid:5432/sessions".to_owned(),
-            vec!["no-such-host.invalid:5432".to_owned(), "could not be resolved".to_owned()],
+            vec![
+                "no-such-host.invalid:5432".to_owned(),
+                "could not be resolved".to_owned(),
+            ],
         ),
     ] {
         let out = serve_with(&[

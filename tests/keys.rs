@@ -536,25 +536,45 @@ fn keys_commands_keep_the_owner_of_the_directory_or_refuse_with_the_command_to_r
                 "{what}: {} keeps the directory's owner",
                 entry.path().display()
             );
-            assert_eq!(meta.mode() & 0o777, 0o600, "{what}: {} stays private", entry.path().display());
+            assert_eq!(
+                meta.mode() & 0o777,
+                0o600,
+                "{what}: {} stays private",
+                entry.path().display()
+            );
         }
     };
     for args in [&["generate"][..], &["generate"], &["rotate", "--force"], &["prune"]] {
         let out = keys_cmd(&dir, args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         owned_by_nobody(&args.join(" "));
     }
     let manifest = std::fs::read(dir.join("manifest.json")).expect("manifest");
     // Another user (neither root nor the owner) is refused before anything changes.
     let out = Command::new("setpriv")
-        .args(["--reuid=65533", "--regid=65533", "--clear-groups", BIN, "keys", "rotate", "--force"])
+        .args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            BIN,
+            "keys",
+            "rotate",
+            "--force",
+        ])
         .env_clear()
         .env("AVEMINT_KEYS_DIR", &dir)
         .output()
         .expect("setpriv runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("belongs to nobody") && err.contains("nothing was changed"), "{err}");
+    assert!(
+        err.contains("belongs to nobody") && err.contains("nothing was changed"),
+        "{err}"
+    );
     assert!(
         err.contains(&format!("instead run: sudo -u nobody {BIN} keys rotate --force")),
         "the exact command: {err}"

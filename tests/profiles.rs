@@ -475,7 +475,10 @@ async fn the_hook_secret_rotates_on_file_change_under_load() {
     std::fs::rename(&tmp, &path).expect("rename");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while hook.log.new_signatures.load(Ordering::SeqCst) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the new hook secret was never used");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new hook secret was never used"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Calls signed just before the swap may still be arriving.
@@ -494,7 +497,10 @@ async fn the_hook_secret_rotates_on_file_change_under_load() {
     assert_eq!(hook.bad_signatures(), 0);
     let later_calls = hook.calls("/roles") - calls_at_switch;
     let later_new = hook.log.new_signatures.load(Ordering::SeqCst) - new_at_switch;
-    assert!(later_calls > 0 && later_new == later_calls, "after the switch only the new secret signs");
+    assert!(
+        later_calls > 0 && later_new == later_calls,
+        "after the switch only the new secret signs"
+    );
 }
 
 #[tokio::test]

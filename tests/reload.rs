@@ -104,10 +104,7 @@ async fn the_client_secret_rotates_under_load_and_no_request_fails() {
             // Sign-ins in a loop from one address: no per-IP sign-in limit.
             ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
             ("AVE_CLIENT_SECRET", String::new()),
-            (
-                "AVE_CLIENT_SECRET_FILE",
-                secret_path.to_str().expect("utf8").to_owned(),
-            ),
+            ("AVE_CLIENT_SECRET_FILE", secret_path.to_str().expect("utf8").to_owned()),
         ],
         ..Options::default()
     })
@@ -227,7 +224,12 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     let gate = Arc::new(tokio::sync::RwLock::new(()));
     let mut tasks = Vec::new();
     for b in &before {
-        tasks.push(tokio::spawn(token_loop(http.clone(), base.clone(), b.clone(), load.clone())));
+        tasks.push(tokio::spawn(token_loop(
+            http.clone(),
+            base.clone(),
+            b.clone(),
+            load.clone(),
+        )));
     }
     tasks.push(tokio::spawn(sign_in_loop(
         http.clone(),
@@ -245,7 +247,10 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
         .expect("kill");
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("secret reloaded") {
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("secret reloaded")
+    {
         assert!(std::time::Instant::now() < deadline, "the keys were never reloaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -260,7 +265,9 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     assert_eq!(load.failures(), Vec::<String>::new(), "no request failed");
     assert!(load.ok.load(Ordering::Relaxed) > 20, "the load ran");
     for b in before.iter_mut().chain([&mut after]) {
-        let r = b.send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1")).await;
+        let r = b
+            .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+            .await;
         assert_eq!(r.status(), 200, "every session still opens");
     }
     drop(child);
@@ -277,9 +284,7 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     )
     .await;
     let status_at = |b: &mut Browser| {
-        let req = http
-            .post(format!("{}/auth/token", only_new.base))
-            .header("X-CSRF", "1");
+        let req = http.post(format!("{}/auth/token", only_new.base)).header("X-CSRF", "1");
         let mut b = b.clone();
         async move { b.send(req).await.status().as_u16() }
     };

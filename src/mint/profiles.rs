@@ -186,10 +186,7 @@ impl Profiles {
 
     /// The reloaders of the hook secrets read from files.
     pub(crate) fn reloaders(&self) -> Vec<std::sync::Arc<dyn crate::reload::Reload>> {
-        self.list
-            .iter()
-            .filter_map(|p| p.hook.as_ref()?.reloader())
-            .collect()
+        self.list.iter().filter_map(|p| p.hook.as_ref()?.reloader()).collect()
     }
 
     /// The profile minted when a request names none.

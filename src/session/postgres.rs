@@ -87,7 +87,10 @@ fn connect_cause(e: &sqlx::Error) -> String {
         sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some("28P01") | Some("28000") => {
-                format!("authentication failed (check the user name and password): {}", db.message())
+                format!(
+                    "authentication failed (check the user name and password): {}",
+                    db.message()
+                )
             }
             Some("3D000") => format!("the database does not exist: {}", db.message()),
             _ => format!("the server refused: {}", db.message()),

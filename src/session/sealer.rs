@@ -200,7 +200,9 @@ impl SessionCrypto {
 
     /// Parses `AVEMINT_SESSION_KEYS` text and derives the keys (a reload of the keys file).
     pub(crate) fn parse(raw: &str) -> Result<Self, String> {
-        SealingKeys::parse(raw).map(|k| Self::new(&k)).map_err(|e| e.to_string())
+        SealingKeys::parse(raw)
+            .map(|k| Self::new(&k))
+            .map_err(|e| e.to_string())
     }
 }
 

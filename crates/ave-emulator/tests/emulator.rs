@@ -1497,6 +1497,10 @@ async fn client_secret_rotation_has_no_overlap_and_revokes_nothing() {
     let result = post_token(&emulator, &http, &refresh_with(&old)).await;
     assert_oauth_error(&result, "invalid_client", "Invalid client secret");
     let (status, body) = post_token(&emulator, &http, &refresh_with(&new)).await;
-    assert_eq!(status, StatusCode::OK, "the refresh token survived the rotation: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the refresh token survived the rotation: {body}"
+    );
     emulator.shutdown().await;
 }
