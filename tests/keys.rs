@@ -366,16 +366,6 @@ fn serve_refuses_to_start_with_a_world_readable_key() {
     assert!(keys_cmd(&dir, &["list"]).status.success());
 }
 
-/// The binary, killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sighup_reload_under_load_loses_no_request() {
     let port = support::free_port();
@@ -395,7 +385,7 @@ async fn sighup_reload_under_load_loses_no_request() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawns");
-    let child = Child(child);
+    let child = support::KillOnDrop(child);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

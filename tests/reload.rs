@@ -167,16 +167,6 @@ fn refreshes(emulator: &Emulator) -> usize {
         .count()
 }
 
-/// The binary, killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const OLD_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 const NEW_KEY: &str = "ISEhISEhISEhISEhISEhISEhISEhISEhISEhISEhISE=";
 
@@ -208,7 +198,7 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     .stderr(std::fs::File::create(&log).expect("log file"))
     .spawn()
     .expect("spawns");
-    let child = Child(child);
+    let child = support::KillOnDrop(child);
     support::wait_ready(&base).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -601,6 +601,16 @@ pub fn serve_command(
     cmd
 }
 
+/// A child process (e.g. `avemint serve` with its own environment), killed and reaped on drop.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An `avemint serve` child process, killed on drop.
 pub struct ServeProcess {
     pub base: String,
