@@ -26,18 +26,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_scopes};
+use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
-use crate::mint::hook::{FailurePolicy, HookSpec};
+use crate::mint::hook::{self, FailurePolicy, HookSpec};
 use crate::mint::keys::rotation::parse_rotation;
 use crate::mint::keys::{Algorithm, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
 use crate::mint::profiles::{
     self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ProfileSpec, TokenSettings,
 };
 use crate::proxy::{RouteSpec, Routes};
-use crate::secret::Secret;
+use crate::reload::SecretFile;
 use crate::server::ConnectionTimeouts;
 use crate::session::{
     DEFAULT_MAX_CONNECTIONS, DatabaseUrl, RenewalSettings, SealingKeys, SessionSettings, StoreSettings,
@@ -64,6 +64,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// Proxy mode's routes (none: proxy mode is off).
     pub routes: Routes,
+    /// Defaults taken for what is usually set, one sentence each (e.g. "no AVEMINT_DATABASE_URL: …"), for the
+    /// start-up summary.
+    pub defaults: Vec<String>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -113,6 +116,7 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         env: &NoEnv,
         file: std::mem::take(&mut l.file),
         errors: Vec::new(),
+        defaults: Vec::new(),
     };
     let _ = rest.settings();
     l.file = rest.file;
@@ -178,6 +182,8 @@ struct Loader<'a> {
     /// The file's top-level keys not read yet.
     file: toml::Table,
     errors: Vec<String>,
+    /// Defaults taken for what is usually set (see `Settings::defaults`).
+    defaults: Vec<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -200,6 +206,7 @@ impl<'a> Loader<'a> {
             env,
             file,
             errors: Vec::new(),
+            defaults: Vec::new(),
         })
     }
 
@@ -217,13 +224,7 @@ impl<'a> Loader<'a> {
     /// Takes `file_key` out of the file (type-checked) and reads `env_name`; the environment wins.
     fn pick(&mut self, env_name: &str, file_key: &str, shape: Shape) -> Option<Sourced> {
         let origin = format!("config file `{file_key}`");
-        let file = self.file.remove(file_key).and_then(|v| {
-            let text = shape.text(v);
-            if text.is_none() {
-                self.errors.push(format!("{origin}: {}", shape.expected()));
-            }
-            text
-        });
+        let file = self.take_file(file_key, shape);
         match self.env.var(env_name) {
             Some(value) => Some(Sourced {
                 value,
@@ -290,35 +291,109 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// A required secret from `NAME`, `NAME_FILE`, or the file's `key` / `key_file`.
+    /// A required secret: see `secret_or_file`.
     fn secret<T, E: Display>(
         &mut self,
         shape: Shape,
         env_name: &str,
         file_key: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Option<T> {
+    ) -> Option<(T, Option<SecretFile>)> {
+        let (v, file) = match self.secret_or_file(shape, env_name, file_key) {
+            Ok(Some((v, file))) => (Some(v), file),
+            Ok(None) => (None, None),
+            Err(()) => return None,
+        };
+        self.check_required(v, env_name, parse).map(|t| (t, file))
+    }
+
+    /// A secret from `NAME` or `NAME_FILE` in the environment, else from the file's `key` or `key_file`. Each pair
+    /// is one setting: giving both of one pair is refused, naming both. `Ok(None)`: not set; `Err`: recorded.
+    fn secret_or_file(
+        &mut self,
+        shape: Shape,
+        env_name: &str,
+        file_key: &str,
+    ) -> Result<Option<(Sourced, Option<SecretFile>)>, ()> {
         let path_key = format!("{file_key}_file");
         let path_env = format!("{env_name}_FILE");
-        let inline = self.pick(env_name, file_key, shape);
-        let path = self.pick(&path_env, &path_key, Shape::Text);
-        let v = match (inline, path) {
-            // The environment's `NAME` wins over every other source.
-            (Some(v), _) if v.origin == env_name => Some(v),
-            (_, Some(p)) => match std::fs::read_to_string(&p.value) {
-                Ok(value) => Some(Sourced {
-                    value: value.trim().to_owned(),
-                    origin: p.origin,
-                }),
-                Err(e) => {
+        let in_file = self.take_file(file_key, shape);
+        let path_in_file = self.take_file(&path_key, Shape::Text);
+        let in_env = self.env.var(env_name);
+        let path_in_env = self.env.var(&path_env);
+        let (value, path) = if in_env.is_some() || path_in_env.is_some() {
+            let value = in_env.map(|value| Sourced {
+                value,
+                origin: env_name.to_owned(),
+            });
+            let path = path_in_env.map(|value| Sourced {
+                value,
+                origin: path_env.clone(),
+            });
+            (value, path)
+        } else {
+            let value = in_file.map(|value| Sourced {
+                value,
+                origin: format!("config file `{file_key}`"),
+            });
+            let path = path_in_file.map(|value| Sourced {
+                value,
+                origin: format!("config file `{path_key}`"),
+            });
+            (value, path)
+        };
+        self.one_of(value, path)
+    }
+
+    /// A value given inline or as a file's path, not both.
+    fn one_of(
+        &mut self,
+        value: Option<Sourced>,
+        path: Option<Sourced>,
+    ) -> Result<Option<(Sourced, Option<SecretFile>)>, ()> {
+        match (value, path) {
+            (Some(v), Some(p)) => {
+                self.errors.push(format!(
+                    "{} and {} are both set; set only one of them",
+                    v.origin, p.origin
+                ));
+                Err(())
+            }
+            (Some(v), None) => Ok(Some((v, None))),
+            (None, Some(p)) => match SecretFile::read(Path::new(&p.value)) {
+                Ok((value, file)) => Ok(Some((
+                    Sourced {
+                        value,
+                        origin: p.origin,
+                    },
+                    Some(file),
+                ))),
+                Err(kind) => {
                     self.errors
-                        .push(format!("{}: cannot read {}: {}", p.origin, p.value, e.kind()));
-                    return None;
+                        .push(format!("{}: cannot read {}: {kind}", p.origin, p.value));
+                    Err(())
                 }
             },
-            (v, None) => v,
-        };
-        self.check_required(v, env_name, parse)
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Takes `key` out of the file, type-checked.
+    fn take_file(&mut self, key: &str, shape: Shape) -> Option<String> {
+        let v = self.file.remove(key)?;
+        let text = shape.text(v);
+        if text.is_none() {
+            self.errors.push(format!("config file `{key}`: {}", shape.expected()));
+        }
+        text
+    }
+
+    /// True when neither the environment nor the file sets `env_name` / `file_key` (or their `_FILE` forms).
+    fn unset(&self, env_name: &str, file_key: &str) -> bool {
+        self.env.var(env_name).is_none()
+            && self.env.var(&format!("{env_name}_FILE")).is_none()
+            && !self.file.contains_key(file_key)
+            && !self.file.contains_key(&format!("{file_key}_file"))
     }
 }
 
@@ -328,16 +403,22 @@ impl Loader<'_> {
     fn settings(&mut self) -> Option<Settings> {
         use Shape::{List, Number, Text};
         let client_id = self.required("AVE_CLIENT_ID", "client_id", non_empty);
-        let client_secret = self.secret(Text, "AVE_CLIENT_SECRET", "client_secret", |s| non_empty(s).map(Secret::new));
+        let client_secret = self.secret(Text, "AVE_CLIENT_SECRET", "client_secret", parse_client_secret);
         let issuer = self.or(Text, "AVE_ISSUER", "issuer", Issuer::default(), Issuer::parse);
         let public_url = self.required("AVEMINT_PUBLIC_URL", "public_url", PublicUrl::parse);
+        if self.unset("AVEMINT_LISTEN", "listen") {
+            self.defaults.push(format!("no AVEMINT_LISTEN: listening on {}", SocketAddr::from(DEFAULT_LISTEN)));
+        }
         let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), parse_listen);
         let ops_listen = self.optional(Text, "AVEMINT_OPS_LISTEN", "ops_listen", parse_listen);
         if ops_listen.is_some_and(|ops| ops == listen && ops.port() != 0) {
             self.errors.push("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN".into());
         }
-        let database_url = self.or(Text, "AVEMINT_DATABASE_URL", "database_url", DatabaseUrl::default(), DatabaseUrl::parse);
+        let database_url = self.database_url();
         let sealing_keys = self.secret(List, "AVEMINT_SESSION_KEYS", "session_keys", SealingKeys::parse);
+        if self.unset("AVEMINT_KEYS_DIR", "keys_dir") {
+            self.defaults.push("no AVEMINT_KEYS_DIR: signing keys in ./keys (the working directory)".into());
+        }
         let keys = self.keys();
         let token = self.token(public_url.as_ref());
         let scopes = self.or(Text, "AVEMINT_SCOPES", "scopes", DEFAULT_SCOPES.into(), parse_scopes);
@@ -368,7 +449,8 @@ impl Loader<'_> {
             ops_listen,
             ave: AveSettings {
                 client_id: client_id?,
-                client_secret: client_secret?,
+                client_secret_file: client_secret.as_ref().and_then(|(_, f)| f.clone()),
+                client_secret: client_secret?.0,
                 issuer,
                 scopes,
                 options,
@@ -376,7 +458,8 @@ impl Loader<'_> {
             store: StoreSettings {
                 database_url,
                 max_connections,
-                keys: sealing_keys?,
+                keys_file: sealing_keys.as_ref().and_then(|(_, f)| f.clone()),
+                keys: sealing_keys?.0,
             },
             public_url: public_url?,
             session,
@@ -385,7 +468,25 @@ impl Loader<'_> {
             keys,
             security,
             routes,
+            defaults: std::mem::take(&mut self.defaults),
         })
+    }
+
+    /// `AVEMINT_DATABASE_URL` or `AVEMINT_DATABASE_URL_FILE` (a URL may carry a password); SQLite in the working
+    /// directory by default.
+    fn database_url(&mut self) -> DatabaseUrl {
+        match self.secret_or_file(Shape::Text, "AVEMINT_DATABASE_URL", "database_url") {
+            Ok(Some((v, _))) => self.check(v, DatabaseUrl::parse).unwrap_or_default(),
+            Ok(None) => {
+                let d = DatabaseUrl::default();
+                self.defaults.push(format!(
+                    "no AVEMINT_DATABASE_URL: using {} in the working directory",
+                    d.describe()
+                ));
+                d
+            }
+            Err(()) => DatabaseUrl::default(),
+        }
     }
 
     /// `AVEMINT_KEYS_DIR`, `AVEMINT_KEY_ALGORITHM` and `AVEMINT_KEY_ROTATION` (shared by `serve` and `keys`).
@@ -598,29 +699,23 @@ impl Loader<'_> {
         let url = parse_web_url(&h.url)
             .map_err(|e| self.errors.push(format!("{origin}: `url` {e}")))
             .ok();
-        let secret = match (h.secret, h.secret_file) {
-            (Some(s), None) => Some(s),
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map(|v| v.trim().to_owned())
-                .map_err(|e| {
-                    self.errors.push(format!(
-                        "{origin}: `secret_file` cannot read {}: {}",
-                        path.display(),
-                        e.kind()
-                    ))
-                })
-                .ok(),
-            _ => {
+        let inline = h.secret.map(|value| Sourced {
+            value,
+            origin: format!("{origin}: `secret`"),
+        });
+        let path = h.secret_file.map(|p| Sourced {
+            value: p.display().to_string(),
+            origin: format!("{origin}: `secret_file`"),
+        });
+        let (secret, secret_file) = match self.one_of(inline, path) {
+            Ok(Some((v, file))) => (self.check(v, hook::parse_secret), file),
+            Ok(None) => {
                 self.errors
                     .push(format!("{origin}: set exactly one of `secret` and `secret_file`"));
-                None
+                (None, None)
             }
+            Err(()) => (None, None),
         };
-        if secret.as_ref().is_some_and(|s| s.len() < 32) {
-            self.errors.push(format!(
-                "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
-            ));
-        }
         let timeout = match h.timeout_ms.unwrap_or(2000) {
             n @ 1..=60_000 => Duration::from_millis(n),
             _ => {
@@ -643,7 +738,8 @@ impl Loader<'_> {
         match (url, secret, on_failure) {
             (Some(url), Some(secret), Some(on_failure)) if self.errors.len() == before => Some(HookSpec {
                 url,
-                secret: Secret::new(secret),
+                secret,
+                secret_file,
                 timeout,
                 cache_ttl,
                 on_failure,
@@ -854,6 +950,76 @@ mod tests {
     }
 
     #[test]
+    fn every_file_pair_refuses_both_and_the_database_url_reads_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url_path = dir.path().join("db");
+        std::fs::write(
+            &url_path,
+            "postgres://avemint:hunter2@db.internal:6543/sessions?sslmode=require\n",
+        )
+        .expect("write");
+        let url_path = url_path.to_str().expect("utf8");
+        let mut pairs = minimal();
+        pairs.push(("AVEMINT_DATABASE_URL_FILE", url_path));
+        let s = Settings::load(None, &env(&pairs)).expect("valid");
+        assert_eq!(s.store.database_url.describe(), "postgres://db.internal:6543/sessions");
+        assert!(
+            s.defaults.iter().all(|d| !d.contains("DATABASE_URL")),
+            "{:?}",
+            s.defaults
+        );
+        let s = Settings::load(None, &env(&minimal())).expect("valid");
+        assert!(
+            s.defaults
+                .contains(&"no AVEMINT_DATABASE_URL: using sqlite://avemint.db in the working directory".to_owned()),
+            "{:?}",
+            s.defaults
+        );
+        // Both of one pair, in the environment: one line naming both, for each pair.
+        for (name, value) in [
+            ("AVE_CLIENT_SECRET", "x"),
+            ("AVEMINT_SESSION_KEYS", KEY),
+            ("AVEMINT_DATABASE_URL", "sqlite://a.db"),
+        ] {
+            let file_name = format!("{name}_FILE");
+            let mut pairs = minimal();
+            pairs.retain(|(k, _)| *k != name);
+            pairs.push((name, value));
+            pairs.push((&file_name, url_path));
+            let e = Settings::load(None, &env(&pairs)).expect_err("both");
+            assert_eq!(
+                e.0,
+                vec![format!("{name} and {name}_FILE are both set; set only one of them")]
+            );
+        }
+        // Both of one pair in the file.
+        let e = load_file(
+            &format!("database_url = \"sqlite://a.db\"\ndatabase_url_file = \"{url_path}\"\n"),
+            &[],
+        )
+        .expect_err("both");
+        assert_eq!(
+            e.0,
+            vec!["config file `database_url` and config file `database_url_file` are both set; set only one of them"]
+        );
+        // The environment's pair wins over the file's.
+        let s = load_file(
+            "database_url = \"sqlite://file.db\"\n",
+            &[("AVEMINT_DATABASE_URL_FILE", url_path)],
+        )
+        .expect("env wins");
+        assert!(matches!(s.store.database_url, DatabaseUrl::Postgres(_)));
+        // Unreadable: named, and the password never appears anywhere.
+        let mut pairs = minimal();
+        pairs.push(("AVEMINT_DATABASE_URL_FILE", "/nonexistent/avemint-db-url"));
+        let e = Settings::load(None, &env(&pairs)).expect_err("unreadable");
+        assert_eq!(
+            e.0,
+            vec!["AVEMINT_DATABASE_URL_FILE: cannot read /nonexistent/avemint-db-url: entity not found"]
+        );
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("avemint.toml");
@@ -1031,7 +1197,7 @@ mod tests {
             ("[[profiles]]\nname = \"a\"\naudience = \"x\"\n[profiles.claims]\naud = \"y\"\n".to_owned(), "`aud`"),
             (hook(""), "exactly one of `secret` and `secret_file`"),
             (hook("secret = \"short\""), "at least 32"),
-            (hook("secret = \"0123456789abcdef0123456789abcdef\"\nsecret_file = \"/x\""), "exactly one"),
+            (hook("secret = \"0123456789abcdef0123456789abcdef\"\nsecret_file = \"/x\""), "`secret` and config file profile `a`: `hook`: `secret_file` are both set"),
             (hook("secret_file = \"/nonexistent/avemint-secret\""), "cannot read"),
             (hook("secret = \"0123456789abcdef0123456789abcdef\"\non_failure = \"retry\""), "`on_failure`"),
             (hook("secret = \"0123456789abcdef0123456789abcdef\"\ntimeout_ms = 0"), "`timeout_ms`"),

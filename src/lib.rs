@@ -27,6 +27,7 @@ mod log_gate;
 mod metrics;
 mod mint;
 mod proxy;
+mod reload;
 mod route;
 mod secret;
 mod server;

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             };
             run(true, async move {
                 let app = Application::build(settings, Mode::Serve).await?;
-                tracing::info!(addr = %app.local_addr(), "avemint listening");
+                app.log_summary();
                 app.run_until(shutdown_signal()).await?;
                 Ok(())
             })
@@ -153,6 +153,9 @@ fn keys(config: Option<&std::path::Path>, command: KeysCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("avemint: {e}");
+            if let Some(owner) = e.run_as() {
+                eprintln!("  instead run: sudo -u {owner} {}", this_command());
+            }
             ExitCode::FAILURE
         }
     }
@@ -172,6 +175,23 @@ fn healthcheck(url: String) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line this process was started with, quoted for a shell where needed.
+fn this_command() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Prints one line per configuration problem and exits with status 2.

@@ -9,7 +9,7 @@
 //!
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
-//! [`lock_wait`], [`key_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`]);
+//! [`lock_wait`], [`secret_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`]);
 //! the process (`process_*`: memory, CPU, file descriptors) and `avemint_build_info`. None of them
 //! ever sees a token, cookie or secret.
 //!
@@ -26,6 +26,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::reload::SecretKind;
 use crate::route::Route;
 
 /// The content type of the text exposition format.
@@ -175,8 +176,6 @@ struct Metrics {
     budget_refused: IntCounterVec,
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
-    /// `[failed, ok]`.
-    key_reloads: [IntCounter; 2],
     /// `[in_use, idle]`.
     store_pool: [IntGauge; 2],
     store_pool_max: IntGauge,
@@ -187,6 +186,7 @@ struct Metrics {
     proxy_requests: IntCounterVec,
     proxy_upstream_seconds: HistogramVec,
     proxy_streams: IntGaugeVec,
+    secret_reloads: IntCounterVec,
 }
 
 /// Only fails on a programming error (duplicate or malformed metric names), which the unit tests exercise.
@@ -282,19 +282,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
     for network in ["ipv4_24", "ipv6_64", "ipv6_48"] {
         code_exchange_refused.get_metric_with_label_values(&[network])?;
     }
-
-    let key_reloads_vec = IntCounterVec::new(
+    let secret_reloads = IntCounterVec::new(
         Opts::new(
-            "avemint_signing_key_reloads_total",
-            "Loads of the signing keys directory (on change, SIGHUP or rotation) by outcome; a failed one keeps \
-             the previous keys",
+            "avemint_secret_reloads_total",
+            "Reloads of secrets and signing keys after a file change or SIGHUP, by kind and outcome (ok, failed)",
         ),
-        &["outcome"],
+        &["kind", "outcome"],
     )?;
-    let key_reloads = [
-        key_reloads_vec.get_metric_with_label_values(&["failed"])?,
-        key_reloads_vec.get_metric_with_label_values(&["ok"])?,
-    ];
+    registry.register(Box::new(secret_reloads.clone()))?;
+    for kind in SecretKind::ALL {
+        for outcome in ["ok", "failed"] {
+            secret_reloads.get_metric_with_label_values(&[kind.label(), outcome])?;
+        }
+    }
+
     let pool_vec = IntGaugeVec::new(
         Opts::new(
             "avemint_store_pool_connections",
@@ -337,7 +338,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
     build_info
         .get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?
         .set(1);
-    registry.register(Box::new(key_reloads_vec))?;
     registry.register(Box::new(pool_vec))?;
     registry.register(Box::new(store_pool_max.clone()))?;
     registry.register(Box::new(budget_used_vec))?;
@@ -413,7 +413,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_refused,
         code_exchange_failures,
         code_exchange_refused,
-        key_reloads,
         store_pool,
         store_pool_max,
         budget_used,
@@ -422,7 +421,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         proxy_requests,
         proxy_upstream_seconds,
         proxy_streams,
+        secret_reloads,
     })
+}
+
+/// Records one reload of a secret or of the signing keys that changed something (`ok`) or was refused.
+pub(crate) fn secret_reload(kind: SecretKind, ok: bool) {
+    let Some(m) = metrics() else { return };
+    let outcome = if ok { "ok" } else { "failed" };
+    if let Ok(c) = m.secret_reloads.get_metric_with_label_values(&[kind.label(), outcome]) {
+        c.inc();
+    }
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -526,13 +535,6 @@ pub(crate) fn sign_in_exchange_refused(network: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.code_exchange_refused.get_metric_with_label_values(&[network]) {
         c.inc();
-    }
-}
-
-/// Counts one load of the signing keys directory.
-pub(crate) fn key_reload(ok: bool) {
-    if let Some(m) = metrics() {
-        m.key_reloads[usize::from(ok)].inc();
     }
 }
 
@@ -686,8 +688,6 @@ mod tests {
         budget_refused("renewal");
         sign_in_exchange_failed();
         sign_in_exchange_refused("ipv6_48");
-        key_reload(true);
-        key_reload(false);
         store_pool(3, 5, 10);
         ave_budget(1, 7, 120, 2);
         let route = proxy_route("/api/unit");
@@ -712,7 +712,6 @@ mod tests {
             r#"avemint_ave_budget_refused_total{class="renewal"}"#,
             "avemint_sign_in_exchange_failures_total",
             r#"avemint_sign_in_exchange_refused_total{network="ipv6_48"}"#,
-            r#"avemint_signing_key_reloads_total{outcome="failed"}"#,
             r#"avemint_store_pool_connections{state="in_use"} 3"#,
             r#"avemint_store_pool_connections{state="idle"} 5"#,
             "avemint_store_pool_max_connections 10",

@@ -13,13 +13,15 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
+use crate::ave::settings::parse_client_secret;
 use crate::ave::{AveClient, AveError};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
-use crate::session::{Purpose, Renewer, Sealer, Sessions, StoreError};
+use crate::reload::Reload;
+use crate::session::{Renewer, Sessions, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -64,6 +66,20 @@ pub struct Application {
     ops: Option<(TcpAcceptor, SocketAddr)>,
     state: Arc<AppState>,
     mode: Mode,
+    /// Everything re-read on a file change or SIGHUP: secrets from `*_FILE` and the signing keys.
+    reloaders: Vec<Arc<dyn Reload>>,
+    summary: Summary,
+}
+
+/// What the start-up line says (never a credential).
+struct Summary {
+    public_url: String,
+    issuer: String,
+    store: String,
+    session_keys: String,
+    client_secret: &'static str,
+    profiles: String,
+    defaults: Vec<String>,
 }
 
 impl Application {
@@ -122,6 +138,7 @@ impl Application {
             keys,
             security,
             routes,
+            defaults,
         } = settings;
         // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
         let clock = Clock::System;
@@ -134,16 +151,20 @@ impl Application {
                 store.max_connections,
                 clock.clone(),
             )
-            .await?,
+            .await?
+            .with_keys_file(&store.keys, store.keys_file.as_ref()),
         );
         let keys = Arc::new(LiveKeys::open(&keys.dir, keys.policy, clock.clone())?);
         let lock_wait = ave.options.request_timeout + Duration::from_secs(5);
-        let ave_client = Arc::new(AveClient::new(
-            ave.issuer.clone(),
-            ave.client_id.clone(),
-            ave.client_secret.clone(),
-            ave.options.clone(),
-        )?);
+        let ave_client = Arc::new(
+            AveClient::new(
+                ave.issuer.clone(),
+                ave.client_id.clone(),
+                ave.client_secret.clone(),
+                ave.options.clone(),
+            )?
+            .with_secret_file(ave.client_secret_file.as_ref(), Box::new(parse_client_secret)),
+        );
         tracing::info!(
             budget_per_minute = ave_client.token_budget_per_minute(),
             refresh_skew_secs = renewal.skew.as_secs(),
@@ -157,6 +178,39 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
+        let summary = Summary {
+            public_url: public_url.as_str().to_owned(),
+            issuer: ave.issuer.as_str().to_owned(),
+            store: store.database_url.describe(),
+            session_keys: match &store.keys_file {
+                Some(f) => format!(
+                    "{} (from {}, reloaded on change)",
+                    store.keys.keys().len(),
+                    f.path().display()
+                ),
+                None => store.keys.keys().len().to_string(),
+            },
+            client_secret: if ave.client_secret_file.is_some() {
+                "from AVE_CLIENT_SECRET_FILE, reloaded on change"
+            } else {
+                "inline (a restart changes it)"
+            },
+            profiles: token
+                .profiles()
+                .iter()
+                .map(|p| {
+                    let default = if p.default { ", default" } else { "" };
+                    let hook = if p.hook.is_some() { ", hook" } else { "" };
+                    format!("{} (aud {}{default}{hook})", p.name, p.audience)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            defaults,
+        };
+        let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
+        reloaders.extend(ave_client.secret_reloader());
+        reloaders.extend(sessions.keys_reloader());
+        reloaders.extend(profiles.reloaders());
         let minter = Minter::new(
             keys,
             public_url.as_str().to_owned(),
@@ -176,7 +230,6 @@ impl Application {
             sessions,
             renewer,
             minter,
-            login_sealer: Sealer::new(&store.keys, Purpose::LoginCookie),
             redirect_uri: public_url.redirect_uri(),
             public_url,
             scopes: ave.scopes,
@@ -191,7 +244,38 @@ impl Application {
             ops,
             state,
             mode,
+            reloaders,
+            summary,
         })
+    }
+
+    /// Logs the one start-up line (at `info`): what this instance serves and with what, and each default taken for
+    /// something usually set. Never a credential: the store is named by kind, host, port and database only.
+    /// The admin listener's address belongs here too once that setting exists.
+    pub fn log_summary(&self) {
+        let s = &self.summary;
+        let ring = self.state.minter.keys().current();
+        let defaults = if s.defaults.is_empty() {
+            "none".to_owned()
+        } else {
+            s.defaults.join("; ")
+        };
+        let ops = self.ops_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(
+            version = %env!("CARGO_PKG_VERSION"),
+            listen = %self.addr,
+            ops_listen = %ops,
+            public_url = %s.public_url,
+            issuer = %s.issuer,
+            store = %s.store,
+            session_keys = %s.session_keys,
+            client_secret = %s.client_secret,
+            signing_keys = %ring.describe(),
+            profiles = %s.profiles,
+            proxy_routes = self.state.proxy.routes().all().len(),
+            defaults = %defaults,
+            "avemint ready"
+        );
     }
 
     /// The bound address.
@@ -207,7 +291,8 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains in-flight requests (on the ops listener too).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
-        let key_watch = tokio::spawn(self.state.minter.keys().clone().watch());
+        let key_watch = tokio::spawn(self.state.minter.keys().clone().maintain_forever());
+        let reload_watch = tokio::spawn(crate::reload::watch(self.reloaders));
         let renewer = self.state.renewer.clone();
         let signalled = Arc::new(std::sync::OnceLock::new());
         let shutdown = {
@@ -236,6 +321,7 @@ impl Application {
         renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();
         key_watch.abort();
+        reload_watch.abort();
         result
     }
 }

@@ -265,3 +265,124 @@ async fn json_lines_keep_the_target_and_the_request_span() {
     assert_eq!(access["span"]["method"], "GET");
     assert!(access["spans"].as_array().is_some_and(|s| !s.is_empty()));
 }
+
+/// The one start-up line: what the instance serves and with what, the defaults it took, and never a credential.
+#[tokio::test]
+async fn the_start_up_line_summarises_and_never_shows_a_secret() {
+    let emulator = ave_emulator::Emulator::start(Default::default())
+        .await
+        .expect("emulator");
+    let port = support::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stderr.log");
+    // PostgreSQL with a password in the URL when a test database is there (trust authentication ignores it).
+    let (database_url, store, password) = match std::env::var("AVEMINT_TEST_DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://postgres@127.0.0.1:5432/") => {
+            let db = url.rsplit('/').next().unwrap_or("test").to_owned();
+            (
+                url.replace("postgres://postgres@", "postgres://postgres:pw-never-logged-42@"),
+                format!("postgres://127.0.0.1:5432/{db}"),
+                Some("pw-never-logged-42"),
+            )
+        }
+        _ => {
+            let url = format!("sqlite://{}", dir.path().join("a.db").display());
+            (url.clone(), url, None)
+        }
+    };
+    let ave = support::AveClientEnv::of(&emulator);
+    let mut child = support::serve_command(&ave, port, &database_url, &dir.path().join("keys"))
+        .env("RUST_LOG", "info")
+        .env_remove("AVEMINT_KEYS_DIR")
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawns");
+    support::wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("avemint ready")).collect();
+    assert_eq!(lines.len(), 1, "one start-up line: {text}");
+    let line = lines[0];
+    for needle in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        format!("listen=127.0.0.1:{port}"),
+        format!("public_url=http://127.0.0.1:{port}"),
+        format!("issuer={}", ave.issuer),
+        format!("store={store}"),
+        "session_keys=1".to_owned(),
+        "(ES256, signing)".to_owned(),
+        "profiles=default (aud http://127.0.0.1".to_owned(),
+        "no AVEMINT_KEYS_DIR: signing keys in ./keys (the working directory)".to_owned(),
+    ] {
+        assert!(line.contains(&needle), "{needle} in {line}");
+    }
+    for secret in [ave.client_secret.as_str(), support::TEST_SESSION_KEY]
+        .into_iter()
+        .chain(password)
+    {
+        assert!(!text.contains(secret), "no secret in the log: {text}");
+    }
+}
+
+/// A database that cannot be reached is named with its host and port, and the cause; never with the password.
+#[test]
+fn an_unreachable_database_names_host_port_and_cause() {
+    let closed = support::free_port();
+    for (url, needles) in [
+        (
+            format!("postgres://avemint:pw-never-shown@127.0.0.1:{closed}/sessions"),
+            vec![
+                format!("127.0.0.1:{closed}"),
+                "sessions".to_owned(),
+                "connection refused".to_owned(),
+            ],
+        ),
+        (
+            "postgres://avemint:pw-never-shown@no-such-host.invalid:5432/sessions".to_owned(),
+            vec![
+                "no-such-host.invalid:5432".to_owned(),
+                "could not be resolved".to_owned(),
+            ],
+        ),
+    ] {
+        let out = serve_with(&[
+            ("AVE_CLIENT_ID", "app_x"),
+            ("AVE_CLIENT_SECRET", "s"),
+            ("AVE_ISSUER", "http://127.0.0.1:9"),
+            ("AVEMINT_PUBLIC_URL", "http://127.0.0.1:8080"),
+            ("AVEMINT_SESSION_KEYS", support::TEST_SESSION_KEY),
+            ("AVEMINT_DATABASE_URL", &url),
+            ("AVEMINT_LISTEN", "127.0.0.1:0"),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        for n in &needles {
+            assert!(err.contains(n.as_str()), "{n} in {err}");
+        }
+        assert!(!err.contains("pw-never-shown"), "{err}");
+    }
+}
+
+/// `X` and `X_FILE` together are refused at start, naming both.
+#[test]
+fn a_value_and_its_file_together_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    std::fs::write(&path, "sqlite://x.db").expect("write");
+    let out = serve_with(&[
+        ("AVE_CLIENT_ID", "app_x"),
+        ("AVE_CLIENT_SECRET", "s"),
+        ("AVEMINT_PUBLIC_URL", "http://127.0.0.1:8080"),
+        ("AVEMINT_SESSION_KEYS", support::TEST_SESSION_KEY),
+        ("AVEMINT_DATABASE_URL", "sqlite://y.db"),
+        ("AVEMINT_DATABASE_URL_FILE", path.to_str().expect("utf8")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AVEMINT_DATABASE_URL and AVEMINT_DATABASE_URL_FILE are both set"),
+        "{err}"
+    );
+}

@@ -366,16 +366,6 @@ fn serve_refuses_to_start_with_a_world_readable_key() {
     assert!(keys_cmd(&dir, &["list"]).status.success());
 }
 
-/// The binary, killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sighup_reload_under_load_loses_no_request() {
     let port = support::free_port();
@@ -395,7 +385,7 @@ async fn sighup_reload_under_load_loses_no_request() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawns");
-    let child = Child(child);
+    let child = support::KillOnDrop(child);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -502,7 +492,83 @@ async fn sighup_reload_under_load_loses_no_request() {
     drop(child);
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(
-        log.contains("SIGHUP: reloading signing keys"),
+        log.contains("SIGHUP: reloading secrets and signing keys"),
         "SIGHUP was handled, not fatal: {log}"
     );
+}
+
+/// `avemint keys …` run by root in a directory another user owns gives every file it writes to that owner (mode
+/// 0600 kept), so the service running as the owner still reads them; run by any other user it changes nothing and
+/// prints the command to run instead. Needs root (the tests run as root here); skipped otherwise.
+#[cfg(unix)]
+#[test]
+fn keys_commands_keep_the_owner_of_the_directory_or_refuse_with_the_command_to_run() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let probe = tmp.path().join("probe");
+    std::fs::write(&probe, b"").expect("probe");
+    if std::fs::metadata(&probe).expect("probe").uid() != 0 {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = tmp.path().join("keys");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
+    let owned_by_nobody = |what: &str| {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let meta = entry.metadata().expect("meta");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (65534, 65534),
+                "{what}: {} keeps the directory's owner",
+                entry.path().display()
+            );
+            assert_eq!(
+                meta.mode() & 0o777,
+                0o600,
+                "{what}: {} stays private",
+                entry.path().display()
+            );
+        }
+    };
+    for args in [&["generate"][..], &["generate"], &["rotate", "--force"], &["prune"]] {
+        let out = keys_cmd(&dir, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        owned_by_nobody(&args.join(" "));
+    }
+    let manifest = std::fs::read(dir.join("manifest.json")).expect("manifest");
+    // Another user (neither root nor the owner) is refused before anything changes.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            BIN,
+            "keys",
+            "rotate",
+            "--force",
+        ])
+        .env_clear()
+        .env("AVEMINT_KEYS_DIR", &dir)
+        .output()
+        .expect("setpriv runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to nobody") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("instead run: sudo -u nobody {BIN} keys rotate --force")),
+        "the exact command: {err}"
+    );
+    assert_eq!(std::fs::read(dir.join("manifest.json")).expect("manifest"), manifest);
+    owned_by_nobody("after the refusal");
 }

@@ -158,7 +158,7 @@ impl Transcript {
         for (i, t) in app.emulator.issued_tokens().iter().enumerate() {
             self.add(&format!("Ave token #{i}"), t);
         }
-        self.add("client secret", app.emulator.client_secret());
+        self.add("client secret", &app.emulator.client_secret());
         for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
             self.add("session key (base64)", &engine.encode(SESSION_KEY));
         }

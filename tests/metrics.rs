@@ -99,9 +99,14 @@ async fn pool_budget_dependency_process_and_build_metrics_have_sane_values() {
     }
     let jwks_age = v(r#"avemint_ave_metadata_age_seconds{document="jwks"}"#);
     assert!((0.0..60.0).contains(&jwks_age), "age of Ave's keys {jwks_age}");
-    assert!(text.contains(r#"avemint_signing_key_reloads_total{outcome="failed"}"#));
+    assert!(text.contains(r#"avemint_secret_reloads_total{kind="signing_keys",outcome="failed"}"#));
     // A key added to the directory is picked up by the watcher (polls every second): one reload more.
-    let reloads = |text: &str| sample(text, r#"avemint_signing_key_reloads_total{outcome="ok"}"#);
+    let reloads = |text: &str| {
+        sample(
+            text,
+            r#"avemint_secret_reloads_total{kind="signing_keys",outcome="ok"}"#,
+        )
+    };
     let before = reloads(&text);
     let dir = avemint::keys::KeyDir::new(app.keys_dir.clone());
     avemint::keys::commands::generate(&dir, avemint::keys::Algorithm::Es256, avemint::Clock::System.now())

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use support::{Browser, Options, TestApp, error_code, token_settings_from_toml};
 
 const HOOK_SECRET: &str = "0123456789abcdef0123456789abcdef-test-hook-secret";
+/// The secret a rotation puts in the hook's `secret_file`; the test hook accepts both while it rotates.
+const NEW_HOOK_SECRET: &str = "fedcba9876543210fedcba9876543210-rotated-hook-secret";
 
 /// What the test hook has seen.
 #[derive(Default)]
@@ -23,6 +25,8 @@ struct HookLog {
     calls: Mutex<BTreeMap<String, usize>>,
     bodies: Mutex<Vec<Value>>,
     bad_signatures: AtomicUsize,
+    /// Calls signed with `NEW_HOOK_SECRET`.
+    new_signatures: AtomicUsize,
 }
 
 /// A claims hook on loopback. Paths pick its behaviour:
@@ -83,8 +87,14 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// Checks `X-Avemint-Signature` the way the README tells receivers to.
-fn signature_ok(req: &Request, body: &[u8]) -> bool {
+/// Checks `X-Avemint-Signature` the way the README tells receivers to: the secret it verifies under, if any.
+fn signature_ok(req: &Request, body: &[u8]) -> Option<&'static str> {
+    [HOOK_SECRET, NEW_HOOK_SECRET]
+        .into_iter()
+        .find(|secret| signature_under(req, body, secret))
+}
+
+fn signature_under(req: &Request, body: &[u8], secret: &str) -> bool {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let (Some(ts), Some(sig)) = (header("X-Avemint-Timestamp"), header("X-Avemint-Signature")) else {
         return false;
@@ -99,7 +109,7 @@ fn signature_ok(req: &Request, body: &[u8]) -> bool {
     };
     let mut signed = format!("{ts}.").into_bytes();
     signed.extend_from_slice(body);
-    let key = hmac::Key::new(hmac::HMAC_SHA256, HOOK_SECRET.as_bytes());
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     hmac::verify(&key, &signed, &tag).is_ok()
 }
 
@@ -110,11 +120,17 @@ impl Endpoint for HookEndpoint {
         let path = req.uri().path().to_owned();
         let body = req.take_body().into_bytes().await?;
         *self.log.calls.lock().expect("lock").entry(path.clone()).or_default() += 1;
-        if !signature_ok(&req, &body) {
-            self.log.bad_signatures.fetch_add(1, Ordering::SeqCst);
-            return Ok(Response::builder()
-                .status(poem::http::StatusCode::UNAUTHORIZED)
-                .finish());
+        match signature_ok(&req, &body) {
+            None => {
+                self.log.bad_signatures.fetch_add(1, Ordering::SeqCst);
+                return Ok(Response::builder()
+                    .status(poem::http::StatusCode::UNAUTHORIZED)
+                    .finish());
+            }
+            Some(NEW_HOOK_SECRET) => {
+                self.log.new_signatures.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(_) => {}
         }
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         self.log.bodies.lock().expect("lock").push(parsed);
@@ -417,6 +433,74 @@ async fn the_hook_merges_claims_signed_and_cached_per_session_and_profile() {
     assert_eq!(hook.calls("/roles"), 2);
     assert_eq!(hook.bad_signatures(), 0);
     app.stop().await;
+}
+
+/// The hook secret's file is replaced (atomically, as Kubernetes does) while tokens are minted on several tasks:
+/// within seconds every call is signed with the new secret, and no call fails meanwhile (the receiver accepts
+/// both secrets while it rotates, as the README tells it to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_secret_rotates_on_file_change_under_load() {
+    let hook = HookServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = secret_file(&dir);
+    let toml = format!(
+        "[[profiles]]\nname = \"web\"\naudience = \"web\"\n[profiles.hook]\nurl = \"{}\"\nsecret_file = \"{path}\"\ncache_ttl = 0\n",
+        hook.url("/roles")
+    );
+    let app = Arc::new(spawn(toml).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (app, stop) = (app.clone(), stop.clone());
+        let mut b = app.signed_in_browser().await;
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = app.post_token(&mut b, true).await;
+                if resp.status() == 200 {
+                    ok += 1;
+                } else {
+                    failures.push(resp.status().as_u16());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.log.new_signatures.load(Ordering::SeqCst), 0);
+    let tmp = dir.path().join("hook_secret.new");
+    std::fs::write(&tmp, format!("{NEW_HOOK_SECRET}\n")).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while hook.log.new_signatures.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new hook secret was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Calls signed just before the swap may still be arriving.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls_at_switch = hook.calls("/roles");
+    let new_at_switch = hook.log.new_signatures.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for t in tasks {
+        let (n, failures) = t.await.expect("task");
+        assert!(failures.is_empty(), "failed token calls: {failures:?}");
+        ok += n;
+    }
+    assert!(ok > 30, "the load ran: {ok}");
+    assert_eq!(hook.bad_signatures(), 0);
+    let later_calls = hook.calls("/roles") - calls_at_switch;
+    let later_new = hook.log.new_signatures.load(Ordering::SeqCst) - new_at_switch;
+    assert!(
+        later_calls > 0 && later_new == later_calls,
+        "after the switch only the new secret signs"
+    );
 }
 
 #[tokio::test]

@@ -535,7 +535,7 @@ async fn serving_a_stale_copy_logs_one_warning_per_document_and_no_secret() {
         assert!(of_doc[0]["fields"]["age_secs"].as_u64().is_some(), "{}", of_doc[0]);
         assert!(of_doc[0]["fields"]["error"].as_str().is_some(), "{}", of_doc[0]);
     }
-    for secret in [emulator.client_secret(), session_keys] {
+    for secret in [emulator.client_secret().as_str(), session_keys] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 }

@@ -19,6 +19,7 @@ use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
 use crate::metrics::{self, AveCall, AveFailure};
+use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind, reload_one};
 use crate::secret::Secret;
 use crate::web_url::Issuer;
 
@@ -197,7 +198,8 @@ pub struct AveClient {
     http: reqwest::Client,
     issuer: Issuer,
     client_id: String,
-    client_secret: Secret<String>,
+    /// Re-read from `AVE_CLIENT_SECRET_FILE` before each token request (Ave rotates with no overlap).
+    client_secret: Arc<LiveSecret<Secret<String>>>,
     metadata: AveMetadata,
     budget: TokenBudget,
     options: ClientOptions,
@@ -245,11 +247,45 @@ impl AveClient {
             http,
             issuer,
             client_id,
-            client_secret,
+            client_secret: Arc::new(LiveSecret::fixed(SecretKind::ClientSecret, client_secret)),
             metadata,
             budget: TokenBudget::new(options.token_budget_per_minute, options.request_timeout),
             options,
         })
+    }
+
+    /// Reads the client secret from `file` from now on: before each token request, and when the process's
+    /// watcher sees it change or gets SIGHUP. `parse` is the start-up check.
+    pub(crate) fn with_secret_file(
+        mut self,
+        file: Option<&SecretFile>,
+        parse: crate::reload::Parse<Secret<String>>,
+    ) -> Self {
+        let value = Secret::new(self.client_secret.current().expose().clone());
+        self.client_secret = Arc::new(LiveSecret::new(
+            SecretKind::ClientSecret,
+            "AVE_CLIENT_SECRET_FILE",
+            value,
+            file,
+            parse,
+        ));
+        self
+    }
+
+    /// The client secret's reloader, when it is read from a file.
+    pub(crate) fn secret_reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.client_secret
+            .is_watched()
+            .then(|| self.client_secret.clone() as Arc<dyn Reload>)
+    }
+
+    /// The client secret to send now: its file is re-read first (a read of a small file, at most as often as the
+    /// token budget allows calls), so a rotated secret is used at once.
+    fn fresh_secret(&self) -> Arc<Secret<String>> {
+        if self.client_secret.is_watched() {
+            reload_one(self.client_secret.as_ref(), false);
+        }
+        self.client_secret.current()
     }
 
     /// The configured issuer.
@@ -295,10 +331,11 @@ impl AveClient {
         code_verifier: &str,
         redirect_uri: &str,
     ) -> Result<TokenResponse, AveError> {
+        let secret = self.fresh_secret();
         let body = TokenRequest {
             grant_type: "authorization_code",
             client_id: &self.client_id,
-            client_secret: self.client_secret.expose(),
+            client_secret: secret.expose(),
             code: Some(code),
             redirect_uri: Some(redirect_uri),
             code_verifier: Some(code_verifier),
@@ -310,11 +347,31 @@ impl AveClient {
 
     /// Uses a refresh token. Ave rotates it on every use: the caller must store
     /// the new one before anything else, and must never send this one again.
+    ///
+    /// Ave checks the client secret before it rotates the refresh token (docs/ave-protocol.md §2.2), so an
+    /// `invalid_client` answer consumed nothing: if the secret file changed meanwhile (a rotation racing this call),
+    /// the call is made once more with the new secret.
     pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, AveError> {
+        let sent = self.fresh_secret();
+        let result = self.refresh_with(refresh_token, &sent).await;
+        match result {
+            Err(AveError::OAuth { ref code, .. }) if code == "invalid_client" => {
+                let now = self.fresh_secret();
+                if now.expose() == sent.expose() {
+                    return result;
+                }
+                tracing::info!("Ave refused the client secret and its file has changed: retrying with the new one");
+                self.refresh_with(refresh_token, &now).await
+            }
+            other => other,
+        }
+    }
+
+    async fn refresh_with(&self, refresh_token: &str, secret: &Secret<String>) -> Result<TokenResponse, AveError> {
         let body = TokenRequest {
             grant_type: "refresh_token",
             client_id: &self.client_id,
-            client_secret: self.client_secret.expose(),
+            client_secret: secret.expose(),
             code: None,
             redirect_uri: None,
             code_verifier: None,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::reload::SecretFile;
 use crate::secret::Secret;
 use crate::web_url::Issuer;
 
@@ -14,6 +15,14 @@ pub const DEFAULT_SCOPES: &str = "openid profile email offline_access";
 /// configured (`AVEMINT_AVE_METADATA_TTL`).
 pub(crate) const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
 
+/// Checks a client secret (at start-up and on every reload): not empty.
+pub(crate) fn parse_client_secret(raw: &str) -> Result<Secret<String>, String> {
+    match raw.trim() {
+        "" => Err("must not be empty".into()),
+        s => Ok(Secret::new(s.to_owned())),
+    }
+}
+
 /// The registered Ave application and how to reach it.
 #[derive(Debug, Clone)]
 pub struct AveSettings {
@@ -21,6 +30,8 @@ pub struct AveSettings {
     pub client_id: String,
     /// `AVE_CLIENT_SECRET`.
     pub client_secret: Secret<String>,
+    /// `AVE_CLIENT_SECRET_FILE`: where it was read from (re-read when it changes and on SIGHUP).
+    pub client_secret_file: Option<SecretFile>,
     /// `AVE_ISSUER`.
     pub issuer: Issuer,
     /// `AVEMINT_SCOPES`, normalised (single spaces, `openid` included).

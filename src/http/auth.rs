@@ -329,7 +329,7 @@ impl AuthApi {
             .start(return_to, state.clock.now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
-        cookies::set_login(changes, &encode_login(&state.login_sealer, &started.pending));
+        cookies::set_login(changes, &encode_login(&state.sessions.crypto().login, &started.pending));
         Ok(LoginResponse::Redirect(started.authorize_url))
     }
 
@@ -358,7 +358,7 @@ impl AuthApi {
     ) -> Result<CallbackResponse, ApiError> {
         let t = state.clock.now();
         // The login cookie is single use whatever happens next.
-        let pending = pending_login(req, &state.login_sealer, t);
+        let pending = pending_login(req, &state.sessions.crypto().login, t);
         cookies::clear_login(changes);
         let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
         let callback = Callback {

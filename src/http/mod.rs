@@ -32,7 +32,7 @@ use crate::ave::AveClient;
 use crate::clock::Clock;
 use crate::mint::Minter;
 use crate::route::Route;
-use crate::session::{Renewer, Sealer, Sessions};
+use crate::session::{Renewer, Sessions};
 use crate::web_url::PublicUrl;
 
 /// Everything a request handler may use.
@@ -41,7 +41,6 @@ pub(crate) struct AppState {
     pub sessions: Arc<Sessions>,
     pub renewer: Arc<Renewer>,
     pub minter: Minter,
-    pub login_sealer: Sealer,
     pub public_url: PublicUrl,
     pub redirect_uri: String,
     pub scopes: String,

@@ -26,6 +26,7 @@ use url::Url;
 
 use super::claims::REGISTERED_CLAIMS;
 use crate::clock::UnixTime;
+use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind};
 use crate::secret::Secret;
 
 /// Header carrying the unix time the request was signed at.
@@ -64,6 +65,8 @@ pub struct HookSpec {
     pub url: Url,
     /// The HMAC key.
     pub secret: Secret<String>,
+    /// The file it was read from (`secret_file`), re-read when it changes or on SIGHUP.
+    pub secret_file: Option<SecretFile>,
     /// The whole call (connect, send, answer) must finish within this.
     pub timeout: Duration,
     /// How long an answer is reused for the same session; zero disables caching.
@@ -99,10 +102,18 @@ struct HookRequest<'a> {
     audience: &'a str,
 }
 
-/// A live hook: HTTP client, key and cache.
+/// Checks a hook secret (at start-up and on every reload).
+pub(crate) fn parse_secret(raw: &str) -> Result<Secret<String>, String> {
+    if raw.trim().len() < 32 {
+        return Err("the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)".into());
+    }
+    Ok(Secret::new(raw.trim().to_owned()))
+}
+
+/// A live hook: HTTP client, key (reloaded from `secret_file` when it changes) and cache.
 pub struct Hook {
     url: Url,
-    key: hmac::Key,
+    key: Arc<LiveSecret<hmac::Key>>,
     policy: FailurePolicy,
     http: reqwest::Client,
     cache: Option<Cache<String, Arc<Map<String, Value>>>>,
@@ -110,7 +121,8 @@ pub struct Hook {
 
 impl Hook {
     /// Builds a hook from its configuration.
-    pub(crate) fn new(spec: &HookSpec) -> Result<Self, HookError> {
+    /// `profile` names it in reload log lines.
+    pub(crate) fn new(spec: &HookSpec, profile: &str) -> Result<Self, HookError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("avemint/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -125,11 +137,22 @@ impl Hook {
         });
         Ok(Self {
             url: spec.url.clone(),
-            key: hmac::Key::new(hmac::HMAC_SHA256, spec.secret.expose().as_bytes()),
+            key: Arc::new(LiveSecret::new(
+                SecretKind::HookSecret,
+                format!("hook secret of profile `{profile}`"),
+                hmac_key(&spec.secret),
+                spec.secret_file.as_ref(),
+                Box::new(|raw: &str| parse_secret(raw).map(|s| hmac_key(&s))),
+            )),
             policy: spec.on_failure,
             http,
             cache,
         })
+    }
+
+    /// The key's reloader, when it is read from a file.
+    pub(crate) fn reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.key.is_watched().then(|| self.key.clone() as Arc<dyn Reload>)
     }
 
     /// The failure policy.
@@ -171,7 +194,7 @@ impl Hook {
     ) -> Result<Map<String, Value>, HookError> {
         let body = serde_json::to_vec(&HookRequest { sub, claims, audience }).map_err(|_| HookError::Encode)?;
         let timestamp = now.as_unsigned();
-        let signature = signature(&self.key, timestamp, &body);
+        let signature = signature(&self.key.current(), timestamp, &body);
         let mut resp = self
             .http
             .post(self.url.clone())
@@ -219,6 +242,10 @@ fn transport(e: reqwest::Error) -> HookError {
 }
 
 /// `sha256=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`.
+fn hmac_key(secret: &Secret<String>) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes())
+}
+
 fn signature(key: &hmac::Key, timestamp: u64, body: &[u8]) -> String {
     let mut ctx = hmac::Context::with_key(key);
     ctx.update(timestamp.to_string().as_bytes());

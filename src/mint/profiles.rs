@@ -174,7 +174,7 @@ impl Profiles {
                     audience: spec.audience.clone(),
                     ttl: spec.ttl,
                     claims: spec.claims.clone(),
-                    hook: spec.hook.as_ref().map(Hook::new).transpose()?,
+                    hook: spec.hook.as_ref().map(|h| Hook::new(h, &spec.name)).transpose()?,
                 })
             })
             .collect::<Result<_, HookError>>()?;
@@ -182,6 +182,11 @@ impl Profiles {
             list,
             default: token.default,
         })
+    }
+
+    /// The reloaders of the hook secrets read from files.
+    pub(crate) fn reloaders(&self) -> Vec<std::sync::Arc<dyn crate::reload::Reload>> {
+        self.list.iter().filter_map(|p| p.hook.as_ref()?.reloader()).collect()
     }
 
     /// The profile minted when a request names none.

@@ -37,11 +37,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixTime};
+use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionRowKey};
 pub use renew::RenewalSettings;
 pub(crate) use renew::{RenewError, Renewer};
-pub use sealer::{MacPurpose, Macer, Purpose, Sealer, SealingKeys};
+pub use sealer::{Purpose, Sealer, SealingKeys, SessionCrypto};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
 
@@ -156,11 +157,8 @@ enum Refused {
 /// The session service.
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
-    sealer: Sealer,
-    /// Authenticates `last_seen_at`.
-    seen_macer: Macer,
-    /// Keys the per-user index.
-    owner_macer: Macer,
+    /// The sealer and MACs derived from the session keys (reloaded from their file, if they come from one).
+    crypto: Arc<LiveSecret<SessionCrypto>>,
     settings: SessionSettings,
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
@@ -216,13 +214,34 @@ impl Sessions {
         });
         Self {
             store,
-            sealer: Sealer::new(keys, Purpose::SessionStore),
-            seen_macer: Macer::new(keys, MacPurpose::LastSeen),
-            owner_macer: Macer::new(keys, MacPurpose::UserIndex),
+            crypto: Arc::new(LiveSecret::fixed(SecretKind::SessionKeys, SessionCrypto::new(keys))),
             settings,
             cache,
             clock,
         }
+    }
+
+    /// Reads the session keys from `file` from now on (re-read when it changes and on SIGHUP); `keys` were read
+    /// from it at start-up.
+    pub(crate) fn with_keys_file(mut self, keys: &SealingKeys, file: Option<&SecretFile>) -> Self {
+        self.crypto = Arc::new(LiveSecret::new(
+            SecretKind::SessionKeys,
+            "AVEMINT_SESSION_KEYS_FILE",
+            SessionCrypto::new(keys),
+            file,
+            Box::new(SessionCrypto::parse),
+        ));
+        self
+    }
+
+    /// The session keys' reloader, when they are read from a file.
+    pub(crate) fn keys_reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.crypto.is_watched().then(|| self.crypto.clone() as Arc<dyn Reload>)
+    }
+
+    /// The keys in use: the login cookie's sealer is `.login`.
+    pub(crate) fn crypto(&self) -> Arc<SessionCrypto> {
+        self.crypto.current()
     }
 
     /// The time now, by the clock these sessions run on (renewal reads it too).
@@ -291,12 +310,13 @@ impl Sessions {
 
     fn seal(&self, key: &SessionRowKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
-        Ok(self.sealer.seal(&record_aad(key, created_at), &plain))
+        Ok(self.crypto().store.seal(&record_aad(key, created_at), &plain))
     }
 
     /// The per-user index values of a user: one per configured session key, the current one first.
     pub(crate) fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
-        self.owner_macer
+        self.crypto()
+            .owner
             .tags(sub.as_bytes())
             .into_iter()
             .map(OwnerKey)
@@ -323,7 +343,7 @@ impl Sessions {
             access_expires_at: data.tokens.access_expires_at,
             refresh_started_at: None,
             owner: owners.first().copied(),
-            seen_mac: Some(self.seen_macer.tag(&seen_message(&key, now, now)).to_vec()),
+            seen_mac: Some(self.crypto().seen.tag(&seen_message(&key, now, now)).to_vec()),
         };
         self.store.insert(&row).await?;
         let cap = self.settings.max_sessions_per_user;
@@ -386,7 +406,7 @@ impl Sessions {
         };
         let mut last_seen_at = row.last_seen_at;
         if now.saturating_duration_since(row.last_seen_at) >= TOUCH_INTERVAL {
-            let mac = self.seen_macer.tag(&seen_message(key, row.created_at, now));
+            let mac = self.crypto().seen.tag(&seen_message(key, row.created_at, now));
             self.store.touch(key, now, &mac).await?;
             last_seen_at = now;
         }
@@ -405,11 +425,13 @@ impl Sessions {
     /// Opens a row's sealed record, checking that its timestamps are the ones it was written with.
     fn open_row(&self, row: &StoredSession, now: UnixTime) -> Result<zeroize::Zeroizing<Vec<u8>>, Refused> {
         let key = &row.key;
+        let crypto = self.crypto();
         let seen_ok = |mac: &[u8]| {
-            self.seen_macer
+            crypto
+                .seen
                 .verify(&seen_message(key, row.created_at, row.last_seen_at), mac)
         };
-        match self.sealer.open(&record_aad(key, row.created_at), &row.sealed) {
+        match crypto.store.open(&record_aad(key, row.created_at), &row.sealed) {
             Ok(plain) => match row.seen_mac.as_deref() {
                 Some(mac) if seen_ok(mac) => Ok(plain),
                 Some(_) => Err(Refused::Tampered("last_seen_at does not match its MAC")),
@@ -418,7 +440,7 @@ impl Sessions {
             Err(sealer::OpenError::UnknownKey) => Err(Refused::UnknownKey),
             Err(_) => {
                 // Written before timestamps were authenticated: sealed with the row key alone.
-                let Ok(plain) = self.sealer.open(key.as_bytes(), &row.sealed) else {
+                let Ok(plain) = crypto.store.open(key.as_bytes(), &row.sealed) else {
                     return Err(Refused::Tampered("sealed data or created_at failed authentication"));
                 };
                 if row.created_at > now + MAX_CLOCK_SKEW || row.last_seen_at > now + MAX_CLOCK_SKEW {
@@ -608,7 +630,7 @@ mod tests {
                 key,
                 version: 0,
                 // The earlier layout: the row key alone as associated data, no MAC, no owner.
-                sealed: s.sealer.seal(key.as_bytes(), &plain),
+                sealed: s.crypto().store.seal(key.as_bytes(), &plain),
                 created_at,
                 last_seen_at,
                 access_expires_at: t(10_000),

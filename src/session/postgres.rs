@@ -32,6 +32,7 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|_| StoreError::Unavailable("invalid PostgreSQL URL".into()))?;
+        check_reachable(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
@@ -44,6 +45,57 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         Ok(Self { pool })
+    }
+}
+
+/// How long the first connection at start may take.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens one connection before the pool is built, so a database that cannot be reached is reported with its host,
+/// port and the cause (a pool would only say that it timed out). Never shows the password.
+async fn check_reachable(options: &PgConnectOptions) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let target = match options.get_socket() {
+        Some(socket) => format!("socket {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let database = options.get_database().unwrap_or("(the user's default)");
+    let cause = match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Ok(Err(e)) => connect_cause(&e),
+        Err(_) => format!("no answer within {} s (timed out)", FIRST_CONNECT_TIMEOUT.as_secs()),
+    };
+    Err(StoreError::Unavailable(format!(
+        "cannot connect to PostgreSQL at {target}, database {database}: {cause}"
+    )))
+}
+
+/// The cause of a failed connection, in words an operator can act on.
+fn connect_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused (nothing listens on that port)".into(),
+            std::io::ErrorKind::TimedOut => "connection timed out".into(),
+            _ if io.to_string().contains("lookup") || io.to_string().contains("resolve") => {
+                format!("the host name could not be resolved (DNS: {io})")
+            }
+            _ => format!("network error: {io}"),
+        },
+        sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") | Some("28000") => {
+                format!(
+                    "authentication failed (check the user name and password): {}",
+                    db.message()
+                )
+            }
+            Some("3D000") => format!("the database does not exist: {}", db.message()),
+            _ => format!("the server refused: {}", db.message()),
+        },
+        other => other.to_string(),
     }
 }
 

@@ -173,6 +173,39 @@ fn to_array(tag: hmac::Tag) -> [u8; MAC_LEN] {
     out
 }
 
+/// Everything derived from the session keys, swapped as one when they are reloaded
+/// (`AVEMINT_SESSION_KEYS_FILE`): a new first key starts sealing and tagging at
+/// once, and every listed key keeps opening and verifying.
+pub struct SessionCrypto {
+    /// Stored sessions.
+    pub(crate) store: Sealer,
+    /// The pending-login cookie.
+    pub(crate) login: Sealer,
+    /// A stored session's `last_seen_at`.
+    pub(crate) seen: Macer,
+    /// The per-user session index.
+    pub(crate) owner: Macer,
+}
+
+impl SessionCrypto {
+    /// Derives every purpose's keys from `keys`.
+    pub fn new(keys: &SealingKeys) -> Self {
+        Self {
+            store: Sealer::new(keys, Purpose::SessionStore),
+            login: Sealer::new(keys, Purpose::LoginCookie),
+            seen: Macer::new(keys, MacPurpose::LastSeen),
+            owner: Macer::new(keys, MacPurpose::UserIndex),
+        }
+    }
+
+    /// Parses `AVEMINT_SESSION_KEYS` text and derives the keys (a reload of the keys file).
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
+        SealingKeys::parse(raw)
+            .map(|k| Self::new(&k))
+            .map_err(|e| e.to_string())
+    }
+}
+
 struct SubKey {
     id: [u8; KEY_ID_LEN],
     key: RandomizedNonceKey,

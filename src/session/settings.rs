@@ -8,6 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::sealer::SealingKeys;
+use crate::reload::SecretFile;
 use crate::secret::Secret;
 
 /// Default `AVEMINT_MAX_SESSIONS_PER_USER`.
@@ -22,6 +23,8 @@ pub struct StoreSettings {
     pub max_connections: u32,
     /// `AVEMINT_SESSION_KEYS`: the first seals, all open.
     pub keys: SealingKeys,
+    /// `AVEMINT_SESSION_KEYS_FILE`: where they were read from (re-read when it changes and on SIGHUP).
+    pub keys_file: Option<SecretFile>,
 }
 
 /// Session lifetimes.
@@ -82,6 +85,23 @@ impl Default for DatabaseUrl {
 }
 
 impl DatabaseUrl {
+    /// The store kind and where it is, without credentials: an SQLite URL as given (a path), a PostgreSQL URL as
+    /// `postgres://host:port/database` (no user, password or parameters).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(u) => u.clone(),
+            Self::Postgres(u) => match Url::parse(u.expose()) {
+                Ok(url) => format!(
+                    "postgres://{}:{}{}",
+                    url.host_str().unwrap_or("localhost"),
+                    url.port().unwrap_or(5432),
+                    url.path()
+                ),
+                Err(_) => "postgres://[unparsable]".into(),
+            },
+        }
+    }
+
     /// Parses a database URL.
     pub fn parse(raw: &str) -> Result<Self, DatabaseUrlError> {
         let raw = raw.trim();

@@ -80,6 +80,9 @@ pub struct Options {
     pub ops_listener: bool,
     /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
     pub routes_toml: Option<String>,
+    /// Environment for the loader on top of the defaults: each name replaces the default of that name; an empty
+    /// value only removes it (e.g. `AVE_CLIENT_SECRET` when `AVE_CLIENT_SECRET_FILE` is given).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl TestApp {
@@ -136,6 +139,12 @@ impl TestApp {
             std::fs::write(&path, toml).expect("write config");
             path
         });
+        for (name, value) in opts.env {
+            env.retain(|(k, _)| *k != name);
+            if !value.is_empty() {
+                env.push((name, value));
+            }
+        }
         let env: BTreeMap<String, String> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mut settings = Settings::load(config.as_deref(), &env).expect("test settings load");
         settings.keys.dir = keys_dir.clone();
@@ -614,6 +623,16 @@ pub fn serve_command(
     cmd.arg("serve");
     serve_env(&mut cmd, ave, port, database_url, keys_dir);
     cmd
+}
+
+/// A child process (e.g. `avemint serve` with its own environment), killed and reaped on drop.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An `avemint serve` child process, killed on drop.

@@ -63,7 +63,7 @@ pub(crate) fn authorization_code(shared: &Shared, grant: CodeGrant) -> Result<Re
     let secret = non_empty(grant.client_secret);
     if let Some(challenge) = &record.code_challenge {
         if let Some(secret) = &secret
-            && !crypto::digests_equal(secret, &shared.config.client_secret)
+            && !crypto::digests_equal(secret, &shared.client_secret())
         {
             return Err(OAuthError::invalid_client("Invalid client secret").into());
         }
@@ -84,7 +84,7 @@ pub(crate) fn authorization_code(shared: &Shared, grant: CodeGrant) -> Result<Re
             return Err(OAuthError::invalid_grant("Code verifier mismatch").into());
         }
     } else if let Some(secret) = &secret {
-        if !crypto::digests_equal(secret, &shared.config.client_secret) {
+        if !crypto::digests_equal(secret, &shared.client_secret()) {
             return Err(OAuthError::invalid_client("Invalid client secret").into());
         }
     } else {
@@ -245,7 +245,7 @@ pub(crate) async fn refresh_token(
     };
     // 2. Secret if sent; otherwise the Origin rule.
     if let Some(secret) = non_empty(grant.client_secret) {
-        if !crypto::digests_equal(&secret, &shared.config.client_secret) {
+        if !crypto::digests_equal(&secret, &shared.client_secret()) {
             return Err(OAuthError::invalid_client("Invalid client secret").into());
         }
     } else if !origin_allowed(shared, meta.origin.as_deref()) {

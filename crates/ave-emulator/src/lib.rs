@@ -369,6 +369,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The client's current secret.
+    pub(crate) fn client_secret(&self) -> String {
+        self.lock().client_secret.clone()
+    }
+
     /// Access TTL in whole seconds (0 falls back to 3600, as in Ave).
     fn access_ttl_secs(&self) -> u64 {
         match self.config.access_token_ttl.as_secs() {
@@ -451,7 +456,7 @@ impl Emulator {
             source,
         })?;
         let issuer = config.issuer.clone().unwrap_or_else(|| base_url.clone());
-        let state = State::new(config.redirect_uris.clone(), key);
+        let state = State::new(config.client_secret.clone(), config.redirect_uris.clone(), key);
         let shared = Arc::new(Shared {
             config,
             base_url,
@@ -532,9 +537,15 @@ impl Emulator {
         &self.shared.config.client_id
     }
 
-    /// The registered client's secret.
-    pub fn client_secret(&self) -> &str {
-        &self.shared.config.client_secret
+    /// The registered client's current secret.
+    pub fn client_secret(&self) -> String {
+        self.shared.client_secret()
+    }
+
+    /// Rotates the client secret as Ave's `POST /api/apps/:appId/rotate-secret` does: the old secret stops working
+    /// at once, with no overlap (docs/ave-protocol.md §1.6); no token is revoked.
+    pub fn rotate_client_secret(&self, secret: String) {
+        self.shared.lock().client_secret = secret;
     }
 
     /// The identities one can sign in as.

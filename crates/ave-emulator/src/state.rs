@@ -57,6 +57,9 @@ pub(super) struct RateWindow {
 /// Everything mutable. Guarded by one `std::sync::Mutex`, never held across
 /// an `.await`.
 pub(super) struct State {
+    /// The client's current secret: starts as the configured one; a rotation replaces it with no overlap, as in
+    /// Ave (docs/ave-protocol.md §1.6).
+    pub(super) client_secret: String,
     pub(super) redirect_uris: Vec<String>,
     pub(super) auto_approve: Option<String>,
     pub(super) id_token_defect: Option<IdTokenDefect>,
@@ -92,8 +95,9 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(redirect_uris: Vec<String>, signing_key: IssuerKey) -> State {
+    pub(super) fn new(client_secret: String, redirect_uris: Vec<String>, signing_key: IssuerKey) -> State {
         State {
+            client_secret,
             redirect_uris,
             auto_approve: None,
             id_token_defect: None,

