@@ -486,6 +486,7 @@ impl Loader<'_> {
                 claims: claims.unwrap_or_default(),
                 default: true,
                 hook: None,
+                introspection_secret: None,
             };
             return self.token_settings(vec![spec], max_token_bytes);
         };
@@ -573,6 +574,7 @@ impl Loader<'_> {
             None => Some(ClaimTemplate::default()),
         };
         let hook = p.hook.map(|h| self.hook(&origin, h));
+        let introspection_secret = p.introspection.and_then(|i| self.introspection(&origin, i));
         let claims = claims.filter(|_| self.errors.len() == before)?;
         Some(ProfileSpec {
             name: p.name,
@@ -581,16 +583,14 @@ impl Loader<'_> {
             claims,
             default: p.default || single,
             hook: hook.flatten(),
+            introspection_secret,
         })
     }
 
-    fn hook(&mut self, origin: &str, h: FileHook) -> Option<HookSpec> {
-        let origin = format!("{origin}: `hook`");
-        let before = self.errors.len();
-        let url = parse_web_url(&h.url)
-            .map_err(|e| self.errors.push(format!("{origin}: `url` {e}")))
-            .ok();
-        let secret = match (h.secret, h.secret_file) {
+    /// A secret set inline (`secret`) or read from a file (`secret_file`):
+    /// exactly one of them, at least 32 characters. Never echoed.
+    fn inline_or_file_secret(&mut self, origin: &str, inline: Option<String>, file: Option<PathBuf>) -> Option<String> {
+        let secret = match (inline, file) {
             (Some(s), None) => Some(s),
             (None, Some(path)) => std::fs::read_to_string(&path)
                 .map(|v| v.trim().to_owned())
@@ -612,7 +612,25 @@ impl Loader<'_> {
             self.errors.push(format!(
                 "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
             ));
+            return None;
         }
+        secret
+    }
+
+    /// A `[profiles.introspection]` table: the secret callers present to `POST /oauth/introspect`.
+    fn introspection(&mut self, origin: &str, i: FileIntrospection) -> Option<Secret<String>> {
+        let origin = format!("{origin}: `introspection`");
+        self.inline_or_file_secret(&origin, i.secret, i.secret_file)
+            .map(Secret::new)
+    }
+
+    fn hook(&mut self, origin: &str, h: FileHook) -> Option<HookSpec> {
+        let origin = format!("{origin}: `hook`");
+        let before = self.errors.len();
+        let url = parse_web_url(&h.url)
+            .map_err(|e| self.errors.push(format!("{origin}: `url` {e}")))
+            .ok();
+        let secret = self.inline_or_file_secret(&origin, h.secret, h.secret_file);
         let timeout = match h.timeout_ms.unwrap_or(2000) {
             n @ 1..=60_000 => Duration::from_millis(n),
             _ => {
@@ -656,6 +674,15 @@ struct FileProfile {
     default: bool,
     claims: Option<toml::Table>,
     hook: Option<FileHook>,
+    introspection: Option<FileIntrospection>,
+}
+
+/// A `[profiles.introspection]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIntrospection {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 /// A `[profiles.hook]` table.

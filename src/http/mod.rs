@@ -10,6 +10,7 @@ pub(crate) mod demo;
 pub(crate) mod demo_api;
 pub(crate) mod docs;
 pub(crate) mod errors;
+pub(crate) mod introspect;
 pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
@@ -87,12 +88,22 @@ impl Mode {
     }
 }
 
-type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)>;
+type Apis = security::Guarded<(
+    auth::AuthApi,
+    introspect::IntrospectApi,
+    well_known::WellKnownApi,
+    ops::OpsApi,
+)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
 pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi)),
+        security::Guarded((
+            auth::AuthApi,
+            introspect::IntrospectApi,
+            well_known::WellKnownApi,
+            ops::OpsApi,
+        )),
         "avemint",
         env!("CARGO_PKG_VERSION"),
     )
