@@ -128,7 +128,10 @@ impl Verifier {
         let credentials = format!("{}:{}", enc(profile), enc(secret));
         self.introspection = Some(Introspection {
             url: format!("{}/oauth/introspect", self.issuer),
-            authorization: format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)),
+            authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            ),
             cache_for,
             answers: tokio::sync::Mutex::new(HashMap::new()),
             asked: std::sync::atomic::AtomicU64::new(0),
@@ -150,9 +153,7 @@ impl Verifier {
         {
             return Ok(*active);
         }
-        introspection
-            .asked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        introspection.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let answer: Value = self
             .http
             .post(&introspection.url)

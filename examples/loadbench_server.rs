@@ -71,6 +71,9 @@ enum Command {
         /// Session cache TTL in milliseconds (default: the production default).
         #[arg(long)]
         cache_ttl_ms: Option<u64>,
+        /// Lets the token profile (`default`) introspect with this secret (`bench/introspect.sh`).
+        #[arg(long)]
+        introspection_secret: Option<String>,
     },
     /// The reference points of the targets, on the same machine: a
     /// trivial poem endpoint (`GET /trivial`) and the minimal endpoint a team
@@ -115,13 +118,14 @@ fn main() -> Result<(), BoxError> {
             port,
             alg,
             cache_ttl_ms,
+            introspection_secret,
         } => {
             avemint::telemetry::init_stderr("info", false);
             let mut renewal = RenewalSettings::default();
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);
             }
-            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal))
+            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal, introspection_secret))
         }
         Command::Reference { port } => runtime.block_on(reference(port)),
         Command::Populate { db, count, cookies } => runtime.block_on(populate(&db, count, &cookies)),
@@ -132,6 +136,11 @@ fn main() -> Result<(), BoxError> {
             at,
         } => runtime.block_on(lookup(&db, &cookies, samples, at)),
     }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 fn database_url(db: &Path) -> DatabaseUrl {
@@ -158,6 +167,7 @@ async fn serve(
     port: u16,
     alg: Algorithm,
     renewal: RenewalSettings,
+    introspection_secret: Option<String>,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -188,7 +198,22 @@ async fn serve(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut settings = Settings::load(None, &env)?;
+    // Introspection is configured per profile in the file only: one profile, its audience and claims from `env`.
+    let config = match introspection_secret {
+        Some(secret) => {
+            let path = dir.path().join("avemint.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "[[profiles]]\nname = \"default\"\naudience = \"https://api.example.com\"\n[profiles.introspection]\nsecret = {}\n",
+                    toml_string(&secret)
+                ),
+            )?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut settings = Settings::load(config.as_deref(), &env)?;
     settings.store.database_url = database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db")));
     settings.keys.dir = dir.path().join("keys");
     settings.keys.policy.algorithm = alg;

@@ -53,10 +53,7 @@ pub(crate) fn authenticate<'m>(minter: &'m Minter, client_id: &str, secret: &str
         .profiles()
         .by_name(client_id)
         .ok_or(ClientError::UnknownProfile)?;
-    let expected = profile
-        .introspection_secret
-        .as_ref()
-        .ok_or(ClientError::NotEnabled)?;
+    let expected = profile.introspection_secret.as_ref().ok_or(ClientError::NotEnabled)?;
     if secrets_match(secret, expected.expose()) {
         Ok(&profile.audience)
     } else {
@@ -99,9 +96,18 @@ mod tests {
 
     #[test]
     fn secrets_are_compared_exactly() {
-        assert!(secrets_match("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"));
-        assert!(!secrets_match("0123456789abcdef0123456789abcdeF", "0123456789abcdef0123456789abcdef"));
+        assert!(secrets_match(
+            "0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!secrets_match(
+            "0123456789abcdef0123456789abcdeF",
+            "0123456789abcdef0123456789abcdef"
+        ));
         assert!(!secrets_match("", "0123456789abcdef0123456789abcdef"));
-        assert!(!secrets_match("0123456789abcdef0123456789abcdef0", "0123456789abcdef0123456789abcdef"));
+        assert!(!secrets_match(
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdef"
+        ));
     }
 }

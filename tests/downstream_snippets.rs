@@ -184,8 +184,16 @@ async fn the_introspection_snippets_follow_logout() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("introspect.mjs"), repo_file("examples/node/introspect.mjs")).expect("copy");
-    std::fs::write(dir.path().join("introspect.py"), repo_file("examples/python/introspect.py")).expect("copy");
+    std::fs::write(
+        dir.path().join("introspect.mjs"),
+        repo_file("examples/node/introspect.mjs"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("introspect.py"),
+        repo_file("examples/python/introspect.py"),
+    )
+    .expect("copy");
     let app = TestApp::spawn_with(Options {
         token_toml: Some(format!(
             "[[profiles]]\nname = \"api\"\naudience = \"{AUDIENCE}\"\n[profiles.introspection]\nsecret = \"{INTROSPECTION_SECRET}\"\n"

@@ -140,9 +140,12 @@ async fn foreign_expired_and_garbage_tokens_are_inactive(db: Option<DatabaseUrl>
     let mut b = app.signed_in_browser().await;
     let token = token_for(&app, &mut b, "orders").await;
     let claims = claims_of(&token);
-    let header: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().expect("header")).expect("b64"))
-            .expect("json");
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').next().expect("header"))
+            .expect("b64"),
+    )
+    .expect("json");
     let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
 
     // The same claims signed by a key that is not avemint's: under its own kid, and under avemint's kid.

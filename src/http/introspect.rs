@@ -180,7 +180,10 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_form_urlencoded_inside_base64() {
-        assert_eq!(parse_basic(&basic("orders:s3cret")), Ok(("orders".into(), "s3cret".into())));
+        assert_eq!(
+            parse_basic(&basic("orders:s3cret")),
+            Ok(("orders".into(), "s3cret".into()))
+        );
         assert_eq!(
             parse_basic(&basic("my+api:a%3Ab%2Bc+d%25")),
             Ok(("my api".into(), "a:b+c d%".into()))

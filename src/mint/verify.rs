@@ -32,7 +32,12 @@ pub(crate) enum VerifyError {
 }
 
 /// Checks `token` against the key ring and `issuer` at `now`; returns its claims.
-pub(crate) fn verify(ring: &KeyRing, token: &str, issuer: &str, now: UnixTime) -> Result<Map<String, Value>, VerifyError> {
+pub(crate) fn verify(
+    ring: &KeyRing,
+    token: &str,
+    issuer: &str,
+    now: UnixTime,
+) -> Result<Map<String, Value>, VerifyError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
     if header.typ.as_deref() != Some(TOKEN_TYPE) {
         return Err(VerifyError::Malformed);
@@ -81,9 +86,7 @@ mod tests {
     use serde_json::json;
 
     fn sign(ring: &KeyRing, claims: &Value) -> String {
-        ring.signing_key()
-            .sign(claims.to_string().as_bytes())
-            .expect("sign")
+        ring.signing_key().sign(claims.to_string().as_bytes()).expect("sign")
     }
 
     #[test]
@@ -101,16 +104,31 @@ mod tests {
             verify(&ring, &good, "https://a", UnixTime::from_secs(1_000_100)),
             Err(VerifyError::Expired)
         );
-        assert_eq!(verify(&ring, &sign(&other, &claims), "https://a", now), Err(VerifyError::UnknownKey));
+        assert_eq!(
+            verify(&ring, &sign(&other, &claims), "https://a", now),
+            Err(VerifyError::UnknownKey)
+        );
         let later = json!({"iss": "https://a", "sub": "u", "aud": "x", "exp": 1_000_100, "nbf": 1_000_050});
-        assert_eq!(verify(&ring, &sign(&ring, &later), "https://a", now), Err(VerifyError::NotYetValid));
+        assert_eq!(
+            verify(&ring, &sign(&ring, &later), "https://a", now),
+            Err(VerifyError::NotYetValid)
+        );
         // `alg: none` with our kid, and a swapped payload, are refused.
         let kid = ring.signing_key().kid().to_owned();
         let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
-        let none = format!("{}.{}.", enc(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})), enc(&claims));
+        let none = format!(
+            "{}.{}.",
+            enc(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
+            enc(&claims)
+        );
         assert!(verify(&ring, &none, "https://a", now).is_err());
         let parts: Vec<&str> = good.split('.').collect();
-        let forged = format!("{}.{}.{}", parts[0], enc(&json!({"iss": "https://a", "sub": "admin", "aud": "x", "exp": 1_000_100})), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            enc(&json!({"iss": "https://a", "sub": "admin", "aud": "x", "exp": 1_000_100})),
+            parts[2]
+        );
         assert_eq!(verify(&ring, &forged, "https://a", now), Err(VerifyError::Invalid));
         for garbage in ["", "a.b.c", "not a token", "...."] {
             assert!(verify(&ring, garbage, "https://a", now).is_err(), "{garbage}");

@@ -52,6 +52,9 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
+/// How long introspection remembers which row a `sid` names (the mapping
+/// never changes; this only bounds memory together with `CACHE_CAPACITY`).
+const SID_ROW_TTL: Duration = Duration::from_secs(600);
 /// A stored timestamp later than now by more than this (clock skew between
 /// instances) cannot be genuine.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -166,8 +169,9 @@ pub struct Sessions {
     /// staleness: another instance's logout is seen within that time).
     cache: Option<Cache<SessionRowKey, Arc<Session>>>,
     /// Which row a `sid` names (`None`: no live session has it), for
-    /// introspection; cached as long as sessions are (see `is_live`).
-    sid_rows: Option<Cache<String, Option<SessionRowKey>>>,
+    /// introspection (see `is_live`). The mapping never changes, so it is not
+    /// what bounds staleness: the session cache is.
+    sid_rows: Cache<String, Option<SessionRowKey>>,
     /// Decides expiry, activity and renewal timing.
     clock: Clock,
 }
@@ -217,12 +221,10 @@ impl Sessions {
                 .max_capacity(CACHE_CAPACITY)
                 .build()
         });
-        let sid_rows = (!cache_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .time_to_live(cache_ttl)
-                .max_capacity(CACHE_CAPACITY)
-                .build()
-        });
+        let sid_rows = Cache::builder()
+            .time_to_live(SID_ROW_TTL)
+            .max_capacity(CACHE_CAPACITY)
+            .build();
         Self {
             store,
             sid_rows,
@@ -304,24 +306,22 @@ impl Sessions {
     /// live: not logged out, deleted (per-user cap, tampering) or expired.
     /// Read-only: asking does not count as the user's activity (idle timeout).
     ///
-    /// The `sid` → row mapping never changes, so it is cached (for the cache
-    /// TTL), ended sessions included (a `sid` is random and never comes back);
-    /// a live answer comes from the session cache, which this instance's own
+    /// The `sid` → row mapping never changes, so it is cached (`SID_ROW_TTL`),
+    /// ended sessions included (a `sid` is random and never comes back, and
+    /// its token exists only once its session is stored); whether that row is
+    /// still live comes from the session cache, which this instance's own
     /// logouts invalidate at once and which sees another instance's within its
     /// TTL. Without a cached mapping, the user's sessions are found through
     /// the per-user index (`owner_keys`) and opened to compare their `sid`.
     pub(crate) async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, StoreError> {
         let now = self.now();
-        let row = match self.sid_rows.as_ref() {
-            Some(rows) => match rows.get(sid).await {
-                Some(row) => row,
-                None => {
-                    let row = self.find_by_sid(sub, sid, now).await?;
-                    rows.insert(sid.to_owned(), row).await;
-                    row
-                }
-            },
-            None => self.find_by_sid(sub, sid, now).await?,
+        let row = match self.sid_rows.get(sid).await {
+            Some(row) => row,
+            None => {
+                let row = self.find_by_sid(sub, sid, now).await?;
+                self.sid_rows.insert(sid.to_owned(), row).await;
+                row
+            }
         };
         let Some(key) = row else { return Ok(false) };
         let cached = match &self.cache {
