@@ -51,19 +51,21 @@ async fn verify(cmd: Command, app: &TestApp, audience: &str, token: &str) -> Out
 }
 
 fn verify_blocking(mut cmd: Command, address: &str, audience: &str, token: &str) -> Output {
-    cmd.env("AVEMINT_URL", address)
-        .env("API_AUDIENCE", audience)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("verifier starts");
+    cmd.env("AVEMINT_URL", address).env("API_AUDIENCE", audience);
+    run_with_stdin(cmd, token)
+}
+
+/// Runs a script with `token` on stdin and waits for it (blocking).
+fn run_with_stdin(mut cmd: Command, token: &str) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("script starts");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(token.as_bytes())
         .expect("token written");
-    child.wait_with_output().expect("verifier ends")
+    child.wait_with_output().expect("script ends")
 }
 
 async fn app_jwt(app: &TestApp) -> String {
@@ -152,23 +154,11 @@ const INTROSPECTION_SECRET: &str = "snippet introspection secret/0123456789+%";
 async fn introspect(app: &TestApp, mut cmd: Command, token: &str) -> (bool, Value) {
     cmd.env("AVEMINT_URL", &app.address)
         .env("INTROSPECTION_PROFILE", "api")
-        .env("INTROSPECTION_SECRET", INTROSPECTION_SECRET)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("INTROSPECTION_SECRET", INTROSPECTION_SECRET);
     let token = token.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().expect("snippet starts");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(token.as_bytes())
-            .expect("token written");
-        child.wait_with_output().expect("snippet ends")
-    })
-    .await
-    .expect("snippet thread");
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(cmd, &token))
+        .await
+        .expect("snippet thread");
     let answer = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("JSON on stdout: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), answer)
