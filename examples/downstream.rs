@@ -14,6 +14,13 @@
 //! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:3000/hello
 //! ```
 //!
+//! Optionally (`AVEMINT_INTROSPECTION_PROFILE` and `AVEMINT_INTROSPECTION_SECRET`
+//! set), a token that verifies is also checked with avemint's introspection
+//! endpoint (`POST /oauth/introspect`), so a token whose session ended (logout)
+//! is refused before its `exp`. Answers are cached per token (`jti`) for a few
+//! seconds (`AVEMINT_INTROSPECTION_CACHE_SECS`, default 5): that long, an ended
+//! session's token may still pass, against one introspection per token per interval.
+//!
 //! `tests/downstream_example.rs` runs this file against a live avemint.
 
 use std::collections::HashMap;
@@ -47,6 +54,21 @@ pub enum VerifyError {
     Jwks(String),
     #[error("the token failed verification: {0:?}")]
     Invalid(jsonwebtoken::errors::ErrorKind),
+    #[error("avemint says the token is no longer active (its session ended)")]
+    Inactive,
+    #[error("avemint's introspection endpoint could not be asked: {0}")]
+    Introspection(String),
+}
+
+/// The optional introspection check: this API's profile credentials and the answer cache.
+struct Introspection {
+    url: String,
+    /// `Basic base64(urlencode(profile) ":" urlencode(secret))` (RFC 6749 §2.3.1).
+    authorization: String,
+    cache_for: Duration,
+    /// `jti` → (asked at, active).
+    answers: tokio::sync::Mutex<HashMap<String, (Instant, bool)>>,
+    asked: std::sync::atomic::AtomicU64,
 }
 
 /// The claims this API uses; every other claim (`iss`, `aud`, `exp`, …, already checked) is kept in `other`.
@@ -73,6 +95,7 @@ pub struct Verifier {
     audience: String,
     min_refetch_interval: Duration,
     cache: RwLock<KeyCache>,
+    introspection: Option<Introspection>,
 }
 
 impl Verifier {
@@ -93,7 +116,61 @@ impl Verifier {
                 fetched_at: None,
                 fetches: 0,
             }),
+            introspection: None,
         }
+    }
+
+    /// Also asks avemint's introspection endpoint about every token that verifies, as token profile `profile`
+    /// with its introspection `secret`, reusing an answer for `cache_for`.
+    pub fn with_introspection(mut self, profile: &str, secret: &str, cache_for: Duration) -> Self {
+        use base64::Engine as _;
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let credentials = format!("{}:{}", enc(profile), enc(secret));
+        self.introspection = Some(Introspection {
+            url: format!("{}/oauth/introspect", self.issuer),
+            authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            ),
+            cache_for,
+            answers: tokio::sync::Mutex::new(HashMap::new()),
+            asked: std::sync::atomic::AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// How often avemint's introspection endpoint has been asked.
+    pub fn introspections(&self) -> u64 {
+        self.introspection
+            .as_ref()
+            .map_or(0, |i| i.asked.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether avemint still considers `token` (with id `jti`) active: a cached answer, or a fresh one.
+    async fn still_active(&self, introspection: &Introspection, jti: &str, token: &str) -> Result<bool, VerifyError> {
+        if let Some((at, active)) = introspection.answers.lock().await.get(jti)
+            && at.elapsed() < introspection.cache_for
+        {
+            return Ok(*active);
+        }
+        introspection.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answer: Value = self
+            .http
+            .post(&introspection.url)
+            .header(header::AUTHORIZATION, &introspection.authorization)
+            .form(&[("token", token)])
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| VerifyError::Introspection(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| VerifyError::Introspection(e.to_string()))?;
+        let active = answer["active"] == true;
+        let mut answers = introspection.answers.lock().await;
+        answers.retain(|_, (at, _)| at.elapsed() < introspection.cache_for);
+        answers.insert(jti.to_owned(), (Instant::now(), active));
+        Ok(active)
     }
 
     /// At most one JWKS fetch per `interval` (default 10 s).
@@ -120,9 +197,16 @@ impl Verifier {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
-        jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| VerifyError::Invalid(e.into_kind()))
+            .map_err(|e| VerifyError::Invalid(e.into_kind()))?;
+        if let Some(introspection) = &self.introspection {
+            let jti = claims.other.get("jti").and_then(Value::as_str).unwrap_or(token);
+            if !self.still_active(introspection, jti, token).await? {
+                return Err(VerifyError::Inactive);
+            }
+        }
+        Ok(claims)
     }
 
     /// The key for `kid`, re-fetching the JWKS (rate limited) when it is unknown.
@@ -207,7 +291,18 @@ async fn main() -> std::io::Result<()> {
     let avemint = std::env::var("AVEMINT_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let audience = std::env::var("API_AUDIENCE").unwrap_or_else(|_| avemint.clone());
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let verifier = Arc::new(Verifier::new(&avemint, &audience));
+    let mut verifier = Verifier::new(&avemint, &audience);
+    if let (Ok(profile), Ok(secret)) = (
+        std::env::var("AVEMINT_INTROSPECTION_PROFILE"),
+        std::env::var("AVEMINT_INTROSPECTION_SECRET"),
+    ) {
+        let cache_secs = std::env::var("AVEMINT_INTROSPECTION_CACHE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        verifier = verifier.with_introspection(&profile, &secret, Duration::from_secs(cache_secs));
+    }
+    let verifier = Arc::new(verifier);
     println!("downstream API on http://{listen}/hello, trusting {avemint} for audience {audience}");
     poem::Server::new(poem::listener::TcpListener::bind(listen))
         .run(app(verifier))

@@ -74,6 +74,9 @@ enum Command {
         /// Session cache TTL in milliseconds (default: the production default).
         #[arg(long)]
         cache_ttl_ms: Option<u64>,
+        /// Lets the token profile (`default`) introspect with this secret (`bench/introspect.sh`).
+        #[arg(long)]
+        introspection_secret: Option<String>,
         /// Proxy mode: the route `/api` forwards to this upstream URL (`AVEMINT_ROUTES`).
         #[arg(long)]
         proxy_upstream: Option<String>,
@@ -127,6 +130,7 @@ fn main() -> Result<(), BoxError> {
             alg,
             cache_ttl_ms,
             proxy_upstream,
+            introspection_secret,
         } => {
             let logs = avemint::telemetry::LogSettings::from_env("info")
                 .and_then(|logs| avemint::telemetry::init_stderr(&logs, avemint::telemetry::Tracing::Off));
@@ -138,7 +142,16 @@ fn main() -> Result<(), BoxError> {
             if let Some(ms) = cache_ttl_ms {
                 renewal.session_cache_ttl = Duration::from_millis(ms);
             }
-            runtime.block_on(serve(sessions, cookies, db, port, alg, renewal, proxy_upstream))
+            runtime.block_on(serve(
+                sessions,
+                cookies,
+                db,
+                port,
+                alg,
+                renewal,
+                proxy_upstream,
+                introspection_secret,
+            ))
         }
         Command::Reference { port } => runtime.block_on(reference(port)),
         // One thread: the upstream shares a CPU with the load generator and must stay cheap.
@@ -154,6 +167,11 @@ fn main() -> Result<(), BoxError> {
             at,
         } => runtime.block_on(lookup(&db, &cookies, samples, at)),
     }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 fn database_url(db: &Path) -> DatabaseUrl {
@@ -181,6 +199,7 @@ async fn serve(
     alg: Algorithm,
     renewal: RenewalSettings,
     proxy_upstream: Option<String>,
+    introspection_secret: Option<String>,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -214,7 +233,22 @@ async fn serve(
     .chain(proxy_upstream.map(|url| ("AVEMINT_ROUTES", json!([{"path": "/api", "upstream": url}]).to_string())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut settings = Settings::load(None, &env)?;
+    // Introspection is configured per profile in the file only: one profile, its audience and claims from `env`.
+    let config = match introspection_secret {
+        Some(secret) => {
+            let path = dir.path().join("avemint.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "[[profiles]]\nname = \"default\"\naudience = \"https://api.example.com\"\n[profiles.introspection]\nsecret = {}\n",
+                    toml_string(&secret)
+                ),
+            )?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut settings = Settings::load(config.as_deref(), &env)?;
     settings.store.database_url = database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db")));
     settings.keys.dir = dir.path().join("keys");
     settings.keys.policy.algorithm = alg;

@@ -595,6 +595,7 @@ impl Loader<'_> {
                 claims: claims.unwrap_or_default(),
                 default: true,
                 hook: None,
+                introspection_secret: None,
             };
             return self.token_settings(vec![spec], max_token_bytes);
         };
@@ -682,6 +683,7 @@ impl Loader<'_> {
             None => Some(ClaimTemplate::default()),
         };
         let hook = p.hook.map(|h| self.hook(&origin, h));
+        let introspection_secret = p.introspection.and_then(|i| self.introspection(&origin, i));
         let claims = claims.filter(|_| self.errors.len() == before)?;
         Some(ProfileSpec {
             name: p.name,
@@ -690,7 +692,37 @@ impl Loader<'_> {
             claims,
             default: p.default || single,
             hook: hook.flatten(),
+            introspection_secret,
         })
+    }
+
+    /// A `[profiles.introspection]` table: the secret callers present to `POST /oauth/introspect`
+    /// (`secret` or `secret_file`, exactly one, at least 32 characters; read at start-up). Never echoed.
+    fn introspection(&mut self, origin: &str, i: FileIntrospection) -> Option<crate::secret::Secret<String>> {
+        let origin = format!("{origin}: `introspection`");
+        let inline = i.secret.map(|value| Sourced {
+            value,
+            origin: format!("{origin}: `secret`"),
+        });
+        let path = i.secret_file.map(|p| Sourced {
+            value: p.display().to_string(),
+            origin: format!("{origin}: `secret_file`"),
+        });
+        match self.one_of(inline, path) {
+            Ok(Some((v, _))) if v.value.len() >= 32 => Some(crate::secret::Secret::new(v.value)),
+            Ok(Some(_)) => {
+                self.errors.push(format!(
+                    "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+                ));
+                None
+            }
+            Ok(None) => {
+                self.errors
+                    .push(format!("{origin}: set exactly one of `secret` and `secret_file`"));
+                None
+            }
+            Err(()) => None,
+        }
     }
 
     fn hook(&mut self, origin: &str, h: FileHook) -> Option<HookSpec> {
@@ -760,6 +792,15 @@ struct FileProfile {
     default: bool,
     claims: Option<toml::Table>,
     hook: Option<FileHook>,
+    introspection: Option<FileIntrospection>,
+}
+
+/// A `[profiles.introspection]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIntrospection {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 /// A `[profiles.hook]` table.

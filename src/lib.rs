@@ -23,6 +23,7 @@ pub mod telemetry;
 mod ave;
 mod clock;
 mod http;
+mod introspection;
 mod log_gate;
 mod metrics;
 mod mint;

@@ -21,6 +21,8 @@ pub(crate) enum Route {
     Logout,
     Jwks,
     OpenIdConfiguration,
+    /// Token introspection (RFC 7662) for downstream APIs.
+    Introspect,
     Healthz,
     Readyz,
     Metrics,
@@ -58,6 +60,7 @@ impl Route {
         Route::Logout,
         Route::Jwks,
         Route::OpenIdConfiguration,
+        Route::Introspect,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -86,6 +89,7 @@ impl Route {
             Route::Logout => "/auth/logout",
             Route::Jwks => "/.well-known/jwks.json",
             Route::OpenIdConfiguration => "/.well-known/openid-configuration",
+            Route::Introspect => "/oauth/introspect",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -132,7 +136,7 @@ impl Route {
     }
 
     /// Path trees avemint keeps whole for itself, beyond the table's own paths: nothing below them may be proxied.
-    pub(crate) const RESERVED_TREES: &[&str] = &["/auth", "/.well-known"];
+    pub(crate) const RESERVED_TREES: &[&str] = &["/auth", "/.well-known", "/oauth"];
 
     /// The first of avemint's own paths that a proxied prefix would overlap (the same path, one below it, or one
     /// above it), if any. `/` itself is not counted: a prefix is never `/`.

@@ -1,7 +1,8 @@
 //! `examples/downstream.rs` against a live avemint: its verifier accepts real app
 //! JWTs, refuses wrong `aud`/`iss`/`typ`/expired ones, caches the JWKS, follows a
 //! key rotation and rate-limits re-fetches for unknown `kid`s; its poem API
-//! answers over HTTP.
+//! answers over HTTP; with introspection on, it refuses a still-unexpired token
+//! once its session is logged out (after its cached answer runs out).
 
 mod support;
 
@@ -240,4 +241,36 @@ async fn the_example_api_greets_the_bearer() {
         .expect("hello");
     assert_eq!(resp.status(), 401);
     server.abort();
+}
+
+#[tokio::test]
+async fn with_introspection_the_example_refuses_tokens_of_ended_sessions() {
+    const SECRET: &str = "downstream-example-introspection-secret";
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(format!(
+            "[[profiles]]\nname = \"api\"\naudience = \"{AUDIENCE}\"\n[profiles.introspection]\nsecret = \"{SECRET}\"\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let body: Value = app.post_token(&mut browser, true).await.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    let cache_for = Duration::from_millis(700);
+    let verifier = Verifier::new(&app.address, AUDIENCE).with_introspection("api", SECRET, cache_for);
+    verifier.verify(&token).await.expect("active");
+    verifier.verify(&token).await.expect("active, cached");
+    assert_eq!(verifier.introspections(), 1, "the answer is reused");
+    let resp = browser
+        .send(app.http.post(app.url("/auth/logout")).header("X-CSRF", "1"))
+        .await;
+    assert!(resp.status().is_success());
+    // Within the cache time the old answer stands (the documented trade-off); then the token is refused.
+    verifier.verify(&token).await.expect("cached answer");
+    tokio::time::sleep(cache_for).await;
+    assert!(matches!(verifier.verify(&token).await, Err(VerifyError::Inactive)));
+    assert_eq!(verifier.introspections(), 2);
+    // A wrong secret is an error, never a pass.
+    let wrong = Verifier::new(&app.address, AUDIENCE).with_introspection("api", "wrong", cache_for);
+    assert!(matches!(wrong.verify(&token).await, Err(VerifyError::Introspection(_))));
 }

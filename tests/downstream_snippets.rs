@@ -2,7 +2,9 @@
 //! `examples/node/verify.mjs` and `examples/python/verify.py`, run against a live
 //! avemint with a real app JWT. Each test installs its library into its own
 //! temporary directory (npm / pip `--target`). Without node/npm or python3/pip the
-//! tests skip with a message, except under `CI=true`, where they fail.
+//! tests skip with a message, except under `CI=true`, where they fail. The
+//! introspection snippets (`examples/node/introspect.mjs`,
+//! `examples/python/introspect.py`) need no library and follow a logout.
 
 mod support;
 
@@ -11,7 +13,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use support::TestApp;
+use serde_json::json;
+use support::{Options, TestApp};
 
 const AUDIENCE: &str = "https://api.example.com";
 
@@ -48,19 +51,21 @@ async fn verify(cmd: Command, app: &TestApp, audience: &str, token: &str) -> Out
 }
 
 fn verify_blocking(mut cmd: Command, address: &str, audience: &str, token: &str) -> Output {
-    cmd.env("AVEMINT_URL", address)
-        .env("API_AUDIENCE", audience)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("verifier starts");
+    cmd.env("AVEMINT_URL", address).env("API_AUDIENCE", audience);
+    run_with_stdin(cmd, token)
+}
+
+/// Runs a script with `token` on stdin and waits for it (blocking).
+fn run_with_stdin(mut cmd: Command, token: &str) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("script starts");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(token.as_bytes())
         .expect("token written");
-    child.wait_with_output().expect("verifier ends")
+    child.wait_with_output().expect("script ends")
 }
 
 async fn app_jwt(app: &TestApp) -> String {
@@ -141,4 +146,81 @@ async fn the_python_snippet_verifies_app_jwts() {
         python
     })
     .await;
+}
+
+const INTROSPECTION_SECRET: &str = "snippet introspection secret/0123456789+%";
+
+/// Runs an introspection snippet with `token` on stdin; returns its exit status and printed answer.
+async fn introspect(app: &TestApp, mut cmd: Command, token: &str) -> (bool, Value) {
+    cmd.env("AVEMINT_URL", &app.address)
+        .env("INTROSPECTION_PROFILE", "api")
+        .env("INTROSPECTION_SECRET", INTROSPECTION_SECRET);
+    let token = token.to_owned();
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(cmd, &token))
+        .await
+        .expect("snippet thread");
+    let answer = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("JSON on stdout: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), answer)
+}
+
+#[tokio::test]
+async fn the_introspection_snippets_follow_logout() {
+    assert_in_readme("examples/node/introspect.mjs");
+    assert_in_readme("examples/python/introspect.py");
+    let node = support::tool_available("node", "--version");
+    let python = support::tool_available("python3", "--version");
+    if !node && !python {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("introspect.mjs"),
+        repo_file("examples/node/introspect.mjs"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("introspect.py"),
+        repo_file("examples/python/introspect.py"),
+    )
+    .expect("copy");
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(format!(
+            "[[profiles]]\nname = \"api\"\naudience = \"{AUDIENCE}\"\n[profiles.introspection]\nsecret = \"{INTROSPECTION_SECRET}\"\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let body: Value = app.post_token(&mut browser, true).await.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    let scripts = || {
+        let mut list = Vec::new();
+        if node {
+            let mut cmd = Command::new("node");
+            cmd.current_dir(dir.path()).arg("introspect.mjs");
+            list.push(cmd);
+        }
+        if python {
+            let mut cmd = Command::new("python3");
+            cmd.current_dir(dir.path()).arg("introspect.py");
+            list.push(cmd);
+        }
+        list
+    };
+    for cmd in scripts() {
+        let (ok, answer) = introspect(&app, cmd, &token).await;
+        assert!(ok, "{answer}");
+        assert_eq!(answer["active"], true);
+        assert_eq!(answer["sub"], app.verify(&token).await.claims["sub"]);
+    }
+    let resp = browser
+        .send(app.http.post(app.url("/auth/logout")).header("X-CSRF", "1"))
+        .await;
+    assert!(resp.status().is_success());
+    for cmd in scripts() {
+        let (ok, answer) = introspect(&app, cmd, &token).await;
+        assert!(!ok, "an ended session's token is refused");
+        assert_eq!(answer, json!({"active": false}));
+    }
 }

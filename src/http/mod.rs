@@ -10,6 +10,7 @@ pub(crate) mod demo;
 pub(crate) mod demo_api;
 pub(crate) mod docs;
 pub(crate) mod errors;
+pub(crate) mod introspect;
 pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
@@ -88,12 +89,24 @@ impl Mode {
     }
 }
 
-type Apis = security::Guarded<(auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)>;
+type Apis = security::Guarded<(
+    auth::AuthApi,
+    introspect::IntrospectApi,
+    well_known::WellKnownApi,
+    ops::OpsApi,
+    proxy::ProxyDoc,
+)>;
 
 /// The OpenAPI service (also used by `avemint openapi`; needs no running state).
 pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        security::Guarded((auth::AuthApi, well_known::WellKnownApi, ops::OpsApi, proxy::ProxyDoc)),
+        security::Guarded((
+            auth::AuthApi,
+            introspect::IntrospectApi,
+            well_known::WellKnownApi,
+            ops::OpsApi,
+            proxy::ProxyDoc,
+        )),
         "avemint",
         env!("CARGO_PKG_VERSION"),
     )

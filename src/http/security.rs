@@ -295,7 +295,8 @@ impl Guard {
         let path = seen.path.as_str();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        if path.starts_with(Route::AUTH_PREFIX) {
+        // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4).
+        if path.starts_with(Route::AUTH_PREFIX) || path == Route::Introspect.path() {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         }

@@ -14,6 +14,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::prepared_json::PreparedJson;
 use super::{ApiTags, AppState};
 use crate::mint::keys::JWKS_CACHE_LIFETIME;
+use crate::route::Route;
 
 /// The well-known endpoints.
 pub(crate) struct WellKnownApi;
@@ -78,6 +79,10 @@ pub(crate) struct Discovery {
     pub subject_types_supported: Vec<String>,
     /// Always `["code"]` (avemint signs users in with the code flow).
     pub response_types_supported: Vec<String>,
+    /// Token introspection (RFC 7662) for app JWTs: `POST`, HTTP Basic with a token profile's name and secret.
+    pub introspection_endpoint: String,
+    /// Always `["client_secret_basic"]`.
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
 }
 
 /// JWKS response.
@@ -133,7 +138,9 @@ impl WellKnownApi {
         let issuer = state.public_url.as_str().to_owned();
         DiscoveryResponse::Ok(
             Json(Discovery {
-                jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+                jwks_uri: format!("{issuer}{}", Route::Jwks.path()),
+                introspection_endpoint: format!("{issuer}{}", Route::Introspect.path()),
+                introspection_endpoint_auth_methods_supported: vec!["client_secret_basic".into()],
                 issuer,
                 id_token_signing_alg_values_supported: state
                     .minter

@@ -4,12 +4,14 @@
 //! its JWKS); `claims` renders configured claims; `profiles` says which tokens
 //! exist (audience, lifetime, claims, hook); `hook` asks an operator's service
 //! for extra claims; `Minter` puts registered, configured and hook claims
-//! together for a profile and signs with the current key.
+//! together for a profile and signs with the current key; `verify` checks
+//! that a token is one of avemint's (for introspection).
 
 pub(crate) mod claims;
 pub(crate) mod hook;
 pub(crate) mod keys;
 pub(crate) mod profiles;
+pub(crate) mod verify;
 
 use std::cell::RefCell;
 use std::sync::Arc;

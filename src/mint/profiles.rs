@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::claims::ClaimTemplate;
 use super::hook::{Hook, HookError, HookSpec};
+use crate::secret::Secret;
 
 /// The name of the profile built from the env-only settings.
 pub(crate) const DEFAULT_PROFILE_NAME: &str = "default";
@@ -83,6 +84,10 @@ pub struct ProfileSpec {
     pub default: bool,
     /// Optional enrichment hook.
     pub hook: Option<HookSpec>,
+    /// The secret callers of `POST /oauth/introspect` present for this
+    /// profile (HTTP Basic, the profile name as client id); `None`: this
+    /// profile cannot introspect.
+    pub introspection_secret: Option<Secret<String>>,
 }
 
 /// Checks a profile name: 1–64 of `A-Z a-z 0-9 . _ -`.
@@ -133,6 +138,8 @@ pub struct Profile {
     pub ttl: Duration,
     pub claims: ClaimTemplate,
     pub hook: Option<Hook>,
+    /// See `ProfileSpec::introspection_secret`.
+    pub introspection_secret: Option<Secret<String>>,
 }
 
 /// Why a request's target names no profile.
@@ -175,6 +182,7 @@ impl Profiles {
                     ttl: spec.ttl,
                     claims: spec.claims.clone(),
                     hook: spec.hook.as_ref().map(|h| Hook::new(h, &spec.name)).transpose()?,
+                    introspection_secret: spec.introspection_secret.clone(),
                 })
             })
             .collect::<Result<_, HookError>>()?;
@@ -194,24 +202,24 @@ impl Profiles {
         &self.list[self.default]
     }
 
+    /// The profile named `name`, if any.
+    pub(crate) fn by_name(&self, name: &str) -> Option<&Profile> {
+        self.list.iter().find(|p| p.name == name)
+    }
+
+    /// The profile whose tokens have audience `audience`, if any.
+    pub(crate) fn by_audience(&self, audience: &str) -> Option<&Profile> {
+        self.list.iter().find(|p| p.audience == audience)
+    }
+
     /// Picks the profile a request asks for: by name, by audience, both (which
     /// must agree) or neither (the default). Never falls back to another profile.
     pub(crate) fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
         let by_name = profile
-            .map(|n| {
-                self.list
-                    .iter()
-                    .find(|p| p.name == n)
-                    .ok_or(SelectError::UnknownProfile)
-            })
+            .map(|n| self.by_name(n).ok_or(SelectError::UnknownProfile))
             .transpose()?;
         let by_audience = audience
-            .map(|a| {
-                self.list
-                    .iter()
-                    .find(|p| p.audience == a)
-                    .ok_or(SelectError::UnknownAudience)
-            })
+            .map(|a| self.by_audience(a).ok_or(SelectError::UnknownAudience))
             .transpose()?;
         match (by_name, by_audience) {
             (Some(p), Some(q)) if p.name != q.name => Err(SelectError::Inconsistent(p.name.clone())),
@@ -233,6 +241,7 @@ mod tests {
             claims: ClaimTemplate::default(),
             default,
             hook: None,
+            introspection_secret: None,
         }
     }
 

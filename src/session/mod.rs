@@ -53,6 +53,9 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
+/// How long introspection remembers which row a `sid` names (the mapping
+/// never changes; this only bounds memory together with `CACHE_CAPACITY`).
+const SID_ROW_TTL: Duration = Duration::from_secs(600);
 /// A stored timestamp later than now by more than this (clock skew between
 /// instances) cannot be genuine.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -163,6 +166,10 @@ pub struct Sessions {
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
     cache: Option<Cache<SessionRowKey, Arc<Session>>>,
+    /// Which row a `sid` names (`None`: no live session has it), for
+    /// introspection (see `is_live`). The mapping never changes, so it is not
+    /// what bounds staleness: the session cache is.
+    sid_rows: Cache<String, Option<SessionRowKey>>,
     /// Decides expiry, activity and renewal timing.
     clock: Clock,
 }
@@ -212,9 +219,14 @@ impl Sessions {
                 .max_capacity(CACHE_CAPACITY)
                 .build()
         });
+        let sid_rows = Cache::builder()
+            .time_to_live(SID_ROW_TTL)
+            .max_capacity(CACHE_CAPACITY)
+            .build();
         Self {
             store,
             crypto: Arc::new(LiveSecret::fixed(SecretKind::SessionKeys, SessionCrypto::new(keys))),
+            sid_rows,
             settings,
             cache,
             clock,
@@ -313,6 +325,59 @@ impl Sessions {
         Ok(self.crypto().store.seal(&record_aad(key, created_at), &plain))
     }
 
+    /// Whether the session whose app JWTs carry `sid` (and `sub`) is still
+    /// live: not logged out, deleted (per-user cap, tampering) or expired.
+    /// Read-only: asking does not count as the user's activity (idle timeout).
+    ///
+    /// The `sid` → row mapping never changes, so it is cached (`SID_ROW_TTL`),
+    /// ended sessions included (a `sid` is random and never comes back, and
+    /// its token exists only once its session is stored); whether that row is
+    /// still live comes from the session cache, which this instance's own
+    /// logouts invalidate at once and which sees another instance's within its
+    /// TTL. Without a cached mapping, the user's sessions are found through
+    /// the per-user index (`owner_keys`) and opened to compare their `sid`.
+    pub(crate) async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, StoreError> {
+        let now = self.now();
+        let row = match self.sid_rows.get(sid).await {
+            Some(row) => row,
+            None => {
+                let row = self.find_by_sid(sub, sid, now).await?;
+                self.sid_rows.insert(sid.to_owned(), row).await;
+                row
+            }
+        };
+        let Some(key) = row else { return Ok(false) };
+        let cached = match &self.cache {
+            Some(cache) => cache.get(&key).await,
+            None => None,
+        };
+        let session = match cached {
+            Some(s) => Some(s),
+            None => match self.read_at(&key, now).await? {
+                Some(s) => {
+                    let s = Arc::new(s);
+                    self.remember(s.clone()).await;
+                    Some(s)
+                }
+                None => None,
+            },
+        };
+        Ok(session.is_some_and(|s| !s.is_expired(now) && s.data.sid.as_str() == sid && s.data.sub == sub))
+    }
+
+    /// The row key of `sub`'s live session whose `sid` is `sid`, through the per-user index.
+    async fn find_by_sid(&self, sub: &str, sid: &str, now: UnixTime) -> Result<Option<SessionRowKey>, StoreError> {
+        for row in self.store.sessions_of(&self.owner_keys(sub)).await? {
+            if let Some(s) = self.read_at(&row.key, now).await?
+                && s.data.sid.as_str() == sid
+                && s.data.sub == sub
+            {
+                return Ok(Some(row.key));
+            }
+        }
+        Ok(None)
+    }
+
     /// The per-user index values of a user: one per configured session key, the current one first.
     pub(crate) fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
         self.crypto()
@@ -373,6 +438,19 @@ impl Sessions {
     }
 
     async fn load_at(&self, key: &SessionRowKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
+        let Some(mut session) = self.read_at(key, now).await? else {
+            return Ok(None);
+        };
+        if now.saturating_duration_since(session.last_seen_at) >= TOUCH_INTERVAL {
+            let mac = self.crypto().seen.tag(&seen_message(key, session.created_at, now));
+            self.store.touch(key, now, &mac).await?;
+            session.last_seen_at = now;
+        }
+        Ok(Some(session))
+    }
+
+    /// `load_at` without recording activity.
+    async fn read_at(&self, key: &SessionRowKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
         let row = match self.store.get(key).await {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
@@ -404,17 +482,11 @@ impl Sessions {
             tracing::warn!(session = ?key, "stored session could not be decoded");
             return Ok(None);
         };
-        let mut last_seen_at = row.last_seen_at;
-        if now.saturating_duration_since(row.last_seen_at) >= TOUCH_INTERVAL {
-            let mac = self.crypto().seen.tag(&seen_message(key, row.created_at, now));
-            self.store.touch(key, now, &mac).await?;
-            last_seen_at = now;
-        }
         Ok(Some(Session {
             key: *key,
             version: row.version,
             created_at: row.created_at,
-            last_seen_at,
+            last_seen_at: row.last_seen_at,
             refresh_started_at: row.refresh_started_at,
             data,
             lifetime,

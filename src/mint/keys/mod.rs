@@ -91,6 +91,9 @@ pub(crate) fn load_key(dir: &Path, alg: Algorithm, file: &str) -> Result<ParsedK
 pub struct SigningKey {
     key: ParsedKey,
     header_b64: String,
+    /// The public half, ready to verify this key's tokens (introspection);
+    /// `None` only if the public JWK could not be read back, then nothing verifies against it.
+    decoding: Option<jsonwebtoken::DecodingKey>,
 }
 
 impl SigningKey {
@@ -98,7 +101,19 @@ impl SigningKey {
     pub(crate) fn new(key: ParsedKey) -> Self {
         let header = json!({"alg": key.alg().jws(), "typ": "at+jwt", "kid": key.kid()});
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
-        Self { key, header_b64 }
+        let decoding = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(key.public_jwk().clone())
+            .ok()
+            .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
+        Self {
+            key,
+            header_b64,
+            decoding,
+        }
+    }
+
+    /// The public key that verifies this key's signatures.
+    pub(crate) fn decoding_key(&self) -> Option<&jsonwebtoken::DecodingKey> {
+        self.decoding.as_ref()
     }
 
     /// The key id (RFC 7638 thumbprint).
