@@ -111,6 +111,8 @@ pub enum MacPurpose {
     LastSeen,
     /// The per-user session index: a keyed hash of Ave's `sub`.
     UserIndex,
+    /// The sid index: a keyed hash of a session's `sid`.
+    SessionIndex,
 }
 
 impl MacPurpose {
@@ -118,6 +120,7 @@ impl MacPurpose {
         match self {
             MacPurpose::LastSeen => b"avemint/v1/session-last-seen",
             MacPurpose::UserIndex => b"avemint/v1/user-index",
+            MacPurpose::SessionIndex => b"avemint/v1/sid-index",
         }
     }
 }
