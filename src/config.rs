@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_scopes};
+use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// Proxy mode's routes (none: proxy mode is off).
     pub routes: Routes,
+    /// The admin API's listener and token (none: no admin API, nothing bound).
+    pub admin: Option<AdminSettings>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -295,6 +298,28 @@ impl<'a> Loader<'a> {
         file_key: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
+        let v = self.secret_source(shape, env_name, file_key).ok()?;
+        self.check_required(v, env_name, parse)
+    }
+
+    /// An optional secret from the same sources as `secret`: `Ok(None)` when none is given, `Err` when one was
+    /// given but is unreadable or invalid (the problem is recorded).
+    fn optional_secret<T, E: Display>(
+        &mut self,
+        shape: Shape,
+        env_name: &str,
+        file_key: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, ()> {
+        match self.secret_source(shape, env_name, file_key)? {
+            Some(v) => self.check(v, parse).map(Some).ok_or(()),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a secret comes from: `NAME` in the environment wins, then a `_FILE`, then the file's inline key;
+    /// `Err` (recorded) when the named file cannot be read.
+    fn secret_source(&mut self, shape: Shape, env_name: &str, file_key: &str) -> Result<Option<Sourced>, ()> {
         let path_key = format!("{file_key}_file");
         let path_env = format!("{env_name}_FILE");
         let inline = self.pick(env_name, file_key, shape);
@@ -310,12 +335,12 @@ impl<'a> Loader<'a> {
                 Err(e) => {
                     self.errors
                         .push(format!("{}: cannot read {}: {}", p.origin, p.value, e.kind()));
-                    return None;
+                    return Err(());
                 }
             },
             (v, None) => v,
         };
-        self.check_required(v, env_name, parse)
+        Ok(v)
     }
 }
 
@@ -356,6 +381,7 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
+        let admin = self.admin(listen);
         Some(Settings {
             listen,
             ave: AveSettings {
@@ -377,7 +403,32 @@ impl Loader<'_> {
             keys,
             security,
             routes,
+            admin,
         })
+    }
+
+    /// `AVEMINT_ADMIN_LISTEN` and its token (`AVEMINT_ADMIN_TOKEN` / `_FILE`): both, or no admin API.
+    fn admin(&mut self, public: SocketAddr) -> Option<AdminSettings> {
+        use Shape::Text;
+        let listen = self.optional(Text, "AVEMINT_ADMIN_LISTEN", "admin_listen", parse_listen);
+        let token = self.optional_secret(Text, "AVEMINT_ADMIN_TOKEN", "admin_token", AdminToken::parse);
+        match (listen, token) {
+            (Some(listen), _) if listen == public => {
+                self.errors.push(
+                    "AVEMINT_ADMIN_LISTEN: must differ from AVEMINT_LISTEN (the admin API is never on the public listener)"
+                        .into(),
+                );
+                None
+            }
+            (Some(listen), Ok(Some(token))) => Some(AdminSettings { listen, token }),
+            (Some(_), Ok(None)) => {
+                self.errors.push(
+                    "AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required".into(),
+                );
+                None
+            }
+            _ => None,
+        }
     }
 
     /// `AVEMINT_KEYS_DIR`, `AVEMINT_KEY_ALGORITHM` and `AVEMINT_KEY_ROTATION` (shared by `serve` and `keys`).

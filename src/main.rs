@@ -35,7 +35,11 @@ enum Command {
         keys_dir: PathBuf,
     },
     /// Print the OpenAPI document (YAML).
-    Openapi,
+    Openapi {
+        /// Print the admin API's document instead (see `AVEMINT_ADMIN_LISTEN`).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Manage the signing keys in `AVEMINT_KEYS_DIR` (see keys/README.md).
     Keys {
         #[command(subcommand)]
@@ -69,8 +73,12 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Openapi => {
-            print!("{}", avemint::openapi_yaml());
+        Command::Openapi { admin } => {
+            if admin {
+                print!("{}", avemint::admin_openapi_yaml());
+            } else {
+                print!("{}", avemint::openapi_yaml());
+            }
             ExitCode::SUCCESS
         }
         Command::Serve => {

@@ -15,6 +15,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::ave::{AveClient, AveError};
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::http::admin::AdminToken;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
@@ -61,19 +62,32 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     mode: Mode,
+    /// The admin API's own listener, when `AVEMINT_ADMIN_LISTEN` is set.
+    admin: Option<AdminListener>,
+}
+
+/// The admin API's bound listener and its token.
+struct AdminListener {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    token: AdminToken,
+}
+
+/// Binds `addr`.
+async fn bind(addr: SocketAddr) -> Result<TcpAcceptor, StartupError> {
+    TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .map_err(|e| StartupError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 impl Application {
     /// Binds `settings.listen` and builds the application.
     pub async fn build(settings: Settings, mode: Mode) -> Result<Self, StartupError> {
-        let addr = settings.listen;
-        let acceptor = TcpListener::bind(addr)
-            .into_acceptor()
-            .await
-            .map_err(|e| StartupError::Bind {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
+        let acceptor = bind(settings.listen).await?;
         Self::with_acceptor(settings, mode, acceptor).await
     }
 
@@ -114,7 +128,26 @@ impl Application {
             keys,
             security,
             routes,
+            admin,
         } = settings;
+        // The admin API binds its own address (never the public one); nothing is bound without it.
+        let admin = match admin {
+            Some(a) => {
+                let acceptor = bind(a.listen).await?;
+                let addr = acceptor
+                    .local_addr()
+                    .first()
+                    .and_then(|l| l.as_socket_addr().copied())
+                    .unwrap_or(a.listen);
+                tracing::info!(%addr, "admin API listening");
+                Some(AdminListener {
+                    acceptor,
+                    addr,
+                    token: a.token,
+                })
+            }
+            None => None,
+        };
         // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
         let clock = Clock::System;
         let sessions = Arc::new(
@@ -182,12 +215,18 @@ impl Application {
             addr,
             state,
             mode,
+            admin,
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin API's bound address, when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
@@ -206,9 +245,22 @@ impl Application {
                 let _ = signalled.set(std::time::Instant::now());
             }
         };
+        // One shutdown for both listeners.
+        let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
         let timeouts = self.state.security.connection_timeouts;
+        let admin = self.admin.map(|a| {
+            let app = http::admin::routes(self.state.clone(), a.token);
+            crate::server::serve(a.acceptor, app, shutdown.clone(), GRACE_PERIOD, timeouts)
+        });
         let app = http::routes(self.state, self.mode);
-        let result = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts).await;
+        let public = crate::server::serve(self.acceptor, app, shutdown, GRACE_PERIOD, timeouts);
+        let result = match admin {
+            Some(admin) => {
+                let (public, admin) = tokio::join!(public, admin);
+                public.and(admin)
+            }
+            None => public.await,
+        };
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();

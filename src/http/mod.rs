@@ -1,6 +1,7 @@
 //! The HTTP API (poem-openapi): routes, shared state, error mapping and
 //! response headers. Nothing below this module knows HTTP.
 
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod cookies;
 pub(crate) mod cors;

@@ -32,6 +32,8 @@ pub struct TestApp {
     pub db_path: PathBuf,
     pub keys_dir: PathBuf,
     pub settings: Settings,
+    /// The admin API's base URL, when `Options::admin_token` turned it on.
+    pub admin_address: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -67,6 +69,8 @@ pub struct Options {
     pub session: Option<SessionSettings>,
     /// Proxied routes as config-file TOML (`[[routes]]` tables), read by the real loader next to `token_toml`.
     pub routes_toml: Option<String>,
+    /// Turns the admin API on with this token (`AVEMINT_ADMIN_TOKEN`), on a random loopback port.
+    pub admin_token: Option<String>,
 }
 
 impl TestApp {
@@ -102,6 +106,10 @@ impl TestApp {
             ("AVEMINT_DATABASE_URL", format!("sqlite://{}", db_path.display())),
             ("AVEMINT_SESSION_KEYS", TEST_SESSION_KEY.to_owned()),
         ];
+        if let Some(token) = &opts.admin_token {
+            env.push(("AVEMINT_ADMIN_LISTEN", "127.0.0.1:0".to_owned()));
+            env.push(("AVEMINT_ADMIN_TOKEN", token.clone()));
+        }
         if opts.token_toml.is_none() {
             env.push(("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()));
             env.push(("AVEMINT_TOKEN_TTL", opts.token_ttl.unwrap_or(300).to_string()));
@@ -145,6 +153,7 @@ impl TestApp {
         let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
             .await
             .expect("app builds");
+        let admin_address = app.admin_addr().map(|a| format!("http://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -160,6 +169,7 @@ impl TestApp {
             db_path,
             keys_dir,
             settings,
+            admin_address,
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,
