@@ -386,3 +386,34 @@ async fn postgres_a_session_ended_on_one_instance_is_refused_by_the_other_within
     a.stop().await;
     b.stop().await;
 }
+
+/// `AVEMINT_MAX_SESSIONS_PER_USER` ends the least recently used session, not merely the oldest: with a cap of
+/// two, the older session used again survives a third sign-in and the younger idle one ends. Activity is recorded
+/// at most once a minute, so this waits a minute.
+async fn the_cap_ends_the_least_recently_used(db: Option<DatabaseUrl>) {
+    let app = TestApp::spawn_with(Options {
+        session: Some(avemint::testing::session::SessionSettings {
+            max_sessions_per_user: 2,
+            ..Default::default()
+        }),
+        ..on(db)
+    })
+    .await;
+    let (_, older) = browser_of(&app, 0, FIREFOX_LINUX).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, younger) = browser_of(&app, 0, SAFARI_IPHONE).await;
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(token_status(&app, &older).await, 200, "the older session is used again");
+    let (_, mut third) = browser_of(&app, 0, FIREFOX_LINUX).await;
+    assert_eq!(
+        token_status(&app, &younger).await,
+        401,
+        "the least recently used one ended"
+    );
+    assert_eq!(token_status(&app, &older).await, 200);
+    assert_eq!(token_status(&app, &third).await, 200);
+    assert_eq!(list(&app, &mut third).await.len(), 2);
+    app.stop().await;
+}
+
+support::on_both_stores!(the_cap_ends_the_least_recently_used);

@@ -84,7 +84,7 @@ impl Sessions {
     }
 
     /// The live sessions of the user `sub`, most recently used first.
-    pub(crate) async fn list_of(&self, sub: &str) -> Result<Vec<SessionSummary>, StoreError> {
+    pub async fn list_of(&self, sub: &str) -> Result<Vec<SessionSummary>, StoreError> {
         Ok(self
             .sessions_of_user(sub)
             .await?
@@ -132,7 +132,7 @@ impl Sessions {
     }
 
     /// Live sessions in the store: in all, created in the last hour and day, used in the last hour.
-    pub(crate) async fn counts(&self) -> Result<SessionCounts, StoreError> {
+    pub async fn counts(&self) -> Result<SessionCounts, StoreError> {
         let now = self.now();
         self.store
             .counts(CountCutoffs {
