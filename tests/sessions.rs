@@ -322,13 +322,7 @@ async fn the_store_holds_no_plaintext_sub_agent_or_address(db: Option<DatabaseUr
             }
         }
         Some(url) => {
-            let pool = sqlx::PgPool::connect(&support::database_url_string(&url))
-                .await
-                .expect("connect");
-            let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
-                .fetch_all(&pool)
-                .await
-                .expect("dump");
+            let dump = support::postgres_session_rows(&url).await;
             assert_eq!(dump.len(), 1);
             for row in &dump {
                 for needle in needles {
@@ -336,7 +330,6 @@ async fn the_store_holds_no_plaintext_sub_agent_or_address(db: Option<DatabaseUr
                     assert!(!row.contains(&hex(needle)), "`{needle}` stored hex-encoded");
                 }
             }
-            pool.close().await;
             app.stop().await;
         }
     }

@@ -23,9 +23,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme, Tags};
 
 use super::AppState;
+use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
 use crate::secret::Secret;
-use crate::session::{SessionCounts, SessionHandle, SessionSummary, StoreError};
+use crate::session::{SessionCounts, SessionHandle, StoreError};
 
 /// Shortest admin token accepted (`openssl rand -hex 32` gives 64 characters).
 pub(crate) const MIN_TOKEN_LEN: usize = 32;
@@ -149,41 +150,11 @@ impl From<StoreError> for AdminError {
     }
 }
 
-/// One session of a user, as the admin API shows it. Times are unix seconds.
-#[derive(Object)]
-pub(crate) struct AdminSession {
-    /// The session's id: the `sid` claim of its app JWTs.
-    pub id: String,
-    /// When it was signed in.
-    pub created_at: i64,
-    /// When it was last used (recorded at most once a minute).
-    pub last_seen_at: i64,
-    /// When it ends unless used again (lifetime or idle timeout, whichever is first).
-    pub expires_at: i64,
-    /// Browser and operating system at sign-in, e.g. `Firefox on Linux`; null when unknown or not recorded.
-    pub device: Option<String>,
-    /// The IPv4 /24 or IPv6 /48 signed in from; null when not recorded.
-    pub network: Option<String>,
-}
-
-impl From<SessionSummary> for AdminSession {
-    fn from(s: SessionSummary) -> Self {
-        Self {
-            id: s.sid.as_str().to_owned(),
-            created_at: s.created_at.as_secs(),
-            last_seen_at: s.last_seen_at.as_secs(),
-            expires_at: s.expires_at.as_secs(),
-            device: s.signed_in_from.device,
-            network: s.signed_in_from.network,
-        }
-    }
-}
-
 /// A user's sessions.
 #[derive(Object)]
 pub(crate) struct AdminSessions {
     /// Most recently used first. Sessions written before the per-user index existed are not listed.
-    pub sessions: Vec<AdminSession>,
+    pub sessions: Vec<SessionView>,
 }
 
 /// How many sessions were ended.
@@ -246,7 +217,7 @@ impl AdminApi {
     ) -> Result<Json<AdminSessions>, AdminError> {
         let listed = state.sessions.list_of(&sub.0).await?;
         Ok(Json(AdminSessions {
-            sessions: listed.into_iter().map(AdminSession::from).collect(),
+            sessions: listed.into_iter().map(SessionView::from).collect(),
         }))
     }
 

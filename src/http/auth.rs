@@ -152,10 +152,10 @@ pub(crate) struct SessionsBody {
     pub sessions: Vec<SessionItem>,
 }
 
-/// One session of the signed-in user. Times are unix seconds, as in `GET /auth/session`.
+/// One session as the session lists show it (the user's own, and the admin API's). Times are unix seconds.
 #[derive(Object)]
-pub(crate) struct SessionItem {
-    /// The session's id: the `sid` claim of its app JWTs. Pass it to `DELETE /auth/sessions/{id}`.
+pub(crate) struct SessionView {
+    /// The session's id: the `sid` claim of its app JWTs, and what ends the session.
     pub id: String,
     /// When it was signed in.
     pub created_at: i64,
@@ -169,6 +169,26 @@ pub(crate) struct SessionItem {
     /// The network signed in from: the client address's IPv4 /24 or IPv6 /48, e.g. `198.51.100.0/24`; null
     /// when signed in before this was recorded.
     pub network: Option<String>,
+}
+
+impl From<SessionSummary> for SessionView {
+    fn from(s: SessionSummary) -> Self {
+        Self {
+            id: s.sid.as_str().to_owned(),
+            created_at: s.created_at.as_secs(),
+            last_seen_at: s.last_seen_at.as_secs(),
+            expires_at: s.expires_at.as_secs(),
+            device: s.signed_in_from.device,
+            network: s.signed_in_from.network,
+        }
+    }
+}
+
+/// One session of the signed-in user; its `id` is what `DELETE /auth/sessions/{id}` takes.
+#[derive(Object)]
+pub(crate) struct SessionItem {
+    #[oai(flatten)]
+    pub session: SessionView,
     /// True for the session making this request.
     pub current: bool,
 }
@@ -177,12 +197,7 @@ impl SessionItem {
     fn of(s: SessionSummary, current: &SessionRowKey) -> Self {
         Self {
             current: s.key == *current,
-            id: s.sid.as_str().to_owned(),
-            created_at: s.created_at.as_secs(),
-            last_seen_at: s.last_seen_at.as_secs(),
-            expires_at: s.expires_at.as_secs(),
-            device: s.signed_in_from.device,
-            network: s.signed_in_from.network,
+            session: s.into(),
         }
     }
 }

@@ -452,6 +452,18 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Every row of the `sessions` table of a PostgreSQL store as JSON text (`bytea` columns hex-encoded): what
+/// someone reading the database sees.
+pub async fn postgres_session_rows(url: &DatabaseUrl) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(&database_url_string(url)).await.expect("connect");
+    let rows = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
+        .fetch_all(&pool)
+        .await
+        .expect("dump");
+    pool.close().await;
+    rows
+}
+
 /// Reads an `{error, error_description}` body and returns the code.
 pub async fn error_code(resp: reqwest::Response) -> String {
     let body: Value = resp.json().await.expect("JSON error body");
