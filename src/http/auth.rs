@@ -163,11 +163,13 @@ pub(crate) struct SessionView {
     pub last_seen_at: i64,
     /// When it ends unless used again (lifetime or idle timeout, whichever is first).
     pub expires_at: i64,
-    /// Browser and operating system at sign-in, e.g. `Firefox on Linux`; null when unknown or signed in before
-    /// this was recorded.
+    /// Browser and operating system at sign-in, e.g. `Firefox on Linux`; absent when unknown or signed in
+    /// before this was recorded.
+    #[oai(skip_serializing_if_is_none)]
     pub device: Option<String>,
-    /// The network signed in from: the client address's IPv4 /24 or IPv6 /48, e.g. `198.51.100.0/24`; null
+    /// The network signed in from: the client address's IPv4 /24 or IPv6 /48, e.g. `198.51.100.0/24`; absent
     /// when signed in before this was recorded.
+    #[oai(skip_serializing_if_is_none)]
     pub network: Option<String>,
 }
 
