@@ -21,7 +21,7 @@
 //! | `sessions`, `used_login_states`    | `0001_sessions`                  | `0001_sessions`                   |
 //! | `sessions.refresh_started_at`      | `0002_refresh_marker`            | `0001_sessions` (in the table)    |
 //! | `owner_hash`, `seen_mac`, index    | `0003_owner_index_and_seen_mac`  | `0002_owner_index_and_seen_mac`   |
-//! | `handle_hash`, unique index        | `0004_handle_index`              | `0004_handle_index`               |
+//! | `handle_hash`, timestamps index    | `0004_handle_index`              | `0004_handle_index`               |
 //!
 //! Column types map BLOB ↔ BYTEA and INTEGER ↔ BIGINT. From 0004 on a
 //! migration takes the same version number on both backends (PostgreSQL has

@@ -3,3 +3,6 @@
 -- ended by its `sid` alone. NULL for rows written before (found by user only).
 ALTER TABLE sessions ADD COLUMN handle_hash BLOB;
 CREATE UNIQUE INDEX sessions_handle_hash ON sessions (handle_hash);
+-- Counting live sessions (the admin API's stats) and sweeping read only the
+-- two timestamps: an index holding both answers without reading the rows.
+CREATE INDEX sessions_created_seen ON sessions (created_at, last_seen_at);
