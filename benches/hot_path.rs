@@ -97,6 +97,7 @@ fn session_data() -> SessionData {
         },
         id_token_claims: id_token_claims(),
         user: Some(user()),
+        signed_in_from: Default::default(),
     }
 }
 

@@ -474,6 +474,7 @@ fn session_data(n: usize, now: UnixTime) -> SessionData {
         },
         id_token_claims: claims,
         user,
+        signed_in_from: Default::default(),
     }
 }
 

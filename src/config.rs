@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
+use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings};
 use crate::mint::claims::ClaimTemplate;
@@ -67,6 +68,8 @@ pub struct Settings {
     /// Defaults taken for what is usually set, one sentence each (e.g. "no AVEMINT_DATABASE_URL: …"), for the
     /// start-up summary.
     pub defaults: Vec<String>,
+    /// The admin API's listener and token (none: no admin API, nothing bound).
+    pub admin: Option<AdminSettings>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -444,6 +447,7 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
+        let admin = self.admin(listen);
         Some(Settings {
             listen,
             ops_listen,
@@ -469,7 +473,36 @@ impl Loader<'_> {
             security,
             routes,
             defaults: std::mem::take(&mut self.defaults),
+            admin,
         })
+    }
+
+    /// `AVEMINT_ADMIN_LISTEN` and its token (`AVEMINT_ADMIN_TOKEN` / `_FILE`): both, or no admin API.
+    fn admin(&mut self, public: SocketAddr) -> Option<AdminSettings> {
+        use Shape::Text;
+        let listen = self.optional(Text, "AVEMINT_ADMIN_LISTEN", "admin_listen", parse_listen);
+        let token = match self.secret_or_file(Text, "AVEMINT_ADMIN_TOKEN", "admin_token") {
+            Ok(Some((v, _))) => self.check(v, AdminToken::parse).map(Some).ok_or(()),
+            Ok(None) => Ok(None),
+            Err(()) => Err(()),
+        };
+        match (listen, token) {
+            (Some(listen), _) if listen == public => {
+                self.errors.push(
+                    "AVEMINT_ADMIN_LISTEN: must differ from AVEMINT_LISTEN (the admin API is never on the public listener)"
+                        .into(),
+                );
+                None
+            }
+            (Some(listen), Ok(Some(token))) => Some(AdminSettings { listen, token }),
+            (Some(_), Ok(None)) => {
+                self.errors.push(
+                    "AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required".into(),
+                );
+                None
+            }
+            _ => None,
+        }
     }
 
     /// `AVEMINT_DATABASE_URL` or `AVEMINT_DATABASE_URL_FILE` (a URL may carry a password); SQLite in the working

@@ -42,6 +42,7 @@ mod web_url;
 pub mod testing;
 
 pub use clock::Clock;
+pub use http::admin::openapi_yaml as admin_openapi_yaml;
 pub use http::openapi_yaml;
 
 /// The `avemint keys` commands and what they take.

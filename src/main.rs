@@ -37,7 +37,11 @@ enum Command {
         keys_dir: PathBuf,
     },
     /// Print the OpenAPI document (YAML).
-    Openapi,
+    Openapi {
+        /// Print the admin API's document instead (see `AVEMINT_ADMIN_LISTEN`).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Probe a running avemint's `/healthz`: exit status 0 when it answers 200, 1 otherwise (for container
     /// HEALTHCHECKs in images without curl).
     Healthcheck {
@@ -81,8 +85,12 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Openapi => {
-            print!("{}", avemint::openapi_yaml());
+        Command::Openapi { admin } => {
+            if admin {
+                print!("{}", avemint::admin_openapi_yaml());
+            } else {
+                print!("{}", avemint::openapi_yaml());
+            }
             ExitCode::SUCCESS
         }
         Command::Serve => {

@@ -19,6 +19,10 @@ pub(crate) enum Route {
     Token,
     Session,
     Logout,
+    /// The signed-in user's sessions.
+    Sessions,
+    /// One of them, by id (`/auth/sessions/{id}`).
+    SessionById,
     Jwks,
     OpenIdConfiguration,
     /// Token introspection (RFC 7662) for downstream APIs.
@@ -58,6 +62,8 @@ impl Route {
         Route::Token,
         Route::Session,
         Route::Logout,
+        Route::Sessions,
+        Route::SessionById,
         Route::Jwks,
         Route::OpenIdConfiguration,
         Route::Introspect,
@@ -87,6 +93,8 @@ impl Route {
             Route::Token => "/auth/token",
             Route::Session => "/auth/session",
             Route::Logout => "/auth/logout",
+            Route::Sessions => "/auth/sessions",
+            Route::SessionById => "/auth/sessions/{id}",
             Route::Jwks => "/.well-known/jwks.json",
             Route::OpenIdConfiguration => "/.well-known/openid-configuration",
             Route::Introspect => "/oauth/introspect",
@@ -123,7 +131,10 @@ impl Route {
     /// True for the `/auth/*` endpoints called by script (everything there but the two navigations): the
     /// guard refuses them to other origins.
     pub(crate) const fn is_auth_api(self) -> bool {
-        matches!(self, Route::Token | Route::Session | Route::Logout)
+        matches!(
+            self,
+            Route::Token | Route::Session | Route::Logout | Route::Sessions | Route::SessionById
+        )
     }
 
     /// True for the routes only `avemint demo` serves.
@@ -149,10 +160,18 @@ impl Route {
             .find(|own| overlaps(prefix, own))
     }
 
-    /// The route `path` is (exactly; any path below `/docs/` is `Docs`).
+    /// The route `path` is (exactly; any path below `/docs/` is `Docs`; `/auth/sessions/` and one more segment is
+    /// `SessionById`).
     pub(crate) fn of(path: &str) -> Option<Route> {
         if let Some(route) = Route::ALL.iter().copied().find(|r| r.path() == path) {
             return Some(route);
+        }
+        let by_id = path
+            .strip_prefix(Route::Sessions.path())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+        if by_id {
+            return Some(Route::SessionById);
         }
         path.strip_prefix(Route::Docs.path())
             .is_some_and(|rest| rest.starts_with('/'))
@@ -178,6 +197,9 @@ mod tests {
         assert_eq!(Route::of("/docs/index.js"), Some(Route::Docs));
         assert_eq!(Route::of("/docsx"), None);
         assert_eq!(Route::of("/auth/token/x"), None);
+        assert_eq!(Route::of("/auth/sessions/AbC-_1"), Some(Route::SessionById));
+        assert_eq!(Route::of("/auth/sessions/"), None);
+        assert_eq!(Route::of("/auth/sessions/a/b"), None);
         assert_eq!(Route::of("/secret-looking-path"), None);
     }
 

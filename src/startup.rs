@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::ave::settings::parse_client_secret;
 use crate::ave::{AveClient, AveError};
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::http::admin::AdminToken;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
@@ -69,6 +69,8 @@ pub struct Application {
     /// Everything re-read on a file change or SIGHUP: secrets from `*_FILE` and the signing keys.
     reloaders: Vec<Arc<dyn Reload>>,
     summary: Summary,
+    /// The admin API's own listener, when `AVEMINT_ADMIN_LISTEN` is set.
+    admin: Option<AdminListener>,
 }
 
 /// What the start-up line says (never a credential).
@@ -82,17 +84,28 @@ struct Summary {
     defaults: Vec<String>,
 }
 
+/// The admin API's bound listener and its token.
+struct AdminListener {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    token: AdminToken,
+}
+
+/// Binds `addr`.
+async fn bind(addr: SocketAddr) -> Result<TcpAcceptor, StartupError> {
+    TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .map_err(|e| StartupError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 impl Application {
     /// Binds `settings.listen` and builds the application.
     pub async fn build(settings: Settings, mode: Mode) -> Result<Self, StartupError> {
-        let addr = settings.listen;
-        let acceptor = TcpListener::bind(addr)
-            .into_acceptor()
-            .await
-            .map_err(|e| StartupError::Bind {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
+        let acceptor = bind(settings.listen).await?;
         Self::with_acceptor(settings, mode, acceptor).await
     }
 
@@ -139,7 +152,26 @@ impl Application {
             security,
             routes,
             defaults,
+            admin,
         } = settings;
+        // The admin API binds its own address (never the public one); nothing is bound without it.
+        let admin = match admin {
+            Some(a) => {
+                let acceptor = bind(a.listen).await?;
+                let addr = acceptor
+                    .local_addr()
+                    .first()
+                    .and_then(|l| l.as_socket_addr().copied())
+                    .unwrap_or(a.listen);
+                tracing::info!(%addr, "admin API listening");
+                Some(AdminListener {
+                    acceptor,
+                    addr,
+                    token: a.token,
+                })
+            }
+            None => None,
+        };
         // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
         let clock = Clock::System;
         let sessions = Arc::new(
@@ -246,12 +278,12 @@ impl Application {
             mode,
             reloaders,
             summary,
+            admin,
         })
     }
 
     /// Logs the one start-up line (at `info`): what this instance serves and with what, and each default taken for
     /// something usually set. Never a credential: the store is named by kind, host, port and database only.
-    /// The admin listener's address belongs here too once that setting exists.
     pub fn log_summary(&self) {
         let s = &self.summary;
         let ring = self.state.minter.keys().current();
@@ -261,10 +293,12 @@ impl Application {
             s.defaults.join("; ")
         };
         let ops = self.ops_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let admin = self.admin_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             version = %env!("CARGO_PKG_VERSION"),
             listen = %self.addr,
             ops_listen = %ops,
+            admin_listen = %admin,
             public_url = %s.public_url,
             issuer = %s.issuer,
             store = %s.store,
@@ -281,6 +315,11 @@ impl Application {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin API's bound address, when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The ops listener's bound address, when `AVEMINT_OPS_LISTEN` is set.
@@ -305,24 +344,35 @@ impl Application {
                 let _ = signalled.set(std::time::Instant::now());
             }
         };
+        // One shutdown for every listener (public, ops, admin).
+        let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
         let timeouts = self.state.security.connection_timeouts;
         let app = http::routes(self.state.clone(), self.mode, self.ops.is_some());
-        let shutdown = shutdown.boxed().shared();
         let public = crate::server::serve(self.acceptor, app, shutdown.clone(), GRACE_PERIOD, timeouts);
-        let result = match self.ops {
-            Some((ops, _)) => {
-                let ops = crate::server::serve(ops, http::ops_routes(self.state), shutdown, GRACE_PERIOD, timeouts);
-                let (public, ops) = tokio::join!(public, ops);
-                public.and(ops)
-            }
-            None => public.await,
-        };
+        let ops = self.ops.map(|(ops, _)| {
+            let app = http::ops_routes(self.state.clone());
+            crate::server::serve(ops, app, shutdown.clone(), GRACE_PERIOD, timeouts)
+        });
+        let admin = self.admin.map(|a| {
+            let app = http::admin::routes(self.state.clone(), a.token);
+            crate::server::serve(a.acceptor, app, shutdown.clone(), GRACE_PERIOD, timeouts)
+        });
+        let (public, ops, admin) = tokio::join!(public, served(ops), served(admin));
+        let result = public.and(ops).and(admin);
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
         renewer.drain(since + REFRESH_DRAIN).await;
         background.abort();
         key_watch.abort();
         reload_watch.abort();
         result
+    }
+}
+
+/// Serves an optional listener (`Ok` when there is none).
+async fn served(listener: Option<impl Future<Output = std::io::Result<()>>>) -> std::io::Result<()> {
+    match listener {
+        Some(serving) => serving.await,
+        None => Ok(()),
     }
 }
 

@@ -60,8 +60,9 @@ pub mod server {
 
 pub mod session {
     pub use crate::session::{
-        AveTokens, DatabaseUrl, OwnerKey, Purpose, RenewalSettings, Sealer, SealingKeys, SessionData, SessionHandle,
-        SessionId, SessionRowKey, SessionSettings, SessionStore, Sessions, StoreError, StoredSession, SweepCutoffs,
+        AveTokens, CountCutoffs, DatabaseUrl, HandleKey, OwnerKey, Purpose, RenewalSettings, Sealer, SealingKeys,
+        SessionCounts, SessionData, SessionHandle, SessionId, SessionRowKey, SessionSettings, SessionStore, Sessions,
+        StoreError, StoredSession, SweepCutoffs,
     };
     pub mod postgres {
         pub use crate::session::postgres::PostgresStore;

@@ -573,6 +573,9 @@ async fn undeclared_methods_are_405_with_allow() {
         }
         methods.sort();
         for undeclared in ["PUT", "DELETE", "PATCH", "TRACE"] {
+            if methods.iter().any(|m| m == undeclared) {
+                continue;
+            }
             let method = reqwest::Method::from_bytes(undeclared.as_bytes()).expect("method");
             let resp = app.http.request(method, app.url(&path)).send().await.expect("request");
             assert_eq!(resp.status(), 405, "{undeclared} {path}");

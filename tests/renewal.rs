@@ -515,6 +515,7 @@ async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
         },
         id_token_claims: Default::default(),
         user: None,
+        signed_in_from: Default::default(),
     };
     let idle = sessions.create(&data()).await.expect("create");
     // Activity is recorded at most once a minute.

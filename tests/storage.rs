@@ -239,13 +239,7 @@ async fn sqlite_owners_are_one_keyed_hash(app: &TestApp) {
 }
 
 async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::testing::session::DatabaseUrl) {
-    let pool = sqlx::PgPool::connect(&support::database_url_string(url))
-        .await
-        .expect("connect");
-    let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
-        .fetch_all(&pool)
-        .await
-        .expect("dump");
+    let dump = support::postgres_session_rows(url).await;
     assert_eq!(dump.len(), 2);
     let sub = app.emulator.users()[0].id.clone();
     let sub_hex: String = sub.bytes().map(|b| format!("{b:02x}")).collect();
@@ -256,6 +250,9 @@ async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::testi
         assert!(!row.contains(&sub_hex), "hex-encoded sub stored");
         assert!(!row.contains(&digest_hex), "the unkeyed SHA-256 of sub is guessable");
     }
+    let pool = sqlx::PgPool::connect(&support::database_url_string(url))
+        .await
+        .expect("connect");
     let owners: Vec<Option<Vec<u8>>> = sqlx::query_scalar("SELECT owner_hash FROM sessions")
         .fetch_all(&pool)
         .await

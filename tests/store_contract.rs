@@ -15,7 +15,10 @@ use avemint::testing::clock::UnixTime;
 use avemint::testing::session::DatabaseUrl;
 use avemint::testing::session::postgres::PostgresStore;
 use avemint::testing::session::sqlite::SqliteStore;
-use avemint::testing::session::{OwnerKey, SessionRowKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
+use avemint::testing::session::{
+    CountCutoffs, HandleKey, OwnerKey, SessionCounts, SessionRowKey, SessionStore, StoreError, StoredSession,
+    SweepCutoffs,
+};
 use sqlx::Row;
 
 /// A direct connection to the store's database, to stage what the store API cannot.
@@ -110,6 +113,8 @@ support::on_both_stores!(
     a_failing_database_is_unavailable,
     an_unknown_migration_history_is_a_migration_error,
     reopening_keeps_the_rows,
+    the_sid_index_finds_one_session,
+    counts_are_of_live_sessions,
 );
 
 fn t(secs: i64) -> UnixTime {
@@ -131,6 +136,7 @@ fn row(k: u8, version: i64, now: i64) -> StoredSession {
         refresh_started_at: None,
         owner: Some(OwnerKey([k % 2; 32])),
         seen_mac: Some(vec![k; 32]),
+        handle: Some(HandleKey([k; 32])),
     }
 }
 
@@ -612,4 +618,73 @@ async fn both_migration_histories_end_in_the_same_schema() {
         .collect();
         assert_eq!(lite_indexes, pg_indexes, "indexes of {table}");
     }
+}
+
+async fn the_sid_index_finds_one_session(b: Backend) {
+    let s = &b.store;
+    s.insert(&row(1, 0, 100)).await.expect("insert");
+    s.insert(&row(2, 0, 100)).await.expect("insert");
+    let mut unindexed = row(3, 0, 100);
+    unindexed.handle = None;
+    s.insert(&unindexed).await.expect("insert");
+    assert_eq!(
+        s.session_by_handle(&[HandleKey([2; 32])]).await.expect("find"),
+        Some(get(&b, 2).await),
+        "the row, whole"
+    );
+    // Every configured key's index value is tried (key rotation).
+    let found = s
+        .session_by_handle(&[HandleKey([9; 32]), HandleKey([1; 32])])
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(found.key, key(1));
+    assert_eq!(s.session_by_handle(&[HandleKey([3; 32])]).await.expect("find"), None);
+    assert_eq!(s.session_by_handle(&[]).await.expect("find"), None);
+    assert_eq!(get(&b, 3).await.handle, None, "rows written before the index have none");
+    // The index is unique: a second row with the same value is refused.
+    let mut twin = row(4, 0, 100);
+    twin.handle = Some(HandleKey([1; 32]));
+    assert!(s.insert(&twin).await.is_err());
+}
+
+async fn counts_are_of_live_sessions(b: Backend) {
+    let s = &b.store;
+    let at = |k: u8, created: i64, seen: i64| {
+        let mut r = row(k, 0, created);
+        r.last_seen_at = t(seen);
+        r
+    };
+    // Now is 100_000: the last hour starts at 96_400, the last day at 13_600.
+    for r in [
+        at(1, 99_000, 99_500), // created and used in the last hour
+        at(2, 50_000, 99_000), // created in the last day, used in the last hour
+        at(3, 20_000, 30_000), // created in the last day, not used since
+        at(4, 5_000, 97_000),  // created before the last day, used in the last hour
+        at(5, 1_000, 2_000),   // expired: last seen before the idle cut-off
+        at(6, 100, 99_900),    // expired: created before the lifetime cut-off
+    ] {
+        s.insert(&r).await.expect("insert");
+    }
+    let counts = s
+        .counts(CountCutoffs {
+            live: SweepCutoffs {
+                now: t(100_000),
+                created_before: t(1_000),
+                seen_before: t(10_000),
+            },
+            recent_hour: t(96_400),
+            recent_day: t(13_600),
+        })
+        .await
+        .expect("counts");
+    assert_eq!(
+        counts,
+        SessionCounts {
+            total: 4,
+            created_last_hour: 1,
+            created_last_day: 3,
+            active_last_hour: 3,
+        }
+    );
 }

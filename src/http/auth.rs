@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use poem::Request;
 use poem::web::Data;
-use poem_openapi::param::{Header, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
@@ -18,11 +18,14 @@ use crate::ave::AveError;
 use crate::clock::UnixTime;
 use crate::mint::profiles::SelectError;
 use crate::mint::{MintError, MintedToken, Subject};
-use crate::session::{RenewError, Sealer, Session, StoreError};
+use crate::session::{
+    RenewError, Sealer, Session, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom, StoreError,
+};
 use crate::signin::{
     Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, SignInError, decode_login, encode_login,
 };
 use crate::traffic::client_ip::ClientIp;
+use crate::traffic::device;
 
 /// The auth endpoints.
 pub(crate) struct AuthApi;
@@ -137,12 +140,104 @@ pub(crate) struct SessionBody {
     pub picture: Option<String>,
     /// When the session ends unless renewed by activity (unix seconds).
     pub expires_at: i64,
+    /// Seconds until then: the session ends by its lifetime or its idle timeout, whichever is first (activity
+    /// moves the idle end forward).
+    pub expires_in: u64,
+}
+
+/// The signed-in user's sessions.
+#[derive(Object)]
+pub(crate) struct SessionsBody {
+    /// Most recently used first.
+    pub sessions: Vec<SessionItem>,
+}
+
+/// One session as the session lists show it (the user's own, and the admin API's). Times are unix seconds.
+#[derive(Object)]
+pub(crate) struct SessionView {
+    /// The session's id: the `sid` claim of its app JWTs, and what ends the session.
+    pub id: String,
+    /// When it was signed in.
+    pub created_at: i64,
+    /// When it was last used (recorded at most once a minute).
+    pub last_seen_at: i64,
+    /// When it ends unless used again (lifetime or idle timeout, whichever is first).
+    pub expires_at: i64,
+    /// Browser and operating system at sign-in, e.g. `Firefox on Linux`; absent when unknown or signed in
+    /// before this was recorded.
+    #[oai(skip_serializing_if_is_none)]
+    pub device: Option<String>,
+    /// The network signed in from: the client address's IPv4 /24 or IPv6 /48, e.g. `198.51.100.0/24`; absent
+    /// when signed in before this was recorded.
+    #[oai(skip_serializing_if_is_none)]
+    pub network: Option<String>,
+}
+
+impl From<SessionSummary> for SessionView {
+    fn from(s: SessionSummary) -> Self {
+        Self {
+            id: s.sid.as_str().to_owned(),
+            created_at: s.created_at.as_secs(),
+            last_seen_at: s.last_seen_at.as_secs(),
+            expires_at: s.expires_at.as_secs(),
+            device: s.signed_in_from.device,
+            network: s.signed_in_from.network,
+        }
+    }
+}
+
+/// One session of the signed-in user; its `id` is what `DELETE /auth/sessions/{id}` takes.
+#[derive(Object)]
+pub(crate) struct SessionItem {
+    #[oai(flatten)]
+    pub session: SessionView,
+    /// True for the session making this request.
+    pub current: bool,
+}
+
+impl SessionItem {
+    fn of(s: SessionSummary, current: &SessionRowKey) -> Self {
+        Self {
+            current: s.key == *current,
+            session: s.into(),
+        }
+    }
+}
+
+/// Which sessions `POST /auth/logout` ends.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub(crate) enum LogoutScope {
+    /// Every session of this user but this one (this one stays signed in).
+    Others,
+    /// Every session of this user, this one included.
+    All,
+}
+
+/// What to sign out of. No body (or no `scope`) signs out of this session only.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub(crate) struct LogoutRequest {
+    /// `others` or `all`.
+    pub scope: Option<LogoutScope>,
+}
+
+/// Ending one session.
+#[derive(ApiResponse)]
+pub(crate) enum EndSessionResponse {
+    /// Ended. When it was the caller's own session, its cookie is expired too.
+    #[oai(status = 204)]
+    Done,
+    /// The signed-in user has no session with this id (`not_found`): unknown, malformed, already ended, or
+    /// another user's.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
 }
 
 /// Logout result.
 #[derive(ApiResponse)]
 pub(crate) enum LogoutResponse {
-    /// Signed out; the session cookie is expired.
+    /// Signed out; the session cookie is expired (with `scope: others`, kept: this session stays).
     #[oai(status = 204)]
     Done,
 }
@@ -368,9 +463,18 @@ impl AuthApi {
         };
         // Only crumbs with the exact raw name count: a look-alike is neither promoted nor acted on.
         let previous = cookies::all_session_ids(req.headers());
+        // Only coarse labels are kept (sealed with the session): never the header nor the address.
+        let signed_in_from = SignedInFrom {
+            device: req
+                .headers()
+                .get(poem::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(device::device_label),
+            network: device::network_hint(client.0.0),
+        };
         let completed = state
             .sign_in()
-            .complete(pending, &callback, client.0.0, &previous, t)
+            .complete(pending, &callback, client.0.0, signed_in_from, &previous, t)
             .await?;
         match completed {
             Completed::SignedIn {
@@ -454,13 +558,86 @@ impl AuthApi {
             email: text("email"),
             picture: text("picture"),
             expires_at: session.expires_at().as_secs(),
+            expires_in: session.expires_in(state.sessions.now()).as_secs(),
         }))
+    }
+
+    /// The signed-in user's sessions (this one marked `current`).
+    ///
+    /// Requires `X-CSRF: 1`. Each has its `id` (the `sid` of its app JWTs), times, and where it was signed in:
+    /// a device label (browser and OS) and a network (/24 or /48), never the full User-Agent or address.
+    #[oai(path = "/sessions", method = "get")]
+    async fn sessions(
+        &self,
+        state: Data<&Arc<AppState>>,
+        req: &Request,
+        changes: &CookieChanges,
+        /// Must be `1`.
+        #[oai(name = "X-CSRF")]
+        csrf: Header<Option<String>>,
+    ) -> Result<Json<SessionsBody>, ApiError> {
+        require_csrf(&csrf)?;
+        let session = current_session(&state, req, changes).await?;
+        let listed = state
+            .sessions
+            .list_of(&session.data.sub)
+            .await
+            .map_err(store_unavailable)?;
+        Ok(Json(SessionsBody {
+            sessions: listed.into_iter().map(|s| SessionItem::of(s, &session.key)).collect(),
+        }))
+    }
+
+    /// End one of the signed-in user's sessions.
+    ///
+    /// Requires `X-CSRF: 1`. `id` is a session's `id` from `GET /auth/sessions`. Another user's session and an
+    /// unknown id are both 404. Ending this very session signs out (the cookie is expired).
+    #[oai(path = "/sessions/:id", method = "delete")]
+    async fn end_session(
+        &self,
+        state: Data<&Arc<AppState>>,
+        req: &Request,
+        changes: &CookieChanges,
+        /// Must be `1`.
+        #[oai(name = "X-CSRF")]
+        csrf: Header<Option<String>>,
+        /// The session's id (its `sid`).
+        id: Path<String>,
+    ) -> Result<EndSessionResponse, ApiError> {
+        require_csrf(&csrf)?;
+        let session = current_session(&state, req, changes).await?;
+        let not_found = || {
+            EndSessionResponse::NotFound(Json(ErrorBody {
+                error: "not_found".into(),
+                error_description: "you have no session with this id".into(),
+            }))
+        };
+        let Some(sid) = SessionHandle::parse(&id.0) else {
+            return Ok(not_found());
+        };
+        let ended = state
+            .sessions
+            .end_one_of(&session.data.sub, &sid)
+            .await
+            .map_err(store_unavailable)?;
+        match ended {
+            Some(key) => {
+                if key == session.key {
+                    cookies::clear_session(changes);
+                }
+                Ok(EndSessionResponse::Done)
+            }
+            None => Ok(not_found()),
+        }
     }
 
     /// Sign out: deletes the session and expires the cookie.
     ///
-    /// Requires `X-CSRF: 1`. Ave has no revocation or end-session endpoint, so
-    /// Ave's own tokens simply stop being used; they expire on Ave's schedule.
+    /// Requires `X-CSRF: 1`. No body signs out of this session only (always 204, with or without a session).
+    /// `{"scope": "others"}` ends every other session of this user and keeps this one; `{"scope": "all"}` ends
+    /// every session of this user; both need a valid session (401 `login_required` otherwise). An unknown scope
+    /// is 400 `invalid_request`. Ave has no revocation or end-session endpoint, so Ave's own tokens simply stop
+    /// being used; they expire on Ave's schedule.
     #[oai(path = "/logout", method = "post")]
     async fn logout(
         &self,
@@ -470,8 +647,22 @@ impl AuthApi {
         /// Must be `1`.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
+        body: OptionalJson<LogoutRequest>,
     ) -> Result<LogoutResponse, ApiError> {
         require_csrf(&csrf)?;
+        if let Some(scope) = body.0.and_then(|b| b.scope) {
+            let session = current_session(&state, req, changes).await?;
+            let keep = (scope == LogoutScope::Others).then_some(&session.key);
+            let ended = state
+                .sessions
+                .end_all_of(&session.data.sub, keep)
+                .await
+                .map_err(store_unavailable)?;
+            tracing::info!(sid = session.data.sid.as_str(), ended, scope = ?scope, "signed out of several sessions");
+            if scope == LogoutScope::Others {
+                return Ok(LogoutResponse::Done);
+            }
+        }
         // Every session named under the exact cookie name ends; look-alikes are not acted on.
         for id in cookies::all_session_ids(req.headers()) {
             state.sessions.delete(&id.key()).await.map_err(store_unavailable)?;

@@ -13,7 +13,7 @@ use poem::{IntoResponse, Response};
 use super::security::Refusal;
 
 /// Methods the API uses.
-pub(crate) const ALLOW_METHODS: &str = "GET, POST";
+pub(crate) const ALLOW_METHODS: &str = "GET, POST, DELETE";
 /// Request headers a browser may send cross-origin.
 pub(crate) const ALLOW_HEADERS: &str = "X-CSRF, Content-Type";
 /// How long a browser may cache a preflight answer, seconds.

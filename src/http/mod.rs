@@ -1,6 +1,7 @@
 //! The HTTP API (poem-openapi): routes, shared state, error mapping and
 //! response headers. Nothing below this module knows HTTP.
 
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod cookies;
 pub(crate) mod cors;
@@ -279,7 +280,12 @@ async fn respond_in_span<E: Endpoint>(
     };
     // A proxied route's 405 (avemint's or the upstream's) brings its own `Allow`.
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {
-        let methods = allow.get(&seen.path).cloned();
+        // Keyed by the document's path templates (`/auth/sessions/{id}`).
+        let template: &str = match Route::of(&seen.path) {
+            Some(route) => route.path(),
+            None => &seen.path,
+        };
+        let methods = allow.get(template).cloned();
         resp.headers_mut()
             .insert(header::ALLOW, methods.unwrap_or(HeaderValue::from_static("GET, HEAD")));
     }

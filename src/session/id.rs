@@ -80,6 +80,9 @@ impl std::fmt::Debug for SessionRowKey {
     }
 }
 
+/// Length of an encoded session handle: 16 bytes in unpadded base64url.
+const SESSION_HANDLE_LEN: usize = 22;
+
 /// The `sid` claim: an opaque per-session handle that is not the cookie.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -89,6 +92,13 @@ impl SessionHandle {
     /// A fresh random handle.
     pub fn generate() -> Self {
         Self(URL_SAFE_NO_PAD.encode(random_bytes::<16>()))
+    }
+
+    /// Parses a handle as `generate` writes it (22 base64url characters, canonical); anything else is `None`.
+    pub(crate) fn parse(raw: &str) -> Option<Self> {
+        let mut out = [0u8; 16];
+        let n = URL_SAFE_NO_PAD.decode_slice(raw, &mut out).ok()?;
+        (raw.len() == SESSION_HANDLE_LEN && n == 16 && URL_SAFE_NO_PAD.encode(out) == raw).then(|| Self(raw.to_owned()))
     }
 
     /// The handle as it appears in the `sid` claim.
@@ -126,6 +136,22 @@ mod tests {
             &"B".repeat(43),
         ] {
             assert!(SessionId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn handles_parse_as_generated() {
+        let h = SessionHandle::generate();
+        assert_eq!(SessionHandle::parse(h.as_str()), Some(h));
+        for bad in [
+            "",
+            "short",
+            &"A".repeat(23),
+            &"A".repeat(21),
+            "AAAAAAAAAAAAAAAAAAAAA+",
+            "AAAAAAAAAAAAAAAAAAAAAB",
+        ] {
+            assert_eq!(SessionHandle::parse(bad), None, "{bad}");
         }
     }
 

@@ -17,10 +17,13 @@
 //!
 //! Each row is indexed by an HMAC of the user's `sub` (`OwnerKey`), which caps
 //! the sessions per user (`AVEMINT_MAX_SESSIONS_PER_USER`) without the `sub`
-//! ever being stored in clear.
+//! ever being stored in clear, and by an HMAC of its `sid` (`HandleKey`), so
+//! an operator can end a session by the `sid` of its app JWTs. Listing and
+//! ending sessions (users' own, and the admin API's) is `manage`.
 
 pub(crate) mod backoff;
 pub(crate) mod id;
+pub(crate) mod manage;
 pub(crate) mod postgres;
 pub(crate) mod renew;
 pub(crate) mod sealer;
@@ -40,11 +43,14 @@ use crate::clock::{Clock, UnixTime};
 use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind};
 use crate::secret::Secret;
 pub use id::{SessionHandle, SessionId, SessionRowKey};
+pub use manage::SessionSummary;
 pub use renew::RenewalSettings;
 pub(crate) use renew::{RenewError, Renewer};
 pub use sealer::{Purpose, Sealer, SealingKeys, SessionCrypto};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
-pub use store::{OwnerKey, SessionStore, StoreError, StoredSession, SweepCutoffs};
+pub use store::{
+    CountCutoffs, HandleKey, OwnerKey, SessionCounts, SessionStore, StoreError, StoredSession, SweepCutoffs,
+};
 
 /// Idle-time bookkeeping is written at most this often per session, so the
 /// hot path is not a write per request.
@@ -102,6 +108,27 @@ pub struct SessionData {
     /// Ave's `user` object from sign-in (not re-sent on refresh).
     #[serde(default)]
     pub user: Option<Map<String, Value>>,
+    /// Where the session was signed in, as a session list shows it (see `traffic::device`); `None` for sessions
+    /// signed in before this was recorded.
+    #[serde(default, skip_serializing_if = "SignedInFrom::is_empty")]
+    pub signed_in_from: SignedInFrom,
+}
+
+/// Coarse labels of where a session was signed in, kept only inside the sealed record: a device label from the
+/// `User-Agent` ("Firefox on Linux", never the header) and the client's network (IPv4 /24 or IPv6 /48, never the
+/// address).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedInFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+impl SignedInFrom {
+    fn is_empty(&self) -> bool {
+        self.device.is_none() && self.network.is_none()
+    }
 }
 
 /// A session read back from the store.
@@ -121,6 +148,11 @@ impl Session {
     /// When the session ends if nothing else happens.
     pub(crate) fn expires_at(&self) -> UnixTime {
         (self.created_at + self.lifetime).min(self.last_seen_at + self.idle_timeout)
+    }
+
+    /// How long from `now` until `expires_at` (zero once it has passed).
+    pub(crate) fn expires_in(&self, now: UnixTime) -> Duration {
+        self.expires_at().saturating_duration_since(now)
     }
 
     /// True when the session is past its idle timeout or absolute lifetime.
@@ -388,6 +420,16 @@ impl Sessions {
             .collect()
     }
 
+    /// The sid index values of a session handle: one per configured session key, the current one first.
+    pub(crate) fn handle_keys(&self, sid: &str) -> Vec<HandleKey> {
+        self.crypto()
+            .handle
+            .tags(sid.as_bytes())
+            .into_iter()
+            .map(HandleKey)
+            .collect()
+    }
+
     /// Stores a new session and returns the id for the cookie. When the user
     /// then has more than `max_sessions_per_user` sessions, the least recently
     /// used ones (then the oldest) are ended.
@@ -409,6 +451,7 @@ impl Sessions {
             refresh_started_at: None,
             owner: owners.first().copied(),
             seen_mac: Some(self.crypto().seen.tag(&seen_message(&key, now, now)).to_vec()),
+            handle: self.handle_keys(data.sid.as_str()).first().copied(),
         };
         self.store.insert(&row).await?;
         let cap = self.settings.max_sessions_per_user;
@@ -627,6 +670,7 @@ mod tests {
             },
             id_token_claims: Map::new(),
             user: None,
+            signed_in_from: SignedInFrom::default(),
         }
     }
 
@@ -709,6 +753,7 @@ mod tests {
                 refresh_started_at: None,
                 owner: None,
                 seen_mac: None,
+                handle: None,
             }
         };
         let key = SessionId::generate().key();

@@ -525,6 +525,7 @@ impl Renewer {
             id_token_claims: validated.into_profile_claims(),
             // Ave does not resend `user` on refresh: keep the sign-in copy.
             user: old.user.clone(),
+            signed_in_from: old.signed_in_from.clone(),
         };
         match self.replace_retrying(current, data).await? {
             Some(updated) => {
@@ -563,6 +564,7 @@ impl Renewer {
             },
             id_token_claims: old.id_token_claims.clone(),
             user: old.user.clone(),
+            signed_in_from: old.signed_in_from.clone(),
         };
         let Some(updated) = self.sessions.replace(current, data).await? else {
             return Err(RenewError::LoginRequired);

@@ -111,6 +111,8 @@ pub enum MacPurpose {
     LastSeen,
     /// The per-user session index: a keyed hash of Ave's `sub`.
     UserIndex,
+    /// The sid index: a keyed hash of a session's `sid`.
+    SessionIndex,
 }
 
 impl MacPurpose {
@@ -118,6 +120,7 @@ impl MacPurpose {
         match self {
             MacPurpose::LastSeen => b"avemint/v1/session-last-seen",
             MacPurpose::UserIndex => b"avemint/v1/user-index",
+            MacPurpose::SessionIndex => b"avemint/v1/sid-index",
         }
     }
 }
@@ -185,6 +188,8 @@ pub struct SessionCrypto {
     pub(crate) seen: Macer,
     /// The per-user session index.
     pub(crate) owner: Macer,
+    /// The per-session (`sid`) index.
+    pub(crate) handle: Macer,
 }
 
 impl SessionCrypto {
@@ -195,6 +200,7 @@ impl SessionCrypto {
             login: Sealer::new(keys, Purpose::LoginCookie),
             seen: Macer::new(keys, MacPurpose::LastSeen),
             owner: Macer::new(keys, MacPurpose::UserIndex),
+            handle: Macer::new(keys, MacPurpose::SessionIndex),
         }
     }
 

@@ -21,29 +21,39 @@
 //! | `sessions`, `used_login_states`    | `0001_sessions`                  | `0001_sessions`                   |
 //! | `sessions.refresh_started_at`      | `0002_refresh_marker`            | `0001_sessions` (in the table)    |
 //! | `owner_hash`, `seen_mac`, index    | `0003_owner_index_and_seen_mac`  | `0002_owner_index_and_seen_mac`   |
+//! | `handle_hash`, timestamps index    | `0004_handle_index`              | `0004_handle_index`               |
 //!
-//! Column types map BLOB ↔ BYTEA and INTEGER ↔ BIGINT. A future migration
-//! takes the same version number on both backends, from 0004 on (PostgreSQL
-//! has no 0003; sqlx allows the gap), with the same file name.
+//! Column types map BLOB ↔ BYTEA and INTEGER ↔ BIGINT. From 0004 on a
+//! migration takes the same version number on both backends (PostgreSQL has
+//! no 0003; sqlx allows the gap), with the same file name.
 
 use sqlx::FromRow;
 
 use super::id::SessionRowKey;
-use super::store::{OwnerKey, StoreError, StoredSession};
+use super::store::{HandleKey, OwnerKey, SessionCounts, StoreError, StoredSession};
 use crate::clock::UnixTime;
 
 /// Inserts a new session row.
 pub(crate) const INSERT: &str = "INSERT INTO sessions \
-     (key_hash, version, sealed, created_at, last_seen_at, access_expires_at, owner_hash, seen_mac) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (key_hash, version, sealed, created_at, last_seen_at, access_expires_at, owner_hash, seen_mac, handle_hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// The columns `SessionRow` reads.
-const COLUMNS: &str =
-    "key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, owner_hash, seen_mac";
+const COLUMNS: &str = "key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
+     owner_hash, seen_mac, handle_hash";
 
 /// Reads one session by key.
 pub(crate) const GET: &str = "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, \
-     refresh_started_at, owner_hash, seen_mac FROM sessions WHERE key_hash = $1";
+     refresh_started_at, owner_hash, seen_mac, handle_hash FROM sessions WHERE key_hash = $1";
+
+/// Counts live sessions: created after `$1` and last seen after `$2` (what `Sessions` counts as expired is at
+/// or before them), `$3` the start
+/// of the last hour, `$4` of the last day. `COUNT` is a BIGINT on PostgreSQL and never NULL on either.
+pub(crate) const COUNTS: &str = "SELECT COUNT(*) AS total, \
+     COUNT(CASE WHEN created_at >= $4 THEN 1 END) AS created_last_day, \
+     COUNT(CASE WHEN created_at >= $3 THEN 1 END) AS created_last_hour, \
+     COUNT(CASE WHEN last_seen_at >= $3 THEN 1 END) AS active_last_hour \
+     FROM sessions WHERE created_at > $1 AND last_seen_at > $2";
 
 /// Compare-and-swap of the sealed data on `version`; clears the refresh marker.
 pub(crate) const REPLACE: &str = "UPDATE sessions \
@@ -95,6 +105,14 @@ pub(crate) fn sessions_of(n: usize) -> String {
     )
 }
 
+/// The session of any of `n` sid index values (bound as `$1…$n`).
+pub(crate) fn session_by_handle(n: usize) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM sessions WHERE handle_hash IN ({}) LIMIT 1",
+        owner_list(1, n)
+    )
+}
+
 /// Deletes the sessions of any of `n` owners (bound as `$3…`) except `$1` and
 /// the `$2` most recently used others; returns the deleted keys.
 pub(crate) fn trim_sessions_of(n: usize) -> String {
@@ -118,6 +136,7 @@ pub(crate) struct SessionRow {
     refresh_started_at: Option<i64>,
     owner_hash: Option<Vec<u8>>,
     seen_mac: Option<Vec<u8>>,
+    handle_hash: Option<Vec<u8>>,
 }
 
 /// A backend error: the store is unavailable. sqlx errors name the operation
@@ -153,6 +172,14 @@ where
                 .map_err(|_| StoreError::CorruptRow("owner hash of the wrong length".into()))
         })
         .transpose()?;
+    let handle = r
+        .handle_hash
+        .map(|h| {
+            h.try_into()
+                .map(HandleKey)
+                .map_err(|_| StoreError::CorruptRow("handle hash of the wrong length".into()))
+        })
+        .transpose()?;
     Ok(StoredSession {
         key: session_key(r.key_hash)?,
         version: r.version,
@@ -163,6 +190,26 @@ where
         refresh_started_at: r.refresh_started_at.map(UnixTime::from_secs),
         owner,
         seen_mac: r.seen_mac,
+        handle,
+    })
+}
+
+/// Reads a row of `COUNTS`.
+pub(crate) fn session_counts<R: sqlx::Row>(row: &R) -> Result<SessionCounts, StoreError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let count = |name: &str| {
+        row.try_get::<i64, _>(name)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(corrupt)
+    };
+    Ok(SessionCounts {
+        total: count("total")?,
+        created_last_hour: count("created_last_hour")?,
+        created_last_day: count("created_last_day")?,
+        active_last_hour: count("active_last_hour")?,
     })
 }
 
@@ -189,6 +236,7 @@ macro_rules! sql_session_store {
                     .bind(row.access_expires_at.as_secs())
                     .bind(row.owner.map(|o| o.0.to_vec()))
                     .bind(row.seen_mac.as_deref())
+                    .bind(row.handle.map(|h| h.0.to_vec()))
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -326,6 +374,41 @@ macro_rules! sql_session_store {
                     .filter_map(|r| r.try_get::<Vec<u8>, _>("key_hash").ok())
                     .filter_map(|k| $crate::session::sql::session_key(k).ok())
                     .collect())
+            }
+
+            async fn session_by_handle(
+                &self,
+                handles: &[$crate::session::store::HandleKey],
+            ) -> Result<Option<$crate::session::store::StoredSession>, $crate::session::store::StoreError> {
+                if handles.is_empty() {
+                    return Ok(None);
+                }
+                // Only numbered placeholders are formatted in; every value is bound.
+                let sql = $crate::session::sql::session_by_handle(handles.len());
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for h in handles {
+                    query = query.bind(h.0.as_slice());
+                }
+                let row = query
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::session::sql::unavailable)?;
+                row.as_ref().map($crate::session::sql::stored_session).transpose()
+            }
+
+            async fn counts(
+                &self,
+                c: $crate::session::store::CountCutoffs,
+            ) -> Result<$crate::session::store::SessionCounts, $crate::session::store::StoreError> {
+                let row = sqlx::query($crate::session::sql::COUNTS)
+                    .bind(c.live.created_before.as_secs())
+                    .bind(c.live.seen_before.as_secs())
+                    .bind(c.recent_hour.as_secs())
+                    .bind(c.recent_day.as_secs())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::session::sql::unavailable)?;
+                $crate::session::sql::session_counts(&row)
             }
 
             async fn delete(

@@ -4,7 +4,9 @@
 //! above them in `Sessions`. `created_at` is bound into the sealed record's
 //! associated data and `last_seen_at` carries an HMAC (`seen_mac`), so a row
 //! whose timestamps were edited is refused. Rows are indexed per user by
-//! `owner` (an HMAC of Ave's `sub`, never the `sub` itself). Token swaps are compare-and-swap on `version`, so a renewal that
+//! `owner` (an HMAC of Ave's `sub`, never the `sub` itself) and by `handle`
+//! (an HMAC of the session's `sid`), so an operator can end a session by the
+//! `sid` an app JWT carries without knowing its user. Token swaps are compare-and-swap on `version`, so a renewal that
 //! raced another one can never overwrite a newer refresh token.
 //!
 //! Renewal across instances (see `renew`) serialises the refreshers of one
@@ -31,6 +33,32 @@ use crate::clock::UnixTime;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OwnerKey(pub [u8; 32]);
 
+/// The sid index value of a session: HMAC-SHA256 of its `sid` (the `SessionHandle` app JWTs carry) under a key
+/// derived from the session keys (`MacPurpose::SessionIndex`). Like `OwnerKey`, one per configured session key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandleKey(pub [u8; 32]);
+
+/// Live sessions counted by `SessionStore::counts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionCounts {
+    /// Every live session.
+    pub total: u64,
+    /// Of those, created at or after `CountCutoffs::recent_hour` / `recent_day`.
+    pub created_last_hour: u64,
+    pub created_last_day: u64,
+    /// Of those, used at or after `recent_hour` (activity is recorded at most once a minute).
+    pub active_last_hour: u64,
+}
+
+/// What `SessionStore::counts` counts: rows alive by `live` (created at or after `created_before`, last seen at
+/// or after `seen_before`), and the starts of the last hour and day.
+#[derive(Debug, Clone, Copy)]
+pub struct CountCutoffs {
+    pub live: SweepCutoffs,
+    pub recent_hour: UnixTime,
+    pub recent_day: UnixTime,
+}
+
 /// One stored session as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
@@ -46,6 +74,8 @@ pub struct StoredSession {
     /// HMAC over the row key, `created_at` and `last_seen_at`; `None` for rows
     /// written before timestamps were authenticated.
     pub seen_mac: Option<Vec<u8>>,
+    /// The sid index; `None` for rows written before it existed (found by their user only).
+    pub handle: Option<HandleKey>,
 }
 
 /// A backend failure. Carries no row data.
@@ -128,6 +158,11 @@ pub trait SessionStore: Send + Sync + 'static {
         keep: u32,
         except: &SessionRowKey,
     ) -> Result<Vec<SessionRowKey>, StoreError>;
+    /// The session whose `handle` is any of `handles`, if one is stored. Callers must still open the row and
+    /// check its `sid`: the index is not authenticated.
+    async fn session_by_handle(&self, handles: &[HandleKey]) -> Result<Option<StoredSession>, StoreError>;
+    /// Counts live sessions (see `SessionCounts`), one statement.
+    async fn counts(&self, cutoffs: CountCutoffs) -> Result<SessionCounts, StoreError>;
     /// Deletes a session; true if a row was removed.
     async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError>;
     /// Marks a login `state` (by hash) as used; false if it was used before.

@@ -21,7 +21,7 @@ use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
 use crate::ave::{AveClient, AveError, IdTokenError};
 use crate::clock::UnixTime;
 use crate::secret::{Secret, random_bytes};
-use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, StoreError};
+use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, SignedInFrom, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeOutcome};
 
 pub use pending::{LOGIN_TTL, PendingLogin, PendingLoginError, decode_login, encode_login};
@@ -134,6 +134,7 @@ impl SignIn<'_> {
         pending: PendingLogin,
         callback: &Callback<'_>,
         client: IpAddr,
+        signed_in_from: SignedInFrom,
         previous: &[SessionId],
         now: UnixTime,
     ) -> Result<Completed, SignInError> {
@@ -163,7 +164,10 @@ impl SignIn<'_> {
             // No call made (no code), or Ave or the budget failed: not the client's doing.
             Err(_) => ExchangeOutcome::NotJudged,
         });
-        let data = finished?;
+        let data = SessionData {
+            signed_in_from,
+            ..finished?
+        };
         for old in previous {
             self.sessions.delete(&old.key()).await?;
         }
@@ -236,6 +240,7 @@ async fn finish(
         },
         id_token_claims: validated.into_profile_claims(),
         user: resp.user,
+        signed_in_from: SignedInFrom::default(),
     })
 }
 

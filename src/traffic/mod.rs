@@ -1,6 +1,6 @@
 //! Who is calling, and how often: the client address behind trusted proxies
 //! (`client_ip`) and the per-client and per-network limits on sign-in
-//! (`rate_limit`).
+//! (`rate_limit`), and the coarse device and network labels a session list shows (`device`).
 //!
 //! This is policy over addresses, header text and counts, with no HTTP type:
 //! `http` adapts each request to it (peer address and forwarding header values
@@ -8,4 +8,5 @@
 //! code-exchange limiter before it spends Ave's budget.
 
 pub(crate) mod client_ip;
+pub(crate) mod device;
 pub(crate) mod rate_limit;

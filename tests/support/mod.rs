@@ -34,6 +34,8 @@ pub struct TestApp {
     pub db_path: PathBuf,
     pub keys_dir: PathBuf,
     pub settings: Settings,
+    /// The admin API's base URL, when `Options::admin_token` turned it on.
+    pub admin_address: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -83,6 +85,8 @@ pub struct Options {
     /// Environment for the loader on top of the defaults: each name replaces the default of that name; an empty
     /// value only removes it (e.g. `AVE_CLIENT_SECRET` when `AVE_CLIENT_SECRET_FILE` is given).
     pub env: Vec<(&'static str, String)>,
+    /// Turns the admin API on with this token (`AVEMINT_ADMIN_TOKEN`), on a random loopback port.
+    pub admin_token: Option<String>,
 }
 
 impl TestApp {
@@ -120,6 +124,10 @@ impl TestApp {
         ];
         if opts.ops_listener {
             env.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:0".to_owned()));
+        }
+        if let Some(token) = &opts.admin_token {
+            env.push(("AVEMINT_ADMIN_LISTEN", "127.0.0.1:0".to_owned()));
+            env.push(("AVEMINT_ADMIN_TOKEN", token.clone()));
         }
         if opts.token_toml.is_none() {
             env.push(("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com".to_owned()));
@@ -171,6 +179,7 @@ impl TestApp {
             .await
             .expect("app builds");
         let ops_address = app.ops_addr().map(|a| format!("http://{a}"));
+        let admin_address = app.admin_addr().map(|a| format!("http://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -187,6 +196,7 @@ impl TestApp {
             db_path,
             keys_dir,
             settings,
+            admin_address,
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,
@@ -473,6 +483,18 @@ fn rand_bytes() -> [u8; 8] {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every row of the `sessions` table of a PostgreSQL store as JSON text (`bytea` columns hex-encoded): what
+/// someone reading the database sees.
+pub async fn postgres_session_rows(url: &DatabaseUrl) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(&database_url_string(url)).await.expect("connect");
+    let rows = sqlx::query_scalar("SELECT row_to_json(s)::text FROM sessions s")
+        .fetch_all(&pool)
+        .await
+        .expect("dump");
+    pool.close().await;
+    rows
 }
 
 /// Reads an `{error, error_description}` body and returns the code.
