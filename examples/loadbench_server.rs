@@ -149,8 +149,10 @@ fn main() -> Result<(), BoxError> {
                 port,
                 alg,
                 renewal,
-                proxy_upstream,
-                introspection_secret,
+                Extras {
+                    proxy_upstream,
+                    introspection_secret,
+                },
             ))
         }
         Command::Reference { port } => runtime.block_on(reference(port)),
@@ -191,6 +193,14 @@ fn session_keys() -> SealingKeys {
     SealingKeys::from_keys(vec![SESSION_KEY])
 }
 
+/// What `serve` turns on beyond the token hot path.
+struct Extras {
+    /// Proxy mode: the route `/api` forwards here.
+    proxy_upstream: Option<String>,
+    /// The default profile may introspect with this secret.
+    introspection_secret: Option<String>,
+}
+
 async fn serve(
     sessions: usize,
     cookies: Option<PathBuf>,
@@ -198,8 +208,10 @@ async fn serve(
     port: u16,
     alg: Algorithm,
     renewal: RenewalSettings,
-    proxy_upstream: Option<String>,
-    introspection_secret: Option<String>,
+    Extras {
+        proxy_upstream,
+        introspection_secret,
+    }: Extras,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;

@@ -46,6 +46,11 @@ pub(crate) enum IntrospectResponse {
     /// Missing or wrong client credentials, or a profile without introspection (`invalid_client`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The body is not `application/x-www-form-urlencoded` (`invalid_request`). Answered by the framework before
+    /// the handler runs (`errors::catch_all`); listed so the document names every answer.
+    #[oai(status = 415)]
+    #[allow(dead_code)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The session store is unreachable right now (`temporarily_unavailable`, with `Retry-After`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
