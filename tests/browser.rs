@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 use support::{DemoProcess, SESSION_COOKIE};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// The demo page is signed in: the name it shows (falsy until then).
+const SIGNED_IN_AS: &str = "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent";
 /// How long one step may take to render.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the whole scenario may take (it takes about 5 s).
@@ -368,19 +370,7 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
     let _ = client.close().await;
     drop(driver);
     drop(demo);
-    eprintln!(
-        "browser scenario took {:.1} s; screenshots in {}: {}",
-        started.elapsed().as_secs_f64(),
-        shots.dir.display(),
-        shots.taken.join(", ")
-    );
-    let result = result.unwrap_or_else(|_| {
-        panic!(
-            "the browser scenario did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
-            shots.taken.join(", ")
-        )
-    });
-    result.expect("a WebDriver command failed");
+    report("browser scenario", started, &shots, result);
 }
 
 async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
@@ -414,13 +404,7 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // Back on the demo page, signed in, with the user's name shown.
     click(c, shots, "approve at the emulator", "button.approve").await;
-    let shown = wait_for(
-        c,
-        shots,
-        "signed-in page",
-        "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent",
-    )
-    .await;
+    let shown = wait_for(c, shots, "signed-in page", SIGNED_IN_AS).await;
     assert_eq!(shown, Value::String(name.clone()), "the page shows the user's name");
     assert_eq!(c.current_url().await?.as_str(), format!("{base}/"));
     shots.take(c, "signed-in").await;
@@ -585,13 +569,7 @@ async fn sign_in(c: &Client, shots: &mut Shots, base: &str, who: &str) -> Result
     c.goto(&format!("{base}/")).await?;
     click(c, shots, &format!("{who}: sign in"), "#sign-in").await;
     click(c, shots, &format!("{who}: approve at the emulator"), "button.approve").await;
-    let shown = wait_for(
-        c,
-        shots,
-        &format!("{who}: signed in"),
-        "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent",
-    )
-    .await;
+    let shown = wait_for(c, shots, &format!("{who}: signed in"), SIGNED_IN_AS).await;
     Ok(shown.as_str().unwrap_or_default().to_owned())
 }
 
@@ -631,15 +609,25 @@ async fn ending_a_session_from_another_browser_and_logging_out_in_another_tab_sh
     let _ = b.close().await;
     drop(driver);
     drop(demo);
+    report("two-browser scenario", started, &shots, result);
+}
+
+/// Prints how long a scenario took and where its screenshots are, then fails if it timed out or a command failed.
+fn report(
+    what: &str,
+    started: Instant,
+    shots: &Shots,
+    result: Result<Result<(), fantoccini::error::CmdError>, tokio::time::error::Elapsed>,
+) {
     eprintln!(
-        "two-browser scenario took {:.1} s; screenshots in {}: {}",
+        "{what} took {:.1} s; screenshots in {}: {}",
         started.elapsed().as_secs_f64(),
         shots.dir.display(),
         shots.taken.join(", ")
     );
     let result = result.unwrap_or_else(|_| {
         panic!(
-            "the two-browser scenario did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
+            "the {what} did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
             shots.taken.join(", ")
         )
     });
