@@ -158,23 +158,8 @@ export function getToken({ audience, profile, fresh = false } = {}) {
 }
 
 async function requestToken(target, key) {
-  const init = { method: 'POST', credentials: 'include', headers: { 'X-CSRF': '1' } };
-  if (target) {
-    init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(target);
-  }
-  const response = await fetch(`${settings.base}/auth/token`, init);
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok) {
-    const { error, description } = errorOf(body);
-    if (error === 'login_required') throw loginRequired(description);
-    throw new TokenError(response.status, error, description);
-  }
+  const response = await authCall('POST', '/auth/token', target === null ? undefined : target);
+  const body = await jsonOf(response);
   if (!body || typeof body.access_token !== 'string') throw new TokenError(response.status, 'invalid_response', 'no access_token');
   const lifetime = Number(body.expires_in) > 0 ? Number(body.expires_in) : 0;
   const expiresAt = Date.now() + (lifetime - EXPIRY_MARGIN_SECONDS) * 1000;
@@ -223,13 +208,7 @@ export async function apiFetch(path, init = {}) {
   headers.set('X-CSRF', '1');
   const response = await fetch(url.href, { ...init, headers, credentials: 'include' });
   if (response.status === 401 && /json/i.test(response.headers.get('Content-Type') || '')) {
-    let body = null;
-    try {
-      body = await response.clone().json();
-    } catch {
-      body = null;
-    }
-    const { error, description } = errorOf(body);
+    const { error, description } = errorOf(await jsonOf(response.clone()));
     if (error === 'login_required') throw loginRequired(description);
   }
   return response;
