@@ -12,7 +12,10 @@
 //! response body and header the page's `fetch`/`XMLHttpRequest` saw (recorded
 //! by a wrapper installed before any page script runs). The same scan finds the
 //! token once the page's token-in-the-page side is used, so it can fail. Each
-//! step saves a screenshot under `target/e2e/`. Without Chromium or chromedriver the test skips with a message,
+//! step saves a screenshot under `target/e2e/`. A second test drives two browsers (two profiles, so two cookie
+//! jars) as the same user: one ends the other's session from the "Your sessions" panel and the other page shows
+//! it is logged out (`avemint:logged-out`); then a logout in one tab shows in another tab without a reload
+//! (screenshots under `target/e2e-sessions/`). Without Chromium or chromedriver the test skips with a message,
 //! except under `CI=true`, where it fails.
 
 mod support;
@@ -26,6 +29,8 @@ use serde_json::{Value, json};
 use support::{DemoProcess, SESSION_COOKIE};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// The demo page is signed in: the name it shows (falsy until then).
+const SIGNED_IN_AS: &str = "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent";
 /// How long one step may take to render.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the whole scenario may take (it takes about 5 s).
@@ -86,10 +91,15 @@ struct Shots {
 
 impl Shots {
     fn new() -> Self {
+        Self::in_dir("e2e")
+    }
+
+    /// Screenshots under `target/<name>/` (each test its own, so parallel tests do not clear each other's).
+    fn in_dir(name: &str) -> Self {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-        let dir = target.join("e2e");
+        let dir = target.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("target/e2e");
         Self { dir, taken: Vec::new() }
@@ -294,25 +304,8 @@ async fn cross_origin_fetch(client: &Client, url: &str, csrf: bool) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
-    let chromium_present = Path::new(CHROMIUM).exists();
-    if !chromium_present {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{CHROMIUM} is required under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium chromium-driver)");
-        return;
-    }
-    if !support::tool_available("chromedriver", "--version") {
-        return;
-    }
-    let started = Instant::now();
-    let demo = DemoProcess::spawn();
-    let base = demo.base.clone();
-    let driver = Driver::start().await;
-    let profile = tempfile::tempdir().expect("profile dir");
+/// A Chromium session through `driver` with its own profile (cookie jar) in `profile`.
+async fn chromium(driver: &Driver, profile: &Path) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -329,15 +322,42 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
                 "--disable-quic",
                 "--disable-dev-shm-usage",
                 "--window-size=1000,900",
-                format!("--user-data-dir={}", profile.path().display()),
+                format!("--user-data-dir={}", profile.display()),
             ],
         }),
     );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
         .await
-        .expect("a Chromium session through chromedriver");
+        .expect("a Chromium session through chromedriver")
+}
+
+/// Whether the browser test can run here: Chromium and chromedriver installed (required under `CI=true`).
+fn browser_available() -> bool {
+    let chromium_present = Path::new(CHROMIUM).exists();
+    if !chromium_present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{CHROMIUM} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium chromium-driver)");
+        return false;
+    }
+    support::tool_available("chromedriver", "--version")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
+    if !browser_available() {
+        return;
+    }
+    let started = Instant::now();
+    let demo = DemoProcess::spawn();
+    let base = demo.base.clone();
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let client = chromium(&driver, profile.path()).await;
     client
         .issue_cmd(Cdp {
             cmd: "Page.addScriptToEvaluateOnNewDocument",
@@ -350,19 +370,7 @@ async fn a_browser_signs_in_uses_the_token_and_other_origins_cannot() {
     let _ = client.close().await;
     drop(driver);
     drop(demo);
-    eprintln!(
-        "browser scenario took {:.1} s; screenshots in {}: {}",
-        started.elapsed().as_secs_f64(),
-        shots.dir.display(),
-        shots.taken.join(", ")
-    );
-    let result = result.unwrap_or_else(|_| {
-        panic!(
-            "the browser scenario did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
-            shots.taken.join(", ")
-        )
-    });
-    result.expect("a WebDriver command failed");
+    report("browser scenario", started, &shots, result);
 }
 
 async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
@@ -396,13 +404,7 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
 
     // Back on the demo page, signed in, with the user's name shown.
     click(c, shots, "approve at the emulator", "button.approve").await;
-    let shown = wait_for(
-        c,
-        shots,
-        "signed-in page",
-        "location.pathname === '/' && !document.getElementById('signed-in').hidden && document.getElementById('user-name').textContent",
-    )
-    .await;
+    let shown = wait_for(c, shots, "signed-in page", SIGNED_IN_AS).await;
     assert_eq!(shown, Value::String(name.clone()), "the page shows the user's name");
     assert_eq!(c.current_url().await?.as_str(), format!("{base}/"));
     shots.take(c, "signed-in").await;
@@ -559,5 +561,176 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
         "!document.getElementById('signed-out').hidden",
     )
     .await;
+    Ok(())
+}
+
+/// Signs in on the demo page through the emulator and returns the name the page shows.
+async fn sign_in(c: &Client, shots: &mut Shots, base: &str, who: &str) -> Result<String, fantoccini::error::CmdError> {
+    c.goto(&format!("{base}/")).await?;
+    click(c, shots, &format!("{who}: sign in"), "#sign-in").await;
+    click(c, shots, &format!("{who}: approve at the emulator"), "button.approve").await;
+    let shown = wait_for(c, shots, &format!("{who}: signed in"), SIGNED_IN_AS).await;
+    Ok(shown.as_str().unwrap_or_default().to_owned())
+}
+
+/// Records, in the page, the `avemint:logged-out` events dispatched on `window` (`window.__loggedOut`), and marks
+/// the page (`window.__notReloaded`) so a reload would show.
+async fn record_logged_out(c: &Client) -> Result<(), fantoccini::error::CmdError> {
+    c.execute(
+        "window.__notReloaded = true; window.__loggedOut = []; \
+         window.addEventListener('avemint:logged-out', (e) => window.__loggedOut.push(e.detail.reason));",
+        vec![],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The number of rows in the demo's "Your sessions" table.
+const SESSION_ROWS: &str = "document.querySelectorAll('#sessions tbody tr').length";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_session_from_another_browser_and_logging_out_in_another_tab_show_at_once() {
+    if !browser_available() {
+        return;
+    }
+    let started = Instant::now();
+    let demo = DemoProcess::spawn();
+    let base = demo.base.clone();
+    let driver = Driver::start().await;
+    let (profile_a, profile_b) = (
+        tempfile::tempdir().expect("profile dir"),
+        tempfile::tempdir().expect("profile dir"),
+    );
+    let a = chromium(&driver, profile_a.path()).await;
+    let b = chromium(&driver, profile_b.path()).await;
+    let mut shots = Shots::in_dir("e2e-sessions");
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, two_browsers(&a, &b, &mut shots, &base)).await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+    drop(driver);
+    drop(demo);
+    report("two-browser scenario", started, &shots, result);
+}
+
+/// Prints how long a scenario took and where its screenshots are, then fails if it timed out or a command failed.
+fn report(
+    what: &str,
+    started: Instant,
+    shots: &Shots,
+    result: Result<Result<(), fantoccini::error::CmdError>, tokio::time::error::Elapsed>,
+) {
+    eprintln!(
+        "{what} took {:.1} s; screenshots in {}: {}",
+        started.elapsed().as_secs_f64(),
+        shots.dir.display(),
+        shots.taken.join(", ")
+    );
+    let result = result.unwrap_or_else(|_| {
+        panic!(
+            "the {what} did not finish within {SCENARIO_TIMEOUT:?}; screenshots so far: {}",
+            shots.taken.join(", ")
+        )
+    });
+    result.expect("a WebDriver command failed");
+}
+
+async fn two_browsers(
+    a: &Client,
+    b: &Client,
+    shots: &mut Shots,
+    base: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    // Two browsers (separate profiles, so separate cookie jars) sign in as the same emulator user.
+    let name_a = sign_in(a, shots, base, "A").await?;
+    let name_b = sign_in(b, shots, base, "B").await?;
+    assert_eq!(name_a, name_b, "both browsers are the same user");
+    record_logged_out(b).await?;
+
+    // A lists two sessions, its own marked current, and ends the other one.
+    click(a, shots, "A: refresh sessions", "#refresh-sessions").await;
+    wait_for(a, shots, "A: two sessions listed", &format!("{SESSION_ROWS} === 2")).await;
+    let current = a
+        .execute(
+            "return document.querySelectorAll('#sessions tbody tr.current').length",
+            vec![],
+        )
+        .await?;
+    assert_eq!(current, json!(1), "exactly one session is this browser's");
+    a.execute("document.getElementById('sessions-panel').scrollIntoView()", vec![])
+        .await?;
+    shots.take(a, "A-two-sessions").await;
+    click(
+        a,
+        shots,
+        "A: end the other session",
+        "#sessions tbody tr:not(.current) button.end-session",
+    )
+    .await;
+    wait_for(
+        a,
+        shots,
+        "A: one session left",
+        &format!("{SESSION_ROWS} === 1 && document.querySelector('#sessions tbody tr.current')"),
+    )
+    .await;
+    a.execute("document.getElementById('sessions-panel').scrollIntoView()", vec![])
+        .await?;
+    shots.take(a, "A-other-session-ended").await;
+
+    // B's next call gets login_required: its page fires avemint:logged-out and shows the signed-out view.
+    click(b, shots, "B: call the proxied API", "#call-proxied").await;
+    let reason = wait_for(
+        b,
+        shots,
+        "B: logged out",
+        "!document.getElementById('signed-out').hidden && window.__loggedOut.length && window.__loggedOut[0]",
+    )
+    .await;
+    assert_eq!(reason, json!("login_required"));
+    let status = b
+        .execute_async(
+            "const done = arguments[0]; fetch('/auth/session', { headers: { 'X-CSRF': '1' } }).then((r) => done(r.status));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(status, json!(401), "B's session is gone on the server");
+    shots.take(b, "B-logged-out-after-A-ended-it").await;
+
+    // Cross-tab: a second tab of A, signed in through the shared cookie; "Sign out" in the first tab shows in the
+    // second without a reload.
+    let first = a.window().await?;
+    let second = a.new_window(true).await?;
+    a.switch_to_window(second.handle.clone()).await?;
+    a.goto(&format!("{base}/")).await?;
+    wait_for(
+        a,
+        shots,
+        "A tab 2: signed in",
+        "!document.getElementById('signed-in').hidden",
+    )
+    .await;
+    record_logged_out(a).await?;
+    shots.take(a, "A-tab2-signed-in").await;
+    a.switch_to_window(first).await?;
+    click(a, shots, "A tab 1: sign out", "#sign-out").await;
+    wait_for(
+        a,
+        shots,
+        "A tab 1: signed out",
+        "!document.getElementById('signed-out').hidden",
+    )
+    .await;
+    shots.take(a, "A-tab1-signed-out").await;
+    a.switch_to_window(second.handle).await?;
+    let reason = wait_for(
+        a,
+        shots,
+        "A tab 2: logged out without a reload",
+        "window.__notReloaded && !document.getElementById('signed-out').hidden \
+         && document.getElementById('signed-in').hidden && window.__loggedOut.length && window.__loggedOut.join()",
+    )
+    .await;
+    assert_eq!(reason, json!("logout"), "one event, from the other tab's logout");
+    shots.take(a, "A-tab2-logged-out-by-tab1").await;
     Ok(())
 }

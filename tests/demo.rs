@@ -64,7 +64,19 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
         .await
         .expect("text");
     // The page gets its app JWT through the SPA helper, which POSTs /auth/token with `X-CSRF: 1`.
-    assert!(script.contains("import { apiFetch, getToken, fetchWithToken, clearTokens } from '/avemint.js';"));
+    assert!(script.contains(
+        "import { apiFetch, getToken, fetchWithToken, configure, events, sessions, endSession, logout, watchSession } from '/avemint.js';"
+    ));
+    // The "Your sessions" panel: the list, end one, end all others, and the logged-out event.
+    assert!(page.contains("<h2>Your sessions</h2>") && page.contains("id=\"end-others\""));
+    for call in [
+        "await sessions()",
+        "endSession(s.id)",
+        "logout({ scope: 'others' })",
+        "'avemint:logged-out'",
+    ] {
+        assert!(script.contains(call), "{call}");
+    }
     // …and, on the proxied side, calls the demo API through avemint with no token in the page.
     assert!(script.contains("apiFetch('/api/demo/hello')"));
     assert!(script.contains("await getToken()"));
@@ -78,8 +90,9 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
             .starts_with("text/javascript")
     );
     let helper = helper.text().await.expect("text");
-    assert!(helper.contains("fetch(`${settings.base}/auth/token`, init)"));
-    assert!(helper.contains("method: 'POST', credentials: 'include', headers: { 'X-CSRF': '1' }"));
+    assert!(helper.contains("authCall('POST', '/auth/token'"));
+    assert!(helper.contains("{ method, credentials: 'include', headers: { 'X-CSRF': '1' } }"));
+    assert!(helper.contains("fetch(`${settings.base}${path}`, init)"));
 
     // Sign in through the emulator's page, as a person would.
     let mut browser = Browser::default();

@@ -46,6 +46,12 @@ async fn avemint_serves_the_helper_as_a_cacheable_module() {
         "export async function fetchWithToken",
         "export async function apiFetch",
         "export function configure",
+        "export async function sessions",
+        "export async function endSession",
+        "export async function logout",
+        "export async function watchSession",
+        "export const events",
+        "export const CHANNEL_NAME = 'avemint'",
     ] {
         assert!(body.contains(export), "{export}");
     }

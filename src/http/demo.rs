@@ -9,6 +9,12 @@
 //! - proxied (proxy mode, the recommended way): `apiFetch('/api/demo/hello')`
 //!   through the demo's route `/api/demo` (set up by `avemint demo`), where
 //!   avemint attaches the app JWT on the server and the page never holds one.
+//!
+//! Below them, a "Your sessions" panel lists the user's sessions (`sessions()`)
+//! with an "end" button each (`endSession`) and "end all others"
+//! (`logout({ scope: 'others' })`); the page listens for `avemint:logged-out`
+//! (from this tab, another tab over the helper's BroadcastChannel, or the
+//! session's end seen by `watchSession`) and shows the signed-out view.
 
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
@@ -52,6 +58,11 @@ const PAGE: &str = r#"<!doctype html>
 <pre id="proxied-answer">(not called yet)</pre>
 </section>
 </div>
+<section id="sessions-panel">
+<h2>Your sessions</h2>
+<p><button id="refresh-sessions" type="button">Refresh</button> <button id="end-others" type="button">End all others</button></p>
+<table id="sessions"><thead><tr><th>Device</th><th>Network</th><th>Created</th><th>Last seen</th><th></th></tr></thead><tbody></tbody></table>
+</section>
 </section>
 <p id="error" class="error" hidden></p>
 <p class="links"><a href="/docs">API docs</a> · <a href="/.well-known/jwks.json">JWKS</a> · <a href="/.well-known/openid-configuration">discovery</a></p>
@@ -60,7 +71,7 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const SCRIPT: &str = r#"import { apiFetch, getToken, fetchWithToken, clearTokens } from '/avemint.js';
+const SCRIPT: &str = r#"import { apiFetch, getToken, fetchWithToken, configure, events, sessions, endSession, logout, watchSession } from '/avemint.js';
 
 const $ = (id) => document.getElementById(id);
 function showError(text) { const e = $('error'); e.textContent = text; e.hidden = false; }
@@ -70,14 +81,48 @@ function decodeClaims(jwt) {
   const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
   return JSON.parse(new TextDecoder().decode(bytes));
 }
+// Logged out (here, in another tab, or the session ended): show it, no reload, no redirect.
+configure({ onLoginRequired: () => {} });
+function showSignedOut(reason) {
+  $('signed-in').hidden = true;
+  $('signed-out').hidden = false;
+  $('signed-out').dataset.reason = reason;
+}
+events.addEventListener('avemint:logged-out', (e) => showSignedOut(e.detail.reason));
 async function load() {
   const r = await fetch('/auth/session', { headers: { 'X-CSRF': '1' } });
-  if (r.status === 401) { $('signed-out').hidden = false; return; }
+  if (r.status === 401) { showSignedOut('login_required'); return; }
   if (!r.ok) { showError('session check failed: HTTP ' + r.status); return; }
   const s = await r.json();
   $('user-name').textContent = s.name || s.preferred_username || s.sub;
   $('user-email').textContent = s.email ? '(' + s.email + ')' : '';
   $('signed-in').hidden = false;
+  await showSessions();
+  watchSession().catch(() => {});
+}
+const when = (t) => new Date(t * 1000).toLocaleString();
+async function showSessions() {
+  const body = $('sessions').tBodies[0];
+  body.replaceChildren();
+  for (const s of await sessions()) {
+    const row = body.insertRow();
+    row.dataset.id = s.id;
+    if (s.current) row.className = 'current';
+    for (const text of [s.device || 'unknown device', s.network || 'unknown network', when(s.created_at), when(s.last_seen_at)]) {
+      row.insertCell().textContent = text;
+    }
+    const last = row.insertCell();
+    if (s.current) {
+      last.textContent = 'this one';
+    } else {
+      const end = document.createElement('button');
+      end.type = 'button';
+      end.className = 'end-session';
+      end.textContent = 'End';
+      end.addEventListener('click', guarded(async () => { await endSession(s.id); await showSessions(); }));
+      last.append(end);
+    }
+  }
 }
 async function showToken() {
   const token = await getToken();
@@ -96,15 +141,19 @@ async function callProxied() {
   $('proxied-answer').textContent = JSON.stringify(body, null, 2);
 }
 async function signOut() {
-  await fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1' } });
-  clearTokens();
-  location.reload();
+  await logout();
 }
-const guarded = (f) => () => f().catch((e) => showError(String(e.message || e)));
+async function endOthers() {
+  await logout({ scope: 'others' });
+  await showSessions();
+}
+function guarded(f) { return () => f().catch((e) => showError(String(e.message || e))); }
 $('get-token').addEventListener('click', guarded(showToken));
 $('call-api').addEventListener('click', guarded(callApi));
 $('call-proxied').addEventListener('click', guarded(callProxied));
 $('sign-out').addEventListener('click', guarded(signOut));
+$('refresh-sessions').addEventListener('click', guarded(showSessions));
+$('end-others').addEventListener('click', guarded(endOthers));
 guarded(load)();
 "#;
 
@@ -113,7 +162,8 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#
 main{max-width:64em;margin:2em auto;padding:0 1em}\
 .button,button{display:inline-block;background:#1d4ed8;color:#fff;border:0;border-radius:.3em;padding:.5em 1em;text-decoration:none;font:inherit;cursor:pointer}\
 pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto}\
-.ways{display:flex;flex-wrap:wrap;gap:1.5em}.way{flex:1 1 20em;min-width:0}.note{font-size:.9em;color:#555}.error{color:#b91c1c}.links{margin-top:3em;font-size:.9em}";
+.ways{display:flex;flex-wrap:wrap;gap:1.5em}.way{flex:1 1 20em;min-width:0}.note{font-size:.9em;color:#555}.error{color:#b91c1c}\
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}tr.current{font-weight:600}.links{margin-top:3em;font-size:.9em}";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     Response::builder()

@@ -12,7 +12,19 @@ import {
   redirectToLogin,
   LoginRequiredError,
   TokenError,
+  sessions,
+  endSession,
+  logout,
+  session,
+  watchSession,
+  stopWatching,
+  events,
+  CHANNEL_NAME,
+  LOGGED_OUT_EVENT,
 } from '../../src/http/assets/avemint.js';
+
+// A second, independent instance of the module: another "tab" (its own token cache and BroadcastChannel).
+const tab2 = await import('../../src/http/assets/avemint.js?tab=2');
 
 let calls;
 let handlers;
@@ -48,7 +60,10 @@ beforeEach(() => {
   handlers = [];
   navigations.length = 0;
   clearTokens();
+  stopWatching();
   configure({ base: '', onLoginRequired: redirectToLogin });
+  tab2.clearTokens();
+  tab2.configure({ base: '', onLoginRequired: () => {} });
 });
 
 test('getToken POSTs to /auth/token with X-CSRF and credentials, and no body without an audience', async () => {
@@ -294,4 +309,228 @@ test('apiFetch returns an API\'s own 401 and other errors untouched, body readab
   assert.equal(await (await apiFetch('/api/x')).text(), '{not json');
   assert.equal((await apiFetch('/api/x')).status, 502);
   assert.deepEqual(navigations, [], 'the login handler did not run');
+});
+
+// ---- sessions, logout, the logged-out event, cross-tab sync ----
+
+/** Records the logged-out events an EventTarget dispatches until `stop()`. */
+function recordEvents(target) {
+  const seen = [];
+  const listener = (event) => seen.push(event);
+  target.addEventListener(LOGGED_OUT_EVENT, listener);
+  return { seen, stop: () => target.removeEventListener(LOGGED_OUT_EVENT, listener) };
+}
+
+/** The next logged-out event on `target`, or a rejection after `ms`. */
+function nextEvent(target, ms = 2000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no logged-out event')), ms);
+    target.addEventListener(
+      LOGGED_OUT_EVENT,
+      (event) => {
+        clearTimeout(timer);
+        resolve(event);
+      },
+      { once: true },
+    );
+  });
+}
+
+const listing = [
+  { id: 'sid-this', created_at: 1795558062, last_seen_at: 1795558062, expires_at: 1796162862, device: 'Firefox on Linux', network: '198.51.100.0/24', current: true },
+  { id: 'sid-other', created_at: 1795550000, last_seen_at: 1795551000, expires_at: 1796160000, current: false },
+];
+
+test('sessions GETs /auth/sessions with X-CSRF and credentials and returns the list', async () => {
+  handlers.push(() => json(200, { sessions: listing }));
+  assert.deepEqual(await sessions(), listing);
+  const { url, init } = calls[0];
+  assert.equal(url, '/auth/sessions');
+  assert.equal(init.method, 'GET');
+  assert.equal(init.credentials, 'include');
+  assert.equal(init.headers['X-CSRF'], '1');
+  assert.equal(init.body, undefined);
+});
+
+test('sessions on login_required fires the event with reason login_required, runs the handler and rejects', async () => {
+  let called = 0;
+  configure({ onLoginRequired: () => called++ });
+  const rec = recordEvents(events);
+  handlers.push(() => json(401, { error: 'login_required', error_description: 'no session' }));
+  await assert.rejects(sessions(), LoginRequiredError);
+  rec.stop();
+  assert.equal(called, 1);
+  assert.equal(rec.seen.length, 1);
+  assert.ok(rec.seen[0] instanceof CustomEvent);
+  assert.equal(rec.seen[0].detail.reason, 'login_required');
+});
+
+test('every helper call that gets login_required fires the event: getToken, fetchWithToken, apiFetch', async () => {
+  configure({ onLoginRequired: () => {} });
+  const rec = recordEvents(events);
+  const refused = () => json(401, { error: 'login_required', error_description: 'no session' });
+  handlers.push(refused);
+  await assert.rejects(getToken(), LoginRequiredError);
+  handlers.push(refused);
+  await assert.rejects(fetchWithToken('https://api.example.com/x'), LoginRequiredError);
+  handlers.push(refused);
+  await assert.rejects(apiFetch('/api/x'), LoginRequiredError);
+  rec.stop();
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['login_required', 'login_required', 'login_required']);
+});
+
+test('endSession DELETEs /auth/sessions/{id} (encoded) and does not log this tab out for another session', async () => {
+  handlers.push(() => json(200, { sessions: listing }));
+  await sessions();
+  const rec = recordEvents(events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await endSession('sid-other');
+  handlers.push(() => new Response(null, { status: 204 }));
+  await endSession('a/b');
+  rec.stop();
+  assert.equal(calls[1].url, '/auth/sessions/sid-other');
+  assert.equal(calls[1].init.method, 'DELETE');
+  assert.equal(calls[1].init.headers['X-CSRF'], '1');
+  assert.equal(calls[2].url, '/auth/sessions/a%2Fb');
+  assert.equal(rec.seen.length, 0);
+});
+
+test('endSession of the current session logs out; a 404 rejects with TokenError', async () => {
+  handlers.push(() => json(200, { sessions: listing }));
+  await sessions();
+  handlers.push(() => tokenResponse('jwt-before'));
+  await getToken();
+  const rec = recordEvents(events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await endSession('sid-this');
+  rec.stop();
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['logout']);
+  handlers.push(() => tokenResponse('jwt-after'));
+  assert.equal(await getToken(), 'jwt-after', 'the token cache was cleared');
+  handlers.push(() => json(404, { error: 'not_found', error_description: 'no such session' }));
+  await assert.rejects(endSession('gone'), (e) => e instanceof TokenError && e.status === 404 && e.error === 'not_found');
+  await assert.rejects(endSession(''), TypeError);
+});
+
+test('logout() POSTs /auth/logout without a body, clears tokens and fires reason logout without the login handler', async () => {
+  let called = 0;
+  configure({ onLoginRequired: () => called++ });
+  handlers.push(() => tokenResponse('jwt-1'));
+  await getToken();
+  const rec = recordEvents(events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await logout();
+  rec.stop();
+  const { url, init } = calls[1];
+  assert.equal(url, '/auth/logout');
+  assert.equal(init.method, 'POST');
+  assert.equal(init.headers['X-CSRF'], '1');
+  assert.equal(init.body, undefined);
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['logout']);
+  assert.equal(called, 0);
+  handlers.push(() => tokenResponse('jwt-2'));
+  assert.equal(await getToken(), 'jwt-2');
+});
+
+test('logout scopes: others keeps this tab signed in, all logs out, another scope is refused before sending', async () => {
+  const rec = recordEvents(events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await logout({ scope: 'others' });
+  assert.deepEqual(JSON.parse(calls[0].init.body), { scope: 'others' });
+  assert.equal(calls[0].init.headers['Content-Type'], 'application/json');
+  assert.equal(rec.seen.length, 0);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await logout({ scope: 'all' });
+  assert.deepEqual(JSON.parse(calls[1].init.body), { scope: 'all' });
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['logout']);
+  await assert.rejects(logout({ scope: 'everyone' }), TypeError);
+  assert.equal(calls.length, 2);
+  rec.stop();
+});
+
+test('session() returns GET /auth/session', async () => {
+  handlers.push(() => json(200, { sub: 'u1', expires_at: 1796162862, expires_in: 3600 }));
+  assert.equal((await session()).expires_in, 3600);
+  assert.equal(calls[0].url, '/auth/session');
+  assert.equal(calls[0].init.headers['X-CSRF'], '1');
+});
+
+test('watchSession fires reason expired when expires_in runs out and the session is gone', async () => {
+  const rec = recordEvents(events);
+  handlers.push(() => json(200, { sub: 'u1', expires_in: 0.05 }));
+  handlers.push(() => json(200, { sub: 'u1', expires_in: 0.05 })); // the idle end moved: still signed in
+  handlers.push(() => json(401, { error: 'login_required', error_description: 'session ended' }));
+  const expired = nextEvent(events);
+  assert.equal((await watchSession()).sub, 'u1');
+  assert.equal(rec.seen.length, 0);
+  const event = await expired;
+  rec.stop();
+  assert.equal(event.detail.reason, 'expired');
+  assert.equal(calls.length, 3);
+  assert.ok(calls.every((c) => c.url === '/auth/session'));
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['expired']);
+});
+
+test('watchSession with expires_in 0 fires expired at once; stopWatching stops the timer', async () => {
+  const rec = recordEvents(events);
+  handlers.push(() => json(200, { sub: 'u1', expires_in: 0 }));
+  await assert.rejects(watchSession(), LoginRequiredError);
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['expired']);
+  handlers.push(() => json(200, { sub: 'u1', expires_in: 0.02 }));
+  await watchSession();
+  stopWatching();
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(calls.length, 2, 'no check after stopWatching');
+  rec.stop();
+});
+
+test('cross-tab: a logout in one tab clears the other tab\'s tokens and fires its own event', async () => {
+  handlers.push(() => tokenResponse('tab2-jwt-1'));
+  assert.equal(await tab2.getToken(), 'tab2-jwt-1');
+  const here = recordEvents(events);
+  const there = nextEvent(tab2.events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await logout();
+  const event = await there;
+  here.stop();
+  assert.equal(event.detail.reason, 'logout');
+  assert.equal(here.seen.length, 1, 'the news does not echo back to the tab that sent it');
+  handlers.push(() => tokenResponse('tab2-jwt-2'));
+  assert.equal(await tab2.getToken(), 'tab2-jwt-2', 'the other tab forgot its token');
+});
+
+test('cross-tab: login_required in one tab reaches the other with its reason, and no token goes over the channel', async () => {
+  const spy = new BroadcastChannel(CHANNEL_NAME);
+  const messages = [];
+  spy.onmessage = ({ data }) => messages.push(data);
+  try {
+    handlers.push(() => tokenResponse('secret-jwt'));
+    await getToken();
+    const there = nextEvent(tab2.events);
+    configure({ onLoginRequired: () => {} });
+    handlers.push(() => json(401, { error: 'login_required', error_description: 'no session' }));
+    await assert.rejects(apiFetch('/api/x'), LoginRequiredError);
+    assert.equal((await there).detail.reason, 'login_required');
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(messages, [{ type: 'logged-out', reason: 'login_required' }]);
+    assert.ok(!JSON.stringify(messages).includes('secret-jwt'));
+  } finally {
+    spy.close();
+  }
+});
+
+test('cross-tab: a message that is not a logged-out event with a known reason is ignored', async () => {
+  const spy = new BroadcastChannel(CHANNEL_NAME);
+  const rec = recordEvents(tab2.events);
+  try {
+    spy.postMessage({ type: 'logged-out', reason: 'whatever' });
+    spy.postMessage({ type: 'token', token: 'x' });
+    spy.postMessage('logged-out');
+    spy.postMessage({ type: 'logged-out', reason: 'expired' });
+    await nextEvent(tab2.events);
+    assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['expired']);
+  } finally {
+    rec.stop();
+    spy.close();
+  }
 });

@@ -14,6 +14,12 @@
 // apiFetch(path, init) calls an API that avemint proxies (proxy mode, the recommended way): on avemint's own
 // origin only, with the session cookie and `X-CSRF: 1`; avemint attaches the app JWT on the server, so the page
 // never holds a token. `login_required` runs the same handler as getToken.
+//
+// sessions(), endSession(id) and logout({ scope }) list and end the user's sessions. The event
+// `avemint:logged-out` (a CustomEvent, `detail.reason`: 'login_required' | 'logout' | 'expired') is dispatched on
+// the exported `events` EventTarget and, in a browser, on `window`; watchSession() fires it when the session's
+// `expires_in` runs out. Every logged-out event is told to the page's other tabs over the BroadcastChannel
+// CHANNEL_NAME ('avemint'), where each tab forgets its tokens and fires its own event. No token goes over it.
 
 /** Tokens are treated as expired this many seconds before they really expire. */
 export const EXPIRY_MARGIN_SECONDS = 30;
@@ -22,6 +28,15 @@ const settings = {
   base: '',
   onLoginRequired: redirectToLogin,
 };
+
+/** The BroadcastChannel name the helper's tabs tell each other about logged-out events on. */
+export const CHANNEL_NAME = 'avemint';
+
+/** The name of the event dispatched on `events` (and `window`) when the user is logged out. */
+export const LOGGED_OUT_EVENT = 'avemint:logged-out';
+
+/** Where `avemint:logged-out` is dispatched (also on `window` when there is one). */
+export const events = new EventTarget();
 
 /** key: cacheKey(target) -> { token, expiresAt (ms) } */
 const cache = new Map();
@@ -83,9 +98,42 @@ function errorOf(body) {
   return { error: field('error'), description: field('error_description') };
 }
 
-/** The user has no session (any more): forget tokens, run the handler, and return the error to throw. */
-function loginRequired(description) {
+/** The reasons an `avemint:logged-out` event gives in `detail.reason`. */
+const REASONS = ['login_required', 'logout', 'expired'];
+/** The id of this tab's session, from the last sessions() listing (to notice endSession of it). */
+let currentSessionId = null;
+/** watchSession's pending timer. */
+let watchTimer = null;
+
+/** Messages between tabs: only `{ type: 'logged-out', reason }`, never a token. */
+const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel(CHANNEL_NAME) : null;
+if (channel) {
+  // In Node (tests) a channel would keep the process alive; browsers have no unref.
+  if (typeof channel.unref === 'function') channel.unref();
+  channel.onmessage = ({ data }) => {
+    if (data && data.type === 'logged-out' && REASONS.includes(data.reason)) loggedOut(data.reason, false);
+  };
+}
+
+/**
+ * The user is logged out in this tab: forget tokens, stop watching the session, dispatch `avemint:logged-out`,
+ * and (unless the news came from another tab) tell the other tabs.
+ */
+function loggedOut(reason, broadcast = true) {
   cache.clear();
+  stopWatching();
+  currentSessionId = null;
+  const detail = { reason };
+  events.dispatchEvent(new CustomEvent(LOGGED_OUT_EVENT, { detail }));
+  if (typeof window !== 'undefined' && typeof window.dispatchEvent === 'function') {
+    window.dispatchEvent(new CustomEvent(LOGGED_OUT_EVENT, { detail }));
+  }
+  if (broadcast && channel) channel.postMessage({ type: 'logged-out', reason });
+}
+
+/** The user has no session (any more): log out, run the handler, and return the error to throw. */
+function loginRequired(description) {
+  loggedOut('login_required');
   settings.onLoginRequired();
   return new LoginRequiredError(description);
 }
@@ -110,23 +158,8 @@ export function getToken({ audience, profile, fresh = false } = {}) {
 }
 
 async function requestToken(target, key) {
-  const init = { method: 'POST', credentials: 'include', headers: { 'X-CSRF': '1' } };
-  if (target) {
-    init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(target);
-  }
-  const response = await fetch(`${settings.base}/auth/token`, init);
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok) {
-    const { error, description } = errorOf(body);
-    if (error === 'login_required') throw loginRequired(description);
-    throw new TokenError(response.status, error, description);
-  }
+  const response = await authCall('POST', '/auth/token', target === null ? undefined : target);
+  const body = await jsonOf(response);
   if (!body || typeof body.access_token !== 'string') throw new TokenError(response.status, 'invalid_response', 'no access_token');
   const lifetime = Number(body.expires_in) > 0 ? Number(body.expires_in) : 0;
   const expiresAt = Date.now() + (lifetime - EXPIRY_MARGIN_SECONDS) * 1000;
@@ -175,14 +208,121 @@ export async function apiFetch(path, init = {}) {
   headers.set('X-CSRF', '1');
   const response = await fetch(url.href, { ...init, headers, credentials: 'include' });
   if (response.status === 401 && /json/i.test(response.headers.get('Content-Type') || '')) {
-    let body = null;
-    try {
-      body = await response.clone().json();
-    } catch {
-      body = null;
-    }
-    const { error, description } = errorOf(body);
+    const { error, description } = errorOf(await jsonOf(response.clone()));
     if (error === 'login_required') throw loginRequired(description);
   }
   return response;
+}
+
+/** The body of an answer as JSON, or null. */
+async function jsonOf(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A call of avemint's own `/auth/*` routes with the session cookie and `X-CSRF: 1`. A `login_required` answer
+ * logs out (as getToken) and rejects with LoginRequiredError; another refusal rejects with TokenError.
+ */
+async function authCall(method, path, body, onLoginRequired = loginRequired) {
+  const init = { method, credentials: 'include', headers: { 'X-CSRF': '1' } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(`${settings.base}${path}`, init);
+  if (response.ok) return response;
+  const { error, description } = errorOf(await jsonOf(response));
+  if (error === 'login_required') throw onLoginRequired(description);
+  throw new TokenError(response.status, error, description);
+}
+
+/**
+ * The signed-in user's sessions, most recently used first: `[{ id, created_at, last_seen_at, expires_at,
+ * device?, network?, current }]` (times in unix seconds), from `GET /auth/sessions`.
+ */
+export async function sessions() {
+  const body = await jsonOf(await authCall('GET', '/auth/sessions'));
+  const list = body && Array.isArray(body.sessions) ? body.sessions : [];
+  const current = list.find((s) => s && s.current === true);
+  currentSessionId = current ? current.id : null;
+  return list;
+}
+
+/**
+ * Ends one of the user's sessions (`DELETE /auth/sessions/{id}`). Ending this tab's own session (as the last
+ * sessions() listing marked it `current`) logs out: `avemint:logged-out` with reason 'logout'.
+ */
+export async function endSession(id) {
+  if (typeof id !== 'string' || id === '') throw new TypeError('endSession takes a session id');
+  const own = id === currentSessionId;
+  await authCall('DELETE', `/auth/sessions/${encodeURIComponent(id)}`);
+  if (own) loggedOut('logout');
+}
+
+/**
+ * Signs out (`POST /auth/logout`). `scope`: 'this' (default) ends this session, 'others' ends the user's other
+ * sessions and keeps this one, 'all' ends every one. 'this' and 'all' then log out every tab:
+ * `avemint:logged-out` with reason 'logout'. (The default login handler does not run.)
+ */
+export async function logout({ scope = 'this' } = {}) {
+  if (!['this', 'others', 'all'].includes(scope)) throw new TypeError(`unknown logout scope: ${scope}`);
+  const body = scope === 'this' ? undefined : { scope };
+  const ended = (description) => {
+    loggedOut('logout');
+    return new LoginRequiredError(description);
+  };
+  await authCall('POST', '/auth/logout', body, scope === 'others' ? loginRequired : ended);
+  if (scope !== 'others') loggedOut('logout');
+}
+
+/** The signed-in user and the session's `expires_at` / `expires_in`, from `GET /auth/session`. */
+export async function session() {
+  return jsonOf(await authCall('GET', '/auth/session'));
+}
+
+/** Timers cannot wait longer than this (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Watches the session's end: reads `expires_in` from `GET /auth/session` and checks again when it runs out (the
+ * idle end moves forward with use, so the session may have been extended meanwhile). When the session is gone,
+ * fires `avemint:logged-out` with reason 'expired' in every tab. Resolves with the first session answer.
+ */
+export async function watchSession() {
+  stopWatching();
+  const check = async () => {
+    let current;
+    try {
+      current = await authCall('GET', '/auth/session', undefined, (description) => {
+        loggedOut('expired');
+        return new LoginRequiredError(description);
+      });
+      current = await jsonOf(current);
+    } catch (error) {
+      if (error instanceof LoginRequiredError) throw error;
+      schedule(60); // avemint unreachable or refusing: look again in a minute
+      return null;
+    }
+    const left = Number(current && current.expires_in);
+    if (!(left > 0)) {
+      loggedOut('expired');
+      throw new LoginRequiredError('session expired');
+    }
+    schedule(left);
+    return current;
+  };
+  const schedule = (seconds) => {
+    watchTimer = setTimeout(() => check().catch(() => {}), Math.min(seconds * 1000, MAX_TIMER_MS));
+  };
+  return check();
+}
+
+/** Stops watchSession's timer. */
+export function stopWatching() {
+  if (watchTimer !== null) clearTimeout(watchTimer);
+  watchTimer = null;
 }
