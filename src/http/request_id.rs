@@ -65,7 +65,7 @@ impl RequestId {
 
 /// The `route` of a request's span: avemint's own route's path template, a proxied route's prefix, or
 /// `unmatched`.
-pub(crate) fn route_label<'a>(route: Option<Route>, proxied: Option<&'a str>) -> &'a str {
+pub(crate) fn route_label(route: Option<Route>, proxied: Option<&str>) -> &str {
     proxied.unwrap_or_else(|| route.map_or("unmatched", Route::path))
 }
 
