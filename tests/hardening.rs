@@ -212,7 +212,7 @@ async fn cors_preflight_allows_every_method_the_api_has() {
     }
     // The real request the preflight was for: the listed origin ends the session and may read the answer.
     let mut b = app.signed_in_browser().await;
-    let list: Value = b
+    let list: serde_json::Value = b
         .send(app.http.get(app.url("/auth/sessions")).header("X-CSRF", "1"))
         .await
         .json()
