@@ -1399,17 +1399,31 @@ mod tests {
         };
         // No route: every profile is mintable by page script; the endpoint is on.
         let s = load_file(TWO, &[]).expect("valid");
-        assert_eq!(browser(&s), [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(true))]);
+        assert_eq!(
+            browser(&s),
+            [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(true))]
+        );
         assert_eq!(s.security.token_endpoint, TokenEndpoint::On);
         // A route's profile is not, unless it says so; a route without `profile` attaches the default one.
-        let route = |profile: &str| format!("[[routes]]\npath = \"/api/x\"\nupstream = \"https://x.internal\"\n{profile}");
+        let route =
+            |profile: &str| format!("[[routes]]\npath = \"/api/x\"\nupstream = \"https://x.internal\"\n{profile}");
         let s = load_file(&format!("{TWO}{}", route("profile = \"orders\"\n")), &[]).expect("valid");
-        assert_eq!(browser(&s), [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(false))]);
-        let said = TWO.replace("[[profiles]]\nname = \"orders\"", "[[profiles]]\nname = \"orders\"\nbrowser = true");
+        assert_eq!(
+            browser(&s),
+            [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(false))]
+        );
+        let said = TWO.replace(
+            "[[profiles]]\nname = \"orders\"",
+            "[[profiles]]\nname = \"orders\"\nbrowser = true",
+        );
         let s = load_file(&format!("{said}{}", route("profile = \"orders\"\n")), &[]).expect("valid");
         assert_eq!(browser(&s)[1], ("orders".to_owned(), Some(true)));
         let s = load_file(&format!("{TWO}{}", route("")), &[]).expect("valid");
-        assert_eq!(browser(&s)[0], ("web".to_owned(), Some(false)), "the default profile is the route's");
+        assert_eq!(
+            browser(&s)[0],
+            ("web".to_owned(), Some(false)),
+            "the default profile is the route's"
+        );
         // The environment: the default profile's `browser`, and the endpoint switch (the file takes a boolean).
         let s = load_file(&format!("{TWO}{}", route("")), &[("AVEMINT_TOKEN_BROWSER", "true")]).expect("valid");
         assert_eq!(browser(&s)[0], ("web".to_owned(), Some(true)));
@@ -1417,8 +1431,11 @@ mod tests {
         assert_eq!(s.security.token_endpoint, TokenEndpoint::Off);
         let s = load_file(TWO, &[("AVEMINT_TOKEN_ENDPOINT", "off")]).expect("valid");
         assert_eq!(s.security.token_endpoint, TokenEndpoint::Off);
-        let s = Settings::load(None, &env(&[minimal(), vec![("AVEMINT_TOKEN_BROWSER", "false")]].concat()))
-            .expect("env only");
+        let s = Settings::load(
+            None,
+            &env(&[minimal(), vec![("AVEMINT_TOKEN_BROWSER", "false")]].concat()),
+        )
+        .expect("env only");
         assert_eq!(s.token.default_profile().browser, Some(false));
         // Bad values, and the flat key next to [[profiles]], are refused.
         let e = load_file(TWO, &[("AVEMINT_TOKEN_ENDPOINT", "maybe")]).expect_err("invalid");

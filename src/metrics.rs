@@ -713,6 +713,7 @@ mod tests {
         budget_refused("renewal");
         sign_in_exchange_failed();
         sign_in_exchange_refused("ipv6_48");
+        credential_failure("admin", "rate_limited");
         store_pool(3, 5, 10);
         ave_budget(1, 7, 120, 2);
         let route = proxy_route("/api/unit");
@@ -737,6 +738,8 @@ mod tests {
             r#"avemint_ave_budget_refused_total{class="renewal"}"#,
             "avemint_sign_in_exchange_failures_total",
             r#"avemint_sign_in_exchange_refused_total{network="ipv6_48"}"#,
+            r#"avemint_credential_failures_total{answer="rate_limited",endpoint="admin"}"#,
+            r#"avemint_credential_failures_total{answer="rejected",endpoint="introspect"} "#,
             r#"avemint_store_pool_connections{state="in_use"} 3"#,
             r#"avemint_store_pool_connections{state="idle"} 5"#,
             "avemint_store_pool_max_connections 10",
