@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
 use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
-use crate::http::security::{Docs, SecuritySettings};
+use crate::http::security::{Docs, SecuritySettings, TokenEndpoint, on_off};
 use crate::mint::claims::ClaimTemplate;
 use crate::mint::hook::{self, FailurePolicy, HookSpec};
 use crate::mint::keys::rotation::parse_rotation;
@@ -144,6 +144,8 @@ enum Shape {
     Number,
     /// An array of strings (comma-separated in the environment).
     List,
+    /// A boolean (`true`/`false`, `on`/`off` or `1`/`0` in the environment).
+    Switch,
 }
 
 impl Shape {
@@ -152,6 +154,8 @@ impl Shape {
         match (self, value) {
             (Shape::Text, toml::Value::String(s)) => Some(s),
             (Shape::Number, toml::Value::Integer(n)) => Some(n.to_string()),
+            (Shape::Switch, toml::Value::Boolean(b)) => Some(b.to_string()),
+            (Shape::Switch, toml::Value::String(s)) => Some(s),
             (Shape::List, toml::Value::Array(items)) => items
                 .into_iter()
                 .map(|v| match v {
@@ -169,6 +173,7 @@ impl Shape {
             Shape::Text => "must be a string",
             Shape::Number => "must be a whole number",
             Shape::List => "must be an array of strings",
+            Shape::Switch => "must be true or false",
         }
     }
 }
@@ -447,6 +452,8 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
+        // A route's profile is not mintable by page script unless it says `browser = true`.
+        let token = token.map(|t| t.settle_browser(routes.all().iter().map(|r| r.profile.as_deref())));
         let admin = self.admin(listen);
         Some(Settings {
             listen,
@@ -551,6 +558,7 @@ impl Loader<'_> {
                 keep_alive: self.or(Number, "AVEMINT_KEEP_ALIVE_TIMEOUT", "keep_alive_timeout", t.keep_alive, seconds(3600)),
             },
             docs: self.or(Text, "AVEMINT_DOCS", "docs", d.docs, Docs::parse),
+            token_endpoint: self.or(Shape::Switch, "AVEMINT_TOKEN_ENDPOINT", "token_endpoint", d.token_endpoint, TokenEndpoint::parse),
         }
     }
 }
@@ -591,7 +599,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, &'static str> {
         .map_err(|_| "must be an address and port such as 127.0.0.1:8080")
 }
 /// The flat keys describing the env-only default profile.
-const FLAT_TOKEN_KEYS: [&str; 3] = ["token_ttl", "token_audience", "token_claims"];
+const FLAT_TOKEN_KEYS: [&str; 4] = ["token_ttl", "token_audience", "token_claims", "token_browser"];
 
 /// The token profiles: `[[profiles]]` from the file, or the single `default`
 /// profile of env-only deployments; `AVEMINT_TOKEN_*` override the default one.
@@ -617,6 +625,7 @@ impl Loader<'_> {
             seconds(MAX_TOKEN_TTL.as_secs()),
         );
         let audience = self.optional(Text, "AVEMINT_TOKEN_AUDIENCE", "token_audience", non_empty);
+        let browser = self.optional(Shape::Switch, "AVEMINT_TOKEN_BROWSER", "token_browser", on_off);
         let claims = self.token_claims();
         let Some(list) = list else {
             // Env-only: one profile, `default`.
@@ -629,6 +638,7 @@ impl Loader<'_> {
                 default: true,
                 hook: None,
                 introspection_secret: None,
+                browser,
             };
             return self.token_settings(vec![spec], max_token_bytes);
         };
@@ -649,6 +659,7 @@ impl Loader<'_> {
             d.ttl = ttl.unwrap_or(d.ttl);
             d.audience = audience.unwrap_or_else(|| d.audience.clone());
             d.claims = claims.unwrap_or_else(|| d.claims.clone());
+            d.browser = browser.or(d.browser);
         }
         // The set as a whole is checked only when every profile parsed, so one mistake is one line.
         if specs.len() != count {
@@ -726,6 +737,7 @@ impl Loader<'_> {
             default: p.default || single,
             hook: hook.flatten(),
             introspection_secret,
+            browser: p.browser,
         })
     }
 
@@ -826,6 +838,7 @@ struct FileProfile {
     claims: Option<toml::Table>,
     hook: Option<FileHook>,
     introspection: Option<FileIntrospection>,
+    browser: Option<bool>,
 }
 
 /// A `[profiles.introspection]` table.
@@ -1377,5 +1390,59 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn browser_and_the_token_endpoint_load_from_the_file_and_the_environment() {
+        let browser = |s: &Settings| -> Vec<(String, Option<bool>)> {
+            s.token.profiles().iter().map(|p| (p.name.clone(), p.browser)).collect()
+        };
+        // No route: every profile is mintable by page script; the endpoint is on.
+        let s = load_file(TWO, &[]).expect("valid");
+        assert_eq!(
+            browser(&s),
+            [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(true))]
+        );
+        assert_eq!(s.security.token_endpoint, TokenEndpoint::On);
+        // A route's profile is not, unless it says so; a route without `profile` attaches the default one.
+        let route =
+            |profile: &str| format!("[[routes]]\npath = \"/api/x\"\nupstream = \"https://x.internal\"\n{profile}");
+        let s = load_file(&format!("{TWO}{}", route("profile = \"orders\"\n")), &[]).expect("valid");
+        assert_eq!(
+            browser(&s),
+            [("web".to_owned(), Some(true)), ("orders".to_owned(), Some(false))]
+        );
+        let said = TWO.replace(
+            "[[profiles]]\nname = \"orders\"",
+            "[[profiles]]\nname = \"orders\"\nbrowser = true",
+        );
+        let s = load_file(&format!("{said}{}", route("profile = \"orders\"\n")), &[]).expect("valid");
+        assert_eq!(browser(&s)[1], ("orders".to_owned(), Some(true)));
+        let s = load_file(&format!("{TWO}{}", route("")), &[]).expect("valid");
+        assert_eq!(
+            browser(&s)[0],
+            ("web".to_owned(), Some(false)),
+            "the default profile is the route's"
+        );
+        // The environment: the default profile's `browser`, and the endpoint switch (the file takes a boolean).
+        let s = load_file(&format!("{TWO}{}", route("")), &[("AVEMINT_TOKEN_BROWSER", "true")]).expect("valid");
+        assert_eq!(browser(&s)[0], ("web".to_owned(), Some(true)));
+        let s = load_file(&format!("token_endpoint = false\n{TWO}"), &[]).expect("valid");
+        assert_eq!(s.security.token_endpoint, TokenEndpoint::Off);
+        let s = load_file(TWO, &[("AVEMINT_TOKEN_ENDPOINT", "off")]).expect("valid");
+        assert_eq!(s.security.token_endpoint, TokenEndpoint::Off);
+        let s = Settings::load(
+            None,
+            &env(&[minimal(), vec![("AVEMINT_TOKEN_BROWSER", "false")]].concat()),
+        )
+        .expect("env only");
+        assert_eq!(s.token.default_profile().browser, Some(false));
+        // Bad values, and the flat key next to [[profiles]], are refused.
+        let e = load_file(TWO, &[("AVEMINT_TOKEN_ENDPOINT", "maybe")]).expect_err("invalid");
+        assert!(e.0[0].contains("AVEMINT_TOKEN_ENDPOINT"), "{e}");
+        let e = load_file(&format!("token_browser = true\n{TWO}"), &[]).expect_err("invalid");
+        assert!(e.0[0].contains("token_browser"), "{e}");
+        let e = load_file(&format!("token_endpoint = 3\n{TWO}"), &[]).expect_err("invalid");
+        assert!(e.0[0].contains("token_endpoint"), "{e}");
     }
 }

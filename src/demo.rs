@@ -39,7 +39,9 @@ const DEMO_CLAIMS: &str =
     r#"{"name":"{id_token.name}","email":"{id_token.email}","handle":"{user.handle}","demo":true}"#;
 
 /// The demo's proxied route (proxy mode): `/api/demo/**` goes to the demo downstream API, `/demo/api/**` on the
-/// demo's own loopback address, with the default profile's app JWT attached by avemint.
+/// demo's own loopback address, with the default profile's app JWT attached by avemint. The demo shows both modes
+/// with that one profile, so it says `AVEMINT_TOKEN_BROWSER=true`: a route's profile is otherwise not mintable by
+/// page script (a deployment that wants both gives the route a profile of its own).
 const DEMO_ROUTE: &str = "/api/demo";
 
 /// `AVEMINT_ROUTES` of the demo: [`DEMO_ROUTE`] to the demo API of the avemint at `public_url`.
@@ -80,6 +82,7 @@ pub async fn run(listen: SocketAddr, keys_dir: PathBuf) -> Result<(), DemoError>
         ("AVEMINT_SESSION_KEYS", session_key),
         ("AVEMINT_TOKEN_CLAIMS", DEMO_CLAIMS.to_owned()),
         ("AVEMINT_ROUTES", demo_routes(&public_url)),
+        ("AVEMINT_TOKEN_BROWSER", "true".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -176,6 +176,7 @@ struct Metrics {
     budget_refused: IntCounterVec,
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
+    credential_failures: IntCounterVec,
     /// `[in_use, idle]`.
     store_pool: [IntGauge; 2],
     store_pool_max: IntGauge,
@@ -275,6 +276,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(budget_refused.clone()))?;
     registry.register(Box::new(code_exchange_failures.clone()))?;
     registry.register(Box::new(code_exchange_refused.clone()))?;
+    let credential_failures = IntCounterVec::new(
+        Opts::new(
+            "avemint_credential_failures_total",
+            "Wrong credentials at an endpoint that checks a secret (endpoint: introspect, admin), by answer: \
+             rejected (401) or rate_limited (429, the client's network is past its limit)",
+        ),
+        &["endpoint", "answer"],
+    )?;
+    registry.register(Box::new(credential_failures.clone()))?;
+    for endpoint in ["introspect", "admin"] {
+        for answer in ["rejected", "rate_limited"] {
+            credential_failures.get_metric_with_label_values(&[endpoint, answer])?;
+        }
+    }
     for class in ["renewal", "sign_in"] {
         budget_wait_seconds.get_metric_with_label_values(&[class])?;
         budget_refused.get_metric_with_label_values(&[class])?;
@@ -413,6 +428,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_refused,
         code_exchange_failures,
         code_exchange_refused,
+        credential_failures,
         store_pool,
         store_pool_max,
         budget_used,
@@ -534,6 +550,15 @@ pub(crate) fn sign_in_exchange_failed() {
 pub(crate) fn sign_in_exchange_refused(network: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.code_exchange_refused.get_metric_with_label_values(&[network]) {
+        c.inc();
+    }
+}
+
+/// Counts a wrong credential at `endpoint` (`introspect`, `admin`) and how it was `answer`ed (`rejected`,
+/// `rate_limited`).
+pub(crate) fn credential_failure(endpoint: &'static str, answer: &'static str) {
+    let Some(m) = metrics() else { return };
+    if let Ok(c) = m.credential_failures.get_metric_with_label_values(&[endpoint, answer]) {
         c.inc();
     }
 }
@@ -688,6 +713,7 @@ mod tests {
         budget_refused("renewal");
         sign_in_exchange_failed();
         sign_in_exchange_refused("ipv6_48");
+        credential_failure("admin", "rate_limited");
         store_pool(3, 5, 10);
         ave_budget(1, 7, 120, 2);
         let route = proxy_route("/api/unit");
@@ -712,6 +738,8 @@ mod tests {
             r#"avemint_ave_budget_refused_total{class="renewal"}"#,
             "avemint_sign_in_exchange_failures_total",
             r#"avemint_sign_in_exchange_refused_total{network="ipv6_48"}"#,
+            r#"avemint_credential_failures_total{answer="rate_limited",endpoint="admin"}"#,
+            r#"avemint_credential_failures_total{answer="rejected",endpoint="introspect"} "#,
             r#"avemint_store_pool_connections{state="in_use"} 3"#,
             r#"avemint_store_pool_connections{state="idle"} 5"#,
             "avemint_store_pool_max_connections 10",

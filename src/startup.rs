@@ -17,12 +17,13 @@ use crate::ave::{AveClient, AveError};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::admin::AdminToken;
+use crate::http::security::TokenEndpoint;
 use crate::http::{self, AppState};
 use crate::mint::hook::HookError;
 use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
 use crate::reload::Reload;
 use crate::session::{Renewer, Sessions, StoreError};
-use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeLimits};
+use crate::traffic::rate_limit::{CodeExchangeLimiter, CredentialEndpoint, CredentialLimiter, ExchangeLimits};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -81,6 +82,8 @@ struct Summary {
     session_keys: String,
     client_secret: &'static str,
     profiles: String,
+    /// The profiles page script may mint through `POST /auth/token`.
+    browser_profiles: String,
     defaults: Vec<String>,
 }
 
@@ -106,7 +109,7 @@ impl Application {
     /// Binds `settings.listen` and builds the application.
     pub async fn build(settings: Settings, mode: Mode) -> Result<Self, StartupError> {
         let acceptor = bind(settings.listen).await?;
-        Self::with_acceptor(settings, mode, acceptor).await
+        Self::with_acceptor(settings, mode, acceptor, Clock::System).await
     }
 
     /// Builds on an already bound listener (tests bind port 0 first to learn the URL).
@@ -115,6 +118,17 @@ impl Application {
         mode: Mode,
         listener: std::net::TcpListener,
     ) -> Result<Self, StartupError> {
+        Self::with_listener_and_clock(settings, mode, listener, Clock::System).await
+    }
+
+    /// `with_listener` on `clock` instead of the system's (tests that move time, e.g. past the once-a-minute
+    /// activity write, without waiting).
+    pub async fn with_listener_and_clock(
+        settings: Settings,
+        mode: Mode,
+        listener: std::net::TcpListener,
+        clock: Clock,
+    ) -> Result<Self, StartupError> {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let bind_err = |e: std::io::Error| StartupError::Bind {
             addr: addr.clone(),
@@ -122,11 +136,16 @@ impl Application {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let acceptor = TcpAcceptor::from_std(listener).map_err(bind_err)?;
-        Self::with_acceptor(settings, mode, acceptor).await
+        Self::with_acceptor(settings, mode, acceptor, clock).await
     }
 
     /// Hands each component its own settings and wires them together.
-    async fn with_acceptor(settings: Settings, mode: Mode, acceptor: TcpAcceptor) -> Result<Self, StartupError> {
+    async fn with_acceptor(
+        settings: Settings,
+        mode: Mode,
+        acceptor: TcpAcceptor,
+        clock: Clock,
+    ) -> Result<Self, StartupError> {
         let addr = acceptor
             .local_addr()
             .first()
@@ -172,8 +191,8 @@ impl Application {
             }
             None => None,
         };
-        // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
-        let clock = Clock::System;
+        // The one wall clock of the process (the system's but in tests): sessions, renewal, minting, key rotation
+        // and the sign-in cookie read it.
         let sessions = Arc::new(
             Sessions::open_with_pool(
                 &store.database_url,
@@ -210,17 +229,29 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
+        let browser_profiles = match security.token_endpoint {
+            TokenEndpoint::Off => "none (AVEMINT_TOKEN_ENDPOINT=off: no /auth/token)".to_owned(),
+            TokenEndpoint::On => match profiles.browser_names() {
+                names if names.is_empty() => "none (every profile is a proxied route's)".to_owned(),
+                names => names.join(", "),
+            },
+        };
         let summary = Summary {
+            browser_profiles,
             public_url: public_url.as_str().to_owned(),
             issuer: ave.issuer.as_str().to_owned(),
             store: store.database_url.describe(),
-            session_keys: match &store.keys_file {
-                Some(f) => format!(
-                    "{} (from {}, reloaded on change)",
-                    store.keys.keys().len(),
-                    f.path().display()
-                ),
-                None => store.keys.keys().len().to_string(),
+            session_keys: {
+                let ids = store.keys.ids().iter().map(ToString::to_string).collect::<Vec<_>>();
+                match &store.keys_file {
+                    Some(f) => format!(
+                        "{} (ids {}; from {}, reloaded on change)",
+                        ids.len(),
+                        ids.join(" "),
+                        f.path().display()
+                    ),
+                    None => format!("{} (ids {})", ids.len(), ids.join(" ")),
+                }
             },
             client_secret: if ave.client_secret_file.is_some() {
                 "from AVE_CLIENT_SECRET_FILE, reloaded on change"
@@ -258,6 +289,7 @@ impl Application {
         let state = Arc::new(AppState {
             proxy,
             sign_in_limiter,
+            introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
             ave: ave_client,
             sessions,
             renewer,
@@ -306,6 +338,7 @@ impl Application {
             client_secret = %s.client_secret,
             signing_keys = %ring.describe(),
             profiles = %s.profiles,
+            browser_profiles = %s.browser_profiles,
             proxy_routes = self.state.proxy.routes().all().len(),
             defaults = %defaults,
             "avemint ready"

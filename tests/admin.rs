@@ -312,3 +312,47 @@ fn committed_admin_openapi_document_equals_avemint_openapi_admin() {
         "the public API is not in the admin document"
     );
 }
+
+/// Issue 22 §6: wrong admin tokens are limited per client network like introspection secrets: 429 with
+/// `Retry-After` past the limit, counted in `/metrics` (`endpoint="admin"`); the right token still works.
+#[tokio::test]
+async fn wrong_admin_tokens_are_rate_limited_per_network_and_counted() {
+    let app = TestApp::spawn_with(with_admin(None)).await;
+    let stats = admin_url(&app, "/admin/stats");
+    let mut statuses = Vec::new();
+    for i in 0..300 {
+        let resp = app
+            .http
+            .get(&stats)
+            .bearer_auth(format!("{TOKEN}-{i}"))
+            .send()
+            .await
+            .expect("request");
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            assert_eq!(support::error_code(resp).await, "rate_limited");
+            statuses.push(429);
+        } else {
+            statuses.push(resp.status().as_u16());
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 280);
+    assert_eq!(
+        admin(&app, reqwest::Method::GET, "/admin/stats").await.status(),
+        200,
+        "the right token works"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("avemint_credential_failures_total{answer=\"rate_limited\",endpoint=\"admin\"}"),
+        "counted"
+    );
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("avemint_credential_failures_total{answer=\"rate_limited\",endpoint=\"admin\"}"))
+        .expect("series");
+    let n: u64 = line.rsplit(' ').next().expect("value").parse().expect("number");
+    assert!(n >= 280, "{line}");
+    app.stop().await;
+}

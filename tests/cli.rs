@@ -314,6 +314,7 @@ async fn the_start_up_line_summarises_and_never_shows_a_secret() {
         "session_keys=1".to_owned(),
         "(ES256, signing)".to_owned(),
         "profiles=default (aud http://127.0.0.1".to_owned(),
+        "browser_profiles=default".to_owned(),
         "no AVEMINT_KEYS_DIR: signing keys in ./keys (the working directory)".to_owned(),
     ] {
         assert!(line.contains(&needle), "{needle} in {line}");

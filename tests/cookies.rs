@@ -523,7 +523,7 @@ async fn without_a_session_known_and_unknown_profiles_are_both_401() {
         format!("{SESSION_COOKIE}={session}").as_bytes(),
     )
     .await;
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 403);
     assert_eq!(error_code(resp).await, "invalid_target");
     app.stop().await;
 }

@@ -180,6 +180,59 @@ async fn cors_is_default_deny() {
     app.stop().await;
 }
 
+/// Issue 22 §6: a preflight for `DELETE` (the method of `DELETE /auth/sessions/{id}`) is allowed for a listed
+/// origin (it was refused, so an allowed origin could not end a session); a method the API does not have is not.
+#[tokio::test]
+async fn cors_preflight_allows_every_method_the_api_has() {
+    let app = spawn(with_origins(OTHER_ORIGIN)).await;
+    let preflight = |method: &'static str, path: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", OTHER_ORIGIN)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "x-csrf")
+            .send()
+    };
+    for (method, path) in [
+        ("DELETE", "/auth/sessions/some-id"),
+        ("GET", "/auth/sessions"),
+        ("POST", "/auth/logout"),
+    ] {
+        let resp = preflight(method, path).await.expect("preflight");
+        assert_eq!(resp.status(), 204, "{method} {path}");
+        let allowed = resp.headers()["access-control-allow-methods"].to_str().expect("ascii");
+        assert!(allowed.split(", ").any(|m| m == method), "{method} in {allowed}");
+    }
+    for method in ["PUT", "PATCH", "TRACE"] {
+        assert_eq!(
+            preflight(method, "/auth/sessions/x").await.expect("preflight").status(),
+            403,
+            "{method}"
+        );
+    }
+    // The real request the preflight was for: the listed origin ends the session and may read the answer.
+    let mut b = app.signed_in_browser().await;
+    let list: serde_json::Value = b
+        .send(app.http.get(app.url("/auth/sessions")).header("X-CSRF", "1"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let id = list["sessions"][0]["id"].as_str().expect("id").to_owned();
+    let resp = b
+        .send(
+            app.http
+                .delete(app.url(&format!("/auth/sessions/{id}")))
+                .header("X-CSRF", "1")
+                .header("origin", OTHER_ORIGIN)
+                .header("sec-fetch-site", "same-site"),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], OTHER_ORIGIN);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn cors_allows_listed_origins_with_credentials_and_never_a_wildcard() {
     let app = spawn(with_origins(OTHER_ORIGIN)).await;

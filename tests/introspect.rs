@@ -270,3 +270,62 @@ fn an_introspection_secret_is_checked_like_the_hook_secret() {
         assert!(e.to_string().contains("`introspection`"), "{e}");
     }
 }
+
+/// The sum of `avemint_credential_failures_total` for `endpoint` and `answer` in a `/metrics` text.
+fn credential_failures(metrics: &str, endpoint: &str, answer: &str) -> u64 {
+    let series = format!("avemint_credential_failures_total{{answer=\"{answer}\",endpoint=\"{endpoint}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 22 §6: wrong introspection credentials are limited per client network. 300 wrong secrets (they were 300
+/// × 401 in 0.4 s) now get 429s with `Retry-After` once the network is past its limit, `/metrics` counts them, and
+/// a caller with the right secret from the same address is still answered.
+#[tokio::test]
+async fn wrong_introspection_secrets_are_rate_limited_per_network_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(None, &dir, 0).await;
+    let mut b = app.signed_in_browser().await;
+    let token = token_for(&app, &mut b, "orders").await;
+    let before = app.metrics().await;
+    let (mut unauthorized, mut limited) = (0, 0);
+    for i in 0..300 {
+        let auth = if i % 2 == 0 {
+            basic("orders", &format!("wrong-secret-{i:04}-0123456789abcdef"))
+        } else {
+            basic("no-such-profile", ORDERS_SECRET)
+        };
+        let resp = introspect_raw(&app, Some(&auth), &[("token", &token)]).await;
+        match resp.status().as_u16() {
+            401 => unauthorized += 1,
+            429 => {
+                let retry: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("seconds");
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                assert_eq!(support::error_code(resp).await, "rate_limited");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        if i % 50 == 0 {
+            // The right secret is never limited, whatever the network did.
+            assert_eq!(introspect(&app, &token).await["active"], true);
+        }
+    }
+    assert_eq!(unauthorized, 20, "the first 20 wrong ones are plain 401s");
+    assert_eq!(limited, 280);
+    let after = app.metrics().await;
+    for (answer, n) in [("rejected", 20), ("rate_limited", 280)] {
+        assert!(
+            credential_failures(&after, "introspect", answer) >= credential_failures(&before, "introspect", answer) + n,
+            "{answer} counted"
+        );
+    }
+    app.stop().await;
+}

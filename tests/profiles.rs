@@ -263,7 +263,7 @@ async fn unknown_targets_are_invalid_target_and_never_another_token() {
         json!({"profile": "orders", "audience": "https://evil.example"}),
     ] {
         let resp = app.post_token_json(&mut b, &body).await;
-        assert_eq!(resp.status(), 400, "{body}");
+        assert_eq!(resp.status(), 403, "{body}");
         assert_eq!(error_code(resp).await, "invalid_target", "{body}");
     }
     let resp = app

@@ -1438,3 +1438,96 @@ async fn a_websocket_origin_must_be_written_exactly_as_a_browser_serialises_it()
         assert_eq!(next_message(&mut ws).await, Some(Message::text("hi")), "{origin}");
     }
 }
+
+/// Profiles for the `browser` tests: `web` (the default, no route), `orders` (a route's, says nothing) and `reports`
+/// (a route's, `browser = true`).
+const BROWSER_PROFILES: &str = "[[profiles]]\nname = \"web\"\naudience = \"https://web\"\ndefault = true\n\
+     [[profiles]]\nname = \"orders\"\naudience = \"orders-api\"\n\
+     [[profiles]]\nname = \"reports\"\naudience = \"reports-api\"\nbrowser = true\n";
+
+async fn browser_profiles_app(upstream: &Upstream, env: Vec<(&'static str, String)>) -> (TestApp, Browser) {
+    let base = &upstream.base;
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(BROWSER_PROFILES.to_owned()),
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/orders\"\nupstream = \"{base}/v1\"\nprofile = \"orders\"\n\
+             [[routes]]\npath = \"/api/reports\"\nupstream = \"{base}/r\"\nprofile = \"reports\"\n"
+        )),
+        env,
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    (app, browser)
+}
+
+/// Issue 22 §4: page script cannot mint the token of a route's profile (`{"profile":"orders"}` returned the
+/// orders-api JWT proxy mode promises never to expose). The refusal is 403 `invalid_target`, the very answer of an
+/// unknown profile or audience; a route's profile that says `browser = true` stays mintable, and the proxy still
+/// attaches the route's token.
+#[tokio::test]
+async fn page_script_cannot_mint_a_routes_profile_unless_it_says_browser() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = browser_profiles_app(&upstream, vec![]).await;
+    let mut refusals = Vec::new();
+    for body in [
+        serde_json::json!({"profile": "orders"}),
+        serde_json::json!({"audience": "orders-api"}),
+        serde_json::json!({"profile": "web", "audience": "orders-api"}),
+        serde_json::json!({"profile": "no-such-profile"}),
+        serde_json::json!({"audience": "https://nowhere"}),
+    ] {
+        let resp = app.post_token_json(&mut browser, &body).await;
+        assert_eq!(resp.status(), 403, "{body}");
+        refusals.push(resp.json::<Value>().await.expect("json"));
+    }
+    assert_eq!(refusals[0]["error"], "invalid_target");
+    assert!(
+        refusals.iter().all(|r| *r == refusals[0]),
+        "a route's profile and an unknown one get the same answer: {refusals:?}"
+    );
+    for (body, audience) in [
+        (serde_json::json!({}), "https://web"),
+        (serde_json::json!({"profile": "reports"}), "reports-api"),
+    ] {
+        let resp = app.post_token_json(&mut browser, &body).await;
+        assert_eq!(resp.status(), 200, "{body}");
+        let token = resp.json::<Value>().await.expect("json")["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        app.verify_for(&token, audience).await;
+    }
+    // The proxy still attaches the orders-api token.
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/orders/items", true)
+            .await
+            .status(),
+        200
+    );
+    app.verify_for(&upstream.last().bearer(), "orders-api").await;
+    app.stop().await;
+}
+
+/// Issue 22 §4: `AVEMINT_TOKEN_ENDPOINT=off` removes `POST /auth/token` (a JSON 404, whatever the profile) for
+/// proxy-only deployments; the proxied routes and the rest of `/auth` work as before.
+#[tokio::test]
+async fn the_token_endpoint_can_be_turned_off_for_proxy_only_deployments() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = browser_profiles_app(&upstream, vec![("AVEMINT_TOKEN_ENDPOINT", "off".to_owned())]).await;
+    for body in [serde_json::json!({}), serde_json::json!({"profile": "reports"})] {
+        let resp = app.post_token_json(&mut browser, &body).await;
+        assert_eq!(resp.status(), 404, "{body}");
+        assert_eq!(error_code(resp).await, "not_found");
+    }
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/api/reports/x", true).await.status(),
+        200
+    );
+    app.verify_for(&upstream.last().bearer(), "reports-api").await;
+    assert_eq!(
+        call(&app, &mut browser, "GET", "/auth/session", true).await.status(),
+        200
+    );
+    app.stop().await;
+}

@@ -410,3 +410,118 @@ async fn the_cap_ends_the_least_recently_used(db: Option<DatabaseUrl>) {
 }
 
 support::on_both_stores!(the_cap_ends_the_least_recently_used);
+
+const OLD_KEY: &str = support::TEST_SESSION_KEY;
+const NEW_KEY: &str = "ISEhISEhISEhISEhISEhISEhISEhISEhISEhISEhISE=";
+
+/// An instance over `db` (a SQLite file or a PostgreSQL schema) with `keys` as `AVEMINT_SESSION_KEYS`, on the
+/// shared `clock`, with no session cache (so each request reads the row).
+async fn keyed(
+    keys: &str,
+    db: &DatabaseUrl,
+    emulator: Option<&ave_emulator::Emulator>,
+    clock: &avemint::testing::clock::ManualClock,
+) -> TestApp {
+    TestApp::spawn_with(Options {
+        database_url: Some(db.clone()),
+        shared_emulator: emulator.cloned(),
+        env: vec![("AVEMINT_SESSION_KEYS", keys.to_owned())],
+        renewal: Some(avemint::testing::session::RenewalSettings {
+            session_cache_ttl: Duration::ZERO,
+            ..Default::default()
+        }),
+        clock: Some(clock.clock()),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Runs `sql` on the store (what someone with write access to the database can do); returns the rows it changed.
+async fn on_store(db: &DatabaseUrl, sql: &'static str) -> u64 {
+    let url = support::database_url_string(db);
+    match db {
+        DatabaseUrl::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+            let done = sqlx::query(sql).execute(&pool).await.expect("sql").rows_affected();
+            pool.close().await;
+            done
+        }
+        DatabaseUrl::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+            let done = sqlx::query(sql).execute(&pool).await.expect("sql").rows_affected();
+            pool.close().await;
+            done
+        }
+    }
+}
+
+async fn stored_sessions(db: &DatabaseUrl) -> i64 {
+    let url = support::database_url_string(db);
+    let sql = "SELECT COUNT(*) FROM sessions";
+    match db {
+        DatabaseUrl::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("count");
+            pool.close().await;
+            n
+        }
+        DatabaseUrl::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("count");
+            pool.close().await;
+            n
+        }
+    }
+}
+
+/// Issue 22 §3: a rolling session-key rotation loses no session. Instance A knows `OLD`, instance B `NEW,OLD`
+/// (B learnt the new key first, as pods do while Kubernetes propagates a Secret). B's activity write MACs the
+/// session's `last_seen_at` with `NEW`; A cannot verify that MAC, so it answers 503 for that request and keeps
+/// the row (it used to call the row tampered and delete it: 200, then 401 everywhere). Once A knows `NEW,OLD`
+/// too, both serve it. A row that fails under a key the instance holds is still deleted.
+async fn a_rolling_session_key_rotation_loses_no_session(db: Option<DatabaseUrl>) {
+    let start = avemint::testing::clock::Clock::System.now();
+    let clock = avemint::testing::clock::ManualClock::new(start);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db.unwrap_or_else(|| {
+        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("shared.db").display())).expect("sqlite url")
+    });
+    let a = keyed(OLD_KEY, &db, None, &clock).await;
+    let b = keyed(&format!("{NEW_KEY},{OLD_KEY}"), &db, Some(&a.emulator), &clock).await;
+    let (_, browser) = browser_of(&a, 0, FIREFOX_LINUX).await;
+    assert_eq!(token_status(&a, &browser).await, 200);
+    assert_eq!(token_status(&b, &browser).await, 200, "B opens what A sealed with OLD");
+    // A minute later B records the activity, MAC'd with NEW.
+    clock.set(start + Duration::from_secs(61));
+    assert_eq!(token_status(&b, &browser).await, 200);
+    for _ in 0..3 {
+        let resp = a.post_token(&mut browser.clone(), true).await;
+        assert_eq!(resp.status(), 503, "A lacks NEW: refused for now, not signed out");
+        assert!(resp.headers().get("set-cookie").is_none(), "the session cookie is kept");
+        assert_eq!(support::error_code(resp).await, "temporarily_unavailable");
+    }
+    assert_eq!(stored_sessions(&db).await, 1, "the row is kept");
+    assert_eq!(
+        token_status(&b, &browser).await,
+        200,
+        "the session is still served by B"
+    );
+    // A learns NEW second (a restart with the updated Secret): both serve the session.
+    let emulator = a.emulator.clone();
+    a.stop().await;
+    let a = keyed(&format!("{NEW_KEY},{OLD_KEY}"), &db, Some(&emulator), &clock).await;
+    assert_eq!(token_status(&a, &browser).await, 200, "A serves it with NEW,OLD");
+    assert_eq!(token_status(&b, &browser).await, 200);
+    // A row edited in the database fails under a key both hold: refused and deleted.
+    assert_eq!(
+        on_store(&db, "UPDATE sessions SET last_seen_at = last_seen_at + 30").await,
+        1
+    );
+    assert_eq!(token_status(&a, &browser).await, 401, "tampered: refused");
+    assert_eq!(stored_sessions(&db).await, 0, "and deleted");
+    assert_eq!(token_status(&b, &browser).await, 401);
+    a.stop().await;
+    b.stop().await;
+}
+
+support::on_both_stores!(a_rolling_session_key_rotation_loses_no_session);

@@ -170,12 +170,13 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
     assert!(telemetry.exporting());
     let outside = Recorder::start(HookAndUpstream).await;
     let base = &outside.base;
-    // Renewal always due; the default profile calls the hook; one proxied route; loopback is a trusted proxy.
+    // Renewal always due; the default profile calls the hook; one proxied route (which attaches the default profile,
+    // so it says `browser = true` to be minted below too); loopback is a trusted proxy.
     let app = TestApp::spawn_with(Options {
         renewal: Some(support::always_renew()),
         token_toml: Some(format!(
-            "[[profiles]]\nname = \"web\"\naudience = \"web\"\ndefault = true\n[profiles.hook]\nurl = \"{base}/hook\"\n\
-             secret = \"{HOOK_SECRET}\"\n"
+            "[[profiles]]\nname = \"web\"\naudience = \"web\"\ndefault = true\nbrowser = true\n[profiles.hook]\n\
+             url = \"{base}/hook\"\nsecret = \"{HOOK_SECRET}\"\n"
         )),
         routes_toml: Some(format!("[[routes]]\npath = \"/api/up\"\nupstream = \"{base}/up\"\n")),
         security: Some(SecuritySettings {

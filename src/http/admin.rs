@@ -11,7 +11,7 @@
 //! known or not, is the same 401 and the API's shape is not revealed.
 //! The work itself is `session::manage`, shared with the users' endpoints.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use poem::http::{HeaderValue, header};
@@ -27,6 +27,7 @@ use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
 use crate::secret::Secret;
 use crate::session::{SessionCounts, SessionHandle, StoreError};
+use crate::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
 
 /// Shortest admin token accepted (`openssl rand -hex 32` gives 64 characters).
 pub(crate) const MIN_TOKEN_LEN: usize = 32;
@@ -121,6 +122,10 @@ pub(crate) enum AdminError {
     /// No such session (`not_found`).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// A wrong token again after the client's network (IPv4 /24, IPv6 /64 and /48) sent 20 wrong ones within a
+    /// minute (`rate_limited`, with `Retry-After`): until they age out. The right token is never limited.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
     /// The session store is unreachable right now (`temporarily_unavailable`, with `Retry-After`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
@@ -142,9 +147,9 @@ fn bad_request(err: poem::Error) -> AdminError {
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "session store failure");
+        e.log("admin");
         AdminError::Unavailable(
-            error_body("temporarily_unavailable", "the session store is unavailable"),
+            error_body("temporarily_unavailable", e.public_reason()),
             Some("5".into()),
         )
     }
@@ -287,15 +292,29 @@ pub fn openapi_yaml() -> String {
     openapi_service().spec_yaml()
 }
 
-/// 401 with `WWW-Authenticate: Bearer`, as JSON.
-fn unauthorized() -> Response {
-    AdminError::Unauthorized(
-        error_body(
-            "invalid_token",
-            "the admin API needs `Authorization: Bearer <admin token>`",
+/// 401 with `WWW-Authenticate: Bearer`, as JSON; 429 once the client's network sent too many wrong tokens
+/// (`CredentialLimiter`).
+async fn unauthorized(limiter: &CredentialLimiter, req: &Request) -> Response {
+    let client = req
+        .remote_addr()
+        .as_socket_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    match limiter.failed(client).await {
+        CredentialVerdict::Rejected => AdminError::Unauthorized(
+            error_body(
+                "invalid_token",
+                "the admin API needs `Authorization: Bearer <admin token>`",
+            ),
+            "Bearer".into(),
         ),
-        "Bearer".into(),
-    )
+        CredentialVerdict::Limited(retry_after) => AdminError::TooManyRequests(
+            error_body(
+                "rate_limited",
+                "too many wrong admin tokens from this network; try again later",
+            ),
+            retry_after.as_secs().to_string(),
+        ),
+    }
     .into_response()
 }
 
@@ -322,12 +341,13 @@ fn path_template(path: &str) -> &'static str {
 /// The admin listener's application: the token check, then the admin API; errors as JSON, answers never cached.
 pub(crate) fn routes(state: Arc<AppState>, token: AdminToken) -> impl Endpoint + 'static {
     let token = Arc::new(token);
+    let limiter = Arc::new(CredentialLimiter::new(CredentialEndpoint::Admin));
     poem::Route::new()
         .nest("/", openapi_service())
         .data(state)
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
-            let token = token.clone();
+            let (token, limiter) = (token.clone(), limiter.clone());
             async move {
                 let method = req.method().clone();
                 let path = path_template(req.uri().path());
@@ -336,7 +356,7 @@ pub(crate) fn routes(state: Arc<AppState>, token: AdminToken) -> impl Endpoint +
                         Ok(r) => r.into_response(),
                         Err(e) => errors::catch_all(e).await,
                     },
-                    _ => unauthorized(),
+                    _ => unauthorized(&limiter, &req).await,
                 };
                 resp.headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -252,9 +252,12 @@ fn require_csrf(csrf: &Header<Option<String>>) -> Result<(), ApiError> {
     }
 }
 
+/// The description of every `invalid_target` answer of `POST /auth/token`.
+const NOT_MINTABLE: &str = "no token profile page script may mint has this name or audience (a proxied route's profile needs `browser = true`)";
+
 fn store_unavailable(e: StoreError) -> ApiError {
-    tracing::error!(error = %e, "session store failure");
-    ApiError::unavailable("the session store is unavailable", 5)
+    e.log("request");
+    ApiError::unavailable(e.public_reason(), 5)
 }
 
 fn ave_unavailable(e: &AveError) -> ApiError {
@@ -320,7 +323,9 @@ fn pending_login(req: &Request, sealer: &Sealer, now: UnixTime) -> Result<Pendin
 impl From<SelectError> for ApiError {
     fn from(e: SelectError) -> Self {
         if e.is_invalid_target() {
-            ApiError::bad_request("invalid_target", e.to_string())
+            // One answer for an unknown profile or audience and one page script may not mint (a proxied route's):
+            // script cannot tell which exist.
+            ApiError::forbidden("invalid_target", NOT_MINTABLE)
         } else {
             ApiError::invalid_request(e.to_string())
         }
@@ -496,11 +501,13 @@ impl AuthApi {
     /// (never a redirect), whatever the body names, so profiles and audiences
     /// cannot be probed without a session. The optional JSON body picks the token
     /// profile by `audience` or `profile`; no body (or `{}`) mints the default
-    /// profile. With a session, an unknown audience or profile is 400
-    /// `invalid_target` (never a token for something else); both given but
-    /// naming different profiles is 400 `invalid_request`. A failing claims hook whose policy is `deny` is 503
-    /// `temporarily_unavailable`; a token over the configured size limit is 500
-    /// `server_error`.
+    /// profile. Only profiles page script may mint are served: by default every profile except those a proxied
+    /// route attaches (a profile says `browser = true` to be mintable anyway). With a session, an unknown
+    /// audience or profile and one page script may not mint are the same 403 `invalid_target` (never a token for
+    /// something else); both given but naming different profiles is 400 `invalid_request`. With
+    /// `AVEMINT_TOKEN_ENDPOINT=off` (proxy-only deployments) this endpoint does not exist: 404 `not_found`. A
+    /// failing claims hook whose policy is `deny` is 503 `temporarily_unavailable`; a token over the configured
+    /// size limit is 500 `server_error`.
     #[oai(path = "/token", method = "post")]
     async fn token(
         &self,
@@ -519,7 +526,7 @@ impl AuthApi {
         let profile = state
             .minter
             .profiles()
-            .select(
+            .select_for_browser(
                 target.and_then(|t| t.profile.as_deref()),
                 target.and_then(|t| t.audience.as_deref()),
             )

@@ -12,8 +12,11 @@ use poem::{IntoResponse, Response};
 
 use super::security::Refusal;
 
-/// Methods the API uses.
-pub(crate) const ALLOW_METHODS: &str = "GET, POST, DELETE";
+/// Methods the API uses (`DELETE /auth/sessions/{id}` included; `HEAD` is answered as `GET`): a preflight asking
+/// for one of them is allowed.
+const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "DELETE"];
+/// `METHODS` as `Access-Control-Allow-Methods` lists them.
+pub(crate) const ALLOW_METHODS: &str = "GET, HEAD, POST, DELETE";
 /// Request headers a browser may send cross-origin.
 pub(crate) const ALLOW_HEADERS: &str = "X-CSRF, Content-Type";
 /// How long a browser may cache a preflight answer, seconds.
@@ -98,7 +101,7 @@ pub(crate) fn preflight(allowed: &AllowedOrigins, headers: &HeaderMap) -> Respon
     let method_ok = headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| matches!(m, "GET" | "POST" | "HEAD"));
+        .is_some_and(|m| METHODS.contains(&m));
     let mut resp = match (origin, method_ok) {
         (Some(origin), true) => {
             let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -177,6 +180,11 @@ mod tests {
     }
 
     #[test]
+    fn the_allowed_methods_header_lists_every_method_a_preflight_accepts() {
+        assert_eq!(ALLOW_METHODS, METHODS.join(", "));
+    }
+
+    #[test]
     fn preflight_answers() {
         let a = AllowedOrigins::parse("https://app.example.com").expect("valid");
         let ok = preflight(
@@ -201,14 +209,18 @@ mod tests {
         );
         assert_eq!(denied.status(), StatusCode::FORBIDDEN);
         assert!(!denied.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
-        let wrong_method = preflight(
-            &a,
-            &headers(&[
-                ("origin", "https://app.example.com"),
-                ("access-control-request-method", "DELETE"),
-            ]),
-        );
-        assert_eq!(wrong_method.status(), StatusCode::FORBIDDEN);
+        let method = |m: &'static str| {
+            preflight(
+                &a,
+                &headers(&[
+                    ("origin", "https://app.example.com"),
+                    ("access-control-request-method", m),
+                ]),
+            )
+            .status()
+        };
+        assert_eq!(method("DELETE"), StatusCode::NO_CONTENT, "DELETE /auth/sessions/{{id}}");
+        assert_eq!(method("PUT"), StatusCode::FORBIDDEN, "a method the API does not have");
         let two = headers(&[
             ("origin", "https://app.example.com"),
             ("origin", "https://evil.example"),

@@ -21,15 +21,16 @@ pub(crate) struct ErrorBody {
 #[derive(Debug, ApiResponse)]
 #[oai(bad_request_handler = "bad_request")]
 pub(crate) enum ApiError {
-    /// The request is malformed or failed a check (`invalid_request`, `invalid_grant`, `invalid_token`), or
-    /// names an audience or token profile that is not configured (`invalid_target`).
+    /// The request is malformed or failed a check (`invalid_request`, `invalid_grant`, `invalid_token`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No valid session (`login_required`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
     /// Refused: missing CSRF header or a cross-origin request from an origin that is not allowed
-    /// (`invalid_request`), or sign-in declined at Ave (`access_denied`).
+    /// (`invalid_request`), sign-in declined at Ave (`access_denied`), or a token for an audience or profile that
+    /// page script may not mint: not configured, or a proxied route's without `browser = true` (`invalid_target`,
+    /// the same answer for both).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).

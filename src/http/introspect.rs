@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 use super::errors::ErrorBody;
 use super::{ApiTags, AppState};
 use crate::introspection::{self, Answer, ClientError};
+use crate::session::StoreError;
+use crate::traffic::client_ip::ClientIp;
+use crate::traffic::rate_limit::CredentialVerdict;
 
 /// The introspection endpoint.
 pub(crate) struct IntrospectApi;
@@ -46,6 +49,10 @@ pub(crate) enum IntrospectResponse {
     /// Missing or wrong client credentials, or a profile without introspection (`invalid_client`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// Wrong credentials again after the client's network (IPv4 /24, IPv6 /64 and /48) had 20 wrong ones within a
+    /// minute (`rate_limited`, with `Retry-After`): until they age out. Right credentials are never limited.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
     /// The body is not `application/x-www-form-urlencoded` (`invalid_request`). Answered by the framework before
     /// the handler runs (`errors::catch_all`); listed so the document names every answer.
     #[oai(status = 415)]
@@ -63,14 +70,28 @@ fn error(code: &str, description: &str) -> Json<ErrorBody> {
     })
 }
 
-fn invalid_client() -> IntrospectResponse {
-    IntrospectResponse::Unauthorized(
-        error(
-            "invalid_client",
-            "authenticate with HTTP Basic: a token profile's name and its introspection secret",
+/// The answer to wrong (or missing) client credentials from `client`: 401, or 429 once its network is past the
+/// limit (`CredentialLimiter`).
+async fn invalid_client(state: &AppState, client: &ClientIp) -> IntrospectResponse {
+    match state.introspect_limiter.failed(client.0).await {
+        CredentialVerdict::Rejected => IntrospectResponse::Unauthorized(
+            error(
+                "invalid_client",
+                "authenticate with HTTP Basic: a token profile's name and its introspection secret",
+            ),
+            "Basic realm=\"avemint\", charset=\"UTF-8\"".to_owned(),
         ),
-        "Basic realm=\"avemint\", charset=\"UTF-8\"".to_owned(),
-    )
+        CredentialVerdict::Limited(retry_after) => {
+            let secs = retry_after.as_secs();
+            IntrospectResponse::TooManyRequests(
+                Json(ErrorBody {
+                    error: "rate_limited".to_owned(),
+                    error_description: format!("too many wrong credentials from this network; try again in {secs} s"),
+                }),
+                secs.to_string(),
+            )
+        }
+    }
 }
 
 /// Why an `Authorization` header is not usable Basic credentials.
@@ -114,13 +135,14 @@ impl IntrospectApi {
     async fn introspect(
         &self,
         state: Data<&Arc<AppState>>,
+        client: Data<&ClientIp>,
         /// `Basic base64(urlencode(profile) ":" urlencode(secret))`.
         #[oai(name = "Authorization")]
         authorization: Header<Option<String>>,
         body: Form<IntrospectRequest>,
     ) -> IntrospectResponse {
         let Some(Ok((client_id, secret))) = authorization.0.as_deref().map(parse_basic) else {
-            return invalid_client();
+            return invalid_client(&state, &client).await;
         };
         let secret = zeroize::Zeroizing::new(secret);
         let audience = match introspection::authenticate(&state.minter, &client_id, &secret) {
@@ -133,7 +155,7 @@ impl IntrospectApi {
                     ClientError::WrongSecret => "wrong secret",
                 };
                 tracing::info!(profile = client_id.as_str(), reason, "introspection caller refused");
-                return invalid_client();
+                return invalid_client(&state, &client).await;
             }
         };
         let Some(token) = body.0.token.filter(|t| !t.is_empty()) else {
@@ -163,6 +185,10 @@ impl IntrospectApi {
             Ok(Answer::Inactive(why)) => {
                 tracing::debug!(profile = client_id.as_str(), reason = ?why, "introspected token is inactive");
                 IntrospectResponse::Ok(Json(json!({"active": false})))
+            }
+            Err(e @ StoreError::KeyNotHeld(_)) => {
+                e.log("introspection");
+                IntrospectResponse::Unavailable(error("temporarily_unavailable", e.public_reason()), "5".to_owned())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "introspection could not read the session store");

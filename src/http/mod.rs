@@ -52,6 +52,8 @@ pub(crate) struct AppState {
     pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
     pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
+    /// Limits wrong introspection credentials per client network (429 past the limit).
+    pub introspect_limiter: crate::traffic::rate_limit::CredentialLimiter,
     /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
@@ -148,6 +150,11 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         }
         security::Docs::Off => route,
     };
+    // `AVEMINT_TOKEN_ENDPOINT=off` removes `POST /auth/token` (404 like any unknown path).
+    let route = match state.security.token_endpoint {
+        security::TokenEndpoint::On => route,
+        security::TokenEndpoint::Off => route.at(Route::Token.path(), not_found),
+    };
     let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router;
     // so are the proxied routes, whose prefixes overlap none of the router's paths.
@@ -167,6 +174,12 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
             let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
             async move { Ok(respond(ep, req, mode, &guard, &allow, &state.proxy).await) }
         })
+}
+
+/// A path that is switched off: the JSON 404 of any unknown path.
+#[poem::handler]
+fn not_found() -> poem::Result<()> {
+    Err(poem::error::NotFoundError.into())
 }
 
 /// The ops listener's application (`AVEMINT_OPS_LISTEN`): `/metrics`, `/healthz` and `/readyz`, the same

@@ -151,11 +151,34 @@ pub enum Docs {
 impl Docs {
     /// `on` or `off` (also `true`/`false`, `1`/`0`).
     pub(crate) fn parse(raw: &str) -> Result<Self, String> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "on" | "true" | "1" => Ok(Self::On),
-            "off" | "false" | "0" => Ok(Self::Off),
-            _ => Err("must be `on` or `off`".into()),
-        }
+        on_off(raw).map(|on| if on { Self::On } else { Self::Off })
+    }
+}
+
+/// `AVEMINT_TOKEN_ENDPOINT` (`token_endpoint`): whether `POST /auth/token` exists. Off for proxy-only deployments,
+/// whose page script never holds an app JWT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// Served (the default): page script mints the profiles that allow it (`browser`).
+    #[default]
+    On,
+    /// Not served (404): no profile is mintable by page script.
+    Off,
+}
+
+impl TokenEndpoint {
+    /// `on` or `off` (also `true`/`false`, `1`/`0`).
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
+        on_off(raw).map(|on| if on { Self::On } else { Self::Off })
+    }
+}
+
+/// A switch: `on`/`true`/`1` or `off`/`false`/`0` (any case).
+pub(crate) fn on_off(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err("must be `on` or `off`".into()),
     }
 }
 
@@ -166,6 +189,8 @@ pub struct SecuritySettings {
     pub connection_timeouts: crate::server::ConnectionTimeouts,
     /// `AVEMINT_DOCS`: serve `/docs` and `/openapi.json` or not.
     pub docs: Docs,
+    /// `AVEMINT_TOKEN_ENDPOINT`: serve `POST /auth/token` or not.
+    pub token_endpoint: TokenEndpoint,
     /// `AVEMINT_ALLOWED_ORIGINS`: other origins whose scripts may call `/auth/*` with credentials.
     pub allowed_origins: AllowedOrigins,
     /// `AVEMINT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (or `Forwarded`) is believed.

@@ -6,6 +6,11 @@
 //! profile, `default`, built from `AVEMINT_TOKEN_AUDIENCE`, `AVEMINT_TOKEN_TTL`
 //! and `AVEMINT_TOKEN_CLAIMS`; more profiles come from the config file.
 //!
+//! Page script mints through `/auth/token` only the profiles that allow it
+//! (`browser`): by default every profile but those a proxied route attaches
+//! (proxy mode promises their tokens never reach the page). Any other name,
+//! audience or default is answered like an unknown one (`SelectError`).
+//!
 //! `ProfileSpec` is one profile's validated configuration and `TokenSettings`
 //! the whole set (never empty, exactly one default; plain data, made by
 //! `config`); `Profiles` is what the minter uses at run time (with live hooks).
@@ -67,6 +72,20 @@ impl TokenSettings {
     pub fn max_token_bytes(&self) -> usize {
         self.max_token_bytes
     }
+
+    /// Settles each profile's `browser` the configuration left unsaid: false for a profile a proxied route
+    /// attaches (`route_profiles`: each route's profile name, `None` for the default profile), true otherwise.
+    pub(crate) fn settle_browser<'a>(mut self, route_profiles: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let default = self.default_profile().name.clone();
+        let used: Vec<String> = route_profiles
+            .into_iter()
+            .map(|p| p.unwrap_or(&default).to_owned())
+            .collect();
+        for p in &mut self.profiles {
+            p.browser = Some(p.browser.unwrap_or(!used.contains(&p.name)));
+        }
+        self
+    }
 }
 
 /// One configured profile.
@@ -88,6 +107,9 @@ pub struct ProfileSpec {
     /// profile (HTTP Basic, the profile name as client id); `None`: this
     /// profile cannot introspect.
     pub introspection_secret: Option<Secret<String>>,
+    /// `browser`: page script may mint it through `POST /auth/token`. `None`: not configured, settled by
+    /// `TokenSettings::settle_browser` (false for a route's profile, true otherwise).
+    pub browser: Option<bool>,
 }
 
 /// Checks a profile name: 1–64 of `A-Z a-z 0-9 . _ -`.
@@ -140,17 +162,23 @@ pub struct Profile {
     pub hook: Option<Hook>,
     /// See `ProfileSpec::introspection_secret`.
     pub introspection_secret: Option<Secret<String>>,
+    /// Page script may mint it through `POST /auth/token` (see `ProfileSpec::browser`).
+    pub browser: bool,
 }
 
 /// Why a request's target names no profile.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum SelectError {
-    /// Maps to 400 `invalid_target`.
+    /// Maps to 403 `invalid_target`.
     #[error("no token profile has this audience")]
     UnknownAudience,
-    /// Maps to 400 `invalid_target`.
+    /// Maps to 403 `invalid_target`.
     #[error("no token profile has this name")]
     UnknownProfile,
+    /// The default profile (no name, no audience asked for) is not one page script may mint. Maps to 403
+    /// `invalid_target`.
+    #[error("the default token profile is not mintable here")]
+    DefaultNotMintable,
     /// Maps to 400 `invalid_request`.
     #[error("profile `{0}` does not have the requested audience; send one of `profile` or `audience`")]
     Inconsistent(String),
@@ -159,7 +187,10 @@ pub(crate) enum SelectError {
 impl SelectError {
     /// True for the errors that are RFC 8707 `invalid_target`.
     pub(crate) fn is_invalid_target(&self) -> bool {
-        matches!(self, Self::UnknownAudience | Self::UnknownProfile)
+        matches!(
+            self,
+            Self::UnknownAudience | Self::UnknownProfile | Self::DefaultNotMintable
+        )
     }
 }
 
@@ -183,6 +214,7 @@ impl Profiles {
                     claims: spec.claims.clone(),
                     hook: spec.hook.as_ref().map(|h| Hook::new(h, &spec.name)).transpose()?,
                     introspection_secret: spec.introspection_secret.clone(),
+                    browser: spec.browser.unwrap_or(true),
                 })
             })
             .collect::<Result<_, HookError>>()?;
@@ -207,24 +239,50 @@ impl Profiles {
         self.list.iter().find(|p| p.name == name)
     }
 
-    /// The profile whose tokens have audience `audience`, if any.
-    pub(crate) fn by_audience(&self, audience: &str) -> Option<&Profile> {
-        self.list.iter().find(|p| p.audience == audience)
+    /// The names of the profiles page script may mint (`browser`), in configuration order.
+    pub(crate) fn browser_names(&self) -> Vec<&str> {
+        self.list
+            .iter()
+            .filter(|p| p.browser)
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// Picks the profile a request asks for: by name, by audience, both (which
     /// must agree) or neither (the default). Never falls back to another profile.
     pub(crate) fn select(&self, profile: Option<&str>, audience: Option<&str>) -> Result<&Profile, SelectError> {
+        self.select_among(profile, audience, |_| true)
+    }
+
+    /// `select` for page script (`POST /auth/token`): a profile that is not `browser` is answered exactly as one
+    /// that does not exist, so script cannot tell them apart.
+    pub(crate) fn select_for_browser(
+        &self,
+        profile: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<&Profile, SelectError> {
+        self.select_among(profile, audience, |p| p.browser)
+    }
+
+    fn select_among(
+        &self,
+        profile: Option<&str>,
+        audience: Option<&str>,
+        visible: impl Fn(&Profile) -> bool,
+    ) -> Result<&Profile, SelectError> {
+        let find = |matches: &dyn Fn(&Profile) -> bool| self.list.iter().find(|p| matches(p) && visible(p));
         let by_name = profile
-            .map(|n| self.by_name(n).ok_or(SelectError::UnknownProfile))
+            .map(|n| find(&|p| p.name == n).ok_or(SelectError::UnknownProfile))
             .transpose()?;
         let by_audience = audience
-            .map(|a| self.by_audience(a).ok_or(SelectError::UnknownAudience))
+            .map(|a| find(&|p| p.audience == a).ok_or(SelectError::UnknownAudience))
             .transpose()?;
         match (by_name, by_audience) {
             (Some(p), Some(q)) if p.name != q.name => Err(SelectError::Inconsistent(p.name.clone())),
             (Some(p), _) | (None, Some(p)) => Ok(p),
-            (None, None) => Ok(self.default_profile()),
+            (None, None) => Some(self.default_profile())
+                .filter(|p| visible(p))
+                .ok_or(SelectError::DefaultNotMintable),
         }
     }
 }
@@ -242,6 +300,7 @@ mod tests {
             default,
             hook: None,
             introspection_secret: None,
+            browser: None,
         }
     }
 
@@ -294,6 +353,59 @@ mod tests {
         // Names and audiences are matched exactly.
         assert!(p.select(None, Some("https://web/")).is_err());
         assert!(p.select(Some("WEB"), None).is_err());
+    }
+
+    #[test]
+    fn route_profiles_are_not_mintable_by_page_script_unless_they_say_so() {
+        let mut said = spec("said", "https://said", false);
+        said.browser = Some(true);
+        let mut unsaid = spec("off", "https://off", false);
+        unsaid.browser = Some(false);
+        let token = settings(vec![
+            spec("web", "https://web", true),
+            spec("orders", "orders-api", false),
+            said,
+            unsaid,
+        ])
+        .settle_browser([Some("orders"), Some("said")]);
+        let p = Profiles::build(&token).expect("builds");
+        assert_eq!(p.browser_names(), ["web", "said"]);
+        let name = |r: Result<&Profile, SelectError>| r.map(|p| p.name.clone());
+        assert_eq!(name(p.select_for_browser(None, None)), Ok("web".into()));
+        assert_eq!(name(p.select_for_browser(Some("said"), None)), Ok("said".into()));
+        // A route's profile is answered as an unknown one, by name or by audience, and mixing names does not
+        // reveal it either.
+        assert_eq!(
+            name(p.select_for_browser(Some("orders"), None)),
+            Err(SelectError::UnknownProfile)
+        );
+        assert_eq!(
+            name(p.select_for_browser(Some("nope"), None)),
+            Err(SelectError::UnknownProfile)
+        );
+        assert_eq!(
+            name(p.select_for_browser(None, Some("orders-api"))),
+            Err(SelectError::UnknownAudience)
+        );
+        assert_eq!(
+            name(p.select_for_browser(Some("web"), Some("orders-api"))),
+            Err(SelectError::UnknownAudience)
+        );
+        assert_eq!(
+            name(p.select_for_browser(Some("off"), None)),
+            Err(SelectError::UnknownProfile)
+        );
+        // The proxy still mints it.
+        assert_eq!(name(p.select(Some("orders"), None)), Ok("orders".into()));
+        // A route with no `profile` attaches the default one, which then is not mintable by script.
+        let token = settings(vec![spec("web", "https://web", true)]).settle_browser([None]);
+        let p = Profiles::build(&token).expect("builds");
+        assert_eq!(
+            name(p.select_for_browser(None, None)),
+            Err(SelectError::DefaultNotMintable)
+        );
+        assert!(p.browser_names().is_empty());
+        assert_eq!(name(p.select(None, None)), Ok("web".into()));
     }
 
     #[test]

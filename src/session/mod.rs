@@ -9,7 +9,12 @@
 //!
 //! What decides expiry is authenticated: `created_at` is part of the sealed
 //! record's associated data and `last_seen_at` carries an HMAC, so a row whose
-//! timestamps were edited in the database is refused (and deleted). Rows
+//! timestamps were edited in the database is refused (and deleted). The sealed
+//! record and the MAC name the key they were made with (`sealer::KeyId`): a
+//! row that fails under a key this instance holds is tampered with and
+//! deleted; a row made with a key it does not hold (another instance already
+//! knows a newer key, mid-rotation) is refused with `StoreError::KeyNotHeld`
+//! (a 503 for that request, one `warn` per key id) and kept. Rows
 //! written before this (sealed with the row key alone, no `seen_mac`) are
 //! still accepted, provided neither timestamp lies in the future; their next
 //! token renewal re-seals them with `created_at` bound in, and their next
@@ -32,7 +37,8 @@ pub(crate) mod sql;
 pub(crate) mod sqlite;
 pub(crate) mod store;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -46,6 +52,7 @@ pub use id::{SessionHandle, SessionId, SessionRowKey};
 pub use manage::SessionSummary;
 pub use renew::RenewalSettings;
 pub(crate) use renew::{RenewError, Renewer};
+use sealer::{KeyId, MacCheck};
 pub use sealer::{Purpose, Sealer, SealingKeys, SessionCrypto};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{
@@ -181,10 +188,15 @@ enum LoadMiss {
     Store(#[from] StoreError),
 }
 
+/// Key ids this instance has warned it lacks are remembered up to this many (a row's key id is whatever is
+/// stored, so this bounds memory; past it, each new id is logged at `debug`).
+const UNKNOWN_KEYS_WARNED: usize = 64;
+
 /// Why a stored row was refused.
 enum Refused {
-    /// Sealed with a session key that is no longer configured.
-    UnknownKey,
+    /// Sealed or MAC'd with a session key this instance does not hold: the key id (`None` for a MAC from before
+    /// key ids that no configured key verifies).
+    UnknownKey(Option<KeyId>),
     /// Its data or timestamps are not what avemint wrote.
     Tampered(&'static str),
 }
@@ -204,6 +216,8 @@ pub struct Sessions {
     sid_rows: Cache<String, Option<SessionRowKey>>,
     /// Decides expiry, activity and renewal timing.
     clock: Clock,
+    /// The key ids this instance already warned it lacks (each is logged once at `warn`).
+    unknown_keys: Mutex<HashSet<Option<KeyId>>>,
 }
 
 impl Sessions {
@@ -262,6 +276,7 @@ impl Sessions {
             settings,
             cache,
             clock,
+            unknown_keys: Mutex::new(HashSet::new()),
         }
     }
 
@@ -333,6 +348,7 @@ impl Sessions {
             Ok(s) => Ok(Some(s)),
             Err(e) => match e.as_ref() {
                 LoadMiss::Absent => Ok(None),
+                LoadMiss::Store(StoreError::KeyNotHeld(id)) => Err(StoreError::KeyNotHeld(id.clone())),
                 LoadMiss::Store(e) => Err(StoreError::Unavailable(e.to_string())),
             },
         }
@@ -397,17 +413,20 @@ impl Sessions {
         Ok(session.is_some_and(|s| !s.is_expired(now) && s.data.sid.as_str() == sid && s.data.sub == sub))
     }
 
-    /// The row key of `sub`'s live session whose `sid` is `sid`, through the per-user index.
+    /// The row key of `sub`'s live session whose `sid` is `sid`, through the per-user index. A row this instance
+    /// cannot open for want of a key is skipped; if no other row is the one, that is the answer (`KeyNotHeld`),
+    /// not "no such session".
     async fn find_by_sid(&self, sub: &str, sid: &str, now: UnixTime) -> Result<Option<SessionRowKey>, StoreError> {
+        let mut not_held = None;
         for row in self.store.sessions_of(&self.owner_keys(sub)).await? {
-            if let Some(s) = self.read_at(&row.key, now).await?
-                && s.data.sid.as_str() == sid
-                && s.data.sub == sub
-            {
-                return Ok(Some(row.key));
+            match self.read_at(&row.key, now).await {
+                Ok(Some(s)) if s.data.sid.as_str() == sid && s.data.sub == sub => return Ok(Some(row.key)),
+                Ok(_) => {}
+                Err(e @ StoreError::KeyNotHeld(_)) => not_held = Some(e),
+                Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        not_held.map_or(Ok(None), Err)
     }
 
     /// The per-user index values of a user: one per configured session key, the current one first.
@@ -450,7 +469,7 @@ impl Sessions {
             access_expires_at: data.tokens.access_expires_at,
             refresh_started_at: None,
             owner: owners.first().copied(),
-            seen_mac: Some(self.crypto().seen.tag(&seen_message(&key, now, now)).to_vec()),
+            seen_mac: Some(self.crypto().seen.stamp(&seen_message(&key, now, now))),
             handle: self.handle_keys(data.sid.as_str()).first().copied(),
         };
         self.store.insert(&row).await?;
@@ -472,10 +491,11 @@ impl Sessions {
     }
 
     /// Loads a live session from the store, bypassing the cache. Expired
-    /// sessions are deleted and reported as absent; rows that cannot be opened
-    /// (unknown key) are reported as absent and left alone; rows that were
-    /// tampered with (timestamps edited, data forged) or cannot be read are
-    /// reported as absent with an error logged, and tampered ones deleted.
+    /// sessions are deleted and reported as absent; rows made with a key this
+    /// instance does not hold are refused with `StoreError::KeyNotHeld` and left
+    /// alone; rows that were tampered with (timestamps edited, data forged, under
+    /// a key this instance holds) or cannot be read are reported as absent with
+    /// an error logged, and tampered ones deleted.
     pub async fn load(&self, key: &SessionRowKey) -> Result<Option<Session>, StoreError> {
         self.load_at(key, self.now()).await
     }
@@ -485,7 +505,7 @@ impl Sessions {
             return Ok(None);
         };
         if now.saturating_duration_since(session.last_seen_at) >= TOUCH_INTERVAL {
-            let mac = self.crypto().seen.tag(&seen_message(key, session.created_at, now));
+            let mac = self.crypto().seen.stamp(&seen_message(key, session.created_at, now));
             self.store.touch(key, now, &mac).await?;
             session.last_seen_at = now;
         }
@@ -511,10 +531,7 @@ impl Sessions {
         }
         let plain = match self.open_row(&row, now) {
             Ok(p) => p,
-            Err(Refused::UnknownKey) => {
-                tracing::warn!(session = ?key, "stored session was sealed with a key that is no longer configured");
-                return Ok(None);
-            }
+            Err(Refused::UnknownKey(id)) => return Err(self.key_not_held(id)),
             Err(Refused::Tampered(why)) => {
                 tracing::error!(session = ?key, reason = why, "stored session was tampered with; refusing and deleting it");
                 self.delete(key).await?;
@@ -537,22 +554,48 @@ impl Sessions {
         }))
     }
 
+    /// The error for a row made with a key this instance lacks, warning once per key id.
+    fn key_not_held(&self, id: Option<KeyId>) -> StoreError {
+        let label = id.map_or_else(
+            || "unrecorded (a MAC from before key ids)".to_owned(),
+            |id| id.to_string(),
+        );
+        let first = {
+            let mut warned = self.unknown_keys.lock().unwrap_or_else(PoisonError::into_inner);
+            warned.len() < UNKNOWN_KEYS_WARNED && warned.insert(id)
+        };
+        if first {
+            tracing::warn!(
+                key_id = %label,
+                "a stored session was written under a session key this instance does not hold; refusing it for now \
+                 and keeping it (add that key to AVEMINT_SESSION_KEYS; see README, Rotating secrets)"
+            );
+        } else {
+            tracing::debug!(key_id = %label, "a stored session was written under a session key this instance does not hold");
+        }
+        StoreError::KeyNotHeld(label)
+    }
+
     /// Opens a row's sealed record, checking that its timestamps are the ones it was written with.
     fn open_row(&self, row: &StoredSession, now: UnixTime) -> Result<zeroize::Zeroizing<Vec<u8>>, Refused> {
         let key = &row.key;
         let crypto = self.crypto();
-        let seen_ok = |mac: &[u8]| {
-            crypto
+        let seen = |mac: &[u8]| -> Result<(), Refused> {
+            match crypto
                 .seen
-                .verify(&seen_message(key, row.created_at, row.last_seen_at), mac)
+                .check(&seen_message(key, row.created_at, row.last_seen_at), mac)
+            {
+                MacCheck::Valid => Ok(()),
+                MacCheck::Invalid => Err(Refused::Tampered("last_seen_at does not match its MAC")),
+                MacCheck::UnknownKey(id) => Err(Refused::UnknownKey(id)),
+            }
         };
         match crypto.store.open(&record_aad(key, row.created_at), &row.sealed) {
             Ok(plain) => match row.seen_mac.as_deref() {
-                Some(mac) if seen_ok(mac) => Ok(plain),
-                Some(_) => Err(Refused::Tampered("last_seen_at does not match its MAC")),
+                Some(mac) => seen(mac).map(|()| plain),
                 None => Err(Refused::Tampered("last_seen_at has no MAC")),
             },
-            Err(sealer::OpenError::UnknownKey) => Err(Refused::UnknownKey),
+            Err(sealer::OpenError::UnknownKey(id)) => Err(Refused::UnknownKey(Some(id))),
             Err(_) => {
                 // Written before timestamps were authenticated: sealed with the row key alone.
                 let Ok(plain) = crypto.store.open(key.as_bytes(), &row.sealed) else {
@@ -562,8 +605,8 @@ impl Sessions {
                     return Err(Refused::Tampered("a timestamp of an older row lies in the future"));
                 }
                 match row.seen_mac.as_deref() {
-                    Some(mac) if !seen_ok(mac) => Err(Refused::Tampered("last_seen_at does not match its MAC")),
-                    _ => Ok(plain),
+                    Some(mac) => seen(mac).map(|()| plain),
+                    None => Ok(plain),
                 }
             }
         }
@@ -791,6 +834,54 @@ mod tests {
             .await
             .expect("insert");
         assert!(s.load_at(&future_seen, t(500)).await.expect("load").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_row_made_with_a_key_not_held_is_refused_and_kept_and_one_failing_a_held_key_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store: Arc<dyn SessionStore> = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(1000),
+            lifetime: Duration::from_secs(10_000),
+            max_sessions_per_user: 0,
+        };
+        let on = |keys: Vec<[u8; 32]>| {
+            Sessions::with_store(
+                store.clone(),
+                &SealingKeys::from_keys(keys),
+                settings.clone(),
+                Duration::ZERO,
+                Clock::System,
+            )
+        };
+        let (old, rotated) = (on(vec![[5; 32]]), on(vec![[6; 32], [5; 32]]));
+        let new_id = SealingKeys::from_keys(vec![[6; 32]]).ids()[0].to_string();
+        let id = old.create_at(&data("u"), t(100)).await.expect("create");
+        let key = id.key();
+        // The instance with the new key records activity (a MAC under the new key)…
+        assert!(rotated.load_at(&key, t(200)).await.expect("load").is_some());
+        // …which the other cannot verify: refused for now, named, kept.
+        match old.load_at(&key, t(210)).await {
+            Err(StoreError::KeyNotHeld(id)) => assert_eq!(id, new_id),
+            other => panic!("expected KeyNotHeld, got {:?}", other.map(|s| s.is_some())),
+        }
+        assert!(store.get(&key).await.expect("get").is_some(), "kept");
+        // A renewal re-seals under the new key: the same.
+        let s = rotated.load_at(&key, t(220)).await.expect("load").expect("live");
+        rotated.replace(&s, data("u")).await.expect("replace").expect("swapped");
+        assert!(matches!(
+            old.load_at(&key, t(230)).await,
+            Err(StoreError::KeyNotHeld(_))
+        ));
+        assert!(store.get(&key).await.expect("get").is_some(), "kept");
+        // Once it knows the new key, it serves the session.
+        let caught_up = on(vec![[6; 32], [5; 32]]);
+        assert!(caught_up.load_at(&key, t(240)).await.expect("load").is_some());
+        // An edited timestamp fails under a key the instance holds: refused and deleted.
+        tamper(&rotated, &key, |r| r.last_seen_at += Duration::from_secs(5)).await;
+        assert!(caught_up.load_at(&key, t(250)).await.expect("load").is_none());
+        assert!(store.get(&key).await.expect("get").is_none(), "deleted");
     }
 
     #[tokio::test]

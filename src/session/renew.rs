@@ -105,9 +105,9 @@ pub(crate) enum RenewError {
 
 impl From<StoreError> for RenewError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "session store failure during renewal");
+        e.log("renewal");
         RenewError::Unavailable {
-            reason: "the session store is unavailable".into(),
+            reason: e.public_reason().into(),
             retry_after: Duration::from_secs(5),
         }
     }

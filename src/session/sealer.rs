@@ -9,6 +9,14 @@
 //! `Macer` derives HMAC-SHA256 keys the same way for data that must be
 //! authenticated but not hidden (a session's last-seen time) or that must be
 //! indexable without being readable (the per-user session index).
+//!
+//! Each configured key has one public id (`KeyId`): the 8 bytes a stored
+//! session's sealed record starts with (after the version byte). A stamped MAC
+//! (`Macer::stamp`) carries the same id, `MAC_FORMAT (1) || key id (8) || tag
+//! (32)`, so an instance that cannot verify a MAC knows whether it failed under
+//! a key it holds (tampering) or comes from a key it does not hold (yet): a
+//! rolling rotation. MACs written before key ids existed are the bare 32-byte
+//! tag; they still verify under any configured key.
 
 use std::fmt;
 
@@ -73,6 +81,43 @@ impl SealingKeys {
     pub(crate) fn keys(&self) -> &[Secret<[u8; 32]>] {
         &self.0
     }
+
+    /// The public id of each key, the sealing one first (what stored sessions and their MACs carry).
+    pub(crate) fn ids(&self) -> Vec<KeyId> {
+        self.0
+            .iter()
+            .map(|k| derive(k, Purpose::SessionStore.info()).1)
+            .collect()
+    }
+}
+
+/// The public id of a session key: 8 bytes derived from it (HKDF-SHA256), shown as 16 hex digits. Stored
+/// sessions' sealed records and `last_seen_at` MACs carry it, and logs name a key this instance lacks by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub(crate) [u8; KEY_ID_LEN]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// HKDF-SHA256 of one configured key for one purpose: the derived 32-byte key and its id.
+fn derive(key: &Secret<[u8; 32]>, info: &[u8]) -> (zeroize::Zeroizing<[u8; 32]>, KeyId) {
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
+    let prk = salt.extract(key.expose());
+    let mut derived = zeroize::Zeroizing::new([0u8; 32]);
+    let mut id_bytes = [0u8; 32];
+    // Both expansions have fixed, valid lengths and cannot fail.
+    prk.expand(&[info], Len32)
+        .and_then(|okm| okm.fill(derived.as_mut()))
+        .expect("HKDF expansion to 32 bytes");
+    prk.expand(&[info, b"/key-id"], Len32)
+        .and_then(|okm| okm.fill(&mut id_bytes))
+        .expect("HKDF expansion to 32 bytes");
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&id_bytes[..KEY_ID_LEN]);
+    (derived, KeyId(id))
 }
 
 fn decode_any_base64(s: &str) -> Option<Vec<u8>> {
@@ -128,27 +173,36 @@ impl MacPurpose {
 /// HMAC-SHA256 under keys derived (HKDF-SHA256) from every configured session
 /// key: the first key tags, every key verifies.
 pub struct Macer {
-    keys: Vec<hmac::Key>,
+    keys: Vec<(KeyId, hmac::Key)>,
 }
 
 /// Length of a `Macer` tag.
 pub(crate) const MAC_LEN: usize = 32;
+/// The first byte of a stamped MAC (`Macer::stamp`): the layout with the key id.
+const MAC_FORMAT: u8 = 1;
+
+/// What checking a MAC found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MacCheck {
+    /// Made by a configured key over this message.
+    Valid,
+    /// Made by a configured key, but not over this message (or malformed): the data was changed.
+    Invalid,
+    /// Possibly made by a key this instance does not hold: the stamped id (`None` for a MAC from before key ids,
+    /// which no configured key verifies).
+    UnknownKey(Option<KeyId>),
+}
 
 impl Macer {
     /// Derives the HMAC keys for `purpose` from every configured key.
     pub(crate) fn new(keys: &SealingKeys, purpose: MacPurpose) -> Self {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
         let keys = keys
             .keys()
             .iter()
-            .map(|k| {
-                let prk = salt.extract(k.expose());
-                let info = [purpose.info()];
-                // A one-element info list and HMAC-SHA256's key length: this expansion cannot fail.
-                let okm = prk
-                    .expand(&info, hmac::HMAC_SHA256)
-                    .expect("HKDF expansion to an HMAC-SHA256 key");
-                hmac::Key::from(okm)
+            .zip(keys.ids())
+            .map(|(k, id)| {
+                let (derived, _) = derive(k, purpose.info());
+                (id, hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
             })
             .collect();
         Self { keys }
@@ -156,17 +210,46 @@ impl Macer {
 
     /// The tag of `msg` under the current (first) key.
     pub(crate) fn tag(&self, msg: &[u8]) -> [u8; MAC_LEN] {
-        to_array(hmac::sign(&self.keys[0], msg))
+        to_array(hmac::sign(&self.keys[0].1, msg))
     }
 
     /// The tags of `msg` under every configured key, the current one first.
     pub(crate) fn tags(&self, msg: &[u8]) -> Vec<[u8; MAC_LEN]> {
-        self.keys.iter().map(|k| to_array(hmac::sign(k, msg))).collect()
+        self.keys.iter().map(|(_, k)| to_array(hmac::sign(k, msg))).collect()
     }
 
-    /// True when `tag` is the tag of `msg` under any configured key (constant-time comparison).
-    pub(crate) fn verify(&self, msg: &[u8], tag: &[u8]) -> bool {
-        self.keys.iter().any(|k| hmac::verify(k, msg, tag).is_ok())
+    /// The tag of `msg` under the current key, stamped with that key's id: `MAC_FORMAT || key id || tag`.
+    pub(crate) fn stamp(&self, msg: &[u8]) -> Vec<u8> {
+        let (id, _) = &self.keys[0];
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + MAC_LEN);
+        out.push(MAC_FORMAT);
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&self.tag(msg));
+        out
+    }
+
+    /// Checks a stamped MAC (or a bare tag from before key ids) of `msg` (constant-time comparison). A stamped
+    /// MAC is checked under the key it names only: it is `UnknownKey` when that key is not configured, `Invalid`
+    /// when it is and the tag does not match. A bare tag that no configured key verifies may come from a key
+    /// this instance does not hold: `UnknownKey(None)`.
+    pub(crate) fn check(&self, msg: &[u8], mac: &[u8]) -> MacCheck {
+        if mac.len() == MAC_LEN {
+            return if self.keys.iter().any(|(_, k)| hmac::verify(k, msg, mac).is_ok()) {
+                MacCheck::Valid
+            } else {
+                MacCheck::UnknownKey(None)
+            };
+        }
+        if mac.len() != 1 + KEY_ID_LEN + MAC_LEN || mac[0] != MAC_FORMAT {
+            return MacCheck::Invalid;
+        }
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&mac[1..1 + KEY_ID_LEN]);
+        match self.keys.iter().find(|(k, _)| k.0 == id) {
+            None => MacCheck::UnknownKey(Some(KeyId(id))),
+            Some((_, key)) if hmac::verify(key, msg, &mac[1 + KEY_ID_LEN..]).is_ok() => MacCheck::Valid,
+            Some(_) => MacCheck::Invalid,
+        }
     }
 }
 
@@ -213,7 +296,7 @@ impl SessionCrypto {
 }
 
 struct SubKey {
-    id: [u8; KEY_ID_LEN],
+    id: KeyId,
     key: RandomizedNonceKey,
 }
 
@@ -227,8 +310,8 @@ pub struct Sealer {
 pub enum OpenError {
     #[error("sealed data is malformed")]
     Malformed,
-    #[error("sealed with a key that is no longer configured")]
-    UnknownKey,
+    #[error("sealed with a key that is not configured (key id {0})")]
+    UnknownKey(KeyId),
     #[error("sealed data failed authentication")]
     Forged,
 }
@@ -244,23 +327,11 @@ impl hkdf::KeyType for Len32 {
 impl Sealer {
     /// Derives the subkeys for `purpose` from every configured key.
     pub fn new(keys: &SealingKeys, purpose: Purpose) -> Self {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
         let keys = keys
             .keys()
             .iter()
             .map(|k| {
-                let prk = salt.extract(k.expose());
-                let mut derived = zeroize::Zeroizing::new([0u8; 32]);
-                let mut id_bytes = [0u8; 32];
-                // Both expansions have fixed, valid lengths and cannot fail.
-                prk.expand(&[purpose.info()], Len32)
-                    .and_then(|okm| okm.fill(derived.as_mut()))
-                    .expect("HKDF expansion to 32 bytes");
-                prk.expand(&[purpose.info(), b"/key-id"], Len32)
-                    .and_then(|okm| okm.fill(&mut id_bytes))
-                    .expect("HKDF expansion to 32 bytes");
-                let mut id = [0u8; KEY_ID_LEN];
-                id.copy_from_slice(&id_bytes[..KEY_ID_LEN]);
+                let (derived, id) = derive(k, purpose.info());
                 let key = RandomizedNonceKey::new(&AES_256_GCM, derived.as_ref()).expect("AES-256 takes a 32-byte key");
                 SubKey { id, key }
             })
@@ -280,7 +351,7 @@ impl Sealer {
             .expect("AES-GCM seal");
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.push(VERSION);
-        out.extend_from_slice(&sub.id);
+        out.extend_from_slice(&sub.id.0);
         out.extend_from_slice(nonce.as_ref());
         out.extend_from_slice(&body);
         zeroize::Zeroize::zeroize(&mut body);
@@ -292,8 +363,13 @@ impl Sealer {
         if sealed.len() < HEADER_LEN + AES_256_GCM.tag_len() || sealed[0] != VERSION {
             return Err(OpenError::Malformed);
         }
-        let id = &sealed[1..1 + KEY_ID_LEN];
-        let sub = self.keys.iter().find(|k| k.id == id).ok_or(OpenError::UnknownKey)?;
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&sealed[1..1 + KEY_ID_LEN]);
+        let sub = self
+            .keys
+            .iter()
+            .find(|k| k.id.0 == id)
+            .ok_or(OpenError::UnknownKey(KeyId(id)))?;
         let nonce =
             Nonce::try_assume_unique_for_key(&sealed[1 + KEY_ID_LEN..HEADER_LEN]).map_err(|_| OpenError::Malformed)?;
         let mut body = zeroize::Zeroizing::new(sealed[HEADER_LEN..].to_vec());
@@ -309,7 +385,7 @@ impl Sealer {
     #[cfg(test)]
     /// True when `sealed` was made with a key other than the current sealing key.
     pub(crate) fn needs_reseal(&self, sealed: &[u8]) -> bool {
-        sealed.get(1..1 + KEY_ID_LEN).is_some_and(|id| id != self.keys[0].id)
+        sealed.get(1..1 + KEY_ID_LEN).is_some_and(|id| id != self.keys[0].id.0)
     }
 }
 
@@ -339,22 +415,62 @@ mod tests {
         let a = Sealer::new(&keys(&[[1; 32]]), Purpose::SessionStore);
         let b = Sealer::new(&keys(&[[1; 32]]), Purpose::LoginCookie);
         let sealed = a.seal(b"x", b"y");
-        assert_eq!(b.open(b"x", &sealed), Err(OpenError::UnknownKey));
+        assert!(matches!(b.open(b"x", &sealed), Err(OpenError::UnknownKey(_))));
     }
 
     #[test]
     fn macs_rotate_and_purposes_differ() {
         let old = Macer::new(&keys(&[[1; 32]]), MacPurpose::LastSeen);
-        let tag = old.tag(b"m");
-        assert!(old.verify(b"m", &tag));
-        assert!(!old.verify(b"n", &tag));
-        assert!(!old.verify(b"m", &tag[..31]));
+        let tag = old.stamp(b"m");
+        assert_eq!(old.check(b"m", &tag), MacCheck::Valid);
+        assert_eq!(old.check(b"n", &tag), MacCheck::Invalid);
+        assert_eq!(old.check(b"m", &tag[..40]), MacCheck::Invalid);
         let rotated = Macer::new(&keys(&[[2; 32], [1; 32]]), MacPurpose::LastSeen);
-        assert!(rotated.verify(b"m", &tag), "old keys still verify");
-        assert_ne!(rotated.tag(b"m"), tag, "the new key tags");
-        assert_eq!(rotated.tags(b"m")[1], tag);
+        assert_eq!(rotated.check(b"m", &tag), MacCheck::Valid, "old keys still verify");
+        assert_ne!(rotated.tag(b"m"), old.tag(b"m"), "the new key tags");
+        assert_eq!(rotated.tags(b"m")[1], old.tag(b"m"));
         let other = Macer::new(&keys(&[[1; 32]]), MacPurpose::UserIndex);
-        assert!(!other.verify(b"m", &tag));
+        assert_eq!(other.check(b"m", &tag), MacCheck::Invalid, "same key id, other purpose");
+    }
+
+    #[test]
+    fn index_macs_are_derived_as_before_key_ids() {
+        // Stored owner and sid indexes must keep matching: the HMAC key is HKDF's output for the purpose, as it
+        // was when it was expanded straight into an HMAC key.
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"avemint session key");
+        let prk = salt.extract(&[1; 32]);
+        let info = [MacPurpose::UserIndex.info()];
+        let before = hmac::Key::from(prk.expand(&info, hmac::HMAC_SHA256).expect("expand"));
+        let now = Macer::new(&keys(&[[1; 32]]), MacPurpose::UserIndex);
+        assert_eq!(now.tag(b"sub"), to_array(hmac::sign(&before, b"sub")));
+    }
+
+    #[test]
+    fn a_mac_from_a_key_not_held_is_told_apart_from_a_wrong_one() {
+        let old = Macer::new(&keys(&[[1; 32]]), MacPurpose::LastSeen);
+        let rotated = Macer::new(&keys(&[[2; 32], [1; 32]]), MacPurpose::LastSeen);
+        let new_id = keys(&[[2; 32]]).ids()[0];
+        // The instance that knows the new key stamps with it; the one that does not names the id it lacks.
+        let stamped = rotated.stamp(b"m");
+        assert_eq!(&stamped[1..9], &new_id.0);
+        assert_eq!(old.check(b"m", &stamped), MacCheck::UnknownKey(Some(new_id)));
+        // Under a key it holds, a changed message is a wrong MAC.
+        assert_eq!(rotated.check(b"n", &stamped), MacCheck::Invalid);
+        // A bare tag from before key ids verifies under any key, and one that does not cannot be attributed.
+        assert_eq!(rotated.check(b"m", &old.tag(b"m")), MacCheck::Valid);
+        assert_eq!(old.check(b"m", &rotated.tag(b"m")), MacCheck::UnknownKey(None));
+        let mut other_format = stamped.clone();
+        other_format[0] = 2;
+        assert_eq!(rotated.check(b"m", &other_format), MacCheck::Invalid);
+        assert_eq!(new_id.to_string().len(), 16);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn check_never_panics_and_only_accepts_real_macs(mac in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let m = Macer::new(&keys(&[[1; 32]]), MacPurpose::LastSeen);
+            proptest::prop_assert_ne!(m.check(b"m", &mac), MacCheck::Valid);
+        }
     }
 
     #[test]
@@ -366,6 +482,10 @@ mod tests {
         assert!(rotated.needs_reseal(&sealed));
         assert!(!rotated.needs_reseal(&rotated.seal(b"x", b"y")));
         let dropped = Sealer::new(&keys(&[[2; 32]]), Purpose::SessionStore);
-        assert_eq!(dropped.open(b"x", &sealed), Err(OpenError::UnknownKey));
+        assert_eq!(
+            dropped.open(b"x", &sealed),
+            Err(OpenError::UnknownKey(keys(&[[1; 32]]).ids()[0])),
+            "the error names the key id the sealed record carries"
+        );
     }
 }

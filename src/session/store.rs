@@ -92,6 +92,32 @@ pub enum StoreError {
     /// type, a key of the wrong length): that one session is refused.
     #[error("stored session row cannot be read: {0}")]
     CorruptRow(String),
+    /// The row was sealed or its `last_seen_at` MAC'd with a session key this instance does not hold (yet),
+    /// named by its id: during a rolling rotation another instance already uses a newer key. That session is
+    /// refused for this request and kept.
+    #[error("the session was written under a session key this instance does not hold (key id {0})")]
+    KeyNotHeld(String),
+}
+
+impl StoreError {
+    /// What the request that met this error is told (a 503's description).
+    pub(crate) fn public_reason(&self) -> &'static str {
+        match self {
+            StoreError::KeyNotHeld(_) => {
+                "this session was written under a session key this instance does not have yet; try again shortly"
+            }
+            _ => "the session store is unavailable",
+        }
+    }
+
+    /// Logs the failure that refused a request: at `error`, except a key this instance lacks, which was warned
+    /// about (once per key id) where it was found and is logged at `debug` here.
+    pub(crate) fn log(&self, during: &'static str) {
+        match self {
+            StoreError::KeyNotHeld(_) => tracing::debug!(error = %self, during, "session refused for now"),
+            _ => tracing::error!(error = %self, during, "session store failure"),
+        }
+    }
 }
 
 /// Cut-offs for `sweep`: rows created before `created_before` or last seen

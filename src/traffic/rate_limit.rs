@@ -19,7 +19,13 @@
 //! flight count as failures until Ave answers, so a burst cannot slip past
 //! the limit, and one abandoned after its code was sent counts as failed.
 //! Successes never clear failures, so good codes interleaved with junk buy
-//! nothing. This module knows networks and numbers only, no HTTP.
+//! nothing.
+//!
+//! [`CredentialLimiter`] counts wrong credentials the same way, per network, at
+//! an endpoint that checks a secret (`POST /oauth/introspect`, the admin API):
+//! good credentials are never limited; a network's wrong ones past its limit
+//! are answered 429 instead of 401 until they age out. This module knows
+//! networks and numbers only, no HTTP.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -248,6 +254,16 @@ fn whole_secs(d: Duration) -> Duration {
     Duration::from_secs((d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1))
 }
 
+/// Forgets the failures older than `window`.
+fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+}
+
 impl CodeExchangeLimiter {
     pub(crate) fn new(limits: ExchangeLimits) -> Self {
         Self {
@@ -316,13 +332,7 @@ impl CodeExchangeLimiter {
             };
             {
                 let mut f = lock(&cell);
-                while f
-                    .times
-                    .front()
-                    .is_some_and(|t| now.saturating_duration_since(*t) >= self.limits.window)
-                {
-                    f.times.pop_front();
-                }
+                prune(&mut f.times, now, self.limits.window);
                 let failed = f.times.len();
                 if failed >= limit {
                     // Open until enough failures age out to be under the limit again.
@@ -406,9 +416,159 @@ impl Drop for ExchangePermit {
     }
 }
 
+/// An endpoint that checks a secret, as metrics and logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CredentialEndpoint {
+    /// `POST /oauth/introspect` (a profile's introspection secret).
+    Introspect,
+    /// The admin API (`AVEMINT_ADMIN_TOKEN`).
+    Admin,
+}
+
+impl CredentialEndpoint {
+    /// The `endpoint` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CredentialEndpoint::Introspect => "introspect",
+            CredentialEndpoint::Admin => "admin",
+        }
+    }
+}
+
+/// Wrong credentials allowed per IPv4 /24 or IPv6 /64 within [`CREDENTIAL_WINDOW`] (an IPv6 /48: twice that)
+/// before the next ones are answered 429. A caller with the right secret never gets here; one with a wrong
+/// secret retrying in a loop reaches it within seconds.
+pub(crate) const CREDENTIAL_FAILURES: u32 = 20;
+/// How long a wrong credential counts against its network.
+pub(crate) const CREDENTIAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a wrong credential gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CredentialVerdict {
+    /// Under the limit: an ordinary 401.
+    Rejected,
+    /// The client's network is past its limit: 429, try again after this long.
+    Limited(Duration),
+}
+
+/// Counts wrong credentials per client network at one endpoint (see the module doc). Good credentials are checked
+/// first and never reach it, so a caller that knows its secret is never limited, whatever its network does; a
+/// network past its limit has its wrong credentials answered 429 with `Retry-After` until they age out.
+pub(crate) struct CredentialLimiter {
+    endpoint: CredentialEndpoint,
+    limits: ExchangeLimits,
+    networks: Cache<Network, Arc<Mutex<Failures>>>,
+    refusals_logged: LogGate,
+}
+
+impl CredentialLimiter {
+    pub(crate) fn new(endpoint: CredentialEndpoint) -> Self {
+        let limits = ExchangeLimits {
+            window: CREDENTIAL_WINDOW,
+            per_network: CREDENTIAL_FAILURES,
+            per_site: CREDENTIAL_FAILURES * 2,
+            strict_after: 0,
+        };
+        Self {
+            endpoint,
+            limits,
+            networks: Cache::builder()
+                .max_capacity(MAX_TRACKED)
+                .time_to_idle(limits.window)
+                .build(),
+            refusals_logged: LogGate::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Counts a wrong credential from `client` (counted in `/metrics` either way).
+    pub(crate) async fn failed(&self, client: IpAddr) -> CredentialVerdict {
+        let verdict = self.failed_at(client, Instant::now()).await;
+        let answer = match verdict {
+            CredentialVerdict::Rejected => "rejected",
+            CredentialVerdict::Limited(retry_after) => {
+                if let Some(held_back) = self.refusals_logged.pass() {
+                    tracing::warn!(
+                        endpoint = self.endpoint.label(),
+                        client_ip = %client,
+                        retry_after_secs = retry_after.as_secs(),
+                        similar_lines_held_back = held_back,
+                        "too many wrong credentials from this network; answering 429"
+                    );
+                }
+                "rate_limited"
+            }
+        };
+        crate::metrics::credential_failure(self.endpoint.label(), answer);
+        verdict
+    }
+
+    async fn failed_at(&self, client: IpAddr, now: Instant) -> CredentialVerdict {
+        let mut verdict = CredentialVerdict::Rejected;
+        for network in Network::of(client) {
+            let cell = self
+                .networks
+                .get_with(network, async { Arc::new(Mutex::new(Failures::default())) })
+                .await;
+            let limit = self.limits.of(network).max(1) as usize;
+            let mut f = lock(&cell);
+            prune(&mut f.times, now, self.limits.window);
+            f.times.push_back(now);
+            while f.times.len() > limit + 1 {
+                f.times.pop_front();
+            }
+            if f.times.len() > limit {
+                // The next wrong credential is a 401 again once all but `limit - 1` of these aged out.
+                let until = f.times[f.times.len() - limit] + self.limits.window;
+                let retry_after = whole_secs(until.saturating_duration_since(now));
+                verdict = match verdict {
+                    CredentialVerdict::Limited(other) => CredentialVerdict::Limited(other.max(retry_after)),
+                    CredentialVerdict::Rejected => CredentialVerdict::Limited(retry_after),
+                };
+            }
+        }
+        verdict
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wrong_credentials_past_the_limit_are_limited_per_network_until_they_age_out() {
+        let l = CredentialLimiter::new(CredentialEndpoint::Introspect);
+        let t0 = Instant::now();
+        let limit = CREDENTIAL_FAILURES as usize;
+        for i in 0..limit {
+            assert_eq!(
+                l.failed_at(ip("192.0.2.7"), t0).await,
+                CredentialVerdict::Rejected,
+                "failure #{i}"
+            );
+        }
+        assert_eq!(
+            l.failed_at(ip("192.0.2.200"), t0).await,
+            CredentialVerdict::Limited(CREDENTIAL_WINDOW),
+            "the same /24"
+        );
+        assert_eq!(
+            l.failed_at(ip("198.51.100.1"), t0).await,
+            CredentialVerdict::Rejected,
+            "another network"
+        );
+        // A minute later the first failures have aged out.
+        let later = t0 + CREDENTIAL_WINDOW;
+        assert_eq!(l.failed_at(ip("192.0.2.7"), later).await, CredentialVerdict::Rejected);
+        // An IPv6 site is limited at twice the /64 limit, across its /64s.
+        for i in 0..2 * limit {
+            let client = ip(&format!("2001:db8:1:{i:x}::1"));
+            assert_eq!(l.failed_at(client, t0).await, CredentialVerdict::Rejected, "/64 #{i}");
+        }
+        assert!(matches!(
+            l.failed_at(ip("2001:db8:1:ffff::1"), t0).await,
+            CredentialVerdict::Limited(_)
+        ));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

@@ -132,6 +132,17 @@ test('concurrent getToken calls share one request', async () => {
   assert.equal(calls.length, 1);
 });
 
+test("getToken tells a profile page script may not mint, and a missing token endpoint, by code and cause", async () => {
+  handlers.push(() => json(403, { error: 'invalid_target', error_description: 'no token profile page script may mint' }));
+  await assert.rejects(getToken({ profile: 'orders' }), (e) => e instanceof TokenError && e.status === 403
+    && e.error === 'invalid_target' && e.message.startsWith('invalid_target: ') && e.message.includes('{"profile":"orders"}')
+    && e.message.includes('apiFetch'));
+  handlers.push(() => json(404, { error: 'not_found', error_description: 'no such path' }));
+  await assert.rejects(getToken(), (e) => e instanceof TokenError && e.status === 404 && e.error === 'not_found'
+    && e.message.includes('AVEMINT_TOKEN_ENDPOINT=off'));
+  assert.equal(navigations.length, 0, 'no sign-in redirect for a refusal');
+});
+
 test('a failed request is not cached and the next call tries again', async () => {
   handlers.push(() => json(503, { error: 'temporarily_unavailable', error_description: 'busy' }));
   await assert.rejects(getToken(), (e) => e instanceof TokenError && e.status === 503 && e.error === 'temporarily_unavailable');

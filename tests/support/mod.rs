@@ -87,6 +87,8 @@ pub struct Options {
     pub env: Vec<(&'static str, String)>,
     /// Turns the admin API on with this token (`AVEMINT_ADMIN_TOKEN`), on a random loopback port.
     pub admin_token: Option<String>,
+    /// The instance's wall clock (default: the system's); a `ManualClock` moves time without waiting.
+    pub clock: Option<avemint::testing::clock::Clock>,
 }
 
 impl TestApp {
@@ -175,7 +177,8 @@ impl TestApp {
             settings.ave.options = client;
         }
         settings.ave.options.jwks_refetch_cooldown = opts.refetch_cooldown.unwrap_or(Duration::from_secs(5));
-        let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
+        let clock = opts.clock.unwrap_or_default();
+        let app = Application::with_listener_and_clock(settings.clone(), Mode::Serve, listener, clock)
             .await
             .expect("app builds");
         let ops_address = app.ops_addr().map(|a| format!("http://{a}"));

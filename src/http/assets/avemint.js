@@ -158,7 +158,9 @@ export function getToken({ audience, profile, fresh = false } = {}) {
 }
 
 async function requestToken(target, key) {
-  const response = await authCall('POST', '/auth/token', target === null ? undefined : target);
+  const response = await authCall('POST', '/auth/token', target === null ? undefined : target).catch((error) => {
+    throw refusalOf(error, target);
+  });
   const body = await jsonOf(response);
   if (!body || typeof body.access_token !== 'string') throw new TokenError(response.status, 'invalid_response', 'no access_token');
   const lifetime = Number(body.expires_in) > 0 ? Number(body.expires_in) : 0;
@@ -221,6 +223,25 @@ async function jsonOf(response) {
   } catch {
     return null;
   }
+}
+
+/**
+ * getToken's refusals that no retry fixes, told as such (the code stays in `error`): a profile page script may not
+ * mint (403 `invalid_target`: unknown, or a proxied route's without `browser = true`) and no token endpoint at all
+ * (404: `AVEMINT_TOKEN_ENDPOINT=off`).
+ */
+function refusalOf(error, target) {
+  if (!(error instanceof TokenError)) return error;
+  const what = target === null ? 'the default profile' : JSON.stringify(target);
+  if (error.status === 403 && error.error === 'invalid_target') {
+    return new TokenError(403, error.error, `avemint does not let page script mint a token for ${what} (no such ` +
+      "profile, or a proxied route's profile without `browser = true`): call that API through its route with apiFetch");
+  }
+  if (error.status === 404) {
+    return new TokenError(404, error.error || 'not_found', 'avemint serves no token endpoint ' +
+      '(AVEMINT_TOKEN_ENDPOINT=off): call APIs through its proxied routes with apiFetch');
+  }
+  return error;
 }
 
 /**
