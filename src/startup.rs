@@ -106,7 +106,7 @@ impl Application {
     /// Binds `settings.listen` and builds the application.
     pub async fn build(settings: Settings, mode: Mode) -> Result<Self, StartupError> {
         let acceptor = bind(settings.listen).await?;
-        Self::with_acceptor(settings, mode, acceptor).await
+        Self::with_acceptor(settings, mode, acceptor, Clock::System).await
     }
 
     /// Builds on an already bound listener (tests bind port 0 first to learn the URL).
@@ -115,6 +115,16 @@ impl Application {
         mode: Mode,
         listener: std::net::TcpListener,
     ) -> Result<Self, StartupError> {
+        Self::with_listener_and_clock(settings, mode, listener, Clock::System).await
+    }
+
+    /// [`Application::with_listener`] reading the wall time from `clock` (tests: a `ManualClock`).
+    pub async fn with_listener_and_clock(
+        settings: Settings,
+        mode: Mode,
+        listener: std::net::TcpListener,
+        clock: Clock,
+    ) -> Result<Self, StartupError> {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let bind_err = |e: std::io::Error| StartupError::Bind {
             addr: addr.clone(),
@@ -122,11 +132,17 @@ impl Application {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let acceptor = TcpAcceptor::from_std(listener).map_err(bind_err)?;
-        Self::with_acceptor(settings, mode, acceptor).await
+        Self::with_acceptor(settings, mode, acceptor, clock).await
     }
 
-    /// Hands each component its own settings and wires them together.
-    async fn with_acceptor(settings: Settings, mode: Mode, acceptor: TcpAcceptor) -> Result<Self, StartupError> {
+    /// Hands each component its own settings and wires them together; `clock` is the one wall clock of the process
+    /// (sessions, renewal, minting, key rotation and the sign-in cookie read it).
+    async fn with_acceptor(
+        settings: Settings,
+        mode: Mode,
+        acceptor: TcpAcceptor,
+        clock: Clock,
+    ) -> Result<Self, StartupError> {
         let addr = acceptor
             .local_addr()
             .first()
@@ -151,6 +167,7 @@ impl Application {
             keys,
             security,
             routes,
+            websockets,
             defaults,
             admin,
         } = settings;
@@ -172,8 +189,6 @@ impl Application {
             }
             None => None,
         };
-        // The one wall clock of the process: sessions, renewal, minting, key rotation and the sign-in cookie read it.
-        let clock = Clock::System;
         let sessions = Arc::new(
             Sessions::open_with_pool(
                 &store.database_url,
@@ -254,7 +269,7 @@ impl Application {
         let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
             ave_client.token_budget().sign_in_limit,
         ));
-        let proxy = crate::proxy::Proxy::new(routes, &public_url)?;
+        let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
             sign_in_limiter,

@@ -87,6 +87,8 @@ pub struct Options {
     pub env: Vec<(&'static str, String)>,
     /// Turns the admin API on with this token (`AVEMINT_ADMIN_TOKEN`), on a random loopback port.
     pub admin_token: Option<String>,
+    /// The wall clock the service reads (default: the system's).
+    pub clock: Option<avemint::testing::clock::Clock>,
 }
 
 impl TestApp {
@@ -175,7 +177,8 @@ impl TestApp {
             settings.ave.options = client;
         }
         settings.ave.options.jwks_refetch_cooldown = opts.refetch_cooldown.unwrap_or(Duration::from_secs(5));
-        let app = Application::with_listener(settings.clone(), Mode::Serve, listener)
+        let clock = opts.clock.unwrap_or(avemint::testing::clock::Clock::System);
+        let app = Application::with_listener_and_clock(settings.clone(), Mode::Serve, listener, clock)
             .await
             .expect("app builds");
         let ops_address = app.ops_addr().map(|a| format!("http://{a}"));
@@ -247,6 +250,21 @@ impl TestApp {
         let mut b = Browser::default();
         sign_in_at(&self.http, &self.emulator, &self.address, &mut b).await;
         b
+    }
+
+    /// A browser signed in as the emulator's `user`-th user.
+    pub async fn signed_in_as(&self, user: usize) -> Browser {
+        let mut b = Browser::default();
+        let id = self.emulator.users()[user].id.clone();
+        sign_in_as_at(&self.http, &self.emulator, &self.address, &mut b, &id).await;
+        b
+    }
+
+    /// The `sid` of `browser`'s session, from an app JWT.
+    pub async fn sid_of(&self, browser: &Browser) -> String {
+        let body: Value = self.post_token(&mut browser.clone(), true).await.json().await.expect("JSON");
+        let token = body["access_token"].as_str().expect("token");
+        self.verify(token).await.claims["sid"].as_str().expect("sid").to_owned()
     }
 
     pub async fn post_token(&self, browser: &mut Browser, csrf: bool) -> reqwest::Response {
