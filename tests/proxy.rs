@@ -1402,14 +1402,19 @@ async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_fram
     let cookies: Vec<String> = attacker.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cookies = cookies.join("; ");
     let ((writers, refused, answered_in), peak) = peak_rss_during(pid, async {
-        let mut writers = Vec::new();
+        // All handshakes first, then the frames, all at once.
+        let mut open = Vec::new();
         let mut refused = Vec::new();
         for _ in 0..SOCKETS {
             match raw_websocket(&avemint.base, "/api/ws", &cookies).await {
-                Ok(stream) => writers.push(tokio::spawn(unfinished_frame(stream, FRAME))),
+                Ok(stream) => open.push(stream),
                 Err(status) => refused.push(status),
             }
         }
+        let writers: Vec<_> = open
+            .into_iter()
+            .map(|stream| tokio::spawn(unfinished_frame(stream, FRAME)))
+            .collect();
         // Whatever avemint does with the frames, it has had them (or refused them) for a second.
         let mut held = Vec::new();
         for w in writers {

@@ -84,22 +84,22 @@ fn system_now() -> UnixTime {
     UnixTime::from_unsigned(secs)
 }
 
+/// An event stream as it arrives.
+type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
 /// The open event stream of `browser` through the route, once its first event arrived.
-async fn open_stream(app: &TestApp, browser: &Browser) -> impl futures_util::Stream<Item = reqwest::Result<Bytes>> {
+async fn open_stream(app: &TestApp, browser: &Browser) -> Events {
     let req = app.http.get(app.url("/api/events/ticker")).header("X-CSRF", "1");
     let resp = browser.clone().send(req).await;
     assert_eq!(resp.status(), 200);
-    let mut stream = Box::pin(resp.bytes_stream());
+    let mut stream: Events = Box::pin(resp.bytes_stream());
     let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
     assert!(matches!(first, Ok(Some(Ok(_)))), "a first event: {first:?}");
     stream
 }
 
 /// How long `stream` went on (reading everything) before it ended or was cut, if within `within`.
-async fn ends_within(
-    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
-    within: Duration,
-) -> Option<Duration> {
+async fn ends_within(stream: &mut Events, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     tokio::time::timeout(within, async {
         loop {
@@ -144,13 +144,13 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
         ..Options::default()
     })
     .await;
-    let mut browser = app.signed_in_as(0).await;
+    let browser = app.signed_in_as(0).await;
     let bystander = app.signed_in_as(1).await;
     let sid = app.sid_of(&browser).await;
     let mut stream = open_stream(&app, &browser).await;
     let mut other = open_stream(&app, &bystander).await;
 
-    let logout = |browser: &mut Browser, body: Option<Value>| {
+    let logout = |browser: &Browser, body: Option<Value>| {
         let mut req = app.http.post(app.url("/auth/logout")).header("X-CSRF", "1");
         if let Some(body) = body {
             req = req.json(&body);
@@ -160,14 +160,14 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
     };
     let later = |d: Duration| UnixTime::from_secs(clock.clock().now().as_secs() + d.as_secs() as i64 + 1);
     match trigger {
-        Trigger::Logout => assert_eq!(logout(&mut browser, None).await, 204),
+        Trigger::Logout => assert_eq!(logout(&browser, None).await, 204),
         Trigger::LogoutOthersFromAnotherSession => {
-            let mut elsewhere = app.signed_in_as(0).await;
-            assert_eq!(logout(&mut elsewhere, Some(json!({"scope": "others"}))).await, 204);
+            let elsewhere = app.signed_in_as(0).await;
+            assert_eq!(logout(&elsewhere, Some(json!({"scope": "others"}))).await, 204);
         }
         Trigger::LogoutAll => {
-            let mut elsewhere = app.signed_in_as(0).await;
-            assert_eq!(logout(&mut elsewhere, Some(json!({"scope": "all"}))).await, 204);
+            let elsewhere = app.signed_in_as(0).await;
+            assert_eq!(logout(&elsewhere, Some(json!({"scope": "all"}))).await, 204);
         }
         Trigger::IdleTimeout => clock.set(later(HOUR)),
         Trigger::Lifetime => clock.set(later(HOUR)),
