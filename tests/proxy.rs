@@ -868,19 +868,18 @@ async fn a_session_gets_at_most_8_websockets_and_the_instance_max_websockets_eac
     assert_eq!(upstream.connections().len(), before, "the upstream never saw the eleventh");
 }
 
-#[tokio::test]
-async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009() {
-    let upstream = WsUpstream::start().await;
-    let (app, browser) = ws_app_with(&upstream, "", None, "max_message_bytes = 1024\n", Vec::new()).await;
-    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+/// Sends a text message of `fits` bytes (echoed back) and then one of `fits + 1`: the browser gets `1009`, and so
+/// does the upstream.
+async fn message_limit_is(upstream: &WsUpstream, app: &TestApp, browser: &Browser, fits: usize) {
+    let mut ws = ws_connect(app, browser, "/api/ws", Some(&app.address))
         .await
         .expect("open");
-    let fits = "x".repeat(1024);
-    futures_util::SinkExt::send(&mut ws, Message::text(fits.clone()))
+    let text = "x".repeat(fits);
+    futures_util::SinkExt::send(&mut ws, Message::text(text.clone()))
         .await
         .expect("send");
-    assert_eq!(next_message(&mut ws).await, Some(Message::text(fits)), "1024 bytes pass");
-    futures_util::SinkExt::send(&mut ws, Message::text("y".repeat(1025)))
+    assert_eq!(next_message(&mut ws).await, Some(Message::text(text)), "{fits} bytes pass");
+    futures_util::SinkExt::send(&mut ws, Message::text("y".repeat(fits + 1)))
         .await
         .expect("send");
     assert_eq!(close_of(next_message(&mut ws).await), (1009, "message too big".to_owned()));
@@ -893,6 +892,18 @@ async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009(
         Some((1009, "message too big".to_owned())),
         "the upstream is told too"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009() {
+    // The default: 1 MiB.
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    message_limit_is(&upstream, &app, &browser, 1024 * 1024).await;
+    // The route's own.
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app_with(&upstream, "", None, "max_message_bytes = 1024\n", Vec::new()).await;
+    message_limit_is(&upstream, &app, &browser, 1024).await;
 }
 
 #[tokio::test]
