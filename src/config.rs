@@ -1327,19 +1327,13 @@ mod tests {
     #[test]
     fn websocket_limits_from_the_file_or_the_environment() {
         let s = Settings::load(None, &env(&minimal())).expect("defaults");
-        assert_eq!(
-            (s.websockets.per_session, s.websockets.instance),
-            (8, 1024)
-        );
+        assert_eq!((s.websockets.per_session, s.websockets.instance), (8, 1024));
         let s = load_file(
             "max_websockets_per_session = 2\nmax_websockets = 50\n",
             &[("AVEMINT_MAX_WEBSOCKETS", "70")],
         )
         .expect("valid");
-        assert_eq!(
-            (s.websockets.per_session, s.websockets.instance),
-            (2, 70)
-        );
+        assert_eq!((s.websockets.per_session, s.websockets.instance), (2, 70));
         let e = load_file("", &[("AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "0")]).expect_err("zero");
         assert!(e.0[0].starts_with("AVEMINT_MAX_WEBSOCKETS_PER_SESSION"), "{e}");
     }

@@ -330,8 +330,13 @@ async fn a_token_echoed_through_a_proxied_websocket_is_not_logged_at_trace_level
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     req.headers_mut()
         .insert("cookie", cookies.join("; ").parse().expect("cookie"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the WebSocket opens");
-    for m in [Message::text(token.clone()), Message::binary(token.clone().into_bytes())] {
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the WebSocket opens");
+    for m in [
+        Message::text(token.clone()),
+        Message::binary(token.clone().into_bytes()),
+    ] {
         futures_util::SinkExt::send(&mut ws, m.clone()).await.expect("send");
         let echoed = futures_util::StreamExt::next(&mut ws).await;
         assert!(matches!(&echoed, Some(Ok(e)) if *e == m), "echoed: {echoed:?}");

@@ -818,9 +818,16 @@ async fn refused_handshake(result: Result<Ws, WsError>) -> (u16, Option<String>,
                 .get("retry-after")
                 .map(|v| v.to_str().expect("ascii").to_owned());
             let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("a JSON body");
-            (resp.status().as_u16(), retry, body["error"].as_str().expect("error").to_owned())
+            (
+                resp.status().as_u16(),
+                retry,
+                body["error"].as_str().expect("error").to_owned(),
+            )
         }
-        other => panic!("expected a refused handshake, got {:?}", other.map(|_| "an open socket")),
+        other => panic!(
+            "expected a refused handshake, got {:?}",
+            other.map(|_| "an open socket")
+        ),
     }
 }
 
@@ -857,7 +864,11 @@ async fn a_session_gets_at_most_8_websockets_and_the_instance_max_websockets_eac
     // Another user's session has its own 8, within the instance's 10.
     let other = app.signed_in_as(1).await;
     for _ in 0..2 {
-        open.push(ws_connect(&app, &other, "/api/ws", Some(&app.address)).await.expect("open"));
+        open.push(
+            ws_connect(&app, &other, "/api/ws", Some(&app.address))
+                .await
+                .expect("open"),
+        );
     }
     let before = upstream.connections().len();
     let eleventh = ws_connect(&app, &other, "/api/ws", Some(&app.address)).await;
@@ -865,7 +876,11 @@ async fn a_session_gets_at_most_8_websockets_and_the_instance_max_websockets_eac
         refused_handshake(eleventh).await,
         (429, Some("5".to_owned()), "rate_limited".to_owned())
     );
-    assert_eq!(upstream.connections().len(), before, "the upstream never saw the eleventh");
+    assert_eq!(
+        upstream.connections().len(),
+        before,
+        "the upstream never saw the eleventh"
+    );
 }
 
 /// Sends a text message of `fits` bytes (echoed back) and then one of `fits + 1`: the browser gets `1009`, and so
@@ -878,11 +893,18 @@ async fn message_limit_is(upstream: &WsUpstream, app: &TestApp, browser: &Browse
     futures_util::SinkExt::send(&mut ws, Message::text(text.clone()))
         .await
         .expect("send");
-    assert_eq!(next_message(&mut ws).await, Some(Message::text(text)), "{fits} bytes pass");
+    assert_eq!(
+        next_message(&mut ws).await,
+        Some(Message::text(text)),
+        "{fits} bytes pass"
+    );
     futures_util::SinkExt::send(&mut ws, Message::text("y".repeat(fits + 1)))
         .await
         .expect("send");
-    assert_eq!(close_of(next_message(&mut ws).await), (1009, "message too big".to_owned()));
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1009, "message too big".to_owned())
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while upstream.connections()[0].closed_with.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

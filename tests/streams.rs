@@ -137,7 +137,9 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
     };
     let app = TestApp::spawn_with(Options {
         database_url: db,
-        routes_toml: Some(format!("[[routes]]\npath = \"/api/events\"\nupstream = \"{upstream}\"\n")),
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/events\"\nupstream = \"{upstream}\"\n"
+        )),
         admin_token: Some(ADMIN_TOKEN.into()),
         session: Some(session),
         clock: Some(clock.clock()),
@@ -175,8 +177,17 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
             app.signed_in_as(0).await;
         }
         Trigger::Admin => {
-            let url = format!("{}/admin/sessions/{sid}", app.admin_address.as_deref().expect("admin API"));
-            let resp = app.http.delete(url).bearer_auth(ADMIN_TOKEN).send().await.expect("admin");
+            let url = format!(
+                "{}/admin/sessions/{sid}",
+                app.admin_address.as_deref().expect("admin API")
+            );
+            let resp = app
+                .http
+                .delete(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("admin");
             assert_eq!(resp.status(), 204);
         }
     }

@@ -55,9 +55,9 @@ way and answered `101` when the upstream switches protocols. Answers avemint giv
 a WebSocket handshake whose `Origin` is missing, `null` or not allowed); \
 405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
 413 `invalid_request` (a body over the route's `max_request_bytes`); \
+414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
 429 `rate_limited` with `Retry-After` (a WebSocket handshake while the session has \
 `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` or the instance `AVEMINT_MAX_WEBSOCKETS` open; the upstream is never called); \
-414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
 502 `server_error` (the upstream cannot be reached, or Ave answered the session's renewal with an error); \
 503 `temporarily_unavailable` with `Retry-After` (the session store or Ave is unavailable during renewal); \
 504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
@@ -225,8 +225,7 @@ fn session_ended(state: &Arc<AppState>, session: &Session) -> impl Future<Output
     let state = state.clone();
     let (sub, sid) = (session.data.sub.clone(), session.data.sid.as_str().to_owned());
     async move {
-        crate::proxy::session_ended(|| async { !matches!(state.sessions.is_live(&sub, &sid).await, Ok(false)) })
-            .await;
+        crate::proxy::session_ended(|| async { !matches!(state.sessions.is_live(&sub, &sid).await, Ok(false)) }).await;
     }
 }
 
@@ -273,7 +272,11 @@ const SOCKETS_RETRY_AFTER: &str = "5";
 /// The upstream's answer as the browser gets it: status, headers without hop-by-hop ones (and without any
 /// `Set-Cookie` for avemint's own cookies), the body streamed as it arrives, cut when the session ends (`ended`)
 /// and bounded by the route's `timeout_ms` as a whole unless it is a stream (see `Answer::body`).
-fn downstream(answer: Answer, metrics: &ProxyRouteMetrics, ended: impl Future<Output = ()> + Send + 'static) -> Response {
+fn downstream(
+    answer: Answer,
+    metrics: &ProxyRouteMetrics,
+    ended: impl Future<Output = ()> + Send + 'static,
+) -> Response {
     let status = answer.response.status();
     let mut headers = answer.response.headers().clone();
     crate::proxy::headers::strip_hop_by_hop(&mut headers);

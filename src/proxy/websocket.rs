@@ -263,12 +263,7 @@ fn memory_config(max_message: usize) -> WebSocketConfig {
 /// Passes one message read from one side (open while `from_open`, written to through `back`) to the other (`to`).
 /// `false` once the closing has begun: a close frame passed, or the side's connection ended or failed (the other
 /// is then sent a close frame: `1009` to both after a message over the limit, `1011` after another failure).
-async fn pass<B, S>(
-    read: Option<Result<Message, WsError>>,
-    back: &mut B,
-    to: &mut S,
-    from_open: &mut bool,
-) -> bool
+async fn pass<B, S>(read: Option<Result<Message, WsError>>, back: &mut B, to: &mut S, from_open: &mut bool) -> bool
 where
     B: futures_util::Sink<Message> + Unpin,
     S: futures_util::Sink<Message> + Unpin,

@@ -262,7 +262,12 @@ impl TestApp {
 
     /// The `sid` of `browser`'s session, from an app JWT.
     pub async fn sid_of(&self, browser: &Browser) -> String {
-        let body: Value = self.post_token(&mut browser.clone(), true).await.json().await.expect("JSON");
+        let body: Value = self
+            .post_token(&mut browser.clone(), true)
+            .await
+            .json()
+            .await
+            .expect("JSON");
         let token = body["access_token"].as_str().expect("token");
         self.verify(token).await.claims["sid"].as_str().expect("sid").to_owned()
     }
