@@ -1242,6 +1242,41 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
+/// avemint as a child process (so its memory is measured apart from the test's) with `AVEMINT_ROUTES`, on SQLite,
+/// with its emulator and an HTTP client.
+struct ChildApp {
+    emulator: ave_emulator::Emulator,
+    avemint: support::ServeProcess,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildApp {
+    async fn start(routes: &str) -> Self {
+        let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
+            .await
+            .expect("emulator");
+        let dir = tempfile::tempdir().expect("dir");
+        let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let env = [
+            ("AVEMINT_ROUTES", routes),
+            ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+        ];
+        let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
+        emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            emulator,
+            avemint,
+            http,
+            _dir: dir,
+        }
+    }
+}
+
 /// Samples `pid`'s resident set every 50 ms while `work` runs; the largest seen.
 async fn peak_rss_during<T>(pid: u32, work: impl Future<Output = T>) -> (T, u64) {
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss(pid)));
@@ -1265,26 +1300,13 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
     const DOWNLOAD_MIB: usize = 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
     let upstream = Upstream::start().await;
-    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
-        .await
-        .expect("emulator");
-    let dir = tempfile::tempdir().expect("dir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     let routes = format!(
         r#"[{{"path": "/api/files", "upstream": "{}", "max_request_bytes": {}, "timeout_ms": 300000}}]"#,
         upstream.base,
         (UPLOAD_MIB + 1) * 1024 * 1024
     );
-    let env = [
-        ("AVEMINT_ROUTES", routes.as_str()),
-        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
-    ];
-    let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
-    emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let child = ChildApp::start(&routes).await;
+    let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
     let mut browser = Browser::default();
     support::sign_in_at(&http, &emulator, &avemint.base, &mut browser).await;
     let pid = avemint.child.id();
@@ -1403,22 +1425,9 @@ async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_fram
     const FRAME: u64 = 14 * 1024 * 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
     let upstream = WsUpstream::start().await;
-    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
-        .await
-        .expect("emulator");
-    let dir = tempfile::tempdir().expect("dir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     let routes = format!(r#"[{{"path": "/api/ws", "upstream": "{}/socket"}}]"#, upstream.base);
-    let env = [
-        ("AVEMINT_ROUTES", routes.as_str()),
-        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
-    ];
-    let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
-    emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let child = ChildApp::start(&routes).await;
+    let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
     let mut attacker = Browser::default();
     support::sign_in_at(&http, &emulator, &avemint.base, &mut attacker).await;
     let mut bystander = Browser::default();
