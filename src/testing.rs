@@ -50,6 +50,16 @@ pub mod mint {
     }
 }
 
+pub mod proxy {
+    pub use crate::proxy::RouteSettings;
+    pub mod readings {
+        pub use crate::proxy::readings::escape;
+    }
+    pub mod settings {
+        pub use crate::proxy::settings::{UnsafePath, check_rest};
+    }
+}
+
 pub mod secret {
     pub use crate::secret::{Secret, random_bytes};
 }

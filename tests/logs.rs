@@ -283,6 +283,124 @@ async fn every_line_of_a_request_and_its_renewal_names_the_request_id() {
     );
 }
 
+/// An upstream on loopback that answers every request with the `Authorization` it got in `X-Echo`; the bearers
+/// it got, and its address.
+async fn echoing_upstream() -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let acceptor = poem::listener::TcpAcceptor::from_std(listener).expect("acceptor");
+    let bearers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = bearers.clone();
+    let echo = poem::endpoint::make(move |req: poem::Request| {
+        let seen = seen.clone();
+        async move {
+            let mut resp = poem::Response::builder().body("echoed");
+            if let Some(v) = req.headers().get("authorization") {
+                let bearer = v.to_str().unwrap_or_default().trim_start_matches("Bearer ").to_owned();
+                seen.lock().expect("lock").push(bearer);
+                resp.headers_mut().insert("x-echo", v.clone());
+            }
+            resp
+        }
+    });
+    let task = tokio::spawn(async move {
+        let _ = poem::Server::new_with_acceptor(acceptor).run(echo).await;
+    });
+    (base, bearers, task)
+}
+
+/// Proxied requests: the request's lines name the route (not `unmatched`); an unreachable upstream's warning
+/// names the cause and the upstream's host and port; a client's malformed body is no upstream failure; an
+/// upstream echoing the bearer is warned about without the bearer.
+#[tokio::test]
+async fn proxied_requests_log_their_route_and_the_cause_of_upstream_failures_never_the_bearer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let capture = capture();
+    let (upstream, bearers, task) = echoing_upstream().await;
+    let down = support::free_port();
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/echo\"\nupstream = \"{upstream}\"\n\
+             [[routes]]\npath = \"/api/down\"\nupstream = \"http://127.0.0.1:{down}/v1\"\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let pid = std::process::id();
+    let (down_id, echo_id, body_id) = (format!("down-{pid}"), format!("echo-{pid}"), format!("body-{pid}"));
+    for (path, id, status) in [("/api/down/x?secret=1", &down_id, 502), ("/api/echo/x", &echo_id, 200)] {
+        let req = app
+            .http
+            .get(app.url(path))
+            .header("X-CSRF", "1")
+            .header("X-Request-Id", id);
+        assert_eq!(browser.send(req).await.status(), status, "{path}");
+    }
+    // A chunked body with bare-LF line ends.
+    let session = browser.get(SESSION_COOKIE).expect("session");
+    let host = app.address.trim_start_matches("http://");
+    let head = format!(
+        "POST /api/echo/body HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nX-CSRF: 1\r\nX-Request-Id: {body_id}\r\n\
+         Transfer-Encoding: chunked\r\nCookie: {SESSION_COOKIE}={session}\r\n\r\n5\nhello\n0\n\n"
+    );
+    let mut socket = tokio::net::TcpStream::connect(host).await.expect("connect");
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    app.stop().await;
+    task.abort();
+
+    let logs = capture.text();
+    let lines_of = |id: &str| -> Vec<&str> {
+        logs.lines()
+            .filter(|l| l.contains(&format!("request_id=\"{id}\"")) || l.contains(&format!("request_id={id}")))
+            .collect()
+    };
+    let down_lines = lines_of(&down_id);
+    let all = down_lines.join("\n");
+    let cause = format!("connection refused to 127.0.0.1:{down}");
+    assert!(
+        down_lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("upstream request failed") && l.contains(&cause)),
+        "{all}"
+    );
+    assert!(
+        !all.contains("error sending request") && !all.contains("secret=1") && !all.contains("unmatched"),
+        "{all}"
+    );
+    assert!(
+        down_lines
+            .iter()
+            .any(|l| l.contains("status=502") && (l.contains("route=\"/api/down\"") || l.contains("route=/api/down"))),
+        "the access line names the route: {all}"
+    );
+    let echo_lines = lines_of(&echo_id).join("\n");
+    assert!(
+        echo_lines.contains("contained the bearer sent upstream"),
+        "{echo_lines}"
+    );
+    let bearers = bearers.lock().expect("lock").clone();
+    assert!(!bearers.is_empty());
+    for bearer in bearers {
+        let signature = bearer.rsplit('.').next().expect("signature");
+        assert!(!logs.contains(signature), "the echoed bearer is not logged");
+    }
+    let body_lines = lines_of(&body_id).join("\n");
+    assert!(body_lines.contains("status=400"), "{body_lines}");
+    assert!(
+        !body_lines.contains("upstream request failed") && !body_lines.contains("WARN"),
+        "{body_lines}"
+    );
+}
+
 /// A WebSocket upstream on loopback that echoes every message; its base URL.
 async fn echo_upstream() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

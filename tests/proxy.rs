@@ -162,6 +162,19 @@ impl Endpoint for UpstreamEndpoint {
         } else if path.ends_with("/slow") {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::builder().body("late")
+        } else if path.ends_with("/echo") {
+            // Echoes the bearer it got, whole in one header and as its signature in a cookie.
+            let authorization = req.headers().get("authorization").cloned();
+            let bearer = authorization.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let signature = bearer.rsplit('.').next().unwrap_or_default();
+            let mut resp = Response::builder()
+                .header("x-kept", "yes")
+                .header("set-cookie", format!("sig={signature}; Path=/"))
+                .body("echoed");
+            if let Some(v) = authorization {
+                resp.headers_mut().insert("x-echo", v);
+            }
+            resp
         } else if path.ends_with("/unauthorized") {
             Response::builder()
                 .status(StatusCode::UNAUTHORIZED)
@@ -175,6 +188,7 @@ impl Endpoint for UpstreamEndpoint {
                 .header("connection", "x-upstream-private")
                 .header("x-upstream-private", "hop")
                 .header("set-cookie", "__Host-avemint=planted; Path=/")
+                .header("set-cookie", "=__Host-avemint=planted; Path=/")
                 .header("set-cookie", "upstream=1; Path=/")
                 .body(r#"{"ok":true}"#)
         })
@@ -467,35 +481,31 @@ async fn an_upstream_401_passes_through_unchanged() {
     assert!(browser.get(SESSION_COOKIE).is_some(), "the session is not touched");
 }
 
-#[tokio::test]
-async fn dot_segments_cannot_leave_the_upstream_path() {
-    let upstream = Upstream::start().await;
-    let (app, browser) = proxy_app(&upstream).await;
-    let session = browser.get(SESSION_COOKIE).expect("session");
-    let host = app.address.trim_start_matches("http://");
-    // Raw requests: an HTTP client library would normalise these paths before sending them.
-    for path in ["/api/orders/%2e%2e/admin", "/api/orders/../admin", "/api/orders/a%2fb"] {
-        let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nX-CSRF: 1\r\nCookie: {SESSION_COOKIE}={session}\r\n\r\n"
-        );
-        assert_eq!(raw_request(&app.address, &head).await, 400, "{path}");
-    }
-    assert!(upstream.received().is_empty());
-}
-
 /// A raw HTTP/1.1 request (so nothing between the test and avemint rewrites its headers); the answer's status.
 async fn raw_request(address: &str, head: &str) -> u16 {
+    raw_answer(address, head).await.0
+}
+
+/// [`raw_request`]'s answer: its status and the text after the head.
+async fn raw_answer(address: &str, head: &str) -> (u16, String) {
     let mut socket = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
         .await
         .expect("connect");
     socket.write_all(head.as_bytes()).await.expect("write");
     let mut answer = Vec::new();
-    socket.read_to_end(&mut answer).await.expect("read");
+    // The server may close while the request is still being written (its body refused): what arrived counts.
+    let _ = socket.read_to_end(&mut answer).await;
     let text = String::from_utf8_lossy(&answer);
-    text.split(' ')
+    let status = text
+        .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status line")
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 #[tokio::test]
@@ -1016,12 +1026,17 @@ async fn a_non_streaming_answer_must_arrive_whole_within_timeout_ms_and_streams_
 /// A raw request to `/api/orders/…` with the session cookie; `extra` is more header lines (each ending in CRLF)
 /// and `body` follows the head.
 async fn raw_proxied(app: &TestApp, browser: &Browser, line: &str, extra: &str, body: &str) -> u16 {
+    raw_proxied_answer(app, browser, line, extra, body).await.0
+}
+
+/// [`raw_proxied`]'s answer: its status and the text after the head.
+async fn raw_proxied_answer(app: &TestApp, browser: &Browser, line: &str, extra: &str, body: &str) -> (u16, String) {
     let session = browser.get(SESSION_COOKIE).expect("session");
     let host = app.address.trim_start_matches("http://");
     let head = format!(
         "{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Cookie: {SESSION_COOKIE}={session}; theme=dark\r\n\r\n{body}"
     );
-    raw_request(&app.address, &head).await
+    raw_answer(&app.address, &head).await
 }
 
 #[tokio::test]
@@ -1308,7 +1323,7 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
     let child = ChildApp::start(&routes).await;
     let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
     let mut browser = Browser::default();
-    support::sign_in_at(&http, &emulator, &avemint.base, &mut browser).await;
+    support::sign_in_at(http, emulator, &avemint.base, &mut browser).await;
     let pid = avemint.child.id();
     let url = |path: &str| format!("{}{path}", avemint.base);
     // Warm up: one small call of each kind, so the baseline has the connection pools and buffers in it.
@@ -1429,9 +1444,9 @@ async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_fram
     let child = ChildApp::start(&routes).await;
     let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
     let mut attacker = Browser::default();
-    support::sign_in_at(&http, &emulator, &avemint.base, &mut attacker).await;
+    support::sign_in_at(http, emulator, &avemint.base, &mut attacker).await;
     let mut bystander = Browser::default();
-    support::sign_in_as_at(&http, &emulator, &avemint.base, &mut bystander, &emulator.users()[1].id).await;
+    support::sign_in_as_at(http, emulator, &avemint.base, &mut bystander, &emulator.users()[1].id).await;
     let session = |browser: &mut Browser| {
         let req = http.get(format!("{}/auth/session", avemint.base)).header("X-CSRF", "1");
         let mut browser = browser.clone();
@@ -1489,4 +1504,206 @@ async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_fram
     assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
     assert!(answered_in < Duration::from_secs(1), "answered in {answered_in:?}");
     drop(writers);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Path confinement, look-alike headers, client framing errors, answer filtering (issue 22)
+
+/// Below `/api/orders` (upstream `/v1`): each a way a normaliser behind the proxy could read the path as leaving
+/// `/v1` (the last, `//admin`, as a host by some).
+const WAYS_OUT: [&str; 23] = [
+    "..;/admin",
+    "..;a=b/admin",
+    "%2e%2e;/admin",
+    ".;/admin",
+    "..%3b/admin",
+    "%2e%2e%3b/admin",
+    "%252e%252e/admin",
+    "a%252f..%252f..%252fadmin",
+    "..%00/admin",
+    "..%09/admin",
+    "..%20/admin",
+    "%20../admin",
+    "..\\admin",
+    "%5c..%5cadmin",
+    "a%2f..%2f..%2fadmin",
+    "%2e%2e/admin",
+    "../admin",
+    "%c0%ae%c0%ae/admin",
+    "%u002e%u002e/admin",
+    "%ef%bc%8e%ef%bc%8e/admin",
+    "\u{ff0e}\u{ff0e}/admin",
+    "...;/admin",
+    "/admin",
+];
+
+#[tokio::test]
+async fn no_spelling_of_a_dot_segment_or_separator_reaches_the_upstream_and_ordinary_paths_do() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    // Raw requests: an HTTP client library would normalise these paths before sending them.
+    let (app, browser) = (&app, &browser);
+    let get = |path: &str| {
+        let line = format!("GET {path}");
+        async move { raw_proxied_answer(app, browser, &line, "Connection: close\r\nX-CSRF: 1\r\n", "").await }
+    };
+    for way_out in WAYS_OUT {
+        let path = format!("/api/orders/{way_out}");
+        let (status, body) = get(&path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        assert_eq!(body["error"], "invalid_request", "{path}");
+        assert!(
+            upstream.received().is_empty(),
+            "{path} reached the upstream: {:?}",
+            upstream.received()
+        );
+    }
+    for (path, sent) in [
+        ("/api/orders/caf%C3%A9/a%20b", "/v1/caf%C3%A9/a%20b"),
+        ("/api/orders/café", "/v1/caf%C3%A9"),
+        ("/api/orders/items;v=1/7", "/v1/items;v=1/7"),
+        ("/api/orders/a..b/.hidden/..x", "/v1/a..b/.hidden/..x"),
+        ("/api/orders/100%25", "/v1/100%25"),
+        ("/api/orders/", "/v1/"),
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(upstream.last().path, sent, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn look_alike_forwarded_headers_never_reach_the_upstream_and_the_request_id_does() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = proxy_app(&upstream).await;
+    let look_alikes = [
+        "X_Forwarded_For",
+        "X_Forwarded_Host",
+        "Custom_Header",
+        "X-Real-IP",
+        "True-Client-IP",
+        "X-Client-IP",
+        "X-Forwarded-Port",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Ssl",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ];
+    let mut req = app
+        .http
+        .get(app.url("/api/orders/headers"))
+        .header("X-CSRF", "1")
+        .header("X-Custom", "kept");
+    for name in look_alikes {
+        req = req.header(name, "6.6.6.6");
+    }
+    let resp = browser.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let answered_id = resp.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let seen = upstream.last();
+    for name in look_alikes {
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+    }
+    assert!(
+        seen.headers.keys().all(|n| !n.as_str().contains('_')),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    // avemint's request id goes upstream: a new one when the browser sent none, the browser's when it sent one.
+    assert_eq!(seen.header("x-request-id"), Some(answered_id.as_str()));
+    let req = app
+        .http
+        .get(app.url("/api/orders/headers"))
+        .header("X-CSRF", "1")
+        .header("X-Request-Id", "trace-42");
+    assert_eq!(browser.send(req).await.status(), 200);
+    assert_eq!(upstream.last().header("x-request-id"), Some("trace-42"));
+}
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
+    let upstream = Upstream::start().await;
+    let (app, browser) = proxy_app(&upstream).await;
+    // A chunked body whose lines end in a bare LF.
+    let chunked = "Connection: close\r\nX-CSRF: 1\r\nTransfer-Encoding: chunked\r\n";
+    let (status, body) = raw_proxied_answer(&app, &browser, "POST /api/orders/body", chunked, "5\nhello\n0\n\n").await;
+    assert_eq!(status, 400, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["error"], "invalid_request");
+    let series = r#"avemint_proxy_requests_total{route="/api/orders",status="5xx"}"#;
+    assert_eq!(metric(&app, series).await, 0.0, "not counted against the upstream");
+    assert_eq!(
+        metric(
+            &app,
+            r#"avemint_proxy_requests_total{route="/api/orders",status="4xx"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_set_a_nameless_cookie_or_hand_the_bearer_to_the_browser() {
+    let upstream = Upstream::start().await;
+    let (app, mut browser) = proxy_app(&upstream).await;
+    let resp = call(&app, &mut browser, "GET", "/api/orders/echo", true).await;
+    assert_eq!(resp.status(), 200);
+    let bearer = upstream.last().bearer();
+    let headers = resp.headers().clone();
+    assert_eq!(headers["x-kept"], "yes");
+    assert!(!headers.contains_key("x-echo"), "{headers:?}");
+    assert!(!headers.contains_key("set-cookie"), "{headers:?}");
+    let signature = bearer.rsplit('.').next().expect("signature");
+    for (name, value) in &headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        assert!(!value.contains(signature), "{name}: {value}");
+    }
+    // The nameless `=__Host-avemint=…` of the ordinary answer is dropped too.
+    let resp = call(&app, &mut browser, "GET", "/api/orders/plain", true).await;
+    let set: Vec<_> = resp.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(set, ["upstream=1; Path=/"]);
+}
+
+#[tokio::test]
+async fn a_websocket_origin_must_be_written_exactly_as_a_browser_serialises_it() {
+    let upstream = WsUpstream::start().await;
+    let allowed = "http://localhost:5173";
+    let (app, browser) = ws_app(&upstream, allowed, None).await;
+    let ours = app.address.as_str();
+    let port = ours.rsplit(':').next().expect("port");
+    let refused = [
+        ours.replacen("http://", "HTTP://", 1),
+        format!("{ours}/"),
+        ours.replacen("http://", "http://user@", 1),
+        ours.replacen("http://", "http://user:pw@", 1),
+        format!("http://2130706433:{port}"),
+        format!("http://0x7f000001:{port}"),
+        format!("http://0177.0.0.1:{port}"),
+        format!("http://127.1:{port}"),
+        format!("{ours}/path"),
+        "http://LOCALHOST:5173".to_owned(),
+        "http://localhost.:5173".to_owned(),
+        "http://localhost:5173/".to_owned(),
+        "http://localhost:05173".to_owned(),
+    ];
+    for origin in &refused {
+        match ws_connect(&app, &browser, "/api/ws", Some(origin)).await {
+            Err(WsError::Http(r)) => assert_eq!(r.status(), 403, "{origin}"),
+            other => panic!("{origin}: {other:?}"),
+        }
+    }
+    assert!(upstream.connections().is_empty(), "the upstream was never contacted");
+    for origin in [ours, allowed] {
+        let mut ws = ws_connect(&app, &browser, "/api/ws", Some(origin)).await.expect(origin);
+        futures_util::SinkExt::send(&mut ws, Message::text("hi"))
+            .await
+            .expect("send");
+        assert_eq!(next_message(&mut ws).await, Some(Message::text("hi")), "{origin}");
+    }
 }

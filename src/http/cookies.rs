@@ -184,11 +184,18 @@ pub(crate) fn strip_own(headers: &mut HeaderMap, all: bool) {
     }
 }
 
-/// Whether a `Set-Cookie` value sets one of avemint's own cookies (an upstream may not).
+/// Whether a `Set-Cookie` value sets one of avemint's own cookies, or may be taken for one (an upstream may not):
+/// its name in any case, or no name at all (`=__Host-avemint=x`, or a pair without `=`), which browsers keep and
+/// send back as the value alone (`__Host-avemint=x`).
 pub(crate) fn sets_own(set_cookie: &HeaderValue) -> bool {
-    let value = set_cookie.as_bytes();
-    let name = trim_ows(value.split(|b| *b == b'=').next().unwrap_or_default());
-    name == SESSION_COOKIE.as_bytes() || name == LOGIN_COOKIE.as_bytes()
+    let pair = set_cookie.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
+    let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+        return true;
+    };
+    let name = trim_ows(&pair[..eq]);
+    name.is_empty()
+        || name.eq_ignore_ascii_case(SESSION_COOKIE.as_bytes())
+        || name.eq_ignore_ascii_case(LOGIN_COOKIE.as_bytes())
 }
 
 /// The session cookie as sent.
@@ -415,6 +422,15 @@ mod tests {
         assert!(sets_own(&HeaderValue::from_static("__Host-avemint=x; Path=/")));
         assert!(sets_own(&HeaderValue::from_static(" __Host-avemint-login =x")));
         assert!(!sets_own(&HeaderValue::from_static("__Host-avemint2=x")));
+        assert!(!sets_own(&HeaderValue::from_static("theme=a=b; Path=/")));
+        for nameless in [
+            "=__Host-avemint=x; Path=/",
+            " =__Host-avemint=x",
+            "__Host-avemint",
+            "__HOST-AVEMINT=x",
+        ] {
+            assert!(sets_own(&HeaderValue::from_static(nameless)), "{nameless}");
+        }
     }
 
     #[test]

@@ -223,7 +223,7 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
 /// `X-Request-Id`.
 async fn respond<E: Endpoint>(
     ep: Arc<E>,
-    req: Request,
+    mut req: Request,
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
@@ -232,7 +232,10 @@ async fn respond<E: Endpoint>(
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
     let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
-    let span = request_id::span(&id, &method, served);
+    let proxied = proxy.find(req.uri().path()).map(|(route, _)| route.path.as_str());
+    let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
+    // The proxy sends it upstream.
+    req.extensions_mut().insert(id.clone());
     if guard.trusts_peer(&req) {
         crate::trace_context::adopt(&span, req.headers());
     }

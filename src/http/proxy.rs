@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
@@ -31,8 +32,10 @@ use super::auth::{self, CSRF_VALUE};
 use super::cookies::{self, CookieChanges};
 use super::cors;
 use super::errors::{ApiError, answer};
+use super::request_id::RequestId;
+use crate::log_gate::LogGate;
 use crate::metrics::{ProxyRouteMetrics, StreamKind};
-use crate::proxy::settings::safe_rest;
+use crate::proxy::settings::check_rest;
 use crate::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
 use crate::session::Session;
 use crate::traffic::client_ip::ClientIp;
@@ -48,11 +51,14 @@ paths below it are forwarded to the route's upstream API with an app JWT of the 
 unchanged, an upstream 401 included. A WebSocket handshake (`GET` with `Upgrade: websocket`) is forwarded the same \
 way and answered `101` when the upstream switches protocols. Answers avemint gives itself, each a JSON \
 `ErrorBody` `{error, error_description}` with no upstream detail: \
-400 `invalid_request` (a path with a dot segment or an encoded slash, a header that cannot be forwarded); \
+400 `invalid_request` (a path that some normaliser could read as leaving the upstream path: a dot segment in any \
+spelling, a backslash, a control character, an encoded slash, an empty segment; a header that cannot be forwarded; a \
+request body the browser framed badly); \
 401 `login_required` (no session, an unknown or ended one; the upstream is never called); \
 403 `invalid_request` (`X-CSRF: 1` missing on a request that needs it, a top-level navigation \
 `Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS`, or \
-a WebSocket handshake whose `Origin` is missing, `null` or not allowed); \
+a WebSocket handshake whose `Origin` is missing, `null`, not allowed or not written exactly as browsers serialise \
+it); \
 405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
 413 `invalid_request` (a body over the route's `max_request_bytes`); \
 414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
@@ -108,11 +114,15 @@ pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
 }
 
 /// A WebSocket handshake needs an `Origin` that is avemint's own or in `AVEMINT_ALLOWED_ORIGINS` (browsers
-/// always send one, and cannot add `X-CSRF` to a handshake).
+/// always send one, and cannot add `X-CSRF` to a handshake), written exactly as a browser serialises it:
+/// `scheme://host[:port]`, lower case, the default port left out, no trailing `/`, user-info or path, hosts as
+/// the URL standard writes them (so no `HTTP://…`, no decimal or hex IP address, no trailing dot).
 fn check_handshake_origin(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let allowed = cors::origin(req.headers()).is_some_and(|origin| {
-        cors::normalise(origin).is_some_and(|o| cors::normalise(state.public_url.as_str()) == Some(o))
-            || state.security.allowed_origins.contains(origin)
+        let serialised = cors::normalise(origin).is_some_and(|o| o == origin && !o.ends_with('.'));
+        serialised
+            && (cors::normalise(state.public_url.as_str()).as_deref() == Some(origin)
+                || state.security.allowed_origins.contains(origin))
     });
     allowed.then_some(()).ok_or_else(|| {
         ApiError::forbidden(
@@ -161,11 +171,11 @@ async fn forward(
     }
     let path = req.uri().path().to_owned();
     let rest = route.rest(&path).unwrap_or_default();
-    if !safe_rest(rest) {
+    if let Err(unsafe_path) = check_rest(rest) {
         return Err(answer(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "the path has a dot segment or an encoded slash",
+            unsafe_path.to_string(),
         ));
     }
     let profiles = state.minter.profiles();
@@ -183,11 +193,13 @@ async fn forward(
     let mut headers = std::mem::take(req.headers_mut());
     cookies::strip_own(&mut headers, route.strip_cookies);
     let query = req.uri().query().map(str::to_owned);
+    let request_id = req.extensions().get::<RequestId>().map(|id| id.as_str().to_owned());
     let out = Outgoing {
         method: req.method().clone(),
         rest,
         query: query.as_deref(),
         headers,
+        request_id: request_id.as_deref(),
         body: Box::pin(req.take_body().into_bytes_stream()),
     };
     // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent, and its place
@@ -213,7 +225,7 @@ async fn forward(
             };
             Ok(switch(metrics, relay, ended))
         }
-        _ => Ok(downstream(answer, metrics, ended)),
+        _ => Ok(downstream(answer, metrics, route, bearer.token.expose(), ended)),
     }
 }
 
@@ -269,17 +281,29 @@ fn too_many(e: websocket::TooMany) -> Response {
 /// `Retry-After` of a WebSocket refused for the limits, in seconds: open sockets end on their own time.
 const SOCKETS_RETRY_AFTER: &str = "5";
 
-/// The upstream's answer as the browser gets it: status, headers without hop-by-hop ones (and without any
-/// `Set-Cookie` for avemint's own cookies), the body streamed as it arrives, cut when the session ends (`ended`)
-/// and bounded by the route's `timeout_ms` as a whole unless it is a stream (see `Answer::body`).
+/// At most one warning a minute about upstream answers that echo the bearer.
+static BEARER_ECHOED: LogGate = LogGate::new(Duration::from_secs(60));
+
+/// The upstream's answer as the browser gets it: status, headers without hop-by-hop ones, without any `Set-Cookie`
+/// that sets or may be taken for avemint's own cookies, and without any header whose value contains `bearer` (the
+/// app JWT sent upstream, or its signature: logged with a rate-limited warning, never the value), the body streamed
+/// as it arrives, cut when the session ends (`ended`) and bounded by the route's `timeout_ms` as a whole unless it
+/// is a stream (see `Answer::body`).
 fn downstream(
     answer: Answer,
     metrics: &ProxyRouteMetrics,
+    route: &RouteSettings,
+    bearer: &str,
     ended: impl Future<Output = ()> + Send + 'static,
 ) -> Response {
     let status = answer.response.status();
     let mut headers = answer.response.headers().clone();
     crate::proxy::headers::strip_hop_by_hop(&mut headers);
+    for name in crate::proxy::headers::drop_echoes(&mut headers, bearer) {
+        if let Some(held_back) = BEARER_ECHOED.pass() {
+            tracing::warn!(route = %route.path, header = %name, held_back, "an upstream answer header contained the bearer sent upstream: dropped");
+        }
+    }
     let set_cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
     headers.remove(header::SET_COOKIE);
     for value in set_cookies.into_iter().filter(|v| !cookies::sets_own(v)) {
@@ -315,7 +339,7 @@ fn method_not_allowed(route: &RouteSettings) -> Response {
 fn failed(e: ForwardError) -> Response {
     let status = match e {
         ForwardError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ForwardError::Unforwardable => StatusCode::BAD_REQUEST,
+        ForwardError::Unforwardable | ForwardError::BadBody => StatusCode::BAD_REQUEST,
         ForwardError::Unreachable => StatusCode::BAD_GATEWAY,
         ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
     };

@@ -63,10 +63,16 @@ impl RequestId {
     }
 }
 
-/// The span of one request. At `ERROR` level so that no log filter drops it: it carries the request
-/// id onto every line written inside it, whatever level those lines are. `status` is recorded at the end.
-pub(crate) fn span(id: &RequestId, method: &poem::http::Method, route: Option<Route>) -> tracing::Span {
-    let route = route.map_or("unmatched", Route::path);
+/// The `route` of a request's span: avemint's own route's path template, a proxied route's prefix, or
+/// `unmatched`.
+pub(crate) fn route_label(route: Option<Route>, proxied: Option<&str>) -> &str {
+    proxied.unwrap_or_else(|| route.map_or("unmatched", Route::path))
+}
+
+/// The span of one request, `route` from [`route_label`]. At `ERROR` level so that no log filter drops it: it
+/// carries the request id onto every line written inside it, whatever level those lines are. `status` is
+/// recorded at the end.
+pub(crate) fn span(id: &RequestId, method: &poem::http::Method, route: &str) -> tracing::Span {
     tracing::error_span!(
         target: "avemint::http",
         "request",

@@ -11,6 +11,7 @@
 
 pub(crate) mod bearer;
 pub(crate) mod headers;
+pub(crate) mod readings;
 pub(crate) mod settings;
 pub(crate) mod websocket;
 
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +46,10 @@ pub(crate) enum ForwardError {
     /// The request could not be turned into an upstream request (a header or URL avemint cannot send).
     #[error("the request cannot be forwarded")]
     Unforwardable,
+    /// The browser's body failed while it was being forwarded (bad chunked framing, a connection cut mid-body):
+    /// the client's fault, not the upstream's.
+    #[error("the request body is malformed or incomplete")]
+    BadBody,
     /// No connection, or the connection failed before an answer.
     #[error("the upstream API cannot be reached")]
     Unreachable,
@@ -143,11 +148,13 @@ pub struct ClientError;
 /// A browser request on its way upstream.
 pub(crate) struct Outgoing<'a> {
     pub method: Method,
-    /// The path below the route's prefix (checked with `settings::safe_rest`).
+    /// The path below the route's prefix (checked with `settings::check_rest`).
     pub rest: &'a str,
     pub query: Option<&'a str>,
     /// The browser's headers without avemint's cookies.
     pub headers: HeaderMap,
+    /// avemint's id of the request, sent upstream as `X-Request-Id`.
+    pub request_id: Option<&'a str>,
     pub body: BodyStream,
 }
 
@@ -258,17 +265,18 @@ impl Proxy {
             client,
             proto: &self.proto,
             host: &self.host,
+            request_id: out.request_id,
         };
         let mut headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
         crate::trace_context::inject(&mut headers);
-        let exceeded = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(AtomicU8::new(BodyFault::NONE));
         let send = match handshake {
             Some(handshake) => {
                 websocket::upgrade_request(&mut headers, handshake);
                 self.handshakes.request(out.method, url).headers(headers).send()
             }
             None => {
-                let body = reqwest::Body::wrap_stream(bounded(out.body, limit, exceeded.clone()));
+                let body = reqwest::Body::wrap_stream(bounded(out.body, limit, fault.clone()));
                 self.client.request(out.method, url).headers(headers).body(body).send()
             }
         };
@@ -279,12 +287,17 @@ impl Proxy {
                 metrics.upstream_latency(started.elapsed());
                 Ok(Answer { response, deadline })
             }
-            Ok(Err(_)) if exceeded.load(Ordering::Acquire) => Err(ForwardError::TooLarge { limit }),
-            Ok(Err(e)) => {
-                // Without the URL: its query may carry values the access log leaves out too.
-                tracing::warn!(route = %route.path, error = %e.without_url(), "upstream request failed");
-                Err(ForwardError::Unreachable)
-            }
+            Ok(Err(e)) => match fault.load(Ordering::Acquire) {
+                BodyFault::TOO_LARGE => Err(ForwardError::TooLarge { limit }),
+                BodyFault::CLIENT => {
+                    tracing::debug!(route = %route.path, "the browser's request body failed while it was forwarded");
+                    Err(ForwardError::BadBody)
+                }
+                _ => {
+                    tracing::warn!(route = %route.path, error = %cause(e, &route.upstream), "upstream request failed");
+                    Err(ForwardError::Unreachable)
+                }
+            },
             Err(_) => Err(ForwardError::Timeout {
                 ms: route.timeout.as_millis(),
             }),
@@ -292,14 +305,55 @@ impl Proxy {
     }
 }
 
-/// `body`, failing once more than `limit` bytes have passed (and saying so in `exceeded`).
-fn bounded(body: BodyStream, limit: u64, exceeded: Arc<AtomicBool>) -> impl Stream<Item = Result<Bytes, io::Error>> {
+/// What went wrong with an upstream call, for the log: the innermost cause in the error's source chain
+/// (`connection refused`, `dns error: …`, `invalid peer certificate: …`) and the upstream's host and port, never
+/// its path or query.
+fn cause(e: reqwest::Error, upstream: &url::Url) -> String {
+    let e = e.without_url();
+    let mut innermost: &(dyn std::error::Error + 'static) = &e;
+    let mut io_kind = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        innermost = err;
+        next = err.source();
+    }
+    let what = match io_kind {
+        Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(io::ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+        Some(io::ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
+        Some(io::ErrorKind::TimedOut) => "connection timed out".to_owned(),
+        _ => innermost.to_string(),
+    };
+    let host = upstream.host_str().unwrap_or_default();
+    match upstream.port_or_known_default() {
+        Some(port) => format!("{what} to {host}:{port}"),
+        None => format!("{what} to {host}"),
+    }
+}
+
+/// What went wrong with a forwarded request body, if anything (an `AtomicU8` shared with [`bounded`]).
+struct BodyFault;
+
+impl BodyFault {
+    const NONE: u8 = 0;
+    /// Over `max_request_bytes`.
+    const TOO_LARGE: u8 = 1;
+    /// The browser's body stream failed.
+    const CLIENT: u8 = 2;
+}
+
+/// `body`, failing once more than `limit` bytes have passed, and saying in `fault` why it failed (too large, or
+/// the browser's stream failed).
+fn bounded(body: BodyStream, limit: u64, fault: Arc<AtomicU8>) -> impl Stream<Item = Result<Bytes, io::Error>> {
     let mut seen: u64 = 0;
     body.map(move |chunk| {
-        let chunk = chunk?;
+        let chunk = chunk.inspect_err(|_| fault.store(BodyFault::CLIENT, Ordering::Release))?;
         seen = seen.saturating_add(chunk.len() as u64);
         if seen > limit {
-            exceeded.store(true, Ordering::Release);
+            fault.store(BodyFault::TOO_LARGE, Ordering::Release);
             return Err(io::Error::other("request body over max_request_bytes"));
         }
         Ok(chunk)

@@ -78,31 +78,123 @@ impl RouteSettings {
             .filter(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
-    /// The upstream URL of a request whose path below the prefix is `rest` (checked by [`safe_rest`]), with the
-    /// query as sent.
-    pub(crate) fn target(&self, rest: &str, query: Option<&str>) -> Result<Url, url::ParseError> {
+    /// The upstream URL of a request whose path below the prefix is `rest`, with the query as sent; refused
+    /// ([`UnsafePath`]) unless `rest` passes [`check_rest`] both as received and as it is sent (after the URL
+    /// parser's re-encoding), so the check applies to exactly the path the upstream gets.
+    pub fn target(&self, rest: &str, query: Option<&str>) -> Result<Url, UnsafePath> {
+        check_rest(rest)?;
         let base = self.upstream.as_str().trim_end_matches('/');
         let mut target = format!("{base}{rest}");
         if let Some(q) = query {
             target.push('?');
             target.push_str(q);
         }
-        Url::parse(&target)
+        let url = Url::parse(&target).map_err(|_| UnsafePath::Unparsable)?;
+        let base_path = self.upstream.path().trim_end_matches('/');
+        let sent = url.path().strip_prefix(base_path).ok_or(UnsafePath::Unparsable)?;
+        check_rest(sent)?;
+        Ok(url)
     }
 }
 
-/// Whether the part of a path below a route's prefix can be forwarded as is: no dot segment (`.`, `..`, also
-/// percent-encoded) and no encoded slash or backslash, so a request can never reach an upstream path outside the
-/// route's upstream path, whatever the upstream normalises.
-pub(crate) fn safe_rest(rest: &str) -> bool {
-    let lower = rest.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
-        return false;
+/// Why the path below a route's prefix is not forwarded (400 `invalid_request`): some normaliser an upstream
+/// may use could read it as leaving the route's upstream path. See [`check_rest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafePath {
+    /// A segment that is `.` or `..` (or only dots) in some reading.
+    #[error("the path has a dot segment (`.` or `..`, in some spelling)")]
+    DotSegment,
+    /// A backslash, a control character, a `?` or `#` as such, an encoded `/`, or a look-alike of one of them.
+    #[error("the path has a backslash, a control character or an encoded slash")]
+    Separator,
+    /// An empty segment (`//`) anywhere but at the end.
+    #[error("the path has an empty segment (`//`)")]
+    EmptySegment,
+    /// Still percent-encoded after [`MAX_DECODES`] decodings.
+    #[error("the path is percent-encoded too many times")]
+    TooDeep,
+    /// The upstream URL could not be formed from it.
+    #[error("the path cannot be forwarded")]
+    Unparsable,
+}
+
+/// How many times a segment is percent-decoded when looking for a reading that leaves the prefix; a segment
+/// that still changes after that many decodings is refused.
+pub(crate) const MAX_DECODES: usize = 4;
+
+/// Whether the part of a path below a route's prefix (`""` or starting with `/`) can be forwarded as is: no
+/// normaliser an upstream may apply can read it as leaving the route's upstream path. Each segment is read as
+/// received and after each of up to [`MAX_DECODES`] percent-decodings (`%252e` is `%2e` is `.`); in every one of
+/// those readings it must have:
+/// - no backslash, no control character (`%00`, `%09`, …, `%7f`), no `/` (so no `%2f`, `%252f`), no `?` or `#` as
+///   such, no overlong UTF-8 lead byte (`%c0`, `%c1`), no IIS `%u` escape, no full-width `／` or `＼`;
+/// - no dot segment: with `;` and what follows removed (Tomcat's path parameters) and white space trimmed, the
+///   segment is not made of dots only (`.`, `..`, `...`; also the dots NFKC maps to `.`).
+///
+/// And no segment is empty except the last (`/a/` is fine, `//a` is not). Ordinary paths pass: UTF-8
+/// (`%C3%A9`), `%20` inside a name, `;` in a segment that is not dots, a literal `%` (`100%25`).
+pub fn check_rest(rest: &str) -> Result<(), UnsafePath> {
+    let Some(below) = rest.strip_prefix('/') else {
+        return if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(UnsafePath::Unparsable)
+        };
+    };
+    if rest.contains(['?', '#']) {
+        return Err(UnsafePath::Separator);
     }
-    lower
-        .split('/')
-        .map(|segment| segment.replace("%2e", "."))
-        .all(|segment| segment != "." && segment != "..")
+    let segments: Vec<&str> = below.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.into_iter().enumerate() {
+        if segment.is_empty() && i != last {
+            return Err(UnsafePath::EmptySegment);
+        }
+        check_segment(segment.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One segment, read as received and after each percent-decoding (see [`check_rest`]).
+fn check_segment(raw: &[u8]) -> Result<(), UnsafePath> {
+    let mut reading = raw.to_vec();
+    for _ in 0..=MAX_DECODES {
+        let text = String::from_utf8_lossy(&reading);
+        if reading
+            .iter()
+            .any(|&b| b == b'/' || b == b'\\' || b.is_ascii_control() || b == 0xc0 || b == 0xc1)
+            || text.contains(['\u{ff0f}', '\u{ff3c}'])
+            || has_iis_escape(&reading)
+        {
+            return Err(UnsafePath::Separator);
+        }
+        if is_dot_segment(&text) {
+            return Err(UnsafePath::DotSegment);
+        }
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&reading).collect();
+        if decoded == reading {
+            return Ok(());
+        }
+        reading = decoded;
+    }
+    Err(UnsafePath::TooDeep)
+}
+
+/// Whether a segment is dots only once `;…` is removed and white space (and control characters) trimmed.
+fn is_dot_segment(segment: &str) -> bool {
+    let name = segment.split(';').next().unwrap_or_default();
+    let name = name.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| matches!(c, '.' | '\u{ff0e}' | '\u{fe52}' | '\u{2024}'))
+}
+
+/// IIS's `%uXXXX` escapes.
+fn has_iis_escape(reading: &[u8]) -> bool {
+    reading
+        .windows(6)
+        .any(|w| w[0] == b'%' && w[1].eq_ignore_ascii_case(&b'u') && w[2..].iter().all(u8::is_ascii_hexdigit))
 }
 
 /// The validated routes; at most one matches any path (prefixes do not overlap).
@@ -332,15 +424,103 @@ mod tests {
         assert_eq!(errors.len(), 15, "{errors:#?}");
     }
 
+    /// Paths below a route's prefix that are forwarded: ordinary ones, odd but harmless ones.
+    const ORDINARY: [&str; 14] = [
+        "",
+        "/",
+        "/a/b",
+        "/a/b/",
+        "/a.b",
+        "/..a",
+        "/a..",
+        "/a%20b",
+        "/caf%C3%A9",
+        "/a;b=c",
+        "/a;b/c",
+        "/100%25",
+        "/%zz",
+        "/items.json;v=1",
+    ];
+
     #[test]
     fn rests_that_could_leave_the_upstream_path_are_refused() {
-        for ok in ["", "/", "/a/b", "/a.b", "/..a", "/a%20b"] {
-            assert!(safe_rest(ok), "{ok}");
+        for ok in ORDINARY {
+            assert_eq!(check_rest(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "/..", "/a/../b", "/.", "/%2e%2E", "/.%2e/x", "/a%2fb", "/a%5Cb", "/a\\b",
+        use UnsafePath::*;
+        for (bad, why) in [
+            ("/..", DotSegment),
+            ("/a/../b", DotSegment),
+            ("/.", DotSegment),
+            ("/...", DotSegment),
+            ("/%2e%2E", DotSegment),
+            ("/.%2e/x", DotSegment),
+            ("/..;/admin", DotSegment),
+            ("/..;a=b", DotSegment),
+            ("/%2e%2e;", DotSegment),
+            ("/.;", DotSegment),
+            ("/..%3b", DotSegment),
+            ("/%2e%2e%3b", DotSegment),
+            ("/%252e%252e", DotSegment),
+            ("/..%20", DotSegment),
+            ("/%20..", DotSegment),
+            ("/%c2%a0..", DotSegment),
+            ("/%ef%bc%8e%ef%bc%8e", DotSegment),
+            ("/a%2fb", Separator),
+            ("/a%2Fb", Separator),
+            ("/a%252fb", Separator),
+            ("/a%5Cb", Separator),
+            ("/a\\b", Separator),
+            ("/..\\admin", Separator),
+            ("/%5c..%5c", Separator),
+            ("/..%00", Separator),
+            ("/..%09", Separator),
+            ("/a%250ab", Separator),
+            ("/a%7f", Separator),
+            ("/%c0%ae%c0%ae", Separator),
+            ("/%u002e%u002e", Separator),
+            ("/a%ef%bc%8fb", Separator),
+            ("/a?b", Separator),
+            ("//admin", EmptySegment),
+            ("/a//b", EmptySegment),
+            ("/%252525252e", TooDeep),
+            ("a", Unparsable),
         ] {
-            assert!(!safe_rest(bad), "{bad}");
+            assert_eq!(check_rest(bad), Err(why), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_path_sent_upstream_is_the_checked_one() {
+        let routes = Routes::build(vec![spec("/api", "https://h/v1/")], None).expect("valid");
+        let route = &routes.all()[0];
+        for (rest, sent) in [
+            ("/a%20b", "/v1/a%20b"),
+            ("/a;b", "/v1/a;b"),
+            ("/caf%C3%A9", "/v1/caf%C3%A9"),
+            ("/a\"b", "/v1/a%22b"),
+            ("", "/v1"),
+        ] {
+            assert_eq!(route.target(rest, None).expect("forwarded").path(), sent, "{rest}");
+        }
+        assert_eq!(route.target("/%2e%2e", None), Err(UnsafePath::DotSegment));
+    }
+
+    proptest::proptest! {
+        /// Whatever `check_rest` accepts stays below the upstream path under every reading of `readings`.
+        #[test]
+        fn accepted_paths_stay_below_the_prefix_whatever_the_upstream_normalises(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "/", "/", "a", "b", ".", "..", "%2e", "%2E", "%252e", "%25", "2e", "%", ";", ";x=1", "%3b", "%253b",
+                "%2f", "%5c", "\\", "%00", "%09", "%20", " ", "%c2%a0", "%ef%bc%8e", "%u002e", "%c0%ae",
+            ]), 0..10)
+        ) {
+            let rest = format!("/{}", parts.concat());
+            let routes = Routes::build(vec![spec("/api", "https://h/v1")], None).expect("valid");
+            if let Ok(url) = routes.all()[0].target(&rest, None) {
+                let sent = url.path();
+                proptest::prop_assert_eq!(crate::proxy::readings::escape("/v1", sent), None, "{} sent as {}", rest, sent);
+            }
         }
     }
 }
