@@ -938,6 +938,51 @@ async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009(
     message_limit_is(&upstream, &app, &browser, 1024).await;
 }
 
+/// The session checks of an open WebSocket read the session without counting as the user's activity: a socket left
+/// open does not keep its session from the idle timeout (the wall clock is a `ManualClock`).
+#[tokio::test]
+async fn an_open_websocket_does_not_keep_its_session_from_the_idle_timeout() {
+    use avemint::testing::clock::{ManualClock, UnixTime};
+    const MINUTE: i64 = 60;
+    let upstream = WsUpstream::start().await;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let clock = ManualClock::new(UnixTime::from_unsigned(start));
+    let at = |minutes: i64| UnixTime::from_secs(UnixTime::from_unsigned(start).as_secs() + minutes * MINUTE);
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{}/socket\"\n",
+            upstream.base
+        )),
+        session: Some(avemint::testing::session::SessionSettings {
+            idle_timeout: Duration::from_secs(60 * 60),
+            ..Default::default()
+        }),
+        clock: Some(clock.clock()),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    // 40 minutes pass with the socket open, and a session check (every 5 s) sees them: the session is live.
+    clock.set(at(40));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    futures_util::SinkExt::send(&mut ws, Message::text("still here"))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
+    // 70 minutes after the last request: the idle timeout has passed, whatever the socket's checks did.
+    clock.set(at(70));
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1008, "session ended".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn a_websocket_handshake_needs_an_origin_that_is_ours_or_allowed() {
     let upstream = WsUpstream::start().await;
