@@ -69,8 +69,8 @@ it); \
 504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
 stream (neither `text/event-stream` nor without `Content-Length`) whose body has not arrived whole within `timeout_ms` is \
 cut: its status was already sent. Every answer still streaming (server-sent events, a download, a WebSocket) ends \
-within 5 s of its session's end (logout, expiry, an administrator ending it, …). Ambiguous request framing (two different `Content-Length` values) is answered 400 \
-by the HTTP server itself, without a body, and never forwarded.";
+within 5 s of its session's end (logout, expiry, an administrator ending it, …). Ambiguous request framing (two \
+different `Content-Length` values) is answered 400 by the HTTP server itself, without a body, and never forwarded.";
 
 impl poem_openapi::OpenApi for ProxyDoc {
     fn meta() -> Vec<poem_openapi::registry::MetaApi> {
