@@ -1,8 +1,9 @@
 //! Every long-lived proxied answer ends when its session ends (issue 22 §5): a server-sent event stream through a
 //! route ends within the documented bound (5 s on the instance that saw the end) after each way a session can end:
 //! logout, logout elsewhere (`scope: others` from another session, `scope: all`), the idle timeout, the lifetime
-//! (both by the injected clock), the per-user cap, and an administrator ending it. On SQLite and PostgreSQL.
-//! Another user's stream, on the same instance, goes on.
+//! (both by the injected clock), the per-user cap, and an administrator ending it; and so does a download generated
+//! as it goes (chunked, not an event stream) after a logout. On SQLite and PostgreSQL. Another user's stream, on the
+//! same instance, goes on.
 
 mod support;
 
@@ -22,17 +23,22 @@ const BOUND: Duration = Duration::from_millis(6500);
 const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// An event every 200 ms, for ever.
+/// An event every 200 ms, for ever; below `…/download`, the same as a download generated as it goes (chunked,
+/// not an event stream).
 #[handler]
-fn ticker(_req: &Request) -> Response {
+fn ticker(req: &Request) -> Response {
     let events = futures_util::stream::unfold(0u64, |i| async move {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {i}\n\n"))), i + 1))
     });
+    let kind = match req.uri().path().ends_with("/download") {
+        true => "application/octet-stream",
+        false => "text/event-stream",
+    };
     Response::builder()
-        .content_type("text/event-stream")
+        .content_type(kind)
         .body(Body::from_bytes_stream(events))
 }
 
@@ -87,9 +93,9 @@ fn system_now() -> UnixTime {
 /// An event stream as it arrives.
 type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// The open event stream of `browser` through the route, once its first event arrived.
-async fn open_stream(app: &TestApp, browser: &Browser) -> Events {
-    let req = app.http.get(app.url("/api/events/ticker")).header("X-CSRF", "1");
+/// The open stream at `path` of `browser` through the route, once its first event arrived.
+async fn open_stream(app: &TestApp, browser: &Browser, path: &str) -> Events {
+    let req = app.http.get(app.url(path)).header("X-CSRF", "1");
     let resp = browser.clone().send(req).await;
     assert_eq!(resp.status(), 200);
     let mut stream: Events = Box::pin(resp.bytes_stream());
@@ -113,9 +119,14 @@ async fn ends_within(stream: &mut Events, within: Duration) -> Option<Duration> 
     .ok()
 }
 
-/// One app, one stream, one way for its session to end: how long after it the stream ended (`None`: not within
-/// twice the bound), and whether another user's stream still flows then.
-async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str) -> (Option<Duration>, bool) {
+/// One app, one stream at `path`, one way for its session to end: how long after it the stream ended (`None`: not
+/// within twice the bound), and whether another user's stream still flows then.
+async fn stream_after(
+    trigger: Trigger,
+    path: &str,
+    db: Option<DatabaseUrl>,
+    upstream: &str,
+) -> (Option<Duration>, bool) {
     let clock = ManualClock::new(system_now());
     // Each app its own store: a scope, the cap or the clock must reach only its own sessions.
     let db = match db {
@@ -149,8 +160,8 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
     let browser = app.signed_in_as(0).await;
     let bystander = app.signed_in_as(1).await;
     let sid = app.sid_of(&browser).await;
-    let mut stream = open_stream(&app, &browser).await;
-    let mut other = open_stream(&app, &bystander).await;
+    let mut stream = open_stream(&app, &browser, path).await;
+    let mut other = open_stream(&app, &bystander, path).await;
 
     let logout = |browser: &Browser, body: Option<Value>| {
         let mut req = app.http.post(app.url("/auth/logout")).header("X-CSRF", "1");
@@ -203,18 +214,26 @@ async fn stream_after(trigger: Trigger, db: Option<DatabaseUrl>, upstream: &str)
 
 async fn a_streamed_answer_ends_within_the_bound_whichever_way_its_session_ends(db: Option<DatabaseUrl>) {
     let (upstream, task) = start_upstream();
-    let runs = Trigger::ALL.map(|t| stream_after(t, db.clone(), &upstream));
+    // Every trigger for server-sent events, and a logout for a download generated as it goes.
+    let cases: Vec<(Trigger, &str)> = Trigger::ALL
+        .iter()
+        .map(|t| (*t, "/api/events/ticker"))
+        .chain([(Trigger::Logout, "/api/events/download")])
+        .collect();
+    let runs = cases
+        .iter()
+        .map(|(t, path)| stream_after(*t, path, db.clone(), &upstream));
     let results = futures_util::future::join_all(runs).await;
     task.abort();
     let mut failures = Vec::new();
-    for (trigger, (ended, others_flow)) in Trigger::ALL.iter().zip(results) {
-        eprintln!("measured: {trigger:?}: the stream ended {ended:?} after the session did");
+    for ((trigger, path), (ended, others_flow)) in cases.iter().zip(results) {
+        eprintln!("measured: {trigger:?} ({path}): the stream ended {ended:?} after the session did");
         match ended {
             Some(after) if after <= BOUND => {}
-            other => failures.push(format!("{trigger:?}: ended {other:?} after (bound {BOUND:?})")),
+            other => failures.push(format!("{trigger:?} ({path}): ended {other:?} after (bound {BOUND:?})")),
         }
         if !others_flow {
-            failures.push(format!("{trigger:?}: another user's stream stopped too"));
+            failures.push(format!("{trigger:?} ({path}): another user's stream stopped too"));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
