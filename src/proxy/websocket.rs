@@ -68,7 +68,7 @@ pub(crate) enum TooMany {
 }
 
 /// The WebSockets open on this instance, counted per session, within [`WebSocketLimits`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct OpenSockets {
     limits: WebSocketLimits,
     counts: Arc<Mutex<Counts>>,
@@ -309,6 +309,23 @@ mod tests {
             m.append(*k, HeaderValue::from_static(v));
         }
         m
+    }
+
+    #[test]
+    fn open_sockets_are_limited_per_session_and_per_instance_and_given_back_when_dropped() {
+        let sockets = OpenSockets::new(WebSocketLimits {
+            per_session: 2,
+            instance: 3,
+        });
+        let (a, b) = (SessionRowKey::from_bytes([1; 32]), SessionRowKey::from_bytes([2; 32]));
+        let a1 = sockets.open(a).expect("a 1");
+        let _a2 = sockets.open(a).expect("a 2");
+        assert_eq!(sockets.open(a).expect_err("a 3"), TooMany::Session(2));
+        let _b1 = sockets.open(b).expect("b 1");
+        assert_eq!(sockets.open(b).expect_err("b 2"), TooMany::Instance(3));
+        drop(a1);
+        let _b2 = sockets.open(b).expect("a place was given back");
+        assert_eq!(sockets.open(a).expect_err("full"), TooMany::Instance(3));
     }
 
     #[test]
