@@ -37,7 +37,7 @@ use crate::mint::keys::{Algorithm, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
 use crate::mint::profiles::{
     self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ProfileSpec, TokenSettings,
 };
-use crate::proxy::{RouteSpec, Routes};
+use crate::proxy::{RouteSpec, Routes, WebSocketLimits};
 use crate::reload::SecretFile;
 use crate::server::ConnectionTimeouts;
 use crate::session::{
@@ -65,6 +65,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// Proxy mode's routes (none: proxy mode is off).
     pub routes: Routes,
+    /// How many proxied WebSockets may be open at once.
+    pub websockets: WebSocketLimits,
     /// Defaults taken for what is usually set, one sentence each (e.g. "no AVEMINT_DATABASE_URL: …"), for the
     /// start-up summary.
     pub defaults: Vec<String>,
@@ -454,6 +456,11 @@ impl Loader<'_> {
         let routes = self.routes(token.as_ref());
         // A route's profile is not mintable by page script unless it says `browser = true`.
         let token = token.map(|t| t.settle_browser(routes.all().iter().map(|r| r.profile.as_deref())));
+        let d = WebSocketLimits::default();
+        let websockets = WebSocketLimits {
+            per_session: self.or(Number, "AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "max_websockets_per_session", d.per_session, whole(1, 10_000)),
+            instance: self.or(Number, "AVEMINT_MAX_WEBSOCKETS", "max_websockets", d.instance, whole(1, 1_000_000)),
+        };
         let admin = self.admin(listen);
         Some(Settings {
             listen,
@@ -479,6 +486,7 @@ impl Loader<'_> {
             keys,
             security,
             routes,
+            websockets,
             defaults: std::mem::take(&mut self.defaults),
             admin,
         })
@@ -1330,6 +1338,20 @@ mod tests {
     }
 
     #[test]
+    fn websocket_limits_from_the_file_or_the_environment() {
+        let s = Settings::load(None, &env(&minimal())).expect("defaults");
+        assert_eq!((s.websockets.per_session, s.websockets.instance), (8, 1024));
+        let s = load_file(
+            "max_websockets_per_session = 2\nmax_websockets = 50\n",
+            &[("AVEMINT_MAX_WEBSOCKETS", "70")],
+        )
+        .expect("valid");
+        assert_eq!((s.websockets.per_session, s.websockets.instance), (2, 70));
+        let e = load_file("", &[("AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "0")]).expect_err("zero");
+        assert!(e.0[0].starts_with("AVEMINT_MAX_WEBSOCKETS_PER_SESSION"), "{e}");
+    }
+
+    #[test]
     fn routes_from_the_file_or_the_environment_with_every_problem_reported() {
         assert!(
             Settings::load(None, &env(&minimal()))
@@ -1338,9 +1360,10 @@ mod tests {
                 .all()
                 .is_empty()
         );
-        let file = "[[routes]]\npath = \"/api/orders\"\nupstream = \"https://orders.internal:8443/v1\"\nmethods = [\"GET\", \"POST\"]\ntimeout_ms = 5000\nmax_request_bytes = 1024\nstrip_cookies = true\n";
+        let file = "[[routes]]\npath = \"/api/orders\"\nupstream = \"https://orders.internal:8443/v1\"\nmethods = [\"GET\", \"POST\"]\ntimeout_ms = 5000\nmax_request_bytes = 1024\nmax_message_bytes = 4096\nstrip_cookies = true\n";
         let s = load_file(file, &[]).expect("valid");
         let r = &s.routes.all()[0];
+        assert_eq!(r.max_message_bytes, 4096);
         assert_eq!(
             (r.path.as_str(), r.upstream.as_str()),
             ("/api/orders", "https://orders.internal:8443/v1")

@@ -139,7 +139,8 @@ impl Application {
         Self::with_acceptor(settings, mode, acceptor, clock).await
     }
 
-    /// Hands each component its own settings and wires them together.
+    /// Hands each component its own settings and wires them together; `clock` is the one wall clock of the process
+    /// (sessions, renewal, minting, key rotation and the sign-in cookie read it).
     async fn with_acceptor(
         settings: Settings,
         mode: Mode,
@@ -170,6 +171,7 @@ impl Application {
             keys,
             security,
             routes,
+            websockets,
             defaults,
             admin,
         } = settings;
@@ -191,8 +193,6 @@ impl Application {
             }
             None => None,
         };
-        // The one wall clock of the process (the system's but in tests): sessions, renewal, minting, key rotation
-        // and the sign-in cookie read it.
         let sessions = Arc::new(
             Sessions::open_with_pool(
                 &store.database_url,
@@ -285,7 +285,7 @@ impl Application {
         let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
             ave_client.token_budget().sign_in_limit,
         ));
-        let proxy = crate::proxy::Proxy::new(routes, &public_url)?;
+        let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
             sign_in_limiter,

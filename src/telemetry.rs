@@ -23,7 +23,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt as _, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -100,6 +100,20 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
     EnvFilter::builder()
         .parse(filter)
         .map_err(|e| TelemetryError::Filter(e.to_string()))
+}
+
+/// Libraries whose detailed lines carry payloads: tungstenite logs every WebSocket message and close frame it reads
+/// or writes (at `trace` and `debug`), and an upstream echoing a token would put it in the log. They are capped at
+/// `info` whatever `RUST_LOG` says (`RUST_LOG=trace` and `RUST_LOG=tungstenite=trace` included).
+const CAPPED: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
+/// Every target at every level, except the [`CAPPED`] ones above `info`.
+fn capped() -> Targets {
+    CAPPED
+        .iter()
+        .fold(Targets::new().with_default(tracing::Level::TRACE), |t, target| {
+            t.with_target(*target, tracing::Level::INFO)
+        })
 }
 
 /// Where spans are exported.
@@ -189,7 +203,7 @@ fn install<W>(logs: &LogSettings, tracing: Tracing, writer: W, ansi: bool) -> Re
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = parse_filter(&logs.filter)?;
+    let filter = parse_filter(&logs.filter)?.and(capped());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
     let fmt = match logs.format {
         LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),

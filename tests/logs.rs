@@ -400,3 +400,73 @@ async fn proxied_requests_log_their_route_and_the_cause_of_upstream_failures_nev
         "{body_lines}"
     );
 }
+
+/// A WebSocket upstream on loopback that echoes every message; its base URL.
+async fn echo_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = futures_util::SinkExt::send(&mut ws, m).await;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+/// tungstenite logs every message it reads or writes at `trace`: an app JWT sent through a proxied WebSocket and
+/// echoed back by the upstream reaches no log line, at `trace` level.
+#[tokio::test]
+async fn a_token_echoed_through_a_proxied_websocket_is_not_logged_at_trace_level() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let capture = capture();
+    let upstream = echo_upstream().await;
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!("[[routes]]\npath = \"/api/ws\"\nupstream = \"{upstream}\"\n")),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let resp = app.post_token(&mut browser, true).await;
+    let body: Value = resp.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token").to_owned();
+
+    let mut req = format!("{}/api/ws", app.address.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert("origin", app.address.parse().expect("origin"));
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    req.headers_mut()
+        .insert("cookie", cookies.join("; ").parse().expect("cookie"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the WebSocket opens");
+    for m in [
+        Message::text(token.clone()),
+        Message::binary(token.clone().into_bytes()),
+    ] {
+        futures_util::SinkExt::send(&mut ws, m.clone()).await.expect("send");
+        let echoed = futures_util::StreamExt::next(&mut ws).await;
+        assert!(matches!(&echoed, Some(Ok(e)) if *e == m), "echoed: {echoed:?}");
+    }
+    let _ = ws.close(None).await;
+    app.stop().await;
+
+    let logs = capture.text();
+    assert!(logs.contains("/api/ws"), "the WebSocket's request line is captured");
+    let mut transcript = Transcript::default();
+    transcript.add("app JWT sent through the WebSocket", &token);
+    for (label, secret) in &transcript.secrets {
+        assert!(!logs.contains(secret.as_str()), "{label} is in the logs");
+    }
+}

@@ -633,6 +633,17 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 /// avemint with a route `/api/ws` to `upstream` (allowing `allowed` as another origin, with `keep_alive`), and a
 /// signed-in browser.
 async fn ws_app(upstream: &WsUpstream, allowed: &str, keep_alive: Option<Duration>) -> (TestApp, Browser) {
+    ws_app_with(upstream, allowed, keep_alive, "", Vec::new()).await
+}
+
+/// [`ws_app`] with more keys for the `/api/ws` route (`route_extra`, TOML lines) and environment (`env`).
+async fn ws_app_with(
+    upstream: &WsUpstream,
+    allowed: &str,
+    keep_alive: Option<Duration>,
+    route_extra: &str,
+    env: Vec<(&'static str, String)>,
+) -> (TestApp, Browser) {
     let base = &upstream.base;
     let mut security = avemint::testing::http::security::SecuritySettings {
         allowed_origins: avemint::testing::http::cors::AllowedOrigins::parse(allowed).expect("origins"),
@@ -643,11 +654,12 @@ async fn ws_app(upstream: &WsUpstream, allowed: &str, keep_alive: Option<Duratio
     }
     let app = TestApp::spawn_with(Options {
         routes_toml: Some(format!(
-            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{base}/socket\"\nmethods = [\"GET\"]\n\
+            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{base}/socket\"\nmethods = [\"GET\"]\n{route_extra}\
              [[routes]]\npath = \"/api/ws-down\"\nupstream = \"http://127.0.0.1:{}\"\n",
             free_port()
         )),
         security: Some(security),
+        env,
         ..Options::default()
     })
     .await;
@@ -804,6 +816,170 @@ async fn a_websocket_is_closed_when_its_session_ends() {
     assert!(
         matches!(&refused, Err(WsError::Http(r)) if r.status() == 401),
         "{refused:?}"
+    );
+}
+
+/// The status, `Retry-After` and error code of a refused handshake.
+async fn refused_handshake(result: Result<Ws, WsError>) -> (u16, Option<String>, String) {
+    match result {
+        Err(WsError::Http(resp)) => {
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("a JSON body");
+            (
+                resp.status().as_u16(),
+                retry,
+                body["error"].as_str().expect("error").to_owned(),
+            )
+        }
+        other => panic!(
+            "expected a refused handshake, got {:?}",
+            other.map(|_| "an open socket")
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_session_gets_at_most_8_websockets_and_the_instance_max_websockets_each_refused_429_before_the_upstream() {
+    let upstream = WsUpstream::start().await;
+    let env = vec![("AVEMINT_MAX_WEBSOCKETS", "10".to_owned())];
+    let (app, browser) = ws_app_with(&upstream, "", None, "", env).await;
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await;
+        open.push(ws.unwrap_or_else(|e| panic!("socket {i} opens: {e}")));
+    }
+    let ninth = ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await;
+    assert_eq!(
+        refused_handshake(ninth).await,
+        (429, Some("5".to_owned()), "rate_limited".to_owned())
+    );
+    assert_eq!(upstream.connections().len(), 8, "the upstream never saw the ninth");
+    // One closes: its place is free again.
+    let mut first = open.remove(0);
+    first.close(None).await.expect("close");
+    let _ = next_message(&mut first).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        match ws_connect(&app, &browser, "/api/ws", Some(&app.address)).await {
+            Ok(ws) => break ws,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("a freed place was not given back: {e}"),
+        }
+    };
+    open.push(again);
+
+    // Another user's session has its own 8, within the instance's 10.
+    let other = app.signed_in_as(1).await;
+    for _ in 0..2 {
+        open.push(
+            ws_connect(&app, &other, "/api/ws", Some(&app.address))
+                .await
+                .expect("open"),
+        );
+    }
+    let before = upstream.connections().len();
+    let eleventh = ws_connect(&app, &other, "/api/ws", Some(&app.address)).await;
+    assert_eq!(
+        refused_handshake(eleventh).await,
+        (429, Some("5".to_owned()), "rate_limited".to_owned())
+    );
+    assert_eq!(
+        upstream.connections().len(),
+        before,
+        "the upstream never saw the eleventh"
+    );
+}
+
+/// Sends a text message of `fits` bytes (echoed back) and then one of `fits + 1`: the browser gets `1009`, and so
+/// does the upstream.
+async fn message_limit_is(upstream: &WsUpstream, app: &TestApp, browser: &Browser, fits: usize) {
+    let mut ws = ws_connect(app, browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    let text = "x".repeat(fits);
+    futures_util::SinkExt::send(&mut ws, Message::text(text.clone()))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_message(&mut ws).await,
+        Some(Message::text(text)),
+        "{fits} bytes pass"
+    );
+    futures_util::SinkExt::send(&mut ws, Message::text("y".repeat(fits + 1)))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1009, "message too big".to_owned())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connections()[0].closed_with.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.connections()[0].closed_with,
+        Some((1009, "message too big".to_owned())),
+        "the upstream is told too"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009() {
+    // The default: 1 MiB.
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app(&upstream, "", None).await;
+    message_limit_is(&upstream, &app, &browser, 1024 * 1024).await;
+    // The route's own.
+    let upstream = WsUpstream::start().await;
+    let (app, browser) = ws_app_with(&upstream, "", None, "max_message_bytes = 1024\n", Vec::new()).await;
+    message_limit_is(&upstream, &app, &browser, 1024).await;
+}
+
+/// The session checks of an open WebSocket read the session without counting as the user's activity: a socket left
+/// open does not keep its session from the idle timeout (the wall clock is a `ManualClock`).
+#[tokio::test]
+async fn an_open_websocket_does_not_keep_its_session_from_the_idle_timeout() {
+    use avemint::testing::clock::{ManualClock, UnixTime};
+    const MINUTE: i64 = 60;
+    let upstream = WsUpstream::start().await;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let clock = ManualClock::new(UnixTime::from_unsigned(start));
+    let at = |minutes: i64| UnixTime::from_secs(UnixTime::from_unsigned(start).as_secs() + minutes * MINUTE);
+    let app = TestApp::spawn_with(Options {
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/ws\"\nupstream = \"{}/socket\"\n",
+            upstream.base
+        )),
+        session: Some(avemint::testing::session::SessionSettings {
+            idle_timeout: Duration::from_secs(60 * 60),
+            ..Default::default()
+        }),
+        clock: Some(clock.clock()),
+        ..Options::default()
+    })
+    .await;
+    let browser = app.signed_in_browser().await;
+    let mut ws = ws_connect(&app, &browser, "/api/ws", Some(&app.address))
+        .await
+        .expect("open");
+    // 40 minutes pass with the socket open, and a session check (every 5 s) sees them: the session is live.
+    clock.set(at(40));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    futures_util::SinkExt::send(&mut ws, Message::text("still here"))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("still here")));
+    // 70 minutes after the last request: the idle timeout has passed, whatever the socket's checks did.
+    clock.set(at(70));
+    assert_eq!(
+        close_of(next_message(&mut ws).await),
+        (1008, "session ended".to_owned())
     );
 }
 
@@ -1126,6 +1302,41 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
+/// avemint as a child process (so its memory is measured apart from the test's) with `AVEMINT_ROUTES`, on SQLite,
+/// with its emulator and an HTTP client.
+struct ChildApp {
+    emulator: ave_emulator::Emulator,
+    avemint: support::ServeProcess,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildApp {
+    async fn start(routes: &str) -> Self {
+        let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
+            .await
+            .expect("emulator");
+        let dir = tempfile::tempdir().expect("dir");
+        let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let env = [
+            ("AVEMINT_ROUTES", routes),
+            ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
+        ];
+        let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
+        emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            emulator,
+            avemint,
+            http,
+            _dir: dir,
+        }
+    }
+}
+
 /// Samples `pid`'s resident set every 50 ms while `work` runs; the largest seen.
 async fn peak_rss_during<T>(pid: u32, work: impl Future<Output = T>) -> (T, u64) {
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss(pid)));
@@ -1149,28 +1360,15 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
     const DOWNLOAD_MIB: usize = 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
     let upstream = Upstream::start().await;
-    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig::default())
-        .await
-        .expect("emulator");
-    let dir = tempfile::tempdir().expect("dir");
-    let database_url = format!("sqlite://{}", dir.path().join("a.db").display());
     let routes = format!(
         r#"[{{"path": "/api/files", "upstream": "{}", "max_request_bytes": {}, "timeout_ms": 300000}}]"#,
         upstream.base,
         (UPLOAD_MIB + 1) * 1024 * 1024
     );
-    let env = [
-        ("AVEMINT_ROUTES", routes.as_str()),
-        ("AVEMINT_TOKEN_AUDIENCE", "https://api.example.com"),
-    ];
-    let avemint = support::ServeProcess::start(&emulator, &database_url, &dir.path().join("keys"), &env).await;
-    emulator.set_redirect_uris(vec![format!("{}/auth/callback", avemint.base)]);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let child = ChildApp::start(&routes).await;
+    let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
     let mut browser = Browser::default();
-    support::sign_in_at(&http, &emulator, &avemint.base, &mut browser).await;
+    support::sign_in_at(http, emulator, &avemint.base, &mut browser).await;
     let pid = avemint.child.id();
     let url = |path: &str| format!("{}{path}", avemint.base);
     // Warm up: one small call of each kind, so the baseline has the connection pools and buffers in it.
@@ -1235,6 +1433,122 @@ async fn a_large_upload_and_download_pass_with_avemints_memory_flat() {
             mib(peak)
         );
     }
+}
+
+/// Opens a WebSocket to `path` at `base` over a raw connection, the handshake written by hand (with `cookies` and
+/// avemint's own `Origin`): the connection once switched, or the status of a refused handshake.
+async fn raw_websocket(base: &str, path: &str, cookies: &str) -> Result<tokio::net::TcpStream, u16> {
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {base}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: {cookies}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.expect("read") == 1 {
+        got.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&got)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .expect("a status line");
+    if status == 101 { Ok(stream) } else { Err(status) }
+}
+
+/// Writes the header of one masked binary frame of `len` bytes and then all of it but the last byte, as fast as the
+/// other side takes it: a frame that never ends. The connection is kept (returned) until the caller drops it.
+async fn unfinished_frame(mut stream: tokio::net::TcpStream, len: u64) -> tokio::net::TcpStream {
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&len.to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    if stream.write_all(&head).await.is_err() {
+        return stream;
+    }
+    let chunk = vec![b'm'; 64 * 1024];
+    let mut left = len - 1;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+        if stream.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_frame_keep_memory_bounded() {
+    const SOCKETS: usize = 20;
+    const FRAME: u64 = 14 * 1024 * 1024;
+    const MAX_GROWTH: u64 = 64 * 1024 * 1024;
+    let upstream = WsUpstream::start().await;
+    let routes = format!(r#"[{{"path": "/api/ws", "upstream": "{}/socket"}}]"#, upstream.base);
+    let child = ChildApp::start(&routes).await;
+    let (emulator, avemint, http) = (&child.emulator, &child.avemint, &child.http);
+    let mut attacker = Browser::default();
+    support::sign_in_at(http, emulator, &avemint.base, &mut attacker).await;
+    let mut bystander = Browser::default();
+    support::sign_in_as_at(http, emulator, &avemint.base, &mut bystander, &emulator.users()[1].id).await;
+    let session = |browser: &mut Browser| {
+        let req = http.get(format!("{}/auth/session", avemint.base)).header("X-CSRF", "1");
+        let mut browser = browser.clone();
+        async move { browser.send(req).await.status() }
+    };
+    assert_eq!(session(&mut bystander).await, 200);
+    let pid = avemint.child.id();
+    let before = rss(pid);
+
+    let cookies: Vec<String> = attacker.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let cookies = cookies.join("; ");
+    let ((writers, refused, answered_in), peak) = peak_rss_during(pid, async {
+        // All handshakes first, then the frames, all at once.
+        let mut open = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..SOCKETS {
+            match raw_websocket(&avemint.base, "/api/ws", &cookies).await {
+                Ok(stream) => open.push(stream),
+                Err(status) => refused.push(status),
+            }
+        }
+        let writers: Vec<_> = open
+            .into_iter()
+            .map(|stream| tokio::spawn(unfinished_frame(stream, FRAME)))
+            .collect();
+        // Whatever avemint does with the frames, it has had them (or refused them) for a second.
+        let mut held = Vec::new();
+        for w in writers {
+            held.push(w.await.expect("writer"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let status = session(&mut bystander).await;
+        assert_eq!(status, 200, "another user is still served");
+        (held, refused, started.elapsed())
+    })
+    .await;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "measured: avemint RSS before {:.1} MiB, peak with {} sockets open ({} refused) each sent an unfinished \
+         {} MiB frame {:.1} MiB; another user's request answered in {answered_in:?}",
+        mib(before),
+        writers.len(),
+        refused.len(),
+        FRAME / 1024 / 1024,
+        mib(peak)
+    );
+    assert!(
+        peak.saturating_sub(before) < MAX_GROWTH,
+        "RSS grew from {:.1} MiB to {:.1} MiB",
+        mib(before),
+        mib(peak)
+    );
+    assert_eq!(writers.len(), 8, "AVEMINT_MAX_WEBSOCKETS_PER_SESSION's default");
+    assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
+    assert!(answered_in < Duration::from_secs(1), "answered in {answered_in:?}");
+    drop(writers);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

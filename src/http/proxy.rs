@@ -20,6 +20,7 @@
 //! until either side closes or the session ends; an upstream that refuses
 //! the handshake has its answer passed on like any other.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,12 +62,15 @@ it); \
 405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
 413 `invalid_request` (a body over the route's `max_request_bytes`); \
 414 and 431 as for every path (query over 8 KiB, Cookie header over 4 KiB); \
+429 `rate_limited` with `Retry-After` (a WebSocket handshake while the session has \
+`AVEMINT_MAX_WEBSOCKETS_PER_SESSION` or the instance `AVEMINT_MAX_WEBSOCKETS` open; the upstream is never called); \
 502 `server_error` (the upstream cannot be reached, or Ave answered the session's renewal with an error); \
 503 `temporarily_unavailable` with `Retry-After` (the session store or Ave is unavailable during renewal); \
 504 `server_error` (no status and headers from the upstream within the route's `timeout_ms`). An answer that is not a \
 stream (neither `text/event-stream` nor without `Content-Length`) whose body has not arrived whole within `timeout_ms` is \
-cut: its status was already sent. Ambiguous request framing (two different `Content-Length` values) is answered 400 \
-by the HTTP server itself, without a body, and never forwarded.";
+cut: its status was already sent. Every answer still streaming (server-sent events, a download, a WebSocket) ends \
+within 5 s of its session's end (logout, expiry, an administrator ending it, …). Ambiguous request framing (two \
+different `Content-Length` values) is answered 400 by the HTTP server itself, without a body, and never forwarded.";
 
 impl poem_openapi::OpenApi for ProxyDoc {
     fn meta() -> Vec<poem_openapi::registry::MetaApi> {
@@ -198,49 +202,84 @@ async fn forward(
         request_id: request_id.as_deref(),
         body: Box::pin(req.take_body().into_bytes_stream()),
     };
-    // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent.
+    // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent, and its place
+    // within the WebSocket limits (before the upstream is contacted).
     let browser_upgrade = handshake.then(|| req.take_upgrade().ok()).flatten();
+    let slot = match browser_upgrade {
+        Some(_) => Some(state.proxy.sockets().open(session.key).map_err(too_many)?),
+        None => None,
+    };
     let answered = state
         .proxy
         .forward(route, metrics, out, bearer.token.expose(), client)
         .await;
     let answer = answered.map_err(failed)?;
-    match browser_upgrade {
-        Some(browser) if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Ok(switch(state, metrics, &session, browser, answer.response))
+    let ended = session_ended(state, &session);
+    match (browser_upgrade, slot) {
+        (Some(browser), Some(slot)) if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let relay = Relay {
+                browser,
+                upstream: answer.response,
+                slot,
+                max_message: route.max_message_bytes,
+            };
+            Ok(switch(metrics, relay, ended))
         }
-        _ => Ok(downstream(answer, metrics, route, bearer.token.expose())),
+        _ => Ok(downstream(answer, metrics, route, bearer.token.expose(), ended)),
     }
 }
 
-/// The browser's `101 Switching Protocols`, and a task relaying the WebSocket until either side closes or the
-/// session ends (checked every `websocket::SESSION_CHECK`).
-fn switch(
-    state: &Arc<AppState>,
-    metrics: &ProxyRouteMetrics,
-    session: &Session,
+/// Resolves once `session` has ended (logout here or elsewhere, expiry, idle timeout, the per-user cap, an admin),
+/// checked every `proxy::SESSION_CHECK` without counting as the user's activity: what ends every long-lived
+/// proxied answer. A store that cannot answer right now ends nothing (as for HTTP calls served from memory); only a
+/// session known to be gone does.
+fn session_ended(state: &Arc<AppState>, session: &Session) -> impl Future<Output = ()> + Send + 'static {
+    let state = state.clone();
+    let (sub, sid) = (session.data.sub.clone(), session.data.sid.as_str().to_owned());
+    async move {
+        crate::proxy::session_ended(|| async { !matches!(state.sessions.is_live(&sub, &sid).await, Ok(false)) }).await;
+    }
+}
+
+/// What a switched WebSocket is relayed with.
+struct Relay {
     browser: poem::OnUpgrade,
     upstream: reqwest::Response,
-) -> Response {
+    /// Its place within the WebSocket limits, given back when the relay ends.
+    slot: websocket::SocketSlot,
+    max_message: usize,
+}
+
+/// The browser's `101 Switching Protocols`, and a task relaying the WebSocket until either side closes or the
+/// session ends (`ended`).
+fn switch(metrics: &ProxyRouteMetrics, relay: Relay, ended: impl Future<Output = ()> + Send + 'static) -> Response {
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).finish();
-    *resp.headers_mut() = websocket::switching_headers(upstream.headers());
-    let (state, key) = (state.clone(), session.key);
+    *resp.headers_mut() = websocket::switching_headers(relay.upstream.headers());
     let open = metrics.stream(StreamKind::WebSocket);
     tokio::spawn(async move {
-        let _open = open;
-        let (Ok(browser), Ok(upstream)) = (browser.await, upstream.upgrade().await) else {
+        let (_open, _slot) = (open, relay.slot);
+        let (Ok(browser), Ok(upstream)) = (relay.browser.await, relay.upstream.upgrade().await) else {
             tracing::debug!("a proxied WebSocket closed before it opened");
             return;
         };
-        // A store that cannot answer right now ends nothing (as for HTTP calls served from memory); only a session
-        // known to be gone does.
-        let alive = || async { !matches!(state.sessions.get(&key).await, Ok(None)) };
-        if websocket::relay(browser, upstream, alive).await == websocket::Ended::SessionEnded {
+        if websocket::relay(browser, upstream, relay.max_message, ended).await == websocket::Ended::SessionEnded {
             tracing::debug!("a proxied WebSocket was closed because its session ended");
         }
     });
     resp
 }
+
+/// 429 `rate_limited` with `Retry-After`: a WebSocket over `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` or
+/// `AVEMINT_MAX_WEBSOCKETS` (the upstream is never contacted).
+fn too_many(e: websocket::TooMany) -> Response {
+    let mut resp = answer(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(SOCKETS_RETRY_AFTER));
+    resp
+}
+
+/// `Retry-After` of a WebSocket refused for the limits, in seconds: open sockets end on their own time.
+const SOCKETS_RETRY_AFTER: &str = "5";
 
 /// At most one warning a minute about upstream answers that echo the bearer.
 static BEARER_ECHOED: LogGate = LogGate::new(Duration::from_secs(60));
@@ -248,8 +287,15 @@ static BEARER_ECHOED: LogGate = LogGate::new(Duration::from_secs(60));
 /// The upstream's answer as the browser gets it: status, headers without hop-by-hop ones, without any `Set-Cookie`
 /// that sets or may be taken for avemint's own cookies, and without any header whose value contains `bearer` (the
 /// app JWT sent upstream, or its signature: logged with a rate-limited warning, never the value), the body streamed
-/// as it arrives (and bounded by the route's `timeout_ms` as a whole unless it is a stream, see `Answer::body`).
-fn downstream(answer: Answer, metrics: &ProxyRouteMetrics, route: &RouteSettings, bearer: &str) -> Response {
+/// as it arrives, cut when the session ends (`ended`) and bounded by the route's `timeout_ms` as a whole unless it
+/// is a stream (see `Answer::body`).
+fn downstream(
+    answer: Answer,
+    metrics: &ProxyRouteMetrics,
+    route: &RouteSettings,
+    bearer: &str,
+    ended: impl Future<Output = ()> + Send + 'static,
+) -> Response {
     let status = answer.response.status();
     let mut headers = answer.response.headers().clone();
     crate::proxy::headers::strip_hop_by_hop(&mut headers);
@@ -263,7 +309,7 @@ fn downstream(answer: Answer, metrics: &ProxyRouteMetrics, route: &RouteSettings
     for value in set_cookies.into_iter().filter(|v| !cookies::sets_own(v)) {
         headers.append(header::SET_COOKIE, value);
     }
-    let body = Body::from_bytes_stream(answer.body(metrics.stream(StreamKind::Http)));
+    let body = Body::from_bytes_stream(answer.body(metrics.stream(StreamKind::Http), ended));
     let mut resp = Response::builder().status(status).body(body);
     *resp.headers_mut() = headers;
     resp

@@ -15,10 +15,12 @@ pub(crate) mod readings;
 pub(crate) mod settings;
 pub(crate) mod websocket;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
@@ -27,6 +29,7 @@ use reqwest::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 pub use settings::{RouteSettings, RouteSpec, Routes};
+pub use websocket::WebSocketLimits;
 
 use crate::metrics::{InFlightStream, ProxyRouteMetrics};
 use crate::web_url::PublicUrl;
@@ -81,29 +84,59 @@ impl Answer {
         event_stream || (!headers.contains_key(header::CONTENT_LENGTH) && framed_as_it_goes)
     }
 
-    /// The body as it arrives, counted in flight by `counted` until it ends or is dropped. A body that is not a
-    /// stream fails (and so the connection to the browser is cut) when it has not arrived whole by the deadline.
-    pub(crate) fn body(self, counted: InFlightStream) -> impl Stream<Item = Result<Bytes, io::Error>> + Send {
+    /// The body as it arrives, counted in flight by `counted` until it ends or is dropped. It fails (and so the
+    /// connection to the browser is cut, never passed off as complete) when `session_ended` resolves (see
+    /// [`session_ended`]), and, unless it is a stream, when it has not arrived whole by the deadline.
+    pub(crate) fn body(
+        self,
+        counted: InFlightStream,
+        session_ended: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send {
         let deadline = (!self.is_stream()).then_some(self.deadline);
         let body = self.response.bytes_stream().map_err(io::Error::other);
-        futures_util::stream::unfold(Some((Box::pin(body), counted)), move |state| async move {
-            let (mut body, counted) = state?;
-            let next = match deadline {
-                None => body.next().await,
-                Some(at) => match tokio::time::timeout_at(at, body.next()).await {
-                    Ok(next) => next,
-                    Err(_) => Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the answer did not arrive whole within timeout_ms",
-                    ))),
-                },
+        let ended: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(session_ended);
+        futures_util::stream::unfold(Some((Box::pin(body), ended, counted)), move |state| async move {
+            let (mut body, mut ended, counted) = state?;
+            let whole_by = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                next = body.next() => next,
+                () = whole_by => Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the answer did not arrive whole within timeout_ms",
+                ))),
+                () = &mut ended => Some(Err(io::Error::other("the session ended"))),
             };
             match next {
-                Some(Ok(chunk)) => Some((Ok(chunk), Some((body, counted)))),
+                Some(Ok(chunk)) => Some((Ok(chunk), Some((body, ended, counted)))),
                 Some(Err(e)) => Some((Err(e), None)),
                 None => None,
             }
         })
+    }
+}
+
+/// How often the session of a long-lived proxied answer (a streamed body, a WebSocket) is checked: once it has
+/// ended, the answer ends within this (plus, for a session ended on another instance, the session cache's lifetime).
+pub(crate) const SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// Resolves once `alive`, asked every [`SESSION_CHECK`] (the first time one interval from now), says the session
+/// has ended: the one way every long-lived proxied answer learns of its session's end.
+pub(crate) async fn session_ended<F, Fut>(mut alive: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut check = tokio::time::interval_at(Instant::now() + SESSION_CHECK, SESSION_CHECK);
+    loop {
+        check.tick().await;
+        if !alive().await {
+            return;
+        }
     }
 }
 
@@ -134,13 +167,19 @@ pub(crate) struct Proxy {
     /// WebSocket handshakes: HTTP/1.1 only (an upgrade does not exist in HTTP/2).
     handshakes: reqwest::Client,
     bearers: bearer::Bearers,
+    /// The WebSockets open, within `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` and `AVEMINT_MAX_WEBSOCKETS`.
+    sockets: websocket::OpenSockets,
     /// `X-Forwarded-Proto` and `X-Forwarded-Host`: avemint's public origin.
     proto: String,
     host: String,
 }
 
 impl Proxy {
-    pub(crate) fn new(routes: Routes, public_url: &PublicUrl) -> Result<Self, ClientError> {
+    pub(crate) fn new(
+        routes: Routes,
+        websockets: websocket::WebSocketLimits,
+        public_url: &PublicUrl,
+    ) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -167,6 +206,7 @@ impl Proxy {
             client,
             handshakes,
             bearers: bearer::Bearers::default(),
+            sockets: websocket::OpenSockets::new(websockets),
             proto: url.scheme().to_owned(),
             host,
         })
@@ -178,6 +218,11 @@ impl Proxy {
 
     pub(crate) fn bearers(&self) -> &bearer::Bearers {
         &self.bearers
+    }
+
+    /// The WebSockets open on this instance.
+    pub(crate) fn sockets(&self) -> &websocket::OpenSockets {
+        &self.sockets
     }
 
     /// The route `path` belongs to, with its metrics.

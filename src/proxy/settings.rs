@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
+use super::websocket;
 use crate::route::{Route, overlaps};
 use crate::web_url::{PlainHttp, parse_web_url_with};
 
@@ -22,6 +23,8 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(30_000);
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Default `max_request_bytes` (10 MiB).
 pub(crate) const DEFAULT_MAX_REQUEST_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest `max_message_bytes` (64 MiB).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One route as written in the file or in `AVEMINT_ROUTES` (unknown keys refused).
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +36,7 @@ pub struct RouteSpec {
     pub methods: Option<Vec<String>>,
     pub timeout_ms: Option<u64>,
     pub max_request_bytes: Option<u64>,
+    pub max_message_bytes: Option<u64>,
     #[serde(default)]
     pub allow_http: bool,
     #[serde(default)]
@@ -54,6 +58,8 @@ pub struct RouteSettings {
     pub timeout: Duration,
     /// Larger request bodies are refused (413).
     pub max_request_bytes: u64,
+    /// A larger WebSocket message or frame, from either side, closes the socket with `1009`.
+    pub max_message_bytes: usize,
     /// Plain `http` to a host that is not loopback was allowed explicitly.
     pub allow_http: bool,
     /// No cookie at all reaches the upstream (avemint's own never do).
@@ -246,6 +252,16 @@ impl Routes {
                     DEFAULT_TIMEOUT
                 }
             };
+            let max_message_bytes = match spec.max_message_bytes.map(usize::try_from) {
+                None => websocket::DEFAULT_MAX_MESSAGE_BYTES,
+                Some(Ok(n)) if (1..=MAX_MESSAGE_BYTES).contains(&n) => n,
+                Some(_) => {
+                    problem(format!(
+                        "`max_message_bytes` must be a whole number from 1 to {MAX_MESSAGE_BYTES}"
+                    ));
+                    websocket::DEFAULT_MAX_MESSAGE_BYTES
+                }
+            };
             if let Some(upstream) = upstream {
                 routes.push(RouteSettings {
                     path: spec.path,
@@ -254,6 +270,7 @@ impl Routes {
                     methods,
                     timeout,
                     max_request_bytes: spec.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+                    max_message_bytes,
                     allow_http: spec.allow_http,
                     strip_cookies: spec.strip_cookies,
                 });
@@ -315,6 +332,7 @@ mod tests {
             methods: None,
             timeout_ms: None,
             max_request_bytes: None,
+            max_message_bytes: None,
             allow_http: false,
             strip_cookies: false,
         }
@@ -329,8 +347,8 @@ mod tests {
         .expect("valid");
         let r = routes.find("/api/orders/7").expect("found");
         assert_eq!(
-            (r.timeout, r.max_request_bytes),
-            (DEFAULT_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES)
+            (r.timeout, r.max_request_bytes, r.max_message_bytes),
+            (DEFAULT_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES, 1024 * 1024)
         );
         assert!(r.allows(&Method::DELETE));
         assert_eq!(r.rest("/api/orders"), Some(""));
@@ -355,6 +373,7 @@ mod tests {
         bad_methods.methods = Some(vec!["get".into(), "POST".into()]);
         let mut bad_timeout = spec("/t", "https://h");
         bad_timeout.timeout_ms = Some(0);
+        bad_timeout.max_message_bytes = Some(0);
         let mut unknown_profile = spec("/p", "https://h");
         unknown_profile.profile = Some("nope".into());
         let mut http_allowed = spec("/private", "http://10.0.0.7:8080/api");
@@ -393,6 +412,7 @@ mod tests {
             "route `/fragment`: `upstream` must not have a query or fragment",
             "route `/m`: `methods`: `get`",
             "route `/t`: `timeout_ms`",
+            "route `/t`: `max_message_bytes`",
             "route `/p`: `profile` `nope`",
         ] {
             assert_eq!(
@@ -401,7 +421,7 @@ mod tests {
                 "{needle} in {errors:#?}"
             );
         }
-        assert_eq!(errors.len(), 14, "{errors:#?}");
+        assert_eq!(errors.len(), 15, "{errors:#?}");
     }
 
     /// Paths below a route's prefix that are forwarded: ordinary ones, odd but harmless ones.

@@ -13,7 +13,9 @@
 //! lets it close both sides with a close frame when the session ends. Frames
 //! are parsed and written by tungstenite, never here.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -22,16 +24,108 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-/// How often an open WebSocket's session is checked: a logout or an expired session closes it within this
-/// (plus, for a logout on another instance, the session cache's lifetime).
-pub(crate) const SESSION_CHECK: Duration = Duration::from_secs(5);
+use crate::session::SessionRowKey;
+
 /// After one side sent a close frame, how long the other may take to answer its own before both are dropped.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);
-/// Largest message relayed (tungstenite's default is 64 MiB); a larger one closes the WebSocket.
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Default `max_message_bytes` of a route (1 MiB).
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// tungstenite's read buffer per side, allocated when the socket opens (its default, 128 KiB, would make an idle
+/// socket cost a quarter MiB); messages larger than it are read in several reads.
+const READ_BUFFER: usize = 16 * 1024;
+/// What tungstenite gathers before writing to the connection; every relayed message is flushed at once anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// How many WebSockets may be open at once: `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` and `AVEMINT_MAX_WEBSOCKETS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketLimits {
+    /// Per session (default 8).
+    pub per_session: usize,
+    /// On the instance, every session together (default 1024).
+    pub instance: usize,
+}
+
+impl Default for WebSocketLimits {
+    fn default() -> Self {
+        Self {
+            per_session: 8,
+            instance: 1024,
+        }
+    }
+}
+
+/// Why another WebSocket cannot open now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TooMany {
+    #[error("this session already has {0} WebSockets open (AVEMINT_MAX_WEBSOCKETS_PER_SESSION)")]
+    Session(usize),
+    #[error("this instance already has {0} WebSockets open (AVEMINT_MAX_WEBSOCKETS)")]
+    Instance(usize),
+}
+
+/// The WebSockets open on this instance, counted per session, within [`WebSocketLimits`].
+#[derive(Debug)]
+pub(crate) struct OpenSockets {
+    limits: WebSocketLimits,
+    counts: Arc<Mutex<Counts>>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_session: HashMap<SessionRowKey, usize>,
+}
+
+/// One open WebSocket's place in [`OpenSockets`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct SocketSlot {
+    counts: Arc<Mutex<Counts>>,
+    session: SessionRowKey,
+}
+
+impl OpenSockets {
+    pub(crate) fn new(limits: WebSocketLimits) -> Self {
+        Self {
+            limits,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for one more WebSocket of `session`, unless that session or the instance has its limit open.
+    pub(crate) fn open(&self, session: SessionRowKey) -> Result<SocketSlot, TooMany> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = counts.per_session.get(&session).copied().unwrap_or(0);
+        if mine >= self.limits.per_session {
+            return Err(TooMany::Session(self.limits.per_session));
+        }
+        if counts.total >= self.limits.instance {
+            return Err(TooMany::Instance(self.limits.instance));
+        }
+        counts.total += 1;
+        counts.per_session.insert(session, mine + 1);
+        Ok(SocketSlot {
+            counts: self.counts.clone(),
+            session,
+        })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_session.get_mut(&self.session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.per_session.remove(&self.session);
+            }
+        }
+    }
+}
 
 /// Request headers of the handshake the browser sends that go upstream besides the usual ones.
 const HANDSHAKE: [&str; 3] = ["sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol"];
@@ -99,24 +193,26 @@ pub(crate) enum Ended {
 }
 
 /// Relays messages between the browser's connection and the upstream's, both already switched, until either
-/// side closes or `alive` (asked every [`SESSION_CHECK`]) says the session has ended. Text, binary, ping and
-/// pong messages pass as they are; a close frame passes with its code and reason, and the other side's answer
-/// comes back the same way.
-pub(crate) async fn relay<B, U, F, Fut>(browser: B, upstream: U, mut alive: F) -> Ended
+/// side closes or `session_ended` resolves (see `proxy::session_ended`). Text, binary, ping and pong messages pass
+/// as they are; a close frame passes with its code and reason, and the other side's answer comes back the same
+/// way. A message or frame over `max_message` bytes, from either side, closes both with `1009`: no side makes
+/// avemint hold more than that per message (see [`memory_config`]).
+pub(crate) async fn relay<B, U>(
+    browser: B,
+    upstream: U,
+    max_message: usize,
+    session_ended: impl Future<Output = ()>,
+) -> Ended
 where
     B: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
 {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
+    let config = memory_config(max_message);
     let browser = WebSocketStream::from_raw_socket(browser, Role::Server, Some(config)).await;
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
     let (mut to_browser, mut from_browser) = browser.split();
     let (mut to_upstream, mut from_upstream) = upstream.split();
-    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + SESSION_CHECK, SESSION_CHECK);
+    let mut session_ended = std::pin::pin!(session_ended);
     let mut closing: Option<tokio::time::Instant> = None;
     let (mut browser_open, mut upstream_open) = (true, true);
     let mut ended = Ended::Closed;
@@ -127,42 +223,49 @@ where
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let passed = tokio::select! {
             m = from_browser.next(), if browser_open => {
-                if !pass(m, &mut to_upstream, &mut browser_open).await {
-                    closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
-                }
+                pass(m, &mut to_browser, &mut to_upstream, &mut browser_open).await
             }
             m = from_upstream.next(), if upstream_open => {
-                if !pass(m, &mut to_browser, &mut upstream_open).await {
-                    closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
-                }
+                pass(m, &mut to_upstream, &mut to_browser, &mut upstream_open).await
             }
-            _ = check.tick(), if closing.is_none() => {
-                if !alive().await {
-                    ended = Ended::SessionEnded;
-                    let to_browser_frame = CloseFrame { code: CloseCode::Policy, reason: "session ended".into() };
-                    let to_upstream_frame = CloseFrame { code: CloseCode::Away, reason: "session ended".into() };
-                    let _ = to_browser.send(Message::Close(Some(to_browser_frame))).await;
-                    let _ = to_upstream.send(Message::Close(Some(to_upstream_frame))).await;
-                    closing = Some(tokio::time::Instant::now() + CLOSING_GRACE);
-                }
+            () = &mut session_ended, if closing.is_none() => {
+                ended = Ended::SessionEnded;
+                let to_browser_frame = CloseFrame { code: CloseCode::Policy, reason: "session ended".into() };
+                let to_upstream_frame = CloseFrame { code: CloseCode::Away, reason: "session ended".into() };
+                let _ = to_browser.send(Message::Close(Some(to_browser_frame))).await;
+                let _ = to_upstream.send(Message::Close(Some(to_upstream_frame))).await;
+                false
             }
             () = grace => break,
+        };
+        if !passed {
+            closing.get_or_insert_with(|| tokio::time::Instant::now() + CLOSING_GRACE);
         }
     }
     ended
 }
 
-/// Passes one message read from one side (open while `from_open`) to the other (`to`). `false` once the closing
-/// has begun: a close frame passed, or the side's connection ended or failed (the other is then sent a close
-/// frame, `1011` after a failure).
-async fn pass<S>(
-    read: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    to: &mut S,
-    from_open: &mut bool,
-) -> bool
+/// tungstenite's limits for a relayed socket: messages and frames up to `max_message` bytes, small read and write
+/// buffers, and a write buffer that cannot grow past one message. A socket holds at most, per side, one message
+/// being assembled and one frame being read (each up to `max_message`) plus its read buffer, and one message being
+/// written (twice: as read, and framed): under `6 × max_message + 64 KiB` in all.
+fn memory_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max_message + 64)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Passes one message read from one side (open while `from_open`, written to through `back`) to the other (`to`).
+/// `false` once the closing has begun: a close frame passed, or the side's connection ended or failed (the other
+/// is then sent a close frame: `1009` to both after a message over the limit, `1011` after another failure).
+async fn pass<B, S>(read: Option<Result<Message, WsError>>, back: &mut B, to: &mut S, from_open: &mut bool) -> bool
 where
+    B: futures_util::Sink<Message> + Unpin,
     S: futures_util::Sink<Message> + Unpin,
 {
     match read {
@@ -176,6 +279,14 @@ where
         ended => {
             *from_open = false;
             let frame = match ended {
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    let too_big = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "message too big".into(),
+                    };
+                    let _ = back.send(Message::Close(Some(too_big.clone()))).await;
+                    Some(too_big)
+                }
                 Some(Err(_)) => Some(CloseFrame {
                     code: CloseCode::Error,
                     reason: "the other side failed".into(),
@@ -198,6 +309,23 @@ mod tests {
             m.append(*k, HeaderValue::from_static(v));
         }
         m
+    }
+
+    #[test]
+    fn open_sockets_are_limited_per_session_and_per_instance_and_given_back_when_dropped() {
+        let sockets = OpenSockets::new(WebSocketLimits {
+            per_session: 2,
+            instance: 3,
+        });
+        let (a, b) = (SessionRowKey::from_bytes([1; 32]), SessionRowKey::from_bytes([2; 32]));
+        let a1 = sockets.open(a).expect("a 1");
+        let _a2 = sockets.open(a).expect("a 2");
+        assert_eq!(sockets.open(a).expect_err("a 3"), TooMany::Session(2));
+        let _b1 = sockets.open(b).expect("b 1");
+        assert_eq!(sockets.open(b).expect_err("b 2"), TooMany::Instance(3));
+        drop(a1);
+        let _b2 = sockets.open(b).expect("a place was given back");
+        assert_eq!(sockets.open(a).expect_err("full"), TooMany::Instance(3));
     }
 
     #[test]

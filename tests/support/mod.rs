@@ -252,6 +252,26 @@ impl TestApp {
         b
     }
 
+    /// A browser signed in as the emulator's `user`-th user.
+    pub async fn signed_in_as(&self, user: usize) -> Browser {
+        let mut b = Browser::default();
+        let id = self.emulator.users()[user].id.clone();
+        sign_in_as_at(&self.http, &self.emulator, &self.address, &mut b, &id).await;
+        b
+    }
+
+    /// The `sid` of `browser`'s session, from an app JWT.
+    pub async fn sid_of(&self, browser: &Browser) -> String {
+        let body: Value = self
+            .post_token(&mut browser.clone(), true)
+            .await
+            .json()
+            .await
+            .expect("JSON");
+        let token = body["access_token"].as_str().expect("token");
+        self.verify(token).await.claims["sid"].as_str().expect("sid").to_owned()
+    }
+
     pub async fn post_token(&self, browser: &mut Browser, csrf: bool) -> reqwest::Response {
         let mut req = self.http.post(self.url("/auth/token"));
         if csrf {
