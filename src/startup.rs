@@ -43,7 +43,7 @@ pub fn refresh_drain(refresh_timeout: Duration) -> Duration {
 }
 
 /// How often the pause after Ave's 429 is shared between the instances on one store.
-const AVE_PAUSE_SYNC: Duration = Duration::from_secs(1);
+const AVE_PAUSE_SYNC: Duration = Duration::from_millis(500);
 /// How often expired sessions are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 

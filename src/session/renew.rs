@@ -364,7 +364,7 @@ impl Renewer {
 
     /// Shares a pause this instance learnt from Ave's 429 with the other
     /// instances on the store, and learns theirs: one row, read and written
-    /// by every instance (called every second, and at once after a 429).
+    /// by every instance (called every half second, and at once after a 429).
     pub(crate) async fn share_ave_pause(&self) {
         let store = self.sessions.store();
         let now = self.sessions.now();
