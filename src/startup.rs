@@ -372,7 +372,9 @@ impl Application {
         let (public, ops, admin) = tokio::join!(public, served(ops), served(admin));
         let result = public.and(ops).and(admin);
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
-        renewer.drain(since + refresh_drain(self.state.ave.refresh_timeout())).await;
+        renewer
+            .drain(since + refresh_drain(self.state.ave.refresh_timeout()))
+            .await;
         background.abort();
         key_watch.abort();
         reload_watch.abort();

@@ -339,7 +339,11 @@ async fn a_renewal_that_waited_for_the_budget_still_gets_the_whole_refresh_timeo
         app.emulator.refresh_families_revoked()
     );
     assert_eq!(status, 200, "the session survives");
-    assert_eq!(app.emulator.refresh_families_revoked(), 0, "no refresh token was re-sent");
+    assert_eq!(
+        app.emulator.refresh_families_revoked(),
+        0,
+        "no refresh token was re-sent"
+    );
     assert_eq!(app.emulator.successful_refreshes(), 4);
     app.stop().await;
 }

@@ -634,7 +634,10 @@ async fn postgres_a_refresh_whose_fate_is_unknown_is_not_resent_before_its_deadl
             requests_at_exit,
             "the token is not sent again before the marker's deadline"
         );
-        assert!(sent.elapsed() < Duration::from_secs(30), "the token is retried after the deadline");
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the token is retried after the deadline"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     eprintln!(

@@ -338,7 +338,10 @@ async fn a_lost_answer_keeps_the_refresh_token_and_the_retry_learns_the_outcome(
             break resp;
         }
         assert_eq!(refresh_calls(&app.emulator), 1, "not re-sent before the deadline");
-        assert!(lost_at.elapsed() < Duration::from_secs(20), "retried after the deadline");
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(20),
+            "retried after the deadline"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(

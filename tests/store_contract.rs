@@ -207,28 +207,46 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
     let r = row(1, 1, 1000);
     s.insert(&r).await.expect("insert");
     assert!(
-        !s.begin_refresh(&r.key, 0, t(1500), t(1560), t(1400)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 0, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker"),
         "the marker needs the current version"
     );
     assert!(
-        !s.begin_refresh(&key(7), 1, t(1500), t(1560), t(1400)).await.expect("marker"),
+        !s.begin_refresh(&key(7), 1, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker"),
         "no marker on a missing row"
     );
-    assert!(s.begin_refresh(&r.key, 1, t(1500), t(1560), t(1400)).await.expect("marker"));
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker")
+    );
     assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1500)));
     assert!(
-        !s.begin_refresh(&r.key, 1, t(1501), t(1561), t(1401)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1501), t(1561), t(1401))
+            .await
+            .expect("marker"),
         "one marker holder"
     );
     assert!(
-        !s.begin_refresh(&r.key, 1, t(1510), t(1570), t(1500)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1510), t(1570), t(1500))
+            .await
+            .expect("marker"),
         "a marker before its deadline is held"
     );
     assert!(
-        !s.begin_refresh(&r.key, 1, t(1560), t(1620), t(1550)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1560), t(1620), t(1550))
+            .await
+            .expect("marker"),
         "a marker exactly at its deadline is held, whatever the caller's idea of staleness"
     );
-    assert_eq!(get(&b, 1).await.refresh_deadline, Some(t(1560)), "the deadline is recorded");
+    assert_eq!(
+        get(&b, 1).await.refresh_deadline,
+        Some(t(1560)),
+        "the deadline is recorded"
+    );
     s.abort_refresh(&r.key, 1, t(1499))
         .await
         .expect("abort of another holder's marker");
@@ -241,7 +259,9 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "only the holder's own marker on its version is cleared"
     );
     assert!(
-        s.begin_refresh(&r.key, 1, t(1600), t(1660), t(1501)).await.expect("marker"),
+        s.begin_refresh(&r.key, 1, t(1600), t(1660), t(1501))
+            .await
+            .expect("marker"),
         "a marker past its deadline (a dead holder) is taken over"
     );
     assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1600)));
@@ -260,7 +280,11 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         (None, 1, r.sealed.clone()),
         "abort clears the marker and keeps the data"
     );
-    assert!(s.begin_refresh(&r.key, 1, t(1602), t(1662), t(1502)).await.expect("marker"));
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1602), t(1662), t(1502))
+            .await
+            .expect("marker")
+    );
     assert!(s.replace(&r.key, 1, b"newer", t(7000)).await.expect("cas"));
     let got = get(&b, 1).await;
     assert_eq!(
@@ -269,7 +293,9 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "replace clears the marker"
     );
     assert!(
-        s.begin_refresh(&r.key, 2, t(1700), t(1760), t(1000)).await.expect("marker"),
+        s.begin_refresh(&r.key, 2, t(1700), t(1760), t(1000))
+            .await
+            .expect("marker"),
         "the next refresh can start"
     );
 }
@@ -280,9 +306,17 @@ async fn the_ave_pause_is_shared_and_only_lengthened(b: Backend) {
     s.share_ave_pause(t(1030)).await.expect("share");
     assert_eq!(s.ave_pause().await.expect("read"), Some(t(1030)));
     s.share_ave_pause(t(1010)).await.expect("share");
-    assert_eq!(s.ave_pause().await.expect("read"), Some(t(1030)), "a shorter pause keeps the longer one");
+    assert_eq!(
+        s.ave_pause().await.expect("read"),
+        Some(t(1030)),
+        "a shorter pause keeps the longer one"
+    );
     s.share_ave_pause(t(1060)).await.expect("share");
-    assert_eq!(s.ave_pause().await.expect("read"), Some(t(1060)), "a longer one replaces it");
+    assert_eq!(
+        s.ave_pause().await.expect("read"),
+        Some(t(1060)),
+        "a longer one replaces it"
+    );
 }
 
 async fn touch_moves_last_seen_forward_with_its_mac(b: Backend) {
@@ -487,7 +521,10 @@ async fn a_failing_database_is_unavailable(b: Backend) {
     unavailable("insert", s.insert(&row(2, 0, 1000)).await.err());
     unavailable("get", s.get(&r.key).await.err());
     unavailable("replace", s.replace(&r.key, 0, b"x", t(1)).await.err());
-    unavailable("begin_refresh", s.begin_refresh(&r.key, 0, t(1), t(61), t(0)).await.err());
+    unavailable(
+        "begin_refresh",
+        s.begin_refresh(&r.key, 0, t(1), t(61), t(0)).await.err(),
+    );
     unavailable("abort_refresh", s.abort_refresh(&r.key, 0, t(1)).await.err());
     unavailable("touch", s.touch(&r.key, t(2000), b"mac").await.err());
     unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());

@@ -138,7 +138,10 @@ impl BackPressure {
         match s.circuit {
             Circuit::Closed { .. } => Ok(Admission { probe: false }),
             Circuit::Open { until, period } if until <= now => {
-                s.circuit = Circuit::HalfOpen { period, probe_out: true };
+                s.circuit = Circuit::HalfOpen {
+                    period,
+                    probe_out: true,
+                };
                 tracing::info!("Ave circuit half-open: one probe call goes out");
                 Ok(Admission { probe: true })
             }
@@ -177,7 +180,9 @@ impl BackPressure {
                 }
             }
             Health::RateLimited(retry_after) => {
-                let pause = retry_after.unwrap_or(DEFAULT_PAUSE).clamp(Duration::from_secs(1), MAX_PAUSE);
+                let pause = retry_after
+                    .unwrap_or(DEFAULT_PAUSE)
+                    .clamp(Duration::from_secs(1), MAX_PAUSE);
                 self.pause_locked(&mut s, now + pause, true);
                 // Ave is up: a probe that met a 429 closes the circuit (the pause holds calls back).
                 if admission.probe || !matches!(s.circuit, Circuit::Closed { .. }) {
@@ -237,7 +242,9 @@ impl BackPressure {
     pub(crate) fn snapshot(&self) -> (Duration, CircuitState) {
         let now = Instant::now();
         let s = self.lock();
-        let paused = s.paused_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        let paused = s
+            .paused_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
         let circuit = match s.circuit {
             Circuit::Closed { .. } => CircuitState::Closed,
             Circuit::Open { until, .. } if until > now => CircuitState::Open,

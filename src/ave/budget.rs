@@ -374,7 +374,10 @@ mod tests {
         budget.acquire(BudgetClass::Renewal).await.expect_err("full");
         budget.refund(&first);
         let snap = budget.snapshot();
-        assert_eq!((snap.sign_in_used, snap.renewal_used, snap.renewal_available), (0, 2, 1));
+        assert_eq!(
+            (snap.sign_in_used, snap.renewal_used, snap.renewal_available),
+            (0, 2, 1)
+        );
         budget.acquire(BudgetClass::SignIn).await.expect("room again");
     }
 

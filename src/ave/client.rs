@@ -413,7 +413,11 @@ impl AveClient {
     /// `invalid_client` answer consumed nothing: if the secret file changed meanwhile (a rotation racing this call),
     /// the call is made once more with the new secret, within the same refresh timeout (not at all when less
     /// than a second of it is left).
-    pub(crate) async fn refresh(&self, permit: TokenPermit<'_>, refresh_token: &str) -> Result<TokenResponse, AveError> {
+    pub(crate) async fn refresh(
+        &self,
+        permit: TokenPermit<'_>,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, AveError> {
         let answer_by = Instant::now() + self.options.refresh_timeout;
         let sent = self.fresh_secret();
         let result = self
@@ -483,7 +487,10 @@ impl AveClient {
             Ok(taken) => taken,
             Err(exhausted) => {
                 self.back_pressure.unused(admission);
-                tracing::debug!(grant = call.grant_type(), "token-endpoint budget exhausted; not calling Ave");
+                tracing::debug!(
+                    grant = call.grant_type(),
+                    "token-endpoint budget exhausted; not calling Ave"
+                );
                 return Err(AveError::BudgetExhausted {
                     retry_after: exhausted.retry_after,
                 });

@@ -13,8 +13,8 @@ pub(crate) mod id_token;
 pub(crate) mod metadata;
 pub(crate) mod settings;
 
-pub use client::{AveClient, AveError, KeySet, TokenResponse};
 pub(crate) use client::TokenPermit;
+pub use client::{AveClient, AveError, KeySet, TokenResponse};
 pub use id_token::IdTokenError;
 pub(crate) use metadata::{DocumentStatus, MetadataStatus};
 pub use settings::ClientOptions;
