@@ -19,8 +19,14 @@
 //! `Retry-After`) and nothing is sent to Ave. The window's lock is a plain
 //! mutex held for a few comparisons only, never across a sleep: waiters sleep
 //! unlocked and look again when the call that blocks them leaves the window.
-//! Waits and refusals are counted in `/metrics` and logged at most once per
-//! [`LOG_EVERY`] per class.
+//! Only a caller that found no room and slept counts as a wait: waits and
+//! refusals are counted in `/metrics` and logged at most once per
+//! [`LOG_EVERY`] per class; a call that found room at once is neither.
+//!
+//! The wait happens before anything is sent, so it never shortens the time
+//! Ave has to answer (the Ave client starts its timeout at the send). A call
+//! taken but never sent, or whose connection to Ave was never made, is given
+//! back (`refund`): Ave never saw it, so an outage does not use up the budget.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
