@@ -280,6 +280,32 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         (None, 1, r.sealed.clone()),
         "abort clears the marker and keeps the data"
     );
+    // A marker written by an older avemint, without a deadline: taken over by its age, as then.
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1601), t(1661), t(1501))
+            .await
+            .expect("marker")
+    );
+    assert_eq!(
+        b.admin.exec("UPDATE sessions SET refresh_deadline = NULL").await,
+        1,
+        "one row"
+    );
+    assert!(
+        !s.begin_refresh(&r.key, 1, t(1650), t(1710), t(1601))
+            .await
+            .expect("marker"),
+        "a legacy marker at the cut-off is held"
+    );
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1650), t(1710), t(1602))
+            .await
+            .expect("marker"),
+        "a legacy marker older than the cut-off is taken over"
+    );
+    assert_eq!(get(&b, 1).await.refresh_deadline, Some(t(1710)), "with a deadline now");
+    s.abort_refresh(&r.key, 1, t(1650)).await.expect("abort");
+    assert_eq!(get(&b, 1).await.refresh_deadline, None, "abort clears the deadline too");
     assert!(
         s.begin_refresh(&r.key, 1, t(1602), t(1662), t(1502))
             .await
