@@ -9,7 +9,8 @@
 //!
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
-//! [`lock_wait`], [`secret_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`]);
+//! [`lock_wait`], [`secret_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`],
+//! [`ave_back_pressure`]);
 //! the process (`process_*`: memory, CPU, file descriptors) and `avemint_build_info`. None of them
 //! ever sees a token, cookie or secret.
 //!
@@ -184,6 +185,8 @@ struct Metrics {
     budget_used: [IntGauge; 2],
     budget_limit: [IntGauge; 2],
     budget_waiting: [IntGauge; 2],
+    ave_circuit_state: IntGauge,
+    ave_paused_seconds: IntGauge,
     proxy_requests: IntCounterVec,
     proxy_upstream_seconds: HistogramVec,
     proxy_streams: IntGaugeVec,
@@ -346,6 +349,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "avemint_ave_budget_waiting",
         "Token-endpoint calls waiting now for room in Ave's token budget, by class",
     )?;
+    let ave_circuit_state = IntGauge::new(
+        "avemint_ave_circuit_state",
+        "The Ave client's circuit: 0 closed (calls go out), 1 open (token calls held back after a run of \
+         failures), 2 half-open (one probe call goes out)",
+    )?;
+    let ave_paused_seconds = IntGauge::new(
+        "avemint_ave_paused_seconds",
+        "Seconds left of the pause of every token call after Ave's 429 (Retry-After), learnt here or from \
+         another instance; 0 when not paused",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("avemint_build_info", "The running avemint's version (always 1)"),
         &["version"],
@@ -358,6 +371,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(budget_used_vec))?;
     registry.register(Box::new(budget_limit_vec))?;
     registry.register(Box::new(budget_waiting_vec))?;
+    registry.register(Box::new(ave_circuit_state.clone()))?;
+    registry.register(Box::new(ave_paused_seconds.clone()))?;
     registry.register(Box::new(build_info))?;
     // Resident memory, CPU seconds, open and maximum file descriptors, start time (read from /proc at scrape).
     #[cfg(target_os = "linux")]
@@ -434,6 +449,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_used,
         budget_limit,
         budget_waiting,
+        ave_circuit_state,
+        ave_paused_seconds,
         proxy_requests,
         proxy_upstream_seconds,
         proxy_streams,
@@ -585,6 +602,15 @@ pub(crate) fn ave_budget(class: usize, used: u32, limit: u32, waiting: u32) {
     }
 }
 
+/// Ave's back-pressure at scrape time: the time left of the pause after a 429, and the circuit's state
+/// (`0` closed, `1` open, `2` half-open).
+pub(crate) fn ave_back_pressure(paused: Duration, circuit: u8) {
+    let Some(m) = metrics() else { return };
+    let secs = paused.as_secs() + u64::from(paused.subsec_nanos() > 0);
+    m.ave_paused_seconds.set(i64::try_from(secs).unwrap_or(i64::MAX));
+    m.ave_circuit_state.set(i64::from(circuit));
+}
+
 /// What streams through a proxied route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamKind {
@@ -716,6 +742,7 @@ mod tests {
         credential_failure("admin", "rate_limited");
         store_pool(3, 5, 10);
         ave_budget(1, 7, 120, 2);
+        ave_back_pressure(Duration::from_millis(29_200), 1);
         let route = proxy_route("/api/unit");
         route.request(502);
         route.upstream_latency(Duration::from_millis(2));
@@ -746,6 +773,8 @@ mod tests {
             r#"avemint_ave_budget_used{class="sign_in"} 7"#,
             r#"avemint_ave_budget_limit{class="sign_in"} 120"#,
             r#"avemint_ave_budget_waiting{class="sign_in"} 2"#,
+            "avemint_ave_paused_seconds 30",
+            "avemint_ave_circuit_state 1",
             concat!(r#"avemint_build_info{version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
             "process_resident_memory_bytes ",
             "process_open_fds ",

@@ -27,12 +27,24 @@ use crate::traffic::rate_limit::{CodeExchangeLimiter, CredentialEndpoint, Creden
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
-/// How long, from the shutdown signal, refreshes already waiting on Ave may
-/// still finish and be stored (the server drains requests meanwhile). One
-/// still running then is cut off and retried, with the same refresh token, by
-/// the next request on any instance. With the 10 s request grace this fits
-/// Kubernetes' default 30 s termination grace period.
-pub const REFRESH_DRAIN: Duration = Duration::from_secs(20);
+/// What the refresh drain allows beyond the refresh timeout: storing the
+/// renewed tokens (retried through a short store outage).
+pub const REFRESH_DRAIN_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long, from the shutdown signal, refreshes already sent to Ave may
+/// still finish and be stored (the server drains requests meanwhile): the
+/// refresh timeout (`AVEMINT_AVE_REFRESH_TIMEOUT`, counted from the send)
+/// plus `REFRESH_DRAIN_MARGIN`, so every refresh sent before the signal is
+/// answered (or has timed out) and stored. A refresh cut off at this bound
+/// (a stuck store) keeps its marker until its deadline. The process manager's
+/// stop timeout (Kubernetes' `terminationGracePeriodSeconds`, systemd's
+/// `TimeoutStopSec`) must be longer: 80 s for the default 60 s.
+pub fn refresh_drain(refresh_timeout: Duration) -> Duration {
+    refresh_timeout + REFRESH_DRAIN_MARGIN
+}
+
+/// How often the pause after Ave's 429 is shared between the instances on one store.
+const AVE_PAUSE_SYNC: Duration = Duration::from_millis(500);
 /// How often expired sessions are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -372,7 +384,7 @@ impl Application {
             let signalled = signalled.clone();
             async move {
                 shutdown.await;
-                // Start no new refresh; those in flight go on (see `REFRESH_DRAIN`).
+                // Start no new refresh; those in flight go on (see `refresh_drain`).
                 renewer.stop();
                 let _ = signalled.set(std::time::Instant::now());
             }
@@ -393,7 +405,9 @@ impl Application {
         let (public, ops, admin) = tokio::join!(public, served(ops), served(admin));
         let result = public.and(ops).and(admin);
         let since = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
-        renewer.drain(since + REFRESH_DRAIN).await;
+        renewer
+            .drain(since + refresh_drain(self.state.ave.refresh_timeout()))
+            .await;
         background.abort();
         key_watch.abort();
         reload_watch.abort();
@@ -458,6 +472,17 @@ async fn background_tasks(state: Arc<AppState>) {
             }
         }
     };
+    let share_pause = {
+        let renewer = state.renewer.clone();
+        async move {
+            let mut tick = tokio::time::interval(AVE_PAUSE_SYNC);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                renewer.share_ave_pause().await;
+            }
+        }
+    };
     let sweep = async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
@@ -469,7 +494,7 @@ async fn background_tasks(state: Arc<AppState>) {
             }
         }
     };
-    tokio::join!(warm, sweep);
+    tokio::join!(warm, share_pause, sweep);
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

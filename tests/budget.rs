@@ -287,3 +287,63 @@ async fn good_codes_between_junk_ones_do_not_keep_a_network_open() {
     assert_eq!(sign_in_as(&app, &mut b, "198.51.101.66").await.status(), 302);
     app.stop().await;
 }
+
+/// Issue 23 §1: the refresh timeout starts when the request is sent, not before the wait for budget room. Budget
+/// 3 a minute, a 10 s refresh timeout, a fourth renewal arriving 51 s into the minute: it waits ~9 s for room,
+/// Ave processes it at once and answers 2.5 s later. Before, the timeout (started before the wait) fired ~1 s
+/// after the send, the answer was lost although Ave had rotated the token, and the next renewal re-sent the spent
+/// token: family revoked, user signed out.
+#[tokio::test]
+async fn a_renewal_that_waited_for_the_budget_still_gets_the_whole_refresh_timeout() {
+    let app = TestApp::spawn_with(Options {
+        renewal: Some(RenewalSettings {
+            // Every request renews; a request waits for its renewal longer than the budget wait.
+            skew: Duration::from_secs(2 * 3600),
+            wait: Duration::from_secs(15),
+            ..RenewalSettings::default()
+        }),
+        client: Some(ClientOptions {
+            token_budget_per_minute: 3,
+            request_timeout: Duration::from_secs(10),
+            refresh_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    // The sign-in's code exchange, the first call of the minute, was made just before.
+    let minute = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
+    }
+    assert_eq!(grants(&app.emulator, "refresh_token"), 2, "the budget (3) is used up");
+
+    tokio::time::sleep((minute + Duration::from_secs(51)).saturating_duration_since(Instant::now())).await;
+    app.emulator
+        .set_token_failure(Some(ave_emulator::TokenFailure::DelayAfterProcessing(
+            Duration::from_millis(2500),
+        )));
+    let fourth = Instant::now();
+    let status = app.post_token(&mut browser, true).await.status();
+    let took = fourth.elapsed();
+    app.emulator.set_token_failure(None);
+    assert_eq!(status, 200, "the fourth renewal");
+    assert!(took >= Duration::from_secs(8), "it waited for the budget: {took:?}");
+    // Past the per-session back-off a failed renewal would start, the next renewal uses the token Ave rotated for
+    // the fourth (before: the spent token again).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = app.post_token(&mut browser, true).await.status();
+    eprintln!(
+        "measured: a renewal that waited {took:?} for the budget: next request {status}, families revoked {}",
+        app.emulator.refresh_families_revoked()
+    );
+    assert_eq!(status, 200, "the session survives");
+    assert_eq!(
+        app.emulator.refresh_families_revoked(),
+        0,
+        "no refresh token was re-sent"
+    );
+    assert_eq!(app.emulator.successful_refreshes(), 4);
+    app.stop().await;
+}

@@ -207,6 +207,12 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
     assert!(logs.contains("/auth/callback"), "request lines are captured");
     assert!(logs.contains("TRACE"), "trace-level lines are captured");
     assert!(transcript.secrets.len() > 15, "the run handled secrets");
+    // Issue 22 §6: no call of this run found the token budget full, so none is logged as a budget wait (before,
+    // every call "waited" a few nanoseconds and the first of each class logged a WARN with `waited_ms=0`).
+    assert!(
+        !logs.contains("budget made a request wait"),
+        "a call that found room at once is not a budget wait"
+    );
     let mut leaks = Vec::new();
     for (label, secret) in &transcript.secrets {
         if let Some(at) = logs.find(secret.as_str()) {

@@ -328,9 +328,27 @@ async fn a_lost_answer_keeps_the_refresh_token_and_the_retry_learns_the_outcome(
     let resp = app.post_token(&mut browser, true).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(refresh_calls(&app.emulator), 1, "no retry on every request");
-    // After it, the same token is sent again; Ave did use it, so the session is over.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let resp = app.post_token(&mut browser, true).await;
+    // Ave may still be processing the call: the token is not sent again before the marker's deadline (the send +
+    // the refresh timeout + a 10 s margin). After it, the same token is sent again; Ave did use it, so the session
+    // is over.
+    let lost_at = std::time::Instant::now();
+    let resp = loop {
+        let resp = app.post_token(&mut browser, true).await;
+        if resp.status() != 503 {
+            break resp;
+        }
+        assert_eq!(refresh_calls(&app.emulator), 1, "not re-sent before the deadline");
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(20),
+            "retried after the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        lost_at.elapsed() >= Duration::from_secs(8),
+        "not before the deadline: {:?}",
+        lost_at.elapsed()
+    );
     assert_eq!(resp.status(), 401, "Ave consumed the token: the retry learns it");
     assert_eq!(error_code(resp).await, "login_required");
     assert_eq!(refresh_calls(&app.emulator), 2, "the kept token was retried once");

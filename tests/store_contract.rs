@@ -115,6 +115,7 @@ support::on_both_stores!(
     reopening_keeps_the_rows,
     the_sid_index_finds_one_session,
     counts_are_of_live_sessions,
+    the_ave_pause_is_shared_and_only_lengthened,
 );
 
 fn t(secs: i64) -> UnixTime {
@@ -134,6 +135,7 @@ fn row(k: u8, version: i64, now: i64) -> StoredSession {
         last_seen_at: t(now),
         access_expires_at: t(now + 3600),
         refresh_started_at: None,
+        refresh_deadline: None,
         owner: Some(OwnerKey([k % 2; 32])),
         seen_mac: Some(vec![k; 32]),
         handle: Some(HandleKey([k; 32])),
@@ -205,22 +207,45 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
     let r = row(1, 1, 1000);
     s.insert(&r).await.expect("insert");
     assert!(
-        !s.begin_refresh(&r.key, 0, t(1500), t(1400)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 0, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker"),
         "the marker needs the current version"
     );
     assert!(
-        !s.begin_refresh(&key(7), 1, t(1500), t(1400)).await.expect("marker"),
+        !s.begin_refresh(&key(7), 1, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker"),
         "no marker on a missing row"
     );
-    assert!(s.begin_refresh(&r.key, 1, t(1500), t(1400)).await.expect("marker"));
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1500), t(1560), t(1400))
+            .await
+            .expect("marker")
+    );
     assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1500)));
     assert!(
-        !s.begin_refresh(&r.key, 1, t(1501), t(1401)).await.expect("marker"),
+        !s.begin_refresh(&r.key, 1, t(1501), t(1561), t(1401))
+            .await
+            .expect("marker"),
         "one marker holder"
     );
     assert!(
-        !s.begin_refresh(&r.key, 1, t(1510), t(1500)).await.expect("marker"),
-        "a marker exactly at the cut-off is not stale"
+        !s.begin_refresh(&r.key, 1, t(1510), t(1570), t(1500))
+            .await
+            .expect("marker"),
+        "a marker before its deadline is held"
+    );
+    assert!(
+        !s.begin_refresh(&r.key, 1, t(1560), t(1620), t(1550))
+            .await
+            .expect("marker"),
+        "a marker exactly at its deadline is held, whatever the caller's idea of staleness"
+    );
+    assert_eq!(
+        get(&b, 1).await.refresh_deadline,
+        Some(t(1560)),
+        "the deadline is recorded"
     );
     s.abort_refresh(&r.key, 1, t(1499))
         .await
@@ -234,8 +259,10 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "only the holder's own marker on its version is cleared"
     );
     assert!(
-        s.begin_refresh(&r.key, 1, t(1600), t(1501)).await.expect("marker"),
-        "a stale marker (a dead holder) is taken over"
+        s.begin_refresh(&r.key, 1, t(1600), t(1660), t(1501))
+            .await
+            .expect("marker"),
+        "a marker past its deadline (a dead holder) is taken over"
     );
     assert_eq!(get(&b, 1).await.refresh_started_at, Some(t(1600)));
     s.abort_refresh(&r.key, 1, t(1500))
@@ -253,7 +280,37 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         (None, 1, r.sealed.clone()),
         "abort clears the marker and keeps the data"
     );
-    assert!(s.begin_refresh(&r.key, 1, t(1602), t(1502)).await.expect("marker"));
+    // A marker written by an older avemint, without a deadline: taken over by its age, as then.
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1601), t(1661), t(1501))
+            .await
+            .expect("marker")
+    );
+    assert_eq!(
+        b.admin.exec("UPDATE sessions SET refresh_deadline = NULL").await,
+        1,
+        "one row"
+    );
+    assert!(
+        !s.begin_refresh(&r.key, 1, t(1650), t(1710), t(1601))
+            .await
+            .expect("marker"),
+        "a legacy marker at the cut-off is held"
+    );
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1650), t(1710), t(1602))
+            .await
+            .expect("marker"),
+        "a legacy marker older than the cut-off is taken over"
+    );
+    assert_eq!(get(&b, 1).await.refresh_deadline, Some(t(1710)), "with a deadline now");
+    s.abort_refresh(&r.key, 1, t(1650)).await.expect("abort");
+    assert_eq!(get(&b, 1).await.refresh_deadline, None, "abort clears the deadline too");
+    assert!(
+        s.begin_refresh(&r.key, 1, t(1602), t(1662), t(1502))
+            .await
+            .expect("marker")
+    );
     assert!(s.replace(&r.key, 1, b"newer", t(7000)).await.expect("cas"));
     let got = get(&b, 1).await;
     assert_eq!(
@@ -262,8 +319,29 @@ async fn the_refresh_marker_admits_one_holder_until_it_is_stale(b: Backend) {
         "replace clears the marker"
     );
     assert!(
-        s.begin_refresh(&r.key, 2, t(1700), t(1000)).await.expect("marker"),
+        s.begin_refresh(&r.key, 2, t(1700), t(1760), t(1000))
+            .await
+            .expect("marker"),
         "the next refresh can start"
+    );
+}
+
+async fn the_ave_pause_is_shared_and_only_lengthened(b: Backend) {
+    let s = &b.store;
+    assert_eq!(s.ave_pause().await.expect("read"), None, "never recorded");
+    s.share_ave_pause(t(1030)).await.expect("share");
+    assert_eq!(s.ave_pause().await.expect("read"), Some(t(1030)));
+    s.share_ave_pause(t(1010)).await.expect("share");
+    assert_eq!(
+        s.ave_pause().await.expect("read"),
+        Some(t(1030)),
+        "a shorter pause keeps the longer one"
+    );
+    s.share_ave_pause(t(1060)).await.expect("share");
+    assert_eq!(
+        s.ave_pause().await.expect("read"),
+        Some(t(1060)),
+        "a longer one replaces it"
     );
 }
 
@@ -469,7 +547,10 @@ async fn a_failing_database_is_unavailable(b: Backend) {
     unavailable("insert", s.insert(&row(2, 0, 1000)).await.err());
     unavailable("get", s.get(&r.key).await.err());
     unavailable("replace", s.replace(&r.key, 0, b"x", t(1)).await.err());
-    unavailable("begin_refresh", s.begin_refresh(&r.key, 0, t(1), t(0)).await.err());
+    unavailable(
+        "begin_refresh",
+        s.begin_refresh(&r.key, 0, t(1), t(61), t(0)).await.err(),
+    );
     unavailable("abort_refresh", s.abort_refresh(&r.key, 0, t(1)).await.err());
     unavailable("touch", s.touch(&r.key, t(2000), b"mac").await.err());
     unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());
@@ -590,7 +671,11 @@ async fn both_migration_histories_end_in_the_same_schema() {
     .collect();
     assert_eq!(
         lite_tables,
-        BTreeSet::from(["sessions".to_owned(), "used_login_states".to_owned()])
+        BTreeSet::from([
+            "ave_pause".to_owned(),
+            "sessions".to_owned(),
+            "used_login_states".to_owned()
+        ])
     );
     assert_eq!(lite_tables, pg_tables);
     for table in &lite_tables {

@@ -19,8 +19,14 @@
 //! `Retry-After`) and nothing is sent to Ave. The window's lock is a plain
 //! mutex held for a few comparisons only, never across a sleep: waiters sleep
 //! unlocked and look again when the call that blocks them leaves the window.
-//! Waits and refusals are counted in `/metrics` and logged at most once per
-//! [`LOG_EVERY`] per class.
+//! Only a caller that found no room and slept counts as a wait: waits and
+//! refusals are counted in `/metrics` and logged at most once per
+//! [`LOG_EVERY`] per class; a call that found room at once is neither.
+//!
+//! The wait happens before anything is sent, so it never shortens the time
+//! Ave has to answer (the Ave client starts its timeout at the send). A call
+//! taken but never sent, or whose connection to Ave was never made, is given
+//! back (`refund`): Ave never saw it, so an outage does not use up the budget.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -61,6 +67,15 @@ impl BudgetClass {
 pub(crate) struct BudgetExhausted {
     /// When to try again (whole seconds, at least one).
     pub retry_after: Duration,
+}
+
+/// A call taken from the budget: when (to give it back) and how long the caller waited for room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    class: BudgetClass,
+    at: Instant,
+    /// Zero unless the caller found no room and slept until some freed up.
+    pub waited: Duration,
 }
 
 /// The state of the window now, for `/readyz`.
@@ -204,8 +219,9 @@ impl TokenBudget {
     }
 
     /// Takes one call of `class` from the budget, waiting (unlocked) for room
-    /// up to `max_wait`. Returns how long it waited.
-    pub(crate) async fn acquire(&self, class: BudgetClass) -> Result<Duration, BudgetExhausted> {
+    /// up to `max_wait`. Only a caller that found no room and slept counts
+    /// (and logs) as a wait; one that found room at once has waited zero.
+    pub(crate) async fn acquire(&self, class: BudgetClass) -> Result<Taken, BudgetExhausted> {
         let start = Instant::now();
         let deadline = start + self.max_wait;
         let mut waiting = None;
@@ -213,11 +229,14 @@ impl TokenBudget {
             let now = Instant::now();
             let room_at = match self.try_take(class, now) {
                 Ok(()) => {
-                    let waited = now.saturating_duration_since(start);
-                    if !waited.is_zero() {
+                    let waited = if waiting.is_some() {
+                        let waited = now.saturating_duration_since(start);
                         self.waited(class, waited);
-                    }
-                    return Ok(waited);
+                        waited
+                    } else {
+                        Duration::ZERO
+                    };
+                    return Ok(Taken { class, at: now, waited });
                 }
                 Err(at) => at,
             };
@@ -231,6 +250,18 @@ impl TokenBudget {
             }
             waiting.get_or_insert_with(|| Waiting::new(&self.waiting[class as usize]));
             tokio::time::sleep_until(room_at).await;
+        }
+    }
+
+    /// Gives back a call taken by `acquire` that never reached Ave (the
+    /// connection was never made, or the call was not started after all).
+    pub(crate) fn refund(&self, taken: &Taken) {
+        let mut w = self.lock();
+        if let Some(i) = w.calls.iter().rposition(|&(t, c)| t == taken.at && c == taken.class) {
+            w.calls.remove(i);
+            if taken.class == BudgetClass::SignIn {
+                w.sign_ins -= 1;
+            }
         }
     }
 
@@ -329,6 +360,33 @@ mod tests {
         );
     }
 
+    /// Issue 22 §6: a call that finds room at once has not waited, so it is neither logged nor counted as a
+    /// budget wait (real clock: the time between two `Instant::now()` calls is never zero).
+    #[tokio::test]
+    async fn a_call_that_finds_room_has_waited_zero() {
+        let budget = TokenBudget::new(180, Duration::from_secs(10));
+        for class in [BudgetClass::SignIn, BudgetClass::Renewal, BudgetClass::SignIn] {
+            let taken = budget.acquire(class).await.expect("room");
+            assert_eq!(taken.waited, Duration::ZERO, "{class:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refunded_call_frees_its_room() {
+        let budget = TokenBudget::new(3, Duration::ZERO);
+        let first = budget.acquire(BudgetClass::SignIn).await.expect("room");
+        budget.acquire(BudgetClass::Renewal).await.expect("room");
+        budget.acquire(BudgetClass::Renewal).await.expect("room");
+        budget.acquire(BudgetClass::Renewal).await.expect_err("full");
+        budget.refund(&first);
+        let snap = budget.snapshot();
+        assert_eq!(
+            (snap.sign_in_used, snap.renewal_used, snap.renewal_available),
+            (0, 2, 1)
+        );
+        budget.acquire(BudgetClass::SignIn).await.expect("room again");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sign_ins_never_take_the_renewal_reserve() {
         let budget = TokenBudget::new(180, Duration::from_secs(5));
@@ -404,8 +462,8 @@ mod tests {
         let start = Instant::now();
         budget.acquire(BudgetClass::Renewal).await.expect("the reserve");
         assert_eq!(start.elapsed(), Duration::ZERO);
-        let waited = sleeper.await.expect("join").expect("room after 20 s");
-        assert_eq!(waited, Duration::from_secs(20));
+        let taken = sleeper.await.expect("join").expect("room after 20 s");
+        assert_eq!(taken.waited, Duration::from_secs(20));
     }
 
     #[tokio::test(start_paused = true)]
@@ -438,9 +496,9 @@ mod tests {
             let (elapsed, result) = task.await.expect("join");
             assert!(elapsed <= max_wait, "waited {elapsed:?}");
             match result {
-                Ok(waited) => {
+                Ok(taken) => {
                     admitted += 1;
-                    assert_eq!(waited, elapsed);
+                    assert_eq!(taken.waited, elapsed);
                 }
                 Err(e) => assert!(e.retry_after >= Duration::from_secs(1)),
             }

@@ -15,7 +15,8 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
+use super::backpressure::{Admission, BackPressure, CircuitState, Health, HoldBack};
+use super::budget::{BudgetClass, BudgetSnapshot, Taken, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
 use crate::metrics::{self, AveCall, AveFailure};
@@ -76,6 +77,10 @@ pub enum AveError {
     /// This process's own token-endpoint budget had no room: nothing was sent to Ave.
     #[error("the token-endpoint budget is exhausted; room in {} s", retry_after.as_secs())]
     BudgetExhausted { retry_after: Duration },
+    /// Ave's back-pressure holds this client back (a 429's pause, or the circuit open after a run of
+    /// failures): nothing was sent to Ave.
+    #[error("{cause}; try again in {} s", retry_after.as_secs())]
+    HeldBack { cause: HoldBack, retry_after: Duration },
     /// Ave answered 5xx or another unexpected status.
     #[error("Ave answered HTTP {status}")]
     Server { status: u16 },
@@ -104,11 +109,32 @@ impl AveError {
         match self {
             AveError::OAuth { .. } => AveFailure::Rejected,
             // Budget refusals never reach `metrics::ave_call`; they count as what they used to be reported as.
-            AveError::RateLimited { .. } | AveError::BudgetExhausted { .. } => AveFailure::RateLimited,
+            AveError::RateLimited { .. } | AveError::BudgetExhausted { .. } | AveError::HeldBack { .. } => {
+                AveFailure::RateLimited
+            }
             AveError::Server { .. } => AveFailure::Server,
             AveError::Transport(_) | AveError::HttpClient => AveFailure::Transport,
             AveError::LostResponse(_) => AveFailure::LostResponse,
             AveError::Malformed(_) | AveError::IssuerMismatch { .. } => AveFailure::Malformed,
+        }
+    }
+
+    /// When a call refused before anything was sent may be tried again (the budget, the pause, the circuit).
+    pub(crate) fn not_sent_retry_after(&self) -> Option<Duration> {
+        match self {
+            AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// What this outcome of a call that went out says about Ave's health.
+    fn health(&self) -> Health {
+        match self {
+            AveError::RateLimited { retry_after } => Health::RateLimited(*retry_after),
+            AveError::Server { .. } | AveError::Transport(_) | AveError::LostResponse(_) | AveError::Malformed(_) => {
+                Health::Unwell
+            }
+            _ => Health::Well,
         }
     }
 
@@ -118,6 +144,7 @@ impl AveError {
             self,
             AveError::RateLimited { .. }
                 | AveError::BudgetExhausted { .. }
+                | AveError::HeldBack { .. }
                 | AveError::Server { .. }
                 | AveError::Transport(_)
         )
@@ -202,7 +229,29 @@ pub struct AveClient {
     client_secret: Arc<LiveSecret<Secret<String>>>,
     metadata: AveMetadata,
     budget: TokenBudget,
+    back_pressure: BackPressure,
     options: ClientOptions,
+}
+
+/// A token-endpoint call that may go out now: Ave's back-pressure let it
+/// through, the provider metadata is loaded and the budget has room for it.
+/// Nothing has been sent yet. Dropped unsent, it gives its budget room (and
+/// a half-open circuit's probe slot) back.
+pub(crate) struct TokenPermit<'a> {
+    client: &'a AveClient,
+    meta: Arc<ProviderMetadata>,
+    taken: Taken,
+    admission: Admission,
+    sent: bool,
+}
+
+impl Drop for TokenPermit<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.client.budget.refund(&self.taken);
+            self.client.back_pressure.unused(self.admission);
+        }
+    }
 }
 
 /// The JSON body of a token request (camelCase, as Ave's schema names it).
@@ -250,6 +299,7 @@ impl AveClient {
             client_secret: Arc::new(LiveSecret::fixed(SecretKind::ClientSecret, client_secret)),
             metadata,
             budget: TokenBudget::new(options.token_budget_per_minute, options.request_timeout),
+            back_pressure: BackPressure::default(),
             options,
         })
     }
@@ -331,6 +381,7 @@ impl AveClient {
         code_verifier: &str,
         redirect_uri: &str,
     ) -> Result<TokenResponse, AveError> {
+        let permit = self.admit(AveCall::CodeExchange).await?;
         let secret = self.fresh_secret();
         let body = TokenRequest {
             grant_type: "authorization_code",
@@ -341,33 +392,65 @@ impl AveClient {
             code_verifier: Some(code_verifier),
             refresh_token: None,
         };
-        self.token_request(&body, AveCall::CodeExchange, self.options.request_timeout)
+        self.send(permit, &body, AveCall::CodeExchange, self.options.request_timeout)
             .await
     }
 
-    /// Uses a refresh token. Ave rotates it on every use: the caller must store
-    /// the new one before anything else, and must never send this one again.
+    /// Everything a refresh needs before it is sent: Ave's back-pressure lets it through, the metadata is loaded,
+    /// the budget has room (waiting for it at most Ave's request timeout). Refused with
+    /// `HeldBack` / `BudgetExhausted` (nothing sent, the refresh token untouched); the refresh timeout has not
+    /// started.
+    pub(crate) async fn admit_refresh(&self) -> Result<TokenPermit<'_>, AveError> {
+        self.admit(AveCall::Refresh).await
+    }
+
+    /// Uses a refresh token with a permit from `admit_refresh`. Ave rotates it on every use: the caller must
+    /// store the new one before anything else, and must never send this one again while Ave may still be
+    /// processing this call. The answer is awaited for the refresh timeout from the moment the request is sent
+    /// (connecting included): the call is over at Ave's side by then, whatever its outcome.
     ///
     /// Ave checks the client secret before it rotates the refresh token (docs/ave-protocol.md §2.2), so an
     /// `invalid_client` answer consumed nothing: if the secret file changed meanwhile (a rotation racing this call),
-    /// the call is made once more with the new secret.
-    pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, AveError> {
+    /// the call is made once more with the new secret, within the same refresh timeout (not at all when less
+    /// than a second of it is left).
+    pub(crate) async fn refresh(
+        &self,
+        permit: TokenPermit<'_>,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, AveError> {
+        let answer_by = Instant::now() + self.options.refresh_timeout;
         let sent = self.fresh_secret();
-        let result = self.refresh_with(refresh_token, &sent).await;
+        let result = self
+            .refresh_with(permit, refresh_token, &sent, self.options.refresh_timeout)
+            .await;
         match result {
             Err(AveError::OAuth { ref code, .. }) if code == "invalid_client" => {
                 let now = self.fresh_secret();
                 if now.expose() == sent.expose() {
                     return result;
                 }
+                // The retry is admitted like any call (held back or refused by the budget, the first answer stands).
+                let Ok(permit) = self.admit(AveCall::Refresh).await else {
+                    return result;
+                };
+                let left = answer_by.saturating_duration_since(Instant::now());
+                if left < Duration::from_secs(1) {
+                    return result;
+                }
                 tracing::info!("Ave refused the client secret and its file has changed: retrying with the new one");
-                self.refresh_with(refresh_token, &now).await
+                self.refresh_with(permit, refresh_token, &now, left).await
             }
             other => other,
         }
     }
 
-    async fn refresh_with(&self, refresh_token: &str, secret: &Secret<String>) -> Result<TokenResponse, AveError> {
+    async fn refresh_with(
+        &self,
+        permit: TokenPermit<'_>,
+        refresh_token: &str,
+        secret: &Secret<String>,
+        timeout: Duration,
+    ) -> Result<TokenResponse, AveError> {
         let body = TokenRequest {
             grant_type: "refresh_token",
             client_id: &self.client_id,
@@ -377,33 +460,72 @@ impl AveClient {
             code_verifier: None,
             refresh_token: Some(refresh_token),
         };
-        self.token_request(&body, AveCall::Refresh, self.options.refresh_timeout)
-            .await
+        self.send(permit, &body, AveCall::Refresh, timeout).await
     }
 
-    async fn token_request(
+    /// Admits one token call: refused at once while Ave's back-pressure holds the client back; waits (unlocked,
+    /// bounded) for budget room, a refusal logged, rate-limited, by the budget itself. Nothing is sent.
+    async fn admit(&self, call: AveCall) -> Result<TokenPermit<'_>, AveError> {
+        let held = |(cause, retry_after)| AveError::HeldBack { cause, retry_after };
+        let admission = self.back_pressure.admit().map_err(held)?;
+        let meta = match self.metadata().await {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.back_pressure.unused(admission);
+                return Err(e);
+            }
+        };
+        let class = match call {
+            AveCall::Refresh => BudgetClass::Renewal,
+            _ => BudgetClass::SignIn,
+        };
+        let budget = self
+            .budget
+            .acquire(class)
+            .instrument(tracing::info_span!("ave.budget_wait", class = class.label()));
+        let taken = match budget.await {
+            Ok(taken) => taken,
+            Err(exhausted) => {
+                self.back_pressure.unused(admission);
+                tracing::debug!(
+                    grant = call.grant_type(),
+                    "token-endpoint budget exhausted; not calling Ave"
+                );
+                return Err(AveError::BudgetExhausted {
+                    retry_after: exhausted.retry_after,
+                });
+            }
+        };
+        let permit = TokenPermit {
+            client: self,
+            meta,
+            taken,
+            admission,
+            sent: false,
+        };
+        // A pause may have started while this call waited for room.
+        if !taken.waited.is_zero()
+            && let (paused, _) = self.back_pressure.snapshot()
+            && !paused.is_zero()
+        {
+            return Err(AveError::HeldBack {
+                cause: HoldBack::Paused,
+                retry_after: super::backpressure::whole_secs(paused),
+            });
+        }
+        Ok(permit)
+    }
+
+    /// Sends one admitted token call; Ave's answer is awaited `timeout` from now.
+    async fn send(
         &self,
+        mut permit: TokenPermit<'_>,
         body: &TokenRequest<'_>,
         call: AveCall,
         timeout: Duration,
     ) -> Result<TokenResponse, AveError> {
         let grant = call.grant_type();
-        let meta = self.metadata().await?;
-        let class = match call {
-            AveCall::Refresh => BudgetClass::Renewal,
-            _ => BudgetClass::SignIn,
-        };
-        // Waits (unlocked, bounded) for room; a refusal is logged, rate-limited, by the budget itself.
-        let budget = self
-            .budget
-            .acquire(class)
-            .instrument(tracing::info_span!("ave.budget_wait", class = class.label()));
-        if let Err(exhausted) = budget.await {
-            tracing::debug!(grant, "token-endpoint budget exhausted; not calling Ave");
-            return Err(AveError::BudgetExhausted {
-                retry_after: exhausted.retry_after,
-            });
-        }
+        permit.sent = true;
         let started = Instant::now();
         let span = tracing::info_span!(
             "ave.token",
@@ -412,9 +534,17 @@ impl AveClient {
             http.status_code = tracing::field::Empty,
         );
         let result = self
-            .token_request_timed(&meta, body, grant, timeout, started)
+            .token_request_timed(&permit.meta, body, grant, timeout, started)
             .instrument(span)
             .await;
+        if let Err(AveError::Transport(_)) = &result {
+            // The connection was never made: Ave saw nothing, so the call costs no budget.
+            self.budget.refund(&permit.taken);
+        }
+        self.back_pressure.record(
+            permit.admission,
+            result.as_ref().err().map_or(Health::Well, AveError::health),
+        );
         metrics::ave_call(call, started.elapsed(), result.as_ref().err().map(AveError::failure));
         result
     }
@@ -489,6 +619,22 @@ impl AveClient {
         self.options.refresh_timeout
     }
 
+    /// The time left of the pause after Ave's 429 (zero when none) and the circuit's state.
+    pub(crate) fn back_pressure(&self) -> (Duration, CircuitState) {
+        self.back_pressure.snapshot()
+    }
+
+    /// Pauses every token call for `d`: a pause another instance learnt from Ave's 429.
+    pub(crate) fn pause_for(&self, d: Duration) {
+        self.back_pressure.pause_for(d);
+    }
+
+    /// The pause this process started after Ave's 429 and has not shared yet (the time left); taking it marks
+    /// it shared.
+    pub(crate) fn take_unshared_pause(&self) -> Option<Duration> {
+        self.back_pressure.take_unshared_pause()
+    }
+
     /// Use and room of the token-endpoint budget over the last minute, per class.
     pub(crate) fn token_budget(&self) -> BudgetSnapshot {
         self.budget.snapshot()
@@ -542,6 +688,10 @@ pub(super) fn clone_error(e: &AveError) -> AveError {
             retry_after: *retry_after,
         },
         AveError::BudgetExhausted { retry_after } => AveError::BudgetExhausted {
+            retry_after: *retry_after,
+        },
+        AveError::HeldBack { cause, retry_after } => AveError::HeldBack {
+            cause: *cause,
             retry_after: *retry_after,
         },
         AveError::Server { status } => AveError::Server { status: *status },

@@ -2,15 +2,18 @@
 //!
 //! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`) and
 //! `id_token` validates what Ave signs; `settings` is what the client is
-//! configured with (the Ave application, timeouts, token budget). The local Ave that `avemint demo` and
+//! configured with (the Ave application, timeouts, token budget); `budget` and `backpressure` decide
+//! whether a token call may go out at all. The local Ave that `avemint demo` and
 //! the tests run against is its own crate, `crates/ave-emulator`.
 
+pub(crate) mod backpressure;
 pub(crate) mod budget;
 pub(crate) mod client;
 pub(crate) mod id_token;
 pub(crate) mod metadata;
 pub(crate) mod settings;
 
+pub(crate) use client::TokenPermit;
 pub use client::{AveClient, AveError, KeySet, TokenResponse};
 pub use id_token::IdTokenError;
 pub(crate) use metadata::{DocumentStatus, MetadataStatus};

@@ -46,13 +46,15 @@ pub struct AveSettings {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
+    /// The timeout of other calls to Ave, and the longest wait for room in the token budget.
     pub request_timeout: Duration,
     /// The least time between two JWKS re-fetches caused by an unknown `kid`.
     pub jwks_refetch_cooldown: Duration,
     /// Token-endpoint calls per minute this process may make.
     pub token_budget_per_minute: u32,
-    /// How long a refresh may wait for Ave's answer before its outcome counts
-    /// as unknown (the refresh token is then kept and retried after a back-off).
+    /// How long a refresh may wait for Ave's answer, from the moment it is
+    /// sent, before its outcome counts as unknown (the refresh token is then
+    /// kept, and retried once the refresh marker's deadline has passed).
     pub refresh_timeout: Duration,
     /// How long Ave's discovery document and JWKS are used before a re-fetch
     /// (a failed re-fetch keeps the last good copy; see `metadata`).

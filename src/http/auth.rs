@@ -267,7 +267,7 @@ fn ave_unavailable(e: &AveError) -> ApiError {
             retry_after.map_or(10, |d| d.as_secs().max(1)),
         ),
         // avemint's own budget: answered like Ave's rate limit, with when room frees up.
-        AveError::BudgetExhausted { retry_after } => {
+        AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => {
             ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
         }
         e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),

@@ -225,6 +225,8 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
     let budget = state.ave.token_budget();
     crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
     crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
+    let (paused, circuit) = state.ave.back_pressure();
+    crate::metrics::ave_back_pressure(paused, circuit as u8);
     let mut body = crate::metrics::render();
     body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()

@@ -66,6 +66,7 @@ impl Sessions {
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
             refresh_started_at: row.refresh_started_at,
+            refresh_deadline: row.refresh_deadline,
             data,
             lifetime,
             idle_timeout: idle,

@@ -14,26 +14,46 @@
 //!   that finds the marker held waits (polling the row, bounded) and uses the
 //!   other instance's result; so no refresh token is ever presented to Ave
 //!   twice at the same time;
-//! - **an unknown outcome keeps the refresh token** (changed rule): if the
+//! - **nothing is sent that could not be answered in time**: a refresh is
+//!   admitted by the Ave client first (Ave's back-pressure: the pause after a
+//!   429 and the circuit; the provider metadata; room in the token budget,
+//!   waited for at most Ave's request timeout). Refused, it is simply not
+//!   started: 503 with `Retry-After` once the access token has expired,
+//!   nothing sent, no marker taken, no back-off. Only then is the marker
+//!   taken, and the refresh timeout starts when the request is sent, so a
+//!   wait for the budget (or the store) never eats into the time Ave has to
+//!   answer;
+//! - **a marker records its deadline**: the time by which its call is over
+//!   at Ave (sent right after the marker, answered within the refresh
+//!   timeout, plus `LEASE_MARGIN` for clock differences). Nobody, on any
+//!   instance, sends that session's refresh token before it;
+//! - **an unknown outcome keeps the refresh token and the marker**: if the
 //!   call failed after the connection was made (reset, stall, timeout, an
-//!   answer lost), Ave may or may not have rotated the token. If it did not,
-//!   sending it again saves the session; if it did, the session is lost
-//!   whatever avemint does, and the retry only learns it sooner, as
-//!   `invalid_grant`. So the token is kept and retried, with a per-session
-//!   back-off (`backoff`) while the access token is valid, once more shortly
-//!   before it expires, and every few seconds after. A connection never made
-//!   (refused, DNS, TLS handshake) is known not to have reached Ave;
-//! - **a marker left by a dead holder means "retry with the same token"**: it
-//!   is taken over once it is older than the refresh lease (Ave's refresh
-//!   timeout plus a margin), when the dead holder's call is certainly over;
+//!   answer lost), Ave may or may not have rotated the token, and may still be
+//!   processing it. The marker stays until its deadline; then the token is
+//!   sent again: if Ave did not rotate it, that saves the session; if it did,
+//!   the session is lost whatever avemint does, and the retry only learns it
+//!   sooner, as `invalid_grant`. Failures that end Ave's processing (an
+//!   answer: 5xx, 429, a refusal) or never reached it (a connection never
+//!   made) release the marker at once and back off per session (`backoff`):
+//!   while the access token is valid, once more shortly before it expires,
+//!   and every few seconds after;
+//! - **Ave's back-pressure holds back the whole client**: a 429 pauses every
+//!   token call of this instance for its `Retry-After`, and the pause is
+//!   shared with the other instances on the store (`share_ave_pause`); a run
+//!   of failures opens the Ave client's circuit (`crate::ave::backpressure`);
+//! - **a marker past its deadline means "retry with the same token"**: its
+//!   holder died, or its call's fate is unknown and is over by then;
 //! - the rotated refresh token is written (compare-and-swap on the version,
 //!   retried through short store outages) before the new tokens are used;
 //! - `invalid_grant` ends the session, with no retry;
 //! - while the access token is valid, any failure (Ave or the store) still
 //!   serves the session; once expired, a failure is a 503 with `Retry-After`;
 //! - **shutdown**: `stop` makes the process start no new refresh, `drain`
-//!   waits (bounded) for those in flight; one cut off is cancelled, its marker
-//!   released and its token kept, so whoever comes next retries it.
+//!   waits for those in flight up to a bound that covers the refresh timeout
+//!   (`startup::refresh_drain`), so every refresh sent before the signal is
+//!   answered and stored. One still running at the bound (a stuck store) is
+//!   cut off and keeps its marker until its deadline, as an unknown outcome.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,13 +67,18 @@ use tracing::Instrument as _;
 use super::backoff::Backoffs;
 use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
-use crate::ave::{AveClient, AveError};
+use crate::ave::{AveClient, AveError, TokenPermit};
 use crate::clock::UnixTime;
 use crate::secret::Secret;
 
-/// A marker is taken over as a dead holder's this long after its refresh
-/// timeout (clock differences between instances, whole-second markers).
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// A marker's deadline is this long after its refresh timeout (clock
+/// differences between instances, whole-second markers, the send right after
+/// the marker).
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// Taking the marker may not take longer than this (a wait for a store
+/// connection): past it, the refresh is not sent (the deadline recorded would
+/// not cover the call) and the marker is released.
+const MAX_MARKER_STATEMENT: Duration = Duration::from_secs(5);
 /// How often a refresher waiting for another instance's refresh re-reads the row.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 /// Waits between attempts to store renewed tokens through a store outage.
@@ -197,9 +222,11 @@ impl Renewer {
     }
 
     /// Shutdown, second step: waits until the refreshes in flight have ended,
-    /// at most until `deadline`; then cuts off the rest (their markers are
-    /// released and their refresh tokens kept, so the next request, on any
-    /// instance, retries them). Returns how many were cut off.
+    /// at most until `deadline` (which covers the refresh timeout, see
+    /// `startup::refresh_drain`); then cuts off the rest: their outcome is
+    /// unknown, so their markers stay until their deadlines and their refresh
+    /// tokens are kept for whoever comes next after that. Returns how many
+    /// were cut off.
     pub(crate) async fn drain(&self, deadline: Instant) -> usize {
         self.stop();
         while self.in_flight() > 0 && Instant::now() < deadline {
@@ -209,7 +236,7 @@ impl Renewer {
         if cut_off > 0 {
             tracing::warn!(
                 cut_off,
-                "shutdown: cutting off refreshes still waiting for Ave; they will be retried"
+                "shutdown: cutting off refreshes still running past the drain; their markers stay until their deadlines"
             );
             self.cancel.send_replace(true);
             // Let them release their markers (one short statement each).
@@ -296,15 +323,62 @@ impl Renewer {
         }
     }
 
-    /// One refresh: takes the per-session lock (the refresh marker), calls
-    /// Ave, stores the outcome, releases the lock.
+    /// One refresh: is admitted by the Ave client (nothing sent if not),
+    /// takes the per-session lock (the refresh marker), calls Ave, stores the
+    /// outcome, releases the lock (or keeps it until its deadline when the
+    /// outcome is unknown).
     async fn renew(&self, key: SessionRowKey) -> Result<Arc<Session>, RenewError> {
+        let permit = match self.ave.admit_refresh().await {
+            Ok(permit) => permit,
+            Err(e) => {
+                let retry_after = e.not_sent_retry_after().unwrap_or(Duration::from_secs(5));
+                crate::metrics::refresh_outcome("not_started");
+                tracing::debug!(session = ?key, error = %e, "refresh not started; nothing sent");
+                return Err(RenewError::Unavailable {
+                    reason: format!("Ave could not renew the session: {e}"),
+                    retry_after,
+                });
+            }
+        };
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RenewError::Unavailable {
+                reason: "this instance is shutting down".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
         let lock = self.lock(key).instrument(tracing::info_span!("session.lock_wait"));
         let (current, refresh_token, marker) = match lock.await? {
             Lock::Held(current, refresh_token, marker) => (current, refresh_token, marker),
             Lock::Done(outcome) => return outcome,
         };
-        self.call_and_store(key, current, refresh_token, marker).await
+        self.call_and_store(key, current, refresh_token, marker, permit).await
+    }
+
+    /// Until when `current`'s marker keeps its refresh token from being sent
+    /// (`None`: clear, or its holder's call is over).
+    fn held_until(&self, current: &Session, now: UnixTime) -> Option<UnixTime> {
+        let started = current.refresh_started_at?;
+        let until = current.refresh_deadline.unwrap_or(started + self.lease());
+        (until >= now).then_some(until)
+    }
+
+    /// Shares a pause this instance learnt from Ave's 429 with the other
+    /// instances on the store, and learns theirs: one row, read and written
+    /// by every instance (called every half second, and at once after a 429).
+    pub(crate) async fn share_ave_pause(&self) {
+        let store = self.sessions.store();
+        let now = self.sessions.now();
+        if let Some(left) = self.ave.take_unshared_pause() {
+            let until = now + crate::ave::backpressure::whole_secs(left);
+            if let Err(e) = store.share_ave_pause(until).await {
+                tracing::warn!(error = %e, "Ave's pause could not be shared with the other instances");
+            }
+        }
+        match store.ave_pause().await {
+            Ok(Some(until)) if until > now => self.ave.pause_for(until.saturating_duration_since(now)),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "Ave's shared pause could not be read"),
+        }
     }
 
     /// Takes the per-session lock (the refresh marker), or ends the renewal without it.
@@ -340,32 +414,45 @@ impl Renewer {
                 return Ok(Lock::Done(outcome));
             };
             let stale_before = t - lease;
-            let held = current.refresh_started_at.is_some_and(|m| m >= stale_before);
-            if !held
-                && self
+            let held = self.held_until(&current, t);
+            if held.is_none() {
+                let statement = Instant::now();
+                let marker_deadline = t + self.refresh_timeout + LEASE_MARGIN;
+                let taken = self
                     .sessions
                     .store()
-                    .begin_refresh(&key, current.version, t, stale_before)
-                    .await?
-            {
-                if current.refresh_started_at.is_some() {
-                    // The holder is gone without storing an outcome (it died mid-refresh),
-                    // and its call is over: the token may still be good, so send it again.
-                    tracing::warn!(session = ?key, "previous refresh never finished; retrying with the same refresh token");
-                    crate::metrics::refresh_outcome("retry_after_dead_holder");
+                    .begin_refresh(&key, current.version, t, marker_deadline, stale_before)
+                    .await?;
+                if taken && statement.elapsed() > MAX_MARKER_STATEMENT {
+                    // The deadline written no longer covers a call sent now: not started.
+                    tracing::warn!(session = ?key, "refresh marker taken too late; refresh not sent");
+                    self.release(&key, &current, t).await;
+                    let outcome = self
+                        .fallback(current, "the session store is slow", Duration::from_secs(1))
+                        .await;
+                    return Ok(Lock::Done(outcome));
                 }
-                break Lock::Held(current, refresh_token, t);
+                if taken {
+                    if current.refresh_started_at.is_some() {
+                        // The holder is gone without storing an outcome (it died mid-refresh, or its call's fate
+                        // is unknown), and its call is over: the token may still be good, so send it again.
+                        tracing::warn!(session = ?key, "previous refresh never finished; retrying with the same refresh token");
+                        crate::metrics::refresh_outcome("retry_after_dead_holder");
+                    }
+                    break Lock::Held(current, refresh_token, t);
+                }
             }
-            // Another instance (or process) holds the lock, or won a race for it.
-            if Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
+            // Another instance (or process) holds the lock, or won a race for it. A marker whose
+            // deadline is further away than this wait (an unknown outcome) is not waited for.
+            let beyond_wait = held.is_some_and(|until| until > t + deadline.saturating_duration_since(Instant::now()));
+            if beyond_wait || Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
+                let retry_after = held.map_or(Duration::from_secs(1), |until| {
+                    until.saturating_duration_since(t) + Duration::from_secs(1)
+                });
                 crate::metrics::lock_wait("session_refresh", waiting.elapsed());
                 crate::metrics::refresh_outcome("lock_timeout");
                 let outcome = self
-                    .fallback(
-                        current,
-                        "another instance is still renewing this session",
-                        Duration::from_secs(1),
-                    )
+                    .fallback(current, "another instance is still renewing this session", retry_after)
                     .await;
                 return Ok(Lock::Done(outcome));
             }
@@ -382,15 +469,16 @@ impl Renewer {
         current: Arc<Session>,
         refresh_token: Secret<String>,
         marker: UnixTime,
+        permit: TokenPermit<'_>,
     ) -> Result<Arc<Session>, RenewError> {
         let mut cancel = self.cancel.subscribe();
-        let call = tokio::time::timeout(self.refresh_timeout, self.ave.refresh(refresh_token.expose()));
+        // Bounded by the refresh timeout from the moment the request is sent (the Ave client's own timeout).
+        let call = self.ave.refresh(permit, refresh_token.expose());
         let end = tokio::select! {
-            answered = call => CallEnd::Answered(answered.unwrap_or_else(|_| {
-                Err(AveError::LostResponse("no answer within the refresh timeout".into()))
-            })),
+            answered = call => CallEnd::Answered(answered),
             _ = cancel.wait_for(|stop| *stop) => CallEnd::Cancelled,
         };
+        let marker_deadline = marker + self.refresh_timeout + LEASE_MARGIN;
         match end {
             CallEnd::Answered(Ok(resp)) => {
                 self.backoff.succeeded(&key);
@@ -413,17 +501,40 @@ impl Renewer {
                 self.sessions.delete(&key).await?;
                 Err(RenewError::LoginRequired)
             }
+            CallEnd::Answered(Err(e @ AveError::LostResponse(_))) => {
+                // Sent, and no usable answer: Ave may have rotated the token, and may still be
+                // processing it. The marker stays until its deadline; then the token is retried.
+                crate::metrics::refresh_outcome("outcome_unknown");
+                let left = marker_deadline.saturating_duration_since(self.sessions.now());
+                let delay = self.backoff.failed(
+                    &key,
+                    access_left(&current, self.sessions.now()),
+                    Some(left + Duration::from_secs(1)),
+                );
+                tracing::warn!(
+                    session = ?key,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "refresh outcome unknown; refresh token kept, not sent again before its marker's deadline"
+                );
+                self.fallback(current, &format!("Ave could not renew the session: {e}"), delay)
+                    .await
+            }
             CallEnd::Answered(Err(e)) => {
-                // The token did not reach Ave, Ave refused before using it, or the outcome
-                // is unknown: it is kept either way, and retried after a back-off.
+                // The token did not reach Ave, or Ave answered without using it (a refusal,
+                // 429, 5xx): Ave is done with it. It is kept, and retried after a back-off.
                 let (label, hint) = match &e {
-                    AveError::LostResponse(_) => ("outcome_unknown", None),
                     AveError::Transport(_) => ("unreachable", None),
                     AveError::RateLimited { retry_after } => ("rate_limited", *retry_after),
-                    AveError::BudgetExhausted { retry_after } => ("rate_limited", Some(*retry_after)),
+                    AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => {
+                        ("not_started", Some(*retry_after))
+                    }
                     _ => ("unavailable", None),
                 };
                 crate::metrics::refresh_outcome(label);
+                if matches!(e, AveError::RateLimited { .. }) {
+                    self.share_ave_pause().await;
+                }
                 let delay = self
                     .backoff
                     .failed(&key, access_left(&current, self.sessions.now()), hint);
@@ -438,8 +549,8 @@ impl Renewer {
                     .await
             }
             CallEnd::Cancelled => {
+                // Cut off by shutdown while Ave may still be processing it: an unknown outcome.
                 crate::metrics::refresh_outcome("cancelled");
-                self.release(&key, &current, marker).await;
                 self.fallback(current, "this instance is shutting down", Duration::from_secs(1))
                     .await
             }

@@ -22,6 +22,7 @@
 //! | `sessions.refresh_started_at`      | `0002_refresh_marker`            | `0001_sessions` (in the table)    |
 //! | `owner_hash`, `seen_mac`, index    | `0003_owner_index_and_seen_mac`  | `0002_owner_index_and_seen_mac`   |
 //! | `handle_hash`, timestamps index    | `0004_handle_index`              | `0004_handle_index`               |
+//! | `refresh_deadline`, `ave_pause`     | `0005_refresh_deadline`          | `0005_refresh_deadline`           |
 //!
 //! Column types map BLOB ↔ BYTEA and INTEGER ↔ BIGINT. From 0004 on a
 //! migration takes the same version number on both backends (PostgreSQL has
@@ -40,11 +41,11 @@ pub(crate) const INSERT: &str = "INSERT INTO sessions \
 
 /// The columns `SessionRow` reads.
 const COLUMNS: &str = "key_hash, version, sealed, created_at, last_seen_at, access_expires_at, refresh_started_at, \
-     owner_hash, seen_mac, handle_hash";
+     refresh_deadline, owner_hash, seen_mac, handle_hash";
 
 /// Reads one session by key.
 pub(crate) const GET: &str = "SELECT key_hash, version, sealed, created_at, last_seen_at, access_expires_at, \
-     refresh_started_at, owner_hash, seen_mac, handle_hash FROM sessions WHERE key_hash = $1";
+     refresh_started_at, refresh_deadline, owner_hash, seen_mac, handle_hash FROM sessions WHERE key_hash = $1";
 
 /// Counts live sessions: created after `$1` and last seen after `$2` (what `Sessions` counts as expired is at
 /// or before them), `$3` the start
@@ -57,15 +58,26 @@ pub(crate) const COUNTS: &str = "SELECT COUNT(*) AS total, \
 
 /// Compare-and-swap of the sealed data on `version`; clears the refresh marker.
 pub(crate) const REPLACE: &str = "UPDATE sessions \
-     SET sealed = $1, access_expires_at = $2, version = version + 1, refresh_started_at = NULL \
+     SET sealed = $1, access_expires_at = $2, version = version + 1, refresh_started_at = NULL, \
+     refresh_deadline = NULL \
      WHERE key_hash = $3 AND version = $4";
 
-/// Sets the refresh marker if the version matches and the marker is clear or stale.
-pub(crate) const BEGIN_REFRESH: &str = "UPDATE sessions SET refresh_started_at = $1 \
-     WHERE key_hash = $2 AND version = $3 AND (refresh_started_at IS NULL OR refresh_started_at < $4)";
+/// Sets the refresh marker (`$1`, now) and its deadline (`$5`) if the version matches and the marker is clear,
+/// past its own deadline, or (a marker written before deadlines were recorded) older than `$4`.
+pub(crate) const BEGIN_REFRESH: &str = "UPDATE sessions SET refresh_started_at = $1, refresh_deadline = $5 \
+     WHERE key_hash = $2 AND version = $3 AND (refresh_started_at IS NULL OR refresh_deadline < $1 \
+     OR (refresh_deadline IS NULL AND refresh_started_at < $4))";
+
+/// Reads the pause Ave's rate limit asked of this client (one row shared by every instance on the store).
+pub(crate) const AVE_PAUSE: &str = "SELECT paused_until FROM ave_pause WHERE id = 1";
+
+/// Records a pause until `$1`, keeping a later one already recorded.
+pub(crate) const SHARE_AVE_PAUSE: &str = "INSERT INTO ave_pause (id, paused_until) VALUES (1, $1) \
+     ON CONFLICT (id) DO UPDATE SET paused_until = CASE WHEN excluded.paused_until > ave_pause.paused_until \
+     THEN excluded.paused_until ELSE ave_pause.paused_until END";
 
 /// Clears the refresh marker if it is still the caller's.
-pub(crate) const ABORT_REFRESH: &str = "UPDATE sessions SET refresh_started_at = NULL \
+pub(crate) const ABORT_REFRESH: &str = "UPDATE sessions SET refresh_started_at = NULL, refresh_deadline = NULL \
      WHERE key_hash = $1 AND version = $2 AND refresh_started_at = $3";
 
 /// Moves `last_seen_at` forward (never back) with its MAC.
@@ -134,6 +146,7 @@ pub(crate) struct SessionRow {
     last_seen_at: i64,
     access_expires_at: i64,
     refresh_started_at: Option<i64>,
+    refresh_deadline: Option<i64>,
     owner_hash: Option<Vec<u8>>,
     seen_mac: Option<Vec<u8>>,
     handle_hash: Option<Vec<u8>>,
@@ -188,6 +201,7 @@ where
         last_seen_at: UnixTime::from_secs(r.last_seen_at),
         access_expires_at: UnixTime::from_secs(r.access_expires_at),
         refresh_started_at: r.refresh_started_at.map(UnixTime::from_secs),
+        refresh_deadline: r.refresh_deadline.map(UnixTime::from_secs),
         owner,
         seen_mac: r.seen_mac,
         handle,
@@ -278,6 +292,7 @@ macro_rules! sql_session_store {
                 key: &$crate::session::id::SessionRowKey,
                 expected_version: i64,
                 now: $crate::clock::UnixTime,
+                deadline: $crate::clock::UnixTime,
                 stale_before: $crate::clock::UnixTime,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::BEGIN_REFRESH)
@@ -285,6 +300,7 @@ macro_rules! sql_session_store {
                     .bind(key.as_bytes().as_slice())
                     .bind(expected_version)
                     .bind(stale_before.as_secs())
+                    .bind(deadline.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -301,6 +317,26 @@ macro_rules! sql_session_store {
                     .bind(key.as_bytes().as_slice())
                     .bind(expected_version)
                     .bind(marker.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::session::sql::unavailable)?;
+                Ok(())
+            }
+
+            async fn ave_pause(&self) -> Result<Option<$crate::clock::UnixTime>, $crate::session::store::StoreError> {
+                let until: Option<i64> = sqlx::query_scalar($crate::session::sql::AVE_PAUSE)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::session::sql::unavailable)?;
+                Ok(until.map($crate::clock::UnixTime::from_secs))
+            }
+
+            async fn share_ave_pause(
+                &self,
+                until: $crate::clock::UnixTime,
+            ) -> Result<(), $crate::session::store::StoreError> {
+                sqlx::query($crate::session::sql::SHARE_AVE_PAUSE)
+                    .bind(until.as_secs())
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;

@@ -15,11 +15,14 @@
 //! marker being clear or stale) before the refresh token is sent to Ave, and
 //! `replace` / `abort_refresh` clear it with the outcome. No connection is
 //! held while Ave answers, so refreshes in flight can never starve the pool.
-//! While the marker is set and younger than the refresh lease, nobody else
-//! sends that session's refresh token: two instances never present one token
-//! at the same time. A marker older than the lease was left by a holder that
-//! died (its Ave call is over by then, bounded by the refresh timeout): the
-//! next refresher takes it over and retries with the same refresh token.
+//! The marker records its deadline (`refresh_deadline`): the time by which
+//! the holder's call is certainly over at Ave (sent right after the marker,
+//! answered or abandoned within the refresh timeout, plus a margin for clock
+//! differences). Until then nobody else sends that session's refresh token,
+//! whatever happened to the holder: two instances never present one token
+//! while Ave may still be processing it. A marker past its deadline was left
+//! by a holder that died or whose call's fate is unknown: the next refresher
+//! takes it over and retries with the same refresh token.
 
 use async_trait::async_trait;
 
@@ -69,6 +72,10 @@ pub struct StoredSession {
     pub last_seen_at: UnixTime,
     pub access_expires_at: UnixTime,
     pub refresh_started_at: Option<UnixTime>,
+    /// When the refresh that set the marker is certainly over at Ave (its send, plus the refresh timeout,
+    /// plus a margin): nobody takes the marker over before. `None` for markers written before it was recorded
+    /// (taken over by their age, as then).
+    pub refresh_deadline: Option<UnixTime>,
     /// The per-user index; `None` for rows written before the index existed.
     pub owner: Option<OwnerKey>,
     /// HMAC over the row key, `created_at` and `last_seen_at`; `None` for rows
@@ -145,15 +152,18 @@ pub trait SessionStore: Send + Sync + 'static {
         sealed: &[u8],
         access_expires_at: UnixTime,
     ) -> Result<bool, StoreError>;
-    /// Takes the per-session refresh lock: sets the refresh marker to `now` if
-    /// the row has `expected_version` and its marker is clear or older than
-    /// `stale_before` (left by a holder that died). True if this caller set it
-    /// (and may now send the refresh token).
+    /// Takes the per-session refresh lock: sets the refresh marker to `now`
+    /// and its `deadline` (when this refresh's call is certainly over at Ave)
+    /// if the row has `expected_version` and its marker is clear or was left
+    /// by a holder whose call is over: its deadline is before `now` (or, for a
+    /// marker written without a deadline, it is older than `stale_before`).
+    /// True if this caller set it (and may now send the refresh token).
     async fn begin_refresh(
         &self,
         key: &SessionRowKey,
         expected_version: i64,
         now: UnixTime,
+        deadline: UnixTime,
         stale_before: UnixTime,
     ) -> Result<bool, StoreError>;
     /// Releases the lock without changing the data: clears the marker if it is
@@ -167,6 +177,11 @@ pub trait SessionStore: Send + Sync + 'static {
         expected_version: i64,
         marker: UnixTime,
     ) -> Result<(), StoreError>;
+    /// The end of the pause Ave's rate limit asked of this client, as shared by the instances on this store
+    /// (`None`: never recorded; a time in the past: over).
+    async fn ave_pause(&self) -> Result<Option<UnixTime>, StoreError>;
+    /// Shares a pause until `until` with the other instances (a later one already recorded is kept).
+    async fn share_ave_pause(&self, until: UnixTime) -> Result<(), StoreError>;
     /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
     /// `seen_mac`, unless the row was already seen at or after `now`.
     async fn touch(&self, key: &SessionRowKey, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
