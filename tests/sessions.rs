@@ -382,20 +382,27 @@ async fn postgres_a_session_ended_on_one_instance_is_refused_by_the_other_within
 
 /// `AVEMINT_MAX_SESSIONS_PER_USER` ends the least recently used session, not merely the oldest: with a cap of
 /// two, the older session used again survives a third sign-in and the younger idle one ends. Activity is recorded
-/// at most once a minute, so this waits a minute.
+/// at most once a minute, so the injected clock moves past that minute (no session cache: each request reads the row).
 async fn the_cap_ends_the_least_recently_used(db: Option<DatabaseUrl>) {
+    let start = avemint::testing::clock::Clock::System.now();
+    let clock = avemint::testing::clock::ManualClock::new(start);
     let app = TestApp::spawn_with(Options {
         session: Some(avemint::testing::session::SessionSettings {
             max_sessions_per_user: 2,
             ..Default::default()
         }),
+        renewal: Some(avemint::testing::session::RenewalSettings {
+            session_cache_ttl: Duration::ZERO,
+            ..Default::default()
+        }),
+        clock: Some(clock.clock()),
         ..on(db)
     })
     .await;
     let (_, older) = browser_of(&app, 0, FIREFOX_LINUX).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.set(start + Duration::from_secs(2));
     let (_, younger) = browser_of(&app, 0, SAFARI_IPHONE).await;
-    tokio::time::sleep(Duration::from_secs(61)).await;
+    clock.set(start + Duration::from_secs(64));
     assert_eq!(token_status(&app, &older).await, 200, "the older session is used again");
     let (_, mut third) = browser_of(&app, 0, FIREFOX_LINUX).await;
     assert_eq!(
