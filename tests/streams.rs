@@ -154,6 +154,8 @@ async fn stream_after(
         admin_token: Some(ADMIN_TOKEN.into()),
         session: Some(session),
         clock: Some(clock.clock()),
+        // `sid_of` reads the sid from an app JWT of the route's (default) profile.
+        env: vec![("AVEMINT_TOKEN_BROWSER", "true".into())],
         ..Options::default()
     })
     .await;

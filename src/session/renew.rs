@@ -442,10 +442,10 @@ impl Renewer {
                     break Lock::Held(current, refresh_token, t);
                 }
             }
-            // Another instance (or process) holds the lock, or won a race for it. A marker whose
-            // deadline is further away than this wait (an unknown outcome) is not waited for.
-            let beyond_wait = held.is_some_and(|until| until > t + deadline.saturating_duration_since(Instant::now()));
-            if beyond_wait || Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
+            // Another instance (or process) holds the lock, or won a race for it. Its deadline says nothing
+            // about when its answer comes (a live holder's deadline is as far away as that of a call whose fate
+            // is unknown), so the wait is the same for both; past it, `Retry-After` is what is left of the marker.
+            if Instant::now() >= deadline || self.stopping.load(Ordering::SeqCst) {
                 let retry_after = held.map_or(Duration::from_secs(1), |until| {
                     until.saturating_duration_since(t) + Duration::from_secs(1)
                 });
