@@ -193,6 +193,10 @@ enum LoadMiss {
 /// Key ids this instance has warned it lacks are remembered up to this many (a row's key id is whatever is
 /// stored, so this bounds memory; past it, each new id is logged at `debug`).
 const UNKNOWN_KEYS_WARNED: usize = 64;
+/// How long after its last write a row made with a session key this instance lacks is taken for a rotation in
+/// progress (503, the other instances are ahead) rather than a dropped key (the session is over here). Rolling a
+/// new key out to every instance must take less than this (README, Rotating secrets).
+pub(crate) const KEY_ROTATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why a stored row was refused.
 enum Refused {
@@ -534,7 +538,17 @@ impl Sessions {
         }
         let plain = match self.open_row(&row, now) {
             Ok(p) => p,
-            Err(Refused::UnknownKey(id)) => return Err(self.key_not_held(id)),
+            // Written within the rotation window under a key this instance lacks: another instance is ahead
+            // in a rotation, so refuse for now (503) and keep it. Older: the key was dropped, so the session is
+            // over for this browser (401, sign in again); the row is still kept (a forged key id must not make
+            // an instance delete rows) and swept when it expires.
+            Err(Refused::UnknownKey(id)) if now.saturating_duration_since(row.last_seen_at) < KEY_ROTATION_WINDOW => {
+                return Err(self.key_not_held(id));
+            }
+            Err(Refused::UnknownKey(id)) => {
+                let _ = self.key_not_held(id);
+                return Ok(None);
+            }
             Err(Refused::Tampered(why)) => {
                 tracing::error!(session = ?key, reason = why, "stored session was tampered with; refusing and deleting it");
                 self.delete(key).await?;
@@ -888,6 +902,42 @@ mod tests {
         tamper(&rotated, &key, |r| r.last_seen_at += Duration::from_secs(5)).await;
         assert!(caught_up.load_at(&key, t(250)).await.expect("load").is_none());
         assert!(store.get(&key).await.expect("get").is_none(), "deleted");
+    }
+
+    #[tokio::test]
+    async fn a_row_made_with_a_key_not_held_is_a_rotation_for_an_hour_then_a_dropped_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store: Arc<dyn SessionStore> = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(86_400),
+            lifetime: Duration::from_secs(10 * 86_400),
+            max_sessions_per_user: 0,
+        };
+        let on = |keys: Vec<[u8; 32]>| {
+            Sessions::with_store(
+                store.clone(),
+                &SealingKeys::from_keys(keys),
+                settings.clone(),
+                Duration::ZERO,
+                Clock::System,
+            )
+        };
+        // Written by an instance whose only key is one this instance does not hold (a dropped key, seen from here).
+        let (dropped, current) = (on(vec![[7; 32]]), on(vec![[8; 32]]));
+        let id = dropped.create_at(&data("u"), t(100)).await.expect("create");
+        let key = id.key();
+        let within = t(100) + KEY_ROTATION_WINDOW - Duration::from_secs(1);
+        assert!(matches!(
+            current.load_at(&key, within).await,
+            Err(StoreError::KeyNotHeld(_))
+        ));
+        // Past the window: over for this instance (absent, so 401), still kept.
+        let past = t(100) + KEY_ROTATION_WINDOW;
+        assert!(current.load_at(&key, past).await.expect("load").is_none());
+        assert!(store.get(&key).await.expect("get").is_some(), "kept");
+        // The instance that holds the key still serves it.
+        assert!(dropped.load_at(&key, past).await.expect("load").is_some());
     }
 
     #[tokio::test]
