@@ -112,7 +112,11 @@ impl Recording {
                 continue;
             }
             let ours = format!("job=\"avemint\",instance=\"avemint-{i}\"");
-            let labels = if labels.is_empty() { ours } else { format!("{labels},{ours}") };
+            let labels = if labels.is_empty() {
+                ours
+            } else {
+                format!("{labels},{ours}")
+            };
             let values = self
                 .series
                 .entry(format!("{name}{{{labels}}}"))

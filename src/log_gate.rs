@@ -83,7 +83,11 @@ mod tests {
         assert_eq!(gate.pass_at((), at(0)), Some(0));
         assert_eq!(gate.pass_at((), at(1)), None);
         assert_eq!(gate.pass_at((), at(59)), None);
-        assert_eq!(gate.pass_at((), at(60)), Some(2), "the next line counts the held-back ones");
+        assert_eq!(
+            gate.pass_at((), at(60)),
+            Some(2),
+            "the next line counts the held-back ones"
+        );
         assert_eq!(gate.pass_at((), at(61)), None);
     }
 
@@ -93,7 +97,11 @@ mod tests {
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(gate.pass_at("unreachable", at(0)), Some(0));
-        assert_eq!(gate.pass_at("unavailable", at(1)), Some(0), "another cause is not held back");
+        assert_eq!(
+            gate.pass_at("unavailable", at(1)),
+            Some(0),
+            "another cause is not held back"
+        );
         for s in 2..9 {
             assert_eq!(gate.pass_at("unreachable", at(s)), None);
         }

@@ -518,7 +518,11 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         ave.issuer.as_str(),
         store.database_url.describe(),
         store.keys.keys().len(),
-        if store.keys_file.is_some() { " (from AVEMINT_SESSION_KEYS_FILE)" } else { "" },
+        if store.keys_file.is_some() {
+            " (from AVEMINT_SESSION_KEYS_FILE)"
+        } else {
+            ""
+        },
         proxy.routes().all().len(),
     ))
 }

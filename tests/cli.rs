@@ -468,7 +468,10 @@ fn check_config_accepts_a_valid_configuration_without_binding_or_serving() {
     assert!(stdout.starts_with("avemint: configuration OK: listen "), "{stdout}");
     assert!(stdout.contains(&listen), "{stdout}");
     assert!(stdout.contains("signing keys none yet in"), "{stdout}");
-    assert!(!stdout.contains("KioqKioq") && !stdout.contains("a-client-secret"), "no secret: {stdout}");
+    assert!(
+        !stdout.contains("KioqKioq") && !stdout.contains("a-client-secret"),
+        "no secret: {stdout}"
+    );
     assert!(!db.exists() && !keys.exists(), "nothing written");
     // With keys, it names them as the start-up line does.
     let generated = Command::new(BIN)

@@ -124,7 +124,9 @@ fn image() -> Image {
         match name {
             "ENV" => {
                 for pair in rest.split_whitespace() {
-                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("ENV {pair}: not NAME=value"));
+                    let (k, v) = pair
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("ENV {pair}: not NAME=value"));
                     image.env.insert(k.to_owned(), v.trim_matches('"').to_owned());
                 }
             }
@@ -173,7 +175,11 @@ fn the_container_image_takes_the_database_url_as_a_value_a_file_or_not_at_all() 
         as_the_operator_fills("replace-with-openssl-rand-base64-32"),
     )
     .expect("write");
-    std::fs::write(secrets.join("database_url"), "postgres://avemint:pw@db.internal:5432/avemint").expect("write");
+    std::fs::write(
+        secrets.join("database_url"),
+        "postgres://avemint:pw@db.internal:5432/avemint",
+    )
+    .expect("write");
     let mut run = image.env.clone();
     for (k, v) in [
         ("AVE_CLIENT_ID", "app_0123456789abcdef0123456789abcdef"),
@@ -313,10 +319,19 @@ fn the_kubernetes_example_starts_with_its_configmap_secret_and_signing_keys() {
 
     // The init containers, run as written with their mount points mapped.
     for init in pod["initContainers"].as_sequence().into_iter().flatten() {
-        let command: Vec<&str> = init["command"].as_sequence().expect("command").iter().map(str_of).collect();
+        let command: Vec<&str> = init["command"]
+            .as_sequence()
+            .expect("command")
+            .iter()
+            .map(str_of)
+            .collect();
         assert_eq!(command[..2], ["sh", "-c"], "an init container runs a shell script");
         let mounts = mounts_of(init);
-        let script = command[2].split(' ').map(|word| mounts.map(word)).collect::<Vec<_>>().join(" ");
+        let script = command[2]
+            .split(' ')
+            .map(|word| mounts.map(word))
+            .collect::<Vec<_>>()
+            .join(" ");
         let status = Command::new("sh").args(["-c", &script]).status().expect("sh");
         assert!(status.success(), "init container {:?}: {script}", init["name"]);
     }
@@ -456,7 +471,11 @@ fn systemd(tmp: &Path, drop_ins: &[&str]) -> (Env, PathBuf) {
     }
     // systemd: what the environment files set overrides `Environment=`.
     for installed in env_files {
-        let name = Path::new(&installed).file_name().expect("file name").to_string_lossy().into_owned();
+        let name = Path::new(&installed)
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
         for line in read(&format!("packaging/{name}")).lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;

@@ -414,7 +414,9 @@ async fn the_default_level_quiets_the_database_library() {
         return;
     };
     let url = support::database_url_string(&url);
-    let emulator = ave_emulator::Emulator::start(Default::default()).await.expect("emulator");
+    let emulator = ave_emulator::Emulator::start(Default::default())
+        .await
+        .expect("emulator");
     let dir = tempfile::tempdir().expect("tempdir");
     // Twice on one schema: the second start finds every table there.
     for run in ["first", "second"] {
@@ -432,6 +434,10 @@ async fn the_default_level_quiets_the_database_library() {
             .filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx")))
             .map(Value::to_string)
             .collect();
-        assert!(noise.is_empty(), "{run} start: sqlx lines at the default level:\n{}", noise.join("\n"));
+        assert!(
+            noise.is_empty(),
+            "{run} start: sqlx lines at the default level:\n{}",
+            noise.join("\n")
+        );
     }
 }

@@ -459,13 +459,26 @@ impl AveClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let bytes = read_limited(resp).await.map_err(|e| {
-            warn_gated!(TOKEN_FAILURES, (grant, AveFailure::LostResponse), grant, status, "Ave token response could not be read");
+            warn_gated!(
+                TOKEN_FAILURES,
+                (grant, AveFailure::LostResponse),
+                grant,
+                status,
+                "Ave token response could not be read"
+            );
             AveError::LostResponse(e.to_string())
         })?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if status == 200 {
             let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-                warn_gated!(TOKEN_FAILURES, (grant, AveFailure::Malformed), grant, status, elapsed_ms, "Ave token response is not a token response");
+                warn_gated!(
+                    TOKEN_FAILURES,
+                    (grant, AveFailure::Malformed),
+                    grant,
+                    status,
+                    elapsed_ms,
+                    "Ave token response is not a token response"
+                );
                 // Ave answered 200, so it acted on the request: the outcome is lost.
                 AveError::LostResponse("token response lacks required fields".into())
             })?;
@@ -477,7 +490,14 @@ impl AveClient {
             AveError::OAuth { code, .. } => {
                 warn_gated!(TOKEN_FAILURES, (grant, err.failure()), grant, status, error_code = %code, elapsed_ms, "Ave token request rejected")
             }
-            _ => warn_gated!(TOKEN_FAILURES, (grant, err.failure()), grant, status, elapsed_ms, "Ave token request failed"),
+            _ => warn_gated!(
+                TOKEN_FAILURES,
+                (grant, err.failure()),
+                grant,
+                status,
+                elapsed_ms,
+                "Ave token request failed"
+            ),
         }
         Err(err)
     }
