@@ -12,6 +12,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The interval of the gates on what an outage repeats for every request (failed renewals, failed Ave calls,
+/// 5xx and 429 access lines).
+pub(crate) const OUTAGE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Lets one log line per cause through per interval and counts the ones held back.
 pub(crate) struct LogGate<K = ()> {
     every: Duration,

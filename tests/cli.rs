@@ -400,13 +400,7 @@ fn check_config_refuses_what_serve_refuses_with_the_same_lines() {
     let url_file = dir.path().join("db");
     std::fs::write(&url_file, "sqlite://x.db").expect("write");
     let keys = dir.path().join("keys");
-    let generated = Command::new(BIN)
-        .args(["keys", "generate"])
-        .env_clear()
-        .env("AVEMINT_KEYS_DIR", &keys)
-        .output()
-        .expect("keys generate");
-    assert!(generated.status.success());
+    support::generate_key(&keys);
     let exposed = std::fs::read_dir(&keys)
         .expect("keys")
         .map(|e| e.expect("entry").path())
@@ -474,13 +468,7 @@ fn check_config_accepts_a_valid_configuration_without_binding_or_serving() {
     );
     assert!(!db.exists() && !keys.exists(), "nothing written");
     // With keys, it names them as the start-up line does.
-    let generated = Command::new(BIN)
-        .args(["keys", "generate"])
-        .env_clear()
-        .env("AVEMINT_KEYS_DIR", &keys)
-        .output()
-        .expect("keys generate");
-    assert!(generated.status.success());
+    support::generate_key(&keys);
     let out = run_with("check-config", &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("(ES256, signing)"), "{stdout}");

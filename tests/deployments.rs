@@ -13,6 +13,8 @@ use std::process::Command;
 use base64::Engine as _;
 use serde_yaml::Value;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_avemint");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -288,15 +290,8 @@ fn the_kubernetes_example_starts_with_its_configmap_secret_and_signing_keys() {
                 // Not shipped: the signing keys, made as secret.yaml says (`avemint keys generate`, twice).
                 None => {
                     assert_eq!(secret_name, "avemint-signing-keys", "an unshipped Secret");
-                    for _ in 0..2 {
-                        let out = Command::new(BIN)
-                            .args(["keys", "generate"])
-                            .env_clear()
-                            .env("AVEMINT_KEYS_DIR", &dir)
-                            .output()
-                            .expect("keys generate");
-                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                    }
+                    support::generate_key(&dir);
+                    support::generate_key(&dir);
                     BTreeMap::new()
                 }
             }

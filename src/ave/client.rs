@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::budget::{BudgetClass, BudgetSnapshot, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
-use crate::log_gate::{LogGate, warn_gated};
+use crate::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use crate::metrics::{self, AveCall, AveFailure};
 use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind, reload_one};
 use crate::secret::Secret;
@@ -27,7 +27,7 @@ use crate::web_url::Issuer;
 /// Bodies larger than this from Ave are refused unread.
 const MAX_BODY: usize = 256 * 1024;
 /// Failed token-endpoint calls: one warning per grant and failure every 10 s, with a count (`log_gate`).
-static TOKEN_FAILURES: LogGate<(&str, AveFailure)> = LogGate::new(Duration::from_secs(10));
+static TOKEN_FAILURES: LogGate<(&str, AveFailure)> = LogGate::new(OUTAGE_INTERVAL);
 
 /// Ave's OpenID provider metadata (the fields avemint uses).
 #[derive(Debug, Clone, Deserialize)]

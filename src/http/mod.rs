@@ -248,7 +248,7 @@ async fn respond<E: Endpoint>(
 
 /// Access lines of answers an outage or a flood repeats, per route label and status (`log_gate`).
 static REPEATED_ANSWERS: crate::log_gate::LogGate<(crate::metrics::RouteLabel, u16)> =
-    crate::log_gate::LogGate::new(Duration::from_secs(10));
+    crate::log_gate::LogGate::new(crate::log_gate::OUTAGE_INTERVAL);
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
 /// codes).

@@ -49,7 +49,7 @@ use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError};
 use crate::clock::UnixTime;
-use crate::log_gate::{LogGate, warn_gated};
+use crate::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use crate::secret::Secret;
 
 /// A marker is taken over as a dead holder's this long after its refresh
@@ -58,7 +58,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How often a refresher waiting for another instance's refresh re-reads the row.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 /// Failed refreshes: one warning per cause (`avemint_session_refresh_total`'s outcome) every 10 s, with a count.
-static REFRESH_FAILURES: LogGate<&'static str> = LogGate::new(Duration::from_secs(10));
+static REFRESH_FAILURES: LogGate<&'static str> = LogGate::new(OUTAGE_INTERVAL);
 /// Waits between attempts to store renewed tokens through a store outage.
 const STORE_RETRIES: [Duration; 5] = [
     Duration::from_millis(250),
