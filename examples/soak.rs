@@ -85,6 +85,8 @@ const RECORDED: &[&str] = &[
     "avemint_ave_request_errors_total",
     "avemint_ave_budget_refused_total",
     "avemint_ave_budget_wait_seconds_count",
+    // Only its `le="0.001"` bucket: the waits that were none.
+    "avemint_ave_budget_wait_seconds_bucket",
     "avemint_ready",
     "avemint_store_up",
     "avemint_ave_metadata_stale",
@@ -108,7 +110,7 @@ impl Recording {
                 Some((n, l)) => (n, l.trim_end_matches('}')),
                 None => (name_labels, ""),
             };
-            if !RECORDED.contains(&name) {
+            if !RECORDED.contains(&name) || (name.ends_with("_bucket") && !labels.contains("le=\"0.001\"")) {
                 continue;
             }
             let ours = format!("job=\"avemint\",instance=\"avemint-{i}\"");
