@@ -61,7 +61,7 @@ rule_files:
   - avemint-alerts.yaml
 evaluation_interval: 1m
 tests:
-  - name: "soak with a ${SOAK_FAULT_SECS:-15}-s fault of Ave every minute: $(figure "$scratch/faults.txt" sessions); answers $(figure "$scratch/faults.txt" "answers by status")"
+  - name: "soak with a ${SOAK_FAULT_SECS:-15}-s fault of Ave every minute, sessions: $(figure "$scratch/faults.txt" sessions); answers $(figure "$scratch/faults.txt" "answers by status")"
     interval: ${scrape}s
     input_series:
 $(indent "$scratch/faults.yaml")
@@ -79,7 +79,7 @@ $(for at in 10m "$(last "$scratch/faults.yaml")"; do cat <<EXPR
             value: 1
 EXPR
 done)
-  - name: "healthy soak: $(figure "$scratch/healthy.txt" sessions); answers $(figure "$scratch/healthy.txt" "answers by status")"
+  - name: "healthy soak, sessions: $(figure "$scratch/healthy.txt" sessions); answers $(figure "$scratch/healthy.txt" "answers by status")"
     interval: ${scrape}s
     input_series:
 $(indent "$scratch/healthy.yaml")
