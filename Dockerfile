@@ -28,9 +28,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/avemint /usr/local/bin/avemint
 COPY --from=build --chown=65532:65532 /out/state /var/lib/avemint
+# No AVEMINT_DATABASE_URL here: a deployment may give it either as AVEMINT_DATABASE_URL or, holding a password, as
+# AVEMINT_DATABASE_URL_FILE (avemint refuses both at once). Unset, the store is SQLite in the working directory:
+# /var/lib/avemint/avemint.db, on the volume.
+WORKDIR /var/lib/avemint
 ENV AVEMINT_LISTEN=0.0.0.0:8080 \
     AVEMINT_KEYS_DIR=/var/lib/avemint/keys \
-    AVEMINT_DATABASE_URL=sqlite:///var/lib/avemint/avemint.db \
     AVEMINT_LOG_FORMAT=json
 VOLUME ["/var/lib/avemint"]
 USER 65532:65532

@@ -5,7 +5,8 @@
 #   - the ServiceMonitor, a Prometheus Operator CRD kubernetes-validate has no schema for, by a consistency check
 #     instead: its kind and apiVersion, and that it selects the Service by its labels and scrapes /metrics on a port
 #     the Service names;
-#   - the alert rules with `promtool check rules` and their tests with `promtool test rules`; promtool is taken from
+#   - the alert rules with `promtool check rules` and their tests with `promtool test rules` (hand-written series, and
+#     series recorded from soak runs by deploy/prometheus/record-series.sh); promtool is taken from
 #     Debian's prometheus package, extracted under target/ (not installed: no service is set up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +66,5 @@ if [ ! -x "$promtool" ]; then
 fi
 "$promtool" check rules deploy/prometheus/avemint-alerts.yaml
 "$promtool" test rules deploy/prometheus/avemint-alerts.test.yaml
+# Series recorded from real soak runs (deploy/prometheus/record-series.sh regenerates them).
+"$promtool" test rules deploy/prometheus/avemint-alerts.soak.test.yaml

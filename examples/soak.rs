@@ -8,7 +8,12 @@
 //!
 //! Environment: `AVEMINT_BIN` (the binary to soak, required),
 //! `SOAK_DATABASE_URL` (PostgreSQL, required), `SOAK_DURATION` (seconds, 600),
-//! `SOAK_SESSIONS` (40), `SOAK_INSTANCES` (2), `SOAK_FAULT_SECS` (15).
+//! `SOAK_SESSIONS` (40), `SOAK_INSTANCES` (2), `SOAK_FAULT_SECS` (15),
+//! `SOAK_FAULTS` (the faults taken in turn, comma-separated: `refused`,
+//! `reset`, `stall_reset`, `stall`, `500`, `429`, default all; `none` for a
+//! healthy run), `SOAK_SERIES` (a file: every `SOAK_SCRAPE_SECS` (15) each
+//! instance's `/metrics` is scraped and the series are written there as a
+//! `promtool test rules` `input_series` list; `deploy/prometheus/record-series.sh`).
 
 #[path = "../tests/support/fault_proxy.rs"]
 #[allow(dead_code)]
@@ -44,14 +49,102 @@ enum TrialFault {
     RateLimited,
 }
 
-const FAULTS: [TrialFault; 6] = [
-    TrialFault::ConnectionRefused,
-    TrialFault::ResetAfterRequest,
-    TrialFault::StallThenReset,
-    TrialFault::StallPastTimeout,
-    TrialFault::Status500,
-    TrialFault::RateLimited,
+const FAULTS: [(&str, TrialFault); 6] = [
+    ("refused", TrialFault::ConnectionRefused),
+    ("reset", TrialFault::ResetAfterRequest),
+    ("stall_reset", TrialFault::StallThenReset),
+    ("stall", TrialFault::StallPastTimeout),
+    ("500", TrialFault::Status500),
+    ("429", TrialFault::RateLimited),
 ];
+
+/// The faults `SOAK_FAULTS` names (default: all, in turn; `none`: a healthy run).
+fn faults_from_env() -> Result<Vec<TrialFault>, Error> {
+    let Ok(names) = std::env::var("SOAK_FAULTS") else {
+        return Ok(FAULTS.iter().map(|(_, f)| *f).collect());
+    };
+    if names.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    names
+        .split(',')
+        .map(|name| {
+            FAULTS
+                .iter()
+                .find(|(n, _)| *n == name.trim())
+                .map(|(_, f)| *f)
+                .ok_or_else(|| format!("SOAK_FAULTS: unknown fault {name:?}").into())
+        })
+        .collect()
+}
+
+/// The metric families the alert rules (deploy/prometheus/avemint-alerts.yaml) read, as recorded series.
+const RECORDED: &[&str] = &[
+    "avemint_session_refresh_total",
+    "avemint_http_requests_total",
+    "avemint_ave_request_errors_total",
+    "avemint_ave_budget_refused_total",
+    "avemint_ave_budget_wait_seconds_count",
+    // Only its `le="0.001"` bucket: the waits that were none.
+    "avemint_ave_budget_wait_seconds_bucket",
+    "avemint_ready",
+    "avemint_store_up",
+    "avemint_ave_metadata_stale",
+];
+
+/// Scrapes of every instance's `/metrics`: per series (with `job` and `instance` labels), its value at each scrape.
+#[derive(Default)]
+struct Recording {
+    scrapes: usize,
+    series: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl Recording {
+    /// Adds one scrape of `text` (the exposition format) from instance `i` as scrape number `self.scrapes - 1`.
+    fn add(&mut self, i: usize, text: &str) {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name_labels, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (name_labels, ""),
+            };
+            if !RECORDED.contains(&name) || (name.ends_with("_bucket") && !labels.contains("le=\"0.001\"")) {
+                continue;
+            }
+            let ours = format!("job=\"avemint\",instance=\"avemint-{i}\"");
+            let labels = if labels.is_empty() {
+                ours
+            } else {
+                format!("{labels},{ours}")
+            };
+            let values = self
+                .series
+                .entry(format!("{name}{{{labels}}}"))
+                .or_insert_with(|| vec![None; self.scrapes - 1]);
+            values.resize(self.scrapes - 1, None);
+            values.push(Some(value.to_owned()));
+        }
+    }
+
+    /// The series as `promtool test rules` `input_series` (`_`: no sample); counters that stayed 0 throughout
+    /// (a route never answered with that status, say) are left out.
+    fn input_series(&self) -> String {
+        let mut out = String::new();
+        for (series, values) in &self.series {
+            let zero = values.iter().all(|v| v.as_deref().is_none_or(|v| v == "0"));
+            if zero && series.contains("_total{") {
+                continue;
+            }
+            let values: Vec<&str> = (0..self.scrapes)
+                .map(|i| values.get(i).and_then(|v| v.as_deref()).unwrap_or("_"))
+                .collect();
+            out.push_str(&format!("- series: '{series}'\n  values: '{}'\n", values.join(" ")));
+        }
+        out
+    }
+}
 
 async fn apply(fault: Option<TrialFault>, proxy: &FaultProxy, emulator: &Emulator) {
     proxy.set_fault(Fault::None).await;
@@ -221,6 +314,9 @@ async fn main() -> Result<(), Error> {
     let sessions = env_u64("SOAK_SESSIONS", 40) as usize;
     let instances_n = env_u64("SOAK_INSTANCES", 2).max(1) as usize;
     let fault_secs = Duration::from_secs(env_u64("SOAK_FAULT_SECS", 15));
+    let trial = faults_from_env()?;
+    let series_out = std::env::var("SOAK_SERIES").ok();
+    let scrape_every = Duration::from_secs(env_u64("SOAK_SCRAPE_SECS", 15).max(1));
 
     // A scratch schema; every connection of the instances is tagged for pg_stat_activity.
     let admin = sqlx::PgPool::connect(&base_url).await?;
@@ -331,13 +427,13 @@ async fn main() -> Result<(), Error> {
         async move {
             let mut minute = 0u64;
             let mut log = Vec::new();
-            loop {
+            while !trial.is_empty() {
                 let at = started + Duration::from_secs(minute * 60 + 20);
                 if at + fault_secs > until {
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
-                let fault = FAULTS[(minute as usize) % FAULTS.len()];
+                let fault = trial[(minute as usize) % trial.len()];
                 apply(Some(fault), proxy_ref, &emulator).await;
                 tokio::time::sleep(fault_secs).await;
                 apply(None, proxy_ref, &emulator).await;
@@ -372,7 +468,36 @@ async fn main() -> Result<(), Error> {
         }
         (rss, fds, pool, pool_active)
     };
-    let (fault_log, (rss, fds, pool, pool_active)) = tokio::join!(faults, sampler);
+    // Prometheus' view: every instance's /metrics every `scrape_every`, from the first request to the end.
+    let scraper = async {
+        let mut recording = Recording::default();
+        if series_out.is_none() {
+            return recording;
+        }
+        let mut tick = tokio::time::interval_at(started.into(), scrape_every);
+        while Instant::now() < until {
+            tick.tick().await;
+            recording.scrapes += 1;
+            for (i, base) in bases.iter().enumerate() {
+                if let Ok(resp) = http.get(format!("{base}/metrics")).send().await
+                    && let Ok(text) = resp.text().await
+                {
+                    recording.add(i, &text);
+                }
+            }
+        }
+        recording
+    };
+    let (fault_log, (rss, fds, pool, pool_active), recording) = tokio::join!(faults, sampler, scraper);
+    if let Some(path) = &series_out {
+        std::fs::write(path, recording.input_series())?;
+        println!(
+            "soak: {} scrapes every {} s of {} series written to {path}",
+            recording.scrapes,
+            scrape_every.as_secs(),
+            recording.series.len()
+        );
+    }
     let mut ends = Vec::new();
     for d in drivers {
         ends.push(d.await?);

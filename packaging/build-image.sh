@@ -103,7 +103,6 @@ buildah config \
   --workingdir /var/lib/avemint \
   --env AVEMINT_LISTEN=0.0.0.0:8080 \
   --env AVEMINT_KEYS_DIR=/var/lib/avemint/keys \
-  --env AVEMINT_DATABASE_URL=sqlite:///var/lib/avemint/avemint.db \
   --env AVEMINT_LOG_FORMAT=json \
   --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
   --volume /var/lib/avemint \

@@ -25,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve,
+    /// Load and validate the whole configuration as `serve` would (files, secrets, signing keys, routes,
+    /// profiles), then exit without binding or serving: status 0 and a one-line summary on stdout, or status 2 and
+    /// the error lines `serve` would print.
+    CheckConfig,
     /// Run a local demo: avemint plus a built-in Ave emulator on loopback. Not for production.
     /// Only in builds with the `demo` feature (the default).
     #[cfg(feature = "demo")]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Keys { command } => keys(cli.config.as_deref(), command),
         Command::Healthcheck { listen, url } => healthcheck(url.unwrap_or_else(|| healthcheck::default_url(listen))),
         #[cfg(feature = "demo")]
@@ -132,6 +137,37 @@ fn demo_config_source(flag: Option<&std::path::Path>) -> Option<&'static str> {
         Some("AVEMINT_CONFIG")
     } else {
         None
+    }
+}
+
+/// `avemint check-config`: what `serve` checks before it binds, with the same error lines; exit status 2 for any.
+fn check_config(config: Option<&std::path::Path>) -> ExitCode {
+    let settings = match Settings::load(config, &ProcessEnv) {
+        Ok(s) => s,
+        Err(errors) => return config_failure(&errors),
+    };
+    if let Err(e) = LogSettings::from_env(avemint::telemetry::DEFAULT_FILTER) {
+        eprintln!("avemint: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    // Some clients are built on a runtime; nothing is spawned or awaited on it.
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            let _entered = rt.enter();
+            avemint::startup::check(settings).map_err(|e| e.to_string())
+        });
+    match checked {
+        Ok(summary) => {
+            println!("avemint: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("avemint: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -214,7 +250,7 @@ fn config_failure(errors: &avemint::config::ConfigErrors) -> ExitCode {
 /// Sets up logging (and, for `serve`, span export: `tracing`), runs `fut`, then flushes the spans.
 /// An invalid `AVEMINT_LOG_FORMAT` or `RUST_LOG` exits with status 2 before anything starts.
 fn run(tracing: bool, fut: impl Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
-    let logs = match LogSettings::from_env("info") {
+    let logs = match LogSettings::from_env(avemint::telemetry::DEFAULT_FILTER) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("avemint: invalid configuration: {e}");

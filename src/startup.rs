@@ -270,16 +270,7 @@ impl Application {
             } else {
                 "inline (a restart changes it)"
             },
-            profiles: token
-                .profiles()
-                .iter()
-                .map(|p| {
-                    let default = if p.default { ", default" } else { "" };
-                    let hook = if p.hook.is_some() { ", hook" } else { "" };
-                    format!("{} (aud {}{default}{hook})", p.name, p.audience)
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
+            profiles: describe_profiles(&token),
             defaults,
         };
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
@@ -415,6 +406,20 @@ impl Application {
     }
 }
 
+/// The token profiles for the start-up line: name, audience, whether default, whether hooked.
+fn describe_profiles(token: &crate::mint::profiles::TokenSettings) -> String {
+    token
+        .profiles()
+        .iter()
+        .map(|p| {
+            let default = if p.default { ", default" } else { "" };
+            let hook = if p.hook.is_some() { ", hook" } else { "" };
+            format!("{} (aud {}{default}{hook})", p.name, p.audience)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Serves an optional listener (`Ok` when there is none).
 async fn served(listener: Option<impl Future<Output = std::io::Result<()>>>) -> std::io::Result<()> {
     match listener {
@@ -518,4 +523,64 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// `avemint check-config`: builds every part of the configuration `serve` builds without touching the network or
+/// writing anything (no listener bound, no store opened, no call to Ave): the Ave client, the token profiles and
+/// their hooks, the proxied routes' clients, and the signing keys in `AVEMINT_KEYS_DIR` (read-only; a directory
+/// without keys is where `serve` generates them). Returns the one-line summary of what `serve` would run with.
+pub fn check(settings: Settings) -> Result<String, StartupError> {
+    let Settings {
+        listen,
+        ops_listen,
+        public_url,
+        ave,
+        store,
+        session: _,
+        renewal: _,
+        token,
+        keys,
+        security: _,
+        routes,
+        defaults,
+        admin,
+    } = settings;
+    let client_secret = if ave.client_secret_file.is_some() {
+        "from AVE_CLIENT_SECRET_FILE"
+    } else {
+        "inline"
+    };
+    AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
+    Profiles::build(&token)?;
+    let profiles = describe_profiles(&token);
+    let proxy = crate::proxy::Proxy::new(routes, &public_url)?;
+    let manifest = crate::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
+    let signing_keys = if manifest.keys.is_empty() {
+        format!("none yet in {} (serve generates them)", keys.dir.display())
+    } else {
+        crate::mint::keys::KeyRing::load(&keys.dir)?.describe()
+    };
+    let off = || "off".to_owned();
+    let defaults = if defaults.is_empty() {
+        "none".to_owned()
+    } else {
+        defaults.join("; ")
+    };
+    Ok(format!(
+        "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
+         session keys {}{}, client secret {client_secret}, signing keys {signing_keys}, profiles {profiles}, \
+         proxy routes {}; defaults taken: {defaults}",
+        ops_listen.map_or_else(off, |a| a.to_string()),
+        admin.map_or_else(off, |a| a.listen.to_string()),
+        public_url.as_str(),
+        ave.issuer.as_str(),
+        store.database_url.describe(),
+        store.keys.keys().len(),
+        if store.keys_file.is_some() {
+            " (from AVEMINT_SESSION_KEYS_FILE)"
+        } else {
+            ""
+        },
+        proxy.routes().all().len(),
+    ))
 }

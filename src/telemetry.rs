@@ -1,6 +1,6 @@
 //! Logging and tracing set-up.
 //!
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), human-readable or JSON lines
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]), human-readable or JSON lines
 //! (`AVEMINT_LOG_FORMAT=text|json`). Both are checked at start: an unknown format or a `RUST_LOG`
 //! directive that does not parse is a start-up error ([`LogSettings::parse`]), never silently ignored.
 //! Every line carries the fields of the spans it was written in, so the request id of the request
@@ -28,6 +28,11 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// `serve`'s filter when `RUST_LOG` is unset: `info`, except the database library's own lines below `warn`
+/// (PostgreSQL's notices, such as "relation … already exists, skipping" at every start, come as sqlx `INFO` lines;
+/// its slow-statement warnings stay).
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn";
 
 /// Why logging or tracing cannot be set up; each names the variable at fault.
 #[derive(Debug, thiserror::Error)]

@@ -36,8 +36,13 @@ fn committed_openapi_document_equals_avemint_openapi() {
 }
 
 fn serve_with(env: &[(&str, &str)]) -> std::process::Output {
+    run_with("serve", env)
+}
+
+/// `avemint <command>` with only `env` (and `PATH`).
+fn run_with(command: &str, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
+    cmd.arg(command)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
@@ -386,4 +391,86 @@ fn a_value_and_its_file_together_are_refused() {
         err.contains("AVEMINT_DATABASE_URL and AVEMINT_DATABASE_URL_FILE are both set"),
         "{err}"
     );
+}
+
+/// `avemint check-config` refuses what `serve` refuses, with the same lines and exit status 2: configuration
+/// problems, a value and its file together, an exposed signing key.
+#[test]
+fn check_config_refuses_what_serve_refuses_with_the_same_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_file = dir.path().join("db");
+    std::fs::write(&url_file, "sqlite://x.db").expect("write");
+    let keys = dir.path().join("keys");
+    support::generate_key(&keys);
+    let exposed = std::fs::read_dir(&keys)
+        .expect("keys")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "pem"))
+        .expect("a key file");
+    let mut conflict = valid_env();
+    conflict.push(("AVEMINT_DATABASE_URL_FILE", url_file.to_str().expect("utf8")));
+    conflict.push(("AVEMINT_TOKEN_TTL", "-5"));
+    let mut exposed_key = valid_env();
+    exposed_key.push(("AVEMINT_KEYS_DIR", keys.to_str().expect("utf8")));
+    exposed_key.push(("AVEMINT_LISTEN", "127.0.0.1:0"));
+    for (what, env, needle) in [
+        (
+            "a value and its file",
+            conflict,
+            "AVEMINT_DATABASE_URL and AVEMINT_DATABASE_URL_FILE are both set",
+        ),
+        ("an exposed signing key", exposed_key, ""),
+    ] {
+        if needle.is_empty() {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let checked = run_with("check-config", &env);
+        let served = serve_with(&env);
+        let err = String::from_utf8_lossy(&checked.stderr);
+        assert_eq!(checked.status.code(), Some(2), "{what}: {err}");
+        assert!(checked.stdout.is_empty(), "{what}: nothing on stdout");
+        assert!(err.contains(needle), "{what}: {needle} in {err}");
+        // serve prints exactly these lines (before its log lines, if it got that far).
+        let served_err = String::from_utf8_lossy(&served.stderr);
+        assert!(!served.status.success(), "{what}: serve refuses it too");
+        assert!(
+            served_err.lines().any(|l| l.starts_with("avemint: ")) && served_err.contains(err.trim_end()),
+            "{what}: check-config printed\n{err}\nserve printed\n{served_err}"
+        );
+    }
+}
+
+/// `avemint check-config` accepts a valid configuration without binding anything (its listen address is taken),
+/// opening the store or calling Ave, and says in one line what `serve` would run with.
+#[test]
+fn check_config_accepts_a_valid_configuration_without_binding_or_serving() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let db = dir.path().join("never-created.db");
+    let db_url = format!("sqlite://{}", db.display());
+    let mut env = valid_env();
+    env.retain(|(k, _)| *k != "AVEMINT_DATABASE_URL");
+    env.push(("AVEMINT_DATABASE_URL", &db_url));
+    env.push(("AVEMINT_LISTEN", &listen));
+    env.push(("AVEMINT_KEYS_DIR", keys.to_str().expect("utf8")));
+    let out = run_with("check-config", &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("avemint: configuration OK: listen "), "{stdout}");
+    assert!(stdout.contains(&listen), "{stdout}");
+    assert!(stdout.contains("signing keys none yet in"), "{stdout}");
+    assert!(
+        !stdout.contains("KioqKioq") && !stdout.contains("a-client-secret"),
+        "no secret: {stdout}"
+    );
+    assert!(!db.exists() && !keys.exists(), "nothing written");
+    // With keys, it names them as the start-up line does.
+    support::generate_key(&keys);
+    let out = run_with("check-config", &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("(ES256, signing)"), "{stdout}");
 }

@@ -13,22 +13,12 @@ use std::time::{Duration, Instant};
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::testing::mint::keys::{Algorithm, KeyPolicy};
 use serde_json::Value;
-use support::{Browser, Options, SESSION_COOKIE, TestApp, try_verify, verify_with, verify_with_alg};
+use support::{Browser, Options, SESSION_COOKIE, TestApp, keys_cmd, try_verify, verify_with, verify_with_alg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_avemint");
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "k", "oth"];
 
 /// Runs `avemint keys …` on `dir` as a separate process.
-fn keys_cmd(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("keys")
-        .args(args)
-        .env_clear()
-        .env("AVEMINT_KEYS_DIR", dir)
-        .output()
-        .expect("runs")
-}
-
 fn kids(jwks: &Value) -> Vec<String> {
     jwks["keys"]
         .as_array()

@@ -478,3 +478,162 @@ async fn a_token_echoed_through_a_proxied_websocket_is_not_logged_at_trace_level
         assert!(!logs.contains(secret.as_str()), "{label} is in the logs");
     }
 }
+
+/// The JSON lines `avemint serve` (a child process at the default log level, `RUST_LOG` unset) wrote to `file`
+/// after its first `from` bytes.
+fn json_lines(file: &std::path::Path, from: usize) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).expect("log file");
+    text[from.min(text.len())..]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+/// `avemint serve` at the default log level (no `RUST_LOG`), JSON lines to `log`.
+fn serve_at_default_level(
+    emulator: &ave_emulator::Emulator,
+    database_url: &str,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+) -> (support::KillOnDrop, String) {
+    let port = support::free_port();
+    let mut cmd = support::serve_command(
+        &support::AveClientEnv::of(emulator),
+        port,
+        database_url,
+        &dir.join("keys"),
+    );
+    cmd.env_remove("RUST_LOG")
+        .env("AVEMINT_LOG_FORMAT", "json")
+        .env("AVEMINT_LOGIN_RATE_LIMIT", "0")
+        .env("AVEMINT_MAX_SESSIONS_PER_USER", "100")
+        .stderr(std::fs::File::create(log).expect("log file"));
+    let child = support::KillOnDrop(cmd.spawn().expect("avemint serve starts"));
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Issue 23 §5: during an outage every expired session's request failed its refresh (two WARN lines) and was
+/// answered 503 (an access line): ~130 lines/s at 150 sessions. Now each cause is logged once per interval with a
+/// count: a burst of 200 failing requests from 20 sessions writes a handful of lines at the default level.
+#[tokio::test]
+async fn a_burst_of_failed_refreshes_writes_one_line_per_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Ave's access tokens live 1 s (its shortest): they have expired when the burst starts, so failed refreshes
+    // answer 503.
+    let emulator = ave_emulator::Emulator::start(ave_emulator::EmulatorConfig {
+        access_token_ttl: std::time::Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let log = dir.path().join("avemint.log");
+    let db = format!("sqlite://{}", dir.path().join("avemint.db").display());
+    let (_avemint, base) = serve_at_default_level(&emulator, &db, dir.path(), &log);
+    support::wait_ready(&base).await;
+    emulator.set_redirect_uris(vec![format!("{base}/auth/callback")]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browsers = Vec::new();
+    for i in 0..20 {
+        let mut browser = Browser::default();
+        let user = emulator.users()[i % 2].id.clone();
+        support::sign_in_as_at(&http, &emulator, &base, &mut browser, &user).await;
+        browsers.push(browser);
+    }
+    emulator.set_token_failure(Some(ave_emulator::TokenFailure::Status(500)));
+    // A child process has no injectable clock: wait out the 1-s access tokens.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let from = std::fs::metadata(&log).expect("log").len() as usize;
+
+    let mut unavailable = 0;
+    for _ in 0..10 {
+        for browser in &mut browsers {
+            let resp = browser
+                .send(http.post(format!("{base}/auth/token")).header("X-CSRF", "1"))
+                .await;
+            unavailable += usize::from(resp.status() == 503);
+        }
+    }
+    assert!(unavailable >= 190, "the burst is answered 503: {unavailable} of 200");
+    let attempts = emulator
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count();
+    assert!(attempts >= 20, "every session tried to refresh: {attempts}");
+
+    let lines = json_lines(&log, from);
+    let shown: Vec<String> = lines.iter().map(Value::to_string).collect();
+    let count = |pred: &dyn Fn(&Value) -> bool| lines.iter().filter(|l| pred(l)).count();
+    let message = |l: &Value| l["fields"]["message"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        count(&|l| message(l) == "refresh failed; refresh token kept, retrying after a back-off"),
+        1,
+        "one line for {attempts} failed refreshes:\n{}",
+        shown.join("\n")
+    );
+    assert_eq!(
+        count(&|l| message(l) == "Ave token request failed"),
+        1,
+        "one line for {attempts} failed Ave calls:\n{}",
+        shown.join("\n")
+    );
+    assert_eq!(
+        count(&|l| l["target"] == "avemint::access" && l["fields"]["status"] == 503),
+        1,
+        "one access line for {unavailable} answers 503:\n{}",
+        shown.join("\n")
+    );
+    assert!(
+        lines.len() <= 5,
+        "{} lines for a burst of 200 failing requests:\n{}",
+        lines.len(),
+        shown.join("\n")
+    );
+    for l in &lines {
+        if l["level"] == "WARN" || l["target"] == "avemint::access" {
+            assert_eq!(
+                l["fields"]["similar_lines_held_back"], 0,
+                "a gated line says how many were held back: {l}"
+            );
+        }
+    }
+}
+
+/// Issue 23 §5: at the default level the database library adds nothing of its own below WARN (PostgreSQL's
+/// notices, e.g. "relation \"_sqlx_migrations\" already exists, skipping" at every start, were sqlx INFO lines).
+#[tokio::test]
+async fn the_default_level_quiets_the_database_library() {
+    let Some(url) = support::postgres_schema("the_default_level_quiets_the_database_library").await else {
+        return;
+    };
+    let url = support::database_url_string(&url);
+    let emulator = ave_emulator::Emulator::start(Default::default())
+        .await
+        .expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Twice on one schema: the second start finds every table there.
+    for run in ["first", "second"] {
+        let log = dir.path().join(format!("{run}.log"));
+        let (avemint, base) = serve_at_default_level(&emulator, &url, dir.path(), &log);
+        support::wait_ready(&base).await;
+        drop(avemint);
+        let lines = json_lines(&log, 0);
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"] == "avemint ready"),
+            "{run} start logged"
+        );
+        let noise: Vec<String> = lines
+            .iter()
+            .filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx")))
+            .map(Value::to_string)
+            .collect();
+        assert!(
+            noise.is_empty(),
+            "{run} start: sqlx lines at the default level:\n{}",
+            noise.join("\n")
+        );
+    }
+}

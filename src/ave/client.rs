@@ -19,6 +19,7 @@ use super::backpressure::{Admission, BackPressure, CircuitState, Health, HoldBac
 use super::budget::{BudgetClass, BudgetSnapshot, Taken, TokenBudget};
 use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
+use crate::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use crate::metrics::{self, AveCall, AveFailure};
 use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind, reload_one};
 use crate::secret::Secret;
@@ -26,6 +27,8 @@ use crate::web_url::Issuer;
 
 /// Bodies larger than this from Ave are refused unread.
 const MAX_BODY: usize = 256 * 1024;
+/// Failed token-endpoint calls: one warning per grant and failure every 10 s, with a count (`log_gate`).
+static TOKEN_FAILURES: LogGate<(&str, AveFailure)> = LogGate::new(OUTAGE_INTERVAL);
 
 /// Ave's OpenID provider metadata (the fields avemint uses).
 #[derive(Debug, Clone, Deserialize)]
@@ -574,7 +577,7 @@ impl AveClient {
                 } else {
                     AveError::LostResponse(transport(e).to_string())
                 };
-                tracing::warn!(grant, error = %err, "Ave token request failed");
+                warn_gated!(TOKEN_FAILURES, (grant, err.failure()), grant, error = %err, "Ave token request failed");
                 err
             })?;
         let status = resp.status().as_u16();
@@ -586,13 +589,26 @@ impl AveClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let bytes = read_limited(resp).await.map_err(|e| {
-            tracing::warn!(grant, status, "Ave token response could not be read");
+            warn_gated!(
+                TOKEN_FAILURES,
+                (grant, AveFailure::LostResponse),
+                grant,
+                status,
+                "Ave token response could not be read"
+            );
             AveError::LostResponse(e.to_string())
         })?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if status == 200 {
             let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-                tracing::warn!(grant, status, elapsed_ms, "Ave token response is not a token response");
+                warn_gated!(
+                    TOKEN_FAILURES,
+                    (grant, AveFailure::Malformed),
+                    grant,
+                    status,
+                    elapsed_ms,
+                    "Ave token response is not a token response"
+                );
                 // Ave answered 200, so it acted on the request: the outcome is lost.
                 AveError::LostResponse("token response lacks required fields".into())
             })?;
@@ -602,9 +618,16 @@ impl AveClient {
         let err = classify_error(status, &bytes, retry_after);
         match &err {
             AveError::OAuth { code, .. } => {
-                tracing::warn!(grant, status, error_code = %code, elapsed_ms, "Ave token request rejected")
+                warn_gated!(TOKEN_FAILURES, (grant, err.failure()), grant, status, error_code = %code, elapsed_ms, "Ave token request rejected")
             }
-            _ => tracing::warn!(grant, status, elapsed_ms, "Ave token request failed"),
+            _ => warn_gated!(
+                TOKEN_FAILURES,
+                (grant, err.failure()),
+                grant,
+                status,
+                elapsed_ms,
+                "Ave token request failed"
+            ),
         }
         Err(err)
     }

@@ -264,6 +264,10 @@ async fn respond<E: Endpoint>(
     resp
 }
 
+/// Access lines of answers an outage or a flood repeats, per route label and status (`log_gate`).
+static REPEATED_ANSWERS: crate::log_gate::LogGate<(crate::metrics::RouteLabel, u16)> =
+    crate::log_gate::LogGate::new(crate::log_gate::OUTAGE_INTERVAL);
+
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
 /// codes).
 async fn respond_in_span<E: Endpoint>(
@@ -315,16 +319,20 @@ async fn respond_in_span<E: Endpoint>(
         metrics.request(status);
     }
     macro_rules! access {
-        ($level:expr) => {
-            tracing::event!(target: "avemint::access", $level, %method, path = %seen.path, client_ip = %seen.client, status, elapsed_ms = elapsed.as_millis() as u64, "request")
+        ($level:expr $(, $field:ident = $value:expr)*) => {
+            tracing::event!(target: "avemint::access", $level, %method, path = %seen.path, client_ip = %seen.client, status, elapsed_ms = elapsed.as_millis() as u64, $($field = $value,)* "request")
         };
     }
     // Refused and failed requests at `info`, the rest at `debug` (every request: `RUST_LOG=info,avemint::access=debug`).
-    // Counts and latencies of all requests are in `/metrics`.
-    if status >= 400 {
-        access!(tracing::Level::INFO);
-    } else {
-        access!(tracing::Level::DEBUG);
+    // Answers an outage or a flood repeats (429, 502, 503, 504) at `info` once per route and status every 10 s, with
+    // the count of the lines held back; the others at `debug`. Counts and latencies of all requests are in `/metrics`.
+    match status {
+        429 | 502..=504 => match REPEATED_ANSWERS.pass_for((route, status)) {
+            Some(held_back) => access!(tracing::Level::INFO, similar_lines_held_back = held_back),
+            None => access!(tracing::Level::DEBUG),
+        },
+        400.. => access!(tracing::Level::INFO),
+        _ => access!(tracing::Level::DEBUG),
     }
     resp
 }

@@ -69,6 +69,7 @@ use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError, TokenPermit};
 use crate::clock::UnixTime;
+use crate::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use crate::secret::Secret;
 
 /// A marker's deadline is this long after its refresh timeout (clock
@@ -81,6 +82,8 @@ pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(10);
 const MAX_MARKER_STATEMENT: Duration = Duration::from_secs(5);
 /// How often a refresher waiting for another instance's refresh re-reads the row.
 const LOCK_POLL: Duration = Duration::from_millis(100);
+/// Failed refreshes: one warning per cause (`avemint_session_refresh_total`'s outcome) every 10 s, with a count.
+static REFRESH_FAILURES: LogGate<&'static str> = LogGate::new(OUTAGE_INTERVAL);
 /// Waits between attempts to store renewed tokens through a store outage.
 const STORE_RETRIES: [Duration; 5] = [
     Duration::from_millis(250),
@@ -538,7 +541,10 @@ impl Renewer {
                 let delay = self
                     .backoff
                     .failed(&key, access_left(&current, self.sessions.now()), hint);
-                tracing::warn!(
+                warn_gated!(
+                    REFRESH_FAILURES,
+                    label,
+                    cause = label,
                     session = ?key,
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,

@@ -670,6 +670,27 @@ pub fn serve_command(
     cmd
 }
 
+/// `avemint keys <args>` on `dir` (`AVEMINT_KEYS_DIR`), nothing else in its environment.
+pub fn keys_cmd(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .arg("keys")
+        .args(args)
+        .env_clear()
+        .env("AVEMINT_KEYS_DIR", dir)
+        .output()
+        .expect("runs")
+}
+
+/// `avemint keys generate` on `dir`; asserts success.
+pub fn generate_key(dir: &std::path::Path) {
+    let out = keys_cmd(dir, &["generate"]);
+    assert!(
+        out.status.success(),
+        "keys generate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A child process (e.g. `avemint serve` with its own environment), killed and reaped on drop.
 pub struct KillOnDrop(pub std::process::Child);
 
