@@ -542,6 +542,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         keys,
         security: _,
         routes,
+        websockets,
         defaults,
         admin,
     } = settings;
@@ -553,7 +554,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
     Profiles::build(&token)?;
     let profiles = describe_profiles(&token);
-    let proxy = crate::proxy::Proxy::new(routes, &public_url)?;
+    let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
     let manifest = crate::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
     let signing_keys = if manifest.keys.is_empty() {
         format!("none yet in {} (serve generates them)", keys.dir.display())
