@@ -99,6 +99,59 @@ struct Summary {
     defaults: Vec<String>,
 }
 
+impl Summary {
+    /// What `serve` runs with, as the start-up line and `check-config` say it.
+    fn of(
+        public_url: &crate::web_url::PublicUrl,
+        ave: &crate::ave::settings::AveSettings,
+        store: &crate::session::settings::StoreSettings,
+        token: &crate::mint::profiles::TokenSettings,
+        profiles: &Profiles,
+        token_endpoint: TokenEndpoint,
+        defaults: Vec<String>,
+    ) -> Self {
+        let browser_profiles = match token_endpoint {
+            TokenEndpoint::Off => "none (AVEMINT_TOKEN_ENDPOINT=off: no /auth/token)".to_owned(),
+            TokenEndpoint::On => match profiles.browser_names() {
+                names if names.is_empty() => "none (every profile is a proxied route's)".to_owned(),
+                names => names.join(", "),
+            },
+        };
+        let ids = store.keys.ids().iter().map(ToString::to_string).collect::<Vec<_>>();
+        Self {
+            browser_profiles,
+            public_url: public_url.as_str().to_owned(),
+            issuer: ave.issuer.as_str().to_owned(),
+            store: store.database_url.describe(),
+            session_keys: match &store.keys_file {
+                Some(f) => format!(
+                    "{} (ids {}; from {}, reloaded on change)",
+                    ids.len(),
+                    ids.join(" "),
+                    f.path().display()
+                ),
+                None => format!("{} (ids {})", ids.len(), ids.join(" ")),
+            },
+            client_secret: if ave.client_secret_file.is_some() {
+                "from AVE_CLIENT_SECRET_FILE, reloaded on change"
+            } else {
+                "inline (a restart changes it)"
+            },
+            profiles: describe_profiles(token),
+            defaults,
+        }
+    }
+
+    /// The defaults taken, or `none`.
+    fn defaults(&self) -> String {
+        if self.defaults.is_empty() {
+            "none".to_owned()
+        } else {
+            self.defaults.join("; ")
+        }
+    }
+}
+
 /// The admin API's bound listener and its token.
 struct AdminListener {
     acceptor: TcpAcceptor,
@@ -241,38 +294,15 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
-        let browser_profiles = match security.token_endpoint {
-            TokenEndpoint::Off => "none (AVEMINT_TOKEN_ENDPOINT=off: no /auth/token)".to_owned(),
-            TokenEndpoint::On => match profiles.browser_names() {
-                names if names.is_empty() => "none (every profile is a proxied route's)".to_owned(),
-                names => names.join(", "),
-            },
-        };
-        let summary = Summary {
-            browser_profiles,
-            public_url: public_url.as_str().to_owned(),
-            issuer: ave.issuer.as_str().to_owned(),
-            store: store.database_url.describe(),
-            session_keys: {
-                let ids = store.keys.ids().iter().map(ToString::to_string).collect::<Vec<_>>();
-                match &store.keys_file {
-                    Some(f) => format!(
-                        "{} (ids {}; from {}, reloaded on change)",
-                        ids.len(),
-                        ids.join(" "),
-                        f.path().display()
-                    ),
-                    None => format!("{} (ids {})", ids.len(), ids.join(" ")),
-                }
-            },
-            client_secret: if ave.client_secret_file.is_some() {
-                "from AVE_CLIENT_SECRET_FILE, reloaded on change"
-            } else {
-                "inline (a restart changes it)"
-            },
-            profiles: describe_profiles(&token),
+        let summary = Summary::of(
+            &public_url,
+            &ave,
+            &store,
+            &token,
+            &profiles,
+            security.token_endpoint,
             defaults,
-        };
+        );
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
         reloaders.extend(ave_client.secret_reloader());
         reloaders.extend(sessions.keys_reloader());
@@ -322,11 +352,7 @@ impl Application {
     pub fn log_summary(&self) {
         let s = &self.summary;
         let ring = self.state.minter.keys().current();
-        let defaults = if s.defaults.is_empty() {
-            "none".to_owned()
-        } else {
-            s.defaults.join("; ")
-        };
+        let defaults = s.defaults();
         let ops = self.ops_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
         let admin = self.admin_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
@@ -540,20 +566,23 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         renewal: _,
         token,
         keys,
-        security: _,
+        security,
         routes,
         websockets,
         defaults,
         admin,
     } = settings;
-    let client_secret = if ave.client_secret_file.is_some() {
-        "from AVE_CLIENT_SECRET_FILE"
-    } else {
-        "inline"
-    };
+    let profiles = Profiles::build(&token)?;
+    let s = Summary::of(
+        &public_url,
+        &ave,
+        &store,
+        &token,
+        &profiles,
+        security.token_endpoint,
+        defaults,
+    );
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
-    Profiles::build(&token)?;
-    let profiles = describe_profiles(&token);
     let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
     let manifest = crate::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
     let signing_keys = if manifest.keys.is_empty() {
@@ -562,26 +591,20 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         crate::mint::keys::KeyRing::load(&keys.dir)?.describe()
     };
     let off = || "off".to_owned();
-    let defaults = if defaults.is_empty() {
-        "none".to_owned()
-    } else {
-        defaults.join("; ")
-    };
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
-         session keys {}{}, client secret {client_secret}, signing keys {signing_keys}, profiles {profiles}, \
-         proxy routes {}; defaults taken: {defaults}",
+         session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
+         proxy routes {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
-        public_url.as_str(),
-        ave.issuer.as_str(),
-        store.database_url.describe(),
-        store.keys.keys().len(),
-        if store.keys_file.is_some() {
-            " (from AVEMINT_SESSION_KEYS_FILE)"
-        } else {
-            ""
-        },
+        s.public_url,
+        s.issuer,
+        s.store,
+        s.session_keys,
+        s.client_secret,
+        s.profiles,
+        s.browser_profiles,
         proxy.routes().all().len(),
+        s.defaults(),
     ))
 }

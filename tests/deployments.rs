@@ -375,7 +375,7 @@ fn the_kubernetes_example_starts_with_its_configmap_secret_and_signing_keys() {
     let out = accepted("Kubernetes", &mounts.map_env(&env), &workdir);
     for part in [
         "store postgres://postgres:5432/avemint,",
-        "(from AVEMINT_SESSION_KEYS_FILE)",
+        "/volumes/secrets/session_keys, reloaded on change)",
         "client secret from AVE_CLIENT_SECRET_FILE",
         ", signing)",
         "ops listen 0.0.0.0:9091",
