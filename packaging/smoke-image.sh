@@ -95,7 +95,7 @@ wait_ready() {
   fail "/readyz did not answer 200 within about 10 s"
 }
 stop_with_sigterm() {
-  podman stop -t 30 "$name" >/dev/null
+  podman stop -t 80 "$name" >/dev/null
   local code
   code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
   [ "$code" = 0 ] || fail "exit status $code after SIGTERM"

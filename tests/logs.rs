@@ -562,7 +562,12 @@ async fn a_burst_of_failed_refreshes_writes_one_line_per_cause() {
         .iter()
         .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
         .count();
-    assert!(attempts >= 20, "every session tried to refresh: {attempts}");
+    // Five failures in a row open the Ave client's circuit: after them only probes reach Ave, and the
+    // refreshes held back are answered 503 without a call (outcome `not_started`).
+    assert!(
+        attempts >= 5,
+        "the sessions tried to refresh until the circuit opened: {attempts}"
+    );
 
     let lines = json_lines(&log, from);
     let shown: Vec<String> = lines.iter().map(Value::to_string).collect();

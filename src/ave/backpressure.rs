@@ -28,6 +28,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The circuit opening (again, after each failed probe): one warning every 10 s, with a count (`log_gate`).
+static CIRCUIT_OPENED: crate::log_gate::LogGate = crate::log_gate::LogGate::new(crate::log_gate::OUTAGE_INTERVAL);
+
 /// Failures in a row that open the circuit.
 pub(crate) const FAILURES_TO_OPEN: u32 = 5;
 /// The first open period.
@@ -200,7 +203,9 @@ impl BackPressure {
                     Circuit::HalfOpen { .. } | Circuit::Open { .. } => None,
                 };
                 if let Some(period) = open_for {
-                    tracing::warn!(
+                    crate::log_gate::warn_gated!(
+                        CIRCUIT_OPENED,
+                        (),
                         open_ms = period.as_millis() as u64,
                         "Ave failed {FAILURES_TO_OPEN} or more calls in a row: circuit open, token calls held back"
                     );
