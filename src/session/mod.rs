@@ -856,25 +856,33 @@ mod tests {
         assert!(s.load_at(&future_seen, t(500)).await.expect("load").is_none());
     }
 
+    /// A SQLite store in `dir`, for several `Sessions` over one store (instances with different keys).
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn SessionStore> {
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"))
+    }
+
+    /// An instance over `store` with session `keys` (the first seals), `idle` timeout and ten times that lifetime.
+    fn keyed_on(store: &Arc<dyn SessionStore>, idle: Duration, keys: Vec<[u8; 32]>) -> Sessions {
+        let settings = SessionSettings {
+            idle_timeout: idle,
+            lifetime: idle * 10,
+            max_sessions_per_user: 0,
+        };
+        Sessions::with_store(
+            store.clone(),
+            &SealingKeys::from_keys(keys),
+            settings,
+            Duration::ZERO,
+            Clock::System,
+        )
+    }
+
     #[tokio::test]
     async fn a_row_made_with_a_key_not_held_is_refused_and_kept_and_one_failing_a_held_key_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store: Arc<dyn SessionStore> = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
-        let settings = SessionSettings {
-            idle_timeout: Duration::from_secs(1000),
-            lifetime: Duration::from_secs(10_000),
-            max_sessions_per_user: 0,
-        };
-        let on = |keys: Vec<[u8; 32]>| {
-            Sessions::with_store(
-                store.clone(),
-                &SealingKeys::from_keys(keys),
-                settings.clone(),
-                Duration::ZERO,
-                Clock::System,
-            )
-        };
+        let store = sqlite_store(&dir).await;
+        let on = |keys| keyed_on(&store, Duration::from_secs(1000), keys);
         let (old, rotated) = (on(vec![[5; 32]]), on(vec![[6; 32], [5; 32]]));
         let new_id = SealingKeys::from_keys(vec![[6; 32]]).ids()[0].to_string();
         let id = old.create_at(&data("u"), t(100)).await.expect("create");
@@ -907,22 +915,8 @@ mod tests {
     #[tokio::test]
     async fn a_row_made_with_a_key_not_held_is_a_rotation_for_an_hour_then_a_dropped_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store: Arc<dyn SessionStore> = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
-        let settings = SessionSettings {
-            idle_timeout: Duration::from_secs(86_400),
-            lifetime: Duration::from_secs(10 * 86_400),
-            max_sessions_per_user: 0,
-        };
-        let on = |keys: Vec<[u8; 32]>| {
-            Sessions::with_store(
-                store.clone(),
-                &SealingKeys::from_keys(keys),
-                settings.clone(),
-                Duration::ZERO,
-                Clock::System,
-            )
-        };
+        let store = sqlite_store(&dir).await;
+        let on = |keys| keyed_on(&store, Duration::from_secs(86_400), keys);
         // Written by an instance whose only key is one this instance does not hold (a dropped key, seen from here).
         let (dropped, current) = (on(vec![[7; 32]]), on(vec![[8; 32]]));
         let id = dropped.create_at(&data("u"), t(100)).await.expect("create");
