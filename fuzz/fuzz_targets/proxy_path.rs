@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         methods: None,
         timeout: Duration::from_secs(30),
         max_request_bytes: 1024,
+        max_message_bytes: 1024,
         allow_http: false,
         strip_cookies: false,
     };
