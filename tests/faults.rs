@@ -511,7 +511,7 @@ async fn postgres_a_refresh_whose_fate_is_unknown_is_not_resent_before_its_deadl
     let keys = tempfile::tempdir().expect("keys dir");
     let url = database_url_string(&db);
     let env = [("AVEMINT_REFRESH_SKEW", "0"), ("AVEMINT_AVE_REFRESH_TIMEOUT", "3")];
-    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
     let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
     emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
     let http = http();
@@ -533,18 +533,7 @@ async fn postgres_a_refresh_whose_fate_is_unknown_is_not_resent_before_its_deadl
     }
     assert!(proxy.token_requests() > seen, "the refresh is waiting on Ave");
     let sent = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let (_a, status) = tokio::task::spawn_blocking(move || {
-        let status = a.child.wait().expect("wait");
-        (a, status)
-    })
-    .await
-    .expect("join");
-    let exited_after = sent.elapsed();
+    let (status, exited_after) = a.terminate().await;
     assert!(status.success(), "graceful exit: {status:?}");
     assert!(
         exited_after >= Duration::from_millis(2500),
@@ -629,7 +618,7 @@ async fn sigterm_with_refreshes_at_ave(schema: &str, n: usize, slow: TokenFailur
     let keys = tempfile::tempdir().expect("keys dir");
     let url = database_url_string(&db);
     let env = [("AVEMINT_REFRESH_SKEW", "0"), ("AVEMINT_AVE_TOKEN_BUDGET", "10000")];
-    let mut a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
+    let a = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
     let b = ServeProcess::start(&emulator, &url, keys.path(), &env).await;
     emulator.set_redirect_uris(vec![format!("{}/auth/callback", a.base)]);
     let http = http();
@@ -658,19 +647,7 @@ async fn sigterm_with_refreshes_at_ave(schema: &str, n: usize, slow: TokenFailur
     if counted_at_once {
         assert_eq!(refresh_calls(&emulator), n, "every refresh is at Ave");
     }
-    let signalled = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let (_a, status) = tokio::task::spawn_blocking(move || {
-        let status = a.child.wait().expect("wait");
-        (a, status)
-    })
-    .await
-    .expect("join");
-    let exited_after = signalled.elapsed();
+    let (status, exited_after) = a.terminate().await;
     assert!(status.success(), "graceful exit: {status:?}");
     for p in pending {
         let (code, retry_after) = p.await.expect("join");
@@ -779,18 +756,12 @@ async fn refused_connections_for_30_s_cost_a_few_probes_and_recovery_takes_secon
         browsers.push(sign_in_as(&http, &emulator, &app.base, &user.id).await);
     }
     let ave_calls = || async {
-        let text = http
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(r#"avemint_ave_request_duration_seconds_count{call="refresh_token"} "#))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        support::metric_at(
+            &app.base,
+            r#"avemint_ave_request_duration_seconds_count{call="refresh_token"}"#,
+        )
+        .await
+        .map_or(0, |n| n as u64)
     };
     let drive = |period: Duration, stop_at_200: bool| {
         let (http, base) = (http.clone(), app.base.clone());

@@ -1143,19 +1143,7 @@ async fn ambiguous_body_framing_never_desynchronises_the_upstream() {
 
 /// The value of the sample line `series value` in `/metrics` (0 if absent).
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    support::metric_at(&app.address, series).await.unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -41,18 +41,6 @@ async fn readyz(app_base: &str) -> (u16, Value) {
     (status, resp.json().await.expect("readyz is JSON"))
 }
 
-/// The value of the sample `name` (with labels, exactly as written) in `/metrics`.
-async fn metric(app_base: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{app_base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Polls `/readyz` (asserting 200 every time) until `done` holds for its body; returns that body.
 async fn ready_until(app_base: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
@@ -116,19 +104,19 @@ async fn ave_down_across_the_cache_expiry_keeps_the_instance_ready_and_sessions_
     assert_eq!(body["ave_discovery"], true);
     assert_eq!(body["store"], true);
 
-    let jwks_age = metric(&app.address, r#"avemint_ave_metadata_age_seconds{document="jwks"}"#)
+    let jwks_age = support::metric_at(&app.address, r#"avemint_ave_metadata_age_seconds{document="jwks"}"#)
         .await
         .expect("JWKS age in /metrics");
     assert!(jwks_age >= 2.0, "age {jwks_age}");
     assert_eq!(
-        metric(&app.address, r#"avemint_ave_metadata_stale{document="jwks"}"#).await,
+        support::metric_at(&app.address, r#"avemint_ave_metadata_stale{document="jwks"}"#).await,
         Some(1.0)
     );
     assert_eq!(
-        metric(&app.address, r#"avemint_ave_metadata_stale{document="discovery"}"#).await,
+        support::metric_at(&app.address, r#"avemint_ave_metadata_stale{document="discovery"}"#).await,
         Some(1.0)
     );
-    assert_eq!(metric(&app.address, "avemint_ready").await, Some(1.0));
+    assert_eq!(support::metric_at(&app.address, "avemint_ready").await, Some(1.0));
 
     // The signed-in session keeps being served (Ave's access token is valid for an hour).
     for _ in 0..5 {
@@ -180,7 +168,7 @@ async fn a_failing_refetch_keeps_the_last_good_copy_and_a_healed_ave_makes_it_fr
     assert!(age(&body, "jwks") <= 2, "{body}");
     assert!(app.emulator.jwks_fetches() > fetches, "the JWKS was fetched again");
     assert_eq!(
-        metric(&app.address, r#"avemint_ave_metadata_stale{document="jwks"}"#).await,
+        support::metric_at(&app.address, r#"avemint_ave_metadata_stale{document="jwks"}"#).await,
         Some(0.0)
     );
     app.stop().await;
@@ -237,9 +225,9 @@ async fn readiness_before_ave_was_ever_reached_is_503_and_turns_200_once_it_is()
         assert_eq!(body["store"], true);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(metric(&base, "avemint_ready").await, Some(0.0));
+    assert_eq!(support::metric_at(&base, "avemint_ready").await, Some(0.0));
     assert_eq!(
-        metric(&base, r#"avemint_ave_metadata_loaded{document="jwks"}"#).await,
+        support::metric_at(&base, r#"avemint_ave_metadata_loaded{document="jwks"}"#).await,
         Some(0.0)
     );
     // What does not need Ave still answers.
@@ -360,7 +348,7 @@ async fn a_store_outage_is_a_503_per_session_request_while_jwks_discovery_and_re
     .await;
     let mut browser = app.signed_in_browser().await;
     assert_eq!(app.post_token(&mut browser, true).await.status(), 200);
-    assert_eq!(metric(&app.address, "avemint_store_up").await, Some(1.0));
+    assert_eq!(support::metric_at(&app.address, "avemint_store_up").await, Some(1.0));
 
     proxy.stop();
     let stopped = Instant::now();
@@ -378,8 +366,8 @@ async fn a_store_outage_is_a_503_per_session_request_while_jwks_discovery_and_re
         asked.elapsed() < Duration::from_secs(1),
         "no probe waits long for a dead store"
     );
-    assert_eq!(metric(&app.address, "avemint_store_up").await, Some(0.0));
-    assert_eq!(metric(&app.address, "avemint_ready").await, Some(1.0));
+    assert_eq!(support::metric_at(&app.address, "avemint_store_up").await, Some(0.0));
+    assert_eq!(support::metric_at(&app.address, "avemint_ready").await, Some(1.0));
 
     let resp = app.post_token(&mut browser, true).await;
     assert_eq!(resp.status(), 503, "the session request, not the instance, fails");

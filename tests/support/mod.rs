@@ -317,6 +317,18 @@ impl TestApp {
     }
 }
 
+/// The value of the sample `series` (with labels, exactly as written) in `{base}/metrics`; `None` when absent.
+pub async fn metric_at(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// `GET url`, answered with JSON (any status).
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url)
@@ -725,6 +737,25 @@ impl ServeProcess {
         let process = Self { base, child };
         wait_ready(&process.base).await;
         process
+    }
+
+    /// Sends SIGTERM and waits for the process to exit: its exit status, and how long it took after the signal.
+    pub async fn terminate(self) -> (std::process::ExitStatus, Duration) {
+        let signalled = std::time::Instant::now();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let mut process = self;
+        let status = tokio::task::spawn_blocking(move || {
+            let status = process.child.wait().expect("wait");
+            (process, status)
+        })
+        .await
+        .expect("join")
+        .1;
+        (status, signalled.elapsed())
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
