@@ -9,13 +9,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use avemint::testing::clock::{Clock, ManualClock, UnixTime};
-use avemint::testing::http::cookies::{self, SESSION_COOKIE};
-use avemint::testing::mint::claims::ClaimTemplate;
-use avemint::testing::secret::Secret;
-use avemint::testing::session::{AveTokens, Purpose, Sealer, SessionData, SessionHandle, SessionId, Sessions};
-use avemint::testing::session::{DatabaseUrl, SealingKeys, SessionSettings};
-use avemint::testing::signin::{PendingLogin, ReturnPath, decode_login, encode_login};
+use avemint::http::cookies::{self, SESSION_COOKIE};
+use avemint_base::clock::{Clock, ManualClock, UnixTime};
+use avemint_base::secret::Secret;
+use avemint_core::mint::claims::ClaimTemplate;
+use avemint_core::session::{AveTokens, Purpose, Sealer, SessionData, SessionHandle, SessionId, Sessions};
+use avemint_core::session::{DatabaseUrl, SealingKeys, SessionSettings};
+use avemint_core::signin::{PendingLogin, ReturnPath, decode_login, encode_login};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
@@ -121,7 +121,7 @@ fn claim_rendering(c: &mut Criterion) {
 fn randomness(c: &mut Criterion) {
     // What one call to the system CSPRNG costs: why `jti`s are drawn in batches (src/mint/mod.rs).
     c.bench_function("random/16 bytes, one aws-lc call", |b| {
-        b.iter(avemint::testing::secret::random_bytes::<16>)
+        b.iter(avemint_base::secret::random_bytes::<16>)
     });
 }
 

@@ -10,9 +10,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use avemint::testing::clock::{ManualClock, UnixTime};
-use avemint::testing::secret::Secret;
-use avemint::testing::session::{
+use avemint_base::clock::{ManualClock, UnixTime};
+use avemint_base::secret::Secret;
+use avemint_core::session::{
     AveTokens, DatabaseUrl, SealingKeys, SessionData, SessionHandle, SessionSettings, Sessions,
 };
 use criterion::{Criterion, criterion_group, criterion_main};

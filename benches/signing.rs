@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avemint::config::Settings;
-use avemint::testing::clock::{ManualClock, UnixTime};
-use avemint::testing::mint::keys::{Algorithm, KeyPolicy, LiveKeys};
-use avemint::testing::mint::{Minter, Profiles, Subject};
+use avemint_base::clock::{ManualClock, UnixTime};
+use avemint_core::mint::keys::{Algorithm, KeyPolicy, LiveKeys};
+use avemint_core::mint::{Minter, Profiles, Subject};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use serde_json::{Map, Value, json};

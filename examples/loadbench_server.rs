@@ -6,7 +6,7 @@
 //!   cookie values to `--cookies` (one per line), prints `url=…` and
 //!   `ready_ms=…`, and serves until SIGTERM / Ctrl-C.
 //! - `populate`: stores `--count` sessions directly through
-//!   `avemint::testing::session::Sessions` into an SQLite file (or the PostgreSQL
+//!   `avemint_core::session::Sessions` into an SQLite file (or the PostgreSQL
 //!   database `--db` names) and writes their cookies.
 //! - `lookup`: times `Sessions::load` for distinct stored sessions (each one a
 //!   store read, AEAD open and decode: what a session-cache miss costs) and
@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 use ave_emulator::{Emulator, EmulatorConfig};
 use avemint::config::Settings;
 use avemint::startup::{Application, Mode, shutdown_signal};
-use avemint::testing::ave::settings::DEFAULT_SCOPES;
-use avemint::testing::clock::{Clock, ManualClock, UnixTime};
-use avemint::testing::mint::keys::Algorithm;
-use avemint::testing::secret::{Secret, random_bytes};
-use avemint::testing::session::{
+use avemint_base::clock::{Clock, ManualClock, UnixTime};
+use avemint_base::secret::{Secret, random_bytes};
+use avemint_base::web_url::PublicUrl;
+use avemint_core::ave::settings::DEFAULT_SCOPES;
+use avemint_core::mint::keys::Algorithm;
+use avemint_core::session::{
     AveTokens, DatabaseUrl, RenewalSettings, SealingKeys, SessionData, SessionHandle, SessionId, SessionSettings,
     Sessions,
 };
-use avemint::testing::web_url::PublicUrl;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 

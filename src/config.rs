@@ -26,26 +26,30 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
-use crate::http::admin::{AdminSettings, AdminToken};
-use crate::http::cors::AllowedOrigins;
-use crate::http::security::{Docs, SecuritySettings, TokenEndpoint, on_off};
-use crate::mint::claims::ClaimTemplate;
-use crate::mint::hook::{self, FailurePolicy, HookSpec};
-use crate::mint::keys::rotation::parse_rotation;
-use crate::mint::keys::{Algorithm, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
-use crate::mint::profiles::{
+use crate::http::security::on_off;
+use avemint_base::reload::SecretFile;
+use avemint_base::web_url::{Issuer, PublicUrl, parse_web_url};
+use avemint_core::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
+use avemint_core::mint::claims::ClaimTemplate;
+use avemint_core::mint::hook::{self, FailurePolicy, HookSpec};
+use avemint_core::mint::keys::rotation::parse_rotation;
+use avemint_core::mint::keys::{Algorithm, KeyPolicy, KeysSettings, MAX_TOKEN_TTL};
+use avemint_core::mint::profiles::{
     self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ProfileSpec, TokenSettings,
 };
-use crate::proxy::{RouteSpec, Routes, WebSocketLimits};
-use crate::reload::SecretFile;
-use crate::server::ConnectionTimeouts;
-use crate::session::{
+use avemint_core::proxy::{RouteSpec, Routes, WebSocketLimits};
+use avemint_core::session::{
     DEFAULT_MAX_CONNECTIONS, DatabaseUrl, RenewalSettings, SealingKeys, SessionSettings, StoreSettings,
 };
-use crate::traffic::client_ip::TrustedProxies;
-use crate::traffic::rate_limit::RateLimit;
-use crate::web_url::{Issuer, PublicUrl, parse_web_url};
+use avemint_core::traffic::client_ip::TrustedProxies;
+use avemint_core::traffic::rate_limit::RateLimit;
+
+// The HTTP layer's settings types that `Settings` holds, public with it (the protocol side's own settings types
+// are public in `avemint_core`).
+pub use crate::http::admin::{AdminSettings, AdminToken};
+pub use crate::http::cors::AllowedOrigins;
+pub use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+pub use crate::server::ConnectionTimeouts;
 
 /// The validated configuration of one avemint process: each component's own
 /// settings, plus where to listen and where browsers reach avemint.
@@ -751,7 +755,7 @@ impl Loader<'_> {
 
     /// A `[profiles.introspection]` table: the secret callers present to `POST /oauth/introspect`
     /// (`secret` or `secret_file`, exactly one, at least 32 characters; read at start-up). Never echoed.
-    fn introspection(&mut self, origin: &str, i: FileIntrospection) -> Option<crate::secret::Secret<String>> {
+    fn introspection(&mut self, origin: &str, i: FileIntrospection) -> Option<avemint_base::secret::Secret<String>> {
         let origin = format!("{origin}: `introspection`");
         let inline = i.secret.map(|value| Sourced {
             value,
@@ -762,7 +766,7 @@ impl Loader<'_> {
             origin: format!("{origin}: `secret_file`"),
         });
         match self.one_of(inline, path) {
-            Ok(Some((v, _))) if v.value.len() >= 32 => Some(crate::secret::Secret::new(v.value)),
+            Ok(Some((v, _))) if v.value.len() >= 32 => Some(avemint_base::secret::Secret::new(v.value)),
             Ok(Some(_)) => {
                 self.errors.push(format!(
                     "{origin}: the secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
@@ -904,7 +908,7 @@ fn non_empty(s: &str) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::web_url::DEFAULT_ISSUER;
+    use avemint_base::web_url::DEFAULT_ISSUER;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

@@ -15,9 +15,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::config::{ConfigErrors, Settings};
-use crate::secret::random_bytes;
 use crate::startup::{Application, Mode, StartupError, shutdown_signal};
-use crate::web_url::PublicUrl;
+use avemint_base::secret::random_bytes;
+use avemint_base::web_url::PublicUrl;
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]

@@ -12,18 +12,18 @@ use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
-use crate::ave::settings::parse_client_secret;
-use crate::ave::{AveClient, AveError};
-use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::admin::AdminToken;
 use crate::http::security::TokenEndpoint;
 use crate::http::{self, AppState};
-use crate::mint::hook::HookError;
-use crate::mint::{KeyError, LiveKeys, Minter, Profiles};
-use crate::reload::Reload;
-use crate::session::{Renewer, Sessions, StoreError};
-use crate::traffic::rate_limit::{CodeExchangeLimiter, CredentialEndpoint, CredentialLimiter, ExchangeLimits};
+use avemint_base::clock::Clock;
+use avemint_base::reload::Reload;
+use avemint_core::ave::settings::parse_client_secret;
+use avemint_core::ave::{AveClient, AveError};
+use avemint_core::mint::hook::HookError;
+use avemint_core::mint::{KeyError, LiveKeys, Minter, Profiles};
+use avemint_core::session::{Renewer, Sessions, StoreError};
+use avemint_core::traffic::rate_limit::{CodeExchangeLimiter, CredentialEndpoint, CredentialLimiter, ExchangeLimits};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ pub enum StartupError {
     #[error("claims hook: {0}")]
     Hook(#[from] HookError),
     #[error(transparent)]
-    Proxy(#[from] crate::proxy::ClientError),
+    Proxy(#[from] avemint_core::proxy::ClientError),
     /// The server failed while serving (an I/O error of the listener).
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -102,10 +102,10 @@ struct Summary {
 impl Summary {
     /// What `serve` runs with, as the start-up line and `check-config` say it.
     fn of(
-        public_url: &crate::web_url::PublicUrl,
-        ave: &crate::ave::settings::AveSettings,
-        store: &crate::session::settings::StoreSettings,
-        token: &crate::mint::profiles::TokenSettings,
+        public_url: &avemint_base::web_url::PublicUrl,
+        ave: &avemint_core::ave::settings::AveSettings,
+        store: &avemint_core::session::settings::StoreSettings,
+        token: &avemint_core::mint::profiles::TokenSettings,
         profiles: &Profiles,
         token_endpoint: TokenEndpoint,
         defaults: Vec<String>,
@@ -318,7 +318,7 @@ impl Application {
         let sign_in_limiter = CodeExchangeLimiter::new(ExchangeLimits::for_sign_in_share(
             ave_client.token_budget().sign_in_limit,
         ));
-        let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
+        let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
             sign_in_limiter,
@@ -393,7 +393,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
         let key_watch = tokio::spawn(self.state.minter.keys().clone().maintain_forever());
-        let reload_watch = tokio::spawn(crate::reload::watch(self.reloaders));
+        let reload_watch = tokio::spawn(avemint_base::reload::watch(self.reloaders));
         let renewer = self.state.renewer.clone();
         let signalled = Arc::new(std::sync::OnceLock::new());
         let shutdown = {
@@ -433,7 +433,7 @@ impl Application {
 }
 
 /// The token profiles for the start-up line: name, audience, whether default, whether hooked.
-fn describe_profiles(token: &crate::mint::profiles::TokenSettings) -> String {
+fn describe_profiles(token: &avemint_core::mint::profiles::TokenSettings) -> String {
     token
         .profiles()
         .iter()
@@ -583,12 +583,12 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         defaults,
     );
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
-    let proxy = crate::proxy::Proxy::new(routes, websockets, &public_url)?;
-    let manifest = crate::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
+    let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
+    let manifest = avemint_core::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
     let signing_keys = if manifest.keys.is_empty() {
         format!("none yet in {} (serve generates them)", keys.dir.display())
     } else {
-        crate::mint::keys::KeyRing::load(&keys.dir)?.describe()
+        avemint_core::mint::keys::KeyRing::load(&keys.dir)?.describe()
     };
     let off = || "off".to_owned();
     Ok(format!(

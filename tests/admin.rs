@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use avemint::config::Settings;
-use avemint::testing::session::DatabaseUrl;
+use avemint_core::session::DatabaseUrl;
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp};
 

@@ -13,10 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::testing::ave::ClientOptions;
-use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::session::RenewalSettings;
-use avemint::testing::traffic::client_ip::TrustedProxies;
+use avemint::config::SecuritySettings;
+use avemint_core::ave::ClientOptions;
+use avemint_core::session::RenewalSettings;
+use avemint_core::traffic::client_ip::TrustedProxies;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Browser, Options, SESSION_COOKIE, TestApp, location};

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use ave_emulator::EmulatorConfig;
-use avemint::testing::session::RenewalSettings;
+use avemint_core::session::RenewalSettings;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use serde_json::{Value, json};
 use support::{LOGIN_COOKIE, Options, SESSION_COOKIE, TestApp, error_code, location};
@@ -350,7 +350,7 @@ async fn a_long_return_to_with_other_cookies_still_signs_in() {
     // A return path within the cap is kept.
     let kept = format!(
         "/{}",
-        "b".repeat(avemint::testing::signin::return_path::MAX_RETURN_PATH - 1)
+        "b".repeat(avemint_core::signin::return_path::MAX_RETURN_PATH - 1)
     );
     let (authorize, login) = login_with(&app, others.as_bytes(), Some(&kept)).await;
     let callback = approve_as(&app, &authorize, 0).await;

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avemint::testing::clock::Clock;
+use avemint_base::clock::Clock;
 use downstream::{Verifier, VerifyError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -37,7 +37,7 @@ fn kid(token: &str) -> String {
 
 /// The PKCS#8 PEM of the key that signs (the manifest's `current` key in `dir`).
 fn current_key_pem(dir: &Path) -> String {
-    let manifest = avemint::testing::mint::keys::KeyDir::new(dir)
+    let manifest = avemint_core::mint::keys::KeyDir::new(dir)
         .read_manifest()
         .expect("manifest");
     let current = manifest.current().expect("a current key");
@@ -46,12 +46,8 @@ fn current_key_pem(dir: &Path) -> String {
 
 /// Rotates the keys in `dir` as `avemint keys rotate --force` does: the next key signs, the old one is retired.
 fn rotate_keys(dir: &Path) {
-    avemint::testing::mint::keys::KeyDir::new(dir)
-        .rotate(
-            avemint::testing::mint::keys::Algorithm::Es256,
-            Clock::System.now(),
-            true,
-        )
+    avemint_core::mint::keys::KeyDir::new(dir)
+        .rotate(avemint_core::mint::keys::Algorithm::Es256, Clock::System.now(), true)
         .expect("rotate");
 }
 

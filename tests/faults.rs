@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ave_emulator::{EmulatedUser, Emulator, EmulatorConfig, TokenFailure};
-use avemint::testing::ave::ClientOptions;
-use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::session::{DatabaseUrl, RenewalSettings};
-use avemint::testing::traffic::rate_limit::RateLimit;
+use avemint::config::SecuritySettings;
+use avemint_core::ave::ClientOptions;
+use avemint_core::session::{DatabaseUrl, RenewalSettings};
+use avemint_core::traffic::rate_limit::RateLimit;
 use futures_util::future::join_all;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::{Browser, Options, ServeProcess, TestApp, database_url_string};

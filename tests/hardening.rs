@@ -4,10 +4,10 @@
 
 mod support;
 
-use avemint::testing::http::cors::AllowedOrigins;
-use avemint::testing::http::security::{Docs, SecuritySettings};
-use avemint::testing::traffic::client_ip::TrustedProxies;
-use avemint::testing::traffic::rate_limit::RateLimit;
+use avemint::config::AllowedOrigins;
+use avemint::config::{Docs, SecuritySettings};
+use avemint_core::traffic::client_ip::TrustedProxies;
+use avemint_core::traffic::rate_limit::RateLimit;
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL,
@@ -16,7 +16,7 @@ use reqwest::header::{
 use std::time::{Duration, Instant};
 use support::{Browser, LOGIN_COOKIE, Options, TestApp, error_code, location};
 
-use avemint::testing::server::ConnectionTimeouts;
+use avemint::config::ConnectionTimeouts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Another loopback origin: same site as avemint's `127.0.0.1`, different origin.
@@ -827,7 +827,7 @@ async fn the_docs_page_allows_only_its_own_inline_script_and_style() {
         };
         for (tag, name) in [("script", "script-src "), ("style", "style-src ")] {
             let allowed = directive(name);
-            let texts = avemint::testing::http::docs::inline_elements(&html, tag);
+            let texts = avemint::http::docs::inline_elements(&html, tag);
             assert!(!texts.is_empty(), "{tag} elements on the page");
             let hashes: Vec<String> = texts
                 .iter()

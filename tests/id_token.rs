@@ -77,11 +77,11 @@ mod header_and_refetch_limits {
     use std::time::Duration;
 
     use ave_emulator::{Emulator, EmulatorConfig};
-    use avemint::testing::ave::id_token::{self, NonceCheck};
-    use avemint::testing::ave::{AveClient, ClientOptions, IdTokenError};
-    use avemint::testing::clock::Clock;
-    use avemint::testing::secret::Secret;
-    use avemint::testing::web_url::Issuer;
+    use avemint_base::clock::Clock;
+    use avemint_base::secret::Secret;
+    use avemint_base::web_url::Issuer;
+    use avemint_core::ave::id_token::{self, NonceCheck};
+    use avemint_core::ave::{AveClient, ClientOptions, IdTokenError};
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::{Value, json};
@@ -191,9 +191,9 @@ mod header_and_refetch_limits {
 /// mean what their names say (this keeps the fuzz corpus honest, too).
 #[test]
 fn validate_with_keys_on_the_fuzz_seeds() {
-    use avemint::testing::ave::IdTokenError as E;
-    use avemint::testing::ave::KeySet;
-    use avemint::testing::ave::id_token::{NonceCheck, validate_with_keys};
+    use avemint_core::ave::IdTokenError as E;
+    use avemint_core::ave::KeySet;
+    use avemint_core::ave::id_token::{NonceCheck, validate_with_keys};
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let keys = KeySet::parse(&std::fs::read(dir.join("fixtures/jwks.json")).expect("jwks")).expect("parses");
@@ -205,7 +205,7 @@ fn validate_with_keys_on_the_fuzz_seeds() {
             "app_fuzz",
             &seed(name),
             nonce,
-            avemint::testing::clock::UnixTime::from_secs(1_800_000_000),
+            avemint_base::clock::UnixTime::from_secs(1_800_000_000),
         )
     };
     let ok = check("valid", NonceCheck::Expect("fuzz-nonce")).expect("the valid seed validates");

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp, error_code, on_both_stores};
 
-use avemint::testing::session::{DatabaseUrl, SessionSettings};
+use avemint_core::session::{DatabaseUrl, SessionSettings};
 
 const ORDERS_SECRET: &str = "orders-introspection-secret-0123456789";
 const WEB_SECRET: &str = "web+introspection:secret/0123456789%";
@@ -150,10 +150,10 @@ async fn foreign_expired_and_garbage_tokens_are_inactive(db: Option<DatabaseUrl>
 
     // The same claims signed by a key that is not avemint's: under its own kid, and under avemint's kid.
     let other_dir = tempfile::tempdir().expect("tempdir");
-    let other = avemint::testing::mint::keys::LiveKeys::open(
+    let other = avemint_core::mint::keys::LiveKeys::open(
         other_dir.path(),
-        avemint::testing::mint::keys::KeyPolicy::default(),
-        avemint::testing::clock::Clock::System,
+        avemint_core::mint::keys::KeyPolicy::default(),
+        avemint_base::clock::Clock::System,
     )
     .expect("other keys");
     let foreign = other

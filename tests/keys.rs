@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::testing::mint::keys::{Algorithm, KeyPolicy};
+use avemint_core::mint::keys::{Algorithm, KeyPolicy};
 use serde_json::Value;
 use support::{Browser, Options, SESSION_COOKIE, TestApp, keys_cmd, try_verify, verify_with, verify_with_alg};
 

@@ -10,9 +10,9 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use avemint::testing::session::SealingKeys;
-use avemint::testing::session::{Purpose, Sealer};
-use avemint::testing::signin::decode_login;
+use avemint_core::session::SealingKeys;
+use avemint_core::session::{Purpose, Sealer};
+use avemint_core::signin::decode_login;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::Value;
@@ -96,8 +96,8 @@ impl Transcript {
         }
         let login_cookie = browser.get(LOGIN_COOKIE).expect("login cookie").to_owned();
         let sealer = Sealer::new(&SealingKeys::from_keys(vec![SESSION_KEY]), Purpose::LoginCookie);
-        let pending = decode_login(&login_cookie, &sealer, avemint::testing::clock::Clock::System.now())
-            .expect("login cookie opens");
+        let pending =
+            decode_login(&login_cookie, &sealer, avemint_base::clock::Clock::System.now()).expect("login cookie opens");
         self.add("PKCE verifier", pending.verifier.expose());
         let callback = app.authorize(authorize.as_str()).await;
         let callback_url = url::Url::parse(&callback).expect("callback url");

@@ -100,7 +100,7 @@ fn signature_under(req: &Request, body: &[u8], secret: &str) -> bool {
         return false;
     };
     let Ok(ts_num) = ts.parse::<i64>() else { return false };
-    let now = avemint::testing::clock::Clock::System.now().as_secs();
+    let now = avemint_base::clock::Clock::System.now().as_secs();
     if (now - ts_num).abs() > 300 {
         return false;
     }

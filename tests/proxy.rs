@@ -433,8 +433,8 @@ async fn a_streamed_answer_outlives_the_keep_alive_timeout_while_it_makes_progre
     let keep_alive = Duration::from_secs(1);
     let app = TestApp::spawn_with(Options {
         routes_toml: Some(format!("[[routes]]\npath = \"/api/events\"\nupstream = \"{base}\"\n")),
-        security: Some(avemint::testing::http::security::SecuritySettings {
-            connection_timeouts: avemint::testing::server::ConnectionTimeouts {
+        security: Some(avemint::config::SecuritySettings {
+            connection_timeouts: avemint::config::ConnectionTimeouts {
                 keep_alive,
                 ..Default::default()
             },
@@ -645,8 +645,8 @@ async fn ws_app_with(
     env: Vec<(&'static str, String)>,
 ) -> (TestApp, Browser) {
     let base = &upstream.base;
-    let mut security = avemint::testing::http::security::SecuritySettings {
-        allowed_origins: avemint::testing::http::cors::AllowedOrigins::parse(allowed).expect("origins"),
+    let mut security = avemint::config::SecuritySettings {
+        allowed_origins: avemint::config::AllowedOrigins::parse(allowed).expect("origins"),
         ..Default::default()
     };
     if let Some(keep_alive) = keep_alive {
@@ -942,7 +942,7 @@ async fn a_websocket_message_over_max_message_bytes_closes_both_sides_with_1009(
 /// open does not keep its session from the idle timeout (the wall clock is a `ManualClock`).
 #[tokio::test]
 async fn an_open_websocket_does_not_keep_its_session_from_the_idle_timeout() {
-    use avemint::testing::clock::{ManualClock, UnixTime};
+    use avemint_base::clock::{ManualClock, UnixTime};
     const MINUTE: i64 = 60;
     let upstream = WsUpstream::start().await;
     let start = std::time::SystemTime::now()
@@ -956,7 +956,7 @@ async fn an_open_websocket_does_not_keep_its_session_from_the_idle_timeout() {
             "[[routes]]\npath = \"/api/ws\"\nupstream = \"{}/socket\"\n",
             upstream.base
         )),
-        session: Some(avemint::testing::session::SessionSettings {
+        session: Some(avemint_core::session::SessionSettings {
             idle_timeout: Duration::from_secs(60 * 60),
             ..Default::default()
         }),
@@ -1236,7 +1236,7 @@ async fn an_expiring_session_is_renewed_once_during_proxied_calls_and_the_upstre
             access_token_ttl: Duration::from_secs(2),
             ..Default::default()
         }),
-        renewal: Some(avemint::testing::session::RenewalSettings {
+        renewal: Some(avemint_core::session::RenewalSettings {
             skew: Duration::ZERO,
             ..Default::default()
         }),

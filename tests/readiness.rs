@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::testing::ave::id_token::{self, NonceCheck};
-use avemint::testing::ave::{AveClient, ClientOptions, IdTokenError};
-use avemint::testing::clock::Clock;
-use avemint::testing::secret::Secret;
-use avemint::testing::session::DatabaseUrl;
-use avemint::testing::web_url::Issuer;
+use avemint_base::clock::Clock;
+use avemint_base::secret::Secret;
+use avemint_base::web_url::Issuer;
+use avemint_core::ave::id_token::{self, NonceCheck};
+use avemint_core::ave::{AveClient, ClientOptions, IdTokenError};
+use avemint_core::session::DatabaseUrl;
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp, database_url_string, error_code, postgres_schema, sign_in_at, wait_ready};
 use tokio::task::JoinHandle;

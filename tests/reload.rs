@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig};
-use avemint::testing::session::RenewalSettings;
+use avemint_core::session::RenewalSettings;
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 /// Replaces `path` the way Kubernetes and systemd do: write aside, then rename over it.

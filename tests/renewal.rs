@@ -9,9 +9,9 @@ mod support;
 use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig, TokenFailure};
-use avemint::testing::ave::ClientOptions;
-use avemint::testing::clock::UnixTime;
-use avemint::testing::session::{DatabaseUrl, RenewalSettings};
+use avemint_base::clock::UnixTime;
+use avemint_core::ave::ClientOptions;
+use avemint_core::session::{DatabaseUrl, RenewalSettings};
 use futures_util::future::join_all;
 use support::{Browser, Options, SESSION_COOKIE, ServeProcess, TestApp, database_url_string, error_code, sign_in_at};
 
@@ -153,19 +153,19 @@ async fn a_slow_refresh_is_still_a_single_refresh() {
 async fn invalid_grant_ends_the_session(db: Option<DatabaseUrl>) {
     let app = spawn(db, renewal(0), ClientOptions::default()).await;
     let mut browser = app.signed_in_browser().await;
-    let id = avemint::testing::session::SessionId::parse(browser.get(SESSION_COOKIE).expect("cookie")).expect("id");
+    let id = avemint_core::session::SessionId::parse(browser.get(SESSION_COOKIE).expect("cookie")).expect("id");
     wait_for_access_expiry().await;
     app.emulator.revoke_all_refresh_families();
     let resp = app.post_token(&mut browser, true).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(error_code(resp).await, "login_required");
     assert_eq!(refresh_calls(&app.emulator), 1);
-    let sessions = avemint::testing::session::Sessions::open(
+    let sessions = avemint_core::session::Sessions::open(
         &app.settings.store.database_url,
         &app.settings.store.keys,
         app.settings.session.clone(),
         Duration::ZERO,
-        avemint::testing::clock::Clock::System,
+        avemint_base::clock::Clock::System,
     )
     .await
     .expect("open");
@@ -501,17 +501,17 @@ fn browser_cookie_before(browser: &Browser) -> String {
 
 #[tokio::test]
 async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
-    use avemint::testing::session::SessionSettings;
+    use avemint_core::session::SessionSettings;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = DatabaseUrl::Sqlite(format!("sqlite://{}", dir.path().join("s.db").display()));
-    let keys = avemint::testing::session::SealingKeys::from_keys(vec![[3; 32]]);
+    let keys = avemint_core::session::SealingKeys::from_keys(vec![[3; 32]]);
     let settings = SessionSettings {
         idle_timeout: Duration::from_secs(100),
         lifetime: Duration::from_secs(1000),
         ..SessionSettings::default()
     };
-    let clock = avemint::testing::clock::ManualClock::new(UnixTime::EPOCH);
-    let sessions = avemint::testing::session::Sessions::open(&url, &keys, settings, Duration::ZERO, clock.clock())
+    let clock = avemint_base::clock::ManualClock::new(UnixTime::EPOCH);
+    let sessions = avemint_core::session::Sessions::open(&url, &keys, settings, Duration::ZERO, clock.clock())
         .await
         .expect("open");
     // Reads the session at `secs` by the manual clock.
@@ -520,14 +520,14 @@ async fn sessions_expire_by_idle_timeout_and_lifetime_and_are_swept() {
         let sessions = &sessions;
         async move { sessions.load(&key).await.expect("load") }
     };
-    let data = || avemint::testing::session::SessionData {
-        sid: avemint::testing::session::SessionHandle::generate(),
+    let data = || avemint_core::session::SessionData {
+        sid: avemint_core::session::SessionHandle::generate(),
         sub: "u".into(),
         scope: "openid".into(),
-        tokens: avemint::testing::session::AveTokens {
-            access_token: avemint::testing::secret::Secret::new("a".into()),
+        tokens: avemint_core::session::AveTokens {
+            access_token: avemint_base::secret::Secret::new("a".into()),
             access_token_jwt: None,
-            id_token: avemint::testing::secret::Secret::new("i".into()),
+            id_token: avemint_base::secret::Secret::new("i".into()),
             refresh_token: None,
             access_expires_at: UnixTime::from_secs(10_000),
         },

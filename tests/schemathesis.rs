@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::traffic::rate_limit::RateLimit;
+use avemint::config::SecuritySettings;
+use avemint_core::traffic::rate_limit::RateLimit;
 use support::{Options, SESSION_COOKIE, TestApp};
 
 /// The schemathesis release the test runs (PyPI).

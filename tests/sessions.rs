@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::testing::session::DatabaseUrl;
+use avemint_core::session::DatabaseUrl;
 use serde_json::{Value, json};
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
@@ -239,7 +239,7 @@ async fn logout_scopes(db: Option<DatabaseUrl>) {
 /// left of the lifetime; and the lifetime once that is shorter.
 async fn the_session_says_when_it_ends(db: Option<DatabaseUrl>) {
     let app = TestApp::spawn_with(Options {
-        session: Some(avemint::testing::session::SessionSettings {
+        session: Some(avemint_core::session::SessionSettings {
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
             max_sessions_per_user: 50,
@@ -264,7 +264,7 @@ async fn the_session_says_when_it_ends(db: Option<DatabaseUrl>) {
     app.stop().await;
 
     let app = TestApp::spawn_with(Options {
-        session: Some(avemint::testing::session::SessionSettings {
+        session: Some(avemint_core::session::SessionSettings {
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(120),
             max_sessions_per_user: 50,
@@ -384,14 +384,14 @@ async fn postgres_a_session_ended_on_one_instance_is_refused_by_the_other_within
 /// two, the older session used again survives a third sign-in and the younger idle one ends. Activity is recorded
 /// at most once a minute, so the injected clock moves past that minute (no session cache: each request reads the row).
 async fn the_cap_ends_the_least_recently_used(db: Option<DatabaseUrl>) {
-    let start = avemint::testing::clock::Clock::System.now();
-    let clock = avemint::testing::clock::ManualClock::new(start);
+    let start = avemint_base::clock::Clock::System.now();
+    let clock = avemint_base::clock::ManualClock::new(start);
     let app = TestApp::spawn_with(Options {
-        session: Some(avemint::testing::session::SessionSettings {
+        session: Some(avemint_core::session::SessionSettings {
             max_sessions_per_user: 2,
             ..Default::default()
         }),
-        renewal: Some(avemint::testing::session::RenewalSettings {
+        renewal: Some(avemint_core::session::RenewalSettings {
             session_cache_ttl: Duration::ZERO,
             ..Default::default()
         }),
@@ -427,13 +427,13 @@ async fn keyed(
     keys: &str,
     db: &DatabaseUrl,
     emulator: Option<&ave_emulator::Emulator>,
-    clock: &avemint::testing::clock::ManualClock,
+    clock: &avemint_base::clock::ManualClock,
 ) -> TestApp {
     TestApp::spawn_with(Options {
         database_url: Some(db.clone()),
         shared_emulator: emulator.cloned(),
         env: vec![("AVEMINT_SESSION_KEYS", keys.to_owned())],
-        renewal: Some(avemint::testing::session::RenewalSettings {
+        renewal: Some(avemint_core::session::RenewalSettings {
             session_cache_ttl: Duration::ZERO,
             ..Default::default()
         }),
@@ -487,8 +487,8 @@ async fn stored_sessions(db: &DatabaseUrl) -> i64 {
 /// the row (it used to call the row tampered and delete it: 200, then 401 everywhere). Once A knows `NEW,OLD`
 /// too, both serve it. A row that fails under a key the instance holds is still deleted.
 async fn a_rolling_session_key_rotation_loses_no_session(db: Option<DatabaseUrl>) {
-    let start = avemint::testing::clock::Clock::System.now();
-    let clock = avemint::testing::clock::ManualClock::new(start);
+    let start = avemint_base::clock::Clock::System.now();
+    let clock = avemint_base::clock::ManualClock::new(start);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = db.unwrap_or_else(|| {
         DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("shared.db").display())).expect("sqlite url")

@@ -4,8 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use avemint::testing::session::SessionId;
-use avemint::testing::session::{RenewalSettings, SessionSettings};
+use avemint_core::session::SessionId;
+use avemint_core::session::{RenewalSettings, SessionSettings};
 use support::{Browser, Options, SESSION_COOKIE, TestApp};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -69,32 +69,32 @@ async fn sessions_survive_a_restart_on_the_same_database_and_keys() {
     let mut b = app.signed_in_browser().await;
     assert_eq!(app.post_token(&mut b, true).await.status(), 200);
     // A second process on the same file and keys reads the session.
-    let sessions = avemint::testing::session::Sessions::open(
+    let sessions = avemint_core::session::Sessions::open(
         &app.settings.store.database_url,
         &app.settings.store.keys,
         app.settings.session.clone(),
         std::time::Duration::ZERO,
-        avemint::testing::clock::Clock::System,
+        avemint_base::clock::Clock::System,
     )
     .await
     .expect("open");
-    let id = avemint::testing::session::SessionId::parse(b.get(SESSION_COOKIE).expect("cookie")).expect("id");
+    let id = avemint_core::session::SessionId::parse(b.get(SESSION_COOKIE).expect("cookie")).expect("id");
     let s = sessions.load(&id.key()).await.expect("load").expect("present");
     assert_eq!(s.data.sub, app.emulator.users()[0].id);
     // With a different key the row cannot be opened: refused as written under a key this instance does not hold
     // (it cannot tell a key it lacks yet from one it dropped, issue 22 §3), and not deleted.
-    let other = avemint::testing::session::Sessions::open(
+    let other = avemint_core::session::Sessions::open(
         &app.settings.store.database_url,
-        &avemint::testing::session::SealingKeys::from_keys(vec![[1; 32]]),
+        &avemint_core::session::SealingKeys::from_keys(vec![[1; 32]]),
         app.settings.session.clone(),
         std::time::Duration::ZERO,
-        avemint::testing::clock::Clock::System,
+        avemint_base::clock::Clock::System,
     )
     .await
     .expect("open");
     assert!(matches!(
         other.load(&id.key()).await,
-        Err(avemint::testing::session::StoreError::KeyNotHeld(_))
+        Err(avemint_core::session::StoreError::KeyNotHeld(_))
     ));
     assert!(sessions.load(&id.key()).await.expect("load").is_some(), "row untouched");
     app.stop().await;
@@ -205,7 +205,7 @@ async fn cap_ends_the_oldest(app: &TestApp) -> Vec<Browser> {
     browsers
 }
 
-fn capped(max: u32, database_url: Option<avemint::testing::session::DatabaseUrl>) -> Options {
+fn capped(max: u32, database_url: Option<avemint_core::session::DatabaseUrl>) -> Options {
     uncached(Options {
         session: Some(SessionSettings {
             max_sessions_per_user: max,
@@ -218,7 +218,7 @@ fn capped(max: u32, database_url: Option<avemint::testing::session::DatabaseUrl>
 
 /// Issue 13 item 6 "Sessions per user"; on PostgreSQL, the store also holds
 /// no plaintext `sub` (nor its unkeyed hash).
-async fn sessions_per_user_are_capped(db: Option<avemint::testing::session::DatabaseUrl>) {
+async fn sessions_per_user_are_capped(db: Option<avemint_core::session::DatabaseUrl>) {
     let app = TestApp::spawn_with(capped(2, db.clone())).await;
     cap_ends_the_oldest(&app).await;
     match db {
@@ -242,7 +242,7 @@ async fn sqlite_owners_are_one_keyed_hash(app: &TestApp) {
     pool.close().await;
 }
 
-async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint::testing::session::DatabaseUrl) {
+async fn postgres_rows_hold_no_plaintext_sub(app: &TestApp, url: &avemint_core::session::DatabaseUrl) {
     let dump = support::postgres_session_rows(url).await;
     assert_eq!(dump.len(), 2);
     let sub = app.emulator.users()[0].id.clone();

@@ -11,11 +11,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use avemint::testing::clock::UnixTime;
-use avemint::testing::session::DatabaseUrl;
-use avemint::testing::session::postgres::PostgresStore;
-use avemint::testing::session::sqlite::SqliteStore;
-use avemint::testing::session::{
+use avemint_base::clock::UnixTime;
+use avemint_core::session::DatabaseUrl;
+use avemint_core::session::postgres::PostgresStore;
+use avemint_core::session::sqlite::SqliteStore;
+use avemint_core::session::{
     CountCutoffs, HandleKey, OwnerKey, SessionCounts, SessionRowKey, SessionStore, StoreError, StoredSession,
     SweepCutoffs,
 };

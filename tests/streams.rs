@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use avemint::testing::clock::{ManualClock, UnixTime};
-use avemint::testing::session::{DatabaseUrl, SessionSettings};
+use avemint_base::clock::{ManualClock, UnixTime};
+use avemint_core::session::{DatabaseUrl, SessionSettings};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use poem::listener::TcpAcceptor;

@@ -11,9 +11,9 @@ mod support;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use avemint::config::SecuritySettings;
 use avemint::telemetry::Tracing;
-use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::traffic::client_ip::TrustedProxies;
+use avemint_core::traffic::client_ip::TrustedProxies;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;

@@ -4,8 +4,8 @@
 //! on this origin.
 #![no_main]
 
-use avemint::testing::secret::Secret;
-use avemint::testing::signin::{Callback, PendingLogin, ReturnPath, SignInError, check_state};
+use avemint_base::secret::Secret;
+use avemint_core::signin::{Callback, PendingLogin, ReturnPath, SignInError, check_state};
 use libfuzzer_sys::fuzz_target;
 
 const STATE: &str = "Zm9vYmFyLXN0YXRlLWZvci1mdXp6aW5nLTEyMzQ1Njc4OTA";
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         nonce: Secret::new("nonce".to_owned()),
         verifier: Secret::new("verifier".to_owned()),
         return_to: return_path,
-        started_at: avemint::testing::clock::UnixTime::EPOCH,
+        started_at: avemint_base::clock::UnixTime::EPOCH,
     };
     let callback = Callback {
         code: code.as_deref(),

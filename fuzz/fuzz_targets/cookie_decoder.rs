@@ -5,11 +5,11 @@
 
 use std::sync::OnceLock;
 
-use avemint::testing::clock::UnixTime;
-use avemint::testing::http::cookies::MAX_COOKIE_LEN;
-use avemint::testing::session::SealingKeys;
-use avemint::testing::session::{Purpose, Sealer, SessionId};
-use avemint::testing::signin::{PendingLoginError, decode_login};
+use avemint_base::clock::UnixTime;
+use avemint::http::cookies::MAX_COOKIE_LEN;
+use avemint_core::session::SealingKeys;
+use avemint_core::session::{Purpose, Sealer, SessionId};
+use avemint_core::signin::{PendingLoginError, decode_login};
 use libfuzzer_sys::fuzz_target;
 
 /// The key the seed corpus was sealed with.

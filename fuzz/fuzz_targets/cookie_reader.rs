@@ -6,10 +6,10 @@
 
 use std::sync::OnceLock;
 
-use avemint::testing::session::SealingKeys;
-use avemint::testing::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, find, values};
-use avemint::testing::session::{Purpose, Sealer};
-use avemint::testing::signin::decode_login;
+use avemint_core::session::SealingKeys;
+use avemint::http::cookies::{LOGIN_COOKIE, SESSION_COOKIE, Sent, counted_len, find, values};
+use avemint_core::session::{Purpose, Sealer};
+use avemint_core::signin::decode_login;
 use libfuzzer_sys::fuzz_target;
 
 fn sealer() -> &'static Sealer {
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(all, vec![v]);
                 assert!(!v.contains(&b';'));
                 if let Ok(s) = std::str::from_utf8(v) {
-                    let _ = decode_login(s, sealer(), avemint::testing::clock::UnixTime::from_secs(1_800_000_000));
+                    let _ = decode_login(s, sealer(), avemint_base::clock::UnixTime::from_secs(1_800_000_000));
                 }
             }
             Sent::Ambiguous => assert!(all.len() > 1),

@@ -6,8 +6,8 @@
 
 use std::sync::OnceLock;
 
-use avemint::testing::ave::KeySet;
-use avemint::testing::ave::id_token::{NonceCheck, validate_with_keys};
+use avemint_core::ave::KeySet;
+use avemint_core::ave::id_token::{NonceCheck, validate_with_keys};
 use libfuzzer_sys::fuzz_target;
 
 /// The public half of a throw-away RSA key that signed the seed corpus.
@@ -16,7 +16,7 @@ const ISSUER: &str = "https://ave.fuzz.example";
 const CLIENT_ID: &str = "app_fuzz";
 const NONCE: &str = "fuzz-nonce";
 /// The seeds are valid at this time (unix seconds).
-const NOW: avemint::testing::clock::UnixTime = avemint::testing::clock::UnixTime::from_secs(1_800_000_000);
+const NOW: avemint_base::clock::UnixTime = avemint_base::clock::UnixTime::from_secs(1_800_000_000);
 
 fn keys() -> &'static KeySet {
     static K: OnceLock<KeySet> = OnceLock::new();

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use avemint::testing::proxy::RouteSettings;
-use avemint::testing::proxy::readings::escape;
-use avemint::testing::proxy::settings::check_rest;
+use avemint_core::proxy::RouteSettings;
+use avemint_core::proxy::readings::escape;
+use avemint_core::proxy::settings::check_rest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use avemint::testing::ave::client::classify_error;
-use avemint::testing::ave::{AveError, TokenResponse};
+use avemint_core::ave::client::classify_error;
+use avemint_core::ave::{AveError, TokenResponse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -25,9 +25,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme,
 use super::AppState;
 use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
-use crate::secret::Secret;
-use crate::session::{SessionCounts, SessionHandle, StoreError};
-use crate::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
+use avemint_base::secret::Secret;
+use avemint_core::session::{SessionCounts, SessionHandle, StoreError};
+use avemint_core::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
 
 /// Shortest admin token accepted (`openssl rand -hex 32` gives 64 characters).
 pub(crate) const MIN_TOKEN_LEN: usize = 32;
@@ -87,7 +87,7 @@ impl AdminToken {
 
     /// True when `presented` is the token (constant time over the digests).
     fn matches(&self, presented: &str) -> bool {
-        crate::ave::id_token::constant_time_eq(&sha256(presented.as_bytes()), self.digest.expose())
+        avemint_core::ave::id_token::constant_time_eq(&sha256(presented.as_bytes()), self.digest.expose())
     }
 }
 

@@ -14,18 +14,18 @@ use super::errors::{ApiError, ErrorBody};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
 use super::{ApiTags, AppState};
-use crate::ave::AveError;
-use crate::clock::UnixTime;
-use crate::mint::profiles::SelectError;
-use crate::mint::{MintError, MintedToken, Subject};
-use crate::session::{
+use avemint_base::clock::UnixTime;
+use avemint_core::ave::AveError;
+use avemint_core::mint::profiles::SelectError;
+use avemint_core::mint::{MintError, MintedToken, Subject};
+use avemint_core::session::{
     RenewError, Sealer, Session, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom, StoreError,
 };
-use crate::signin::{
+use avemint_core::signin::{
     Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, SignInError, decode_login, encode_login,
 };
-use crate::traffic::client_ip::ClientIp;
-use crate::traffic::device;
+use avemint_core::traffic::client_ip::ClientIp;
+use avemint_core::traffic::device;
 
 /// The auth endpoints.
 pub(crate) struct AuthApi;
@@ -286,7 +286,7 @@ impl From<SignInError> for ApiError {
             | SignInError::ProviderError => ApiError::invalid_request(description),
             SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
             SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
-            SignInError::IdToken(crate::ave::IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
+            SignInError::IdToken(avemint_core::ave::IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
             SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
             SignInError::NoIdToken => ApiError::bad_gateway(description),
             SignInError::Ave(ref ave) => ave_unavailable(ave),
@@ -682,7 +682,7 @@ impl AuthApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use avemint_base::secret::Secret;
     use poem::IntoResponse as _;
     use poem_openapi::types::ToJSON as _;
 

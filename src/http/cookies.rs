@@ -34,8 +34,8 @@ use std::time::Duration;
 use poem::http::{HeaderMap, HeaderValue, header};
 use poem::{FromRequest, Request, RequestBody, Response};
 
-use crate::session::SessionId;
-use crate::signin::pending::{LOGIN_TTL, MAX_LOGIN_VALUE};
+use avemint_core::session::SessionId;
+use avemint_core::signin::pending::{LOGIN_TTL, MAX_LOGIN_VALUE};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "__Host-avemint";

@@ -56,7 +56,7 @@ fn parse_origin(raw: &str) -> Result<String, String> {
             "`{raw}` must be an origin only: scheme, host and port, no path"
         ));
     }
-    if url.scheme() == "http" && !crate::web_url::is_loopback(&url) {
+    if url.scheme() == "http" && !avemint_base::web_url::is_loopback(&url) {
         return Err(format!(
             "`{raw}` must use https (http is accepted only for loopback hosts)"
         ));

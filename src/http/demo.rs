@@ -19,7 +19,7 @@
 use poem::http::header;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
-use crate::route::Route;
+use avemint_base::route::Route;
 
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">

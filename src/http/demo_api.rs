@@ -128,14 +128,21 @@ pub(crate) fn hello(req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mint::keys::KeyRing;
+    use avemint_core::mint::keys::KeyRing;
     use serde_json::json;
 
     const URL: &str = "http://127.0.0.1:8080";
 
     fn new_ring() -> (tempfile::TempDir, KeyRing) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ring = KeyRing::load_or_generate(&dir.path().join("keys")).expect("keys");
+        let keys = &dir.path().join("keys");
+        avemint_core::mint::keys::KeyDir::new(keys)
+            .ensure(
+                avemint_core::mint::keys::Algorithm::Es256,
+                avemint_base::clock::Clock::System.now(),
+            )
+            .expect("generate");
+        let ring = KeyRing::load(keys).expect("keys");
         (dir, ring)
     }
 
@@ -146,7 +153,7 @@ mod tests {
     }
 
     fn claims(exp_offset: i64) -> Value {
-        let now = crate::clock::Clock::System.now().as_secs();
+        let now = avemint_base::clock::Clock::System.now().as_secs();
         json!({"iss": URL, "aud": URL, "sub": "user-1", "name": "Ada", "iat": now, "exp": now + exp_offset})
     }
 

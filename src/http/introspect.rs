@@ -3,7 +3,7 @@
 //! Why a module of its own: it is the one endpoint called by servers, not by
 //! the browser — no cookies, no CSRF header, HTTP Basic client
 //! authentication (RFC 6749 §2.3.1) with a token profile's name and its
-//! introspection secret. The steps are `crate::introspection`'s; this module
+//! introspection secret. The steps are `avemint_core::introspection`'s; this module
 //! parses the request and shapes the answer.
 
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 
 use super::errors::ErrorBody;
 use super::{ApiTags, AppState};
-use crate::introspection::{self, Answer, ClientError};
-use crate::session::StoreError;
-use crate::traffic::client_ip::ClientIp;
-use crate::traffic::rate_limit::CredentialVerdict;
+use avemint_core::introspection::{self, Answer, ClientError};
+use avemint_core::session::StoreError;
+use avemint_core::traffic::client_ip::ClientIp;
+use avemint_core::traffic::rate_limit::CredentialVerdict;
 
 /// The introspection endpoint.
 pub(crate) struct IntrospectApi;

@@ -3,13 +3,13 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
-pub(crate) mod cookies;
+pub mod cookies;
 pub(crate) mod cors;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;
 #[cfg(feature = "demo")]
 pub(crate) mod demo_api;
-pub(crate) mod docs;
+pub mod docs;
 pub(crate) mod errors;
 pub(crate) mod introspect;
 pub(crate) mod ops;
@@ -30,12 +30,12 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 use tracing::Instrument as _;
 
-use crate::ave::AveClient;
-use crate::clock::Clock;
-use crate::mint::Minter;
-use crate::route::Route;
-use crate::session::{Renewer, Sessions};
-use crate::web_url::PublicUrl;
+use avemint_base::clock::Clock;
+use avemint_base::route::Route;
+use avemint_base::web_url::PublicUrl;
+use avemint_core::ave::AveClient;
+use avemint_core::mint::Minter;
+use avemint_core::session::{Renewer, Sessions};
 
 /// Everything a request handler may use.
 pub(crate) struct AppState {
@@ -51,13 +51,13 @@ pub(crate) struct AppState {
     /// The store check of `/readyz` and `/metrics`.
     pub store_check: ops::StoreCheck,
     /// Limits failed code exchanges per client network, so junk codes cannot spend Ave's token budget.
-    pub sign_in_limiter: crate::traffic::rate_limit::CodeExchangeLimiter,
+    pub sign_in_limiter: avemint_core::traffic::rate_limit::CodeExchangeLimiter,
     /// Limits wrong introspection credentials per client network (429 past the limit).
-    pub introspect_limiter: crate::traffic::rate_limit::CredentialLimiter,
+    pub introspect_limiter: avemint_core::traffic::rate_limit::CredentialLimiter,
     /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
-    pub proxy: crate::proxy::Proxy,
+    pub proxy: avemint_core::proxy::Proxy,
 }
 
 /// OpenAPI tags.
@@ -220,17 +220,17 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
 #[poem::handler]
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
     if let Some(pool) = state.sessions.store().pool_stats() {
-        crate::metrics::store_pool(pool.in_use, pool.idle, pool.max);
+        avemint_base::metrics::store_pool(pool.in_use, pool.idle, pool.max);
     }
     let budget = state.ave.token_budget();
-    crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
-    crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
+    avemint_base::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
+    avemint_base::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
     let (paused, circuit) = state.ave.back_pressure();
-    crate::metrics::ave_back_pressure(paused, circuit as u8);
-    let mut body = crate::metrics::render();
+    avemint_base::metrics::ave_back_pressure(paused, circuit as u8);
+    let mut body = avemint_base::metrics::render();
     body.push_str(&ops::Readiness::check(&state).await.metrics());
     Response::builder()
-        .content_type(crate::metrics::CONTENT_TYPE)
+        .content_type(avemint_base::metrics::CONTENT_TYPE)
         .body(body)
 }
 
@@ -242,7 +242,7 @@ async fn respond<E: Endpoint>(
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &crate::proxy::Proxy,
+    proxy: &avemint_core::proxy::Proxy,
 ) -> Response {
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
@@ -252,7 +252,7 @@ async fn respond<E: Endpoint>(
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
     if guard.trusts_peer(&req) {
-        crate::trace_context::adopt(&span, req.headers());
+        avemint_base::trace_context::adopt(&span, req.headers());
     }
     let mut resp = respond_in_span(ep, req, method, served, guard, allow, proxy)
         .instrument(span.clone())
@@ -265,8 +265,8 @@ async fn respond<E: Endpoint>(
 }
 
 /// Access lines of answers an outage or a flood repeats, per route label and status (`log_gate`).
-static REPEATED_ANSWERS: crate::log_gate::LogGate<(crate::metrics::RouteLabel, u16)> =
-    crate::log_gate::LogGate::new(crate::log_gate::OUTAGE_INTERVAL);
+static REPEATED_ANSWERS: avemint_base::log_gate::LogGate<(avemint_base::metrics::RouteLabel, u16)> =
+    avemint_base::log_gate::LogGate::new(avemint_base::log_gate::OUTAGE_INTERVAL);
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
 /// codes).
@@ -277,14 +277,14 @@ async fn respond_in_span<E: Endpoint>(
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &crate::proxy::Proxy,
+    proxy: &avemint_core::proxy::Proxy,
 ) -> Response {
     let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
     let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
-        Some(_) => crate::metrics::RouteLabel::PROXIED,
-        None => crate::metrics::RouteLabel::of(served),
+        Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
+        None => avemint_base::metrics::RouteLabel::of(served),
     };
     let mut resp = match admitted {
         Ok(mut req) => {
@@ -314,7 +314,7 @@ async fn respond_in_span<E: Endpoint>(
     guard.finish(&mut resp, &seen);
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    crate::metrics::record_request(route, status, elapsed);
+    avemint_base::metrics::record_request(route, status, elapsed);
     if let Some(metrics) = proxied {
         metrics.request(status);
     }

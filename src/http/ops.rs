@@ -21,7 +21,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::{ApiTags, AppState};
-use crate::ave::{DocumentStatus, MetadataStatus};
+use avemint_core::ave::{DocumentStatus, MetadataStatus};
 
 /// How long `/readyz` and `/metrics` wait for the store to answer before
 /// reporting it down.
@@ -42,7 +42,7 @@ impl StoreCheck {
     /// True when the store answered a ping within [`STORE_CHECK_TIMEOUT`], at
     /// most [`STORE_CHECK_REUSE`] ago. One check at a time: concurrent callers
     /// wait for it and share its answer.
-    pub(crate) async fn store_answers(&self, sessions: &crate::session::Sessions) -> bool {
+    pub(crate) async fn store_answers(&self, sessions: &avemint_core::session::Sessions) -> bool {
         let mut last = self.last.lock().await;
         if let Some((at, up)) = *last
             && at.elapsed() < STORE_CHECK_REUSE
@@ -137,7 +137,7 @@ pub(crate) struct BudgetClassHealth {
 }
 
 impl BudgetHealth {
-    fn of(b: crate::ave::budget::BudgetSnapshot) -> Self {
+    fn of(b: avemint_core::ave::budget::BudgetSnapshot) -> Self {
         Self {
             renewal: BudgetClassHealth {
                 limit: b.per_minute,

@@ -33,12 +33,12 @@ use super::cookies::{self, CookieChanges};
 use super::cors;
 use super::errors::{ApiError, answer};
 use super::request_id::RequestId;
-use crate::log_gate::LogGate;
-use crate::metrics::{ProxyRouteMetrics, StreamKind};
-use crate::proxy::settings::check_rest;
-use crate::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
-use crate::session::Session;
-use crate::traffic::client_ip::ClientIp;
+use avemint_base::log_gate::LogGate;
+use avemint_base::metrics::{ProxyRouteMetrics, StreamKind};
+use avemint_core::proxy::settings::check_rest;
+use avemint_core::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
+use avemint_core::session::Session;
+use avemint_core::traffic::client_ip::ClientIp;
 
 /// The proxied routes in the OpenAPI document: their paths are configuration (`[[routes]]`, `AVEMINT_ROUTES`), so
 /// no operation can list them; a `Proxy` tag describes the answers avemint itself gives on them.
@@ -237,7 +237,8 @@ fn session_ended(state: &Arc<AppState>, session: &Session) -> impl Future<Output
     let state = state.clone();
     let (sub, sid) = (session.data.sub.clone(), session.data.sid.as_str().to_owned());
     async move {
-        crate::proxy::session_ended(|| async { !matches!(state.sessions.is_live(&sub, &sid).await, Ok(false)) }).await;
+        avemint_core::proxy::session_ended(|| async { !matches!(state.sessions.is_live(&sub, &sid).await, Ok(false)) })
+            .await;
     }
 }
 
@@ -298,8 +299,8 @@ fn downstream(
 ) -> Response {
     let status = answer.response.status();
     let mut headers = answer.response.headers().clone();
-    crate::proxy::headers::strip_hop_by_hop(&mut headers);
-    for name in crate::proxy::headers::drop_echoes(&mut headers, bearer) {
+    avemint_core::proxy::headers::strip_hop_by_hop(&mut headers);
+    for name in avemint_core::proxy::headers::drop_echoes(&mut headers, bearer) {
         if let Some(held_back) = BEARER_ECHOED.pass() {
             tracing::warn!(route = %route.path, header = %name, held_back, "an upstream answer header contained the bearer sent upstream: dropped");
         }

@@ -10,7 +10,7 @@
 
 use poem::http::{HeaderMap, HeaderValue};
 
-use crate::route::Route;
+use avemint_base::route::Route;
 
 /// The request id header, in both directions.
 pub(crate) const HEADER: &str = "x-request-id";

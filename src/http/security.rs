@@ -24,11 +24,11 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::cors::{self, AllowedOrigins};
 use super::errors::ErrorBody;
-use crate::proxy::Routes;
-use crate::route::{Limited, Route};
-use crate::traffic::client_ip::{ClientIp, TrustedProxies};
-use crate::traffic::rate_limit::{RateLimit, RateLimiter};
-use crate::web_url::PublicUrl;
+use avemint_base::route::{Limited, Route};
+use avemint_base::web_url::PublicUrl;
+use avemint_core::proxy::Routes;
+use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
+use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
 /// All `Cookie` headers together may not be longer than this, not counting avemint's own two cookies (see
 /// `cookies::counted_len`), so they are never why a request is refused.

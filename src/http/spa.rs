@@ -13,7 +13,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 pub(crate) const HELPER: &str = include_str!("assets/avemint.js");
 
 /// The path the helper is served at.
-pub(crate) const PATH: &str = crate::route::Route::SpaHelper.path();
+pub(crate) const PATH: &str = avemint_base::route::Route::SpaHelper.path();
 
 /// Browsers may cache the helper for an hour (it changes only with an avemint release).
 const CACHE_CONTROL: &str = "public, max-age=3600";

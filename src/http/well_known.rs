@@ -13,8 +13,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::prepared_json::PreparedJson;
 use super::{ApiTags, AppState};
-use crate::mint::keys::JWKS_CACHE_LIFETIME;
-use crate::route::Route;
+use avemint_base::route::Route;
+use avemint_core::mint::keys::JWKS_CACHE_LIFETIME;
 
 /// The well-known endpoints.
 pub(crate) struct WellKnownApi;
@@ -161,12 +161,19 @@ impl WellKnownApi {
 #[cfg(test)]
 mod tests {
     use super::none_match;
-    use crate::mint::keys::KeyRing;
+    use avemint_core::mint::keys::KeyRing;
 
     #[test]
     fn the_served_jwks_has_only_documented_public_members() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ring = KeyRing::load_or_generate(dir.path()).expect("keys");
+        let keys = dir.path();
+        avemint_core::mint::keys::KeyDir::new(keys)
+            .ensure(
+                avemint_core::mint::keys::Algorithm::Es256,
+                avemint_base::clock::Clock::System.now(),
+            )
+            .expect("generate");
+        let ring = KeyRing::load(keys).expect("keys");
         let served: serde_json::Value = serde_json::from_slice(ring.jwks_json()).expect("JSON");
         assert_eq!(&served, ring.jwks());
         let keys = served["keys"].as_array().expect("keys");

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ave_emulator::{Emulator, EmulatorConfig};
+use avemint::config::SecuritySettings;
 use avemint::config::{ConfigErrors, Settings};
 use avemint::startup::{Application, Mode};
-use avemint::testing::ave::ClientOptions;
-use avemint::testing::http::security::SecuritySettings;
-use avemint::testing::mint::profiles::TokenSettings;
-use avemint::testing::session::{DatabaseUrl, RenewalSettings, SessionSettings};
-use avemint::testing::web_url::PublicUrl;
+use avemint_base::web_url::PublicUrl;
+use avemint_core::ave::ClientOptions;
+use avemint_core::mint::profiles::TokenSettings;
+use avemint_core::session::{DatabaseUrl, RenewalSettings, SessionSettings};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
@@ -73,7 +73,7 @@ pub struct Options {
     /// Listen on this loopback port instead of a random one (restarting "the same" avemint).
     pub port: Option<u16>,
     /// Key algorithm and rotation (default: ES256, no automatic rotation).
-    pub signing: Option<avemint::testing::mint::keys::KeyPolicy>,
+    pub signing: Option<avemint_core::mint::keys::KeyPolicy>,
     /// Allowed origins, trusted proxies, sign-in rate limit (defaults as in production).
     pub security: Option<SecuritySettings>,
     /// Session lifetimes and the sessions-per-user cap (defaults as in production).
@@ -88,7 +88,7 @@ pub struct Options {
     /// Turns the admin API on with this token (`AVEMINT_ADMIN_TOKEN`), on a random loopback port.
     pub admin_token: Option<String>,
     /// The instance's wall clock (default: the system's); a `ManualClock` moves time without waiting.
-    pub clock: Option<avemint::testing::clock::Clock>,
+    pub clock: Option<avemint_base::clock::Clock>,
 }
 
 impl TestApp {
@@ -513,7 +513,7 @@ pub async fn postgres_schema(test: &str) -> Option<DatabaseUrl> {
 }
 
 fn rand_bytes() -> [u8; 8] {
-    avemint::testing::secret::random_bytes::<8>()
+    avemint_base::secret::random_bytes::<8>()
 }
 
 fn hex(b: &[u8]) -> String {

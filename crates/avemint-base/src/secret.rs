@@ -1,0 +1,103 @@
+//! `Secret<T>`: a value that must never reach a log line, an error message or
+//! a response by accident.
+//!
+//! Tokens, the client secret and session keys are wrapped from the moment they
+//! are read. `Debug` and `Display` print `[redacted]`, and the inner value is
+//! zeroized on drop. Reading the value needs an explicit `expose()`, which makes
+//! every use easy to find in review.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::{Zeroize, Zeroizing};
+
+/// A redacting, zeroize-on-drop wrapper.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T: Zeroize>(Zeroizing<T>);
+
+impl<T: Zeroize> Secret<T> {
+    /// Wraps a value.
+    pub fn new(value: T) -> Self {
+        Self(Zeroizing::new(value))
+    }
+
+    /// Reads the value. Every call site is a place where the secret leaves its box.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Zeroize> From<T> for Secret<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T: Zeroize> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T: Zeroize> std::fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Serialization exists only so a secret can be sealed (encrypted) into the
+/// session store; nothing else serializes a type that holds one.
+impl<T: Zeroize + Serialize> Serialize for Secret<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, T: Zeroize + Deserialize<'de>> Deserialize<'de> for Secret<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// `N` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    fill_random(&mut buf);
+    buf
+}
+
+/// Fills `buf` from the operating system's CSPRNG (aws-lc).
+pub fn fill_random(buf: &mut [u8]) {
+    // SystemRandom only fails when the OS has no entropy source at all, in
+    // which case nothing in this service can work safely.
+    aws_lc_rs::rand::fill(buf).expect("the operating system's random number generator failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_redact() {
+        let s = Secret::new(String::from("hunter2"));
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    /// Records whether it was zeroized.
+    struct Probe(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Zeroize for Probe {
+        fn zeroize(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_value_is_zeroized_on_drop() {
+        let zeroized = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let secret = Secret::new(Probe(zeroized.clone()));
+        assert!(!zeroized.load(std::sync::atomic::Ordering::SeqCst));
+        drop(secret);
+        assert!(zeroized.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}

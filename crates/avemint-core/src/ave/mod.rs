@@ -1,0 +1,20 @@
+//! Everything that talks to Ave, or pretends to be Ave.
+//!
+//! `client` speaks Ave's real wire protocol (`docs/ave-protocol.md`) and
+//! `id_token` validates what Ave signs; `settings` is what the client is
+//! configured with (the Ave application, timeouts, token budget); `budget` and `backpressure` decide
+//! whether a token call may go out at all. The local Ave that `avemint demo` and
+//! the tests run against is its own crate, `crates/ave-emulator`.
+
+pub(crate) mod backpressure;
+pub mod budget;
+pub(crate) mod client;
+pub mod id_token;
+pub(crate) mod metadata;
+pub mod settings;
+
+pub(crate) use client::TokenPermit;
+pub use client::{AveClient, AveError, KeySet, TokenResponse};
+pub use id_token::IdTokenError;
+pub use metadata::{DocumentStatus, MetadataStatus};
+pub use settings::ClientOptions;

@@ -1,0 +1,113 @@
+//! Token introspection (RFC 7662) for downstream APIs: is this app JWT still good?
+//!
+//! Why it exists: an app JWT stays valid by signature until its `exp`, even
+//! after its session ended (logout, expiry, deletion, the per-user cap). APIs
+//! that must know sooner ask `POST /oauth/introspect`. The steps: the caller
+//! authenticates as a token profile (its name and introspection secret); the
+//! token must be avemint's (`mint::verify`), its `aud` must be the caller's
+//! profile's — a caller never learns anything about another profile's tokens —
+//! and its session must be live (`Sessions::is_live`, no call to Ave).
+
+use serde_json::{Map, Value};
+
+use crate::mint::Minter;
+use crate::mint::verify::{VerifyError, verify};
+use crate::session::{Sessions, StoreError};
+
+/// Why a caller was not authenticated (all map to 401 `invalid_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("no profile has this name")]
+    UnknownProfile,
+    #[error("the profile has no introspection secret configured")]
+    NotEnabled,
+    #[error("wrong secret")]
+    WrongSecret,
+}
+
+/// An introspection answer.
+pub enum Answer {
+    /// `{"active": false}`: not avemint's, expired, another profile's, or its session ended.
+    Inactive(Inactive),
+    /// The token's claims.
+    Active(Map<String, Value>),
+}
+
+/// Why a token is inactive (logged at debug level, never answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inactive {
+    Token(VerifyError),
+    OtherProfile,
+    SessionEnded,
+}
+
+/// Compares two secrets in constant time (over their SHA-256, so the length is not revealed either).
+fn secrets_match(given: &str, expected: &str) -> bool {
+    let digest = |s: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
+    aws_lc_rs::constant_time::verify_slices_are_equal(digest(given).as_ref(), digest(expected).as_ref()).is_ok()
+}
+
+/// Authenticates a caller as the profile `client_id`; returns the profile's audience.
+pub fn authenticate<'m>(minter: &'m Minter, client_id: &str, secret: &str) -> Result<&'m str, ClientError> {
+    let profile = minter
+        .profiles()
+        .by_name(client_id)
+        .ok_or(ClientError::UnknownProfile)?;
+    let expected = profile.introspection_secret.as_ref().ok_or(ClientError::NotEnabled)?;
+    if secrets_match(secret, expected.expose()) {
+        Ok(&profile.audience)
+    } else {
+        Err(ClientError::WrongSecret)
+    }
+}
+
+/// Introspects `token` for a caller authenticated for `audience` (its profile's).
+pub async fn introspect(
+    minter: &Minter,
+    sessions: &Sessions,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+) -> Result<Answer, StoreError> {
+    let ring = minter.keys().current();
+    let claims = match verify(&ring, token, issuer, sessions.now()) {
+        Ok(claims) => claims,
+        Err(e) => return Ok(Answer::Inactive(Inactive::Token(e))),
+    };
+    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
+        return Ok(Answer::Inactive(Inactive::OtherProfile));
+    }
+    let (Some(sub), Some(sid)) = (
+        claims.get("sub").and_then(Value::as_str),
+        claims.get("sid").and_then(Value::as_str),
+    ) else {
+        return Ok(Answer::Inactive(Inactive::SessionEnded));
+    };
+    if sessions.is_live(sub, sid).await? {
+        Ok(Answer::Active(claims))
+    } else {
+        Ok(Answer::Inactive(Inactive::SessionEnded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secrets_match;
+
+    #[test]
+    fn secrets_are_compared_exactly() {
+        assert!(secrets_match(
+            "0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!secrets_match(
+            "0123456789abcdef0123456789abcdeF",
+            "0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!secrets_match("", "0123456789abcdef0123456789abcdef"));
+        assert!(!secrets_match(
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdef"
+        ));
+    }
+}

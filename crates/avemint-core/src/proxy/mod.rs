@@ -1,0 +1,361 @@
+//! Proxy mode: API calls from the browser forwarded to upstream APIs with an
+//! app JWT attached on the server, so no token ever reaches the browser.
+//!
+//! Why a use case of its own: which route a path belongs to, what the
+//! upstream receives (the path with the prefix replaced, the query as sent,
+//! the body streamed and bounded, the headers of `headers`, the bearer of
+//! `bearer`), and how an upstream failure is classified are policy that needs
+//! no HTTP server type. The HTTP adapter (`http::proxy`) checks CSRF, reads
+//! the session, renews it like `/auth/token`, and turns the outcome into an
+//! answer; upstream calls go through reqwest.
+
+pub(crate) mod bearer;
+pub mod headers;
+pub mod readings;
+pub mod settings;
+pub mod websocket;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+use reqwest::Method;
+use reqwest::header::{self, HeaderMap};
+use tokio::time::Instant;
+
+pub use settings::{RouteSettings, RouteSpec, Routes};
+pub use websocket::WebSocketLimits;
+
+pub use avemint_base::metrics::{InFlightStream, ProxyRouteMetrics};
+use avemint_base::web_url::PublicUrl;
+
+/// A request body as it arrives.
+pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+/// Why a request was not forwarded, or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The body is over the route's `max_request_bytes` (by `Content-Length`, or while streaming).
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The request could not be turned into an upstream request (a header or URL avemint cannot send).
+    #[error("the request cannot be forwarded")]
+    Unforwardable,
+    /// The browser's body failed while it was being forwarded (bad chunked framing, a connection cut mid-body):
+    /// the client's fault, not the upstream's.
+    #[error("the request body is malformed or incomplete")]
+    BadBody,
+    /// No connection, or the connection failed before an answer.
+    #[error("the upstream API cannot be reached")]
+    Unreachable,
+    /// No answer (status and headers) within the route's `timeout_ms`.
+    #[error("the upstream API did not answer within {ms} ms")]
+    Timeout { ms: u128 },
+}
+
+/// An upstream's answer, once its status and headers arrived.
+pub struct Answer {
+    pub response: reqwest::Response,
+    /// When the whole answer must have arrived, unless it is a stream (see [`Answer::body`]).
+    pub deadline: Instant,
+}
+
+impl Answer {
+    /// Whether the answer is a stream, exempt from the whole-response bound: server-sent events
+    /// (`text/event-stream`), or a body without `Content-Length` sent chunked (HTTP/1.1) or over HTTP/2 (which has
+    /// no chunked encoding): a download generated as it goes. A WebSocket is never an `Answer` body.
+    pub(crate) fn is_stream(&self) -> bool {
+        let headers = self.response.headers();
+        let event_stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"));
+        let framed_as_it_goes = chunked || self.response.version() >= reqwest::Version::HTTP_2;
+        event_stream || (!headers.contains_key(header::CONTENT_LENGTH) && framed_as_it_goes)
+    }
+
+    /// The body as it arrives, counted in flight by `counted` until it ends or is dropped. It fails (and so the
+    /// connection to the browser is cut, never passed off as complete) when `session_ended` resolves (see
+    /// [`session_ended`]), and, unless it is a stream, when it has not arrived whole by the deadline.
+    pub fn body(
+        self,
+        counted: InFlightStream,
+        session_ended: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send {
+        let deadline = (!self.is_stream()).then_some(self.deadline);
+        let body = self.response.bytes_stream().map_err(io::Error::other);
+        let ended: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(session_ended);
+        futures_util::stream::unfold(Some((Box::pin(body), ended, counted)), move |state| async move {
+            let (mut body, mut ended, counted) = state?;
+            let whole_by = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                next = body.next() => next,
+                () = whole_by => Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the answer did not arrive whole within timeout_ms",
+                ))),
+                () = &mut ended => Some(Err(io::Error::other("the session ended"))),
+            };
+            match next {
+                Some(Ok(chunk)) => Some((Ok(chunk), Some((body, ended, counted)))),
+                Some(Err(e)) => Some((Err(e), None)),
+                None => None,
+            }
+        })
+    }
+}
+
+/// How often the session of a long-lived proxied answer (a streamed body, a WebSocket) is checked: once it has
+/// ended, the answer ends within this (plus, for a session ended on another instance, the session cache's lifetime).
+pub(crate) const SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// Resolves once `alive`, asked every [`SESSION_CHECK`] (the first time one interval from now), says the session
+/// has ended: the one way every long-lived proxied answer learns of its session's end.
+pub async fn session_ended<F, Fut>(mut alive: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut check = tokio::time::interval_at(Instant::now() + SESSION_CHECK, SESSION_CHECK);
+    loop {
+        check.tick().await;
+        if !alive().await {
+            return;
+        }
+    }
+}
+
+/// The upstream HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("the proxy's HTTP client could not be built")]
+pub struct ClientError;
+
+/// A browser request on its way upstream.
+pub struct Outgoing<'a> {
+    pub method: Method,
+    /// The path below the route's prefix (checked with `settings::check_rest`).
+    pub rest: &'a str,
+    pub query: Option<&'a str>,
+    /// The browser's headers without avemint's cookies.
+    pub headers: HeaderMap,
+    /// avemint's id of the request, sent upstream as `X-Request-Id`.
+    pub request_id: Option<&'a str>,
+    pub body: BodyStream,
+}
+
+/// The routes, the upstream client and the bearer cache of one running service.
+pub struct Proxy {
+    routes: Routes,
+    /// Per route, in the order of `routes`.
+    metrics: Vec<ProxyRouteMetrics>,
+    client: reqwest::Client,
+    /// WebSocket handshakes: HTTP/1.1 only (an upgrade does not exist in HTTP/2).
+    handshakes: reqwest::Client,
+    bearers: bearer::Bearers,
+    /// The WebSockets open, within `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` and `AVEMINT_MAX_WEBSOCKETS`.
+    sockets: websocket::OpenSockets,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`: avemint's public origin.
+    proto: String,
+    host: String,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: Routes,
+        websockets: websocket::WebSocketLimits,
+        public_url: &PublicUrl,
+    ) -> Result<Self, ClientError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|_| ClientError)?;
+        let handshakes = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
+            .build()
+            .map_err(|_| ClientError)?;
+        let metrics = routes
+            .all()
+            .iter()
+            .map(|r| avemint_base::metrics::proxy_route(&r.path))
+            .collect();
+        let url = url::Url::parse(public_url.as_str()).map_err(|_| ClientError)?;
+        let host = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => return Err(ClientError),
+        };
+        Ok(Self {
+            routes,
+            metrics,
+            client,
+            handshakes,
+            bearers: bearer::Bearers::default(),
+            sockets: websocket::OpenSockets::new(websockets),
+            proto: url.scheme().to_owned(),
+            host,
+        })
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn bearers(&self) -> &bearer::Bearers {
+        &self.bearers
+    }
+
+    /// The WebSockets open on this instance.
+    pub fn sockets(&self) -> &websocket::OpenSockets {
+        &self.sockets
+    }
+
+    /// The route `path` belongs to, with its metrics.
+    pub fn find(&self, path: &str) -> Option<(&RouteSettings, &ProxyRouteMetrics)> {
+        let i = self.routes.all().iter().position(|r| r.rest(path).is_some())?;
+        Some((self.routes.all().get(i)?, self.metrics.get(i)?))
+    }
+
+    /// Sends `out` to `route`'s upstream with `bearer`; the answer once its status and headers arrived (the body
+    /// streams on). A WebSocket handshake (`websocket::is_handshake`) goes upstream as one, over HTTP/1.1; its
+    /// `101` answer can then be upgraded (`reqwest::Response::upgrade`).
+    #[tracing::instrument(
+        name = "proxy.upstream",
+        skip_all,
+        fields(route = route.path.as_str(), otel.kind = "client", http.status_code = tracing::field::Empty)
+    )]
+    pub async fn forward(
+        &self,
+        route: &RouteSettings,
+        metrics: &ProxyRouteMetrics,
+        out: Outgoing<'_>,
+        bearer: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Answer, ForwardError> {
+        let started = Instant::now();
+        let handshake =
+            websocket::is_handshake(&out.method, &out.headers).then(|| websocket::handshake_headers(&out.headers));
+        let limit = route.max_request_bytes;
+        let declared = out
+            .headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ForwardError::TooLarge { limit });
+        }
+        let url = route
+            .target(out.rest, out.query)
+            .map_err(|_| ForwardError::Unforwardable)?;
+        let via = headers::ForwardedFor {
+            client,
+            proto: &self.proto,
+            host: &self.host,
+            request_id: out.request_id,
+        };
+        let mut headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
+        avemint_base::trace_context::inject(&mut headers);
+        let fault = Arc::new(AtomicU8::new(BodyFault::NONE));
+        let send = match handshake {
+            Some(handshake) => {
+                websocket::upgrade_request(&mut headers, handshake);
+                self.handshakes.request(out.method, url).headers(headers).send()
+            }
+            None => {
+                let body = reqwest::Body::wrap_stream(bounded(out.body, limit, fault.clone()));
+                self.client.request(out.method, url).headers(headers).body(body).send()
+            }
+        };
+        let deadline = started + route.timeout;
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(Ok(response)) => {
+                tracing::Span::current().record("http.status_code", response.status().as_u16());
+                metrics.upstream_latency(started.elapsed());
+                Ok(Answer { response, deadline })
+            }
+            Ok(Err(e)) => match fault.load(Ordering::Acquire) {
+                BodyFault::TOO_LARGE => Err(ForwardError::TooLarge { limit }),
+                BodyFault::CLIENT => {
+                    tracing::debug!(route = %route.path, "the browser's request body failed while it was forwarded");
+                    Err(ForwardError::BadBody)
+                }
+                _ => {
+                    tracing::warn!(route = %route.path, error = %cause(e, &route.upstream), "upstream request failed");
+                    Err(ForwardError::Unreachable)
+                }
+            },
+            Err(_) => Err(ForwardError::Timeout {
+                ms: route.timeout.as_millis(),
+            }),
+        }
+    }
+}
+
+/// What went wrong with an upstream call, for the log: the innermost cause in the error's source chain
+/// (`connection refused`, `dns error: …`, `invalid peer certificate: …`) and the upstream's host and port, never
+/// its path or query.
+fn cause(e: reqwest::Error, upstream: &url::Url) -> String {
+    let e = e.without_url();
+    let mut innermost: &(dyn std::error::Error + 'static) = &e;
+    let mut io_kind = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        innermost = err;
+        next = err.source();
+    }
+    let what = match io_kind {
+        Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(io::ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+        Some(io::ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
+        Some(io::ErrorKind::TimedOut) => "connection timed out".to_owned(),
+        _ => innermost.to_string(),
+    };
+    let host = upstream.host_str().unwrap_or_default();
+    match upstream.port_or_known_default() {
+        Some(port) => format!("{what} to {host}:{port}"),
+        None => format!("{what} to {host}"),
+    }
+}
+
+/// What went wrong with a forwarded request body, if anything (an `AtomicU8` shared with [`bounded`]).
+struct BodyFault;
+
+impl BodyFault {
+    const NONE: u8 = 0;
+    /// Over `max_request_bytes`.
+    const TOO_LARGE: u8 = 1;
+    /// The browser's body stream failed.
+    const CLIENT: u8 = 2;
+}
+
+/// `body`, failing once more than `limit` bytes have passed, and saying in `fault` why it failed (too large, or
+/// the browser's stream failed).
+fn bounded(body: BodyStream, limit: u64, fault: Arc<AtomicU8>) -> impl Stream<Item = Result<Bytes, io::Error>> {
+    let mut seen: u64 = 0;
+    body.map(move |chunk| {
+        let chunk = chunk.inspect_err(|_| fault.store(BodyFault::CLIENT, Ordering::Release))?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > limit {
+            fault.store(BodyFault::TOO_LARGE, Ordering::Release);
+            return Err(io::Error::other("request body over max_request_bytes"));
+        }
+        Ok(chunk)
+    })
+}
