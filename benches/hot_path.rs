@@ -119,7 +119,7 @@ fn claim_rendering(c: &mut Criterion) {
 }
 
 fn randomness(c: &mut Criterion) {
-    // What one call to the system CSPRNG costs: why `jti`s are drawn in batches (src/mint/mod.rs).
+    // What one call to the system CSPRNG costs: why `jti`s are drawn in batches (crates/avemint-core/src/mint/mod.rs).
     c.bench_function("random/16 bytes, one aws-lc call", |b| {
         b.iter(avemint_base::secret::random_bytes::<16>)
     });

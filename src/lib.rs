@@ -4,12 +4,11 @@
 //! server-side, encrypted at rest, and mints short-lived app JWTs that
 //! downstream APIs verify against the JWKS avemint publishes.
 //!
-//! The API is what the `avemint` binary needs: settings (`config`), the
-//! application (`startup`), logging (`telemetry`), the demo (`demo`), the
-//! `keys` commands, the container probe (`healthcheck`) and the OpenAPI
-//! document. Everything else is private to the crate; tests, benches, fuzz
-//! targets and examples reach it through the hidden `testing` door. The
-//! README's Layout table is the map.
+//! The API is what the `avemint` binary, the tests, benches and fuzz targets need from the top layer: settings
+//! (`config`, with the HTTP layer's settings types), the application (`startup`), logging (`telemetry`), the demo
+//! (`demo`), the `keys` commands, the container probe (`healthcheck`), the cookie reader (`http::cookies`) and the
+//! OpenAPI documents. The protocol side is the `avemint-core` crate and the shared leaf types are
+//! `avemint-base`; each is used through its own public API. The README's Layout table is the map.
 
 // Entry points and wiring: the API.
 pub mod config;
