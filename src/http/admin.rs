@@ -23,8 +23,8 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme, Tags};
 
 use super::AppState;
-use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
+use super::session_view::SessionView;
 use crate::secret::Secret;
 use crate::session::{SessionCounts, SessionHandle, StoreError};
 use crate::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};

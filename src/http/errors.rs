@@ -3,10 +3,19 @@
 //! Handlers return `ApiError`; poem-openapi's own parse failures and routing
 //! errors (unknown path, wrong method, oversized body) are turned into the same
 //! shape by `catch_all`, so no response ever carries a framework's plain text.
+//!
+//! The answers to the use cases' and components' errors (sign-in, token profiles, minting, renewal, the store,
+//! Ave) are mapped here too, once, so every handler and the proxy answer the same failure the same way.
 
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
+
+use crate::ave::{AveError, IdTokenError};
+use crate::mint::MintError;
+use crate::mint::profiles::SelectError;
+use crate::session::{RenewError, StoreError};
+use crate::signin::SignInError;
 
 /// An OAuth-style error body.
 #[derive(Debug, Clone, Object)]
@@ -129,4 +138,89 @@ pub(crate) fn answer(status: poem::http::StatusCode, code: &str, description: im
     let mut resp = body(code, description).into_response();
     resp.set_status(status);
     resp
+}
+
+/// The description of every `invalid_target` answer of `POST /auth/token`.
+const NOT_MINTABLE: &str = "no token profile page script may mint has this name or audience (a proxied route's profile needs `browser = true`)";
+
+/// 503 for a store that cannot answer (logged, never with the error's detail in the answer).
+pub(crate) fn store_unavailable(e: StoreError) -> ApiError {
+    e.log("request");
+    ApiError::unavailable(e.public_reason(), 5)
+}
+
+/// 503 (with when to retry) or 502 for a failed call to Ave.
+pub(crate) fn ave_unavailable(e: &AveError) -> ApiError {
+    match e {
+        AveError::RateLimited { retry_after } => ApiError::unavailable(
+            "Ave is busy; try again shortly",
+            retry_after.map_or(10, |d| d.as_secs().max(1)),
+        ),
+        // avemint's own budget: answered like Ave's rate limit, with when room frees up.
+        AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => {
+            ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
+        }
+        e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
+        _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        let description = e.to_string();
+        match e {
+            SignInError::MissingParameter(_)
+            | SignInError::MalformedParameter(_)
+            | SignInError::StateMismatch
+            | SignInError::StateReplayed
+            | SignInError::ProviderError => ApiError::invalid_request(description),
+            SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
+            SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
+            SignInError::IdToken(IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
+            SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
+            SignInError::NoIdToken => ApiError::bad_gateway(description),
+            SignInError::Ave(ref ave) => ave_unavailable(ave),
+            SignInError::Store(e) => store_unavailable(e),
+        }
+    }
+}
+
+impl From<SelectError> for ApiError {
+    fn from(e: SelectError) -> Self {
+        if e.is_invalid_target() {
+            // One answer for an unknown profile or audience and one page script may not mint (a proxied route's):
+            // script cannot tell which exist.
+            ApiError::forbidden("invalid_target", NOT_MINTABLE)
+        } else {
+            ApiError::invalid_request(e.to_string())
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::Keys(_) | MintError::ClaimsEncoding => ApiError::unavailable("token signing failed", 1),
+            MintError::Hook { profile, .. } => ApiError::unavailable(
+                format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
+                5,
+            ),
+            e @ MintError::TooLarge { .. } => {
+                tracing::error!(error = %e, "app JWT over the size limit; reduce the profile's claims or raise max_token_bytes");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<RenewError> for ApiError {
+    fn from(e: RenewError) -> Self {
+        match e {
+            RenewError::LoginRequired => ApiError::login_required(),
+            RenewError::Unavailable { reason, retry_after } => {
+                ApiError::unavailable(reason, retry_after.as_secs().max(1))
+            }
+            RenewError::Rejected(reason) => ApiError::bad_gateway(reason),
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub(crate) mod prepared_json;
 pub(crate) mod proxy;
 pub(crate) mod request_id;
 pub(crate) mod security;
+pub(crate) mod session_guard;
+pub(crate) mod session_view;
 pub(crate) mod spa;
 pub(crate) mod well_known;
 
