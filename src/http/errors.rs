@@ -4,6 +4,8 @@
 //! errors (unknown path, wrong method, oversized body) are turned into the same
 //! shape by `catch_all`, so no response ever carries a framework's plain text.
 //!
+//! `Refusal` is what the guard (`security`, `cors`) answers instead of routing a request.
+//!
 //! The answers to the use cases' and components' errors (sign-in, token profiles, minting, renewal, the store,
 //! Ave) are mapped here too, once, so every handler and the proxy answer the same failure the same way.
 
@@ -109,6 +111,56 @@ impl ApiError {
 fn bad_request(err: poem::Error) -> ApiError {
     // poem-openapi's messages name the parameter and the problem, never its value.
     ApiError::invalid_request(err.to_string())
+}
+
+/// What the guard answers instead of routing a request. Every variant is an
+/// `invalid_request` (or `rate_limited`) `{error, error_description}` body, and
+/// `security::Guarded` documents each on every operation where the guard can give it.
+#[derive(Debug, ApiResponse)]
+pub(crate) enum Refusal {
+    /// Refused before routing: the `Content-Length` header is malformed or the body could not be read
+    /// (`invalid_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Refused before routing: a cross-origin request whose origin is neither this service nor in
+    /// `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).
+    #[oai(status = 403)]
+    CrossOrigin(Json<ErrorBody>),
+    /// Refused before routing: the request body is larger than 64 KiB (`invalid_request`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// Refused before routing: the query string is longer than 8 KiB (`invalid_request`).
+    #[oai(status = 414)]
+    UriTooLong(Json<ErrorBody>),
+    /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
+    /// Refused before routing: the `Cookie` header is over 4 KiB, avemint's own cookies not counted (`invalid_request`).
+    #[oai(status = 431)]
+    HeaderFieldsTooLarge(Json<ErrorBody>),
+}
+
+/// An `invalid_request` body (the guard's refusals).
+pub(crate) fn invalid_request_body(description: &str) -> Json<ErrorBody> {
+    body("invalid_request", description)
+}
+
+impl Refusal {
+    /// 403 for a request from an origin that is not allowed.
+    pub(crate) fn cross_origin(description: &str) -> Self {
+        Self::CrossOrigin(invalid_request_body(description))
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` in seconds.
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            body(
+                "rate_limited",
+                format!("too many sign-in requests from this address; try again in {retry_after_secs} s"),
+            ),
+            retry_after_secs.to_string(),
+        )
+    }
 }
 
 /// Maps any error that escaped a handler (routing, parsing) to the JSON shape.
