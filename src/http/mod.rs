@@ -217,20 +217,23 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
         .collect()
 }
 
-/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), plus this
-/// instance's health gauges (`ops::Readiness::metrics`).
+/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), this instance's
+/// scrape-time gauges (store pool, Ave's budget and back-pressure, readiness: `ops::Readiness`) included.
 #[poem::handler]
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
-    if let Some(pool) = state.sessions.store().pool_stats() {
-        crate::metrics::store_pool(pool.in_use, pool.idle, pool.max);
-    }
+    let readiness = ops::Readiness::check(&state).await.gauges();
+    let pool = state.sessions.store().pool_stats();
     let budget = state.ave.token_budget();
-    crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
-    crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
     let (paused, circuit) = state.ave.back_pressure();
-    crate::metrics::ave_back_pressure(paused, circuit as u8);
-    let mut body = crate::metrics::render();
-    body.push_str(&ops::Readiness::check(&state).await.metrics());
+    let body = crate::metrics::scrape(|| {
+        if let Some(pool) = pool {
+            crate::metrics::store_pool(pool.in_use, pool.idle, pool.max);
+        }
+        crate::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
+        crate::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
+        crate::metrics::ave_back_pressure(paused, circuit as u8);
+        crate::metrics::readiness(&readiness);
+    });
     Response::builder()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(body)
