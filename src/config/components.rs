@@ -12,8 +12,7 @@ use std::str::FromStr as _;
 use serde::Deserialize;
 
 use super::Settings;
-use super::file::Shape;
-use super::loader::Loader;
+use super::loader::{Loader, Shape};
 use super::values::{millis, non_empty, parse_listen, seconds, secs, whole};
 use crate::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
 use crate::http::admin::{AdminSettings, AdminToken};

@@ -7,50 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::ConfigErrors;
 use super::env::Env;
-use super::loader::Loader;
-
-/// How a setting is written in the TOML file.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Shape {
-    /// A string.
-    Text,
-    /// A whole number.
-    Number,
-    /// An array of strings (comma-separated in the environment).
-    List,
-    /// A boolean (`true`/`false`, `on`/`off` or `1`/`0` in the environment).
-    Switch,
-}
-
-impl Shape {
-    /// The file value as the text the environment would hold, or `None` if it has another type.
-    pub(super) fn text(self, value: toml::Value) -> Option<String> {
-        match (self, value) {
-            (Shape::Text, toml::Value::String(s)) => Some(s),
-            (Shape::Number, toml::Value::Integer(n)) => Some(n.to_string()),
-            (Shape::Switch, toml::Value::Boolean(b)) => Some(b.to_string()),
-            (Shape::Switch, toml::Value::String(s)) => Some(s),
-            (Shape::List, toml::Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    toml::Value::String(s) => Some(s),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()
-                .map(|v| v.join(",")),
-            _ => None,
-        }
-    }
-
-    pub(super) fn expected(self) -> &'static str {
-        match self {
-            Shape::Text => "must be a string",
-            Shape::Number => "must be a whole number",
-            Shape::List => "must be an array of strings",
-            Shape::Switch => "must be true or false",
-        }
-    }
-}
+use super::loader::{Loader, Shape};
 
 impl<'a> Loader<'a> {
     /// Reads the file named by `--config` or `AVEMINT_CONFIG`, if any.

@@ -2,12 +2,54 @@
 //! problem recorded as one line naming where the value came from.
 //!
 //! Why its own module: the lookups every component's settings are written with (`optional`, `or`, `required`,
-//! `secret`), apart from the sources they read (`env`, `file`, `secrets`).
+//! `secret`) and the `Shape` each names, apart from the sources they read (`env`, `file`, `secrets`).
 
 use std::fmt::Display;
 
 use super::env::Env;
-use super::file::Shape;
+
+/// How a setting is written in the TOML file.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Shape {
+    /// A string.
+    Text,
+    /// A whole number.
+    Number,
+    /// An array of strings (comma-separated in the environment).
+    List,
+    /// A boolean (`true`/`false`, `on`/`off` or `1`/`0` in the environment).
+    Switch,
+}
+
+impl Shape {
+    /// The file value as the text the environment would hold, or `None` if it has another type.
+    pub(super) fn text(self, value: toml::Value) -> Option<String> {
+        match (self, value) {
+            (Shape::Text, toml::Value::String(s)) => Some(s),
+            (Shape::Number, toml::Value::Integer(n)) => Some(n.to_string()),
+            (Shape::Switch, toml::Value::Boolean(b)) => Some(b.to_string()),
+            (Shape::Switch, toml::Value::String(s)) => Some(s),
+            (Shape::List, toml::Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join(",")),
+            _ => None,
+        }
+    }
+
+    pub(super) fn expected(self) -> &'static str {
+        match self {
+            Shape::Text => "must be a string",
+            Shape::Number => "must be a whole number",
+            Shape::List => "must be an array of strings",
+            Shape::Switch => "must be true or false",
+        }
+    }
+}
 
 /// A value and where it came from, for error messages.
 pub(super) struct Sourced {

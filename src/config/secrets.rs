@@ -7,8 +7,7 @@
 use std::fmt::Display;
 use std::path::Path;
 
-use super::file::Shape;
-use super::loader::{Loader, Sourced};
+use super::loader::{Loader, Shape, Sourced};
 use crate::reload::SecretFile;
 
 impl Loader<'_> {

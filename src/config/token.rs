@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::file::Shape;
-use super::loader::{Loader, Sourced};
+use super::loader::{Loader, Shape, Sourced};
 use super::values::{non_empty, seconds};
 use crate::http::security::on_off;
 use crate::mint::claims::ClaimTemplate;
