@@ -23,8 +23,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme, Tags};
 
 use super::AppState;
-use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
+use super::session_view::SessionView;
+use avemint_base::route::AdminRoute;
 use avemint_base::secret::Secret;
 use avemint_core::session::{SessionCounts, SessionHandle, StoreError};
 use avemint_core::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
@@ -325,17 +326,9 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The path as logged: a user's `sub` and a session id are left out.
+/// The path as logged: its template in the admin route table, so a user's `sub` and a session id are left out.
 fn path_template(path: &str) -> &'static str {
-    if path.starts_with("/admin/users/") {
-        "/admin/users/{sub}/sessions"
-    } else if path.starts_with("/admin/sessions/") {
-        "/admin/sessions/{id}"
-    } else if path == "/admin/stats" {
-        "/admin/stats"
-    } else {
-        "other"
-    }
+    AdminRoute::of(path).map_or("other", AdminRoute::path)
 }
 
 /// The admin listener's application: the token check, then the admin API; errors as JSON, answers never cached.
@@ -387,5 +380,37 @@ mod tests {
         assert!(!token.matches(&"a".repeat(31)));
         assert!(!token.matches(""));
         assert!(!format!("{token:?}").contains("aaaa"));
+    }
+
+    /// The OpenAPI macros spell their paths as literals: each must be the admin route table's, and every route
+    /// in the table served.
+    #[test]
+    fn the_admin_document_and_the_admin_route_table_agree() {
+        let paths: Vec<String> = AdminApi::meta()
+            .into_iter()
+            .flat_map(|api| api.paths)
+            .map(|p| p.path)
+            .collect();
+        for path in &paths {
+            assert_eq!(AdminRoute::of(path).map(AdminRoute::path), Some(path.as_str()));
+        }
+        for route in AdminRoute::ALL {
+            assert!(paths.iter().any(|p| p == route.path()), "{route:?}");
+        }
+    }
+
+    #[test]
+    fn logged_paths_leave_the_sub_and_the_session_id_out() {
+        for (path, logged) in [
+            ("/admin/users/248289761001/sessions", "/admin/users/{sub}/sessions"),
+            ("/admin/users/x/anything", "/admin/users/{sub}/sessions"),
+            ("/admin/sessions/AbC-_1", "/admin/sessions/{id}"),
+            ("/admin/stats", "/admin/stats"),
+            ("/admin/stats/", "other"),
+            ("/admin/users", "other"),
+            ("/secret-looking-path", "other"),
+        ] {
+            assert_eq!(path_template(path), logged, "{path}");
+        }
     }
 }

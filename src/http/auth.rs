@@ -1,4 +1,7 @@
 //! `/auth/*`: the browser-facing sign-in, session and token endpoints.
+//!
+//! Only the handlers and their bodies: the session guard they share with the proxied routes is
+//! `session_guard`, the answers to failures are `errors`.
 
 use std::sync::Arc;
 
@@ -9,20 +12,18 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
-use super::cookies::{self, CookieChanges, Sent, SessionCookie};
-use super::errors::{ApiError, ErrorBody};
+use super::cookies::{self, CookieChanges, Sent};
+use super::errors::{ApiError, ErrorBody, ave_unavailable, store_unavailable};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
+use super::session_guard::{current_session, renewed, require_csrf, subject};
+use super::session_view::SessionView;
 use super::{ApiTags, AppState};
 use avemint_base::clock::UnixTime;
-use avemint_core::ave::AveError;
-use avemint_core::mint::profiles::SelectError;
-use avemint_core::mint::{MintError, MintedToken, Subject};
-use avemint_core::session::{
-    RenewError, Sealer, Session, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom, StoreError,
-};
+use avemint_core::mint::MintedToken;
+use avemint_core::session::{Sealer, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom};
 use avemint_core::signin::{
-    Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, SignInError, decode_login, encode_login,
+    Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, decode_login, encode_login,
 };
 use avemint_core::traffic::client_ip::ClientIp;
 use avemint_core::traffic::device;
@@ -152,40 +153,6 @@ pub(crate) struct SessionsBody {
     pub sessions: Vec<SessionItem>,
 }
 
-/// One session as the session lists show it (the user's own, and the admin API's). Times are unix seconds.
-#[derive(Object)]
-pub(crate) struct SessionView {
-    /// The session's id: the `sid` claim of its app JWTs, and what ends the session.
-    pub id: String,
-    /// When it was signed in.
-    pub created_at: i64,
-    /// When it was last used (recorded at most once a minute).
-    pub last_seen_at: i64,
-    /// When it ends unless used again (lifetime or idle timeout, whichever is first).
-    pub expires_at: i64,
-    /// Browser and operating system at sign-in, e.g. `Firefox on Linux`; absent when unknown or signed in
-    /// before this was recorded.
-    #[oai(skip_serializing_if_is_none)]
-    pub device: Option<String>,
-    /// The network signed in from: the client address's IPv4 /24 or IPv6 /48, e.g. `198.51.100.0/24`; absent
-    /// when signed in before this was recorded.
-    #[oai(skip_serializing_if_is_none)]
-    pub network: Option<String>,
-}
-
-impl From<SessionSummary> for SessionView {
-    fn from(s: SessionSummary) -> Self {
-        Self {
-            id: s.sid.as_str().to_owned(),
-            created_at: s.created_at.as_secs(),
-            last_seen_at: s.last_seen_at.as_secs(),
-            expires_at: s.expires_at.as_secs(),
-            device: s.signed_in_from.device,
-            network: s.signed_in_from.network,
-        }
-    }
-}
-
 /// One session of the signed-in user; its `id` is what `DELETE /auth/sessions/{id}` takes.
 #[derive(Object)]
 pub(crate) struct SessionItem {
@@ -242,59 +209,6 @@ pub(crate) enum LogoutResponse {
     Done,
 }
 
-/// The `X-CSRF` value that proves a request came from script on an allowed page.
-pub(super) const CSRF_VALUE: &str = "1";
-
-fn require_csrf(csrf: &Header<Option<String>>) -> Result<(), ApiError> {
-    match csrf.0.as_deref() {
-        Some(CSRF_VALUE) => Ok(()),
-        _ => Err(ApiError::csrf()),
-    }
-}
-
-/// The description of every `invalid_target` answer of `POST /auth/token`.
-const NOT_MINTABLE: &str = "no token profile page script may mint has this name or audience (a proxied route's profile needs `browser = true`)";
-
-fn store_unavailable(e: StoreError) -> ApiError {
-    e.log("request");
-    ApiError::unavailable(e.public_reason(), 5)
-}
-
-fn ave_unavailable(e: &AveError) -> ApiError {
-    match e {
-        AveError::RateLimited { retry_after } => ApiError::unavailable(
-            "Ave is busy; try again shortly",
-            retry_after.map_or(10, |d| d.as_secs().max(1)),
-        ),
-        // avemint's own budget: answered like Ave's rate limit, with when room frees up.
-        AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => {
-            ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
-        }
-        e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
-        _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
-    }
-}
-
-impl From<SignInError> for ApiError {
-    fn from(e: SignInError) -> Self {
-        let description = e.to_string();
-        match e {
-            SignInError::MissingParameter(_)
-            | SignInError::MalformedParameter(_)
-            | SignInError::StateMismatch
-            | SignInError::StateReplayed
-            | SignInError::ProviderError => ApiError::invalid_request(description),
-            SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
-            SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
-            SignInError::IdToken(avemint_core::ave::IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
-            SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
-            SignInError::NoIdToken => ApiError::bad_gateway(description),
-            SignInError::Ave(ref ave) => ave_unavailable(ave),
-            SignInError::Store(e) => store_unavailable(e),
-        }
-    }
-}
-
 impl AppState {
     /// The sign-in flow over this service's Ave client, store and limiter.
     fn sign_in(&self) -> SignIn<'_> {
@@ -316,94 +230,6 @@ fn pending_login(req: &Request, sealer: &Sealer, now: UnixTime) -> Result<Pendin
         Sent::Once(raw) => {
             let value = std::str::from_utf8(raw).map_err(|_| PendingLoginError::Invalid)?;
             decode_login(value, sealer, now)
-        }
-    }
-}
-
-impl From<SelectError> for ApiError {
-    fn from(e: SelectError) -> Self {
-        if e.is_invalid_target() {
-            // One answer for an unknown profile or audience and one page script may not mint (a proxied route's):
-            // script cannot tell which exist.
-            ApiError::forbidden("invalid_target", NOT_MINTABLE)
-        } else {
-            ApiError::invalid_request(e.to_string())
-        }
-    }
-}
-
-impl From<MintError> for ApiError {
-    fn from(e: MintError) -> Self {
-        match e {
-            MintError::Keys(_) | MintError::ClaimsEncoding => ApiError::unavailable("token signing failed", 1),
-            MintError::Hook { profile, .. } => ApiError::unavailable(
-                format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
-                5,
-            ),
-            e @ MintError::TooLarge { .. } => {
-                tracing::error!(error = %e, "app JWT over the size limit; reduce the profile's claims or raise max_token_bytes");
-                ApiError::internal(e.to_string())
-            }
-        }
-    }
-}
-
-/// The session the request's `__Host-avemint` cookie names. A cookie that names no live session (malformed, sent
-/// twice, unknown or ended) is expired along with the 401.
-pub(super) async fn current_session(
-    state: &AppState,
-    req: &Request,
-    changes: &CookieChanges,
-) -> Result<Arc<Session>, ApiError> {
-    let id = match cookies::session_cookie(req.headers()) {
-        SessionCookie::Absent => return Err(ApiError::login_required()),
-        SessionCookie::Unusable => {
-            cookies::clear_session(changes);
-            return Err(ApiError::login_required());
-        }
-        SessionCookie::Valid(id) => id,
-    };
-    let session = state.sessions.get(&id.key()).await.map_err(store_unavailable)?;
-    session.ok_or_else(|| {
-        cookies::clear_session(changes);
-        ApiError::login_required()
-    })
-}
-
-/// `session`, renewed first when Ave's access token is expiring (see `session::Renewer`): `/auth/token` and the
-/// proxied routes. A session that renewal ends has its cookie expired along with the 401.
-pub(super) async fn renewed(
-    state: &AppState,
-    session: Arc<Session>,
-    changes: &CookieChanges,
-) -> Result<Arc<Session>, ApiError> {
-    let session = state.renewer.fresh(session).await.inspect_err(|e| {
-        if matches!(e, RenewError::LoginRequired) {
-            cookies::clear_session(changes);
-        }
-    })?;
-    Ok(session)
-}
-
-/// Who an app JWT minted for `session` is about.
-pub(super) fn subject(session: &Session) -> Subject<'_> {
-    let data = &session.data;
-    Subject {
-        sub: &data.sub,
-        sid: data.sid.as_str(),
-        id_token: &data.id_token_claims,
-        user: data.user.as_ref(),
-    }
-}
-
-impl From<RenewError> for ApiError {
-    fn from(e: RenewError) -> Self {
-        match e {
-            RenewError::LoginRequired => ApiError::login_required(),
-            RenewError::Unavailable { reason, retry_after } => {
-                ApiError::unavailable(reason, retry_after.as_secs().max(1))
-            }
-            RenewError::Rejected(reason) => ApiError::bad_gateway(reason),
         }
     }
 }

@@ -10,7 +10,7 @@
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use poem::{IntoResponse, Response};
 
-use super::security::Refusal;
+use super::errors::Refusal;
 
 /// Methods the API uses (`DELETE /auth/sessions/{id}` included; `HEAD` is answered as `GET`): a preflight asking
 /// for one of them is allowed.

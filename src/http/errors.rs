@@ -3,10 +3,21 @@
 //! Handlers return `ApiError`; poem-openapi's own parse failures and routing
 //! errors (unknown path, wrong method, oversized body) are turned into the same
 //! shape by `catch_all`, so no response ever carries a framework's plain text.
+//!
+//! `Refusal` is what the guard (`security`, `cors`) answers instead of routing a request.
+//!
+//! The answers to the use cases' and components' errors (sign-in, token profiles, minting, renewal, the store,
+//! Ave) are mapped here too, once, so every handler and the proxy answer the same failure the same way.
 
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
+
+use avemint_core::ave::{AveError, IdTokenError};
+use avemint_core::mint::MintError;
+use avemint_core::mint::profiles::SelectError;
+use avemint_core::session::{RenewError, StoreError};
+use avemint_core::signin::SignInError;
 
 /// An OAuth-style error body.
 #[derive(Debug, Clone, Object)]
@@ -102,6 +113,56 @@ fn bad_request(err: poem::Error) -> ApiError {
     ApiError::invalid_request(err.to_string())
 }
 
+/// What the guard answers instead of routing a request. Every variant is an
+/// `invalid_request` (or `rate_limited`) `{error, error_description}` body, and
+/// `security::Guarded` documents each on every operation where the guard can give it.
+#[derive(Debug, ApiResponse)]
+pub(crate) enum Refusal {
+    /// Refused before routing: the `Content-Length` header is malformed or the body could not be read
+    /// (`invalid_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Refused before routing: a cross-origin request whose origin is neither this service nor in
+    /// `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).
+    #[oai(status = 403)]
+    CrossOrigin(Json<ErrorBody>),
+    /// Refused before routing: the request body is larger than 64 KiB (`invalid_request`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// Refused before routing: the query string is longer than 8 KiB (`invalid_request`).
+    #[oai(status = 414)]
+    UriTooLong(Json<ErrorBody>),
+    /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
+    /// Refused before routing: the `Cookie` header is over 4 KiB, avemint's own cookies not counted (`invalid_request`).
+    #[oai(status = 431)]
+    HeaderFieldsTooLarge(Json<ErrorBody>),
+}
+
+/// An `invalid_request` body (the guard's refusals).
+pub(crate) fn invalid_request_body(description: &str) -> Json<ErrorBody> {
+    body("invalid_request", description)
+}
+
+impl Refusal {
+    /// 403 for a request from an origin that is not allowed.
+    pub(crate) fn cross_origin(description: &str) -> Self {
+        Self::CrossOrigin(invalid_request_body(description))
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` in seconds.
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            body(
+                "rate_limited",
+                format!("too many sign-in requests from this address; try again in {retry_after_secs} s"),
+            ),
+            retry_after_secs.to_string(),
+        )
+    }
+}
+
 /// Maps any error that escaped a handler (routing, parsing) to the JSON shape.
 pub(crate) async fn catch_all(err: poem::Error) -> Response {
     // Handlers' own `ApiError`s arrive here already rendered: keep them.
@@ -129,4 +190,89 @@ pub(crate) fn answer(status: poem::http::StatusCode, code: &str, description: im
     let mut resp = body(code, description).into_response();
     resp.set_status(status);
     resp
+}
+
+/// The description of every `invalid_target` answer of `POST /auth/token`.
+const NOT_MINTABLE: &str = "no token profile page script may mint has this name or audience (a proxied route's profile needs `browser = true`)";
+
+/// 503 for a store that cannot answer (logged, never with the error's detail in the answer).
+pub(crate) fn store_unavailable(e: StoreError) -> ApiError {
+    e.log("request");
+    ApiError::unavailable(e.public_reason(), 5)
+}
+
+/// 503 (with when to retry) or 502 for a failed call to Ave.
+pub(crate) fn ave_unavailable(e: &AveError) -> ApiError {
+    match e {
+        AveError::RateLimited { retry_after } => ApiError::unavailable(
+            "Ave is busy; try again shortly",
+            retry_after.map_or(10, |d| d.as_secs().max(1)),
+        ),
+        // avemint's own budget: answered like Ave's rate limit, with when room frees up.
+        AveError::BudgetExhausted { retry_after } | AveError::HeldBack { retry_after, .. } => {
+            ApiError::unavailable("Ave is busy; try again shortly", retry_after.as_secs().max(1))
+        }
+        e if e.is_transient() => ApiError::unavailable("Ave cannot be reached right now", 5),
+        _ => ApiError::bad_gateway("Ave answered in an unexpected way"),
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        let description = e.to_string();
+        match e {
+            SignInError::MissingParameter(_)
+            | SignInError::MalformedParameter(_)
+            | SignInError::StateMismatch
+            | SignInError::StateReplayed
+            | SignInError::ProviderError => ApiError::invalid_request(description),
+            SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
+            SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
+            SignInError::IdToken(IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
+            SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
+            SignInError::NoIdToken => ApiError::bad_gateway(description),
+            SignInError::Ave(ref ave) => ave_unavailable(ave),
+            SignInError::Store(e) => store_unavailable(e),
+        }
+    }
+}
+
+impl From<SelectError> for ApiError {
+    fn from(e: SelectError) -> Self {
+        if e.is_invalid_target() {
+            // One answer for an unknown profile or audience and one page script may not mint (a proxied route's):
+            // script cannot tell which exist.
+            ApiError::forbidden("invalid_target", NOT_MINTABLE)
+        } else {
+            ApiError::invalid_request(e.to_string())
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::Keys(_) | MintError::ClaimsEncoding => ApiError::unavailable("token signing failed", 1),
+            MintError::Hook { profile, .. } => ApiError::unavailable(
+                format!("the claims hook of token profile `{profile}` is unavailable; try again shortly"),
+                5,
+            ),
+            e @ MintError::TooLarge { .. } => {
+                tracing::error!(error = %e, "app JWT over the size limit; reduce the profile's claims or raise max_token_bytes");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<RenewError> for ApiError {
+    fn from(e: RenewError) -> Self {
+        match e {
+            RenewError::LoginRequired => ApiError::login_required(),
+            RenewError::Unavailable { reason, retry_after } => {
+                ApiError::unavailable(reason, retry_after.as_secs().max(1))
+            }
+            RenewError::Rejected(reason) => ApiError::bad_gateway(reason),
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub(crate) mod prepared_json;
 pub(crate) mod proxy;
 pub(crate) mod request_id;
 pub(crate) mod security;
+pub(crate) mod session_guard;
+pub(crate) mod session_view;
 pub(crate) mod spa;
 pub(crate) mod well_known;
 
@@ -215,20 +217,23 @@ fn allowed_methods() -> HashMap<String, HeaderValue> {
         .collect()
 }
 
-/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), plus this
-/// instance's health gauges (`ops::Readiness::metrics`).
+/// `GET /metrics`: Prometheus text exposition (not part of the OpenAPI document), this instance's
+/// scrape-time gauges (store pool, Ave's budget and back-pressure, readiness: `ops::Readiness`) included.
 #[poem::handler]
 async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
-    if let Some(pool) = state.sessions.store().pool_stats() {
-        avemint_base::metrics::store_pool(pool.in_use, pool.idle, pool.max);
-    }
+    let readiness = ops::Readiness::check(&state).await.gauges();
+    let pool = state.sessions.store().pool_stats();
     let budget = state.ave.token_budget();
-    avemint_base::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
-    avemint_base::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
     let (paused, circuit) = state.ave.back_pressure();
-    avemint_base::metrics::ave_back_pressure(paused, circuit as u8);
-    let mut body = avemint_base::metrics::render();
-    body.push_str(&ops::Readiness::check(&state).await.metrics());
+    let body = avemint_base::metrics::scrape(|| {
+        if let Some(pool) = pool {
+            avemint_base::metrics::store_pool(pool.in_use, pool.idle, pool.max);
+        }
+        avemint_base::metrics::ave_budget(0, budget.renewal_used, budget.per_minute, budget.renewal_waiting);
+        avemint_base::metrics::ave_budget(1, budget.sign_in_used, budget.sign_in_limit, budget.sign_in_waiting);
+        avemint_base::metrics::ave_back_pressure(paused, circuit as u8);
+        avemint_base::metrics::readiness(&readiness);
+    });
     Response::builder()
         .content_type(avemint_base::metrics::CONTENT_TYPE)
         .body(body)

@@ -1,5 +1,5 @@
 //! `/healthz` and `/readyz`: liveness and readiness for orchestrators and load
-//! balancers, and the health gauges of `/metrics`.
+//! balancers, and what the health gauges of `/metrics` show (`metrics::readiness`).
 //!
 //! Readiness means "this instance can serve": Ave's discovery document and
 //! JWKS were loaded once since start (a stale copy is fine). Neither an Ave
@@ -12,7 +12,6 @@
 //! run at start). Neither check waits on Ave; the store check is bounded by
 //! [`STORE_CHECK_TIMEOUT`], so probes answer promptly during any outage.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,88 +196,20 @@ impl Readiness {
         }
     }
 
-    /// The gauges `/metrics` appends (Prometheus text format).
-    pub(crate) fn metrics(&self) -> String {
-        let mut out = String::with_capacity(1024);
-        let docs = [("discovery", &self.ave.discovery), ("jwks", &self.ave.jwks)];
-        let gauge = |out: &mut String, name: &str, help: &str| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+    /// What the readiness gauges of `/metrics` show (`metrics::readiness`).
+    pub(crate) fn gauges(&self) -> avemint_base::metrics::Readiness {
+        let document = |s: &DocumentStatus| avemint_base::metrics::AveDocument {
+            loaded: s.loaded,
+            age: s.age,
+            stale: s.stale,
         };
-        gauge(
-            &mut out,
-            "avemint_ready",
-            "1 when /readyz answers 200 (Ave's discovery and JWKS were loaded once)",
-        );
-        let _ = writeln!(out, "avemint_ready {}", u8::from(self.ready()));
-        gauge(
-            &mut out,
-            "avemint_ave_metadata_loaded",
-            "1 once Ave's document was loaded since start",
-        );
-        for (doc, s) in docs {
-            let _ = writeln!(
-                out,
-                "avemint_ave_metadata_loaded{{document=\"{doc}\"}} {}",
-                u8::from(s.loaded)
-            );
+        avemint_base::metrics::Readiness {
+            ready: self.ready(),
+            discovery: document(&self.ave.discovery),
+            jwks: document(&self.ave.jwks),
+            metadata_ttl: self.ave.lifetime,
+            store_up: self.store,
         }
-        gauge(
-            &mut out,
-            "avemint_ave_metadata_age_seconds",
-            "Seconds since the copy of Ave's document in use was fetched",
-        );
-        for (doc, s) in docs {
-            if let Some(age) = s.age {
-                let _ = writeln!(
-                    out,
-                    "avemint_ave_metadata_age_seconds{{document=\"{doc}\"}} {:.3}",
-                    age.as_secs_f64()
-                );
-            }
-        }
-        gauge(
-            &mut out,
-            "avemint_ave_metadata_stale",
-            "1 while Ave's document is served past its lifetime because re-fetching it failed",
-        );
-        for (doc, s) in docs {
-            let _ = writeln!(
-                out,
-                "avemint_ave_metadata_stale{{document=\"{doc}\"}} {}",
-                u8::from(s.stale)
-            );
-        }
-        gauge(
-            &mut out,
-            "avemint_ave_metadata_ttl_seconds",
-            "How long Ave's discovery and JWKS are used before a re-fetch",
-        );
-        let _ = writeln!(out, "avemint_ave_metadata_ttl_seconds {}", self.ave.lifetime.as_secs());
-        gauge(
-            &mut out,
-            "avemint_store_up",
-            "1 when the session store answered a check within 0.5 s",
-        );
-        let _ = writeln!(out, "avemint_store_up {}", u8::from(self.store));
-        gauge(
-            &mut out,
-            "avemint_dependency_up",
-            "1 when the dependency is fine now: Ave's document loaded and fresh (not stale), the store answering",
-        );
-        for (doc, s) in docs {
-            let up = s.loaded && !s.stale;
-            let _ = writeln!(
-                out,
-                "avemint_dependency_up{{dependency=\"ave_{doc}\"}} {}",
-                u8::from(up)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "avemint_dependency_up{{dependency=\"store\"}} {}",
-            u8::from(self.store)
-        );
-        out
     }
 }
 
@@ -401,11 +332,12 @@ mod tests {
 
     #[test]
     fn gauges_show_age_staleness_and_the_store() {
-        let text = readiness(doc(true, true), doc(true, false), false).metrics();
+        let gauges = readiness(doc(true, true), doc(true, false), false).gauges();
+        let text = avemint_base::metrics::scrape(|| avemint_base::metrics::readiness(&gauges));
         for line in [
             "avemint_ready 1",
             "avemint_ave_metadata_loaded{document=\"jwks\"} 1",
-            "avemint_ave_metadata_age_seconds{document=\"discovery\"} 2.500",
+            "avemint_ave_metadata_age_seconds{document=\"discovery\"} 2.5",
             "avemint_ave_metadata_stale{document=\"discovery\"} 1",
             "avemint_ave_metadata_stale{document=\"jwks\"} 0",
             "avemint_ave_metadata_ttl_seconds 1",
@@ -416,7 +348,8 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
-        let text = readiness(doc(false, false), doc(false, false), true).metrics();
+        let gauges = readiness(doc(false, false), doc(false, false), true).gauges();
+        let text = avemint_base::metrics::scrape(|| avemint_base::metrics::readiness(&gauges));
         assert!(text.lines().any(|l| l == "avemint_ready 0"));
         assert!(
             !text.contains("avemint_ave_metadata_age_seconds{"),

@@ -28,11 +28,11 @@ use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
 
 use super::AppState;
-use super::auth::{self, CSRF_VALUE};
 use super::cookies::{self, CookieChanges};
 use super::cors;
 use super::errors::{ApiError, answer};
 use super::request_id::RequestId;
+use super::session_guard::{self, CSRF_VALUE};
 use avemint_base::log_gate::LogGate;
 use avemint_base::metrics::{ProxyRouteMetrics, StreamKind};
 use avemint_core::proxy::settings::check_rest;
@@ -164,8 +164,12 @@ async fn forward(
         check_csrf(&req).map_err(refused)?;
     }
     let changes = req.extensions().get::<CookieChanges>().cloned().unwrap_or_default();
-    let session = auth::current_session(state, &req, &changes).await.map_err(refused)?;
-    let session = auth::renewed(state, session, &changes).await.map_err(refused)?;
+    let session = session_guard::current_session(state, &req, &changes)
+        .await
+        .map_err(refused)?;
+    let session = session_guard::renewed(state, session, &changes)
+        .await
+        .map_err(refused)?;
     if !route.allows(req.method()) {
         return Err(method_not_allowed(route));
     }
@@ -185,7 +189,7 @@ async fn forward(
     let bearer = state
         .proxy
         .bearers()
-        .get(&state.minter, profile, &auth::subject(&session))
+        .get(&state.minter, profile, &session_guard::subject(&session))
         .await
         .map_err(|e| refused(ApiError::from(e)))?;
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);

@@ -18,12 +18,11 @@ use std::sync::Arc;
 use poem::endpoint::BoxEndpoint;
 use poem::http::{HeaderMap, HeaderValue, Method, header};
 use poem::{IntoResponse, Request, Response};
-use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaApi, Registry};
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::cors::{self, AllowedOrigins};
-use super::errors::ErrorBody;
+use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
 use avemint_core::proxy::Routes;
@@ -42,66 +41,12 @@ const CSP_HTML: &str = "default-src 'self'; script-src 'self'; style-src 'self';
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const HSTS: &str = "max-age=31536000";
 
-/// What the guard answers instead of routing a request. Every variant is an
-/// `invalid_request` (or `rate_limited`) `{error, error_description}` body, and
-/// [`Guarded`] documents each on every operation where the guard can give it.
-#[derive(Debug, ApiResponse)]
-pub(crate) enum Refusal {
-    /// Refused before routing: the `Content-Length` header is malformed or the body could not be read
-    /// (`invalid_request`).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// Refused before routing: a cross-origin request whose origin is neither this service nor in
-    /// `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).
-    #[oai(status = 403)]
-    CrossOrigin(Json<ErrorBody>),
-    /// Refused before routing: the request body is larger than 64 KiB (`invalid_request`).
-    #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
-    /// Refused before routing: the query string is longer than 8 KiB (`invalid_request`).
-    #[oai(status = 414)]
-    UriTooLong(Json<ErrorBody>),
-    /// Too many sign-in requests from this client (`rate_limited`; see `AVEMINT_LOGIN_RATE_LIMIT`).
-    #[oai(status = 429)]
-    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
-    /// Refused before routing: the `Cookie` header is over 4 KiB, avemint's own cookies not counted (`invalid_request`).
-    #[oai(status = 431)]
-    HeaderFieldsTooLarge(Json<ErrorBody>),
-}
-
-fn invalid_request(description: &str) -> Json<ErrorBody> {
-    Json(ErrorBody {
-        error: "invalid_request".into(),
-        error_description: description.into(),
-    })
-}
-
-impl Refusal {
-    /// 403 for a request from an origin that is not allowed.
-    pub(crate) fn cross_origin(description: &str) -> Self {
-        Self::CrossOrigin(invalid_request(description))
-    }
-
-    /// 429 `rate_limited`, with `Retry-After` in seconds.
-    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
-        Self::TooManyRequests(
-            Json(ErrorBody {
-                error: "rate_limited".into(),
-                error_description: format!(
-                    "too many sign-in requests from this address; try again in {retry_after_secs} s"
-                ),
-            }),
-            retry_after_secs.to_string(),
-        )
-    }
-
-    /// Whether the guard can give the answer with this status to a request for `path`.
-    fn possible(status: u16, path: &str) -> bool {
-        match status {
-            403 => is_auth_api(path),
-            429 => limited(path).is_some(),
-            _ => true,
-        }
+/// Whether the guard can give the answer with this status to a request for `path`.
+fn refusal_possible(status: u16, path: &str) -> bool {
+    match status {
+        403 => is_auth_api(path),
+        429 => limited(path).is_some(),
+        _ => true,
     }
 }
 
@@ -118,7 +63,7 @@ impl<A: OpenApi> OpenApi for Guarded<A> {
                 let responses = &mut op.responses.responses;
                 for refusal in Refusal::meta().responses {
                     let status = refusal.status.unwrap_or_default();
-                    if Refusal::possible(status, &path.path) && !responses.iter().any(|r| r.status == Some(status)) {
+                    if refusal_possible(status, &path.path) && !responses.iter().any(|r| r.status == Some(status)) {
                         responses.push(refusal);
                     }
                 }
@@ -269,11 +214,11 @@ impl Guard {
     async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
         let cookie_len = super::cookies::counted_len(super::cookies::cookie_headers(req.headers()));
         if cookie_len > MAX_COOKIE_HEADER + 2 {
-            let body = invalid_request("the Cookie header is larger than 4 KiB");
+            let body = invalid_request_body("the Cookie header is larger than 4 KiB");
             return Err(Refusal::HeaderFieldsTooLarge(body).into_response());
         }
         if req.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {
-            let body = invalid_request("the query string is longer than 8 KiB");
+            let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
         let proxied = self.proxied.find(&seen.path).is_some();
@@ -363,7 +308,7 @@ fn is_auth_api(path: &str) -> bool {
 /// body is read here, whole, within `read_timeout` (`AVEMINT_HEADER_READ_TIMEOUT`): a client dripping its body
 /// (slow POST) is answered 400 and does not hold the connection for ever.
 async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Result<(), Refusal> {
-    let too_large = || Refusal::PayloadTooLarge(invalid_request("the request body is larger than 64 KiB"));
+    let too_large = || Refusal::PayloadTooLarge(invalid_request_body("the request body is larger than 64 KiB"));
     match req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -372,7 +317,7 @@ async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Res
         Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
         Some(Ok(Ok(0))) => Ok(()),
         Some(Ok(Ok(_))) => read_body(req, read_timeout, too_large).await,
-        Some(_) => Err(Refusal::BadRequest(invalid_request(
+        Some(_) => Err(Refusal::BadRequest(invalid_request_body(
             "the Content-Length header is malformed",
         ))),
         None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
@@ -392,10 +337,10 @@ async fn read_body(
             Ok(())
         }
         Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => Err(too_large()),
-        Ok(Err(_)) => Err(Refusal::BadRequest(invalid_request(
+        Ok(Err(_)) => Err(Refusal::BadRequest(invalid_request_body(
             "the request body could not be read",
         ))),
-        Err(_) => Err(Refusal::BadRequest(invalid_request(
+        Err(_) => Err(Refusal::BadRequest(invalid_request_body(
             "the request body was not received in time",
         ))),
     }

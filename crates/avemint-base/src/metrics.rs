@@ -10,7 +10,7 @@
 //! Recording functions the rest of avemint calls: [`record_request`],
 //! [`ave_call`], [`refresh_outcome`], [`cache_hit`] / [`cache_miss`] and
 //! [`lock_wait`], [`secret_reload`]; gauges read at scrape time ([`store_pool`], [`ave_budget`],
-//! [`ave_back_pressure`]);
+//! [`ave_back_pressure`], [`readiness`]), each scrape setting them and rendering under one lock ([`scrape`]);
 //! the process (`process_*`: memory, CPU, file descriptors) and `avemint_build_info`. None of them
 //! ever sees a token, cookie or secret.
 //!
@@ -19,12 +19,12 @@
 //! (operator-controlled and bounded, never the request's path), created for
 //! each route at start-up: [`proxy_route`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::reload::SecretKind;
@@ -187,6 +187,16 @@ struct Metrics {
     budget_waiting: [IntGauge; 2],
     ave_circuit_state: IntGauge,
     ave_paused_seconds: IntGauge,
+    cache_hit_ratio: Gauge,
+    ready: IntGauge,
+    /// By `document` (`AveDocument`).
+    metadata_loaded: IntGaugeVec,
+    metadata_age_seconds: GaugeVec,
+    metadata_stale: IntGaugeVec,
+    metadata_ttl_seconds: IntGauge,
+    store_up: IntGauge,
+    /// By `dependency`: `ave_discovery`, `ave_jwks`, `store`.
+    dependency_up: IntGaugeVec,
     proxy_requests: IntCounterVec,
     proxy_upstream_seconds: HistogramVec,
     proxy_streams: IntGaugeVec,
@@ -374,6 +384,58 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(ave_circuit_state.clone()))?;
     registry.register(Box::new(ave_paused_seconds.clone()))?;
     registry.register(Box::new(build_info))?;
+    let cache_hit_ratio = Gauge::new(
+        "avemint_session_cache_hit_ratio",
+        "Share of session lookups served from memory since start",
+    )?;
+    let ready = IntGauge::new(
+        "avemint_ready",
+        "1 when /readyz answers 200 (Ave's discovery and JWKS were loaded once)",
+    )?;
+    let metadata_loaded = IntGaugeVec::new(
+        Opts::new(
+            "avemint_ave_metadata_loaded",
+            "1 once Ave's document was loaded since start",
+        ),
+        &["document"],
+    )?;
+    let metadata_age_seconds = GaugeVec::new(
+        Opts::new(
+            "avemint_ave_metadata_age_seconds",
+            "Seconds since the copy of Ave's document in use was fetched",
+        ),
+        &["document"],
+    )?;
+    let metadata_stale = IntGaugeVec::new(
+        Opts::new(
+            "avemint_ave_metadata_stale",
+            "1 while Ave's document is served past its lifetime because re-fetching it failed",
+        ),
+        &["document"],
+    )?;
+    let metadata_ttl_seconds = IntGauge::new(
+        "avemint_ave_metadata_ttl_seconds",
+        "How long Ave's discovery and JWKS are used before a re-fetch",
+    )?;
+    let store_up = IntGauge::new(
+        "avemint_store_up",
+        "1 when the session store answered a check within 0.5 s",
+    )?;
+    let dependency_up = IntGaugeVec::new(
+        Opts::new(
+            "avemint_dependency_up",
+            "1 when the dependency is fine now: Ave's document loaded and fresh (not stale), the store answering",
+        ),
+        &["dependency"],
+    )?;
+    registry.register(Box::new(cache_hit_ratio.clone()))?;
+    registry.register(Box::new(ready.clone()))?;
+    registry.register(Box::new(metadata_loaded.clone()))?;
+    registry.register(Box::new(metadata_age_seconds.clone()))?;
+    registry.register(Box::new(metadata_stale.clone()))?;
+    registry.register(Box::new(metadata_ttl_seconds.clone()))?;
+    registry.register(Box::new(store_up.clone()))?;
+    registry.register(Box::new(dependency_up.clone()))?;
     // Resident memory, CPU seconds, open and maximum file descriptors, start time (read from /proc at scrape).
     #[cfg(target_os = "linux")]
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -451,6 +513,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         budget_waiting,
         ave_circuit_state,
         ave_paused_seconds,
+        cache_hit_ratio,
+        ready,
+        metadata_loaded,
+        metadata_age_seconds,
+        metadata_stale,
+        metadata_ttl_seconds,
+        store_up,
+        dependency_up,
         proxy_requests,
         proxy_upstream_seconds,
         proxy_streams,
@@ -611,6 +681,68 @@ pub fn ave_back_pressure(paused: Duration, circuit: u8) {
     m.ave_circuit_state.set(i64::from(circuit));
 }
 
+/// One of Ave's documents as the readiness gauges show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AveDocument {
+    /// Loaded (possibly a stale copy) since start.
+    pub loaded: bool,
+    /// Since the copy in use was fetched (`None` before the first load: no sample).
+    pub age: Option<Duration>,
+    /// Served past its lifetime because re-fetching it failed.
+    pub stale: bool,
+}
+
+/// This instance's readiness at scrape time (what `/readyz` answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub discovery: AveDocument,
+    pub jwks: AveDocument,
+    pub metadata_ttl: Duration,
+    pub store_up: bool,
+}
+
+/// The readiness gauges at scrape time: `avemint_ready`, `avemint_ave_metadata_*`, `avemint_store_up` and
+/// `avemint_dependency_up`.
+pub fn readiness(r: &Readiness) {
+    let Some(m) = metrics() else { return };
+    m.ready.set(i64::from(r.ready));
+    for (doc, s) in [("discovery", &r.discovery), ("jwks", &r.jwks)] {
+        if let Ok(g) = m.metadata_loaded.get_metric_with_label_values(&[doc]) {
+            g.set(i64::from(s.loaded));
+        }
+        match s.age {
+            // Milliseconds are the precision shown.
+            Some(age) => {
+                if let Ok(g) = m.metadata_age_seconds.get_metric_with_label_values(&[doc]) {
+                    g.set((age.as_secs_f64() * 1000.0).round() / 1000.0);
+                }
+            }
+            None => {
+                // Absent (not 0) before the first load; an error only says it was absent already.
+                let _ = m.metadata_age_seconds.remove_label_values(&[doc]);
+            }
+        }
+        if let Ok(g) = m.metadata_stale.get_metric_with_label_values(&[doc]) {
+            g.set(i64::from(s.stale));
+        }
+        let dependency = if doc == "discovery" {
+            "ave_discovery"
+        } else {
+            "ave_jwks"
+        };
+        if let Ok(g) = m.dependency_up.get_metric_with_label_values(&[dependency]) {
+            g.set(i64::from(s.loaded && !s.stale));
+        }
+    }
+    m.metadata_ttl_seconds
+        .set(i64::try_from(r.metadata_ttl.as_secs()).unwrap_or(i64::MAX));
+    m.store_up.set(i64::from(r.store_up));
+    if let Ok(g) = m.dependency_up.get_metric_with_label_values(&["store"]) {
+        g.set(i64::from(r.store_up));
+    }
+}
+
 /// What streams through a proxied route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -689,27 +821,34 @@ impl Drop for InFlightStream {
     }
 }
 
-/// Renders every metric in the Prometheus text format, plus the derived
+/// One scrape at a time: the gauges read at scrape time are this scrape's when rendered, also with several
+/// instances' states in one process (the tests').
+static SCRAPE: Mutex<()> = Mutex::new(());
+
+/// One scrape: `set` sets the gauges read at scrape time ([`store_pool`], [`ave_budget`], [`ave_back_pressure`],
+/// [`readiness`]), then every metric is rendered in the Prometheus text format.
+pub fn scrape(set: impl FnOnce()) -> String {
+    let _one_at_a_time = SCRAPE.lock().unwrap_or_else(PoisonError::into_inner);
+    set();
+    render()
+}
+
+/// Renders every metric in the Prometheus text format, after setting the derived
 /// `avemint_session_cache_hit_ratio` gauge.
-pub fn render() -> String {
+fn render() -> String {
     let Some(m) = metrics() else { return String::new() };
-    let mut out = Vec::with_capacity(16 * 1024);
-    if TextEncoder::new().encode(&m.registry.gather(), &mut out).is_err() {
-        return String::new();
-    }
-    let mut text = String::from_utf8(out).unwrap_or_default();
     let (hits, misses) = (m.cache_hits.get(), m.cache_misses.get());
     let ratio = if hits + misses == 0 {
         0.0
     } else {
         hits as f64 / (hits + misses) as f64
     };
-    text.push_str(
-        "# HELP avemint_session_cache_hit_ratio Share of session lookups served from memory since start\n\
-         # TYPE avemint_session_cache_hit_ratio gauge\n",
-    );
-    text.push_str(&format!("avemint_session_cache_hit_ratio {ratio}\n"));
-    text
+    m.cache_hit_ratio.set(ratio);
+    let mut out = Vec::with_capacity(16 * 1024);
+    if TextEncoder::new().encode(&m.registry.gather(), &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -747,10 +886,10 @@ mod tests {
         route.request(502);
         route.upstream_latency(Duration::from_millis(2));
         let open = route.stream(StreamKind::WebSocket);
-        let text = render();
+        let text = scrape(|| {});
         assert!(text.contains(r#"avemint_proxy_streams_in_flight{kind="websocket",route="/api/unit"} 1"#));
         drop(open);
-        assert!(render().contains(r#"avemint_proxy_streams_in_flight{kind="websocket",route="/api/unit"} 0"#));
+        assert!(scrape(|| {}).contains(r#"avemint_proxy_streams_in_flight{kind="websocket",route="/api/unit"} 0"#));
         for needle in [
             r#"avemint_http_requests_total{route="/healthz",status="2xx"}"#,
             r#"avemint_http_requests_total{route="unmatched",status="4xx"}"#,

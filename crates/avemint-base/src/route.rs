@@ -9,7 +9,7 @@
 //! its request limits by [`Limited`], and `http` mounts, guards and labels
 //! requests from it; none of that needs an HTTP type. The OpenAPI macros need
 //! path literals, so `http`'s tests check that the document and this table
-//! agree.
+//! agree. The admin API's own listener has its own small table, [`AdminRoute`].
 
 /// A route avemint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +179,44 @@ impl Route {
     }
 }
 
+/// A route of the admin API (`http::admin`), served on its own listener only: outside [`Route`], so no path of
+/// the public listener is labelled or reserved by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRoute {
+    /// A user's sessions.
+    UserSessions,
+    /// One session, by id.
+    SessionById,
+    /// Session counts.
+    Stats,
+}
+
+impl AdminRoute {
+    /// Every admin route.
+    pub const ALL: &[AdminRoute] = &[AdminRoute::UserSessions, AdminRoute::SessionById, AdminRoute::Stats];
+
+    /// The path template the route is served at (also its label in the admin access log).
+    pub const fn path(self) -> &'static str {
+        match self {
+            AdminRoute::UserSessions => "/admin/users/{sub}/sessions",
+            AdminRoute::SessionById => "/admin/sessions/{id}",
+            AdminRoute::Stats => "/admin/stats",
+        }
+    }
+
+    /// The route `path` is counted as: a template with a parameter takes every path that starts with its part
+    /// before the parameter (so a user's `sub` or a session id never shows), one without only its own path.
+    pub fn of(path: &str) -> Option<AdminRoute> {
+        AdminRoute::ALL
+            .iter()
+            .copied()
+            .find(|r| match r.path().split_once('{') {
+                Some((fixed, _)) => path.starts_with(fixed),
+                None => path == r.path(),
+            })
+    }
+}
+
 /// Whether two path prefixes overlap: equal, or one is a whole-segment prefix of the other.
 pub fn overlaps(a: &str, b: &str) -> bool {
     let below = |path: &str, prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
@@ -218,6 +256,21 @@ mod tests {
         assert_eq!(Route::Login.limited(), Some(Limited::Login));
         assert_eq!(Route::Callback.limited(), Some(Limited::Callback));
         assert_eq!(Route::Token.limited(), None);
+    }
+
+    #[test]
+    fn admin_paths_map_to_their_templates() {
+        for route in AdminRoute::ALL {
+            assert_eq!(AdminRoute::of(route.path()), Some(*route));
+        }
+        assert_eq!(
+            AdminRoute::of("/admin/users/a-sub/sessions"),
+            Some(AdminRoute::UserSessions)
+        );
+        assert_eq!(AdminRoute::of("/admin/sessions/AbC-_1"), Some(AdminRoute::SessionById));
+        assert_eq!(AdminRoute::of("/admin/stats/"), None);
+        assert_eq!(AdminRoute::of("/admin/users"), None);
+        assert_eq!(Route::of("/admin/stats"), None, "not a path of the public listener");
     }
 
     #[test]
