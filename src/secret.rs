@@ -5,6 +5,9 @@
 //! are read. `Debug` and `Display` print `[redacted]`, and the inner value is
 //! zeroized on drop. Reading the value needs an explicit `expose()`, which makes
 //! every use easy to find in review.
+//!
+//! [`SecretKind`] (which secret a reload was about) lives here too: it is a leaf
+//! name that both `reload` and `metrics` use, so neither imports the other.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::{Zeroize, Zeroizing};
@@ -54,6 +57,39 @@ impl<T: Zeroize + Serialize> Serialize for Secret<T> {
 impl<'de, T: Zeroize + Deserialize<'de>> Deserialize<'de> for Secret<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         T::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// Which secret (or the signing keys) a reload was about; the label of
+/// `avemint_secret_reloads_total`. It lives here, beside `Secret`, so both
+/// `reload` and `metrics` name it without importing each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SecretKind {
+    /// `AVE_CLIENT_SECRET_FILE`.
+    ClientSecret,
+    /// `AVEMINT_SESSION_KEYS_FILE`.
+    SessionKeys,
+    /// A profile's hook `secret_file`.
+    HookSecret,
+    /// The signing keys directory (`mint::keys`).
+    SigningKeys,
+}
+
+impl SecretKind {
+    pub(crate) const ALL: [SecretKind; 4] = [
+        SecretKind::ClientSecret,
+        SecretKind::SessionKeys,
+        SecretKind::HookSecret,
+        SecretKind::SigningKeys,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            SecretKind::ClientSecret => "client_secret",
+            SecretKind::SessionKeys => "session_keys",
+            SecretKind::HookSecret => "hook_secret",
+            SecretKind::SigningKeys => "signing_keys",
+        }
     }
 }
 

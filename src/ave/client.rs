@@ -21,8 +21,8 @@ use super::metadata::{AveMetadata, MetadataStatus};
 use super::settings::ClientOptions;
 use crate::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use crate::metrics::{self, AveCall, AveFailure};
-use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind, reload_one};
-use crate::secret::Secret;
+use crate::reload::{LiveSecret, Reload, SecretFile, reload_one};
+use crate::secret::{Secret, SecretKind};
 use crate::web_url::Issuer;
 
 /// Bodies larger than this from Ave are refused unread.

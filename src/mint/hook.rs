@@ -26,8 +26,8 @@ use url::Url;
 
 use super::claims::REGISTERED_CLAIMS;
 use crate::clock::UnixTime;
-use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind};
-use crate::secret::Secret;
+use crate::reload::{LiveSecret, Reload, SecretFile};
+use crate::secret::{Secret, SecretKind};
 
 /// Header carrying the unix time the request was signed at.
 pub(crate) const TIMESTAMP_HEADER: &str = "X-Avemint-Timestamp";

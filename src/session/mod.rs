@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixTime};
-use crate::reload::{LiveSecret, Reload, SecretFile, SecretKind};
-use crate::secret::Secret;
+use crate::reload::{LiveSecret, Reload, SecretFile};
+use crate::secret::{Secret, SecretKind};
 pub use id::{SessionHandle, SessionId, SessionRowKey};
 pub use manage::SessionSummary;
 pub use renew::RenewalSettings;

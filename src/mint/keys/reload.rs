@@ -17,7 +17,8 @@ use super::manifest::MANIFEST_FILE;
 use super::rotation::{KeyDir, KeyPolicy, pem_files};
 use super::{KeyError, KeyRing};
 use crate::clock::Clock;
-use crate::reload::{Reload, SecretKind};
+use crate::reload::Reload;
+use crate::secret::SecretKind;
 
 /// How often automatic rotation checks whether a rotation or prune is due.
 pub(crate) const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
