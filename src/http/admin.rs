@@ -25,7 +25,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme,
 use super::AppState;
 use super::auth::SessionView;
 use super::errors::{self, ErrorBody};
-use crate::secret::Secret;
+use crate::secret::Credential;
 use crate::session::{SessionCounts, SessionHandle, StoreError};
 use crate::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
 
@@ -41,11 +41,11 @@ pub struct AdminSettings {
     pub token: AdminToken,
 }
 
-/// The admin bearer token. Kept as its SHA-256 too, so a presented token is compared digest to digest in
-/// constant time (the comparison then reveals neither content nor length).
+/// The admin bearer token, kept as a `Credential` (its SHA-256; a presented token is compared digest to digest
+/// in constant time, so the comparison reveals neither content nor length).
 #[derive(Clone)]
 pub struct AdminToken {
-    digest: Secret<[u8; 32]>,
+    credential: Credential,
 }
 
 impl std::fmt::Debug for AdminToken {
@@ -63,13 +63,6 @@ pub(crate) enum AdminTokenError {
     NotVisibleAscii,
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
 impl AdminToken {
     /// At least `MIN_TOKEN_LEN` visible ASCII characters.
     pub(crate) fn parse(raw: &str) -> Result<Self, AdminTokenError> {
@@ -81,13 +74,13 @@ impl AdminToken {
             return Err(AdminTokenError::TooShort);
         }
         Ok(Self {
-            digest: Secret::new(sha256(raw.as_bytes())),
+            credential: Credential::new(raw),
         })
     }
 
     /// True when `presented` is the token (constant time over the digests).
     fn matches(&self, presented: &str) -> bool {
-        crate::ave::id_token::constant_time_eq(&sha256(presented.as_bytes()), self.digest.expose())
+        self.credential.matches(presented)
     }
 }
 

@@ -17,10 +17,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
+use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError, IdTokenError};
 use crate::clock::UnixTime;
-use crate::secret::{Secret, random_bytes};
+use crate::secret::{Credential, Secret, random_bytes};
 use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, SignedInFrom, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeOutcome};
 
@@ -193,7 +193,7 @@ pub fn check_state(pending: &PendingLogin, callback: &Callback<'_>) -> Result<()
     if state.len() > MAX_PARAM_LEN {
         return Err(SignInError::MalformedParameter("state"));
     }
-    if !constant_time_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
+    if !Credential::new(pending.state.expose()).matches(state) {
         return Err(SignInError::StateMismatch);
     }
     match callback.error {
