@@ -60,17 +60,7 @@ impl Sessions {
         }
         let plain = self.open_row(row, now).ok()?;
         let data = serde_json::from_slice(&plain).ok()?;
-        Some(Session {
-            key: row.key,
-            version: row.version,
-            created_at: row.created_at,
-            last_seen_at: row.last_seen_at,
-            refresh_started_at: row.refresh_started_at,
-            refresh_deadline: row.refresh_deadline,
-            data,
-            lifetime,
-            idle_timeout: idle,
-        })
+        Some(self.session_of_row(row, data))
     }
 
     /// The live sessions of the user `sub`, opened and checked, most recently used first.

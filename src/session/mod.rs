@@ -121,6 +121,23 @@ pub struct SessionData {
     pub signed_in_from: SignedInFrom,
 }
 
+impl SessionData {
+    /// The same session with Ave's tokens and the id_token claims replaced (after a refresh, or without its spent
+    /// refresh token). Who it is (`sid`, `sub`, `scope`), Ave's `user` from sign-in (not re-sent on refresh) and
+    /// where it was signed in stay: the one way a stored session's data is rebuilt.
+    pub(crate) fn with_tokens(&self, tokens: AveTokens, id_token_claims: Map<String, Value>) -> SessionData {
+        SessionData {
+            sid: self.sid.clone(),
+            sub: self.sub.clone(),
+            scope: self.scope.clone(),
+            tokens,
+            id_token_claims,
+            user: self.user.clone(),
+            signed_in_from: self.signed_in_from.clone(),
+        }
+    }
+}
+
 /// Coarse labels of where a session was signed in, kept only inside the sealed record: a device label from the
 /// `User-Agent` ("Firefox on Linux", never the header) and the client's network (IPv4 /24 or IPv6 /48, never the
 /// address).
@@ -559,17 +576,23 @@ impl Sessions {
             tracing::warn!(session = ?key, "stored session could not be decoded");
             return Ok(None);
         };
-        Ok(Some(Session {
-            key: *key,
+        Ok(Some(self.session_of_row(&row, data)))
+    }
+
+    /// The session a stored row holds, once its sealed record is opened into `data`, with the lifetime and idle
+    /// timeout in force. The one way a `Session` is built from the store.
+    fn session_of_row(&self, row: &StoredSession, data: SessionData) -> Session {
+        Session {
+            key: row.key,
             version: row.version,
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
             refresh_started_at: row.refresh_started_at,
             refresh_deadline: row.refresh_deadline,
             data,
-            lifetime,
-            idle_timeout: idle,
-        }))
+            lifetime: self.settings.lifetime,
+            idle_timeout: self.settings.idle_timeout,
+        }
     }
 
     /// The error for a row made with a key this instance lacks, warning once per key id.

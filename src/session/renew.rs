@@ -627,23 +627,17 @@ impl Renewer {
                 )));
             }
         };
-        let old = &current.data;
-        let data = SessionData {
-            sid: old.sid.clone(),
-            sub: old.sub.clone(),
-            scope: old.scope.clone(),
-            tokens: super::AveTokens {
+        // Ave does not resend `user` on refresh: `with_tokens` keeps the sign-in copy.
+        let data = current.data.with_tokens(
+            super::AveTokens {
                 access_token: resp.access_token,
                 access_token_jwt: resp.access_token_jwt,
                 id_token,
                 refresh_token: resp.refresh_token,
                 access_expires_at: t + Duration::from_secs(resp.expires_in),
             },
-            id_token_claims: validated.into_profile_claims(),
-            // Ave does not resend `user` on refresh: keep the sign-in copy.
-            user: old.user.clone(),
-            signed_in_from: old.signed_in_from.clone(),
-        };
+            validated.into_profile_claims(),
+        );
         match self.replace_retrying(current, data).await? {
             Some(updated) => {
                 tracing::debug!(session = ?current.key, "session renewed");
@@ -664,11 +658,8 @@ impl Renewer {
     /// then serves it while its access token lasts.
     async fn without_refresh_token(&self, current: &Arc<Session>) -> Result<Arc<Session>, RenewError> {
         let old = &current.data;
-        let data = SessionData {
-            sid: old.sid.clone(),
-            sub: old.sub.clone(),
-            scope: old.scope.clone(),
-            tokens: super::AveTokens {
+        let data = old.with_tokens(
+            super::AveTokens {
                 access_token: Secret::new(old.tokens.access_token.expose().clone()),
                 access_token_jwt: old
                     .tokens
@@ -679,10 +670,8 @@ impl Renewer {
                 refresh_token: None,
                 access_expires_at: old.tokens.access_expires_at,
             },
-            id_token_claims: old.id_token_claims.clone(),
-            user: old.user.clone(),
-            signed_in_from: old.signed_in_from.clone(),
-        };
+            old.id_token_claims.clone(),
+        );
         let Some(updated) = self.sessions.replace(current, data).await? else {
             return Err(RenewError::LoginRequired);
         };
