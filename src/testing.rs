@@ -70,8 +70,8 @@ pub mod server {
 
 pub mod session {
     pub use crate::session::{
-        AveTokens, CountCutoffs, DatabaseUrl, HandleKey, OwnerKey, Purpose, RenewalSettings, Sealer, SealingKeys,
-        SessionCounts, SessionData, SessionHandle, SessionId, SessionRowKey, SessionSettings, SessionStore, Sessions,
+        AveTokens, CountCutoffs, DatabaseUrl, HandleHash, OwnerHash, Purpose, RenewalSettings, Sealer, SealingKeys,
+        SessionCounts, SessionData, SessionHandle, SessionId, SessionRowHash, SessionSettings, SessionStore, Sessions,
         StoreError, StoredSession, SweepCutoffs,
     };
     pub mod postgres {

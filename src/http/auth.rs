@@ -19,7 +19,7 @@ use crate::clock::UnixTime;
 use crate::mint::profiles::SelectError;
 use crate::mint::{MintError, MintedToken, Subject};
 use crate::session::{
-    RenewError, Sealer, Session, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom, StoreError,
+    RenewError, Sealer, Session, SessionHandle, SessionRowHash, SessionSummary, SignedInFrom, StoreError,
 };
 use crate::signin::{
     Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, SignInError, decode_login, encode_login,
@@ -196,7 +196,7 @@ pub(crate) struct SessionItem {
 }
 
 impl SessionItem {
-    fn of(s: SessionSummary, current: &SessionRowKey) -> Self {
+    fn of(s: SessionSummary, current: &SessionRowHash) -> Self {
         Self {
             current: s.key == *current,
             session: s.into(),

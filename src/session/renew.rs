@@ -65,7 +65,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tracing::Instrument as _;
 
 use super::backoff::Backoffs;
-use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
+use super::{Session, SessionData, SessionRowHash, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError, TokenPermit};
 use crate::clock::UnixTime;
@@ -167,7 +167,7 @@ pub(crate) struct Renewer {
     wait: Duration,
     /// Ave's refresh timeout; every refresh call is over this long after it starts.
     refresh_timeout: Duration,
-    in_flight: Mutex<HashMap<SessionRowKey, Shared<BoxFuture<'static, Outcome>>>>,
+    in_flight: Mutex<HashMap<SessionRowHash, Shared<BoxFuture<'static, Outcome>>>>,
     backoff: Backoffs,
     /// Set by `stop`: no new refresh starts.
     stopping: AtomicBool,
@@ -330,7 +330,7 @@ impl Renewer {
     /// takes the per-session lock (the refresh marker), calls Ave, stores the
     /// outcome, releases the lock (or keeps it until its deadline when the
     /// outcome is unknown).
-    async fn renew(&self, key: SessionRowKey) -> Result<Arc<Session>, RenewError> {
+    async fn renew(&self, key: SessionRowHash) -> Result<Arc<Session>, RenewError> {
         let permit = match self.ave.admit_refresh().await {
             Ok(permit) => permit,
             Err(e) => {
@@ -385,7 +385,7 @@ impl Renewer {
     }
 
     /// Takes the per-session lock (the refresh marker), or ends the renewal without it.
-    async fn lock(&self, key: SessionRowKey) -> Result<Lock, RenewError> {
+    async fn lock(&self, key: SessionRowHash) -> Result<Lock, RenewError> {
         let waiting = Instant::now();
         let deadline = waiting + self.lock_wait;
         let lease = self.lease();
@@ -468,7 +468,7 @@ impl Renewer {
     /// Calls Ave with the lock held, and stores the outcome.
     async fn call_and_store(
         &self,
-        key: SessionRowKey,
+        key: SessionRowHash,
         current: Arc<Session>,
         refresh_token: Secret<String>,
         marker: UnixTime,
@@ -565,7 +565,7 @@ impl Renewer {
 
     /// Releases the per-session lock without new tokens. If the store cannot
     /// be reached, the marker stays and is taken over when its lease ends.
-    async fn release(&self, key: &SessionRowKey, current: &Session, marker: UnixTime) {
+    async fn release(&self, key: &SessionRowHash, current: &Session, marker: UnixTime) {
         if let Err(e) = self.sessions.store().abort_refresh(key, current.version, marker).await {
             tracing::warn!(session = ?key, error = %e, "refresh marker not released; it expires with its lease");
         }
@@ -703,7 +703,7 @@ impl Renewer {
 }
 
 /// Removes a session's refresh from the in-flight map when dropped.
-struct InFlight<'a>(&'a Renewer, SessionRowKey);
+struct InFlight<'a>(&'a Renewer, SessionRowHash);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
