@@ -13,7 +13,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::client::{AveClient, AveError, KeySet};
+use super::client::AveClient;
+use super::wire::{AveError, KeySet};
 use crate::clock::UnixTime;
 use crate::secret::Credential;
 

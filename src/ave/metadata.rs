@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
+use super::wire::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
 use crate::metrics::{self, AveCall};
 use crate::web_url::Issuer;
 
