@@ -9,10 +9,10 @@ use poem::http::StatusCode;
 use serde::Serialize;
 
 use crate::crypto;
-use crate::http::json;
 use crate::jwt::{IdTokenNonce, mint_jwts};
 use crate::reply::{GrantError, OAuthError};
 use crate::request::{CodeGrant, RefreshGrant};
+use crate::respond::json;
 use crate::scopes::{has_scope, is_scope_allowed, parse_scopes};
 
 use crate::state::{AccessRecord, RefreshRecord, deadline};

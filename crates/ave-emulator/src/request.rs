@@ -6,8 +6,8 @@ use poem::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::http::json;
 use crate::reply::Reply;
+use crate::respond::json;
 
 /// The camelCase names Ave's schema knows; used to report `camel_case`.
 pub(crate) const CAMEL_KEYS: [&str; 9] = [

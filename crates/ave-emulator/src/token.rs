@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::crypto;
 use crate::grants::{authorization_code, refresh_token};
-use crate::http::with_cors;
 use crate::jwt::unix_ms;
 use crate::reply::{GrantError, OAuthError, Reply};
 use crate::request::{CAMEL_KEYS, GRANT_REFRESH_TOKEN, TokenRequest, pick, validate, zod_error};
+use crate::respond::with_cors;
 use crate::state::RateWindow;
 
 use crate::{RecordedTokenRequest, Shared, TokenFailure};
