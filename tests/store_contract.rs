@@ -16,7 +16,7 @@ use avemint_core::session::DatabaseUrl;
 use avemint_core::session::postgres::PostgresStore;
 use avemint_core::session::sqlite::SqliteStore;
 use avemint_core::session::{
-    CountCutoffs, HandleKey, OwnerKey, SessionCounts, SessionRowKey, SessionStore, StoreError, StoredSession,
+    CountCutoffs, HandleHash, OwnerHash, SessionCounts, SessionRowHash, SessionStore, StoreError, StoredSession,
     SweepCutoffs,
 };
 use sqlx::Row;
@@ -122,8 +122,8 @@ fn t(secs: i64) -> UnixTime {
     UnixTime::from_secs(secs)
 }
 
-fn key(k: u8) -> SessionRowKey {
-    SessionRowKey::from_bytes([k; 32])
+fn key(k: u8) -> SessionRowHash {
+    SessionRowHash::from_bytes([k; 32])
 }
 
 fn row(k: u8, version: i64, now: i64) -> StoredSession {
@@ -136,9 +136,9 @@ fn row(k: u8, version: i64, now: i64) -> StoredSession {
         access_expires_at: t(now + 3600),
         refresh_started_at: None,
         refresh_deadline: None,
-        owner: Some(OwnerKey([k % 2; 32])),
+        owner: Some(OwnerHash::from_bytes([k % 2; 32])),
         seen_mac: Some(vec![k; 32]),
-        handle: Some(HandleKey([k; 32])),
+        handle: Some(HandleHash::from_bytes([k; 32])),
     }
 }
 
@@ -414,7 +414,7 @@ async fn sweep_removes_expired_sessions_and_used_states(b: Backend) {
 
 async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend) {
     let s = &b.store;
-    let alice = [OwnerKey([7; 32]), OwnerKey([8; 32])];
+    let alice = [OwnerHash::from_bytes([7; 32]), OwnerHash::from_bytes([8; 32])];
     let mut rows = Vec::new();
     for (i, seen) in [(10u8, 100), (11, 400), (12, 300), (13, 200)] {
         let mut r = row(i, 0, 50);
@@ -429,7 +429,7 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
     tie.owner = Some(alice[0]);
     s.insert(&tie).await.expect("insert");
     let mut bob = row(20, 0, 50);
-    bob.owner = Some(OwnerKey([9; 32]));
+    bob.owner = Some(OwnerHash::from_bytes([9; 32]));
     s.insert(&bob).await.expect("insert");
     let mut unindexed = row(21, 0, 50);
     unindexed.owner = None;
@@ -451,7 +451,12 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
         vec![12, 14, 10]
     );
     assert!(s.sessions_of(&[]).await.expect("list").is_empty());
-    assert!(s.sessions_of(&[OwnerKey([3; 32])]).await.expect("list").is_empty());
+    assert!(
+        s.sessions_of(&[OwnerHash::from_bytes([3; 32])])
+            .await
+            .expect("list")
+            .is_empty()
+    );
     // Keep two (the new session 10 among them): 11 stays, the others go.
     let mut ended: Vec<u8> = s
         .trim_sessions_of(&alice, 2, &rows[0].key)
@@ -494,7 +499,7 @@ async fn the_per_user_index_lists_and_trims_most_recently_used_first(b: Backend)
 
 async fn unreadable_rows_are_corrupt_and_do_not_hide_others(b: Backend) {
     let s = &b.store;
-    let owner = OwnerKey([7; 32]);
+    let owner = OwnerHash::from_bytes([7; 32]);
     for (k, version) in [(1u8, 1), (2, 2), (3, 3)] {
         let mut r = row(k, version, 1000 + i64::from(k));
         r.owner = Some(owner);
@@ -553,10 +558,15 @@ async fn a_failing_database_is_unavailable(b: Backend) {
     );
     unavailable("abort_refresh", s.abort_refresh(&r.key, 0, t(1)).await.err());
     unavailable("touch", s.touch(&r.key, t(2000), b"mac").await.err());
-    unavailable("sessions_of", s.sessions_of(&[OwnerKey([1; 32])]).await.err());
+    unavailable(
+        "sessions_of",
+        s.sessions_of(&[OwnerHash::from_bytes([1; 32])]).await.err(),
+    );
     unavailable(
         "trim_sessions_of",
-        s.trim_sessions_of(&[OwnerKey([1; 32])], 1, &r.key).await.err(),
+        s.trim_sessions_of(&[OwnerHash::from_bytes([1; 32])], 1, &r.key)
+            .await
+            .err(),
     );
     unavailable("delete", s.delete(&r.key).await.err());
     unavailable("consume_login_state", s.consume_login_state(&[1; 32], t(1)).await.err());
@@ -713,23 +723,30 @@ async fn the_sid_index_finds_one_session(b: Backend) {
     unindexed.handle = None;
     s.insert(&unindexed).await.expect("insert");
     assert_eq!(
-        s.session_by_handle(&[HandleKey([2; 32])]).await.expect("find"),
+        s.session_by_handle(&[HandleHash::from_bytes([2; 32])])
+            .await
+            .expect("find"),
         Some(get(&b, 2).await),
         "the row, whole"
     );
     // Every configured key's index value is tried (key rotation).
     let found = s
-        .session_by_handle(&[HandleKey([9; 32]), HandleKey([1; 32])])
+        .session_by_handle(&[HandleHash::from_bytes([9; 32]), HandleHash::from_bytes([1; 32])])
         .await
         .expect("find")
         .expect("row");
     assert_eq!(found.key, key(1));
-    assert_eq!(s.session_by_handle(&[HandleKey([3; 32])]).await.expect("find"), None);
+    assert_eq!(
+        s.session_by_handle(&[HandleHash::from_bytes([3; 32])])
+            .await
+            .expect("find"),
+        None
+    );
     assert_eq!(s.session_by_handle(&[]).await.expect("find"), None);
     assert_eq!(get(&b, 3).await.handle, None, "rows written before the index have none");
     // The index is unique: a second row with the same value is refused.
     let mut twin = row(4, 0, 100);
-    twin.handle = Some(HandleKey([1; 32]));
+    twin.handle = Some(HandleHash::from_bytes([1; 32]));
     assert!(s.insert(&twin).await.is_err());
 }
 

@@ -26,7 +26,7 @@ use super::AppState;
 use super::errors::{self, ErrorBody};
 use super::session_view::SessionView;
 use avemint_base::route::AdminRoute;
-use avemint_base::secret::Secret;
+use avemint_base::secret::Credential;
 use avemint_core::session::{SessionCounts, SessionHandle, StoreError};
 use avemint_core::traffic::rate_limit::{CredentialEndpoint, CredentialLimiter, CredentialVerdict};
 
@@ -42,11 +42,11 @@ pub struct AdminSettings {
     pub token: AdminToken,
 }
 
-/// The admin bearer token. Kept as its SHA-256 too, so a presented token is compared digest to digest in
-/// constant time (the comparison then reveals neither content nor length).
+/// The admin bearer token, kept as a `Credential` (its SHA-256; a presented token is compared digest to digest
+/// in constant time, so the comparison reveals neither content nor length).
 #[derive(Clone)]
 pub struct AdminToken {
-    digest: Secret<[u8; 32]>,
+    credential: Credential,
 }
 
 impl std::fmt::Debug for AdminToken {
@@ -64,13 +64,6 @@ pub(crate) enum AdminTokenError {
     NotVisibleAscii,
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
 impl AdminToken {
     /// At least `MIN_TOKEN_LEN` visible ASCII characters.
     pub(crate) fn parse(raw: &str) -> Result<Self, AdminTokenError> {
@@ -82,13 +75,13 @@ impl AdminToken {
             return Err(AdminTokenError::TooShort);
         }
         Ok(Self {
-            digest: Secret::new(sha256(raw.as_bytes())),
+            credential: Credential::new(raw),
         })
     }
 
     /// True when `presented` is the token (constant time over the digests).
     fn matches(&self, presented: &str) -> bool {
-        avemint_core::ave::id_token::constant_time_eq(&sha256(presented.as_bytes()), self.digest.expose())
+        self.credential.matches(presented)
     }
 }
 

@@ -21,7 +21,7 @@ use super::session_view::SessionView;
 use super::{ApiTags, AppState};
 use avemint_base::clock::UnixTime;
 use avemint_core::mint::MintedToken;
-use avemint_core::session::{Sealer, SessionHandle, SessionRowKey, SessionSummary, SignedInFrom};
+use avemint_core::session::{Sealer, SessionHandle, SessionRowHash, SessionSummary, SignedInFrom};
 use avemint_core::signin::{
     Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, decode_login, encode_login,
 };
@@ -163,7 +163,7 @@ pub(crate) struct SessionItem {
 }
 
 impl SessionItem {
-    fn of(s: SessionSummary, current: &SessionRowKey) -> Self {
+    fn of(s: SessionSummary, current: &SessionRowHash) -> Self {
         Self {
             current: s.key == *current,
             session: s.into(),

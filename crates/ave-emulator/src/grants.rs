@@ -9,14 +9,14 @@ use poem::http::StatusCode;
 use serde::Serialize;
 
 use crate::crypto;
-use crate::http::json;
 use crate::jwt::{IdTokenNonce, mint_jwts};
 use crate::reply::{GrantError, OAuthError};
-use crate::request::{CodeGrant, RefreshGrant};
+use crate::request::{CodeGrant, RefreshGrant, RequestMeta};
+use crate::respond::json;
 use crate::scopes::{has_scope, is_scope_allowed, parse_scopes};
 
 use crate::state::{AccessRecord, RefreshRecord, deadline};
-use crate::token::RequestMeta;
+
 use crate::{EmulatedUser, Shared};
 
 // ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! Routing, response helpers and the two `.well-known` documents.
+//! Routing and the two `.well-known` documents. The router imports the handlers; the handlers never import
+//! it (their response helpers are in `respond`).
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use poem::{Endpoint, Request, Response};
 use serde::Serialize;
 
 use super::crypto::Jwk;
+use super::respond::{error_only, json, not_found, with_cors};
 use super::{Shared, signin, token, userinfo};
 
 /// The poem endpoint serving every route of the emulator.
@@ -35,49 +37,6 @@ async fn dispatch(shared: Arc<Shared>, req: Request) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
-}
-
-/// A JSON response with `status`. Serialisation cannot fail for the types
-/// used here; if it ever did, the answer is Ave's generic 500.
-pub(super) fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => Response::builder()
-            .status(status)
-            .content_type("application/json")
-            .body(bytes),
-        Err(_) => internal_error(),
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorOnly<'a> {
-    error: &'a str,
-}
-
-/// `{"error": <error>}` with `status`.
-pub(super) fn error_only(status: StatusCode, error: &str) -> Response {
-    json(status, &ErrorOnly { error })
-}
-
-/// 500 `{"error":"Internal Server Error"}`.
-pub(super) fn internal_error() -> Response {
-    Response::builder()
-        .status(StatusCode::INTERNAL_SERVER_ERROR)
-        .content_type("application/json")
-        .body(r#"{"error":"Internal Server Error"}"#)
-}
-
-/// 404 `{"error":"Not Found"}` (Hono's not-found handler in Ave).
-pub(super) fn not_found() -> Response {
-    error_only(StatusCode::NOT_FOUND, "Not Found")
-}
-
-/// Adds `Access-Control-Allow-Origin: *` (Ave's public OAuth paths).
-pub(super) fn with_cors(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
 }
 

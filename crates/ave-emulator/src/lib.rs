@@ -100,7 +100,8 @@
 //! | Module | What it owns |
 //! |---|---|
 //! | `lib.rs` | the public API: [`Emulator`], its configuration and switches |
-//! | `http` | the router, JSON/CORS answers, discovery and JWKS |
+//! | `http` | the router, discovery and JWKS |
+//! | `respond` | the response helpers every handler shares: JSON, `{"error"}` answers, CORS |
 //! | `signin` | the sign-in page and its forms |
 //! | `token` | `POST /api/oauth/token`: body, rate limit, presentation counting, recording |
 //! | `request` | token-request parsing with zod-shaped errors |
@@ -121,6 +122,7 @@ mod http;
 mod jwt;
 mod reply;
 mod request;
+mod respond;
 mod scopes;
 mod signin;
 mod state;

@@ -8,7 +8,7 @@ use poem::http::StatusCode;
 use serde::Serialize;
 
 use crate::crypto::CryptoFailure;
-use crate::http::{self, json};
+use crate::respond::{self, json};
 
 /// An answer plus the `error` string recorded for it.
 pub(crate) struct Reply {
@@ -24,14 +24,14 @@ impl Reply {
     /// A plain `{"error": ...}` answer.
     pub(crate) fn error_only(status: StatusCode, error: &str) -> Reply {
         Reply {
-            response: http::error_only(status, error),
+            response: respond::error_only(status, error),
             error: Some(error.to_owned()),
         }
     }
 
     pub(crate) fn internal() -> Reply {
         Reply {
-            response: http::internal_error(),
+            response: respond::internal_error(),
             error: Some("Internal Server Error".to_owned()),
         }
     }

@@ -6,8 +6,14 @@ use poem::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::http::json;
 use crate::reply::Reply;
+use crate::respond::json;
+
+/// Request headers that matter to the token endpoint.
+pub(crate) struct RequestMeta {
+    pub(crate) content_type: Option<String>,
+    pub(crate) origin: Option<String>,
+}
 
 /// The camelCase names Ave's schema knows; used to report `camel_case`.
 pub(crate) const CAMEL_KEYS: [&str; 9] = [

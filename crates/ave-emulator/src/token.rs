@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::crypto;
 use crate::grants::{authorization_code, refresh_token};
-use crate::http::with_cors;
 use crate::jwt::unix_ms;
 use crate::reply::{GrantError, OAuthError, Reply};
-use crate::request::{CAMEL_KEYS, GRANT_REFRESH_TOKEN, TokenRequest, pick, validate, zod_error};
+use crate::request::{CAMEL_KEYS, GRANT_REFRESH_TOKEN, RequestMeta, TokenRequest, pick, validate, zod_error};
+use crate::respond::with_cors;
 use crate::state::RateWindow;
 
 use crate::{RecordedTokenRequest, Shared, TokenFailure};
@@ -22,12 +22,6 @@ use crate::{RecordedTokenRequest, Shared, TokenFailure};
 /// Largest request body read (Ave runs on Workers with a far larger limit;
 /// a client never needs more than a few hundred bytes).
 pub(crate) const BODY_LIMIT: usize = 1 << 20;
-
-/// Request headers that matter to the token endpoint.
-pub(crate) struct RequestMeta {
-    pub(crate) content_type: Option<String>,
-    pub(crate) origin: Option<String>,
-}
 
 /// Handles one token-endpoint call and records it.
 pub(crate) async fn handle(shared: &Arc<Shared>, mut req: Request) -> Response {

@@ -8,7 +8,7 @@ use poem::{Request, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::http::{error_only, json, with_cors};
+use super::respond::{error_only, json, with_cors};
 use super::{Shared, crypto};
 use super::{jwt::verify_access_jwt, scopes::has_scope};
 

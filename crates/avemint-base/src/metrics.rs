@@ -27,8 +27,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::reload::SecretKind;
 use crate::route::Route;
+use crate::secret::SecretKind;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

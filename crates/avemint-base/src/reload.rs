@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::secret::SecretKind;
+
 /// How often the watched files are checked for changes.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,37 +66,6 @@ impl SecretFile {
     /// The path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// The kinds of secret that reload, as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretKind {
-    /// `AVE_CLIENT_SECRET_FILE`.
-    ClientSecret,
-    /// `AVEMINT_SESSION_KEYS_FILE`.
-    SessionKeys,
-    /// A profile's hook `secret_file`.
-    HookSecret,
-    /// The signing keys directory (`mint::keys`).
-    SigningKeys,
-}
-
-impl SecretKind {
-    pub(crate) const ALL: [SecretKind; 4] = [
-        SecretKind::ClientSecret,
-        SecretKind::SessionKeys,
-        SecretKind::HookSecret,
-        SecretKind::SigningKeys,
-    ];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            SecretKind::ClientSecret => "client_secret",
-            SecretKind::SessionKeys => "session_keys",
-            SecretKind::HookSecret => "hook_secret",
-            SecretKind::SigningKeys => "signing_keys",
-        }
     }
 }
 

@@ -13,8 +13,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::client::{AveClient, AveError, KeySet};
+use super::client::AveClient;
+use super::wire::{AveError, KeySet};
 use avemint_base::clock::UnixTime;
+use avemint_base::secret::Credential;
 
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub(crate) const LEEWAY_SECS: u64 = 30;
@@ -222,17 +224,11 @@ fn check_claims(
     }
     if let NonceCheck::Expect(expected) = nonce {
         match claims.get("nonce") {
-            Some(Value::String(n)) if constant_time_eq(n.as_bytes(), expected.as_bytes()) => {}
+            Some(Value::String(n)) if Credential::new(expected).matches(n) => {}
             _ => return Err(IdTokenError::Nonce),
         }
     }
     Ok(ValidatedIdToken { sub, claims })
-}
-
-/// Equality without an early exit on the first differing byte (aws-lc's
-/// `CRYPTO_memcmp`; only the lengths are compared in variable time).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use super::client::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
-pub use avemint_base::metrics::{self, AveCall};
+use super::wire::{AveError, KeySet, ProviderMetadata, clone_error, read_limited, transport};
+use avemint_base::metrics::{self, AveCall};
 use avemint_base::web_url::Issuer;
 
 /// The longest pause between two re-fetch attempts while Ave keeps failing.

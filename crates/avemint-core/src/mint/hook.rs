@@ -26,8 +26,8 @@ use url::Url;
 
 use super::claims::REGISTERED_CLAIMS;
 use avemint_base::clock::UnixTime;
-pub use avemint_base::reload::{LiveSecret, Reload, SecretFile, SecretKind};
-use avemint_base::secret::Secret;
+pub use avemint_base::reload::{LiveSecret, Reload, SecretFile};
+pub use avemint_base::secret::{Secret, SecretKind};
 
 /// Header carrying the unix time the request was signed at.
 pub(crate) const TIMESTAMP_HEADER: &str = "X-Avemint-Timestamp";

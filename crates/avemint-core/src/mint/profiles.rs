@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::claims::ClaimTemplate;
 use super::hook::{Hook, HookError, HookSpec};
-use avemint_base::secret::Secret;
+use avemint_base::secret::{Credential, Secret};
 
 /// The name of the profile built from the env-only settings.
 pub const DEFAULT_PROFILE_NAME: &str = "default";
@@ -160,8 +160,8 @@ pub struct Profile {
     pub ttl: Duration,
     pub claims: ClaimTemplate,
     pub hook: Option<Hook>,
-    /// See `ProfileSpec::introspection_secret`.
-    pub introspection_secret: Option<Secret<String>>,
+    /// See `ProfileSpec::introspection_secret`; kept as its digest, compared in constant time.
+    pub introspection_secret: Option<Credential>,
     /// Page script may mint it through `POST /auth/token` (see `ProfileSpec::browser`).
     pub browser: bool,
 }
@@ -213,7 +213,7 @@ impl Profiles {
                     ttl: spec.ttl,
                     claims: spec.claims.clone(),
                     hook: spec.hook.as_ref().map(|h| Hook::new(h, &spec.name)).transpose()?,
-                    introspection_secret: spec.introspection_secret.clone(),
+                    introspection_secret: spec.introspection_secret.as_ref().map(|s| Credential::new(s.expose())),
                     browser: spec.browser.unwrap_or(true),
                 })
             })

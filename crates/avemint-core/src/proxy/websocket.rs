@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use crate::session::SessionRowKey;
+use crate::session::SessionRowHash;
 
 /// After one side sent a close frame, how long the other may take to answer its own before both are dropped.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);
@@ -77,14 +77,14 @@ pub struct OpenSockets {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    per_session: HashMap<SessionRowKey, usize>,
+    per_session: HashMap<SessionRowHash, usize>,
 }
 
 /// One open WebSocket's place in [`OpenSockets`], given back when dropped.
 #[derive(Debug)]
 pub struct SocketSlot {
     counts: Arc<Mutex<Counts>>,
-    session: SessionRowKey,
+    session: SessionRowHash,
 }
 
 impl OpenSockets {
@@ -96,7 +96,7 @@ impl OpenSockets {
     }
 
     /// A place for one more WebSocket of `session`, unless that session or the instance has its limit open.
-    pub fn open(&self, session: SessionRowKey) -> Result<SocketSlot, TooMany> {
+    pub fn open(&self, session: SessionRowHash) -> Result<SocketSlot, TooMany> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = counts.per_session.get(&session).copied().unwrap_or(0);
         if mine >= self.limits.per_session {
@@ -312,7 +312,7 @@ mod tests {
             per_session: 2,
             instance: 3,
         });
-        let (a, b) = (SessionRowKey::from_bytes([1; 32]), SessionRowKey::from_bytes([2; 32]));
+        let (a, b) = (SessionRowHash::from_bytes([1; 32]), SessionRowHash::from_bytes([2; 32]));
         let a1 = sockets.open(a).expect("a 1");
         let _a2 = sockets.open(a).expect("a 2");
         assert_eq!(sockets.open(a).expect_err("a 3"), TooMany::Session(2));

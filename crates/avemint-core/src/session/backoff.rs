@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::SessionRowKey;
+use super::SessionRowHash;
 
 /// The first back-off.
 pub(crate) const FIRST: Duration = Duration::from_secs(1);
@@ -60,19 +60,19 @@ struct Entry {
 /// The back-off state of the sessions whose last refresh failed.
 #[derive(Default)]
 pub(crate) struct Backoffs {
-    entries: Mutex<HashMap<SessionRowKey, Entry>>,
+    entries: Mutex<HashMap<SessionRowHash, Entry>>,
 }
 
 impl Backoffs {
     /// The time left before `key` may be refreshed again, if it is backing off.
-    pub(crate) fn pending(&self, key: &SessionRowKey) -> Option<Duration> {
+    pub(crate) fn pending(&self, key: &SessionRowHash) -> Option<Duration> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let left = entries.get(key)?.until.checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
     }
 
     /// Records a failed refresh of `key`; returns the back-off it starts.
-    pub(crate) fn failed(&self, key: &SessionRowKey, access_left: Duration, hint: Option<Duration>) -> Duration {
+    pub(crate) fn failed(&self, key: &SessionRowHash, access_left: Duration, hint: Option<Duration>) -> Duration {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() > PRUNE_ABOVE {
@@ -90,7 +90,7 @@ impl Backoffs {
     }
 
     /// Forgets `key` (its refresh succeeded, or the session ended).
-    pub(crate) fn succeeded(&self, key: &SessionRowKey) {
+    pub(crate) fn succeeded(&self, key: &SessionRowHash) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn the_table_backs_off_and_forgets_on_success() {
         let table = Backoffs::default();
-        let key = SessionRowKey::from_bytes([7; 32]);
+        let key = SessionRowHash::from_bytes([7; 32]);
         assert_eq!(table.pending(&key), None);
         let first = table.failed(&key, HOUR, None);
         assert!(first >= FIRST);

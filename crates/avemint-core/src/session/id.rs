@@ -1,7 +1,7 @@
-//! Session identifiers: the browser's opaque cookie value and the row key derived from it.
+//! Session identifiers: the browser's opaque cookie value and the row hash derived from it.
 //!
 //! `SessionId` is 256 random bits; it only ever lives in the cookie. The store
-//! keys rows by `SessionRowKey`, its SHA-256, so a leaked database does not hand
+//! keys rows by `SessionRowHash`, its SHA-256, so a leaked database does not hand
 //! out live cookies. `SessionHandle` is the `sid` claim of app JWTs: random,
 //! unrelated to the cookie.
 
@@ -38,12 +38,12 @@ impl SessionId {
         Secret::new(URL_SAFE_NO_PAD.encode(self.0.expose()))
     }
 
-    /// The store's row key.
-    pub fn key(&self) -> SessionRowKey {
+    /// The store's row hash (the primary key of its row).
+    pub fn key(&self) -> SessionRowHash {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.expose());
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
-        SessionRowKey(key)
+        SessionRowHash(key)
     }
 }
 
@@ -53,28 +53,29 @@ impl std::fmt::Debug for SessionId {
     }
 }
 
-/// SHA-256 of a session id: the primary key of a stored session.
+/// SHA-256 of a session id: the primary key of a stored session. A hash, not key material (that is
+/// `SealingKeys`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionRowKey([u8; 32]);
+pub struct SessionRowHash([u8; 32]);
 
-impl SessionRowKey {
+impl SessionRowHash {
     /// The raw 32 bytes (stored as a BLOB, used as AEAD associated data).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
-    /// Rebuilds a key read back from the store.
+    /// Rebuilds a hash read back from the store.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 }
 
-impl std::fmt::Debug for SessionRowKey {
+impl std::fmt::Debug for SessionRowHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A prefix is enough to correlate log lines and reveals nothing usable.
         write!(
             f,
-            "SessionRowKey({:02x}{:02x}{:02x}{:02x}…)",
+            "SessionRowHash({:02x}{:02x}{:02x}{:02x}…)",
             self.0[0], self.0[1], self.0[2], self.0[3]
         )
     }

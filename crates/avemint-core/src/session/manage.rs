@@ -3,8 +3,8 @@
 //! signed-in user's endpoints (`/auth/sessions`, `/auth/logout` scopes) and
 //! the operators' admin API, with no HTTP type.
 //!
-//! A user's sessions are found through the per-user index (`OwnerKey`, an
-//! HMAC of `sub`), a single session through the sid index (`HandleKey`, an
+//! A user's sessions are found through the per-user index (`OwnerHash`, an
+//! HMAC of `sub`), a single session through the sid index (`HandleHash`, an
 //! HMAC of `sid`); neither index is authenticated, so every row found is
 //! opened and its sealed `sub` (or `sid`) compared before it is shown or
 //! ended. Sessions written before an index existed are not found through it
@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::id::{SessionHandle, SessionRowKey};
+use super::id::{SessionHandle, SessionRowHash};
 use super::store::{CountCutoffs, SessionCounts, StoreError, StoredSession, SweepCutoffs};
 use super::{Session, Sessions, SignedInFrom};
 use avemint_base::clock::UnixTime;
@@ -24,7 +24,7 @@ use avemint_base::clock::UnixTime;
 #[derive(Debug, Clone)]
 pub struct SessionSummary {
     /// The row key (compared with the caller's own session; never shown).
-    pub key: SessionRowKey,
+    pub key: SessionRowHash,
     /// The session's `sid`, as its app JWTs carry it: the id the list shows.
     pub sid: SessionHandle,
     pub created_at: UnixTime,
@@ -60,23 +60,13 @@ impl Sessions {
         }
         let plain = self.open_row(row, now).ok()?;
         let data = serde_json::from_slice(&plain).ok()?;
-        Some(Session {
-            key: row.key,
-            version: row.version,
-            created_at: row.created_at,
-            last_seen_at: row.last_seen_at,
-            refresh_started_at: row.refresh_started_at,
-            refresh_deadline: row.refresh_deadline,
-            data,
-            lifetime,
-            idle_timeout: idle,
-        })
+        Some(self.session_of_row(row, data))
     }
 
     /// The live sessions of the user `sub`, opened and checked, most recently used first.
     async fn sessions_of_user(&self, sub: &str) -> Result<Vec<Session>, StoreError> {
         let now = self.now();
-        let rows = self.store.sessions_of(&self.owner_keys(sub)).await?;
+        let rows = self.store.sessions_of(&self.owner_hashes(sub)).await?;
         Ok(rows
             .iter()
             .filter_map(|row| self.open_found(row, now))
@@ -96,7 +86,7 @@ impl Sessions {
 
     /// Ends the session `sid` if it is one of the user `sub`'s; returns its row key, `None` when `sub` has no
     /// such session (another user's and an unknown `sid` alike).
-    pub async fn end_one_of(&self, sub: &str, sid: &SessionHandle) -> Result<Option<SessionRowKey>, StoreError> {
+    pub async fn end_one_of(&self, sub: &str, sid: &SessionHandle) -> Result<Option<SessionRowHash>, StoreError> {
         let found = self
             .sessions_of_user(sub)
             .await?
@@ -110,7 +100,7 @@ impl Sessions {
     }
 
     /// Ends every session of the user `sub` but `keep` (when given); returns how many ended.
-    pub async fn end_all_of(&self, sub: &str, keep: Option<&SessionRowKey>) -> Result<usize, StoreError> {
+    pub async fn end_all_of(&self, sub: &str, keep: Option<&SessionRowHash>) -> Result<usize, StoreError> {
         let mut ended = 0;
         for session in self.sessions_of_user(sub).await? {
             if Some(&session.key) != keep && self.delete(&session.key).await? {
@@ -123,7 +113,7 @@ impl Sessions {
     /// Ends the session `sid`, whoever it belongs to (the admin API); false when no session has it (or it was
     /// written before the sid index: end those through their user).
     pub async fn end_by_sid(&self, sid: &SessionHandle) -> Result<bool, StoreError> {
-        let Some(row) = self.store.session_by_handle(&self.handle_keys(sid.as_str())).await? else {
+        let Some(row) = self.store.session_by_handle(&self.handle_hashes(sid.as_str())).await? else {
             return Ok(false);
         };
         match self.open_found(&row, self.now()) {

@@ -20,9 +20,9 @@
 //! token renewal re-seals them with `created_at` bound in, and their next
 //! activity gives them a `seen_mac`.
 //!
-//! Each row is indexed by an HMAC of the user's `sub` (`OwnerKey`), which caps
+//! Each row is indexed by an HMAC of the user's `sub` (`OwnerHash`), which caps
 //! the sessions per user (`AVEMINT_MAX_SESSIONS_PER_USER`) without the `sub`
-//! ever being stored in clear, and by an HMAC of its `sid` (`HandleKey`), so
+//! ever being stored in clear, and by an HMAC of its `sid` (`HandleHash`), so
 //! an operator can end a session by the `sid` of its app JWTs. Listing and
 //! ending sessions (users' own, and the admin API's) is `manage`.
 
@@ -46,9 +46,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use avemint_base::clock::{Clock, UnixTime};
-pub use avemint_base::reload::{LiveSecret, Reload, SecretFile, SecretKind};
-use avemint_base::secret::Secret;
-pub use id::{SessionHandle, SessionId, SessionRowKey};
+pub use avemint_base::reload::{LiveSecret, Reload, SecretFile};
+pub use avemint_base::secret::{Secret, SecretKind};
+pub use id::{SessionHandle, SessionId, SessionRowHash};
 pub use manage::SessionSummary;
 pub use renew::RenewalSettings;
 pub use renew::{RenewError, Renewer};
@@ -56,7 +56,7 @@ use sealer::{KeyId, MacCheck};
 pub use sealer::{Purpose, Sealer, SealingKeys, SessionCrypto};
 pub use settings::{DatabaseUrl, SessionSettings, StoreSettings};
 pub use store::{
-    CountCutoffs, HandleKey, OwnerKey, SessionCounts, SessionStore, StoreError, StoredSession, SweepCutoffs,
+    CountCutoffs, HandleHash, OwnerHash, SessionCounts, SessionStore, StoreError, StoredSession, SweepCutoffs,
 };
 
 /// Idle-time bookkeeping is written at most this often per session, so the
@@ -74,7 +74,7 @@ const SID_ROW_TTL: Duration = Duration::from_secs(600);
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The associated data of a sealed session: the row key and `created_at`.
-fn record_aad(key: &SessionRowKey, created_at: UnixTime) -> Vec<u8> {
+fn record_aad(key: &SessionRowHash, created_at: UnixTime) -> Vec<u8> {
     let mut aad = Vec::with_capacity(32 + 12 + 8);
     aad.extend_from_slice(key.as_bytes());
     aad.extend_from_slice(b"|created_at|");
@@ -83,7 +83,7 @@ fn record_aad(key: &SessionRowKey, created_at: UnixTime) -> Vec<u8> {
 }
 
 /// What `seen_mac` authenticates: the row key, `created_at` and `last_seen_at`.
-fn seen_message(key: &SessionRowKey, created_at: UnixTime, last_seen_at: UnixTime) -> Vec<u8> {
+fn seen_message(key: &SessionRowHash, created_at: UnixTime, last_seen_at: UnixTime) -> Vec<u8> {
     let mut msg = Vec::with_capacity(32 + 16);
     msg.extend_from_slice(key.as_bytes());
     msg.extend_from_slice(&created_at.as_secs().to_be_bytes());
@@ -121,6 +121,23 @@ pub struct SessionData {
     pub signed_in_from: SignedInFrom,
 }
 
+impl SessionData {
+    /// The same session with Ave's tokens and the id_token claims replaced (after a refresh, or without its spent
+    /// refresh token). Who it is (`sid`, `sub`, `scope`), Ave's `user` from sign-in (not re-sent on refresh) and
+    /// where it was signed in stay: the one way a stored session's data is rebuilt.
+    pub(crate) fn with_tokens(&self, tokens: AveTokens, id_token_claims: Map<String, Value>) -> SessionData {
+        SessionData {
+            sid: self.sid.clone(),
+            sub: self.sub.clone(),
+            scope: self.scope.clone(),
+            tokens,
+            id_token_claims,
+            user: self.user.clone(),
+            signed_in_from: self.signed_in_from.clone(),
+        }
+    }
+}
+
 /// Coarse labels of where a session was signed in, kept only inside the sealed record: a device label from the
 /// `User-Agent` ("Firefox on Linux", never the header) and the client's network (IPv4 /24 or IPv6 /48, never the
 /// address).
@@ -140,7 +157,7 @@ impl SignedInFrom {
 
 /// A session read back from the store.
 pub struct Session {
-    pub key: SessionRowKey,
+    pub key: SessionRowHash,
     pub version: i64,
     pub created_at: UnixTime,
     pub last_seen_at: UnixTime,
@@ -215,11 +232,11 @@ pub struct Sessions {
     settings: SessionSettings,
     /// Decrypted sessions, served for at most the cache TTL (bounded
     /// staleness: another instance's logout is seen within that time).
-    cache: Option<Cache<SessionRowKey, Arc<Session>>>,
+    cache: Option<Cache<SessionRowHash, Arc<Session>>>,
     /// Which row a `sid` names (`None`: no live session has it), for
     /// introspection (see `is_live`). The mapping never changes, so it is not
     /// what bounds staleness: the session cache is.
-    sid_rows: Cache<String, Option<SessionRowKey>>,
+    sid_rows: Cache<String, Option<SessionRowHash>>,
     /// Decides expiry, activity and renewal timing.
     clock: Clock,
     /// The key ids this instance already warned it lacks (each is logged once at `warn`).
@@ -321,7 +338,7 @@ impl Sessions {
 
     /// A live session, from the in-process cache when fresh enough.
     #[tracing::instrument(name = "session.lookup", skip_all, fields(cache = tracing::field::Empty))]
-    pub async fn get(&self, key: &SessionRowKey) -> Result<Option<Arc<Session>>, StoreError> {
+    pub async fn get(&self, key: &SessionRowHash) -> Result<Option<Arc<Session>>, StoreError> {
         let now = self.now();
         let Some(cache) = &self.cache else {
             tracing::Span::current().record("cache", "off");
@@ -368,13 +385,13 @@ impl Sessions {
     }
 
     /// Drops a session from the cache.
-    pub(crate) async fn forget(&self, key: &SessionRowKey) {
+    pub(crate) async fn forget(&self, key: &SessionRowHash) {
         if let Some(cache) = &self.cache {
             cache.invalidate(key).await;
         }
     }
 
-    fn seal(&self, key: &SessionRowKey, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
+    fn seal(&self, key: &SessionRowHash, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
         Ok(self.crypto().store.seal(&record_aad(key, created_at), &plain))
     }
@@ -389,7 +406,7 @@ impl Sessions {
     /// still live comes from the session cache, which this instance's own
     /// logouts invalidate at once and which sees another instance's within its
     /// TTL. Without a cached mapping, the user's sessions are found through
-    /// the per-user index (`owner_keys`) and opened to compare their `sid`.
+    /// the per-user index (`owner_hashes`) and opened to compare their `sid`.
     pub async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, StoreError> {
         let now = self.now();
         let row = match self.sid_rows.get(sid).await {
@@ -422,9 +439,9 @@ impl Sessions {
     /// The row key of `sub`'s live session whose `sid` is `sid`, through the per-user index. A row this instance
     /// cannot open for want of a key is skipped; if no other row is the one, that is the answer (`KeyNotHeld`),
     /// not "no such session".
-    async fn find_by_sid(&self, sub: &str, sid: &str, now: UnixTime) -> Result<Option<SessionRowKey>, StoreError> {
+    async fn find_by_sid(&self, sub: &str, sid: &str, now: UnixTime) -> Result<Option<SessionRowHash>, StoreError> {
         let mut not_held = None;
-        for row in self.store.sessions_of(&self.owner_keys(sub)).await? {
+        for row in self.store.sessions_of(&self.owner_hashes(sub)).await? {
             match self.read_at(&row.key, now).await {
                 Ok(Some(s)) if s.data.sid.as_str() == sid && s.data.sub == sub => return Ok(Some(row.key)),
                 Ok(_) => {}
@@ -436,22 +453,22 @@ impl Sessions {
     }
 
     /// The per-user index values of a user: one per configured session key, the current one first.
-    pub(crate) fn owner_keys(&self, sub: &str) -> Vec<OwnerKey> {
+    pub(crate) fn owner_hashes(&self, sub: &str) -> Vec<OwnerHash> {
         self.crypto()
             .owner
             .tags(sub.as_bytes())
             .into_iter()
-            .map(OwnerKey)
+            .map(OwnerHash::from_bytes)
             .collect()
     }
 
     /// The sid index values of a session handle: one per configured session key, the current one first.
-    pub(crate) fn handle_keys(&self, sid: &str) -> Vec<HandleKey> {
+    pub(crate) fn handle_hashes(&self, sid: &str) -> Vec<HandleHash> {
         self.crypto()
             .handle
             .tags(sid.as_bytes())
             .into_iter()
-            .map(HandleKey)
+            .map(HandleHash::from_bytes)
             .collect()
     }
 
@@ -465,7 +482,7 @@ impl Sessions {
     async fn create_at(&self, data: &SessionData, now: UnixTime) -> Result<SessionId, StoreError> {
         let id = SessionId::generate();
         let key = id.key();
-        let owners = self.owner_keys(&data.sub);
+        let owners = self.owner_hashes(&data.sub);
         let row = StoredSession {
             key,
             version: 0,
@@ -477,7 +494,7 @@ impl Sessions {
             refresh_deadline: None,
             owner: owners.first().copied(),
             seen_mac: Some(self.crypto().seen.stamp(&seen_message(&key, now, now))),
-            handle: self.handle_keys(data.sid.as_str()).first().copied(),
+            handle: self.handle_hashes(data.sid.as_str()).first().copied(),
         };
         self.store.insert(&row).await?;
         let cap = self.settings.max_sessions_per_user;
@@ -503,11 +520,11 @@ impl Sessions {
     /// alone; rows that were tampered with (timestamps edited, data forged, under
     /// a key this instance holds) or cannot be read are reported as absent with
     /// an error logged, and tampered ones deleted.
-    pub async fn load(&self, key: &SessionRowKey) -> Result<Option<Session>, StoreError> {
+    pub async fn load(&self, key: &SessionRowHash) -> Result<Option<Session>, StoreError> {
         self.load_at(key, self.now()).await
     }
 
-    async fn load_at(&self, key: &SessionRowKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
+    async fn load_at(&self, key: &SessionRowHash, now: UnixTime) -> Result<Option<Session>, StoreError> {
         let Some(mut session) = self.read_at(key, now).await? else {
             return Ok(None);
         };
@@ -520,7 +537,7 @@ impl Sessions {
     }
 
     /// `load_at` without recording activity.
-    async fn read_at(&self, key: &SessionRowKey, now: UnixTime) -> Result<Option<Session>, StoreError> {
+    async fn read_at(&self, key: &SessionRowHash, now: UnixTime) -> Result<Option<Session>, StoreError> {
         let row = match self.store.get(key).await {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
@@ -559,17 +576,23 @@ impl Sessions {
             tracing::warn!(session = ?key, "stored session could not be decoded");
             return Ok(None);
         };
-        Ok(Some(Session {
-            key: *key,
+        Ok(Some(self.session_of_row(&row, data)))
+    }
+
+    /// The session a stored row holds, once its sealed record is opened into `data`, with the lifetime and idle
+    /// timeout in force. The one way a `Session` is built from the store.
+    fn session_of_row(&self, row: &StoredSession, data: SessionData) -> Session {
+        Session {
+            key: row.key,
             version: row.version,
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
             refresh_started_at: row.refresh_started_at,
             refresh_deadline: row.refresh_deadline,
             data,
-            lifetime,
-            idle_timeout: idle,
-        }))
+            lifetime: self.settings.lifetime,
+            idle_timeout: self.settings.idle_timeout,
+        }
     }
 
     /// The error for a row made with a key this instance lacks, warning once per key id.
@@ -679,7 +702,7 @@ impl Sessions {
     }
 
     /// Deletes a session (logout, or a session Ave ended).
-    pub async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError> {
+    pub async fn delete(&self, key: &SessionRowHash) -> Result<bool, StoreError> {
         self.forget(key).await;
         self.store.delete(key).await
     }
@@ -754,7 +777,7 @@ mod tests {
     }
 
     /// Rewrites a stored row through `edit` (what someone with write access to the database can do).
-    async fn tamper(s: &Sessions, key: &SessionRowKey, edit: impl FnOnce(&mut StoredSession)) {
+    async fn tamper(s: &Sessions, key: &SessionRowHash, edit: impl FnOnce(&mut StoredSession)) {
         let mut row = s.store.get(key).await.expect("get").expect("row");
         edit(&mut row);
         s.store.delete(key).await.expect("delete");
@@ -802,7 +825,7 @@ mod tests {
     async fn rows_written_before_timestamps_were_authenticated_still_work() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = sessions(&dir, 0).await;
-        let legacy = |key: SessionRowKey, created_at: UnixTime, last_seen_at: UnixTime| {
+        let legacy = |key: SessionRowHash, created_at: UnixTime, last_seen_at: UnixTime| {
             let plain = serde_json::to_vec(&data("old")).expect("json");
             StoredSession {
                 key,
@@ -948,8 +971,8 @@ mod tests {
         for id in [&a, &c, &other] {
             assert!(s.load_at(&id.key(), t(202)).await.expect("load").is_some());
         }
-        let owners = s.owner_keys("alice");
+        let owners = s.owner_hashes("alice");
         assert_eq!(s.store.sessions_of(&owners).await.expect("list").len(), 2);
-        assert_ne!(owners[0].0.as_slice(), b"alice".as_slice());
+        assert_ne!(owners[0].as_bytes().as_slice(), b"alice".as_slice());
     }
 }

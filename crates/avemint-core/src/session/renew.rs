@@ -65,11 +65,11 @@ use futures_util::future::{BoxFuture, Shared};
 use tracing::Instrument as _;
 
 use super::backoff::Backoffs;
-use super::{Session, SessionData, SessionRowKey, Sessions, StoreError};
+use super::{Session, SessionData, SessionRowHash, Sessions, StoreError};
 use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError, TokenPermit};
 use avemint_base::clock::UnixTime;
-pub use avemint_base::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
+use avemint_base::log_gate::{LogGate, OUTAGE_INTERVAL, warn_gated};
 use avemint_base::secret::Secret;
 
 /// A marker's deadline is this long after its refresh timeout (clock
@@ -167,7 +167,7 @@ pub struct Renewer {
     wait: Duration,
     /// Ave's refresh timeout; every refresh call is over this long after it starts.
     refresh_timeout: Duration,
-    in_flight: Mutex<HashMap<SessionRowKey, Shared<BoxFuture<'static, Outcome>>>>,
+    in_flight: Mutex<HashMap<SessionRowHash, Shared<BoxFuture<'static, Outcome>>>>,
     backoff: Backoffs,
     /// Set by `stop`: no new refresh starts.
     stopping: AtomicBool,
@@ -330,7 +330,7 @@ impl Renewer {
     /// takes the per-session lock (the refresh marker), calls Ave, stores the
     /// outcome, releases the lock (or keeps it until its deadline when the
     /// outcome is unknown).
-    async fn renew(&self, key: SessionRowKey) -> Result<Arc<Session>, RenewError> {
+    async fn renew(&self, key: SessionRowHash) -> Result<Arc<Session>, RenewError> {
         let permit = match self.ave.admit_refresh().await {
             Ok(permit) => permit,
             Err(e) => {
@@ -385,7 +385,7 @@ impl Renewer {
     }
 
     /// Takes the per-session lock (the refresh marker), or ends the renewal without it.
-    async fn lock(&self, key: SessionRowKey) -> Result<Lock, RenewError> {
+    async fn lock(&self, key: SessionRowHash) -> Result<Lock, RenewError> {
         let waiting = Instant::now();
         let deadline = waiting + self.lock_wait;
         let lease = self.lease();
@@ -468,7 +468,7 @@ impl Renewer {
     /// Calls Ave with the lock held, and stores the outcome.
     async fn call_and_store(
         &self,
-        key: SessionRowKey,
+        key: SessionRowHash,
         current: Arc<Session>,
         refresh_token: Secret<String>,
         marker: UnixTime,
@@ -565,7 +565,7 @@ impl Renewer {
 
     /// Releases the per-session lock without new tokens. If the store cannot
     /// be reached, the marker stays and is taken over when its lease ends.
-    async fn release(&self, key: &SessionRowKey, current: &Session, marker: UnixTime) {
+    async fn release(&self, key: &SessionRowHash, current: &Session, marker: UnixTime) {
         if let Err(e) = self.sessions.store().abort_refresh(key, current.version, marker).await {
             tracing::warn!(session = ?key, error = %e, "refresh marker not released; it expires with its lease");
         }
@@ -627,23 +627,17 @@ impl Renewer {
                 )));
             }
         };
-        let old = &current.data;
-        let data = SessionData {
-            sid: old.sid.clone(),
-            sub: old.sub.clone(),
-            scope: old.scope.clone(),
-            tokens: super::AveTokens {
+        // Ave does not resend `user` on refresh: `with_tokens` keeps the sign-in copy.
+        let data = current.data.with_tokens(
+            super::AveTokens {
                 access_token: resp.access_token,
                 access_token_jwt: resp.access_token_jwt,
                 id_token,
                 refresh_token: resp.refresh_token,
                 access_expires_at: t + Duration::from_secs(resp.expires_in),
             },
-            id_token_claims: validated.into_profile_claims(),
-            // Ave does not resend `user` on refresh: keep the sign-in copy.
-            user: old.user.clone(),
-            signed_in_from: old.signed_in_from.clone(),
-        };
+            validated.into_profile_claims(),
+        );
         match self.replace_retrying(current, data).await? {
             Some(updated) => {
                 tracing::debug!(session = ?current.key, "session renewed");
@@ -664,11 +658,8 @@ impl Renewer {
     /// then serves it while its access token lasts.
     async fn without_refresh_token(&self, current: &Arc<Session>) -> Result<Arc<Session>, RenewError> {
         let old = &current.data;
-        let data = SessionData {
-            sid: old.sid.clone(),
-            sub: old.sub.clone(),
-            scope: old.scope.clone(),
-            tokens: super::AveTokens {
+        let data = old.with_tokens(
+            super::AveTokens {
                 access_token: Secret::new(old.tokens.access_token.expose().clone()),
                 access_token_jwt: old
                     .tokens
@@ -679,10 +670,8 @@ impl Renewer {
                 refresh_token: None,
                 access_expires_at: old.tokens.access_expires_at,
             },
-            id_token_claims: old.id_token_claims.clone(),
-            user: old.user.clone(),
-            signed_in_from: old.signed_in_from.clone(),
-        };
+            old.id_token_claims.clone(),
+        );
         let Some(updated) = self.sessions.replace(current, data).await? else {
             return Err(RenewError::LoginRequired);
         };
@@ -714,7 +703,7 @@ impl Renewer {
 }
 
 /// Removes a session's refresh from the in-flight map when dropped.
-struct InFlight<'a>(&'a Renewer, SessionRowKey);
+struct InFlight<'a>(&'a Renewer, SessionRowHash);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use avemint_base::secret::Secret;
 
 /// The keys sealing data at rest (`AVEMINT_SESSION_KEYS`): the first seals,
-/// all open. Named apart from `SessionRowKey`, a stored session's row key.
+/// all open. Named apart from `SessionRowHash`, a stored session's row key.
 #[derive(Clone)]
 pub struct SealingKeys(Vec<Secret<[u8; 32]>>);
 

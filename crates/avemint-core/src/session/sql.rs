@@ -30,8 +30,8 @@
 
 use sqlx::FromRow;
 
-use super::id::SessionRowKey;
-use super::store::{HandleKey, OwnerKey, SessionCounts, StoreError, StoredSession};
+use super::id::SessionRowHash;
+use super::store::{HandleHash, OwnerHash, SessionCounts, StoreError, StoredSession};
 use avemint_base::clock::UnixTime;
 
 /// Inserts a new session row.
@@ -164,11 +164,11 @@ fn corrupt(e: sqlx::Error) -> StoreError {
 }
 
 /// A 32-byte session key read back from `key_hash`.
-pub(crate) fn session_key(bytes: Vec<u8>) -> Result<SessionRowKey, StoreError> {
+pub(crate) fn session_key(bytes: Vec<u8>) -> Result<SessionRowHash, StoreError> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| StoreError::CorruptRow("session key of the wrong length".into()))?;
-    Ok(SessionRowKey::from_bytes(arr))
+    Ok(SessionRowHash::from_bytes(arr))
 }
 
 /// Reads a stored session from a row of `GET` or `sessions_of`.
@@ -181,7 +181,7 @@ where
         .owner_hash
         .map(|o| {
             o.try_into()
-                .map(OwnerKey)
+                .map(OwnerHash::from_bytes)
                 .map_err(|_| StoreError::CorruptRow("owner hash of the wrong length".into()))
         })
         .transpose()?;
@@ -189,7 +189,7 @@ where
         .handle_hash
         .map(|h| {
             h.try_into()
-                .map(HandleKey)
+                .map(HandleHash::from_bytes)
                 .map_err(|_| StoreError::CorruptRow("handle hash of the wrong length".into()))
         })
         .transpose()?;
@@ -248,9 +248,9 @@ macro_rules! sql_session_store {
                     .bind(row.created_at.as_secs())
                     .bind(row.last_seen_at.as_secs())
                     .bind(row.access_expires_at.as_secs())
-                    .bind(row.owner.map(|o| o.0.to_vec()))
+                    .bind(row.owner.map(|o| o.as_bytes().to_vec()))
                     .bind(row.seen_mac.as_deref())
-                    .bind(row.handle.map(|h| h.0.to_vec()))
+                    .bind(row.handle.map(|h| h.as_bytes().to_vec()))
                     .execute(&self.pool)
                     .await
                     .map_err($crate::session::sql::unavailable)?;
@@ -259,7 +259,7 @@ macro_rules! sql_session_store {
 
             async fn get(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
             ) -> Result<Option<$crate::session::store::StoredSession>, $crate::session::store::StoreError> {
                 let row = sqlx::query($crate::session::sql::GET)
                     .bind(key.as_bytes().as_slice())
@@ -271,7 +271,7 @@ macro_rules! sql_session_store {
 
             async fn replace(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
                 expected_version: i64,
                 sealed: &[u8],
                 access_expires_at: ::avemint_base::clock::UnixTime,
@@ -289,7 +289,7 @@ macro_rules! sql_session_store {
 
             async fn begin_refresh(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
                 expected_version: i64,
                 now: ::avemint_base::clock::UnixTime,
                 deadline: ::avemint_base::clock::UnixTime,
@@ -309,7 +309,7 @@ macro_rules! sql_session_store {
 
             async fn abort_refresh(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
                 expected_version: i64,
                 marker: ::avemint_base::clock::UnixTime,
             ) -> Result<(), $crate::session::store::StoreError> {
@@ -347,7 +347,7 @@ macro_rules! sql_session_store {
 
             async fn touch(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
                 now: ::avemint_base::clock::UnixTime,
                 seen_mac: &[u8],
             ) -> Result<(), $crate::session::store::StoreError> {
@@ -363,7 +363,7 @@ macro_rules! sql_session_store {
 
             async fn sessions_of(
                 &self,
-                owners: &[$crate::session::store::OwnerKey],
+                owners: &[$crate::session::store::OwnerHash],
             ) -> Result<Vec<$crate::session::store::StoredSession>, $crate::session::store::StoreError> {
                 if owners.is_empty() {
                     return Ok(Vec::new());
@@ -372,7 +372,7 @@ macro_rules! sql_session_store {
                 let sql = $crate::session::sql::sessions_of(owners.len());
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for o in owners {
-                    query = query.bind(o.0.as_slice());
+                    query = query.bind(o.as_bytes().as_slice());
                 }
                 let rows = query
                     .fetch_all(&self.pool)
@@ -387,10 +387,10 @@ macro_rules! sql_session_store {
 
             async fn trim_sessions_of(
                 &self,
-                owners: &[$crate::session::store::OwnerKey],
+                owners: &[$crate::session::store::OwnerHash],
                 keep: u32,
-                except: &$crate::session::id::SessionRowKey,
-            ) -> Result<Vec<$crate::session::id::SessionRowKey>, $crate::session::store::StoreError> {
+                except: &$crate::session::id::SessionRowHash,
+            ) -> Result<Vec<$crate::session::id::SessionRowHash>, $crate::session::store::StoreError> {
                 use sqlx::Row as _;
                 if owners.is_empty() {
                     return Ok(Vec::new());
@@ -401,7 +401,7 @@ macro_rules! sql_session_store {
                     .bind(except.as_bytes().as_slice())
                     .bind(i64::from(keep.saturating_sub(1)));
                 for o in owners {
-                    query = query.bind(o.0.as_slice());
+                    query = query.bind(o.as_bytes().as_slice());
                 }
                 let rows = query
                     .fetch_all(&self.pool)
@@ -416,7 +416,7 @@ macro_rules! sql_session_store {
 
             async fn session_by_handle(
                 &self,
-                handles: &[$crate::session::store::HandleKey],
+                handles: &[$crate::session::store::HandleHash],
             ) -> Result<Option<$crate::session::store::StoredSession>, $crate::session::store::StoreError> {
                 if handles.is_empty() {
                     return Ok(None);
@@ -425,7 +425,7 @@ macro_rules! sql_session_store {
                 let sql = $crate::session::sql::session_by_handle(handles.len());
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for h in handles {
-                    query = query.bind(h.0.as_slice());
+                    query = query.bind(h.as_bytes().as_slice());
                 }
                 let row = query
                     .fetch_optional(&self.pool)
@@ -451,7 +451,7 @@ macro_rules! sql_session_store {
 
             async fn delete(
                 &self,
-                key: &$crate::session::id::SessionRowKey,
+                key: &$crate::session::id::SessionRowHash,
             ) -> Result<bool, $crate::session::store::StoreError> {
                 let done = sqlx::query($crate::session::sql::DELETE)
                     .bind(key.as_bytes().as_slice())

@@ -1,4 +1,4 @@
-//! The session store abstraction: rows of sealed bytes keyed by `SessionRowKey`.
+//! The session store abstraction: rows of sealed bytes keyed by `SessionRowHash`.
 //!
 //! Backends see only ciphertext, timestamps and keyed hashes; sealing happens
 //! above them in `Sessions`. `created_at` is bound into the sealed record's
@@ -26,20 +26,45 @@
 
 use async_trait::async_trait;
 
-use super::id::SessionRowKey;
+use super::id::SessionRowHash;
 use avemint_base::clock::UnixTime;
 
 /// The per-user index value of a session: HMAC-SHA256 of Ave's `sub` under a
 /// key derived from the session keys (`Macer` with `MacPurpose::UserIndex`).
-/// With several session keys configured a user has one owner key per session
-/// key, so lookups pass all of them.
+/// With several session keys configured a user has one owner hash per session
+/// key, so lookups pass all of them. A hash, not key material.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OwnerKey(pub [u8; 32]);
+pub struct OwnerHash([u8; 32]);
+
+impl OwnerHash {
+    /// Wraps a digest (made by `Sessions::owner_hashes`, or read back from the store).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes (stored in the `owner` column).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
 
 /// The sid index value of a session: HMAC-SHA256 of its `sid` (the `SessionHandle` app JWTs carry) under a key
-/// derived from the session keys (`MacPurpose::SessionIndex`). Like `OwnerKey`, one per configured session key.
+/// derived from the session keys (`MacPurpose::SessionIndex`). Like `OwnerHash`, one per configured session key;
+/// a hash, not key material.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct HandleKey(pub [u8; 32]);
+pub struct HandleHash([u8; 32]);
+
+impl HandleHash {
+    /// Wraps a digest (made by `Sessions::handle_hashes`, or read back from the store).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes (stored in the `handle` column).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
 
 /// Live sessions counted by `SessionStore::counts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,7 +90,7 @@ pub struct CountCutoffs {
 /// One stored session as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
-    pub key: SessionRowKey,
+    pub key: SessionRowHash,
     pub version: i64,
     pub sealed: Vec<u8>,
     pub created_at: UnixTime,
@@ -77,12 +102,12 @@ pub struct StoredSession {
     /// (taken over by their age, as then).
     pub refresh_deadline: Option<UnixTime>,
     /// The per-user index; `None` for rows written before the index existed.
-    pub owner: Option<OwnerKey>,
+    pub owner: Option<OwnerHash>,
     /// HMAC over the row key, `created_at` and `last_seen_at`; `None` for rows
     /// written before timestamps were authenticated.
     pub seen_mac: Option<Vec<u8>>,
     /// The sid index; `None` for rows written before it existed (found by their user only).
-    pub handle: Option<HandleKey>,
+    pub handle: Option<HandleHash>,
 }
 
 /// A backend failure. Carries no row data.
@@ -142,12 +167,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new session.
     async fn insert(&self, row: &StoredSession) -> Result<(), StoreError>;
     /// Reads a session.
-    async fn get(&self, key: &SessionRowKey) -> Result<Option<StoredSession>, StoreError>;
+    async fn get(&self, key: &SessionRowHash) -> Result<Option<StoredSession>, StoreError>;
     /// Replaces the sealed data and clears the refresh marker, if the row still
     /// has `expected_version`; returns false (and changes nothing) otherwise.
     async fn replace(
         &self,
-        key: &SessionRowKey,
+        key: &SessionRowHash,
         expected_version: i64,
         sealed: &[u8],
         access_expires_at: UnixTime,
@@ -160,7 +185,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// True if this caller set it (and may now send the refresh token).
     async fn begin_refresh(
         &self,
-        key: &SessionRowKey,
+        key: &SessionRowHash,
         expected_version: i64,
         now: UnixTime,
         deadline: UnixTime,
@@ -173,7 +198,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// outcome is unknown and the token is retried later).
     async fn abort_refresh(
         &self,
-        key: &SessionRowKey,
+        key: &SessionRowHash,
         expected_version: i64,
         marker: UnixTime,
     ) -> Result<(), StoreError>;
@@ -184,28 +209,28 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn share_ave_pause(&self, until: UnixTime) -> Result<(), StoreError>;
     /// Records activity (idle timeout): sets `last_seen_at` to `now` and its
     /// `seen_mac`, unless the row was already seen at or after `now`.
-    async fn touch(&self, key: &SessionRowKey, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
+    async fn touch(&self, key: &SessionRowHash, now: UnixTime, seen_mac: &[u8]) -> Result<(), StoreError>;
     /// The sessions of one user (rows whose `owner` is any of `owners`), most
     /// recently used first (`last_seen_at`, then `created_at`, descending).
     /// Callers must still open each row and check its `sub`: the index is
     /// not authenticated.
-    async fn sessions_of(&self, owners: &[OwnerKey]) -> Result<Vec<StoredSession>, StoreError>;
+    async fn sessions_of(&self, owners: &[OwnerHash]) -> Result<Vec<StoredSession>, StoreError>;
     /// Ends the sessions of one user beyond the `keep` most recently used,
     /// counting `except` (the session just created) as one of them and never
     /// ending it; returns the keys of the rows deleted.
     async fn trim_sessions_of(
         &self,
-        owners: &[OwnerKey],
+        owners: &[OwnerHash],
         keep: u32,
-        except: &SessionRowKey,
-    ) -> Result<Vec<SessionRowKey>, StoreError>;
+        except: &SessionRowHash,
+    ) -> Result<Vec<SessionRowHash>, StoreError>;
     /// The session whose `handle` is any of `handles`, if one is stored. Callers must still open the row and
     /// check its `sid`: the index is not authenticated.
-    async fn session_by_handle(&self, handles: &[HandleKey]) -> Result<Option<StoredSession>, StoreError>;
+    async fn session_by_handle(&self, handles: &[HandleHash]) -> Result<Option<StoredSession>, StoreError>;
     /// Counts live sessions (see `SessionCounts`), one statement.
     async fn counts(&self, cutoffs: CountCutoffs) -> Result<SessionCounts, StoreError>;
     /// Deletes a session; true if a row was removed.
-    async fn delete(&self, key: &SessionRowKey) -> Result<bool, StoreError>;
+    async fn delete(&self, key: &SessionRowHash) -> Result<bool, StoreError>;
     /// Marks a login `state` (by hash) as used; false if it was used before.
     async fn consume_login_state(&self, state_hash: &[u8; 32], expires_at: UnixTime) -> Result<bool, StoreError>;
     /// Deletes expired sessions and used states; returns the sessions removed.

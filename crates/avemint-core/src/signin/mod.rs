@@ -17,12 +17,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::ave::id_token::{self, NonceCheck, constant_time_eq};
+use crate::ave::id_token::{self, NonceCheck};
 use crate::ave::{AveClient, AveError, IdTokenError};
 use crate::session::{AveTokens, SessionData, SessionHandle, SessionId, Sessions, SignedInFrom, StoreError};
 use crate::traffic::rate_limit::{CodeExchangeLimiter, ExchangeOutcome};
 use avemint_base::clock::UnixTime;
-use avemint_base::secret::{Secret, random_bytes};
+use avemint_base::secret::{Credential, Secret, random_bytes};
 
 pub use pending::{LOGIN_TTL, PendingLogin, PendingLoginError, decode_login, encode_login};
 pub use return_path::ReturnPath;
@@ -193,7 +193,7 @@ pub fn check_state(pending: &PendingLogin, callback: &Callback<'_>) -> Result<()
     if state.len() > MAX_PARAM_LEN {
         return Err(SignInError::MalformedParameter("state"));
     }
-    if !constant_time_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
+    if !Credential::new(pending.state.expose()).matches(state) {
         return Err(SignInError::StateMismatch);
     }
     match callback.error {

@@ -17,7 +17,8 @@ use super::manifest::MANIFEST_FILE;
 use super::rotation::{KeyDir, KeyPolicy, pem_files};
 use super::{KeyError, KeyRing};
 use avemint_base::clock::Clock;
-pub use avemint_base::reload::{Reload, SecretKind};
+pub use avemint_base::reload::Reload;
+pub use avemint_base::secret::SecretKind;
 
 /// How often automatic rotation checks whether a rotation or prune is due.
 pub(crate) const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
