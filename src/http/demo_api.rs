@@ -135,14 +135,7 @@ mod tests {
 
     fn new_ring() -> (tempfile::TempDir, KeyRing) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let keys = &dir.path().join("keys");
-        avemint_core::mint::keys::KeyDir::new(keys)
-            .ensure(
-                avemint_core::mint::keys::Algorithm::Es256,
-                avemint_base::clock::Clock::System.now(),
-            )
-            .expect("generate");
-        let ring = KeyRing::load(keys).expect("keys");
+        let ring = KeyRing::load_or_generate(&dir.path().join("keys")).expect("keys");
         (dir, ring)
     }
 

@@ -166,14 +166,7 @@ mod tests {
     #[test]
     fn the_served_jwks_has_only_documented_public_members() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let keys = dir.path();
-        avemint_core::mint::keys::KeyDir::new(keys)
-            .ensure(
-                avemint_core::mint::keys::Algorithm::Es256,
-                avemint_base::clock::Clock::System.now(),
-            )
-            .expect("generate");
-        let ring = KeyRing::load(keys).expect("keys");
+        let ring = KeyRing::load_or_generate(dir.path()).expect("keys");
         let served: serde_json::Value = serde_json::from_slice(ring.jwks_json()).expect("JSON");
         assert_eq!(&served, ring.jwks());
         let keys = served["keys"].as_array().expect("keys");

@@ -206,9 +206,9 @@ impl KeyRing {
         })
     }
 
-    #[cfg(test)]
-    /// Makes sure `dir` has a current and a next key (generating ES256 keys), then loads it.
-    pub(crate) fn load_or_generate(dir: &Path) -> Result<Self, KeyError> {
+    /// Makes sure `dir` has a current and a next key (generating ES256 keys), then loads it (tests and
+    /// throw-away key directories).
+    pub fn load_or_generate(dir: &Path) -> Result<Self, KeyError> {
         KeyDir::new(dir).ensure(Algorithm::Es256, avemint_base::clock::Clock::System.now())?;
         Self::load(dir)
     }
