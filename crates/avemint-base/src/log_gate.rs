@@ -24,6 +24,7 @@ pub struct LogGate<K = ()> {
 }
 
 impl<K: PartialEq> LogGate<K> {
+    /// A gate letting one line per cause through every `every`.
     pub const fn new(every: Duration) -> Self {
         Self {
             every,

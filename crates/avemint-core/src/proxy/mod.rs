@@ -175,6 +175,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Proxy mode over `routes`: one upstream client, the bearer cache and the WebSocket limits.
     pub fn new(
         routes: Routes,
         websockets: websocket::WebSocketLimits,
@@ -212,10 +213,12 @@ impl Proxy {
         })
     }
 
+    /// The configured routes.
     pub fn routes(&self) -> &Routes {
         &self.routes
     }
 
+    /// The per-session cache of the app JWTs attached upstream.
     pub fn bearers(&self) -> &bearer::Bearers {
         &self.bearers
     }

@@ -76,6 +76,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter with `limit`, no request counted yet.
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limit,
@@ -265,6 +266,7 @@ fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
 }
 
 impl CodeExchangeLimiter {
+    /// A limiter with `limits`, no failure counted yet.
     pub fn new(limits: ExchangeLimits) -> Self {
         Self {
             limits,
@@ -462,6 +464,7 @@ pub struct CredentialLimiter {
 }
 
 impl CredentialLimiter {
+    /// A limiter of wrong credentials at `endpoint`, nothing counted yet.
     pub fn new(endpoint: CredentialEndpoint) -> Self {
         let limits = ExchangeLimits {
             window: CREDENTIAL_WINDOW,

@@ -99,6 +99,7 @@ pub struct KeyDir {
 }
 
 impl KeyDir {
+    /// The keys directory at `dir` (nothing is read or created yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
