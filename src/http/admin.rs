@@ -23,7 +23,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme, Tags};
 
 use super::AppState;
-use super::errors::{self, ErrorBody};
+use super::errors::{self, ErrorBody, error_body};
 use super::session_view::SessionView;
 use avemint_base::route::AdminRoute;
 use avemint_base::secret::Credential;
@@ -125,18 +125,8 @@ pub(crate) enum AdminError {
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
 }
 
-fn error_body(code: &str, description: &str) -> Json<ErrorBody> {
-    Json(ErrorBody {
-        error: code.to_owned(),
-        error_description: description.to_owned(),
-    })
-}
-
 fn bad_request(err: poem::Error) -> AdminError {
-    AdminError::BadRequest(Json(ErrorBody {
-        error: "invalid_request".into(),
-        error_description: err.to_string(),
-    }))
+    AdminError::BadRequest(error_body("invalid_request", err.to_string()))
 }
 
 impl From<StoreError> for AdminError {

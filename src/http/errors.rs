@@ -56,7 +56,8 @@ pub(crate) enum ApiError {
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<String>),
 }
 
-fn body(error: &str, description: impl Into<String>) -> Json<ErrorBody> {
+/// The `{error, error_description}` body every error answer carries (the admin API's too).
+pub(crate) fn error_body(error: &str, description: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         error: error.to_owned(),
         error_description: description.into(),
@@ -66,22 +67,22 @@ fn body(error: &str, description: impl Into<String>) -> Json<ErrorBody> {
 impl ApiError {
     /// 400 `invalid_request`.
     pub(crate) fn invalid_request(description: impl Into<String>) -> Self {
-        Self::BadRequest(body("invalid_request", description))
+        Self::BadRequest(error_body("invalid_request", description))
     }
 
     /// 400 with a specific code.
     pub(crate) fn bad_request(code: &str, description: impl Into<String>) -> Self {
-        Self::BadRequest(body(code, description))
+        Self::BadRequest(error_body(code, description))
     }
 
     /// 401 `login_required`.
     pub(crate) fn login_required() -> Self {
-        Self::Unauthorized(body("login_required", "no valid session; sign in at /auth/login"))
+        Self::Unauthorized(error_body("login_required", "no valid session; sign in at /auth/login"))
     }
 
     /// 403 with a code.
     pub(crate) fn forbidden(code: &str, description: impl Into<String>) -> Self {
-        Self::Forbidden(body(code, description))
+        Self::Forbidden(error_body(code, description))
     }
 
     /// 403: the `X-CSRF: 1` header is missing.
@@ -91,18 +92,18 @@ impl ApiError {
 
     /// 500 `server_error`.
     pub(crate) fn internal(description: impl Into<String>) -> Self {
-        Self::Internal(body("server_error", description))
+        Self::Internal(error_body("server_error", description))
     }
 
     /// 502 `server_error`.
     pub(crate) fn bad_gateway(description: impl Into<String>) -> Self {
-        Self::BadGateway(body("server_error", description))
+        Self::BadGateway(error_body("server_error", description))
     }
 
     /// 503 `temporarily_unavailable`.
     pub(crate) fn unavailable(description: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::Unavailable(
-            body("temporarily_unavailable", description),
+            error_body("temporarily_unavailable", description),
             Some(retry_after_secs.to_string()),
         )
     }
@@ -142,7 +143,7 @@ pub(crate) enum Refusal {
 
 /// An `invalid_request` body (the guard's refusals).
 pub(crate) fn invalid_request_body(description: &str) -> Json<ErrorBody> {
-    body("invalid_request", description)
+    error_body("invalid_request", description)
 }
 
 impl Refusal {
@@ -154,7 +155,7 @@ impl Refusal {
     /// 429 `rate_limited`, with `Retry-After` in seconds.
     pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         Self::TooManyRequests(
-            body(
+            error_body(
                 "rate_limited",
                 format!("too many sign-in requests from this address; try again in {retry_after_secs} s"),
             ),
@@ -187,7 +188,7 @@ pub(crate) async fn catch_all(err: poem::Error) -> Response {
 
 /// An `{error, error_description}` answer with any status (for answers outside the OpenAPI document).
 pub(crate) fn answer(status: poem::http::StatusCode, code: &str, description: impl Into<String>) -> Response {
-    let mut resp = body(code, description).into_response();
+    let mut resp = error_body(code, description).into_response();
     resp.set_status(status);
     resp
 }
