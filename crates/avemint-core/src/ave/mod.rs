@@ -9,7 +9,7 @@
 
 pub(crate) mod backpressure;
 pub mod budget;
-pub(crate) mod client;
+pub mod client;
 pub mod id_token;
 pub(crate) mod metadata;
 pub mod settings;
