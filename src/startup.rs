@@ -239,6 +239,7 @@ impl Application {
             websockets,
             defaults,
             admin,
+            spa,
         } = settings;
         // The admin API binds its own address (never the public one); nothing is bound without it.
         let admin = match admin {
@@ -321,6 +322,7 @@ impl Application {
         let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
+            spa: crate::http::spa_host::Spa::new(spa),
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
             ave: ave_client,
@@ -369,6 +371,7 @@ impl Application {
             profiles = %s.profiles,
             browser_profiles = %s.browser_profiles,
             proxy_routes = self.state.proxy.routes().all().len(),
+            spa = %self.state.spa.describe(),
             defaults = %defaults,
             "avemint ready"
         );
@@ -571,6 +574,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
+        spa,
     } = settings;
     let profiles = Profiles::build(&token)?;
     let s = Summary::of(
@@ -594,7 +598,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
          session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
-         proxy routes {}; defaults taken: {}",
+         proxy routes {}, SPA {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
         s.public_url,
@@ -605,6 +609,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         s.profiles,
         s.browser_profiles,
         proxy.routes().all().len(),
+        crate::http::spa_host::Spa::new(spa).describe(),
         s.defaults(),
     ))
 }

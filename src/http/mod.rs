@@ -21,6 +21,7 @@ pub(crate) mod security;
 pub(crate) mod session_guard;
 pub(crate) mod session_view;
 pub(crate) mod spa;
+pub(crate) mod spa_host;
 pub(crate) mod well_known;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub(crate) struct AppState {
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
     pub proxy: avemint_core::proxy::Proxy,
+    /// The SPA on avemint's origin (`[spa]`): its files, its development server, or none.
+    pub spa: spa_host::Spa,
 }
 
 /// OpenAPI tags.
@@ -160,7 +163,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
     let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router;
     // so are the proxied routes, whose prefixes overlap none of the router's paths.
-    let route = proxy::in_front_of(spa::in_front_of(route));
+    let route = proxy::in_front_of(spa::in_front_of(spa_host::in_front_of(route)));
     let route = match mode {
         Mode::Serve => route.map_to_response().boxed(),
         #[cfg(feature = "demo")]
@@ -174,7 +177,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
             let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
-            async move { Ok(respond(ep, req, mode, &guard, &allow, &state.proxy).await) }
+            async move { Ok(respond(ep, req, mode, &guard, &allow, &state).await) }
         })
 }
 
@@ -247,8 +250,9 @@ async fn respond<E: Endpoint>(
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &avemint_core::proxy::Proxy,
+    state: &AppState,
 ) -> Response {
+    let proxy = &state.proxy;
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
     let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
@@ -259,7 +263,7 @@ async fn respond<E: Endpoint>(
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, proxy)
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -282,13 +286,15 @@ async fn respond_in_span<E: Endpoint>(
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &avemint_core::proxy::Proxy,
+    state: &AppState,
 ) -> Response {
+    let (proxy, spa) = (&state.proxy, &state.spa);
     let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
     let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
+        None if spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
         None => avemint_base::metrics::RouteLabel::of(served),
     };
     let mut resp = match admitted {
