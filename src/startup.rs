@@ -240,6 +240,7 @@ impl Application {
             defaults,
             admin,
             spa,
+            error_path,
         } = settings;
         // The admin API binds its own address (never the public one); nothing is bound without it.
         let admin = match admin {
@@ -323,6 +324,7 @@ impl Application {
         let state = Arc::new(AppState {
             proxy,
             spa: crate::http::spa_host::Spa::new(spa),
+            error_path,
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
             ave: ave_client,
@@ -575,6 +577,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         defaults,
         admin,
         spa,
+        error_path: _,
     } = settings;
     let profiles = Profiles::build(&token)?;
     let s = Summary::of(

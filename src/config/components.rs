@@ -17,6 +17,7 @@ use super::values::{millis, non_empty, parse_listen, seconds, secs, whole};
 use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+use crate::http::signin_page::ErrorPath;
 use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource, parse_upstream};
 use crate::server::ConnectionTimeouts;
 use avemint_base::web_url::{Issuer, PublicUrl};
@@ -89,6 +90,7 @@ impl Loader<'_> {
         };
         let admin = self.admin(listen);
         let spa = self.spa();
+        let error_path = self.optional(Shape::Text, "AVEMINT_ERROR_PATH", "error_path", ErrorPath::parse);
         Some(Settings {
             listen,
             ops_listen,
@@ -117,6 +119,7 @@ impl Loader<'_> {
             defaults: std::mem::take(&mut self.defaults),
             admin,
             spa,
+            error_path,
         })
     }
 

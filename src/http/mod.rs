@@ -20,6 +20,7 @@ pub(crate) mod request_id;
 pub(crate) mod security;
 pub(crate) mod session_guard;
 pub(crate) mod session_view;
+pub(crate) mod signin_page;
 pub(crate) mod spa;
 pub(crate) mod spa_host;
 pub(crate) mod well_known;
@@ -63,6 +64,8 @@ pub(crate) struct AppState {
     pub proxy: avemint_core::proxy::Proxy,
     /// The SPA on avemint's origin (`[spa]`): its files, its development server, or none.
     pub spa: spa_host::Spa,
+    /// `error_path`: where a browser whose sign-in failed is sent (none: avemint's own page).
+    pub error_path: Option<signin_page::ErrorPath>,
 }
 
 /// OpenAPI tags.
@@ -290,6 +293,8 @@ async fn respond_in_span<E: Endpoint>(
 ) -> Response {
     let (proxy, spa) = (&state.proxy, &state.spa);
     let started = Instant::now();
+    // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
+    let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
     let (seen, admitted) = guard.admit(req).await;
     let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
@@ -302,6 +307,9 @@ async fn respond_in_span<E: Endpoint>(
             // Cookie changes reach the answer whatever it is, errors included.
             let changes = cookies::CookieChanges::default();
             req.extensions_mut().insert(changes.clone());
+            if let Some(sign_in) = &sign_in {
+                req.extensions_mut().insert(sign_in.retry());
+            }
             let mut resp = match ep.call(req).await {
                 Ok(r) => r.into_response(),
                 Err(e) => errors::catch_all(e).await,
@@ -311,6 +319,9 @@ async fn respond_in_span<E: Endpoint>(
         }
         Err(refused) => refused,
     };
+    if let Some(sign_in) = sign_in {
+        resp = sign_in.render(resp, state.error_path.as_ref()).await;
+    }
     // A proxied route's 405 (avemint's or the upstream's) brings its own `Allow`.
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {
         // Keyed by the document's path templates (`/auth/sessions/{id}`).

@@ -54,9 +54,14 @@ way and answered `101` when the upstream switches protocols. Answers avemint giv
 400 `invalid_request` (a path that some normaliser could read as leaving the upstream path: a dot segment in any \
 spelling, a backslash, a control character, an encoded slash, an empty segment; a header that cannot be forwarded; a \
 request body the browser framed badly); \
-401 `login_required` (no session, an unknown or ended one; the upstream is never called); \
+401 `login_required` (no session, an unknown or ended one, on a route with `auth = \"required\"`, the default; the \
+upstream is never called; a route with `auth = \"optional\"` forwards such a request without `Authorization`, one with \
+`auth = \"none\"` never reads the session nor attaches a bearer); \
+403 `access_denied` (the app JWT of the route's profile lacks a claim the route's `require_claims` asks for; the \
+upstream is never called); \
 403 `invalid_request` (`X-CSRF: 1` missing on a request that needs it, a top-level navigation \
-`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS`, or \
+`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS` (on a \
+route with `auth = \"none\"` only for methods other than `GET`, `HEAD` and `OPTIONS`), or \
 a WebSocket handshake whose `Origin` is missing, `null`, not allowed or not written exactly as browsers serialise \
 it); \
 405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
