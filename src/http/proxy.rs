@@ -7,8 +7,12 @@
 //! cannot set headers), the session is read and renewed exactly as for
 //! `/auth/token` (401 `login_required` without one, and the upstream is never
 //! called), the method allow-list (405 with `Allow`), then the app JWT of the
-//! route's profile and the call (`proxy::Proxy::forward`). The guard has
-//! already applied the origin check of `/auth/*` to these paths. Errors are
+//! route's profile, its `require_claims` (403 `access_denied`) and the call
+//! (`proxy::Proxy::forward`). The route's `auth` changes the first steps: with
+//! `optional` a request without a live session goes on without a bearer; with
+//! `none` no session is read, no bearer attached, and safe methods need neither
+//! `X-CSRF` nor the origin check. The guard has already applied the origin
+//! check of `/auth/*` to these paths. Errors are
 //! `{error, error_description}` JSON without upstream detail.
 //!
 //! A WebSocket handshake (`Upgrade: websocket`) takes the same path, except
