@@ -90,6 +90,7 @@ async fn the_signed_out_page_loads_and_navigations_fall_back_to_index_html() {
         ("/orders/7", vec![NAVIGATE]),
         ("/orders/7", vec![HTML]),
         ("/users/ada.lovelace", vec![NAVIGATE]),
+        ("/demo", vec![NAVIGATE]),
         ("/signin-error?error=access_denied", vec![NAVIGATE]),
     ] {
         let resp = get(&app, path, &headers).await;

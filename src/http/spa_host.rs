@@ -176,8 +176,7 @@ impl Spa {
             Spa::Files { .. } => true,
             Spa::DevServer { .. } => false,
         };
-        (!files || matches!(*method, Method::GET | Method::HEAD))
-            && (path == Route::Root.path() || Route::own_path_overlapping(path).is_none())
+        (!files || matches!(*method, Method::GET | Method::HEAD)) && !Route::is_own(path)
     }
 }
 
