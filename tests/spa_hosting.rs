@@ -468,3 +468,36 @@ async fn the_spa_needs_no_session_and_a_signed_in_browser_gets_the_same_files() 
     assert_eq!(resp.text().await.expect("body"), INDEX);
     app.stop().await;
 }
+
+/// The README's *Integrate your SPA* file is a configuration avemint accepts, and means what the README says.
+#[test]
+fn the_readmes_integration_example_loads() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let block = readme
+        .split_once("<!-- integrate example: tests/spa_hosting.rs loads this config -->\n```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(toml, _)| toml.to_owned())
+        .expect("the example block");
+    let (dir, root) = dist();
+    let secret = dir.path().join("client_secret");
+    let keys = dir.path().join("session_keys");
+    std::fs::write(&secret, "a-client-secret").expect("write");
+    std::fs::write(&keys, support::TEST_SESSION_KEY).expect("write");
+    let toml = block
+        .replace("/run/secrets/ave_client_secret", &secret.display().to_string())
+        .replace("/run/secrets/avemint_session_keys", &keys.display().to_string())
+        .replace("/srv/app/dist", &root.display().to_string());
+    let path = dir.path().join("avemint.toml");
+    std::fs::write(&path, toml).expect("write");
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let s = avemint::config::Settings::load(Some(&path), &env).expect("the README's example loads");
+    assert_eq!(s.public_url.as_str(), "https://app.example.com");
+    assert_eq!(s.error_path.as_ref().map(|p| p.as_str()), Some("/signin-error"));
+    assert!(matches!(&s.spa.source, Some(avemint::config::SpaSource::Root(_))));
+    let auth: Vec<_> = s.routes.all().iter().map(|r| (r.path.as_str(), r.auth)).collect();
+    use avemint_core::proxy::RouteAuth;
+    assert_eq!(
+        auth,
+        [("/api/orders", RouteAuth::Required), ("/api/catalog", RouteAuth::None)]
+    );
+}
