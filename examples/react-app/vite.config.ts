@@ -6,8 +6,6 @@ import react from '@vitejs/plugin-react';
 // Vite's HMR WebSocket). Either way the page, `/auth/*` and the proxied `/api/*` routes share one origin.
 export default defineConfig({
   plugins: [react()],
-  // `avemint` is installed from a directory (a symlink): one copy of React for the app and `avemint/react`.
-  resolve: { dedupe: ['react', 'react-dom'] },
   server: { host: '127.0.0.1', port: 5173, strictPort: true },
   build: { outDir: 'dist', sourcemap: false },
 });
