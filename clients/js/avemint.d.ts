@@ -166,7 +166,7 @@ export declare function logout(options?: SignOutOptions): Promise<void>;
 /** An app JWT for the signed-in user (cached; concurrent calls share one request). */
 export declare function getToken(options?: GetTokenOptions): Promise<string>;
 /** fetch() with `Authorization: Bearer <app JWT>`; retries once with a fresh token on a 401. */
-export declare function fetchWithToken(url: string | URL, init?: RequestInit, target?: TokenTarget): Promise<Response>;
+export declare function fetchWithToken(url: RequestInfo | URL, init?: RequestInit, target?: TokenTarget): Promise<Response>;
 /** fetch() of a route avemint proxies, on avemint's origin only, with the session cookie and `X-CSRF: 1`. */
 export declare function apiFetch(path: string | URL, init?: RequestInit): Promise<Response>;
 
