@@ -27,12 +27,19 @@ export type SessionContextValue = SessionState & {
   refresh(): Promise<SessionState>;
 };
 
+export interface SessionStoreOptions {
+  /** Run watchSession() while signed in: the session's end turns the state 'unauthenticated' by itself. */
+  watch?: boolean;
+}
+
 export interface SessionProviderProps {
   children?: ReactNode;
   /** A store to share (default: the provider makes its own). */
   store?: SessionStore;
+  /** For the provider's own store: see SessionStoreOptions.watch. */
+  watch?: boolean;
 }
 
-export declare function createSessionStore(): SessionStore;
+export declare function createSessionStore(options?: SessionStoreOptions): SessionStore;
 export declare function SessionProvider(props: SessionProviderProps): ReactElement;
 export declare function useSession(): SessionContextValue;

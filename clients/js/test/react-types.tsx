@@ -20,6 +20,11 @@ function Greeting() {
 }
 
 const store: SessionStore = createSessionStore();
+const watching: SessionStore = createSessionStore({ watch: true });
+// @ts-expect-error watch is a boolean
+createSessionStore({ watch: 'yes' });
+export const watched = <SessionProvider watch>{null}</SessionProvider>;
+void watching;
 const state: SessionState = store.getSnapshot();
 const stop: () => void = store.subscribe(() => {});
 void [state, stop, store.refresh()];

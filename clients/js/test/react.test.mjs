@@ -8,7 +8,7 @@ import { createElement } from 'react';
 import { renderToString } from 'react-dom/server';
 
 import { createSessionStore, SessionProvider, useSession } from '../react.js';
-import { configure, TokenError, signOut, signIn } from '../avemint.js';
+import { configure, TokenError, signOut, signIn, stopWatching, events, LOGGED_OUT_EVENT } from '../avemint.js';
 
 // Another tab's copy of the helper (its own BroadcastChannel).
 const tab2 = await import('../avemint.js?tab=2');
@@ -43,6 +43,7 @@ beforeEach(() => {
   calls = [];
   handlers = [];
   navigations.length = 0;
+  stopWatching();
   configure({ base: '' });
 });
 
@@ -143,6 +144,46 @@ test('a logout while getUser is in flight wins over its (older) answer; the last
   await older;
   assert.equal(store.getSnapshot().status, 'unauthenticated', 'the older answer does not overwrite the newer');
   stop();
+});
+
+test('watch: signed in, the store watches the session and turns unauthenticated when it ends by itself', async () => {
+  const store = createSessionStore({ watch: true });
+  const stop = store.subscribe(() => {});
+  const reasons = [];
+  const onEvent = (e) => reasons.push(e.detail.reason);
+  events.addEventListener(LOGGED_OUT_EVENT, onEvent);
+  try {
+    handlers.push(() => json(200, { authenticated: true, ...ada }));
+    handlers.push(() => json(200, { authenticated: true, ...ada, expires_in: 0.05 })); // watchSession's first look
+    handlers.push(() => json(401, { error: 'login_required', error_description: 'session ended' })); // gone
+    const ended = new Promise((resolve) => {
+      const off = store.subscribe(() => {
+        if (store.getSnapshot().status === 'unauthenticated') {
+          off();
+          resolve();
+        }
+      });
+    });
+    assert.equal((await store.refresh()).status, 'authenticated');
+    await ended;
+    assert.deepEqual(calls.map((c) => c.url), ['/auth/session?optional=1', '/auth/session', '/auth/session']);
+    assert.deepEqual(reasons, ['expired']);
+    assert.deepEqual(navigations, [], 'an ended session is shown, not redirected');
+  } finally {
+    events.removeEventListener(LOGGED_OUT_EVENT, onEvent);
+    stop();
+  }
+});
+
+test('without watch, or signed out, nothing watches the session', async () => {
+  const plain = createSessionStore();
+  handlers.push(() => json(200, { authenticated: true, ...ada }));
+  await plain.refresh();
+  const watching = createSessionStore({ watch: true });
+  handlers.push(() => json(200, { authenticated: false }));
+  await watching.refresh();
+  // watchSession would have asked at once (its first request goes out before refresh resolves).
+  assert.deepEqual(calls.map((c) => c.url), ['/auth/session?optional=1', '/auth/session?optional=1']);
 });
 
 /** Renders what useSession() gives into text. */

@@ -8,7 +8,8 @@ const root = document.getElementById('root');
 if (!root) throw new Error('no #root element');
 createRoot(root).render(
   <StrictMode>
-    <SessionProvider>
+    {/* watch: the session's end (idle timeout, ended elsewhere) shows at once, without a failed call first. */}
+    <SessionProvider watch>
       <App />
     </SessionProvider>
   </StrictMode>,
