@@ -65,8 +65,10 @@ async fn the_demo_runs_the_whole_flow_from_the_binary() {
         .expect("text");
     // The page gets its app JWT through the SPA helper, which POSTs /auth/token with `X-CSRF: 1`.
     assert!(script.contains(
-        "import { apiFetch, getToken, fetchWithToken, configure, events, sessions, endSession, logout, watchSession } from '/avemint.js';"
+        "import { apiFetch, getToken, fetchWithToken, configure, events, getUser, sessions, endSession, logout, watchSession } from '/avemint.js';"
     ));
+    // Signed in or not, it asks quietly (`GET /auth/session?optional=1`): a signed-out visitor causes no 401.
+    assert!(script.contains("s = await getUser()"));
     // The "Your sessions" panel: the list, end one, end all others, and the logged-out event.
     assert!(page.contains("<h2>Your sessions</h2>") && page.contains("id=\"end-others\""));
     for call in [

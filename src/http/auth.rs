@@ -9,7 +9,7 @@ use poem::Request;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use serde_json::Value;
 
 use super::cookies::{self, CookieChanges, Sent};
@@ -23,7 +23,7 @@ use avemint_base::clock::UnixTime;
 use avemint_core::mint::MintedToken;
 use avemint_core::session::{Sealer, SessionHandle, SessionRowHash, SessionSummary, SignedInFrom};
 use avemint_core::signin::{
-    Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, decode_login, encode_login,
+    Callback, Completed, PendingLogin, PendingLoginError, Prompt, ReturnPath, SignIn, decode_login, encode_login,
 };
 use avemint_core::traffic::client_ip::ClientIp;
 use avemint_core::traffic::device;
@@ -37,6 +37,26 @@ pub(crate) enum LoginResponse {
     /// Redirect to Ave's authorization endpoint. Sets the `__Host-avemint-login` cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
+}
+
+/// What Ave's sign-in page should do besides signing in (`prompt`; Ave's `none` and `login` do nothing there, so
+/// they are not offered).
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub(crate) enum LoginPrompt {
+    /// Ave shows its account choice instead of signing in again as the identity used last (switching accounts).
+    SelectAccount,
+    /// Ave shows the consent screen even for an app the user already approved.
+    Consent,
+}
+
+impl From<LoginPrompt> for Prompt {
+    fn from(prompt: LoginPrompt) -> Self {
+        match prompt {
+            LoginPrompt::SelectAccount => Prompt::SelectAccount,
+            LoginPrompt::Consent => Prompt::Consent,
+        }
+    }
 }
 
 /// The end of a sign-in.
@@ -125,6 +145,8 @@ pub(crate) struct TokenRequest {
 /// The signed-in user's profile; no tokens.
 #[derive(Object)]
 pub(crate) struct SessionBody {
+    /// Always `true` here (the signed-out answer to `optional=1` is `{"authenticated": false}`).
+    pub authenticated: bool,
     /// Ave's subject identifier (identity UUID).
     pub sub: String,
     /// Display name (`profile` scope).
@@ -144,6 +166,28 @@ pub(crate) struct SessionBody {
     /// Seconds until then: the session ends by its lifetime or its idle timeout, whichever is first (activity
     /// moves the idle end forward).
     pub expires_in: u64,
+}
+
+/// The answer to `GET /auth/session?optional=1` without a session.
+#[derive(Object)]
+pub(crate) struct SignedOutBody {
+    /// Always `false`: nobody is signed in.
+    pub authenticated: bool,
+}
+
+/// `GET /auth/session`'s answer: the signed-in user, or (only with `optional=1`) that nobody is signed in.
+#[derive(Union)]
+pub(crate) enum SessionAnswer {
+    SignedIn(SessionBody),
+    SignedOut(SignedOutBody),
+}
+
+/// `optional=1`: a caller without a session gets 200 `{"authenticated": false}` instead of 401.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OptionalSession {
+    /// Answer without a session too.
+    #[oai(rename = "1")]
+    Yes,
 }
 
 /// The signed-in user's sessions.
@@ -240,7 +284,10 @@ impl AuthApi {
     ///
     /// Redirects to Ave with `state`, `nonce` and a PKCE S256 challenge, which are
     /// kept in a short-lived encrypted `__Host-avemint-login` cookie. `return_to`
-    /// must be a same-origin relative path; anything else becomes `/`.
+    /// must be a same-origin relative path; anything else becomes `/`. `prompt`
+    /// is passed on to Ave: `select_account` lets the user pick another account
+    /// (switching accounts), `consent` shows the consent screen again; any other
+    /// value is 400 `invalid_request`.
     #[oai(path = "/login", method = "get")]
     async fn login(
         &self,
@@ -248,11 +295,13 @@ impl AuthApi {
         changes: &CookieChanges,
         /// Where to go after signing in: a path on this origin, e.g. `/app`.
         return_to: Query<Option<String>>,
+        /// `select_account` or `consent`, passed on to Ave's sign-in page.
+        prompt: Query<Option<LoginPrompt>>,
     ) -> Result<LoginResponse, ApiError> {
         let return_to = ReturnPath::parse(return_to.0.as_deref());
         let started = state
             .sign_in()
-            .start(return_to, state.clock.now())
+            .start(return_to, prompt.0.map(Prompt::from), state.clock.now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
         cookies::set_login(changes, &encode_login(&state.sessions.crypto().login, &started.pending));
@@ -369,7 +418,9 @@ impl AuthApi {
 
     /// The signed-in user's profile and session expiry (no tokens).
     ///
-    /// Requires `X-CSRF: 1`.
+    /// Requires `X-CSRF: 1`. Without a session: 401 `login_required`, or with `optional=1` 200
+    /// `{"authenticated": false}`, so a public page can ask "am I signed in?" without an error (a cookie that names
+    /// no live session is expired either way).
     #[oai(path = "/session", method = "get")]
     async fn session(
         &self,
@@ -379,12 +430,22 @@ impl AuthApi {
         /// Must be `1`.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
-    ) -> Result<Json<SessionBody>, ApiError> {
+        /// `1`: answer 200 `{"authenticated": false}` instead of 401 when nobody is signed in.
+        optional: Query<Option<OptionalSession>>,
+    ) -> Result<Json<SessionAnswer>, ApiError> {
         require_csrf(&csrf)?;
-        let session = current_session(&state, req, changes).await?;
+        let session = match current_session(&state, req, changes).await {
+            Ok(session) => session,
+            // `current_session`'s only 401 is `login_required`: no live session.
+            Err(ApiError::Unauthorized(_)) if optional.0.is_some() => {
+                return Ok(Json(SessionAnswer::SignedOut(SignedOutBody { authenticated: false })));
+            }
+            Err(e) => return Err(e),
+        };
         let claims = &session.data.id_token_claims;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-        Ok(Json(SessionBody {
+        Ok(Json(SessionAnswer::SignedIn(SessionBody {
+            authenticated: true,
             sub: session.data.sub.clone(),
             name: text("name"),
             preferred_username: text("preferred_username"),
@@ -392,7 +453,7 @@ impl AuthApi {
             picture: text("picture"),
             expires_at: session.expires_at().as_secs(),
             expires_in: session.expires_in(state.sessions.now()).as_secs(),
-        }))
+        })))
     }
 
     /// The signed-in user's sessions (this one marked `current`).

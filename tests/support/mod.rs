@@ -855,3 +855,49 @@ impl Drop for DemoProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Copies `from` into `to`, leaving out installed modules, build output and tarballs.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "node_modules" || name == "dist" || name.ends_with(".tgz") {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_tree(&path, &to.join(&*name));
+        } else {
+            std::fs::copy(&path, to.join(&*name)).expect("copy");
+        }
+    }
+}
+
+/// The React example (`examples/react-app/`, on the JS package `clients/js/`) built in a temporary copy of both
+/// directories (so tests may build it side by side): `npm ci && npm run build` with `VITE_API_PATH=api_path`.
+/// Returns the copy and its `dist/`.
+pub fn build_example(api_path: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&root.join("clients/js"), &dir.path().join("clients/js"));
+    let app = dir.path().join("examples/react-app");
+    copy_tree(&root.join("examples/react-app"), &app);
+    for args in [&["ci", "--no-audit", "--no-fund"][..], &["run", "build"][..]] {
+        let out = std::process::Command::new("npm")
+            .current_dir(&app)
+            .args(args)
+            .env("VITE_API_PATH", api_path)
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "npm {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dist = app.join("dist");
+    (dir, dist)
+}
