@@ -482,7 +482,7 @@ async fn sighup_reload_under_load_loses_no_request() {
     drop(child);
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(
-        log.contains("SIGHUP: reloading secrets and signing keys"),
+        log.contains("SIGHUP: reloading the configuration, secrets and signing keys"),
         "SIGHUP was handled, not fatal: {log}"
     );
 }

@@ -349,9 +349,8 @@ impl AuthApi {
         // The session first: without one, a configured and an unknown target are both 401.
         let session = current_session(&state, req, changes).await?;
         let target = body.0.as_ref();
-        let profile = state
-            .minter
-            .profiles()
+        let profiles = state.minter.profiles();
+        let profile = profiles
             .select_for_browser(
                 target.and_then(|t| t.profile.as_deref()),
                 target.and_then(|t| t.audience.as_deref()),

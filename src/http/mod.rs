@@ -252,14 +252,16 @@ async fn respond<E: Endpoint>(
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
     let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
-    let proxied = proxy.find(req.uri().path()).map(|(route, _)| route.path.as_str());
+    // One snapshot of the proxied routes for the whole request (a reload may replace them meanwhile).
+    let routes = proxy.routes().current();
+    let proxied = routes.find(req.uri().path()).map(|(route, _)| route.path.as_str());
     let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, proxy)
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -282,11 +284,11 @@ async fn respond_in_span<E: Endpoint>(
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &avemint_core::proxy::Proxy,
+    routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
     let started = Instant::now();
     let (seen, admitted) = guard.admit(req).await;
-    let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
+    let proxied = routes.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
         None => avemint_base::metrics::RouteLabel::of(served),

@@ -101,8 +101,8 @@ pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         let state = req.data::<Arc<AppState>>().cloned();
         let found = state.as_ref().and_then(|s| {
-            let (route, metrics) = s.proxy.find(req.uri().path())?;
-            Some((route.clone(), metrics.clone()))
+            let routes = s.proxy.routes().current();
+            routes.find(req.uri().path()).map(|(r, m)| (r.clone(), m.clone()))
         });
         Ok(match (state, found) {
             (Some(state), Some((route, metrics))) => forward(&state, &route, &metrics, req)

@@ -25,7 +25,7 @@ use super::cors::{self, AllowedOrigins};
 use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
-use avemint_core::proxy::Routes;
+use avemint_core::proxy::LiveRoutes;
 use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
 use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
@@ -147,8 +147,9 @@ pub struct SecuritySettings {
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
-    /// The proxied routes: guarded like the auth APIs, their bodies streamed by the proxy (not read here).
-    proxied: Routes,
+    /// The proxied routes (those in use, see `LiveRoutes`): guarded like the auth APIs, their bodies streamed by the
+    /// proxy (not read here).
+    proxied: LiveRoutes,
     hsts: bool,
     settings: SecuritySettings,
     limiter: RateLimiter,
@@ -162,7 +163,7 @@ pub(crate) struct Seen {
 }
 
 impl Guard {
-    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: Routes) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: LiveRoutes) -> Arc<Self> {
         Arc::new(Self {
             proxied,
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
@@ -221,7 +222,7 @@ impl Guard {
             let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        let proxied = self.proxied.find(&seen.path).is_some();
+        let proxied = self.proxied.current().find(&seen.path).is_some();
         if !proxied {
             check_body(&mut req, self.settings.connection_timeouts.header_read)
                 .await
@@ -363,7 +364,7 @@ mod tests {
         let https = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         https.finish(&mut resp, &seen("/healthz"));
@@ -373,7 +374,7 @@ mod tests {
         let http = Guard::new(
             &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         http.finish(&mut resp, &seen("/auth/login"));
@@ -387,7 +388,7 @@ mod tests {
         let g = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         for path in ["/", "/docs"] {
             let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
@@ -407,7 +408,7 @@ mod tests {
                 allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
                 ..SecuritySettings::default()
             },
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();
