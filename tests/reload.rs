@@ -386,6 +386,10 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
         404,
         "the removed route"
     );
+    // The served OpenAPI document follows.
+    let doc: serde_json::Value = support::get_json(&http, &format!("{base}/openapi.json")).await;
+    assert!(doc["paths"]["/api/billing"]["get"].is_object(), "{doc}");
+    assert!(doc["paths"]["/api/orders"].is_null());
     // The new route's profile is not mintable by page script (a route's profile), like at start.
     let minted = browser
         .send(

@@ -123,8 +123,9 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
-             405 with an `Allow` header. Proxied routes (proxy mode) are configuration, not operations: see the \
-             `Proxy` tag for the answers avemint gives on them.",
+             405 with an `Allow` header. Proxied routes (proxy mode) are configuration: the document a running \
+             avemint serves (`/openapi.json`, `/docs`) lists each configured route under the `Proxy` tag, which \
+             describes the answers avemint gives on them.",
     )
 }
 
@@ -146,7 +147,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         security::Docs::On => {
             let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
             route
-                .at(Route::OpenApiJson.path(), api.spec_endpoint())
+                .at(Route::OpenApiJson.path(), docs::SpecEndpoint::new(&api.spec()))
                 .at(Route::Docs.path(), poem::get(page.clone()))
                 .at(format!("{}/", Route::Docs.path()), poem::get(page))
         }

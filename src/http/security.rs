@@ -58,8 +58,14 @@ pub(crate) struct Guarded<A>(pub A);
 impl<A: OpenApi> OpenApi for Guarded<A> {
     fn meta() -> Vec<MetaApi> {
         let mut apis = A::meta();
+        super::errors::audit(&mut apis, super::auth::ANSWERS);
         for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
             for op in &mut path.operations {
+                // `X-CSRF` is read as optional so that its absence is answered 403 `invalid_request` (not a parse
+                // error), but no request succeeds without it: the document says it is required.
+                for param in op.params.iter_mut().filter(|p| p.name == "X-CSRF") {
+                    param.required = true;
+                }
                 let responses = &mut op.responses.responses;
                 for refusal in Refusal::meta().responses {
                     let status = refusal.status.unwrap_or_default();
