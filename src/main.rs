@@ -293,6 +293,11 @@ fn run(tracing: bool, fut: impl Future<Output = Result<(), Box<dyn std::error::E
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("avemint: {e}");
+            // `dev` reads its configuration once the emulator runs: invalid configuration is status 2 there too.
+            #[cfg(feature = "demo")]
+            if let Some(avemint::demo::DemoError::Settings(_)) = e.downcast_ref() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }

@@ -175,7 +175,7 @@ impl Reload for ConfigReload {
         // Cached upstream tokens were minted under the old profiles.
         self.state.proxy.bearers().clear();
         let changed = self.running.changed(&restart);
-        tracing::info!(profiles = %described, proxy_routes = routes, "configuration reloaded: the routes and token profiles above are in use");
+        tracing::info!(profiles = %described, proxy_routes = routes, "configuration reloaded: these routes and token profiles are in use");
         if !changed.is_empty() {
             tracing::warn!(
                 settings = %changed.join("; "),

@@ -304,3 +304,42 @@ async fn dev_serves_your_configuration_with_the_emulator_and_reloads_it() {
         .collect();
     assert!(left.is_empty(), "the throw-away keys are removed: {left:?}");
 }
+
+/// `avemint dev` refuses an invalid configuration like `serve` and `check-config`: status 2, one line per problem,
+/// each naming the setting as the file wrote it.
+#[test]
+fn dev_refuses_an_invalid_configuration_with_one_line_per_problem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("avemint.toml");
+    std::fs::write(
+        &config,
+        "session_lifetime = 0\n[[routes]]\npath = \"/api/x\"\nupstream = \"http://127.0.0.1:9\"\nprofile = \"nope\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .args([
+            "dev",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_clear()
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(problems.len(), 2, "{err}");
+    assert!(
+        problems.iter().any(|l| l.contains("config file `session_lifetime`")),
+        "{err}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|l| l.contains("config file `routes`") && l.contains("nope")),
+        "{err}"
+    );
+}
