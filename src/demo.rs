@@ -22,10 +22,10 @@ use crate::startup::{Application, Mode, StartupError, shutdown_signal};
 use avemint_base::secret::random_bytes;
 use avemint_base::web_url::PublicUrl;
 
-/// Why the demo could not start.
+/// Why the demo or the dev loop could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("the demo listens on loopback only; {0} is not a loopback address")]
+    #[error("the demo and the dev loop listen on loopback only; {0} is not a loopback address")]
     NotLoopback(SocketAddr),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },

@@ -342,4 +342,16 @@ fn dev_refuses_an_invalid_configuration_with_one_line_per_problem() {
             .any(|l| l.contains("config file `routes`") && l.contains("nope")),
         "{err}"
     );
+    // The emulator lets anyone sign in as anyone: the dev loop never listens beyond loopback.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
+        .args(["dev", "--listen", "0.0.0.0:0"])
+        .env_clear()
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loopback only"),
+        "{out:?}"
+    );
 }
