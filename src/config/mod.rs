@@ -50,7 +50,7 @@ pub use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
 pub use crate::server::ConnectionTimeouts;
 
 use env::NoEnv;
-pub use env::{Env, ProcessEnv};
+pub use env::{Env, Overlay, ProcessEnv};
 use loader::Loader;
 
 /// The validated configuration of one avemint process: each component's own
@@ -106,6 +106,7 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         file: std::mem::take(&mut l.file),
         errors: Vec::new(),
         defaults: Vec::new(),
+        has_file: true,
     };
     let _ = rest.settings();
     l.file = rest.file;

@@ -13,7 +13,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use serde_json::Value;
 
 use super::cookies::{self, CookieChanges, Sent};
-use super::errors::{ApiError, ErrorBody, ave_unavailable, store_unavailable};
+use super::errors::{Answers, ApiError, ErrorBody, ave_unavailable, store_unavailable};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
 use super::session_guard::{current_session, renewed, require_csrf, subject};
@@ -30,6 +30,131 @@ use avemint_core::traffic::device;
 
 /// The auth endpoints.
 pub(crate) struct AuthApi;
+
+/// The answer of every endpoint that needs `X-CSRF: 1`, for a request without it or from another origin.
+const CSRF_403: &str = "`X-CSRF: 1` is missing, or the request comes from an origin that is neither this service nor in \
+`AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).";
+/// A header, parameter or body avemint cannot read.
+const UNREADABLE_400: &str = "A header or parameter that cannot be read, or a body that could not be received \
+(`invalid_request`).";
+/// The store behind every session read.
+const STORE_503: &str = "The session store is unreachable right now (`temporarily_unavailable`, with `Retry-After`).";
+const LOGIN_401: &str = "No valid session (`login_required`).";
+
+/// What each auth endpoint can answer besides success and the guard's refusals (see `errors::audit`), each with its
+/// own description: the shared `ApiError` lists every status any of them gives.
+pub(crate) const ANSWERS: &[Answers] = &[
+    Answers {
+        method: "GET",
+        path: "/auth/login",
+        errors: &[
+            (400, UNREADABLE_400),
+            (502, "Ave's discovery document cannot be used (`server_error`)."),
+            (
+                503,
+                "Ave's discovery document cannot be loaded right now (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/callback",
+        errors: &[
+            (
+                400,
+                "The sign-in cannot be completed: no or an unusable login cookie, a missing or wrong `state`, no \
+                 `code`, or an error from Ave (`invalid_request`); Ave refused the code (`invalid_grant`); the \
+                 id_token failed validation (`invalid_token`).",
+            ),
+            (403, "The user declined at Ave (`access_denied`)."),
+            (429, ""),
+            (
+                502,
+                "Ave answered the code exchange in a way avemint cannot use, or without an id_token (`server_error`).",
+            ),
+            (
+                503,
+                "Ave or the session store is unreachable, or Ave's token budget has no room within the wait bound \
+                 (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "POST",
+        path: "/auth/token",
+        errors: &[
+            (
+                400,
+                "The body is not a token request, or names a profile and an audience of different profiles \
+                 (`invalid_request`).",
+            ),
+            (401, "No valid session, whatever the body names (`login_required`)."),
+            (
+                403,
+                "`X-CSRF: 1` is missing, or the request comes from an origin that is neither this service nor in \
+                 `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`); no token profile page script may mint has this name \
+                 or audience (`invalid_target`: not configured, or a proxied route's without `browser = true`).",
+            ),
+            (
+                500,
+                "The app JWT would be longer than `max_token_bytes` (`server_error`).",
+            ),
+            (
+                502,
+                "Ave answered the session's renewal with an error (`server_error`).",
+            ),
+            (
+                503,
+                "The session store, Ave (renewing the session) or the profile's claims hook (policy `deny`) is \
+                 unavailable, or signing failed (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/session",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/sessions",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "DELETE",
+        path: "/auth/sessions/{id}",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (404, ""),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "POST",
+        path: "/auth/logout",
+        errors: &[
+            (
+                400,
+                "The body is not JSON, or names an unknown `scope` (`invalid_request`).",
+            ),
+            (401, "A `scope` was given without a valid session (`login_required`)."),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+];
 
 /// Redirect to Ave's sign-in page.
 #[derive(ApiResponse)]
@@ -398,9 +523,8 @@ impl AuthApi {
         // The session first: without one, a configured and an unknown target are both 401.
         let session = current_session(&state, req, changes).await?;
         let target = body.0.as_ref();
-        let profile = state
-            .minter
-            .profiles()
+        let profiles = state.minter.profiles();
+        let profile = profiles
             .select_for_browser(
                 target.and_then(|t| t.profile.as_deref()),
                 target.and_then(|t| t.audience.as_deref()),

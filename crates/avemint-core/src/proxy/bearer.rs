@@ -73,6 +73,11 @@ impl Bearers {
         self.cache.insert(key, bearer.clone()).await;
         Ok(bearer)
     }
+
+    /// Forgets every cached token (the token profiles were reloaded: the next request mints under the new ones).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
 }
 
 /// How long a token of lifetime `ttl` is reused: all but `min(ttl / 2, 60 s)` of it.
