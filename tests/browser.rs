@@ -387,6 +387,20 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
     )
     .await;
     shots.take(c, "signed-out").await;
+    // Quietly: the page asked "am I signed in?" with the helper's getUser() (`GET /auth/session?optional=1`, 200
+    // `{"authenticated": false}`), so no request of it failed with a 401 (which Chromium logs as a console error).
+    let asked = c
+        .execute(
+            "return (window.__seenResponses || []).map((e) => { const u = new URL(e.url); return [u.pathname + u.search, e.status]; })",
+            vec![],
+        )
+        .await?;
+    let asked: Vec<(String, u16)> = serde_json::from_value(asked).expect("[path, status] pairs");
+    assert!(
+        asked.contains(&("/auth/session?optional=1".to_owned(), 200)),
+        "{asked:?}"
+    );
+    assert!(!asked.iter().any(|(_, status)| *status == 401), "{asked:?}");
 
     // "Sign in" goes through /auth/login to the emulator's sign-in page.
     click(c, shots, "sign in", "#sign-in").await;

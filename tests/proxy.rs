@@ -1960,3 +1960,47 @@ async fn auth_and_require_claims_in_avemint_routes_json() {
     assert_eq!((resp.status().as_u16(), upstream.last().path), (200, "/w/x".to_owned()));
     app.stop().await;
 }
+
+/// The served OpenAPI document (`/openapi.json`, what `/docs` shows) lists each configured route under the `Proxy`
+/// tag with the methods it forwards and avemint's own answers, and never its upstream URL or token profile.
+#[tokio::test]
+async fn the_served_document_lists_the_configured_routes_under_the_proxy_tag() {
+    let upstream = Upstream::start().await;
+    let (app, _browser) = proxy_app(&upstream).await;
+    let doc = app.get_json("/openapi.json").await;
+    let orders = &doc["paths"]["/api/orders"];
+    let methods: Vec<&str> = orders
+        .as_object()
+        .expect("a path item")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(methods, ["get", "post"], "the route's methods");
+    let get = &orders["get"];
+    assert_eq!(get["tags"], serde_json::json!(["Proxy"]));
+    for status in ["401", "403", "405", "413", "502", "504", "default"] {
+        assert!(get["responses"][status]["description"].is_string(), "{status}: {get}");
+    }
+    assert_eq!(
+        get["responses"]["401"]["content"]["application/json; charset=utf-8"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
+    assert!(get["description"].as_str().expect("text").contains("1024 bytes"));
+    // A route without `methods` forwards every method.
+    assert_eq!(doc["paths"]["/api/web"].as_object().expect("item").len(), 6);
+    assert!(doc["paths"]["/api/down"]["get"].is_object());
+    let text = doc.to_string();
+    assert!(!text.contains(&upstream.base), "no upstream URL in the document");
+    assert!(!text.contains("\"orders\""), "no token profile name in the document");
+    // The auth endpoints are still there, with `X-CSRF` required.
+    let session = &doc["paths"]["/auth/session"]["get"];
+    assert_eq!(session["parameters"][0]["name"], "X-CSRF");
+    assert_eq!(session["parameters"][0]["required"], true);
+    assert!(session["responses"].get("500").is_none(), "no answer it cannot give");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml"))
+        .expect("committed document");
+    assert!(
+        !committed.contains("/api/orders"),
+        "the committed document is the default configuration's"
+    );
+}

@@ -44,10 +44,12 @@ impl Loader<'_> {
         if self.unset("AVEMINT_LISTEN", "listen") {
             self.defaults.push(format!("no AVEMINT_LISTEN: listening on {}", SocketAddr::from(DEFAULT_LISTEN)));
         }
+        let listen_name = self.written("AVEMINT_LISTEN", "listen");
         let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), parse_listen);
+        let ops_name = self.written("AVEMINT_OPS_LISTEN", "ops_listen");
         let ops_listen = self.optional(Text, "AVEMINT_OPS_LISTEN", "ops_listen", parse_listen);
         if ops_listen.is_some_and(|ops| ops == listen && ops.port() != 0) {
-            self.errors.push("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN".into());
+            self.errors.push(format!("{ops_name}: must differ from {listen_name}"));
         }
         let database_url = self.database_url();
         let sealing_keys = self.secret(List, "AVEMINT_SESSION_KEYS", "session_keys", SealingKeys::parse);
@@ -88,7 +90,7 @@ impl Loader<'_> {
             per_session: self.or(Number, "AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "max_websockets_per_session", d.per_session, whole(1, 10_000)),
             instance: self.or(Number, "AVEMINT_MAX_WEBSOCKETS", "max_websockets", d.instance, whole(1, 1_000_000)),
         };
-        let admin = self.admin(listen);
+        let admin = self.admin(listen, &listen_name);
         let spa = self.spa();
         let error_path = self.optional(Shape::Text, "AVEMINT_ERROR_PATH", "error_path", ErrorPath::parse);
         Some(Settings {
@@ -124,8 +126,14 @@ impl Loader<'_> {
     }
 
     /// `AVEMINT_ADMIN_LISTEN` and its token (`AVEMINT_ADMIN_TOKEN` / `_FILE`): both, or no admin API.
-    pub(super) fn admin(&mut self, public: SocketAddr) -> Option<AdminSettings> {
+    pub(super) fn admin(&mut self, public: SocketAddr, public_name: &str) -> Option<AdminSettings> {
         use Shape::Text;
+        let listen_name = self.written("AVEMINT_ADMIN_LISTEN", "admin_listen");
+        // The token is asked for in the form the listener was given in.
+        let token_name = match listen_name.starts_with("config file") {
+            true => "`admin_token` (or `admin_token_file`)",
+            false => "AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE)",
+        };
         let listen = self.optional(Text, "AVEMINT_ADMIN_LISTEN", "admin_listen", parse_listen);
         let token = match self.secret_or_file(Text, "AVEMINT_ADMIN_TOKEN", "admin_token") {
             Ok(Some((v, _))) => self.check(v, AdminToken::parse).map(Some).ok_or(()),
@@ -134,17 +142,15 @@ impl Loader<'_> {
         };
         match (listen, token) {
             (Some(listen), _) if listen == public => {
-                self.errors.push(
-                    "AVEMINT_ADMIN_LISTEN: must differ from AVEMINT_LISTEN (the admin API is never on the public listener)"
-                        .into(),
-                );
+                self.errors.push(format!(
+                    "{listen_name}: must differ from {public_name} (the admin API is never on the public listener)"
+                ));
                 None
             }
             (Some(listen), Ok(Some(token))) => Some(AdminSettings { listen, token }),
             (Some(_), Ok(None)) => {
-                self.errors.push(
-                    "AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required".into(),
-                );
+                self.errors
+                    .push(format!("{listen_name} is set: {token_name} is required"));
                 None
             }
             _ => None,

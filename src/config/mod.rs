@@ -52,7 +52,7 @@ pub use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource};
 pub use crate::server::ConnectionTimeouts;
 
 use env::NoEnv;
-pub use env::{Env, ProcessEnv};
+pub use env::{Env, Overlay, ProcessEnv};
 use loader::Loader;
 
 /// The validated configuration of one avemint process: each component's own
@@ -112,6 +112,7 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         file: std::mem::take(&mut l.file),
         errors: Vec::new(),
         defaults: Vec::new(),
+        has_file: true,
     };
     let _ = rest.settings();
     l.file = rest.file;

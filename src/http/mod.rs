@@ -129,8 +129,9 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
-             405 with an `Allow` header. Proxied routes (proxy mode) are configuration, not operations: see the \
-             `Proxy` tag for the answers avemint gives on them.",
+             405 with an `Allow` header. Proxied routes (proxy mode) are configuration: the document a running \
+             avemint serves (`/openapi.json`, `/docs`) lists each configured route under the `Proxy` tag, which \
+             describes the answers avemint gives on them.",
     )
 }
 
@@ -152,7 +153,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         security::Docs::On => {
             let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
             route
-                .at(Route::OpenApiJson.path(), api.spec_endpoint())
+                .at(Route::OpenApiJson.path(), docs::SpecEndpoint::new(&api.spec()))
                 .at(Route::Docs.path(), poem::get(page.clone()))
                 .at(format!("{}/", Route::Docs.path()), poem::get(page))
         }
@@ -259,14 +260,16 @@ async fn respond<E: Endpoint>(
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
     let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
-    let proxied = proxy.find(req.uri().path()).map(|(route, _)| route.path.as_str());
+    // One snapshot of the proxied routes for the whole request (a reload may replace them meanwhile).
+    let routes = proxy.routes().current();
+    let proxied = routes.find(req.uri().path()).map(|(route, _)| route.path.as_str());
     let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state)
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -290,13 +293,14 @@ async fn respond_in_span<E: Endpoint>(
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
     state: &AppState,
+    routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
-    let (proxy, spa) = (&state.proxy, &state.spa);
+    let spa = &state.spa;
     let started = Instant::now();
     // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
     let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
     let (seen, admitted) = guard.admit(req).await;
-    let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
+    let proxied = routes.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
         None if spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,

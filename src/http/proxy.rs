@@ -45,7 +45,8 @@ use avemint_core::session::Session;
 use avemint_core::traffic::client_ip::ClientIp;
 
 /// The proxied routes in the OpenAPI document: their paths are configuration (`[[routes]]`, `AVEMINT_ROUTES`), so
-/// no operation can list them; a `Proxy` tag describes the answers avemint itself gives on them.
+/// no static operation can list them; a `Proxy` tag describes the answers avemint itself gives on them, and the
+/// document a running avemint serves lists its routes under it (`document_routes`).
 pub(crate) struct ProxyDoc;
 
 /// The `Proxy` tag's description.
@@ -105,13 +106,113 @@ impl poem_openapi::OpenApi for ProxyDoc {
     }
 }
 
+/// The methods a route that lists none forwards, as the OpenAPI document names them.
+const ALL_METHODS: [&str; 6] = ["get", "put", "post", "delete", "patch", "head"];
+
+/// The answers avemint gives itself on a proxied route (see `PROXY_DOC`), by status.
+const OWN_ANSWERS: [(&str, &str); 10] = [
+    (
+        "400",
+        "A path some normaliser could read as leaving the upstream path, a header that cannot be forwarded, or a badly framed body (`invalid_request`).",
+    ),
+    (
+        "401",
+        "No valid session (`login_required`); the upstream is never called.",
+    ),
+    (
+        "403",
+        "`X-CSRF: 1` missing, a top-level navigation, another origin not in `AVEMINT_ALLOWED_ORIGINS`, or a WebSocket handshake whose `Origin` is not allowed (`invalid_request`).",
+    ),
+    (
+        "405",
+        "A method the route does not forward (`invalid_request`, with `Allow`).",
+    ),
+    (
+        "413",
+        "A body over the route's `max_request_bytes` (`invalid_request`).",
+    ),
+    (
+        "429",
+        "A WebSocket over the per-session or per-instance limit (`rate_limited`, with `Retry-After`).",
+    ),
+    (
+        "502",
+        "The upstream cannot be reached, or Ave answered the session's renewal with an error (`server_error`).",
+    ),
+    (
+        "503",
+        "The session store or Ave is unavailable during renewal (`temporarily_unavailable`, with `Retry-After`).",
+    ),
+    (
+        "504",
+        "No status and headers from the upstream within the route's `timeout_ms` (`server_error`).",
+    ),
+    (
+        "default",
+        "The upstream API's answer, passed on: its status, its headers without hop-by-hop ones, its body streamed.",
+    ),
+];
+
+/// Adds each route of `table` to the OpenAPI document `doc` (JSON), under the `Proxy` tag: its prefix, the methods
+/// it forwards and the answers avemint gives itself. The upstream's URL and the route's token profile are
+/// configuration the document never shows.
+pub(crate) fn document_routes(doc: &mut serde_json::Value, table: &avemint_core::proxy::RouteTable) {
+    use serde_json::{Value, json};
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for route in table.routes().all() {
+        let methods: Vec<String> = match &route.methods {
+            Some(list) => list.iter().map(|m| m.as_str().to_ascii_lowercase()).collect(),
+            None => ALL_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let responses: serde_json::Map<String, Value> = OWN_ANSWERS
+            .iter()
+            .map(|(status, description)| {
+                let answer = match *status {
+                    "default" => json!({ "description": description }),
+                    _ => json!({
+                        "description": description,
+                        "content": { "application/json; charset=utf-8": {
+                            "schema": { "$ref": "#/components/schemas/ErrorBody" } } }
+                    }),
+                };
+                ((*status).to_owned(), answer)
+            })
+            .collect();
+        let operation = json!({
+            "tags": ["Proxy"],
+            "summary": "A proxied route (configuration): this prefix and every path below it",
+            "description": format!(
+                "Forwarded to the route's upstream API with an app JWT of the route's token profile as \
+                 `Authorization: Bearer`; the path below `{}` and the query are sent as they came. A body may be up \
+                 to {} bytes; the upstream has {} ms to answer. See the `Proxy` tag.",
+                route.path,
+                route.max_request_bytes,
+                route.timeout.as_millis()
+            ),
+            "parameters": [{
+                "name": "X-CSRF",
+                "in": "header",
+                "required": false,
+                "description": "Must be `1`, except on a same-origin `GET` that is not a navigation (`EventSource`) \
+                                and on a WebSocket handshake (its `Origin` is checked instead).",
+                "schema": { "type": "string" }
+            }],
+            "responses": responses,
+        });
+        let item: serde_json::Map<String, Value> = methods.into_iter().map(|m| (m, operation.clone())).collect();
+        paths.insert(route.path.clone(), Value::Object(item));
+    }
+}
+
 /// Answers requests to proxied routes and passes every other request on to `inner`.
 pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         let state = req.data::<Arc<AppState>>().cloned();
         let found = state.as_ref().and_then(|s| {
-            let (route, metrics) = s.proxy.find(req.uri().path())?;
-            Some((route.clone(), metrics.clone()))
+            let routes = s.proxy.routes().current();
+            routes.find(req.uri().path()).map(|(r, m)| (r.clone(), m.clone()))
         });
         Ok(match (state, found) {
             (Some(state), Some((route, metrics))) => forward(&state, &route, &metrics, req)

@@ -25,7 +25,7 @@ use super::cors::{self, AllowedOrigins};
 use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
-use avemint_core::proxy::{RouteAuth, Routes};
+use avemint_core::proxy::{LiveRoutes, RouteAuth};
 use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
 use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
@@ -58,8 +58,14 @@ pub(crate) struct Guarded<A>(pub A);
 impl<A: OpenApi> OpenApi for Guarded<A> {
     fn meta() -> Vec<MetaApi> {
         let mut apis = A::meta();
+        super::errors::audit(&mut apis, super::auth::ANSWERS);
         for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
             for op in &mut path.operations {
+                // `X-CSRF` is read as optional so that its absence is answered 403 `invalid_request` (not a parse
+                // error), but no request succeeds without it: the document says it is required.
+                for param in op.params.iter_mut().filter(|p| p.name == "X-CSRF") {
+                    param.required = true;
+                }
                 let responses = &mut op.responses.responses;
                 for refusal in Refusal::meta().responses {
                     let status = refusal.status.unwrap_or_default();
@@ -152,8 +158,9 @@ pub(crate) struct PagePolicy;
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
-    /// The proxied routes: guarded like the auth APIs, their bodies streamed by the proxy (not read here).
-    proxied: Routes,
+    /// The proxied routes (those in use, see `LiveRoutes`): guarded like the auth APIs, their bodies streamed by the
+    /// proxy (not read here).
+    proxied: LiveRoutes,
     hsts: bool,
     settings: SecuritySettings,
     limiter: RateLimiter,
@@ -167,7 +174,7 @@ pub(crate) struct Seen {
 }
 
 impl Guard {
-    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: Routes) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: LiveRoutes) -> Arc<Self> {
         Arc::new(Self {
             proxied,
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
@@ -226,7 +233,8 @@ impl Guard {
             let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        let route = self.proxied.find(&seen.path);
+        let table = self.proxied.current();
+        let route = table.find(&seen.path).map(|(route, _)| route);
         let proxied = route.is_some();
         if !proxied {
             check_body(&mut req, self.settings.connection_timeouts.header_read)
@@ -375,7 +383,7 @@ mod tests {
         let https = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         https.finish(&mut resp, &seen("/healthz"));
@@ -385,7 +393,7 @@ mod tests {
         let http = Guard::new(
             &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         http.finish(&mut resp, &seen("/auth/login"));
@@ -399,7 +407,7 @@ mod tests {
         let g = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         for path in ["/", "/docs"] {
             let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
@@ -419,7 +427,7 @@ mod tests {
                 allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
                 ..SecuritySettings::default()
             },
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();

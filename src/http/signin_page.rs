@@ -13,9 +13,21 @@ use std::sync::{Arc, OnceLock};
 use poem::Response;
 use poem::http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::spa_host::is_navigation;
 use avemint_base::route::Route;
 use avemint_core::signin::ReturnPath;
+
+/// Whether the request is a top-level navigation: `Sec-Fetch-Mode: navigate`, or, from a client that sends no
+/// `Sec-Fetch-Mode`, an `Accept` that lists `text/html`.
+pub(crate) fn is_navigation(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("text/html")),
+    }
+}
 
 /// `error_path` (`AVEMINT_ERROR_PATH`): the SPA's page for sign-in failures, a path on avemint's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
 use super::AppState;
 use super::errors::answer;
 use super::security::PagePolicy;
+use super::signin_page::is_navigation;
 use avemint_base::metrics::ProxyRouteMetrics;
 use avemint_base::route::Route;
 use avemint_base::web_url::{PlainHttp, parse_web_url_with};
@@ -229,19 +230,6 @@ fn page_policy(resp: &mut Response, csp: Option<&HeaderValue>) {
             None => resp.headers_mut().remove(header::CONTENT_SECURITY_POLICY),
         };
         resp.extensions_mut().insert(PagePolicy);
-    }
-}
-
-/// Whether the request is a top-level navigation: `Sec-Fetch-Mode: navigate`, or, from a client that sends no
-/// `Sec-Fetch-Mode`, an `Accept` that lists `text/html`.
-pub(crate) fn is_navigation(headers: &HeaderMap) -> bool {
-    match headers.get("sec-fetch-mode") {
-        Some(mode) => mode.as_bytes() == b"navigate",
-        None => headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("text/html")),
     }
 }
 

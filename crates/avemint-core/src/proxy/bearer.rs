@@ -79,6 +79,11 @@ impl Bearers {
         self.cache.insert(key, bearer.clone()).await;
         Ok(bearer)
     }
+
+    /// Forgets every cached token (the token profiles were reloaded: the next request mints under the new ones).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
 }
 
 /// The claims of a token avemint has just signed: its payload, decoded (nothing to verify; an unreadable payload,
