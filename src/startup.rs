@@ -342,6 +342,8 @@ impl Application {
             websockets,
             defaults,
             admin,
+            spa,
+            error_path,
         } = settings;
         // The admin API binds its own address (never the public one); nothing is bound without it.
         let admin = match admin {
@@ -424,6 +426,8 @@ impl Application {
         let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
+            spa: crate::http::spa_host::Spa::new(spa),
+            error_path,
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
             ave: ave_client,
@@ -481,6 +485,7 @@ impl Application {
             profiles = %s.profiles,
             browser_profiles = %s.browser_profiles,
             proxy_routes = self.state.proxy.routes().current().routes().all().len(),
+            spa = %self.state.spa.describe(),
             defaults = %defaults,
             "avemint ready"
         );
@@ -706,6 +711,8 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
+        spa,
+        error_path: _,
     } = settings;
     let profiles = Profiles::build(&token)?;
     let s = Summary::of(
@@ -729,7 +736,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
          session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
-         proxy routes {}; defaults taken: {}",
+         proxy routes {}, SPA {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
         s.public_url,
@@ -740,6 +747,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         s.profiles,
         s.browser_profiles,
         proxy.routes().current().routes().all().len(),
+        crate::http::spa_host::Spa::new(spa).describe(),
         s.defaults(),
     ))
 }

@@ -12,11 +12,13 @@ use std::str::FromStr as _;
 use serde::Deserialize;
 
 use super::Settings;
-use super::loader::{Loader, Shape};
+use super::loader::{Loader, Shape, Sourced};
 use super::values::{millis, non_empty, parse_listen, seconds, secs, whole};
 use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+use crate::http::signin_page::ErrorPath;
+use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource, parse_upstream};
 use crate::server::ConnectionTimeouts;
 use avemint_base::web_url::{Issuer, PublicUrl};
 use avemint_core::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
@@ -79,14 +81,18 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
-        // A route's profile is not mintable by page script unless it says `browser = true`.
-        let token = token.map(|t| t.settle_browser(routes.all().iter().map(|r| r.profile.as_deref())));
+        // A route's profile is not mintable by page script unless it says `browser = true` (a route with
+        // `auth = "none"` attaches none).
+        let attached = routes.all().iter().filter(|r| r.auth != avemint_core::proxy::RouteAuth::None);
+        let token = token.map(|t| t.settle_browser(attached.map(|r| r.profile.as_deref())));
         let d = WebSocketLimits::default();
         let websockets = WebSocketLimits {
             per_session: self.or(Number, "AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "max_websockets_per_session", d.per_session, whole(1, 10_000)),
             instance: self.or(Number, "AVEMINT_MAX_WEBSOCKETS", "max_websockets", d.instance, whole(1, 1_000_000)),
         };
         let admin = self.admin(listen, &listen_name);
+        let spa = self.spa();
+        let error_path = self.optional(Shape::Text, "AVEMINT_ERROR_PATH", "error_path", ErrorPath::parse);
         Some(Settings {
             listen,
             ops_listen,
@@ -114,6 +120,8 @@ impl Loader<'_> {
             websockets,
             defaults: std::mem::take(&mut self.defaults),
             admin,
+            spa,
+            error_path,
         })
     }
 
@@ -224,6 +232,64 @@ impl Loader<'_> {
             self.errors.extend(errors.into_iter().map(|e| format!("{origin}: {e}")));
             Routes::default()
         })
+    }
+}
+
+/// The SPA on avemint's origin: the file's `[spa]` table (`root`, `upstream`, `content_security_policy`) or
+/// `AVEMINT_SPA_ROOT`, `AVEMINT_SPA_UPSTREAM`, `AVEMINT_SPA_CSP`; the environment wins, key by key.
+impl Loader<'_> {
+    pub(super) fn spa(&mut self) -> SpaSettings {
+        let mut table = match self.file.remove("spa") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(table)) => table,
+            Some(_) => {
+                self.errors.push("config file `spa`: must be a table ([spa])".into());
+                toml::Table::new()
+            }
+        };
+        let mut pick = |l: &mut Self, env_name: &str, key: &str| -> Option<Sourced> {
+            let file = match table.remove(key) {
+                Some(toml::Value::String(v)) => Some(v),
+                Some(_) => {
+                    l.errors.push(format!("config file `[spa] {key}`: must be a string"));
+                    None
+                }
+                None => None,
+            };
+            match l.env.var(env_name) {
+                Some(value) => Some(Sourced {
+                    value,
+                    origin: env_name.to_owned(),
+                }),
+                None => file.map(|value| Sourced {
+                    value,
+                    origin: format!("config file `[spa] {key}`"),
+                }),
+            }
+        };
+        let root = pick(self, "AVEMINT_SPA_ROOT", "root");
+        let upstream = pick(self, "AVEMINT_SPA_UPSTREAM", "upstream");
+        let csp = pick(self, "AVEMINT_SPA_CSP", "content_security_policy");
+        for key in table.keys() {
+            self.errors.push(format!("config file `[spa]`: unknown key `{key}`"));
+        }
+        let source = match (root, upstream) {
+            (Some(root), Some(upstream)) => {
+                self.errors.push(format!(
+                    "{} and {}: set one of them (the built files, or a development server), not both",
+                    root.origin, upstream.origin
+                ));
+                None
+            }
+            (Some(root), None) => self.check(root, SpaRoot::parse).map(SpaSource::Root),
+            (None, Some(upstream)) => self.check(upstream, parse_upstream).map(SpaSource::Upstream),
+            (None, None) => None,
+        };
+        let content_security_policy = csp.and_then(|csp| self.check(csp, PageCsp::parse));
+        SpaSettings {
+            source,
+            content_security_policy,
+        }
     }
 }
 

@@ -47,6 +47,8 @@ use avemint_core::session::{RenewalSettings, SessionSettings, StoreSettings};
 pub use crate::http::admin::{AdminSettings, AdminToken};
 pub use crate::http::cors::AllowedOrigins;
 pub use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+pub use crate::http::signin_page::ErrorPath;
+pub use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource};
 pub use crate::server::ConnectionTimeouts;
 
 use env::NoEnv;
@@ -78,6 +80,10 @@ pub struct Settings {
     pub defaults: Vec<String>,
     /// The admin API's listener and token (none: no admin API, nothing bound).
     pub admin: Option<AdminSettings>,
+    /// The SPA on avemint's origin (`[spa]`): its built files or its development server (none: no SPA).
+    pub spa: SpaSettings,
+    /// `error_path`: the SPA's page for failed sign-ins (none: avemint's own page).
+    pub error_path: Option<ErrorPath>,
 }
 
 /// All problems found while loading settings, one per line.

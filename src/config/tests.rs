@@ -576,6 +576,67 @@ fn browser_and_the_token_endpoint_load_from_the_file_and_the_environment() {
     assert!(e.0[0].contains("token_endpoint"), "{e}");
 }
 
+#[test]
+fn the_spa_from_the_file_or_the_environment_with_every_problem_named_as_written() {
+    let dist = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dist.path().join("index.html"), "<!doctype html>").expect("write");
+    let root = dist.path().display().to_string();
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\ncontent_security_policy = \"default-src 'self'\"\n"),
+        &[],
+    )
+    .expect("valid");
+    let real = std::fs::canonicalize(dist.path()).expect("real path");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Root(r)) if r.path() == real));
+    assert!(s.spa.content_security_policy.is_some());
+    let s = Settings::load(None, &env(&minimal())).expect("valid");
+    assert_eq!(s.spa, SpaSettings::default(), "no SPA unless configured");
+    // The environment wins, key by key.
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\n"),
+        &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")],
+    );
+    let errors = s.expect_err("both").0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("config file `[spa] root` and AVEMINT_SPA_UPSTREAM: set one of them"),
+        "{errors:?}"
+    );
+    let s = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")]).expect("valid");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Upstream(u)) if u.as_str() == "http://127.0.0.1:5173/"));
+    let empty = tempfile::tempdir().expect("tempdir");
+    let errors = load_file(
+        &format!(
+            "[spa]\nroot = \"{}\"\ncontent_security_policy = \"\"\nfallback = true\n",
+            empty.path().display()
+        ),
+        &[],
+    )
+    .expect_err("invalid")
+    .0;
+    for needle in [
+        "config file `[spa] root`: ",
+        "config file `[spa] content_security_policy`: must be",
+        "config file `[spa]`: unknown key `fallback`",
+    ] {
+        assert_eq!(
+            errors.iter().filter(|e| e.starts_with(needle)).count(),
+            1,
+            "{needle}: {errors:?}"
+        );
+    }
+    assert!(errors.iter().any(|e| e.contains("has no index.html")), "{errors:?}");
+    let errors = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://vite.internal:5173")])
+        .expect_err("plain http off loopback")
+        .0;
+    assert!(errors[0].starts_with("AVEMINT_SPA_UPSTREAM: "), "{errors:?}");
+    let errors = load_file("spa = \"dist\"\n", &[]).expect_err("not a table").0;
+    assert!(
+        errors[0].starts_with("config file `spa`: must be a table"),
+        "{errors:?}"
+    );
+}
+
 /// A problem names each setting as it was written: the file's key when it came from the file, the variable when
 /// from the environment; a missing one by its variable, and its file key too when a file is read.
 #[test]

@@ -18,12 +18,15 @@ use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
 use super::session_guard::{current_session, renewed, require_csrf, subject};
 use super::session_view::SessionView;
+use super::signin_page::RetryTarget;
 use super::{ApiTags, AppState};
 use avemint_base::clock::UnixTime;
+use avemint_base::log_gate::LogGate;
 use avemint_core::mint::MintedToken;
 use avemint_core::session::{Sealer, SessionHandle, SessionRowHash, SessionSummary, SignedInFrom};
 use avemint_core::signin::{
-    Callback, Completed, PendingLogin, PendingLoginError, Prompt, ReturnPath, SignIn, decode_login, encode_login,
+    Callback, Completed, PendingLogin, PendingLoginError, Prompt, ReturnPath, SignIn, SignInError, decode_login,
+    encode_login,
 };
 use avemint_core::traffic::client_ip::ClientIp;
 use avemint_core::traffic::device;
@@ -391,6 +394,38 @@ impl AppState {
     }
 }
 
+/// Failed sign-ins: one line per cause every 10 s at its level (the rest at `debug`): anyone can make a callback fail.
+static SIGN_IN_FAILURES: LogGate<&'static str> = LogGate::new(avemint_base::log_gate::OUTAGE_INTERVAL);
+
+/// Logs a failed sign-in with its cause (never a code, token, state or secret: the errors carry none): at `error`
+/// for a misconfiguration, else at `warn`; through [`SIGN_IN_FAILURES`].
+fn sign_in_failed(label: &'static str, misconfigured: bool, cause: &dyn std::fmt::Display) {
+    match SIGN_IN_FAILURES.pass_for(label) {
+        Some(held_back) if misconfigured => {
+            tracing::error!(failure = label, %cause, similar_lines_held_back = held_back, "sign-in failed: avemint is misconfigured")
+        }
+        Some(held_back) => {
+            tracing::warn!(failure = label, %cause, similar_lines_held_back = held_back, "sign-in failed")
+        }
+        None => tracing::debug!(failure = label, %cause, "sign-in failed"),
+    }
+}
+
+/// The log label of a sign-in failure.
+fn failure_label(e: &SignInError) -> &'static str {
+    match e {
+        SignInError::MissingParameter(_) | SignInError::MalformedParameter(_) => "malformed_callback",
+        SignInError::StateMismatch | SignInError::StateReplayed => "state",
+        SignInError::AccessDenied => "access_denied",
+        SignInError::ProviderError => "provider_error",
+        SignInError::CodeRejected(_) => "code_rejected",
+        SignInError::ClientRejected(_) => "client_rejected",
+        SignInError::NoIdToken | SignInError::IdToken(_) => "id_token",
+        SignInError::Ave(_) => "ave",
+        SignInError::Store(_) => "store",
+    }
+}
+
 /// Opens the pending sign-in the request's `__Host-avemint-login` cookie carries.
 fn pending_login(req: &Request, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, PendingLoginError> {
     match cookies::login_cookie(req.headers()) {
@@ -438,7 +473,12 @@ impl AuthApi {
     /// Checks `state` against this browser's login cookie (single use), exchanges
     /// the code with the client secret and PKCE verifier, validates the id_token,
     /// stores the session and sets the `__Host-avemint` cookie. Any failure
-    /// leaves no session and no session cookie.
+    /// leaves no session and no session cookie, and is logged with its cause. A
+    /// browser navigation (`Sec-Fetch-Mode: navigate`, or `Accept: text/html`
+    /// without `Sec-Fetch-Mode`) that fails gets the same status with an HTML page
+    /// (what happened, a link to sign in again) instead of the JSON body, or, with
+    /// `AVEMINT_ERROR_PATH`, a 302 to `{error_path}?error=<code>`; so does a failing
+    /// navigation to `/auth/login`. Other callers get the JSON documented here.
     #[oai(path = "/callback", method = "get")]
     // Each argument is one part of the request that poem-openapi extracts.
     #[allow(clippy::too_many_arguments)]
@@ -460,7 +500,13 @@ impl AuthApi {
         // The login cookie is single use whatever happens next.
         let pending = pending_login(req, &state.sessions.crypto().login, t);
         cookies::clear_login(changes);
-        let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
+        let pending = pending.map_err(|e| {
+            sign_in_failed("login_cookie", false, &e);
+            ApiError::invalid_request(e.to_string())
+        })?;
+        if let Some(retry) = req.extensions().get::<RetryTarget>() {
+            retry.set(&pending.return_to);
+        }
         let callback = Callback {
             code: code.0.as_deref(),
             state: state_param.0.as_deref(),
@@ -480,7 +526,8 @@ impl AuthApi {
         let completed = state
             .sign_in()
             .complete(pending, &callback, client.0.0, signed_in_from, &previous, t)
-            .await?;
+            .await
+            .inspect_err(|e| sign_in_failed(failure_label(e), matches!(e, SignInError::ClientRejected(_)), e))?;
         match completed {
             Completed::SignedIn {
                 session,

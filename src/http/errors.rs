@@ -44,7 +44,9 @@ pub(crate) enum ApiError {
     /// the same answer for both).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
-    /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).
+    /// avemint cannot complete the request as configured (`server_error`), e.g. the app JWT exceeds
+    /// `max_token_bytes`, or Ave rejected avemint's client credentials at sign-in (`AVE_CLIENT_ID`,
+    /// `AVE_CLIENT_SECRET`).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
     /// Ave answered with something avemint cannot use (`server_error`).
@@ -229,6 +231,7 @@ impl From<SignInError> for ApiError {
             | SignInError::ProviderError => ApiError::invalid_request(description),
             SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
             SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
+            SignInError::ClientRejected(_) => ApiError::internal(description),
             SignInError::IdToken(IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
             SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
             SignInError::NoIdToken => ApiError::bad_gateway(description),

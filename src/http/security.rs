@@ -25,7 +25,7 @@ use super::cors::{self, AllowedOrigins};
 use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
-use avemint_core::proxy::LiveRoutes;
+use avemint_core::proxy::{LiveRoutes, RouteAuth};
 use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
 use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
@@ -150,6 +150,11 @@ pub struct SecuritySettings {
     pub login_rate_limit: RateLimit,
 }
 
+/// Marks an answer whose `Content-Security-Policy` its handler decided (the SPA's page, `spa_host`): the guard
+/// leaves it as it is, absent included.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PagePolicy;
+
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
@@ -228,7 +233,9 @@ impl Guard {
             let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        let proxied = self.proxied.current().find(&seen.path).is_some();
+        let table = self.proxied.current();
+        let route = table.find(&seen.path).map(|(route, _)| route);
+        let proxied = route.is_some();
         if !proxied {
             check_body(&mut req, self.settings.connection_timeouts.header_read)
                 .await
@@ -237,7 +244,9 @@ impl Guard {
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
-        let guarded = proxied || is_auth_api(&seen.path);
+        // A public route (`auth = "none"`) is open to any origin for safe methods: no session, no bearer.
+        let public_read = route.is_some_and(|r| r.auth == RouteAuth::None && super::proxy::is_safe(req.method()));
+        let guarded = (proxied && !public_read) || is_auth_api(&seen.path);
         if guarded && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
             let refusal = Refusal::cross_origin(
                 "cross-origin request refused: the origin is neither this service nor in AVEMINT_ALLOWED_ORIGINS",
@@ -270,6 +279,7 @@ impl Guard {
     /// Adds the security and CORS headers to a response.
     pub(crate) fn finish(&self, resp: &mut Response, seen: &Seen) {
         let path = seen.path.as_str();
+        let page_policy = resp.extensions().get::<PagePolicy>().is_some();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4).
@@ -282,8 +292,11 @@ impl Guard {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/html"));
         if is_html {
-            // The docs page brings its own, hash-based policy (see `docs`); everything else gets the strict one.
-            if !(path.starts_with(Route::Docs.path()) && h.contains_key(header::CONTENT_SECURITY_POLICY)) {
+            // The docs page brings its own, hash-based policy (see `docs`), the SPA's page its configured one
+            // (`PagePolicy`); everything else gets the strict one.
+            let own = (path.starts_with(Route::Docs.path()) && h.contains_key(header::CONTENT_SECURITY_POLICY))
+                || page_policy;
+            if !own {
                 h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_HTML));
             }
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

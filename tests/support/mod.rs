@@ -891,6 +891,60 @@ impl Drop for DemoProcess {
     }
 }
 
+/// A raw HTTP/1.1 request (so nothing between the test and avemint rewrites its request line or headers): the
+/// answer's status and the text after the head.
+pub async fn raw_answer(address: &str, head: &str) -> (u16, String) {
+    let mut socket = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // The server may close while the request is still being written (its body refused): what arrived counts.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Path endings, each a way a normaliser behind a proxy (or a file server) could read the path as leaving the
+/// directory it is below (the last, `//admin`, as a host by some): below `/api/orders` (upstream `/v1`) in
+/// `tests/proxy.rs`, below the SPA's root in `tests/spa_hosting.rs`.
+pub const WAYS_OUT: [&str; 23] = [
+    "..;/admin",
+    "..;a=b/admin",
+    "%2e%2e;/admin",
+    ".;/admin",
+    "..%3b/admin",
+    "%2e%2e%3b/admin",
+    "%252e%252e/admin",
+    "a%252f..%252f..%252fadmin",
+    "..%00/admin",
+    "..%09/admin",
+    "..%20/admin",
+    "%20../admin",
+    "..\\admin",
+    "%5c..%5cadmin",
+    "a%2f..%2f..%2fadmin",
+    "%2e%2e/admin",
+    "../admin",
+    "%c0%ae%c0%ae/admin",
+    "%u002e%u002e/admin",
+    "%ef%bc%8e%ef%bc%8e/admin",
+    "\u{ff0e}\u{ff0e}/admin",
+    "...;/admin",
+    "/admin",
+];
+
 /// Copies `from` into `to`, leaving out installed modules, build output and tarballs.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");

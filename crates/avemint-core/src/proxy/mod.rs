@@ -9,6 +9,7 @@
 //! the session, renews it like `/auth/token`, and turns the outcome into an
 //! answer; upstream calls go through reqwest.
 
+pub mod access;
 pub(crate) mod bearer;
 pub mod headers;
 pub mod readings;
@@ -28,6 +29,7 @@ use reqwest::Method;
 use reqwest::header::{self, HeaderMap};
 use tokio::time::Instant;
 
+pub use access::{RequiredClaims, RouteAuth};
 pub use settings::{RouteSettings, RouteSpec, Routes};
 pub use websocket::WebSocketLimits;
 
@@ -274,7 +276,8 @@ impl Proxy {
         &self.sockets
     }
 
-    /// Sends `out` to `route`'s upstream with `bearer`; the answer once its status and headers arrived (the body
+    /// Sends `out` to `route`'s upstream with `bearer` (none: without `Authorization`); the answer once its status
+    /// and headers arrived (the body
     /// streams on). A WebSocket handshake (`websocket::is_handshake`) goes upstream as one, over HTTP/1.1; its
     /// `101` answer can then be upgraded (`reqwest::Response::upgrade`).
     #[tracing::instrument(
@@ -287,7 +290,7 @@ impl Proxy {
         route: &RouteSettings,
         metrics: &ProxyRouteMetrics,
         out: Outgoing<'_>,
-        bearer: &str,
+        bearer: Option<&str>,
         client: std::net::IpAddr,
     ) -> Result<Answer, ForwardError> {
         let started = Instant::now();

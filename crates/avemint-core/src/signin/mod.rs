@@ -47,6 +47,12 @@ pub enum SignInError {
     ProviderError,
     #[error("Ave rejected the authorization code (`{0}`)")]
     CodeRejected(String),
+    /// A misconfiguration, not the user's doing: Ave refused avemint itself at the token endpoint.
+    #[error(
+        "Ave rejected avemint's client credentials (`{0}`): check AVE_CLIENT_ID and AVE_CLIENT_SECRET against the app \
+         registered at Ave"
+    )]
+    ClientRejected(String),
     #[error("Ave returned no id_token")]
     NoIdToken,
     #[error(transparent)]
@@ -250,6 +256,10 @@ async fn finish(
         .exchange_code(code, pending.verifier.expose(), redirect_uri)
         .await
         .map_err(|e| match e {
+            // docs/ave-protocol.md §2.1: `invalid_client` is an unknown client id or a wrong secret.
+            AveError::OAuth { code, .. } if matches!(code.as_str(), "invalid_client" | "unauthorized_client") => {
+                SignInError::ClientRejected(code)
+            }
             AveError::OAuth { code, .. } => SignInError::CodeRejected(code),
             other => SignInError::Ave(other),
         })?;
