@@ -239,6 +239,7 @@ impl Application {
             websockets,
             defaults,
             admin,
+            exchange,
         } = settings;
         // The admin API binds its own address (never the public one); nothing is bound without it.
         let admin = match admin {
@@ -323,6 +324,8 @@ impl Application {
             proxy,
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
+            token_limiter: CredentialLimiter::new(CredentialEndpoint::Token),
+            exchange,
             ave: ave_client,
             sessions,
             renewer,
@@ -571,6 +574,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
+        exchange: _,
     } = settings;
     let profiles = Profiles::build(&token)?;
     let s = Summary::of(

@@ -600,6 +600,20 @@ impl Emulator {
         }
     }
 
+    /// An `access_token_jwt` as Ave's token endpoint issues it to another registered app of this Ave (a native
+    /// app signing in with PKCE, which this one-client emulator does not host): `sub` the user `user_id`, `cid`
+    /// `client_id`, `scope`, issued now and expiring `lifetime_secs` from now (negative: already expired), signed
+    /// with the current key. Tests of avemint's token exchange use it for clients other than the configured one.
+    pub fn access_token_jwt_for(&self, user_id: &str, client_id: &str, scope: &str, lifetime_secs: i64) -> String {
+        let now = jwt::unix_secs();
+        let iat = if lifetime_secs < 0 {
+            now + lifetime_secs - 60
+        } else {
+            now
+        };
+        jwt::access_jwt_for(&self.shared, user_id, client_id, scope, iat, now + lifetime_secs).unwrap_or_default()
+    }
+
     /// The `kid` of the current signing key.
     pub fn current_kid(&self) -> String {
         self.shared.lock().signing_key.kid().to_owned()
