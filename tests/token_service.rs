@@ -629,6 +629,102 @@ on_both_stores!(
     refusals_are_limited_per_network,
 );
 
+/// Runs `node token-service.mjs ARGS` (the README's oauth4webapi example) with `input` on stdin; returns the
+/// printed token response.
+async fn node_token_service(app: &TestApp, dir: &std::path::Path, args: &[&str], secret: &str, input: &str) -> Value {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(dir)
+        .arg("token-service.mjs")
+        .args(args)
+        .env("AVEMINT_URL", &app.address)
+        .env("TOKEN_SERVICE_SECRET", secret)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let input = input.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("node starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("node ends")
+    })
+    .await
+    .expect("node thread");
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("token response JSON")
+}
+
+/// The README's Node example (`oauth4webapi`, a maintained OAuth client library) gets each kind of token: it
+/// exchanges a native app's Ave access token, delegates an app JWT and asks for a service token.
+#[tokio::test]
+async fn the_node_oauth4webapi_example_uses_every_grant() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node/token-service.mjs"))
+        .expect("example");
+    assert!(
+        readme.contains(&example),
+        "README.md must contain examples/node/token-service.mjs verbatim"
+    );
+    if !support::tool_available("node", "--version") || !support::tool_available("npm", "--version") {
+        return;
+    }
+    let node_dir = tempfile::tempdir().expect("tempdir");
+    let npm = std::process::Command::new("npm")
+        .current_dir(node_dir.path())
+        .args(["install", "--no-audit", "--no-fund", "--silent", "oauth4webapi@3"])
+        .output()
+        .expect("npm runs");
+    assert!(
+        npm.status.success(),
+        "npm install oauth4webapi: {}",
+        String::from_utf8_lossy(&npm.stderr)
+    );
+    std::fs::write(node_dir.path().join("token-service.mjs"), &example).expect("copy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_with(None, &dir, None).await;
+
+    let ave = native_sign_in(&app).await;
+    let ave_jwt = ave["access_token_jwt"].as_str().expect("access_token_jwt");
+    let client_id = app.emulator.client_id().to_owned();
+    let answer = node_token_service(&app, node_dir.path(), &["ave", &client_id, "orders-api"], "", ave_jwt).await;
+    assert_eq!(answer["issued_token_type"], TYPE_AT);
+    let token = answer["access_token"].as_str().expect("token");
+    let claims = app.verify_for(token, "orders-api").await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id);
+
+    let mut browser = app.signed_in_browser().await;
+    let web = browser_token(&app, &mut browser, "web").await;
+    let answer = node_token_service(
+        &app,
+        node_dir.path(),
+        &["delegate", "web", "orders-api"],
+        WEB_SECRET,
+        &web,
+    )
+    .await;
+    let claims = app
+        .verify_for(answer["access_token"].as_str().expect("token"), "orders-api")
+        .await
+        .claims;
+    assert_eq!(claims["act"], json!({"sub": "https://web.example"}));
+
+    let answer = node_token_service(&app, node_dir.path(), &["service", "reports-job"], JOB_SECRET, "").await;
+    let claims = app
+        .verify_for(answer["access_token"].as_str().expect("token"), "reports-api")
+        .await
+        .claims;
+    assert_eq!(claims["sub"], "reports-job");
+}
+
 /// Malformed requests get RFC 6749 §5.2 answers; discovery names the endpoint.
 #[tokio::test]
 async fn malformed_requests_and_discovery() {
