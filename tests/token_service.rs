@@ -353,6 +353,27 @@ async fn ave_access_tokens_are_exchanged_for_app_jwts(db: Option<DatabaseUrl>) {
         "invalid_request",
     )
     .await;
+    // `alg: none` and HS256 keyed with Ave's public key (the classic confusion), both with Ave's `kid`.
+    let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let kid = app.emulator.current_kid();
+    let payload = enc(&claims_of(ave_jwt));
+    let none = format!("{}.{payload}.", enc(&json!({"alg": "none", "typ": "JWT", "kid": kid})));
+    refused(
+        post(&app, None, &exchange_form(&none, TYPE_JWT, "orders-api")).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    let signing_input = format!("{}.{payload}", enc(&json!({"alg": "HS256", "typ": "JWT", "kid": kid})));
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, app.emulator.public_key_pem().as_bytes());
+    let mac = URL_SAFE_NO_PAD.encode(aws_lc_rs::hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    let hs256 = format!("{signing_input}.{mac}");
+    refused(
+        post(&app, None, &exchange_form(&hs256, TYPE_JWT, "orders-api")).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     // Ave's id_token is not its access token (its `aud` is the client id).
     let id_token = ave["id_token"].as_str().expect("id_token");
     refused(

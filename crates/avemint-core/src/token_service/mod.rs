@@ -164,7 +164,7 @@ impl TokenService<'_> {
     }
 
     /// Answers one request: `form` is the parsed body, `client` the presented credentials, if any.
-    #[tracing::instrument(name = "token_service.issue", skip_all, fields(grant = grant.label(), profile = tracing::field::Empty))]
+    #[tracing::instrument(name = "token_service.issue", skip_all, fields(grant = grant.label(), client = tracing::field::Empty, profile = tracing::field::Empty))]
     pub async fn issue(&self, grant: Grant, form: &Form, client: Option<&Presented<'_>>) -> Result<Issued, TokenError> {
         match (grant, client) {
             (Grant::Unknown, _) => match form.get("grant_type") {
@@ -191,7 +191,7 @@ impl TokenService<'_> {
             .ok_or(TokenError::InvalidClient(WRONG))?;
         match &profile.grants.credential {
             Some(c) if c.matches(client.secret) => {
-                tracing::Span::current().record("profile", profile.name.as_str());
+                tracing::Span::current().record("client", profile.name.as_str());
                 Ok(profile)
             }
             _ => Err(TokenError::InvalidClient(WRONG)),
@@ -274,6 +274,7 @@ impl TokenService<'_> {
             act: None,
             not_after: None,
         };
+        tracing::Span::current().record("profile", profile.name.as_str());
         let token = self.minter.mint_issue(profile, &issue).await?;
         audit(
             Grant::ClientCredentials,
