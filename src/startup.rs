@@ -96,6 +96,8 @@ struct Summary {
     profiles: String,
     /// The profiles page script may mint through `POST /auth/token`.
     browser_profiles: String,
+    /// What `POST /oauth/token` issues.
+    token_service: String,
     defaults: Vec<String>,
 }
 
@@ -108,6 +110,7 @@ impl Summary {
         token: &avemint_core::mint::profiles::TokenSettings,
         profiles: &Profiles,
         token_endpoint: TokenEndpoint,
+        exchange: &avemint_core::token_service::ExchangeSettings,
         defaults: Vec<String>,
     ) -> Self {
         let browser_profiles = match token_endpoint {
@@ -138,6 +141,7 @@ impl Summary {
                 "inline (a restart changes it)"
             },
             profiles: describe_profiles(token),
+            token_service: describe_token_service(token, exchange),
             defaults,
         }
     }
@@ -302,6 +306,7 @@ impl Application {
             &token,
             &profiles,
             security.token_endpoint,
+            &exchange,
             defaults,
         );
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
@@ -371,6 +376,7 @@ impl Application {
             signing_keys = %ring.describe(),
             profiles = %s.profiles,
             browser_profiles = %s.browser_profiles,
+            token_service = %s.token_service,
             proxy_routes = self.state.proxy.routes().all().len(),
             defaults = %defaults,
             "avemint ready"
@@ -436,6 +442,50 @@ impl Application {
 }
 
 /// The token profiles for the start-up line: name, audience, whether default, whether hooked.
+/// What `POST /oauth/token` issues, for the start-up line: service profiles, the profiles Ave tokens may become
+/// (and how many Ave clients may exchange), and the delegations allowed; never a secret.
+fn describe_token_service(
+    token: &avemint_core::mint::profiles::TokenSettings,
+    exchange: &avemint_core::token_service::ExchangeSettings,
+) -> String {
+    let profiles = token.profiles();
+    let names = |keep: &dyn Fn(&avemint_core::mint::profiles::ProfileSpec) -> bool| {
+        profiles
+            .iter()
+            .filter(|p| keep(p))
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut parts = Vec::new();
+    let services = names(&|p| p.grants.service);
+    if !services.is_empty() {
+        parts.push(format!("services: {services}"));
+    }
+    let from_ave = names(&|p| p.grants.exchange_from_ave);
+    if !from_ave.is_empty() && !exchange.ave_client_ids.is_empty() {
+        parts.push(format!(
+            "Ave tokens to: {from_ave} (from {} Ave clients)",
+            exchange.ave_client_ids.len()
+        ));
+    }
+    let delegations: Vec<String> = profiles
+        .iter()
+        .filter_map(|p| {
+            let e = p.grants.exchange.as_ref()?;
+            Some(format!("{} -> {}", p.name, e.may_exchange_to.join(" ")))
+        })
+        .collect();
+    if !delegations.is_empty() {
+        parts.push(format!("delegation: {}", delegations.join(", ")));
+    }
+    if parts.is_empty() {
+        "off".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn describe_profiles(token: &avemint_core::mint::profiles::TokenSettings) -> String {
     token
         .profiles()
@@ -574,7 +624,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
-        exchange: _,
+        exchange,
     } = settings;
     let profiles = Profiles::build(&token)?;
     let s = Summary::of(
@@ -584,6 +634,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         &token,
         &profiles,
         security.token_endpoint,
+        &exchange,
         defaults,
     );
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
