@@ -110,7 +110,6 @@ impl Summary {
         token: &avemint_core::mint::profiles::TokenSettings,
         profiles: &Profiles,
         token_endpoint: TokenEndpoint,
-        exchange: &avemint_core::token_service::ExchangeSettings,
         defaults: Vec<String>,
     ) -> Self {
         let browser_profiles = match token_endpoint {
@@ -141,7 +140,8 @@ impl Summary {
                 "inline (a restart changes it)"
             },
             profiles: describe_profiles(token),
-            token_service: describe_token_service(token, exchange),
+            // Set by the caller, which holds the `[exchange]` settings (`describe_token_service`).
+            token_service: String::new(),
             defaults,
         }
     }
@@ -299,16 +299,16 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
-        let summary = Summary::of(
+        let mut summary = Summary::of(
             &public_url,
             &ave,
             &store,
             &token,
             &profiles,
             security.token_endpoint,
-            &exchange,
             defaults,
         );
+        summary.token_service = describe_token_service(&token, &exchange);
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
         reloaders.extend(ave_client.secret_reloader());
         reloaders.extend(sessions.keys_reloader());
@@ -627,16 +627,16 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         exchange,
     } = settings;
     let profiles = Profiles::build(&token)?;
-    let s = Summary::of(
+    let mut s = Summary::of(
         &public_url,
         &ave,
         &store,
         &token,
         &profiles,
         security.token_endpoint,
-        &exchange,
         defaults,
     );
+    s.token_service = describe_token_service(&token, &exchange);
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
     let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
     let manifest = avemint_core::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
@@ -649,7 +649,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
          session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
-         proxy routes {}; defaults taken: {}",
+         proxy routes {}, token service {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
         s.public_url,
@@ -660,6 +660,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         s.profiles,
         s.browser_profiles,
         proxy.routes().all().len(),
+        s.token_service,
         s.defaults(),
     ))
 }

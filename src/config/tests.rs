@@ -661,3 +661,26 @@ fn token_service_settings_load_and_bad_ones_are_refused_one_line_each() {
         assert!(!e.to_string().contains(SECRET), "no secret echoed: {e}");
     }
 }
+
+/// The README's token-service configuration loads as it says (its secret files made in a temporary directory).
+#[test]
+fn the_readme_token_service_config_loads() {
+    let readme = include_str!("../../README.md");
+    let marker = "<!-- token service config: src/config/tests.rs loads exactly this block -->\n```toml\n";
+    let start = readme.find(marker).expect("marker in README") + marker.len();
+    let block = &readme[start..start + readme[start..].find("```").expect("block end")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in ["web_exchange", "reports_job"] {
+        std::fs::write(dir.path().join(file), "0123456789abcdef0123456789abcdef\n").expect("secret file");
+    }
+    let toml = block.replace("/run/secrets/", &format!("{}/", dir.path().display()));
+    let s = load_file(&toml, &[]).expect("the README's config loads");
+    assert_eq!(s.exchange.ave_client_ids, ["app_0123456789abcdef0123456789abcdef"]);
+    let p = s.token.profiles();
+    assert_eq!(
+        p[0].grants.exchange.as_ref().expect("web exchange").may_exchange_to,
+        ["orders"]
+    );
+    assert!(p[1].grants.exchange_from_ave);
+    assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
+}

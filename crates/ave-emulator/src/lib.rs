@@ -35,7 +35,8 @@
 //!   `Cache-Control: no-store` on `/api/*`; 404 `{"error":"Not Found"}`.
 //!
 //! Differences from Ave that matter to nobody but are listed for honesty: one
-//! client (the configured one); every endpoint lives on one loopback server
+//! client (the configured one; [`Emulator::access_token_jwt_for`] mints the
+//! access tokens Ave would issue to other apps, for avemint's token exchange); every endpoint lives on one loopback server
 //! whatever the issuer says; no Quick (`origin:`) clients, organisations,
 //! E2EE key delivery, token exchange (the grant passes schema validation and
 //! then gets `400 invalid_request`), per-IP or userinfo rate limits, or

@@ -213,13 +213,18 @@ impl Minter {
             act: None,
             not_after: None,
         };
-        self.mint_issue(profile, &issue).await
+        self.sign_for(profile, &issue).await
     }
 
     /// Mints a `profile` token for the token service (`POST /oauth/token`): `issue` says who it is for. The hook's
     /// answers are cached per session, or per `sub` for a token of no session.
     #[tracing::instrument(name = "mint", skip_all, fields(profile = profile.name.as_str()))]
     pub async fn mint_issue(&self, profile: &Profile, issue: &Issue<'_>) -> Result<MintedToken, MintError> {
+        self.sign_for(profile, issue).await
+    }
+
+    /// What `mint` and `mint_issue` do, inside their span.
+    async fn sign_for(&self, profile: &Profile, issue: &Issue<'_>) -> Result<MintedToken, MintError> {
         let now = self.clock.now();
         let custom = match &profile.hook {
             None => CustomClaims::Rendered(profile, issue.id_token, issue.user),

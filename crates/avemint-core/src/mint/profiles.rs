@@ -591,6 +591,30 @@ mod tests {
     }
 
     #[test]
+    fn service_profiles_are_never_a_browser_s_or_a_route_s() {
+        let mut job = spec("job", "jobs", true);
+        job.grants = ProfileGrants {
+            service: true,
+            client_secret: Some(Secret::new("0123456789abcdef0123456789abcdef".into())),
+            ..ProfileGrants::default()
+        };
+        let token = settings(vec![job, spec("web", "https://web", false)]);
+        // A route naming it, and a route naming no profile (the default, here the service), are refused.
+        assert_eq!(token.route_errors([Some("job")]).len(), 1);
+        assert_eq!(token.route_errors([None]).len(), 1);
+        assert!(token.route_errors([Some("web")]).is_empty());
+        let p = Profiles::build(&token.settle_browser([])).expect("builds");
+        assert_eq!(p.browser_names(), ["web"]);
+        assert!(p.select_for_browser(Some("job"), None).is_err());
+        assert!(
+            p.select_for_browser(None, None).is_err(),
+            "the default is the service: not for a browser"
+        );
+        let job = p.by_name("job").expect("job");
+        assert!(job.grants.service && job.grants.credential.is_some());
+    }
+
+    #[test]
     fn profile_names() {
         assert!(parse_name("orders-api.v2_x").is_ok());
         for bad in ["", "has space", "ünï", &"x".repeat(65)] {
