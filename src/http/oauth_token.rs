@@ -148,24 +148,16 @@ pub(crate) enum OAuthTokenResponse {
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] String),
 }
 
-/// Where the client's credentials came from.
-enum Credentials {
-    None,
-    Basic(String, zeroize::Zeroizing<String>),
-    Post(String, zeroize::Zeroizing<String>),
-}
+/// The client id and secret a request presented (HTTP Basic or the form).
+type Credentials = (String, zeroize::Zeroizing<String>);
 
 impl OAuthTokenResponse {
-    fn from_error(e: TokenError, basic: bool) -> Self {
+    fn from_error(e: TokenError) -> Self {
         let description = e.to_string();
         match e {
             TokenError::InvalidClient(_) => Self::Unauthorized(
                 error_body("invalid_client", description),
-                if basic {
-                    "Basic realm=\"avemint\", charset=\"UTF-8\"".to_owned()
-                } else {
-                    "Basic realm=\"avemint\"".to_owned()
-                },
+                "Basic realm=\"avemint\", charset=\"UTF-8\"".to_owned(),
             ),
             TokenError::Store(e) => {
                 e.log("token service");
@@ -222,14 +214,12 @@ impl OAuthTokenApi {
             Ok(c) => c,
             Err(e) => {
                 let grant = TokenService::grant_of(&form, true);
-                return answer_refusal(&state, &client, grant, TokenError::InvalidRequest(e.into()), false).await;
+                return answer_refusal(&state, &client, grant, TokenError::InvalidRequest(e.into())).await;
             }
         };
-        let (presented, basic) = match &credentials {
-            Credentials::None => (None, false),
-            Credentials::Basic(id, secret) => (Some(Presented { client_id: id, secret }), true),
-            Credentials::Post(id, secret) => (Some(Presented { client_id: id, secret }), false),
-        };
+        let presented = credentials
+            .as_ref()
+            .map(|(id, secret)| Presented { client_id: id, secret });
         let grant = TokenService::grant_of(&form, presented.is_some());
         let service = TokenService {
             minter: &state.minter,
@@ -247,20 +237,14 @@ impl OAuthTokenApi {
                     expires_in: issued.token.expires_in,
                 }))
             }
-            Err(e) => answer_refusal(&state, &client, grant, e, basic).await,
+            Err(e) => answer_refusal(&state, &client, grant, e).await,
         }
     }
 }
 
 /// The answer to a refusal: counted in the metrics; a credential or subject-token refusal also against the
 /// client's network (429 once it is past the limit).
-async fn answer_refusal(
-    state: &AppState,
-    client: &ClientIp,
-    grant: Grant,
-    e: TokenError,
-    basic: bool,
-) -> OAuthTokenResponse {
+async fn answer_refusal(state: &AppState, client: &ClientIp, grant: Grant, e: TokenError) -> OAuthTokenResponse {
     if e.counts_as_failure() {
         tracing::info!(grant = grant.label(), error = e.code(), reason = %e, "token request refused");
         if let CredentialVerdict::Limited(retry_after) = state.token_limiter.failed(client.0).await {
@@ -276,30 +260,24 @@ async fn answer_refusal(
         }
     }
     avemint_base::metrics::token_service(grant.label(), e.code());
-    OAuthTokenResponse::from_error(e, basic)
+    OAuthTokenResponse::from_error(e)
 }
 
 /// The client's credentials: HTTP Basic, or `client_id` + `client_secret` in the form (RFC 6749 §2.3.1), never
 /// both (§2.3: one method per request).
-fn credentials(authorization: Option<&str>, form: &Form) -> Result<Credentials, &'static str> {
+fn credentials(authorization: Option<&str>, form: &Form) -> Result<Option<Credentials>, &'static str> {
     let posted = form.get("client_secret");
     match (authorization, posted) {
         (Some(_), Some(_)) => Err("authenticate with one method: HTTP Basic or `client_secret` in the form, not both"),
-        (Some(header), None) => match parse_basic(header) {
-            Ok((id, secret)) => Ok(Credentials::Basic(id, zeroize::Zeroizing::new(secret))),
+        (Some(header), None) => Ok(Some(match parse_basic(header) {
+            Ok((id, secret)) => (id, zeroize::Zeroizing::new(secret)),
             // An `Authorization` that is not Basic credentials is a failed authentication, not an anonymous call.
-            Err(_) => Ok(Credentials::Basic(
-                String::new(),
-                zeroize::Zeroizing::new(String::new()),
-            )),
-        },
+            Err(_) => (String::new(), zeroize::Zeroizing::new(String::new())),
+        })),
         (None, Some(secret)) => match form.get("client_id") {
-            Some(id) => Ok(Credentials::Post(
-                id.to_owned(),
-                zeroize::Zeroizing::new(secret.to_owned()),
-            )),
+            Some(id) => Ok(Some((id.to_owned(), zeroize::Zeroizing::new(secret.to_owned())))),
             None => Err("`client_secret` needs `client_id`"),
         },
-        (None, None) => Ok(Credentials::None),
+        (None, None) => Ok(None),
     }
 }
