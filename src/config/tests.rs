@@ -684,3 +684,136 @@ fn the_readme_token_service_config_loads() {
     assert!(p[1].grants.exchange_from_ave);
     assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
 }
+
+#[test]
+fn the_spa_from_the_file_or_the_environment_with_every_problem_named_as_written() {
+    let dist = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dist.path().join("index.html"), "<!doctype html>").expect("write");
+    let root = dist.path().display().to_string();
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\ncontent_security_policy = \"default-src 'self'\"\n"),
+        &[],
+    )
+    .expect("valid");
+    let real = std::fs::canonicalize(dist.path()).expect("real path");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Root(r)) if r.path() == real));
+    assert!(s.spa.content_security_policy.is_some());
+    let s = Settings::load(None, &env(&minimal())).expect("valid");
+    assert_eq!(s.spa, SpaSettings::default(), "no SPA unless configured");
+    // The environment wins, key by key.
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\n"),
+        &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")],
+    );
+    let errors = s.expect_err("both").0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("config file `[spa] root` and AVEMINT_SPA_UPSTREAM: set one of them"),
+        "{errors:?}"
+    );
+    let s = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")]).expect("valid");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Upstream(u)) if u.as_str() == "http://127.0.0.1:5173/"));
+    let empty = tempfile::tempdir().expect("tempdir");
+    let errors = load_file(
+        &format!(
+            "[spa]\nroot = \"{}\"\ncontent_security_policy = \"\"\nfallback = true\n",
+            empty.path().display()
+        ),
+        &[],
+    )
+    .expect_err("invalid")
+    .0;
+    for needle in [
+        "config file `[spa] root`: ",
+        "config file `[spa] content_security_policy`: must be",
+        "config file `[spa]`: unknown key `fallback`",
+    ] {
+        assert_eq!(
+            errors.iter().filter(|e| e.starts_with(needle)).count(),
+            1,
+            "{needle}: {errors:?}"
+        );
+    }
+    assert!(errors.iter().any(|e| e.contains("has no index.html")), "{errors:?}");
+    let errors = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://vite.internal:5173")])
+        .expect_err("plain http off loopback")
+        .0;
+    assert!(errors[0].starts_with("AVEMINT_SPA_UPSTREAM: "), "{errors:?}");
+    let errors = load_file("spa = \"dist\"\n", &[]).expect_err("not a table").0;
+    assert!(
+        errors[0].starts_with("config file `spa`: must be a table"),
+        "{errors:?}"
+    );
+}
+
+/// A problem names each setting as it was written: the file's key when it came from the file, the variable when
+/// from the environment; a missing one by its variable, and its file key too when a file is read.
+#[test]
+fn problems_name_each_setting_as_it_was_written() {
+    let err = load_file("listen = \"127.0.0.1:9000\"\nops_listen = \"127.0.0.1:9000\"\n", &[])
+        .expect_err("same address")
+        .to_string();
+    assert!(
+        err.contains("config file `ops_listen`: must differ from config file `listen`"),
+        "{err}"
+    );
+    let err = load_file(
+        "ops_listen = \"127.0.0.1:9000\"\n",
+        &[("AVEMINT_LISTEN", "127.0.0.1:9000")],
+    )
+    .expect_err("same address")
+    .to_string();
+    assert!(
+        err.contains("config file `ops_listen`: must differ from AVEMINT_LISTEN"),
+        "{err}"
+    );
+    let mut e = minimal();
+    e.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:8080"));
+    let err = Settings::load(None, &env(&e)).expect_err("same").to_string();
+    assert!(
+        err.contains("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN"),
+        "{err}"
+    );
+    let err = load_file("admin_listen = \"127.0.0.1:9001\"\n", &[])
+        .expect_err("no token")
+        .to_string();
+    assert!(
+        err.contains("config file `admin_listen` is set: `admin_token` (or `admin_token_file`) is required"),
+        "{err}"
+    );
+    let mut e = minimal();
+    e.push(("AVEMINT_ADMIN_LISTEN", "127.0.0.1:9001"));
+    let err = Settings::load(None, &env(&e)).expect_err("no token").to_string();
+    assert!(
+        err.contains("AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required"),
+        "{err}"
+    );
+    // Missing: by its variable, and by its key when a file is read.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("avemint.toml");
+    std::fs::write(&cfg, "issuer = \"https://aveid.net\"\n").expect("write");
+    let err = Settings::load(Some(&cfg), &env(&[])).expect_err("missing").to_string();
+    assert!(
+        err.contains("AVE_CLIENT_ID is required (or `client_id` in the config file)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("AVEMINT_SESSION_KEYS is required (or `session_keys` in the config file)"),
+        "{err}"
+    );
+    let err = Settings::load(None, &env(&[])).expect_err("missing").to_string();
+    assert!(err.lines().any(|l| l == "AVE_CLIENT_ID is required"), "{err}");
+    // A value from the file is named by its key.
+    let err = load_file("token_ttl = 0\n", &[]).expect_err("bad ttl").to_string();
+    assert!(err.contains("config file `token_ttl`"), "{err}");
+    // A secret file is named in log lines as it was written.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-from-a-file\n").expect("write");
+    let toml = format!("client_secret_file = {:?}\n", secret.display().to_string());
+    let mut pairs = minimal();
+    pairs.retain(|(k, _)| *k != "AVE_CLIENT_SECRET");
+    std::fs::write(&cfg, toml).expect("write");
+    let s = Settings::load(Some(&cfg), &env(&pairs)).expect("valid");
+    let file = s.ave.client_secret_file.expect("from a file");
+    assert_eq!(file.setting(), Some("config file `client_secret_file`"));
+}

@@ -64,7 +64,7 @@ impl Loader<'_> {
                 browser,
                 grants: ProfileGrants::default(),
             };
-            return self.token_settings(vec![spec], max_token_bytes);
+            return self.token_settings(vec![spec], max_token_bytes, "");
         };
         for (key, present) in flat_in_file {
             if present {
@@ -89,15 +89,18 @@ impl Loader<'_> {
         if specs.len() != count {
             return None;
         }
-        self.token_settings(specs, max_token_bytes)
+        self.token_settings(specs, max_token_bytes, "config file ")
     }
 
-    fn token_settings(&mut self, specs: Vec<ProfileSpec>, max_token_bytes: usize) -> Option<TokenSettings> {
+    /// The set checked as a whole; each problem prefixed with where the profiles came from (`origin`).
+    fn token_settings(
+        &mut self,
+        specs: Vec<ProfileSpec>,
+        max_token_bytes: usize,
+        origin: &str,
+    ) -> Option<TokenSettings> {
         TokenSettings::new(specs, max_token_bytes)
-            .map_err(|errors| {
-                self.errors
-                    .extend(errors.into_iter().map(|e| format!("config file {e}")))
-            })
+            .map_err(|errors| self.errors.extend(errors.into_iter().map(|e| format!("{origin}{e}"))))
             .ok()
     }
 

@@ -73,8 +73,10 @@ pub(crate) struct Discovery {
     pub issuer: String,
     /// Where the signing keys are published.
     pub jwks_uri: String,
-    /// Algorithms of the published keys.
-    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// avemint's own member: the JWS algorithms of the app JWTs' keys (every key in the JWKS: next, current and
+    /// retired). avemint issues no id_token, so the OpenID member `id_token_signing_alg_values_supported` is not
+    /// sent.
+    pub app_jwt_signing_alg_values_supported: Vec<String>,
     /// Always `["public"]`.
     pub subject_types_supported: Vec<String>,
     /// Always `["code"]` (avemint signs users in with the code flow).
@@ -158,7 +160,7 @@ impl WellKnownApi {
                     "none".into(),
                 ],
                 issuer,
-                id_token_signing_alg_values_supported: state
+                app_jwt_signing_alg_values_supported: state
                     .minter
                     .keys()
                     .current()

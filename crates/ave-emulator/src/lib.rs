@@ -615,6 +615,17 @@ impl Emulator {
         jwt::access_jwt_for(&self.shared, user_id, client_id, scope, iat, now + lifetime_secs).unwrap_or_default()
     }
 
+    /// Replaces the signing key with a new RSA key under the same `kid` (a provider that re-generated its key
+    /// without renaming it): the JWKS serves only the new key, new tokens are signed with it, and a verifier that
+    /// cached the old key sees a bad signature for a `kid` it knows. Generation blocks briefly.
+    pub fn replace_signing_key_keeping_kid(&self) {
+        let kid = self.current_kid();
+        match IssuerKey::generate(kid) {
+            Ok(key) => self.shared.lock().signing_key = Arc::new(key),
+            Err(_) => tracing::warn!("could not generate a new emulator signing key"),
+        }
+    }
+
     /// The `kid` of the current signing key.
     pub fn current_kid(&self) -> String {
         self.shared.lock().signing_key.kid().to_owned()

@@ -53,6 +53,8 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 const UNMATCHED: usize = Route::ALL.len();
 /// The label index of requests to a proxied route (`proxied`; per route in the `avemint_proxy_*` families).
 const PROXIED: usize = UNMATCHED + 1;
+/// The label index of requests the SPA answers (`spa`: its files, or its development server).
+const SPA: usize = PROXIED + 1;
 const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A route label, resolved once per request without allocating.
@@ -69,11 +71,15 @@ impl RouteLabel {
     /// The label of a request to a proxied route.
     pub const PROXIED: Self = Self(PROXIED);
 
+    /// The label of a request the SPA answers (`[spa]`).
+    pub const SPA: Self = Self(SPA);
+
     /// The label value.
     pub(crate) fn as_str(self) -> &'static str {
         match Route::ALL.get(self.0) {
             Some(route) => route.metric_label(),
             None if self.0 == PROXIED => "proxied",
+            None if self.0 == SPA => "spa",
             None => "unmatched",
         }
     }
@@ -482,9 +488,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(proxy_upstream_seconds.clone()))?;
     registry.register(Box::new(proxy_streams.clone()))?;
 
-    let routes = (0..=PROXIED).map(|i| RouteLabel(i).as_str());
-    let mut requests = Vec::with_capacity(PROXIED + 1);
-    let mut request_seconds = Vec::with_capacity(PROXIED + 1);
+    let routes = (0..=SPA).map(|i| RouteLabel(i).as_str());
+    let mut requests = Vec::with_capacity(SPA + 1);
+    let mut request_seconds = Vec::with_capacity(SPA + 1);
     for route in routes {
         let mut row = Vec::with_capacity(STATUS_CLASSES.len());
         for class in STATUS_CLASSES {
@@ -895,6 +901,7 @@ mod tests {
         assert_eq!(RouteLabel::of(Route::of("/docs/index.js")).as_str(), "/docs");
         assert_eq!(RouteLabel::of(None).as_str(), "unmatched");
         assert_eq!(RouteLabel::PROXIED.as_str(), "proxied");
+        assert_eq!(RouteLabel::SPA.as_str(), "spa");
     }
 
     #[test]

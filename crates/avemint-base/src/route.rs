@@ -164,6 +164,18 @@ impl Route {
             .find(|own| overlaps(prefix, own))
     }
 
+    /// Whether `serve` answers `path` itself, so nothing else on the origin (the SPA's files) may: one of the
+    /// table's paths or a path below it (`/` and the demo's aside), or one below the reserved trees (`/auth`,
+    /// `/.well-known`, `/oauth`).
+    pub fn is_own(path: &str) -> bool {
+        Route::ALL
+            .iter()
+            .filter(|r| **r != Route::Root && !r.demo_only())
+            .map(|r| r.path())
+            .chain(Route::RESERVED_TREES.iter().copied())
+            .any(|own| overlaps(path, own))
+    }
+
     /// The route `path` is (exactly; any path below `/docs/` is `Docs`; `/auth/sessions/` and one more segment is
     /// `SessionById`).
     pub fn of(path: &str) -> Option<Route> {
@@ -294,6 +306,28 @@ mod tests {
             assert_eq!(Route::own_path_overlapping(free), None, "{free}");
         }
         assert!(overlaps("/api", "/api/orders") && overlaps("/api/orders", "/api") && overlaps("/a", "/a"));
+        for own in [
+            "/auth/login",
+            "/auth/x",
+            "/auth",
+            "/.well-known/jwks.json",
+            "/oauth/x",
+            "/docs/x",
+            "/healthz",
+        ] {
+            assert!(Route::is_own(own), "{own}");
+        }
+        for spa in [
+            "/",
+            "/orders/7",
+            "/demo",
+            "/demo.js",
+            "/authx",
+            "/index.html",
+            "/assets/a.js",
+        ] {
+            assert!(!Route::is_own(spa), "{spa}");
+        }
         assert!(!overlaps("/api", "/apix"));
     }
 }

@@ -44,14 +44,12 @@ pub enum Inactive {
 }
 
 /// Authenticates a caller as the profile `client_id`; returns the profile's audience.
-pub fn authenticate<'m>(minter: &'m Minter, client_id: &str, secret: &str) -> Result<&'m str, ClientError> {
-    let profile = minter
-        .profiles()
-        .by_name(client_id)
-        .ok_or(ClientError::UnknownProfile)?;
+pub fn authenticate(minter: &Minter, client_id: &str, secret: &str) -> Result<String, ClientError> {
+    let profiles = minter.profiles();
+    let profile = profiles.by_name(client_id).ok_or(ClientError::UnknownProfile)?;
     let expected = profile.introspection_secret.as_ref().ok_or(ClientError::NotEnabled)?;
     if expected.matches(secret) {
-        Ok(&profile.audience)
+        Ok(profile.audience.clone())
     } else {
         Err(ClientError::WrongSecret)
     }

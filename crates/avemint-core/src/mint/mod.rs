@@ -14,7 +14,7 @@ pub mod profiles;
 pub(crate) mod verify;
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -165,7 +165,8 @@ pub struct Minter {
     keys: Arc<LiveKeys>,
     issuer: String,
     client_id: String,
-    profiles: Profiles,
+    /// Replaced whole when the configuration is reloaded (SIGHUP); each request works with one snapshot.
+    profiles: RwLock<Arc<Profiles>>,
     max_token_bytes: usize,
     /// Sets `iat`/`exp` and the hook's timestamp.
     clock: Clock,
@@ -185,7 +186,7 @@ impl Minter {
             keys,
             issuer,
             client_id,
-            profiles,
+            profiles: RwLock::new(Arc::new(profiles)),
             max_token_bytes,
             clock,
         }
@@ -196,9 +197,15 @@ impl Minter {
         &self.keys
     }
 
-    /// The token profiles.
-    pub fn profiles(&self) -> &Profiles {
-        &self.profiles
+    /// The token profiles in use (a snapshot: a reload swaps in a new set, never changes this one).
+    pub fn profiles(&self) -> Arc<Profiles> {
+        self.profiles.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `profiles` in use from the next request on (a configuration reload); requests already running keep
+    /// the set they started with.
+    pub fn replace_profiles(&self, profiles: Profiles) {
+        *self.profiles.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(profiles);
     }
 
     /// Mints a `profile` token for `subject`, issued now by the minter's clock.

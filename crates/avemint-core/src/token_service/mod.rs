@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::ave::AveClient;
 use crate::ave::access_token::{AccessTokenError, validate_access_token};
 use crate::mint::verify::verify;
-use crate::mint::{Issue, MintError, MintedToken, Minter, Profile};
+use crate::mint::{Issue, MintError, MintedToken, Minter, Profile, Profiles};
 use crate::session::{Sessions, StoreError};
 use avemint_base::clock::UnixTime;
 pub use form::{Form, FormError};
@@ -181,12 +181,10 @@ impl TokenService<'_> {
     }
 
     /// The authenticated profile: `client_id` names a profile whose token-service credential is `secret`.
-    fn authenticate(&self, client: &Presented<'_>) -> Result<&Profile, TokenError> {
+    fn authenticate<'p>(profiles: &'p Profiles, client: &Presented<'_>) -> Result<&'p Profile, TokenError> {
         const WRONG: &str = "authenticate with a token profile's name and its `[profiles.client]` or \
                              `[profiles.exchange]` secret";
-        let profile = self
-            .minter
-            .profiles()
+        let profile = profiles
             .by_name(client.client_id)
             .ok_or(TokenError::InvalidClient(WRONG))?;
         match &profile.grants.credential {
@@ -199,7 +197,7 @@ impl TokenService<'_> {
     }
 
     /// The profile named by `audience` and/or `resource` (both must agree): exactly one target.
-    fn target(&self, form: &Form, required: bool) -> Result<Option<&Profile>, TokenError> {
+    fn target<'p>(profiles: &'p Profiles, form: &Form, required: bool) -> Result<Option<&'p Profile>, TokenError> {
         let target = match (form.get("audience"), form.get("resource")) {
             (Some(a), Some(r)) if a != r => {
                 return Err(TokenError::InvalidRequest(
@@ -214,11 +212,7 @@ impl TokenService<'_> {
             }
             (None, None) => return Ok(None),
         };
-        self.minter
-            .profiles()
-            .by_audience(target)
-            .map(Some)
-            .ok_or(TokenError::InvalidTarget)
+        profiles.by_audience(target).map(Some).ok_or(TokenError::InvalidTarget)
     }
 
     fn subject_token<'f>(form: &'f Form, types: &[&str]) -> Result<&'f str, TokenError> {
@@ -251,7 +245,9 @@ impl TokenService<'_> {
     }
 
     async fn client_credentials(&self, form: &Form, client: &Presented<'_>) -> Result<Issued, TokenError> {
-        let profile = self.authenticate(client)?;
+        // One snapshot of the profiles for the whole request (a reload may replace them meanwhile).
+        let profiles = self.minter.profiles();
+        let profile = Self::authenticate(&profiles, client)?;
         if !profile.grants.service {
             return Err(TokenError::UnauthorizedClient(format!(
                 "profile `{}` is not a service profile: client_credentials mints service profiles only",
@@ -259,7 +255,7 @@ impl TokenService<'_> {
             )));
         }
         // A service asks for its own audience only (or names none).
-        if let Some(target) = self.target(form, false)?
+        if let Some(target) = Self::target(&profiles, form, false)?
             && target.name != profile.name
         {
             return Err(TokenError::InvalidTarget);
@@ -298,7 +294,8 @@ impl TokenService<'_> {
             ));
         }
         let token = Self::subject_token(form, &[TYPE_JWT, TYPE_ACCESS_TOKEN])?;
-        let profile = self.target(form, true)?.ok_or(TokenError::InvalidTarget)?;
+        let profiles = self.minter.profiles();
+        let profile = Self::target(&profiles, form, true)?.ok_or(TokenError::InvalidTarget)?;
         if !profile.grants.exchange_from_ave {
             return Err(TokenError::InvalidTarget);
         }
@@ -339,7 +336,8 @@ impl TokenService<'_> {
     }
 
     async fn delegation(&self, form: &Form, client: &Presented<'_>) -> Result<Issued, TokenError> {
-        let caller = self.authenticate(client)?;
+        let profiles = self.minter.profiles();
+        let caller = Self::authenticate(&profiles, client)?;
         if caller.grants.may_exchange_to.is_empty() {
             return Err(TokenError::UnauthorizedClient(format!(
                 "profile `{}` may not exchange tokens (no `[profiles.exchange]`)",
@@ -347,7 +345,7 @@ impl TokenService<'_> {
             )));
         }
         let token = Self::subject_token(form, &[TYPE_ACCESS_TOKEN])?;
-        let target = self.target(form, true)?.ok_or(TokenError::InvalidTarget)?;
+        let target = Self::target(&profiles, form, true)?.ok_or(TokenError::InvalidTarget)?;
         if !caller.grants.may_exchange_to.contains(&target.name) {
             return Err(TokenError::InvalidTarget);
         }
