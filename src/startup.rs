@@ -196,6 +196,8 @@ struct Summary {
     profiles: String,
     /// The profiles page script may mint through `POST /auth/token`.
     browser_profiles: String,
+    /// What `POST /oauth/token` issues.
+    token_service: String,
     defaults: Vec<String>,
 }
 
@@ -240,6 +242,8 @@ impl Summary {
                 None => "inline (a restart changes it)".to_owned(),
             },
             profiles: describe_profiles(token),
+            // Set by the caller, which holds the `[exchange]` settings (`describe_token_service`).
+            token_service: String::new(),
             defaults,
         }
     }
@@ -342,6 +346,7 @@ impl Application {
             websockets,
             defaults,
             admin,
+            exchange,
             spa,
             error_path,
         } = settings;
@@ -399,7 +404,7 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
-        let summary = Summary::of(
+        let mut summary = Summary::of(
             &public_url,
             &ave,
             &store,
@@ -408,6 +413,7 @@ impl Application {
             security.token_endpoint,
             defaults,
         );
+        summary.token_service = describe_token_service(&token, &exchange);
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
         reloaders.extend(ave_client.secret_reloader());
         reloaders.extend(sessions.keys_reloader());
@@ -430,6 +436,8 @@ impl Application {
             error_path,
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
+            token_limiter: CredentialLimiter::new(CredentialEndpoint::Token),
+            exchange,
             ave: ave_client,
             sessions,
             renewer,
@@ -484,6 +492,7 @@ impl Application {
             signing_keys = %ring.describe(),
             profiles = %s.profiles,
             browser_profiles = %s.browser_profiles,
+            token_service = %s.token_service,
             proxy_routes = self.state.proxy.routes().current().routes().all().len(),
             spa = %self.state.spa.describe(),
             defaults = %defaults,
@@ -556,6 +565,50 @@ impl Application {
 }
 
 /// The token profiles for the start-up line: name, audience, whether default, whether hooked.
+/// What `POST /oauth/token` issues, for the start-up line: service profiles, the profiles Ave tokens may become
+/// (and how many Ave clients may exchange), and the delegations allowed; never a secret.
+fn describe_token_service(
+    token: &avemint_core::mint::profiles::TokenSettings,
+    exchange: &avemint_core::token_service::ExchangeSettings,
+) -> String {
+    let profiles = token.profiles();
+    let names = |keep: &dyn Fn(&avemint_core::mint::profiles::ProfileSpec) -> bool| {
+        profiles
+            .iter()
+            .filter(|p| keep(p))
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut parts = Vec::new();
+    let services = names(&|p| p.grants.service);
+    if !services.is_empty() {
+        parts.push(format!("services: {services}"));
+    }
+    let from_ave = names(&|p| p.grants.exchange_from_ave);
+    if !from_ave.is_empty() && !exchange.ave_client_ids.is_empty() {
+        parts.push(format!(
+            "Ave tokens to: {from_ave} (from {} Ave clients)",
+            exchange.ave_client_ids.len()
+        ));
+    }
+    let delegations: Vec<String> = profiles
+        .iter()
+        .filter_map(|p| {
+            let e = p.grants.exchange.as_ref()?;
+            Some(format!("{} -> {}", p.name, e.may_exchange_to.join(" ")))
+        })
+        .collect();
+    if !delegations.is_empty() {
+        parts.push(format!("delegation: {}", delegations.join(", ")));
+    }
+    if parts.is_empty() {
+        "off".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn describe_profiles(token: &avemint_core::mint::profiles::TokenSettings) -> String {
     token
         .profiles()
@@ -711,11 +764,12 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
+        exchange,
         spa,
         error_path: _,
     } = settings;
     let profiles = Profiles::build(&token)?;
-    let s = Summary::of(
+    let mut s = Summary::of(
         &public_url,
         &ave,
         &store,
@@ -724,6 +778,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         security.token_endpoint,
         defaults,
     );
+    s.token_service = describe_token_service(&token, &exchange);
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
     let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
     let manifest = avemint_core::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
@@ -736,7 +791,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
          session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
-         proxy routes {}, SPA {}; defaults taken: {}",
+         proxy routes {}, token service {}, SPA {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
         s.public_url,
@@ -747,6 +802,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         s.profiles,
         s.browser_profiles,
         proxy.routes().current().routes().all().len(),
+        s.token_service,
         crate::http::spa_host::Spa::new(spa).describe(),
         s.defaults(),
     ))

@@ -81,6 +81,11 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
+        if let Some(t) = &token {
+            let errors = t.route_errors(routes.all().iter().map(|r| r.profile.as_deref()));
+            self.errors.extend(errors.into_iter().map(|e| format!("config file `routes`: {e}")));
+        }
+        let exchange = self.exchange();
         // A route's profile is not mintable by page script unless it says `browser = true` (a route with
         // `auth = "none"` attaches none).
         let attached = routes.all().iter().filter(|r| r.auth != avemint_core::proxy::RouteAuth::None);
@@ -120,6 +125,7 @@ impl Loader<'_> {
             websockets,
             defaults: std::mem::take(&mut self.defaults),
             admin,
+            exchange,
             spa,
             error_path,
         })

@@ -41,6 +41,7 @@ use avemint_core::mint::keys::KeysSettings;
 use avemint_core::mint::profiles::TokenSettings;
 use avemint_core::proxy::{Routes, WebSocketLimits};
 use avemint_core::session::{RenewalSettings, SessionSettings, StoreSettings};
+use avemint_core::token_service::ExchangeSettings;
 
 // The HTTP layer's settings types that `Settings` holds, public with it (the protocol side's own settings types
 // are public in `avemint_core`).
@@ -80,6 +81,8 @@ pub struct Settings {
     pub defaults: Vec<String>,
     /// The admin API's listener and token (none: no admin API, nothing bound).
     pub admin: Option<AdminSettings>,
+    /// `[exchange]`: which Ave clients' access tokens the token service exchanges.
+    pub exchange: ExchangeSettings,
     /// The SPA on avemint's origin (`[spa]`): its built files or its development server (none: no SPA).
     pub spa: SpaSettings,
     /// `error_path`: the SPA's page for failed sign-ins (none: avemint's own page).

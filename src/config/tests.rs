@@ -577,6 +577,115 @@ fn browser_and_the_token_endpoint_load_from_the_file_and_the_environment() {
 }
 
 #[test]
+fn token_service_settings_load_and_bad_ones_are_refused_one_line_each() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let toml = format!(
+        "[exchange]\nave_client_ids = [\"app_a\", \"app_b\"]\n\
+         [[profiles]]\nname = \"web\"\naudience = \"w\"\ndefault = true\n[profiles.exchange]\nsecret = \"{SECRET}\"\nmay_exchange_to = [\"orders\"]\n\
+         [[profiles]]\nname = \"orders\"\naudience = \"o\"\nexchange_from_ave = true\n\
+         [[profiles]]\nname = \"job\"\naudience = \"j\"\nservice = true\n[profiles.client]\nsecret = \"{SECRET}\"\n"
+    );
+    let s = load_file(&toml, &[]).expect("valid");
+    assert_eq!(s.exchange.ave_client_ids, ["app_a", "app_b"]);
+    let p = s.token.profiles();
+    assert_eq!(
+        p[0].grants.exchange.as_ref().expect("exchange").may_exchange_to,
+        ["orders"]
+    );
+    assert!(p[1].grants.exchange_from_ave && !p[1].grants.service);
+    assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
+    assert_eq!(
+        p[2].browser,
+        Some(false),
+        "a service profile is never minted for a browser"
+    );
+    // The environment wins; empty is off.
+    let s = load_file(&toml, &[("AVEMINT_EXCHANGE_AVE_CLIENT_IDS", "app_c, app_d")]).expect("valid");
+    assert_eq!(s.exchange.ave_client_ids, ["app_c", "app_d"]);
+    assert!(load_file(TWO, &[]).expect("valid").exchange.ave_client_ids.is_empty());
+
+    let one = |extra: &str| format!("[[profiles]]\nname = \"a\"\naudience = \"x\"\n{extra}\n");
+    let two = |extra: &str| {
+        format!(
+            "[[profiles]]\nname = \"b\"\naudience = \"y\"\ndefault = true\n{}",
+            one(extra)
+        )
+    };
+    for (toml, needle) in [
+        (one("service = true"), "needs `[profiles.client]`"),
+        (
+            one(&format!("[profiles.client]\nsecret = \"{SECRET}\"")),
+            "for service profiles only",
+        ),
+        (
+            one(&format!(
+                "service = true\nbrowser = true\n[profiles.client]\nsecret = \"{SECRET}\""
+            )),
+            "never minted for a browser",
+        ),
+        (
+            one(&format!(
+                "service = true\nexchange_from_ave = true\n[profiles.client]\nsecret = \"{SECRET}\""
+            )),
+            "`exchange_from_ave = true`",
+        ),
+        (
+            one(&format!(
+                "[profiles.exchange]\nsecret = \"{SECRET}\"\nmay_exchange_to = [\"nope\"]"
+            )),
+            "names `nope`",
+        ),
+        (
+            one(&format!("[profiles.exchange]\nsecret = \"{SECRET}\"")),
+            "needs `may_exchange_to`",
+        ),
+        (
+            one("[profiles.exchange]\nsecret = \"short\"\nmay_exchange_to = [\"a\"]"),
+            "at least 32",
+        ),
+        (
+            one("[profiles.client]\nsecret_file = \"/x\"\nextra = 1"),
+            "unknown field",
+        ),
+        (
+            two(&format!(
+                "service = true\n[profiles.client]\nsecret = \"{SECRET}\"\n[[routes]]\npath = \"/api/a\"\nupstream = \"http://127.0.0.1:9\"\nprofile = \"a\""
+            )),
+            "cannot attach it",
+        ),
+        ("[exchange]\nave_client_id = [\"x\"]\n".to_owned(), "unknown field"),
+    ] {
+        let e = load_file(&toml, &[]).expect_err(&toml);
+        assert_eq!(e.0.len(), 1, "one line for {toml}: {e}");
+        assert!(e.to_string().contains(needle), "{needle} in {e}");
+        assert!(!e.to_string().contains(SECRET), "no secret echoed: {e}");
+    }
+}
+
+/// The README's token-service configuration loads as it says (its secret files made in a temporary directory).
+#[test]
+fn the_readme_token_service_config_loads() {
+    let readme = include_str!("../../README.md");
+    let marker = "<!-- token service config: src/config/tests.rs loads exactly this block -->\n```toml\n";
+    let start = readme.find(marker).expect("marker in README") + marker.len();
+    let block = &readme[start..start + readme[start..].find("```").expect("block end")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in ["web_exchange", "reports_job"] {
+        std::fs::write(dir.path().join(file), "0123456789abcdef0123456789abcdef\n").expect("secret file");
+    }
+    let toml = block.replace("/run/secrets/", &format!("{}/", dir.path().display()));
+    let s = load_file(&toml, &[]).expect("the README's config loads");
+    assert_eq!(s.exchange.ave_client_ids, ["app_0123456789abcdef0123456789abcdef"]);
+    let p = s.token.profiles();
+    assert_eq!(
+        p[0].grants.exchange.as_ref().expect("web exchange").may_exchange_to,
+        ["orders"]
+    );
+    assert!(p[1].grants.exchange_from_ave);
+    assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
+}
+
+#[test]
 fn the_spa_from_the_file_or_the_environment_with_every_problem_named_as_written() {
     let dist = tempfile::tempdir().expect("tempdir");
     std::fs::write(dist.path().join("index.html"), "<!doctype html>").expect("write");

@@ -12,6 +12,7 @@ pub(crate) mod demo_api;
 pub mod docs;
 pub(crate) mod errors;
 pub(crate) mod introspect;
+pub(crate) mod oauth_token;
 pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
@@ -58,6 +59,10 @@ pub(crate) struct AppState {
     pub sign_in_limiter: avemint_core::traffic::rate_limit::CodeExchangeLimiter,
     /// Limits wrong introspection credentials per client network (429 past the limit).
     pub introspect_limiter: avemint_core::traffic::rate_limit::CredentialLimiter,
+    /// Limits the token service's refused credentials and subject tokens per client network (429 past the limit).
+    pub token_limiter: avemint_core::traffic::rate_limit::CredentialLimiter,
+    /// `[exchange]`: which Ave clients' access tokens the token service exchanges.
+    pub exchange: avemint_core::token_service::ExchangeSettings,
     /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
@@ -73,6 +78,8 @@ pub(crate) struct AppState {
 pub(crate) enum ApiTags {
     /// Sign-in, session and app-JWT endpoints used by the browser.
     Auth,
+    /// The token service for programs (native apps, APIs calling APIs, background jobs): `POST /oauth/token`.
+    TokenService,
     /// Keys and metadata for downstream verifiers.
     WellKnown,
     /// Health and readiness.
@@ -103,6 +110,7 @@ impl Mode {
 type Apis = security::Guarded<(
     auth::AuthApi,
     introspect::IntrospectApi,
+    oauth_token::OAuthTokenApi,
     well_known::WellKnownApi,
     ops::OpsApi,
     proxy::ProxyDoc,
@@ -114,6 +122,7 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
         security::Guarded((
             auth::AuthApi,
             introspect::IntrospectApi,
+            oauth_token::OAuthTokenApi,
             well_known::WellKnownApi,
             ops::OpsApi,
             proxy::ProxyDoc,

@@ -282,10 +282,15 @@ impl Guard {
         let page_policy = resp.extensions().get::<PagePolicy>().is_some();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4).
-        if path.starts_with(Route::AUTH_PREFIX) || path == Route::Introspect.path() {
+        // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4); the token
+        // service's carry one (RFC 6749 §5.1, also `Pragma: no-cache` for HTTP/1.0 caches).
+        let token_service = path == Route::OAuthToken.path();
+        if path.starts_with(Route::AUTH_PREFIX) || path == Route::Introspect.path() || token_service {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        }
+        if token_service {
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         }
         let is_html = h
             .get(header::CONTENT_TYPE)

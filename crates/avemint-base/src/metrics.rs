@@ -184,6 +184,8 @@ struct Metrics {
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
     credential_failures: IntCounterVec,
+    /// `POST /oauth/token` answers by grant and outcome.
+    token_service: IntCounterVec,
     /// `[in_use, idle]`.
     store_pool: [IntGauge; 2],
     store_pool_max: IntGauge,
@@ -298,13 +300,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let credential_failures = IntCounterVec::new(
         Opts::new(
             "avemint_credential_failures_total",
-            "Wrong credentials at an endpoint that checks a secret (endpoint: introspect, admin), by answer: \
-             rejected (401) or rate_limited (429, the client's network is past its limit)",
+            "Wrong credentials at an endpoint that checks a secret (endpoint: introspect, admin, token), by answer: \
+             rejected (401, or 400 for a refused subject token at token) or rate_limited (429, the client's \
+             network is past its limit)",
         ),
         &["endpoint", "answer"],
     )?;
     registry.register(Box::new(credential_failures.clone()))?;
-    for endpoint in ["introspect", "admin"] {
+    let token_service = IntCounterVec::new(
+        Opts::new(
+            "avemint_token_service_requests_total",
+            "POST /oauth/token answers by grant (client_credentials, token_exchange_ave, token_exchange_delegation, \
+             unknown) and outcome (issued, or the OAuth error code answered)",
+        ),
+        &["grant", "outcome"],
+    )?;
+    registry.register(Box::new(token_service.clone()))?;
+    for grant in TOKEN_GRANTS {
+        token_service.get_metric_with_label_values(&[grant, "issued"])?;
+    }
+    for endpoint in ["introspect", "admin", "token"] {
         for answer in ["rejected", "rate_limited"] {
             credential_failures.get_metric_with_label_values(&[endpoint, answer])?;
         }
@@ -512,6 +527,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         code_exchange_failures,
         code_exchange_refused,
         credential_failures,
+        token_service,
         store_pool,
         store_pool_max,
         budget_used,
@@ -652,6 +668,23 @@ pub fn sign_in_exchange_refused(network: &'static str) {
 pub fn credential_failure(endpoint: &'static str, answer: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.credential_failures.get_metric_with_label_values(&[endpoint, answer]) {
+        c.inc();
+    }
+}
+
+/// The `grant` labels of `avemint_token_service_requests_total`.
+pub const TOKEN_GRANTS: [&str; 4] = [
+    "client_credentials",
+    "token_exchange_ave",
+    "token_exchange_delegation",
+    "unknown",
+];
+
+/// Counts one answer of `POST /oauth/token`: `grant` (one of [`TOKEN_GRANTS`]) and `outcome` (`issued`, or the
+/// OAuth error code of the answer: a fixed, small set).
+pub fn token_service(grant: &'static str, outcome: &'static str) {
+    let Some(m) = metrics() else { return };
+    if let Ok(c) = m.token_service.get_metric_with_label_values(&[grant, outcome]) {
         c.inc();
     }
 }

@@ -27,6 +27,8 @@ pub enum Route {
     OpenIdConfiguration,
     /// Token introspection (RFC 7662) for downstream APIs.
     Introspect,
+    /// The token service (RFC 6749 §3.2): client credentials and token exchange (RFC 8693) for non-browser clients.
+    OAuthToken,
     Healthz,
     Readyz,
     Metrics,
@@ -67,6 +69,7 @@ impl Route {
         Route::Jwks,
         Route::OpenIdConfiguration,
         Route::Introspect,
+        Route::OAuthToken,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -98,6 +101,7 @@ impl Route {
             Route::Jwks => "/.well-known/jwks.json",
             Route::OpenIdConfiguration => "/.well-known/openid-configuration",
             Route::Introspect => "/oauth/introspect",
+            Route::OAuthToken => "/oauth/token",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",

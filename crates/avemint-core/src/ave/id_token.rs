@@ -171,7 +171,7 @@ pub fn validate_with_keys(
 }
 
 /// Checks the header before any key is looked up; returns the `kid`.
-fn inspect_header(token: &str) -> Result<Option<String>, IdTokenError> {
+pub(crate) fn inspect_header(token: &str) -> Result<Option<String>, IdTokenError> {
     if token.len() > MAX_ID_TOKEN_LEN || token.split('.').count() != 3 {
         return Err(IdTokenError::Malformed);
     }
