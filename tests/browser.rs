@@ -844,43 +844,6 @@ async fn spa_scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), f
     Ok(())
 }
 
-/// An API behind a proxied route: answers `{"orders": [7]}` and keeps the `Authorization` header of each call.
-async fn orders_api() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    tokio::sync::oneshot::Sender<()>,
-) {
-    use poem::listener::TcpAcceptor;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let record = seen.clone();
-    let api = poem::endpoint::make(move |req: poem::Request| {
-        let record = record.clone();
-        async move {
-            let bearer = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            record.lock().expect("lock").push(bearer);
-            poem::web::Json(json!({ "orders": [7] }))
-        }
-    });
-    let acceptor = TcpAcceptor::from_std(listener).expect("acceptor");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-        api,
-        async move {
-            let _ = rx.await;
-        },
-        None,
-    ));
-    (format!("http://{addr}"), seen, tx)
-}
-
 /// The status the React example shows is `status` (its `data-testid="status"` element).
 fn example_status(status: &str) -> String {
     format!("document.querySelector('[data-testid=status]')?.textContent === '{status}'")
@@ -897,11 +860,12 @@ async fn the_react_example_on_spa_root_signs_in_calls_its_api_and_switches_accou
     }
     let started = Instant::now();
     let (_build, dist) = support::build_example("/api/orders");
-    let (upstream, bearers, stop_api) = orders_api().await;
+    let api = support::AudienceEcho::start().await;
     let app = support::TestApp::spawn_with(support::Options {
         env: vec![("AVEMINT_SPA_ROOT", dist.display().to_string())],
         routes_toml: Some(format!(
-            "[[routes]]\npath = \"/api/orders\"\nupstream = \"{upstream}\"\n"
+            "[[routes]]\npath = \"/api/orders\"\nupstream = \"{}\"\n",
+            api.base
         )),
         ..support::Options::default()
     })
@@ -910,10 +874,9 @@ async fn the_react_example_on_spa_root_signs_in_calls_its_api_and_switches_accou
     let profile = tempfile::tempdir().expect("profile dir");
     let client = chromium(&driver, profile.path()).await;
     let mut shots = Shots::in_dir("e2e-react");
-    let result = tokio::time::timeout(SCENARIO_TIMEOUT, react_scenario(&client, &mut shots, &app, &bearers)).await;
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, react_scenario(&client, &mut shots, &app, &api)).await;
     let _ = client.close().await;
     drop(driver);
-    let _ = stop_api.send(());
     report("React example scenario", started, &shots, result);
 }
 
@@ -921,7 +884,7 @@ async fn react_scenario(
     c: &Client,
     shots: &mut Shots,
     app: &support::TestApp,
-    bearers: &std::sync::Mutex<Vec<String>>,
+    api: &support::AudienceEcho,
 ) -> Result<(), fantoccini::error::CmdError> {
     let base = &app.address;
     let (ada, grace) = (&app.emulator.users()[0], &app.emulator.users()[1]);
@@ -975,8 +938,17 @@ async fn react_scenario(
         "document.querySelector('[data-testid=api-result]').textContent.startsWith('200 ') && document.querySelector('[data-testid=api-result]').textContent",
     )
     .await;
-    assert_eq!(shown, "200 {\"orders\":[7]}");
-    let bearer = bearers.lock().expect("lock").last().cloned().unwrap_or_default();
+    let shown = shown
+        .as_str()
+        .and_then(|s| s.strip_prefix("200 "))
+        .expect("`200 <body>`");
+    let answer: Value = serde_json::from_str(shown).expect("the API's JSON");
+    assert_eq!(
+        answer["aud"],
+        app.audience(),
+        "the default profile's app JWT went upstream"
+    );
+    let bearer = api.bearers().last().cloned().unwrap_or_default();
     let token = bearer.strip_prefix("Bearer ").expect("the upstream got a bearer");
     assert_eq!(app.verify(token).await.claims["sub"], ada.id.as_str());
     let html = c.source().await?;
@@ -995,7 +967,8 @@ async fn react_scenario(
     wait_for(c, shots, "first tab followed", &example_status("unauthenticated")).await;
     shots.take(c, "react-signed-out-by-other-tab").await;
 
-    // Switching accounts: Ave approves Ada at once (she approved this app before), unless prompt=select_account.
+    // Switching accounts: Ave signs Ada in without asking (the emulator's auto-approve, as Ave does for a user who
+    // approved this app before), unless the sign-in asks for prompt=select_account.
     app.emulator.set_auto_approve(Some(ada.id.clone()));
     click(c, shots, "sign in again", "[data-testid=sign-in]").await;
     wait_for(c, shots, "signed in again, at once", &example_status("authenticated")).await;

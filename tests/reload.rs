@@ -510,7 +510,10 @@ async fn spa_settings_reload_on_sighup_and_a_root_without_index_html_keeps_the_r
     };
     let page = navigate("/orders/7").await.expect("request");
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().expect("ascii").to_owned();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert!(page.text().await.expect("text").contains("OLD BUILD"));
     let asset = http.get(format!("{base}/only-new.txt")).send().await.expect("request");
     assert_eq!(asset.status(), 404, "not in the running build");
@@ -556,7 +559,10 @@ async fn spa_settings_reload_on_sighup_and_a_root_without_index_html_keeps_the_r
     assert!(line.contains("no index.html") && line.contains("root"), "{line}");
     let page = navigate("/").await.expect("request");
     assert_eq!(page.headers()["content-security-policy"], "default-src 'self'");
-    assert!(page.text().await.expect("text").contains("NEW BUILD"), "the running build stays");
+    assert!(
+        page.text().await.expect("text").contains("NEW BUILD"),
+        "the running build stays"
+    );
     let (status, location) = failed_sign_in().await;
     assert_eq!(status, 302, "the running error_path stays");
     assert_eq!(location.as_deref(), Some("/signin-error?error=invalid_request"));
