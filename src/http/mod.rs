@@ -277,7 +277,7 @@ async fn respond<E: Endpoint>(
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state, &routes)
+    let mut resp = respond_in_span(ep, req, served, guard, allow, state, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -296,13 +296,13 @@ static REPEATED_ANSWERS: avemint_base::log_gate::LogGate<(avemint_base::metrics:
 async fn respond_in_span<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
-    method: poem::http::Method,
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
     state: &AppState,
     routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
+    let method = req.method().clone();
     // One snapshot of the SPA settings for the whole request (a reload may replace them meanwhile).
     let spa = state.spa.current();
     let started = Instant::now();
