@@ -110,7 +110,8 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(errors) => return config_failure(&errors),
             };
-            // SIGHUP reads the same file and environment again (routes, token profiles and SPA settings are put in use).
+            // SIGHUP reads the same file and environment again (routes, token profiles and SPA settings are put in
+            // use).
             let path = cli.config.clone();
             let source: ConfigSource = Box::new(move || Settings::load(path.as_deref(), &ProcessEnv));
             run(true, async move {

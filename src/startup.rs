@@ -96,8 +96,8 @@ pub struct Application {
 pub type ConfigSource = Box<dyn Fn() -> Result<Settings, ConfigErrors> + Send + Sync>;
 
 /// The settings a reload does not apply (everything but the proxied routes, the token profiles and the SPA settings:
-/// `[spa]` and `error_path`), each by its name
-/// and a rendering that changes when it does (secrets are redacted in it: a changed inline secret is not seen).
+/// `[spa]` and `error_path`), each by its name and a rendering that changes when it does (secrets are redacted in
+/// it: a changed inline secret is not seen).
 struct Restart(Vec<(&'static str, String)>);
 
 impl Restart {
@@ -140,9 +140,9 @@ impl Restart {
 }
 
 /// The configuration as a reloadable item: on SIGHUP the proxied routes, the token profiles and the SPA settings
-/// (`[spa]`, `error_path`) are read again from the configuration's source, validated as at start (every problem, one line each), and put in use whole, or not at
-/// all (the running ones stay, and the log says why). Every second, and on SIGHUP, the hook secrets of the token
-/// profiles in use are checked too (they change with the profiles).
+/// (`[spa]`, `error_path`) are read again from the configuration's source, validated as at start (every problem,
+/// one line each), and put in use whole, or not at all (the running ones stay, and the log says why). Every second,
+/// and on SIGHUP, the hook secrets of the token profiles in use are checked too (they change with the profiles).
 struct ConfigReload {
     state: Arc<AppState>,
     source: Option<ConfigSource>,
