@@ -81,7 +81,8 @@ fn signing(c: &mut Criterion) {
             id_token: &id_token,
             user: Some(&user),
         };
-        let profile = minter.profiles().default_profile();
+        let profiles = minter.profiles();
+        let profile = profiles.default_profile();
         mint.bench_function(alg.jws(), |b| {
             b.iter(|| {
                 let minted = minter

@@ -6,6 +6,10 @@
 //! one per `min_refetch_interval`, so a flood of made-up `kid`s cannot turn into
 //! a flood of JWKS requests. Every token is checked for: ES256 only, header
 //! `typ: at+jwt`, exact `iss` (avemint's public URL), `aud` (this API), `exp`.
+//! A delegated token (from avemint's token service, RFC 8693) names the API
+//! that asked for it in `act.sub` (earlier actors nested in `act.act`): it is
+//! accepted only when that API is one this API trusts (`API_TRUSTED_ACTORS`,
+//! comma-separated audiences; unset: delegated tokens are refused).
 //!
 //! Run it next to `avemint demo` (whose app JWTs have the demo URL as audience):
 //!
@@ -54,6 +58,8 @@ pub enum VerifyError {
     Jwks(String),
     #[error("the token failed verification: {0:?}")]
     Invalid(jsonwebtoken::errors::ErrorKind),
+    #[error("the token was delegated by an API this API does not trust (`act.sub`)")]
+    UntrustedActor,
     #[error("avemint says the token is no longer active (its session ended)")]
     Inactive,
     #[error("avemint's introspection endpoint could not be asked: {0}")]
@@ -96,6 +102,8 @@ pub struct Verifier {
     min_refetch_interval: Duration,
     cache: RwLock<KeyCache>,
     introspection: Option<Introspection>,
+    /// Audiences of the APIs whose delegated tokens (`act.sub`) this API accepts.
+    trusted_actors: Vec<String>,
 }
 
 impl Verifier {
@@ -117,7 +125,14 @@ impl Verifier {
                 fetches: 0,
             }),
             introspection: None,
+            trusted_actors: Vec::new(),
         }
+    }
+
+    /// Accepts tokens delegated by these APIs (their audiences, as `act.sub` names them).
+    pub fn with_trusted_actors(mut self, actors: impl IntoIterator<Item = String>) -> Self {
+        self.trusted_actors = actors.into_iter().collect();
+        self
     }
 
     /// Also asks avemint's introspection endpoint about every token that verifies, as token profile `profile`
@@ -200,6 +215,12 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|e| VerifyError::Invalid(e.into_kind()))?;
+        if let Some(act) = claims.other.get("act") {
+            let actor = act.get("sub").and_then(Value::as_str).unwrap_or_default();
+            if !self.trusted_actors.iter().any(|a| a == actor) {
+                return Err(VerifyError::UntrustedActor);
+            }
+        }
         if let Some(introspection) = &self.introspection {
             let jti = claims.other.get("jti").and_then(Value::as_str).unwrap_or(token);
             if !self.still_active(introspection, jti, token).await? {
@@ -291,7 +312,9 @@ async fn main() -> std::io::Result<()> {
     let avemint = std::env::var("AVEMINT_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let audience = std::env::var("API_AUDIENCE").unwrap_or_else(|_| avemint.clone());
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let mut verifier = Verifier::new(&avemint, &audience);
+    let trusted = std::env::var("API_TRUSTED_ACTORS").unwrap_or_default();
+    let mut verifier = Verifier::new(&avemint, &audience)
+        .with_trusted_actors(trusted.split(',').filter(|a| !a.is_empty()).map(str::to_owned));
     if let (Ok(profile), Ok(secret)) = (
         std::env::var("AVEMINT_INTROSPECTION_PROFILE"),
         std::env::var("AVEMINT_INTROSPECTION_SECRET"),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use avemint::config::{ProcessEnv, Settings};
 use avemint::healthcheck;
 use avemint::keys::{Algorithm, KeyDir, commands};
-use avemint::startup::{Application, Mode, shutdown_signal};
+use avemint::startup::{Application, ConfigSource, Mode, shutdown_signal};
 use avemint::telemetry::{LogSettings, Tracing};
 use clap::{Parser, Subcommand};
 
@@ -29,16 +29,24 @@ enum Command {
     /// profiles), then exit without binding or serving: status 0 and a one-line summary on stdout, or status 2 and
     /// the error lines `serve` would print.
     CheckConfig,
-    /// Run a local demo: avemint plus a built-in Ave emulator on loopback. Not for production.
-    /// Only in builds with the `demo` feature (the default).
+    /// Run a local demo: avemint plus a built-in Ave emulator on loopback, throw-away signing keys in a temporary
+    /// directory (removed on exit). Not for production. Only in builds with the `demo` feature (the default).
     #[cfg(feature = "demo")]
     Demo {
         /// Where the demo listens (loopback only).
         #[arg(long, env = "AVEMINT_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Signing keys directory.
-        #[arg(long, env = "AVEMINT_KEYS_DIR", default_value = "keys")]
-        keys_dir: PathBuf,
+    },
+    /// Develop against your own configuration (`--config`, `AVEMINT_CONFIG`, the environment): `serve` with your
+    /// routes, token profiles and the rest, but the built-in Ave emulator in place of Ave (pick a user on its page),
+    /// throw-away signing and session keys (signing keys in a temporary directory, removed on exit) and an in-memory
+    /// session store; the public URL is `http://<listen>`. SIGHUP reloads routes and profiles as in `serve`. Not for
+    /// production. Only in builds with the `demo` feature (the default).
+    #[cfg(feature = "demo")]
+    Dev {
+        /// Where to listen (loopback only); the configuration's `listen` and `public_url` are not used.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Print the OpenAPI document (YAML).
     Openapi {
@@ -102,10 +110,14 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(errors) => return config_failure(&errors),
             };
+            // SIGHUP reads the same file and environment again (routes and token profiles are put in use).
+            let path = cli.config.clone();
+            let source: ConfigSource = Box::new(move || Settings::load(path.as_deref(), &ProcessEnv));
             run(true, async move {
-                let app = Application::build(settings, Mode::Serve).await?;
+                let stop = shutdown_signal();
+                let app = Application::build(settings, Mode::Serve).await?.reload_from(source);
                 app.log_summary();
-                app.run_until(shutdown_signal()).await?;
+                app.run_until(stop).await?;
                 Ok(())
             })
         }
@@ -113,7 +125,9 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys(cli.config.as_deref(), command),
         Command::Healthcheck { listen, url } => healthcheck(url.unwrap_or_else(|| healthcheck::default_url(listen))),
         #[cfg(feature = "demo")]
-        Command::Demo { listen, keys_dir } => {
+        Command::Dev { listen } => run(true, async move { Ok(avemint::demo::dev(cli.config, listen).await?) }),
+        #[cfg(feature = "demo")]
+        Command::Demo { listen } => {
             // The demo configures itself (emulator, throw-away keys, in-memory store): a configuration file would
             // be silently ignored, so it is refused instead.
             if let Some(source) = demo_config_source(cli.config.as_deref()) {
@@ -123,7 +137,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            run(false, async move { Ok(avemint::demo::run(listen, keys_dir).await?) })
+            run(false, async move { Ok(avemint::demo::run(listen).await?) })
         }
     }
 }
@@ -279,6 +293,11 @@ fn run(tracing: bool, fut: impl Future<Output = Result<(), Box<dyn std::error::E
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("avemint: {e}");
+            // `dev` reads its configuration once the emulator runs: invalid configuration is status 2 there too.
+            #[cfg(feature = "demo")]
+            if let Some(avemint::demo::DemoError::Settings(_)) = e.downcast_ref() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }

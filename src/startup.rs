@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
-use crate::config::Settings;
+use crate::config::{ConfigErrors, Settings};
 use crate::http::admin::AdminToken;
 use crate::http::security::TokenEndpoint;
 use crate::http::{self, AppState};
 use avemint_base::clock::Clock;
-use avemint_base::reload::Reload;
+use avemint_base::reload::{Reload, reload_one};
+use avemint_base::secret::SecretKind;
 use avemint_core::ave::settings::parse_client_secret;
 use avemint_core::ave::{AveClient, AveError};
 use avemint_core::mint::hook::HookError;
@@ -84,6 +85,105 @@ pub struct Application {
     summary: Summary,
     /// The admin API's own listener, when `AVEMINT_ADMIN_LISTEN` is set.
     admin: Option<AdminListener>,
+    /// Where SIGHUP reads the configuration again (`reload_from`); without it SIGHUP reloads secrets and keys only.
+    config_source: Option<ConfigSource>,
+    /// The settings a reload cannot apply, as loaded at start (see `Restart`).
+    restart: Restart,
+}
+
+/// Reads the configuration again, from the same file and environment as at start (SIGHUP).
+pub type ConfigSource = Box<dyn Fn() -> Result<Settings, ConfigErrors> + Send + Sync>;
+
+/// The settings a reload does not apply (everything but the proxied routes and the token profiles), each by its name
+/// and a rendering that changes when it does (secrets are redacted in it: a changed inline secret is not seen).
+struct Restart(Vec<(&'static str, String)>);
+
+impl Restart {
+    fn of(s: &Settings) -> Self {
+        let mut seen = vec![
+            ("listen", format!("{:?}", s.listen)),
+            ("ops_listen", format!("{:?}", s.ops_listen)),
+            ("public_url", format!("{:?}", s.public_url)),
+            (
+                "Ave (client_id, client_secret, issuer, scopes, ave_*)",
+                format!("{:?}", s.ave),
+            ),
+            ("the store (database_url, session_keys)", format!("{:?}", s.store)),
+            ("sessions (session_*)", format!("{:?}", s.session)),
+            (
+                "renewal (refresh_skew, session_cache_ttl_ms)",
+                format!("{:?}", s.renewal),
+            ),
+            ("signing keys (keys_dir, key_*)", format!("{:?}", s.keys)),
+            (
+                "security (allowed_origins, trusted_proxies, docs, token_endpoint, …)",
+                format!("{:?}", s.security),
+            ),
+            ("max_websockets*", format!("{:?}", s.websockets)),
+            ("admin API (admin_*)", format!("{:?}", s.admin)),
+        ];
+        seen.push(("max_token_bytes", s.token.max_token_bytes().to_string()));
+        Self(seen)
+    }
+
+    /// The names of the settings that differ between `self` (running) and `new`.
+    fn changed(&self, new: &Restart) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .zip(&new.0)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect()
+    }
+}
+
+/// The configuration as a reloadable item: on SIGHUP the proxied routes and the token profiles are read again from
+/// the configuration's source, validated as at start (every problem, one line each), and put in use whole, or not at
+/// all (the running ones stay, and the log says why). Every second, and on SIGHUP, the hook secrets of the token
+/// profiles in use are checked too (they change with the profiles).
+struct ConfigReload {
+    state: Arc<AppState>,
+    source: Option<ConfigSource>,
+    /// What runs: as at start (a reload never changes these).
+    running: Restart,
+}
+
+impl Reload for ConfigReload {
+    fn kind(&self) -> SecretKind {
+        SecretKind::Configuration
+    }
+
+    fn name(&self) -> String {
+        "configuration".into()
+    }
+
+    fn reload(&self, forced: bool) -> Result<bool, String> {
+        for hook in self.state.minter.profiles().reloaders() {
+            reload_one(hook.as_ref(), forced);
+        }
+        let (true, Some(source)) = (forced, &self.source) else {
+            return Ok(false);
+        };
+        let settings = source().map_err(|e| e.0.join("; "))?;
+        let profiles = Profiles::build(&settings.token).map_err(|e| format!("claims hook: {e}"))?;
+        let restart = Restart::of(&settings);
+        let described = describe_profiles(&settings.token);
+        let routes = settings.routes.all().len();
+        // Profiles first: a new route may name a new profile.
+        self.state.minter.replace_profiles(profiles);
+        self.state.proxy.routes().replace(settings.routes);
+        // Cached upstream tokens were minted under the old profiles.
+        self.state.proxy.bearers().clear();
+        let changed = self.running.changed(&restart);
+        tracing::info!(profiles = %described, proxy_routes = routes, "configuration reloaded: these routes and token profiles are in use");
+        if !changed.is_empty() {
+            tracing::warn!(
+                settings = %changed.join("; "),
+                "configuration reloaded, but these settings changed and apply only at the next restart"
+            );
+        }
+        Ok(true)
+    }
 }
 
 /// What the start-up line says (never a credential).
@@ -92,10 +192,12 @@ struct Summary {
     issuer: String,
     store: String,
     session_keys: String,
-    client_secret: &'static str,
+    client_secret: String,
     profiles: String,
     /// The profiles page script may mint through `POST /auth/token`.
     browser_profiles: String,
+    /// What `POST /oauth/token` issues.
+    token_service: String,
     defaults: Vec<String>,
 }
 
@@ -132,12 +234,16 @@ impl Summary {
                 ),
                 None => format!("{} (ids {})", ids.len(), ids.join(" ")),
             },
-            client_secret: if ave.client_secret_file.is_some() {
-                "from AVE_CLIENT_SECRET_FILE, reloaded on change"
-            } else {
-                "inline (a restart changes it)"
+            client_secret: match &ave.client_secret_file {
+                Some(f) => format!(
+                    "from {}, reloaded on change",
+                    f.setting().unwrap_or("AVE_CLIENT_SECRET_FILE")
+                ),
+                None => "inline (a restart changes it)".to_owned(),
             },
             profiles: describe_profiles(token),
+            // Set by the caller, which holds the `[exchange]` settings (`describe_token_service`).
+            token_service: String::new(),
             defaults,
         }
     }
@@ -224,6 +330,7 @@ impl Application {
             Some(at) => Some(bind_ops(at).await?),
             None => None,
         };
+        let restart = Restart::of(&settings);
         let Settings {
             listen: _,
             ops_listen: _,
@@ -239,6 +346,9 @@ impl Application {
             websockets,
             defaults,
             admin,
+            exchange,
+            spa,
+            error_path,
         } = settings;
         // The admin API binds its own address (never the public one); nothing is bound without it.
         let admin = match admin {
@@ -294,7 +404,7 @@ impl Application {
             renewal.wait,
         );
         let profiles = Profiles::build(&token)?;
-        let summary = Summary::of(
+        let mut summary = Summary::of(
             &public_url,
             &ave,
             &store,
@@ -303,10 +413,11 @@ impl Application {
             security.token_endpoint,
             defaults,
         );
+        summary.token_service = describe_token_service(&token, &exchange);
         let mut reloaders: Vec<Arc<dyn Reload>> = vec![keys.clone()];
         reloaders.extend(ave_client.secret_reloader());
         reloaders.extend(sessions.keys_reloader());
-        reloaders.extend(profiles.reloaders());
+        // The hook secrets are checked by the configuration's reloader (`ConfigReload`), for the profiles in use.
         let minter = Minter::new(
             keys,
             public_url.as_str().to_owned(),
@@ -321,8 +432,12 @@ impl Application {
         let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
+            spa: crate::http::spa_host::Spa::new(spa),
+            error_path,
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
+            token_limiter: CredentialLimiter::new(CredentialEndpoint::Token),
+            exchange,
             ave: ave_client,
             sessions,
             renewer,
@@ -344,7 +459,16 @@ impl Application {
             reloaders,
             summary,
             admin,
+            config_source: None,
+            restart,
         })
+    }
+
+    /// Makes SIGHUP read the configuration again from `source` and put its proxied routes and token profiles in use
+    /// (`serve` and `dev`: the same file and environment as at start).
+    pub fn reload_from(mut self, source: ConfigSource) -> Self {
+        self.config_source = Some(source);
+        self
     }
 
     /// Logs the one start-up line (at `info`): what this instance serves and with what, and each default taken for
@@ -368,7 +492,9 @@ impl Application {
             signing_keys = %ring.describe(),
             profiles = %s.profiles,
             browser_profiles = %s.browser_profiles,
-            proxy_routes = self.state.proxy.routes().all().len(),
+            token_service = %s.token_service,
+            proxy_routes = self.state.proxy.routes().current().routes().all().len(),
+            spa = %self.state.spa.describe(),
             defaults = %defaults,
             "avemint ready"
         );
@@ -393,7 +519,13 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let background = tokio::spawn(background_tasks(self.state.clone()));
         let key_watch = tokio::spawn(self.state.minter.keys().clone().maintain_forever());
-        let reload_watch = tokio::spawn(avemint_base::reload::watch(self.reloaders));
+        let mut reloaders = self.reloaders;
+        reloaders.push(Arc::new(ConfigReload {
+            state: self.state.clone(),
+            source: self.config_source,
+            running: self.restart,
+        }));
+        let reload_watch = tokio::spawn(avemint_base::reload::watch(reloaders));
         let renewer = self.state.renewer.clone();
         let signalled = Arc::new(std::sync::OnceLock::new());
         let shutdown = {
@@ -433,6 +565,50 @@ impl Application {
 }
 
 /// The token profiles for the start-up line: name, audience, whether default, whether hooked.
+/// What `POST /oauth/token` issues, for the start-up line: service profiles, the profiles Ave tokens may become
+/// (and how many Ave clients may exchange), and the delegations allowed; never a secret.
+fn describe_token_service(
+    token: &avemint_core::mint::profiles::TokenSettings,
+    exchange: &avemint_core::token_service::ExchangeSettings,
+) -> String {
+    let profiles = token.profiles();
+    let names = |keep: &dyn Fn(&avemint_core::mint::profiles::ProfileSpec) -> bool| {
+        profiles
+            .iter()
+            .filter(|p| keep(p))
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut parts = Vec::new();
+    let services = names(&|p| p.grants.service);
+    if !services.is_empty() {
+        parts.push(format!("services: {services}"));
+    }
+    let from_ave = names(&|p| p.grants.exchange_from_ave);
+    if !from_ave.is_empty() && !exchange.ave_client_ids.is_empty() {
+        parts.push(format!(
+            "Ave tokens to: {from_ave} (from {} Ave clients)",
+            exchange.ave_client_ids.len()
+        ));
+    }
+    let delegations: Vec<String> = profiles
+        .iter()
+        .filter_map(|p| {
+            let e = p.grants.exchange.as_ref()?;
+            Some(format!("{} -> {}", p.name, e.may_exchange_to.join(" ")))
+        })
+        .collect();
+    if !delegations.is_empty() {
+        parts.push(format!("delegation: {}", delegations.join(", ")));
+    }
+    if parts.is_empty() {
+        "off".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn describe_profiles(token: &avemint_core::mint::profiles::TokenSettings) -> String {
     token
         .profiles()
@@ -528,27 +704,44 @@ async fn background_tasks(state: Arc<AppState>) {
     tokio::join!(warm, share_pause, sweep);
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called, not when the future is
+/// first polled: from then on neither signal ends the process before its graceful shutdown (call it before telling
+/// anyone the service is up). Must be called on a runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let (term, int) = signals;
+            tokio::select! {
+                () = received(term) => {}
+                () = received(int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown signal received; finishing in-flight requests");
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Resolves when `signal` arrives (never, without a handler).
+#[cfg(unix)]
+async fn received(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// `avemint check-config`: builds every part of the configuration `serve` builds without touching the network or
@@ -571,9 +764,12 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         websockets,
         defaults,
         admin,
+        exchange,
+        spa,
+        error_path: _,
     } = settings;
     let profiles = Profiles::build(&token)?;
-    let s = Summary::of(
+    let mut s = Summary::of(
         &public_url,
         &ave,
         &store,
@@ -582,6 +778,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         security.token_endpoint,
         defaults,
     );
+    s.token_service = describe_token_service(&token, &exchange);
     AveClient::new(ave.issuer.clone(), ave.client_id, ave.client_secret, ave.options)?;
     let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
     let manifest = avemint_core::mint::keys::KeyDir::new(&keys.dir).read_manifest()?;
@@ -594,7 +791,7 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
     Ok(format!(
         "configuration OK: listen {listen}, ops listen {}, admin listen {}, public URL {}, issuer {}, store {}, \
          session keys {}, client secret {}, signing keys {signing_keys}, profiles {}, browser profiles {}, \
-         proxy routes {}; defaults taken: {}",
+         proxy routes {}, token service {}, SPA {}; defaults taken: {}",
         ops_listen.map_or_else(off, |a| a.to_string()),
         admin.map_or_else(off, |a| a.listen.to_string()),
         s.public_url,
@@ -604,7 +801,9 @@ pub fn check(settings: Settings) -> Result<String, StartupError> {
         s.client_secret,
         s.profiles,
         s.browser_profiles,
-        proxy.routes().all().len(),
+        proxy.routes().current().routes().all().len(),
+        s.token_service,
+        crate::http::spa_host::Spa::new(spa).describe(),
         s.defaults(),
     ))
 }

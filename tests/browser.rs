@@ -15,7 +15,10 @@
 //! step saves a screenshot under `target/e2e/`. A second test drives two browsers (two profiles, so two cookie
 //! jars) as the same user: one ends the other's session from the "Your sessions" panel and the other page shows
 //! it is logged out (`avemint:logged-out`); then a logout in one tab shows in another tab without a reload
-//! (screenshots under `target/e2e-sessions/`). Without Chromium or chromedriver the test skips with a message,
+//! (screenshots under `target/e2e-sessions/`). A third serves a small SPA from `[spa] root` (in-process avemint, not
+//! the demo): a deep link loads through the fallback with its module script under the default page CSP, signs in and
+//! comes back to it; a sign-in denied at Ave shows avemint's failure page, whose link signs in again (screenshots
+//! under `target/e2e-spa/`). Without Chromium or chromedriver the test skips with a message,
 //! except under `CI=true`, where it fails.
 
 mod support;
@@ -384,6 +387,20 @@ async fn scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fanto
     )
     .await;
     shots.take(c, "signed-out").await;
+    // Quietly: the page asked "am I signed in?" with the helper's getUser() (`GET /auth/session?optional=1`, 200
+    // `{"authenticated": false}`), so no request of it failed with a 401 (which Chromium logs as a console error).
+    let asked = c
+        .execute(
+            "return (window.__seenResponses || []).map((e) => { const u = new URL(e.url); return [u.pathname + u.search, e.status]; })",
+            vec![],
+        )
+        .await?;
+    let asked: Vec<(String, u16)> = serde_json::from_value(asked).expect("[path, status] pairs");
+    assert!(
+        asked.contains(&("/auth/session?optional=1".to_owned(), 200)),
+        "{asked:?}"
+    );
+    assert!(!asked.iter().any(|(_, status)| *status == 401), "{asked:?}");
 
     // "Sign in" goes through /auth/login to the emulator's sign-in page.
     click(c, shots, "sign in", "#sign-in").await;
@@ -732,5 +749,94 @@ async fn two_browsers(
     .await;
     assert_eq!(reason, json!("logout"), "one event, from the other tab's logout");
     shots.take(a, "A-tab2-logged-out-by-tab1").await;
+    Ok(())
+}
+
+/// The SPA's page as a build writes it: a module script (allowed by the default page CSP, `script-src 'self'`) that
+/// shows the path it was loaded at and whether the session is signed in, and a sign-in link back to that path.
+const SPA_INDEX: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>orders</title>\
+<script type=\"module\" src=\"/assets/app-3f2a1b9c.js\"></script></head>\
+<body><p id=\"path\"></p><p id=\"state\"></p><a id=\"sign-in\" href=\"/auth/login\">Sign in</a></body></html>";
+const SPA_SCRIPT: &str = "const $ = (id) => document.getElementById(id);\n\
+$('path').textContent = location.pathname;\n\
+$('sign-in').href = '/auth/login?return_to=' + encodeURIComponent(location.pathname);\n\
+const r = await fetch('/auth/session', { headers: { 'X-CSRF': '1' } });\n\
+$('state').textContent = r.ok ? 'signed in as ' + (await r.json()).name : 'signed out';\n";
+
+/// Issue 26 §1 and §4 in Chromium: an SPA served by `[spa] root` loads on a deep link (the fallback to
+/// `index.html`, its module script under the default CSP), signs in and comes back to that link; a sign-in the user
+/// denies at Ave shows avemint's page, whose "try again" link signs in and returns to where the sign-in started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_spa_served_from_its_root_signs_in_on_a_deep_link_and_a_denied_sign_in_is_a_page() {
+    if !browser_available() {
+        return;
+    }
+    let started = Instant::now();
+    let dist = tempfile::tempdir().expect("dist");
+    std::fs::create_dir_all(dist.path().join("assets")).expect("mkdir");
+    std::fs::write(dist.path().join("index.html"), SPA_INDEX).expect("write");
+    std::fs::write(dist.path().join("assets/app-3f2a1b9c.js"), SPA_SCRIPT).expect("write");
+    let app = support::TestApp::spawn_with(support::Options {
+        env: vec![("AVEMINT_SPA_ROOT", dist.path().display().to_string())],
+        ..Default::default()
+    })
+    .await;
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let client = chromium(&driver, profile.path()).await;
+    let mut shots = Shots::in_dir("e2e-spa");
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, spa_scenario(&client, &mut shots, &app.address)).await;
+    let _ = client.close().await;
+    drop(driver);
+    app.stop().await;
+    report("SPA scenario", started, &shots, result);
+}
+
+async fn spa_scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), fantoccini::error::CmdError> {
+    const STATE: &str = "document.getElementById('state').textContent";
+    c.goto(&format!("{base}/orders/7")).await?;
+    wait_for(
+        c,
+        shots,
+        "deep link, signed out",
+        &format!("document.getElementById('path').textContent === '/orders/7' && {STATE} === 'signed out'"),
+    )
+    .await;
+    shots.take(c, "spa-signed-out").await;
+    click(c, shots, "sign in from the SPA", "#sign-in").await;
+    click(c, shots, "approve at the emulator", "button.approve").await;
+    let shown = wait_for(
+        c,
+        shots,
+        "back on the deep link, signed in",
+        &format!("location.pathname === '/orders/7' && {STATE}.startsWith('signed in as ') && {STATE}"),
+    )
+    .await;
+    assert_eq!(shown, "signed in as Ada Lovelace");
+    shots.take(c, "spa-signed-in").await;
+
+    // Deny at Ave: avemint's page, not JSON; its link starts the sign-in again for the same page.
+    c.goto(&format!("{base}/auth/login?return_to=/reports")).await?;
+    click(c, shots, "deny at the emulator", "form:last-of-type button").await;
+    wait_for(
+        c,
+        shots,
+        "the sign-in failure page",
+        "document.getElementById('headline') && document.getElementById('headline').textContent === 'You chose not to sign in at Ave.'",
+    )
+    .await;
+    let retry = c.find(Locator::Id("retry")).await?.attr("href").await?;
+    assert_eq!(retry.as_deref(), Some("/auth/login?return_to=%2Freports"));
+    shots.take(c, "signin-denied-page").await;
+    click(c, shots, "try again", "#retry").await;
+    click(c, shots, "approve at the emulator again", "button.approve").await;
+    wait_for(
+        c,
+        shots,
+        "back where the sign-in started",
+        &format!("location.pathname === '/reports' && {STATE}.startsWith('signed in as ')"),
+    )
+    .await;
+    shots.take(c, "spa-after-retry").await;
     Ok(())
 }

@@ -474,3 +474,33 @@ fn check_config_accepts_a_valid_configuration_without_binding_or_serving() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("(ES256, signing)"), "{stdout}");
 }
+
+/// `avemint check-config --config FILE` names each setting as it was written: the file's key for a value from the
+/// file, the variable for one from the environment, and both for a missing one.
+#[test]
+fn check_config_names_each_setting_as_it_was_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("avemint.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:9000\"\nops_listen = \"127.0.0.1:9000\"\nsession_lifetime = 0\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", cfg.to_str().expect("utf8")])
+        .env_clear()
+        .env("AVEMINT_TOKEN_TTL", "0")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    for expected in [
+        "config file `ops_listen`: must differ from config file `listen`",
+        "config file `session_lifetime`: ",
+        "AVEMINT_TOKEN_TTL: ",
+        "AVE_CLIENT_ID is required (or `client_id` in the config file)",
+    ] {
+        assert!(problems.iter().any(|l| l.contains(expected)), "{expected} in {err}");
+    }
+}

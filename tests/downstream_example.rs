@@ -270,3 +270,51 @@ async fn with_introspection_the_example_refuses_tokens_of_ended_sessions() {
     let wrong = Verifier::new(&app.address, AUDIENCE).with_introspection("api", "wrong", cache_for);
     assert!(matches!(wrong.verify(&token).await, Err(VerifyError::Introspection(_))));
 }
+
+/// A token delegated through the token service (RFC 8693) passes only when its actor (`act.sub`) is trusted.
+#[tokio::test]
+async fn the_example_checks_the_actor_of_delegated_tokens() {
+    const SECRET: &str = "front-exchange-secret-0123456789abcdef";
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(format!(
+            "[[profiles]]\nname = \"api\"\naudience = \"{AUDIENCE}\"\ndefault = true\n\n[[profiles]]\nname = \"front\"\n\
+             audience = \"https://front.example\"\n[profiles.exchange]\nsecret = \"{SECRET}\"\nmay_exchange_to = [\"api\"]\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = app.signed_in_browser().await;
+    let resp = app.post_token_json(&mut browser, &json!({"profile": "front"})).await;
+    let front: Value = resp.json().await.expect("json");
+    let resp = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("front", Some(SECRET))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", front["access_token"].as_str().expect("token")),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ("audience", AUDIENCE),
+        ])
+        .send()
+        .await
+        .expect("exchange");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    let trusting = Verifier::new(&app.address, AUDIENCE).with_trusted_actors(["https://front.example".to_owned()]);
+    let claims = trusting.verify(token).await.expect("a trusted actor's token verifies");
+    assert_eq!(claims.other["act"], json!({"sub": "https://front.example"}));
+    let wary = Verifier::new(&app.address, AUDIENCE);
+    assert!(matches!(wary.verify(token).await, Err(VerifyError::UntrustedActor)));
+    // A token of the user's own session (no `act`) passes either way.
+    let own = app_jwt_of(&app, &mut browser).await;
+    wary.verify(&own).await.expect("no act: verifies");
+}
+
+async fn app_jwt_of(app: &TestApp, browser: &mut support::Browser) -> String {
+    let resp = app.post_token(browser, true).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    body["access_token"].as_str().expect("token").to_owned()
+}

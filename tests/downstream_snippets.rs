@@ -224,3 +224,118 @@ async fn the_introspection_snippets_follow_logout() {
         assert_eq!(answer, json!({"active": false}));
     }
 }
+
+const FRONT_SECRET: &str = "front-exchange-secret-0123456789abcdef";
+const FRONT: &str = "https://front.example";
+
+/// An app JWT of the API's profile delegated by the `front` profile through the token service (RFC 8693): its
+/// `act.sub` is `FRONT`.
+async fn delegated_token(app: &TestApp) -> String {
+    let mut browser = app.signed_in_browser().await;
+    let resp = app.post_token_json(&mut browser, &json!({"profile": "front"})).await;
+    let body: Value = resp.json().await.expect("json");
+    let front = body["access_token"].as_str().expect("token");
+    let resp = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("front", Some(FRONT_SECRET))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", front),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ("audience", AUDIENCE),
+        ])
+        .send()
+        .await
+        .expect("exchange");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// Both verifier snippets accept a delegated token only when its actor (`act.sub`) is in `API_TRUSTED_ACTORS`.
+#[tokio::test]
+async fn the_snippets_check_the_actor_of_delegated_tokens() {
+    let node = support::tool_available("node", "--version") && support::tool_available("npm", "--version");
+    let python = support::tool_available("python3", "--version");
+    if !node && !python {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = dir.path().join("site");
+    if node {
+        let mut npm = Command::new("npm");
+        npm.current_dir(dir.path())
+            .args(["install", "--no-audit", "--no-fund", "--silent", "jose@6"]);
+        run(npm, "npm install jose");
+        std::fs::write(dir.path().join("verify.mjs"), repo_file("examples/node/verify.mjs")).expect("copy");
+    }
+    if python {
+        let mut pip = Command::new("python3");
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&site)
+        .arg("PyJWT[crypto]>=2.10,<3");
+        run(pip, "pip install PyJWT[crypto]");
+        std::fs::write(dir.path().join("verify.py"), repo_file("examples/python/verify.py")).expect("copy");
+    }
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(format!(
+            r#"
+[[profiles]]
+name = "api"
+audience = "{AUDIENCE}"
+default = true
+
+[[profiles]]
+name = "front"
+audience = "{FRONT}"
+[profiles.exchange]
+secret = "{FRONT_SECRET}"
+may_exchange_to = ["api"]
+"#
+        )),
+        ..Options::default()
+    })
+    .await;
+    let token = delegated_token(&app).await;
+    let scripts = |trusted: &str| {
+        let mut list = Vec::new();
+        if node {
+            let mut cmd = Command::new("node");
+            cmd.current_dir(dir.path())
+                .arg("verify.mjs")
+                .env("API_TRUSTED_ACTORS", trusted);
+            list.push(cmd);
+        }
+        if python {
+            let mut cmd = Command::new("python3");
+            cmd.current_dir(dir.path())
+                .env("PYTHONPATH", &site)
+                .env("API_TRUSTED_ACTORS", trusted)
+                .arg("verify.py");
+            list.push(cmd);
+        }
+        list
+    };
+    for cmd in scripts(&format!("https://other.example,{FRONT}")) {
+        let out = verify(cmd, &app, AUDIENCE, &token).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let claims: Value = serde_json::from_slice(&out.stdout).expect("claims JSON");
+        assert_eq!(claims["act"], json!({"sub": FRONT}));
+        assert_eq!(claims["aud"], AUDIENCE);
+    }
+    for cmd in scripts("https://other.example") {
+        let out = verify(cmd, &app, AUDIENCE, &token).await;
+        assert!(
+            !out.status.success(),
+            "a token delegated by an API not trusted is refused"
+        );
+    }
+}

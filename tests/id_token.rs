@@ -53,6 +53,43 @@ async fn an_unknown_kid_causes_exactly_one_jwks_refetch_and_then_succeeds() {
     app.stop().await;
 }
 
+/// Ave replaced its key but kept the `kid`: the cached key fails the signature, one re-fetch finds the new key and
+/// the sign-in succeeds. A bad signature that stays bad is refused after at most one re-fetch per cooldown.
+#[tokio::test]
+async fn a_bad_signature_with_a_known_kid_refetches_once_and_then_succeeds_or_is_refused() {
+    let app = TestApp::spawn().await;
+    // The JWKS is in avemint's cache now.
+    app.signed_in_browser().await;
+    let before = app.emulator.jwks_fetches();
+    let kid = app.emulator.current_kid();
+    app.emulator.replace_signing_key_keeping_kid();
+    assert_eq!(app.emulator.current_kid(), kid, "the same kid");
+    let mut b = Browser::default();
+    let resp = app.sign_in(&mut b, None).await;
+    assert_eq!(
+        resp.status(),
+        302,
+        "sign-in succeeds after Ave replaced its key under the same kid"
+    );
+    assert!(b.get(SESSION_COOKIE).is_some());
+    assert_eq!(app.emulator.jwks_fetches() - before, 1, "exactly one re-fetch");
+    // A signature no key verifies: refused, and a flood of them re-fetches at most once per cooldown (5 s).
+    let before = app.emulator.jwks_fetches();
+    app.emulator.set_id_token_defect(Some(IdTokenDefect::BadSignature));
+    for _ in 0..3 {
+        let mut b = Browser::default();
+        let resp = app.sign_in(&mut b, None).await;
+        assert_eq!(resp.status(), 400);
+        assert_eq!(error_code(resp).await, "invalid_token");
+        assert!(b.get(SESSION_COOKIE).is_none());
+    }
+    assert!(
+        app.emulator.jwks_fetches() - before <= 1,
+        "one re-fetch per cooldown at most"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_kid_that_is_never_published_fails_after_one_refetch_and_floods_do_not_refetch() {
     let app = TestApp::spawn().await;

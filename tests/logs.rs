@@ -642,3 +642,104 @@ async fn the_default_level_quiets_the_database_library() {
         );
     }
 }
+
+/// The token service writes exactly one audit line per token it issues (grant, profile, `sub`, the `act` chain)
+/// and never a token or a secret, at trace level, refusals included.
+#[tokio::test]
+async fn the_token_service_audits_each_token_and_logs_no_token_or_secret() {
+    const WEB_SECRET: &str = "audit-web-exchange-secret-0123456789ab";
+    const JOB_SECRET: &str = "audit-job-client-secret-0123456789abcd";
+    let capture = capture();
+    let app = TestApp::spawn_with(Options {
+        token_toml: Some(format!(
+            "[[profiles]]\nname = \"web\"\naudience = \"https://audit-web.example\"\ndefault = true\n\
+             [profiles.exchange]\nsecret = \"{WEB_SECRET}\"\nmay_exchange_to = [\"orders\"]\n\
+             [[profiles]]\nname = \"orders\"\naudience = \"audit-orders-api\"\n\
+             [[profiles]]\nname = \"audit-job\"\naudience = \"audit-reports-api\"\nservice = true\n\
+             [profiles.client]\nsecret = \"{JOB_SECRET}\"\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut transcript = Transcript::default();
+    transcript.add("exchange secret", WEB_SECRET);
+    transcript.add("client secret", JOB_SECRET);
+    let mut browser = Browser::default();
+    transcript.sign_in(&app, &mut browser).await;
+    let resp = app.post_token(&mut browser, true).await;
+    let web: Value = resp.json().await.expect("json");
+    let web = web["access_token"].as_str().expect("token").to_owned();
+    transcript.add("subject token", &web);
+    let send = |id: &'static str, user: &'static str, secret: &str, form: Vec<(&'static str, String)>| {
+        app.http
+            .post(app.url("/oauth/token"))
+            .header("X-Request-Id", id)
+            .basic_auth(user, Some(secret.to_owned()))
+            .form(&form)
+            .send()
+    };
+    let exchange = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".to_owned(),
+        ),
+        ("subject_token", web.clone()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token".to_owned(),
+        ),
+        ("audience", "audit-orders-api".to_owned()),
+    ];
+    let cc = vec![("grant_type", "client_credentials".to_owned())];
+    let delegated: Value = send("audit-delegation", "web", WEB_SECRET, exchange.clone())
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    transcript.add("delegated token", delegated["access_token"].as_str().expect("token"));
+    let service: Value = send("audit-service", "audit-job", JOB_SECRET, cc.clone())
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    transcript.add("service token", service["access_token"].as_str().expect("token"));
+    let refused = send("audit-refused", "audit-job", WEB_SECRET, cc).await.expect("send");
+    assert_eq!(refused.status(), 401);
+    transcript.add_static(&app);
+    app.stop().await;
+
+    let logs = capture.text();
+    let audit = |id: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(id) && l.contains("token issued"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let delegation = audit("audit-delegation");
+    assert_eq!(delegation.len(), 1, "one audit line: {delegation:?}");
+    for field in [
+        "grant=\"token_exchange_delegation\"",
+        "profile=\"orders\"",
+        "from_profile=\"web\"",
+        "act=https://audit-web.example",
+    ] {
+        assert!(delegation[0].contains(field), "{field} in {}", delegation[0]);
+    }
+    let service = audit("audit-service");
+    assert_eq!(service.len(), 1, "{service:?}");
+    assert!(service[0].contains("grant=\"client_credentials\"") && service[0].contains("sub=\"audit-job\""));
+    assert!(audit("audit-refused").is_empty(), "a refusal issues nothing");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("audit-refused") && l.contains("token request refused"))
+    );
+    let leaks: Vec<&str> = transcript
+        .secrets
+        .iter()
+        .filter(|(_, secret)| logs.contains(secret.as_str()))
+        .map(|(label, _)| label.as_str())
+        .collect();
+    assert!(leaks.is_empty(), "in the logs: {leaks:?}");
+}

@@ -13,7 +13,7 @@ use poem::http::{HeaderMap, StatusCode};
 use poem::listener::TcpAcceptor;
 use poem::{Body, Endpoint, Request, Response, Server};
 use serde_json::Value;
-use support::{Browser, Options, SESSION_COOKIE, TestApp, error_code, free_port};
+use support::{Browser, Options, SESSION_COOKIE, TestApp, WAYS_OUT, error_code, free_port, raw_answer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// What the upstream received.
@@ -484,28 +484,6 @@ async fn an_upstream_401_passes_through_unchanged() {
 /// A raw HTTP/1.1 request (so nothing between the test and avemint rewrites its headers); the answer's status.
 async fn raw_request(address: &str, head: &str) -> u16 {
     raw_answer(address, head).await.0
-}
-
-/// [`raw_request`]'s answer: its status and the text after the head.
-async fn raw_answer(address: &str, head: &str) -> (u16, String) {
-    let mut socket = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
-        .await
-        .expect("connect");
-    socket.write_all(head.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    // The server may close while the request is still being written (its body refused): what arrived counts.
-    let _ = socket.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]
@@ -1542,34 +1520,6 @@ async fn twenty_websockets_of_one_session_each_sending_an_unfinished_14_mib_fram
 // ---------------------------------------------------------------------------------------------------------------
 // Path confinement, look-alike headers, client framing errors, answer filtering (issue 22)
 
-/// Below `/api/orders` (upstream `/v1`): each a way a normaliser behind the proxy could read the path as leaving
-/// `/v1` (the last, `//admin`, as a host by some).
-const WAYS_OUT: [&str; 23] = [
-    "..;/admin",
-    "..;a=b/admin",
-    "%2e%2e;/admin",
-    ".;/admin",
-    "..%3b/admin",
-    "%2e%2e%3b/admin",
-    "%252e%252e/admin",
-    "a%252f..%252f..%252fadmin",
-    "..%00/admin",
-    "..%09/admin",
-    "..%20/admin",
-    "%20../admin",
-    "..\\admin",
-    "%5c..%5cadmin",
-    "a%2f..%2f..%2fadmin",
-    "%2e%2e/admin",
-    "../admin",
-    "%c0%ae%c0%ae/admin",
-    "%u002e%u002e/admin",
-    "%ef%bc%8e%ef%bc%8e/admin",
-    "\u{ff0e}\u{ff0e}/admin",
-    "...;/admin",
-    "/admin",
-];
-
 #[tokio::test]
 async fn no_spelling_of_a_dot_segment_or_separator_reaches_the_upstream_and_ordinary_paths_do() {
     let upstream = Upstream::start().await;
@@ -1832,4 +1782,225 @@ async fn the_token_endpoint_can_be_turned_off_for_proxy_only_deployments() {
         200
     );
     app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Public, optional and claim-guarded routes (issue 26 §2)
+
+/// Profiles whose claims the claim-guarded routes check: `tier` and `roles` literals, `email` from Ave.
+const CLAIM_PROFILES: &str = "[[profiles]]\nname = \"web\"\naudience = \"https://web\"\ndefault = true\n\
+     [profiles.claims]\ntier = \"gold\"\nroles = [\"reader\", \"writer\"]\nemail = \"{id_token.email}\"\n";
+
+/// avemint with a public route (`auth = "none"`), an optional one, and claim-guarded ones to `upstream`.
+async fn access_app(upstream: &Upstream, env: Vec<(&'static str, String)>) -> TestApp {
+    let base = &upstream.base;
+    TestApp::spawn_with(Options {
+        token_toml: Some(CLAIM_PROFILES.to_owned()),
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/public\"\nupstream = \"{base}/public\"\nauth = \"none\"\n\
+             [[routes]]\npath = \"/api/maybe\"\nupstream = \"{base}/maybe\"\nauth = \"optional\"\n\
+             [[routes]]\npath = \"/api/gold\"\nupstream = \"{base}/gold\"\nrequire_claims = {{ tier = [\"gold\", \"platinum\"], roles = \"writer\" }}\n\
+             [[routes]]\npath = \"/api/admin\"\nupstream = \"{base}/admin\"\nrequire_claims = {{ roles = \"admin\" }}\n\
+             [[routes]]\npath = \"/api/ada\"\nupstream = \"{base}/ada\"\nrequire_claims = {{ email = \"ada@example.com\" }}\n"
+        )),
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
+/// `method path` from `browser` with exactly `headers`.
+async fn send_with(
+    app: &TestApp,
+    browser: &mut Browser,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = app.http.request(method, app.url(path));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    browser.send(req).await
+}
+
+/// `auth = "none"`: no session needed and none read, never a bearer (not even the browser's own), avemint's cookie
+/// stays home; safe methods need neither `X-CSRF` nor a same-origin `Origin` (a navigation is fine too), unsafe
+/// ones still need both.
+#[tokio::test]
+async fn a_public_route_needs_no_session_and_never_carries_a_bearer() {
+    let upstream = Upstream::start().await;
+    let app = access_app(&upstream, vec![]).await;
+    let mut anonymous = Browser::default();
+    let evil = ("Origin", "https://evil.example");
+    for (method, headers, why) in [
+        ("GET", vec![], "a GET without X-CSRF"),
+        ("GET", vec![evil], "a cross-origin GET"),
+        ("GET", vec![("Sec-Fetch-Mode", "navigate")], "a navigation"),
+        ("HEAD", vec![], "a HEAD"),
+        ("POST", vec![("X-CSRF", "1")], "a POST with X-CSRF"),
+    ] {
+        let resp = send_with(&app, &mut anonymous, method, "/api/public/x", &headers).await;
+        assert_eq!(resp.status(), 200, "{why}");
+        let seen = upstream.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            (method, "/public/x"),
+            "{why}"
+        );
+        assert_eq!(seen.header("authorization"), None, "{why}");
+    }
+    let calls = upstream.received().len();
+    for (headers, why) in [
+        (vec![], "a POST without X-CSRF"),
+        (vec![("X-CSRF", "1"), evil], "a cross-origin POST"),
+    ] {
+        let resp = send_with(&app, &mut anonymous, "POST", "/api/public/x", &headers).await;
+        assert_eq!(resp.status(), 403, "{why}");
+        assert_eq!(error_code(resp).await, "invalid_request", "{why}");
+    }
+    assert_eq!(upstream.received().len(), calls, "refused before the upstream");
+    // Signed in: still no bearer, the browser's own `Authorization` dropped, avemint's cookie not forwarded.
+    let mut browser = app.signed_in_browser().await;
+    let resp = send_with(
+        &app,
+        &mut browser,
+        "GET",
+        "/api/public/y",
+        &[("Authorization", "Bearer mine")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("authorization"), None);
+    assert!(!seen.header("cookie").unwrap_or_default().contains(SESSION_COOKIE));
+    app.stop().await;
+}
+
+/// `auth = "optional"`: the bearer only when signed in; without a session (or with a stale cookie) the call still
+/// reaches the upstream, without `Authorization`.
+#[tokio::test]
+async fn an_optional_route_attaches_the_bearer_only_when_signed_in() {
+    let upstream = Upstream::start().await;
+    let app = access_app(&upstream, vec![]).await;
+    let csrf = [("X-CSRF", "1")];
+    let resp = send_with(&app, &mut Browser::default(), "GET", "/api/maybe/a", &csrf).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().header("authorization"), None);
+    let mut stale = Browser::default();
+    stale.cookies.insert(SESSION_COOKIE.into(), "A".repeat(43));
+    let resp = send_with(&app, &mut stale, "GET", "/api/maybe/b", &csrf).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().header("authorization"), None);
+    let mut browser = app.signed_in_browser().await;
+    let resp = send_with(&app, &mut browser, "GET", "/api/maybe/c", &csrf).await;
+    assert_eq!(resp.status(), 200);
+    let claims = app.verify_for(&upstream.last().bearer(), "https://web").await.claims;
+    assert_eq!(claims["sub"], app.emulator.users()[0].id.as_str());
+    // The CSRF rules of a session route apply: no X-CSRF, no call.
+    let calls = upstream.received().len();
+    assert_eq!(
+        send_with(&app, &mut browser, "POST", "/api/maybe/d", &[])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(upstream.received().len(), calls);
+    app.stop().await;
+}
+
+/// `require_claims`: every key must hold on the route profile's app JWT (a value in the claim, an array meaning any
+/// of); otherwise 403 `access_denied` before the upstream is called. Two users, one claim from Ave (`email`).
+#[tokio::test]
+async fn required_claims_are_checked_on_the_routes_token_before_the_upstream() {
+    let upstream = Upstream::start().await;
+    let app = access_app(&upstream, vec![]).await;
+    let browsers = [app.signed_in_as(0).await, app.signed_in_as(1).await];
+    let csrf = [("X-CSRF", "1")];
+    // Ada and Grace: the first user (`ada@example.com`) and the second.
+    for (user, path) in [(0, "/api/gold/x"), (0, "/api/ada/x"), (1, "/api/gold/y")] {
+        let resp = send_with(&app, &mut browsers[user].clone(), "GET", path, &csrf).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        app.verify_for(&upstream.last().bearer(), "https://web").await;
+    }
+    let calls = upstream.received().len();
+    for (user, path) in [(0, "/api/admin/x"), (1, "/api/ada/x")] {
+        let resp = send_with(&app, &mut browsers[user].clone(), "GET", path, &csrf).await;
+        assert_eq!(resp.status(), 403, "{path}");
+        assert_eq!(error_code(resp).await, "access_denied", "{path}");
+    }
+    assert_eq!(upstream.received().len(), calls, "refused before the upstream");
+    // Without a session: 401 first, as on any session route.
+    let resp = send_with(&app, &mut Browser::default(), "GET", "/api/admin/x", &csrf).await;
+    assert_eq!(resp.status(), 401);
+    app.stop().await;
+}
+
+/// The same keys in `AVEMINT_ROUTES` (JSON), which wins over the file.
+#[tokio::test]
+async fn auth_and_require_claims_in_avemint_routes_json() {
+    let upstream = Upstream::start().await;
+    let base = &upstream.base;
+    let routes = serde_json::json!([
+        {"path": "/api/public", "upstream": format!("{base}/p"), "auth": "none"},
+        {"path": "/api/silver", "upstream": format!("{base}/s"), "require_claims": {"tier": ["silver"]}},
+        {"path": "/api/writers", "upstream": format!("{base}/w"), "require_claims": {"roles": ["admin", "writer"]}},
+    ]);
+    let app = access_app(&upstream, vec![("AVEMINT_ROUTES", routes.to_string())]).await;
+    assert_eq!(app.settings.routes.all().len(), 3, "the environment wins over the file");
+    let resp = send_with(&app, &mut Browser::default(), "GET", "/api/public/x", &[]).await;
+    assert_eq!((resp.status().as_u16(), upstream.last().path), (200, "/p/x".to_owned()));
+    let mut browser = app.signed_in_browser().await;
+    let csrf = [("X-CSRF", "1")];
+    let resp = send_with(&app, &mut browser, "GET", "/api/silver/x", &csrf).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(error_code(resp).await, "access_denied");
+    let resp = send_with(&app, &mut browser, "GET", "/api/writers/x", &csrf).await;
+    assert_eq!((resp.status().as_u16(), upstream.last().path), (200, "/w/x".to_owned()));
+    app.stop().await;
+}
+
+/// The served OpenAPI document (`/openapi.json`, what `/docs` shows) lists each configured route under the `Proxy`
+/// tag with the methods it forwards and avemint's own answers, and never its upstream URL or token profile.
+#[tokio::test]
+async fn the_served_document_lists_the_configured_routes_under_the_proxy_tag() {
+    let upstream = Upstream::start().await;
+    let (app, _browser) = proxy_app(&upstream).await;
+    let doc = app.get_json("/openapi.json").await;
+    let orders = &doc["paths"]["/api/orders"];
+    let methods: Vec<&str> = orders
+        .as_object()
+        .expect("a path item")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(methods, ["get", "post"], "the route's methods");
+    let get = &orders["get"];
+    assert_eq!(get["tags"], serde_json::json!(["Proxy"]));
+    for status in ["401", "403", "405", "413", "502", "504", "default"] {
+        assert!(get["responses"][status]["description"].is_string(), "{status}: {get}");
+    }
+    assert_eq!(
+        get["responses"]["401"]["content"]["application/json; charset=utf-8"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
+    assert!(get["description"].as_str().expect("text").contains("1024 bytes"));
+    // A route without `methods` forwards every method.
+    assert_eq!(doc["paths"]["/api/web"].as_object().expect("item").len(), 6);
+    assert!(doc["paths"]["/api/down"]["get"].is_object());
+    let text = doc.to_string();
+    assert!(!text.contains(&upstream.base), "no upstream URL in the document");
+    assert!(!text.contains("\"orders\""), "no token profile name in the document");
+    // The auth endpoints are still there, with `X-CSRF` required.
+    let session = &doc["paths"]["/auth/session"]["get"];
+    assert_eq!(session["parameters"][0]["name"], "X-CSRF");
+    assert_eq!(session["parameters"][0]["required"], true);
+    assert!(session["responses"].get("500").is_none(), "no answer it cannot give");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml"))
+        .expect("committed document");
+    assert!(
+        !committed.contains("/api/orders"),
+        "the committed document is the default configuration's"
+    );
 }

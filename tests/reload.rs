@@ -262,7 +262,10 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     }
     drop(child);
     let text = std::fs::read_to_string(&log).expect("log");
-    assert!(text.contains("SIGHUP: reloading secrets and signing keys"), "{text}");
+    assert!(
+        text.contains("SIGHUP: reloading the configuration, secrets and signing keys"),
+        "{text}"
+    );
     assert!(!text.contains(NEW_KEY) && !text.contains(OLD_KEY), "no key in the log");
     // The new key really seals: an instance that knows only the new key opens the session made after the reload,
     // and not one made before it. That one is refused with a 503, not ended: an instance cannot tell a key it no
@@ -281,4 +284,158 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     };
     assert_eq!(status_at(&mut after).await, 200, "sealed with the new key");
     assert_eq!(status_at(&mut before[0]).await, 503, "sealed with the old key");
+}
+
+/// Waits until `log` holds `needle` at least `count` times (10 s at most).
+async fn wait_for_log(log: &std::path::Path, needle: &str, count: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{needle}` ×{count} never logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sighup(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// SIGHUP reads the configuration file again: its routes and token profiles are put in use (a new route with a new
+/// profile answers, a removed one is gone), and a file that does not validate keeps the running ones, saying why.
+/// Settings a reload cannot apply are named, and apply at the next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_ones() {
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = Emulator::start(EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator");
+    let upstream = support::AudienceEcho::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("avemint.toml");
+    let profiles = "[[profiles]]\nname = \"web\"\naudience = \"https://web\"\ndefault = true\n";
+    let first = format!(
+        "{profiles}[[profiles]]\nname = \"orders\"\naudience = \"orders-api\"\n\
+         [[routes]]\npath = \"/api/orders\"\nupstream = \"{}/orders\"\nprofile = \"orders\"\n",
+        upstream.base
+    );
+    std::fs::write(&config, &first).expect("write");
+    let log = tmp.path().join("stderr.log");
+    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
+    let mut cmd = support::serve_command(
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &tmp.path().join("keys"),
+    );
+    let child = cmd
+        .args(["--config", config.to_str().expect("utf8")])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawns");
+    let child = support::KillOnDrop(child);
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut browser = Browser::default();
+    support::sign_in_at(&http, &emulator, &base, &mut browser).await;
+    let call = |path: &str| http.get(format!("{base}{path}")).header("X-CSRF", "1");
+    let answer = browser.send(call("/api/orders/list")).await;
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["aud"], "orders-api");
+
+    // A new route with a new profile, the old route gone, and a setting only a restart applies.
+    let second = format!(
+        "session_idle_timeout = 600\n{profiles}[[profiles]]\nname = \"billing\"\naudience = \"billing-api\"\n\
+         [[routes]]\npath = \"/api/billing\"\nupstream = \"{}/billing\"\nprofile = \"billing\"\n",
+        upstream.base
+    );
+    std::fs::write(&config, &second).expect("write");
+    sighup(&child.0);
+    let text = wait_for_log(&log, "configuration reloaded", 1).await;
+    assert!(
+        text.contains("billing (aud billing-api)"),
+        "the profiles in use: {text}"
+    );
+    let text = wait_for_log(&log, "apply only at the next restart", 1).await;
+    assert!(text.contains("sessions (session_*)"), "{text}");
+    let answer = browser.send(call("/api/billing/x")).await;
+    assert_eq!(answer.status(), 200, "the new route");
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["aud"], "billing-api");
+    assert_eq!(body["path"], "/billing/x");
+    assert_eq!(
+        browser.send(call("/api/orders/list")).await.status(),
+        404,
+        "the removed route"
+    );
+    // The served OpenAPI document follows.
+    let doc: serde_json::Value = support::get_json(&http, &format!("{base}/openapi.json")).await;
+    assert!(doc["paths"]["/api/billing"]["get"].is_object(), "{doc}");
+    assert!(doc["paths"]["/api/orders"].is_null());
+    // The new route's profile is not mintable by page script (a route's profile), like at start.
+    let minted = browser
+        .send(
+            http.post(format!("{base}/auth/token"))
+                .header("X-CSRF", "1")
+                .json(&serde_json::json!({"profile": "billing"})),
+        )
+        .await;
+    assert_eq!(minted.status(), 403);
+
+    // A file that does not validate (a route naming no profile, a bad value): nothing of it is used.
+    let broken = format!(
+        "session_lifetime = 0\n{profiles}[[routes]]\npath = \"/api/new\"\nupstream = \"{}/new\"\nprofile = \"nope\"\n",
+        upstream.base
+    );
+    std::fs::write(&config, &broken).expect("write");
+    sighup(&child.0);
+    let text = wait_for_log(&log, "configuration not reloaded", 1).await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("configuration not reloaded"))
+        .expect("the line");
+    assert!(line.contains("config file `routes`") && line.contains("nope"), "{line}");
+    assert!(line.contains("config file `session_lifetime`"), "every problem: {line}");
+    let answer = browser.send(call("/api/billing/x")).await;
+    assert_eq!(answer.status(), 200, "the running routes stay");
+    assert_eq!(browser.send(call("/api/new/x")).await.status(), 404);
+    // A file that is not TOML at all.
+    std::fs::write(&config, "[[routes]\n").expect("write");
+    sighup(&child.0);
+    wait_for_log(&log, "configuration not reloaded", 2).await;
+    assert_eq!(browser.send(call("/api/billing/x")).await.status(), 200);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"avemint_secret_reloads_total{kind="configuration",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"avemint_secret_reloads_total{kind="configuration",outcome="failed"} 2"#),
+        "{metrics}"
+    );
+    // The session survived every reload.
+    assert_eq!(browser.send(call("/auth/session")).await.status(), 200);
 }

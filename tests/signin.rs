@@ -300,3 +300,219 @@ async fn a_planted_session_cookie_is_never_promoted() {
     );
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sign-in failures a person can read (issue 26 §4)
+
+/// A browser's top-level navigation.
+const NAVIGATE: [(&str, &str); 2] = [
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+];
+/// A script's `fetch`.
+const FETCH: [(&str, &str); 2] = [("Sec-Fetch-Mode", "cors"), ("Accept", "application/json")];
+
+/// Starts a sign-in in `browser` (returning to `return_to`) and comes back as Ave does when the user presses Deny.
+async fn denied(app: &TestApp, browser: &mut Browser, return_to: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let resp = app.login_start(browser, Some(return_to)).await;
+    let authorize = url::Url::parse(&location(&resp)).expect("url");
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .expect("state")
+        .1
+        .into_owned();
+    let mut req = app
+        .http
+        .get(app.url("/auth/callback"))
+        .query(&[("error", "access_denied"), ("state", state.as_str())]);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    browser.send(req).await
+}
+
+fn header<'r>(resp: &'r reqwest::Response, name: &str) -> &'r str {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_denied_consent_is_a_page_with_a_retry_link_for_a_person_and_json_for_script() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::default();
+    let resp = denied(&app, &mut browser, "/orders/7", &NAVIGATE).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+    assert!(header(&resp, "content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+    assert!(
+        resp.headers().get_all("set-cookie").iter().any(|c| c
+            .to_str()
+            .is_ok_and(|c| c.starts_with(LOGIN_COOKIE) && c.contains("Max-Age=0"))),
+        "the login cookie is expired as on any callback"
+    );
+    let page = resp.text().await.expect("page");
+    assert!(page.contains("You chose not to sign in at Ave."), "{page}");
+    assert!(page.contains("href=\"/auth/login?return_to=%2Forders%2F7\""), "{page}");
+    assert!(page.contains("<code id=\"code\">access_denied</code>"), "{page}");
+    assert!(browser.get(SESSION_COOKIE).is_none());
+    // Script keeps the JSON (and so does a client that says nothing about what it accepts).
+    for headers in [&FETCH[..], &[]] {
+        let resp = denied(&app, &mut Browser::default(), "/orders/7", headers).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(error_code(resp).await, "access_denied");
+    }
+    // Any other failure of the two navigations: a callback without its login cookie, a login while Ave is down.
+    let resp = Browser::default()
+        .send(
+            app.http
+                .get(app.url("/auth/callback?code=x&state=y"))
+                .header(NAVIGATE[0].0, NAVIGATE[0].1),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let page = resp.text().await.expect("page");
+    assert!(
+        page.contains("could not be completed") && page.contains("return_to=%2F\""),
+        "{page}"
+    );
+    app.stop().await;
+    // The guard's refusals too: a login over `AVEMINT_LOGIN_RATE_LIMIT`.
+    let app = TestApp::spawn_with(support::Options {
+        env: vec![("AVEMINT_LOGIN_RATE_LIMIT", "1".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let login = || {
+        app.http
+            .get(app.url("/auth/login?return_to=/reports"))
+            .header(NAVIGATE[0].0, NAVIGATE[0].1)
+    };
+    let mut b = Browser::default();
+    assert_eq!(b.send(login()).await.status(), 302);
+    let resp = b.send(login()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(!header(&resp, "retry-after").is_empty());
+    let page = resp.text().await.expect("page");
+    assert!(page.contains("too many sign-in attempts"), "{page}");
+    assert!(page.contains("href=\"/auth/login?return_to=%2Freports\""), "{page}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_error_path_a_failed_sign_in_lands_on_the_spas_own_page() {
+    let app = TestApp::spawn_with(support::Options {
+        env: vec![("AVEMINT_ERROR_PATH", "/signin-error".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let resp = denied(&app, &mut Browser::default(), "/orders", &NAVIGATE).await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(location(&resp), "/signin-error?error=access_denied");
+    let resp = Browser::default()
+        .send(
+            app.http
+                .get(app.url("/auth/callback?code=x&state=y"))
+                .header(NAVIGATE[0].0, NAVIGATE[0].1),
+        )
+        .await;
+    assert_eq!(location(&resp), "/signin-error?error=invalid_request");
+    let resp = denied(&app, &mut Browser::default(), "/orders", &FETCH).await;
+    assert_eq!(resp.status(), 403, "script still gets the JSON");
+    app.stop().await;
+}
+
+/// A wrong client secret is a misconfiguration, named as one to the person (500, "Ave rejected avemint's client
+/// credentials") and in the server's log with its cause, which never holds the secret or the code.
+#[tokio::test]
+async fn a_wrong_client_secret_is_named_as_a_misconfiguration_in_the_page_and_the_log() {
+    use std::io::Read as _;
+    let emulator = ave_emulator::Emulator::start(Default::default())
+        .await
+        .expect("emulator");
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    emulator.set_redirect_uris(vec![format!("{base}/auth/callback")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ave = support::AveClientEnv::of(&emulator);
+    let wrong = "wrong-secret-0123456789abcdef";
+    ave.client_secret = wrong.to_owned();
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let mut cmd = support::serve_command(&ave, port, &db, &dir.path().join("keys"));
+    let child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("serve starts");
+    let mut process = support::KillOnDrop(child);
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut codes = Vec::new();
+    for headers in [&NAVIGATE[..], &FETCH[..]] {
+        let mut browser = Browser::default();
+        let resp = support::login_start_at(&http, &base, &mut browser, Some("/app")).await;
+        let callback = support::authorize_as(&http, &emulator, &location(&resp), &emulator.users()[0].id).await;
+        codes.push(
+            url::Url::parse(&callback)
+                .expect("url")
+                .query_pairs()
+                .find(|(k, _)| k == "code")
+                .expect("code")
+                .1
+                .into_owned(),
+        );
+        let mut req = http.get(&callback);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = browser.send(req).await;
+        assert_eq!(resp.status(), 500);
+        let text = resp.text().await.expect("body");
+        assert!(
+            text.contains("Ave rejected avemint&#39;s client credentials")
+                || text.contains("Ave rejected avemint's client credentials"),
+            "{text}"
+        );
+        assert!(text.contains("AVE_CLIENT_SECRET"), "{text}");
+    }
+    // A callback whose state does not match: the user's failure, logged as such.
+    let resp = http
+        .get(format!("{base}/auth/callback?code=x&state=y"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(resp.status(), 400);
+    process.0.kill().expect("kill");
+    let mut log = String::new();
+    process
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    let misconfigured: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sign-in failed: avemint is misconfigured"))
+        .collect();
+    assert_eq!(misconfigured.len(), 1, "one line per cause per 10 s: {log}");
+    assert!(
+        misconfigured[0].contains("ERROR") && misconfigured[0].contains("invalid_client"),
+        "{log}"
+    );
+    assert!(
+        misconfigured[0].contains("Ave rejected avemint's client credentials"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sign-in failed") && l.contains("login_cookie")),
+        "{log}"
+    );
+    let real = emulator.client_secret().to_owned();
+    for secret in codes.iter().map(String::as_str).chain([wrong, real.as_str()]) {
+        assert!(!log.contains(secret), "the log holds a secret or a code: {log}");
+    }
+}

@@ -23,6 +23,7 @@ use poem::{Endpoint, Request, Response, Server};
 use prost::Message as _;
 use support::{Options, TestApp};
 
+const JOB_SECRET: &str = "tracing-job-client-secret-0123456789ab";
 const HOOK_SECRET: &str = "0123456789abcdef0123456789abcdef-trace-hook-secret";
 
 /// A loopback HTTP server that records what reached it.
@@ -176,7 +177,8 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
         renewal: Some(support::always_renew()),
         token_toml: Some(format!(
             "[[profiles]]\nname = \"web\"\naudience = \"web\"\ndefault = true\nbrowser = true\n[profiles.hook]\n\
-             url = \"{base}/hook\"\nsecret = \"{HOOK_SECRET}\"\n"
+             url = \"{base}/hook\"\nsecret = \"{HOOK_SECRET}\"\n\
+             [[profiles]]\nname = \"job\"\naudience = \"jobs\"\nservice = true\n[profiles.client]\nsecret = \"{JOB_SECRET}\"\n"
         )),
         routes_toml: Some(format!("[[routes]]\npath = \"/api/up\"\nupstream = \"{base}/up\"\n")),
         security: Some(SecuritySettings {
@@ -197,6 +199,16 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
         .send(app.http.get(app.url("/api/up/items")).header("X-CSRF", "1"))
         .await;
     assert_eq!(proxied.status(), 200);
+    // The token service: a service token.
+    let service = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("job", Some(JOB_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token service");
+    assert_eq!(service.status(), 200);
     // From a trusted proxy, the caller's trace context is the parent.
     let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let resp = app
@@ -259,9 +271,17 @@ async fn spans_arrive_over_otlp_linked_and_propagated_with_no_secret() {
         "mint.hook",
         "mint.sign",
         "proxy.upstream",
+        "token_service.issue",
     ] {
         assert!(spans.named(name).next().is_some(), "no {name} span");
     }
+    // The token service's span is a child of its request's, with the grant and the profiles.
+    let issue = spans.named("token_service.issue").next().expect("token service span");
+    let request = spans.request_of(issue).expect("under a request");
+    assert_eq!(attr(&request.attributes, "route").as_deref(), Some("/oauth/token"));
+    assert_eq!(attr(&issue.attributes, "grant").as_deref(), Some("client_credentials"));
+    assert_eq!(attr(&issue.attributes, "client").as_deref(), Some("job"));
+    assert_eq!(attr(&issue.attributes, "profile").as_deref(), Some("job"));
 
     // Sign-in: the code exchange is a child of the callback's request span.
     let exchange = spans

@@ -6,6 +6,8 @@ const issuer = process.env.AVEMINT_URL; // avemint's public URL: the tokens' `is
 const audience = process.env.API_AUDIENCE; // your API: the tokens' `aud`
 // Fetches and caches avemint's keys; an unknown `kid` (a rotated key) triggers a rate-limited re-fetch.
 const jwks = createRemoteJWKSet(new URL('/.well-known/jwks.json', issuer));
+// A delegated token (avemint's token service) names the API that asked for it in `act.sub`: accept only these.
+const trustedActors = (process.env.API_TRUSTED_ACTORS || '').split(',').filter(Boolean);
 
 export async function verifyAppJwt(token) {
   const { payload } = await jwtVerify(token, jwks, {
@@ -15,6 +17,9 @@ export async function verifyAppJwt(token) {
     typ: 'at+jwt',
     requiredClaims: ['exp', 'sub'],
   });
+  if (payload.act !== undefined && !trustedActors.includes(payload.act.sub)) {
+    throw Object.assign(new Error('delegated by an untrusted API'), { code: 'ERR_UNTRUSTED_ACTOR' });
+  }
   return payload;
 }
 

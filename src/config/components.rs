@@ -12,11 +12,13 @@ use std::str::FromStr as _;
 use serde::Deserialize;
 
 use super::Settings;
-use super::loader::{Loader, Shape};
+use super::loader::{Loader, Shape, Sourced};
 use super::values::{millis, non_empty, parse_listen, seconds, secs, whole};
 use crate::http::admin::{AdminSettings, AdminToken};
 use crate::http::cors::AllowedOrigins;
 use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+use crate::http::signin_page::ErrorPath;
+use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource, parse_upstream};
 use crate::server::ConnectionTimeouts;
 use avemint_base::web_url::{Issuer, PublicUrl};
 use avemint_core::ave::settings::{AveSettings, ClientOptions, DEFAULT_SCOPES, parse_client_secret, parse_scopes};
@@ -42,10 +44,12 @@ impl Loader<'_> {
         if self.unset("AVEMINT_LISTEN", "listen") {
             self.defaults.push(format!("no AVEMINT_LISTEN: listening on {}", SocketAddr::from(DEFAULT_LISTEN)));
         }
+        let listen_name = self.written("AVEMINT_LISTEN", "listen");
         let listen = self.or(Text, "AVEMINT_LISTEN", "listen", DEFAULT_LISTEN.into(), parse_listen);
+        let ops_name = self.written("AVEMINT_OPS_LISTEN", "ops_listen");
         let ops_listen = self.optional(Text, "AVEMINT_OPS_LISTEN", "ops_listen", parse_listen);
         if ops_listen.is_some_and(|ops| ops == listen && ops.port() != 0) {
-            self.errors.push("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN".into());
+            self.errors.push(format!("{ops_name}: must differ from {listen_name}"));
         }
         let database_url = self.database_url();
         let sealing_keys = self.secret(List, "AVEMINT_SESSION_KEYS", "session_keys", SealingKeys::parse);
@@ -77,14 +81,23 @@ impl Loader<'_> {
         let max_connections = self.or(Number, "AVEMINT_DATABASE_MAX_CONNECTIONS", "database_max_connections", DEFAULT_MAX_CONNECTIONS, whole(1, 1000));
         let security = self.security();
         let routes = self.routes(token.as_ref());
-        // A route's profile is not mintable by page script unless it says `browser = true`.
-        let token = token.map(|t| t.settle_browser(routes.all().iter().map(|r| r.profile.as_deref())));
+        if let Some(t) = &token {
+            let errors = t.route_errors(routes.all().iter().map(|r| r.profile.as_deref()));
+            self.errors.extend(errors.into_iter().map(|e| format!("config file `routes`: {e}")));
+        }
+        let exchange = self.exchange();
+        // A route's profile is not mintable by page script unless it says `browser = true` (a route with
+        // `auth = "none"` attaches none).
+        let attached = routes.all().iter().filter(|r| r.auth != avemint_core::proxy::RouteAuth::None);
+        let token = token.map(|t| t.settle_browser(attached.map(|r| r.profile.as_deref())));
         let d = WebSocketLimits::default();
         let websockets = WebSocketLimits {
             per_session: self.or(Number, "AVEMINT_MAX_WEBSOCKETS_PER_SESSION", "max_websockets_per_session", d.per_session, whole(1, 10_000)),
             instance: self.or(Number, "AVEMINT_MAX_WEBSOCKETS", "max_websockets", d.instance, whole(1, 1_000_000)),
         };
-        let admin = self.admin(listen);
+        let admin = self.admin(listen, &listen_name);
+        let spa = self.spa();
+        let error_path = self.optional(Shape::Text, "AVEMINT_ERROR_PATH", "error_path", ErrorPath::parse);
         Some(Settings {
             listen,
             ops_listen,
@@ -112,12 +125,21 @@ impl Loader<'_> {
             websockets,
             defaults: std::mem::take(&mut self.defaults),
             admin,
+            exchange,
+            spa,
+            error_path,
         })
     }
 
     /// `AVEMINT_ADMIN_LISTEN` and its token (`AVEMINT_ADMIN_TOKEN` / `_FILE`): both, or no admin API.
-    pub(super) fn admin(&mut self, public: SocketAddr) -> Option<AdminSettings> {
+    pub(super) fn admin(&mut self, public: SocketAddr, public_name: &str) -> Option<AdminSettings> {
         use Shape::Text;
+        let listen_name = self.written("AVEMINT_ADMIN_LISTEN", "admin_listen");
+        // The token is asked for in the form the listener was given in.
+        let token_name = match listen_name.starts_with("config file") {
+            true => "`admin_token` (or `admin_token_file`)",
+            false => "AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE)",
+        };
         let listen = self.optional(Text, "AVEMINT_ADMIN_LISTEN", "admin_listen", parse_listen);
         let token = match self.secret_or_file(Text, "AVEMINT_ADMIN_TOKEN", "admin_token") {
             Ok(Some((v, _))) => self.check(v, AdminToken::parse).map(Some).ok_or(()),
@@ -126,17 +148,15 @@ impl Loader<'_> {
         };
         match (listen, token) {
             (Some(listen), _) if listen == public => {
-                self.errors.push(
-                    "AVEMINT_ADMIN_LISTEN: must differ from AVEMINT_LISTEN (the admin API is never on the public listener)"
-                        .into(),
-                );
+                self.errors.push(format!(
+                    "{listen_name}: must differ from {public_name} (the admin API is never on the public listener)"
+                ));
                 None
             }
             (Some(listen), Ok(Some(token))) => Some(AdminSettings { listen, token }),
             (Some(_), Ok(None)) => {
-                self.errors.push(
-                    "AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required".into(),
-                );
+                self.errors
+                    .push(format!("{listen_name} is set: {token_name} is required"));
                 None
             }
             _ => None,
@@ -218,6 +238,64 @@ impl Loader<'_> {
             self.errors.extend(errors.into_iter().map(|e| format!("{origin}: {e}")));
             Routes::default()
         })
+    }
+}
+
+/// The SPA on avemint's origin: the file's `[spa]` table (`root`, `upstream`, `content_security_policy`) or
+/// `AVEMINT_SPA_ROOT`, `AVEMINT_SPA_UPSTREAM`, `AVEMINT_SPA_CSP`; the environment wins, key by key.
+impl Loader<'_> {
+    pub(super) fn spa(&mut self) -> SpaSettings {
+        let mut table = match self.file.remove("spa") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(table)) => table,
+            Some(_) => {
+                self.errors.push("config file `spa`: must be a table ([spa])".into());
+                toml::Table::new()
+            }
+        };
+        let mut pick = |l: &mut Self, env_name: &str, key: &str| -> Option<Sourced> {
+            let file = match table.remove(key) {
+                Some(toml::Value::String(v)) => Some(v),
+                Some(_) => {
+                    l.errors.push(format!("config file `[spa] {key}`: must be a string"));
+                    None
+                }
+                None => None,
+            };
+            match l.env.var(env_name) {
+                Some(value) => Some(Sourced {
+                    value,
+                    origin: env_name.to_owned(),
+                }),
+                None => file.map(|value| Sourced {
+                    value,
+                    origin: format!("config file `[spa] {key}`"),
+                }),
+            }
+        };
+        let root = pick(self, "AVEMINT_SPA_ROOT", "root");
+        let upstream = pick(self, "AVEMINT_SPA_UPSTREAM", "upstream");
+        let csp = pick(self, "AVEMINT_SPA_CSP", "content_security_policy");
+        for key in table.keys() {
+            self.errors.push(format!("config file `[spa]`: unknown key `{key}`"));
+        }
+        let source = match (root, upstream) {
+            (Some(root), Some(upstream)) => {
+                self.errors.push(format!(
+                    "{} and {}: set one of them (the built files, or a development server), not both",
+                    root.origin, upstream.origin
+                ));
+                None
+            }
+            (Some(root), None) => self.check(root, SpaRoot::parse).map(SpaSource::Root),
+            (None, Some(upstream)) => self.check(upstream, parse_upstream).map(SpaSource::Upstream),
+            (None, None) => None,
+        };
+        let content_security_policy = csp.and_then(|csp| self.check(csp, PageCsp::parse));
+        SpaSettings {
+            source,
+            content_security_policy,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ impl<'a> Loader<'a> {
         let path = config_path
             .map(Path::to_path_buf)
             .or_else(|| env.var("AVEMINT_CONFIG").map(PathBuf::from));
+        let has_file = path.is_some();
         let file = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -30,6 +31,7 @@ impl<'a> Loader<'a> {
             file,
             errors: Vec::new(),
             defaults: Vec::new(),
+            has_file,
         })
     }
 

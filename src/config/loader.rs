@@ -65,6 +65,8 @@ pub(super) struct Loader<'a> {
     pub(super) errors: Vec<String>,
     /// Defaults taken for what is usually set (see `Settings::defaults`).
     pub(super) defaults: Vec<String>,
+    /// A configuration file is read: a missing setting is then named by its file key too.
+    pub(super) has_file: bool,
 }
 
 impl Loader<'_> {
@@ -119,22 +121,38 @@ impl Loader<'_> {
         parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
         let v = self.pick(env_name, file_key, Shape::Text);
-        self.check_required(v, env_name, parse)
+        self.check_required(v, env_name, file_key, parse)
     }
 
-    /// `v` parsed, or a "required" line when it is absent.
+    /// `v` parsed, or a "required" line when it is absent (naming the file key too when a file is read).
     pub(super) fn check_required<T, E: Display>(
         &mut self,
         v: Option<Sourced>,
         env_name: &str,
+        file_key: &str,
         parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
         match v {
             Some(v) => self.check(v, parse),
+            None if self.has_file => {
+                self.errors
+                    .push(format!("{env_name} is required (or `{file_key}` in the config file)"));
+                None
+            }
             None => {
                 self.errors.push(format!("{env_name} is required"));
                 None
             }
+        }
+    }
+
+    /// How the setting `env_name` / `file_key` is written where it is set (the environment wins), for messages that
+    /// name it: `NAME`, or `config file `key``; `NAME` when it is not set at all. Ask before the value is read.
+    pub(super) fn written(&self, env_name: &str, file_key: &str) -> String {
+        if self.env.var(env_name).is_none() && self.file.contains_key(file_key) {
+            format!("config file `{file_key}`")
+        } else {
+            env_name.to_owned()
         }
     }
 

@@ -41,16 +41,19 @@ use avemint_core::mint::keys::KeysSettings;
 use avemint_core::mint::profiles::TokenSettings;
 use avemint_core::proxy::{Routes, WebSocketLimits};
 use avemint_core::session::{RenewalSettings, SessionSettings, StoreSettings};
+use avemint_core::token_service::ExchangeSettings;
 
 // The HTTP layer's settings types that `Settings` holds, public with it (the protocol side's own settings types
 // are public in `avemint_core`).
 pub use crate::http::admin::{AdminSettings, AdminToken};
 pub use crate::http::cors::AllowedOrigins;
 pub use crate::http::security::{Docs, SecuritySettings, TokenEndpoint};
+pub use crate::http::signin_page::ErrorPath;
+pub use crate::http::spa_host::{PageCsp, SpaRoot, SpaSettings, SpaSource};
 pub use crate::server::ConnectionTimeouts;
 
 use env::NoEnv;
-pub use env::{Env, ProcessEnv};
+pub use env::{Env, Overlay, ProcessEnv};
 use loader::Loader;
 
 /// The validated configuration of one avemint process: each component's own
@@ -78,6 +81,12 @@ pub struct Settings {
     pub defaults: Vec<String>,
     /// The admin API's listener and token (none: no admin API, nothing bound).
     pub admin: Option<AdminSettings>,
+    /// `[exchange]`: which Ave clients' access tokens the token service exchanges.
+    pub exchange: ExchangeSettings,
+    /// The SPA on avemint's origin (`[spa]`): its built files or its development server (none: no SPA).
+    pub spa: SpaSettings,
+    /// `error_path`: the SPA's page for failed sign-ins (none: avemint's own page).
+    pub error_path: Option<ErrorPath>,
 }
 
 /// All problems found while loading settings, one per line.
@@ -106,6 +115,7 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         file: std::mem::take(&mut l.file),
         errors: Vec::new(),
         defaults: Vec::new(),
+        has_file: true,
     };
     let _ = rest.settings();
     l.file = rest.file;

@@ -24,7 +24,7 @@ impl Loader<'_> {
             Ok(None) => (None, None),
             Err(()) => return None,
         };
-        self.check_required(v, env_name, parse).map(|t| (t, file))
+        self.check_required(v, env_name, file_key, parse).map(|t| (t, file))
     }
 
     /// A secret from `NAME` or `NAME_FILE` in the environment, else from the file's `key` or `key_file`. Each pair
@@ -81,13 +81,16 @@ impl Loader<'_> {
             }
             (Some(v), None) => Ok(Some((v, None))),
             (None, Some(p)) => match SecretFile::read(Path::new(&p.value)) {
-                Ok((value, file)) => Ok(Some((
-                    Sourced {
-                        value,
-                        origin: p.origin,
-                    },
-                    Some(file),
-                ))),
+                Ok((value, file)) => {
+                    let file = file.named(p.origin.clone());
+                    Ok(Some((
+                        Sourced {
+                            value,
+                            origin: p.origin,
+                        },
+                        Some(file),
+                    )))
+                }
                 Err(kind) => {
                     self.errors
                         .push(format!("{}: cannot read {}: {kind}", p.origin, p.value));

@@ -575,3 +575,245 @@ fn browser_and_the_token_endpoint_load_from_the_file_and_the_environment() {
     let e = load_file(&format!("token_endpoint = 3\n{TWO}"), &[]).expect_err("invalid");
     assert!(e.0[0].contains("token_endpoint"), "{e}");
 }
+
+#[test]
+fn token_service_settings_load_and_bad_ones_are_refused_one_line_each() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let toml = format!(
+        "[exchange]\nave_client_ids = [\"app_a\", \"app_b\"]\n\
+         [[profiles]]\nname = \"web\"\naudience = \"w\"\ndefault = true\n[profiles.exchange]\nsecret = \"{SECRET}\"\nmay_exchange_to = [\"orders\"]\n\
+         [[profiles]]\nname = \"orders\"\naudience = \"o\"\nexchange_from_ave = true\n\
+         [[profiles]]\nname = \"job\"\naudience = \"j\"\nservice = true\n[profiles.client]\nsecret = \"{SECRET}\"\n"
+    );
+    let s = load_file(&toml, &[]).expect("valid");
+    assert_eq!(s.exchange.ave_client_ids, ["app_a", "app_b"]);
+    let p = s.token.profiles();
+    assert_eq!(
+        p[0].grants.exchange.as_ref().expect("exchange").may_exchange_to,
+        ["orders"]
+    );
+    assert!(p[1].grants.exchange_from_ave && !p[1].grants.service);
+    assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
+    assert_eq!(
+        p[2].browser,
+        Some(false),
+        "a service profile is never minted for a browser"
+    );
+    // The environment wins; empty is off.
+    let s = load_file(&toml, &[("AVEMINT_EXCHANGE_AVE_CLIENT_IDS", "app_c, app_d")]).expect("valid");
+    assert_eq!(s.exchange.ave_client_ids, ["app_c", "app_d"]);
+    assert!(load_file(TWO, &[]).expect("valid").exchange.ave_client_ids.is_empty());
+
+    let one = |extra: &str| format!("[[profiles]]\nname = \"a\"\naudience = \"x\"\n{extra}\n");
+    let two = |extra: &str| {
+        format!(
+            "[[profiles]]\nname = \"b\"\naudience = \"y\"\ndefault = true\n{}",
+            one(extra)
+        )
+    };
+    for (toml, needle) in [
+        (one("service = true"), "needs `[profiles.client]`"),
+        (
+            one(&format!("[profiles.client]\nsecret = \"{SECRET}\"")),
+            "for service profiles only",
+        ),
+        (
+            one(&format!(
+                "service = true\nbrowser = true\n[profiles.client]\nsecret = \"{SECRET}\""
+            )),
+            "never minted for a browser",
+        ),
+        (
+            one(&format!(
+                "service = true\nexchange_from_ave = true\n[profiles.client]\nsecret = \"{SECRET}\""
+            )),
+            "`exchange_from_ave = true`",
+        ),
+        (
+            one(&format!(
+                "[profiles.exchange]\nsecret = \"{SECRET}\"\nmay_exchange_to = [\"nope\"]"
+            )),
+            "names `nope`",
+        ),
+        (
+            one(&format!("[profiles.exchange]\nsecret = \"{SECRET}\"")),
+            "needs `may_exchange_to`",
+        ),
+        (
+            one("[profiles.exchange]\nsecret = \"short\"\nmay_exchange_to = [\"a\"]"),
+            "at least 32",
+        ),
+        (
+            one("[profiles.client]\nsecret_file = \"/x\"\nextra = 1"),
+            "unknown field",
+        ),
+        (
+            two(&format!(
+                "service = true\n[profiles.client]\nsecret = \"{SECRET}\"\n[[routes]]\npath = \"/api/a\"\nupstream = \"http://127.0.0.1:9\"\nprofile = \"a\""
+            )),
+            "cannot attach it",
+        ),
+        ("[exchange]\nave_client_id = [\"x\"]\n".to_owned(), "unknown field"),
+    ] {
+        let e = load_file(&toml, &[]).expect_err(&toml);
+        assert_eq!(e.0.len(), 1, "one line for {toml}: {e}");
+        assert!(e.to_string().contains(needle), "{needle} in {e}");
+        assert!(!e.to_string().contains(SECRET), "no secret echoed: {e}");
+    }
+}
+
+/// The README's token-service configuration loads as it says (its secret files made in a temporary directory).
+#[test]
+fn the_readme_token_service_config_loads() {
+    let readme = include_str!("../../README.md");
+    let marker = "<!-- token service config: src/config/tests.rs loads exactly this block -->\n```toml\n";
+    let start = readme.find(marker).expect("marker in README") + marker.len();
+    let block = &readme[start..start + readme[start..].find("```").expect("block end")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in ["web_exchange", "reports_job"] {
+        std::fs::write(dir.path().join(file), "0123456789abcdef0123456789abcdef\n").expect("secret file");
+    }
+    let toml = block.replace("/run/secrets/", &format!("{}/", dir.path().display()));
+    let s = load_file(&toml, &[]).expect("the README's config loads");
+    assert_eq!(s.exchange.ave_client_ids, ["app_0123456789abcdef0123456789abcdef"]);
+    let p = s.token.profiles();
+    assert_eq!(
+        p[0].grants.exchange.as_ref().expect("web exchange").may_exchange_to,
+        ["orders"]
+    );
+    assert!(p[1].grants.exchange_from_ave);
+    assert!(p[2].grants.service && p[2].grants.client_secret.is_some());
+}
+
+#[test]
+fn the_spa_from_the_file_or_the_environment_with_every_problem_named_as_written() {
+    let dist = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dist.path().join("index.html"), "<!doctype html>").expect("write");
+    let root = dist.path().display().to_string();
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\ncontent_security_policy = \"default-src 'self'\"\n"),
+        &[],
+    )
+    .expect("valid");
+    let real = std::fs::canonicalize(dist.path()).expect("real path");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Root(r)) if r.path() == real));
+    assert!(s.spa.content_security_policy.is_some());
+    let s = Settings::load(None, &env(&minimal())).expect("valid");
+    assert_eq!(s.spa, SpaSettings::default(), "no SPA unless configured");
+    // The environment wins, key by key.
+    let s = load_file(
+        &format!("[spa]\nroot = \"{root}\"\n"),
+        &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")],
+    );
+    let errors = s.expect_err("both").0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("config file `[spa] root` and AVEMINT_SPA_UPSTREAM: set one of them"),
+        "{errors:?}"
+    );
+    let s = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://127.0.0.1:5173")]).expect("valid");
+    assert!(matches!(&s.spa.source, Some(SpaSource::Upstream(u)) if u.as_str() == "http://127.0.0.1:5173/"));
+    let empty = tempfile::tempdir().expect("tempdir");
+    let errors = load_file(
+        &format!(
+            "[spa]\nroot = \"{}\"\ncontent_security_policy = \"\"\nfallback = true\n",
+            empty.path().display()
+        ),
+        &[],
+    )
+    .expect_err("invalid")
+    .0;
+    for needle in [
+        "config file `[spa] root`: ",
+        "config file `[spa] content_security_policy`: must be",
+        "config file `[spa]`: unknown key `fallback`",
+    ] {
+        assert_eq!(
+            errors.iter().filter(|e| e.starts_with(needle)).count(),
+            1,
+            "{needle}: {errors:?}"
+        );
+    }
+    assert!(errors.iter().any(|e| e.contains("has no index.html")), "{errors:?}");
+    let errors = load_file("", &[("AVEMINT_SPA_UPSTREAM", "http://vite.internal:5173")])
+        .expect_err("plain http off loopback")
+        .0;
+    assert!(errors[0].starts_with("AVEMINT_SPA_UPSTREAM: "), "{errors:?}");
+    let errors = load_file("spa = \"dist\"\n", &[]).expect_err("not a table").0;
+    assert!(
+        errors[0].starts_with("config file `spa`: must be a table"),
+        "{errors:?}"
+    );
+}
+
+/// A problem names each setting as it was written: the file's key when it came from the file, the variable when
+/// from the environment; a missing one by its variable, and its file key too when a file is read.
+#[test]
+fn problems_name_each_setting_as_it_was_written() {
+    let err = load_file("listen = \"127.0.0.1:9000\"\nops_listen = \"127.0.0.1:9000\"\n", &[])
+        .expect_err("same address")
+        .to_string();
+    assert!(
+        err.contains("config file `ops_listen`: must differ from config file `listen`"),
+        "{err}"
+    );
+    let err = load_file(
+        "ops_listen = \"127.0.0.1:9000\"\n",
+        &[("AVEMINT_LISTEN", "127.0.0.1:9000")],
+    )
+    .expect_err("same address")
+    .to_string();
+    assert!(
+        err.contains("config file `ops_listen`: must differ from AVEMINT_LISTEN"),
+        "{err}"
+    );
+    let mut e = minimal();
+    e.push(("AVEMINT_OPS_LISTEN", "127.0.0.1:8080"));
+    let err = Settings::load(None, &env(&e)).expect_err("same").to_string();
+    assert!(
+        err.contains("AVEMINT_OPS_LISTEN: must differ from AVEMINT_LISTEN"),
+        "{err}"
+    );
+    let err = load_file("admin_listen = \"127.0.0.1:9001\"\n", &[])
+        .expect_err("no token")
+        .to_string();
+    assert!(
+        err.contains("config file `admin_listen` is set: `admin_token` (or `admin_token_file`) is required"),
+        "{err}"
+    );
+    let mut e = minimal();
+    e.push(("AVEMINT_ADMIN_LISTEN", "127.0.0.1:9001"));
+    let err = Settings::load(None, &env(&e)).expect_err("no token").to_string();
+    assert!(
+        err.contains("AVEMINT_ADMIN_LISTEN is set: AVEMINT_ADMIN_TOKEN (or AVEMINT_ADMIN_TOKEN_FILE) is required"),
+        "{err}"
+    );
+    // Missing: by its variable, and by its key when a file is read.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("avemint.toml");
+    std::fs::write(&cfg, "issuer = \"https://aveid.net\"\n").expect("write");
+    let err = Settings::load(Some(&cfg), &env(&[])).expect_err("missing").to_string();
+    assert!(
+        err.contains("AVE_CLIENT_ID is required (or `client_id` in the config file)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("AVEMINT_SESSION_KEYS is required (or `session_keys` in the config file)"),
+        "{err}"
+    );
+    let err = Settings::load(None, &env(&[])).expect_err("missing").to_string();
+    assert!(err.lines().any(|l| l == "AVE_CLIENT_ID is required"), "{err}");
+    // A value from the file is named by its key.
+    let err = load_file("token_ttl = 0\n", &[]).expect_err("bad ttl").to_string();
+    assert!(err.contains("config file `token_ttl`"), "{err}");
+    // A secret file is named in log lines as it was written.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-from-a-file\n").expect("write");
+    let toml = format!("client_secret_file = {:?}\n", secret.display().to_string());
+    let mut pairs = minimal();
+    pairs.retain(|(k, _)| *k != "AVE_CLIENT_SECRET");
+    std::fs::write(&cfg, toml).expect("write");
+    let s = Settings::load(Some(&cfg), &env(&pairs)).expect("valid");
+    let file = s.ave.client_secret_file.expect("from a file");
+    assert_eq!(file.setting(), Some("config file `client_secret_file`"));
+}

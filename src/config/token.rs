@@ -16,8 +16,10 @@ use avemint_core::mint::claims::ClaimTemplate;
 use avemint_core::mint::hook::{self, FailurePolicy, HookSpec};
 use avemint_core::mint::keys::MAX_TOKEN_TTL;
 use avemint_core::mint::profiles::{
-    self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ProfileSpec, TokenSettings,
+    self, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_PROFILE_NAME, DEFAULT_TOKEN_TTL_SECS, ExchangeSpec, ProfileGrants,
+    ProfileSpec, TokenSettings,
 };
+use avemint_core::token_service::ExchangeSettings;
 
 /// The flat keys describing the env-only default profile.
 const FLAT_TOKEN_KEYS: [&str; 4] = ["token_ttl", "token_audience", "token_claims", "token_browser"];
@@ -60,8 +62,9 @@ impl Loader<'_> {
                 hook: None,
                 introspection_secret: None,
                 browser,
+                grants: ProfileGrants::default(),
             };
-            return self.token_settings(vec![spec], max_token_bytes);
+            return self.token_settings(vec![spec], max_token_bytes, "");
         };
         for (key, present) in flat_in_file {
             if present {
@@ -86,15 +89,18 @@ impl Loader<'_> {
         if specs.len() != count {
             return None;
         }
-        self.token_settings(specs, max_token_bytes)
+        self.token_settings(specs, max_token_bytes, "config file ")
     }
 
-    fn token_settings(&mut self, specs: Vec<ProfileSpec>, max_token_bytes: usize) -> Option<TokenSettings> {
+    /// The set checked as a whole; each problem prefixed with where the profiles came from (`origin`).
+    fn token_settings(
+        &mut self,
+        specs: Vec<ProfileSpec>,
+        max_token_bytes: usize,
+        origin: &str,
+    ) -> Option<TokenSettings> {
         TokenSettings::new(specs, max_token_bytes)
-            .map_err(|errors| {
-                self.errors
-                    .extend(errors.into_iter().map(|e| format!("config file {e}")))
-            })
+            .map_err(|errors| self.errors.extend(errors.into_iter().map(|e| format!("{origin}{e}"))))
             .ok()
     }
 
@@ -149,6 +155,16 @@ impl Loader<'_> {
         };
         let hook = p.hook.map(|h| self.hook(&origin, h));
         let introspection_secret = p.introspection.and_then(|i| self.introspection(&origin, i));
+        let client_secret = p
+            .client
+            .and_then(|c| self.profile_secret(&format!("{origin}: `client`"), c.secret, c.secret_file));
+        let exchange = p.exchange.and_then(|e| {
+            let secret = self.profile_secret(&format!("{origin}: `exchange`"), e.secret, e.secret_file)?;
+            Some(ExchangeSpec {
+                secret,
+                may_exchange_to: e.may_exchange_to,
+            })
+        });
         let claims = claims.filter(|_| self.errors.len() == before)?;
         Some(ProfileSpec {
             name: p.name,
@@ -159,18 +175,67 @@ impl Loader<'_> {
             hook: hook.flatten(),
             introspection_secret,
             browser: p.browser,
+            grants: ProfileGrants {
+                service: p.service,
+                client_secret,
+                exchange,
+                exchange_from_ave: p.exchange_from_ave,
+            },
         })
+    }
+
+    /// The secret of a `[profiles.client]` or `[profiles.exchange]` table: `secret` or `secret_file`, exactly one,
+    /// at least 32 characters, read at start-up. Never echoed.
+    fn profile_secret(
+        &mut self,
+        origin: &str,
+        secret: Option<String>,
+        secret_file: Option<PathBuf>,
+    ) -> Option<avemint_base::secret::Secret<String>> {
+        self.table_secret(origin.to_owned(), secret, secret_file)
+    }
+
+    /// `[exchange]` (`ave_client_ids`) or `AVEMINT_EXCHANGE_AVE_CLIENT_IDS` (comma-separated); the environment wins.
+    pub(super) fn exchange(&mut self) -> ExchangeSettings {
+        let file = self.file.remove("exchange").map(FileExchange::deserialize);
+        let from_file = match file {
+            Some(Ok(e)) => e.ave_client_ids,
+            Some(Err(e)) => {
+                self.errors.push(format!("config file `exchange`: {}", e.message()));
+                None
+            }
+            None => None,
+        };
+        let ids = match self.env.var("AVEMINT_EXCHANGE_AVE_CLIENT_IDS") {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => from_file.unwrap_or_default(),
+        };
+        ExchangeSettings { ave_client_ids: ids }
     }
 
     /// A `[profiles.introspection]` table: the secret callers present to `POST /oauth/introspect`
     /// (`secret` or `secret_file`, exactly one, at least 32 characters; read at start-up). Never echoed.
     fn introspection(&mut self, origin: &str, i: FileIntrospection) -> Option<avemint_base::secret::Secret<String>> {
-        let origin = format!("{origin}: `introspection`");
-        let inline = i.secret.map(|value| Sourced {
+        self.table_secret(format!("{origin}: `introspection`"), i.secret, i.secret_file)
+    }
+
+    /// The secret of a profile's table (`secret` or `secret_file`, exactly one, at least 32 characters; read at
+    /// start-up); `origin` names the table. Never echoed.
+    fn table_secret(
+        &mut self,
+        origin: String,
+        secret: Option<String>,
+        secret_file: Option<PathBuf>,
+    ) -> Option<avemint_base::secret::Secret<String>> {
+        let inline = secret.map(|value| Sourced {
             value,
             origin: format!("{origin}: `secret`"),
         });
-        let path = i.secret_file.map(|p| Sourced {
+        let path = secret_file.map(|p| Sourced {
             value: p.display().to_string(),
             origin: format!("{origin}: `secret_file`"),
         });
@@ -260,6 +325,29 @@ struct FileProfile {
     hook: Option<FileHook>,
     introspection: Option<FileIntrospection>,
     browser: Option<bool>,
+    #[serde(default)]
+    service: bool,
+    #[serde(default)]
+    exchange_from_ave: bool,
+    client: Option<FileIntrospection>,
+    exchange: Option<FileExchangeFrom>,
+}
+
+/// A `[profiles.exchange]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExchangeFrom {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    may_exchange_to: Vec<String>,
+}
+
+/// The top-level `[exchange]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExchange {
+    ave_client_ids: Option<Vec<String>>,
 }
 
 /// A `[profiles.introspection]` table.

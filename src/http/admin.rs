@@ -23,7 +23,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService, SecurityScheme, Tags};
 
 use super::AppState;
-use super::errors::{self, ErrorBody, error_body};
+use super::errors::{self, Answers, Audit, Audited, ErrorBody, error_body};
 use super::session_view::SessionView;
 use avemint_base::route::AdminRoute;
 use avemint_base::secret::Credential;
@@ -261,9 +261,44 @@ impl AdminApi {
     }
 }
 
+/// What each admin operation can answer besides success (see `errors::audit`): only ending one session by its id
+/// can be 404.
+pub(crate) const ANSWERS: &[Answers] = &[
+    Answers {
+        method: "GET",
+        path: "/admin/users/{sub}/sessions",
+        errors: &[(400, ""), (401, ""), (429, ""), (503, "")],
+    },
+    Answers {
+        method: "DELETE",
+        path: "/admin/users/{sub}/sessions",
+        errors: &[(400, ""), (401, ""), (429, ""), (503, "")],
+    },
+    Answers {
+        method: "DELETE",
+        path: "/admin/sessions/{id}",
+        errors: &[
+            (400, ""),
+            (401, ""),
+            (404, "No session has this id, or it is malformed (`not_found`)."),
+            (429, ""),
+            (503, ""),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/admin/stats",
+        errors: &[(401, ""), (429, ""), (503, "")],
+    },
+];
+
+impl Audit for AdminApi {
+    const ANSWERS: &'static [Answers] = ANSWERS;
+}
+
 /// The admin OpenAPI service (also used by `avemint openapi --admin`; needs no running state).
-pub(crate) fn openapi_service() -> OpenApiService<AdminApi, ()> {
-    OpenApiService::new(AdminApi, "avemint admin API", env!("CARGO_PKG_VERSION")).description(
+pub(crate) fn openapi_service() -> OpenApiService<Audited<AdminApi>, ()> {
+    OpenApiService::new(Audited(AdminApi), "avemint admin API", env!("CARGO_PKG_VERSION")).description(
         "Operators' API of avemint: users' sessions and session counts. Served only on `AVEMINT_ADMIN_LISTEN` \
          (never on the public listener), every request with `Authorization: Bearer <AVEMINT_ADMIN_TOKEN>`; \
          without it, or with another token, every path is 401 with `WWW-Authenticate: Bearer`. Every JSON error \

@@ -9,21 +9,24 @@ use poem::Request;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use serde_json::Value;
 
 use super::cookies::{self, CookieChanges, Sent};
-use super::errors::{ApiError, ErrorBody, ave_unavailable, store_unavailable};
+use super::errors::{Answers, ApiError, ErrorBody, ave_unavailable, store_unavailable};
 use super::optional_json::OptionalJson;
 use super::prepared_json::PreparedJson;
 use super::session_guard::{current_session, renewed, require_csrf, subject};
 use super::session_view::SessionView;
+use super::signin_page::RetryTarget;
 use super::{ApiTags, AppState};
 use avemint_base::clock::UnixTime;
+use avemint_base::log_gate::LogGate;
 use avemint_core::mint::MintedToken;
 use avemint_core::session::{Sealer, SessionHandle, SessionRowHash, SessionSummary, SignedInFrom};
 use avemint_core::signin::{
-    Callback, Completed, PendingLogin, PendingLoginError, ReturnPath, SignIn, decode_login, encode_login,
+    Callback, Completed, PendingLogin, PendingLoginError, Prompt, ReturnPath, SignIn, SignInError, decode_login,
+    encode_login,
 };
 use avemint_core::traffic::client_ip::ClientIp;
 use avemint_core::traffic::device;
@@ -31,12 +34,157 @@ use avemint_core::traffic::device;
 /// The auth endpoints.
 pub(crate) struct AuthApi;
 
+/// The answer of every endpoint that needs `X-CSRF: 1`, for a request without it or from another origin.
+const CSRF_403: &str = "`X-CSRF: 1` is missing, or the request comes from an origin that is neither this service nor in \
+`AVEMINT_ALLOWED_ORIGINS` (`invalid_request`).";
+/// A header, parameter or body avemint cannot read.
+const UNREADABLE_400: &str = "A header or parameter that cannot be read, or a body that could not be received \
+(`invalid_request`).";
+/// The store behind every session read.
+const STORE_503: &str = "The session store is unreachable right now (`temporarily_unavailable`, with `Retry-After`).";
+const LOGIN_401: &str = "No valid session (`login_required`).";
+
+/// What each auth endpoint can answer besides success and the guard's refusals (see `errors::audit`), each with its
+/// own description: the shared `ApiError` lists every status any of them gives.
+pub(crate) const ANSWERS: &[Answers] = &[
+    Answers {
+        method: "GET",
+        path: "/auth/login",
+        errors: &[
+            (400, UNREADABLE_400),
+            (502, "Ave's discovery document cannot be used (`server_error`)."),
+            (
+                503,
+                "Ave's discovery document cannot be loaded right now (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/callback",
+        errors: &[
+            (
+                400,
+                "The sign-in cannot be completed: no or an unusable login cookie, a missing or wrong `state`, no \
+                 `code`, or an error from Ave (`invalid_request`); Ave refused the code (`invalid_grant`); the \
+                 id_token failed validation (`invalid_token`).",
+            ),
+            (403, "The user declined at Ave (`access_denied`)."),
+            (429, ""),
+            (
+                502,
+                "Ave answered the code exchange in a way avemint cannot use, or without an id_token (`server_error`).",
+            ),
+            (
+                503,
+                "Ave or the session store is unreachable, or Ave's token budget has no room within the wait bound \
+                 (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "POST",
+        path: "/auth/token",
+        errors: &[
+            (
+                400,
+                "The body is not a token request, or names a profile and an audience of different profiles \
+                 (`invalid_request`).",
+            ),
+            (401, "No valid session, whatever the body names (`login_required`)."),
+            (
+                403,
+                "`X-CSRF: 1` is missing, or the request comes from an origin that is neither this service nor in \
+                 `AVEMINT_ALLOWED_ORIGINS` (`invalid_request`); no token profile page script may mint has this name \
+                 or audience (`invalid_target`: not configured, or a proxied route's without `browser = true`).",
+            ),
+            (
+                500,
+                "The app JWT would be longer than `max_token_bytes` (`server_error`).",
+            ),
+            (
+                502,
+                "Ave answered the session's renewal with an error (`server_error`).",
+            ),
+            (
+                503,
+                "The session store, Ave (renewing the session) or the profile's claims hook (policy `deny`) is \
+                 unavailable, or signing failed (`temporarily_unavailable`, with `Retry-After`).",
+            ),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/session",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "GET",
+        path: "/auth/sessions",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "DELETE",
+        path: "/auth/sessions/{id}",
+        errors: &[
+            (400, UNREADABLE_400),
+            (401, LOGIN_401),
+            (403, CSRF_403),
+            (404, ""),
+            (503, STORE_503),
+        ],
+    },
+    Answers {
+        method: "POST",
+        path: "/auth/logout",
+        errors: &[
+            (
+                400,
+                "The body is not JSON, or names an unknown `scope` (`invalid_request`).",
+            ),
+            (401, "A `scope` was given without a valid session (`login_required`)."),
+            (403, CSRF_403),
+            (503, STORE_503),
+        ],
+    },
+];
+
 /// Redirect to Ave's sign-in page.
 #[derive(ApiResponse)]
 pub(crate) enum LoginResponse {
     /// Redirect to Ave's authorization endpoint. Sets the `__Host-avemint-login` cookie.
     #[oai(status = 302)]
     Redirect(#[oai(header = "Location")] String),
+}
+
+/// What Ave's sign-in page should do besides signing in (`prompt`; Ave's `none` and `login` do nothing there, so
+/// they are not offered).
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub(crate) enum LoginPrompt {
+    /// Ave shows its account choice instead of signing in again as the identity used last (switching accounts).
+    SelectAccount,
+    /// Ave shows the consent screen even for an app the user already approved.
+    Consent,
+}
+
+impl From<LoginPrompt> for Prompt {
+    fn from(prompt: LoginPrompt) -> Self {
+        match prompt {
+            LoginPrompt::SelectAccount => Prompt::SelectAccount,
+            LoginPrompt::Consent => Prompt::Consent,
+        }
+    }
 }
 
 /// The end of a sign-in.
@@ -125,6 +273,8 @@ pub(crate) struct TokenRequest {
 /// The signed-in user's profile; no tokens.
 #[derive(Object)]
 pub(crate) struct SessionBody {
+    /// Always `true` here (the signed-out answer to `optional=1` is `{"authenticated": false}`).
+    pub authenticated: bool,
     /// Ave's subject identifier (identity UUID).
     pub sub: String,
     /// Display name (`profile` scope).
@@ -144,6 +294,28 @@ pub(crate) struct SessionBody {
     /// Seconds until then: the session ends by its lifetime or its idle timeout, whichever is first (activity
     /// moves the idle end forward).
     pub expires_in: u64,
+}
+
+/// The answer to `GET /auth/session?optional=1` without a session.
+#[derive(Object)]
+pub(crate) struct SignedOutBody {
+    /// Always `false`: nobody is signed in.
+    pub authenticated: bool,
+}
+
+/// `GET /auth/session`'s answer: the signed-in user, or (only with `optional=1`) that nobody is signed in.
+#[derive(Union)]
+pub(crate) enum SessionAnswer {
+    SignedIn(SessionBody),
+    SignedOut(SignedOutBody),
+}
+
+/// `optional=1`: a caller without a session gets 200 `{"authenticated": false}` instead of 401.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OptionalSession {
+    /// Answer without a session too.
+    #[oai(rename = "1")]
+    Yes,
 }
 
 /// The signed-in user's sessions.
@@ -222,6 +394,38 @@ impl AppState {
     }
 }
 
+/// Failed sign-ins: one line per cause every 10 s at its level (the rest at `debug`): anyone can make a callback fail.
+static SIGN_IN_FAILURES: LogGate<&'static str> = LogGate::new(avemint_base::log_gate::OUTAGE_INTERVAL);
+
+/// Logs a failed sign-in with its cause (never a code, token, state or secret: the errors carry none): at `error`
+/// for a misconfiguration, else at `warn`; through [`SIGN_IN_FAILURES`].
+fn sign_in_failed(label: &'static str, misconfigured: bool, cause: &dyn std::fmt::Display) {
+    match SIGN_IN_FAILURES.pass_for(label) {
+        Some(held_back) if misconfigured => {
+            tracing::error!(failure = label, %cause, similar_lines_held_back = held_back, "sign-in failed: avemint is misconfigured")
+        }
+        Some(held_back) => {
+            tracing::warn!(failure = label, %cause, similar_lines_held_back = held_back, "sign-in failed")
+        }
+        None => tracing::debug!(failure = label, %cause, "sign-in failed"),
+    }
+}
+
+/// The log label of a sign-in failure.
+fn failure_label(e: &SignInError) -> &'static str {
+    match e {
+        SignInError::MissingParameter(_) | SignInError::MalformedParameter(_) => "malformed_callback",
+        SignInError::StateMismatch | SignInError::StateReplayed => "state",
+        SignInError::AccessDenied => "access_denied",
+        SignInError::ProviderError => "provider_error",
+        SignInError::CodeRejected(_) => "code_rejected",
+        SignInError::ClientRejected(_) => "client_rejected",
+        SignInError::NoIdToken | SignInError::IdToken(_) => "id_token",
+        SignInError::Ave(_) => "ave",
+        SignInError::Store(_) => "store",
+    }
+}
+
 /// Opens the pending sign-in the request's `__Host-avemint-login` cookie carries.
 fn pending_login(req: &Request, sealer: &Sealer, now: UnixTime) -> Result<PendingLogin, PendingLoginError> {
     match cookies::login_cookie(req.headers()) {
@@ -240,7 +444,10 @@ impl AuthApi {
     ///
     /// Redirects to Ave with `state`, `nonce` and a PKCE S256 challenge, which are
     /// kept in a short-lived encrypted `__Host-avemint-login` cookie. `return_to`
-    /// must be a same-origin relative path; anything else becomes `/`.
+    /// must be a same-origin relative path; anything else becomes `/`. `prompt`
+    /// is passed on to Ave: `select_account` lets the user pick another account
+    /// (switching accounts), `consent` shows the consent screen again; any other
+    /// value is 400 `invalid_request`.
     #[oai(path = "/login", method = "get")]
     async fn login(
         &self,
@@ -248,11 +455,13 @@ impl AuthApi {
         changes: &CookieChanges,
         /// Where to go after signing in: a path on this origin, e.g. `/app`.
         return_to: Query<Option<String>>,
+        /// `select_account` or `consent`, passed on to Ave's sign-in page.
+        prompt: Query<Option<LoginPrompt>>,
     ) -> Result<LoginResponse, ApiError> {
         let return_to = ReturnPath::parse(return_to.0.as_deref());
         let started = state
             .sign_in()
-            .start(return_to, state.clock.now())
+            .start(return_to, prompt.0.map(Prompt::from), state.clock.now())
             .await
             .map_err(|e| ave_unavailable(&e))?;
         cookies::set_login(changes, &encode_login(&state.sessions.crypto().login, &started.pending));
@@ -264,7 +473,12 @@ impl AuthApi {
     /// Checks `state` against this browser's login cookie (single use), exchanges
     /// the code with the client secret and PKCE verifier, validates the id_token,
     /// stores the session and sets the `__Host-avemint` cookie. Any failure
-    /// leaves no session and no session cookie.
+    /// leaves no session and no session cookie, and is logged with its cause. A
+    /// browser navigation (`Sec-Fetch-Mode: navigate`, or `Accept: text/html`
+    /// without `Sec-Fetch-Mode`) that fails gets the same status with an HTML page
+    /// (what happened, a link to sign in again) instead of the JSON body, or, with
+    /// `AVEMINT_ERROR_PATH`, a 302 to `{error_path}?error=<code>`; so does a failing
+    /// navigation to `/auth/login`. Other callers get the JSON documented here.
     #[oai(path = "/callback", method = "get")]
     // Each argument is one part of the request that poem-openapi extracts.
     #[allow(clippy::too_many_arguments)]
@@ -286,7 +500,13 @@ impl AuthApi {
         // The login cookie is single use whatever happens next.
         let pending = pending_login(req, &state.sessions.crypto().login, t);
         cookies::clear_login(changes);
-        let pending = pending.map_err(|e| ApiError::invalid_request(e.to_string()))?;
+        let pending = pending.map_err(|e| {
+            sign_in_failed("login_cookie", false, &e);
+            ApiError::invalid_request(e.to_string())
+        })?;
+        if let Some(retry) = req.extensions().get::<RetryTarget>() {
+            retry.set(&pending.return_to);
+        }
         let callback = Callback {
             code: code.0.as_deref(),
             state: state_param.0.as_deref(),
@@ -306,7 +526,8 @@ impl AuthApi {
         let completed = state
             .sign_in()
             .complete(pending, &callback, client.0.0, signed_in_from, &previous, t)
-            .await?;
+            .await
+            .inspect_err(|e| sign_in_failed(failure_label(e), matches!(e, SignInError::ClientRejected(_)), e))?;
         match completed {
             Completed::SignedIn {
                 session,
@@ -349,9 +570,8 @@ impl AuthApi {
         // The session first: without one, a configured and an unknown target are both 401.
         let session = current_session(&state, req, changes).await?;
         let target = body.0.as_ref();
-        let profile = state
-            .minter
-            .profiles()
+        let profiles = state.minter.profiles();
+        let profile = profiles
             .select_for_browser(
                 target.and_then(|t| t.profile.as_deref()),
                 target.and_then(|t| t.audience.as_deref()),
@@ -369,7 +589,9 @@ impl AuthApi {
 
     /// The signed-in user's profile and session expiry (no tokens).
     ///
-    /// Requires `X-CSRF: 1`.
+    /// Requires `X-CSRF: 1`. Without a session: 401 `login_required`, or with `optional=1` 200
+    /// `{"authenticated": false}`, so a public page can ask "am I signed in?" without an error (a cookie that names
+    /// no live session is expired either way).
     #[oai(path = "/session", method = "get")]
     async fn session(
         &self,
@@ -379,12 +601,22 @@ impl AuthApi {
         /// Must be `1`.
         #[oai(name = "X-CSRF")]
         csrf: Header<Option<String>>,
-    ) -> Result<Json<SessionBody>, ApiError> {
+        /// `1`: answer 200 `{"authenticated": false}` instead of 401 when nobody is signed in.
+        optional: Query<Option<OptionalSession>>,
+    ) -> Result<Json<SessionAnswer>, ApiError> {
         require_csrf(&csrf)?;
-        let session = current_session(&state, req, changes).await?;
+        let session = match current_session(&state, req, changes).await {
+            Ok(session) => session,
+            // `current_session`'s only 401 is `login_required`: no live session.
+            Err(ApiError::Unauthorized(_)) if optional.0.is_some() => {
+                return Ok(Json(SessionAnswer::SignedOut(SignedOutBody { authenticated: false })));
+            }
+            Err(e) => return Err(e),
+        };
         let claims = &session.data.id_token_claims;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-        Ok(Json(SessionBody {
+        Ok(Json(SessionAnswer::SignedIn(SessionBody {
+            authenticated: true,
             sub: session.data.sub.clone(),
             name: text("name"),
             preferred_username: text("preferred_username"),
@@ -392,7 +624,7 @@ impl AuthApi {
             picture: text("picture"),
             expires_at: session.expires_at().as_secs(),
             expires_in: session.expires_in(state.sessions.now()).as_secs(),
-        }))
+        })))
     }
 
     /// The signed-in user's sessions (this one marked `current`).

@@ -71,7 +71,7 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const SCRIPT: &str = r#"import { apiFetch, getToken, fetchWithToken, configure, events, sessions, endSession, logout, watchSession } from '/avemint.js';
+const SCRIPT: &str = r#"import { apiFetch, getToken, fetchWithToken, configure, events, getUser, sessions, endSession, logout, watchSession } from '/avemint.js';
 
 const $ = (id) => document.getElementById(id);
 function showError(text) { const e = $('error'); e.textContent = text; e.hidden = false; }
@@ -90,10 +90,10 @@ function showSignedOut(reason) {
 }
 events.addEventListener('avemint:logged-out', (e) => showSignedOut(e.detail.reason));
 async function load() {
-  const r = await fetch('/auth/session', { headers: { 'X-CSRF': '1' } });
-  if (r.status === 401) { showSignedOut('login_required'); return; }
-  if (!r.ok) { showError('session check failed: HTTP ' + r.status); return; }
-  const s = await r.json();
+  // Quiet: signed out is `null`, not a 401 (GET /auth/session?optional=1).
+  let s;
+  try { s = await getUser(); } catch (e) { showError('session check failed: ' + e.message); return; }
+  if (!s) { showSignedOut('login_required'); return; }
   $('user-name').textContent = s.name || s.preferred_username || s.sub;
   $('user-email').textContent = s.email ? '(' + s.email + ')' : '';
   $('signed-in').hidden = false;

@@ -14,6 +14,36 @@ use base64::engine::general_purpose::STANDARD;
 use poem::http::{HeaderValue, header};
 use poem::{Endpoint, Request, Response, Result};
 
+/// `GET /openapi.json`: the OpenAPI document, with the proxied routes in use (after any reload) under the `Proxy`
+/// tag (`proxy::document_routes`). `avemint openapi` prints the document without routes, as no configuration is
+/// read there.
+pub(crate) struct SpecEndpoint {
+    base: serde_json::Value,
+}
+
+impl SpecEndpoint {
+    /// Over poem-openapi's document `spec` (JSON).
+    pub(crate) fn new(spec: &str) -> Self {
+        Self {
+            base: serde_json::from_str(spec).unwrap_or_default(),
+        }
+    }
+}
+
+impl Endpoint for SpecEndpoint {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let mut doc = self.base.clone();
+        if let Some(state) = req.data::<std::sync::Arc<super::AppState>>() {
+            super::proxy::document_routes(&mut doc, &state.proxy.routes().current());
+        }
+        Ok(Response::builder()
+            .content_type("application/json")
+            .body(doc.to_string()))
+    }
+}
+
 /// The page and its policy, built once.
 pub(crate) struct DocsPage {
     html: String,

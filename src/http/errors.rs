@@ -44,7 +44,9 @@ pub(crate) enum ApiError {
     /// the same answer for both).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
-    /// avemint cannot complete the request as configured, e.g. the app JWT exceeds `max_token_bytes` (`server_error`).
+    /// avemint cannot complete the request as configured (`server_error`), e.g. the app JWT exceeds
+    /// `max_token_bytes`, or Ave rejected avemint's client credentials at sign-in (`AVE_CLIENT_ID`,
+    /// `AVE_CLIENT_SECRET`).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
     /// Ave answered with something avemint cannot use (`server_error`).
@@ -229,6 +231,7 @@ impl From<SignInError> for ApiError {
             | SignInError::ProviderError => ApiError::invalid_request(description),
             SignInError::AccessDenied => ApiError::forbidden("access_denied", description),
             SignInError::CodeRejected(_) => ApiError::bad_request("invalid_grant", description),
+            SignInError::ClientRejected(_) => ApiError::internal(description),
             SignInError::IdToken(IdTokenError::Keys(ref ave)) => ave_unavailable(ave),
             SignInError::IdToken(_) => ApiError::bad_request("invalid_token", description),
             SignInError::NoIdToken => ApiError::bad_gateway(description),
@@ -274,6 +277,127 @@ impl From<RenewError> for ApiError {
                 ApiError::unavailable(reason, retry_after.as_secs().max(1))
             }
             RenewError::Rejected(reason) => ApiError::bad_gateway(reason),
+        }
+    }
+}
+
+/// The error answers one operation can really give (its handler's, not the guard's refusals, which
+/// `security::Guarded` adds): each status with its description for this operation (`""`: keep the type's).
+pub(crate) struct Answers {
+    pub method: &'static str,
+    /// The path as the OpenAPI document spells it (`/auth/sessions/{id}`).
+    pub path: &'static str,
+    pub errors: &'static [(u16, &'static str)],
+}
+
+/// Trims the documented responses of each operation in `table` to what it can answer: a 4xx or 5xx the shared error
+/// type lists but the operation never gives is dropped, and each kept one gets the operation's own description, so
+/// no operation lists another's answers (e.g. `invalid_target` on `/auth/session`). Operations not in `table` are
+/// left as they are.
+pub(crate) fn audit(apis: &mut [poem_openapi::registry::MetaApi], table: &[Answers]) {
+    for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
+        for op in &mut path.operations {
+            let Some(answers) = table
+                .iter()
+                .find(|a| a.path == path.path && a.method == op.method.as_str())
+            else {
+                continue;
+            };
+            op.responses.responses.retain_mut(|r| match r.status {
+                Some(status) if status >= 400 => match answers.errors.iter().find(|(s, _)| *s == status) {
+                    Some((_, description)) => {
+                        if !description.is_empty() {
+                            r.description = description;
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                _ => true,
+            });
+        }
+    }
+}
+
+/// An API whose operations' error answers are audited (`Answers`).
+pub(crate) trait Audit {
+    const ANSWERS: &'static [Answers];
+}
+
+/// `A` with each operation's documented error answers trimmed to its audited ones (see [`audit`]).
+pub(crate) struct Audited<A>(pub A);
+
+impl<A: poem_openapi::OpenApi + Audit> poem_openapi::OpenApi for Audited<A> {
+    fn meta() -> Vec<poem_openapi::registry::MetaApi> {
+        let mut apis = A::meta();
+        audit(&mut apis, A::ANSWERS);
+        apis
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        A::register(registry);
+    }
+
+    fn add_routes(
+        self,
+        route_table: &mut std::collections::HashMap<
+            String,
+            std::collections::HashMap<poem::http::Method, poem::endpoint::BoxEndpoint<'static>>,
+        >,
+    ) {
+        self.0.add_routes(route_table);
+    }
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+    use poem_openapi::OpenApi as _;
+    use poem_openapi::registry::MetaApi;
+
+    /// Every operation of the API and the admin API is audited, every table entry names an operation that exists,
+    /// and each status it lists is one the operation's types can answer (so the table cannot list an answer nobody
+    /// gives).
+    #[test]
+    fn every_operation_lists_exactly_its_audited_error_answers() {
+        type Meta = fn() -> Vec<MetaApi>;
+        let apis: [(Meta, &[Answers]); 2] = [
+            (crate::http::auth::AuthApi::meta, crate::http::auth::ANSWERS),
+            (crate::http::admin::AdminApi::meta, crate::http::admin::ANSWERS),
+        ];
+        for (meta, table) in apis {
+            let mut audited = meta();
+            audit(&mut audited, table);
+            for path in audited.iter().flat_map(|a| a.paths.iter()) {
+                for op in &path.operations {
+                    let entry = table
+                        .iter()
+                        .find(|a| a.path == path.path && a.method == op.method.as_str())
+                        .unwrap_or_else(|| panic!("{} {} is not audited", op.method, path.path));
+                    let mut listed: Vec<u16> = op
+                        .responses
+                        .responses
+                        .iter()
+                        .filter_map(|r| r.status.filter(|s| *s >= 400))
+                        .collect();
+                    listed.sort_unstable();
+                    let mut wanted: Vec<u16> = entry.errors.iter().map(|(s, _)| *s).collect();
+                    wanted.sort_unstable();
+                    assert_eq!(
+                        listed, wanted,
+                        "{} {}: an audited status its types cannot answer",
+                        op.method, path.path
+                    );
+                }
+            }
+            let all = meta();
+            for entry in table {
+                let exists = all
+                    .iter()
+                    .flat_map(|a| a.paths.iter())
+                    .any(|p| p.path == entry.path && p.operations.iter().any(|o| o.method.as_str() == entry.method));
+                assert!(exists, "{} {} does not exist", entry.method, entry.path);
+            }
         }
     }
 }

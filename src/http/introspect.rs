@@ -166,7 +166,7 @@ impl IntrospectApi {
             &state.minter,
             &state.sessions,
             state.public_url.as_str(),
-            audience,
+            &audience,
             &token,
         )
         .await

@@ -12,6 +12,7 @@ pub(crate) mod demo_api;
 pub mod docs;
 pub(crate) mod errors;
 pub(crate) mod introspect;
+pub(crate) mod oauth_token;
 pub(crate) mod ops;
 pub(crate) mod optional_json;
 pub(crate) mod prepared_json;
@@ -20,7 +21,9 @@ pub(crate) mod request_id;
 pub(crate) mod security;
 pub(crate) mod session_guard;
 pub(crate) mod session_view;
+pub(crate) mod signin_page;
 pub(crate) mod spa;
+pub(crate) mod spa_host;
 pub(crate) mod well_known;
 
 use std::collections::HashMap;
@@ -56,10 +59,18 @@ pub(crate) struct AppState {
     pub sign_in_limiter: avemint_core::traffic::rate_limit::CodeExchangeLimiter,
     /// Limits wrong introspection credentials per client network (429 past the limit).
     pub introspect_limiter: avemint_core::traffic::rate_limit::CredentialLimiter,
+    /// Limits the token service's refused credentials and subject tokens per client network (429 past the limit).
+    pub token_limiter: avemint_core::traffic::rate_limit::CredentialLimiter,
+    /// `[exchange]`: which Ave clients' access tokens the token service exchanges.
+    pub exchange: avemint_core::token_service::ExchangeSettings,
     /// The wall clock handlers read (sign-in start and the login cookie's age); shared with sessions, minter and keys.
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
     pub proxy: avemint_core::proxy::Proxy,
+    /// The SPA on avemint's origin (`[spa]`): its files, its development server, or none.
+    pub spa: spa_host::Spa,
+    /// `error_path`: where a browser whose sign-in failed is sent (none: avemint's own page).
+    pub error_path: Option<signin_page::ErrorPath>,
 }
 
 /// OpenAPI tags.
@@ -67,6 +78,8 @@ pub(crate) struct AppState {
 pub(crate) enum ApiTags {
     /// Sign-in, session and app-JWT endpoints used by the browser.
     Auth,
+    /// The token service for programs (native apps, APIs calling APIs, background jobs): `POST /oauth/token`.
+    TokenService,
     /// Keys and metadata for downstream verifiers.
     WellKnown,
     /// Health and readiness.
@@ -97,6 +110,7 @@ impl Mode {
 type Apis = security::Guarded<(
     auth::AuthApi,
     introspect::IntrospectApi,
+    oauth_token::OAuthTokenApi,
     well_known::WellKnownApi,
     ops::OpsApi,
     proxy::ProxyDoc,
@@ -108,6 +122,7 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
         security::Guarded((
             auth::AuthApi,
             introspect::IntrospectApi,
+            oauth_token::OAuthTokenApi,
             well_known::WellKnownApi,
             ops::OpsApi,
             proxy::ProxyDoc,
@@ -123,8 +138,9 @@ pub(crate) fn openapi_service() -> OpenApiService<Apis, ()> {
              `Sec-Fetch-Site`) from another origin are refused with 403 unless the origin is in \
              `AVEMINT_ALLOWED_ORIGINS`. Oversized input is refused before parsing: Cookie headers over 4 KiB not counting avemint's own two cookies (431), \
              a query over 8 KiB (414), a body over 64 KiB (413). A method an endpoint does not list is answered \
-             405 with an `Allow` header. Proxied routes (proxy mode) are configuration, not operations: see the \
-             `Proxy` tag for the answers avemint gives on them.",
+             405 with an `Allow` header. Proxied routes (proxy mode) are configuration: the document a running \
+             avemint serves (`/openapi.json`, `/docs`) lists each configured route under the `Proxy` tag, which \
+             describes the answers avemint gives on them.",
     )
 }
 
@@ -146,7 +162,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         security::Docs::On => {
             let page = Arc::new(docs::DocsPage::new(api.swagger_ui_html()));
             route
-                .at(Route::OpenApiJson.path(), api.spec_endpoint())
+                .at(Route::OpenApiJson.path(), docs::SpecEndpoint::new(&api.spec()))
                 .at(Route::Docs.path(), poem::get(page.clone()))
                 .at(format!("{}/", Route::Docs.path()), poem::get(page))
         }
@@ -160,7 +176,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
     let route = route.nest("/", api);
     // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router;
     // so are the proxied routes, whose prefixes overlap none of the router's paths.
-    let route = proxy::in_front_of(spa::in_front_of(route));
+    let route = proxy::in_front_of(spa::in_front_of(spa_host::in_front_of(route)));
     let route = match mode {
         Mode::Serve => route.map_to_response().boxed(),
         #[cfg(feature = "demo")]
@@ -174,7 +190,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         .catch_all_error(errors::catch_all)
         .around(move |ep, req| {
             let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
-            async move { Ok(respond(ep, req, mode, &guard, &allow, &state.proxy).await) }
+            async move { Ok(respond(ep, req, mode, &guard, &allow, &state).await) }
         })
 }
 
@@ -247,19 +263,22 @@ async fn respond<E: Endpoint>(
     mode: Mode,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &avemint_core::proxy::Proxy,
+    state: &AppState,
 ) -> Response {
+    let proxy = &state.proxy;
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
     let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
-    let proxied = proxy.find(req.uri().path()).map(|(route, _)| route.path.as_str());
+    // One snapshot of the proxied routes for the whole request (a reload may replace them meanwhile).
+    let routes = proxy.routes().current();
+    let proxied = routes.find(req.uri().path()).map(|(route, _)| route.path.as_str());
     let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, proxy)
+    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -282,13 +301,18 @@ async fn respond_in_span<E: Endpoint>(
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
-    proxy: &avemint_core::proxy::Proxy,
+    state: &AppState,
+    routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
+    let spa = &state.spa;
     let started = Instant::now();
+    // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
+    let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
     let (seen, admitted) = guard.admit(req).await;
-    let proxied = proxy.find(&seen.path).map(|(_, metrics)| metrics);
+    let proxied = routes.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
+        None if spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
         None => avemint_base::metrics::RouteLabel::of(served),
     };
     let mut resp = match admitted {
@@ -296,6 +320,9 @@ async fn respond_in_span<E: Endpoint>(
             // Cookie changes reach the answer whatever it is, errors included.
             let changes = cookies::CookieChanges::default();
             req.extensions_mut().insert(changes.clone());
+            if let Some(sign_in) = &sign_in {
+                req.extensions_mut().insert(sign_in.retry());
+            }
             let mut resp = match ep.call(req).await {
                 Ok(r) => r.into_response(),
                 Err(e) => errors::catch_all(e).await,
@@ -305,6 +332,9 @@ async fn respond_in_span<E: Endpoint>(
         }
         Err(refused) => refused,
     };
+    if let Some(sign_in) = sign_in {
+        resp = sign_in.render(resp, state.error_path.as_ref()).await;
+    }
     // A proxied route's 405 (avemint's or the upstream's) brings its own `Allow`.
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {
         // Keyed by the document's path templates (`/auth/sessions/{id}`).

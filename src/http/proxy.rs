@@ -7,8 +7,12 @@
 //! cannot set headers), the session is read and renewed exactly as for
 //! `/auth/token` (401 `login_required` without one, and the upstream is never
 //! called), the method allow-list (405 with `Allow`), then the app JWT of the
-//! route's profile and the call (`proxy::Proxy::forward`). The guard has
-//! already applied the origin check of `/auth/*` to these paths. Errors are
+//! route's profile, its `require_claims` (403 `access_denied`) and the call
+//! (`proxy::Proxy::forward`). The route's `auth` changes the first steps: with
+//! `optional` a request without a live session goes on without a bearer; with
+//! `none` no session is read, no bearer attached, and safe methods need neither
+//! `X-CSRF` nor the origin check. The guard has already applied the origin
+//! check of `/auth/*` to these paths. Errors are
 //! `{error, error_description}` JSON without upstream detail.
 //!
 //! A WebSocket handshake (`Upgrade: websocket`) takes the same path, except
@@ -36,12 +40,13 @@ use super::session_guard::{self, CSRF_VALUE};
 use avemint_base::log_gate::LogGate;
 use avemint_base::metrics::{ProxyRouteMetrics, StreamKind};
 use avemint_core::proxy::settings::check_rest;
-use avemint_core::proxy::{Answer, ForwardError, Outgoing, RouteSettings, websocket};
+use avemint_core::proxy::{Answer, ForwardError, Outgoing, RouteAuth, RouteSettings, websocket};
 use avemint_core::session::Session;
 use avemint_core::traffic::client_ip::ClientIp;
 
 /// The proxied routes in the OpenAPI document: their paths are configuration (`[[routes]]`, `AVEMINT_ROUTES`), so
-/// no operation can list them; a `Proxy` tag describes the answers avemint itself gives on them.
+/// no static operation can list them; a `Proxy` tag describes the answers avemint itself gives on them, and the
+/// document a running avemint serves lists its routes under it (`document_routes`).
 pub(crate) struct ProxyDoc;
 
 /// The `Proxy` tag's description.
@@ -54,9 +59,14 @@ way and answered `101` when the upstream switches protocols. Answers avemint giv
 400 `invalid_request` (a path that some normaliser could read as leaving the upstream path: a dot segment in any \
 spelling, a backslash, a control character, an encoded slash, an empty segment; a header that cannot be forwarded; a \
 request body the browser framed badly); \
-401 `login_required` (no session, an unknown or ended one; the upstream is never called); \
+401 `login_required` (no session, an unknown or ended one, on a route with `auth = \"required\"`, the default; the \
+upstream is never called; a route with `auth = \"optional\"` forwards such a request without `Authorization`, one with \
+`auth = \"none\"` never reads the session nor attaches a bearer); \
+403 `access_denied` (the app JWT of the route's profile lacks a claim the route's `require_claims` asks for; the \
+upstream is never called); \
 403 `invalid_request` (`X-CSRF: 1` missing on a request that needs it, a top-level navigation \
-`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS`, or \
+`Sec-Fetch-Mode: navigate`, an `Origin` or `Sec-Fetch-Site` from another origin not in `AVEMINT_ALLOWED_ORIGINS` (on a \
+route with `auth = \"none\"` only for methods other than `GET`, `HEAD` and `OPTIONS`), or \
 a WebSocket handshake whose `Origin` is missing, `null`, not allowed or not written exactly as browsers serialise \
 it); \
 405 `invalid_request` with `Allow` (a method outside the route's `methods`); \
@@ -96,13 +106,113 @@ impl poem_openapi::OpenApi for ProxyDoc {
     }
 }
 
+/// The methods a route that lists none forwards, as the OpenAPI document names them.
+const ALL_METHODS: [&str; 6] = ["get", "put", "post", "delete", "patch", "head"];
+
+/// The answers avemint gives itself on a proxied route (see `PROXY_DOC`), by status.
+const OWN_ANSWERS: [(&str, &str); 10] = [
+    (
+        "400",
+        "A path some normaliser could read as leaving the upstream path, a header that cannot be forwarded, or a badly framed body (`invalid_request`).",
+    ),
+    (
+        "401",
+        "No valid session (`login_required`); the upstream is never called.",
+    ),
+    (
+        "403",
+        "`X-CSRF: 1` missing, a top-level navigation, another origin not in `AVEMINT_ALLOWED_ORIGINS`, or a WebSocket handshake whose `Origin` is not allowed (`invalid_request`).",
+    ),
+    (
+        "405",
+        "A method the route does not forward (`invalid_request`, with `Allow`).",
+    ),
+    (
+        "413",
+        "A body over the route's `max_request_bytes` (`invalid_request`).",
+    ),
+    (
+        "429",
+        "A WebSocket over the per-session or per-instance limit (`rate_limited`, with `Retry-After`).",
+    ),
+    (
+        "502",
+        "The upstream cannot be reached, or Ave answered the session's renewal with an error (`server_error`).",
+    ),
+    (
+        "503",
+        "The session store or Ave is unavailable during renewal (`temporarily_unavailable`, with `Retry-After`).",
+    ),
+    (
+        "504",
+        "No status and headers from the upstream within the route's `timeout_ms` (`server_error`).",
+    ),
+    (
+        "default",
+        "The upstream API's answer, passed on: its status, its headers without hop-by-hop ones, its body streamed.",
+    ),
+];
+
+/// Adds each route of `table` to the OpenAPI document `doc` (JSON), under the `Proxy` tag: its prefix, the methods
+/// it forwards and the answers avemint gives itself. The upstream's URL and the route's token profile are
+/// configuration the document never shows.
+pub(crate) fn document_routes(doc: &mut serde_json::Value, table: &avemint_core::proxy::RouteTable) {
+    use serde_json::{Value, json};
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for route in table.routes().all() {
+        let methods: Vec<String> = match &route.methods {
+            Some(list) => list.iter().map(|m| m.as_str().to_ascii_lowercase()).collect(),
+            None => ALL_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let responses: serde_json::Map<String, Value> = OWN_ANSWERS
+            .iter()
+            .map(|(status, description)| {
+                let answer = match *status {
+                    "default" => json!({ "description": description }),
+                    _ => json!({
+                        "description": description,
+                        "content": { "application/json; charset=utf-8": {
+                            "schema": { "$ref": "#/components/schemas/ErrorBody" } } }
+                    }),
+                };
+                ((*status).to_owned(), answer)
+            })
+            .collect();
+        let operation = json!({
+            "tags": ["Proxy"],
+            "summary": "A proxied route (configuration): this prefix and every path below it",
+            "description": format!(
+                "Forwarded to the route's upstream API with an app JWT of the route's token profile as \
+                 `Authorization: Bearer`; the path below `{}` and the query are sent as they came. A body may be up \
+                 to {} bytes; the upstream has {} ms to answer. See the `Proxy` tag.",
+                route.path,
+                route.max_request_bytes,
+                route.timeout.as_millis()
+            ),
+            "parameters": [{
+                "name": "X-CSRF",
+                "in": "header",
+                "required": false,
+                "description": "Must be `1`, except on a same-origin `GET` that is not a navigation (`EventSource`) \
+                                and on a WebSocket handshake (its `Origin` is checked instead).",
+                "schema": { "type": "string" }
+            }],
+            "responses": responses,
+        });
+        let item: serde_json::Map<String, Value> = methods.into_iter().map(|m| (m, operation.clone())).collect();
+        paths.insert(route.path.clone(), Value::Object(item));
+    }
+}
+
 /// Answers requests to proxied routes and passes every other request on to `inner`.
 pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         let state = req.data::<Arc<AppState>>().cloned();
         let found = state.as_ref().and_then(|s| {
-            let (route, metrics) = s.proxy.find(req.uri().path())?;
-            Some((route.clone(), metrics.clone()))
+            let routes = s.proxy.routes().current();
+            routes.find(req.uri().path()).map(|(r, m)| (r.clone(), m.clone()))
         });
         Ok(match (state, found) {
             (Some(state), Some((route, metrics))) => forward(&state, &route, &metrics, req)
@@ -117,7 +227,7 @@ pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
 /// always send one, and cannot add `X-CSRF` to a handshake), written exactly as a browser serialises it:
 /// `scheme://host[:port]`, lower case, the default port left out, no trailing `/`, user-info or path, hosts as
 /// the URL standard writes them (so no `HTTP://…`, no decimal or hex IP address, no trailing dot).
-fn check_handshake_origin(state: &AppState, req: &Request) -> Result<(), ApiError> {
+pub(crate) fn check_handshake_origin(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let allowed = cors::origin(req.headers()).is_some_and(|origin| {
         let serialised = cors::normalise(origin).is_some_and(|o| o == origin && !o.ends_with('.'));
         serialised
@@ -132,8 +242,18 @@ fn check_handshake_origin(state: &AppState, req: &Request) -> Result<(), ApiErro
     })
 }
 
-/// `X-CSRF: 1`, or a same-origin `GET` that is not a navigation; never a top-level navigation.
-fn check_csrf(req: &Request) -> Result<(), ApiError> {
+/// Whether `method` is safe (RFC 9110 §9.2.1): on a route with `auth = "none"` it needs neither `X-CSRF` nor a
+/// same-origin `Origin`.
+pub(crate) fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// `X-CSRF: 1`, or a same-origin `GET` that is not a navigation; never a top-level navigation. On a route with
+/// `auth = "none"` a safe method needs neither (no session, no bearer: nothing to forge); other methods still do.
+fn check_csrf(req: &Request, auth: RouteAuth) -> Result<(), ApiError> {
+    if auth == RouteAuth::None && is_safe(req.method()) {
+        return Ok(());
+    }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let mode = header("sec-fetch-mode");
     if mode == Some("navigate") {
@@ -150,48 +270,98 @@ fn check_csrf(req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The request's session as the route's `auth` says: required (401 `login_required` without one), optional (none
+/// when the request has no live session), or not read at all. A session is renewed first when Ave's access token
+/// is expiring, exactly as for `/auth/token`.
+async fn session_for(
+    state: &AppState,
+    auth: RouteAuth,
+    req: &Request,
+    changes: &CookieChanges,
+) -> Result<Option<Arc<Session>>, ApiError> {
+    let signed_in = async {
+        let session = session_guard::current_session(state, req, changes).await?;
+        session_guard::renewed(state, session, changes).await
+    };
+    match auth {
+        RouteAuth::None => Ok(None),
+        RouteAuth::Required => signed_in.await.map(Some),
+        RouteAuth::Optional => match signed_in.await {
+            Ok(session) => Ok(Some(session)),
+            // No session, or one that is over: the request goes on without a bearer.
+            Err(ApiError::Unauthorized(_)) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
 async fn forward(
     state: &Arc<AppState>,
     route: &RouteSettings,
     metrics: &ProxyRouteMetrics,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, Response> {
     let refused = IntoResponse::into_response;
-    let handshake = websocket::is_handshake(req.method(), req.headers());
-    if handshake {
+    if websocket::is_handshake(req.method(), req.headers()) {
         check_handshake_origin(state, &req).map_err(refused)?;
     } else {
-        check_csrf(&req).map_err(refused)?;
+        check_csrf(&req, route.auth).map_err(refused)?;
     }
     let changes = req.extensions().get::<CookieChanges>().cloned().unwrap_or_default();
-    let session = session_guard::current_session(state, &req, &changes)
-        .await
-        .map_err(refused)?;
-    let session = session_guard::renewed(state, session, &changes)
-        .await
-        .map_err(refused)?;
+    let session = session_for(state, route.auth, &req, &changes).await.map_err(refused)?;
     if !route.allows(req.method()) {
         return Err(method_not_allowed(route));
     }
     let path = req.uri().path().to_owned();
-    let rest = route.rest(&path).unwrap_or_default();
-    if let Err(unsafe_path) = check_rest(rest) {
+    if let Err(unsafe_path) = check_rest(route.rest(&path).unwrap_or_default()) {
         return Err(answer(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             unsafe_path.to_string(),
         ));
     }
-    let profiles = state.minter.profiles();
-    let profile = profiles
-        .select(route.profile.as_deref(), None)
-        .map_err(|e| refused(ApiError::from(e)))?;
-    let bearer = state
-        .proxy
-        .bearers()
-        .get(&state.minter, profile, &session_guard::subject(&session))
-        .await
-        .map_err(|e| refused(ApiError::from(e)))?;
+    let bearer = match &session {
+        Some(session) => {
+            let profiles = state.minter.profiles();
+            let profile = profiles
+                .select(route.profile.as_deref(), None)
+                .map_err(|e| refused(ApiError::from(e)))?;
+            let bearer = state
+                .proxy
+                .bearers()
+                .get(&state.minter, profile, &session_guard::subject(session))
+                .await
+                .map_err(|e| refused(ApiError::from(e)))?;
+            if let Some(claim) = route.require_claims.unmet(&bearer.claims) {
+                tracing::info!(route = %route.path, claim, "a proxied request was refused: the session's token lacks a required claim");
+                return Err(refused(ApiError::forbidden(
+                    "access_denied",
+                    "this route requires claims the signed-in user does not have",
+                )));
+            }
+            Some(bearer)
+        }
+        None => None,
+    };
+    let bearer = bearer.as_ref().map(|b| b.token.expose().as_str());
+    relay(state, route, metrics, req, session.as_deref(), bearer).await
+}
+
+/// Sends `req` to `route`'s upstream with `bearer` (if any) and answers with the upstream's answer, streamed; a
+/// WebSocket handshake the upstream accepts is switched and relayed. Everything long-lived ends with `session`
+/// (when there is one). The checks (CSRF or the handshake's `Origin`, the session, methods, the path) are the
+/// caller's: the proxied routes (`forward`) and the SPA's development server (`spa_host`).
+pub(crate) async fn relay(
+    state: &Arc<AppState>,
+    route: &RouteSettings,
+    metrics: &ProxyRouteMetrics,
+    mut req: Request,
+    session: Option<&Session>,
+    bearer: Option<&str>,
+) -> Result<Response, Response> {
+    let handshake = websocket::is_handshake(req.method(), req.headers());
+    let path = req.uri().path().to_owned();
+    let rest = route.rest(&path).unwrap_or_default();
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     let client = client.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let mut headers = std::mem::take(req.headers_mut());
@@ -210,15 +380,16 @@ async fn forward(
     // within the WebSocket limits (before the upstream is contacted).
     let browser_upgrade = handshake.then(|| req.take_upgrade().ok()).flatten();
     let slot = match browser_upgrade {
-        Some(_) => Some(state.proxy.sockets().open(session.key).map_err(too_many)?),
+        Some(_) => Some(state.proxy.sockets().open(session.map(|s| s.key)).map_err(too_many)?),
         None => None,
     };
-    let answered = state
-        .proxy
-        .forward(route, metrics, out, bearer.token.expose(), client)
-        .await;
+    let answered = state.proxy.forward(route, metrics, out, bearer, client).await;
     let answer = answered.map_err(failed)?;
-    let ended = session_ended(state, &session);
+    let ended: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match session {
+        Some(session) => Box::pin(session_ended(state, session)),
+        // Nothing to end with: the answer lasts as long as the upstream and the browser keep it.
+        None => Box::pin(std::future::pending()),
+    };
     match (browser_upgrade, slot) {
         (Some(browser), Some(slot)) if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let relay = Relay {
@@ -229,7 +400,7 @@ async fn forward(
             };
             Ok(switch(metrics, relay, ended))
         }
-        _ => Ok(downstream(answer, metrics, route, bearer.token.expose(), ended)),
+        _ => Ok(downstream(answer, metrics, route, bearer, ended)),
     }
 }
 
@@ -298,13 +469,14 @@ fn downstream(
     answer: Answer,
     metrics: &ProxyRouteMetrics,
     route: &RouteSettings,
-    bearer: &str,
+    bearer: Option<&str>,
     ended: impl Future<Output = ()> + Send + 'static,
 ) -> Response {
     let status = answer.response.status();
     let mut headers = answer.response.headers().clone();
     avemint_core::proxy::headers::strip_hop_by_hop(&mut headers);
-    for name in avemint_core::proxy::headers::drop_echoes(&mut headers, bearer) {
+    let echoed = bearer.map(|b| avemint_core::proxy::headers::drop_echoes(&mut headers, b));
+    for name in echoed.into_iter().flatten() {
         if let Some(held_back) = BEARER_ECHOED.pass() {
             tracing::warn!(route = %route.path, header = %name, held_back, "an upstream answer header contained the bearer sent upstream: dropped");
         }

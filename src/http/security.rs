@@ -25,7 +25,7 @@ use super::cors::{self, AllowedOrigins};
 use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
-use avemint_core::proxy::Routes;
+use avemint_core::proxy::{LiveRoutes, RouteAuth};
 use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
 use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
@@ -58,8 +58,14 @@ pub(crate) struct Guarded<A>(pub A);
 impl<A: OpenApi> OpenApi for Guarded<A> {
     fn meta() -> Vec<MetaApi> {
         let mut apis = A::meta();
+        super::errors::audit(&mut apis, super::auth::ANSWERS);
         for path in apis.iter_mut().flat_map(|api| api.paths.iter_mut()) {
             for op in &mut path.operations {
+                // `X-CSRF` is read as optional so that its absence is answered 403 `invalid_request` (not a parse
+                // error), but no request succeeds without it: the document says it is required.
+                for param in op.params.iter_mut().filter(|p| p.name == "X-CSRF") {
+                    param.required = true;
+                }
                 let responses = &mut op.responses.responses;
                 for refusal in Refusal::meta().responses {
                     let status = refusal.status.unwrap_or_default();
@@ -144,11 +150,17 @@ pub struct SecuritySettings {
     pub login_rate_limit: RateLimit,
 }
 
+/// Marks an answer whose `Content-Security-Policy` its handler decided (the SPA's page, `spa_host`): the guard
+/// leaves it as it is, absent included.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PagePolicy;
+
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
-    /// The proxied routes: guarded like the auth APIs, their bodies streamed by the proxy (not read here).
-    proxied: Routes,
+    /// The proxied routes (those in use, see `LiveRoutes`): guarded like the auth APIs, their bodies streamed by the
+    /// proxy (not read here).
+    proxied: LiveRoutes,
     hsts: bool,
     settings: SecuritySettings,
     limiter: RateLimiter,
@@ -162,7 +174,7 @@ pub(crate) struct Seen {
 }
 
 impl Guard {
-    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: Routes) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: LiveRoutes) -> Arc<Self> {
         Arc::new(Self {
             proxied,
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
@@ -221,7 +233,9 @@ impl Guard {
             let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        let proxied = self.proxied.find(&seen.path).is_some();
+        let table = self.proxied.current();
+        let route = table.find(&seen.path).map(|(route, _)| route);
+        let proxied = route.is_some();
         if !proxied {
             check_body(&mut req, self.settings.connection_timeouts.header_read)
                 .await
@@ -230,7 +244,9 @@ impl Guard {
         if cors::is_preflight(req.method(), req.headers()) {
             return Err(cors::preflight(&self.settings.allowed_origins, req.headers()));
         }
-        let guarded = proxied || is_auth_api(&seen.path);
+        // A public route (`auth = "none"`) is open to any origin for safe methods: no session, no bearer.
+        let public_read = route.is_some_and(|r| r.auth == RouteAuth::None && super::proxy::is_safe(req.method()));
+        let guarded = (proxied && !public_read) || is_auth_api(&seen.path);
         if guarded && !self.same_origin_or_allowed(req.headers(), seen.origin.as_deref()) {
             let refusal = Refusal::cross_origin(
                 "cross-origin request refused: the origin is neither this service nor in AVEMINT_ALLOWED_ORIGINS",
@@ -263,20 +279,29 @@ impl Guard {
     /// Adds the security and CORS headers to a response.
     pub(crate) fn finish(&self, resp: &mut Response, seen: &Seen) {
         let path = seen.path.as_str();
+        let page_policy = resp.extensions().get::<PagePolicy>().is_some();
         let h = resp.headers_mut();
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4).
-        if path.starts_with(Route::AUTH_PREFIX) || path == Route::Introspect.path() {
+        // Introspection answers describe a token: never cached by intermediaries (RFC 7662 §4); the token
+        // service's carry one (RFC 6749 §5.1, also `Pragma: no-cache` for HTTP/1.0 caches).
+        let token_service = path == Route::OAuthToken.path();
+        if path.starts_with(Route::AUTH_PREFIX) || path == Route::Introspect.path() || token_service {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        }
+        if token_service {
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         }
         let is_html = h
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/html"));
         if is_html {
-            // The docs page brings its own, hash-based policy (see `docs`); everything else gets the strict one.
-            if !(path.starts_with(Route::Docs.path()) && h.contains_key(header::CONTENT_SECURITY_POLICY)) {
+            // The docs page brings its own, hash-based policy (see `docs`), the SPA's page its configured one
+            // (`PagePolicy`); everything else gets the strict one.
+            let own = (path.starts_with(Route::Docs.path()) && h.contains_key(header::CONTENT_SECURITY_POLICY))
+                || page_policy;
+            if !own {
                 h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_HTML));
             }
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -363,7 +388,7 @@ mod tests {
         let https = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         https.finish(&mut resp, &seen("/healthz"));
@@ -373,7 +398,7 @@ mod tests {
         let http = Guard::new(
             &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         http.finish(&mut resp, &seen("/auth/login"));
@@ -387,7 +412,7 @@ mod tests {
         let g = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         for path in ["/", "/docs"] {
             let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
@@ -407,7 +432,7 @@ mod tests {
                 allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
                 ..SecuritySettings::default()
             },
-            Routes::default(),
+            LiveRoutes::new(Default::default()),
         );
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();

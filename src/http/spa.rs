@@ -1,16 +1,16 @@
 //! `GET /avemint.js`: the SPA helper (`getToken`, `fetchWithToken`), served by
 //! every avemint so an app can import it from the origin it signs in with.
 //!
-//! The module itself lives in `src/http/assets/avemint.js`, where its Node tests
-//! (`tests/js/`) import it from (the `package.json` beside it tells Node it is an
-//! ES module); it is compiled into the binary. `HEAD /avemint.js` answers the
+//! The module is the entry point of the npm package `avemint` (`clients/js/avemint.js`, with its
+//! TypeScript declarations, Node tests and the React entry `avemint/react` beside it): one source, compiled
+//! into the binary here, so the served file and the package never differ. `HEAD /avemint.js` answers the
 //! same headers as `GET`, `Content-Length` included, without the body.
 
 use poem::http::{Method, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 /// The helper module's source.
-pub(crate) const HELPER: &str = include_str!("assets/avemint.js");
+pub(crate) const HELPER: &str = include_str!("../../clients/js/avemint.js");
 
 /// The path the helper is served at.
 pub(crate) const PATH: &str = avemint_base::route::Route::SpaHelper.path();

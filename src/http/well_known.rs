@@ -73,8 +73,10 @@ pub(crate) struct Discovery {
     pub issuer: String,
     /// Where the signing keys are published.
     pub jwks_uri: String,
-    /// Algorithms of the published keys.
-    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// avemint's own member: the JWS algorithms of the app JWTs' keys (every key in the JWKS: next, current and
+    /// retired). avemint issues no id_token, so the OpenID member `id_token_signing_alg_values_supported` is not
+    /// sent.
+    pub app_jwt_signing_alg_values_supported: Vec<String>,
     /// Always `["public"]`.
     pub subject_types_supported: Vec<String>,
     /// Always `["code"]` (avemint signs users in with the code flow).
@@ -83,6 +85,12 @@ pub(crate) struct Discovery {
     pub introspection_endpoint: String,
     /// Always `["client_secret_basic"]`.
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// The token service (`POST`): client credentials for service profiles, token exchange (RFC 8693).
+    pub token_endpoint: String,
+    /// `["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]`.
+    pub grant_types_supported: Vec<String>,
+    /// `["client_secret_basic", "client_secret_post", "none"]` (`none`: exchanging an Ave access token).
+    pub token_endpoint_auth_methods_supported: Vec<String>,
 }
 
 /// JWKS response.
@@ -141,8 +149,18 @@ impl WellKnownApi {
                 jwks_uri: format!("{issuer}{}", Route::Jwks.path()),
                 introspection_endpoint: format!("{issuer}{}", Route::Introspect.path()),
                 introspection_endpoint_auth_methods_supported: vec!["client_secret_basic".into()],
+                token_endpoint: format!("{issuer}{}", Route::OAuthToken.path()),
+                grant_types_supported: vec![
+                    avemint_core::token_service::CLIENT_CREDENTIALS.into(),
+                    avemint_core::token_service::TOKEN_EXCHANGE.into(),
+                ],
+                token_endpoint_auth_methods_supported: vec![
+                    "client_secret_basic".into(),
+                    "client_secret_post".into(),
+                    "none".into(),
+                ],
                 issuer,
-                id_token_signing_alg_values_supported: state
+                app_jwt_signing_alg_values_supported: state
                     .minter
                     .keys()
                     .current()

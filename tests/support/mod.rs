@@ -811,16 +811,22 @@ pub struct DemoProcess {
 
 impl DemoProcess {
     pub fn spawn() -> Self {
+        Self::spawn_with(&["demo", "--listen", "127.0.0.1:0"], |_| {})
+    }
+
+    /// `avemint <args>` (`demo` or `dev`) with an empty environment but what `configure` adds, in a temporary working
+    /// directory, until it prints the URL to open.
+    pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut std::process::Command)) -> Self {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"))
-            .args(["demo", "--listen", "127.0.0.1:0"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avemint"));
+        cmd.args(args)
             .env_clear()
-            .env("AVEMINT_KEYS_DIR", dir.path().join("keys"))
+            .current_dir(dir.path())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawns");
+            .stderr(std::process::Stdio::null());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawns");
         let stdout = child.stdout.take().expect("stdout");
         let mut banner = String::new();
         let mut base = None;
@@ -849,9 +855,179 @@ impl DemoProcess {
     }
 }
 
+impl DemoProcess {
+    /// The working directory it was started in.
+    pub fn working_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (10 s at most) for the process to exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for DemoProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 request (so nothing between the test and avemint rewrites its request line or headers): the
+/// answer's status and the text after the head.
+pub async fn raw_answer(address: &str, head: &str) -> (u16, String) {
+    let mut socket = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // The server may close while the request is still being written (its body refused): what arrived counts.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Path endings, each a way a normaliser behind a proxy (or a file server) could read the path as leaving the
+/// directory it is below (the last, `//admin`, as a host by some): below `/api/orders` (upstream `/v1`) in
+/// `tests/proxy.rs`, below the SPA's root in `tests/spa_hosting.rs`.
+pub const WAYS_OUT: [&str; 23] = [
+    "..;/admin",
+    "..;a=b/admin",
+    "%2e%2e;/admin",
+    ".;/admin",
+    "..%3b/admin",
+    "%2e%2e%3b/admin",
+    "%252e%252e/admin",
+    "a%252f..%252f..%252fadmin",
+    "..%00/admin",
+    "..%09/admin",
+    "..%20/admin",
+    "%20../admin",
+    "..\\admin",
+    "%5c..%5cadmin",
+    "a%2f..%2f..%2fadmin",
+    "%2e%2e/admin",
+    "../admin",
+    "%c0%ae%c0%ae/admin",
+    "%u002e%u002e/admin",
+    "%ef%bc%8e%ef%bc%8e/admin",
+    "\u{ff0e}\u{ff0e}/admin",
+    "...;/admin",
+    "/admin",
+];
+
+/// Copies `from` into `to`, leaving out installed modules, build output and tarballs.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "node_modules" || name == "dist" || name.ends_with(".tgz") {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_tree(&path, &to.join(&*name));
+        } else {
+            std::fs::copy(&path, to.join(&*name)).expect("copy");
+        }
+    }
+}
+
+/// The React example (`examples/react-app/`, on the JS package `clients/js/`) built in a temporary copy of both
+/// directories (so tests may build it side by side): `npm ci && npm run build` with `VITE_API_PATH=api_path`.
+/// Returns the copy and its `dist/`.
+pub fn build_example(api_path: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&root.join("clients/js"), &dir.path().join("clients/js"));
+    let app = dir.path().join("examples/react-app");
+    copy_tree(&root.join("examples/react-app"), &app);
+    for args in [&["ci", "--no-audit", "--no-fund"][..], &["run", "build"][..]] {
+        let out = std::process::Command::new("npm")
+            .current_dir(&app)
+            .args(args)
+            .env("VITE_API_PATH", api_path)
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "npm {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dist = app.join("dist");
+    (dir, dist)
+}
+
+/// An upstream API on loopback that answers every request with the `aud` of the bearer it got (and the path), so a
+/// test sees which route and token profile a proxied call went through.
+pub struct AudienceEcho {
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AudienceEcho {
+    pub async fn start() -> Self {
+        use poem::listener::TcpAcceptor;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let acceptor = TcpAcceptor::from_std(listener).expect("acceptor");
+        let echo = poem::endpoint::make_sync(|req: poem::Request| {
+            use base64::Engine as _;
+            let aud = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|jwt| jwt.split('.').nth(1))
+                .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                .map(|claims| claims["aud"].clone())
+                .unwrap_or_default();
+            poem::web::Json(serde_json::json!({ "path": req.uri().path(), "aud": aud }))
+        });
+        let task = tokio::spawn(async move {
+            let _ = poem::Server::new_with_acceptor(acceptor).run(echo).await;
+        });
+        Self { base, task }
+    }
+}
+
+impl Drop for AudienceEcho {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -214,6 +214,38 @@ pub(crate) fn mint_jwts(
     })
 }
 
+/// An `access_token_jwt` exactly as Ave's token endpoint mints it (§4.2: header, claims and their order) for
+/// `user_id`, issued to `client_id` with `scope`, valid from `iat` to `exp`.
+pub(crate) fn access_jwt_for(
+    shared: &Shared,
+    user_id: &str,
+    client_id: &str,
+    scope: &str,
+    iat: i64,
+    exp: i64,
+) -> Result<String, CryptoFailure> {
+    let key = Arc::clone(&shared.lock().signing_key);
+    let issuer = shared.issuer.as_str();
+    crypto::compact_jws(
+        &JwsHeader {
+            alg: "RS256",
+            typ: "JWT",
+            kid: Some(key.kid()),
+        },
+        &AccessTokenClaims {
+            iss: issuer,
+            sub: user_id,
+            aud: issuer,
+            exp,
+            iat,
+            scope,
+            cid: client_id,
+            uid: has_scope(scope, "user_id").then(|| crypto::account_id_for(user_id)),
+        },
+        JwsSigner::Rs256(&key),
+    )
+}
+
 /// Verifies an `access_token_jwt`-style token as Ave's `verifyJwt` does and
 /// returns its claims. `Err(true)` means the header was not JSON (Ave answers
 /// 400 "Invalid JSON body"); `Err(false)` means simply invalid.

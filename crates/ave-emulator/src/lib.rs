@@ -35,7 +35,8 @@
 //!   `Cache-Control: no-store` on `/api/*`; 404 `{"error":"Not Found"}`.
 //!
 //! Differences from Ave that matter to nobody but are listed for honesty: one
-//! client (the configured one); every endpoint lives on one loopback server
+//! client (the configured one; [`Emulator::access_token_jwt_for`] mints the
+//! access tokens Ave would issue to other apps, for avemint's token exchange); every endpoint lives on one loopback server
 //! whatever the issuer says; no Quick (`origin:`) clients, organisations,
 //! E2EE key delivery, token exchange (the grant passes schema validation and
 //! then gets `400 invalid_request`), per-IP or userinfo rate limits, or
@@ -594,6 +595,31 @@ impl Emulator {
     /// with the old one. Generation blocks briefly.
     pub fn rotate_signing_key(&self) {
         let kid = format!("{}-{}", self.shared.config.kid, crypto::random_hex_for_default(4));
+        match IssuerKey::generate(kid) {
+            Ok(key) => self.shared.lock().signing_key = Arc::new(key),
+            Err(_) => tracing::warn!("could not generate a new emulator signing key"),
+        }
+    }
+
+    /// An `access_token_jwt` as Ave's token endpoint issues it to another registered app of this Ave (a native
+    /// app signing in with PKCE, which this one-client emulator does not host): `sub` the user `user_id`, `cid`
+    /// `client_id`, `scope`, issued now and expiring `lifetime_secs` from now (negative: already expired), signed
+    /// with the current key. Tests of avemint's token exchange use it for clients other than the configured one.
+    pub fn access_token_jwt_for(&self, user_id: &str, client_id: &str, scope: &str, lifetime_secs: i64) -> String {
+        let now = jwt::unix_secs();
+        let iat = if lifetime_secs < 0 {
+            now + lifetime_secs - 60
+        } else {
+            now
+        };
+        jwt::access_jwt_for(&self.shared, user_id, client_id, scope, iat, now + lifetime_secs).unwrap_or_default()
+    }
+
+    /// Replaces the signing key with a new RSA key under the same `kid` (a provider that re-generated its key
+    /// without renaming it): the JWKS serves only the new key, new tokens are signed with it, and a verifier that
+    /// cached the old key sees a bad signature for a `kid` it knows. Generation blocks briefly.
+    pub fn replace_signing_key_keeping_kid(&self) {
+        let kid = self.current_kid();
         match IssuerKey::generate(kid) {
             Ok(key) => self.shared.lock().signing_key = Arc::new(key),
             Err(_) => tracing::warn!("could not generate a new emulator signing key"),

@@ -53,6 +53,8 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 const UNMATCHED: usize = Route::ALL.len();
 /// The label index of requests to a proxied route (`proxied`; per route in the `avemint_proxy_*` families).
 const PROXIED: usize = UNMATCHED + 1;
+/// The label index of requests the SPA answers (`spa`: its files, or its development server).
+const SPA: usize = PROXIED + 1;
 const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A route label, resolved once per request without allocating.
@@ -69,11 +71,15 @@ impl RouteLabel {
     /// The label of a request to a proxied route.
     pub const PROXIED: Self = Self(PROXIED);
 
+    /// The label of a request the SPA answers (`[spa]`).
+    pub const SPA: Self = Self(SPA);
+
     /// The label value.
     pub(crate) fn as_str(self) -> &'static str {
         match Route::ALL.get(self.0) {
             Some(route) => route.metric_label(),
             None if self.0 == PROXIED => "proxied",
+            None if self.0 == SPA => "spa",
             None => "unmatched",
         }
     }
@@ -178,6 +184,8 @@ struct Metrics {
     code_exchange_failures: IntCounter,
     code_exchange_refused: IntCounterVec,
     credential_failures: IntCounterVec,
+    /// `POST /oauth/token` answers by grant and outcome.
+    token_service: IntCounterVec,
     /// `[in_use, idle]`.
     store_pool: [IntGauge; 2],
     store_pool_max: IntGauge,
@@ -292,13 +300,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let credential_failures = IntCounterVec::new(
         Opts::new(
             "avemint_credential_failures_total",
-            "Wrong credentials at an endpoint that checks a secret (endpoint: introspect, admin), by answer: \
-             rejected (401) or rate_limited (429, the client's network is past its limit)",
+            "Wrong credentials at an endpoint that checks a secret (endpoint: introspect, admin, token), by answer: \
+             rejected (401, or 400 for a refused subject token at token) or rate_limited (429, the client's \
+             network is past its limit)",
         ),
         &["endpoint", "answer"],
     )?;
     registry.register(Box::new(credential_failures.clone()))?;
-    for endpoint in ["introspect", "admin"] {
+    let token_service = IntCounterVec::new(
+        Opts::new(
+            "avemint_token_service_requests_total",
+            "POST /oauth/token answers by grant (client_credentials, token_exchange_ave, token_exchange_delegation, \
+             unknown) and outcome (issued, or the OAuth error code answered)",
+        ),
+        &["grant", "outcome"],
+    )?;
+    registry.register(Box::new(token_service.clone()))?;
+    for grant in TOKEN_GRANTS {
+        token_service.get_metric_with_label_values(&[grant, "issued"])?;
+    }
+    for endpoint in ["introspect", "admin", "token"] {
         for answer in ["rejected", "rate_limited"] {
             credential_failures.get_metric_with_label_values(&[endpoint, answer])?;
         }
@@ -467,9 +488,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(proxy_upstream_seconds.clone()))?;
     registry.register(Box::new(proxy_streams.clone()))?;
 
-    let routes = (0..=PROXIED).map(|i| RouteLabel(i).as_str());
-    let mut requests = Vec::with_capacity(PROXIED + 1);
-    let mut request_seconds = Vec::with_capacity(PROXIED + 1);
+    let routes = (0..=SPA).map(|i| RouteLabel(i).as_str());
+    let mut requests = Vec::with_capacity(SPA + 1);
+    let mut request_seconds = Vec::with_capacity(SPA + 1);
     for route in routes {
         let mut row = Vec::with_capacity(STATUS_CLASSES.len());
         for class in STATUS_CLASSES {
@@ -506,6 +527,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         code_exchange_failures,
         code_exchange_refused,
         credential_failures,
+        token_service,
         store_pool,
         store_pool_max,
         budget_used,
@@ -646,6 +668,23 @@ pub fn sign_in_exchange_refused(network: &'static str) {
 pub fn credential_failure(endpoint: &'static str, answer: &'static str) {
     let Some(m) = metrics() else { return };
     if let Ok(c) = m.credential_failures.get_metric_with_label_values(&[endpoint, answer]) {
+        c.inc();
+    }
+}
+
+/// The `grant` labels of `avemint_token_service_requests_total`.
+pub const TOKEN_GRANTS: [&str; 4] = [
+    "client_credentials",
+    "token_exchange_ave",
+    "token_exchange_delegation",
+    "unknown",
+];
+
+/// Counts one answer of `POST /oauth/token`: `grant` (one of [`TOKEN_GRANTS`]) and `outcome` (`issued`, or the
+/// OAuth error code of the answer: a fixed, small set).
+pub fn token_service(grant: &'static str, outcome: &'static str) {
+    let Some(m) = metrics() else { return };
+    if let Ok(c) = m.token_service.get_metric_with_label_values(&[grant, outcome]) {
         c.inc();
     }
 }
@@ -862,6 +901,7 @@ mod tests {
         assert_eq!(RouteLabel::of(Route::of("/docs/index.js")).as_str(), "/docs");
         assert_eq!(RouteLabel::of(None).as_str(), "unmatched");
         assert_eq!(RouteLabel::PROXIED.as_str(), "proxied");
+        assert_eq!(RouteLabel::SPA.as_str(), "spa");
     }
 
     #[test]

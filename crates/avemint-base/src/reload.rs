@@ -1,7 +1,8 @@
 //! Reloading without a restart: secrets read from files (`*_FILE`) are re-read
 //! when the file changes or on SIGHUP and swapped in atomically, and one
-//! watcher drives every reload of the process (these secrets and the signing
-//! keys of `mint::keys`).
+//! watcher drives every reload of the process (these secrets, the signing
+//! keys of `mint::keys`, and on SIGHUP the configuration's routes and token
+//! profiles, which the binary's `startup` reloads).
 //!
 //! Why: Ave rotates a client secret with no overlap (docs/ave-protocol.md §1.6),
 //! session keys and hook secrets rotate on the operator's schedule, and none of
@@ -43,6 +44,9 @@ impl Digest {
 pub struct SecretFile {
     path: PathBuf,
     read: Digest,
+    /// The setting that named the file, as the operator wrote it (e.g. `AVE_CLIENT_SECRET_FILE`, or the config
+    /// file's `client_secret_file`), for log lines.
+    setting: Option<String>,
 }
 
 impl std::fmt::Debug for SecretFile {
@@ -58,6 +62,7 @@ impl SecretFile {
         let file = SecretFile {
             path: path.to_owned(),
             read: Digest::of(&bytes),
+            setting: None,
         };
         let text = String::from_utf8(bytes).map_err(|_| std::io::ErrorKind::InvalidData)?;
         Ok((text.trim().to_owned(), file))
@@ -66,6 +71,17 @@ impl SecretFile {
     /// The path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names the setting the file was given by, as the operator wrote it (log lines then use this name).
+    pub fn named(mut self, setting: impl Into<String>) -> Self {
+        self.setting = Some(setting.into());
+        self
+    }
+
+    /// The setting the file was given by, if named.
+    pub fn setting(&self) -> Option<&str> {
+        self.setting.as_deref()
     }
 }
 
@@ -104,7 +120,8 @@ impl<T: Send + Sync> LiveSecret<T> {
         }
     }
 
-    /// `value`, read from `file` (if any) and re-read from it with `parse` when it changes.
+    /// `value`, read from `file` (if any) and re-read from it with `parse` when it changes. Log lines name it by
+    /// the setting that gave the file (`SecretFile::named`), else by `name`.
     pub fn new(
         kind: SecretKind,
         name: impl Into<String>,
@@ -117,7 +134,7 @@ impl<T: Send + Sync> LiveSecret<T> {
         };
         Self {
             kind,
-            name: name.into(),
+            name: file.setting.clone().unwrap_or_else(|| name.into()),
             source: Some((file.path.clone(), parse)),
             seen: Mutex::new(Some(file.read.clone())),
             value: RwLock::new(Arc::new(value)),
@@ -212,10 +229,16 @@ pub fn reload_one(item: &dyn Reload, forced: bool) -> bool {
         Ok(false) => false,
         Ok(true) => {
             crate::metrics::secret_reload(item.kind(), true);
-            if item.kind() != SecretKind::SigningKeys {
+            // The signing keys and the configuration say what is in use themselves.
+            if !matches!(item.kind(), SecretKind::SigningKeys | SecretKind::Configuration) {
                 tracing::info!(secret = %item.name(), "secret reloaded; the new value is in use");
             }
             true
+        }
+        Err(e) if item.kind() == SecretKind::Configuration => {
+            crate::metrics::secret_reload(item.kind(), false);
+            tracing::error!(error = %e, "configuration not reloaded; the running configuration stays in use");
+            false
         }
         Err(e) => {
             crate::metrics::secret_reload(item.kind(), false);
@@ -255,7 +278,7 @@ pub fn watch(items: Vec<Arc<dyn Reload>>) -> impl Future<Output = ()> + Send + '
             let forced = tokio::select! {
                 _ = poll.tick() => false,
                 _ = hup => {
-                    tracing::info!("SIGHUP: reloading secrets and signing keys");
+                    tracing::info!("SIGHUP: reloading the configuration, secrets and signing keys");
                     true
                 }
             };

@@ -27,6 +27,8 @@ pub enum Route {
     OpenIdConfiguration,
     /// Token introspection (RFC 7662) for downstream APIs.
     Introspect,
+    /// The token service (RFC 6749 §3.2): client credentials and token exchange (RFC 8693) for non-browser clients.
+    OAuthToken,
     Healthz,
     Readyz,
     Metrics,
@@ -67,6 +69,7 @@ impl Route {
         Route::Jwks,
         Route::OpenIdConfiguration,
         Route::Introspect,
+        Route::OAuthToken,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -98,6 +101,7 @@ impl Route {
             Route::Jwks => "/.well-known/jwks.json",
             Route::OpenIdConfiguration => "/.well-known/openid-configuration",
             Route::Introspect => "/oauth/introspect",
+            Route::OAuthToken => "/oauth/token",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -158,6 +162,18 @@ impl Route {
             .map(|r| r.path())
             .chain(Route::RESERVED_TREES.iter().copied())
             .find(|own| overlaps(prefix, own))
+    }
+
+    /// Whether `serve` answers `path` itself, so nothing else on the origin (the SPA's files) may: one of the
+    /// table's paths or a path below it (`/` and the demo's aside), or one below the reserved trees (`/auth`,
+    /// `/.well-known`, `/oauth`).
+    pub fn is_own(path: &str) -> bool {
+        Route::ALL
+            .iter()
+            .filter(|r| **r != Route::Root && !r.demo_only())
+            .map(|r| r.path())
+            .chain(Route::RESERVED_TREES.iter().copied())
+            .any(|own| overlaps(path, own))
     }
 
     /// The route `path` is (exactly; any path below `/docs/` is `Docs`; `/auth/sessions/` and one more segment is
@@ -290,6 +306,28 @@ mod tests {
             assert_eq!(Route::own_path_overlapping(free), None, "{free}");
         }
         assert!(overlaps("/api", "/api/orders") && overlaps("/api/orders", "/api") && overlaps("/a", "/a"));
+        for own in [
+            "/auth/login",
+            "/auth/x",
+            "/auth",
+            "/.well-known/jwks.json",
+            "/oauth/x",
+            "/docs/x",
+            "/healthz",
+        ] {
+            assert!(Route::is_own(own), "{own}");
+        }
+        for spa in [
+            "/",
+            "/orders/7",
+            "/demo",
+            "/demo.js",
+            "/authx",
+            "/index.html",
+            "/assets/a.js",
+        ] {
+            assert!(!Route::is_own(spa), "{spa}");
+        }
         assert!(!overlaps("/api", "/apix"));
     }
 }

@@ -118,14 +118,17 @@ pub enum SecretKind {
     HookSecret,
     /// The signing keys directory (`mint::keys`).
     SigningKeys,
+    /// The configuration's proxied routes and token profiles, read again on SIGHUP.
+    Configuration,
 }
 
 impl SecretKind {
-    pub(crate) const ALL: [SecretKind; 4] = [
+    pub(crate) const ALL: [SecretKind; 5] = [
         SecretKind::ClientSecret,
         SecretKind::SessionKeys,
         SecretKind::HookSecret,
         SecretKind::SigningKeys,
+        SecretKind::Configuration,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -134,6 +137,7 @@ impl SecretKind {
             SecretKind::SessionKeys => "session_keys",
             SecretKind::HookSecret => "hook_secret",
             SecretKind::SigningKeys => "signing_keys",
+            SecretKind::Configuration => "configuration",
         }
     }
 }

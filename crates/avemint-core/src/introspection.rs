@@ -6,7 +6,9 @@
 //! authenticates as a token profile (its name and introspection secret); the
 //! token must be avemint's (`mint::verify`), its `aud` must be the caller's
 //! profile's — a caller never learns anything about another profile's tokens —
-//! and its session must be live (`Sessions::is_live`, no call to Ave).
+//! and its session must be live (`Sessions::is_live`, no call to Ave). A token of no
+//! session (no `sid`: the token service's service and Ave-exchanged tokens) is active
+//! until it expires.
 
 use serde_json::{Map, Value};
 
@@ -42,14 +44,12 @@ pub enum Inactive {
 }
 
 /// Authenticates a caller as the profile `client_id`; returns the profile's audience.
-pub fn authenticate<'m>(minter: &'m Minter, client_id: &str, secret: &str) -> Result<&'m str, ClientError> {
-    let profile = minter
-        .profiles()
-        .by_name(client_id)
-        .ok_or(ClientError::UnknownProfile)?;
+pub fn authenticate(minter: &Minter, client_id: &str, secret: &str) -> Result<String, ClientError> {
+    let profiles = minter.profiles();
+    let profile = profiles.by_name(client_id).ok_or(ClientError::UnknownProfile)?;
     let expected = profile.introspection_secret.as_ref().ok_or(ClientError::NotEnabled)?;
     if expected.matches(secret) {
-        Ok(&profile.audience)
+        Ok(profile.audience.clone())
     } else {
         Err(ClientError::WrongSecret)
     }
@@ -71,11 +71,15 @@ pub async fn introspect(
     if claims.get("aud").and_then(Value::as_str) != Some(audience) {
         return Ok(Answer::Inactive(Inactive::OtherProfile));
     }
-    let (Some(sub), Some(sid)) = (
-        claims.get("sub").and_then(Value::as_str),
-        claims.get("sid").and_then(Value::as_str),
-    ) else {
+    let Some(sub) = claims.get("sub").and_then(Value::as_str) else {
         return Ok(Answer::Inactive(Inactive::SessionEnded));
+    };
+    let sid = match claims.get("sid") {
+        Some(Value::String(sid)) => sid,
+        // A token of no session (the token service's: a service's, or one exchanged from an Ave access token)
+        // is good until it expires.
+        None => return Ok(Answer::Active(claims)),
+        Some(_) => return Ok(Answer::Inactive(Inactive::SessionEnded)),
     };
     if sessions.is_live(sub, sid).await? {
         Ok(Answer::Active(claims))

@@ -7,7 +7,7 @@
 //! Components (no use case imports back into them): `ave` (Ave's client), `session` (sessions, sealing, the
 //! stores), `mint` (app JWTs and signing keys), `traffic` (client addresses, rate limits). Use cases over
 //! them: `signin` (the authorization-code flow), `session::renew` and `session::manage`, `proxy` (proxy mode),
-//! `introspection` (RFC 7662).
+//! `introspection` (RFC 7662), `token_service` (`POST /oauth/token`: client credentials and token exchange).
 //!
 //! The public items are what the `avemint` crate, its tests, benches, fuzz targets and examples use: the API
 //! between the layers, documented where it is declared, not a stable library API.
@@ -22,3 +22,4 @@ pub mod traffic;
 pub mod introspection;
 pub mod proxy;
 pub mod signin;
+pub mod token_service;

@@ -196,8 +196,9 @@ impl AveClient {
         self.metadata.key_set().await
     }
 
-    /// Re-fetches the key set because a token named an unknown `kid`; at most
-    /// once per cooldown, so random kids cannot make avemint hammer Ave.
+    /// Re-fetches the key set because a token named an unknown `kid`, or a known
+    /// one whose key did not verify its signature; at most once per cooldown, so
+    /// random kids or signatures cannot make avemint hammer Ave.
     /// Returns `None` when the cooldown forbids a fetch. A failed re-fetch
     /// keeps the keys in use.
     pub(crate) async fn refetch_key_set(&self) -> Result<Option<Arc<KeySet>>, AveError> {

@@ -4,6 +4,9 @@
 //! HMAC (including HMAC keyed with the public key) and every other algorithm
 //! are refused before a key is touched. Headers that point at keys elsewhere
 //! (`jku`, `x5u`, `jwk`, `x5c`) or carry `crit` are refused without any fetch.
+//! An unknown `kid`, or a known one whose key does not verify the signature (a
+//! key replaced under the same name), makes one re-fetch of Ave's JWKS (rate
+//! limited) before the token is refused.
 //! Only a `ValidatedIdToken` leaves this module, so the rest of avemint cannot
 //! use claims that were not checked.
 
@@ -118,11 +121,23 @@ pub async fn validate(
 ) -> Result<ValidatedIdToken, IdTokenError> {
     let kid = inspect_header(token)?;
     let mut keys = client.key_set().await?;
+    let mut refetched = false;
     if keys.find(kid.as_deref()).is_none() {
         // Ave may have rotated: one re-fetch, rate limited, then give up.
         keys = client.refetch_key_set().await?.ok_or(IdTokenError::UnknownKey)?;
+        refetched = true;
     }
-    validate_with_keys(&keys, client.issuer().as_str(), client.client_id(), token, nonce, now)
+    let check =
+        |keys: &KeySet| validate_with_keys(keys, client.issuer().as_str(), client.client_id(), token, nonce, now);
+    match check(&keys) {
+        // Ave may have replaced the key under the same `kid`: one re-fetch (rate limited together with the unknown
+        // kids'), then the answer stands. A re-fetch that fails or is held back leaves the signature refused.
+        Err(IdTokenError::BadSignature) if !refetched => match client.refetch_key_set().await {
+            Ok(Some(fresh)) => check(&fresh),
+            _ => Err(IdTokenError::BadSignature),
+        },
+        checked => checked,
+    }
 }
 
 /// The whole validation against a key set already in memory: no network, no
@@ -161,7 +176,7 @@ pub fn validate_with_keys(
 }
 
 /// Checks the header before any key is looked up; returns the `kid`.
-fn inspect_header(token: &str) -> Result<Option<String>, IdTokenError> {
+pub(crate) fn inspect_header(token: &str) -> Result<Option<String>, IdTokenError> {
     if token.len() > MAX_ID_TOKEN_LEN || token.split('.').count() != 3 {
         return Err(IdTokenError::Malformed);
     }

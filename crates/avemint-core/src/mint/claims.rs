@@ -11,7 +11,18 @@
 use serde_json::{Map, Value};
 
 /// Claims avemint always sets itself; configuration that names one is rejected.
-pub(crate) const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid", "client_id"];
+pub(crate) const REGISTERED_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "sid",
+    "client_id",
+    "act",
+];
 
 /// Where a referenced value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,14 +14,14 @@ pub mod profiles;
 pub(crate) mod verify;
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use avemint_base::clock::Clock;
+use avemint_base::clock::{Clock, UnixTime};
 pub use avemint_base::secret::{Secret, fill_random};
 use hook::{FailurePolicy, HookError};
 pub use keys::{KeyError, LiveKeys};
@@ -37,6 +37,26 @@ pub struct Subject<'a> {
     pub id_token: &'a Map<String, Value>,
     /// Ave's `user` object from sign-in, if any.
     pub user: Option<&'a Map<String, Value>>,
+}
+
+/// The identity a token-service token (`POST /oauth/token`) is minted for: unlike a browser session's
+/// [`Subject`], it may have no session (`sid`: a service's token, one exchanged from an Ave access token), names its
+/// own `client_id`, may carry an actor chain (`act`, RFC 8693 §4.1) and may not outlive its subject token.
+pub struct Issue<'a> {
+    /// The `sub` claim.
+    pub sub: &'a str,
+    /// The `sid` claim, when the token belongs to a session (delegation).
+    pub sid: Option<&'a str>,
+    /// The `client_id` claim.
+    pub client_id: &'a str,
+    /// What `{id_token.NAME}` references read (for an Ave-exchanged token: the Ave access token's claims).
+    pub id_token: &'a Map<String, Value>,
+    /// What `{user.NAME}` references read.
+    pub user: Option<&'a Map<String, Value>>,
+    /// The `act` claim.
+    pub act: Option<&'a Value>,
+    /// `exp` is at most this (the subject token's own `exp`).
+    pub not_after: Option<UnixTime>,
 }
 
 /// A signed app JWT (a bearer credential: redacted in `Debug`, zeroized on drop).
@@ -71,15 +91,18 @@ struct Payload<'a> {
     iat: u64,
     exp: u64,
     jti: &'a str,
-    sid: &'a str,
+    /// Absent for tokens of no session (token service).
+    sid: Option<&'a str>,
     client_id: &'a str,
+    /// The actor chain of a delegated token (token service).
+    act: Option<&'a Value>,
     custom: CustomClaims<'a>,
 }
 
 /// The configured (and hook) claims of one token.
 enum CustomClaims<'a> {
     /// No hook: the profile's claims, borrowed from the template and the session.
-    Rendered(&'a Profile, &'a Subject<'a>),
+    Rendered(&'a Profile, &'a Map<String, Value>, Option<&'a Map<String, Value>>),
     /// With a hook: rendered, then merged with what the hook answered.
     Merged(Map<String, Value>),
 }
@@ -93,11 +116,16 @@ impl Serialize for Payload<'_> {
         map.serialize_entry("iat", &self.iat)?;
         map.serialize_entry("exp", &self.exp)?;
         map.serialize_entry("jti", self.jti)?;
-        map.serialize_entry("sid", self.sid)?;
+        if let Some(sid) = self.sid {
+            map.serialize_entry("sid", sid)?;
+        }
         map.serialize_entry("client_id", self.client_id)?;
+        if let Some(act) = self.act {
+            map.serialize_entry("act", act)?;
+        }
         match &self.custom {
-            CustomClaims::Rendered(profile, subject) => {
-                for (name, value) in profile.claims.rendered(subject.id_token, subject.user) {
+            CustomClaims::Rendered(profile, id_token, user) => {
+                for (name, value) in profile.claims.rendered(id_token, *user) {
                     map.serialize_entry(name, value)?;
                 }
             }
@@ -137,7 +165,8 @@ pub struct Minter {
     keys: Arc<LiveKeys>,
     issuer: String,
     client_id: String,
-    profiles: Profiles,
+    /// Replaced whole when the configuration is reloaded (SIGHUP); each request works with one snapshot.
+    profiles: RwLock<Arc<Profiles>>,
     max_token_bytes: usize,
     /// Sets `iat`/`exp` and the hook's timestamp.
     clock: Clock,
@@ -157,7 +186,7 @@ impl Minter {
             keys,
             issuer,
             client_id,
-            profiles,
+            profiles: RwLock::new(Arc::new(profiles)),
             max_token_bytes,
             clock,
         }
@@ -168,22 +197,54 @@ impl Minter {
         &self.keys
     }
 
-    /// The token profiles.
-    pub fn profiles(&self) -> &Profiles {
-        &self.profiles
+    /// The token profiles in use (a snapshot: a reload swaps in a new set, never changes this one).
+    pub fn profiles(&self) -> Arc<Profiles> {
+        self.profiles.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `profiles` in use from the next request on (a configuration reload); requests already running keep
+    /// the set they started with.
+    pub fn replace_profiles(&self, profiles: Profiles) {
+        *self.profiles.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(profiles);
     }
 
     /// Mints a `profile` token for `subject`, issued now by the minter's clock.
     #[tracing::instrument(name = "mint", skip_all, fields(profile = profile.name.as_str()))]
     pub async fn mint(&self, profile: &Profile, subject: &Subject<'_>) -> Result<MintedToken, MintError> {
+        let issue = Issue {
+            sub: subject.sub,
+            sid: Some(subject.sid),
+            client_id: &self.client_id,
+            id_token: subject.id_token,
+            user: subject.user,
+            act: None,
+            not_after: None,
+        };
+        self.sign_for(profile, &issue).await
+    }
+
+    /// Mints a `profile` token for the token service (`POST /oauth/token`): `issue` says who it is for. The hook's
+    /// answers are cached per session, or per `sub` for a token of no session.
+    #[tracing::instrument(name = "mint", skip_all, fields(profile = profile.name.as_str()))]
+    pub async fn mint_issue(&self, profile: &Profile, issue: &Issue<'_>) -> Result<MintedToken, MintError> {
+        self.sign_for(profile, issue).await
+    }
+
+    /// What `mint` and `mint_issue` do, inside their span.
+    async fn sign_for(&self, profile: &Profile, issue: &Issue<'_>) -> Result<MintedToken, MintError> {
         let now = self.clock.now();
         let custom = match &profile.hook {
-            None => CustomClaims::Rendered(profile, subject),
+            None => CustomClaims::Rendered(profile, issue.id_token, issue.user),
             Some(hook) => {
                 let mut claims = Map::new();
-                profile.claims.render_into(subject.id_token, subject.user, &mut claims);
+                profile.claims.render_into(issue.id_token, issue.user, &mut claims);
+                // A `sid` never contains `:`, so a token of no session cannot share a session's cache entry.
+                let cache_key = match issue.sid {
+                    Some(sid) => std::borrow::Cow::Borrowed(sid),
+                    None => std::borrow::Cow::Owned(format!("sub:{}", issue.sub)),
+                };
                 match hook
-                    .enrich(subject.sid, subject.sub, &claims, &profile.audience, now)
+                    .enrich(&cache_key, issue.sub, &claims, &profile.audience, now)
                     .await
                 {
                     Ok(extra) => {
@@ -206,17 +267,21 @@ impl Minter {
                 CustomClaims::Merged(claims)
             }
         };
-        let ttl = profile.ttl.as_secs();
+        let exp = match issue.not_after {
+            Some(cap) => (now + profile.ttl).min(cap),
+            None => now + profile.ttl,
+        };
         let jti = URL_SAFE_NO_PAD.encode(jti_bytes());
         let payload = Payload {
             iss: &self.issuer,
-            sub: subject.sub,
+            sub: issue.sub,
             aud: &profile.audience,
             iat: now.as_unsigned(),
-            exp: (now + profile.ttl).as_unsigned(),
+            exp: exp.as_unsigned(),
             jti: &jti,
-            sid: subject.sid,
-            client_id: &self.client_id,
+            sid: issue.sid,
+            client_id: issue.client_id,
+            act: issue.act,
             custom,
         };
         let payload = serde_json::to_vec(&payload).map_err(|_| MintError::ClaimsEncoding)?;
@@ -235,8 +300,13 @@ impl Minter {
         }
         Ok(MintedToken {
             token: Secret::new(token),
-            expires_in: ttl,
+            expires_in: exp.saturating_duration_since(now).as_secs(),
         })
+    }
+
+    /// The issuer of every app JWT (`iss`: the public URL).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 }
 

@@ -82,9 +82,30 @@ impl TokenSettings {
             .map(|p| p.unwrap_or(&default).to_owned())
             .collect();
         for p in &mut self.profiles {
-            p.browser = Some(p.browser.unwrap_or(!used.contains(&p.name)));
+            // A service profile is never minted for a browser.
+            p.browser = Some(p.browser.unwrap_or(!used.contains(&p.name)) && !p.grants.service);
         }
         self
+    }
+
+    /// Problems with the proxied routes' profiles (`route_profiles`, as for `settle_browser`): a service profile's
+    /// token is never attached for a browser.
+    pub fn route_errors<'a>(&self, route_profiles: impl IntoIterator<Item = Option<&'a str>>) -> Vec<String> {
+        let default = self.default_profile();
+        route_profiles
+            .into_iter()
+            .filter_map(|p| match p {
+                Some(name) => self.profiles.iter().find(|q| q.name == name),
+                None => Some(default),
+            })
+            .filter(|p| p.grants.service)
+            .map(|p| {
+                format!(
+                    "profile `{}` is a service profile (`service = true`): a proxied route cannot attach it",
+                    p.name
+                )
+            })
+            .collect()
     }
 }
 
@@ -110,6 +131,31 @@ pub struct ProfileSpec {
     /// `browser`: page script may mint it through `POST /auth/token`. `None`: not configured, settled by
     /// `TokenSettings::settle_browser` (false for a route's profile, true otherwise).
     pub browser: Option<bool>,
+    /// What the token service (`POST /oauth/token`) may do with it.
+    pub grants: ProfileGrants,
+}
+
+/// A profile's part in the token service (`POST /oauth/token`).
+#[derive(Debug, Clone, Default)]
+pub struct ProfileGrants {
+    /// `service = true`: a service identity, minted only by `client_credentials` (never for a browser, a route or
+    /// an exchange); its tokens' `sub` and `client_id` are the profile's name.
+    pub service: bool,
+    /// `[profiles.client]` `secret`/`secret_file`: a service profile's credential for `client_credentials`.
+    pub client_secret: Option<Secret<String>>,
+    /// `[profiles.exchange]`: a user profile whose tokens' holder may exchange them for other profiles' tokens.
+    pub exchange: Option<ExchangeSpec>,
+    /// `exchange_from_ave = true`: Ave access tokens may be exchanged for this profile's tokens.
+    pub exchange_from_ave: bool,
+}
+
+/// `[profiles.exchange]`: the credential a holder of this profile's tokens presents, and the profiles it may ask for.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    /// `secret` or `secret_file`.
+    pub secret: Secret<String>,
+    /// `may_exchange_to`: names of the profiles it may exchange its tokens for.
+    pub may_exchange_to: Vec<String>,
 }
 
 /// Checks a profile name: 1–64 of `A-Z a-z 0-9 . _ -`.
@@ -144,11 +190,64 @@ pub(crate) fn validate(profiles: &[ProfileSpec]) -> Vec<String> {
             ));
         }
     }
+    for p in profiles {
+        errors.extend(grant_errors(p, profiles));
+    }
     match profiles.iter().filter(|p| p.default).count() {
         1 => {}
         0 if profiles.len() == 1 => {}
         0 => errors.push("profiles: mark exactly one profile `default = true`".into()),
         _ => errors.push("profiles: more than one profile has `default = true`".into()),
+    }
+    errors
+}
+
+/// Problems with one profile's token-service settings (`ProfileGrants`).
+fn grant_errors(p: &ProfileSpec, all: &[ProfileSpec]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let g = &p.grants;
+    let name = &p.name;
+    if g.service {
+        if g.client_secret.is_none() {
+            errors.push(format!(
+                "profile `{name}`: `service = true` needs `[profiles.client]` with a secret"
+            ));
+        }
+        if p.browser == Some(true) {
+            errors.push(format!(
+                "profile `{name}`: a service profile is never minted for a browser (`browser = true`)"
+            ));
+        }
+        if g.exchange.is_some() {
+            errors.push(format!(
+                "profile `{name}`: a service profile cannot have `[profiles.exchange]` (its tokens belong to no user)"
+            ));
+        }
+        if g.exchange_from_ave {
+            errors.push(format!(
+                "profile `{name}`: a service profile cannot have `exchange_from_ave = true`"
+            ));
+        }
+    } else if g.client_secret.is_some() {
+        errors.push(format!(
+            "profile `{name}`: `[profiles.client]` is for service profiles only (`service = true`)"
+        ));
+    }
+    if let Some(exchange) = &g.exchange {
+        if exchange.may_exchange_to.is_empty() {
+            errors.push(format!(
+                "profile `{name}`: `[profiles.exchange]` needs `may_exchange_to` (profile names)"
+            ));
+        }
+        for target in &exchange.may_exchange_to {
+            match all.iter().find(|q| &q.name == target) {
+                None => errors.push(format!("profile `{name}`: `may_exchange_to` names `{target}`, which no profile is")),
+                Some(q) if q.grants.service => errors.push(format!(
+                    "profile `{name}`: `may_exchange_to` names the service profile `{target}` (a service token is no user's)"
+                )),
+                Some(_) => {}
+            }
+        }
     }
     errors
 }
@@ -164,6 +263,40 @@ pub struct Profile {
     pub introspection_secret: Option<Credential>,
     /// Page script may mint it through `POST /auth/token` (see `ProfileSpec::browser`).
     pub browser: bool,
+    /// Its part in the token service (see `ProfileGrants`), credentials kept as digests.
+    pub grants: Grants,
+}
+
+/// A profile's part in the token service, ready to check credentials against (in constant time).
+pub struct Grants {
+    /// See `ProfileGrants::service`.
+    pub service: bool,
+    /// The credential the profile authenticates with at `POST /oauth/token`: `[profiles.client]` for a service
+    /// profile, `[profiles.exchange]` for a user profile.
+    pub credential: Option<Credential>,
+    /// `may_exchange_to`: profile names (empty: this profile's tokens cannot be exchanged).
+    pub may_exchange_to: Vec<String>,
+    /// See `ProfileGrants::exchange_from_ave`.
+    pub exchange_from_ave: bool,
+}
+
+impl Grants {
+    fn of(spec: &ProfileGrants) -> Self {
+        let secret = spec
+            .client_secret
+            .as_ref()
+            .or(spec.exchange.as_ref().map(|e| &e.secret));
+        Self {
+            service: spec.service,
+            credential: secret.map(|s| Credential::new(s.expose())),
+            may_exchange_to: spec
+                .exchange
+                .as_ref()
+                .map(|e| e.may_exchange_to.clone())
+                .unwrap_or_default(),
+            exchange_from_ave: spec.exchange_from_ave,
+        }
+    }
 }
 
 /// Why a request's target names no profile.
@@ -214,7 +347,8 @@ impl Profiles {
                     claims: spec.claims.clone(),
                     hook: spec.hook.as_ref().map(|h| Hook::new(h, &spec.name)).transpose()?,
                     introspection_secret: spec.introspection_secret.as_ref().map(|s| Credential::new(s.expose())),
-                    browser: spec.browser.unwrap_or(true),
+                    browser: spec.browser.unwrap_or(true) && !spec.grants.service,
+                    grants: Grants::of(&spec.grants),
                 })
             })
             .collect::<Result<_, HookError>>()?;
@@ -237,6 +371,11 @@ impl Profiles {
     /// The profile named `name`, if any.
     pub(crate) fn by_name(&self, name: &str) -> Option<&Profile> {
         self.list.iter().find(|p| p.name == name)
+    }
+
+    /// The profile whose audience is `audience`, if any.
+    pub(crate) fn by_audience(&self, audience: &str) -> Option<&Profile> {
+        self.list.iter().find(|p| p.audience == audience)
     }
 
     /// The names of the profiles page script may mint (`browser`), in configuration order.
@@ -297,6 +436,7 @@ mod tests {
             hook: None,
             introspection_secret: None,
             browser: None,
+            grants: ProfileGrants::default(),
         }
     }
 
@@ -448,6 +588,30 @@ mod tests {
                 Err(e) => proptest::prop_assert!(profile.is_some() || audience.is_some(), "{e}"),
             }
         }
+    }
+
+    #[test]
+    fn service_profiles_are_never_a_browser_s_or_a_route_s() {
+        let mut job = spec("job", "jobs", true);
+        job.grants = ProfileGrants {
+            service: true,
+            client_secret: Some(Secret::new("0123456789abcdef0123456789abcdef".into())),
+            ..ProfileGrants::default()
+        };
+        let token = settings(vec![job, spec("web", "https://web", false)]);
+        // A route naming it, and a route naming no profile (the default, here the service), are refused.
+        assert_eq!(token.route_errors([Some("job")]).len(), 1);
+        assert_eq!(token.route_errors([None]).len(), 1);
+        assert!(token.route_errors([Some("web")]).is_empty());
+        let p = Profiles::build(&token.settle_browser([])).expect("builds");
+        assert_eq!(p.browser_names(), ["web"]);
+        assert!(p.select_for_browser(Some("job"), None).is_err());
+        assert!(
+            p.select_for_browser(None, None).is_err(),
+            "the default is the service: not for a browser"
+        );
+        let job = p.by_name("job").expect("job");
+        assert!(job.grants.service && job.grants.credential.is_some());
     }
 
     #[test]

@@ -10,8 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use moka::Expiry;
 use moka::future::Cache;
+use serde_json::{Map, Value};
 
 use crate::mint::{MintError, Minter, Profile, Subject};
 use avemint_base::secret::Secret;
@@ -24,6 +27,8 @@ const MAX_MARGIN: Duration = Duration::from_secs(60);
 /// A minted app JWT and how long it may be reused.
 pub struct Bearer {
     pub token: Secret<String>,
+    /// The token's claims as signed (a route's `require_claims` is checked on them).
+    pub claims: Map<String, Value>,
     reuse_for: Duration,
 }
 
@@ -67,12 +72,29 @@ impl Bearers {
         let minted = minter.mint(profile, subject).await?;
         let ttl = Duration::from_secs(minted.expires_in);
         let bearer = Arc::new(Bearer {
+            claims: payload_claims(minted.token.expose()),
             token: minted.token,
             reuse_for: reuse_window(ttl),
         });
         self.cache.insert(key, bearer.clone()).await;
         Ok(bearer)
     }
+
+    /// Forgets every cached token (the token profiles were reloaded: the next request mints under the new ones).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// The claims of a token avemint has just signed: its payload, decoded (nothing to verify; an unreadable payload,
+/// which the minter never produces, has no claims and so satisfies no requirement).
+fn payload_claims(token: &str) -> Map<String, Value> {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or_default()
 }
 
 /// How long a token of lifetime `ttl` is reused: all but `min(ttl / 2, 60 s)` of it.
@@ -89,5 +111,14 @@ mod tests {
         assert_eq!(reuse_window(Duration::from_secs(300)), Duration::from_secs(240));
         assert_eq!(reuse_window(Duration::from_secs(60)), Duration::from_secs(30));
         assert_eq!(reuse_window(Duration::from_secs(1)), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_claims_are_the_payloads() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"u","roles":["admin"]}"#);
+        let claims = payload_claims(&format!("eyJhbGciOiJFUzI1NiJ9.{payload}.sig"));
+        assert_eq!(claims["roles"], serde_json::json!(["admin"]));
+        assert!(payload_claims("not a token").is_empty());
+        assert!(payload_claims("a.%%%.c").is_empty());
     }
 }

@@ -85,10 +85,11 @@ pub(crate) struct ForwardedFor<'a> {
     pub request_id: Option<&'a str>,
 }
 
-/// The browser's headers (avemint's cookies already removed) as the upstream gets them.
+/// The browser's headers (avemint's cookies already removed) as the upstream gets them, with `bearer` as
+/// `Authorization` (none: no `Authorization` at all, the browser's never passes).
 pub(crate) fn upstream(
     mut headers: HeaderMap,
-    bearer: &str,
+    bearer: Option<&str>,
     via: &ForwardedFor<'_>,
 ) -> Result<HeaderMap, InvalidHeaderValue> {
     strip_hop_by_hop(&mut headers);
@@ -100,9 +101,11 @@ pub(crate) fn upstream(
     for name in underscored {
         headers.remove(name);
     }
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {bearer}"))?;
-    authorization.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, authorization);
+    if let Some(bearer) = bearer {
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {bearer}"))?;
+        authorization.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, authorization);
+    }
     let client = via.client.to_string();
     let node = match via.client {
         IpAddr::V4(_) => client.clone(),
@@ -191,7 +194,7 @@ mod tests {
             host: "app.example.com",
             request_id: Some("f00d"),
         };
-        let h = upstream(sent, "app.jwt.sig", &via).expect("headers");
+        let h = upstream(sent, Some("app.jwt.sig"), &via).expect("headers");
         assert_eq!(h["x-request-id"], "f00d");
         assert_eq!(h["authorization"], "Bearer app.jwt.sig");
         for gone in [
@@ -226,9 +229,16 @@ mod tests {
             request_id: None,
             ..via
         };
-        let h = upstream(HeaderMap::new(), "t", &v6).expect("headers");
+        let h = upstream(HeaderMap::new(), Some("t"), &v6).expect("headers");
         assert!(!h.contains_key("x-request-id"));
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=\"app.example.com\"");
+        // No bearer (a route with `auth = "none"`, or `optional` without a session): no `Authorization` at all.
+        let page = map(&[("authorization", "Bearer from-the-page")]);
+        assert!(
+            !upstream(page, None, &v6)
+                .expect("headers")
+                .contains_key("authorization")
+        );
     }
 
     #[test]

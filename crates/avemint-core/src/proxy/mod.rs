@@ -9,6 +9,7 @@
 //! the session, renews it like `/auth/token`, and turns the outcome into an
 //! answer; upstream calls go through reqwest.
 
+pub mod access;
 pub(crate) mod bearer;
 pub mod headers;
 pub mod readings;
@@ -18,8 +19,8 @@ pub mod websocket;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use reqwest::Method;
 use reqwest::header::{self, HeaderMap};
 use tokio::time::Instant;
 
+pub use access::{RequiredClaims, RouteAuth};
 pub use settings::{RouteSettings, RouteSpec, Routes};
 pub use websocket::WebSocketLimits;
 
@@ -158,11 +160,63 @@ pub struct Outgoing<'a> {
     pub body: BodyStream,
 }
 
-/// The routes, the upstream client and the bearer cache of one running service.
-pub struct Proxy {
+/// The routes in use with their metrics: replaced whole when the configuration is reloaded.
+pub struct RouteTable {
     routes: Routes,
     /// Per route, in the order of `routes`.
     metrics: Vec<ProxyRouteMetrics>,
+}
+
+impl RouteTable {
+    /// `routes` with the metrics of each (created on first use of a route's `path`, kept across reloads).
+    pub fn new(routes: Routes) -> Self {
+        let metrics = routes
+            .all()
+            .iter()
+            .map(|r| avemint_base::metrics::proxy_route(&r.path))
+            .collect();
+        Self { routes, metrics }
+    }
+
+    /// The configured routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The route `path` belongs to, with its metrics.
+    pub fn find(&self, path: &str) -> Option<(&RouteSettings, &ProxyRouteMetrics)> {
+        let i = self.routes.all().iter().position(|r| r.rest(path).is_some())?;
+        Some((self.routes.all().get(i)?, self.metrics.get(i)?))
+    }
+}
+
+/// The route table in use, shared by the proxy and the HTTP layer's guard: each request reads one snapshot
+/// ([`LiveRoutes::current`]); a configuration reload puts a new table in ([`LiveRoutes::replace`]).
+#[derive(Clone)]
+pub struct LiveRoutes(Arc<RwLock<Arc<RouteTable>>>);
+
+impl LiveRoutes {
+    /// `routes` in use.
+    pub fn new(routes: Routes) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(RouteTable::new(routes)))))
+    }
+
+    /// The table in use now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `routes` in use from the next request on; requests already running finish on the table they started
+    /// with.
+    pub fn replace(&self, routes: Routes) {
+        let table = Arc::new(RouteTable::new(routes));
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = table;
+    }
+}
+
+/// The routes, the upstream client and the bearer cache of one running service.
+pub struct Proxy {
+    routes: LiveRoutes,
     client: reqwest::Client,
     /// WebSocket handshakes: HTTP/1.1 only (an upgrade does not exist in HTTP/2).
     handshakes: reqwest::Client,
@@ -190,11 +244,6 @@ impl Proxy {
             .http1_only()
             .build()
             .map_err(|_| ClientError)?;
-        let metrics = routes
-            .all()
-            .iter()
-            .map(|r| avemint_base::metrics::proxy_route(&r.path))
-            .collect();
         let url = url::Url::parse(public_url.as_str()).map_err(|_| ClientError)?;
         let host = match (url.host_str(), url.port()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -202,8 +251,7 @@ impl Proxy {
             (None, _) => return Err(ClientError),
         };
         Ok(Self {
-            routes,
-            metrics,
+            routes: LiveRoutes::new(routes),
             client,
             handshakes,
             bearers: bearer::Bearers::default(),
@@ -213,8 +261,8 @@ impl Proxy {
         })
     }
 
-    /// The configured routes.
-    pub fn routes(&self) -> &Routes {
+    /// The routes in use (see [`LiveRoutes`]).
+    pub fn routes(&self) -> &LiveRoutes {
         &self.routes
     }
 
@@ -228,13 +276,8 @@ impl Proxy {
         &self.sockets
     }
 
-    /// The route `path` belongs to, with its metrics.
-    pub fn find(&self, path: &str) -> Option<(&RouteSettings, &ProxyRouteMetrics)> {
-        let i = self.routes.all().iter().position(|r| r.rest(path).is_some())?;
-        Some((self.routes.all().get(i)?, self.metrics.get(i)?))
-    }
-
-    /// Sends `out` to `route`'s upstream with `bearer`; the answer once its status and headers arrived (the body
+    /// Sends `out` to `route`'s upstream with `bearer` (none: without `Authorization`); the answer once its status
+    /// and headers arrived (the body
     /// streams on). A WebSocket handshake (`websocket::is_handshake`) goes upstream as one, over HTTP/1.1; its
     /// `101` answer can then be upgraded (`reqwest::Response::upgrade`).
     #[tracing::instrument(
@@ -247,7 +290,7 @@ impl Proxy {
         route: &RouteSettings,
         metrics: &ProxyRouteMetrics,
         out: Outgoing<'_>,
-        bearer: &str,
+        bearer: Option<&str>,
         client: std::net::IpAddr,
     ) -> Result<Answer, ForwardError> {
         let started = Instant::now();

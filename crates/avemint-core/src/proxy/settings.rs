@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
+use super::access::{RequiredClaims, RouteAuth};
 use super::websocket;
 pub use avemint_base::route::{Route, overlaps};
 pub use avemint_base::web_url::{PlainHttp, parse_web_url_with};
@@ -41,6 +42,10 @@ pub struct RouteSpec {
     pub allow_http: bool,
     #[serde(default)]
     pub strip_cookies: bool,
+    /// `required` (the default), `optional` or `none`: see [`RouteAuth`].
+    pub auth: Option<String>,
+    /// Claim name → a value or an array of values (any of which will do): see [`RequiredClaims`].
+    pub require_claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One validated route.
@@ -64,6 +69,10 @@ pub struct RouteSettings {
     pub allow_http: bool,
     /// No cookie at all reaches the upstream (avemint's own never do).
     pub strip_cookies: bool,
+    /// Whether a session is needed and a bearer attached.
+    pub auth: RouteAuth,
+    /// Claims the route profile's app JWT must hold (none: no requirement).
+    pub require_claims: RequiredClaims,
 }
 
 impl RouteSettings {
@@ -262,6 +271,28 @@ impl Routes {
                     websocket::DEFAULT_MAX_MESSAGE_BYTES
                 }
             };
+            let auth = match spec.auth.as_deref().map(RouteAuth::parse) {
+                None => RouteAuth::Required,
+                Some(Ok(auth)) => auth,
+                Some(Err(e)) => {
+                    problem(e);
+                    RouteAuth::Required
+                }
+            };
+            let require_claims = match spec.require_claims.map(RequiredClaims::parse) {
+                None => RequiredClaims::default(),
+                Some(Ok(required)) => required,
+                Some(Err(errors)) => {
+                    errors.into_iter().for_each(&mut problem);
+                    RequiredClaims::default()
+                }
+            };
+            if !require_claims.is_empty() && auth != RouteAuth::Required {
+                problem("`require_claims` needs `auth = \"required\"` (without a session there are no claims)".into());
+            }
+            if auth == RouteAuth::None && spec.profile.is_some() {
+                problem("`profile` has no use with `auth = \"none\"`: no app JWT is attached".into());
+            }
             if let Some(upstream) = upstream {
                 routes.push(RouteSettings {
                     path: spec.path,
@@ -273,6 +304,8 @@ impl Routes {
                     max_message_bytes,
                     allow_http: spec.allow_http,
                     strip_cookies: spec.strip_cookies,
+                    auth,
+                    require_claims,
                 });
             }
         }
@@ -335,6 +368,8 @@ mod tests {
             max_message_bytes: None,
             allow_http: false,
             strip_cookies: false,
+            auth: None,
+            require_claims: None,
         }
     }
 
@@ -422,6 +457,70 @@ mod tests {
             );
         }
         assert_eq!(errors.len(), 15, "{errors:#?}");
+    }
+
+    #[test]
+    fn auth_modes_and_required_claims_are_checked_one_line_each() {
+        let object = |v: serde_json::Value| match v {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        };
+        let mut public = spec("/public", "https://h");
+        public.auth = Some("none".into());
+        let mut optional = spec("/optional", "https://h");
+        optional.auth = Some("optional".into());
+        let mut guarded = spec("/admin", "https://h");
+        guarded.require_claims = object(serde_json::json!({"roles": "admin", "tier": ["gold", "platinum"]}));
+        let routes = Routes::build(vec![public, optional, guarded, spec("/plain", "https://h")], None).expect("valid");
+        let auth: Vec<RouteAuth> = routes.all().iter().map(|r| r.auth).collect();
+        assert_eq!(
+            auth,
+            [
+                RouteAuth::None,
+                RouteAuth::Optional,
+                RouteAuth::Required,
+                RouteAuth::Required
+            ]
+        );
+        let admin = &routes.all()[2].require_claims;
+        assert_eq!(
+            admin.unmet(&object(serde_json::json!({"roles": ["admin"], "tier": "gold"})).unwrap_or_default()),
+            None
+        );
+        assert!(routes.all()[3].require_claims.is_empty());
+
+        let mut bad_auth = spec("/a", "https://h");
+        bad_auth.auth = Some("public".into());
+        let mut no_session_claims = spec("/b", "https://h");
+        no_session_claims.auth = Some("none".into());
+        no_session_claims.require_claims = object(serde_json::json!({"roles": "admin"}));
+        let mut optional_claims = spec("/c", "https://h");
+        optional_claims.auth = Some("optional".into());
+        optional_claims.require_claims = object(serde_json::json!({"roles": "admin"}));
+        let mut public_profile = spec("/d", "https://h");
+        public_profile.auth = Some("none".into());
+        public_profile.profile = Some("default".into());
+        let mut bad_claims = spec("/e", "https://h");
+        bad_claims.require_claims = object(serde_json::json!({"roles": []}));
+        let errors = Routes::build(
+            vec![bad_auth, no_session_claims, optional_claims, public_profile, bad_claims],
+            Some(&["default"]),
+        )
+        .expect_err("invalid");
+        for needle in [
+            "route `/a`: `auth` must be",
+            "route `/b`: `require_claims` needs `auth = \"required\"`",
+            "route `/c`: `require_claims` needs `auth = \"required\"`",
+            "route `/d`: `profile` has no use with `auth = \"none\"`",
+            "route `/e`: `require_claims`: `roles` must be",
+        ] {
+            assert_eq!(
+                errors.iter().filter(|e| e.starts_with(needle)).count(),
+                1,
+                "{needle} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 5, "{errors:#?}");
     }
 
     /// Paths below a route's prefix that are forwarded: ordinary ones, odd but harmless ones.

@@ -84,7 +84,8 @@ struct Counts {
 #[derive(Debug)]
 pub struct SocketSlot {
     counts: Arc<Mutex<Counts>>,
-    session: SessionRowHash,
+    /// `None`: a WebSocket without a session (a route with `auth = "none"`, the SPA's development server).
+    session: Option<SessionRowHash>,
 }
 
 impl OpenSockets {
@@ -95,10 +96,11 @@ impl OpenSockets {
         }
     }
 
-    /// A place for one more WebSocket of `session`, unless that session or the instance has its limit open.
-    pub fn open(&self, session: SessionRowHash) -> Result<SocketSlot, TooMany> {
+    /// A place for one more WebSocket of `session` (`None`: one without a session, counted for the instance only),
+    /// unless that session or the instance has its limit open.
+    pub fn open(&self, session: Option<SessionRowHash>) -> Result<SocketSlot, TooMany> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = counts.per_session.get(&session).copied().unwrap_or(0);
+        let mine = session.and_then(|s| counts.per_session.get(&s).copied()).unwrap_or(0);
         if mine >= self.limits.per_session {
             return Err(TooMany::Session(self.limits.per_session));
         }
@@ -106,7 +108,9 @@ impl OpenSockets {
             return Err(TooMany::Instance(self.limits.instance));
         }
         counts.total += 1;
-        counts.per_session.insert(session, mine + 1);
+        if let Some(session) = session {
+            counts.per_session.insert(session, mine + 1);
+        }
         Ok(SocketSlot {
             counts: self.counts.clone(),
             session,
@@ -118,10 +122,12 @@ impl Drop for SocketSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_session.get_mut(&self.session) {
+        if let Some(session) = self.session
+            && let Some(n) = counts.per_session.get_mut(&session)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.per_session.remove(&self.session);
+                counts.per_session.remove(&session);
             }
         }
     }
@@ -312,7 +318,10 @@ mod tests {
             per_session: 2,
             instance: 3,
         });
-        let (a, b) = (SessionRowHash::from_bytes([1; 32]), SessionRowHash::from_bytes([2; 32]));
+        let (a, b) = (
+            Some(SessionRowHash::from_bytes([1; 32])),
+            Some(SessionRowHash::from_bytes([2; 32])),
+        );
         let a1 = sockets.open(a).expect("a 1");
         let _a2 = sockets.open(a).expect("a 2");
         assert_eq!(sockets.open(a).expect_err("a 3"), TooMany::Session(2));
@@ -321,6 +330,21 @@ mod tests {
         drop(a1);
         let _b2 = sockets.open(b).expect("a place was given back");
         assert_eq!(sockets.open(a).expect_err("full"), TooMany::Instance(3));
+    }
+
+    #[test]
+    fn sockets_without_a_session_count_for_the_instance_only() {
+        let sockets = OpenSockets::new(WebSocketLimits {
+            per_session: 1,
+            instance: 3,
+        });
+        let (first, _second) = (sockets.open(None).expect("1"), sockets.open(None).expect("2"));
+        let _a = sockets
+            .open(Some(SessionRowHash::from_bytes([1; 32])))
+            .expect("a session's first");
+        assert_eq!(sockets.open(None).expect_err("full"), TooMany::Instance(3));
+        drop(first);
+        let _third = sockets.open(None).expect("a place was given back");
     }
 
     #[test]

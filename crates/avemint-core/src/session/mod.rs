@@ -409,6 +409,12 @@ impl Sessions {
     /// TTL. Without a cached mapping, the user's sessions are found through
     /// the per-user index (`owner_hashes`) and opened to compare their `sid`.
     pub async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, StoreError> {
+        Ok(self.live_by_sid(sub, sid).await?.is_some())
+    }
+
+    /// The live session whose app JWTs carry `sid` (and `sub`), found as `is_live` finds it (read-only: not the
+    /// user's activity); `None` once it ended. The token service's delegation renders claims from it.
+    pub async fn live_by_sid(&self, sub: &str, sid: &str) -> Result<Option<Arc<Session>>, StoreError> {
         let now = self.now();
         let row = match self.sid_rows.get(sid).await {
             Some(row) => row,
@@ -418,7 +424,7 @@ impl Sessions {
                 row
             }
         };
-        let Some(key) = row else { return Ok(false) };
+        let Some(key) = row else { return Ok(None) };
         let cached = match &self.cache {
             Some(cache) => cache.get(&key).await,
             None => None,
@@ -434,7 +440,7 @@ impl Sessions {
                 None => None,
             },
         };
-        Ok(session.is_some_and(|s| !s.is_expired(now) && s.data.sid.as_str() == sid && s.data.sub == sub))
+        Ok(session.filter(|s| !s.is_expired(now) && s.data.sid.as_str() == sid && s.data.sub == sub))
     }
 
     /// The row key of `sub`'s live session whose `sid` is `sid`, through the per-user index. A row this instance

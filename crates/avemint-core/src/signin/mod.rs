@@ -47,6 +47,12 @@ pub enum SignInError {
     ProviderError,
     #[error("Ave rejected the authorization code (`{0}`)")]
     CodeRejected(String),
+    /// A misconfiguration, not the user's doing: Ave refused avemint itself at the token endpoint.
+    #[error(
+        "Ave rejected avemint's client credentials (`{0}`): check AVE_CLIENT_ID and AVE_CLIENT_SECRET against the app \
+         registered at Ave"
+    )]
+    ClientRejected(String),
     #[error("Ave returned no id_token")]
     NoIdToken,
     #[error(transparent)]
@@ -85,6 +91,27 @@ pub(crate) fn s256_challenge(verifier: &str) -> String {
     ))
 }
 
+/// What Ave's sign-in page is asked to do besides signing in (its `prompt` parameter, `docs/ave-protocol.md` §1.1).
+/// Only the two values Ave acts on: `none` and `login` are no-ops there (no silent-authentication error, no forced
+/// re-authentication), so a sign-in never promises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompt {
+    /// Ave shows its account choice instead of pre-selecting the identity used last (switching accounts).
+    SelectAccount,
+    /// Ave shows the consent screen even for an app the user already approved.
+    Consent,
+}
+
+impl Prompt {
+    /// The parameter's value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prompt::SelectAccount => "select_account",
+            Prompt::Consent => "consent",
+        }
+    }
+}
+
 /// How a completed callback ended (failures are `SignInError`s).
 pub enum Completed {
     /// Signed in: `session` is stored (its cookie value is for the browser only).
@@ -99,8 +126,13 @@ pub enum Completed {
 }
 
 impl SignIn<'_> {
-    /// Begins a sign-in: fresh state, nonce and PKCE verifier.
-    pub async fn start(&self, return_to: ReturnPath, now: UnixTime) -> Result<Started, AveError> {
+    /// Begins a sign-in: fresh state, nonce and PKCE verifier; `prompt`, when given, is passed on to Ave.
+    pub async fn start(
+        &self,
+        return_to: ReturnPath,
+        prompt: Option<Prompt>,
+        now: UnixTime,
+    ) -> Result<Started, AveError> {
         let meta = self.ave.metadata().await?;
         let pending = PendingLogin {
             state: random_token(),
@@ -121,6 +153,9 @@ impl SignIn<'_> {
             .append_pair("nonce", pending.nonce.expose())
             .append_pair("code_challenge", &s256_challenge(pending.verifier.expose()))
             .append_pair("code_challenge_method", "S256");
+        if let Some(prompt) = prompt {
+            url.query_pairs_mut().append_pair("prompt", prompt.as_str());
+        }
         Ok(Started {
             authorize_url: url.into(),
             pending,
@@ -221,6 +256,10 @@ async fn finish(
         .exchange_code(code, pending.verifier.expose(), redirect_uri)
         .await
         .map_err(|e| match e {
+            // docs/ave-protocol.md §2.1: `invalid_client` is an unknown client id or a wrong secret.
+            AveError::OAuth { code, .. } if matches!(code.as_str(), "invalid_client" | "unauthorized_client") => {
+                SignInError::ClientRejected(code)
+            }
             AveError::OAuth { code, .. } => SignInError::CodeRejected(code),
             other => SignInError::Ave(other),
         })?;

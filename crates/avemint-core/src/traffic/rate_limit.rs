@@ -425,6 +425,8 @@ pub enum CredentialEndpoint {
     Introspect,
     /// The admin API (`AVEMINT_ADMIN_TOKEN`).
     Admin,
+    /// `POST /oauth/token` (a profile's client or exchange secret, and refused subject tokens).
+    Token,
 }
 
 impl CredentialEndpoint {
@@ -433,6 +435,7 @@ impl CredentialEndpoint {
         match self {
             CredentialEndpoint::Introspect => "introspect",
             CredentialEndpoint::Admin => "admin",
+            CredentialEndpoint::Token => "token",
         }
     }
 }

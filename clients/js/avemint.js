@@ -1,7 +1,13 @@
 // avemint.js: a tiny, dependency-free helper for single-page apps signed in with avemint.
-// Served by avemint at /avemint.js. Import it as an ES module:
+// The npm package `avemint` (clients/js/ in avemint's repository, TypeScript declarations in avemint.d.ts, a React
+// entry `avemint/react`), and served by avemint at /avemint.js from this very file. Import it as an ES module:
 //
-//   import { apiFetch, getToken, fetchWithToken } from '/avemint.js';
+//   import { getUser, signIn, signOut, apiFetch } from 'avemint';        // bundled (Vite, webpack, ...)
+//   import { getUser, signIn, signOut, apiFetch } from '/avemint.js';    // or straight from avemint's origin
+//
+// getUser() resolves to the signed-in user or null, quietly: no redirect, no logged-out event, no 401 in the
+// console (`GET /auth/session?optional=1`). signIn({ returnTo, prompt }) goes to avemint's /auth/login (and on to Ave;
+// `prompt: 'select_account'` lets the user pick another account); signOut({ scope }) ends the session.
 //
 // getToken({ audience }) (or getToken({ profile })) returns an app JWT for the signed-in user. It is cached until shortly before it
 // expires, concurrent calls share one request, and the request carries the session cookie
@@ -15,7 +21,7 @@
 // origin only, with the session cookie and `X-CSRF: 1`; avemint attaches the app JWT on the server, so the page
 // never holds a token. `login_required` runs the same handler as getToken.
 //
-// sessions(), endSession(id) and logout({ scope }) list and end the user's sessions. The event
+// sessions(), endSession(id) and signOut({ scope }) (also called logout) list and end the user's sessions. The event
 // `avemint:logged-out` (a CustomEvent, `detail.reason`: 'login_required' | 'logout' | 'expired') is dispatched on
 // the exported `events` EventTarget and, in a browser, on `window`; watchSession() fires it when the session's
 // `expires_in` runs out. Every logged-out event is told to the page's other tabs over the BroadcastChannel
@@ -75,8 +81,27 @@ export function configure({ base, onLoginRequired } = {}) {
 
 /** The default `login_required` handler: sign in, then come back to the current page. */
 export function redirectToLogin() {
-  const here = location.pathname + location.search + location.hash;
-  location.assign(`${settings.base}/auth/login?return_to=${encodeURIComponent(here)}`);
+  signIn();
+}
+
+/** The `prompt` values signIn passes on to Ave (avemint's `GET /auth/login?prompt=` accepts these only). */
+export const PROMPTS = Object.freeze(['select_account', 'consent']);
+
+/**
+ * Signs in: navigates to avemint's `/auth/login`, which sends the browser on to Ave and, once signed in, back to
+ * `returnTo` (a path on avemint's origin; default: the current page). `prompt`: 'select_account' makes Ave show its
+ * account choice instead of signing in again as the identity used last (switching accounts); 'consent' shows
+ * the consent screen again. Another `prompt` is a TypeError and nothing happens.
+ */
+export function signIn({ returnTo, prompt } = {}) {
+  if (prompt !== undefined && prompt !== null && !PROMPTS.includes(prompt)) {
+    throw new TypeError(`unknown sign-in prompt: ${prompt} (one of ${PROMPTS.join(', ')})`);
+  }
+  const back = returnTo === undefined || returnTo === null ? location.pathname + location.search + location.hash : returnTo;
+  if (typeof back !== 'string') throw new TypeError('signIn takes returnTo as a path on avemint\'s origin');
+  let url = `${settings.base}/auth/login?return_to=${encodeURIComponent(back)}`;
+  if (prompt) url += `&prompt=${encodeURIComponent(prompt)}`;
+  location.assign(url);
 }
 
 /** Forgets every cached token (call it after signing out). */
@@ -287,8 +312,13 @@ export async function endSession(id) {
 /**
  * Signs out (`POST /auth/logout`). `scope`: 'this' (default) ends this session, 'others' ends the user's other
  * sessions and keeps this one, 'all' ends every one. 'this' and 'all' then log out every tab:
- * `avemint:logged-out` with reason 'logout'. (The default login handler does not run.)
+ * `avemint:logged-out` with reason 'logout'. (The default login handler does not run.) The same as logout().
  */
+export function signOut({ scope = 'this' } = {}) {
+  return logout({ scope });
+}
+
+/** signOut's first name, kept for pages written before it. */
 export async function logout({ scope = 'this' } = {}) {
   if (!['this', 'others', 'all'].includes(scope)) throw new TypeError(`unknown logout scope: ${scope}`);
   const body = scope === 'this' ? undefined : { scope };
@@ -303,6 +333,33 @@ export async function logout({ scope = 'this' } = {}) {
 /** The signed-in user and the session's `expires_at` / `expires_in`, from `GET /auth/session`. */
 export async function session() {
   return jsonOf(await authCall('GET', '/auth/session'));
+}
+
+/**
+ * The signed-in user (`{ sub, name?, preferred_username?, email?, picture?, expires_at, expires_in }`), or null when
+ * nobody is signed in: `GET /auth/session?optional=1`, which avemint answers 200 `{"authenticated": false}` without
+ * a session, so a public page can ask "am I signed in?" quietly: no redirect, no login handler, no logged-out event,
+ * no 401 in the console. Rejects with TokenError only when avemint cannot answer (e.g. 503).
+ */
+export async function getUser() {
+  const response = await fetch(`${settings.base}/auth/session?optional=1`, {
+    method: 'GET',
+    credentials: 'include',
+    headers: { 'X-CSRF': '1' },
+  });
+  const body = await jsonOf(response);
+  if (response.ok) {
+    if (body && body.authenticated === false) return null;
+    if (body && typeof body.sub === 'string') {
+      const { authenticated, ...user } = body;
+      return user;
+    }
+    throw new TokenError(response.status, 'invalid_response', 'no user in the answer of /auth/session');
+  }
+  const { error, description } = errorOf(body);
+  // An avemint that predates `optional=1` answers 401 instead: still signed out, still quiet.
+  if (error === 'login_required') return null;
+  throw new TokenError(response.status, error, description);
 }
 
 /** Timers cannot wait longer than this (about 24.8 days). */

@@ -1,5 +1,5 @@
-// Tests for src/http/assets/avemint.js with Node's built-in test runner (`node --test`), run by
-// tests/spa_helper.rs. `fetch` and `location` are replaced by recording stubs; nothing else is faked.
+// Tests for avemint.js (the package's main entry, served by avemint at /avemint.js) with Node's built-in test runner
+// (`node --test`, `npm test`), run by tests/spa_helper.rs. `fetch` and `location` are replaced by recording stubs; nothing else is faked.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -21,10 +21,14 @@ import {
   events,
   CHANNEL_NAME,
   LOGGED_OUT_EVENT,
-} from '../../src/http/assets/avemint.js';
+  getUser,
+  signIn,
+  signOut,
+  PROMPTS,
+} from '../avemint.js';
 
 // A second, independent instance of the module: another "tab" (its own token cache and BroadcastChannel).
-const tab2 = await import('../../src/http/assets/avemint.js?tab=2');
+const tab2 = await import('../avemint.js?tab=2');
 
 let calls;
 let handlers;
@@ -544,4 +548,119 @@ test('cross-tab: a message that is not a logged-out event with a known reason is
     rec.stop();
     spy.close();
   }
+});
+
+// ---- getUser, signIn, signOut ----
+
+const ada = { sub: 'u-ada', name: 'Ada', email: 'ada@example.com', expires_at: 1796162862, expires_in: 3600 };
+
+test('getUser asks GET /auth/session?optional=1 with X-CSRF and credentials and returns the user', async () => {
+  handlers.push(() => json(200, { authenticated: true, ...ada }));
+  assert.deepEqual(await getUser(), ada, 'the user, without the authenticated flag');
+  assert.equal(calls.length, 1);
+  const { url, init } = calls[0];
+  assert.equal(url, '/auth/session?optional=1');
+  assert.equal(init.method, 'GET');
+  assert.equal(init.credentials, 'include');
+  assert.equal(init.headers['X-CSRF'], '1');
+  assert.equal(init.body, undefined);
+});
+
+test('getUser signed out resolves to null quietly: no redirect, no handler, no event, no broadcast', async () => {
+  // Channel messages the tests above posted are still being delivered to this module: let them arrive first.
+  await new Promise((r) => setTimeout(r, 20));
+  let called = 0;
+  configure({ onLoginRequired: () => called++ });
+  const spy = new BroadcastChannel(CHANNEL_NAME);
+  const messages = [];
+  spy.onmessage = ({ data }) => messages.push(data);
+  const here = recordEvents(events);
+  const there = recordEvents(tab2.events);
+  try {
+    handlers.push(() => json(200, { authenticated: false }));
+    assert.equal(await getUser(), null);
+    // An avemint without `optional=1` answers 401 login_required: still null, still quiet.
+    handlers.push(() => json(401, { error: 'login_required', error_description: 'no valid session' }));
+    assert.equal(await getUser(), null);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(called, 0);
+    assert.deepEqual(navigations, []);
+    assert.equal(here.seen.length, 0);
+    assert.equal(there.seen.length, 0);
+    assert.deepEqual(messages, []);
+  } finally {
+    here.stop();
+    there.stop();
+    spy.close();
+  }
+});
+
+test('getUser keeps cached tokens when signed out (it changes nothing) and uses a configured base', async () => {
+  handlers.push(() => tokenResponse('kept'));
+  await getToken();
+  handlers.push(() => json(200, { authenticated: false }));
+  assert.equal(await getUser(), null);
+  assert.equal(await getToken(), 'kept');
+  configure({ base: 'https://auth.example.com/' });
+  handlers.push(() => json(200, { authenticated: false }));
+  await getUser();
+  assert.equal(calls.at(-1).url, 'https://auth.example.com/auth/session?optional=1');
+});
+
+test('getUser rejects with TokenError when avemint cannot answer or answers nonsense', async () => {
+  handlers.push(() => json(503, { error: 'temporarily_unavailable', error_description: 'store down' }));
+  await assert.rejects(getUser(), (e) => e instanceof TokenError && e.status === 503 && e.error === 'temporarily_unavailable');
+  handlers.push(() => json(403, { error: 'invalid_request', error_description: 'cross-origin' }));
+  await assert.rejects(getUser(), (e) => e instanceof TokenError && e.status === 403);
+  handlers.push(() => json(200, { hello: 'world' }));
+  await assert.rejects(getUser(), (e) => e instanceof TokenError && e.error === 'invalid_response');
+  handlers.push(() => new Response('<html>', { status: 200, headers: { 'Content-Type': 'text/html' } }));
+  await assert.rejects(getUser(), (e) => e instanceof TokenError && e.error === 'invalid_response');
+  assert.deepEqual(navigations, []);
+});
+
+test('signIn navigates to /auth/login with the current page, or returnTo, and the prompt', () => {
+  signIn();
+  signIn({ returnTo: '/orders?id=7#top' });
+  signIn({ returnTo: '/', prompt: 'select_account' });
+  signIn({ prompt: 'consent' });
+  configure({ base: 'https://auth.example.com' });
+  signIn({ returnTo: '/a b' });
+  assert.deepEqual(navigations, [
+    '/auth/login?return_to=' + encodeURIComponent('/app/page?tab=2#x'),
+    '/auth/login?return_to=' + encodeURIComponent('/orders?id=7#top'),
+    '/auth/login?return_to=%2F&prompt=select_account',
+    '/auth/login?return_to=' + encodeURIComponent('/app/page?tab=2#x') + '&prompt=consent',
+    'https://auth.example.com/auth/login?return_to=%2Fa%20b',
+  ]);
+  assert.deepEqual(PROMPTS, ['select_account', 'consent']);
+});
+
+test('signIn refuses an unknown prompt or a returnTo that is not a string, and goes nowhere', () => {
+  for (const prompt of ['none', 'login', 'select_account consent', '', 'SELECT_ACCOUNT']) {
+    assert.throws(() => signIn({ prompt }), TypeError, prompt);
+  }
+  assert.throws(() => signIn({ returnTo: 42 }), TypeError);
+  assert.throws(() => signIn({ returnTo: { path: '/' } }), TypeError);
+  assert.deepEqual(navigations, []);
+});
+
+test('signOut is logout: POST /auth/logout, scopes, the logged-out event, an unknown scope refused', async () => {
+  const rec = recordEvents(events);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await signOut();
+  assert.equal(calls[0].url, '/auth/logout');
+  assert.equal(calls[0].init.method, 'POST');
+  assert.equal(calls[0].init.headers['X-CSRF'], '1');
+  assert.equal(calls[0].init.body, undefined);
+  handlers.push(() => new Response(null, { status: 204 }));
+  await signOut({ scope: 'others' });
+  assert.deepEqual(JSON.parse(calls[1].init.body), { scope: 'others' });
+  handlers.push(() => new Response(null, { status: 204 }));
+  await signOut({ scope: 'all' });
+  assert.deepEqual(JSON.parse(calls[2].init.body), { scope: 'all' });
+  await assert.rejects(signOut({ scope: 'everyone' }), TypeError);
+  assert.equal(calls.length, 3);
+  rec.stop();
+  assert.deepEqual(rec.seen.map((e) => e.detail.reason), ['logout', 'logout']);
 });
