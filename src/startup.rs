@@ -123,6 +123,7 @@ impl Restart {
             ),
             ("max_websockets*", format!("{:?}", s.websockets)),
             ("admin API (admin_*)", format!("{:?}", s.admin)),
+            ("token service ([exchange] ave_client_ids)", format!("{:?}", s.exchange)),
         ];
         seen.push(("max_token_bytes", s.token.max_token_bytes().to_string()));
         Self(seen)

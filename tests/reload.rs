@@ -363,7 +363,7 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
 
     // A new route with a new profile, the old route gone, and a setting only a restart applies.
     let second = format!(
-        "session_idle_timeout = 600\n{profiles}[[profiles]]\nname = \"billing\"\naudience = \"billing-api\"\n\
+        "session_idle_timeout = 600\n[exchange]\nave_client_ids = [\"native-app\"]\n{profiles}[[profiles]]\nname = \"billing\"\naudience = \"billing-api\"\n\
          [[routes]]\npath = \"/api/billing\"\nupstream = \"{}/billing\"\nprofile = \"billing\"\n",
         upstream.base
     );
@@ -376,6 +376,7 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
     );
     let text = wait_for_log(&log, "apply only at the next restart", 1).await;
     assert!(text.contains("sessions (session_*)"), "{text}");
+    assert!(text.contains("token service ([exchange] ave_client_ids)"), "{text}");
     let answer = browser.send(call("/api/billing/x")).await;
     assert_eq!(answer.status(), 200, "the new route");
     let body: serde_json::Value = answer.json().await.expect("json");
