@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use avemint_core::proxy::RouteSettings;
+use avemint_core::proxy::{RequiredClaims, RouteAuth, RouteSettings};
 use avemint_core::proxy::readings::escape;
 use avemint_core::proxy::settings::check_rest;
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +26,8 @@ fuzz_target!(|data: &[u8]| {
         max_message_bytes: 1024,
         allow_http: false,
         strip_cookies: false,
+        auth: RouteAuth::Required,
+        require_claims: RequiredClaims::default(),
     };
     let accepted = check_rest(&rest).is_ok();
     let Ok(url) = route.target(&rest, Some("q=1")) else {
