@@ -1,9 +1,10 @@
-//! Each component's settings, read through the loader in README order: Ave, the listeners, the store and sessions,
+//! Each component's settings, read through the loader in the order of
+//! docs/configuration.md: Ave, the listeners, the store and sessions,
 //! signing keys, the browser-facing security settings, proxy mode's routes and the admin API (token profiles:
 //! `token`).
 //!
 //! Why its own module: the one table of every setting's names, default and parser; adding a setting is one line
-//! here (and its README row).
+//! here (and its row in docs/configuration.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use avemint_core::session::{
 use avemint_core::traffic::client_ip::TrustedProxies;
 use avemint_core::traffic::rate_limit::RateLimit;
 
-/// The settings of each component, in README order.
+/// The settings of each component, in the order of docs/configuration.md.
 impl Loader<'_> {
     #[rustfmt::skip] // one line per setting: kept as a table
     pub(super) fn settings(&mut self) -> Option<Settings> {

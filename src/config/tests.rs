@@ -662,19 +662,19 @@ fn token_service_settings_load_and_bad_ones_are_refused_one_line_each() {
     }
 }
 
-/// The README's token-service configuration loads as it says (its secret files made in a temporary directory).
+/// docs/token-service.md's configuration loads as it says (its secret files made in a temporary directory).
 #[test]
-fn the_readme_token_service_config_loads() {
-    let readme = include_str!("../../README.md");
+fn the_documented_token_service_config_loads() {
+    let readme = include_str!("../../docs/token-service.md");
     let marker = "<!-- token service config: src/config/tests.rs loads exactly this block -->\n```toml\n";
-    let start = readme.find(marker).expect("marker in README") + marker.len();
+    let start = readme.find(marker).expect("marker in docs/token-service.md") + marker.len();
     let block = &readme[start..start + readme[start..].find("```").expect("block end")];
     let dir = tempfile::tempdir().expect("tempdir");
     for file in ["web_exchange", "reports_job"] {
         std::fs::write(dir.path().join(file), "0123456789abcdef0123456789abcdef\n").expect("secret file");
     }
     let toml = block.replace("/run/secrets/", &format!("{}/", dir.path().display()));
-    let s = load_file(&toml, &[]).expect("the README's config loads");
+    let s = load_file(&toml, &[]).expect("the documented config loads");
     assert_eq!(s.exchange.ave_client_ids, ["app_0123456789abcdef0123456789abcdef"]);
     let p = s.token.profiles();
     assert_eq!(
