@@ -218,7 +218,7 @@ impl Loader<'_> {
 /// Proxy mode's routes: `AVEMINT_ROUTES` (a JSON array) or the file's `[[routes]]`; the environment wins.
 impl Loader<'_> {
     pub(super) fn routes(&mut self, token: Option<&TokenSettings>) -> Routes {
-        let file = self.file.remove("routes");
+        let file = self.take("routes");
         let (origin, specs) = match (self.env.var("AVEMINT_ROUTES"), file) {
             (Some(json), _) => (
                 "AVEMINT_ROUTES",
@@ -246,7 +246,7 @@ impl Loader<'_> {
 /// `AVEMINT_SPA_ROOT`, `AVEMINT_SPA_UPSTREAM`, `AVEMINT_SPA_CSP`; the environment wins, key by key.
 impl Loader<'_> {
     pub(super) fn spa(&mut self) -> SpaSettings {
-        let mut table = match self.file.remove("spa") {
+        let mut table = match self.take("spa") {
             None => toml::Table::new(),
             Some(toml::Value::Table(table)) => table,
             Some(_) => {
@@ -255,6 +255,8 @@ impl Loader<'_> {
             }
         };
         let mut pick = |l: &mut Self, env_name: &str, key: &str| -> Option<Sourced> {
+            #[cfg(test)]
+            l.asked.insert(format!("spa.{key}"));
             let file = match table.remove(key) {
                 Some(toml::Value::String(v)) => Some(v),
                 Some(_) => {

@@ -118,6 +118,8 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         errors: Vec::new(),
         defaults: Vec::new(),
         has_file: true,
+        #[cfg(test)]
+        asked: Default::default(),
     };
     let _ = rest.settings();
     l.file = rest.file;
