@@ -12,7 +12,8 @@
 #    cookies) on the ES256 server and the same on the EdDSA server, 64 connections,
 #    alternating for LOAD_ROUNDS rounds. Each round also measures the issue's
 #    reference points in a third process on CPU 0 (`loadbench_server reference`):
-#    a trivial poem endpoint and a minimal hand-written ES256 signing endpoint.
+#    a trivial poem endpoint and a minimal hand-written ES256 signing endpoint; and, with node and npm, the
+#    Node + jose peer (bench/peers/node-token: the same token job in Node), pinned to CPU 0 too.
 #    Prints each round, then medians of requests/s, p50/p99, the token/jwks ratio,
 #    the EdDSA/ES256 ratio and where avemint stands against the references.
 # 2. Stored sessions: 100,000 sessions written through avemint::session::Sessions
@@ -31,7 +32,8 @@
 #    worker, keep-alive upstream, no access log; pinned to SERVER_CPU) and (c)
 #    through avemint's proxied route /api with signed-in sessions (rotating
 #    session cookies, X-CSRF: 1; pinned to SERVER_CPU), alternating for
-#    LOAD_ROUNDS rounds. Reports avemint/nginx req/s, avemint's added p50/p99
+#    LOAD_ROUNDS rounds, and (d) through Caddy's reverse_proxy (Debian's caddy, GOMAXPROCS=1, pinned to
+#    SERVER_CPU). Reports avemint/nginx and avemint/caddy req/s, CPU time per request, avemint's added p50/p99
 #    over the direct fetch, and avemint's resident memory (VmRSS sampled every
 #    0.1 s) while curl downloads LOAD_DOWNLOAD_BYTES (1 GiB) through the proxy.
 #
@@ -39,7 +41,7 @@
 # LOAD_ROUNDS (3), LOAD_STORED_SECONDS (15), LOAD_CONNECTIONS (64),
 # LOAD_SESSIONS (64), LOAD_STORED_SESSIONS (100000), LOAD_PG_SESSIONS (20000),
 # LOAD_DATABASE_URL, LOAD_SERVER_CPU (0), LOAD_CLIENT_CPU (1), LOAD_UPSTREAM_CPU
-# (the client's), LOAD_NGINX_PORT (18089), LOAD_DOWNLOAD_BYTES (1073741824).
+# (the client's), LOAD_NGINX_PORT (18089), LOAD_CADDY_PORT (18090), LOAD_DOWNLOAD_BYTES (1073741824).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +57,7 @@ SERVER_CPU=${LOAD_SERVER_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
 UPSTREAM_CPU=${LOAD_UPSTREAM_CPU:-$CLIENT_CPU}
 NGINX_PORT=${LOAD_NGINX_PORT:-18089}
+CADDY_PORT=${LOAD_CADDY_PORT:-18090}
 DOWNLOAD_BYTES=${LOAD_DOWNLOAD_BYTES:-1073741824}
 WARMUP=3
 PROXY_ONLY=0
@@ -119,7 +122,7 @@ start_server() {
   local name=$1
   shift
   : >"$WORK/$name.out"
-  taskset -c "${START_CPU:-$SERVER_CPU}" "$BIN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  taskset -c "${START_CPU:-$SERVER_CPU}" "${START_BIN:-$BIN}" "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
   PIDS[$name]=$!
   for _ in $(seq 1 600); do
     if grep -q '^signed_in=' "$WORK/$name.out"; then
@@ -206,6 +209,16 @@ start_server es256 serve --sessions "$SESSIONS" --cookies "$WORK/cookies-es256.t
 start_server eddsa serve --sessions "$SESSIONS" --cookies "$WORK/cookies-eddsa.txt" --alg EdDSA
 start_server reference reference
 ES_URL=${URLS[es256]} ED_URL=${URLS[eddsa]} REF_URL=${URLS[reference]}
+# The Node + jose peer (bench/peers/node-token): the same token job in Node, its dependency installed with npm.
+NODE_URL=""
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+  (cd bench/peers/node-token && npm install --no-audit --no-fund --silent >/dev/null 2>&1); then
+  START_BIN=node start_server nodepeer bench/peers/node-token/server.mjs --sessions "$SESSIONS" --cookies "$WORK/cookies-node.txt"
+  NODE_URL=${URLS[nodepeer]}
+  COOKIES="$WORK/cookies-node.txt" run_wrk warm-node "$WARMUP" "$NODE_URL/auth/token" bench/token.lua
+else
+  echo "(node and npm not found: the Node + jose peer is skipped)"
+fi
 run_wrk warm-jwks "$WARMUP" "$ES_URL/.well-known/jwks.json"
 COOKIES="$WORK/cookies-es256.txt" run_wrk warm-token "$WARMUP" "$ES_URL/auth/token" bench/token.lua
 COOKIES="$WORK/cookies-eddsa.txt" run_wrk warm-eddsa "$WARMUP" "$ED_URL/auth/token" bench/token.lua
@@ -223,7 +236,14 @@ for round in $(seq 1 "$ROUNDS"); do
   RT=$RPS
   run_wrk "sign-$round" "$DURATION" "$REF_URL/sign" bench/post.lua
   RS=$RPS
-  echo "$round $JR $JP50 $JP99 $TR $TP50 $TP99 $ER $EP50 $EP99 $RT $RS" >>"$WORK/rounds.txt"
+  NR=0 NP99=0
+  if [[ -n "$NODE_URL" ]]; then
+    COOKIES="$WORK/cookies-node.txt" run_wrk "node-$round" "$DURATION" "$NODE_URL/auth/token" bench/token.lua
+    NR=$RPS NP99=$P99
+    awk -v r="$round" -v t="$TR" -v n="$NR" -v np="$NP99" 'BEGIN {
+      printf "round %d: Node + jose peer %d req/s (p99 %s ms); avemint token (ES256) %.2fx the peer\n", r, n, np, t / n }'
+  fi
+  echo "$round $JR $JP50 $JP99 $TR $TP50 $TP99 $ER $EP50 $EP99 $RT $RS $NR $NP99" >>"$WORK/rounds.txt"
   awk -v r="$round" -v j="$JR" -v t="$TR" -v e="$ER" -v tp="$TP99" 'BEGIN {
     printf "round %d: jwks %d req/s, token ES256 %d req/s (p99 %s ms), EdDSA %d req/s; token/jwks %.1f%%, EdDSA/ES256 %.2fx\n",
       r, j, t, tp, e, 100 * t / j, e / t }'
@@ -253,6 +273,11 @@ echo "EdDSA/ES256 ratio: ${ED_RATIO}x (target >= 1.3x)"
 printf '%-34s %10s\n' "reference: GET /trivial (poem)" "$TRIVIAL_RPS"
 printf '%-34s %10s\n' "reference: POST /sign (ES256)" "$SIGN_RPS"
 echo "reference: minimal signer / trivial endpoint: ${REF_RATIO}%; avemint jwks = ${JWKS_OF_TRIVIAL}% of the trivial endpoint, avemint token (ES256) = ${TOKEN_OF_SIGN}% of the minimal signer"
+if [[ -n "$NODE_URL" ]]; then
+  printf '%-34s %10s %10s %10s\n' "peer: Node + jose POST /auth/token" "$(median '$13')" "" "$(median '$14')"
+  echo "avemint token (ES256) / Node + jose peer: $(median '$5 / $13' | awk '{ printf "%.2f", $1 }')x (target >= 2.5x; rounds: $(awk '{ printf "%.2f ", $5 / $13 }' "$WORK/rounds.txt"))"
+fi
+echo "avemint token (ES256) / minimal signer: $(median '$5 / $12' | awk '{ printf "%.2f", $1 }')x (target >= 0.95x); token p99 ${TOKEN_P99} ms (target <= 5 ms)"
 echo "server RSS after the hot-path run: ${HOT_RSS} MiB"
 
 # --- 2. stored sessions ------------------------------------------------------
@@ -339,6 +364,28 @@ CONF
 taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr.log" &
 PIDS[nginx]=$!
 NG_URL="http://127.0.0.1:$NGINX_PORT"
+
+# Caddy's reverse_proxy (Go's HTTP stack, the one oauth2-proxy is built on) on one core: GOMAXPROCS=1, no admin
+# endpoint, no automatic HTTPS, no access log (Caddy's default).
+CADDY_URL=""
+if apt_install caddy caddy 2>/dev/null && command -v caddy >/dev/null 2>&1; then
+  mkdir -p "$WORK/caddy"
+  cat >"$WORK/caddy/Caddyfile" <<CONF
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$CADDY_PORT {
+  reverse_proxy ${UP_URL#http://}
+}
+CONF
+  GOMAXPROCS=1 XDG_DATA_HOME="$WORK/caddy" XDG_CONFIG_HOME="$WORK/caddy" taskset -c "$SERVER_CPU" \
+    caddy run --config "$WORK/caddy/Caddyfile" --adapter caddyfile >"$WORK/caddy/stdout.log" 2>"$WORK/caddy/stderr.log" &
+  PIDS[caddy]=$!
+  CADDY_URL="http://127.0.0.1:$CADDY_PORT"
+else
+  echo "(Debian's caddy could not be installed: the Caddy reference is skipped)"
+fi
 COOKIE=$(head -1 "$WORK/cookies-proxy.txt")
 for _ in $(seq 1 100); do
   curl -fso /dev/null "$NG_URL/item" && break
@@ -348,6 +395,14 @@ done
 DIRECT_BODY=$(curl -fsS "$UP_URL/item")
 NGINX_BODY=$(curl -fsS "$NG_URL/item") || { echo "nginx did not answer:" >&2; cat "$WORK/nginx/stderr.log" "$WORK/nginx/logs/error.log" >&2; exit 1; }
 AVEMINT_BODY=$(curl -fsS -H "Cookie: __Host-avemint=$COOKIE" -H 'X-CSRF: 1' "$AV_URL/api/item")
+if [[ -n "$CADDY_URL" ]]; then
+  for _ in $(seq 1 100); do
+    curl -fso /dev/null "$CADDY_URL/item" && break
+    sleep 0.1
+  done
+  CADDY_BODY=$(curl -fsS "$CADDY_URL/item") || { echo "caddy did not answer:" >&2; cat "$WORK/caddy/stderr.log" >&2; exit 1; }
+  [[ "$CADDY_BODY" == "$DIRECT_BODY" ]] || { echo "caddy answers '$CADDY_BODY', not '$DIRECT_BODY'" >&2; exit 1; }
+fi
 if [[ "$NGINX_BODY" != "$DIRECT_BODY" || "$AVEMINT_BODY" != "$DIRECT_BODY" ]]; then
   echo "the proxies answer differently: direct '$DIRECT_BODY', nginx '$NGINX_BODY', avemint '$AVEMINT_BODY'" >&2
   exit 1
@@ -358,6 +413,7 @@ ANON=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-CSRF: 1' "$AV_URL/api/item")
 run_wrk warm-direct "$WARMUP" "$UP_URL/item"
 run_wrk warm-nginx "$WARMUP" "$NG_URL/item"
 COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET run_wrk warm-avemint "$WARMUP" "$AV_URL/api/item" bench/token.lua
+[[ -n "$CADDY_URL" ]] && run_wrk warm-caddy "$WARMUP" "$CADDY_URL/item"
 : >"$WORK/proxy-rounds.txt"
 NGINX_PIDS=("${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}"))
 for round in $(seq 1 "$ROUNDS"); do
@@ -367,13 +423,21 @@ for round in $(seq 1 "$ROUNDS"); do
   NR=$RPS NP50=$P50 NP99=$P99 NC=$CPU_US
   COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET measure "avemint-$round" "$DURATION" "$AV_URL/api/item" bench/token.lua "${PIDS[proxy]}"
   AR=$RPS AP50=$P50 AP99=$P99 AC=$CPU_US
-  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC" >>"$WORK/proxy-rounds.txt"
+  CR=0 CP50=0 CP99=0 CC=0
+  if [[ -n "$CADDY_URL" ]]; then
+    measure "caddy-$round" "$DURATION" "$CADDY_URL/item" "" "${PIDS[caddy]}"
+    CR=$RPS CP50=$P50 CP99=$P99 CC=$CPU_US
+    awk -v r="$round" -v c="$CR" -v cp="$CP99" -v cc="$CC" -v a="$AR" 'BEGIN {
+      printf "round %d: caddy %d req/s (p99 %s ms, %s us CPU/request); avemint/caddy %.2f\n", r, c, cp, cc, a / c }'
+  fi
+  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC $CR $CP50 $CP99 $CC" >>"$WORK/proxy-rounds.txt"
   awk -v r="$round" -v d="$DR" -v n="$NR" -v a="$AR" -v np="$NP99" -v ap="$AP99" -v dp="$DP99" -v ap50="$AP50" -v dp50="$DP50" -v nc="$NC" -v ac="$AC" 'BEGIN {
     printf "round %d: direct %d req/s, nginx %d req/s (p99 %s ms, %s us CPU/request), avemint %d req/s (p99 %s ms, %s us CPU/request); avemint/nginx %.2f (by CPU time %.2f); avemint adds p50 %.2f ms, p99 %.2f ms over direct (p99 %s ms)\n",
       r, d, n, np, nc, a, ap, ac, a / n, nc / ac, ap50 - dp50, ap - dp, dp }'
 done
 PROXY_IDLE_RSS=$(rss_mib "${PIDS[proxy]}")
 stop_server nginx
+stop_server caddy
 
 # A streamed download through avemint: curl (on the client's CPU) to /dev/null, VmRSS sampled every 0.1 s.
 : >"$WORK/rss.txt"
@@ -399,8 +463,15 @@ printf '%-34s %10s %10s %10s %14s\n' "way" "req/s" "p50 ms" "p99 ms" "CPU us/req
 printf '%-34s %10s %10s %10s %14s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")" "$(median '$11' "$P")"
 printf '%-34s %10s %10s %10s %14s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")" "$(median '$12' "$P")"
 printf '%-34s %10s %10s %10s %14s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")" "$(median '$13' "$P")"
+if [[ -n "$CADDY_URL" ]]; then
+  printf '%-34s %10s %10s %10s %14s\n' "(d) caddy reverse_proxy (1 core)" "$(median '$14' "$P")" "$(median '$15' "$P")" "$(median '$16' "$P")" "$(median '$17' "$P")"
+fi
 echo "(CPU us/req: CPU time of the server under test, all its threads and processes, per request: for (a) the upstream)"
-echo "avemint/nginx: $(median '$8 / $5' "$P" | awk '{ printf "%.2f", $1 }') (target >= 0.6; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $5 }' "$P"))"
+echo "avemint/nginx: $(median '$8 / $5' "$P" | awk '{ printf "%.2f", $1 }') (target >= 0.8; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $5 }' "$P"))"
+echo "avemint p99 / nginx p99: $(median '$10 / $7' "$P" | awk '{ printf "%.2f", $1 }') (target <= 1.5)"
+if [[ -n "$CADDY_URL" ]]; then
+  echo "avemint/caddy: $(median '$8 / $14' "$P" | awk '{ printf "%.2f", $1 }') (target >= 1.0; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $14 }' "$P")); by CPU time per request: $(median '$17 / $13' "$P" | awk '{ printf "%.2f", $1 }')"
+fi
 echo "avemint/nginx by CPU time per request (requests per CPU-second): $(median '$12 / $13' "$P" | awk '{ printf "%.2f", $1 }') (per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $12 / $13 }' "$P"))"
 echo "avemint adds over the direct fetch: p50 $(median '$9 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$10 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms (target p99 <= 2 ms)"
 echo "nginx adds over the direct fetch: p50 $(median '$6 - $3' "$P" | awk '{ printf "%.2f", $1 }') ms, p99 $(median '$7 - $4' "$P" | awk '{ printf "%.2f", $1 }') ms"

@@ -41,3 +41,4 @@ per_request() {
 per_request jwks 1
 per_request token 2
 callgrind_annotate --inclusive=yes "$(ls "$WORK"/cg.*.2)" 2>/dev/null | grep -v '^$' | sed -n 20,110p
+[[ -n "${PROFILE_SAVE:-}" ]] && cp "$(ls "$WORK"/cg.*.2)" "$PROFILE_SAVE"

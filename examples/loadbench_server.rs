@@ -62,9 +62,13 @@ enum Command {
         /// Where to write the session cookie values (appended after `--db`'s own, if any).
         #[arg(long)]
         cookies: Option<PathBuf>,
-        /// SQLite file (default: a temporary one).
+        /// The store: an SQLite file or a database URL (default: a temporary SQLite file).
+        #[arg(long, value_parser = parse_store)]
+        db: Option<DatabaseUrl>,
+        /// After signing in, print what the sessions occupy in the store (`storage_*` lines) and exit
+        /// instead of serving (`bench/storage.sh`).
         #[arg(long)]
-        db: Option<PathBuf>,
+        measure_storage: bool,
         /// Port on 127.0.0.1 (default: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
@@ -131,6 +135,7 @@ fn main() -> Result<(), BoxError> {
             cache_ttl_ms,
             proxy_upstream,
             introspection_secret,
+            measure_storage,
         } => {
             let logs = avemint::telemetry::LogSettings::from_env("info")
                 .and_then(|logs| avemint::telemetry::init_stderr(&logs, avemint::telemetry::Tracing::Off));
@@ -152,6 +157,7 @@ fn main() -> Result<(), BoxError> {
                 Extras {
                     proxy_upstream,
                     introspection_secret,
+                    measure_storage,
                 },
             ))
         }
@@ -199,18 +205,21 @@ struct Extras {
     proxy_upstream: Option<String>,
     /// The default profile may introspect with this secret.
     introspection_secret: Option<String>,
+    /// Print the store's size per session after signing in, then exit.
+    measure_storage: bool,
 }
 
 async fn serve(
     sessions: usize,
     cookies: Option<PathBuf>,
-    db: Option<PathBuf>,
+    db: Option<DatabaseUrl>,
     port: u16,
     alg: Algorithm,
     renewal: RenewalSettings,
     Extras {
         proxy_upstream,
         introspection_secret,
+        measure_storage,
     }: Extras,
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
@@ -240,6 +249,8 @@ async fn serve(
         ("AVEMINT_LOGIN_RATE_LIMIT", "0".to_owned()),
         // All sessions are the emulator's first user's: none may end the others (`max_sessions_per_user`).
         ("AVEMINT_MAX_SESSIONS_PER_USER", "0".to_owned()),
+        // Signing in thousands of sessions (`bench/storage.sh`) must not wait for Ave's token budget.
+        ("AVEMINT_AVE_TOKEN_BUDGET", "10000".to_owned()),
     ]
     .into_iter()
     .chain(proxy_upstream.map(|url| ("AVEMINT_ROUTES", json!([{"path": "/api", "upstream": url}]).to_string())))
@@ -261,11 +272,12 @@ async fn serve(
         None => None,
     };
     let mut settings = Settings::load(config.as_deref(), &env)?;
-    settings.store.database_url = database_url(&db.unwrap_or_else(|| dir.path().join("avemint.db")));
+    settings.store.database_url = db.unwrap_or_else(|| database_url(&dir.path().join("avemint.db")));
     settings.keys.dir = dir.path().join("keys");
     settings.keys.policy.algorithm = alg;
     settings.renewal = renewal;
 
+    let settings_url = settings.store.database_url.clone();
     let started = Instant::now();
     let app = Application::with_listener(settings, Mode::Serve, listener).await?;
     let server = tokio::spawn(app.run_until(shutdown_signal()));
@@ -296,6 +308,13 @@ async fn serve(
     println!("healthy_ms={healthy_ms:.1}");
     println!("ready_ms={ready_ms:.1}");
     println!("signed_in={sessions}");
+    if measure_storage {
+        storage_figures(&settings_url, sessions).await?;
+        std::io::stdout().flush()?;
+        server.abort();
+        emulator.shutdown().await;
+        return Ok(());
+    }
     std::io::stdout().flush()?;
     server.await??;
     emulator.shutdown().await;
@@ -447,6 +466,59 @@ async fn sign_in(http: &reqwest::Client, address: &str) -> Result<String, BoxErr
         return Err(format!("callback answered {}", callback.status()).into());
     }
     Ok(set_cookie_value(&callback, "__Host-avemint").ok_or("no session cookie")?)
+}
+
+/// Prints what `sessions` signed-in sessions occupy in the store at `url`, per session: the average sealed record
+/// (`storage_record_bytes`), the `sessions` table with its indexes (`storage_sessions_bytes`), and the whole
+/// database (`storage_total_bytes`: the SQLite file after a WAL checkpoint, or every relation of the PostgreSQL
+/// schema, with TOAST and indexes).
+async fn storage_figures(url: &DatabaseUrl, sessions: usize) -> Result<(), BoxError> {
+    let n = sessions.max(1) as f64;
+    let (record, table, total, page) = match url {
+        DatabaseUrl::Sqlite(u) => {
+            let pool = sqlx::SqlitePool::connect(u).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&pool).await?;
+            let record: f64 = sqlx::query_scalar("SELECT CAST(AVG(LENGTH(sealed)) AS REAL) FROM sessions")
+                .fetch_one(&pool)
+                .await?;
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&pool).await?;
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&pool).await?;
+            let table: i64 = sqlx::query_scalar(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name IN \
+                 (SELECT name FROM sqlite_master WHERE tbl_name = 'sessions')",
+            )
+            .fetch_one(&pool)
+            .await?;
+            pool.close().await;
+            (record, table, page * pages, page)
+        }
+        DatabaseUrl::Postgres(u) => {
+            let pool = sqlx::PgPool::connect(u.expose()).await?;
+            let record: f64 = sqlx::query_scalar("SELECT AVG(LENGTH(sealed))::float8 FROM sessions")
+                .fetch_one(&pool)
+                .await?;
+            let table: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('sessions')")
+                .fetch_one(&pool)
+                .await?;
+            let total: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+                 JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = current_schema() AND c.relkind = 'r'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            let page: i64 = sqlx::query_scalar("SELECT current_setting('block_size')::bigint")
+                .fetch_one(&pool)
+                .await?;
+            pool.close().await;
+            (record, table, total, page)
+        }
+    };
+    println!("storage_sessions={sessions}");
+    println!("storage_page_size={page}");
+    println!("storage_record_bytes={record:.0}");
+    println!("storage_sessions_bytes={:.0}", table as f64 / n);
+    println!("storage_total_bytes={:.0}", total as f64 / n);
+    Ok(())
 }
 
 /// A session record shaped like one from a real sign-in (sizes of Ave's tokens included).

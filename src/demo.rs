@@ -152,7 +152,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
 
 /// `avemint dev`: `serve` with the configuration of `config` (or `AVEMINT_CONFIG`) and the environment, but the
 /// emulator in place of Ave, throw-away signing and session keys, an in-memory store, and `http://<listen>` as the
-/// public URL. SIGHUP reloads the routes and token profiles from the same file, as in `serve`.
+/// public URL. SIGHUP reloads the routes, token profiles and SPA settings from the same file, as in `serve`.
 pub async fn dev(config: Option<PathBuf>, listen: SocketAddr) -> Result<(), DemoError> {
     let stop = shutdown_signal();
     let (listener, addr, public_url) = bind_loopback(listen)?;
@@ -176,7 +176,7 @@ pub async fn dev(config: Option<PathBuf>, listen: SocketAddr) -> Result<(), Demo
          Ave emulator:  {} (pick a user on its sign-in page)\n  \
          Signing keys:  throw-away, in {} (removed on exit); sessions in memory\n  \
          Open:          {public_url}/\n  \
-         Reload routes and profiles: kill -HUP {}\n  \
+         Reload routes, profiles, SPA:  kill -HUP {}\n  \
          Stop with Ctrl-C.\n\n",
         emulator.base_url(),
         keys.path().display(),

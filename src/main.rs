@@ -40,8 +40,8 @@ enum Command {
     /// Develop against your own configuration (`--config`, `AVEMINT_CONFIG`, the environment): `serve` with your
     /// routes, token profiles and the rest, but the built-in Ave emulator in place of Ave (pick a user on its page),
     /// throw-away signing and session keys (signing keys in a temporary directory, removed on exit) and an in-memory
-    /// session store; the public URL is `http://<listen>`. SIGHUP reloads routes and profiles as in `serve`. Not for
-    /// production. Only in builds with the `demo` feature (the default).
+    /// session store; the public URL is `http://<listen>`. SIGHUP reloads routes, profiles and SPA settings as in
+    /// `serve`. Not for production. Only in builds with the `demo` feature (the default).
     #[cfg(feature = "demo")]
     Dev {
         /// Where to listen (loopback only); the configuration's `listen` and `public_url` are not used.
@@ -110,7 +110,8 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(errors) => return config_failure(&errors),
             };
-            // SIGHUP reads the same file and environment again (routes and token profiles are put in use).
+            // SIGHUP reads the same file and environment again (routes, token profiles and SPA settings are put in
+            // use).
             let path = cli.config.clone();
             let source: ConfigSource = Box::new(move || Settings::load(path.as_deref(), &ProcessEnv));
             run(true, async move {

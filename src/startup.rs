@@ -15,6 +15,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use crate::config::{ConfigErrors, Settings};
 use crate::http::admin::AdminToken;
 use crate::http::security::TokenEndpoint;
+use crate::http::spa_host::{LiveSpa, SpaInUse};
 use crate::http::{self, AppState};
 use avemint_base::clock::Clock;
 use avemint_base::reload::{Reload, reload_one};
@@ -94,8 +95,9 @@ pub struct Application {
 /// Reads the configuration again, from the same file and environment as at start (SIGHUP).
 pub type ConfigSource = Box<dyn Fn() -> Result<Settings, ConfigErrors> + Send + Sync>;
 
-/// The settings a reload does not apply (everything but the proxied routes and the token profiles), each by its name
-/// and a rendering that changes when it does (secrets are redacted in it: a changed inline secret is not seen).
+/// The settings a reload does not apply (everything but the proxied routes, the token profiles and the SPA settings:
+/// `[spa]` and `error_path`), each by its name and a rendering that changes when it does (secrets are redacted in
+/// it: a changed inline secret is not seen).
 struct Restart(Vec<(&'static str, String)>);
 
 impl Restart {
@@ -121,6 +123,7 @@ impl Restart {
             ),
             ("max_websockets*", format!("{:?}", s.websockets)),
             ("admin API (admin_*)", format!("{:?}", s.admin)),
+            ("token service ([exchange] ave_client_ids)", format!("{:?}", s.exchange)),
         ];
         seen.push(("max_token_bytes", s.token.max_token_bytes().to_string()));
         Self(seen)
@@ -137,10 +140,10 @@ impl Restart {
     }
 }
 
-/// The configuration as a reloadable item: on SIGHUP the proxied routes and the token profiles are read again from
-/// the configuration's source, validated as at start (every problem, one line each), and put in use whole, or not at
-/// all (the running ones stay, and the log says why). Every second, and on SIGHUP, the hook secrets of the token
-/// profiles in use are checked too (they change with the profiles).
+/// The configuration as a reloadable item: on SIGHUP the proxied routes, the token profiles and the SPA settings
+/// (`[spa]`, `error_path`) are read again from the configuration's source, validated as at start (every problem,
+/// one line each), and put in use whole, or not at all (the running ones stay, and the log says why). Every second,
+/// and on SIGHUP, the hook secrets of the token profiles in use are checked too (they change with the profiles).
 struct ConfigReload {
     state: Arc<AppState>,
     source: Option<ConfigSource>,
@@ -169,13 +172,21 @@ impl Reload for ConfigReload {
         let restart = Restart::of(&settings);
         let described = describe_profiles(&settings.token);
         let routes = settings.routes.all().len();
+        let spa = SpaInUse::new(settings.spa, settings.error_path);
+        let spa_described = spa.spa.describe();
         // Profiles first: a new route may name a new profile.
         self.state.minter.replace_profiles(profiles);
         self.state.proxy.routes().replace(settings.routes);
+        self.state.spa.replace(spa);
         // Cached upstream tokens were minted under the old profiles.
         self.state.proxy.bearers().clear();
         let changed = self.running.changed(&restart);
-        tracing::info!(profiles = %described, proxy_routes = routes, "configuration reloaded: these routes and token profiles are in use");
+        tracing::info!(
+            profiles = %described,
+            proxy_routes = routes,
+            spa = %spa_described,
+            "configuration reloaded: these routes, token profiles and SPA settings are in use"
+        );
         if !changed.is_empty() {
             tracing::warn!(
                 settings = %changed.join("; "),
@@ -432,8 +443,7 @@ impl Application {
         let proxy = avemint_core::proxy::Proxy::new(routes, websockets, &public_url)?;
         let state = Arc::new(AppState {
             proxy,
-            spa: crate::http::spa_host::Spa::new(spa),
-            error_path,
+            spa: LiveSpa::new(SpaInUse::new(spa, error_path)),
             sign_in_limiter,
             introspect_limiter: CredentialLimiter::new(CredentialEndpoint::Introspect),
             token_limiter: CredentialLimiter::new(CredentialEndpoint::Token),
@@ -464,8 +474,8 @@ impl Application {
         })
     }
 
-    /// Makes SIGHUP read the configuration again from `source` and put its proxied routes and token profiles in use
-    /// (`serve` and `dev`: the same file and environment as at start).
+    /// Makes SIGHUP read the configuration again from `source` and put its proxied routes, token profiles and SPA
+    /// settings in use (`serve` and `dev`: the same file and environment as at start).
     pub fn reload_from(mut self, source: ConfigSource) -> Self {
         self.config_source = Some(source);
         self
@@ -494,7 +504,7 @@ impl Application {
             browser_profiles = %s.browser_profiles,
             token_service = %s.token_service,
             proxy_routes = self.state.proxy.routes().current().routes().all().len(),
-            spa = %self.state.spa.describe(),
+            spa = %self.state.spa.current().spa.describe(),
             defaults = %defaults,
             "avemint ready"
         );

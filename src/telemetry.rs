@@ -17,14 +17,17 @@
 //! Nothing in avemint logs or records a token, code, secret or cookie value; this module only
 //! decides where the lines and spans go.
 
+use std::fmt;
 use std::io::IsTerminal as _;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::field::{RecordFields, VisitOutput as _};
 use tracing_subscriber::filter::{FilterExt as _, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{DefaultVisitor, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -211,7 +214,12 @@ where
     let filter = parse_filter(&logs.filter)?.and(capped());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
     let fmt = match logs.format {
-        LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Text if ansi => fmt.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Text => fmt
+            .fmt_fields(PlainFields)
+            .with_target(false)
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => fmt.json().with_target(true).with_filter(filter).boxed(),
     };
     let provider = match tracing {
@@ -265,6 +273,73 @@ fn provider(endpoint: Option<String>) -> Result<SdkTracerProvider, TelemetryErro
         .build())
 }
 
+/// The text format's field formatter without colour: what `tracing_subscriber`'s `DefaultFields` writes, to the
+/// byte, but a string field of plain printable ASCII (no `"` or `\\`: request ids, methods, routes, labels) is
+/// written as it is instead of through `Debug`'s escaping; every other field goes to `DefaultVisitor` itself. The
+/// fields of a span are formatted when the span is made, whether or not a line is ever written in it, so this is
+/// work every request pays for its spans (issue 25: 4 % of a token request's instructions, `bench/profiles/`).
+struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'w> {
+    writer: Writer<'w>,
+    /// Nothing written yet (no separating space before the next field).
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Writes one field as `DefaultVisitor` does. A `log.` field (log metadata, which it leaves out) never gets here.
+    fn default(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut inner);
+        self.result = inner.finish();
+        self.is_empty = false;
+    }
+}
+
+impl tracing::field::Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let plain = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
+        if name == "message" || name.starts_with("r#") || !value.bytes().all(plain) {
+            return self.default(|v| v.record_str(field, value));
+        }
+        // Pieces, not `write!`: formatting machinery per field cost more than the field.
+        let separator = if self.is_empty { "" } else { " " };
+        self.is_empty = false;
+        self.result = [separator, name, "=\"", value, "\""]
+            .into_iter()
+            .try_for_each(|piece| self.writer.write_str(piece));
+    }
+
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        if self.result.is_ok() && !field.name().starts_with("log.") {
+            self.default(|v| v.record_error(field, value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if self.result.is_ok() && !field.name().starts_with("log.") {
+            self.default(|v| v.record_debug(field, value));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +363,90 @@ mod tests {
         for filter in ["avemint=loud", "info,foo=bar=baz", "[{"] {
             let bad = LogSettings::parse(None, Some(filter), "info").expect_err(filter);
             assert!(bad.to_string().starts_with("RUST_LOG"), "{bad}");
+        }
+    }
+
+    /// What the text format writes for `emit`'s lines with the default field formatter and with `PlainFields`.
+    fn both_ways(emit: impl Fn()) -> (String, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (default, plain) = (Buffer::default(), Buffer::default());
+        let layer = |buffer: Buffer| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || buffer.clone())
+                .with_ansi(false)
+                .without_time()
+                .with_target(false)
+        };
+        let subscriber = tracing_subscriber::registry().with(layer(default.clone()));
+        tracing::subscriber::with_default(subscriber, &emit);
+        let subscriber = tracing_subscriber::registry().with(layer(plain.clone()).fmt_fields(PlainFields));
+        tracing::subscriber::with_default(subscriber, &emit);
+        let text = |b: Buffer| String::from_utf8(b.0.lock().expect("buffer").clone()).expect("utf-8");
+        (text(default), text(plain))
+    }
+
+    /// Lines in spans whose string fields are `value`, among fields of every other kind.
+    fn lines_with(value: &str) {
+        let error = std::io::Error::other("disk \"full\"");
+        let span = tracing::info_span!("request", request_id = value, method = %value, route = ?value, status = tracing::field::Empty, n = 7u16);
+        let _entered = span.enter();
+        span.record("status", 200u16);
+        span.record("route", value);
+        let inner = tracing::info_span!(
+            "inner",
+            r#type = value,
+            flag = true,
+            neg = -3i64,
+            empty = "",
+            "log.target" = value
+        );
+        let _inner = inner.enter();
+        tracing::info!(
+            error = &error as &(dyn std::error::Error + 'static),
+            plain = value,
+            "a message with {value}"
+        );
+        tracing::info!(value);
+    }
+
+    #[test]
+    fn plain_fields_write_what_the_default_formatter_writes() {
+        for value in [
+            "abc",
+            "GET /auth/token",
+            "3d63d2fa80ca1f397562f1ef5c16906",
+            "",
+            " ",
+            "~!#$%&'()*+,-./:;<=>?@[]^_`{|}",
+            "quote \"",
+            "back\\slash",
+            "line\nbreak",
+            "tab\t",
+            "\u{1b}[31mred",
+            "é",
+            "\u{7f}",
+        ] {
+            let (default, plain) = both_ways(|| lines_with(value));
+            assert!(default.lines().count() >= 2, "{default}");
+            assert_eq!(plain, default, "{value:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_fields_match_the_default_formatter_on_any_string(value in "\\PC{0,24}|[ -~]{0,24}|.{0,8}") {
+            let (default, plain) = both_ways(|| lines_with(&value));
+            proptest::prop_assert_eq!(plain, default);
         }
     }
 }

@@ -18,7 +18,10 @@
 //! (screenshots under `target/e2e-sessions/`). A third serves a small SPA from `[spa] root` (in-process avemint, not
 //! the demo): a deep link loads through the fallback with its module script under the default page CSP, signs in and
 //! comes back to it; a sign-in denied at Ave shows avemint's failure page, whose link signs in again (screenshots
-//! under `target/e2e-spa/`). Without Chromium or chromedriver the test skips with a message,
+//! under `target/e2e-spa/`). A fourth serves the React example (`examples/react-app/`, Vite + React on the `avemint`
+//! package, built by `npm ci && npm run build`) with `[spa] root` and drives it: a quiet signed-out deep link, sign-in
+//! and back, a proxied API call, a sign-out in another tab, switching accounts (screenshots under
+//! `target/e2e-react/`). Without Chromium or chromedriver the test skips with a message,
 //! except under `CI=true`, where it fails.
 
 mod support;
@@ -838,5 +841,151 @@ async fn spa_scenario(c: &Client, shots: &mut Shots, base: &str) -> Result<(), f
     )
     .await;
     shots.take(c, "spa-after-retry").await;
+    Ok(())
+}
+
+/// The status the React example shows is `status` (its `data-testid="status"` element).
+fn example_status(status: &str) -> String {
+    format!("document.querySelector('[data-testid=status]')?.textContent === '{status}'")
+}
+
+/// The React example (`examples/react-app/`, Vite + React on the `avemint` package) served by `[spa] root` on
+/// avemint's origin: a deep link loads the signed-out page quietly (no 401 anywhere), "Sign in" goes through Ave and
+/// back to the deep link, the proxied API gets the app JWT (never the page), a sign-out in another tab reaches this
+/// one over the BroadcastChannel, and "Switch account" (`prompt=select_account`) lets the user become another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_react_example_on_spa_root_signs_in_calls_its_api_and_switches_accounts() {
+    if !browser_available() || !support::tool_available("npm", "--version") {
+        return;
+    }
+    let started = Instant::now();
+    let (_build, dist) = support::build_example("/api/orders");
+    let api = support::AudienceEcho::start().await;
+    let app = support::TestApp::spawn_with(support::Options {
+        env: vec![("AVEMINT_SPA_ROOT", dist.display().to_string())],
+        routes_toml: Some(format!(
+            "[[routes]]\npath = \"/api/orders\"\nupstream = \"{}\"\n",
+            api.base
+        )),
+        ..support::Options::default()
+    })
+    .await;
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let client = chromium(&driver, profile.path()).await;
+    let mut shots = Shots::in_dir("e2e-react");
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, react_scenario(&client, &mut shots, &app, &api)).await;
+    let _ = client.close().await;
+    drop(driver);
+    report("React example scenario", started, &shots, result);
+}
+
+async fn react_scenario(
+    c: &Client,
+    shots: &mut Shots,
+    app: &support::TestApp,
+    api: &support::AudienceEcho,
+) -> Result<(), fantoccini::error::CmdError> {
+    let base = &app.address;
+    let (ada, grace) = (&app.emulator.users()[0], &app.emulator.users()[1]);
+    // A deep link, signed out: avemint serves the app's index.html, the app asks getUser() and shows "Sign in".
+    c.goto(&format!("{base}/orders/7")).await?;
+    wait_for(c, shots, "signed-out app", &example_status("unauthenticated")).await;
+    shots.take(c, "react-signed-out").await;
+    let path = c.find(Locator::Css("[data-testid=path]")).await?.text().await?;
+    assert_eq!(path, "/orders/7");
+    // Quietly: every request the page made succeeded (Chromium logs a failed one, a 401 included, to the console).
+    let loaded = c
+        .execute(
+            "return performance.getEntriesByType('resource').map((e) => [new URL(e.name).pathname + new URL(e.name).search, e.responseStatus])",
+            vec![],
+        )
+        .await?;
+    let loaded: Vec<(String, u16)> = serde_json::from_value(loaded).expect("[path, status] pairs");
+    assert!(
+        loaded.contains(&("/auth/session?optional=1".to_owned(), 200)),
+        "{loaded:?}"
+    );
+    assert!(loaded.iter().all(|(_, status)| *status < 400), "{loaded:?}");
+
+    // "Sign in": through /auth/login to Ave's page, as Ada, and back to the deep link.
+    click(c, shots, "sign in", "[data-testid=sign-in]").await;
+    wait_for(
+        c,
+        shots,
+        "Ave's sign-in page",
+        "document.querySelector('button.approve')",
+    )
+    .await;
+    shots.take(c, "react-ave").await;
+    c.find(Locator::Css("button.approve")).await?.click().await?;
+    wait_for(c, shots, "signed in", &example_status("authenticated")).await;
+    assert_eq!(
+        c.current_url().await?.path(),
+        "/orders/7",
+        "back where the user started"
+    );
+    let user = c.find(Locator::Css("[data-testid=user]")).await?.text().await?;
+    assert_eq!(user, ada.display_name);
+    shots.take(c, "react-signed-in").await;
+
+    // The proxied API: avemint attached Ada's app JWT on the server; the page got the API's answer only.
+    click(c, shots, "call the API", "[data-testid=call-api]").await;
+    let shown = wait_for(
+        c,
+        shots,
+        "API answer",
+        "document.querySelector('[data-testid=api-result]').textContent.startsWith('200 ') && document.querySelector('[data-testid=api-result]').textContent",
+    )
+    .await;
+    let shown = shown
+        .as_str()
+        .and_then(|s| s.strip_prefix("200 "))
+        .expect("`200 <body>`");
+    let answer: Value = serde_json::from_str(shown).expect("the API's JSON");
+    assert_eq!(
+        answer["aud"],
+        app.audience(),
+        "the default profile's app JWT went upstream"
+    );
+    let bearer = api.bearers().last().cloned().unwrap_or_default();
+    let token = bearer.strip_prefix("Bearer ").expect("the upstream got a bearer");
+    assert_eq!(app.verify(token).await.claims["sub"], ada.id.as_str());
+    let html = c.source().await?;
+    assert!(!html.contains(token), "the token is not in the page");
+
+    // Another tab signs out; this tab follows at once (BroadcastChannel), without a reload.
+    let first = c.window().await?;
+    let second = c.new_window(true).await?;
+    c.switch_to_window(second.handle).await?;
+    c.goto(&format!("{base}/")).await?;
+    wait_for(c, shots, "second tab signed in", &example_status("authenticated")).await;
+    click(c, shots, "sign out in the second tab", "[data-testid=sign-out]").await;
+    wait_for(c, shots, "second tab signed out", &example_status("unauthenticated")).await;
+    c.close_window().await?;
+    c.switch_to_window(first).await?;
+    wait_for(c, shots, "first tab followed", &example_status("unauthenticated")).await;
+    shots.take(c, "react-signed-out-by-other-tab").await;
+
+    // Switching accounts: Ave signs Ada in without asking (the emulator's auto-approve, as Ave does for a user who
+    // approved this app before), unless the sign-in asks for prompt=select_account.
+    app.emulator.set_auto_approve(Some(ada.id.clone()));
+    click(c, shots, "sign in again", "[data-testid=sign-in]").await;
+    wait_for(c, shots, "signed in again, at once", &example_status("authenticated")).await;
+    click(c, shots, "switch account", "[data-testid=switch-account]").await;
+    let grace_button = format!("//button[contains(., '{}')]", grace.display_name);
+    wait_for(
+        c,
+        shots,
+        "Ave's account choice",
+        &format!("document.evaluate(\"{grace_button}\", document, null, 9, null).singleNodeValue"),
+    )
+    .await;
+    shots.take(c, "react-choose-account").await;
+    c.find(Locator::XPath(&grace_button)).await?.click().await?;
+    wait_for(c, shots, "signed in as Grace", &example_status("authenticated")).await;
+    let user = c.find(Locator::Css("[data-testid=user]")).await?.text().await?;
+    assert_eq!(user, grace.display_name);
+    shots.take(c, "react-switched").await;
     Ok(())
 }

@@ -363,7 +363,7 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
 
     // A new route with a new profile, the old route gone, and a setting only a restart applies.
     let second = format!(
-        "session_idle_timeout = 600\n{profiles}[[profiles]]\nname = \"billing\"\naudience = \"billing-api\"\n\
+        "session_idle_timeout = 600\n[exchange]\nave_client_ids = [\"native-app\"]\n{profiles}[[profiles]]\nname = \"billing\"\naudience = \"billing-api\"\n\
          [[routes]]\npath = \"/api/billing\"\nupstream = \"{}/billing\"\nprofile = \"billing\"\n",
         upstream.base
     );
@@ -376,6 +376,7 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
     );
     let text = wait_for_log(&log, "apply only at the next restart", 1).await;
     assert!(text.contains("sessions (session_*)"), "{text}");
+    assert!(text.contains("token service ([exchange] ave_client_ids)"), "{text}");
     let answer = browser.send(call("/api/billing/x")).await;
     assert_eq!(answer.status(), 200, "the new route");
     let body: serde_json::Value = answer.json().await.expect("json");
@@ -438,4 +439,132 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
     );
     // The session survived every reload.
     assert_eq!(browser.send(call("/auth/session")).await.status(), 200);
+}
+
+/// SIGHUP puts the SPA settings in use with the routes and profiles: `[spa] root` switched to another build serves
+/// its files (the fallback page and assets), with its `content_security_policy` and a new `error_path`; a `[spa]
+/// root` without `index.html` keeps the running build and `error_path`, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spa_settings_reload_on_sighup_and_a_root_without_index_html_keeps_the_running_one() {
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let emulator = Emulator::start(EmulatorConfig {
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let build = |name: &str, files: &[(&str, &str)]| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).expect("write");
+        }
+        std::fs::canonicalize(&dir).expect("real path")
+    };
+    let old = build("old", &[("index.html", "<!doctype html><p>OLD BUILD</p>")]);
+    let new = build(
+        "new",
+        &[
+            ("index.html", "<!doctype html><p>NEW BUILD</p>"),
+            ("only-new.txt", "a file of the new build"),
+        ],
+    );
+    let broken = build("broken", &[("only-new.txt", "no index.html here")]);
+    let config = tmp.path().join("avemint.toml");
+    std::fs::write(&config, format!("[spa]\nroot = \"{}\"\n", old.display())).expect("write");
+    let log = tmp.path().join("stderr.log");
+    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
+    let mut cmd = support::serve_command(
+        &support::AveClientEnv::of(&emulator),
+        port,
+        &database_url,
+        &tmp.path().join("keys"),
+    );
+    let child = cmd
+        .args(["--config", config.to_str().expect("utf8")])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawns");
+    let child = support::KillOnDrop(child);
+    support::wait_ready(&base).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let navigate = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("Sec-Fetch-Mode", "navigate")
+            .send()
+    };
+    // A failed sign-in, as a person's browser sees it: the page, or a redirect to `error_path`.
+    let failed_sign_in = || async {
+        let resp = navigate("/auth/callback?code=x&state=y").await.expect("request");
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (resp.status().as_u16(), location)
+    };
+    let page = navigate("/orders/7").await.expect("request");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(page.text().await.expect("text").contains("OLD BUILD"));
+    let asset = http.get(format!("{base}/only-new.txt")).send().await.expect("request");
+    assert_eq!(asset.status(), 404, "not in the running build");
+    let (status, location) = failed_sign_in().await;
+    assert_eq!((status, location), (400, None), "avemint's own page");
+
+    // Another build, its own CSP and the SPA's page for failed sign-ins.
+    std::fs::write(
+        &config,
+        format!(
+            "error_path = \"/signin-error\"\n[spa]\nroot = \"{}\"\ncontent_security_policy = \"default-src 'self'\"\n",
+            new.display()
+        ),
+    )
+    .expect("write");
+    sighup(&child.0);
+    let text = wait_for_log(&log, "configuration reloaded", 1).await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .expect("the line");
+    assert!(line.contains(&format!("files from {}", new.display())), "{line}");
+    let page = navigate("/orders/7").await.expect("request");
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-security-policy"], "default-src 'self'");
+    assert_ne!(csp, "default-src 'self'", "the CSP changed");
+    assert!(page.text().await.expect("text").contains("NEW BUILD"));
+    let asset = http.get(format!("{base}/only-new.txt")).send().await.expect("request");
+    assert_eq!(asset.status(), 200);
+    assert_eq!(asset.text().await.expect("text"), "a file of the new build");
+    let (status, location) = failed_sign_in().await;
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some("/signin-error?error=invalid_request"));
+
+    // A root that is no build (no index.html): nothing of the file is used, and the log says why.
+    std::fs::write(&config, format!("[spa]\nroot = \"{}\"\n", broken.display())).expect("write");
+    sighup(&child.0);
+    let text = wait_for_log(&log, "configuration not reloaded", 1).await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("configuration not reloaded"))
+        .expect("the line");
+    assert!(line.contains("no index.html") && line.contains("root"), "{line}");
+    let page = navigate("/").await.expect("request");
+    assert_eq!(page.headers()["content-security-policy"], "default-src 'self'");
+    assert!(
+        page.text().await.expect("text").contains("NEW BUILD"),
+        "the running build stays"
+    );
+    let (status, location) = failed_sign_in().await;
+    assert_eq!(status, 302, "the running error_path stays");
+    assert_eq!(location.as_deref(), Some("/signin-error?error=invalid_request"));
 }

@@ -329,3 +329,192 @@ async fn database_files_are_0600_whatever_the_umask() {
         assert_eq!(mode, Some(0o600), "{name}");
     }
 }
+
+/// A `sessions` row as someone reading the database sees it.
+struct RawRow {
+    key: Vec<u8>,
+    created_at: i64,
+    sealed: Vec<u8>,
+    /// Every column's bytes, one after the other.
+    all: Vec<u8>,
+}
+
+/// The rows of `sessions`, on either store.
+async fn raw_session_rows(app: &TestApp, db: Option<&avemint_core::session::DatabaseUrl>) -> Vec<RawRow> {
+    const SQL: &str = "SELECT key_hash, created_at, sealed, seen_mac, owner_hash, handle_hash FROM sessions";
+    type Row = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let rows: Vec<Row> = match db {
+        None => {
+            let pool = sqlite_pool(app).await;
+            let rows = sqlx::query_as(SQL).fetch_all(&pool).await.expect("rows");
+            pool.close().await;
+            rows
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(&support::database_url_string(url))
+                .await
+                .expect("connect");
+            let rows = sqlx::query_as(SQL).fetch_all(&pool).await.expect("rows");
+            pool.close().await;
+            rows
+        }
+    };
+    rows.into_iter()
+        .map(|(key, created_at, sealed, mac, owner, handle)| {
+            let mut all = key.clone();
+            for column in [Some(sealed.clone()), mac, owner, handle].into_iter().flatten() {
+                all.extend_from_slice(&column);
+            }
+            RawRow {
+                key,
+                created_at,
+                sealed,
+                all,
+            }
+        })
+        .collect()
+}
+
+/// Replaces a row's sealed record (as an older avemint wrote it) on either store.
+async fn set_sealed(app: &TestApp, db: Option<&avemint_core::session::DatabaseUrl>, key: &[u8], sealed: &[u8]) {
+    const SQL: &str = "UPDATE sessions SET sealed = $1 WHERE key_hash = $2";
+    let done = match db {
+        None => {
+            let pool = sqlite_pool(app).await;
+            let done = sqlx::query(SQL)
+                .bind(sealed)
+                .bind(key)
+                .execute(&pool)
+                .await
+                .expect("update");
+            pool.close().await;
+            done.rows_affected()
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(&support::database_url_string(url))
+                .await
+                .expect("connect");
+            let done = sqlx::query(SQL)
+                .bind(sealed)
+                .bind(key)
+                .execute(&pool)
+                .await
+                .expect("update");
+            pool.close().await;
+            done.rows_affected()
+        }
+    };
+    assert_eq!(done, 1);
+}
+
+/// The associated data a stored session's record is sealed with: the row key and `created_at` (see
+/// `avemint_core::session`).
+fn record_aad(key: &[u8], created_at: i64) -> Vec<u8> {
+    [key, b"|created_at|", &created_at.to_be_bytes()].concat()
+}
+
+/// The claims of the app JWT in a `POST /auth/token` answer that come from the session.
+async fn claims_of(app: &TestApp, body: &serde_json::Value) -> [serde_json::Value; 5] {
+    let claims = app
+        .verify_for(body["access_token"].as_str().expect("token"), app.audience())
+        .await
+        .claims;
+    ["sub", "sid", "email", "name", "handle"].map(|c| claims[c].clone())
+}
+
+/// Issue 25 (storage): a session's record is compact (version 2: binary, compressed, then sealed), every Ave token
+/// stays sealed in the raw row, and a row whose record an older avemint wrote (version 1, JSON) keeps working.
+async fn records_are_compact_sealed_and_old_ones_still_read(db: Option<avemint_core::session::DatabaseUrl>) {
+    use base64::Engine as _;
+    let app = TestApp::spawn_with(uncached(Options {
+        claims: Some(r#"{"email":"{id_token.email}","name":"{id_token.name}","handle":"{user.handle}"}"#),
+        database_url: db.clone(),
+        ..Options::default()
+    }))
+    .await;
+    let mut b = app.signed_in_browser().await;
+    let first = app.post_token(&mut b, true).await;
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let expected = claims_of(&app, &first).await;
+    assert!(expected.iter().all(|c| c.is_string()), "{expected:?}");
+
+    // Every token Ave issued is sealed: neither its text nor the bytes its base64url encodes are in the row.
+    let rows = raw_session_rows(&app, db.as_ref()).await;
+    assert_eq!(rows.len(), 1);
+    let RawRow {
+        key,
+        created_at,
+        sealed,
+        all: raw,
+    } = &rows[0];
+    let issued = app.emulator.issued_tokens();
+    assert!(
+        issued.len() >= 4,
+        "access, access_token_jwt, id_token and refresh token: {}",
+        issued.len()
+    );
+    for token in &issued {
+        assert!(
+            !contains(raw, &token.as_bytes()[token.len().saturating_sub(24)..]),
+            "a token in clear"
+        );
+        for segment in token.split('.') {
+            if let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) {
+                assert!(
+                    !contains(raw, &bytes[..bytes.len().min(16)]),
+                    "a token's decoded bytes in clear"
+                );
+            }
+        }
+    }
+    assert!(
+        !contains(raw, b"eyJ") && !contains(raw, b"\"alg\""),
+        "nothing JWT-like in clear"
+    );
+
+    // The record is version 2, and much smaller than the same session as JSON (version 1).
+    let sealer =
+        avemint_core::session::Sealer::new(&app.settings.store.keys, avemint_core::session::Purpose::SessionStore);
+    let aad = record_aad(key, *created_at);
+    let opened = sealer
+        .open(&aad, sealed)
+        .expect("the record opens with its row key and created_at");
+    assert_eq!(opened[0], 2, "version 2");
+    let sessions = avemint_core::session::Sessions::open(
+        &app.settings.store.database_url,
+        &app.settings.store.keys,
+        app.settings.session.clone(),
+        Duration::ZERO,
+        avemint_base::clock::Clock::System,
+    )
+    .await
+    .expect("open");
+    let session = sessions
+        .load(
+            &SessionId::parse(b.get(SESSION_COOKIE).expect("cookie"))
+                .expect("id")
+                .key(),
+        )
+        .await
+        .expect("load")
+        .expect("present");
+    let v1 = serde_json::to_vec(&session.data).expect("json");
+    assert_eq!(v1[0], b'{');
+    assert!(
+        opened.len() * 2 < v1.len(),
+        "{} bytes as version 2, {} as JSON",
+        opened.len(),
+        v1.len()
+    );
+
+    // A record an older avemint wrote (JSON) is read as before.
+    set_sealed(&app, db.as_ref(), key, &sealer.seal(&aad, &v1)).await;
+    let again = app.post_token(&mut b, true).await;
+    assert_eq!(again.status(), 200, "a version-1 record is served");
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(claims_of(&app, &again).await, expected, "with the same claims");
+    app.stop().await;
+}
+
+support::on_both_stores!(records_are_compact_sealed_and_old_ones_still_read);

@@ -790,3 +790,91 @@ async fn counts_are_of_live_sessions(b: Backend) {
         }
     );
 }
+
+/// Issue 25 (storage): a database whose migrations stopped before `0006_compact_sessions` (SQLite: `sessions` a
+/// `WITHOUT ROWID` table, rebuilt by it) keeps every row, column for column, and the store works on it.
+async fn rows_from_before_the_compact_layout_survive_its_migration(db: Option<DatabaseUrl>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, backend) = match &db {
+        None => (format!("sqlite://{}", dir.path().join("old.db").display()), "sqlite"),
+        Some(db) => (support::database_url_string(db), "postgres"),
+    };
+    let path = format!(
+        "{}/crates/avemint-core/src/session/migrations/{backend}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&path))
+        .await
+        .expect("migrations");
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < 6)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let rows = [row(1, 0, 1000), row(2, 3, 1001), row(3, 7, 1002)];
+    const INSERT: &str = "INSERT INTO sessions (key_hash, version, sealed, created_at, last_seen_at, \
+         access_expires_at, owner_hash, seen_mac, handle_hash, refresh_started_at, refresh_deadline) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    macro_rules! stage {
+        ($pool:expr) => {{
+            let pool = $pool;
+            migrator.run(&pool).await.expect("migrations up to 0005");
+            for r in &rows {
+                sqlx::query(INSERT)
+                    .bind(r.key.as_bytes().to_vec())
+                    .bind(r.version)
+                    .bind(r.sealed.clone())
+                    .bind(r.created_at.as_secs())
+                    .bind(r.last_seen_at.as_secs())
+                    .bind(r.access_expires_at.as_secs())
+                    .bind(r.owner.map(|o| o.as_bytes().to_vec()))
+                    .bind(r.seen_mac.clone())
+                    .bind(r.handle.map(|h| h.as_bytes().to_vec()))
+                    .bind(Some(r.created_at.as_secs() + 5))
+                    .bind(Some(r.created_at.as_secs() + 65))
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+            pool.close().await;
+        }};
+    }
+    let store: Arc<dyn SessionStore> = match &db {
+        None => {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("url");
+            stage!(
+                sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+                    .await
+                    .expect("connect")
+            );
+            Arc::new(SqliteStore::connect(&url).await.expect("the migration runs"))
+        }
+        Some(_) => {
+            stage!(sqlx::PgPool::connect(&url).await.expect("connect"));
+            Arc::new(PostgresStore::connect(&url).await.expect("the migration runs"))
+        }
+    };
+    for r in &rows {
+        let mut expected = r.clone();
+        expected.refresh_started_at = Some(r.created_at + std::time::Duration::from_secs(5));
+        expected.refresh_deadline = Some(r.created_at + std::time::Duration::from_secs(65));
+        assert_eq!(
+            store.get(&r.key).await.expect("get"),
+            Some(expected),
+            "row {:?} kept",
+            r.key
+        );
+    }
+    let handle = rows[1].handle.expect("handle");
+    assert_eq!(
+        store.session_by_handle(&[handle]).await.expect("by sid").map(|s| s.key),
+        Some(rows[1].key),
+        "the indexes were rebuilt"
+    );
+    assert!(store.delete(&rows[0].key).await.expect("delete"));
+    assert_eq!(store.get(&rows[0].key).await.expect("get"), None);
+}
+
+support::on_both_stores!(rows_from_before_the_compact_layout_survive_its_migration);

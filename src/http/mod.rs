@@ -67,10 +67,9 @@ pub(crate) struct AppState {
     pub clock: Clock,
     /// Proxy mode: the routes, the upstream client and the cache of app JWTs attached upstream.
     pub proxy: avemint_core::proxy::Proxy,
-    /// The SPA on avemint's origin (`[spa]`): its files, its development server, or none.
-    pub spa: spa_host::Spa,
-    /// `error_path`: where a browser whose sign-in failed is sent (none: avemint's own page).
-    pub error_path: Option<signin_page::ErrorPath>,
+    /// The SPA on avemint's origin (`[spa]`: its files, its development server, or none) and `error_path` (where a
+    /// browser whose sign-in failed is sent): those in use, replaced whole by a configuration reload.
+    pub spa: spa_host::LiveSpa,
 }
 
 /// OpenAPI tags.
@@ -278,7 +277,7 @@ async fn respond<E: Endpoint>(
     if guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, method, served, guard, allow, state, &routes)
+    let mut resp = respond_in_span(ep, req, served, guard, allow, state, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -297,14 +296,15 @@ static REPEATED_ANSWERS: avemint_base::log_gate::LogGate<(avemint_base::metrics:
 async fn respond_in_span<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
-    method: poem::http::Method,
     served: Option<Route>,
     guard: &security::Guard,
     allow: &HashMap<String, HeaderValue>,
     state: &AppState,
     routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
-    let spa = &state.spa;
+    let method = req.method().clone();
+    // One snapshot of the SPA settings for the whole request (a reload may replace them meanwhile).
+    let spa = state.spa.current();
     let started = Instant::now();
     // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
     let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
@@ -312,7 +312,7 @@ async fn respond_in_span<E: Endpoint>(
     let proxied = routes.find(&seen.path).map(|(_, metrics)| metrics);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
-        None if spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
+        None if spa.spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
         None => avemint_base::metrics::RouteLabel::of(served),
     };
     let mut resp = match admitted {
@@ -323,6 +323,8 @@ async fn respond_in_span<E: Endpoint>(
             if let Some(sign_in) = &sign_in {
                 req.extensions_mut().insert(sign_in.retry());
             }
+            // `spa_host::in_front_of` answers from it.
+            req.extensions_mut().insert(spa.clone());
             let mut resp = match ep.call(req).await {
                 Ok(r) => r.into_response(),
                 Err(e) => errors::catch_all(e).await,
@@ -333,7 +335,7 @@ async fn respond_in_span<E: Endpoint>(
         Err(refused) => refused,
     };
     if let Some(sign_in) = sign_in {
-        resp = sign_in.render(resp, state.error_path.as_ref()).await;
+        resp = sign_in.render(resp, spa.error_path.as_ref()).await;
     }
     // A proxied route's 405 (avemint's or the upstream's) brings its own `Allow`.
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {

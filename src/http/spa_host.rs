@@ -21,7 +21,7 @@
 //! Why "host": `spa.rs` is the SPA *helper* (`/avemint.js`); this serves the SPA itself.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -30,7 +30,7 @@ use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
 use super::AppState;
 use super::errors::answer;
 use super::security::PagePolicy;
-use super::signin_page::is_navigation;
+use super::signin_page::{ErrorPath, is_navigation};
 use avemint_base::metrics::ProxyRouteMetrics;
 use avemint_base::route::Route;
 use avemint_base::web_url::{PlainHttp, parse_web_url_with};
@@ -181,12 +181,56 @@ impl Spa {
     }
 }
 
-/// Answers the SPA's requests (see [`Spa::takes`]) and passes every other one on to `inner`.
+/// The SPA settings in use: `[spa]` and `error_path`, read from the configuration together and replaced together.
+pub(crate) struct SpaInUse {
+    pub(crate) spa: Spa,
+    /// `error_path`: where a browser whose sign-in failed is sent (none: avemint's own page).
+    pub(crate) error_path: Option<ErrorPath>,
+}
+
+impl SpaInUse {
+    pub(crate) fn new(settings: SpaSettings, error_path: Option<ErrorPath>) -> Self {
+        Self {
+            spa: Spa::new(settings),
+            error_path,
+        }
+    }
+}
+
+/// The SPA settings in use, shared by every request: each request reads one snapshot ([`LiveSpa::current`], taken
+/// by `http::respond` and handed on in the request's data); a configuration reload puts new ones in
+/// ([`LiveSpa::replace`]), as `proxy::LiveRoutes` does for the routes.
+pub(crate) struct LiveSpa(RwLock<Arc<SpaInUse>>);
+
+impl LiveSpa {
+    pub(crate) fn new(spa: SpaInUse) -> Self {
+        Self(RwLock::new(Arc::new(spa)))
+    }
+
+    /// The settings in use now.
+    pub(crate) fn current(&self) -> Arc<SpaInUse> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `spa` in use from the next request on; requests already running (an open HMR WebSocket included)
+    /// finish on the settings they started with.
+    pub(crate) fn replace(&self, spa: SpaInUse) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(spa);
+    }
+}
+
+/// Answers the SPA's requests (see [`Spa::takes`]) and passes every other one on to `inner`; the SPA settings are
+/// the request's snapshot (`Arc<SpaInUse>` in its data), else those in use now.
 pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
     inner.around(|ep, req| async move {
         let state = req.data::<Arc<AppState>>().cloned();
-        match state {
-            Some(state) if state.spa.takes(req.method(), req.uri().path()) => Ok(match &state.spa {
+        let in_use = match (req.data::<Arc<SpaInUse>>(), &state) {
+            (Some(snapshot), _) => Some(snapshot.clone()),
+            (None, Some(state)) => Some(state.spa.current()),
+            (None, None) => None,
+        };
+        match (state, in_use) {
+            (Some(state), Some(in_use)) if in_use.spa.takes(req.method(), req.uri().path()) => Ok(match &in_use.spa {
                 Spa::Files { root, csp } => serve_file(root, csp, &req).await,
                 Spa::DevServer { route, metrics, csp } => {
                     let mut resp = dev_server(&state, route, metrics, req).await;

@@ -992,9 +992,11 @@ pub fn build_example(api_path: &str) -> (tempfile::TempDir, std::path::PathBuf) 
 }
 
 /// An upstream API on loopback that answers every request with the `aud` of the bearer it got (and the path), so a
-/// test sees which route and token profile a proxied call went through.
+/// test sees which route and token profile a proxied call went through; it keeps each request's `Authorization`
+/// (`bearers`).
 pub struct AudienceEcho {
     pub base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1005,12 +1007,17 @@ impl AudienceEcho {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         listener.set_nonblocking(true).expect("nonblocking");
         let acceptor = TcpAcceptor::from_std(listener).expect("acceptor");
-        let echo = poem::endpoint::make_sync(|req: poem::Request| {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let echo = poem::endpoint::make_sync(move |req: poem::Request| {
             use base64::Engine as _;
-            let aud = req
+            let authorization = req
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            record.lock().expect("lock").push(authorization.to_owned());
+            let aud = Some(authorization)
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .and_then(|jwt| jwt.split('.').nth(1))
                 .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
@@ -1022,7 +1029,12 @@ impl AudienceEcho {
         let task = tokio::spawn(async move {
             let _ = poem::Server::new_with_acceptor(acceptor).run(echo).await;
         });
-        Self { base, task }
+        Self { base, seen, task }
+    }
+
+    /// The `Authorization` header of each request so far (empty when it had none), in order.
+    pub fn bearers(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
     }
 }
 

@@ -47,22 +47,27 @@ impl ValidatedIdToken {
     /// Consumes the token, keeping the claims that describe the user (the
     /// protocol claims `nonce`, `aud`, `azp`, `iat`, `exp`, … are dropped).
     pub(crate) fn into_profile_claims(self) -> Map<String, Value> {
-        let mut claims = self.claims;
-        for c in [
-            "nonce",
-            "aud",
-            "azp",
-            "iat",
-            "exp",
-            "nbf",
-            "auth_time",
-            "at_hash",
-            "c_hash",
-        ] {
-            claims.remove(c);
-        }
-        claims
+        profile_claims(self.claims)
     }
+}
+
+/// The claims of an id_token that describe the user: all but the protocol claims (`nonce`, `aud`, `azp`, `iat`,
+/// `exp`, …). What a session keeps as `id_token_claims` (and what its stored record derives them from).
+pub(crate) fn profile_claims(mut claims: Map<String, Value>) -> Map<String, Value> {
+    for c in [
+        "nonce",
+        "aud",
+        "azp",
+        "iat",
+        "exp",
+        "nbf",
+        "auth_time",
+        "at_hash",
+        "c_hash",
+    ] {
+        claims.remove(c);
+    }
+    claims
 }
 
 /// What the caller expects of this particular token.

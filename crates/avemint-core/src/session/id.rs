@@ -102,6 +102,11 @@ impl SessionHandle {
         (raw.len() == SESSION_HANDLE_LEN && n == 16 && URL_SAFE_NO_PAD.encode(out) == raw).then(|| Self(raw.to_owned()))
     }
 
+    /// A handle read back from a stored session record (written by `generate`, authenticated by the seal).
+    pub(crate) fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
     /// The handle as it appears in the `sid` claim.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -59,7 +59,7 @@ impl Sessions {
             return None;
         }
         let plain = self.open_row(row, now).ok()?;
-        let data = serde_json::from_slice(&plain).ok()?;
+        let data = super::record::decode(&plain).ok()?;
         Some(self.session_of_row(row, data))
     }
 

@@ -30,6 +30,7 @@ pub(crate) mod backoff;
 pub(crate) mod id;
 pub(crate) mod manage;
 pub mod postgres;
+pub(crate) mod record;
 pub(crate) mod renew;
 pub(crate) mod sealer;
 pub mod settings;
@@ -392,7 +393,7 @@ impl Sessions {
     }
 
     fn seal(&self, key: &SessionRowHash, created_at: UnixTime, data: &SessionData) -> Result<Vec<u8>, StoreError> {
-        let plain = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| StoreError::Encoding)?);
+        let plain = record::encode(data).map_err(|_| StoreError::Encoding)?;
         Ok(self.crypto().store.seal(&record_aad(key, created_at), &plain))
     }
 
@@ -578,7 +579,7 @@ impl Sessions {
                 return Ok(None);
             }
         };
-        let Ok(data) = serde_json::from_slice::<SessionData>(&plain) else {
+        let Ok(data) = record::decode(&plain) else {
             tracing::warn!(session = ?key, "stored session could not be decoded");
             return Ok(None);
         };

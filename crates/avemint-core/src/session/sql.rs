@@ -23,6 +23,7 @@
 //! | `owner_hash`, `seen_mac`, index    | `0003_owner_index_and_seen_mac`  | `0002_owner_index_and_seen_mac`   |
 //! | `handle_hash`, timestamps index    | `0004_handle_index`              | `0004_handle_index`               |
 //! | `refresh_deadline`, `ave_pause`     | `0005_refresh_deadline`          | `0005_refresh_deadline`           |
+//! | no `sessions_created_at` index     | `0006_compact_sessions`          | `0006_compact_sessions`           |
 //!
 //! Column types map BLOB ↔ BYTEA and INTEGER ↔ BIGINT. From 0004 on a
 //! migration takes the same version number on both backends (PostgreSQL has
