@@ -9,7 +9,7 @@
 #     -e AVEMINT_SESSION_KEYS_FILE=/run/secrets/session_keys -e AVEMINT_PUBLIC_URL=https://app.example.com … avemint
 #
 # This file is not built on avemint's CI (no container registry is reachable there); packaging/build-image.sh builds
-# an equivalent image offline from Debian packages and packaging/smoke-image.sh runs it (README, Operations).
+# an equivalent image offline from Debian packages and packaging/smoke-image.sh runs it (docs/operations.md, Container image).
 
 ARG RUST_VERSION=1.94
 

@@ -14,7 +14,7 @@
 # Needs root, podman, curl, jq, and the emulator: `cargo build --release -p ave-emulator --example standalone`
 # (or EMULATOR_BIN). Environment: IMAGE (default localhost/avemint:offline), PORT (18080), EMULATOR_PORT (18081),
 # PODMAN_OPTS (global podman options, e.g. `--runtime runc`) and PODMAN_RUN_OPTS (extra `podman run` options, e.g.
-# `--ulimit nofile=20000:20000`): what a restricted machine needs, see README, Operations > Container image.
+# `--ulimit nofile=20000:20000`): what a restricted machine needs, see docs/operations.md, Container image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,7 @@
 //! `avemint healthcheck`: probes a running avemint's `/healthz` and says whether it answered 200.
 //!
 //! It exists for container images without a shell or curl (distroless): the image's `HEALTHCHECK` runs the binary it
-//! already has. It asks only the liveness endpoint, which never waits on Ave or the store (README, Liveness and
+//! already has. It asks only the liveness endpoint, which never waits on Ave or the store (docs/operations.md, Liveness and
 //! readiness), so a probe never fails because a dependency is down.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

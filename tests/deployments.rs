@@ -166,7 +166,7 @@ fn the_container_image_takes_the_database_url_as_a_value_a_file_or_not_at_all() 
     );
     let workdir = PathBuf::from(mounts.map(&image.workdir));
     std::fs::create_dir_all(&workdir).expect("workdir");
-    // What `docker run` adds (the Dockerfile's header and README, Container image): the client, the secrets as
+    // What `docker run` adds (the Dockerfile's header and docs/operations.md, Container image): the client, the secrets as
     // mounted files, the public URL.
     let secrets = tmp.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("secrets");

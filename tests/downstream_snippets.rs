@@ -1,4 +1,4 @@
-//! The README's Node (`jose`) and Python (`PyJWT`) verification snippets, kept in
+//! docs/token-profiles.md's Node (`jose`) and Python (`PyJWT`) verification snippets, kept in
 //! `examples/node/verify.mjs` and `examples/python/verify.py`, run against a live
 //! avemint with a real app JWT. Each test installs its library into its own
 //! temporary directory (npm / pip `--target`). Without node/npm or python3/pip the
@@ -22,12 +22,11 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("repository file")
 }
 
-/// The README shows exactly the code that is tested.
-fn assert_in_readme(path: &str) {
-    let readme = repo_file("README.md");
+/// The documentation (`doc`, a file of the repository) shows exactly the code that is tested.
+fn assert_in_doc(doc: &str, path: &str) {
     assert!(
-        readme.contains(&repo_file(path)),
-        "README.md must contain {path} verbatim (in a code block)"
+        repo_file(doc).contains(&repo_file(path)),
+        "{doc} must contain {path} verbatim (in a code block)"
     );
 }
 
@@ -99,7 +98,7 @@ async fn check(app: &TestApp, script: impl Fn() -> Command) {
 
 #[tokio::test]
 async fn the_node_snippet_verifies_app_jwts() {
-    assert_in_readme("examples/node/verify.mjs");
+    assert_in_doc("docs/token-profiles.md", "examples/node/verify.mjs");
     if !support::tool_available("node", "--version") || !support::tool_available("npm", "--version") {
         return;
     }
@@ -120,7 +119,7 @@ async fn the_node_snippet_verifies_app_jwts() {
 
 #[tokio::test]
 async fn the_python_snippet_verifies_app_jwts() {
-    assert_in_readme("examples/python/verify.py");
+    assert_in_doc("docs/token-profiles.md", "examples/python/verify.py");
     if !support::tool_available("python3", "--version") {
         return;
     }
@@ -166,8 +165,8 @@ async fn introspect(app: &TestApp, mut cmd: Command, token: &str) -> (bool, Valu
 
 #[tokio::test]
 async fn the_introspection_snippets_follow_logout() {
-    assert_in_readme("examples/node/introspect.mjs");
-    assert_in_readme("examples/python/introspect.py");
+    assert_in_doc("docs/sessions.md", "examples/node/introspect.mjs");
+    assert_in_doc("docs/sessions.md", "examples/python/introspect.py");
     let node = support::tool_available("node", "--version");
     let python = support::tool_available("python3", "--version");
     if !node && !python {

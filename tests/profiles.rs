@@ -87,7 +87,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// Checks `X-Avemint-Signature` the way the README tells receivers to: the secret it verifies under, if any.
+/// Checks `X-Avemint-Signature` the way docs/token-profiles.md tells receivers to: the secret it verifies under, if any.
 fn signature_ok(req: &Request, body: &[u8]) -> Option<&'static str> {
     [HOOK_SECRET, NEW_HOOK_SECRET]
         .into_iter()
@@ -437,7 +437,7 @@ async fn the_hook_merges_claims_signed_and_cached_per_session_and_profile() {
 
 /// The hook secret's file is replaced (atomically, as Kubernetes does) while tokens are minted on several tasks:
 /// within seconds every call is signed with the new secret, and no call fails meanwhile (the receiver accepts
-/// both secrets while it rotates, as the README tells it to).
+/// both secrets while it rotates, as docs/token-profiles.md tells it to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hook_secret_rotates_on_file_change_under_load() {
     let hook = HookServer::start().await;
@@ -661,12 +661,13 @@ fn the_binary_exits_2_with_one_line_when_a_map_overrides_sub() {
     }
 }
 
-/// The README's worked example, run as written (the hook URL and secret file
+/// The worked example of docs/token-profiles.md, run as written (the hook URL and secret file
 /// pointed at this test's hook server). Prints one decoded token per profile:
 /// `cargo test --test profiles worked_example -- --nocapture`.
 #[tokio::test]
-async fn worked_example_from_the_readme() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+async fn worked_example_from_the_docs() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/token-profiles.md"))
+        .expect("docs/token-profiles.md");
     let marker = "<!-- worked example: tests/profiles.rs runs this config -->";
     let start = readme.find(marker).expect("marker") + marker.len();
     let block = &readme[start..];

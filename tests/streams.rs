@@ -18,7 +18,7 @@ use poem::{Body, Request, Response, Server, handler};
 use serde_json::{Value, json};
 use support::{Browser, Options, TestApp};
 
-/// The bound README promises (`SESSION_CHECK`), plus what a loaded CI machine needs to read the end.
+/// The bound docs/proxy.md promises (`SESSION_CHECK`), plus what a loaded CI machine needs to read the end.
 const BOUND: Duration = Duration::from_millis(6500);
 const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
 const HOUR: Duration = Duration::from_secs(3600);

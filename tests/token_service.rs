@@ -1,7 +1,7 @@
 //! `POST /oauth/token` (the token service) over HTTP against the emulator, on SQLite and PostgreSQL: client
 //! credentials for service profiles, Ave access tokens exchanged for app JWTs (RFC 8693; the Ave token from a real
 //! PKCE sign-in at the emulator, as a native app gets it), and delegation of a session's app JWT to another API
-//! with `act`, bound to the session. Every refusal the README lists, the per-network limit of refusals, the
+//! with `act`, bound to the session. Every refusal docs/token-service.md lists, the per-network limit of refusals, the
 //! endpoint in discovery, and its metrics.
 
 mod support;
@@ -650,7 +650,7 @@ on_both_stores!(
     refusals_are_limited_per_network,
 );
 
-/// Runs `node token-service.mjs ARGS` (the README's oauth4webapi example) with `input` on stdin; returns the
+/// Runs `node token-service.mjs ARGS` (docs/token-service.md's oauth4webapi example) with `input` on stdin; returns the
 /// printed token response.
 async fn node_token_service(app: &TestApp, dir: &std::path::Path, args: &[&str], secret: &str, input: &str) -> Value {
     use std::io::Write;
@@ -684,16 +684,17 @@ async fn node_token_service(app: &TestApp, dir: &std::path::Path, args: &[&str],
     serde_json::from_slice(&out.stdout).expect("token response JSON")
 }
 
-/// The README's Node example (`oauth4webapi`, a maintained OAuth client library) gets each kind of token: it
+/// docs/token-service.md's Node example (`oauth4webapi`, a maintained OAuth client library) gets each kind of token: it
 /// exchanges a native app's Ave access token, delegates an app JWT and asks for a service token.
 #[tokio::test]
 async fn the_node_oauth4webapi_example_uses_every_grant() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/token-service.md"))
+        .expect("docs/token-service.md");
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/node/token-service.mjs"))
         .expect("example");
     assert!(
-        readme.contains(&example),
-        "README.md must contain examples/node/token-service.mjs verbatim"
+        doc.contains(&example),
+        "docs/token-service.md must contain examples/node/token-service.mjs verbatim"
     );
     if !support::tool_available("node", "--version") || !support::tool_available("npm", "--version") {
         return;

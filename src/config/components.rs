@@ -1,9 +1,10 @@
-//! Each component's settings, read through the loader in README order: Ave, the listeners, the store and sessions,
+//! Each component's settings, read through the loader in the order of
+//! docs/configuration.md: Ave, the listeners, the store and sessions,
 //! signing keys, the browser-facing security settings, proxy mode's routes and the admin API (token profiles:
 //! `token`).
 //!
 //! Why its own module: the one table of every setting's names, default and parser; adding a setting is one line
-//! here (and its README row).
+//! here (and its row in docs/configuration.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use avemint_core::session::{
 use avemint_core::traffic::client_ip::TrustedProxies;
 use avemint_core::traffic::rate_limit::RateLimit;
 
-/// The settings of each component, in README order.
+/// The settings of each component, in the order of docs/configuration.md.
 impl Loader<'_> {
     #[rustfmt::skip] // one line per setting: kept as a table
     pub(super) fn settings(&mut self) -> Option<Settings> {
@@ -217,7 +218,7 @@ impl Loader<'_> {
 /// Proxy mode's routes: `AVEMINT_ROUTES` (a JSON array) or the file's `[[routes]]`; the environment wins.
 impl Loader<'_> {
     pub(super) fn routes(&mut self, token: Option<&TokenSettings>) -> Routes {
-        let file = self.file.remove("routes");
+        let file = self.take("routes");
         let (origin, specs) = match (self.env.var("AVEMINT_ROUTES"), file) {
             (Some(json), _) => (
                 "AVEMINT_ROUTES",
@@ -245,7 +246,7 @@ impl Loader<'_> {
 /// `AVEMINT_SPA_ROOT`, `AVEMINT_SPA_UPSTREAM`, `AVEMINT_SPA_CSP`; the environment wins, key by key.
 impl Loader<'_> {
     pub(super) fn spa(&mut self) -> SpaSettings {
-        let mut table = match self.file.remove("spa") {
+        let mut table = match self.take("spa") {
             None => toml::Table::new(),
             Some(toml::Value::Table(table)) => table,
             Some(_) => {
@@ -254,6 +255,8 @@ impl Loader<'_> {
             }
         };
         let mut pick = |l: &mut Self, env_name: &str, key: &str| -> Option<Sourced> {
+            #[cfg(test)]
+            l.asked.insert(format!("spa.{key}"));
             let file = match table.remove(key) {
                 Some(toml::Value::String(v)) => Some(v),
                 Some(_) => {

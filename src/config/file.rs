@@ -32,6 +32,8 @@ impl<'a> Loader<'a> {
             errors: Vec::new(),
             defaults: Vec::new(),
             has_file,
+            #[cfg(test)]
+            asked: Default::default(),
         })
     }
 
@@ -46,9 +48,16 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// Takes `key` out of the file as it is: every top-level key is read through here.
+    pub(super) fn take(&mut self, key: &str) -> Option<toml::Value> {
+        #[cfg(test)]
+        self.asked.insert(key.to_owned());
+        self.file.remove(key)
+    }
+
     /// Takes `key` out of the file, type-checked.
     pub(super) fn take_file(&mut self, key: &str, shape: Shape) -> Option<String> {
-        let v = self.file.remove(key)?;
+        let v = self.take(key)?;
         let text = shape.text(v);
         if text.is_none() {
             self.errors.push(format!("config file `{key}`: {}", shape.expected()));

@@ -67,6 +67,9 @@ pub(super) struct Loader<'a> {
     pub(super) defaults: Vec<String>,
     /// A configuration file is read: a missing setting is then named by its file key too.
     pub(super) has_file: bool,
+    /// Every file key asked for (`[spa]`'s as `spa.KEY`): a test holds docs/configuration.md to them.
+    #[cfg(test)]
+    pub(super) asked: std::collections::BTreeSet<String>,
 }
 
 impl Loader<'_> {
@@ -156,11 +159,9 @@ impl Loader<'_> {
         }
     }
 
-    /// True when neither the environment nor the file sets `env_name` / `file_key` (or their `_FILE` forms).
+    /// True when neither the environment nor the file sets `env_name` / `file_key` (a setting with no `_FILE`
+    /// form: only names the loader reads are asked for).
     pub(super) fn unset(&self, env_name: &str, file_key: &str) -> bool {
-        self.env.var(env_name).is_none()
-            && self.env.var(&format!("{env_name}_FILE")).is_none()
-            && !self.file.contains_key(file_key)
-            && !self.file.contains_key(&format!("{file_key}_file"))
+        self.env.var(env_name).is_none() && !self.file.contains_key(file_key)
     }
 }

@@ -9,9 +9,11 @@
 //! environment, `_FILE` secrets), the defaults, and the error lines.
 //!
 //! Every problem found is reported, one line each, without echoing a secret.
-//! Public names (environment variables and file keys) are documented in the
-//! README and must stay stable. Adding a setting: its field in the component's
-//! type, one `or`/`required`/`secret` line in `components` (or `token`), and the README row.
+//! Public names (environment variables and file keys) are documented in
+//! docs/configuration.md and must stay stable. Adding a setting: its field in
+//! the component's type, one `or`/`required`/`secret` line in `components` (or
+//! `token`), and its row in docs/configuration.md (`tests.rs` checks that table
+//! against what the loader reads).
 //!
 //! The file is read as a `toml::Table`; each lookup takes its key out, so
 //! whatever is left at the end is an unknown key and refused. `[[profiles]]` and `[[routes]]`
@@ -116,6 +118,8 @@ pub fn load_keys(config_path: Option<&Path>, env: &dyn Env) -> Result<KeysSettin
         errors: Vec::new(),
         defaults: Vec::new(),
         has_file: true,
+        #[cfg(test)]
+        asked: Default::default(),
     };
     let _ = rest.settings();
     l.file = rest.file;

@@ -662,19 +662,19 @@ fn token_service_settings_load_and_bad_ones_are_refused_one_line_each() {
     }
 }
 
-/// The README's token-service configuration loads as it says (its secret files made in a temporary directory).
+/// docs/token-service.md's configuration loads as it says (its secret files made in a temporary directory).
 #[test]
-fn the_readme_token_service_config_loads() {
-    let readme = include_str!("../../README.md");
+fn the_documented_token_service_config_loads() {
+    let readme = include_str!("../../docs/token-service.md");
     let marker = "<!-- token service config: src/config/tests.rs loads exactly this block -->\n```toml\n";
-    let start = readme.find(marker).expect("marker in README") + marker.len();
+    let start = readme.find(marker).expect("marker in docs/token-service.md") + marker.len();
     let block = &readme[start..start + readme[start..].find("```").expect("block end")];
     let dir = tempfile::tempdir().expect("tempdir");
     for file in ["web_exchange", "reports_job"] {
         std::fs::write(dir.path().join(file), "0123456789abcdef0123456789abcdef\n").expect("secret file");
     }
     let toml = block.replace("/run/secrets/", &format!("{}/", dir.path().display()));
-    let s = load_file(&toml, &[]).expect("the README's config loads");
+    let s = load_file(&toml, &[]).expect("the documented config loads");
     assert_eq!(s.exchange.ave_client_ids, ["app_0123456789abcdef0123456789abcdef"]);
     let p = s.token.profiles();
     assert_eq!(
@@ -816,4 +816,139 @@ fn problems_name_each_setting_as_it_was_written() {
     let s = Settings::load(Some(&cfg), &env(&pairs)).expect("valid");
     let file = s.ave.client_secret_file.expect("from a file");
     assert_eq!(file.setting(), Some("config file `client_secret_file`"));
+}
+
+/// An environment with nothing set that records every name asked for.
+#[derive(Default)]
+struct Recording(std::cell::RefCell<std::collections::BTreeSet<String>>);
+
+impl Env for Recording {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.borrow_mut().insert(name.to_owned());
+        None
+    }
+}
+
+/// The settings the configuration reference documents: the `AVE_*`/`AVEMINT_*` variables and the file keys (top-level,
+/// and `[spa]`'s as `spa.KEY`) of its settings table, each with the number of rows naming it. A row's names are the
+/// backticked ones of its first two cells and, in its meaning, the `_FILE` / `_file` form of them.
+fn documented_settings(doc: &str) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let table = doc
+        .split("\n| env | file key | meaning | default |\n|---|---|---|---|\n")
+        .nth(1)
+        .expect("the settings table in docs/configuration.md");
+    let ticked = |cell: &str| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    let (mut vars, mut keys) = (BTreeMap::new(), BTreeMap::new());
+    for row in table.lines().take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.trim().trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "a settings row of four cells: {row}");
+        let (env_cell, key_cell, meaning) = (cells[0], cells[1], cells[2]);
+        let mut row_vars: Vec<String> = ticked(env_cell)
+            .into_iter()
+            .filter(|n| n.starts_with("AVE_") || n.starts_with("AVEMINT_"))
+            .collect();
+        let mut row_keys = Vec::new();
+        let key_ticks = ticked(key_cell);
+        match key_ticks.first().map(String::as_str) {
+            None => {}
+            Some("[spa]") => {
+                row_keys.push("spa".to_owned());
+                row_keys.extend(key_ticks.get(1).map(|k| format!("spa.{k}")));
+            }
+            Some(t) if t.starts_with('[') => {
+                let name = t.trim_matches(|c| c == '[' || c == ']');
+                row_keys.push(name.split('.').next().unwrap_or(name).to_owned());
+            }
+            Some(t) => match key_cell
+                .split_once("(in `")
+                .and_then(|(_, rest)| rest.split('`').next())
+            {
+                Some(table) => row_keys.push(table.trim_matches(|c| c == '[' || c == ']').to_owned()),
+                None => row_keys.push(t.to_owned()),
+            },
+        }
+        let also = ticked(meaning);
+        let file_forms: Vec<String> = row_vars.iter().map(|v| format!("{v}_FILE")).collect();
+        row_vars.extend(file_forms.into_iter().filter(|f| also.contains(f)));
+        let file_keys: Vec<String> = row_keys.iter().map(|k| format!("{k}_file")).collect();
+        row_keys.extend(file_keys.into_iter().filter(|f| also.contains(f)));
+        for v in row_vars {
+            *vars.entry(v).or_insert(0) += 1;
+        }
+        for k in row_keys {
+            *keys.entry(k).or_insert(0) += 1;
+        }
+    }
+    // The file itself: named in the section's first sentence.
+    if doc.contains("A TOML file (`--config PATH` or `AVEMINT_CONFIG`)") {
+        *vars.entry("AVEMINT_CONFIG".to_owned()).or_insert(0) += 1;
+    }
+    (vars, keys)
+}
+
+/// docs/configuration.md lists every setting the loader reads, each once, and none it does not: the variables and
+/// file keys are those the loader asks for (recorded as it loads), plus the variables the log set-up reads.
+#[test]
+fn the_configuration_reference_lists_exactly_the_settings_the_loader_reads() {
+    let env = Recording::default();
+    let mut loader = Loader::new(None, &env).expect("no file to read");
+    let _ = loader.settings();
+    let mut read_vars = env.0.take();
+    // The log format is read before the loader runs, by the log set-up.
+    let telemetry = include_str!("../telemetry.rs");
+    read_vars.extend(
+        telemetry
+            .split("std::env::var(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|n| n.starts_with("AVEMINT_") || n.starts_with("AVE_"))
+            .map(str::to_owned),
+    );
+    assert!(read_vars.contains("AVEMINT_LOG_FORMAT"), "{read_vars:?}");
+    let read_keys = loader.asked.clone();
+    assert!(
+        read_keys.contains("spa.root") && read_keys.contains("profiles"),
+        "{read_keys:?}"
+    );
+
+    let (vars, keys) = documented_settings(include_str!("../../docs/configuration.md"));
+    let twice: Vec<_> = vars
+        .iter()
+        .chain(&keys)
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    // A table's own key (`[[profiles]]`, `[spa]`) has a row per part of it; every other setting has exactly one.
+    let twice: Vec<_> = twice
+        .into_iter()
+        .filter(|k| !["profiles", "spa"].contains(&k.as_str()))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "documented in more than one row of docs/configuration.md: {twice:?}"
+    );
+    let diff = |a: &std::collections::BTreeSet<String>, b: &BTreeMap<String, usize>| -> (Vec<String>, Vec<String>) {
+        (
+            a.iter().filter(|n| !b.contains_key(*n)).cloned().collect(),
+            b.keys().filter(|n| !a.contains(*n)).cloned().collect(),
+        )
+    };
+    let (undocumented, unread) = diff(&read_vars, &vars);
+    assert!(
+        undocumented.is_empty(),
+        "variables the loader reads, missing from docs/configuration.md: {undocumented:?}"
+    );
+    assert!(
+        unread.is_empty(),
+        "variables docs/configuration.md lists that the loader does not read: {unread:?}"
+    );
+    let (undocumented, unread) = diff(&read_keys, &keys);
+    assert!(
+        undocumented.is_empty(),
+        "file keys the loader reads, missing from docs/configuration.md: {undocumented:?}"
+    );
+    assert!(
+        unread.is_empty(),
+        "file keys docs/configuration.md lists that the loader does not read: {unread:?}"
+    );
 }

@@ -40,7 +40,7 @@ impl Loader<'_> {
             },
         );
         let flat_in_file = FLAT_TOKEN_KEYS.map(|k| (k, self.file.contains_key(k)));
-        let list = self.file.remove("profiles");
+        let list = self.take("profiles");
         let ttl = self.optional(
             Number,
             "AVEMINT_TOKEN_TTL",
@@ -106,7 +106,7 @@ impl Loader<'_> {
 
     /// `AVEMINT_TOKEN_CLAIMS` (JSON) or the file's `[token_claims]` table.
     fn token_claims(&mut self) -> Option<ClaimTemplate> {
-        let file = self.file.remove("token_claims");
+        let file = self.take("token_claims");
         if let Some(text) = self.env.var("AVEMINT_TOKEN_CLAIMS") {
             let v = Sourced {
                 value: text,
@@ -197,7 +197,7 @@ impl Loader<'_> {
 
     /// `[exchange]` (`ave_client_ids`) or `AVEMINT_EXCHANGE_AVE_CLIENT_IDS` (comma-separated); the environment wins.
     pub(super) fn exchange(&mut self) -> ExchangeSettings {
-        let file = self.file.remove("exchange").map(FileExchange::deserialize);
+        let file = self.take("exchange").map(FileExchange::deserialize);
         let from_file = match file {
             Some(Ok(e)) => e.ave_client_ids,
             Some(Err(e)) => {

@@ -213,7 +213,7 @@ enum LoadMiss {
 const UNKNOWN_KEYS_WARNED: usize = 64;
 /// How long after its last write a row made with a session key this instance lacks is taken for a rotation in
 /// progress (503, the other instances are ahead) rather than a dropped key (the session is over here). Rolling a
-/// new key out to every instance must take less than this (README, Rotating secrets).
+/// new key out to every instance must take less than this (docs/configuration.md, Rotating secrets).
 pub(crate) const KEY_ROTATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why a stored row was refused.
@@ -616,7 +616,7 @@ impl Sessions {
             tracing::warn!(
                 key_id = %label,
                 "a stored session was written under a session key this instance does not hold; refusing it for now \
-                 and keeping it (add that key to AVEMINT_SESSION_KEYS; see README, Rotating secrets)"
+                 and keeping it (add that key to AVEMINT_SESSION_KEYS; see docs/configuration.md, Rotating secrets)"
             );
         } else {
             tracing::debug!(key_id = %label, "a stored session was written under a session key this instance does not hold");
