@@ -318,13 +318,22 @@ impl TestApp {
 }
 
 /// The value of the sample `series` (with labels, exactly as written) in `{base}/metrics`; `None` when absent.
-pub async fn metric_at(base: &str, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
+pub async fn metric_at(base: &str, name: &str) -> Option<f64> {
+    series(&metrics_text(base).await, name)
+}
+
+/// The Prometheus text `GET {base}/metrics` answers.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
+        .expect("text")
+}
+
+/// The value of `series` (name and labels, exactly as exposed) in a Prometheus text.
+pub fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -647,7 +656,8 @@ pub fn free_port() -> u16 {
 
 /// The one environment of every `avemint serve` a test starts, after clearing the rest: the Ave client, `port` on
 /// loopback as listen address and public URL, fixed session keys, the store and keys directory, logs at `warn`,
-/// stdout and stderr discarded. Tests add or override what they need (a later `.env`/`.stderr` wins).
+/// stdout and stderr discarded. Tests add or override what they need (a later `.env`/`.stderr` wins). To debug a
+/// test, `AVEMINT_TEST_SERVE_LOG=<filter>` (e.g. `info`) sets the child's `RUST_LOG` and shows its stderr.
 pub fn serve_env<'c>(
     cmd: &'c mut std::process::Command,
     ave: &AveClientEnv,
@@ -655,6 +665,7 @@ pub fn serve_env<'c>(
     database_url: &str,
     keys_dir: &std::path::Path,
 ) -> &'c mut std::process::Command {
+    let serve_log = std::env::var("AVEMINT_TEST_SERVE_LOG").ok();
     cmd.env_clear()
         .env("AVE_CLIENT_ID", &ave.client_id)
         .env("AVE_CLIENT_SECRET", &ave.client_secret)
@@ -664,9 +675,12 @@ pub fn serve_env<'c>(
         .env("AVEMINT_SESSION_KEYS", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
         .env("AVEMINT_DATABASE_URL", database_url)
         .env("AVEMINT_KEYS_DIR", keys_dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", serve_log.as_deref().unwrap_or("warn"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(match serve_log {
+            Some(_) => std::process::Stdio::inherit(),
+            None => std::process::Stdio::null(),
+        })
 }
 
 /// `avemint serve` with [`serve_env`].
