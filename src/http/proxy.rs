@@ -364,6 +364,7 @@ pub(crate) async fn relay(
     let rest = route.rest(&path).unwrap_or_default();
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     let client = client.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let body_may_follow = body_may_follow(&req);
     let mut headers = std::mem::take(req.headers_mut());
     cookies::strip_own(&mut headers, route.strip_cookies);
     let query = req.uri().query().map(str::to_owned);
@@ -374,6 +375,7 @@ pub(crate) async fn relay(
         query: query.as_deref(),
         headers,
         request_id: request_id.as_deref(),
+        body_may_follow,
         body: Box::pin(req.take_body().into_bytes_stream()),
     };
     // Taken before the request is gone: the browser's side of a WebSocket once the `101` is sent, and its place
@@ -404,6 +406,14 @@ pub(crate) async fn relay(
     }
 }
 
+/// Whether `req` may have a body: an HTTP/1.x request without `Content-Length` and `Transfer-Encoding` has none
+/// (RFC 9112 §6.3); an HTTP/2 one may have one until its stream ends.
+fn body_may_follow(req: &Request) -> bool {
+    req.version() >= poem::http::Version::HTTP_2
+        || req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
 /// Resolves once `session` has ended (logout here or elsewhere, expiry, idle timeout, the per-user cap, an admin),
 /// checked every `proxy::SESSION_CHECK` without counting as the user's activity: what ends every long-lived
 /// proxied answer. A store that cannot answer right now ends nothing (as for HTTP calls served from memory); only a
@@ -420,7 +430,7 @@ fn session_ended(state: &Arc<AppState>, session: &Session) -> impl Future<Output
 /// What a switched WebSocket is relayed with.
 struct Relay {
     browser: poem::OnUpgrade,
-    upstream: reqwest::Response,
+    upstream: avemint_core::proxy::upstream::UpstreamResponse,
     /// Its place within the WebSocket limits, given back when the relay ends.
     slot: websocket::SocketSlot,
     max_message: usize,
@@ -434,10 +444,11 @@ fn switch(metrics: &ProxyRouteMetrics, relay: Relay, ended: impl Future<Output =
     let open = metrics.stream(StreamKind::WebSocket);
     tokio::spawn(async move {
         let (_open, _slot) = (open, relay.slot);
-        let (Ok(browser), Ok(upstream)) = (relay.browser.await, relay.upstream.upgrade().await) else {
+        let (Ok(browser), Ok(upstream)) = (relay.browser.await, hyper::upgrade::on(relay.upstream).await) else {
             tracing::debug!("a proxied WebSocket closed before it opened");
             return;
         };
+        let upstream = hyper_util::rt::TokioIo::new(upstream);
         if websocket::relay(browser, upstream, relay.max_message, ended).await == websocket::Ended::SessionEnded {
             tracing::debug!("a proxied WebSocket was closed because its session ended");
         }

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
 
 /// Hop-by-hop headers besides those `Connection` names.
 const HOP_BY_HOP: [&str; 9] = [

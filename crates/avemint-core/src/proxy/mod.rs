@@ -7,13 +7,14 @@
 //! `bearer`), and how an upstream failure is classified are policy that needs
 //! no HTTP server type. The HTTP adapter (`http::proxy`) checks CSRF, reads
 //! the session, renews it like `/auth/token`, and turns the outcome into an
-//! answer; upstream calls go through reqwest.
+//! answer; upstream calls go through hyper's client (`upstream`).
 
 pub mod access;
 pub(crate) mod bearer;
 pub mod headers;
 pub mod readings;
 pub mod settings;
+pub mod upstream;
 pub mod websocket;
 
 use std::future::Future;
@@ -24,9 +25,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
-use reqwest::Method;
-use reqwest::header::{self, HeaderMap};
+use futures_util::{Stream, StreamExt as _};
+use http::header::{self, HeaderMap};
+use http::{Method, Uri};
 use tokio::time::Instant;
 
 pub use access::{RequiredClaims, RouteAuth};
@@ -62,7 +63,7 @@ pub enum ForwardError {
 
 /// An upstream's answer, once its status and headers arrived.
 pub struct Answer {
-    pub response: reqwest::Response,
+    pub response: upstream::UpstreamResponse,
     /// When the whole answer must have arrived, unless it is a stream (see [`Answer::body`]).
     pub deadline: Instant,
 }
@@ -82,7 +83,7 @@ impl Answer {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("chunked"));
-        let framed_as_it_goes = chunked || self.response.version() >= reqwest::Version::HTTP_2;
+        let framed_as_it_goes = chunked || self.response.version() >= http::Version::HTTP_2;
         event_stream || (!headers.contains_key(header::CONTENT_LENGTH) && framed_as_it_goes)
     }
 
@@ -95,7 +96,7 @@ impl Answer {
         session_ended: impl Future<Output = ()> + Send + 'static,
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send {
         let deadline = (!self.is_stream()).then_some(self.deadline);
-        let body = self.response.bytes_stream().map_err(io::Error::other);
+        let body = upstream::data(self.response.into_body());
         let ended: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(session_ended);
         futures_util::stream::unfold(Some((Box::pin(body), ended, counted)), move |state| async move {
             let (mut body, mut ended, counted) = state?;
@@ -158,6 +159,9 @@ pub struct Outgoing<'a> {
     /// avemint's id of the request, sent upstream as `X-Request-Id`.
     pub request_id: Option<&'a str>,
     pub body: BodyStream,
+    /// Whether a body may follow the headers: false for an HTTP/1.x request with neither `Content-Length` nor
+    /// `Transfer-Encoding` (it has none, RFC 9112 §6.3), which then goes upstream without one.
+    pub body_may_follow: bool,
 }
 
 /// The routes in use with their metrics: replaced whole when the configuration is reloaded.
@@ -217,9 +221,9 @@ impl LiveRoutes {
 /// The routes, the upstream client and the bearer cache of one running service.
 pub struct Proxy {
     routes: LiveRoutes,
-    client: reqwest::Client,
+    client: upstream::Upstream,
     /// WebSocket handshakes: HTTP/1.1 only (an upgrade does not exist in HTTP/2).
-    handshakes: reqwest::Client,
+    handshakes: upstream::Upstream,
     bearers: bearer::Bearers,
     /// The WebSockets open, within `AVEMINT_MAX_WEBSOCKETS_PER_SESSION` and `AVEMINT_MAX_WEBSOCKETS`.
     sockets: websocket::OpenSockets,
@@ -235,15 +239,8 @@ impl Proxy {
         websockets: websocket::WebSocketLimits,
         public_url: &PublicUrl,
     ) -> Result<Self, ClientError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|_| ClientError)?;
-        let handshakes = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .http1_only()
-            .build()
-            .map_err(|_| ClientError)?;
+        let client = upstream::Upstream::new(upstream::Versions::Any)?;
+        let handshakes = upstream::Upstream::new(upstream::Versions::Http1)?;
         let url = url::Url::parse(public_url.as_str()).map_err(|_| ClientError)?;
         let host = match (url.host_str(), url.port()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -279,7 +276,7 @@ impl Proxy {
     /// Sends `out` to `route`'s upstream with `bearer` (none: without `Authorization`); the answer once its status
     /// and headers arrived (the body
     /// streams on). A WebSocket handshake (`websocket::is_handshake`) goes upstream as one, over HTTP/1.1; its
-    /// `101` answer can then be upgraded (`reqwest::Response::upgrade`).
+    /// `101` answer can then be upgraded (`hyper::upgrade::on`).
     #[tracing::instrument(
         name = "proxy.upstream",
         skip_all,
@@ -299,7 +296,7 @@ impl Proxy {
         let limit = route.max_request_bytes;
         let declared = out
             .headers
-            .get(reqwest::header::CONTENT_LENGTH)
+            .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(ForwardError::TooLarge { limit });
@@ -307,6 +304,7 @@ impl Proxy {
         let url = route
             .target(out.rest, out.query)
             .map_err(|_| ForwardError::Unforwardable)?;
+        let uri = Uri::try_from(url.as_str()).map_err(|_| ForwardError::Unforwardable)?;
         let via = headers::ForwardedFor {
             client,
             proto: &self.proto,
@@ -316,16 +314,25 @@ impl Proxy {
         let mut headers = headers::upstream(out.headers, bearer, &via).map_err(|_| ForwardError::Unforwardable)?;
         avemint_base::trace_context::inject(&mut headers);
         let fault = Arc::new(AtomicU8::new(BodyFault::NONE));
-        let send = match handshake {
+        let (client, body) = match handshake {
             Some(handshake) => {
                 websocket::upgrade_request(&mut headers, handshake);
-                self.handshakes.request(out.method, url).headers(headers).send()
+                (&self.handshakes, upstream::empty())
             }
-            None => {
-                let body = reqwest::Body::wrap_stream(bounded(out.body, limit, fault.clone()));
-                self.client.request(out.method, url).headers(headers).body(body).send()
+            // Nothing to stream: no body is polled and none is framed (as the browser sent none).
+            None if declared == Some(0) || (declared.is_none() && !out.body_may_follow) => {
+                (&self.client, upstream::empty())
             }
+            None => (
+                &self.client,
+                upstream::streamed(bounded(out.body, limit, fault.clone())),
+            ),
         };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = out.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let send = client.send(request);
         let deadline = started + route.timeout;
         match tokio::time::timeout_at(deadline, send).await {
             Ok(Ok(response)) => {
@@ -354,8 +361,7 @@ impl Proxy {
 /// What went wrong with an upstream call, for the log: the innermost cause in the error's source chain
 /// (`connection refused`, `dns error: …`, `invalid peer certificate: …`) and the upstream's host and port, never
 /// its path or query.
-fn cause(e: reqwest::Error, upstream: &url::Url) -> String {
-    let e = e.without_url();
+fn cause(e: upstream::SendError, upstream: &url::Url) -> String {
     let mut innermost: &(dyn std::error::Error + 'static) = &e;
     let mut io_kind = None;
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&e);

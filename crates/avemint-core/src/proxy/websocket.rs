@@ -3,7 +3,7 @@
 //! switched protocols.
 //!
 //! Why this shape: the handshake is an ordinary HTTP/1.1 request, so it goes
-//! upstream through reqwest like any proxied call (same TLS roots, same URL
+//! upstream through the proxy's client like any proxied call (same TLS roots, same URL
 //! rule, so `ws://` only where `http://` is allowed, `wss://` for https
 //! upstreams; the bearer attached the same way). The browser's
 //! `Sec-WebSocket-Key` is forwarded as sent, so the upstream's
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use reqwest::Method;
-use reqwest::header::{self, HeaderMap, HeaderValue};
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
