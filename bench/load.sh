@@ -175,13 +175,22 @@ cpu_ms() {
   for pid in "$@"; do files+=("/proc/$pid/stat"); done
   awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%d", t * 1000 / hz }' "${files[@]}"
 }
-# measure NAME SECONDS URL LUA PID...: run_wrk (LUA may be ""), plus CPU_US: the PIDs' CPU time per request, in us.
+# sys_ms PID...: the system (kernel) part of cpu_ms.
+sys_ms() {
+  local files=() pid
+  for pid in "$@"; do files+=("/proc/$pid/stat"); done
+  awk -v hz="$CLK_TCK" '{ t += $15 } END { printf "%d", t * 1000 / hz }' "${files[@]}"
+}
+# measure NAME SECONDS URL LUA PID...: run_wrk (LUA may be ""), plus CPU_US: the PIDs' CPU time per request, in us,
+# and SYS_US: its kernel part.
 measure() {
-  local name=$1 secs=$2 url=$3 script=$4 before
+  local name=$1 secs=$2 url=$3 script=$4 before sys_before
   shift 4
   before=$(cpu_ms "$@")
+  sys_before=$(sys_ms "$@")
   run_wrk "$name" "$secs" "$url" "$script"
   CPU_US=$(awk -v b="$before" -v a="$(cpu_ms "$@")" -v n="$REQS" 'BEGIN { printf "%.1f", (a - b) * 1000 / n }')
+  SYS_US=$(awk -v b="$sys_before" -v a="$(sys_ms "$@")" -v n="$REQS" 'BEGIN { printf "%.1f", (a - b) * 1000 / n }')
 }
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -418,19 +427,19 @@ COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET run_wrk warm-avemint "$WARMUP" 
 NGINX_PIDS=("${PIDS[nginx]}" $(pgrep -P "${PIDS[nginx]}"))
 for round in $(seq 1 "$ROUNDS"); do
   measure "direct-$round" "$DURATION" "$UP_URL/item" "" "${PIDS[upstream]}"
-  DR=$RPS DP50=$P50 DP99=$P99 DC=$CPU_US
+  DR=$RPS DP50=$P50 DP99=$P99 DC=$CPU_US DS=$SYS_US
   measure "nginx-$round" "$DURATION" "$NG_URL/item" "" "${NGINX_PIDS[@]}"
-  NR=$RPS NP50=$P50 NP99=$P99 NC=$CPU_US
+  NR=$RPS NP50=$P50 NP99=$P99 NC=$CPU_US NS=$SYS_US
   COOKIES="$WORK/cookies-proxy.txt" WRK_METHOD=GET measure "avemint-$round" "$DURATION" "$AV_URL/api/item" bench/token.lua "${PIDS[proxy]}"
-  AR=$RPS AP50=$P50 AP99=$P99 AC=$CPU_US
-  CR=0 CP50=0 CP99=0 CC=0
+  AR=$RPS AP50=$P50 AP99=$P99 AC=$CPU_US AS=$SYS_US
+  CR=0 CP50=0 CP99=0 CC=0 CS=0
   if [[ -n "$CADDY_URL" ]]; then
     measure "caddy-$round" "$DURATION" "$CADDY_URL/item" "" "${PIDS[caddy]}"
-    CR=$RPS CP50=$P50 CP99=$P99 CC=$CPU_US
+    CR=$RPS CP50=$P50 CP99=$P99 CC=$CPU_US CS=$SYS_US
     awk -v r="$round" -v c="$CR" -v cp="$CP99" -v cc="$CC" -v a="$AR" 'BEGIN {
       printf "round %d: caddy %d req/s (p99 %s ms, %s us CPU/request); avemint/caddy %.2f\n", r, c, cp, cc, a / c }'
   fi
-  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC $CR $CP50 $CP99 $CC" >>"$WORK/proxy-rounds.txt"
+  echo "$round $DR $DP50 $DP99 $NR $NP50 $NP99 $AR $AP50 $AP99 $DC $NC $AC $CR $CP50 $CP99 $CC $DS $NS $AS $CS" >>"$WORK/proxy-rounds.txt"
   awk -v r="$round" -v d="$DR" -v n="$NR" -v a="$AR" -v np="$NP99" -v ap="$AP99" -v dp="$DP99" -v ap50="$AP50" -v dp50="$DP50" -v nc="$NC" -v ac="$AC" 'BEGIN {
     printf "round %d: direct %d req/s, nginx %d req/s (p99 %s ms, %s us CPU/request), avemint %d req/s (p99 %s ms, %s us CPU/request); avemint/nginx %.2f (by CPU time %.2f); avemint adds p50 %.2f ms, p99 %.2f ms over direct (p99 %s ms)\n",
       r, d, n, np, nc, a, ap, ac, a / n, nc / ac, ap50 - dp50, ap - dp, dp }'
@@ -459,14 +468,15 @@ RSS_SAMPLES=$(grep -c . "$WORK/rss.txt")
 
 P=$WORK/proxy-rounds.txt
 echo "medians over $ROUNDS rounds of ${DURATION} s, small JSON answer, $CONNECTIONS connections:"
-printf '%-34s %10s %10s %10s %14s\n' "way" "req/s" "p50 ms" "p99 ms" "CPU us/req"
-printf '%-34s %10s %10s %10s %14s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")" "$(median '$11' "$P")"
-printf '%-34s %10s %10s %10s %14s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")" "$(median '$12' "$P")"
-printf '%-34s %10s %10s %10s %14s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")" "$(median '$13' "$P")"
+printf '%-34s %10s %10s %10s %14s %14s\n' "way" "req/s" "p50 ms" "p99 ms" "CPU us/req" "of it kernel"
+printf '%-34s %10s %10s %10s %14s %14s\n' "(a) direct to the upstream" "$(median '$2' "$P")" "$(median '$3' "$P")" "$(median '$4' "$P")" "$(median '$11' "$P")" "$(median '$18' "$P")"
+printf '%-34s %10s %10s %10s %14s %14s\n' "(b) nginx reverse proxy" "$(median '$5' "$P")" "$(median '$6' "$P")" "$(median '$7' "$P")" "$(median '$12' "$P")" "$(median '$19' "$P")"
+printf '%-34s %10s %10s %10s %14s %14s\n' "(c) avemint proxy mode" "$(median '$8' "$P")" "$(median '$9' "$P")" "$(median '$10' "$P")" "$(median '$13' "$P")" "$(median '$20' "$P")"
 if [[ -n "$CADDY_URL" ]]; then
-  printf '%-34s %10s %10s %10s %14s\n' "(d) caddy reverse_proxy (1 core)" "$(median '$14' "$P")" "$(median '$15' "$P")" "$(median '$16' "$P")" "$(median '$17' "$P")"
+  printf '%-34s %10s %10s %10s %14s %14s\n' "(d) caddy reverse_proxy (1 core)" "$(median '$14' "$P")" "$(median '$15' "$P")" "$(median '$16' "$P")" "$(median '$17' "$P")" "$(median '$21' "$P")"
 fi
-echo "(CPU us/req: CPU time of the server under test, all its threads and processes, per request: for (a) the upstream)"
+echo "(CPU us/req: CPU time of the server under test, all its threads and processes, per request: for (a) the upstream;"
+echo " of it kernel: the system part, the sockets' work, which any proxy pays for two connections per request)"
 echo "avemint/nginx: $(median '$8 / $5' "$P" | awk '{ printf "%.2f", $1 }') (target >= 0.8; per round: $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $8 / $5 }' "$P"))"
 echo "avemint p99 / nginx p99: $(median '$10 / $7' "$P" | awk '{ printf "%.2f", $1 }') (target <= 1.5)"
 if [[ -n "$CADDY_URL" ]]; then

@@ -59,20 +59,31 @@ const LOOK_ALIKES: [&str; 12] = [
 
 /// Removes the hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    remove_where(headers, |name| HOP_BY_HOP.contains(&name));
+}
+
+/// Removes the headers `Connection` names and those `drop` says, looking at each name once: the names are read
+/// from the map (a few), never looked up one by one from the lists (many).
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    let dropped: Vec<HeaderName> = named
+        .chain(headers.keys().filter(|n| drop(n.as_str())).cloned())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in dropped {
         headers.remove(name);
     }
 }
+
+/// The headers avemint adds upstream (besides `Authorization`).
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Who the request is forwarded for: the client and avemint's public origin.
 pub(crate) struct ForwardedFor<'a> {
@@ -92,15 +103,13 @@ pub(crate) fn upstream(
     bearer: Option<&str>,
     via: &ForwardedFor<'_>,
 ) -> Result<HeaderMap, InvalidHeaderValue> {
-    strip_hop_by_hop(&mut headers);
-    for name in SET_BY_AVEMINT.iter().chain(&LOOK_ALIKES) {
-        headers.remove(*name);
-    }
     // `X_Forwarded_For` is `X-Forwarded-For` to WSGI and CGI (nginx drops such names by default too).
-    let underscored: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
-    for name in underscored {
-        headers.remove(name);
-    }
+    remove_where(&mut headers, |name| {
+        HOP_BY_HOP.contains(&name)
+            || SET_BY_AVEMINT.contains(&name)
+            || LOOK_ALIKES.contains(&name)
+            || name.contains('_')
+    });
     if let Some(bearer) = bearer {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {bearer}"))?;
         authorization.set_sensitive(true);
@@ -113,11 +122,11 @@ pub(crate) fn upstream(
     };
     let forwarded = format!("for={node};proto={};host=\"{}\"", via.proto, via.host);
     headers.insert(header::FORWARDED, HeaderValue::from_str(&forwarded)?);
-    headers.insert("x-forwarded-for", HeaderValue::from_str(&client)?);
-    headers.insert("x-forwarded-proto", HeaderValue::from_str(via.proto)?);
-    headers.insert("x-forwarded-host", HeaderValue::from_str(via.host)?);
+    headers.insert(FORWARDED_FOR.clone(), HeaderValue::from_str(&client)?);
+    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_str(via.proto)?);
+    headers.insert(FORWARDED_HOST.clone(), HeaderValue::from_str(via.host)?);
     if let Some(id) = via.request_id {
-        headers.insert("x-request-id", HeaderValue::from_str(id)?);
+        headers.insert(REQUEST_ID.clone(), HeaderValue::from_str(id)?);
     }
     Ok(headers)
 }
@@ -131,16 +140,18 @@ pub fn drop_echoes(headers: &mut HeaderMap, bearer: &str) -> Vec<HeaderName> {
             .iter()
             .any(|secret| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes()))
     };
-    let mut dropped = Vec::new();
-    let names: Vec<HeaderName> = headers.keys().cloned().collect();
-    for name in names {
-        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        if values.iter().any(echoes) {
-            headers.remove(&name);
-            for value in values.into_iter().filter(|v| !echoes(v)) {
-                headers.append(name.clone(), value);
-            }
-            dropped.push(name);
+    // Usually none: only then is anything copied.
+    let mut dropped: Vec<HeaderName> = Vec::new();
+    for (name, _) in headers.iter().filter(|(_, v)| echoes(v)) {
+        if !dropped.contains(name) {
+            dropped.push(name.clone());
+        }
+    }
+    for name in &dropped {
+        let values: Vec<HeaderValue> = headers.get_all(name).iter().cloned().collect();
+        headers.remove(name);
+        for value in values.into_iter().filter(|v| !echoes(v)) {
+            headers.append(name.clone(), value);
         }
     }
     dropped
@@ -240,6 +251,62 @@ mod tests {
                 .contains_key("authorization")
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the browser sends: nothing of the lists, no name with `_`, nothing `Connection` names goes
+        /// upstream; every other header goes, with all its values in order; avemint's own are there once.
+        #[test]
+        fn only_what_may_pass_goes_upstream(
+            sent in proptest::collection::vec((0usize..POOL.len(), "[a-z0-9]{0,6}"), 0..24),
+            connection in proptest::collection::vec(0usize..POOL.len(), 0..3),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (i, value) in &sent {
+                headers.append(HeaderName::from_static(POOL[*i]), HeaderValue::from_str(value).expect("value"));
+            }
+            let named: Vec<&str> = connection.iter().map(|i| POOL[*i]).collect();
+            if !named.is_empty() {
+                headers.append(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).expect("value"));
+            }
+            let via = ForwardedFor { client: "192.0.2.1".parse().expect("ip"), proto: "https", host: "a.example", request_id: Some("id") };
+            let out = upstream(headers.clone(), Some("b.e.arer"), &via).expect("headers");
+            let ours = ["authorization", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
+            for name in &POOL {
+                let passes = !HOP_BY_HOP.contains(name)
+                    && !SET_BY_AVEMINT.contains(name)
+                    && !LOOK_ALIKES.contains(name)
+                    && !name.contains('_')
+                    && !named.contains(name);
+                if ours.contains(name) {
+                    proptest::prop_assert_eq!(out.get_all(*name).iter().count(), 1, "{}", name);
+                } else if passes {
+                    let want: Vec<_> = headers.get_all(*name).iter().collect();
+                    let got: Vec<_> = out.get_all(*name).iter().collect();
+                    proptest::prop_assert_eq!(got, want, "{}", name);
+                } else {
+                    proptest::prop_assert!(!out.contains_key(*name), "{} went upstream", name);
+                }
+            }
+        }
+    }
+
+    /// Header names the property test draws from: ordinary ones, every listed one and underscored ones.
+    const POOL: [&str; 14] = [
+        "accept",
+        "content-type",
+        "x-csrf",
+        "x-custom",
+        "authorization",
+        "host",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-http-method-override",
+        "x_forwarded_host",
+        "my_header",
+    ];
 
     #[test]
     fn answer_headers_that_echo_the_bearer_are_dropped() {
