@@ -67,6 +67,12 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Most sessions kept decrypted in memory at once.
 const CACHE_CAPACITY: u64 = 100_000;
+/// Most bytes of decrypted sessions the session cache holds at once, as [`SessionData::heap_bytes`] estimates
+/// them (a few KiB each). Entries live only `AVEMINT_SESSION_CACHE_TTL_MS`, so how many are alive follows the
+/// request rate over distinct sessions: without a bound in bytes, 10,000 requests a second over many sessions
+/// kept about 26 MiB of them (issue 25: 100,000 sessions within 64 MiB). Over the bound, the least recently used
+/// go first.
+const CACHE_BYTES: u64 = 8 << 20;
 /// How long introspection remembers which row a `sid` names (the mapping
 /// never changes; this only bounds memory together with `CACHE_CAPACITY`).
 const SID_ROW_TTL: Duration = Duration::from_secs(600);
@@ -123,6 +129,26 @@ pub struct SessionData {
 }
 
 impl SessionData {
+    /// About how many bytes this session holds on the heap (its strings, tokens and claims, with a per-entry
+    /// allowance for the maps): what the session cache weighs it at.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let secret = |s: &Secret<String>| s.expose().len();
+        let tokens = &self.tokens;
+        let strings = self.sid.as_str().len()
+            + self.sub.len()
+            + self.scope.len()
+            + secret(&tokens.access_token)
+            + tokens.access_token_jwt.as_ref().map_or(0, secret)
+            + secret(&tokens.id_token)
+            + tokens.refresh_token.as_ref().map_or(0, secret)
+            + self.signed_in_from.device.as_ref().map_or(0, String::len)
+            + self.signed_in_from.network.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Session>()
+            + strings
+            + map_bytes(&self.id_token_claims)
+            + self.user.as_ref().map_or(0, map_bytes)
+    }
+
     /// The same session with Ave's tokens and the id_token claims replaced (after a refresh, or without its spent
     /// refresh token). Who it is (`sid`, `sub`, `scope`), Ave's `user` from sign-in (not re-sent on refresh) and
     /// where it was signed in stay: the one way a stored session's data is rebuilt.
@@ -137,6 +163,21 @@ impl SessionData {
             signed_in_from: self.signed_in_from.clone(),
         }
     }
+}
+
+/// About how many heap bytes a JSON object holds (see [`SessionData::heap_bytes`]).
+fn map_bytes(map: &Map<String, Value>) -> usize {
+    /// A map or array slot, and what a `Value` takes in it.
+    const ENTRY: usize = 64;
+    fn value_bytes(value: &Value) -> usize {
+        match value {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(|v| ENTRY + value_bytes(v)).sum(),
+            Value::Object(map) => map_bytes(map),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+    }
+    map.iter().map(|(k, v)| ENTRY + k.len() + value_bytes(v)).sum()
 }
 
 /// Coarse labels of where a session was signed in, kept only inside the sealed record: a device label from the
@@ -286,7 +327,11 @@ impl Sessions {
         let cache = (!cache_ttl.is_zero()).then(|| {
             Cache::builder()
                 .time_to_live(cache_ttl)
-                .max_capacity(CACHE_CAPACITY)
+                .weigher(|_, session: &Arc<Session>| u32::try_from(session.data.heap_bytes()).unwrap_or(u32::MAX))
+                .max_capacity(CACHE_BYTES)
+                // What was just read is what is asked for again (within the same request and the next ones), so
+                // every new session is admitted and the least recently used goes: no frequency-based refusal.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build()
         });
         let sid_rows = Cache::builder()
@@ -781,6 +826,67 @@ mod tests {
             Duration::ZERO,
             Clock::System,
         )
+    }
+
+    #[test]
+    fn a_sessions_weight_counts_its_tokens_and_claims() {
+        let small = data("u").heap_bytes();
+        let mut big = data("u");
+        big.tokens.id_token = Secret::new("i".repeat(1000));
+        big.id_token_claims
+            .insert("name".into(), Value::String("n".repeat(500)));
+        big.user = Some(Map::from_iter([(
+            "tags".into(),
+            serde_json::json!(["a".repeat(300), "b"]),
+        )]));
+        assert!(
+            big.heap_bytes() >= small + 1000 + 500 + 300,
+            "{} vs {small}",
+            big.heap_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_session_cache_stays_within_its_bytes_and_keeps_what_was_just_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Arc::new(sqlite::SqliteStore::connect(&url).await.expect("connect"));
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(100_000),
+            lifetime: Duration::from_secs(100_000),
+            max_sessions_per_user: 0,
+        };
+        let keys = SealingKeys::from_keys(vec![[5; 32]]);
+        let s = Sessions::with_store(store, &keys, settings, Duration::from_secs(60), Clock::System);
+        // 64 KiB each: 300 of them are more than twice the cache's bytes.
+        let heavy = || {
+            let mut d = data("u");
+            d.tokens.id_token = Secret::new("i".repeat(64 << 10));
+            d
+        };
+        let weight = heavy().heap_bytes() as u64;
+        let mut last = None;
+        for _ in 0..300 {
+            let id = s.create(&heavy()).await.expect("create");
+            assert!(s.get(&id.key()).await.expect("get").is_some());
+            last = Some(id.key());
+        }
+        let cache = s.cache.as_ref().expect("cache");
+        cache.run_pending_tasks().await;
+        assert!(
+            cache.entry_count() * weight <= CACHE_BYTES,
+            "{} sessions of {weight} bytes cached",
+            cache.entry_count()
+        );
+        assert!(
+            cache.entry_count() >= CACHE_BYTES / weight / 2,
+            "{} sessions cached",
+            cache.entry_count()
+        );
+        assert!(
+            cache.contains_key(&last.expect("one")),
+            "the session read last is cached"
+        );
     }
 
     /// Rewrites a stored row through `edit` (what someone with write access to the database can do).
