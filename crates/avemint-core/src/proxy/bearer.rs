@@ -19,8 +19,11 @@ use serde_json::{Map, Value};
 use crate::mint::{MintError, Minter, Profile, Subject};
 use avemint_base::secret::Secret;
 
-/// Most cached tokens (sessions × profiles in use).
-const CAPACITY: u64 = 100_000;
+/// Most bytes of cached tokens with their claims (sessions × profiles in use), as [`Bearer::heap_bytes`] weighs
+/// them (a few KiB each). Tokens are reused for minutes, so every session active within that time holds one per
+/// profile: bounded in bytes, not in entries, the cache stays within this whatever the number of users; over it,
+/// the least recently used token goes (and is minted again when next needed).
+const CAPACITY_BYTES: u64 = 32 << 20;
 /// The most of a token's lifetime that is left unused at the end.
 const MAX_MARGIN: Duration = Duration::from_secs(60);
 
@@ -30,6 +33,17 @@ pub struct Bearer {
     /// The token's claims as signed (a route's `require_claims` is checked on them).
     pub claims: Map<String, Value>,
     reuse_for: Duration,
+}
+
+impl Bearer {
+    /// About how many bytes this cached token holds, with its key (see `session::map_bytes`).
+    fn heap_bytes(&self, key: &(String, String)) -> usize {
+        std::mem::size_of::<Self>()
+            + key.0.len()
+            + key.1.len()
+            + self.token.expose().len()
+            + crate::session::map_bytes(&self.claims)
+    }
 }
 
 /// Cached app JWTs, keyed by session handle and profile name.
@@ -48,16 +62,23 @@ impl Expiry<(String, String), Arc<Bearer>> for ReuseWindow {
 
 impl Default for Bearers {
     fn default() -> Self {
-        Self {
-            cache: Cache::builder()
-                .max_capacity(CAPACITY)
-                .expire_after(ReuseWindow)
-                .build(),
-        }
+        Self::within(CAPACITY_BYTES)
     }
 }
 
 impl Bearers {
+    /// A cache of at most `bytes` (see [`CAPACITY_BYTES`]).
+    fn within(bytes: u64) -> Self {
+        Self {
+            cache: Cache::builder()
+                .weigher(|key, bearer: &Arc<Bearer>| u32::try_from(bearer.heap_bytes(key)).unwrap_or(u32::MAX))
+                .max_capacity(bytes)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .expire_after(ReuseWindow)
+                .build(),
+        }
+    }
+
     /// The app JWT of `profile` for the session `subject` describes: cached, or minted now.
     pub async fn get(
         &self,
@@ -111,6 +132,29 @@ mod tests {
         assert_eq!(reuse_window(Duration::from_secs(300)), Duration::from_secs(240));
         assert_eq!(reuse_window(Duration::from_secs(60)), Duration::from_secs(30));
         assert_eq!(reuse_window(Duration::from_secs(1)), Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_within_its_bytes_and_keeps_what_was_just_minted() {
+        let bearers = Bearers::within(1 << 20);
+        let bearer = |i: usize| {
+            let claims = Map::from_iter([("pad".into(), Value::String("p".repeat(16 << 10)))]);
+            Arc::new(Bearer {
+                token: Secret::new(format!("t{i}")),
+                claims,
+                reuse_for: Duration::from_secs(60),
+            })
+        };
+        let key = |i: usize| (format!("sid{i}"), "api".to_owned());
+        let weight = bearer(0).heap_bytes(&key(0)) as u64;
+        for i in 0..200 {
+            bearers.cache.insert(key(i), bearer(i)).await;
+        }
+        bearers.cache.run_pending_tasks().await;
+        let cached = bearers.cache.entry_count();
+        assert!(cached * weight <= 1 << 20, "{cached} tokens of {weight} bytes cached");
+        assert!(cached >= (1 << 20) / weight / 2, "{cached} tokens cached");
+        assert!(bearers.cache.contains_key(&key(199)), "the token minted last is cached");
     }
 
     #[test]

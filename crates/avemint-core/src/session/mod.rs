@@ -165,8 +165,9 @@ impl SessionData {
     }
 }
 
-/// About how many heap bytes a JSON object holds (see [`SessionData::heap_bytes`]).
-fn map_bytes(map: &Map<String, Value>) -> usize {
+/// About how many heap bytes a JSON object holds: what the session and bearer caches weigh claims at (see
+/// [`SessionData::heap_bytes`]).
+pub(crate) fn map_bytes(map: &Map<String, Value>) -> usize {
     /// A map or array slot, and what a `Value` takes in it.
     const ENTRY: usize = 64;
     fn value_bytes(value: &Value) -> usize {
