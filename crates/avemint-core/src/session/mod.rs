@@ -65,7 +65,7 @@ pub use store::{
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Pooled database connections when `AVEMINT_DATABASE_MAX_CONNECTIONS` is not set.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
-/// Most sessions kept decrypted in memory at once.
+/// Most `sid` → row mappings introspection remembers (the session cache itself is bounded in bytes).
 const CACHE_CAPACITY: u64 = 100_000;
 /// Most bytes of decrypted sessions the session cache holds at once, as [`SessionData::heap_bytes`] estimates
 /// them (a few KiB each). Entries live only `AVEMINT_SESSION_CACHE_TTL_MS`, so how many are alive follows the
