@@ -7,6 +7,8 @@
 //! with the same TLS set-up: the platform's roots through `rustls-platform-verifier`, aws-lc-rs unless the
 //! process installed another rustls provider, ALPN `h2` and `http/1.1` (`http/1.1` only for WebSocket
 //! handshakes, since an upgrade does not exist in HTTP/2). Redirects are never followed: the browser gets them.
+//! Connections go straight to the upstream: `HTTP_PROXY`/`HTTPS_PROXY`, which reqwest honours for the calls to
+//! Ave, do not apply here, where a forward proxy would see every app JWT attached.
 
 use std::io;
 use std::sync::Arc;
