@@ -373,19 +373,14 @@ async fn sighup_reload_under_load_loses_no_request() {
     .expect("emulator");
     let tmp = tempfile::tempdir().expect("tempdir");
     let keys_dir = tmp.path().join("keys");
-    let log = tmp.path().join("stderr.log");
-    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
-    let child = support::serve_command(&support::AveClientEnv::of(&emulator), port, &database_url, &keys_dir)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawns");
-    let child = support::KillOnDrop(child);
+    let (child, log) = support::serve_logged(&emulator, port, tmp.path(), |cmd| {
+        cmd.env_remove("RUST_LOG");
+    })
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    support::wait_ready(&base).await;
 
     // Sign in once through the binary, like a browser.
     let mut browser = Browser::default();

@@ -183,23 +183,13 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let keys_file = tmp.path().join("session_keys");
     std::fs::write(&keys_file, format!("{OLD_KEY}\n")).expect("write");
-    let log = tmp.path().join("stderr.log");
-    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
-    let child = support::serve_command(
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &tmp.path().join("keys"),
-    )
-    .env_remove("AVEMINT_SESSION_KEYS")
-    .env("AVEMINT_SESSION_KEYS_FILE", &keys_file)
-    .env("RUST_LOG", "info")
-    .env("AVEMINT_LOGIN_RATE_LIMIT", "0")
-    .stderr(std::fs::File::create(&log).expect("log file"))
-    .spawn()
-    .expect("spawns");
-    let child = support::KillOnDrop(child);
-    support::wait_ready(&base).await;
+    let (child, log) = support::serve_logged(&emulator, port, tmp.path(), |cmd| {
+        cmd.env_remove("AVEMINT_SESSION_KEYS")
+            .env("AVEMINT_SESSION_KEYS_FILE", &keys_file)
+            .env("RUST_LOG", "info")
+            .env("AVEMINT_LOGIN_RATE_LIMIT", "0");
+    })
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -270,6 +260,7 @@ async fn session_keys_rotate_on_sighup_under_load_and_no_session_is_lost() {
     // The new key really seals: an instance that knows only the new key opens the session made after the reload,
     // and not one made before it. That one is refused with a 503, not ended: an instance cannot tell a key it no
     // longer holds from one it does not hold yet (a rolling rotation, issue 22 §3), so it keeps the session.
+    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
     let only_new = support::ServeProcess::start(
         &emulator,
         &database_url,
@@ -333,22 +324,11 @@ async fn routes_and_profiles_reload_on_sighup_and_a_bad_file_keeps_the_running_o
         upstream.base
     );
     std::fs::write(&config, &first).expect("write");
-    let log = tmp.path().join("stderr.log");
-    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
-    let mut cmd = support::serve_command(
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &tmp.path().join("keys"),
-    );
-    let child = cmd
-        .args(["--config", config.to_str().expect("utf8")])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawns");
-    let child = support::KillOnDrop(child);
-    support::wait_ready(&base).await;
+    let (child, log) = support::serve_logged(&emulator, port, tmp.path(), |cmd| {
+        cmd.args(["--config", config.to_str().expect("utf8")])
+            .env("RUST_LOG", "info");
+    })
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -474,22 +454,11 @@ async fn spa_settings_reload_on_sighup_and_a_root_without_index_html_keeps_the_r
     let broken = build("broken", &[("only-new.txt", "no index.html here")]);
     let config = tmp.path().join("avemint.toml");
     std::fs::write(&config, format!("[spa]\nroot = \"{}\"\n", old.display())).expect("write");
-    let log = tmp.path().join("stderr.log");
-    let database_url = format!("sqlite://{}", tmp.path().join("a.db").display());
-    let mut cmd = support::serve_command(
-        &support::AveClientEnv::of(&emulator),
-        port,
-        &database_url,
-        &tmp.path().join("keys"),
-    );
-    let child = cmd
-        .args(["--config", config.to_str().expect("utf8")])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawns");
-    let child = support::KillOnDrop(child);
-    support::wait_ready(&base).await;
+    let (child, log) = support::serve_logged(&emulator, port, tmp.path(), |cmd| {
+        cmd.args(["--config", config.to_str().expect("utf8")])
+            .env("RUST_LOG", "info");
+    })
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

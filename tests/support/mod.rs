@@ -683,6 +683,28 @@ pub fn serve_env<'c>(
         })
 }
 
+/// `avemint serve` against `emulator` on `port`, its store (`a.db`) and keys directory (`keys`) in `dir` and its stderr
+/// in `dir/stderr.log`, adjusted by `configure` (arguments, environment), started and ready: the process (killed on
+/// drop) and the log's path. What a test reading the binary's log starts.
+pub async fn serve_logged(
+    emulator: &Emulator,
+    port: u16,
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut std::process::Command),
+) -> (KillOnDrop, PathBuf) {
+    let log = dir.join("stderr.log");
+    let database_url = format!("sqlite://{}", dir.join("a.db").display());
+    let mut cmd = serve_command(&AveClientEnv::of(emulator), port, &database_url, &dir.join("keys"));
+    configure(&mut cmd);
+    let child = cmd
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawns");
+    let child = KillOnDrop(child);
+    wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    (child, log)
+}
+
 /// `avemint serve` with [`serve_env`].
 pub fn serve_command(
     ave: &AveClientEnv,
