@@ -16,8 +16,8 @@
 //! (from this tab, another tab over the helper's BroadcastChannel, or the
 //! session's end seen by `watchSession`) and shows the signed-out view.
 
+use poem::Response;
 use poem::http::header;
-use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 use avemint_base::route::Route;
 
@@ -171,15 +171,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .body(body)
 }
 
-/// Serves the demo page and its assets, and passes every other request on to `inner`.
-pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
-    inner.around(|ep, req| async move {
-        Ok(match Route::of(req.uri().path()) {
-            Some(Route::Root) => asset("text/html; charset=utf-8", PAGE),
-            Some(Route::DemoScript) => asset("text/javascript; charset=utf-8", SCRIPT),
-            Some(Route::DemoStyle) => asset("text/css; charset=utf-8", STYLE),
-            Some(Route::DemoApi) if req.method() == poem::http::Method::GET => super::demo_api::hello(&req),
-            _ => ep.call(req).await?.into_response(),
-        })
+/// The demo page, its assets and `GET /demo/api/hello`; `None` for any other request.
+pub(crate) fn handle(req: &poem::Request) -> Option<Response> {
+    Some(match Route::of(req.uri().path()) {
+        Some(Route::Root) => asset("text/html; charset=utf-8", PAGE),
+        Some(Route::DemoScript) => asset("text/javascript; charset=utf-8", SCRIPT),
+        Some(Route::DemoStyle) => asset("text/css; charset=utf-8", STYLE),
+        Some(Route::DemoApi) if req.method() == poem::http::Method::GET => super::demo_api::hello(req),
+        _ => return None,
     })
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::http::{HeaderValue, StatusCode, header};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
+use poem::{Endpoint, EndpointExt, Request, Response};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 use tracing::Instrument as _;
 
@@ -172,25 +172,74 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         security::TokenEndpoint::On => route,
         security::TokenEndpoint::Off => route.at(Route::Token.path(), not_found),
     };
-    let route = route.nest("/", api);
-    // The demo page and the SPA helper share `/` with the API's nest, so they are answered in front of the router;
-    // so are the proxied routes, whose prefixes overlap none of the router's paths.
-    let route = proxy::in_front_of(spa::in_front_of(spa_host::in_front_of(route)));
-    let route = match mode {
-        Mode::Serve => route.map_to_response().boxed(),
-        #[cfg(feature = "demo")]
-        Mode::Demo => demo::in_front_of(route).map_to_response().boxed(),
-    };
+    let router = route.nest("/", api).map_to_response().boxed();
     let guard = security::Guard::new(&state.public_url, state.security.clone(), state.proxy.routes().clone());
-    let allow = Arc::new(allowed_methods());
-    let proxy_state = state.clone();
-    route
-        .data(state)
-        .catch_all_error(errors::catch_all)
-        .around(move |ep, req| {
-            let (guard, allow, state) = (guard.clone(), allow.clone(), proxy_state.clone());
-            async move { Ok(respond(ep, req, mode, &guard, &allow, &state).await) }
-        })
+    App {
+        router,
+        mode,
+        guard,
+        allow: allowed_methods(),
+        state,
+    }
+}
+
+/// The public listener's application. Around every request: its id and span, the security policy, metrics and
+/// one access line (`respond`). Inside: the one handler [`App::handle`] matches for it.
+struct App {
+    /// The API's router (the OpenAPI operations, docs, metrics).
+    router: poem::endpoint::BoxEndpoint<'static>,
+    mode: Mode,
+    guard: Arc<security::Guard>,
+    /// The `Allow` header value of each path in the OpenAPI document.
+    allow: HashMap<String, HeaderValue>,
+    state: Arc<AppState>,
+}
+
+impl Endpoint for App {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        Ok(respond(self, req).await)
+    }
+}
+
+impl App {
+    /// Answers an admitted request. The handler is matched here, in the order the paths take precedence, before
+    /// the API's router, so a proxied call or an SPA file never goes through the router's endpoint stack: the demo's
+    /// page and assets (`avemint demo`), a proxied route, `/avemint.js`, the SPA's files or dev server, and then the
+    /// router. Proxied prefixes overlap none of avemint's own paths, and the SPA takes none of them either.
+    async fn handle(
+        &self,
+        mut req: Request,
+        routes: &avemint_core::proxy::RouteTable,
+        spa: &spa_host::SpaInUse,
+    ) -> Response {
+        // The handlers' `Data<&Arc<AppState>>`.
+        req.extensions_mut().insert(self.state.clone());
+        #[cfg(feature = "demo")]
+        if self.mode == Mode::Demo
+            && let Some(resp) = demo::handle(&req)
+        {
+            return resp;
+        }
+        if let Some((route, metrics)) = routes.find(req.uri().path()) {
+            // Boxed, like the router's endpoints: every request's future stays small (it is moved while it starts).
+            return Box::pin(proxy::handle(&self.state, route, metrics, req)).await;
+        }
+        if let Some(resp) = spa::handle(req.method(), req.uri().path()) {
+            return resp;
+        }
+        if spa.spa.takes(req.method(), req.uri().path()) {
+            req = match Box::pin(spa_host::handle(&self.state, spa, req)).await {
+                Ok(resp) => return resp,
+                Err(req) => req,
+            };
+        }
+        match self.router.call(req).await {
+            Ok(resp) => resp,
+            Err(e) => errors::catch_all(e).await,
+        }
+    }
 }
 
 /// A path that is switched off: the JSON 404 of any unknown path.
@@ -256,28 +305,20 @@ async fn metrics_endpoint(state: poem::web::Data<&Arc<AppState>>) -> Response {
 
 /// Gives the request its id and span (`request_id`), answers it inside the span, and returns the id in
 /// `X-Request-Id`.
-async fn respond<E: Endpoint>(
-    ep: Arc<E>,
-    mut req: Request,
-    mode: Mode,
-    guard: &security::Guard,
-    allow: &HashMap<String, HeaderValue>,
-    state: &AppState,
-) -> Response {
-    let proxy = &state.proxy;
+async fn respond(app: &App, mut req: Request) -> Response {
     let method = req.method().clone();
     let id = request_id::RequestId::of(req.headers());
-    let served = Route::of(req.uri().path()).filter(|r| mode.serves(*r));
+    let served = Route::of(req.uri().path()).filter(|r| app.mode.serves(*r));
     // One snapshot of the proxied routes for the whole request (a reload may replace them meanwhile).
-    let routes = proxy.routes().current();
+    let routes = app.state.proxy.routes().current();
     let proxied = routes.find(req.uri().path()).map(|(route, _)| route.path.as_str());
     let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
-    if guard.trusts_peer(&req) {
+    if app.guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(ep, req, served, guard, allow, state, &routes)
+    let mut resp = respond_in_span(app, req, served, &routes)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -293,18 +334,16 @@ static REPEATED_ANSWERS: avemint_base::log_gate::LogGate<(avemint_base::metrics:
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
 /// codes).
-async fn respond_in_span<E: Endpoint>(
-    ep: Arc<E>,
+async fn respond_in_span(
+    app: &App,
     req: Request,
     served: Option<Route>,
-    guard: &security::Guard,
-    allow: &HashMap<String, HeaderValue>,
-    state: &AppState,
     routes: &avemint_core::proxy::RouteTable,
 ) -> Response {
+    let (guard, allow) = (&app.guard, &app.allow);
     let method = req.method().clone();
     // One snapshot of the SPA settings for the whole request (a reload may replace them meanwhile).
-    let spa = state.spa.current();
+    let spa = app.state.spa.current();
     let started = Instant::now();
     // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
     let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
@@ -323,12 +362,7 @@ async fn respond_in_span<E: Endpoint>(
             if let Some(sign_in) = &sign_in {
                 req.extensions_mut().insert(sign_in.retry());
             }
-            // `spa_host::in_front_of` answers from it.
-            req.extensions_mut().insert(spa.clone());
-            let mut resp = match ep.call(req).await {
-                Ok(r) => r.into_response(),
-                Err(e) => errors::catch_all(e).await,
-            };
+            let mut resp = app.handle(req, routes, &spa).await;
             changes.apply(&mut resp);
             resp
         }
@@ -384,6 +418,18 @@ mod tests {
         for path in Apis::meta().into_iter().flat_map(|api| api.paths) {
             assert_eq!(Route::of(&path.path).map(Route::path), Some(path.path.as_str()));
         }
+    }
+
+    /// Every request's future is moved while it starts (hyper boxes it, and each await stores its callee), so its
+    /// size is copied several times per request: a large await on a rare path (reading a body, a cache miss, a
+    /// proxied call) must be boxed. Issue 25's profile found 10 KiB here and 14 % of a token request in `memcpy`.
+    #[test]
+    fn every_request_future_stays_small() {
+        fn size<'a, F: std::future::Future>(_: fn(&'a App, Request) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let bytes = size(respond);
+        assert!(bytes <= 6 * 1024, "a request's future is {bytes} bytes");
     }
 
     #[test]

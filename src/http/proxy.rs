@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem::http::{HeaderValue, Method, StatusCode, header};
-use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
+use poem::{Body, IntoResponse, Request, Response};
 
 use super::AppState;
 use super::cookies::{self, CookieChanges};
@@ -206,21 +206,17 @@ pub(crate) fn document_routes(doc: &mut serde_json::Value, table: &avemint_core:
     }
 }
 
-/// Answers requests to proxied routes and passes every other request on to `inner`.
-pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
-    inner.around(|ep, req| async move {
-        let state = req.data::<Arc<AppState>>().cloned();
-        let found = state.as_ref().and_then(|s| {
-            let routes = s.proxy.routes().current();
-            routes.find(req.uri().path()).map(|(r, m)| (r.clone(), m.clone()))
-        });
-        Ok(match (state, found) {
-            (Some(state), Some((route, metrics))) => forward(&state, &route, &metrics, req)
-                .await
-                .unwrap_or_else(|refused| refused),
-            _ => ep.call(req).await?.into_response(),
-        })
-    })
+/// Answers a request to the proxied route `route` (matched by the caller, before the API's router): forwarded
+/// upstream, or refused.
+pub(crate) async fn handle(
+    state: &Arc<AppState>,
+    route: &RouteSettings,
+    metrics: &ProxyRouteMetrics,
+    req: Request,
+) -> Response {
+    forward(state, route, metrics, req)
+        .await
+        .unwrap_or_else(|refused| refused)
 }
 
 /// A WebSocket handshake needs an `Origin` that is avemint's own or in `AVEMINT_ALLOWED_ORIGINS` (browsers

@@ -253,8 +253,9 @@ impl Guard {
             );
             return Err(refusal.into_response());
         }
+        // Boxed for the reason `check_body` gives: only the sign-in paths are limited.
         if let Some(endpoint) = limited(&seen.path)
-            && let Err(retry_after) = self.limiter.check(endpoint, seen.client).await
+            && let Err(retry_after) = Box::pin(self.limiter.check(endpoint, seen.client)).await
         {
             tracing::warn!(client_ip = %seen.client, path = %seen.path, "sign-in rate limit reached");
             return Err(Refusal::rate_limited(retry_after.as_secs()).into_response());
@@ -332,6 +333,9 @@ fn is_auth_api(path: &str) -> bool {
 /// Refuses bodies over `MAX_BODY`: by `Content-Length` before reading, or while reading a chunked body. A
 /// body is read here, whole, within `read_timeout` (`AVEMINT_HEADER_READ_TIMEOUT`): a client dripping its body
 /// (slow POST) is answered 400 and does not hold the connection for ever.
+///
+/// The read is boxed: its future (the timeout around poem's body reader) is kilobytes, most requests have no body,
+/// and every request's future is moved as it starts, so an unboxed read would cost every request the copy.
 async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Result<(), Refusal> {
     let too_large = || Refusal::PayloadTooLarge(invalid_request_body("the request body is larger than 64 KiB"));
     match req
@@ -341,12 +345,12 @@ async fn check_body(req: &mut Request, read_timeout: std::time::Duration) -> Res
     {
         Some(Ok(Ok(n))) if n > MAX_BODY as u64 => Err(too_large()),
         Some(Ok(Ok(0))) => Ok(()),
-        Some(Ok(Ok(_))) => read_body(req, read_timeout, too_large).await,
+        Some(Ok(Ok(_))) => Box::pin(read_body(req, read_timeout, too_large)).await,
         Some(_) => Err(Refusal::BadRequest(invalid_request_body(
             "the Content-Length header is malformed",
         ))),
         None if req.method() == Method::GET || req.method() == Method::HEAD => Ok(()),
-        None => read_body(req, read_timeout, too_large).await,
+        None => Box::pin(read_body(req, read_timeout, too_large)).await,
     }
 }
 

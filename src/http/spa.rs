@@ -6,8 +6,8 @@
 //! into the binary here, so the served file and the package never differ. `HEAD /avemint.js` answers the
 //! same headers as `GET`, `Content-Length` included, without the body.
 
+use poem::Response;
 use poem::http::{Method, header};
-use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 
 /// The helper module's source.
 pub(crate) const HELPER: &str = include_str!("../../clients/js/avemint.js");
@@ -29,15 +29,7 @@ fn helper(method: &Method) -> Response {
     }
 }
 
-/// Serves `GET` and `HEAD /avemint.js` and passes every other request on to `inner`.
-pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
-    inner.around(|ep, req| async move {
-        Ok(
-            if req.uri().path() == PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
-                helper(req.method())
-            } else {
-                ep.call(req).await?.into_response()
-            },
-        )
-    })
+/// The helper for `GET` and `HEAD /avemint.js`; `None` for any other request.
+pub(crate) fn handle(method: &Method, path: &str) -> Option<Response> {
+    (path == PATH && matches!(*method, Method::GET | Method::HEAD)).then(|| helper(method))
 }

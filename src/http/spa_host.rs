@@ -25,7 +25,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response};
+use poem::{Body, IntoResponse, Request, Response};
 
 use super::AppState;
 use super::errors::answer;
@@ -219,28 +219,17 @@ impl LiveSpa {
     }
 }
 
-/// Answers the SPA's requests (see [`Spa::takes`]) and passes every other one on to `inner`; the SPA settings are
-/// the request's snapshot (`Arc<SpaInUse>` in its data), else those in use now.
-pub(crate) fn in_front_of<E: Endpoint + 'static>(inner: E) -> impl Endpoint {
-    inner.around(|ep, req| async move {
-        let state = req.data::<Arc<AppState>>().cloned();
-        let in_use = match (req.data::<Arc<SpaInUse>>(), &state) {
-            (Some(snapshot), _) => Some(snapshot.clone()),
-            (None, Some(state)) => Some(state.spa.current()),
-            (None, None) => None,
-        };
-        match (state, in_use) {
-            (Some(state), Some(in_use)) if in_use.spa.takes(req.method(), req.uri().path()) => Ok(match &in_use.spa {
-                Spa::Files { root, csp } => serve_file(root, csp, &req).await,
-                Spa::DevServer { route, metrics, csp } => {
-                    let mut resp = dev_server(&state, route, metrics, req).await;
-                    page_policy(&mut resp, csp.as_ref());
-                    resp
-                }
-                Spa::Off => ep.call(req).await?.into_response(),
-            }),
-            _ => Ok(ep.call(req).await?.into_response()),
+/// Answers a request the SPA takes (see [`Spa::takes`]; the caller checked) from `in_use`, the request's snapshot
+/// of the SPA settings; `Err` gives the request back when the SPA is off.
+pub(crate) async fn handle(state: &Arc<AppState>, in_use: &SpaInUse, req: Request) -> Result<Response, Request> {
+    Ok(match &in_use.spa {
+        Spa::Files { root, csp } => serve_file(root, csp, &req).await,
+        Spa::DevServer { route, metrics, csp } => {
+            let mut resp = dev_server(state, route, metrics, req).await;
+            page_policy(&mut resp, csp.as_ref());
+            resp
         }
+        Spa::Off => return Err(req),
     })
 }
 

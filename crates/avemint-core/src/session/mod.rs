@@ -392,24 +392,16 @@ impl Sessions {
             avemint_base::metrics::cache_miss();
             return Ok(self.load_at(key, now).await?.map(Arc::new));
         };
-        let missed = std::sync::atomic::AtomicBool::new(false);
-        let loaded = cache
-            .try_get_with(*key, async {
-                missed.store(true, std::sync::atomic::Ordering::Relaxed);
-                match self.load_at(key, now).await {
-                    Ok(Some(s)) => Ok(Arc::new(s)),
-                    Ok(None) => Err(LoadMiss::Absent),
-                    Err(e) => Err(LoadMiss::Store(e)),
-                }
-            })
-            .await;
-        if missed.load(std::sync::atomic::Ordering::Relaxed) {
-            tracing::Span::current().record("cache", "miss");
-            avemint_base::metrics::cache_miss();
-        } else {
-            tracing::Span::current().record("cache", "hit");
-            avemint_base::metrics::cache_hit();
-        }
+        // A hit is answered from the cache alone. A miss loads through `try_get_with`, which coalesces concurrent
+        // loads of one key; its future is kilobytes, so it is boxed to keep it out of every request's future.
+        let loaded = match cache.get(key).await {
+            Some(s) => {
+                tracing::Span::current().record("cache", "hit");
+                avemint_base::metrics::cache_hit();
+                Ok(s)
+            }
+            None => Box::pin(self.load_into_cache(cache, key, now)).await,
+        };
         match loaded {
             Ok(s) if s.is_expired(now) => {
                 cache.invalidate(key).await;
@@ -422,6 +414,35 @@ impl Sessions {
                 LoadMiss::Store(e) => Err(StoreError::Unavailable(e.to_string())),
             },
         }
+    }
+
+    /// The cache-missing half of `get`: loads the session from the store (once for all concurrent callers).
+    async fn load_into_cache(
+        &self,
+        cache: &Cache<SessionRowHash, Arc<Session>>,
+        key: &SessionRowHash,
+        now: UnixTime,
+    ) -> Result<Arc<Session>, Arc<LoadMiss>> {
+        let missed = std::sync::atomic::AtomicBool::new(false);
+        let loaded = cache
+            .try_get_with(*key, async {
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
+                match self.load_at(key, now).await {
+                    Ok(Some(s)) => Ok(Arc::new(s)),
+                    Ok(None) => Err(LoadMiss::Absent),
+                    Err(e) => Err(LoadMiss::Store(e)),
+                }
+            })
+            .await;
+        // Another caller's load that this one joined is a hit.
+        if missed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::Span::current().record("cache", "miss");
+            avemint_base::metrics::cache_miss();
+        } else {
+            tracing::Span::current().record("cache", "hit");
+            avemint_base::metrics::cache_hit();
+        }
+        loaded
     }
 
     /// Puts a session this process just wrote into the cache.
