@@ -173,7 +173,7 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         security::TokenEndpoint::Off => route.at(Route::Token.path(), not_found),
     };
     let router = route.nest("/", api).map_to_response().boxed();
-    let guard = security::Guard::new(&state.public_url, state.security.clone(), state.proxy.routes().clone());
+    let guard = security::Guard::new(&state.public_url, state.security.clone());
     App {
         router,
         mode,
@@ -182,6 +182,13 @@ pub(crate) fn routes(state: Arc<AppState>, mode: Mode, ops_apart: bool) -> impl 
         state,
     }
 }
+
+/// The proxied route a request's path is in, with its metrics: found once per request, in the request's one
+/// snapshot of the route table, for the span, the guard, the handler and the metrics alike.
+type Proxied<'a> = Option<(
+    &'a avemint_core::proxy::RouteSettings,
+    &'a avemint_base::metrics::ProxyRouteMetrics,
+)>;
 
 /// The public listener's application. Around every request: its id and span, the security policy, metrics and
 /// one access line (`respond`). Inside: the one handler [`App::handle`] matches for it.
@@ -208,12 +215,7 @@ impl App {
     /// the API's router, so a proxied call or an SPA file never goes through the router's endpoint stack: the demo's
     /// page and assets (`avemint demo`), a proxied route, `/avemint.js`, the SPA's files or dev server, and then the
     /// router. Proxied prefixes overlap none of avemint's own paths, and the SPA takes none of them either.
-    async fn handle(
-        &self,
-        mut req: Request,
-        routes: &avemint_core::proxy::RouteTable,
-        spa: &spa_host::SpaInUse,
-    ) -> Response {
+    async fn handle(&self, mut req: Request, proxied: Proxied<'_>, spa: &spa_host::SpaInUse) -> Response {
         // The handlers' `Data<&Arc<AppState>>`.
         req.extensions_mut().insert(self.state.clone());
         #[cfg(feature = "demo")]
@@ -222,7 +224,7 @@ impl App {
         {
             return resp;
         }
-        if let Some((route, metrics)) = routes.find(req.uri().path()) {
+        if let Some((route, metrics)) = proxied {
             // Boxed, like the router's endpoints: every request's future stays small (it is moved while it starts).
             return Box::pin(proxy::handle(&self.state, route, metrics, req)).await;
         }
@@ -311,14 +313,15 @@ async fn respond(app: &App, mut req: Request) -> Response {
     let served = Route::of(req.uri().path()).filter(|r| app.mode.serves(*r));
     // One snapshot of the proxied routes for the whole request (a reload may replace them meanwhile).
     let routes = app.state.proxy.routes().current();
-    let proxied = routes.find(req.uri().path()).map(|(route, _)| route.path.as_str());
-    let span = request_id::span(&id, &method, request_id::route_label(served, proxied));
+    let proxied = routes.find(req.uri().path());
+    let label = request_id::route_label(served, proxied.map(|(route, _)| route.path.as_str()));
+    let span = request_id::span(&id, &method, label);
     // The proxy sends it upstream.
     req.extensions_mut().insert(id.clone());
     if app.guard.trusts_peer(&req) {
         avemint_base::trace_context::adopt(&span, req.headers());
     }
-    let mut resp = respond_in_span(app, req, served, &routes)
+    let mut resp = respond_in_span(app, req, served, proxied)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
@@ -334,12 +337,7 @@ static REPEATED_ANSWERS: avemint_base::log_gate::LogGate<(avemint_base::metrics:
 
 /// Applies the security policy, records metrics and logs one access line per request (path only: queries carry
 /// codes).
-async fn respond_in_span(
-    app: &App,
-    req: Request,
-    served: Option<Route>,
-    routes: &avemint_core::proxy::RouteTable,
-) -> Response {
+async fn respond_in_span(app: &App, req: Request, served: Option<Route>, proxied: Proxied<'_>) -> Response {
     let (guard, allow) = (&app.guard, &app.allow);
     let method = req.method().clone();
     // One snapshot of the SPA settings for the whole request (a reload may replace them meanwhile).
@@ -347,8 +345,7 @@ async fn respond_in_span(
     let started = Instant::now();
     // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
     let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
-    let (seen, admitted) = guard.admit(req).await;
-    let proxied = routes.find(&seen.path).map(|(_, metrics)| metrics);
+    let (seen, admitted) = guard.admit(req, proxied.map(|(route, _)| route)).await;
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
         None if spa.spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
@@ -362,7 +359,7 @@ async fn respond_in_span(
             if let Some(sign_in) = &sign_in {
                 req.extensions_mut().insert(sign_in.retry());
             }
-            let mut resp = app.handle(req, routes, &spa).await;
+            let mut resp = app.handle(req, proxied, &spa).await;
             changes.apply(&mut resp);
             resp
         }
@@ -386,7 +383,7 @@ async fn respond_in_span(
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     avemint_base::metrics::record_request(route, status, elapsed);
-    if let Some(metrics) = proxied {
+    if let Some((_, metrics)) = proxied {
         metrics.request(status);
     }
     macro_rules! access {

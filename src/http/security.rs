@@ -25,7 +25,7 @@ use super::cors::{self, AllowedOrigins};
 use super::errors::{Refusal, invalid_request_body};
 use avemint_base::route::{Limited, Route};
 use avemint_base::web_url::PublicUrl;
-use avemint_core::proxy::{LiveRoutes, RouteAuth};
+use avemint_core::proxy::{RouteAuth, RouteSettings};
 use avemint_core::traffic::client_ip::{ClientIp, TrustedProxies};
 use avemint_core::traffic::rate_limit::{RateLimit, RateLimiter};
 
@@ -158,9 +158,6 @@ pub(crate) struct PagePolicy;
 /// The policy of one running service.
 pub(crate) struct Guard {
     own_origin: String,
-    /// The proxied routes (those in use, see `LiveRoutes`): guarded like the auth APIs, their bodies streamed by the
-    /// proxy (not read here).
-    proxied: LiveRoutes,
     hsts: bool,
     settings: SecuritySettings,
     limiter: RateLimiter,
@@ -174,9 +171,8 @@ pub(crate) struct Seen {
 }
 
 impl Guard {
-    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings, proxied: LiveRoutes) -> Arc<Self> {
+    pub(crate) fn new(public_url: &PublicUrl, settings: SecuritySettings) -> Arc<Self> {
         Arc::new(Self {
-            proxied,
             own_origin: cors::normalise(public_url.as_str()).unwrap_or_else(|| public_url.as_str().to_owned()),
             hsts: public_url.is_https(),
             limiter: RateLimiter::new(settings.login_rate_limit),
@@ -210,8 +206,14 @@ impl Guard {
             .is_some_and(|a| self.settings.trusted_proxies.contains(a.ip()))
     }
 
-    /// Checks a request before routing; `Err` is the complete answer.
-    pub(crate) async fn admit(&self, mut req: Request) -> (Seen, Result<Request, Response>) {
+    /// Checks a request before routing; `Err` is the complete answer. `proxied` is the proxied route the request's
+    /// path is in, from the request's one snapshot of the route table (the handler answers from the same one): such a
+    /// request is guarded like the auth APIs, and its body is streamed by the proxy, not read here.
+    pub(crate) async fn admit(
+        &self,
+        mut req: Request,
+        proxied: Option<&RouteSettings>,
+    ) -> (Seen, Result<Request, Response>) {
         let client = self.client_ip(&req);
         req.extensions_mut().insert(ClientIp(client));
         let seen = Seen {
@@ -219,11 +221,11 @@ impl Guard {
             origin: cors::origin(req.headers()).map(str::to_owned),
             client,
         };
-        let verdict = self.check(req, &seen).await;
+        let verdict = self.check(req, &seen, proxied).await;
         (seen, verdict)
     }
 
-    async fn check(&self, mut req: Request, seen: &Seen) -> Result<Request, Response> {
+    async fn check(&self, mut req: Request, seen: &Seen, route: Option<&RouteSettings>) -> Result<Request, Response> {
         let cookie_len = super::cookies::counted_len(super::cookies::cookie_headers(req.headers()));
         if cookie_len > MAX_COOKIE_HEADER + 2 {
             let body = invalid_request_body("the Cookie header is larger than 4 KiB");
@@ -233,8 +235,6 @@ impl Guard {
             let body = invalid_request_body("the query string is longer than 8 KiB");
             return Err(Refusal::UriTooLong(body).into_response());
         }
-        let table = self.proxied.current();
-        let route = table.find(&seen.path).map(|(route, _)| route);
         let proxied = route.is_some();
         if !proxied {
             check_body(&mut req, self.settings.connection_timeouts.header_read)
@@ -392,7 +392,6 @@ mod tests {
         let https = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         https.finish(&mut resp, &seen("/healthz"));
@@ -402,7 +401,6 @@ mod tests {
         let http = Guard::new(
             &PublicUrl::parse("http://127.0.0.1:8080").expect("url"),
             SecuritySettings::default(),
-            LiveRoutes::new(Default::default()),
         );
         let mut resp = Response::default();
         http.finish(&mut resp, &seen("/auth/login"));
@@ -416,7 +414,6 @@ mod tests {
         let g = Guard::new(
             &PublicUrl::parse("https://app.example.com").expect("url"),
             SecuritySettings::default(),
-            LiveRoutes::new(Default::default()),
         );
         for path in ["/", "/docs"] {
             let mut resp = Response::builder().content_type("text/html; charset=utf-8").finish();
@@ -436,7 +433,6 @@ mod tests {
                 allowed_origins: AllowedOrigins::parse("https://spa.example.com").expect("origins"),
                 ..SecuritySettings::default()
             },
-            LiveRoutes::new(Default::default()),
         );
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();
