@@ -215,7 +215,8 @@ impl App {
     /// the API's router, so a proxied call or an SPA file never goes through the router's endpoint stack: the demo's
     /// page and assets (`avemint demo`), a proxied route, `/avemint.js`, the SPA's files or dev server, and then the
     /// router. Proxied prefixes overlap none of avemint's own paths, and the SPA takes none of them either.
-    async fn handle(&self, mut req: Request, proxied: Proxied<'_>, spa: &spa_host::SpaInUse) -> Response {
+    /// `spa` is the request's SPA settings when the SPA takes the request (`Spa::takes`, decided once by the caller).
+    async fn handle(&self, mut req: Request, proxied: Proxied<'_>, spa: Option<&spa_host::SpaInUse>) -> Response {
         // The handlers' `Data<&Arc<AppState>>`.
         req.extensions_mut().insert(self.state.clone());
         #[cfg(feature = "demo")]
@@ -231,7 +232,7 @@ impl App {
         if let Some(resp) = spa::handle(req.method(), req.uri().path()) {
             return resp;
         }
-        if spa.spa.takes(req.method(), req.uri().path()) {
+        if let Some(spa) = spa {
             req = match Box::pin(spa_host::handle(&self.state, spa, req)).await {
                 Ok(resp) => return resp,
                 Err(req) => req,
@@ -346,9 +347,10 @@ async fn respond_in_span(app: &App, req: Request, served: Option<Route>, proxied
     // A person's browser, sent here by Ave or a link: a failure becomes a page (`signin_page`), not JSON.
     let sign_in = signin_page::SignInNavigation::of(req.uri().path(), req.uri().query(), req.headers());
     let (seen, admitted) = guard.admit(req, proxied.map(|(route, _)| route)).await;
+    let spa_takes = proxied.is_none() && spa.spa.takes(&method, &seen.path);
     let route = match proxied {
         Some(_) => avemint_base::metrics::RouteLabel::PROXIED,
-        None if spa.spa.takes(&method, &seen.path) => avemint_base::metrics::RouteLabel::SPA,
+        None if spa_takes => avemint_base::metrics::RouteLabel::SPA,
         None => avemint_base::metrics::RouteLabel::of(served),
     };
     let mut resp = match admitted {
@@ -359,7 +361,7 @@ async fn respond_in_span(app: &App, req: Request, served: Option<Route>, proxied
             if let Some(sign_in) = &sign_in {
                 req.extensions_mut().insert(sign_in.retry());
             }
-            let mut resp = app.handle(req, proxied, &spa).await;
+            let mut resp = app.handle(req, proxied, spa_takes.then_some(&*spa)).await;
             changes.apply(&mut resp);
             resp
         }
